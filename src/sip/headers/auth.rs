@@ -1,0 +1,141 @@
+//! Authorization, Proxy-Authorization, WWW-Authenticate and Proxy-Authenticate values
+//! (RFC 3261 §20.7, §20.28, §20.44, §20.27; digest parameters of RFC 7616 / RFC 8760):
+//! `scheme LWS auth-param *(COMMA auth-param)` with `auth-param = token EQUAL (token /
+//! quoted-string)`. Unknown schemes parse too (RFC 4475 §3.3.7).
+
+use crate::sip::scan::{is_lws, trim, CommaSplit, Cursor};
+
+/// An auth header split into scheme and parameters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AuthHeader<'a> {
+    pub scheme: &'a [u8],
+    /// The comma-separated parameters (validated).
+    params: &'a [u8],
+}
+
+impl<'a> AuthHeader<'a> {
+    /// Parses and validates. On error returns the offset within `v`.
+    pub fn parse(v: &'a [u8]) -> Result<AuthHeader<'a>, usize> {
+        let mut c = Cursor::new(v);
+        c.skip_lws();
+        let scheme = c.token().ok_or(c.pos)?;
+        let params_start = c.pos;
+        if !c.at_end() && !c.peek().is_some_and(is_lws) {
+            return Err(c.pos);
+        }
+        let params = &v[params_start..];
+        for (off, p) in CommaSplit::new(params) {
+            if p.is_empty() && trim(params).is_empty() {
+                continue;
+            }
+            split_param(p).ok_or(params_start + off)?;
+        }
+        Ok(AuthHeader { scheme, params })
+    }
+
+    pub fn is_digest(&self) -> bool {
+        self.scheme.eq_ignore_ascii_case(b"Digest")
+    }
+
+    /// Iterates (name, value) with quotes removed from quoted values.
+    pub fn iter(&self) -> impl Iterator<Item = (&'a [u8], &'a [u8])> {
+        CommaSplit::new(self.params).filter_map(|(_, p)| split_param(p))
+    }
+
+    /// One parameter by name (case-insensitive).
+    pub fn get(&self, name: &str) -> Option<&'a [u8]> {
+        self.iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name.as_bytes()))
+            .map(|(_, v)| v)
+    }
+
+    /// The digest fields as a struct (one pass over the parameters).
+    pub fn digest(&self) -> DigestParams<'a> {
+        let mut d = DigestParams::default();
+        for (n, v) in self.iter() {
+            let slot = match n.to_ascii_lowercase().as_slice() {
+                b"username" => &mut d.username,
+                b"realm" => &mut d.realm,
+                b"nonce" => &mut d.nonce,
+                b"uri" => &mut d.uri,
+                b"response" => &mut d.response,
+                b"algorithm" => &mut d.algorithm,
+                b"cnonce" => &mut d.cnonce,
+                b"opaque" => &mut d.opaque,
+                b"qop" => &mut d.qop,
+                b"nc" => &mut d.nc,
+                b"stale" => &mut d.stale,
+                b"userhash" => &mut d.userhash,
+                _ => continue,
+            };
+            if slot.is_none() {
+                *slot = Some(v);
+            }
+        }
+        d
+    }
+}
+
+/// The digest parameters a server reads (values unquoted, escapes kept).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct DigestParams<'a> {
+    pub username: Option<&'a [u8]>,
+    pub realm: Option<&'a [u8]>,
+    pub nonce: Option<&'a [u8]>,
+    pub uri: Option<&'a [u8]>,
+    pub response: Option<&'a [u8]>,
+    pub algorithm: Option<&'a [u8]>,
+    pub cnonce: Option<&'a [u8]>,
+    pub opaque: Option<&'a [u8]>,
+    pub qop: Option<&'a [u8]>,
+    pub nc: Option<&'a [u8]>,
+    pub stale: Option<&'a [u8]>,
+    pub userhash: Option<&'a [u8]>,
+}
+
+fn split_param(p: &[u8]) -> Option<(&[u8], &[u8])> {
+    let mut c = Cursor::new(p);
+    let name = c.token()?;
+    if !c.eat_sep(b'=') {
+        return None;
+    }
+    let value = if c.peek() == Some(b'"') {
+        c.quoted()?
+    } else {
+        c.token()?
+    };
+    if !trim(c.rest()).is_empty() {
+        return None;
+    }
+    Some((name, value))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn digest_credentials() {
+        let a = AuthHeader::parse(
+            br#"Digest username="alice", realm="atlanta.com",
+ nonce="84a4cc6f3082121f32b42a2187831a9e", uri="sip:atlanta.com", algorithm=SHA-256,
+ response="7587245234b3434cc3412213e5f113a5432", qop=auth, nc=00000001, cnonce="0a4f113b""#,
+        )
+        .unwrap();
+        assert!(a.is_digest());
+        let d = a.digest();
+        assert_eq!(d.username, Some(&b"alice"[..]));
+        assert_eq!(d.algorithm, Some(&b"SHA-256"[..]));
+        assert_eq!(d.nc, Some(&b"00000001"[..]));
+        assert_eq!(d.cnonce, Some(&b"0a4f113b"[..]));
+    }
+
+    #[test]
+    fn unknown_scheme_and_errors() {
+        let a = AuthHeader::parse(b"NoOneKnowsThisScheme opaque-data=here").unwrap();
+        assert!(!a.is_digest());
+        assert_eq!(a.get("opaque-data"), Some(&b"here"[..]));
+        assert!(AuthHeader::parse(b"Digest username=\"open").is_err());
+        assert!(AuthHeader::parse(b"Digest a=b,,c=d").is_err());
+    }
+}

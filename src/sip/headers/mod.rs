@@ -1,0 +1,357 @@
+//! Typed, lazily parsed header accessors on [`Message`] and the full-message check
+//! [`Message::validate`] (RFC 3261 §8.1.1 mandatory headers, §20 header grammars, RFC 4475
+//! torture cases). Each accessor parses the header's bytes when called; nothing is cached and
+//! nothing is allocated. Errors are [`ParseError`]s naming the header and byte offset.
+
+pub mod auth;
+pub mod name_addr;
+pub mod params;
+pub mod simple;
+pub mod via;
+
+pub use auth::{AuthHeader, DigestParams};
+pub use name_addr::{contact_value, parse_qvalue, ContactValue, NameAddr, NameAddrList};
+pub use params::Params;
+pub use simple::{CSeq, ContentType};
+pub use via::{Via, MAGIC_COOKIE};
+
+use super::error::{ErrorKind, ParseError};
+use super::header_name::HeaderName;
+use super::message::{Message, StartLine};
+use super::scan::CommaSplit;
+use super::uri::{Scheme, Uri};
+
+/// Iterator over every Via value of a message, across header lines and commas.
+pub struct ViaIter<'m, 'a> {
+    msg: &'m Message<'a>,
+    lines: core::slice::Iter<'m, super::message::HeaderSlot>,
+    current: Option<CommaSplit<'a>>,
+    current_start: usize,
+}
+
+impl<'a> Iterator for ViaIter<'_, 'a> {
+    type Item = Result<Via<'a>, ParseError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        loop {
+            if let Some(split) = &mut self.current {
+                if let Some((off, elem)) = split.next() {
+                    let at = self.current_start + off;
+                    return Some(Via::parse(elem).map_err(|e| {
+                        ParseError::in_header(ErrorKind::BadHeaderValue, "Via", at + e)
+                    }));
+                }
+                self.current = None;
+            }
+            let slot = self.lines.by_ref().find(|s| s.name == HeaderName::Via)?;
+            self.current = Some(CommaSplit::new(self.msg.slice(slot.value)));
+            self.current_start = slot.value.start as usize;
+        }
+    }
+}
+
+impl<'a> Message<'a> {
+    fn bad(&self, kind: ErrorKind, name: HeaderName, at: usize) -> ParseError {
+        ParseError::in_header(kind, name.as_str(), at)
+    }
+
+    /// The value of a header that must appear exactly once, or `MissingHeader`.
+    fn required(&self, name: HeaderName) -> Result<&'a [u8], ParseError> {
+        self.header(name)
+            .ok_or_else(|| self.bad(ErrorKind::MissingHeader, name, self.headers_offset()))
+    }
+
+    /// The top Via value (first value of the first Via line).
+    pub fn top_via(&self) -> Result<Via<'a>, ParseError> {
+        self.vias().next().unwrap_or_else(|| {
+            Err(self.bad(
+                ErrorKind::MissingHeader,
+                HeaderName::Via,
+                self.headers_offset(),
+            ))
+        })
+    }
+
+    /// All Via values in order.
+    pub fn vias(&self) -> ViaIter<'_, 'a> {
+        ViaIter {
+            msg: self,
+            lines: self.slots().iter(),
+            current: None,
+            current_start: 0,
+        }
+    }
+
+    fn name_addr(&self, name: HeaderName) -> Result<NameAddr<'a>, ParseError> {
+        let v = self.required(name)?;
+        let at = self.offset_of(v);
+        NameAddr::parse(v).map_err(|e| self.bad(ErrorKind::BadHeaderValue, name, at + e))
+    }
+
+    /// The From header.
+    pub fn from(&self) -> Result<NameAddr<'a>, ParseError> {
+        self.name_addr(HeaderName::From)
+    }
+
+    /// The To header.
+    pub fn to(&self) -> Result<NameAddr<'a>, ParseError> {
+        self.name_addr(HeaderName::To)
+    }
+
+    /// The Call-ID.
+    pub fn call_id(&self) -> Result<&'a [u8], ParseError> {
+        let v = self.required(HeaderName::CallId)?;
+        simple::parse_call_id(v).map_err(|(e, _)| {
+            self.bad(
+                ErrorKind::BadHeaderValue,
+                HeaderName::CallId,
+                self.offset_of(v) + e,
+            )
+        })
+    }
+
+    /// The CSeq.
+    pub fn cseq(&self) -> Result<CSeq<'a>, ParseError> {
+        let v = self.required(HeaderName::CSeq)?;
+        CSeq::parse(v).map_err(|(e, over)| {
+            let kind = if over {
+                ErrorKind::OutOfRange
+            } else {
+                ErrorKind::BadHeaderValue
+            };
+            self.bad(kind, HeaderName::CSeq, self.offset_of(v) + e)
+        })
+    }
+
+    fn number(&self, name: HeaderName, max: u64) -> Result<Option<u64>, ParseError> {
+        match self.header(name) {
+            None => Ok(None),
+            Some(v) => simple::parse_number(v, max).map(Some).map_err(|(_, over)| {
+                let kind = if over {
+                    ErrorKind::OutOfRange
+                } else {
+                    ErrorKind::BadHeaderValue
+                };
+                self.bad(kind, name, self.offset_of(v))
+            }),
+        }
+    }
+
+    /// Max-Forwards, if present.
+    pub fn max_forwards(&self) -> Result<Option<u8>, ParseError> {
+        self.number(HeaderName::MaxForwards, 255)
+            .map(|v| v.map(|n| n as u8))
+    }
+
+    /// Expires, if present.
+    pub fn expires(&self) -> Result<Option<u32>, ParseError> {
+        self.number(HeaderName::Expires, u32::MAX as u64)
+            .map(|v| v.map(|n| n as u32))
+    }
+
+    /// Min-Expires, if present.
+    pub fn min_expires(&self) -> Result<Option<u32>, ParseError> {
+        self.number(HeaderName::MinExpires, u32::MAX as u64)
+            .map(|v| v.map(|n| n as u32))
+    }
+
+    /// Content-Length as declared (the parser already framed the body with it).
+    pub fn content_length(&self) -> Option<u32> {
+        self.header(HeaderName::ContentLength)
+            .and_then(|v| simple::parse_number(v, u32::MAX as u64).ok())
+            .map(|n| n as u32)
+    }
+
+    /// Content-Type, if present.
+    pub fn content_type(&self) -> Result<Option<ContentType<'a>>, ParseError> {
+        match self.header(HeaderName::ContentType) {
+            None => Ok(None),
+            Some(v) => ContentType::parse(v).map(Some).map_err(|(e, _)| {
+                self.bad(
+                    ErrorKind::BadHeaderValue,
+                    HeaderName::ContentType,
+                    self.offset_of(v) + e,
+                )
+            }),
+        }
+    }
+
+    /// Every element of a name-addr list header (Contact, Route, Record-Route, Path) across
+    /// all its lines. A `*` Contact is reported as an error here; see [`Message::contact_star`].
+    pub fn name_addrs(
+        &self,
+        name: HeaderName,
+    ) -> impl Iterator<Item = Result<NameAddr<'a>, ParseError>> + '_ {
+        self.header_all(name).flat_map(move |v| {
+            let at = self.offset_of(v);
+            NameAddrList::new(v)
+                .map(move |r| r.map_err(|e| self.bad(ErrorKind::BadHeaderValue, name, at + e)))
+        })
+    }
+
+    /// Contacts (excluding `*`).
+    pub fn contacts(&self) -> impl Iterator<Item = Result<NameAddr<'a>, ParseError>> + '_ {
+        self.name_addrs(HeaderName::Contact)
+    }
+
+    /// True if there is a `Contact: *`.
+    pub fn contact_star(&self) -> bool {
+        self.header_all(HeaderName::Contact)
+            .any(|v| contact_value(v) == ContactValue::Star)
+    }
+
+    /// Route values in order.
+    pub fn routes(&self) -> impl Iterator<Item = Result<NameAddr<'a>, ParseError>> + '_ {
+        self.name_addrs(HeaderName::Route)
+    }
+
+    /// Record-Route values in order.
+    pub fn record_routes(&self) -> impl Iterator<Item = Result<NameAddr<'a>, ParseError>> + '_ {
+        self.name_addrs(HeaderName::RecordRoute)
+    }
+
+    /// Path values in order (RFC 3327).
+    pub fn paths(&self) -> impl Iterator<Item = Result<NameAddr<'a>, ParseError>> + '_ {
+        self.name_addrs(HeaderName::Path)
+    }
+
+    /// Option tags of a Require / Proxy-Require / Supported / Unsupported header (all lines).
+    pub fn option_tags(
+        &self,
+        name: HeaderName,
+    ) -> impl Iterator<Item = Result<&'a [u8], ParseError>> + '_ {
+        self.header_all(name).flat_map(move |v| {
+            let at = self.offset_of(v);
+            simple::token_list(v)
+                .map(move |r| r.map_err(|e| self.bad(ErrorKind::BadHeaderValue, name, at + e)))
+        })
+    }
+
+    /// An Authorization-like header (Authorization, Proxy-Authorization, WWW-Authenticate,
+    /// Proxy-Authenticate), every line.
+    pub fn auth_headers(
+        &self,
+        name: HeaderName,
+    ) -> impl Iterator<Item = Result<AuthHeader<'a>, ParseError>> + '_ {
+        self.header_all(name).map(move |v| {
+            AuthHeader::parse(v)
+                .map_err(|e| self.bad(ErrorKind::BadHeaderValue, name, self.offset_of(v) + e))
+        })
+    }
+
+    /// The Request-URI, parsed.
+    pub fn request_uri(&self) -> Result<Uri<'a>, ParseError> {
+        let raw = self
+            .request_uri_bytes()
+            .ok_or_else(|| ParseError::new(ErrorKind::BadStartLine, 0))?;
+        Uri::parse(raw).map_err(|_| ParseError::new(ErrorKind::BadRequestUri, self.offset_of(raw)))
+    }
+
+    /// Parses every header the server relies on and checks the rules that make a message
+    /// unusable: mandatory headers (Via, From, To, Call-ID, CSeq) present once, numbers in
+    /// range, CSeq method equal to the request method, SIP Request-URIs without headers,
+    /// Content-Length consistent. Returns the first problem.
+    pub fn validate(&self) -> Result<(), ParseError> {
+        let is_request = self.is_request();
+        if let StartLine::Request { .. } = self.start_line() {
+            let uri = self.request_uri()?;
+            if matches!(uri.scheme, Scheme::Sip | Scheme::Sips) && !uri.headers.is_empty() {
+                // RFC 4475 §3.1.2.11: never accept escaped headers in a SIP Request-URI.
+                return Err(ParseError::new(
+                    ErrorKind::BadRequestUri,
+                    self.offset_of(uri.raw),
+                ));
+            }
+        }
+        if self.has_conflicting_content_length() {
+            let at = self
+                .header_all(HeaderName::ContentLength)
+                .nth(1)
+                .map_or(0, |v| self.offset_of(v));
+            return Err(self.bad(
+                ErrorKind::ConflictingContentLength,
+                HeaderName::ContentLength,
+                at,
+            ));
+        }
+        for name in [
+            HeaderName::From,
+            HeaderName::To,
+            HeaderName::CallId,
+            HeaderName::CSeq,
+            HeaderName::MaxForwards,
+        ] {
+            if let Some(second) = self.header_all(name).nth(1) {
+                return Err(self.bad(ErrorKind::DuplicateHeader, name, self.offset_of(second)));
+            }
+        }
+        if is_request {
+            self.required(HeaderName::Via)?;
+        }
+        for v in self.vias() {
+            v?;
+        }
+        self.from()?;
+        self.to()?;
+        self.call_id()?;
+        let cseq = self.cseq()?;
+        if let Some(m) = self.method_bytes() {
+            if cseq.method != m {
+                let v = self.header(HeaderName::CSeq).unwrap_or_default();
+                return Err(self.bad(
+                    ErrorKind::CSeqMethodMismatch,
+                    HeaderName::CSeq,
+                    self.offset_of(v),
+                ));
+            }
+        }
+        self.max_forwards()?;
+        self.expires()?;
+        self.min_expires()?;
+        self.content_type()?;
+        for v in self.header_all(HeaderName::Contact) {
+            if contact_value(v) == ContactValue::Star {
+                continue;
+            }
+            let at = self.offset_of(v);
+            for r in NameAddrList::new(v) {
+                r.map_err(|e| self.bad(ErrorKind::BadHeaderValue, HeaderName::Contact, at + e))?;
+            }
+        }
+        for name in [HeaderName::Route, HeaderName::RecordRoute, HeaderName::Path] {
+            for r in self.name_addrs(name) {
+                r?;
+            }
+        }
+        for name in [
+            HeaderName::Require,
+            HeaderName::ProxyRequire,
+            HeaderName::Supported,
+            HeaderName::Unsupported,
+        ] {
+            for r in self.option_tags(name) {
+                r?;
+            }
+        }
+        for name in [
+            HeaderName::Authorization,
+            HeaderName::ProxyAuthorization,
+            HeaderName::WwwAuthenticate,
+            HeaderName::ProxyAuthenticate,
+        ] {
+            for r in self.auth_headers(name) {
+                r?;
+            }
+        }
+        if let Some(d) = self.header(HeaderName::Date) {
+            simple::check_date(d).map_err(|_| {
+                self.bad(
+                    ErrorKind::BadHeaderValue,
+                    HeaderName::Date,
+                    self.offset_of(d),
+                )
+            })?;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,151 @@
+//! Header parameters: `*( SEMI generic-param )` with `generic-param = token [ EQUAL gen-value ]`
+//! and `gen-value = token / host / quoted-string` (RFC 3261 §25.1). LWS is allowed around `;`
+//! and `=` (RFC 4475 §3.1.1.1). Validated once when the header is parsed, then iterated lazily.
+
+use crate::sip::scan::{is_lws, is_token_char, Cursor};
+
+/// A validated parameter list (the raw bytes start at the first `;`, or are empty).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Params<'a> {
+    raw: &'a [u8],
+}
+
+#[inline]
+fn is_value_char(c: u8) -> bool {
+    // token plus what a host may hold: IPv6 references and their colons.
+    is_token_char(c) || matches!(c, b'[' | b']' | b':')
+}
+
+impl<'a> Params<'a> {
+    /// Consumes `*( SEMI generic-param )` from the cursor. Errors on an empty parameter name
+    /// (`;;`), a missing value after `=`, or an unterminated quoted string; the cursor is left
+    /// after the last parameter (trailing LWS not consumed).
+    pub fn scan(c: &mut Cursor<'a>) -> Result<Params<'a>, usize> {
+        let start = c.pos;
+        let mut end = c.pos;
+        loop {
+            let save = c.pos;
+            c.skip_lws();
+            if !c.eat(b';') {
+                c.pos = save;
+                break;
+            }
+            c.skip_lws();
+            if c.token().is_none() {
+                return Err(c.pos);
+            }
+            let after_name = c.pos;
+            c.skip_lws();
+            if c.eat(b'=') {
+                c.skip_lws();
+                if c.peek() == Some(b'"') {
+                    if c.quoted().is_none() {
+                        return Err(c.pos);
+                    }
+                } else if c.take_while(is_value_char).is_empty() {
+                    return Err(c.pos);
+                }
+            } else {
+                c.pos = after_name;
+            }
+            end = c.pos;
+        }
+        Ok(Params {
+            raw: &c.s[start..end],
+        })
+    }
+
+    /// Iterates (name, value). Quoted values are returned with their quotes removed.
+    pub fn iter(&self) -> ParamIter<'a> {
+        ParamIter {
+            c: Cursor::new(self.raw),
+        }
+    }
+
+    /// The value of a parameter (name compared case-insensitively); `Some(None)` for a
+    /// parameter without value.
+    pub fn get(&self, name: &str) -> Option<Option<&'a [u8]>> {
+        self.iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name.as_bytes()))
+            .map(|(_, v)| v)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.raw.is_empty()
+    }
+
+    /// The raw text, starting at the first `;`.
+    pub fn raw(&self) -> &'a [u8] {
+        self.raw
+    }
+}
+
+/// Iterator over validated parameters.
+pub struct ParamIter<'a> {
+    c: Cursor<'a>,
+}
+
+impl<'a> Iterator for ParamIter<'a> {
+    type Item = (&'a [u8], Option<&'a [u8]>);
+
+    fn next(&mut self) -> Option<Self::Item> {
+        let c = &mut self.c;
+        c.skip_lws();
+        if !c.eat(b';') {
+            return None;
+        }
+        c.skip_lws();
+        let name = c.token()?;
+        let save = c.pos;
+        c.skip_lws();
+        if c.eat(b'=') {
+            c.skip_lws();
+            let v = if c.peek() == Some(b'"') {
+                c.quoted()?
+            } else {
+                c.take_while(is_value_char)
+            };
+            Some((name, Some(v)))
+        } else {
+            c.pos = save;
+            Some((name, None))
+        }
+    }
+}
+
+/// True if only LWS remains.
+#[inline]
+pub(crate) fn only_lws(rest: &[u8]) -> bool {
+    rest.iter().all(|&c| is_lws(c))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lws_around_separators() {
+        let mut c = Cursor::new(b" ;   tag    = 1918181833n");
+        let p = Params::scan(&mut c).unwrap();
+        assert_eq!(p.get("tag"), Some(Some(&b"1918181833n"[..])));
+        assert!(c.at_end());
+    }
+
+    #[test]
+    fn empty_names_are_errors() {
+        assert!(Params::scan(&mut Cursor::new(b";;")).is_err());
+        assert!(Params::scan(&mut Cursor::new(b";a=")).is_err());
+        assert!(Params::scan(&mut Cursor::new(b";a=\"open")).is_err());
+    }
+
+    #[test]
+    fn quoted_and_flag_values() {
+        let mut c = Cursor::new(br#";lr;x="a;b";received=[2001:db8::9:255]"#);
+        let p = Params::scan(&mut c).unwrap();
+        let all: Vec<_> = p.iter().collect();
+        assert_eq!(all.len(), 3);
+        assert_eq!(all[0], (&b"lr"[..], None));
+        assert_eq!(all[1], (&b"x"[..], Some(&b"a;b"[..])));
+        assert_eq!(p.get("RECEIVED"), Some(Some(&b"[2001:db8::9:255]"[..])));
+    }
+}

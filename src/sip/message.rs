@@ -1,0 +1,634 @@
+//! The zero-copy message parser (RFC 3261 §7, §25): start line, header lines as offsets into
+//! the datagram, and the body framed by Content-Length (§18.3, §20.14).
+//!
+//! [`Message::parse`] does one pass over the bytes with `memchr` to split lines; it validates
+//! the start line, header-line syntax and framing, and records where every header is. Typed
+//! header values are parsed only when asked for (see `headers/`); [`Message::validate`] parses
+//! every header the server relies on, for callers that want to reject malformed requests with
+//! `400` before acting on them. No heap allocation happens in either.
+
+use super::error::{ErrorKind, ParseError};
+use super::header_name::{HeaderName, KNOWN_HEADERS};
+use super::method::Method;
+use super::scan::is_token_char;
+
+/// The most header lines a message may have (the capacity of the inline header table).
+pub const MAX_HEADERS: usize = 64;
+
+/// Limits applied while parsing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Largest accepted message in bytes.
+    pub max_size: usize,
+    /// Most header lines (at most [`MAX_HEADERS`]).
+    pub max_headers: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_size: 65_535,
+            max_headers: MAX_HEADERS,
+        }
+    }
+}
+
+/// How the message is framed by its transport (RFC 3261 §18.3).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Framing {
+    /// One message per datagram: a missing Content-Length means "to the end of the datagram",
+    /// a short body is an error, and bytes after the body are ignored.
+    Datagram,
+    /// A byte stream: Content-Length is mandatory and an incomplete message is
+    /// [`ErrorKind::Incomplete`] / [`ErrorKind::BodyTooShort`] ("read more bytes").
+    Stream,
+}
+
+/// A byte range in the message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Span {
+    pub start: u32,
+    pub end: u32,
+}
+
+impl Span {
+    #[inline]
+    pub fn range(self) -> core::ops::Range<usize> {
+        self.start as usize..self.end as usize
+    }
+    #[inline]
+    pub fn len(self) -> usize {
+        (self.end - self.start) as usize
+    }
+    #[inline]
+    pub fn is_empty(self) -> bool {
+        self.end == self.start
+    }
+}
+
+/// The first line of a message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StartLine {
+    Request {
+        method: Method,
+        method_span: Span,
+        uri: Span,
+    },
+    Response {
+        code: u16,
+        reason: Span,
+    },
+}
+
+/// Where one header line is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HeaderSlot {
+    pub name: HeaderName,
+    /// The name as written (e.g. `v` or `VIA`).
+    pub name_span: Span,
+    /// The value without surrounding whitespace; may span folded lines.
+    pub value: Span,
+}
+
+const NO_HEADER: u8 = u8::MAX;
+
+/// A parsed SIP message borrowing its buffer.
+#[derive(Clone)]
+pub struct Message<'a> {
+    buf: &'a [u8],
+    start: StartLine,
+    /// Offset of the first byte of the start line (leading CRLFs are skipped).
+    start_offset: u32,
+    /// Offset where the first header line begins.
+    headers_offset: u32,
+    headers: [HeaderSlot; MAX_HEADERS],
+    n_headers: u8,
+    /// Index into `headers` of the first line of each known header, or `NO_HEADER`.
+    first: [u8; KNOWN_HEADERS],
+    body: Span,
+    /// A second Content-Length with another value was seen.
+    conflicting_length: bool,
+}
+
+const EMPTY_SLOT: HeaderSlot = HeaderSlot {
+    name: HeaderName::Other,
+    name_span: Span { start: 0, end: 0 },
+    value: Span { start: 0, end: 0 },
+};
+
+#[inline]
+fn line_end(buf: &[u8], from: usize) -> Option<(usize, usize)> {
+    // Returns (end of content excluding CR, start of next line).
+    let nl = from + memchr::memchr(b'\n', &buf[from..])?;
+    let end = if nl > from && buf[nl - 1] == b'\r' {
+        nl - 1
+    } else {
+        nl
+    };
+    Some((end, nl + 1))
+}
+
+impl<'a> Message<'a> {
+    /// Parses one datagram with the default limits.
+    #[inline]
+    pub fn parse(buf: &'a [u8]) -> Result<Message<'a>, ParseError> {
+        Self::parse_with(buf, Limits::default(), Framing::Datagram)
+    }
+
+    /// Parses with explicit limits and framing.
+    pub fn parse_with(
+        buf: &'a [u8],
+        limits: Limits,
+        framing: Framing,
+    ) -> Result<Message<'a>, ParseError> {
+        if buf.len() > limits.max_size || buf.len() > u32::MAX as usize {
+            return Err(ParseError::new(
+                ErrorKind::TooLarge(limits.max_size),
+                limits.max_size.min(buf.len()),
+            ));
+        }
+        let max_headers = limits.max_headers.min(MAX_HEADERS);
+        // RFC 3261 §7.5: ignore CRLFs before the start line.
+        let mut pos = 0;
+        while pos < buf.len() && (buf[pos] == b'\r' || buf[pos] == b'\n') {
+            pos += 1;
+        }
+        if pos >= buf.len() {
+            return Err(ParseError::new(
+                if framing == Framing::Stream {
+                    ErrorKind::Incomplete
+                } else {
+                    ErrorKind::Empty
+                },
+                pos,
+            ));
+        }
+        let start_offset = pos;
+        let Some((sl_end, next)) = line_end(buf, pos) else {
+            return Err(ParseError::new(ErrorKind::Incomplete, buf.len()));
+        };
+        let start = parse_start_line(buf, pos, sl_end)?;
+        pos = next;
+        let headers_offset = pos;
+
+        let mut msg = Message {
+            buf,
+            start,
+            start_offset: start_offset as u32,
+            headers_offset: headers_offset as u32,
+            headers: [EMPTY_SLOT; MAX_HEADERS],
+            n_headers: 0,
+            first: [NO_HEADER; KNOWN_HEADERS],
+            body: Span::default(),
+            conflicting_length: false,
+        };
+        let mut content_length: Option<(u32, usize)> = None;
+        let body_start;
+        loop {
+            if pos >= buf.len() {
+                return Err(ParseError::new(ErrorKind::Incomplete, buf.len()));
+            }
+            let c = buf[pos];
+            if c == b'\n' {
+                body_start = pos + 1;
+                break;
+            }
+            if c == b'\r' {
+                if pos + 1 >= buf.len() {
+                    return Err(ParseError::new(ErrorKind::Incomplete, buf.len()));
+                }
+                if buf[pos + 1] == b'\n' {
+                    body_start = pos + 2;
+                    break;
+                }
+                return Err(ParseError::new(ErrorKind::BadHeaderLine, pos));
+            }
+            let Some((end, next)) = line_end(buf, pos) else {
+                return Err(ParseError::new(ErrorKind::Incomplete, buf.len()));
+            };
+            if c == b' ' || c == b'\t' {
+                // Folded continuation of the previous header's value (§7.3.1).
+                if msg.n_headers == 0 {
+                    return Err(ParseError::new(ErrorKind::BadHeaderLine, pos));
+                }
+                let slot = &mut msg.headers[msg.n_headers as usize - 1];
+                let mut end = end;
+                while end > pos && matches!(buf[end - 1], b' ' | b'\t') {
+                    end -= 1;
+                }
+                if slot.value.is_empty() {
+                    let mut s = pos;
+                    while s < end && matches!(buf[s], b' ' | b'\t') {
+                        s += 1;
+                    }
+                    slot.value.start = s as u32;
+                }
+                if end > slot.value.start as usize {
+                    slot.value.end = end as u32;
+                }
+                pos = next;
+                continue;
+            }
+            // name *(SP/HT) ":" value
+            let mut i = pos;
+            while i < end && is_token_char(buf[i]) {
+                i += 1;
+            }
+            let name_end = i;
+            while i < end && matches!(buf[i], b' ' | b'\t') {
+                i += 1;
+            }
+            if name_end == pos || i >= end || buf[i] != b':' {
+                return Err(ParseError::new(ErrorKind::BadHeaderLine, pos));
+            }
+            i += 1;
+            while i < end && matches!(buf[i], b' ' | b'\t') {
+                i += 1;
+            }
+            let mut vend = end;
+            while vend > i && matches!(buf[vend - 1], b' ' | b'\t') {
+                vend -= 1;
+            }
+            if msg.n_headers as usize >= max_headers {
+                return Err(ParseError::new(ErrorKind::TooManyHeaders(max_headers), pos));
+            }
+            let name = HeaderName::from_bytes(&buf[pos..name_end]);
+            let idx = msg.n_headers;
+            msg.headers[idx as usize] = HeaderSlot {
+                name,
+                name_span: Span {
+                    start: pos as u32,
+                    end: name_end as u32,
+                },
+                value: Span {
+                    start: i as u32,
+                    end: vend as u32,
+                },
+            };
+            msg.n_headers += 1;
+            if name != HeaderName::Other && msg.first[name as usize] == NO_HEADER {
+                msg.first[name as usize] = idx;
+            }
+            pos = next;
+        }
+        // Content-Length: folded values are possible in theory, so parse after the loop.
+        let mut conflicting = false;
+        for slot in msg
+            .slots()
+            .iter()
+            .filter(|s| s.name == HeaderName::ContentLength)
+        {
+            let v = super::scan::trim(&buf[slot.value.range()]);
+            let n = super::scan::parse_u64(v, u32::MAX as u64).map_err(|_| {
+                ParseError::in_header(
+                    ErrorKind::BadContentLength,
+                    "Content-Length",
+                    slot.value.start as usize,
+                )
+            })? as u32;
+            match content_length {
+                None => content_length = Some((n, slot.value.start as usize)),
+                Some((m, _)) if m != n => {
+                    if framing == Framing::Stream {
+                        return Err(ParseError::in_header(
+                            ErrorKind::ConflictingContentLength,
+                            "Content-Length",
+                            slot.value.start as usize,
+                        ));
+                    }
+                    conflicting = true;
+                }
+                Some(_) => {}
+            }
+        }
+        msg.conflicting_length = conflicting;
+        msg.body = match (content_length, framing) {
+            (Some((n, at)), _) => {
+                let end = body_start + n as usize;
+                if end > buf.len() {
+                    return Err(ParseError::in_header(
+                        ErrorKind::BodyTooShort,
+                        "Content-Length",
+                        at,
+                    ));
+                }
+                Span {
+                    start: body_start as u32,
+                    end: end as u32,
+                }
+            }
+            (None, Framing::Datagram) => Span {
+                start: body_start as u32,
+                end: buf.len() as u32,
+            },
+            (None, Framing::Stream) => {
+                return Err(ParseError::new(ErrorKind::MissingContentLength, body_start))
+            }
+        };
+        Ok(msg)
+    }
+
+    /// The buffer the message was parsed from.
+    #[inline]
+    pub fn buf(&self) -> &'a [u8] {
+        self.buf
+    }
+
+    /// The bytes of a span of this message.
+    #[inline]
+    pub fn slice(&self, span: Span) -> &'a [u8] {
+        &self.buf[span.range()]
+    }
+
+    /// Offset of `part` in the buffer; `part` must be a sub-slice of it.
+    #[inline]
+    pub(crate) fn offset_of(&self, part: &[u8]) -> usize {
+        (part.as_ptr() as usize).saturating_sub(self.buf.as_ptr() as usize)
+    }
+
+    #[inline]
+    pub fn start_line(&self) -> StartLine {
+        self.start
+    }
+
+    #[inline]
+    pub fn is_request(&self) -> bool {
+        matches!(self.start, StartLine::Request { .. })
+    }
+
+    /// The method of a request.
+    #[inline]
+    pub fn method(&self) -> Option<Method> {
+        match self.start {
+            StartLine::Request { method, .. } => Some(method),
+            _ => None,
+        }
+    }
+
+    /// The method of a request as written.
+    #[inline]
+    pub fn method_bytes(&self) -> Option<&'a [u8]> {
+        match self.start {
+            StartLine::Request { method_span, .. } => Some(self.slice(method_span)),
+            _ => None,
+        }
+    }
+
+    /// The Request-URI as written.
+    #[inline]
+    pub fn request_uri_bytes(&self) -> Option<&'a [u8]> {
+        match self.start {
+            StartLine::Request { uri, .. } => Some(self.slice(uri)),
+            _ => None,
+        }
+    }
+
+    /// The span of the Request-URI in the buffer.
+    #[inline]
+    pub fn request_uri_span(&self) -> Option<Span> {
+        match self.start {
+            StartLine::Request { uri, .. } => Some(uri),
+            _ => None,
+        }
+    }
+
+    /// The status code of a response.
+    #[inline]
+    pub fn status(&self) -> Option<u16> {
+        match self.start {
+            StartLine::Response { code, .. } => Some(code),
+            _ => None,
+        }
+    }
+
+    /// The reason phrase of a response.
+    #[inline]
+    pub fn reason(&self) -> Option<&'a [u8]> {
+        match self.start {
+            StartLine::Response { reason, .. } => Some(self.slice(reason)),
+            _ => None,
+        }
+    }
+
+    /// All header lines in order.
+    #[inline]
+    pub fn slots(&self) -> &[HeaderSlot] {
+        &self.headers[..self.n_headers as usize]
+    }
+
+    /// Offset where the header section starts (after the start line).
+    #[inline]
+    pub fn headers_offset(&self) -> usize {
+        self.headers_offset as usize
+    }
+
+    /// Offset of the start line.
+    #[inline]
+    pub fn start_offset(&self) -> usize {
+        self.start_offset as usize
+    }
+
+    /// Index in [`Message::slots`] of the first line of a known header.
+    #[inline]
+    fn first_index(&self, name: HeaderName) -> Option<usize> {
+        match self.first.get(name as usize) {
+            None | Some(&NO_HEADER) => None,
+            Some(&i) => Some(i as usize),
+        }
+    }
+
+    /// The first header line with this name, as its slot.
+    #[inline]
+    pub fn first_slot(&self, name: HeaderName) -> Option<&HeaderSlot> {
+        self.first_index(name).map(|i| &self.headers[i])
+    }
+
+    /// The value of the first line of a known header.
+    #[inline]
+    pub fn header(&self, name: HeaderName) -> Option<&'a [u8]> {
+        self.first_slot(name).map(|s| &self.buf[s.value.range()])
+    }
+
+    /// The values of every line of a known header, in order.
+    #[inline]
+    pub fn header_all(&self, name: HeaderName) -> impl Iterator<Item = &'a [u8]> + '_ {
+        let start = match self.first_index(name) {
+            Some(i) => i,
+            None => self.n_headers as usize,
+        };
+        self.headers[start..self.n_headers as usize]
+            .iter()
+            .filter(move |s| s.name == name)
+            .map(|s| &self.buf[s.value.range()])
+    }
+
+    /// The value of the first header whose name equals `name` (case-insensitive, any header,
+    /// compact forms not expanded).
+    pub fn header_by_name(&self, name: &str) -> Option<&'a [u8]> {
+        let known = HeaderName::from_bytes(name.as_bytes());
+        if known != HeaderName::Other {
+            return self.header(known);
+        }
+        self.slots()
+            .iter()
+            .find(|s| {
+                self.slice(s.name_span)
+                    .eq_ignore_ascii_case(name.as_bytes())
+            })
+            .map(|s| self.slice(s.value))
+    }
+
+    /// How many lines of a known header there are.
+    pub fn count(&self, name: HeaderName) -> usize {
+        self.header_all(name).count()
+    }
+
+    /// The body (framed by Content-Length).
+    #[inline]
+    pub fn body(&self) -> &'a [u8] {
+        self.slice(self.body)
+    }
+
+    #[inline]
+    pub fn body_span(&self) -> Span {
+        self.body
+    }
+
+    /// The length of the whole message including the body (for stream framing: how many
+    /// bytes to consume).
+    #[inline]
+    pub fn len(&self) -> usize {
+        self.body.end as usize
+    }
+
+    #[inline]
+    pub fn is_empty(&self) -> bool {
+        false
+    }
+
+    /// True if two Content-Length headers disagreed (RFC 4475 §3.3.9).
+    pub fn has_conflicting_content_length(&self) -> bool {
+        self.conflicting_length
+    }
+}
+
+impl core::fmt::Debug for Message<'_> {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("Message")
+            .field("start", &self.start)
+            .field("headers", &self.n_headers)
+            .field("body_len", &self.body.len())
+            .finish()
+    }
+}
+
+/// Parses `SIP/2.0` (case-insensitive "SIP"); returns Err(kind) for other versions.
+fn check_version(v: &[u8], at: usize) -> Result<(), ParseError> {
+    if v.len() >= 7 && v[..4].eq_ignore_ascii_case(b"SIP/") {
+        let rest = &v[4..];
+        if rest == b"2.0" {
+            return Ok(());
+        }
+        let dot = memchr::memchr(b'.', rest);
+        if let Some(d) = dot {
+            let (maj, min) = (&rest[..d], &rest[d + 1..]);
+            if !maj.is_empty()
+                && !min.is_empty()
+                && maj.iter().all(u8::is_ascii_digit)
+                && min.iter().all(u8::is_ascii_digit)
+            {
+                return Err(ParseError::new(ErrorKind::VersionNotSupported, at));
+            }
+        }
+    }
+    Err(ParseError::new(ErrorKind::BadStartLine, at))
+}
+
+fn parse_start_line(buf: &[u8], start: usize, end: usize) -> Result<StartLine, ParseError> {
+    let line = &buf[start..end];
+    if line.len() >= 4 && line[..4].eq_ignore_ascii_case(b"SIP/") {
+        // Status-Line = SIP-Version SP Status-Code SP Reason-Phrase
+        let sp = memchr::memchr(b' ', line)
+            .ok_or_else(|| ParseError::new(ErrorKind::BadStartLine, start))?;
+        check_version(&line[..sp], start)?;
+        let code_start = sp + 1;
+        let mut i = code_start;
+        while i < line.len() && line[i].is_ascii_digit() {
+            i += 1;
+        }
+        let digits = &line[code_start..i];
+        if digits.len() != 3 || (i < line.len() && line[i] != b' ') {
+            return Err(ParseError::new(
+                ErrorKind::BadStatusCode,
+                start + code_start,
+            ));
+        }
+        let code = digits.iter().fold(0u16, |a, &c| a * 10 + (c - b'0') as u16);
+        if !(100..=699).contains(&code) {
+            return Err(ParseError::new(
+                ErrorKind::BadStatusCode,
+                start + code_start,
+            ));
+        }
+        // The reason phrase is optional but the SP before it is not (RFC 4475 §3.1.1.13
+        // shows it present); tolerate its absence.
+        let reason_start = (i + 1).min(line.len());
+        if line[reason_start..].iter().any(|&c| c < 0x20 && c != b'\t') {
+            return Err(ParseError::new(
+                ErrorKind::BadStartLine,
+                start + reason_start,
+            ));
+        }
+        return Ok(StartLine::Response {
+            code,
+            reason: Span {
+                start: (start + reason_start) as u32,
+                end: end as u32,
+            },
+        });
+    }
+    // Request-Line = Method SP Request-URI SP SIP-Version
+    let sp1 = memchr::memchr(b' ', line)
+        .ok_or_else(|| ParseError::new(ErrorKind::BadStartLine, start))?;
+    let method_bytes = &line[..sp1];
+    if method_bytes.is_empty() || !method_bytes.iter().all(|&c| is_token_char(c)) {
+        return Err(ParseError::new(ErrorKind::BadMethod, start));
+    }
+    let uri_start = sp1 + 1;
+    let sp2 = memchr::memrchr(b' ', line)
+        .filter(|&p| p > sp1)
+        .ok_or_else(|| ParseError::new(ErrorKind::BadStartLine, start + uri_start))?;
+    let version = &line[sp2 + 1..];
+    if version.is_empty() {
+        // Trailing whitespace after the version (RFC 4475 §3.1.2.10).
+        return Err(ParseError::new(ErrorKind::BadStartLine, start + sp2));
+    }
+    check_version(version, start + sp2 + 1)?;
+    let uri = &line[uri_start..sp2];
+    // The Request-URI has no whitespace and starts with a scheme (RFC 4475 §3.1.2.7-9).
+    if uri.is_empty()
+        || uri.iter().any(|&c| c == b' ' || c == b'\t')
+        || !uri[0].is_ascii_alphabetic()
+    {
+        return Err(ParseError::new(ErrorKind::BadRequestUri, start + uri_start));
+    }
+    let colon = memchr::memchr(b':', uri)
+        .ok_or_else(|| ParseError::new(ErrorKind::BadRequestUri, start + uri_start))?;
+    if !uri[..colon]
+        .iter()
+        .all(|&c| c.is_ascii_alphanumeric() || matches!(c, b'+' | b'-' | b'.'))
+    {
+        return Err(ParseError::new(ErrorKind::BadRequestUri, start + uri_start));
+    }
+    Ok(StartLine::Request {
+        method: Method::from_bytes(method_bytes),
+        method_span: Span {
+            start: start as u32,
+            end: (start + sp1) as u32,
+        },
+        uri: Span {
+            start: (start + uri_start) as u32,
+            end: (start + sp2) as u32,
+        },
+    })
+}

@@ -1,0 +1,316 @@
+//! Byte-level scanning for the grammar of RFC 3261 §25.1: character classes, linear white
+//! space (LWS, including folded lines), tokens, quoted strings and a small cursor type that the
+//! typed header parsers share. All functions work on borrowed bytes and never allocate.
+
+/// `token` characters (RFC 3261 §25.1): alphanum and `-.!%*_+`~'`.
+const fn token_table() -> [bool; 256] {
+    let mut t = [false; 256];
+    let mut i = 0;
+    while i < 256 {
+        let c = i as u8;
+        t[i] = c.is_ascii_alphanumeric()
+            || matches!(
+                c,
+                b'-' | b'.' | b'!' | b'%' | b'*' | b'_' | b'+' | b'`' | b'\'' | b'~'
+            );
+        i += 1;
+    }
+    t
+}
+
+/// `word` characters (Call-ID): token plus `()<>:\"/[]?{}`.
+const fn word_table() -> [bool; 256] {
+    let mut t = token_table();
+    let extra = b"()<>:\\\"/[]?{}";
+    let mut i = 0;
+    while i < extra.len() {
+        t[extra[i] as usize] = true;
+        i += 1;
+    }
+    t
+}
+
+static TOKEN: [bool; 256] = token_table();
+static WORD: [bool; 256] = word_table();
+
+#[inline]
+pub fn is_token_char(c: u8) -> bool {
+    TOKEN[c as usize]
+}
+
+#[inline]
+pub fn is_word_char(c: u8) -> bool {
+    WORD[c as usize]
+}
+
+/// Whitespace inside a header value: SP, HTAB, and the CR/LF of a folded line. The header
+/// splitter only lets CR/LF into a value span when a continuation line follows, so inside a
+/// value they always mean LWS.
+#[inline]
+pub fn is_lws(c: u8) -> bool {
+    matches!(c, b' ' | b'\t' | b'\r' | b'\n')
+}
+
+/// True if every byte is a token character and there is at least one.
+#[inline]
+pub fn is_token(s: &[u8]) -> bool {
+    !s.is_empty() && s.iter().all(|&c| is_token_char(c))
+}
+
+/// Trims LWS from both ends.
+#[inline]
+pub fn trim(mut s: &[u8]) -> &[u8] {
+    while let [first, rest @ ..] = s {
+        if is_lws(*first) {
+            s = rest;
+        } else {
+            break;
+        }
+    }
+    while let [rest @ .., last] = s {
+        if is_lws(*last) {
+            s = rest;
+        } else {
+            break;
+        }
+    }
+    s
+}
+
+/// Parses an unsigned decimal number with at most `max` as value. Leading zeros are allowed
+/// (RFC 4475 §3.1.1.1). Returns `Err(true)` when out of range, `Err(false)` when not a number.
+pub fn parse_u64(s: &[u8], max: u64) -> Result<u64, bool> {
+    if s.is_empty() {
+        return Err(false);
+    }
+    let mut v: u64 = 0;
+    let mut overflow = false;
+    for &c in s {
+        if !c.is_ascii_digit() {
+            return Err(false);
+        }
+        if !overflow {
+            v = v * 10 + (c - b'0') as u64;
+            if v > max {
+                overflow = true;
+            }
+        }
+    }
+    if overflow {
+        Err(true)
+    } else {
+        Ok(v)
+    }
+}
+
+/// A forward-only cursor over a header value. Positions are indices into `s`.
+#[derive(Debug, Clone, Copy)]
+pub struct Cursor<'a> {
+    pub s: &'a [u8],
+    pub pos: usize,
+}
+
+impl<'a> Cursor<'a> {
+    #[inline]
+    pub fn new(s: &'a [u8]) -> Self {
+        Cursor { s, pos: 0 }
+    }
+
+    #[inline]
+    pub fn at_end(&self) -> bool {
+        self.pos >= self.s.len()
+    }
+
+    #[inline]
+    pub fn peek(&self) -> Option<u8> {
+        self.s.get(self.pos).copied()
+    }
+
+    #[inline]
+    pub fn skip_lws(&mut self) {
+        while let Some(c) = self.peek() {
+            if is_lws(c) {
+                self.pos += 1;
+            } else {
+                break;
+            }
+        }
+    }
+
+    /// Consumes `c` (after optional LWS on both sides, as SWS/SEMI/COLON etc. allow).
+    #[inline]
+    pub fn eat_sep(&mut self, c: u8) -> bool {
+        let save = self.pos;
+        self.skip_lws();
+        if self.peek() == Some(c) {
+            self.pos += 1;
+            self.skip_lws();
+            true
+        } else {
+            self.pos = save;
+            false
+        }
+    }
+
+    #[inline]
+    pub fn eat(&mut self, c: u8) -> bool {
+        if self.peek() == Some(c) {
+            self.pos += 1;
+            true
+        } else {
+            false
+        }
+    }
+
+    /// Consumes a token; returns it, or None if there is none here.
+    #[inline]
+    pub fn token(&mut self) -> Option<&'a [u8]> {
+        let start = self.pos;
+        while let Some(c) = self.peek() {
+            if is_token_char(c) {
+                self.pos += 1;
+            } else {
+                break;
+            }
+        }
+        if self.pos > start {
+            Some(&self.s[start..self.pos])
+        } else {
+            None
+        }
+    }
+
+    /// Consumes bytes while `f` holds; returns them (possibly empty).
+    #[inline]
+    pub fn take_while(&mut self, f: impl Fn(u8) -> bool) -> &'a [u8] {
+        let start = self.pos;
+        while let Some(c) = self.peek() {
+            if f(c) {
+                self.pos += 1;
+            } else {
+                break;
+            }
+        }
+        &self.s[start..self.pos]
+    }
+
+    /// Consumes a quoted string starting at `"`; returns the inner bytes (escapes kept).
+    /// None if unterminated or not at a quote.
+    pub fn quoted(&mut self) -> Option<&'a [u8]> {
+        if self.peek() != Some(b'"') {
+            return None;
+        }
+        let start = self.pos + 1;
+        let mut i = start;
+        while i < self.s.len() {
+            match self.s[i] {
+                b'\\' => i += 2,
+                b'"' => {
+                    self.pos = i + 1;
+                    return Some(&self.s[start..i]);
+                }
+                _ => i += 1,
+            }
+        }
+        None
+    }
+
+    #[inline]
+    pub fn rest(&self) -> &'a [u8] {
+        &self.s[self.pos.min(self.s.len())..]
+    }
+}
+
+/// Splits a header value at top-level commas (outside quotes and angle brackets), as the
+/// `#element` list rule of RFC 3261 §7.3.1 allows. Yields trimmed elements with their offset
+/// relative to the value; an empty element is yielded as empty so callers can reject it.
+pub struct CommaSplit<'a> {
+    s: &'a [u8],
+    pos: usize,
+    done: bool,
+}
+
+impl<'a> CommaSplit<'a> {
+    pub fn new(s: &'a [u8]) -> Self {
+        CommaSplit {
+            s,
+            pos: 0,
+            done: false,
+        }
+    }
+}
+
+impl<'a> Iterator for CommaSplit<'a> {
+    /// (offset of the element in the value, element bytes without surrounding LWS)
+    type Item = (usize, &'a [u8]);
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.done {
+            return None;
+        }
+        let s = self.s;
+        let start = self.pos;
+        let mut i = start;
+        let mut in_quote = false;
+        let mut in_angle = false;
+        while i < s.len() {
+            let c = s[i];
+            if in_quote {
+                match c {
+                    b'\\' => i += 1,
+                    b'"' => in_quote = false,
+                    _ => {}
+                }
+            } else {
+                match c {
+                    b'"' => in_quote = true,
+                    b'<' => in_angle = true,
+                    b'>' => in_angle = false,
+                    b',' if !in_angle => break,
+                    _ => {}
+                }
+            }
+            i += 1;
+        }
+        let end = i.min(s.len());
+        if i >= s.len() {
+            self.done = true;
+        } else {
+            self.pos = i + 1;
+        }
+        let raw = &s[start..end];
+        let lead = raw.iter().take_while(|&&c| is_lws(c)).count();
+        Some((start + lead, trim(raw)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn comma_split_respects_quotes_and_brackets() {
+        let v = br#""a,b" <sip:x@y;p=1,2>;q=1 , <sip:z>"#;
+        let parts: Vec<_> = CommaSplit::new(v).map(|(_, p)| p).collect();
+        assert_eq!(parts.len(), 2);
+        assert_eq!(parts[0], br#""a,b" <sip:x@y;p=1,2>;q=1"#);
+        assert_eq!(parts[1], b"<sip:z>");
+    }
+
+    #[test]
+    fn numbers() {
+        assert_eq!(parse_u64(b"0068", 255), Ok(68));
+        assert_eq!(parse_u64(b"256", 255), Err(true));
+        assert_eq!(parse_u64(b"-1", 255), Err(false));
+        assert_eq!(parse_u64(b"99999999999999999999999999", 10), Err(true));
+    }
+
+    #[test]
+    fn quoted_with_escapes() {
+        let mut c = Cursor::new(br#""J \"x\"" <sip:a>"#);
+        assert_eq!(c.quoted(), Some(&br#"J \"x\""#[..]));
+        assert_eq!(c.rest(), b" <sip:a>");
+        let mut c = Cursor::new(br#""open"#);
+        assert_eq!(c.quoted(), None);
+    }
+}

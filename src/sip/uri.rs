@@ -1,0 +1,643 @@
+//! URIs: `sip:`, `sips:` (RFC 3261 §19.1, §25.1), `tel:` (RFC 3966) and other absolute URIs
+//! kept opaque. Hosts may be names, IPv4 or bracketed IPv6 references (RFC 5118). Parsing
+//! borrows the input; escapes (`%HH`) are validated but kept, and decoded on comparison.
+//! [`Uri::equals`] implements the comparison rules of RFC 3261 §19.1.4.
+
+use super::scan::is_lws;
+
+/// The URI scheme.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scheme<'a> {
+    Sip,
+    Sips,
+    Tel,
+    /// Any other scheme (`nobodyKnowsThisScheme`, `http`, ...); the rest of the URI is opaque.
+    Other(&'a [u8]),
+}
+
+/// What kind of host a SIP URI names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HostKind {
+    Name,
+    Ipv4,
+    /// An IPv6 reference; `Uri::host` holds the address without the brackets.
+    Ipv6,
+    /// No host (tel: and opaque URIs).
+    None,
+}
+
+/// Why a URI did not parse.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UriError {
+    Empty,
+    BadScheme,
+    BadUser,
+    BadHost,
+    BadPort,
+    BadParam,
+    BadHeaders,
+    BadEscape,
+    /// Whitespace or a character that can never appear in a URI.
+    IllegalChar,
+    /// A telephone-subscriber with characters outside RFC 3966.
+    BadTelNumber,
+}
+
+/// A parsed URI borrowing its bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Uri<'a> {
+    pub scheme: Scheme<'a>,
+    /// User part (escapes kept), or the number of a tel: URI.
+    pub user: Option<&'a [u8]>,
+    pub password: Option<&'a [u8]>,
+    /// Host without IPv6 brackets; empty for tel: and opaque URIs.
+    pub host: &'a [u8],
+    pub host_kind: HostKind,
+    pub port: Option<u16>,
+    /// The parameters after the first `;` (without it), e.g. `transport=tcp;lr`.
+    pub params: &'a [u8],
+    /// The headers after `?` (without it), e.g. `Subject=x&Priority=urgent`.
+    pub headers: &'a [u8],
+    /// The whole URI as given.
+    pub raw: &'a [u8],
+}
+
+const fn user_table() -> [bool; 256] {
+    let mut t = [false; 256];
+    let mut i = 0;
+    while i < 256 {
+        let c = i as u8;
+        // unreserved (alphanum + mark) + user-unreserved; '%' handled as escape.
+        t[i] = c.is_ascii_alphanumeric()
+            || matches!(
+                c,
+                b'-' | b'_'
+                    | b'.'
+                    | b'!'
+                    | b'~'
+                    | b'*'
+                    | b'\''
+                    | b'('
+                    | b')'
+                    | b'&'
+                    | b'='
+                    | b'+'
+                    | b'$'
+                    | b','
+                    | b';'
+                    | b'?'
+                    | b'/'
+            );
+        i += 1;
+    }
+    t
+}
+
+const fn param_table() -> [bool; 256] {
+    let mut t = [false; 256];
+    let mut i = 0;
+    while i < 256 {
+        let c = i as u8;
+        // unreserved + param-unreserved "[]/:&+$"
+        t[i] = c.is_ascii_alphanumeric()
+            || matches!(
+                c,
+                b'-' | b'_'
+                    | b'.'
+                    | b'!'
+                    | b'~'
+                    | b'*'
+                    | b'\''
+                    | b'('
+                    | b')'
+                    | b'['
+                    | b']'
+                    | b'/'
+                    | b':'
+                    | b'&'
+                    | b'+'
+                    | b'$'
+            );
+        i += 1;
+    }
+    t
+}
+
+const fn hvalue_table() -> [bool; 256] {
+    let mut t = [false; 256];
+    let mut i = 0;
+    while i < 256 {
+        let c = i as u8;
+        // unreserved + hnv-unreserved "[]/?:+$"
+        t[i] = c.is_ascii_alphanumeric()
+            || matches!(
+                c,
+                b'-' | b'_'
+                    | b'.'
+                    | b'!'
+                    | b'~'
+                    | b'*'
+                    | b'\''
+                    | b'('
+                    | b')'
+                    | b'['
+                    | b']'
+                    | b'/'
+                    | b'?'
+                    | b':'
+                    | b'+'
+                    | b'$'
+            );
+        i += 1;
+    }
+    t
+}
+
+static USER: [bool; 256] = user_table();
+static PARAM: [bool; 256] = param_table();
+static HVALUE: [bool; 256] = hvalue_table();
+
+/// Checks that `s` consists of `allowed` bytes and valid `%HH` escapes.
+fn check_escaped(s: &[u8], allowed: &[bool; 256], err: UriError) -> Result<(), UriError> {
+    let mut i = 0;
+    while i < s.len() {
+        let c = s[i];
+        if c == b'%' {
+            if i + 2 >= s.len() {
+                return Err(UriError::BadEscape);
+            }
+            if !(s[i + 1].is_ascii_hexdigit() && s[i + 2].is_ascii_hexdigit()) {
+                return Err(UriError::BadEscape);
+            }
+            i += 3;
+        } else if allowed[c as usize] {
+            i += 1;
+        } else {
+            return Err(err);
+        }
+    }
+    Ok(())
+}
+
+fn parse_port(s: &[u8]) -> Result<u16, UriError> {
+    if s.is_empty() || s.len() > 5 || !s.iter().all(u8::is_ascii_digit) {
+        return Err(UriError::BadPort);
+    }
+    let v: u32 = s.iter().fold(0, |a, &c| a * 10 + (c - b'0') as u32);
+    u16::try_from(v).map_err(|_| UriError::BadPort)
+}
+
+fn is_ipv4(s: &[u8]) -> bool {
+    let mut parts = 0;
+    for p in s.split(|&c| c == b'.') {
+        parts += 1;
+        if p.is_empty() || p.len() > 3 || !p.iter().all(u8::is_ascii_digit) {
+            return false;
+        }
+        let v: u32 = p.iter().fold(0, |a, &c| a * 10 + (c - b'0') as u32);
+        if v > 255 {
+            return false;
+        }
+    }
+    parts == 4
+}
+
+/// Checks an IPv6 reference's inner text (RFC 5118 also asks us to tolerate the three-colon
+/// form that the RFC 3261 ABNF admits).
+pub(crate) fn is_ipv6(s: &[u8]) -> bool {
+    s.len() >= 2
+        && s.iter().filter(|&&c| c == b':').count() >= 2
+        && s.iter()
+            .all(|&c| c.is_ascii_hexdigit() || c == b':' || c == b'.')
+}
+
+fn is_hostname(s: &[u8]) -> bool {
+    !s.is_empty()
+        && s.len() <= 255
+        && s.iter()
+            .all(|&c| c.is_ascii_alphanumeric() || c == b'-' || c == b'.')
+        && s[0] != b'.'
+        && s[0] != b'-'
+        && !s.windows(2).any(|w| w == b"..")
+}
+
+/// Parses a host (`name`, `a.b.c.d` or `[v6]`) and returns (host, kind).
+pub(crate) fn parse_host(s: &[u8]) -> Result<(&[u8], HostKind), UriError> {
+    if let Some(inner) = s.strip_prefix(b"[") {
+        let inner = inner.strip_suffix(b"]").ok_or(UriError::BadHost)?;
+        if is_ipv6(inner) {
+            return Ok((inner, HostKind::Ipv6));
+        }
+        return Err(UriError::BadHost);
+    }
+    if is_ipv4(s) {
+        Ok((s, HostKind::Ipv4))
+    } else if is_hostname(s) {
+        Ok((s, HostKind::Name))
+    } else {
+        Err(UriError::BadHost)
+    }
+}
+
+/// Splits `host[:port]` where host may be a bracketed IPv6 reference.
+pub(crate) fn split_hostport(s: &[u8]) -> Result<(&[u8], HostKind, Option<u16>), UriError> {
+    let (host_part, port_part) = if s.first() == Some(&b'[') {
+        let close = memchr::memchr(b']', s).ok_or(UriError::BadHost)?;
+        let rest = &s[close + 1..];
+        match rest {
+            [] => (s, None),
+            [b':', port @ ..] => (&s[..close + 1], Some(port)),
+            _ => return Err(UriError::BadHost),
+        }
+    } else {
+        match memchr::memchr(b':', s) {
+            Some(i) => (&s[..i], Some(&s[i + 1..])),
+            None => (s, None),
+        }
+    };
+    let (host, kind) = parse_host(host_part)?;
+    let port = port_part.map(parse_port).transpose()?;
+    Ok((host, kind, port))
+}
+
+impl<'a> Uri<'a> {
+    /// Parses a URI. Leading/trailing whitespace is an error: callers trim header values.
+    pub fn parse(raw: &'a [u8]) -> Result<Uri<'a>, UriError> {
+        if raw.is_empty() {
+            return Err(UriError::Empty);
+        }
+        if raw
+            .iter()
+            .any(|&c| is_lws(c) || c < 0x21 || c >= 0x7f || c == b'<' || c == b'>' || c == b'"')
+        {
+            return Err(UriError::IllegalChar);
+        }
+        let colon = memchr::memchr(b':', raw).ok_or(UriError::BadScheme)?;
+        let scheme_bytes = &raw[..colon];
+        if scheme_bytes.is_empty()
+            || !scheme_bytes[0].is_ascii_alphabetic()
+            || !scheme_bytes
+                .iter()
+                .all(|&c| c.is_ascii_alphanumeric() || matches!(c, b'+' | b'-' | b'.'))
+        {
+            return Err(UriError::BadScheme);
+        }
+        let rest = &raw[colon + 1..];
+        let scheme = if scheme_bytes.eq_ignore_ascii_case(b"sip") {
+            Scheme::Sip
+        } else if scheme_bytes.eq_ignore_ascii_case(b"sips") {
+            Scheme::Sips
+        } else if scheme_bytes.eq_ignore_ascii_case(b"tel") {
+            Scheme::Tel
+        } else {
+            Scheme::Other(scheme_bytes)
+        };
+        match scheme {
+            Scheme::Sip | Scheme::Sips => Self::parse_sip(scheme, rest, raw),
+            Scheme::Tel => Self::parse_tel(rest, raw),
+            Scheme::Other(_) => Ok(Uri {
+                scheme,
+                user: None,
+                password: None,
+                host: b"",
+                host_kind: HostKind::None,
+                port: None,
+                params: b"",
+                headers: b"",
+                raw,
+            }),
+        }
+    }
+
+    fn parse_sip(scheme: Scheme<'a>, rest: &'a [u8], raw: &'a [u8]) -> Result<Uri<'a>, UriError> {
+        // '@' cannot appear unescaped in params or headers, so it delimits userinfo.
+        let (user, password, after_user) = match memchr::memchr(b'@', rest) {
+            Some(at) => {
+                let userinfo = &rest[..at];
+                let (user, password) = match memchr::memchr(b':', userinfo) {
+                    Some(c) => (&userinfo[..c], Some(&userinfo[c + 1..])),
+                    None => (userinfo, None),
+                };
+                if user.is_empty() {
+                    return Err(UriError::BadUser);
+                }
+                check_escaped(user, &USER, UriError::BadUser)?;
+                if let Some(p) = password {
+                    check_escaped(p, &USER, UriError::BadUser)?;
+                }
+                (Some(user), password, &rest[at + 1..])
+            }
+            None => (None, None, rest),
+        };
+        let (before_headers, headers) = match memchr::memchr(b'?', after_user) {
+            Some(q) => (&after_user[..q], &after_user[q + 1..]),
+            None => (after_user, &b""[..]),
+        };
+        let (hostport, params) = match memchr::memchr(b';', before_headers) {
+            Some(s) => (&before_headers[..s], &before_headers[s + 1..]),
+            None => (before_headers, &b""[..]),
+        };
+        let (host, host_kind, port) = split_hostport(hostport)?;
+        if !params.is_empty() || memchr::memchr(b';', before_headers).is_some() {
+            for p in params.split(|&c| c == b';') {
+                let (name, value) = match memchr::memchr(b'=', p) {
+                    Some(e) => (&p[..e], Some(&p[e + 1..])),
+                    None => (p, None),
+                };
+                if name.is_empty() {
+                    return Err(UriError::BadParam);
+                }
+                check_escaped(name, &PARAM, UriError::BadParam)?;
+                if let Some(v) = value {
+                    if v.is_empty() {
+                        return Err(UriError::BadParam);
+                    }
+                    check_escaped(v, &PARAM, UriError::BadParam)?;
+                }
+            }
+        }
+        if memchr::memchr(b'?', after_user).is_some() {
+            if headers.is_empty() {
+                return Err(UriError::BadHeaders);
+            }
+            for h in headers.split(|&c| c == b'&') {
+                let e = memchr::memchr(b'=', h).ok_or(UriError::BadHeaders)?;
+                if e == 0 {
+                    return Err(UriError::BadHeaders);
+                }
+                check_escaped(&h[..e], &HVALUE, UriError::BadHeaders)?;
+                check_escaped(&h[e + 1..], &HVALUE, UriError::BadHeaders)?;
+            }
+        }
+        Ok(Uri {
+            scheme,
+            user,
+            password,
+            host,
+            host_kind,
+            port,
+            params,
+            headers,
+            raw,
+        })
+    }
+
+    fn parse_tel(rest: &'a [u8], raw: &'a [u8]) -> Result<Uri<'a>, UriError> {
+        let (number, params) = match memchr::memchr(b';', rest) {
+            Some(s) => (&rest[..s], &rest[s + 1..]),
+            None => (rest, &b""[..]),
+        };
+        let digits = number.strip_prefix(b"+").unwrap_or(number);
+        if digits.is_empty()
+            || !digits.iter().all(|&c| {
+                c.is_ascii_hexdigit() || matches!(c, b'*' | b'#' | b'-' | b'.' | b'(' | b')')
+            })
+        {
+            return Err(UriError::BadTelNumber);
+        }
+        for p in params.split(|&c| c == b';').filter(|_| !params.is_empty()) {
+            if p.is_empty() || p[0] == b'=' {
+                return Err(UriError::BadParam);
+            }
+            check_escaped(p, &PARAM_OR_EQ, UriError::BadParam)?;
+        }
+        Ok(Uri {
+            scheme: Scheme::Tel,
+            user: Some(number),
+            password: None,
+            host: b"",
+            host_kind: HostKind::None,
+            port: None,
+            params,
+            headers: b"",
+            raw,
+        })
+    }
+
+    /// True for sip: and sips: URIs.
+    pub fn is_sip(&self) -> bool {
+        matches!(self.scheme, Scheme::Sip | Scheme::Sips)
+    }
+
+    /// Iterates the URI parameters as (name, value) with escapes kept.
+    pub fn param_iter(&self) -> impl Iterator<Item = (&'a [u8], Option<&'a [u8]>)> {
+        let params = self.params;
+        params
+            .split(|&c| c == b';')
+            .filter(move |p| !p.is_empty())
+            .map(|p| match memchr::memchr(b'=', p) {
+                Some(e) => (&p[..e], Some(&p[e + 1..])),
+                None => (p, None),
+            })
+    }
+
+    /// The value of a URI parameter (name compared case-insensitively after unescaping, so
+    /// `%6C%72` is `lr`: RFC 4475 §3.1.1.3). `Some(None)` means
+    /// present without a value (e.g. `lr`).
+    pub fn param(&self, name: &str) -> Option<Option<&'a [u8]>> {
+        self.param_iter()
+            .find(|(n, _)| eq_unescaped(n, name.as_bytes(), true))
+            .map(|(_, v)| v)
+    }
+
+    /// `;lr` is present (RFC 3261 §19.1.1 loose routing).
+    pub fn lr(&self) -> bool {
+        self.param("lr").is_some()
+    }
+
+    pub fn transport(&self) -> Option<&'a [u8]> {
+        self.param("transport").flatten()
+    }
+
+    pub fn maddr(&self) -> Option<&'a [u8]> {
+        self.param("maddr").flatten()
+    }
+
+    /// Iterates the URI headers as (name, value), escapes kept.
+    pub fn header_iter(&self) -> impl Iterator<Item = (&'a [u8], &'a [u8])> {
+        let headers = self.headers;
+        headers
+            .split(|&c| c == b'&')
+            .filter(move |h| !h.is_empty())
+            .map(|h| match memchr::memchr(b'=', h) {
+                Some(e) => (&h[..e], &h[e + 1..]),
+                None => (h, &b""[..]),
+            })
+    }
+
+    /// URI equality per RFC 3261 §19.1.4 (for sip/sips; tel and others compare their
+    /// unescaped text case-insensitively).
+    pub fn equals(&self, other: &Uri<'_>) -> bool {
+        match (self.scheme, other.scheme) {
+            (Scheme::Sip, Scheme::Sip) | (Scheme::Sips, Scheme::Sips) => {}
+            (Scheme::Tel, Scheme::Tel) => {
+                return eq_unescaped(self.user.unwrap_or(b""), other.user.unwrap_or(b""), true)
+                    && params_equal(self, other, true);
+            }
+            (Scheme::Other(a), Scheme::Other(b)) => {
+                return a.eq_ignore_ascii_case(b) && eq_unescaped(self.raw, other.raw, true);
+            }
+            _ => return false,
+        }
+        // userinfo: case-sensitive after unescaping.
+        match (self.user, other.user) {
+            (None, None) => {}
+            (Some(a), Some(b)) if eq_unescaped(a, b, false) => {}
+            _ => return false,
+        }
+        match (self.password, other.password) {
+            (None, None) => {}
+            (Some(a), Some(b)) if eq_unescaped(a, b, false) => {}
+            _ => return false,
+        }
+        if !self.host.eq_ignore_ascii_case(other.host) || self.port != other.port {
+            return false;
+        }
+        params_equal(self, other, false) && headers_equal(self, other)
+    }
+
+    /// Writes the address-of-record key of this URI (RFC 3261 §10.3 step 5): scheme, user
+    /// unescaped, host in lower case; no port, parameters or headers. Returns false if the URI
+    /// is not a SIP URI.
+    pub fn write_aor(&self, out: &mut Vec<u8>) -> bool {
+        match self.scheme {
+            Scheme::Sip => out.extend_from_slice(b"sip:"),
+            Scheme::Sips => out.extend_from_slice(b"sips:"),
+            _ => return false,
+        }
+        if let Some(u) = self.user {
+            out.extend(Unescape::new(u));
+            out.push(b'@');
+        }
+        if self.host_kind == HostKind::Ipv6 {
+            out.push(b'[');
+        }
+        out.extend(self.host.iter().map(u8::to_ascii_lowercase));
+        if self.host_kind == HostKind::Ipv6 {
+            out.push(b']');
+        }
+        true
+    }
+
+    /// The address-of-record key as a String (see [`Uri::write_aor`]).
+    pub fn aor(&self) -> Option<String> {
+        let mut v = Vec::with_capacity(self.raw.len());
+        if !self.write_aor(&mut v) {
+            return None;
+        }
+        // Unescaped user parts may hold any byte; keep them lossless but valid UTF-8.
+        Some(match String::from_utf8(v) {
+            Ok(s) => s,
+            Err(e) => String::from_utf8_lossy(e.as_bytes()).into_owned(),
+        })
+    }
+}
+
+/// Parameters that must match when present in either URI (RFC 3261 §19.1.4).
+const MUST_MATCH: [&[u8]; 5] = [b"user", b"ttl", b"method", b"maddr", b"transport"];
+
+fn params_equal(a: &Uri<'_>, b: &Uri<'_>, all: bool) -> bool {
+    for (name, va) in a.param_iter() {
+        let vb = b
+            .param_iter()
+            .find(|(n, _)| eq_unescaped(n, name, true))
+            .map(|(_, v)| v);
+        match vb {
+            Some(vb) => {
+                if !eq_unescaped(va.unwrap_or(b""), vb.unwrap_or(b""), true) {
+                    return false;
+                }
+            }
+            None => {
+                if all || MUST_MATCH.iter().any(|m| eq_unescaped(name, m, true)) {
+                    return false;
+                }
+            }
+        }
+    }
+    for (name, _) in b.param_iter() {
+        let in_a = a.param_iter().any(|(n, _)| eq_unescaped(n, name, true));
+        if !in_a && (all || MUST_MATCH.iter().any(|m| eq_unescaped(name, m, true))) {
+            return false;
+        }
+    }
+    true
+}
+
+fn headers_equal(a: &Uri<'_>, b: &Uri<'_>) -> bool {
+    if a.header_iter().count() != b.header_iter().count() {
+        return false;
+    }
+    a.header_iter().all(|(n, v)| {
+        b.header_iter()
+            .any(|(n2, v2)| eq_unescaped(n, n2, true) && eq_unescaped(v, v2, false))
+    })
+}
+
+/// Iterator over the bytes of `s` with `%HH` escapes decoded.
+pub struct Unescape<'a> {
+    s: &'a [u8],
+    i: usize,
+}
+
+impl<'a> Unescape<'a> {
+    pub fn new(s: &'a [u8]) -> Self {
+        Unescape { s, i: 0 }
+    }
+}
+
+fn hex(c: u8) -> Option<u8> {
+    match c {
+        b'0'..=b'9' => Some(c - b'0'),
+        b'a'..=b'f' => Some(c - b'a' + 10),
+        b'A'..=b'F' => Some(c - b'A' + 10),
+        _ => None,
+    }
+}
+
+impl Iterator for Unescape<'_> {
+    type Item = u8;
+    fn next(&mut self) -> Option<u8> {
+        let c = *self.s.get(self.i)?;
+        if c == b'%' && self.i + 2 < self.s.len() {
+            if let (Some(h), Some(l)) = (hex(self.s[self.i + 1]), hex(self.s[self.i + 2])) {
+                self.i += 3;
+                return Some(h << 4 | l);
+            }
+        }
+        self.i += 1;
+        Some(c)
+    }
+}
+
+/// Compares two escaped byte strings after decoding, optionally ignoring ASCII case.
+pub fn eq_unescaped(a: &[u8], b: &[u8], ignore_case: bool) -> bool {
+    if a == b {
+        return true;
+    }
+    let mut x = Unescape::new(a);
+    let mut y = Unescape::new(b);
+    loop {
+        match (x.next(), y.next()) {
+            (None, None) => return true,
+            (Some(p), Some(q)) => {
+                let same = if ignore_case {
+                    p.eq_ignore_ascii_case(&q)
+                } else {
+                    p == q
+                };
+                if !same {
+                    return false;
+                }
+            }
+            _ => return false,
+        }
+    }
+}
+
+const fn param_or_eq_table() -> [bool; 256] {
+    let mut t = param_table();
+    t[b'=' as usize] = true;
+    t
+}
+static PARAM_OR_EQ: [bool; 256] = param_or_eq_table();

@@ -1,0 +1,271 @@
+//! Writing messages: responses built from a request (RFC 3261 §8.2.6.2, with the Via
+//! `received`/`rport` of §18.2.1 and RFC 3581 §4), and requests forwarded by splicing edits
+//! into the original bytes (§16.6: new top Via, Max-Forwards decremented, top Route removed,
+//! Record-Route added, Request-URI rewritten) without re-parsing.
+//!
+//! Everything writes into a caller-provided `Vec<u8>` so the caller can reuse one buffer.
+
+use super::header_name::HeaderName;
+use super::message::{Message, Span};
+use super::scan::CommaSplit;
+
+/// What to write into the top Via of a response (filled in by the server transport when the
+/// request arrived, RFC 3261 §18.2.1 and RFC 3581 §4).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ViaFixup<'x> {
+    /// Source IP of the request, as text; written as `;received=` when `add_received`.
+    pub received: &'x [u8],
+    /// Whether `received` must be added (the sent-by host differs, or rport was asked for).
+    pub add_received: bool,
+    /// Source port, written into a valueless `rport`.
+    pub rport: u16,
+}
+
+#[inline]
+fn push_u32(out: &mut Vec<u8>, n: u32) {
+    let mut b = itoa::Buffer::new();
+    out.extend_from_slice(b.format(n).as_bytes());
+}
+
+/// Writes one header line `Name: value\r\n`.
+#[inline]
+pub fn header(out: &mut Vec<u8>, name: &str, value: &[u8]) {
+    out.extend_from_slice(name.as_bytes());
+    out.extend_from_slice(b": ");
+    out.extend_from_slice(value);
+    out.extend_from_slice(b"\r\n");
+}
+
+/// Writes a header line with a decimal value.
+#[inline]
+pub fn header_u32(out: &mut Vec<u8>, name: &str, value: u32) {
+    out.extend_from_slice(name.as_bytes());
+    out.extend_from_slice(b": ");
+    push_u32(out, value);
+    out.extend_from_slice(b"\r\n");
+}
+
+/// Writes the status line and the headers copied from the request (§8.2.6.2): every Via in
+/// order (the top one fixed up), From, To (with `to_tag` added if it has no tag and the status
+/// is above 100), Call-ID and CSeq. Continue with [`header`] and end with [`finish`].
+pub fn response_head(
+    out: &mut Vec<u8>,
+    req: &Message<'_>,
+    status: u16,
+    reason: &[u8],
+    to_tag: Option<&[u8]>,
+    via_fixup: Option<ViaFixup<'_>>,
+) {
+    out.extend_from_slice(b"SIP/2.0 ");
+    push_u32(out, status as u32);
+    out.push(b' ');
+    out.extend_from_slice(reason);
+    out.extend_from_slice(b"\r\n");
+    let mut first_via = true;
+    for slot in req.slots() {
+        match slot.name {
+            HeaderName::Via => {
+                let v = req.slice(slot.value);
+                if first_via {
+                    first_via = false;
+                    if let Some(fix) = via_fixup {
+                        out.extend_from_slice(b"Via: ");
+                        write_fixed_via(out, req, v, fix);
+                        out.extend_from_slice(b"\r\n");
+                        continue;
+                    }
+                }
+                header(out, "Via", v);
+            }
+            HeaderName::From => header(out, "From", req.slice(slot.value)),
+            HeaderName::To => {
+                let v = req.slice(slot.value);
+                out.extend_from_slice(b"To: ");
+                out.extend_from_slice(v);
+                if let Some(tag) = to_tag {
+                    let has_tag = super::headers::NameAddr::parse(v)
+                        .map(|n| n.tag().is_some())
+                        .unwrap_or(true);
+                    if status > 100 && !has_tag {
+                        out.extend_from_slice(b";tag=");
+                        out.extend_from_slice(tag);
+                    }
+                }
+                out.extend_from_slice(b"\r\n");
+            }
+            HeaderName::CallId => header(out, "Call-ID", req.slice(slot.value)),
+            HeaderName::CSeq => header(out, "CSeq", req.slice(slot.value)),
+            _ => {}
+        }
+    }
+}
+
+/// Writes the first Via value of `line` with `rport` filled and `received` added, then the
+/// rest of the line unchanged.
+fn write_fixed_via(out: &mut Vec<u8>, req: &Message<'_>, line: &[u8], fix: ViaFixup<'_>) {
+    let (off, first) = CommaSplit::new(line).next().unwrap_or((0, line));
+    let first_end = off + first.len();
+    let mut copied = 0;
+    if let Ok(via) = super::headers::Via::parse(first) {
+        // A valueless rport gets the source port (RFC 3581 §4).
+        if let Some((name, None)) = via
+            .params
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(b"rport"))
+        {
+            let name_end = req.offset_of(name) + name.len() - req.offset_of(line);
+            out.extend_from_slice(&line[..name_end]);
+            out.push(b'=');
+            push_u32(out, fix.rport as u32);
+            copied = name_end;
+        }
+        out.extend_from_slice(&line[copied..first_end]);
+        if fix.add_received && via.received().is_none() {
+            out.extend_from_slice(b";received=");
+            out.extend_from_slice(fix.received);
+        }
+        out.extend_from_slice(&line[first_end..]);
+    } else {
+        out.extend_from_slice(line);
+    }
+}
+
+/// Ends the header section with Content-Length and appends the body.
+#[inline]
+pub fn finish(out: &mut Vec<u8>, body: &[u8]) {
+    header_u32(out, "Content-Length", body.len() as u32);
+    out.extend_from_slice(b"\r\n");
+    out.extend_from_slice(body);
+}
+
+/// The edits a proxy makes when it forwards a request (RFC 3261 §16.6).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ForwardEdits<'e> {
+    /// New Request-URI (step 1/6).
+    pub request_uri: Option<&'e [u8]>,
+    /// Value of the Via to add on top (step 8), e.g. `SIP/2.0/UDP 192.0.2.1:5060;branch=z9hG4bK..`.
+    pub via: Option<&'e [u8]>,
+    /// Value of the Record-Route to add on top (step 4), e.g. `<sip:192.0.2.1:5060;lr>`.
+    pub record_route: Option<&'e [u8]>,
+    /// Remove the first Route value (step 6, loose routing with our URI on top).
+    pub pop_route: bool,
+    /// Decrement Max-Forwards, or add `Max-Forwards: 70` if absent (step 3).
+    pub decrement_max_forwards: bool,
+}
+
+/// Why a request cannot be forwarded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ForwardError {
+    /// Max-Forwards is 0 (answer 483) or not a number.
+    MaxForwards,
+    /// The message is a response.
+    NotARequest,
+}
+
+enum Splice<'e> {
+    Bytes(&'e [u8]),
+    Number(u8),
+    /// New header lines at the top of the header section.
+    TopHeaders,
+}
+
+/// Writes `msg` with `edits` applied into `out`. The body and every untouched byte are copied
+/// as they are; bytes after the body (ignored per RFC 3261 §18.3) are not copied.
+pub fn write_forward(
+    out: &mut Vec<u8>,
+    msg: &Message<'_>,
+    edits: &ForwardEdits<'_>,
+) -> Result<(), ForwardError> {
+    let uri_span = msg.request_uri_span().ok_or(ForwardError::NotARequest)?;
+    // At most 4 cuts: Request-URI, top headers, Max-Forwards, Route.
+    let mut cuts: [(Span, Splice<'_>); 4] = [
+        (Span::default(), Splice::Bytes(b"")),
+        (Span::default(), Splice::Bytes(b"")),
+        (Span::default(), Splice::Bytes(b"")),
+        (Span::default(), Splice::Bytes(b"")),
+    ];
+    let mut n = 0;
+    if let Some(uri) = edits.request_uri {
+        cuts[n] = (uri_span, Splice::Bytes(uri));
+        n += 1;
+    }
+    let top = msg.headers_offset() as u32;
+    let mut add_max_forwards = false;
+    if edits.decrement_max_forwards {
+        match msg.first_slot(HeaderName::MaxForwards) {
+            Some(slot) => {
+                let mf = msg.max_forwards().map_err(|_| ForwardError::MaxForwards)?;
+                match mf {
+                    Some(0) | None => return Err(ForwardError::MaxForwards),
+                    Some(v) => {
+                        cuts[n] = (slot.value, Splice::Number(v - 1));
+                        n += 1;
+                    }
+                }
+            }
+            None => add_max_forwards = true,
+        }
+    }
+    if edits.via.is_some() || edits.record_route.is_some() || add_max_forwards {
+        cuts[n] = (
+            Span {
+                start: top,
+                end: top,
+            },
+            Splice::TopHeaders,
+        );
+        n += 1;
+    }
+    if edits.pop_route {
+        if let Some(slot) = msg.first_slot(HeaderName::Route) {
+            let line = msg.slice(slot.value);
+            let mut split = CommaSplit::new(line);
+            split.next();
+            let span = match split.next() {
+                // Several values on the line: drop the first value and its comma.
+                Some((second, _)) => Span {
+                    start: slot.value.start,
+                    end: slot.value.start + second as u32,
+                },
+                // One value: drop the whole line including its line break.
+                None => {
+                    let buf = msg.buf();
+                    let after = memchr::memchr(b'\n', &buf[slot.value.end as usize..])
+                        .map_or(buf.len(), |i| slot.value.end as usize + i + 1);
+                    Span {
+                        start: slot.name_span.start,
+                        end: after as u32,
+                    }
+                }
+            };
+            cuts[n] = (span, Splice::Bytes(b""));
+            n += 1;
+        }
+    }
+    let cuts = &mut cuts[..n];
+    cuts.sort_unstable_by_key(|(s, _)| (s.start, s.end));
+    let buf = msg.buf();
+    let mut pos = msg.start_offset();
+    out.reserve(msg.len() + 256);
+    for (span, splice) in cuts.iter() {
+        out.extend_from_slice(&buf[pos..span.start as usize]);
+        match splice {
+            Splice::Bytes(b) => out.extend_from_slice(b),
+            Splice::Number(v) => push_u32(out, *v as u32),
+            Splice::TopHeaders => {
+                if let Some(v) = edits.via {
+                    header(out, "Via", v);
+                }
+                if let Some(rr) = edits.record_route {
+                    header(out, "Record-Route", rr);
+                }
+                if add_max_forwards {
+                    header(out, "Max-Forwards", b"70");
+                }
+            }
+        }
+        pos = span.end as usize;
+    }
+    out.extend_from_slice(&buf[pos..msg.len()]);
+    Ok(())
+}
