@@ -269,3 +269,228 @@ pub fn write_forward(
     out.extend_from_slice(&buf[pos..msg.len()]);
     Ok(())
 }
+
+/// Builds an error response to a request that did not parse (RFC 3261 §21.4.1: answer 400
+/// when a response can be routed). Copies the Via, From, To, Call-ID and CSeq lines it can
+/// find verbatim. Returns false (and writes nothing) if the bytes are not a request or have no
+/// Via line, in which case the datagram is to be dropped.
+pub fn salvage_response(out: &mut Vec<u8>, raw: &[u8], status: u16, reason: &[u8]) -> bool {
+    let start = out.len();
+    let first = raw
+        .iter()
+        .position(|&c| c != b'\r' && c != b'\n')
+        .unwrap_or(raw.len());
+    let raw = &raw[first..];
+    if raw.len() < 4 || raw[..4].eq_ignore_ascii_case(b"SIP/") {
+        return false;
+    }
+    out.extend_from_slice(b"SIP/2.0 ");
+    push_u32(out, status as u32);
+    out.push(b' ');
+    out.extend_from_slice(reason);
+    out.extend_from_slice(b"\r\n");
+    let mut seen_via = false;
+    let mut seen = [false; 4];
+    for line in raw.split(|&c| c == b'\n').skip(1) {
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        if line.is_empty() {
+            break;
+        }
+        let Some(colon) = memchr::memchr(b':', line) else {
+            continue;
+        };
+        let name = super::scan::trim(&line[..colon]);
+        let value = super::scan::trim(&line[colon + 1..]);
+        // A response must not carry control characters we would echo back.
+        if value.iter().any(|&c| c < 0x20 && c != b'\t') {
+            continue;
+        }
+        let (canon, slot) = match HeaderName::from_bytes(name) {
+            HeaderName::Via => {
+                seen_via = true;
+                ("Via", None)
+            }
+            HeaderName::From => ("From", Some(0)),
+            HeaderName::To => ("To", Some(1)),
+            HeaderName::CallId => ("Call-ID", Some(2)),
+            HeaderName::CSeq => ("CSeq", Some(3)),
+            _ => continue,
+        };
+        if let Some(i) = slot {
+            if seen[i] {
+                continue;
+            }
+            seen[i] = true;
+        }
+        header(out, canon, value);
+    }
+    if !seen_via {
+        out.truncate(start);
+        return false;
+    }
+    finish(out, b"");
+    true
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sip::Message;
+
+    const INVITE: &[u8] = b"INVITE sip:bob@example.com SIP/2.0\r\n\
+Via: SIP/2.0/UDP 192.0.2.1:5060;branch=z9hG4bKaaa;rport\r\n\
+Via: SIP/2.0/UDP 192.0.2.9;branch=z9hG4bKbbb\r\n\
+Route: <sip:proxy.example.com;lr>, <sip:other.example.com;lr>\r\n\
+Max-Forwards: 70\r\n\
+From: Alice <sip:alice@example.com>;tag=1928\r\n\
+To: Bob <sip:bob@example.com>\r\n\
+Call-ID: a84b4c76e66710\r\n\
+CSeq: 314159 INVITE\r\n\
+Content-Length: 4\r\n\r\nbodyTRAILING";
+
+    #[test]
+    fn response_copies_headers_and_fixes_via() {
+        let req = Message::parse(INVITE).unwrap();
+        let mut out = Vec::new();
+        response_head(
+            &mut out,
+            &req,
+            180,
+            b"Ringing",
+            Some(b"xyz"),
+            Some(ViaFixup {
+                received: b"198.51.100.7",
+                add_received: true,
+                rport: 40000,
+            }),
+        );
+        header(&mut out, "Contact", b"<sip:bob@192.0.2.4>");
+        finish(&mut out, b"");
+        let r = Message::parse(&out).unwrap();
+        r.validate().unwrap();
+        assert_eq!(r.status(), Some(180));
+        let vias: Vec<_> = r.vias().map(|v| v.unwrap()).collect();
+        assert_eq!(vias.len(), 2);
+        assert_eq!(vias[0].rport(), Some(Some(40000)));
+        assert_eq!(vias[0].received(), Some(&b"198.51.100.7"[..]));
+        assert_eq!(vias[0].branch(), Some(&b"z9hG4bKaaa"[..]));
+        assert_eq!(vias[1].branch(), Some(&b"z9hG4bKbbb"[..]));
+        assert_eq!(r.to().unwrap().tag(), Some(&b"xyz"[..]));
+        assert_eq!(r.from().unwrap().tag(), Some(&b"1928"[..]));
+        assert_eq!(r.call_id().unwrap(), b"a84b4c76e66710");
+        assert_eq!(r.cseq().unwrap().seq, 314159);
+        assert!(r.header(HeaderName::Route).is_none());
+        assert_eq!(r.body(), b"");
+        // 100 Trying gets no To tag.
+        let mut out = Vec::new();
+        response_head(&mut out, &req, 100, b"Trying", Some(b"xyz"), None);
+        finish(&mut out, b"");
+        assert_eq!(Message::parse(&out).unwrap().to().unwrap().tag(), None);
+    }
+
+    #[test]
+    fn forward_splices_edits() {
+        let req = Message::parse(INVITE).unwrap();
+        let mut out = Vec::new();
+        write_forward(
+            &mut out,
+            &req,
+            &ForwardEdits {
+                request_uri: Some(b"sip:bob@192.0.2.4:5062"),
+                via: Some(b"SIP/2.0/UDP 10.0.0.1:5060;branch=z9hG4bKnew"),
+                record_route: Some(b"<sip:10.0.0.1:5060;lr>"),
+                pop_route: true,
+                decrement_max_forwards: true,
+            },
+        )
+        .unwrap();
+        let f = Message::parse(&out).unwrap();
+        f.validate().unwrap();
+        assert_eq!(f.request_uri_bytes(), Some(&b"sip:bob@192.0.2.4:5062"[..]));
+        let vias: Vec<_> = f.vias().map(|v| v.unwrap()).collect();
+        assert_eq!(vias.len(), 3);
+        assert_eq!(vias[0].branch(), Some(&b"z9hG4bKnew"[..]));
+        assert_eq!(vias[1].branch(), Some(&b"z9hG4bKaaa"[..]));
+        assert_eq!(f.max_forwards().unwrap(), Some(69));
+        let routes: Vec<_> = f.routes().map(|r| r.unwrap().uri_raw.to_vec()).collect();
+        assert_eq!(routes, vec![b"sip:other.example.com;lr".to_vec()]);
+        let rr: Vec<_> = f
+            .record_routes()
+            .map(|r| r.unwrap().uri_raw.to_vec())
+            .collect();
+        assert_eq!(rr, vec![b"sip:10.0.0.1:5060;lr".to_vec()]);
+        assert_eq!(f.body(), b"body");
+        assert!(!out.ends_with(b"TRAILING"));
+    }
+
+    #[test]
+    fn forward_pops_single_route_line_and_adds_max_forwards() {
+        let raw = b"BYE sip:bob@192.0.2.4 SIP/2.0\r\nRoute: <sip:p1;lr>\r\n\
+Via: SIP/2.0/UDP h;branch=z9hG4bK1\r\nFrom: <sip:a@b>;tag=1\r\nTo: <sip:c@d>;tag=2\r\n\
+Call-ID: x\r\nCSeq: 2 BYE\r\nContent-Length: 0\r\n\r\n";
+        let req = Message::parse(raw).unwrap();
+        let mut out = Vec::new();
+        let edits = ForwardEdits {
+            via: Some(b"SIP/2.0/UDP p1;branch=z9hG4bK2"),
+            pop_route: true,
+            decrement_max_forwards: true,
+            ..Default::default()
+        };
+        write_forward(&mut out, &req, &edits).unwrap();
+        let f = Message::parse(&out).unwrap();
+        f.validate().unwrap();
+        assert!(f.header(HeaderName::Route).is_none());
+        assert_eq!(f.max_forwards().unwrap(), Some(70));
+        assert_eq!(f.vias().count(), 2);
+    }
+
+    #[test]
+    fn forward_refuses_zero_max_forwards() {
+        let raw =
+            b"OPTIONS sip:a@b SIP/2.0\r\nMax-Forwards: 0\r\nVia: SIP/2.0/UDP h;branch=z9hG4bK1\r\n\
+From: <sip:a@b>;tag=1\r\nTo: <sip:c@d>\r\nCall-ID: x\r\nCSeq: 2 OPTIONS\r\n\r\n";
+        let req = Message::parse(raw).unwrap();
+        let edits = ForwardEdits {
+            decrement_max_forwards: true,
+            ..Default::default()
+        };
+        assert_eq!(
+            write_forward(&mut Vec::new(), &req, &edits),
+            Err(ForwardError::MaxForwards)
+        );
+    }
+
+    #[test]
+    fn salvage_answers_unparseable_requests() {
+        let raw = b"INVITE sip:a@b SIP/2.0\r\nVia: SIP/2.0/UDP h;branch=z9hG4bK1\r\nFrom: <sip:a@b>;tag=1\r\n\
+To: <sip:c@d>\r\nCall-ID: x\r\nCSeq: 1 INVITE\r\nContent-Length: 999\r\n\r\nshort";
+        let e = Message::parse(raw).unwrap_err();
+        let mut out = Vec::new();
+        assert!(salvage_response(
+            &mut out,
+            raw,
+            e.status(),
+            e.reason().as_bytes()
+        ));
+        let r = Message::parse(&out).unwrap();
+        assert_eq!(r.status(), Some(400));
+        assert!(std::str::from_utf8(r.reason().unwrap())
+            .unwrap()
+            .contains("Content-Length"));
+        assert_eq!(r.top_via().unwrap().branch(), Some(&b"z9hG4bK1"[..]));
+        let mut out = Vec::new();
+        assert!(!salvage_response(
+            &mut out,
+            b"SIP/2.0 200 OK\r\n\r\n",
+            400,
+            b"x"
+        ));
+        assert!(!salvage_response(
+            &mut out,
+            b"INVITE x\r\nFrom: a\r\n\r\n",
+            400,
+            b"x"
+        ));
+        assert!(out.is_empty());
+    }
+}
