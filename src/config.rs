@@ -1,0 +1,491 @@
+//! Configuration: the command line and TOML file of DESIGN.md §4, merged into one validated
+//! [`Config`]. Command-line values override the file. Every problem is reported as one line
+//! naming the flag or key (the binary prints it and exits with code 2).
+
+use clap::Parser;
+use serde::Deserialize;
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+
+/// How requests that are not for the registrar are handled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    Proxy,
+    Stateless,
+    Redirect,
+}
+
+/// Which transport backend the shards use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IoBackend {
+    /// recvmmsg/sendmmsg batches.
+    Mmsg,
+    /// io_uring with multishot receive and a provided buffer ring.
+    Uring,
+}
+
+/// A listening address.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Listen {
+    pub addr: SocketAddr,
+}
+
+/// Registrar settings (RFC 3261 §10.3).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RegistrarSettings {
+    pub default_expires: u32,
+    pub min_expires: u32,
+    pub max_expires: u32,
+    pub max_contacts: usize,
+    /// With auth: the digest user must equal the user part of the AOR being registered.
+    pub match_auth_user: bool,
+}
+
+impl Default for RegistrarSettings {
+    fn default() -> Self {
+        RegistrarSettings {
+            default_expires: 3600,
+            min_expires: 60,
+            max_expires: 7200,
+            max_contacts: 10,
+            match_auth_user: true,
+        }
+    }
+}
+
+/// The validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub listen: Vec<Listen>,
+    pub domains: Vec<String>,
+    /// `name:password` pairs from `--user` / the file's `users` list.
+    pub users: Vec<(String, String)>,
+    pub users_file: Option<PathBuf>,
+    pub shards: usize,
+    pub mode: Mode,
+    pub metrics: Option<SocketAddr>,
+    pub io: IoBackend,
+    /// Each shard binds a private port too (DESIGN.md §1).
+    pub private_ports: bool,
+    pub allow_unauthenticated: bool,
+    pub registrar: RegistrarSettings,
+    /// Capacity of each shard's hand-off queue.
+    pub queue_capacity: usize,
+    /// Nonce lifetime in seconds.
+    pub nonce_ttl: u32,
+    pub log: String,
+}
+
+impl Config {
+    /// True if digest authentication is configured.
+    pub fn auth_enabled(&self) -> bool {
+        !self.users.is_empty() || self.users_file.is_some()
+    }
+
+    /// The realm: the first domain.
+    pub fn realm(&self) -> &str {
+        self.domains.first().map_or("localhost", |d| d.as_str())
+    }
+}
+
+/// Command-line flags (DESIGN.md §4).
+#[derive(Parser, Debug, Default)]
+#[command(
+    name = "sipshard",
+    version,
+    about = "A thread-per-core SIP registrar and proxy"
+)]
+pub struct Cli {
+    /// TOML configuration file; flags override its values.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Listen address, repeatable: udp:127.0.0.1:5060 (scheme optional).
+    #[arg(long, value_name = "ADDR")]
+    pub listen: Vec<String>,
+    /// A domain this server is responsible for, repeatable (the first is the realm).
+    #[arg(long, value_name = "NAME")]
+    pub domain: Vec<String>,
+    /// NAME:PASSWORD, repeatable; enables digest authentication.
+    #[arg(long, value_name = "NAME:PASSWORD")]
+    pub user: Vec<String>,
+    /// File with one `name:password` or `name:ha1=HEX` per line.
+    #[arg(long, value_name = "FILE")]
+    pub users: Option<PathBuf>,
+    /// Number of shards (threads); default: number of CPUs.
+    #[arg(long, value_name = "N")]
+    pub shards: Option<String>,
+    /// proxy | stateless | redirect
+    #[arg(long, value_name = "MODE")]
+    pub mode: Option<String>,
+    /// Serve Prometheus metrics at http://ADDR/metrics.
+    #[arg(long, value_name = "ADDR")]
+    pub metrics: Option<String>,
+    /// Transport backend: mmsg | uring.
+    #[arg(long, value_name = "BACKEND")]
+    pub io: Option<String>,
+    /// Do not bind a private port per shard (all traffic on the shared port).
+    #[arg(long)]
+    pub no_private_ports: bool,
+    /// Allow running without authentication on a non-loopback address.
+    #[arg(long)]
+    pub allow_unauthenticated: bool,
+    /// Log filter (error, warn, info, debug, trace).
+    #[arg(long, value_name = "LEVEL")]
+    pub log: Option<String>,
+}
+
+#[derive(Deserialize, Default, Debug)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    listen: Option<Vec<String>>,
+    domain: Option<Vec<String>>,
+    user: Option<Vec<String>>,
+    users: Option<PathBuf>,
+    shards: Option<usize>,
+    mode: Option<String>,
+    metrics: Option<String>,
+    io: Option<String>,
+    private_ports: Option<bool>,
+    allow_unauthenticated: Option<bool>,
+    queue_capacity: Option<usize>,
+    nonce_ttl: Option<u32>,
+    log: Option<String>,
+    registrar: Option<FileRegistrar>,
+}
+
+#[derive(Deserialize, Default, Debug)]
+#[serde(deny_unknown_fields)]
+struct FileRegistrar {
+    default_expires: Option<u32>,
+    min_expires: Option<u32>,
+    max_expires: Option<u32>,
+    max_contacts: Option<usize>,
+    match_auth_user: Option<bool>,
+}
+
+/// A configuration problem, already phrased as one line naming the key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError(pub String);
+
+impl std::fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+fn err<T>(msg: String) -> Result<T, ConfigError> {
+    Err(ConfigError(msg))
+}
+
+/// Parses `udp:IP:PORT`, `IP:PORT` or `[v6]:PORT`.
+pub fn parse_listen(key: &str, s: &str) -> Result<Listen, ConfigError> {
+    let rest = match s.split_once(':') {
+        Some((scheme, rest)) if scheme.eq_ignore_ascii_case("udp") => rest,
+        Some((scheme, _))
+            if matches!(
+                scheme.to_ascii_lowercase().as_str(),
+                "tcp" | "tls" | "ws" | "wss" | "sctp"
+            ) =>
+        {
+            return err(format!(
+                "{key} '{s}': transport {scheme} is not supported yet (only udp)"
+            ))
+        }
+        _ => s,
+    };
+    match rest.parse::<SocketAddr>() {
+        Ok(addr) => Ok(Listen { addr }),
+        Err(_) => err(format!(
+            "{key} '{s}': expected [udp:]IP:PORT, e.g. udp:127.0.0.1:5060"
+        )),
+    }
+}
+
+fn parse_user(key: &str, s: &str) -> Result<(String, String), ConfigError> {
+    match s.split_once(':') {
+        Some((name, pw))
+            if !name.is_empty() && !pw.is_empty() && !name.contains(char::is_whitespace) =>
+        {
+            Ok((name.to_string(), pw.to_string()))
+        }
+        _ => err(format!("{key} '{s}': expected NAME:PASSWORD")),
+    }
+}
+
+fn parse_mode(key: &str, s: &str) -> Result<Mode, ConfigError> {
+    match s {
+        "proxy" => Ok(Mode::Proxy),
+        "stateless" => Ok(Mode::Stateless),
+        "redirect" => Ok(Mode::Redirect),
+        _ => err(format!(
+            "{key} '{s}': expected proxy, stateless or redirect"
+        )),
+    }
+}
+
+fn parse_io(key: &str, s: &str) -> Result<IoBackend, ConfigError> {
+    match s {
+        "mmsg" => Ok(IoBackend::Mmsg),
+        "uring" => Ok(IoBackend::Uring),
+        _ => err(format!("{key} '{s}': expected mmsg or uring")),
+    }
+}
+
+fn check_domain(key: &str, d: &str) -> Result<String, ConfigError> {
+    let ok = !d.is_empty()
+        && d.bytes()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'.' | b':' | b'[' | b']'));
+    if ok {
+        Ok(d.to_ascii_lowercase())
+    } else {
+        err(format!("{key} '{d}': not a valid domain name"))
+    }
+}
+
+/// Turns a TOML error into one line with the line number.
+fn toml_error(path: &std::path::Path, text: &str, e: &toml::de::Error) -> ConfigError {
+    let line = e
+        .span()
+        .map(|s| text[..s.start.min(text.len())].matches('\n').count() + 1);
+    let msg = e.message().lines().next().unwrap_or("invalid TOML").trim();
+    match line {
+        Some(l) => ConfigError(format!("config {}: line {l}: {msg}", path.display())),
+        None => ConfigError(format!("config {}: {msg}", path.display())),
+    }
+}
+
+impl Cli {
+    /// Merges the file (if any) and the flags into a validated configuration.
+    pub fn into_config(self) -> Result<Config, ConfigError> {
+        let file = match &self.config {
+            None => FileConfig::default(),
+            Some(path) => {
+                let text = std::fs::read_to_string(path).map_err(|e| {
+                    ConfigError(format!("--config {}: cannot read: {e}", path.display()))
+                })?;
+                toml::from_str::<FileConfig>(&text).map_err(|e| toml_error(path, &text, &e))?
+            }
+        };
+        let listen_src: Vec<(String, &str)> = if !self.listen.is_empty() {
+            self.listen
+                .iter()
+                .map(|s| (s.clone(), "--listen"))
+                .collect()
+        } else if let Some(l) = &file.listen {
+            l.iter().map(|s| (s.clone(), "listen")).collect()
+        } else {
+            vec![("udp:127.0.0.1:5060".to_string(), "--listen")]
+        };
+        let mut listen = Vec::new();
+        for (s, key) in &listen_src {
+            let l = parse_listen(key, s)?;
+            if listen.contains(&l) {
+                return err(format!("{key} '{s}': listed twice"));
+            }
+            listen.push(l);
+        }
+        if listen.is_empty() {
+            return err("listen: at least one address is required".into());
+        }
+        let domain_src: Vec<(String, &str)> = if !self.domain.is_empty() {
+            self.domain
+                .iter()
+                .map(|s| (s.clone(), "--domain"))
+                .collect()
+        } else if let Some(d) = &file.domain {
+            d.iter().map(|s| (s.clone(), "domain")).collect()
+        } else {
+            vec![("localhost".to_string(), "--domain")]
+        };
+        let domains = domain_src
+            .iter()
+            .map(|(d, key)| check_domain(key, d))
+            .collect::<Result<Vec<_>, _>>()?;
+        if domains.is_empty() {
+            return err("domain: at least one domain is required".into());
+        }
+        let mut users = Vec::new();
+        for u in &self.user {
+            users.push(parse_user("--user", u)?);
+        }
+        for u in file.user.iter().flatten() {
+            users.push(parse_user("user", u)?);
+        }
+        let users_file = self.users.clone().or(file.users.clone());
+        if let Some(p) = &users_file {
+            if !p.is_file() {
+                return err(format!("--users {}: no such file", p.display()));
+            }
+        }
+        let shards = match (&self.shards, file.shards) {
+            (Some(s), _) => match s.parse::<usize>() {
+                Ok(n) if (1..=1024).contains(&n) => n,
+                _ => return err(format!("--shards '{s}': expected a number from 1 to 1024")),
+            },
+            (None, Some(n)) if (1..=1024).contains(&n) => n,
+            (None, Some(n)) => return err(format!("shards {n}: expected a number from 1 to 1024")),
+            (None, None) => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        };
+        let mode = match (&self.mode, &file.mode) {
+            (Some(m), _) => parse_mode("--mode", m)?,
+            (None, Some(m)) => parse_mode("mode", m)?,
+            _ => Mode::Proxy,
+        };
+        let metrics = match (&self.metrics, &file.metrics) {
+            (Some(m), _) => Some(("--metrics", m)),
+            (None, Some(m)) => Some(("metrics", m)),
+            _ => None,
+        }
+        .map(|(key, m)| {
+            m.parse::<SocketAddr>()
+                .map_err(|_| ConfigError(format!("{key} '{m}': expected IP:PORT")))
+        })
+        .transpose()?;
+        let io = match (&self.io, &file.io) {
+            (Some(m), _) => parse_io("--io", m)?,
+            (None, Some(m)) => parse_io("io", m)?,
+            _ => IoBackend::Mmsg,
+        };
+        let mut registrar = RegistrarSettings::default();
+        if let Some(r) = &file.registrar {
+            registrar.default_expires = r.default_expires.unwrap_or(registrar.default_expires);
+            registrar.min_expires = r.min_expires.unwrap_or(registrar.min_expires);
+            registrar.max_expires = r.max_expires.unwrap_or(registrar.max_expires);
+            registrar.max_contacts = r.max_contacts.unwrap_or(registrar.max_contacts);
+            registrar.match_auth_user = r.match_auth_user.unwrap_or(registrar.match_auth_user);
+        }
+        if registrar.min_expires > registrar.max_expires {
+            return err(format!(
+                "registrar.min_expires {} is above registrar.max_expires {}",
+                registrar.min_expires, registrar.max_expires
+            ));
+        }
+        if registrar.default_expires < registrar.min_expires
+            || registrar.default_expires > registrar.max_expires
+        {
+            return err(format!(
+                "registrar.default_expires {} is outside min_expires..max_expires ({}..{})",
+                registrar.default_expires, registrar.min_expires, registrar.max_expires
+            ));
+        }
+        if registrar.max_contacts == 0 {
+            return err("registrar.max_contacts: must be at least 1".into());
+        }
+        let queue_capacity = file.queue_capacity.unwrap_or(8192);
+        if !(16..=1 << 20).contains(&queue_capacity) {
+            return err(format!(
+                "queue_capacity {queue_capacity}: expected 16 to 1048576"
+            ));
+        }
+        let nonce_ttl = file.nonce_ttl.unwrap_or(300);
+        if !(10..=86_400).contains(&nonce_ttl) {
+            return err(format!(
+                "nonce_ttl {nonce_ttl}: expected 10 to 86400 seconds"
+            ));
+        }
+        let config = Config {
+            listen,
+            domains,
+            users,
+            users_file,
+            shards,
+            mode,
+            metrics,
+            io,
+            private_ports: !self.no_private_ports && file.private_ports.unwrap_or(true),
+            allow_unauthenticated: self.allow_unauthenticated
+                || file.allow_unauthenticated.unwrap_or(false),
+            registrar,
+            queue_capacity,
+            nonce_ttl,
+            log: self.log.or(file.log).unwrap_or_else(|| "info".into()),
+        };
+        if !config.auth_enabled() && !config.allow_unauthenticated {
+            if let Some(l) = config.listen.iter().find(|l| !is_loopback(l.addr.ip())) {
+                return err(format!(
+                    "--listen {}: refusing to serve without authentication on a non-loopback \
+                     address; add --user/--users or pass --allow-unauthenticated",
+                    l.addr
+                ));
+            }
+        }
+        Ok(config)
+    }
+}
+
+fn is_loopback(ip: IpAddr) -> bool {
+    ip.is_loopback()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cli(args: &[&str]) -> Result<Config, ConfigError> {
+        let mut v = vec!["sipshard"];
+        v.extend_from_slice(args);
+        Cli::try_parse_from(v).unwrap().into_config()
+    }
+
+    #[test]
+    fn embedded_default() {
+        let c = cli(&[]).unwrap();
+        assert_eq!(c.listen[0].addr, "127.0.0.1:5060".parse().unwrap());
+        assert_eq!(c.domains, vec!["localhost"]);
+        assert!(!c.auth_enabled());
+        assert_eq!(c.mode, Mode::Proxy);
+    }
+
+    #[test]
+    fn bad_values_name_their_flag() {
+        let e = cli(&["--listen", "tcp:1.2.3.4:5060"]).unwrap_err();
+        assert!(e.0.starts_with("--listen"), "{e}");
+        let e = cli(&["--shards", "0"]).unwrap_err();
+        assert!(e.0.starts_with("--shards"), "{e}");
+        let e = cli(&["--mode", "fast"]).unwrap_err();
+        assert!(e.0.starts_with("--mode"), "{e}");
+        let e = cli(&["--user", "nopassword"]).unwrap_err();
+        assert!(e.0.starts_with("--user"), "{e}");
+        let e = cli(&["--io", "epoll"]).unwrap_err();
+        assert!(e.0.starts_with("--io"), "{e}");
+        let e = cli(&["--metrics", "nope"]).unwrap_err();
+        assert!(e.0.starts_with("--metrics"), "{e}");
+    }
+
+    #[test]
+    fn refuses_open_registration_off_loopback() {
+        let e = cli(&["--listen", "0.0.0.0:5060"]).unwrap_err();
+        assert!(e.0.contains("without authentication"), "{e}");
+        assert!(cli(&["--listen", "0.0.0.0:5060", "--allow-unauthenticated"]).is_ok());
+        assert!(cli(&["--listen", "0.0.0.0:5060", "--user", "a:b"]).is_ok());
+    }
+
+    #[test]
+    fn toml_file_and_errors() {
+        let dir = std::env::temp_dir().join(format!("sipshard-cfg-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let good = dir.join("good.toml");
+        std::fs::write(
+            &good,
+            "listen = [\"udp:127.0.0.1:5099\"]\ndomain = [\"example.com\"]\nshards = 2\n\
+             [registrar]\nmin_expires = 30\n",
+        )
+        .unwrap();
+        let c = cli(&["--config", good.to_str().unwrap()]).unwrap();
+        assert_eq!(c.listen[0].addr.port(), 5099);
+        assert_eq!(c.shards, 2);
+        assert_eq!(c.registrar.min_expires, 30);
+        // Flags override the file.
+        let c = cli(&["--config", good.to_str().unwrap(), "--shards", "1"]).unwrap();
+        assert_eq!(c.shards, 1);
+        let bad = dir.join("bad.toml");
+        std::fs::write(&bad, "domain = [\"a\"]\nbogus_key = 1\n").unwrap();
+        let e = cli(&["--config", bad.to_str().unwrap()]).unwrap_err();
+        assert!(e.0.contains("line 2") && e.0.contains("bogus_key"), "{e}");
+        std::fs::write(&bad, "[registrar]\nmin_expires = 100\nmax_expires = 50\n").unwrap();
+        let e = cli(&["--config", bad.to_str().unwrap()]).unwrap_err();
+        assert!(e.0.contains("registrar.min_expires"), "{e}");
+    }
+}

@@ -1,0 +1,331 @@
+//! Counters and the in-server latency histogram, one set per shard, and the Prometheus text
+//! endpoint that sums them.
+//!
+//! Each shard is the only writer of its [`ShardStats`]: counters are atomics written with a
+//! relaxed load+store (no locked instruction on the hot path) and read by the metrics thread.
+//! The latency histogram (hdrhistogram, µs resolution) is recorded locally by the shard and
+//! merged into the shared copy at most every few milliseconds.
+
+use crate::sip::Method;
+use hdrhistogram::Histogram;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+/// A counter with a single writer.
+#[derive(Default, Debug)]
+pub struct Counter(AtomicU64);
+
+impl Counter {
+    #[inline]
+    pub fn add(&self, n: u64) {
+        // Single writer: a plain load+store avoids the locked read-modify-write.
+        self.0.store(
+            self.0.load(Ordering::Relaxed).wrapping_add(n),
+            Ordering::Relaxed,
+        );
+    }
+    #[inline]
+    pub fn inc(&self) {
+        self.add(1);
+    }
+    #[inline]
+    pub fn set(&self, v: u64) {
+        self.0.store(v, Ordering::Relaxed);
+    }
+    #[inline]
+    pub fn get(&self) -> u64 {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
+/// Why a datagram was dropped without a response.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(usize)]
+pub enum DropReason {
+    /// Unparseable and no Via to answer to.
+    Malformed,
+    /// A response that matches nothing here.
+    StrayResponse,
+    /// The owner shard's hand-off queue was full.
+    QueueFull,
+    /// A datagram that was only whitespace (keep-alive).
+    KeepAlive,
+    /// Responses the RFC says to drop (e.g. malformed responses).
+    BadResponse,
+    /// An ACK that matched no transaction (absorbed).
+    Ack,
+}
+
+pub const DROP_REASONS: [(DropReason, &str); 6] = [
+    (DropReason::Malformed, "malformed"),
+    (DropReason::StrayResponse, "stray_response"),
+    (DropReason::QueueFull, "queue_full"),
+    (DropReason::KeepAlive, "keepalive"),
+    (DropReason::BadResponse, "bad_response"),
+    (DropReason::Ack, "ack_absorbed"),
+];
+
+const METHODS: [Method; 15] = [
+    Method::Invite,
+    Method::Ack,
+    Method::Bye,
+    Method::Cancel,
+    Method::Register,
+    Method::Options,
+    Method::Info,
+    Method::Update,
+    Method::Prack,
+    Method::Subscribe,
+    Method::Notify,
+    Method::Refer,
+    Method::Message,
+    Method::Publish,
+    Method::Other,
+];
+
+/// One shard's counters.
+pub struct ShardStats {
+    pub received_requests: [Counter; 15],
+    pub received_responses: Counter,
+    /// Responses sent, by status code 100..=699 (index code - 100).
+    pub sent_responses: Box<[Counter]>,
+    pub dropped: [Counter; 6],
+    /// Datagrams this shard handed to their owner shard.
+    pub handoffs_out: Counter,
+    /// Datagrams this shard received from other shards.
+    pub handoffs_in: Counter,
+    /// Datagrams received on this shard's sockets.
+    pub datagrams_in: Counter,
+    pub datagrams_out: Counter,
+    /// Bindings currently held by this shard's registrar.
+    pub bindings: Counter,
+    /// Cross-shard wake-ups issued by this shard.
+    pub wakeups: Counter,
+    pub latency: Mutex<Histogram<u64>>,
+}
+
+/// A new latency histogram: 1 µs to 60 s, 3 significant digits.
+pub fn new_histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, 60_000_000, 3).expect("valid histogram bounds")
+}
+
+impl Default for ShardStats {
+    fn default() -> Self {
+        ShardStats {
+            received_requests: Default::default(),
+            received_responses: Counter::default(),
+            sent_responses: (0..600).map(|_| Counter::default()).collect(),
+            dropped: Default::default(),
+            handoffs_out: Counter::default(),
+            handoffs_in: Counter::default(),
+            datagrams_in: Counter::default(),
+            datagrams_out: Counter::default(),
+            bindings: Counter::default(),
+            wakeups: Counter::default(),
+            latency: Mutex::new(new_histogram()),
+        }
+    }
+}
+
+impl ShardStats {
+    #[inline]
+    pub fn request(&self, m: Method) {
+        let i = METHODS.iter().position(|&x| x == m).unwrap_or(14);
+        self.received_requests[i].inc();
+    }
+
+    #[inline]
+    pub fn response_sent(&self, status: u16) {
+        if let Some(c) = self.sent_responses.get((status as usize).wrapping_sub(100)) {
+            c.inc();
+        }
+    }
+
+    #[inline]
+    pub fn dropped(&self, r: DropReason) {
+        self.dropped[r as usize].inc();
+    }
+}
+
+/// All shards' stats, for the metrics endpoint and tests.
+#[derive(Clone, Default)]
+pub struct Registry {
+    pub shards: Vec<Arc<ShardStats>>,
+}
+
+impl Registry {
+    pub fn new(n: usize) -> Self {
+        Registry {
+            shards: (0..n).map(|_| Arc::new(ShardStats::default())).collect(),
+        }
+    }
+
+    fn sum(&self, f: impl Fn(&ShardStats) -> u64) -> u64 {
+        self.shards.iter().map(|s| f(s)).sum()
+    }
+
+    /// The Prometheus text exposition of every counter, summed over shards (plus a few
+    /// per-shard series).
+    pub fn render(&self) -> String {
+        use std::fmt::Write as _;
+        let mut o = String::with_capacity(8192);
+        o.push_str("# HELP sipshard_requests_received_total SIP requests received, by method.\n");
+        o.push_str("# TYPE sipshard_requests_received_total counter\n");
+        for (i, m) in METHODS.iter().enumerate() {
+            let v = self.sum(|s| s.received_requests[i].get());
+            let _ = writeln!(
+                o,
+                "sipshard_requests_received_total{{method=\"{}\"}} {v}",
+                m.as_str()
+            );
+        }
+        o.push_str("# HELP sipshard_responses_received_total SIP responses received.\n");
+        o.push_str("# TYPE sipshard_responses_received_total counter\n");
+        let _ = writeln!(
+            o,
+            "sipshard_responses_received_total {}",
+            self.sum(|s| s.received_responses.get())
+        );
+        o.push_str("# HELP sipshard_responses_sent_total SIP responses sent, by status code.\n");
+        o.push_str("# TYPE sipshard_responses_sent_total counter\n");
+        for code in 100..700u16 {
+            let v = self.sum(|s| s.sent_responses[(code - 100) as usize].get());
+            if v > 0 {
+                let _ = writeln!(o, "sipshard_responses_sent_total{{status=\"{code}\"}} {v}");
+            }
+        }
+        o.push_str("# HELP sipshard_dropped_total Datagrams dropped without a response.\n");
+        o.push_str("# TYPE sipshard_dropped_total counter\n");
+        for (r, name) in DROP_REASONS {
+            let v = self.sum(|s| s.dropped[r as usize].get());
+            let _ = writeln!(o, "sipshard_dropped_total{{reason=\"{name}\"}} {v}");
+        }
+        o.push_str("# HELP sipshard_handoffs_total Datagrams moved to their owner shard.\n");
+        o.push_str("# TYPE sipshard_handoffs_total counter\n");
+        let _ = writeln!(
+            o,
+            "sipshard_handoffs_total {}",
+            self.sum(|s| s.handoffs_out.get())
+        );
+        o.push_str("# TYPE sipshard_wakeups_total counter\n");
+        let _ = writeln!(
+            o,
+            "sipshard_wakeups_total {}",
+            self.sum(|s| s.wakeups.get())
+        );
+        o.push_str("# TYPE sipshard_datagrams_received_total counter\n");
+        for (i, s) in self.shards.iter().enumerate() {
+            let _ = writeln!(
+                o,
+                "sipshard_datagrams_received_total{{shard=\"{i}\"}} {}",
+                s.datagrams_in.get()
+            );
+        }
+        o.push_str("# TYPE sipshard_datagrams_sent_total counter\n");
+        let _ = writeln!(
+            o,
+            "sipshard_datagrams_sent_total {}",
+            self.sum(|s| s.datagrams_out.get())
+        );
+        o.push_str("# HELP sipshard_bindings Current registrar bindings.\n");
+        o.push_str("# TYPE sipshard_bindings gauge\n");
+        let _ = writeln!(o, "sipshard_bindings {}", self.sum(|s| s.bindings.get()));
+        let mut h = new_histogram();
+        for s in &self.shards {
+            if let Ok(l) = s.latency.lock() {
+                let _ = h.add(&*l);
+            }
+        }
+        o.push_str(
+            "# HELP sipshard_latency_us In-server latency from receive to send, microseconds.\n",
+        );
+        o.push_str("# TYPE sipshard_latency_us histogram\n");
+        let mut cumulative = 0u64;
+        let mut prev = 0u64;
+        for le in [
+            1u64, 2, 5, 10, 20, 50, 100, 200, 500, 1_000, 2_000, 5_000, 10_000, 100_000, 1_000_000,
+        ] {
+            cumulative += h.count_between(prev + 1, le);
+            if prev == 0 {
+                cumulative += h.count_at(0);
+            }
+            prev = le;
+            let _ = writeln!(o, "sipshard_latency_us_bucket{{le=\"{le}\"}} {cumulative}");
+        }
+        let _ = writeln!(o, "sipshard_latency_us_bucket{{le=\"+Inf\"}} {}", h.len());
+        let sum = (h.mean() * h.len() as f64) as u64;
+        let _ = writeln!(o, "sipshard_latency_us_sum {sum}");
+        let _ = writeln!(o, "sipshard_latency_us_count {}", h.len());
+        o.push_str("# HELP sipshard_latency_us_quantile In-server latency quantiles.\n");
+        o.push_str("# TYPE sipshard_latency_us_quantile gauge\n");
+        for q in [0.5, 0.9, 0.99, 0.999] {
+            let _ = writeln!(
+                o,
+                "sipshard_latency_us_quantile{{quantile=\"{q}\"}} {}",
+                h.value_at_quantile(q)
+            );
+        }
+        o
+    }
+}
+
+/// Serves `GET /metrics` on `addr` until `stop` is set. Runs on its own thread (not a shard).
+pub fn serve(
+    addr: SocketAddr,
+    registry: Registry,
+    stop: Arc<AtomicBool>,
+) -> std::io::Result<std::thread::JoinHandle<()>> {
+    let listener = TcpListener::bind(addr)?;
+    listener.set_nonblocking(true)?;
+    Ok(std::thread::Builder::new()
+        .name("metrics".into())
+        .spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                match listener.accept() {
+                    Ok((mut s, _)) => {
+                        let _ = s.set_nonblocking(false);
+                        let _ = s.set_read_timeout(Some(std::time::Duration::from_secs(2)));
+                        let mut req = [0u8; 1024];
+                        let n = s.read(&mut req).unwrap_or(0);
+                        let line = std::str::from_utf8(&req[..n]).unwrap_or("");
+                        let resp = if line.starts_with("GET /metrics") {
+                            let body = registry.render();
+                            format!(
+                                "HTTP/1.1 200 OK\r\nContent-Type: text/plain; version=0.0.4\r\n\
+                                 Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                                body.len()
+                            )
+                        } else {
+                            "HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+                                .to_string()
+                        };
+                        let _ = s.write_all(resp.as_bytes());
+                    }
+                    Err(_) => std::thread::sleep(std::time::Duration::from_millis(20)),
+                }
+            }
+        })?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn render_sums_shards() {
+        let r = Registry::new(2);
+        r.shards[0].request(Method::Register);
+        r.shards[1].request(Method::Register);
+        r.shards[1].response_sent(200);
+        r.shards[0].dropped(DropReason::Malformed);
+        r.shards[0].latency.lock().unwrap().record(7).unwrap();
+        let text = r.render();
+        assert!(text.contains("sipshard_requests_received_total{method=\"REGISTER\"} 2"));
+        assert!(text.contains("sipshard_responses_sent_total{status=\"200\"} 1"));
+        assert!(text.contains("sipshard_dropped_total{reason=\"malformed\"} 1"));
+        assert!(text.contains("sipshard_latency_us_bucket{le=\"10\"} 1"));
+        assert!(text.contains("sipshard_latency_us_bucket{le=\"5\"} 0"));
+    }
+}

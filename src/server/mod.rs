@@ -1,0 +1,276 @@
+//! The per-shard protocol core (sans-I/O): takes one datagram with its source and the current
+//! time, decides which shard owns it, and writes the responses into an [`Outbox`]. It owns the
+//! shard's registrar and authenticator; it never touches a socket, thread or clock.
+//!
+//! RFC 3261 behaviour implemented here: §8.2 UAS request checks (416, 420, 501 with Allow),
+//! §10.3 registrar dispatch (domain check, digest auth, AOR ownership), §11 OPTIONS, §18.2.2
+//! response destination with RFC 3581 rport, §21.4.1 400 with a reason naming the problem.
+
+pub mod outbox;
+mod reply;
+
+use crate::config::{Mode, RegistrarSettings};
+use crate::metrics::{DropReason, ShardStats};
+use crate::shard::ownership::{aor_hash, owner_shard};
+use crate::sip::{HeaderName, Message, Method, Scheme, Uri};
+use outbox::Outbox;
+use reply::Reply;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+pub use reply::response_destination;
+
+/// Methods this server accepts (the Allow header).
+pub const ALLOW: &[u8] = b"REGISTER, OPTIONS, ACK, CANCEL";
+/// Option tags this server supports (the Supported header).
+pub const SUPPORTED: &[u8] = b"path";
+
+/// Settings shared by every shard's core.
+#[derive(Debug, Clone)]
+pub struct CoreConfig {
+    /// Domains we are responsible for, lower case.
+    pub domains: Vec<String>,
+    /// Our listen addresses (their IPs count as our domain too).
+    pub local_addrs: Vec<SocketAddr>,
+    pub shards: usize,
+    pub mode: Mode,
+    pub registrar: RegistrarSettings,
+}
+
+impl CoreConfig {
+    /// True if `host` (from a URI) names this server: a configured domain or a listen IP.
+    pub fn is_our_host(&self, host: &[u8]) -> bool {
+        if self
+            .domains
+            .iter()
+            .any(|d| d.as_bytes().eq_ignore_ascii_case(host))
+        {
+            return true;
+        }
+        let Ok(text) = std::str::from_utf8(host) else {
+            return false;
+        };
+        let Ok(ip) = text.parse::<std::net::IpAddr>() else {
+            return false;
+        };
+        self.local_addrs
+            .iter()
+            .any(|a| a.ip() == ip || (a.ip().is_unspecified() && ip.is_loopback()))
+    }
+}
+
+/// What the shell does with a datagram after the core looked at it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Disposition {
+    /// Handled here (responses, if any, are in the outbox).
+    Done,
+    /// Another shard owns it: move the datagram there.
+    HandOff(usize),
+}
+
+/// One shard's protocol state.
+pub struct Core {
+    shard: usize,
+    cfg: Arc<CoreConfig>,
+    stats: Arc<ShardStats>,
+    tag_seq: u64,
+}
+
+impl Core {
+    pub fn new(shard: usize, cfg: Arc<CoreConfig>, stats: Arc<ShardStats>) -> Core {
+        Core {
+            shard,
+            cfg,
+            stats,
+            tag_seq: 0,
+        }
+    }
+
+    pub fn shard(&self) -> usize {
+        self.shard
+    }
+
+    /// When the core next needs [`Core::handle_timeout`], in ms.
+    pub fn next_timeout(&self) -> Option<u64> {
+        None
+    }
+
+    /// Runs expired timers.
+    pub fn handle_timeout(&mut self, _now_ms: u64) {}
+
+    /// The shard that owns this request: the To AOR for REGISTER, the Request-URI AOR for
+    /// other requests. None when it cannot be told (then it is handled where it arrived).
+    fn owner(&self, msg: &Message<'_>) -> Option<usize> {
+        if self.cfg.shards <= 1 {
+            return None;
+        }
+        let hash = match msg.method()? {
+            Method::Register => aor_hash(&msg.to().ok()?.uri().ok()?)?,
+            _ => aor_hash(&msg.request_uri().ok()?)?,
+        };
+        Some(owner_shard(hash, self.cfg.shards))
+    }
+
+    /// Handles one datagram. `handed_off` is true when another shard already routed it here.
+    pub fn handle(
+        &mut self,
+        data: &[u8],
+        src: SocketAddr,
+        socket: usize,
+        now_ms: u64,
+        handed_off: bool,
+        out: &mut Outbox,
+    ) -> Disposition {
+        if data.iter().all(|c| c.is_ascii_whitespace()) {
+            self.stats.dropped(DropReason::KeepAlive);
+            return Disposition::Done;
+        }
+        let msg = match Message::parse(data) {
+            Ok(m) => m,
+            Err(e) => {
+                let (buf, start) = out.begin();
+                if crate::sip::write::salvage_response(buf, data, e.status(), e.reason().as_bytes())
+                {
+                    // Unparseable: we cannot trust the Via, answer the source address.
+                    out.commit(start, src, socket);
+                    self.stats.response_sent(e.status());
+                } else {
+                    out.abort(start);
+                    let reason = if data.starts_with(b"SIP/") {
+                        DropReason::BadResponse
+                    } else {
+                        DropReason::Malformed
+                    };
+                    self.stats.dropped(reason);
+                }
+                tracing::debug!(%src, error = %e, "unparseable datagram");
+                return Disposition::Done;
+            }
+        };
+        let Some(method) = msg.method() else {
+            self.stats.received_responses.inc();
+            self.stats.dropped(DropReason::StrayResponse);
+            return Disposition::Done;
+        };
+        if !handed_off {
+            if let Some(owner) = self.owner(&msg) {
+                if owner != self.shard {
+                    return Disposition::HandOff(owner);
+                }
+            }
+        }
+        self.stats.request(method);
+        let mut reply = Reply::new(&msg, src, socket, &mut self.tag_seq, self.shard);
+        if method == Method::Ack {
+            // ACK never gets a response; without a transaction layer it is absorbed.
+            self.stats.dropped(DropReason::Ack);
+            return Disposition::Done;
+        }
+        match msg.validate() {
+            Err(e) => reply.simple(out, e.status(), e.reason().as_bytes()),
+            Ok(()) => self.dispatch(&msg, method, now_ms, &mut reply, out),
+        }
+        if let Some(status) = reply.sent_status {
+            self.stats.response_sent(status);
+        }
+        Disposition::Done
+    }
+
+    fn dispatch(
+        &mut self,
+        msg: &Message<'_>,
+        method: Method,
+        _now_ms: u64,
+        reply: &mut Reply<'_, '_>,
+        out: &mut Outbox,
+    ) {
+        let ruri = match msg.request_uri() {
+            Ok(u) => u,
+            Err(e) => return reply.simple(out, 400, e.reason().as_bytes()),
+        };
+        if !matches!(ruri.scheme, Scheme::Sip | Scheme::Sips | Scheme::Tel) {
+            return reply.with(out, 416, b"Unsupported URI Scheme", |_| {});
+        }
+        match method {
+            Method::Register => self.register(msg, &ruri, reply, out),
+            Method::Options if ruri.user.is_none() => self.options(msg, reply, out),
+            Method::Cancel => reply.simple(out, 481, b"Call/Transaction Does Not Exist"),
+            Method::Other => reply.with(out, 501, b"Not Implemented", |o| {
+                crate::sip::write::header(o, "Allow", ALLOW)
+            }),
+            _ => self.for_user(msg, &ruri, reply, out),
+        }
+    }
+
+    /// Checks Require against what we support (RFC 3261 §8.2.2.3); answers 420 if needed.
+    fn unsupported_required(
+        &self,
+        msg: &Message<'_>,
+        reply: &mut Reply<'_, '_>,
+        out: &mut Outbox,
+    ) -> bool {
+        let mut unsupported: Vec<&[u8]> = Vec::new();
+        for tag in msg.option_tags(HeaderName::Require).flatten() {
+            let known = SUPPORTED
+                .split(|&c| c == b',')
+                .any(|s| crate::sip::scan::trim(s).eq_ignore_ascii_case(tag));
+            if !known {
+                unsupported.push(tag);
+            }
+        }
+        if unsupported.is_empty() {
+            return false;
+        }
+        reply.with(out, 420, b"Bad Extension", |o| {
+            crate::sip::write::header(o, "Unsupported", &unsupported.join(&b", "[..]))
+        });
+        true
+    }
+
+    /// OPTIONS addressed to the server (RFC 3261 §11.2).
+    fn options(&mut self, msg: &Message<'_>, reply: &mut Reply<'_, '_>, out: &mut Outbox) {
+        if self.unsupported_required(msg, reply, out) {
+            return;
+        }
+        reply.with(out, 200, b"OK", |o| {
+            crate::sip::write::header(o, "Allow", ALLOW);
+            crate::sip::write::header(o, "Accept", b"application/sdp");
+            crate::sip::write::header(o, "Supported", SUPPORTED);
+        });
+    }
+
+    /// REGISTER (RFC 3261 §10.3).
+    fn register(
+        &mut self,
+        msg: &Message<'_>,
+        ruri: &Uri<'_>,
+        reply: &mut Reply<'_, '_>,
+        out: &mut Outbox,
+    ) {
+        if !self.cfg.is_our_host(ruri.host) {
+            return reply.simple(out, 403, b"Forbidden (domain not served here)");
+        }
+        if self.unsupported_required(msg, reply, out) {
+            return;
+        }
+        reply.simple(out, 501, b"Not Implemented (registrar not built yet)");
+    }
+
+    /// A request for a user (INVITE, MESSAGE, OPTIONS to a user, ...). Proxying is not built
+    /// yet, so these get the error a registrar-only server gives.
+    fn for_user(
+        &mut self,
+        msg: &Message<'_>,
+        ruri: &Uri<'_>,
+        reply: &mut Reply<'_, '_>,
+        out: &mut Outbox,
+    ) {
+        if msg.to().ok().and_then(|t| t.tag()).is_some() {
+            return reply.simple(out, 481, b"Call/Transaction Does Not Exist");
+        }
+        if !ruri.is_sip() || !self.cfg.is_our_host(ruri.host) {
+            return reply.simple(out, 403, b"Forbidden (relaying denied)");
+        }
+        reply.simple(out, 480, b"Temporarily Unavailable")
+    }
+}

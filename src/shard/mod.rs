@@ -1,0 +1,192 @@
+//! The runtime shell (DESIGN.md §1): one pinned OS thread per shard, each with its own sockets
+//! and its own [`Core`]; bounded lock-free hand-off queues between shards; a shared clock.
+//! With `shard/runtime.rs` and `transport/`, this is where threads, sockets and time live.
+
+pub mod ownership;
+mod runtime;
+
+use crate::config::{Config, IoBackend};
+use crate::metrics::Registry;
+use crate::server::{Core, CoreConfig};
+use crate::transport::{ShardSockets, Waker};
+use crossbeam_queue::ArrayQueue;
+use std::io;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+/// A datagram moving to its owner shard (the bytes move with it).
+pub struct Handoff {
+    pub data: Box<[u8]>,
+    pub src: SocketAddr,
+    /// Index of the receiving socket (same layout on every shard).
+    pub socket: u16,
+    pub received: Instant,
+}
+
+/// What other shards need to reach a shard.
+pub struct Peer {
+    pub queue: ArrayQueue<Handoff>,
+    pub waker: Arc<Waker>,
+}
+
+/// Milliseconds on one monotonic timeline shared by all shards, anchored at the Unix time
+/// of start-up (so nonces issued by one shard mean the same on another).
+#[derive(Clone, Copy)]
+pub struct Clock {
+    start: Instant,
+    epoch_ms: u64,
+}
+
+impl Clock {
+    pub fn new() -> Clock {
+        Clock {
+            start: Instant::now(),
+            epoch_ms: SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as u64),
+        }
+    }
+
+    #[inline]
+    pub fn now_ms(&self) -> u64 {
+        self.epoch_ms + self.start.elapsed().as_millis() as u64
+    }
+}
+
+impl Default for Clock {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// A running server: the shard threads and what is needed to stop them.
+pub struct Server {
+    threads: Vec<JoinHandle<()>>,
+    stop: Arc<AtomicBool>,
+    peers: Arc<Vec<Peer>>,
+    pub registry: Registry,
+    /// Per shard: the local address of each socket (listen addresses, then private port).
+    pub local_addrs: Vec<Vec<SocketAddr>>,
+    /// Which backend each shard ended up with.
+    pub backends: Vec<&'static str>,
+}
+
+/// Builds one shard's core from the configuration. Kept separate so the registrar and
+/// authenticator can be added in one place.
+pub type CoreFactory = dyn Fn(usize, Arc<crate::metrics::ShardStats>) -> Core + Send + Sync;
+
+impl Server {
+    /// Binds every shard's sockets (so bind errors come back here), then starts the threads.
+    pub fn start(config: &Config, make_core: Arc<CoreFactory>) -> io::Result<Server> {
+        let n = config.shards;
+        let listen: Vec<SocketAddr> = config.listen.iter().map(|l| l.addr).collect();
+        let mut sockets = Vec::with_capacity(n);
+        for _ in 0..n {
+            sockets.push(ShardSockets::bind(&listen, config.private_ports)?);
+        }
+        let registry = Registry::new(n);
+        let mut peers = Vec::with_capacity(n);
+        for _ in 0..n {
+            peers.push(Peer {
+                queue: ArrayQueue::new(config.queue_capacity),
+                waker: Arc::new(Waker::new()?),
+            });
+        }
+        let peers = Arc::new(peers);
+        let stop = Arc::new(AtomicBool::new(false));
+        let clock = Clock::new();
+        let local_addrs: Vec<Vec<SocketAddr>> = sockets.iter().map(|s| s.local.clone()).collect();
+        let cores = core_affinity::get_core_ids().unwrap_or_default();
+        let mut threads = Vec::with_capacity(n);
+        let mut backends = Vec::with_capacity(n);
+        for (id, socks) in sockets.into_iter().enumerate() {
+            let waker = peers[id].waker.clone();
+            let transport = make_transport(config.io, socks, waker)?;
+            backends.push(transport.name());
+            let core = make_core(id, registry.shards[id].clone());
+            let ctx = runtime::ShardContext {
+                id,
+                core,
+                transport,
+                peers: peers.clone(),
+                stats: registry.shards[id].clone(),
+                stop: stop.clone(),
+                clock,
+            };
+            let pin = cores.get(id % cores.len().max(1)).copied();
+            threads.push(
+                std::thread::Builder::new()
+                    .name(format!("shard-{id}"))
+                    .spawn(move || {
+                        if let Some(core_id) = pin {
+                            core_affinity::set_for_current(core_id);
+                        }
+                        runtime::run(ctx);
+                    })?,
+            );
+        }
+        Ok(Server {
+            threads,
+            stop,
+            peers,
+            registry,
+            local_addrs,
+            backends,
+        })
+    }
+
+    /// Asks every shard to stop after its current batch.
+    pub fn stop(&self) {
+        self.stop.store(true, Ordering::SeqCst);
+        for p in self.peers.iter() {
+            p.waker.wake();
+        }
+    }
+
+    /// The flag that stops the server (for signal handlers and the metrics thread).
+    pub fn stop_flag(&self) -> Arc<AtomicBool> {
+        self.stop.clone()
+    }
+
+    /// Waits for every shard thread to finish.
+    pub fn join(self) {
+        for t in self.threads {
+            let _ = t.join();
+        }
+    }
+}
+
+/// The core configuration derived from the server configuration.
+pub fn core_config(config: &Config) -> CoreConfig {
+    CoreConfig {
+        domains: config.domains.clone(),
+        local_addrs: config.listen.iter().map(|l| l.addr).collect(),
+        shards: config.shards,
+        mode: config.mode,
+        registrar: config.registrar.clone(),
+    }
+}
+
+fn make_transport(
+    io: IoBackend,
+    socks: ShardSockets,
+    waker: Arc<Waker>,
+) -> io::Result<Box<dyn crate::transport::Transport>> {
+    if io == IoBackend::Uring {
+        match crate::transport::uring::UringTransport::new(socks, waker.clone()) {
+            Ok(t) => return Ok(Box::new(t)),
+            Err((socks, e)) => {
+                tracing::warn!("io_uring unavailable ({e}); falling back to recvmmsg/sendmmsg");
+                return Ok(Box::new(crate::transport::mmsg::MmsgTransport::new(
+                    socks, waker,
+                )?));
+            }
+        }
+    }
+    Ok(Box::new(crate::transport::mmsg::MmsgTransport::new(
+        socks, waker,
+    )?))
+}

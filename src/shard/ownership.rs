@@ -1,0 +1,78 @@
+//! AOR ownership (DESIGN.md §1): the owner of an address-of-record is `hash(AOR) % shards`.
+//! The hash covers the AOR as RFC 3261 §10.3 compares it (scheme, unescaped user, host in
+//! lower case) so every spelling of one AOR lands on the same shard. Pure functions: the
+//! receiving shard calls them to decide whether to hand a datagram over.
+
+use crate::sip::uri::{HostKind, Scheme, Unescape, Uri};
+
+const FNV_OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
+const FNV_PRIME: u64 = 0x0000_0100_0000_01b3;
+
+#[inline]
+fn fnv(h: u64, b: u8) -> u64 {
+    (h ^ b as u64).wrapping_mul(FNV_PRIME)
+}
+
+/// Hash of the AOR of a SIP or SIPS URI, equal for URIs with equal AOR keys
+/// (see [`Uri::write_aor`]). None for other schemes.
+pub fn aor_hash(uri: &Uri<'_>) -> Option<u64> {
+    let mut h = FNV_OFFSET;
+    match uri.scheme {
+        Scheme::Sip => h = fnv(h, b's'),
+        Scheme::Sips => h = fnv(h, b'S'),
+        _ => return None,
+    }
+    if let Some(user) = uri.user {
+        for b in Unescape::new(user) {
+            h = fnv(h, b);
+        }
+        h = fnv(h, b'@');
+    }
+    if uri.host_kind == HostKind::Ipv6 {
+        h = fnv(h, b'[');
+    }
+    for &b in uri.host {
+        h = fnv(h, b.to_ascii_lowercase());
+    }
+    // Final avalanche so that `% shards` uses well-mixed bits.
+    h ^= h >> 33;
+    h = h.wrapping_mul(0xff51_afd7_ed55_8ccd);
+    h ^= h >> 33;
+    Some(h)
+}
+
+/// The shard that owns an AOR hash.
+#[inline]
+pub fn owner_shard(hash: u64, shards: usize) -> usize {
+    (hash % shards.max(1) as u64) as usize
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn h(s: &str) -> u64 {
+        aor_hash(&Uri::parse(s.as_bytes()).unwrap()).unwrap()
+    }
+
+    #[test]
+    fn equal_aors_hash_equal() {
+        assert_eq!(
+            h("sip:alice@Example.COM"),
+            h("sip:%61lice@example.com;transport=udp")
+        );
+        assert_eq!(h("sip:alice@example.com:5070"), h("sip:alice@example.com"));
+        assert_ne!(h("sip:alice@example.com"), h("sips:alice@example.com"));
+        assert_ne!(h("sip:alice@example.com"), h("sip:bob@example.com"));
+        assert!(aor_hash(&Uri::parse(b"tel:+123").unwrap()).is_none());
+    }
+
+    #[test]
+    fn spreads_over_shards() {
+        let mut counts = [0usize; 4];
+        for i in 0..4000 {
+            counts[owner_shard(h(&format!("sip:user{i}@example.com")), 4)] += 1;
+        }
+        assert!(counts.iter().all(|&c| c > 800), "{counts:?}");
+    }
+}

@@ -1,0 +1,159 @@
+//! One shard's event loop: receive a batch, run the core on each datagram, move datagrams
+//! owned by other shards to them, drain our own hand-off queue, run timers, send the outbox
+//! in one batch, and sleep in `poll` only when there is nothing to do (setting the flag that
+//! lets other shards wake us).
+
+use super::{Clock, Handoff, Peer};
+use crate::metrics::{new_histogram, DropReason, ShardStats};
+use crate::server::outbox::Outbox;
+use crate::server::{Core, Disposition};
+use crate::transport::{RecvHandler, Transport};
+use hdrhistogram::Histogram;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Everything a shard thread owns.
+pub struct ShardContext {
+    pub id: usize,
+    pub core: Core,
+    pub transport: Box<dyn Transport>,
+    pub peers: Arc<Vec<Peer>>,
+    pub stats: Arc<ShardStats>,
+    pub stop: Arc<AtomicBool>,
+    pub clock: Clock,
+}
+
+/// The part of the shard the receive callback needs (the transport is borrowed separately).
+struct Handler<'s> {
+    core: &'s mut Core,
+    out: &'s mut Outbox,
+    peers: &'s [Peer],
+    stats: &'s ShardStats,
+    now_ms: u64,
+    batch_start: Instant,
+    /// Datagrams handled locally in this round (their latency is measured from batch_start).
+    local: u64,
+}
+
+impl RecvHandler for Handler<'_> {
+    fn datagram(&mut self, data: &[u8], src: SocketAddr, socket: usize) {
+        self.stats.datagrams_in.inc();
+        match self
+            .core
+            .handle(data, src, socket, self.now_ms, false, self.out)
+        {
+            Disposition::Done => self.local += 1,
+            Disposition::HandOff(owner) => {
+                let peer = &self.peers[owner];
+                let h = Handoff {
+                    data: data.into(),
+                    src,
+                    socket: socket as u16,
+                    received: self.batch_start,
+                };
+                if peer.queue.push(h).is_ok() {
+                    self.stats.handoffs_out.inc();
+                    if peer.waker.wake_if_sleeping() {
+                        self.stats.wakeups.inc();
+                    }
+                } else {
+                    // The client retransmits over UDP; counting is what matters.
+                    self.stats.dropped(DropReason::QueueFull);
+                }
+            }
+        }
+    }
+}
+
+/// Runs the shard until the stop flag is set.
+pub fn run(mut ctx: ShardContext) {
+    let mut out = Outbox::new();
+    let mut hist: Histogram<u64> = new_histogram();
+    let mut last_merge = Instant::now();
+    let mut handed: Vec<Instant> = Vec::with_capacity(256);
+    tracing::debug!(
+        shard = ctx.id,
+        backend = ctx.transport.name(),
+        "shard started"
+    );
+    let me = &ctx.peers[ctx.id];
+    while !ctx.stop.load(Ordering::Relaxed) {
+        let batch_start = Instant::now();
+        let now_ms = ctx.clock.now_ms();
+        let mut handler = Handler {
+            core: &mut ctx.core,
+            out: &mut out,
+            peers: &ctx.peers,
+            stats: &ctx.stats,
+            now_ms,
+            batch_start,
+            local: 0,
+        };
+        let received = match ctx.transport.poll_recv(&mut handler) {
+            Ok(n) => n,
+            Err(e) => {
+                tracing::warn!(shard = ctx.id, "receive failed: {e}");
+                0
+            }
+        };
+        let local = handler.local;
+        // Datagrams other shards moved to us.
+        handed.clear();
+        while handed.len() < 256 {
+            let Some(h) = me.queue.pop() else { break };
+            ctx.stats.handoffs_in.inc();
+            let d = ctx
+                .core
+                .handle(&h.data, h.src, h.socket as usize, now_ms, true, &mut out);
+            debug_assert_eq!(d, Disposition::Done);
+            handed.push(h.received);
+        }
+        if ctx.core.next_timeout().is_some_and(|t| t <= now_ms) {
+            ctx.core.handle_timeout(now_ms);
+        }
+        if !out.is_empty() {
+            let n = out.len() as u64;
+            match ctx.transport.send(&mut out) {
+                Ok(sent) => ctx.stats.datagrams_out.add(sent as u64),
+                Err(e) => tracing::warn!(shard = ctx.id, "send failed: {e}"),
+            }
+            let sent_at = Instant::now();
+            if local > 0 {
+                let us = sent_at.duration_since(batch_start).as_micros() as u64;
+                let _ = hist.record_n(us.max(1), local.min(n));
+            }
+            for t in &handed {
+                let _ = hist.record(sent_at.duration_since(*t).as_micros().max(1) as u64);
+            }
+        }
+        if last_merge.elapsed() >= Duration::from_millis(50) && !hist.is_empty() {
+            if let Ok(mut shared) = ctx.stats.latency.lock() {
+                let _ = shared.add(&hist);
+            }
+            hist.reset();
+            last_merge = Instant::now();
+        }
+        if received == 0 && handed.is_empty() {
+            me.waker.sleeping.store(true, Ordering::SeqCst);
+            if !me.queue.is_empty() || ctx.stop.load(Ordering::Relaxed) {
+                me.waker.sleeping.store(false, Ordering::SeqCst);
+                continue;
+            }
+            let now = ctx.clock.now_ms();
+            let timeout = ctx
+                .core
+                .next_timeout()
+                .map_or(200, |t| t.saturating_sub(now).min(200)) as i32;
+            if let Err(e) = ctx.transport.wait(timeout) {
+                tracing::warn!(shard = ctx.id, "wait failed: {e}");
+            }
+            me.waker.sleeping.store(false, Ordering::SeqCst);
+        }
+    }
+    if let Ok(mut shared) = ctx.stats.latency.lock() {
+        let _ = shared.add(&hist);
+    }
+    tracing::debug!(shard = ctx.id, "shard stopped");
+}

@@ -1,0 +1,238 @@
+//! The batched-syscall backend: `recvmmsg` into a per-shard pool of receive buffers and
+//! `sendmmsg` of the whole outbox per socket, `poll` on the sockets and the waker's eventfd
+//! when idle. All `unsafe` here is FFI on buffers this struct owns.
+
+use super::sockaddr::{from_storage, to_storage};
+use super::{RecvHandler, ShardSockets, Transport, Waker, BATCH, MAX_DATAGRAM};
+use crate::server::outbox::Outbox;
+use std::io;
+use std::os::fd::{AsRawFd, RawFd};
+use std::sync::Arc;
+
+/// recvmmsg/sendmmsg transport for one shard.
+pub struct MmsgTransport {
+    sockets: ShardSockets,
+    fds: Vec<RawFd>,
+    waker: Arc<Waker>,
+    /// BATCH receive buffers of MAX_DATAGRAM bytes, back to back.
+    bufs: Vec<u8>,
+    iovs: Vec<libc::iovec>,
+    addrs: Vec<libc::sockaddr_storage>,
+    hdrs: Vec<libc::mmsghdr>,
+    send_iovs: Vec<libc::iovec>,
+    send_addrs: Vec<libc::sockaddr_storage>,
+    send_hdrs: Vec<libc::mmsghdr>,
+    pollfds: Vec<libc::pollfd>,
+    /// Datagrams dropped because they were larger than MAX_DATAGRAM or failed to send.
+    pub truncated: u64,
+    pub send_errors: u64,
+}
+
+// SAFETY: the raw pointers inside iovec/mmsghdr point into buffers owned by this struct;
+// the struct moves to its shard thread once and is only used there.
+unsafe impl Send for MmsgTransport {}
+
+fn zeroed_storage() -> libc::sockaddr_storage {
+    // SAFETY: all-zero is a valid sockaddr_storage.
+    unsafe { std::mem::zeroed() }
+}
+
+fn zeroed_hdr() -> libc::mmsghdr {
+    // SAFETY: all-zero is a valid mmsghdr (null pointers, zero lengths).
+    unsafe { std::mem::zeroed() }
+}
+
+impl MmsgTransport {
+    pub fn new(sockets: ShardSockets, waker: Arc<Waker>) -> io::Result<MmsgTransport> {
+        let fds: Vec<RawFd> = sockets.sockets.iter().map(|s| s.as_raw_fd()).collect();
+        let mut t = MmsgTransport {
+            sockets,
+            fds,
+            waker,
+            bufs: vec![0u8; BATCH * MAX_DATAGRAM],
+            iovs: Vec::with_capacity(BATCH),
+            addrs: vec![zeroed_storage(); BATCH],
+            hdrs: vec![zeroed_hdr(); BATCH],
+            send_iovs: Vec::with_capacity(BATCH),
+            send_addrs: vec![zeroed_storage(); BATCH],
+            send_hdrs: vec![zeroed_hdr(); BATCH],
+            pollfds: Vec::new(),
+            truncated: 0,
+            send_errors: 0,
+        };
+        let base = t.bufs.as_mut_ptr();
+        for i in 0..BATCH {
+            t.iovs.push(libc::iovec {
+                // SAFETY: i * MAX_DATAGRAM is within the BATCH * MAX_DATAGRAM buffer.
+                iov_base: unsafe { base.add(i * MAX_DATAGRAM) } as *mut libc::c_void,
+                iov_len: MAX_DATAGRAM,
+            });
+        }
+        t.send_iovs.resize(
+            BATCH,
+            libc::iovec {
+                iov_base: std::ptr::null_mut(),
+                iov_len: 0,
+            },
+        );
+        for fd in t.fds.iter().copied().chain([t.waker.raw_fd()]) {
+            t.pollfds.push(libc::pollfd {
+                fd,
+                events: libc::POLLIN,
+                revents: 0,
+            });
+        }
+        Ok(t)
+    }
+
+    /// One recvmmsg on socket `idx`; returns how many datagrams were handled.
+    fn recv_once(&mut self, idx: usize, handler: &mut dyn RecvHandler) -> io::Result<usize> {
+        for i in 0..BATCH {
+            let h = &mut self.hdrs[i].msg_hdr;
+            h.msg_name = &mut self.addrs[i] as *mut _ as *mut libc::c_void;
+            h.msg_namelen = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+            h.msg_iov = &mut self.iovs[i];
+            h.msg_iovlen = 1;
+            h.msg_control = std::ptr::null_mut();
+            h.msg_controllen = 0;
+            h.msg_flags = 0;
+            self.hdrs[i].msg_len = 0;
+        }
+        // SAFETY: hdrs holds BATCH initialised headers pointing at our own iovecs, buffers and
+        // address storage, all alive for the duration of the call.
+        let n = unsafe {
+            libc::recvmmsg(
+                self.fds[idx],
+                self.hdrs.as_mut_ptr(),
+                BATCH as libc::c_uint,
+                libc::MSG_DONTWAIT,
+                std::ptr::null_mut(),
+            )
+        };
+        if n < 0 {
+            let e = io::Error::last_os_error();
+            return match e.kind() {
+                io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted => Ok(0),
+                _ => Err(e),
+            };
+        }
+        let n = n as usize;
+        for i in 0..n {
+            let len = self.hdrs[i].msg_len as usize;
+            if self.hdrs[i].msg_hdr.msg_flags & libc::MSG_TRUNC != 0 {
+                self.truncated += 1;
+                continue;
+            }
+            let Some(src) = from_storage(&self.addrs[i]) else {
+                continue;
+            };
+            let data = &self.bufs[i * MAX_DATAGRAM..i * MAX_DATAGRAM + len];
+            handler.datagram(data, src, idx);
+        }
+        Ok(n)
+    }
+}
+
+impl Transport for MmsgTransport {
+    fn poll_recv(&mut self, handler: &mut dyn RecvHandler) -> io::Result<usize> {
+        let mut total = 0;
+        for idx in 0..self.fds.len() {
+            // A few batches per socket per round keeps sockets fair and sends flowing.
+            for _ in 0..4 {
+                let n = self.recv_once(idx, handler)?;
+                total += n;
+                if n < BATCH {
+                    break;
+                }
+            }
+        }
+        Ok(total)
+    }
+
+    fn send(&mut self, out: &mut Outbox) -> io::Result<usize> {
+        let mut sent = 0;
+        let items = out.items();
+        let mut i = 0;
+        while i < items.len() {
+            // A run of datagrams from the same socket, at most BATCH long.
+            let sock = items[i].socket as usize;
+            let mut n = 0;
+            while i + n < items.len() && n < BATCH && items[i + n].socket as usize == sock {
+                let d = &items[i + n];
+                let bytes = out.bytes(d);
+                self.send_iovs[n] = libc::iovec {
+                    iov_base: bytes.as_ptr() as *mut libc::c_void,
+                    iov_len: bytes.len(),
+                };
+                let len = to_storage(&d.dst, &mut self.send_addrs[n]);
+                let h = &mut self.send_hdrs[n];
+                h.msg_hdr.msg_name = &mut self.send_addrs[n] as *mut _ as *mut libc::c_void;
+                h.msg_hdr.msg_namelen = len;
+                h.msg_hdr.msg_iov = &mut self.send_iovs[n];
+                h.msg_hdr.msg_iovlen = 1;
+                h.msg_hdr.msg_control = std::ptr::null_mut();
+                h.msg_hdr.msg_controllen = 0;
+                h.msg_hdr.msg_flags = 0;
+                h.msg_len = 0;
+                n += 1;
+            }
+            let fd = self.fds.get(sock).copied().unwrap_or(self.fds[0]);
+            let mut done = 0;
+            while done < n {
+                // SAFETY: send_hdrs[done..n] are initialised and point at the outbox's bytes
+                // and our address storage, which outlive the call.
+                let r = unsafe {
+                    libc::sendmmsg(
+                        fd,
+                        self.send_hdrs.as_mut_ptr().add(done),
+                        (n - done) as libc::c_uint,
+                        0,
+                    )
+                };
+                if r < 0 {
+                    let e = io::Error::last_os_error();
+                    if e.kind() == io::ErrorKind::Interrupted {
+                        continue;
+                    }
+                    // Skip the datagram that failed (e.g. unreachable destination).
+                    self.send_errors += 1;
+                    done += 1;
+                } else {
+                    done += r as usize;
+                    sent += r as usize;
+                }
+            }
+            i += n;
+        }
+        out.clear();
+        Ok(sent)
+    }
+
+    fn wait(&mut self, timeout_ms: i32) -> io::Result<()> {
+        for p in &mut self.pollfds {
+            p.revents = 0;
+        }
+        // SAFETY: pollfds is a valid array of pollfd of the given length.
+        let r = unsafe {
+            libc::poll(
+                self.pollfds.as_mut_ptr(),
+                self.pollfds.len() as libc::nfds_t,
+                timeout_ms,
+            )
+        };
+        if r < 0 {
+            let e = io::Error::last_os_error();
+            if e.kind() != io::ErrorKind::Interrupted {
+                return Err(e);
+            }
+        }
+        if self.pollfds.last().is_some_and(|p| p.revents != 0) {
+            self.waker.drain();
+        }
+        Ok(())
+    }
+
+    fn name(&self) -> &'static str {
+        "mmsg"
+    }
+}

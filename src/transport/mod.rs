@@ -1,0 +1,173 @@
+//! UDP transport for one shard: its sockets (the shared SO_REUSEPORT listen sockets plus an
+//! optional private port), batched receive and send, and sleeping until there is work.
+//!
+//! Two backends implement [`Transport`]: [`mmsg::MmsgTransport`] (recvmmsg/sendmmsg) and
+//! [`uring::UringTransport`] (io_uring multishot receive with a provided buffer ring). This is
+//! one of the two places in the crate (with `shard/`) that touch sockets.
+
+pub mod mmsg;
+pub mod sockaddr;
+pub mod uring;
+
+use crate::server::outbox::Outbox;
+use socket2::{Domain, Protocol, Socket, Type};
+use std::io;
+use std::net::SocketAddr;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::sync::atomic::{AtomicBool, Ordering};
+
+/// Datagrams received per batch.
+pub const BATCH: usize = 32;
+/// Largest datagram accepted (UDP's limit).
+pub const MAX_DATAGRAM: usize = 65_535;
+/// Socket buffer size asked for (several MiB: the 208 KiB default drops bursts).
+pub const SOCKET_BUFFER: usize = 8 << 20;
+
+/// A received datagram handed to the shard's core.
+pub trait RecvHandler {
+    fn datagram(&mut self, data: &[u8], src: SocketAddr, socket: usize);
+}
+
+/// One shard's transport backend.
+pub trait Transport: Send {
+    /// Receives what is ready on every socket, up to a few batches, without blocking.
+    /// Returns the number of datagrams handled.
+    fn poll_recv(&mut self, handler: &mut dyn RecvHandler) -> io::Result<usize>;
+    /// Sends every datagram of the outbox (and clears it).
+    fn send(&mut self, out: &mut Outbox) -> io::Result<usize>;
+    /// Blocks until a socket is readable, the waker fires, or `timeout_ms` passes.
+    fn wait(&mut self, timeout_ms: i32) -> io::Result<()>;
+    /// Name for logs and metrics.
+    fn name(&self) -> &'static str;
+}
+
+/// Wakes a sleeping shard from another thread (an eventfd plus a "sleeping" flag so that a
+/// busy shard is never woken).
+pub struct Waker {
+    fd: OwnedFd,
+    pub sleeping: AtomicBool,
+}
+
+impl Waker {
+    pub fn new() -> io::Result<Waker> {
+        // SAFETY: eventfd has no memory-safety preconditions; we check the result.
+        let fd = unsafe { libc::eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC) };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: fd is a fresh, owned descriptor.
+        Ok(Waker {
+            fd: unsafe { OwnedFd::from_raw_fd(fd) },
+            sleeping: AtomicBool::new(false),
+        })
+    }
+
+    pub fn raw_fd(&self) -> RawFd {
+        self.fd.as_raw_fd()
+    }
+
+    /// Wakes the shard if it sleeps. Returns true if a wake-up was sent.
+    pub fn wake_if_sleeping(&self) -> bool {
+        if self.sleeping.load(Ordering::SeqCst) {
+            self.wake();
+            true
+        } else {
+            false
+        }
+    }
+
+    pub fn wake(&self) {
+        let one: u64 = 1;
+        // SAFETY: writes 8 bytes from a valid u64 to our eventfd.
+        unsafe {
+            libc::write(self.raw_fd(), &one as *const u64 as *const libc::c_void, 8);
+        }
+    }
+
+    /// Clears a pending wake-up.
+    pub fn drain(&self) {
+        let mut v: u64 = 0;
+        // SAFETY: reads 8 bytes into a valid u64 from our non-blocking eventfd.
+        unsafe {
+            libc::read(self.raw_fd(), &mut v as *mut u64 as *mut libc::c_void, 8);
+        }
+    }
+}
+
+/// The sockets of one shard, in the order the core refers to them: one per listen address,
+/// then (optionally) the private port.
+pub struct ShardSockets {
+    pub sockets: Vec<Socket>,
+    pub local: Vec<SocketAddr>,
+}
+
+fn set_buffers(s: &Socket) {
+    // As root, SO_RCVBUFFORCE/SO_SNDBUFFORCE bypass net.core.rmem_max/wmem_max; otherwise the
+    // kernel clamps the plain request to the max (tuning/ says how to raise it).
+    let fd = s.as_raw_fd();
+    let size = SOCKET_BUFFER as libc::c_int;
+    for (force, plain) in [
+        (libc::SO_RCVBUFFORCE, libc::SO_RCVBUF),
+        (libc::SO_SNDBUFFORCE, libc::SO_SNDBUF),
+    ] {
+        // SAFETY: setsockopt with a valid int option value and its size.
+        let r = unsafe {
+            libc::setsockopt(
+                fd,
+                libc::SOL_SOCKET,
+                force,
+                &size as *const _ as *const libc::c_void,
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+        if r != 0 {
+            // SAFETY: as above.
+            unsafe {
+                libc::setsockopt(
+                    fd,
+                    libc::SOL_SOCKET,
+                    plain,
+                    &size as *const _ as *const libc::c_int as *const libc::c_void,
+                    std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+                );
+            }
+        }
+    }
+}
+
+/// Creates a UDP socket bound to `addr`; with `reuse_port` several shards share it.
+pub fn udp_socket(addr: SocketAddr, reuse_port: bool) -> io::Result<Socket> {
+    let s = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
+    if reuse_port {
+        s.set_reuse_port(true)?;
+    }
+    if addr.is_ipv6() {
+        s.set_only_v6(true)?;
+    }
+    set_buffers(&s);
+    s.bind(&addr.into())?;
+    Ok(s)
+}
+
+impl ShardSockets {
+    /// Binds the shard's share of every listen address and, if asked, a private port on the
+    /// first listen address's IP.
+    pub fn bind(listen: &[SocketAddr], private_port: bool) -> io::Result<ShardSockets> {
+        let mut sockets = Vec::new();
+        let mut local = Vec::new();
+        for &addr in listen {
+            let s = udp_socket(addr, true)
+                .map_err(|e| io::Error::new(e.kind(), format!("bind udp:{addr}: {e}")))?;
+            local.push(s.local_addr()?.as_socket().unwrap_or(addr));
+            sockets.push(s);
+        }
+        if private_port {
+            let mut addr = listen[0];
+            addr.set_port(0);
+            let s = udp_socket(addr, false)?;
+            local.push(s.local_addr()?.as_socket().unwrap_or(addr));
+            sockets.push(s);
+        }
+        Ok(ShardSockets { sockets, local })
+    }
+}
