@@ -4,4 +4,5 @@
 //! takes bytes, a source address and the current time, and returns what to send and which
 //! timers to arm. Only `shard` and `transport` touch sockets, threads and clocks.
 
+pub mod auth;
 pub mod sip;
