@@ -228,6 +228,23 @@ fn unknown_user_is_indistinguishable_from_wrong_password() {
 }
 
 #[test]
+fn dummy_ha1_never_authenticates() {
+    let mut a = auth();
+    // Whoever knew the secret could answer with the dummy HA1 used for unknown users.
+    let dummy_pw = hex::encode([3u8; 32]);
+    for alg in Algorithm::PREFERENCE {
+        for user in ["", "mallory"] {
+            let ch = challenge(&a, alg, T0);
+            let d = AuthHeader::parse(ch.as_bytes()).unwrap().digest();
+            let c = client_response(&d, "", &dummy_pw, b"REGISTER", RURI.as_bytes(), 1, "c")
+                .unwrap()
+                .replace("username=\"\"", &format!("username=\"{user}\""));
+            assert_eq!(check(&mut a, &c), CHALLENGE, "{alg:?} {user:?}");
+        }
+    }
+}
+
+#[test]
 fn unknown_user_timing_is_not_grossly_different() {
     let mut a = auth();
     let wrong_pw = creds(&a, Algorithm::Sha256, "alice", "guess", T0);

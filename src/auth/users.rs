@@ -2,8 +2,8 @@
 //! (RFC 7616 §3.4.2, `HA1 = H(username ":" realm ":" password)`), for MD5 and SHA-256
 //! (RFC 8760 §2.1).
 //!
-//! Users come from `--user NAME:PASSWORD` arguments and from a users file with one entry per
-//! line:
+//! Users come from `--user NAME:PASSWORD` arguments ([`UserDb::add_arg`]) and from a users
+//! file ([`UserDb::load_file`]) with one entry per line:
 //!
 //! ```text
 //! # comments and blank lines are ignored
@@ -171,14 +171,20 @@ impl UserDb {
         self.insert(name, entry)
     }
 
-    /// Adds a user from `name:password` or `name:ha1=HEX` (a `--user` argument or a file
-    /// line without comment). Blank and `#` lines are accepted and add nothing.
+    /// Adds a user from a users-file line: `name:password` or `name:ha1=HEX`. Blank and `#`
+    /// lines are accepted and add nothing.
     pub fn add_line(&mut self, line: &str) -> Result<(), UserDbError> {
         let line = line.trim();
         if line.is_empty() || line.starts_with('#') {
             return Ok(());
         }
-        let (name, secret) = line.split_once(':').ok_or(bad(LineProblem::MissingColon))?;
+        self.add_arg(line)
+    }
+
+    /// Adds a user from a `--user` argument: `name:password` or `name:ha1=HEX`, taken as it
+    /// is (no comments, no trimming).
+    pub fn add_arg(&mut self, arg: &str) -> Result<(), UserDbError> {
+        let (name, secret) = arg.split_once(':').ok_or(bad(LineProblem::MissingColon))?;
         match secret.strip_prefix("ha1=") {
             Some(hex_digits) => {
                 check_name(name).map_err(bad)?;
@@ -203,7 +209,8 @@ impl UserDb {
     }
 
     /// Adds every user of a users file. The error names the file and the line.
-    pub fn load_file(&mut self, path: &Path) -> Result<(), UserDbError> {
+    pub fn load_file(&mut self, path: impl AsRef<Path>) -> Result<(), UserDbError> {
+        let path = path.as_ref();
         let text = std::fs::read_to_string(path).map_err(|e| UserDbError::Io {
             path: path.to_owned(),
             message: e.to_string(),
@@ -286,6 +293,19 @@ mod tests {
         );
         assert_eq!(db.len(), 1);
         assert!(db.get(b"mufasa").is_none());
+    }
+
+    #[test]
+    fn user_arguments_are_taken_as_they_are() {
+        let mut db = UserDb::new("r");
+        assert_eq!(problem(db.add_arg("")), LineProblem::MissingColon);
+        db.add_arg("#x: pw ").unwrap();
+        let want = ha1(Algorithm::Md5, b"#x", b"r", b" pw ");
+        assert_eq!(db.get(b"#x").unwrap().ha1(Algorithm::Md5), Some(&want));
+        // The same text as a file line is a comment.
+        let mut db = UserDb::new("r");
+        db.add_line("#x: pw ").unwrap();
+        assert!(db.is_empty());
     }
 
     #[test]
