@@ -4,6 +4,7 @@
 //! source address and the current time, and returns what to send and which timers to arm.
 //! Only `shard` and `transport` touch sockets, threads and clocks.
 
+pub mod auth;
 pub mod config;
 pub mod metrics;
 pub mod server;

@@ -1,0 +1,269 @@
+//! The digest computation of RFC 7616 §3.4.1–§3.4.3 (HTTP Digest, used by SIP per RFC 3261
+//! §22.4 and RFC 8760 §2) for the algorithms `MD5` and `SHA-256` with `qop=auth`:
+//!
+//! ```text
+//! HA1      = H(username ":" realm ":" password)
+//! HA2      = H(method ":" digest-uri)
+//! response = H(HA1 ":" nonce ":" nc ":" cnonce ":" qop ":" HA2)
+//! ```
+//!
+//! Every `H(..)` is written as lowercase hex. The `-sess` variants, `auth-int` and the
+//! RFC 2069 form without `qop` are not supported: the server answers them with a challenge.
+//! Responses are compared in constant time ([`responses_equal`]).
+
+use md5::Md5;
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+
+/// A digest algorithm this server supports (RFC 8760 §2.1 registry names).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Algorithm {
+    /// `MD5` (RFC 7616 §3.2), the default when `algorithm` is absent.
+    Md5,
+    /// `SHA-256` (RFC 7616 §3.2, RFC 8760 §2.1).
+    Sha256,
+}
+
+impl Algorithm {
+    /// Both algorithms in the server's order of preference (RFC 8760 §2.4: strongest first).
+    pub const PREFERENCE: [Algorithm; 2] = [Algorithm::Sha256, Algorithm::Md5];
+
+    /// The algorithm named by a digest `algorithm` parameter; absent means MD5 (RFC 7616
+    /// §3.3). Unsupported names (`MD5-sess`, `SHA-512-256`, ...) give `None`.
+    pub fn from_param(param: Option<&[u8]>) -> Option<Algorithm> {
+        match param {
+            None => Some(Algorithm::Md5),
+            Some(p) if p.eq_ignore_ascii_case(b"MD5") => Some(Algorithm::Md5),
+            Some(p) if p.eq_ignore_ascii_case(b"SHA-256") => Some(Algorithm::Sha256),
+            Some(_) => None,
+        }
+    }
+
+    /// The name as written in the `algorithm` parameter.
+    pub fn name(self) -> &'static str {
+        match self {
+            Algorithm::Md5 => "MD5",
+            Algorithm::Sha256 => "SHA-256",
+        }
+    }
+
+    /// Length of a hash in hex digits (32 for MD5, 64 for SHA-256).
+    pub fn hex_len(self) -> usize {
+        match self {
+            Algorithm::Md5 => 32,
+            Algorithm::Sha256 => 64,
+        }
+    }
+}
+
+/// A hash written as lowercase hex, on the stack (up to 64 digits).
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct HexHash {
+    buf: [u8; 64],
+    len: u8,
+}
+
+impl HexHash {
+    /// The hex digits.
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.buf[..self.len as usize]
+    }
+
+    /// The hex digits as text.
+    pub fn as_str(&self) -> &str {
+        // Only ASCII hex digits are ever stored.
+        core::str::from_utf8(self.as_bytes()).unwrap_or_default()
+    }
+
+    /// Parses a hash given in hex (either case) and stores it in lowercase. `None` unless
+    /// it is exactly `len` hex digits.
+    pub fn from_hex(hex_digits: &[u8], len: usize) -> Option<HexHash> {
+        if hex_digits.len() != len || len > 64 || !hex_digits.iter().all(u8::is_ascii_hexdigit) {
+            return None;
+        }
+        let mut h = HexHash {
+            buf: [0; 64],
+            len: len as u8,
+        };
+        for (d, s) in h.buf.iter_mut().zip(hex_digits) {
+            *d = s.to_ascii_lowercase();
+        }
+        Some(h)
+    }
+
+    fn of(bytes: &[u8]) -> HexHash {
+        let mut h = HexHash {
+            buf: [0; 64],
+            len: (bytes.len() * 2) as u8,
+        };
+        // Cannot fail: the output slice is exactly twice the input.
+        let _ = hex::encode_to_slice(bytes, &mut h.buf[..bytes.len() * 2]);
+        h
+    }
+}
+
+impl core::fmt::Debug for HexHash {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+#[cfg(test)]
+thread_local! {
+    /// Number of hashes computed on this thread, for tests that the work done does not
+    /// depend on whether a user exists.
+    pub(crate) static HASHES: core::cell::Cell<u64> = const { core::cell::Cell::new(0) };
+}
+
+/// `H(p0 ":" p1 ":" ...)` in lowercase hex.
+pub fn hash_joined(alg: Algorithm, parts: &[&[u8]]) -> HexHash {
+    #[cfg(test)]
+    HASHES.with(|n| n.set(n.get() + 1));
+    fn run<D: Digest>(parts: &[&[u8]]) -> HexHash {
+        let mut d = D::new();
+        for (i, p) in parts.iter().enumerate() {
+            if i > 0 {
+                d.update(b":");
+            }
+            d.update(p);
+        }
+        HexHash::of(&d.finalize())
+    }
+    match alg {
+        Algorithm::Md5 => run::<Md5>(parts),
+        Algorithm::Sha256 => run::<Sha256>(parts),
+    }
+}
+
+/// HA1 = H(username ":" realm ":" password) (RFC 7616 §3.4.2).
+pub fn ha1(alg: Algorithm, username: &[u8], realm: &[u8], password: &[u8]) -> HexHash {
+    hash_joined(alg, &[username, realm, password])
+}
+
+/// HA2 = H(method ":" digest-uri) for qop=auth (RFC 7616 §3.4.3).
+pub fn ha2(alg: Algorithm, method: &[u8], uri: &[u8]) -> HexHash {
+    hash_joined(alg, &[method, uri])
+}
+
+/// The request-digest for qop=auth (RFC 7616 §3.4.1):
+/// `H(HA1 ":" nonce ":" nc ":" cnonce ":" "auth" ":" HA2)`.
+pub fn response(
+    alg: Algorithm,
+    ha1: &HexHash,
+    nonce: &[u8],
+    nc: &[u8],
+    cnonce: &[u8],
+    method: &[u8],
+    uri: &[u8],
+) -> HexHash {
+    let ha2 = ha2(alg, method, uri);
+    hash_joined(
+        alg,
+        &[ha1.as_bytes(), nonce, nc, cnonce, b"auth", ha2.as_bytes()],
+    )
+}
+
+/// Compares the expected response with the one a client sent, in constant time for equal
+/// lengths; the client's hex digits may be in either case.
+pub fn responses_equal(expected: &HexHash, given: &[u8]) -> bool {
+    let want = expected.as_bytes();
+    if given.len() != want.len() {
+        return false;
+    }
+    let mut lower = [0u8; 64];
+    for (d, s) in lower.iter_mut().zip(given) {
+        *d = s.to_ascii_lowercase();
+    }
+    bool::from(lower[..want.len()].ct_eq(want))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    // RFC 7616 §3.9.1: user "Mufasa", password "Circle of Life", GET /dir/index.html.
+    const REALM_7616: &[u8] = b"http-auth@example.org";
+    const NONCE_7616: &[u8] = b"7ypf/xlj9XXwfDPEoM4URrv/xwf94BcCAzFZH4GiTo0v";
+    const CNONCE_7616: &[u8] = b"f2/wE4q74E6zIJEtWaHKaf5wv/H5QzzpXusqGemxURZJ";
+
+    fn rfc7616(alg: Algorithm) -> HexHash {
+        let ha1 = ha1(alg, b"Mufasa", REALM_7616, b"Circle of Life");
+        response(
+            alg,
+            &ha1,
+            NONCE_7616,
+            b"00000001",
+            CNONCE_7616,
+            b"GET",
+            b"/dir/index.html",
+        )
+    }
+
+    #[test]
+    fn rfc7616_md5_example() {
+        assert_eq!(
+            rfc7616(Algorithm::Md5).as_str(),
+            "8ca523f5e9506fed4657c9700eebdbec"
+        );
+    }
+
+    #[test]
+    fn rfc7616_sha256_example() {
+        assert_eq!(
+            rfc7616(Algorithm::Sha256).as_str(),
+            "753927fa0e85d155564e2e272a28d1802ca10daf4496794697cf8db5856cb6c1"
+        );
+    }
+
+    #[test]
+    fn rfc2617_md5_example() {
+        // RFC 2617 §3.5.
+        let ha1 = ha1(
+            Algorithm::Md5,
+            b"Mufasa",
+            b"testrealm@host.com",
+            b"Circle Of Life",
+        );
+        let r = response(
+            Algorithm::Md5,
+            &ha1,
+            b"dcd98b7102dd2f0e8b11d0f600bfb0c093",
+            b"00000001",
+            b"0a4f113b",
+            b"GET",
+            b"/dir/index.html",
+        );
+        assert_eq!(r.as_str(), "6629fae49393a05397450978507c4ef1");
+    }
+
+    #[test]
+    fn algorithm_names() {
+        assert_eq!(Algorithm::from_param(None), Some(Algorithm::Md5));
+        assert_eq!(Algorithm::from_param(Some(b"md5")), Some(Algorithm::Md5));
+        assert_eq!(
+            Algorithm::from_param(Some(b"SHA-256")),
+            Some(Algorithm::Sha256)
+        );
+        assert_eq!(Algorithm::from_param(Some(b"MD5-sess")), None);
+        assert_eq!(Algorithm::from_param(Some(b"SHA-512-256")), None);
+        assert_eq!(Algorithm::from_param(Some(b"SHA-256-sess")), None);
+    }
+
+    #[test]
+    fn response_comparison() {
+        let r = rfc7616(Algorithm::Md5);
+        assert!(responses_equal(&r, b"8ca523f5e9506fed4657c9700eebdbec"));
+        assert!(responses_equal(&r, b"8CA523F5E9506FED4657C9700EEBDBEC"));
+        assert!(!responses_equal(&r, b"8ca523f5e9506fed4657c9700eebdbed"));
+        assert!(!responses_equal(&r, b"8ca523f5e9506fed4657c9700eebdbe"));
+        assert!(!responses_equal(&r, b""));
+    }
+
+    #[test]
+    fn hex_hash_parsing() {
+        let h = HexHash::from_hex(b"ABCDEF0123456789abcdef0123456789", 32).unwrap();
+        assert_eq!(h.as_str(), "abcdef0123456789abcdef0123456789");
+        assert!(HexHash::from_hex(b"abcd", 32).is_none());
+        assert!(HexHash::from_hex(b"zbcdef0123456789abcdef0123456789", 32).is_none());
+    }
+}

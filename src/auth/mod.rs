@@ -1,0 +1,322 @@
+//! Digest authentication for the registrar and the proxy (RFC 3261 §22.2–§22.4 with the
+//! digest of RFC 7616 and the SHA-256 algorithm of RFC 8760).
+//!
+//! An [`Authenticator`] per shard checks the `Authorization` or `Proxy-Authorization`
+//! credentials of a request ([`Authenticator::check`]) and writes challenges
+//! ([`Authenticator::write_challenge`]). The parts shared by all shards (realm, users,
+//! nonce secret) sit behind an `Arc`; each shard keeps its own nonce-count table.
+//!
+//! Policy:
+//! - only `qop=auth` is accepted (no RFC 2069 digest without qop, no `auth-int`), with
+//!   `algorithm` `SHA-256` or `MD5` (absent means MD5); anything else gets a challenge;
+//! - the `uri` parameter must equal the Request-URI byte for byte, the realm must be ours;
+//! - the answer does not depend on whether the user exists: an unknown user costs the same
+//!   hashing as a wrong password (against a dummy HA1) and gets the same challenge;
+//! - `stale=true` only when the response is right but the nonce expired.
+//!
+//! ```
+//! use std::sync::Arc;
+//! use sipshard::auth::{AuthOutcome, Authenticator, UserDb, client};
+//! use sipshard::sip::{AuthHeader, HeaderName, Message};
+//!
+//! let mut users = UserDb::new("example.com");
+//! users.add_password("alice", "secret").unwrap();
+//! let mut auth = Authenticator::new("example.com", Arc::new(users), [9; 32], 300);
+//! let now_ms = 1_700_000_000_000;
+//!
+//! let mut challenge = Vec::new();
+//! auth.write_challenge(&mut challenge, "WWW-Authenticate", false, now_ms);
+//! let line = std::str::from_utf8(&challenge).unwrap().lines().next().unwrap();
+//! let params = AuthHeader::parse(line["WWW-Authenticate: ".len()..].as_bytes()).unwrap().digest();
+//! let creds = client::client_response(&params, "alice", "secret", b"REGISTER",
+//!     b"sip:example.com", 1, "abc123").unwrap();
+//! let req = format!("REGISTER sip:example.com SIP/2.0\r\nVia: SIP/2.0/UDP h;branch=z9hG4bK1\r\n\
+//!     From: <sip:alice@example.com>;tag=1\r\nTo: <sip:alice@example.com>\r\nCall-ID: c\r\n\
+//!     CSeq: 1 REGISTER\r\nAuthorization: {creds}\r\nContent-Length: 0\r\n\r\n");
+//! let msg = Message::parse(req.as_bytes()).unwrap();
+//! assert_eq!(
+//!     auth.check(&msg, HeaderName::Authorization, now_ms),
+//!     AuthOutcome::Authenticated { user: "alice".into() }
+//! );
+//! ```
+
+pub mod client;
+pub mod digest;
+pub mod nonce;
+pub mod replay;
+pub mod users;
+
+use std::borrow::Cow;
+use std::cell::Cell;
+use std::sync::Arc;
+
+use crate::sip::headers::{AuthHeader, DigestParams};
+use crate::sip::{HeaderName, Message};
+
+pub use client::{client_response, DigestClient};
+pub use digest::Algorithm;
+pub use nonce::{random_secret, Secret, DEFAULT_NONCE_TTL_S};
+pub use users::{UserDb, UserDbError};
+
+use digest::{responses_equal, HexHash};
+use nonce::{NonceKey, NonceStatus};
+use replay::{NcTable, NcVerdict, DEFAULT_MAX_TRACKED};
+
+/// The result of checking a request's credentials.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AuthOutcome {
+    /// The credentials are right; `user` is the authenticated user name.
+    Authenticated { user: String },
+    /// Answer 401/407 with [`Authenticator::write_challenge`] (`stale` as given).
+    Challenge { stale: bool },
+    /// Answer 400: the credentials are malformed (the text says how).
+    BadRequest(&'static str),
+}
+
+/// What all shards share.
+struct Shared {
+    realm: String,
+    users: Arc<UserDb>,
+    nonces: NonceKey,
+    ttl_s: u32,
+    /// HA1 values no password produces, hashed for unknown users so that they cost the same.
+    dummy_md5: HexHash,
+    dummy_sha256: HexHash,
+}
+
+/// A shard's digest authenticator. See the module documentation.
+pub struct Authenticator {
+    shared: Arc<Shared>,
+    /// High half of every nonce salt: random per Authenticator, so shards' nonces differ.
+    salt_prefix: u32,
+    counter: Cell<u32>,
+    nc: NcTable,
+}
+
+impl Authenticator {
+    /// An authenticator for `realm` with the users (whose HA1 values must be for the same
+    /// realm), the per-run nonce secret and the nonce lifetime in seconds.
+    ///
+    /// # Panics
+    /// If `users` was built for another realm (its HA1 values could never match).
+    pub fn new(realm: &str, users: Arc<UserDb>, secret: Secret, nonce_ttl_s: u32) -> Self {
+        assert_eq!(
+            users.realm(),
+            realm,
+            "the user database was built for another realm"
+        );
+        let dummy_pw = hex::encode(secret);
+        let shared = Shared {
+            realm: realm.to_owned(),
+            nonces: NonceKey::new(&secret, realm.as_bytes()),
+            ttl_s: nonce_ttl_s,
+            dummy_md5: digest::ha1(Algorithm::Md5, b"", realm.as_bytes(), dummy_pw.as_bytes()),
+            dummy_sha256: digest::ha1(
+                Algorithm::Sha256,
+                b"",
+                realm.as_bytes(),
+                dummy_pw.as_bytes(),
+            ),
+            users,
+        };
+        Authenticator {
+            shared: Arc::new(shared),
+            salt_prefix: nonce::random_u32(),
+            counter: Cell::new(0),
+            nc: NcTable::new(DEFAULT_MAX_TRACKED),
+        }
+    }
+
+    /// Another authenticator for another shard: same realm, users and secret (shared), its
+    /// own salt prefix and an empty nonce-count table.
+    pub fn for_shard(&self) -> Authenticator {
+        Authenticator {
+            shared: Arc::clone(&self.shared),
+            salt_prefix: nonce::random_u32(),
+            counter: Cell::new(0),
+            nc: NcTable::new(DEFAULT_MAX_TRACKED),
+        }
+    }
+
+    /// Sets the bound on nonces tracked for replay protection (default 65 536).
+    pub fn with_max_tracked(mut self, max: usize) -> Self {
+        self.nc = NcTable::new(max);
+        self
+    }
+
+    /// The realm.
+    pub fn realm(&self) -> &str {
+        &self.shared.realm
+    }
+
+    /// The nonce lifetime in seconds.
+    pub fn nonce_ttl_s(&self) -> u32 {
+        self.shared.ttl_s
+    }
+
+    /// Number of nonces in the replay table.
+    pub fn tracked_nonces(&self) -> usize {
+        self.nc.len()
+    }
+
+    /// Drops replay entries of expired nonces; call now and then (also done when full).
+    pub fn prune(&mut self, now_ms: u64) {
+        self.nc.prune(now_ms, self.shared.ttl_s);
+    }
+
+    /// Checks the credentials in the `header` lines (Authorization for a registrar or UAS,
+    /// Proxy-Authorization for a proxy) of request `req` at `now_ms`.
+    pub fn check(&mut self, req: &Message<'_>, header: HeaderName, now_ms: u64) -> AuthOutcome {
+        let (Some(method), Some(ruri)) = (req.method_bytes(), req.request_uri_bytes()) else {
+            return AuthOutcome::BadRequest("not a request");
+        };
+        for raw in req.header_all(header) {
+            let h = match AuthHeader::parse(raw) {
+                Ok(h) if h.is_digest() => h,
+                // Other schemes (Basic's token68 does not parse as auth-params) are not ours.
+                Ok(_) => continue,
+                Err(_) if !is_digest_scheme(raw) => continue,
+                Err(_) => return AuthOutcome::BadRequest("malformed credentials"),
+            };
+            let d = h.digest();
+            let Some(realm) = d.realm else {
+                return AuthOutcome::BadRequest("credentials without realm");
+            };
+            // RFC 3261 §22.4: credentials for other realms are for other servers.
+            if *unq(realm) == *self.shared.realm.as_bytes() {
+                return self.verify(&d, method, ruri, now_ms);
+            }
+        }
+        AuthOutcome::Challenge { stale: false }
+    }
+
+    fn verify(
+        &mut self,
+        d: &DigestParams<'_>,
+        method: &[u8],
+        ruri: &[u8],
+        now_ms: u64,
+    ) -> AuthOutcome {
+        const CHALLENGE: AuthOutcome = AuthOutcome::Challenge { stale: false };
+        let (Some(username), Some(nonce), Some(uri), Some(given)) =
+            (d.username, d.nonce, d.uri, d.response)
+        else {
+            return AuthOutcome::BadRequest("credentials without username, nonce, uri or response");
+        };
+        // No qop is the RFC 2069 digest, which has no nonce count: not accepted.
+        let Some(qop) = d.qop else { return CHALLENGE };
+        if !qop.eq_ignore_ascii_case(b"auth") {
+            return CHALLENGE;
+        }
+        let (Some(nc_text), Some(cnonce)) = (d.nc, d.cnonce) else {
+            return AuthOutcome::BadRequest("qop=auth without nc or cnonce");
+        };
+        let Some(nc) = parse_nc(nc_text) else {
+            return AuthOutcome::BadRequest("nc is not 8 hex digits");
+        };
+        let Some(alg) = Algorithm::from_param(d.algorithm) else {
+            return CHALLENGE;
+        };
+        // We never offer userhash (RFC 7616 §3.4.4).
+        if d.userhash.is_some_and(|u| u.eq_ignore_ascii_case(b"true")) {
+            return CHALLENGE;
+        }
+        if unq(uri).as_ref() != ruri {
+            return CHALLENGE;
+        }
+        let nonce = unq(nonce);
+        let sh = &*self.shared;
+        let id = match sh.nonces.check(&nonce, now_ms, sh.ttl_s) {
+            NonceStatus::Invalid => return CHALLENGE,
+            NonceStatus::Fresh(id) => Ok(id),
+            NonceStatus::Stale(id) => Err(id),
+        };
+        let username = unq(username);
+        let user_ha1 = sh.users.get(&username).and_then(|u| u.ha1(alg));
+        // Unknown users (or users without an HA1 for this algorithm) hash as much as others.
+        let ha1 = user_ha1.unwrap_or(match alg {
+            Algorithm::Md5 => &sh.dummy_md5,
+            Algorithm::Sha256 => &sh.dummy_sha256,
+        });
+        let expected = digest::response(alg, ha1, &nonce, nc_text, &unq(cnonce), method, &unq(uri));
+        if !(responses_equal(&expected, given) & user_ha1.is_some()) {
+            return CHALLENGE;
+        }
+        let Ok(id) = id else {
+            return AuthOutcome::Challenge { stale: true };
+        };
+        match self.nc.record(id, nc, now_ms, sh.ttl_s) {
+            NcVerdict::Accepted => AuthOutcome::Authenticated {
+                user: String::from_utf8_lossy(&username).into_owned(),
+            },
+            NcVerdict::Replay => CHALLENGE,
+            NcVerdict::Forgotten => AuthOutcome::Challenge { stale: true },
+        }
+    }
+
+    /// Writes the challenge header lines `header_name: Digest ...` (`WWW-Authenticate` for
+    /// 401, `Proxy-Authenticate` for 407) with a fresh nonce: SHA-256 first, then MD5
+    /// (RFC 8760 §2.4), each with realm, nonce, algorithm, `qop="auth"` and `stale=true` when
+    /// `stale`.
+    pub fn write_challenge(&self, out: &mut Vec<u8>, header_name: &str, stale: bool, now_ms: u64) {
+        let counter = self.counter.get().wrapping_add(1);
+        self.counter.set(counter);
+        let salt = (u64::from(self.salt_prefix) << 32) | u64::from(counter);
+        let nonce = self.shared.nonces.issue(now_ms, salt);
+        let mut realm = String::new();
+        client::push_quoted(&mut realm, self.shared.realm.as_bytes());
+        let mut value = Vec::with_capacity(160);
+        for alg in Algorithm::PREFERENCE {
+            value.clear();
+            value.extend_from_slice(b"Digest realm=");
+            value.extend_from_slice(realm.as_bytes());
+            value.extend_from_slice(b", nonce=\"");
+            value.extend_from_slice(nonce.as_bytes());
+            value.extend_from_slice(b"\", algorithm=");
+            value.extend_from_slice(alg.name().as_bytes());
+            value.extend_from_slice(b", qop=\"auth\"");
+            if stale {
+                value.extend_from_slice(b", stale=true");
+            }
+            crate::sip::write::header(out, header_name, &value);
+        }
+    }
+}
+
+/// True if a credentials value starts with the scheme `Digest`.
+fn is_digest_scheme(raw: &[u8]) -> bool {
+    let v = raw.trim_ascii_start();
+    v.len() >= 6
+        && v[..6].eq_ignore_ascii_case(b"Digest")
+        && v.get(6).map_or(true, |b| b.is_ascii_whitespace())
+}
+
+/// `nc-value = 8LHEX` (RFC 7616 §3.4); either case accepted.
+fn parse_nc(v: &[u8]) -> Option<u32> {
+    if v.len() != 8 || !v.iter().all(u8::is_ascii_hexdigit) {
+        return None;
+    }
+    u32::from_str_radix(core::str::from_utf8(v).ok()?, 16).ok()
+}
+
+/// The value of a quoted-string without its backslash escapes (RFC 3261 §25.1 quoted-pair;
+/// the parser removed the quotes).
+pub(crate) fn unq(v: &[u8]) -> Cow<'_, [u8]> {
+    if !v.contains(&b'\\') {
+        return Cow::Borrowed(v);
+    }
+    let mut out = Vec::with_capacity(v.len());
+    let mut escaped = false;
+    for &b in v {
+        if escaped || b != b'\\' {
+            out.push(b);
+            escaped = false;
+        } else {
+            escaped = true;
+        }
+    }
+    Cow::Owned(out)
+}
+
+#[cfg(test)]
+mod tests;

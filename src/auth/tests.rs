@@ -1,0 +1,531 @@
+//! Tests of [`Authenticator`]: challenge format, accepted credentials and every reason to
+//! challenge again or answer 400.
+
+use super::digest::HASHES;
+use super::*;
+use crate::sip::AuthHeader;
+
+const REALM: &str = "example.com";
+const RURI: &str = "sip:example.com";
+const T0: u64 = 1_700_000_000_000;
+/// Password of the HA1-only users.
+const HA1_PW: &str = "hashed";
+
+fn users() -> UserDb {
+    let mut db = UserDb::new(REALM);
+    db.add_password("alice", "secret").unwrap();
+    db.add_line("dom\\user:pw").unwrap();
+    let md5 = digest::ha1(Algorithm::Md5, b"bob", REALM.as_bytes(), HA1_PW.as_bytes());
+    db.add_line(&format!("bob:ha1={}", md5.as_str())).unwrap();
+    let sha = digest::ha1(
+        Algorithm::Sha256,
+        b"carol",
+        REALM.as_bytes(),
+        HA1_PW.as_bytes(),
+    );
+    db.add_line(&format!("carol:ha1={}", sha.as_str())).unwrap();
+    db
+}
+
+fn auth() -> Authenticator {
+    Authenticator::new(REALM, Arc::new(users()), [3; 32], 300)
+}
+
+/// The challenge lines written at `now`, as (header name, value).
+fn challenge_lines(a: &Authenticator, stale: bool, now: u64) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    a.write_challenge(&mut out, "WWW-Authenticate", stale, now);
+    let text = String::from_utf8(out).unwrap();
+    assert!(text.ends_with("\r\n"));
+    text.split_terminator("\r\n")
+        .map(|l| {
+            let (n, v) = l.split_once(": ").unwrap();
+            (n.to_owned(), v.to_owned())
+        })
+        .collect()
+}
+
+/// The challenge value of `alg` written at `now`.
+fn challenge(a: &Authenticator, alg: Algorithm, now: u64) -> String {
+    let i = if alg == Algorithm::Sha256 { 0 } else { 1 };
+    challenge_lines(a, false, now).swap_remove(i).1
+}
+
+fn creds_for(challenge: &str, user: &str, pw: &str, uri: &str, nc: u32) -> String {
+    let d = AuthHeader::parse(challenge.as_bytes()).unwrap().digest();
+    client_response(&d, user, pw, b"REGISTER", uri.as_bytes(), nc, "0a4f113b").unwrap()
+}
+
+fn creds(a: &Authenticator, alg: Algorithm, user: &str, pw: &str, now: u64) -> String {
+    creds_for(&challenge(a, alg, now), user, pw, RURI, 1)
+}
+
+fn request_with(header: &str, values: &[&str]) -> String {
+    let mut r = format!(
+        "REGISTER {RURI} SIP/2.0\r\nVia: SIP/2.0/UDP h;branch=z9hG4bK1\r\n\
+         From: <sip:alice@example.com>;tag=1\r\nTo: <sip:alice@example.com>\r\n\
+         Call-ID: c1\r\nCSeq: 1 REGISTER\r\n"
+    );
+    for v in values {
+        r.push_str(&format!("{header}: {v}\r\n"));
+    }
+    r.push_str("Content-Length: 0\r\n\r\n");
+    r
+}
+
+fn check_at(a: &mut Authenticator, authz: &str, now: u64) -> AuthOutcome {
+    let r = request_with("Authorization", &[authz]);
+    a.check(
+        &Message::parse(r.as_bytes()).unwrap(),
+        HeaderName::Authorization,
+        now,
+    )
+}
+
+fn check(a: &mut Authenticator, authz: &str) -> AuthOutcome {
+    check_at(a, authz, T0)
+}
+
+fn ok(user: &str) -> AuthOutcome {
+    AuthOutcome::Authenticated { user: user.into() }
+}
+
+const CHALLENGE: AuthOutcome = AuthOutcome::Challenge { stale: false };
+const STALE: AuthOutcome = AuthOutcome::Challenge { stale: true };
+
+#[test]
+fn challenge_format() {
+    let a = auth();
+    let lines = challenge_lines(&a, false, T0);
+    assert_eq!(lines.len(), 2);
+    let mut nonces = Vec::new();
+    for ((name, value), alg) in lines.iter().zip(["SHA-256", "MD5"]) {
+        assert_eq!(name, "WWW-Authenticate");
+        let h = AuthHeader::parse(value.as_bytes()).unwrap();
+        assert!(h.is_digest());
+        let d = h.digest();
+        assert_eq!(d.realm, Some(REALM.as_bytes()));
+        assert_eq!(d.algorithm, Some(alg.as_bytes()));
+        assert_eq!(d.qop, Some(&b"auth"[..]));
+        assert_eq!(d.stale, None);
+        assert!(value.contains("qop=\"auth\""), "{value}");
+        nonces.push(d.nonce.unwrap().to_vec());
+    }
+    assert_eq!(nonces[0].len(), nonce::NONCE_HEX_LEN);
+    // A new challenge has a new nonce.
+    let again = challenge(&a, Algorithm::Sha256, T0);
+    let d = AuthHeader::parse(again.as_bytes()).unwrap().digest();
+    assert_ne!(d.nonce.unwrap(), &nonces[0][..]);
+
+    let mut out = Vec::new();
+    a.write_challenge(&mut out, "Proxy-Authenticate", true, T0);
+    let text = String::from_utf8(out).unwrap();
+    assert_eq!(text.matches("Proxy-Authenticate: Digest ").count(), 2);
+    for (_, v) in challenge_lines(&a, true, T0) {
+        let d = AuthHeader::parse(v.as_bytes()).unwrap().digest();
+        assert_eq!(d.stale, Some(&b"true"[..]));
+    }
+}
+
+#[test]
+fn challenge_parses_as_a_sip_header() {
+    let a = auth();
+    let mut out = b"SIP/2.0 401 Unauthorized\r\nVia: SIP/2.0/UDP h;branch=z9hG4bK1\r\n\
+        From: <sip:a@example.com>;tag=1\r\nTo: <sip:a@example.com>;tag=2\r\nCall-ID: c\r\n\
+        CSeq: 1 REGISTER\r\n"
+        .to_vec();
+    a.write_challenge(&mut out, "WWW-Authenticate", false, T0);
+    crate::sip::write::finish(&mut out, b"");
+    let msg = Message::parse(&out).unwrap();
+    msg.validate().unwrap();
+    let best = client::first_supported_challenge(&msg, HeaderName::WwwAuthenticate).unwrap();
+    assert_eq!(best.algorithm, Some(&b"SHA-256"[..]));
+}
+
+#[test]
+fn good_credentials_sha256_and_md5() {
+    let mut a = auth();
+    for alg in Algorithm::PREFERENCE {
+        let c = creds(&a, alg, "alice", "secret", T0);
+        assert!(c.contains(&format!("algorithm={}", alg.name())));
+        assert_eq!(check(&mut a, &c), ok("alice"), "{alg:?}");
+    }
+}
+
+#[test]
+fn md5_is_the_default_algorithm() {
+    let mut a = auth();
+    let c = creds(&a, Algorithm::Md5, "alice", "secret", T0).replace(", algorithm=MD5", "");
+    assert!(!c.contains("algorithm"));
+    assert_eq!(check(&mut a, &c), ok("alice"));
+}
+
+#[test]
+fn uppercase_response_hex_accepted() {
+    let mut a = auth();
+    let c = creds(&a, Algorithm::Md5, "alice", "secret", T0);
+    let resp = AuthHeader::parse(c.as_bytes())
+        .unwrap()
+        .digest()
+        .response
+        .unwrap();
+    let resp = std::str::from_utf8(resp).unwrap();
+    let c = c.replace(resp, &resp.to_ascii_uppercase());
+    assert_eq!(check(&mut a, &c), ok("alice"));
+}
+
+#[test]
+fn escaped_user_name() {
+    let mut a = auth();
+    let c = creds(&a, Algorithm::Sha256, "dom\\user", "pw", T0);
+    assert!(c.contains(r#"username="dom\\user""#), "{c}");
+    assert_eq!(check(&mut a, &c), ok("dom\\user"));
+}
+
+#[test]
+fn wrong_password() {
+    let mut a = auth();
+    for alg in Algorithm::PREFERENCE {
+        let c = creds(&a, alg, "alice", "Secret", T0);
+        assert_eq!(check(&mut a, &c), CHALLENGE);
+    }
+}
+
+#[test]
+fn unknown_user_is_indistinguishable_from_wrong_password() {
+    let mut a = auth();
+    let hashes = |a: &mut Authenticator, c: &str| {
+        let before = HASHES.with(|n| n.get());
+        let outcome = check(a, c);
+        (outcome, HASHES.with(|n| n.get()) - before)
+    };
+    for alg in Algorithm::PREFERENCE {
+        let wrong_pw = creds(&a, alg, "alice", "guess", T0);
+        let unknown = creds(&a, alg, "mallory", "guess", T0);
+        let (o1, n1) = hashes(&mut a, &wrong_pw);
+        let (o2, n2) = hashes(&mut a, &unknown);
+        assert_eq!(o1, CHALLENGE);
+        assert_eq!(o2, o1);
+        // The same hashing work: HA2 and the response, against a dummy HA1.
+        assert_eq!(n1, 2);
+        assert_eq!(n2, n1, "{alg:?}");
+    }
+    // The challenges that follow have the same shape (only the nonce differs).
+    let mask = |lines: Vec<(String, String)>| -> Vec<(String, String)> {
+        lines
+            .into_iter()
+            .map(|(n, v)| {
+                let d = AuthHeader::parse(v.as_bytes()).unwrap().digest();
+                let nonce = std::str::from_utf8(d.nonce.unwrap()).unwrap().to_owned();
+                (n, v.replace(&nonce, "N"))
+            })
+            .collect()
+    };
+    assert_eq!(
+        mask(challenge_lines(&a, false, T0)),
+        mask(challenge_lines(&a, false, T0 + 1000))
+    );
+}
+
+#[test]
+fn dummy_ha1_never_authenticates() {
+    let mut a = auth();
+    // Whoever knew the secret could answer with the dummy HA1 used for unknown users.
+    let dummy_pw = hex::encode([3u8; 32]);
+    for alg in Algorithm::PREFERENCE {
+        for user in ["", "mallory"] {
+            let ch = challenge(&a, alg, T0);
+            let d = AuthHeader::parse(ch.as_bytes()).unwrap().digest();
+            let c = client_response(&d, "", &dummy_pw, b"REGISTER", RURI.as_bytes(), 1, "c")
+                .unwrap()
+                .replace("username=\"\"", &format!("username=\"{user}\""));
+            assert_eq!(check(&mut a, &c), CHALLENGE, "{alg:?} {user:?}");
+        }
+    }
+}
+
+#[test]
+fn unknown_user_timing_is_not_grossly_different() {
+    let mut a = auth();
+    let wrong_pw = creds(&a, Algorithm::Sha256, "alice", "guess", T0);
+    let unknown = creds(&a, Algorithm::Sha256, "mallory", "guess", T0);
+    let time = |a: &mut Authenticator, c: &str| {
+        (0..5)
+            .map(|_| {
+                let start = std::time::Instant::now();
+                for _ in 0..200 {
+                    check(a, c);
+                }
+                start.elapsed()
+            })
+            .min()
+            .unwrap()
+    };
+    let t1 = time(&mut a, &wrong_pw);
+    let t2 = time(&mut a, &unknown);
+    assert!(t2 * 3 > t1 && t1 * 3 > t2, "{t1:?} vs {t2:?}");
+}
+
+#[test]
+fn ha1_users_from_file_use_their_algorithm_only() {
+    let mut a = auth();
+    let c = creds(&a, Algorithm::Md5, "bob", HA1_PW, T0);
+    assert_eq!(check(&mut a, &c), ok("bob"));
+    let c = creds(&a, Algorithm::Sha256, "bob", HA1_PW, T0);
+    assert_eq!(check(&mut a, &c), CHALLENGE);
+    let c = creds(&a, Algorithm::Sha256, "carol", HA1_PW, T0);
+    assert_eq!(check(&mut a, &c), ok("carol"));
+    let c = creds(&a, Algorithm::Md5, "carol", HA1_PW, T0);
+    assert_eq!(check(&mut a, &c), CHALLENGE);
+}
+
+#[test]
+fn no_credentials_or_other_scheme() {
+    let mut a = auth();
+    let r = request_with("Authorization", &[]);
+    let msg = Message::parse(r.as_bytes()).unwrap();
+    assert_eq!(a.check(&msg, HeaderName::Authorization, T0), CHALLENGE);
+    assert_eq!(check(&mut a, "Basic dXNlcjpwYXNz"), CHALLENGE);
+}
+
+#[test]
+fn wrong_realm() {
+    let mut a = auth();
+    let ch = challenge(&a, Algorithm::Sha256, T0);
+    // Right password, but computed and sent for another realm.
+    let c = creds_for(
+        &ch.replace("realm=\"example.com\"", "realm=\"example.org\""),
+        "alice",
+        "secret",
+        RURI,
+        1,
+    );
+    assert!(c.contains("realm=\"example.org\""));
+    assert_eq!(check(&mut a, &c), CHALLENGE);
+}
+
+#[test]
+fn credentials_for_another_realm_are_skipped() {
+    let mut a = auth();
+    let other = creds_for(
+        &challenge(&a, Algorithm::Sha256, T0).replace("example.com\"", "example.org\""),
+        "alice",
+        "secret",
+        RURI,
+        1,
+    );
+    let ours = creds(&a, Algorithm::Sha256, "alice", "secret", T0);
+    let r = request_with("Authorization", &[&other, &ours]);
+    let msg = Message::parse(r.as_bytes()).unwrap();
+    assert_eq!(a.check(&msg, HeaderName::Authorization, T0), ok("alice"));
+}
+
+#[test]
+fn wrong_uri() {
+    let mut a = auth();
+    let ch = challenge(&a, Algorithm::Sha256, T0);
+    let c = creds_for(&ch, "alice", "secret", "sip:example.org", 1);
+    assert_eq!(check(&mut a, &c), CHALLENGE);
+    let c = creds_for(&ch, "alice", "secret", "sip:EXAMPLE.com", 2);
+    assert_eq!(check(&mut a, &c), CHALLENGE);
+    let c = creds_for(&ch, "alice", "secret", RURI, 3);
+    assert_eq!(check(&mut a, &c), ok("alice"));
+}
+
+#[test]
+fn missing_qop_or_other_qop_is_challenged() {
+    let mut a = auth();
+    let ch = challenge(&a, Algorithm::Md5, T0);
+    let d = AuthHeader::parse(ch.as_bytes()).unwrap().digest();
+    let nonce = std::str::from_utf8(d.nonce.unwrap()).unwrap();
+    // A correct RFC 2069 response (no qop, nc, cnonce): H(HA1:nonce:HA2).
+    let ha1 = digest::ha1(Algorithm::Md5, b"alice", REALM.as_bytes(), b"secret");
+    let ha2 = digest::ha2(Algorithm::Md5, b"REGISTER", RURI.as_bytes());
+    let resp = digest::hash_joined(
+        Algorithm::Md5,
+        &[ha1.as_bytes(), nonce.as_bytes(), ha2.as_bytes()],
+    );
+    let c = format!(
+        "Digest username=\"alice\", realm=\"{REALM}\", nonce=\"{nonce}\", uri=\"{RURI}\", \
+         response=\"{}\", algorithm=MD5",
+        resp.as_str()
+    );
+    assert_eq!(check(&mut a, &c), CHALLENGE);
+    let good = creds_for(&ch, "alice", "secret", RURI, 1);
+    assert_eq!(
+        check(&mut a, &good.replace("qop=auth,", "qop=auth-int,")),
+        CHALLENGE
+    );
+}
+
+#[test]
+fn unsupported_algorithm_or_userhash_is_challenged() {
+    let mut a = auth();
+    let c = creds(&a, Algorithm::Md5, "alice", "secret", T0);
+    assert_eq!(
+        check(&mut a, &c.replace("algorithm=MD5", "algorithm=MD5-sess")),
+        CHALLENGE
+    );
+    assert_eq!(check(&mut a, &format!("{c}, userhash=true")), CHALLENGE);
+    assert_eq!(check(&mut a, &c), ok("alice"));
+}
+
+#[test]
+fn stale_nonce() {
+    let mut a = auth();
+    let later = T0 + 301_000;
+    let c = creds(&a, Algorithm::Sha256, "alice", "secret", T0);
+    assert_eq!(check_at(&mut a, &c, later), STALE);
+    // Within the TTL it is still fine.
+    assert_eq!(check_at(&mut a, &c, T0 + 299_000), ok("alice"));
+    // stale=true only for a right response: a wrong password gets a plain challenge.
+    let c = creds(&a, Algorithm::Sha256, "alice", "wrong", T0);
+    assert_eq!(check_at(&mut a, &c, later), CHALLENGE);
+    let c = creds(&a, Algorithm::Sha256, "mallory", "wrong", T0);
+    assert_eq!(check_at(&mut a, &c, later), CHALLENGE);
+}
+
+#[test]
+fn nonce_from_the_future_is_challenged() {
+    let mut a = auth();
+    let c = creds(&a, Algorithm::Sha256, "alice", "secret", T0 + 60_000);
+    assert_eq!(check(&mut a, &c), CHALLENGE);
+}
+
+#[test]
+fn tampered_nonce() {
+    let mut a = auth();
+    let ch = challenge(&a, Algorithm::Sha256, T0);
+    let d = AuthHeader::parse(ch.as_bytes()).unwrap().digest();
+    let nonce = std::str::from_utf8(d.nonce.unwrap()).unwrap();
+    // Move the timestamp one second on and recompute the response for the new nonce: the
+    // MAC no longer matches.
+    let mut raw = hex::decode(nonce).unwrap();
+    raw[7] ^= 1;
+    let forged = hex::encode(&raw);
+    let c = creds_for(&ch.replace(nonce, &forged), "alice", "secret", RURI, 1);
+    assert_eq!(check(&mut a, &c), CHALLENGE);
+    let c = creds_for(&ch.replace(nonce, "abc"), "alice", "secret", RURI, 1);
+    assert_eq!(check(&mut a, &c), CHALLENGE);
+}
+
+#[test]
+fn nonce_from_another_secret() {
+    let mut a = auth();
+    let other = Authenticator::new(REALM, Arc::new(users()), [4; 32], 300);
+    let c = creds(&other, Algorithm::Sha256, "alice", "secret", T0);
+    assert_eq!(check(&mut a, &c), CHALLENGE);
+}
+
+#[test]
+fn nonce_from_another_shard() {
+    let a = auth();
+    let mut b = a.for_shard();
+    let c = creds(&a, Algorithm::Sha256, "alice", "secret", T0);
+    assert_eq!(check(&mut b, &c), ok("alice"));
+    // Shards salt their nonces differently.
+    assert_ne!(
+        challenge(&a, Algorithm::Sha256, T0),
+        challenge(&b, Algorithm::Sha256, T0)
+    );
+}
+
+#[test]
+fn nc_replay() {
+    let mut a = auth();
+    let ch = challenge(&a, Algorithm::Sha256, T0);
+    let c1 = creds_for(&ch, "alice", "secret", RURI, 1);
+    assert_eq!(check(&mut a, &c1), ok("alice"));
+    assert_eq!(check(&mut a, &c1), CHALLENGE);
+    let c3 = creds_for(&ch, "alice", "secret", RURI, 3);
+    assert_eq!(check(&mut a, &c3), ok("alice"));
+    let c2 = creds_for(&ch, "alice", "secret", RURI, 2);
+    assert_eq!(check(&mut a, &c2), CHALLENGE);
+    assert_eq!(a.tracked_nonces(), 1);
+    // A wrong response does not advance the count.
+    let bad = creds_for(&ch, "alice", "wrong", RURI, 9);
+    assert_eq!(check(&mut a, &bad), CHALLENGE);
+    let c4 = creds_for(&ch, "alice", "secret", RURI, 4);
+    assert_eq!(check(&mut a, &c4), ok("alice"));
+    a.prune(T0 + 301_000);
+    assert_eq!(a.tracked_nonces(), 0);
+}
+
+#[test]
+fn forgotten_nonce_gets_a_stale_challenge() {
+    let mut a = auth().with_max_tracked(1);
+    let c1 = creds(&a, Algorithm::Sha256, "alice", "secret", T0);
+    let c2 = creds(&a, Algorithm::Sha256, "alice", "secret", T0 + 1000);
+    assert_eq!(check_at(&mut a, &c1, T0 + 1000), ok("alice"));
+    assert_eq!(check_at(&mut a, &c2, T0 + 1000), ok("alice"));
+    // The first nonce's count was dropped to make room: it cannot be replayed.
+    assert_eq!(check_at(&mut a, &c1, T0 + 1000), STALE);
+}
+
+#[test]
+fn proxy_authorization() {
+    let mut a = auth();
+    let c = creds(&a, Algorithm::Sha256, "alice", "secret", T0);
+    let r = request_with("Proxy-Authorization", &[&c]);
+    let msg = Message::parse(r.as_bytes()).unwrap();
+    assert_eq!(a.check(&msg, HeaderName::Authorization, T0), CHALLENGE);
+    assert_eq!(
+        a.check(&msg, HeaderName::ProxyAuthorization, T0),
+        ok("alice")
+    );
+}
+
+#[test]
+fn malformed_credentials() {
+    let mut a = auth();
+    let c = creds(&a, Algorithm::Sha256, "alice", "secret", T0);
+    let bad = |a: &mut Authenticator, v: &str| match check(a, v) {
+        AuthOutcome::BadRequest(why) => why,
+        other => panic!("{v}: {other:?}"),
+    };
+    bad(&mut a, "Digest username=\"open");
+    bad(&mut a, &c.replace("realm=\"example.com\", ", ""));
+    bad(&mut a, &c.replace("nc=00000001, ", ""));
+    bad(&mut a, &c.replace(", cnonce=\"0a4f113b\"", ""));
+    assert_eq!(
+        bad(&mut a, &c.replace("nc=00000001", "nc=1")),
+        "nc is not 8 hex digits"
+    );
+    bad(&mut a, &c.replace("nc=00000001", "nc=0000000g"));
+    let resp_start = c.find("response=").unwrap();
+    let resp_end = resp_start + c[resp_start..].find(", ").unwrap() + 2;
+    let mut no_resp = c.clone();
+    no_resp.replace_range(resp_start..resp_end, "");
+    bad(&mut a, &no_resp);
+    bad(&mut a, &c.replace("username=\"alice\", ", ""));
+    // The good credentials still work afterwards.
+    assert_eq!(check(&mut a, &c), ok("alice"));
+}
+
+#[test]
+fn responses_are_not_checked() {
+    let a = auth();
+    let mut out = b"SIP/2.0 200 OK\r\nVia: SIP/2.0/UDP h;branch=z9hG4bK1\r\n\
+        From: <sip:a@example.com>;tag=1\r\nTo: <sip:a@example.com>;tag=2\r\nCall-ID: c\r\n\
+        CSeq: 1 REGISTER\r\n"
+        .to_vec();
+    crate::sip::write::finish(&mut out, b"");
+    let msg = Message::parse(&out).unwrap();
+    let mut a = a;
+    assert!(matches!(
+        a.check(&msg, HeaderName::Authorization, T0),
+        AuthOutcome::BadRequest(_)
+    ));
+}
+
+#[test]
+#[should_panic(expected = "another realm")]
+fn users_for_another_realm_are_refused() {
+    Authenticator::new("example.org", Arc::new(users()), [3; 32], 300);
+}
+
+#[test]
+fn unquoting() {
+    assert_eq!(&*unq(br#"a\\b\"c"#), br#"a\b"c"#);
+    assert!(matches!(unq(b"plain"), Cow::Borrowed(_)));
+}
