@@ -43,8 +43,14 @@ fn main() {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
+    let auth = sipshard::config::authenticator(&config).unwrap_or_else(|e| fail(e, 2));
     let core_cfg = Arc::new(core_config(&config));
-    let make_core = Arc::new(move |id, stats| Core::new(id, core_cfg.clone(), stats));
+    // The template authenticator stays here; each shard gets its own (shared secret and users).
+    let auth = std::sync::Mutex::new(auth);
+    let make_core = Arc::new(move |id, stats| {
+        let shard_auth = auth.lock().ok().and_then(|a| a.as_ref().map(|a| a.for_shard()));
+        Core::new(id, core_cfg.clone(), stats, shard_auth)
+    });
     let server = Server::start(&config, make_core).unwrap_or_else(|e| fail(e, 1));
     let stop = server.stop_flag();
     let metrics = config.metrics.map(|addr| {

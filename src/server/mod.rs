@@ -9,6 +9,7 @@
 pub mod outbox;
 mod reply;
 
+use crate::auth::{AuthOutcome, Authenticator};
 use crate::config::{Mode, RegistrarSettings};
 use crate::metrics::{DropReason, ShardStats};
 use crate::shard::ownership::{aor_hash, owner_shard};
@@ -74,15 +75,28 @@ pub struct Core {
     cfg: Arc<CoreConfig>,
     stats: Arc<ShardStats>,
     tag_seq: u64,
+    auth: Option<Authenticator>,
+    /// When the nonce-count table is next pruned.
+    next_auth_prune: u64,
 }
 
+/// How often the nonce-count replay table drops expired nonces.
+const AUTH_PRUNE_MS: u64 = 10_000;
+
 impl Core {
-    pub fn new(shard: usize, cfg: Arc<CoreConfig>, stats: Arc<ShardStats>) -> Core {
+    pub fn new(
+        shard: usize,
+        cfg: Arc<CoreConfig>,
+        stats: Arc<ShardStats>,
+        auth: Option<Authenticator>,
+    ) -> Core {
         Core {
             shard,
             cfg,
             stats,
             tag_seq: 0,
+            auth,
+            next_auth_prune: 0,
         }
     }
 
@@ -92,11 +106,18 @@ impl Core {
 
     /// When the core next needs [`Core::handle_timeout`], in ms.
     pub fn next_timeout(&self) -> Option<u64> {
-        None
+        self.auth.as_ref().map(|_| self.next_auth_prune)
     }
 
     /// Runs expired timers.
-    pub fn handle_timeout(&mut self, _now_ms: u64) {}
+    pub fn handle_timeout(&mut self, now_ms: u64) {
+        if let Some(auth) = &mut self.auth {
+            if now_ms >= self.next_auth_prune {
+                auth.prune(now_ms);
+                self.next_auth_prune = now_ms + AUTH_PRUNE_MS;
+            }
+        }
+    }
 
     /// The shard that owns this request: the To AOR for REGISTER, the Request-URI AOR for
     /// other requests. None when it cannot be told (then it is handled where it arrived).
@@ -180,7 +201,7 @@ impl Core {
         &mut self,
         msg: &Message<'_>,
         method: Method,
-        _now_ms: u64,
+        now_ms: u64,
         reply: &mut Reply<'_, '_>,
         out: &mut Outbox,
     ) {
@@ -192,7 +213,7 @@ impl Core {
             return reply.with(out, 416, b"Unsupported URI Scheme", |_| {});
         }
         match method {
-            Method::Register => self.register(msg, &ruri, reply, out),
+            Method::Register => self.register(msg, &ruri, now_ms, reply, out),
             Method::Options if ruri.user.is_none() => self.options(msg, reply, out),
             Method::Cancel => reply.simple(out, 481, b"Call/Transaction Does Not Exist"),
             Method::Other => reply.with(out, 501, b"Not Implemented", |o| {
@@ -244,14 +265,46 @@ impl Core {
         &mut self,
         msg: &Message<'_>,
         ruri: &Uri<'_>,
+        now_ms: u64,
         reply: &mut Reply<'_, '_>,
         out: &mut Outbox,
     ) {
         if !self.cfg.is_our_host(ruri.host) {
             return reply.simple(out, 403, b"Forbidden (domain not served here)");
         }
+        // validate() has checked that To parses, URI included.
+        let Some(to) = msg.to().ok().and_then(|t| t.uri().ok()) else {
+            return reply.simple(out, 400, b"Bad Request (malformed To)");
+        };
+        if !to.is_sip() {
+            return reply.simple(out, 400, b"Bad Request (To is not a SIP or SIPS URI)");
+        }
+        if !self.cfg.is_our_host(to.host) {
+            return reply.simple(out, 403, b"Forbidden (domain not served here)");
+        }
         if self.unsupported_required(msg, reply, out) {
             return;
+        }
+        if let Some(auth) = &mut self.auth {
+            match auth.check(msg, HeaderName::Authorization, now_ms) {
+                AuthOutcome::Authenticated { user } => {
+                    let own = to.user.is_some_and(|u| {
+                        crate::sip::uri::eq_unescaped(u, user.as_bytes(), false)
+                    });
+                    if self.cfg.registrar.match_auth_user && !own {
+                        return reply.simple(out, 403, b"Forbidden (user does not own this AOR)");
+                    }
+                }
+                AuthOutcome::Challenge { stale } => {
+                    let auth = &*auth;
+                    return reply.with(out, 401, b"Unauthorized", |o| {
+                        auth.write_challenge(o, "WWW-Authenticate", stale, now_ms)
+                    });
+                }
+                AuthOutcome::BadRequest(why) => {
+                    return reply.simple(out, 400, format!("Bad Request ({why})").as_bytes())
+                }
+            }
         }
         reply.simple(out, 501, b"Not Implemented (registrar not built yet)");
     }
