@@ -48,7 +48,10 @@ fn main() {
     // The template authenticator stays here; each shard gets its own (shared secret and users).
     let auth = std::sync::Mutex::new(auth);
     let make_core = Arc::new(move |id, stats| {
-        let shard_auth = auth.lock().ok().and_then(|a| a.as_ref().map(|a| a.for_shard()));
+        let shard_auth = auth
+            .lock()
+            .ok()
+            .and_then(|a| a.as_ref().map(|a| a.for_shard()));
         Core::new(id, core_cfg.clone(), stats, shard_auth)
     });
     let server = Server::start(&config, make_core).unwrap_or_else(|e| fail(e, 1));

@@ -288,9 +288,9 @@ impl Core {
         if let Some(auth) = &mut self.auth {
             match auth.check(msg, HeaderName::Authorization, now_ms) {
                 AuthOutcome::Authenticated { user } => {
-                    let own = to.user.is_some_and(|u| {
-                        crate::sip::uri::eq_unescaped(u, user.as_bytes(), false)
-                    });
+                    let own = to
+                        .user
+                        .is_some_and(|u| crate::sip::uri::eq_unescaped(u, user.as_bytes(), false));
                     if self.cfg.registrar.match_auth_user && !own {
                         return reply.simple(out, 403, b"Forbidden (user does not own this AOR)");
                     }

@@ -1,0 +1,228 @@
+//! The server as a whole, over real UDP on 127.0.0.1: OPTIONS, error responses for what is
+//! not handled or malformed, the command-line contract (exit code 2 with one line), graceful
+//! shutdown and the metrics endpoint.
+
+mod common;
+
+use common::*;
+use sipshard::sip::{HeaderName, Message};
+use std::process::Command;
+use std::time::Duration;
+
+fn request(method: &str, ruri: &str, c: &Client, extra: &str) -> String {
+    format!(
+        "{method} {ruri} SIP/2.0\r\n\
+         Via: SIP/2.0/UDP {a};branch=z9hG4bK-{method}1;rport\r\n\
+         Max-Forwards: 70\r\n\
+         From: <sip:alice@localhost>;tag=a1\r\n\
+         To: <sip:bob@localhost>\r\n\
+         Call-ID: {method}-call@test\r\n\
+         CSeq: 1 {method}\r\n\
+         {extra}\
+         Content-Length: 0\r\n\r\n",
+        a = c.addr
+    )
+}
+
+#[test]
+fn options_to_the_server_lists_capabilities() {
+    let s = ServerProcess::start(&["--shards", "2"]);
+    let c = Client::new();
+    let r = c.request(&options_to_server(&c, s.addr, "opt1"), s.addr);
+    let m = Message::parse(&r).unwrap();
+    assert_eq!(m.status(), Some(200));
+    assert!(m
+        .header(HeaderName::Allow)
+        .unwrap()
+        .windows(8)
+        .any(|w| w == b"REGISTER"));
+    assert!(m.header(HeaderName::Accept).is_some());
+    assert!(m.header(HeaderName::Supported).is_some());
+    // RFC 3581: rport filled with our source port, received added.
+    let via = m.top_via().unwrap();
+    assert_eq!(via.rport(), Some(Some(c.addr.port())));
+    assert_eq!(via.received(), Some(&b"127.0.0.1"[..]));
+    assert!(m.to().unwrap().tag().is_some());
+}
+
+#[test]
+fn malformed_requests_get_400_naming_the_problem() {
+    let s = ServerProcess::start(&[]);
+    let c = Client::new();
+    // Body shorter than Content-Length.
+    let bad = request("OPTIONS", &format!("sip:{}", s.addr), &c, "")
+        .replace("Content-Length: 0", "Content-Length: 50");
+    let r = c.request(&bad, s.addr);
+    assert_eq!(status(&r), 400);
+    assert!(reason(&r).contains("Content-Length"), "{}", reason(&r));
+    // A bad Via parameter list.
+    let bad = request(
+        "OPTIONS",
+        &format!("sip:{}", s.addr),
+        &c,
+        "Contact: <sip:x@y>;;\r\n",
+    );
+    let r = c.request(&bad, s.addr);
+    assert_eq!(status(&r), 400);
+    assert!(reason(&r).contains("Contact"), "{}", reason(&r));
+    // CSeq out of range.
+    let bad = request("OPTIONS", &format!("sip:{}", s.addr), &c, "")
+        .replace("CSeq: 1 OPTIONS", "CSeq: 99999999999 OPTIONS");
+    let r = c.request(&bad, s.addr);
+    assert_eq!(status(&r), 400);
+    assert!(reason(&r).contains("CSeq"), "{}", reason(&r));
+    // Wrong SIP version.
+    let bad =
+        request("OPTIONS", &format!("sip:{}", s.addr), &c, "").replacen("SIP/2.0", "SIP/3.0", 1);
+    assert_eq!(status(&c.request(&bad, s.addr)), 505);
+    // Garbage without a Via is dropped; the server keeps serving.
+    c.send_bytes(b"\x00\x01garbage\r\n\r\n", s.addr);
+    c.send_bytes(b"\r\n\r\n", s.addr);
+    c.expect_silence(Duration::from_millis(200));
+    let r = c.request(&options_to_server(&c, s.addr, "after-garbage"), s.addr);
+    assert_eq!(status(&r), 200);
+}
+
+#[test]
+fn unhandled_requests_get_proper_errors() {
+    let s = ServerProcess::start(&[]);
+    let c = Client::new();
+    let r = c.request(&request("FOO", "sip:bob@localhost", &c, ""), s.addr);
+    assert_eq!(status(&r), 501);
+    assert!(Message::parse(&r)
+        .unwrap()
+        .header(HeaderName::Allow)
+        .is_some());
+    let r = c.request(&request("INVITE", "mailto:bob@localhost", &c, ""), s.addr);
+    assert_eq!(status(&r), 416);
+    let r = c.request(&request("CANCEL", "sip:bob@localhost", &c, ""), s.addr);
+    assert_eq!(status(&r), 481);
+    let r = c.request(
+        &request(
+            "OPTIONS",
+            &format!("sip:{}", s.addr),
+            &c,
+            "Require: foo, path\r\n",
+        ),
+        s.addr,
+    );
+    assert_eq!(status(&r), 420);
+    let m = Message::parse(&r).unwrap();
+    assert_eq!(m.header(HeaderName::Unsupported), Some(&b"foo"[..]));
+    // Another domain: no open relay.
+    let r = c.request(&request("MESSAGE", "sip:bob@example.org", &c, ""), s.addr);
+    assert_eq!(status(&r), 403);
+    // A user of ours with no binding.
+    let r = c.request(&request("INVITE", "sip:nobody@localhost", &c, ""), s.addr);
+    assert_eq!(status(&r), 480);
+    // ACK is never answered.
+    c.send(&request("ACK", "sip:bob@localhost", &c, ""), s.addr);
+    c.expect_silence(Duration::from_millis(200));
+}
+
+#[test]
+fn responses_go_to_the_via_port_without_rport() {
+    let s = ServerProcess::start(&[]);
+    let sender = Client::new();
+    let listener = Client::new();
+    // Sent from one port, Via names another and has no rport: §18.2.2 says reply there.
+    let msg = format!(
+        "OPTIONS sip:{srv} SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:{p};branch=z9hG4bKviaport\r\n\
+         Max-Forwards: 70\r\nFrom: <sip:a@localhost>;tag=1\r\nTo: <sip:{srv}>\r\n\
+         Call-ID: viaport\r\nCSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n",
+        srv = s.addr,
+        p = listener.addr.port()
+    );
+    sender.send(&msg, s.addr);
+    let r = listener
+        .recv_timeout(Duration::from_secs(3))
+        .expect("response at the Via port");
+    assert_eq!(status(&r), 200);
+    sender.expect_silence(Duration::from_millis(100));
+}
+
+#[test]
+fn sigterm_stops_gracefully() {
+    let mut s = ServerProcess::start(&["--shards", "2"]);
+    let st = s.terminate();
+    assert!(st.success(), "exit status {st:?}");
+}
+
+fn run_bad(args: &[&str]) -> (i32, String) {
+    let out = Command::new(binary()).args(args).output().unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn bad_flags_and_config_exit_2_with_one_line() {
+    for (args, needle) in [
+        (vec!["--shards", "zero"], "--shards"),
+        (vec!["--listen", "tcp:127.0.0.1:5060"], "--listen"),
+        (vec!["--bogus"], "--bogus"),
+        (vec!["--listen", "0.0.0.0:5999"], "without authentication"),
+        (vec!["--users", "/nonexistent/users.txt"], "--users"),
+        (vec!["--mode", "teleport"], "--mode"),
+    ] {
+        let (code, err) = run_bad(&args);
+        assert_eq!(code, 2, "{args:?}: {err}");
+        assert_eq!(err.trim().lines().count(), 1, "{args:?}: {err}");
+        assert!(err.contains(needle), "{args:?}: {err}");
+    }
+    let dir = std::env::temp_dir().join(format!("sipshard-t-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let cfg = dir.join("bad.toml");
+    std::fs::write(
+        &cfg,
+        "shards = 1\nlisten = [\"udp:127.0.0.1:5998\"]\nnot_a_key = true\n",
+    )
+    .unwrap();
+    let (code, err) = run_bad(&["--config", cfg.to_str().unwrap()]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("line 3") && err.contains("not_a_key"), "{err}");
+    let users = dir.join("users.txt");
+    std::fs::write(&users, "alice:secret\nbroken-line\n").unwrap();
+    let (code, err) = run_bad(&[
+        "--users",
+        users.to_str().unwrap(),
+        "--listen",
+        "127.0.0.1:5997",
+    ]);
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains(":2") && err.trim().lines().count() == 1,
+        "{err}"
+    );
+}
+
+#[test]
+fn metrics_endpoint_counts_traffic() {
+    let s = ServerProcess::start_with(&["--shards", "2"], true);
+    let c = Client::new();
+    for i in 0..5 {
+        let r = c.request(&options_to_server(&c, s.addr, &format!("m{i}")), s.addr);
+        assert_eq!(status(&r), 200);
+    }
+    c.send_bytes(b"garbage", s.addr);
+    std::thread::sleep(Duration::from_millis(150));
+    let text = s.metrics_text();
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    // The readiness probe also sent OPTIONS, so at least 5.
+    let opts = s
+        .metric("sipshard_requests_received_total{method=\"OPTIONS\"}")
+        .unwrap();
+    assert!(opts >= 5.0, "{opts}");
+    assert!(
+        s.metric("sipshard_responses_sent_total{status=\"200\"}")
+            .unwrap()
+            >= 5.0
+    );
+    assert_eq!(
+        s.metric("sipshard_dropped_total{reason=\"malformed\"}"),
+        Some(1.0)
+    );
+    assert!(s.metric("sipshard_latency_us_count").unwrap() >= 5.0);
+    assert!(text.contains("sipshard_latency_us_bucket{le=\"+Inf\"}"));
+}
