@@ -1,0 +1,151 @@
+//! SIPp against the real server: the scenarios in sipp-scenarios/ must complete with zero
+//! failed calls and zero retransmissions. Skips without SIPp unless SIPSHARD_REQUIRE_SIPP=1
+//! (CI sets it, so these cannot be skipped there).
+
+mod common;
+
+use common::*;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+fn sipp_available() -> bool {
+    let found = Command::new("sipp").arg("-v").output().is_ok();
+    if !found {
+        if std::env::var("SIPSHARD_REQUIRE_SIPP").as_deref() == Ok("1") {
+            panic!("SIPp is not installed and SIPSHARD_REQUIRE_SIPP=1 (apt-get install sip-tester)");
+        }
+        eprintln!("skipping: SIPp not installed (apt-get install sip-tester)");
+    }
+    found
+}
+
+fn scenario(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("sipp-scenarios")
+        .join(name)
+}
+
+fn scratch(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("sipshard-sipp-{name}-{}", std::process::id()));
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+/// Writes users.csv for SIPp (user;password) and users.txt for sipshard (user:password).
+fn users(dir: &Path, n: usize) -> (PathBuf, PathBuf) {
+    let mut csv = String::from("SEQUENTIAL\n");
+    let mut txt = String::new();
+    for i in 0..n {
+        csv.push_str(&format!("user{i:04};pw{i:04}x\n"));
+        txt.push_str(&format!("user{i:04}:pw{i:04}x\n"));
+    }
+    let (c, t) = (dir.join("users.csv"), dir.join("users.txt"));
+    std::fs::write(&c, csv).unwrap();
+    std::fs::write(&t, txt).unwrap();
+    (c, t)
+}
+
+struct SippResult {
+    successful: u64,
+    failed: u64,
+    retransmissions: u64,
+}
+
+/// Runs SIPp to completion and reads its final statistics line.
+fn run_sipp(dir: &Path, server: &ServerProcess, args: &[&str]) -> SippResult {
+    let stat = dir.join("stat.csv");
+    let _ = std::fs::remove_file(&stat);
+    let out = Command::new("timeout")
+        .arg("120")
+        .arg("sipp")
+        .arg(server.addr.to_string())
+        .args(args)
+        .args(["-nostdin", "-trace_stat", "-stf"])
+        .arg(&stat)
+        .args(["-fd", "1", "-buff_size", "4194304", "-timeout", "100s"])
+        .current_dir(dir)
+        .output()
+        .expect("run sipp");
+    let text = std::fs::read_to_string(&stat).unwrap_or_else(|_| {
+        panic!(
+            "no SIPp statistics; stdout: {} stderr: {}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    });
+    let mut lines = text.lines().filter(|l| !l.trim().is_empty());
+    let header: Vec<&str> = lines.next().unwrap().split(';').collect();
+    let last: Vec<&str> = lines.last().unwrap().split(';').collect();
+    let col = |name: &str| -> u64 {
+        let i = header.iter().position(|h| *h == name).unwrap_or_else(|| panic!("no {name}"));
+        last[i].trim().parse().unwrap()
+    };
+    SippResult {
+        successful: col("SuccessfulCall(C)"),
+        failed: col("FailedCall(C)"),
+        retransmissions: col("Retransmissions(C)"),
+    }
+}
+
+#[test]
+fn sipp_register_without_auth() {
+    if !sipp_available() {
+        return;
+    }
+    let dir = scratch("reg");
+    let (csv, _) = users(&dir, 1000);
+    let s = ServerProcess::start_with(&["--shards", "2"], true);
+    let sf = scenario("register.xml");
+    let r = run_sipp(
+        &dir,
+        &s,
+        &["-sf", sf.to_str().unwrap(), "-inf", csv.to_str().unwrap(), "-m", "5000", "-r", "2000"],
+    );
+    assert_eq!(r.failed, 0);
+    assert_eq!(r.retransmissions, 0);
+    assert_eq!(r.successful, 5000);
+    assert_eq!(s.metric("sipshard_bindings"), Some(1000.0));
+    assert_eq!(
+        s.metric("sipshard_requests_received_total{method=\"REGISTER\"}"),
+        Some(5000.0)
+    );
+}
+
+#[test]
+fn sipp_10k_digest_registrations_over_1k_users() {
+    if !sipp_available() {
+        return;
+    }
+    let dir = scratch("regauth");
+    let (csv, txt) = users(&dir, 1000);
+    let s = ServerProcess::start_with(
+        &["--shards", "2", "--users", txt.to_str().unwrap()],
+        true,
+    );
+    let sf = scenario("register-digest.xml");
+    let r = run_sipp(
+        &dir,
+        &s,
+        &[
+            "-sf",
+            sf.to_str().unwrap(),
+            "-inf",
+            csv.to_str().unwrap(),
+            "-au",
+            "[field0]",
+            "-ap",
+            "[field1]",
+            "-m",
+            "10000",
+            "-r",
+            "2000",
+        ],
+    );
+    assert_eq!(r.failed, 0, "failed calls");
+    assert_eq!(r.retransmissions, 0, "retransmissions");
+    assert_eq!(r.successful, 10000);
+    // Every call: one 401, one 200; 1,000 AORs bound.
+    assert_eq!(s.metric("sipshard_responses_sent_total{status=\"401\"}"), Some(10000.0));
+    assert_eq!(s.metric("sipshard_responses_sent_total{status=\"200\"}").map(|v| v >= 10000.0), Some(true));
+    assert_eq!(s.metric("sipshard_bindings"), Some(1000.0));
+}
