@@ -135,7 +135,9 @@ pub fn run(mut ctx: ShardContext) {
             hist.reset();
             last_merge = Instant::now();
         }
-        if received == 0 && handed.is_empty() {
+        // A partial batch means every socket was drained a moment ago: go straight to poll
+        // (which returns at once if more arrived) instead of another empty receive.
+        if received < crate::transport::BATCH && handed.is_empty() {
             me.waker.sleeping.store(true, Ordering::SeqCst);
             if !me.queue.is_empty() || ctx.stop.load(Ordering::Relaxed) {
                 me.waker.sleeping.store(false, Ordering::SeqCst);
