@@ -5,3 +5,4 @@
 //! timers to arm. Only `shard` and `transport` touch sockets, threads and clocks.
 
 pub mod sip;
+pub mod timer;
