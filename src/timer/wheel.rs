@@ -25,6 +25,14 @@ pub struct TimerKey {
     generation: u32,
 }
 
+impl TimerKey {
+    /// A key that names no timer (a placeholder for "no timer armed").
+    pub const DANGLING: TimerKey = TimerKey {
+        index: NIL,
+        generation: 0,
+    };
+}
+
 struct Entry<T> {
     deadline_ms: u64,
     /// Next entry in the bucket, or next free entry.
@@ -393,6 +401,7 @@ mod tests {
         assert_eq!(w.deadline(d), Some(200));
         assert_eq!(drain(&mut w, 1_000), vec!['c', 'd']);
         assert_eq!(w.cancel(c), None);
+        assert_eq!(w.cancel(TimerKey::DANGLING), None);
         assert!(w.is_empty());
     }
 
