@@ -780,3 +780,26 @@ fn many_aors_expire_independently() {
     assert!(reg.lookup(b"sip:user50@example.com", T0).next().is_some());
     assert_eq!(reg.next_timeout(), Some(T0 + 110_000));
 }
+
+#[test]
+fn an_aor_over_a_lowered_limit_can_still_refresh_but_not_add() {
+    let mut reg = registrar();
+    handle(
+        &mut reg,
+        &register("c1", 1, &["Contact: <sip:a@192.0.2.1>, <sip:b@192.0.2.1>"]),
+        T0,
+    );
+    reg.config.max_contacts_per_aor = 1;
+    let a = handle(
+        &mut reg,
+        &register("c1", 2, &["Contact: <sip:a@192.0.2.1>, <sip:b@192.0.2.1>"]),
+        T0,
+    );
+    assert_eq!((a.status(), a.outcome.refreshed), (200, 2));
+    let a = handle(
+        &mut reg,
+        &register("c1", 3, &["Contact: <sip:c@192.0.2.1>"]),
+        T0,
+    );
+    assert_eq!(a.status(), 503);
+}
