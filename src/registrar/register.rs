@@ -142,8 +142,8 @@ impl Registrar {
         if let Some(i) = touched {
             self.settle(i);
         }
-        let alive = |i: u32| self.find(key) == Some(i);
-        result.map(|aor| aor.filter(|&i| alive(i)))
+        // `settle` frees the record (empty key) of an AOR left without bindings.
+        result.map(|aor| aor.filter(|&i| !self.aors[i as usize].key.is_empty()))
     }
 
     fn apply(
