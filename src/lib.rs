@@ -7,7 +7,9 @@
 pub mod auth;
 pub mod config;
 pub mod metrics;
+pub mod registrar;
 pub mod server;
 pub mod shard;
 pub mod sip;
+pub mod timer;
 pub mod transport;

@@ -1,0 +1,28 @@
+//! Registrar settings: the expiry policy of RFC 3261 §10.3 step 7 and §10.2.8 (default,
+//! minimum answered with 423, maximum the registrar shortens to) and the per-AOR contact limit.
+
+/// Registrar settings. Times are in seconds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RegistrarConfig {
+    /// Expiry used when neither the contact's `expires` parameter nor an Expires header is
+    /// given (RFC 3261 §10.3 step 7: "a locally-configured default value").
+    pub default_expires: u32,
+    /// A non-zero expiry below this is answered `423 Interval Too Brief` with `Min-Expires`.
+    pub min_expires: u32,
+    /// A longer expiry is shortened to this (and the 200 reports the shortened value).
+    pub max_expires: u32,
+    /// Most bindings one AOR may have; a REGISTER that would exceed it is answered
+    /// `503 Too Many Registered Contacts` (as Kamailio's registrar does) and changes nothing.
+    pub max_contacts_per_aor: usize,
+}
+
+impl Default for RegistrarConfig {
+    fn default() -> Self {
+        RegistrarConfig {
+            default_expires: 3600,
+            min_expires: 60,
+            max_expires: 7200,
+            max_contacts_per_aor: 10,
+        }
+    }
+}

@@ -1,0 +1,29 @@
+//! The registrar (RFC 3261 §10.3) and location service of one shard. The engine routes each
+//! REGISTER to the shard that owns its AOR; [`Registrar::handle_register`] applies it and
+//! writes the response, [`Registrar::lookup`] gives the proxy the current contacts, and
+//! [`Registrar::poll_expired`] / [`Registrar::next_timeout`] drive binding expiry from the
+//! caller's clock.
+//!
+//! - `binding`: one contact and what is stored with it (compact: one allocation each);
+//! - `aor`: the record of an address-of-record;
+//! - `table`: the shard's table, lookups and expiry;
+//! - `register`: REGISTER processing, §10.3 steps 5-8, RFC 3327 Path, RFC 5626 reg-id;
+//! - `response`: the responses;
+//! - `config`, `outcome`: settings and results.
+
+mod aor;
+mod binding;
+mod config;
+mod outcome;
+mod register;
+mod response;
+mod table;
+#[cfg(test)]
+mod tests;
+
+pub use binding::{Binding, BindingFields, FieldTooLong, PathIter, DEFAULT_Q};
+pub use config::RegistrarConfig;
+pub use outcome::{RegisterError, RegisterOutcome};
+pub use register::ResponseCtx;
+pub use response::write_qvalue;
+pub use table::{Registrar, EXPIRY_SLOTS, EXPIRY_TICK_MS};
