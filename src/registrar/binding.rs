@@ -23,6 +23,9 @@ pub struct Binding {
     cseq: u32,
     /// 0 when absent (RFC 5626 reg-id values start at 1).
     reg_id: u32,
+    /// Hash of the Via branch of the REGISTER that last set this binding, to tell a
+    /// retransmission (same branch) from a new request with a stale CSeq.
+    branch_hash: u32,
     source_port: u16,
     q: u16,
     uri_len: u16,
@@ -45,6 +48,8 @@ pub struct BindingFields<'a> {
     pub instance: Option<&'a [u8]>,
     pub reg_id: Option<u32>,
     pub source: SocketAddr,
+    /// [`branch_hash`] of the REGISTER's top Via branch (0 without a branch).
+    pub branch_hash: u32,
 }
 
 /// A binding field longer than the 64 KiB a `u16` length can hold.
@@ -84,6 +89,7 @@ impl Binding {
             source_ip,
             cseq: f.cseq,
             reg_id: f.reg_id.unwrap_or(0),
+            branch_hash: f.branch_hash,
             source_port: f.source.port(),
             q: f.q,
             uri_len: len16(f.contact_uri)?,
@@ -104,6 +110,12 @@ impl Binding {
     pub fn call_id(&self) -> &[u8] {
         let start = self.uri_len as usize;
         &self.strings[start..start + self.call_id_len as usize]
+    }
+
+    /// The branch hash of the REGISTER that last set this binding.
+    #[inline]
+    pub fn branch_hash(&self) -> u32 {
+        self.branch_hash
     }
 
     /// The CSeq number of the REGISTER that last set this binding.
@@ -202,6 +214,15 @@ impl<'a> Iterator for PathIter<'a> {
 
 /// An unspecified IPv4 source, for tests.
 #[cfg(test)]
+/// A 32-bit FNV-1a hash of a Via branch; 0 is kept for "no branch".
+pub fn branch_hash(branch: Option<&[u8]>) -> u32 {
+    let Some(b) = branch else { return 0 };
+    let h = b
+        .iter()
+        .fold(0x811c_9dc5u32, |h, &c| (h ^ c as u32).wrapping_mul(0x0100_0193));
+    h.max(1)
+}
+
 pub const UNSPECIFIED_SOURCE: SocketAddr =
     SocketAddr::new(IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED), 0);
 
@@ -219,6 +240,7 @@ mod tests {
             instance: Some(b"<urn:uuid:00000000-0000-1000-8000-000A95A0E128>"),
             reg_id: Some(2),
             source,
+            branch_hash: 9,
         }
     }
 

@@ -18,7 +18,7 @@
 
 use std::net::SocketAddr;
 
-use super::binding::{Binding, BindingFields, DEFAULT_Q};
+use super::binding::{branch_hash, Binding, BindingFields, DEFAULT_Q};
 use super::outcome::{RegisterError, RegisterOutcome};
 use super::response;
 use super::table::Registrar;
@@ -158,6 +158,20 @@ impl Registrar {
         let header_expires = req.expires().map_err(|_| RegisterError::BadExpires)?;
         let call_id = req.call_id().map_err(|_| RegisterError::BadTo)?;
         let cseq = req.cseq().map_err(|_| RegisterError::BadTo)?.seq;
+        let branch = branch_hash(req.top_via().ok().and_then(|v| v.branch()));
+        // The same Call-ID and CSeq with the same branch is a retransmission of the request
+        // that set the binding: the transaction layer would resend its response, so answer
+        // with the current bindings and change nothing. Any other CSeq that is not higher is
+        // out of order (§10.3 step 7).
+        let stale = |b: &Binding| -> Option<Result<Option<u32>, RegisterError>> {
+            if b.call_id() != call_id || cseq > b.cseq() {
+                None
+            } else if cseq == b.cseq() && branch != 0 && b.branch_hash() == branch {
+                Some(Ok(existing))
+            } else {
+                Some(Err(RegisterError::OutOfOrder))
+            }
+        };
 
         if req.contact_star() {
             // §10.3 step 6: "*" only alone and with Expires: 0.
@@ -168,12 +182,8 @@ impl Registrar {
                 return Ok(None);
             };
             let set = &mut self.aors[i as usize].bindings;
-            if set
-                .as_slice()
-                .iter()
-                .any(|b| b.call_id() == call_id && cseq <= b.cseq())
-            {
-                return Err(RegisterError::OutOfOrder);
+            if let Some(verdict) = set.as_slice().iter().find_map(stale) {
+                return verdict;
             }
             let removed = set.retain(|_| false);
             self.binding_count -= removed;
@@ -223,9 +233,8 @@ impl Registrar {
                 .iter()
                 .position(|b| names_binding(b, &uri, instance, reg_id))
             {
-                let b = &stored[k];
-                if b.call_id() == call_id && cseq <= b.cseq() {
-                    return Err(RegisterError::OutOfOrder);
+                if let Some(verdict) = stale(&stored[k]) {
+                    return verdict;
                 }
                 target = Target::Existing(k);
             }
@@ -241,6 +250,7 @@ impl Registrar {
                     instance,
                     reg_id,
                     source,
+                    branch_hash: branch,
                 };
                 Some(
                     Binding::new(&fields, paths.iter().copied())

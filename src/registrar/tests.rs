@@ -330,11 +330,10 @@ fn star_with_an_old_cseq_of_the_same_call_id_fails_and_keeps_everything() {
         &register("c1", 5, &["Contact: <sip:a@192.0.2.1>"]),
         T0,
     );
-    let a = handle(
-        &mut reg,
-        &register("c1", 5, &["Contact: *", "Expires: 0"]),
-        T0,
-    );
+    let star = String::from_utf8(register("c1", 5, &["Contact: *", "Expires: 0"]))
+        .unwrap()
+        .replace("branch=z9hG4bK5x", "branch=z9hG4bKstar");
+    let a = handle(&mut reg, star.as_bytes(), T0);
     assert_eq!(a.status(), 500);
     assert_eq!(reg.binding_count(), 1);
 }
@@ -380,16 +379,17 @@ fn same_call_id_with_cseq_not_higher_is_500_and_changes_nothing() {
         T0,
     );
     for cseq in [10, 9] {
-        // One new contact and one stale refresh: the whole request fails.
-        let a = handle(
-            &mut reg,
-            &register(
-                "c1",
-                cseq,
-                &["Contact: <sip:new@192.0.2.1>, <sip:a@192.0.2.1>;expires=3600"],
-            ),
-            T0,
+        // One new contact and one stale refresh: the whole request fails. A new request has
+        // a new branch (an equal branch would make it a retransmission).
+        let raw = register(
+            "c1",
+            cseq,
+            &["Contact: <sip:new@192.0.2.1>, <sip:a@192.0.2.1>;expires=3600"],
         );
+        let raw = String::from_utf8(raw)
+            .unwrap()
+            .replace(&format!("branch=z9hG4bK{cseq}x"), "branch=z9hG4bKnew");
+        let a = handle(&mut reg, raw.as_bytes(), T0);
         assert_eq!(a.status(), 500);
         assert_eq!(a.outcome.error, Some(RegisterError::OutOfOrder));
         assert_eq!(uris(&reg, T0), vec!["sip:a@192.0.2.1"]);
@@ -404,6 +404,20 @@ fn same_call_id_with_cseq_not_higher_is_500_and_changes_nothing() {
     );
     assert_eq!(a.status(), 500);
     assert_eq!(reg.binding_count(), 1);
+}
+
+#[test]
+fn a_retransmission_gets_200_with_the_current_bindings_and_changes_nothing() {
+    let mut reg = registrar();
+    let first = register("c1", 10, &["Contact: <sip:a@192.0.2.1>;expires=600"]);
+    assert_eq!(handle(&mut reg, &first, T0).status(), 200);
+    // The same bytes again, 2 s later (the 200 was lost): same branch, Call-ID and CSeq.
+    let a = handle(&mut reg, &first, T0 + 2_000);
+    assert_eq!(a.status(), 200);
+    assert_eq!(a.outcome.refreshed + a.outcome.added, 0);
+    assert_eq!(a.contacts(), vec![("sip:a@192.0.2.1".to_string(), 598, None)]);
+    let b = reg.lookup(AOR, T0).next().unwrap();
+    assert_eq!(b.expires_at_ms(), T0 + 600_000, "not refreshed by the retransmission");
 }
 
 #[test]
