@@ -73,6 +73,8 @@ pub struct Config {
     pub queue_capacity: usize,
     /// Nonce lifetime in seconds.
     pub nonce_ttl: u32,
+    /// Digest algorithms offered in challenges, most preferred first.
+    pub auth_algorithms: Vec<crate::auth::Algorithm>,
     pub log: String,
 }
 
@@ -129,6 +131,10 @@ pub struct Cli {
     /// Allow running without authentication on a non-loopback address.
     #[arg(long)]
     pub allow_unauthenticated: bool,
+    /// Digest algorithms to offer, most preferred first: sha-256,md5 (default) or md5 for
+    /// clients that only do MD5 (SIPp 3.6).
+    #[arg(long, value_name = "LIST")]
+    pub auth_algorithms: Option<String>,
     /// Log filter (error, warn, info, debug, trace).
     #[arg(long, value_name = "LEVEL")]
     pub log: Option<String>,
@@ -149,6 +155,7 @@ struct FileConfig {
     allow_unauthenticated: Option<bool>,
     queue_capacity: Option<usize>,
     nonce_ttl: Option<u32>,
+    auth_algorithms: Option<Vec<String>>,
     log: Option<String>,
     registrar: Option<FileRegistrar>,
 }
@@ -231,6 +238,27 @@ fn parse_io(key: &str, s: &str) -> Result<IoBackend, ConfigError> {
         "uring" => Ok(IoBackend::Uring),
         _ => err(format!("{key} '{s}': expected mmsg or uring")),
     }
+}
+
+fn parse_algorithms<'s>(
+    key: &str,
+    list: impl Iterator<Item = &'s str>,
+) -> Result<Vec<crate::auth::Algorithm>, ConfigError> {
+    let mut out = Vec::new();
+    for name in list {
+        let alg = match name.trim().to_ascii_uppercase().as_str() {
+            "MD5" => crate::auth::Algorithm::Md5,
+            "SHA-256" | "SHA256" => crate::auth::Algorithm::Sha256,
+            _ => return err(format!("{key} '{name}': expected md5 or sha-256")),
+        };
+        if !out.contains(&alg) {
+            out.push(alg);
+        }
+    }
+    if out.is_empty() {
+        return err(format!("{key}: at least one algorithm is required"));
+    }
+    Ok(out)
 }
 
 fn check_domain(key: &str, d: &str) -> Result<String, ConfigError> {
@@ -385,6 +413,13 @@ impl Cli {
                 "nonce_ttl {nonce_ttl}: expected 10 to 86400 seconds"
             ));
         }
+        let auth_algorithms = match (&self.auth_algorithms, &file.auth_algorithms) {
+            (Some(list), _) => parse_algorithms("--auth-algorithms", list.split(','))?,
+            (None, Some(list)) => {
+                parse_algorithms("auth_algorithms", list.iter().map(|s| s.as_str()))?
+            }
+            (None, None) => crate::auth::Algorithm::PREFERENCE.to_vec(),
+        };
         let config = Config {
             listen,
             domains,
@@ -400,6 +435,7 @@ impl Cli {
             registrar,
             queue_capacity,
             nonce_ttl,
+            auth_algorithms,
             log: self.log.or(file.log).unwrap_or_else(|| "info".into()),
         };
         if !config.auth_enabled() && !config.allow_unauthenticated {
@@ -448,6 +484,10 @@ mod tests {
         assert!(e.0.starts_with("--mode"), "{e}");
         let e = cli(&["--user", "nopassword"]).unwrap_err();
         assert!(e.0.starts_with("--user"), "{e}");
+        let e = cli(&["--auth-algorithms", "md5,sha1"]).unwrap_err();
+        assert!(e.0.starts_with("--auth-algorithms"), "{e}");
+        let c = cli(&["--auth-algorithms", "MD5"]).unwrap();
+        assert_eq!(c.auth_algorithms, vec![crate::auth::Algorithm::Md5]);
         let e = cli(&["--io", "epoll"]).unwrap_err();
         assert!(e.0.starts_with("--io"), "{e}");
         let e = cli(&["--metrics", "nope"]).unwrap_err();
@@ -508,10 +548,13 @@ pub fn authenticator(config: &Config) -> Result<Option<crate::auth::Authenticato
     }
     let secret =
         random_secret().map_err(|e| ConfigError(format!("cannot get random bytes: {e}")))?;
-    Ok(Some(Authenticator::new(
-        config.realm(),
-        std::sync::Arc::new(db),
-        secret,
-        config.nonce_ttl,
-    )))
+    Ok(Some(
+        Authenticator::new(
+            config.realm(),
+            std::sync::Arc::new(db),
+            secret,
+            config.nonce_ttl,
+        )
+        .with_algorithms(&config.auth_algorithms),
+    ))
 }

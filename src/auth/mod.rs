@@ -79,6 +79,8 @@ struct Shared {
     users: Arc<UserDb>,
     nonces: NonceKey,
     ttl_s: u32,
+    /// The challenges offered, in order of preference.
+    algorithms: Vec<Algorithm>,
     /// HA1 values no password produces, hashed for unknown users so that they cost the same.
     dummy_md5: HexHash,
     dummy_sha256: HexHash,
@@ -110,6 +112,7 @@ impl Authenticator {
             realm: realm.to_owned(),
             nonces: NonceKey::new(&secret, realm.as_bytes()),
             ttl_s: nonce_ttl_s,
+            algorithms: Algorithm::PREFERENCE.to_vec(),
             dummy_md5: digest::ha1(Algorithm::Md5, b"", realm.as_bytes(), dummy_pw.as_bytes()),
             dummy_sha256: digest::ha1(
                 Algorithm::Sha256,
@@ -125,6 +128,19 @@ impl Authenticator {
             counter: Cell::new(0),
             nc: NcTable::new(DEFAULT_MAX_TRACKED),
         }
+    }
+
+    /// Offers these algorithms, in this order, instead of SHA-256 then MD5 (for clients
+    /// such as SIPp 3.6 that fail on the first challenge when it is not MD5).
+    ///
+    /// # Panics
+    /// If `algorithms` is empty or after [`Authenticator::for_shard`] shared the settings.
+    pub fn with_algorithms(mut self, algorithms: &[Algorithm]) -> Self {
+        assert!(!algorithms.is_empty(), "at least one digest algorithm");
+        Arc::get_mut(&mut self.shared)
+            .expect("set algorithms before creating shard authenticators")
+            .algorithms = algorithms.to_vec();
+        self
     }
 
     /// Another authenticator for another shard: same realm, users and secret (shared), its
@@ -266,7 +282,7 @@ impl Authenticator {
         let mut realm = String::new();
         client::push_quoted(&mut realm, self.shared.realm.as_bytes());
         let mut value = Vec::with_capacity(160);
-        for alg in Algorithm::PREFERENCE {
+        for &alg in &self.shared.algorithms {
             value.clear();
             value.extend_from_slice(b"Digest realm=");
             value.extend_from_slice(realm.as_bytes());

@@ -529,3 +529,17 @@ fn unquoting() {
     assert_eq!(&*unq(br#"a\\b\"c"#), br#"a\b"c"#);
     assert!(matches!(unq(b"plain"), Cow::Borrowed(_)));
 }
+
+#[test]
+fn offered_algorithms_follow_the_configured_order() {
+    let a = auth().with_algorithms(&[Algorithm::Md5]);
+    let lines = challenge_lines(&a, false, T0);
+    assert_eq!(lines.len(), 1);
+    assert!(lines[0].1.contains("algorithm=MD5"), "{lines:?}");
+    let b = auth().with_algorithms(&[Algorithm::Md5, Algorithm::Sha256]);
+    let lines = challenge_lines(&b, false, T0);
+    assert!(lines[0].1.contains("algorithm=MD5") && lines[1].1.contains("algorithm=SHA-256"));
+    // The default is RFC 8760's order: SHA-256 first.
+    let lines = challenge_lines(&auth(), false, T0);
+    assert!(lines[0].1.contains("algorithm=SHA-256"));
+}

@@ -212,17 +212,17 @@ impl<'a> Iterator for PathIter<'a> {
     }
 }
 
-/// An unspecified IPv4 source, for tests.
-#[cfg(test)]
 /// A 32-bit FNV-1a hash of a Via branch; 0 is kept for "no branch".
 pub fn branch_hash(branch: Option<&[u8]>) -> u32 {
     let Some(b) = branch else { return 0 };
-    let h = b
-        .iter()
-        .fold(0x811c_9dc5u32, |h, &c| (h ^ c as u32).wrapping_mul(0x0100_0193));
+    let h = b.iter().fold(0x811c_9dc5u32, |h, &c| {
+        (h ^ c as u32).wrapping_mul(0x0100_0193)
+    });
     h.max(1)
 }
 
+/// An unspecified IPv4 source, for tests.
+#[cfg(test)]
 pub const UNSPECIFIED_SOURCE: SocketAddr =
     SocketAddr::new(IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED), 0);
 

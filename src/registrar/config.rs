@@ -2,7 +2,7 @@
 //! minimum answered with 423, maximum the registrar shortens to) and the per-AOR contact limit.
 
 /// Registrar settings. Times are in seconds.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RegistrarConfig {
     /// Expiry used when neither the contact's `expires` parameter nor an Expires header is
     /// given (RFC 3261 §10.3 step 7: "a locally-configured default value").
@@ -14,6 +14,9 @@ pub struct RegistrarConfig {
     /// Most bindings one AOR may have; a REGISTER that would exceed it is answered
     /// `503 Too Many Registered Contacts` (as Kamailio's registrar does) and changes nothing.
     pub max_contacts_per_aor: usize,
+    /// When set, AOR keys use this host instead of the URI's: the caller only passes AORs of
+    /// its own domains, and `sip:alice@127.0.0.1` and `sip:alice@localhost` are one user.
+    pub canonical_domain: Option<String>,
 }
 
 impl Default for RegistrarConfig {
@@ -23,6 +26,7 @@ impl Default for RegistrarConfig {
             min_expires: 60,
             max_expires: 7200,
             max_contacts_per_aor: 10,
+            canonical_domain: None,
         }
     }
 }

@@ -79,6 +79,23 @@ fn same_contact(
 }
 
 impl Registrar {
+    /// Writes the key this registrar stores `uri`'s AOR under: [`Uri::write_aor`], with the
+    /// host replaced by [`RegistrarConfig::canonical_domain`] when that is set. False for
+    /// URIs that are not SIP or SIPS.
+    ///
+    /// [`RegistrarConfig::canonical_domain`]: super::RegistrarConfig::canonical_domain
+    pub fn write_aor_key(&self, uri: &Uri<'_>, out: &mut Vec<u8>) -> bool {
+        let Some(domain) = &self.config().canonical_domain else {
+            return uri.write_aor(out);
+        };
+        let canonical = Uri {
+            host: domain.as_bytes(),
+            host_kind: crate::sip::HostKind::Name,
+            ..*uri
+        };
+        canonical.write_aor(out)
+    }
+
     /// Handles a REGISTER for an AOR this shard owns: applies it at `now_ms` and writes the
     /// complete response into `out` (appended). `source` is where the request came from; it is
     /// stored with the bindings it creates or refreshes.
@@ -94,7 +111,7 @@ impl Registrar {
         let mut key = core::mem::take(&mut self.key_buf);
         key.clear();
         let result = match req.to().map(|to| to.uri()) {
-            Ok(Ok(uri)) if uri.write_aor(&mut key) => {
+            Ok(Ok(uri)) if self.write_aor_key(&uri, &mut key) => {
                 self.register_aor(&key, req, source, now_ms, &mut outcome)
             }
             Ok(Ok(_)) => Err(RegisterError::NotSipAor),

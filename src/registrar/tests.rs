@@ -415,9 +415,16 @@ fn a_retransmission_gets_200_with_the_current_bindings_and_changes_nothing() {
     let a = handle(&mut reg, &first, T0 + 2_000);
     assert_eq!(a.status(), 200);
     assert_eq!(a.outcome.refreshed + a.outcome.added, 0);
-    assert_eq!(a.contacts(), vec![("sip:a@192.0.2.1".to_string(), 598, None)]);
+    assert_eq!(
+        a.contacts(),
+        vec![("sip:a@192.0.2.1".to_string(), 598, None)]
+    );
     let b = reg.lookup(AOR, T0).next().unwrap();
-    assert_eq!(b.expires_at_ms(), T0 + 600_000, "not refreshed by the retransmission");
+    assert_eq!(
+        b.expires_at_ms(),
+        T0 + 600_000,
+        "not refreshed by the retransmission"
+    );
 }
 
 #[test]

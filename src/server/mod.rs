@@ -12,6 +12,7 @@ mod reply;
 use crate::auth::{AuthOutcome, Authenticator};
 use crate::config::{Mode, RegistrarSettings};
 use crate::metrics::{DropReason, ShardStats};
+use crate::registrar::{Registrar, RegistrarConfig, ResponseCtx};
 use crate::shard::ownership::{aor_hash, owner_shard};
 use crate::sip::{HeaderName, Message, Method, Scheme, Uri};
 use outbox::Outbox;
@@ -78,6 +79,9 @@ pub struct Core {
     auth: Option<Authenticator>,
     /// When the nonce-count table is next pruned.
     next_auth_prune: u64,
+    registrar: Registrar,
+    /// Scratch buffer for AOR keys.
+    key: Vec<u8>,
 }
 
 /// How often the nonce-count replay table drops expired nonces.
@@ -90,6 +94,14 @@ impl Core {
         stats: Arc<ShardStats>,
         auth: Option<Authenticator>,
     ) -> Core {
+        let r = &cfg.registrar;
+        let registrar = Registrar::new(RegistrarConfig {
+            default_expires: r.default_expires,
+            min_expires: r.min_expires,
+            max_expires: r.max_expires,
+            max_contacts_per_aor: r.max_contacts,
+            canonical_domain: cfg.domains.first().cloned(),
+        });
         Core {
             shard,
             cfg,
@@ -97,6 +109,8 @@ impl Core {
             tag_seq: 0,
             auth,
             next_auth_prune: 0,
+            registrar,
+            key: Vec::with_capacity(128),
         }
     }
 
@@ -106,17 +120,32 @@ impl Core {
 
     /// When the core next needs [`Core::handle_timeout`], in ms.
     pub fn next_timeout(&self) -> Option<u64> {
-        self.auth.as_ref().map(|_| self.next_auth_prune)
+        let auth = self.auth.as_ref().map(|_| self.next_auth_prune);
+        match (auth, self.registrar.next_timeout()) {
+            (Some(a), Some(r)) => Some(a.min(r)),
+            (a, r) => a.or(r),
+        }
     }
 
-    /// Runs expired timers.
+    /// Runs expired timers: binding expiry and nonce-table pruning.
     pub fn handle_timeout(&mut self, now_ms: u64) {
+        if self.registrar.next_timeout().is_some_and(|t| t <= now_ms) {
+            self.registrar.poll_expired(now_ms);
+            self.stats
+                .bindings
+                .set(self.registrar.binding_count() as u64);
+        }
         if let Some(auth) = &mut self.auth {
             if now_ms >= self.next_auth_prune {
                 auth.prune(now_ms);
                 self.next_auth_prune = now_ms + AUTH_PRUNE_MS;
             }
         }
+    }
+
+    /// The shard's registrar (for tests and the proxy).
+    pub fn registrar(&self) -> &Registrar {
+        &self.registrar
     }
 
     /// The shard that owns this request: the To AOR for REGISTER, the Request-URI AOR for
@@ -219,7 +248,7 @@ impl Core {
             Method::Other => reply.with(out, 501, b"Not Implemented", |o| {
                 crate::sip::write::header(o, "Allow", ALLOW)
             }),
-            _ => self.for_user(msg, &ruri, reply, out),
+            _ => self.for_user(msg, &ruri, now_ms, reply, out),
         }
     }
 
@@ -306,7 +335,19 @@ impl Core {
                 }
             }
         }
-        reply.simple(out, 501, b"Not Implemented (registrar not built yet)");
+        let ctx = ResponseCtx {
+            to_tag: reply.to_tag(),
+            via_fixup: Some(reply.via_fixup()),
+        };
+        let (buf, start) = out.begin();
+        let outcome = self
+            .registrar
+            .handle_register(msg, reply.source(), now_ms, &ctx, buf);
+        out.commit(start, reply.destination(), reply.socket());
+        reply.sent(outcome.status);
+        self.stats
+            .bindings
+            .set(self.registrar.binding_count() as u64);
     }
 
     /// A request for a user (INVITE, MESSAGE, OPTIONS to a user, ...). Proxying is not built
@@ -315,6 +356,7 @@ impl Core {
         &mut self,
         msg: &Message<'_>,
         ruri: &Uri<'_>,
+        now_ms: u64,
         reply: &mut Reply<'_, '_>,
         out: &mut Outbox,
     ) {
@@ -324,6 +366,27 @@ impl Core {
         if !ruri.is_sip() || !self.cfg.is_our_host(ruri.host) {
             return reply.simple(out, 403, b"Forbidden (relaying denied)");
         }
-        reply.simple(out, 480, b"Temporarily Unavailable")
+        self.key.clear();
+        self.registrar.write_aor_key(ruri, &mut self.key);
+        let mut bindings = self.registrar.lookup(&self.key, now_ms).peekable();
+        if bindings.peek().is_none() {
+            return reply.simple(out, 480, b"Temporarily Unavailable");
+        }
+        if self.cfg.mode == Mode::Redirect {
+            // RFC 3261 §8.3: 302 with the current bindings as Contacts.
+            return reply.with(out, 302, b"Moved Temporarily", |o| {
+                for b in bindings {
+                    o.extend_from_slice(b"Contact: <");
+                    o.extend_from_slice(b.contact_uri());
+                    o.push(b'>');
+                    if b.q() != crate::registrar::DEFAULT_Q {
+                        o.extend_from_slice(b";q=");
+                        crate::registrar::write_qvalue(o, b.q());
+                    }
+                    o.extend_from_slice(b"\r\n");
+                }
+            });
+        }
+        reply.simple(out, 501, b"Not Implemented (proxying is not available yet)")
     }
 }

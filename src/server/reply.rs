@@ -22,6 +22,7 @@ pub fn response_destination(msg: &Message<'_>, src: SocketAddr) -> SocketAddr {
 /// Responds to one request.
 pub struct Reply<'m, 'a> {
     msg: &'m Message<'a>,
+    src: SocketAddr,
     dst: SocketAddr,
     socket: usize,
     /// Status of the response sent, for the shard's counters.
@@ -65,6 +66,7 @@ impl<'m, 'a> Reply<'m, 'a> {
         };
         Reply {
             msg,
+            src,
             dst: response_destination(msg, src),
             socket,
             sent_status: None,
@@ -89,6 +91,11 @@ impl<'m, 'a> Reply<'m, 'a> {
             add_received: self.add_received,
             rport: self.rport,
         }
+    }
+
+    /// Where the request came from.
+    pub fn source(&self) -> SocketAddr {
+        self.src
     }
 
     pub fn destination(&self) -> SocketAddr {

@@ -1,6 +1,7 @@
 //! AOR ownership (DESIGN.md §1): the owner of an address-of-record is `hash(AOR) % shards`.
-//! The hash covers the AOR as RFC 3261 §10.3 compares it (scheme, unescaped user, host in
-//! lower case) so every spelling of one AOR lands on the same shard. Pure functions: the
+//! The hash covers the scheme and the unescaped user part (the host only when there is no
+//! user), so every spelling of one AOR lands on the same shard, including the aliases of our
+//! own domain (`sip:alice@127.0.0.1` and `sip:alice@localhost` are one user). Pure functions: the
 //! receiving shard calls them to decide whether to hand a datagram over.
 
 use crate::sip::uri::{HostKind, Scheme, Unescape, Uri};
@@ -13,8 +14,8 @@ fn fnv(h: u64, b: u8) -> u64 {
     (h ^ b as u64).wrapping_mul(FNV_PRIME)
 }
 
-/// Hash of the AOR of a SIP or SIPS URI, equal for URIs with equal AOR keys
-/// (see [`Uri::write_aor`]). None for other schemes.
+/// Hash of the AOR of a SIP or SIPS URI: equal for URIs with equal AOR keys (see
+/// [`Uri::write_aor`]) and for one user under several host names. None for other schemes.
 pub fn aor_hash(uri: &Uri<'_>) -> Option<u64> {
     let mut h = FNV_OFFSET;
     match uri.scheme {
@@ -26,13 +27,14 @@ pub fn aor_hash(uri: &Uri<'_>) -> Option<u64> {
         for b in Unescape::new(user) {
             h = fnv(h, b);
         }
+    } else {
         h = fnv(h, b'@');
-    }
-    if uri.host_kind == HostKind::Ipv6 {
-        h = fnv(h, b'[');
-    }
-    for &b in uri.host {
-        h = fnv(h, b.to_ascii_lowercase());
+        if uri.host_kind == HostKind::Ipv6 {
+            h = fnv(h, b'[');
+        }
+        for &b in uri.host {
+            h = fnv(h, b.to_ascii_lowercase());
+        }
     }
     // Final avalanche so that `% shards` uses well-mixed bits.
     h ^= h >> 33;
@@ -64,6 +66,8 @@ mod tests {
         assert_eq!(h("sip:alice@example.com:5070"), h("sip:alice@example.com"));
         assert_ne!(h("sip:alice@example.com"), h("sips:alice@example.com"));
         assert_ne!(h("sip:alice@example.com"), h("sip:bob@example.com"));
+        assert_eq!(h("sip:alice@127.0.0.1"), h("sip:alice@localhost"));
+        assert_ne!(h("sip:example.com"), h("sip:example.org"));
         assert!(aor_hash(&Uri::parse(b"tel:+123").unwrap()).is_none());
     }
 

@@ -128,7 +128,10 @@ pub fn run(mut ctx: ShardContext) {
                 let _ = hist.record(sent_at.duration_since(*t).as_micros().max(1) as u64);
             }
         }
-        if last_merge.elapsed() >= Duration::from_millis(50) && !hist.is_empty() {
+        let going_idle = received < crate::transport::BATCH && handed.is_empty();
+        // Publish latencies every 50 ms under load, and before sleeping so an idle shard's
+        // figures are not held back.
+        if !hist.is_empty() && (going_idle || last_merge.elapsed() >= Duration::from_millis(50)) {
             if let Ok(mut shared) = ctx.stats.latency.lock() {
                 let _ = shared.add(&hist);
             }
@@ -137,7 +140,7 @@ pub fn run(mut ctx: ShardContext) {
         }
         // A partial batch means every socket was drained a moment ago: go straight to poll
         // (which returns at once if more arrived) instead of another empty receive.
-        if received < crate::transport::BATCH && handed.is_empty() {
+        if going_idle {
             me.waker.sleeping.store(true, Ordering::SeqCst);
             if !me.queue.is_empty() || ctx.stop.load(Ordering::Relaxed) {
                 me.waker.sleeping.store(false, Ordering::SeqCst);
