@@ -455,6 +455,35 @@ fn is_loopback(ip: IpAddr) -> bool {
     ip.is_loopback()
 }
 
+/// Builds the digest authenticator the configuration asks for (None without users). Errors
+/// name the flag or file line.
+pub fn authenticator(config: &Config) -> Result<Option<crate::auth::Authenticator>, ConfigError> {
+    use crate::auth::{random_secret, Authenticator, UserDb};
+    if !config.auth_enabled() {
+        return Ok(None);
+    }
+    let mut db = UserDb::new(config.realm());
+    for (name, pw) in &config.users {
+        db.add_password(name, pw)
+            .map_err(|e| ConfigError(format!("--user {name}: {e}")))?;
+    }
+    if let Some(path) = &config.users_file {
+        db.load_file(path)
+            .map_err(|e| ConfigError(format!("--users {e}")))?;
+    }
+    let secret =
+        random_secret().map_err(|e| ConfigError(format!("cannot get random bytes: {e}")))?;
+    Ok(Some(
+        Authenticator::new(
+            config.realm(),
+            std::sync::Arc::new(db),
+            secret,
+            config.nonce_ttl,
+        )
+        .with_algorithms(&config.auth_algorithms),
+    ))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -528,33 +557,4 @@ mod tests {
         let e = cli(&["--config", bad.to_str().unwrap()]).unwrap_err();
         assert!(e.0.contains("registrar.min_expires"), "{e}");
     }
-}
-
-/// Builds the digest authenticator the configuration asks for (None without users). Errors
-/// name the flag or file line.
-pub fn authenticator(config: &Config) -> Result<Option<crate::auth::Authenticator>, ConfigError> {
-    use crate::auth::{random_secret, Authenticator, UserDb};
-    if !config.auth_enabled() {
-        return Ok(None);
-    }
-    let mut db = UserDb::new(config.realm());
-    for (name, pw) in &config.users {
-        db.add_password(name, pw)
-            .map_err(|e| ConfigError(format!("--user {name}: {e}")))?;
-    }
-    if let Some(path) = &config.users_file {
-        db.load_file(path)
-            .map_err(|e| ConfigError(format!("--users {e}")))?;
-    }
-    let secret =
-        random_secret().map_err(|e| ConfigError(format!("cannot get random bytes: {e}")))?;
-    Ok(Some(
-        Authenticator::new(
-            config.realm(),
-            std::sync::Arc::new(db),
-            secret,
-            config.nonce_ttl,
-        )
-        .with_algorithms(&config.auth_algorithms),
-    ))
 }

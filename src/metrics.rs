@@ -279,7 +279,7 @@ pub fn serve(
 ) -> std::io::Result<std::thread::JoinHandle<()>> {
     let listener = TcpListener::bind(addr)?;
     listener.set_nonblocking(true)?;
-    Ok(std::thread::Builder::new()
+    std::thread::Builder::new()
         .name("metrics".into())
         .spawn(move || {
             while !stop.load(Ordering::Relaxed) {
@@ -306,7 +306,7 @@ pub fn serve(
                     Err(_) => std::thread::sleep(std::time::Duration::from_millis(20)),
                 }
             }
-        })?)
+        })
 }
 
 #[cfg(test)]

@@ -77,7 +77,7 @@ fn run_sipp(dir: &Path, server: &ServerProcess, args: &[&str]) -> SippResult {
     });
     let mut lines = text.lines().filter(|l| !l.trim().is_empty());
     let header: Vec<&str> = lines.next().unwrap().split(';').collect();
-    let last: Vec<&str> = lines.last().unwrap().split(';').collect();
+    let last: Vec<&str> = lines.next_back().unwrap().split(';').collect();
     let col = |name: &str| -> u64 {
         let i = header
             .iter()

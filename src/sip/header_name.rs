@@ -137,34 +137,6 @@ impl HeaderName {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn every_canonical_name_round_trips() {
-        for i in 0..KNOWN_HEADERS as u8 {
-            // SAFETY-free: build the enum through the table of names instead of transmute.
-            let n = ALL[i as usize];
-            assert_eq!(HeaderName::from_bytes(n.as_str().as_bytes()), n);
-            assert_eq!(
-                HeaderName::from_bytes(n.as_str().to_ascii_uppercase().as_bytes()),
-                n
-            );
-        }
-    }
-
-    #[test]
-    fn compact_forms() {
-        assert_eq!(HeaderName::from_bytes(b"v"), HeaderName::Via);
-        assert_eq!(HeaderName::from_bytes(b"I"), HeaderName::CallId);
-        assert_eq!(HeaderName::from_bytes(b"l"), HeaderName::ContentLength);
-        assert_eq!(HeaderName::from_bytes(b"m"), HeaderName::Contact);
-        assert_eq!(HeaderName::from_bytes(b"C%6Fntact"), HeaderName::Other);
-        assert_eq!(HeaderName::from_bytes(b"X-Foo"), HeaderName::Other);
-    }
-}
-
-#[cfg(test)]
 const ALL: [HeaderName; KNOWN_HEADERS] = {
     use HeaderName::*;
     [
@@ -202,3 +174,31 @@ const ALL: [HeaderName; KNOWN_HEADERS] = {
         UserAgent,
     ]
 };
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_canonical_name_round_trips() {
+        for i in 0..KNOWN_HEADERS as u8 {
+            // SAFETY-free: build the enum through the table of names instead of transmute.
+            let n = ALL[i as usize];
+            assert_eq!(HeaderName::from_bytes(n.as_str().as_bytes()), n);
+            assert_eq!(
+                HeaderName::from_bytes(n.as_str().to_ascii_uppercase().as_bytes()),
+                n
+            );
+        }
+    }
+
+    #[test]
+    fn compact_forms() {
+        assert_eq!(HeaderName::from_bytes(b"v"), HeaderName::Via);
+        assert_eq!(HeaderName::from_bytes(b"I"), HeaderName::CallId);
+        assert_eq!(HeaderName::from_bytes(b"l"), HeaderName::ContentLength);
+        assert_eq!(HeaderName::from_bytes(b"m"), HeaderName::Contact);
+        assert_eq!(HeaderName::from_bytes(b"C%6Fntact"), HeaderName::Other);
+        assert_eq!(HeaderName::from_bytes(b"X-Foo"), HeaderName::Other);
+    }
+}

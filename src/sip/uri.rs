@@ -266,10 +266,9 @@ impl<'a> Uri<'a> {
         if raw.is_empty() {
             return Err(UriError::Empty);
         }
-        if raw
-            .iter()
-            .any(|&c| is_lws(c) || c < 0x21 || c >= 0x7f || c == b'<' || c == b'>' || c == b'"')
-        {
+        if raw.iter().any(|&c| {
+            is_lws(c) || !(0x21..0x7f).contains(&c) || c == b'<' || c == b'>' || c == b'"'
+        }) {
             return Err(UriError::IllegalChar);
         }
         let colon = memchr::memchr(b':', raw).ok_or(UriError::BadScheme)?;

@@ -11,7 +11,8 @@ use std::sync::Arc;
 
 /// recvmmsg/sendmmsg transport for one shard.
 pub struct MmsgTransport {
-    sockets: ShardSockets,
+    /// Owns the descriptors in `fds`; they close when the transport drops.
+    _sockets: ShardSockets,
     fds: Vec<RawFd>,
     waker: Arc<Waker>,
     /// BATCH receive buffers of MAX_DATAGRAM bytes, back to back.
@@ -46,7 +47,7 @@ impl MmsgTransport {
     pub fn new(sockets: ShardSockets, waker: Arc<Waker>) -> io::Result<MmsgTransport> {
         let fds: Vec<RawFd> = sockets.sockets.iter().map(|s| s.as_raw_fd()).collect();
         let mut t = MmsgTransport {
-            sockets,
+            _sockets: sockets,
             fds,
             waker,
             bufs: vec![0u8; BATCH * MAX_DATAGRAM],
