@@ -14,6 +14,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+/// How often a shard publishes its latency histogram to the metrics endpoint.
+const MERGE_EVERY: Duration = Duration::from_millis(50);
+
 /// Everything a shard thread owns.
 pub struct ShardContext {
     pub id: usize,
@@ -129,9 +132,9 @@ pub fn run(mut ctx: ShardContext) {
             }
         }
         let going_idle = received < crate::transport::BATCH && handed.is_empty();
-        // Publish latencies every 50 ms under load, and before sleeping so an idle shard's
-        // figures are not held back.
-        if !hist.is_empty() && (going_idle || last_merge.elapsed() >= Duration::from_millis(50)) {
+        // Publish latencies at most every MERGE_EVERY (merging walks the whole histogram, too
+        // costly per message); an idle shard wakes up to publish what it holds (below).
+        if !hist.is_empty() && last_merge.elapsed() >= MERGE_EVERY {
             if let Ok(mut shared) = ctx.stats.latency.lock() {
                 let _ = shared.add(&hist);
             }
@@ -147,10 +150,14 @@ pub fn run(mut ctx: ShardContext) {
                 continue;
             }
             let now = ctx.clock.now_ms();
-            let timeout = ctx
+            let mut timeout = ctx
                 .core
                 .next_timeout()
                 .map_or(200, |t| t.saturating_sub(now).min(200)) as i32;
+            if !hist.is_empty() {
+                let left = MERGE_EVERY.saturating_sub(last_merge.elapsed());
+                timeout = timeout.min(left.as_millis() as i32 + 1);
+            }
             if let Err(e) = ctx.transport.wait(timeout) {
                 tracing::warn!(shard = ctx.id, "wait failed: {e}");
             }
