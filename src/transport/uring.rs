@@ -120,6 +120,11 @@ pub struct UringTransport {
     wake_unarmed: bool,
     /// Ring created with R_DISABLED: enabled (and armed) on first use by the shard thread.
     disabled: bool,
+    /// The sockets are registered files (no fd lookup per operation); index = socket index.
+    fixed_files: bool,
+    /// Sends use IORING_OP_SEND with a destination address (kernel 6.1+, so only with the
+    /// DEFER_TASKRUN set-up, itself 6.1+); otherwise IORING_OP_SENDMSG.
+    send_with_addr: bool,
     /// Which ring set-up the kernel accepted (for logs).
     setup: &'static str,
     started: bool,
@@ -129,6 +134,7 @@ pub struct UringTransport {
     cqes: Vec<(u64, i32, u32)>,
     send_iovs: Vec<libc::iovec>,
     send_addrs: Vec<libc::sockaddr_storage>,
+    send_lens: Vec<libc::socklen_t>,
     send_hdrs: Vec<libc::msghdr>,
     /// Datagrams dropped because they did not fit a buffer, failed to send, or receive errors.
     pub truncated: u64,
@@ -174,9 +180,10 @@ fn builders() -> Vec<(&'static str, io_uring::Builder, bool)> {
     ]
 }
 
-fn create_ring() -> io::Result<(IoUring, bool, &'static str)> {
+fn create_ring(basic: bool) -> io::Result<(IoUring, bool, &'static str)> {
     let mut last = io::Error::new(io::ErrorKind::Unsupported, "no io_uring set-up tried");
-    for (name, b, disabled) in builders() {
+    let skip = if basic { 1 } else { 0 };
+    for (name, b, disabled) in builders().into_iter().skip(skip) {
         match b.build(SQ_ENTRIES) {
             Ok(ring) => return Ok((ring, disabled, name)),
             // ENOSYS/EPERM (no io_uring, seccomp, io_uring_disabled) will not change with flags.
@@ -203,7 +210,27 @@ impl UringTransport {
         sockets: ShardSockets,
         waker: Arc<Waker>,
     ) -> Result<UringTransport, (ShardSockets, io::Error)> {
-        let (ring, disabled, setup) = match create_ring() {
+        Self::with_setup(sockets, waker, false)
+    }
+
+    /// As `new`, but with the pre-6.1 set-ups only (COOP_TASKRUN or plain flags, SendMsg):
+    /// lets the tests cover the fallback path on a recent kernel.
+    #[doc(hidden)]
+    #[allow(clippy::result_large_err)]
+    pub fn new_basic(
+        sockets: ShardSockets,
+        waker: Arc<Waker>,
+    ) -> Result<UringTransport, (ShardSockets, io::Error)> {
+        Self::with_setup(sockets, waker, true)
+    }
+
+    #[allow(clippy::result_large_err)]
+    fn with_setup(
+        sockets: ShardSockets,
+        waker: Arc<Waker>,
+        basic: bool,
+    ) -> Result<UringTransport, (ShardSockets, io::Error)> {
+        let (ring, disabled, setup) = match create_ring(basic) {
             Ok(r) => r,
             Err(e) => return Err((sockets, e)),
         };
@@ -238,6 +265,8 @@ impl UringTransport {
         recv_hdr.msg_namelen = NAME_LEN as libc::socklen_t;
         let fds: Vec<RawFd> = sockets.sockets.iter().map(|s| s.as_raw_fd()).collect();
         let n = fds.len();
+        // Optional: without it every operation looks the socket up by fd.
+        let fixed_files = ring.submitter().register_files(&fds).is_ok();
         let mut t = UringTransport {
             ring,
             bufs,
@@ -250,12 +279,15 @@ impl UringTransport {
             recv_unarmed: vec![true; n],
             wake_unarmed: true,
             disabled,
+            fixed_files,
+            send_with_addr: setup == "defer_taskrun",
             setup,
             started: false,
             broken: false,
             cqes: Vec::with_capacity(CQ_ENTRIES as usize),
             send_iovs: Vec::with_capacity(SEND_CHUNK),
             send_addrs: Vec::with_capacity(SEND_CHUNK),
+            send_lens: Vec::with_capacity(SEND_CHUNK),
             send_hdrs: Vec::with_capacity(SEND_CHUNK),
             truncated: 0,
             send_errors: 0,
@@ -282,7 +314,12 @@ impl UringTransport {
                 return Err((t.into_sockets(), e));
             }
         }
-        tracing::debug!(setup, "io_uring transport ready");
+        tracing::debug!(
+            setup,
+            fixed_files = t.fixed_files,
+            send_with_addr = t.send_with_addr,
+            "io_uring transport ready"
+        );
         Ok(t)
     }
 
@@ -327,9 +364,13 @@ impl UringTransport {
     fn arm(&mut self) -> io::Result<()> {
         for idx in 0..self.fds.len() {
             if self.recv_unarmed[idx] {
-                let sqe = opcode::RecvMsgMulti::new(Fd(self.fds[idx]), &*self.recv_hdr, BGID)
-                    .build()
-                    .user_data(TAG_RECV | idx as u64);
+                let hdr: *const libc::msghdr = &*self.recv_hdr;
+                let sqe = if self.fixed_files {
+                    opcode::RecvMsgMulti::new(types::Fixed(idx as u32), hdr, BGID).build()
+                } else {
+                    opcode::RecvMsgMulti::new(Fd(self.fds[idx]), hdr, BGID).build()
+                }
+                .user_data(TAG_RECV | idx as u64);
                 self.push(&sqe)?;
                 self.recv_unarmed[idx] = false;
             }
@@ -350,7 +391,8 @@ impl UringTransport {
         loop {
             // SAFETY: every SQE built here points only at memory owned by self that outlives
             // the operation: recv_hdr and the buffer mappings for the ring's lifetime, the send
-            // msghdr/iovec/sockaddr vectors (and the outbox) until `send` has reaped them.
+            // sockaddr (and msghdr/iovec) vectors and the outbox bytes until `send` has reaped
+            // the completions.
             if unsafe { self.ring.submission().push(sqe) }.is_ok() {
                 return Ok(());
             }
@@ -550,41 +592,66 @@ impl Transport for UringTransport {
         for chunk in items.chunks(SEND_CHUNK) {
             let n = chunk.len();
             // Size the vectors first: the pointers taken below must not move.
-            self.send_iovs.clear();
-            self.send_iovs.resize(
-                n,
-                libc::iovec {
-                    iov_base: std::ptr::null_mut(),
-                    iov_len: 0,
-                },
-            );
             self.send_addrs.clear();
             self.send_addrs.resize(n, zeroed_storage());
-            self.send_hdrs.clear();
-            self.send_hdrs.resize(n, zeroed_msghdr());
+            self.send_lens.clear();
             for (i, d) in chunk.iter().enumerate() {
-                let bytes = out.bytes(d);
-                self.send_iovs[i] = libc::iovec {
-                    iov_base: bytes.as_ptr() as *mut libc::c_void,
-                    iov_len: bytes.len(),
-                };
                 let len = to_storage(&d.dst, &mut self.send_addrs[i]);
-                let h = &mut self.send_hdrs[i];
-                h.msg_name = &mut self.send_addrs[i] as *mut _ as *mut libc::c_void;
-                h.msg_namelen = len;
-                h.msg_iov = &mut self.send_iovs[i];
-                h.msg_iovlen = 1;
+                self.send_lens.push(len);
+            }
+            if !self.send_with_addr {
+                self.send_iovs.clear();
+                self.send_iovs.resize(
+                    n,
+                    libc::iovec {
+                        iov_base: std::ptr::null_mut(),
+                        iov_len: 0,
+                    },
+                );
+                self.send_hdrs.clear();
+                self.send_hdrs.resize(n, zeroed_msghdr());
+                for (i, d) in chunk.iter().enumerate() {
+                    let bytes = out.bytes(d);
+                    self.send_iovs[i] = libc::iovec {
+                        iov_base: bytes.as_ptr() as *mut libc::c_void,
+                        iov_len: bytes.len(),
+                    };
+                    let h = &mut self.send_hdrs[i];
+                    h.msg_name = &mut self.send_addrs[i] as *mut _ as *mut libc::c_void;
+                    h.msg_namelen = self.send_lens[i];
+                    h.msg_iov = &mut self.send_iovs[i];
+                    h.msg_iovlen = 1;
+                }
             }
             for (i, d) in chunk.iter().enumerate() {
-                let fd = self
-                    .fds
-                    .get(d.socket as usize)
-                    .copied()
-                    .unwrap_or(self.fds[0]);
-                let sqe = opcode::SendMsg::new(Fd(fd), &self.send_hdrs[i])
-                    .build()
-                    .user_data(TAG_SEND | i as u64);
-                self.push(&sqe)?;
+                let idx = if (d.socket as usize) < self.fds.len() {
+                    d.socket as usize
+                } else {
+                    0
+                };
+                let sqe = if self.send_with_addr {
+                    // IORING_OP_SEND with a destination (6.1+): no msghdr/iovec to import.
+                    let bytes = out.bytes(d);
+                    let addr = &self.send_addrs[i] as *const _ as *const libc::sockaddr;
+                    let len = self.send_lens[i];
+                    let (buf, blen) = (bytes.as_ptr(), bytes.len() as u32);
+                    if self.fixed_files {
+                        opcode::Send::new(types::Fixed(idx as u32), buf, blen)
+                            .dest_addr(addr)
+                            .dest_addr_len(len)
+                            .build()
+                    } else {
+                        opcode::Send::new(Fd(self.fds[idx]), buf, blen)
+                            .dest_addr(addr)
+                            .dest_addr_len(len)
+                            .build()
+                    }
+                } else if self.fixed_files {
+                    opcode::SendMsg::new(types::Fixed(idx as u32), &self.send_hdrs[i]).build()
+                } else {
+                    opcode::SendMsg::new(Fd(self.fds[idx]), &self.send_hdrs[i]).build()
+                };
+                self.push(&sqe.user_data(TAG_SEND | i as u64))?;
             }
             // Wait for every send of the chunk: the outbox bytes and the msghdrs must stay
             // put until the kernel is done with them. UDP sends complete inline, so this is
