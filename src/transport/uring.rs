@@ -1,6 +1,8 @@
 //! The io_uring backend: one ring per shard, one multishot `recvmsg` per socket drawing from a
-//! provided buffer ring, a multishot poll on the waker's eventfd, and sends batched as one
-//! `SendMsg` SQE per datagram submitted with a single `io_uring_enter`.
+//! provided buffer ring, a multishot poll on the waker's eventfd, and sends batched as one SQE
+//! per datagram (`Send` with a destination address on 6.1+ rings, else `SendMsg`) submitted
+//! with a single `io_uring_enter` per 128 datagrams, whose completions are reaped before `send`
+//! returns. The sockets are registered files where the kernel allows.
 //!
 //! Ring set-up: `SINGLE_ISSUER | DEFER_TASKRUN | TASKRUN_FLAG` where the kernel has them (6.1+).
 //! Such a ring belongs to the thread that enables it, while `UringTransport::new` runs on the
