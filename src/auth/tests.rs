@@ -245,28 +245,6 @@ fn dummy_ha1_never_authenticates() {
 }
 
 #[test]
-fn unknown_user_timing_is_not_grossly_different() {
-    let mut a = auth();
-    let wrong_pw = creds(&a, Algorithm::Sha256, "alice", "guess", T0);
-    let unknown = creds(&a, Algorithm::Sha256, "mallory", "guess", T0);
-    let time = |a: &mut Authenticator, c: &str| {
-        (0..5)
-            .map(|_| {
-                let start = std::time::Instant::now();
-                for _ in 0..200 {
-                    check(a, c);
-                }
-                start.elapsed()
-            })
-            .min()
-            .unwrap()
-    };
-    let t1 = time(&mut a, &wrong_pw);
-    let t2 = time(&mut a, &unknown);
-    assert!(t2 * 3 > t1 && t1 * 3 > t2, "{t1:?} vs {t2:?}");
-}
-
-#[test]
 fn ha1_users_from_file_use_their_algorithm_only() {
     let mut a = auth();
     let c = creds(&a, Algorithm::Md5, "bob", HA1_PW, T0);
