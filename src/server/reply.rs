@@ -5,7 +5,7 @@ use super::outbox::Outbox;
 use crate::sip::write::{finish, response_head, ViaFixup};
 use crate::sip::Message;
 use std::io::Write as _;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 
 /// Where responses to `msg` go (§18.2.2 for unreliable transports): the source IP, and the
 /// source port when the top Via asks for rport, else the sent-by port (default 5060).
@@ -17,6 +17,32 @@ pub fn response_destination(msg: &Message<'_>, src: SocketAddr) -> SocketAddr {
         }
     }
     dst
+}
+
+/// Writes an IP address as text into `buf` (46 bytes hold any IPv6 text); returns the length.
+/// IPv4, the common case, avoids the formatting machinery.
+fn write_ip(buf: &mut [u8; 46], ip: IpAddr) -> usize {
+    match ip {
+        IpAddr::V4(v4) => {
+            let mut len = 0;
+            let mut n = itoa::Buffer::new();
+            for (i, o) in v4.octets().iter().enumerate() {
+                if i > 0 {
+                    buf[len] = b'.';
+                    len += 1;
+                }
+                let d = n.format(*o).as_bytes();
+                buf[len..len + d.len()].copy_from_slice(d);
+                len += d.len();
+            }
+            len
+        }
+        IpAddr::V6(v6) => {
+            let mut w = &mut buf[..];
+            let _ = write!(w, "{v6}");
+            46 - w.len()
+        }
+    }
 }
 
 /// Responds to one request.
@@ -45,29 +71,39 @@ impl<'m, 'a> Reply<'m, 'a> {
         shard: usize,
     ) -> Self {
         let mut ip_text = [0u8; 46];
-        let ip_len = {
-            let mut w = &mut ip_text[..];
-            let _ = write!(w, "{}", src.ip());
-            46 - w.len()
+        let ip_len = write_ip(&mut ip_text, src.ip());
+        // One parse of the top Via serves the fix-up and the destination (§18.2.2).
+        let mut dst = src;
+        let add_received = match msg.top_via() {
+            Ok(v) => {
+                let rport = v.rport();
+                if rport.is_none() {
+                    dst.set_port(v.port.unwrap_or(5060));
+                }
+                rport.is_some() || v.host != &ip_text[..ip_len]
+            }
+            Err(_) => false,
         };
-        let (add_received, rport) = match msg.top_via() {
-            Ok(v) => (
-                v.rport().is_some() || v.host != &ip_text[..ip_len],
-                src.port(),
-            ),
-            Err(_) => (false, src.port()),
-        };
+        let rport = src.port();
         *tag_seq += 1;
         let mut to_tag = [0u8; 24];
         let to_tag_len = {
-            let mut w = &mut to_tag[..];
-            let _ = write!(w, "s{shard:x}.{:x}", *tag_seq);
-            24 - w.len()
+            let mut n = itoa::Buffer::new();
+            let mut len = 0;
+            for part in [&b"s"[..], n.format(shard).as_bytes()] {
+                to_tag[len..len + part.len()].copy_from_slice(part);
+                len += part.len();
+            }
+            to_tag[len] = b'.';
+            len += 1;
+            let seq = n.format(*tag_seq).as_bytes();
+            to_tag[len..len + seq.len()].copy_from_slice(seq);
+            len + seq.len()
         };
         Reply {
             msg,
             src,
-            dst: response_destination(msg, src),
+            dst,
             socket,
             sent_status: None,
             ip_text,
@@ -141,5 +177,19 @@ impl<'m, 'a> Reply<'m, 'a> {
     /// Sends bytes someone else wrote as a complete response (e.g. the registrar's).
     pub fn sent(&mut self, status: u16) {
         self.sent_status = Some(status);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ip_text() {
+        let mut b = [0u8; 46];
+        for ip in ["127.0.0.1", "255.255.255.255", "0.0.0.0", "2001:db8::1", "::ffff:192.0.2.1"] {
+            let n = write_ip(&mut b, ip.parse().unwrap());
+            assert_eq!(std::str::from_utf8(&b[..n]).unwrap(), ip);
+        }
     }
 }
