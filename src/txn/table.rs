@@ -8,13 +8,16 @@
 //! removed as soon as its machine reports `Terminated`.
 //!
 //! Memory per transaction (64-bit): the slab entry plus the map entry plus the key's heap
-//! bytes plus the stored messages. Measured by the `memory_per_transaction` test:
-//! a server entry is 112 bytes and a client entry 112 bytes; a map entry 24 bytes (the key's
-//! 16-byte box and the u32 index) and about 1/8 control byte; a key 40-90 heap bytes; the
-//! last response (server) or the request and, after a non-2xx, the ACK (client) are shared
-//! `Arc<[u8]>` with a 16-byte header. A typical UDP INVITE server transaction holding a
-//! 400-byte final response thus takes about 112 + 25 + 60 + 416 ≈ 610 bytes, plus wheel
-//! entries (40 bytes each) until its armed timers fire.
+//! bytes plus the stored messages. Measured by the `memory_per_transaction` test: a server
+//! slab slot is 116 bytes and a client slot 124 (the entry with its key box, machine, 32-byte
+//! `SocketAddr` and socket index, plus the slot generation); a map entry 24 bytes (the key's
+//! 16-byte box and the u32 index) plus one control byte; a key 20-90 heap bytes (RFC 3261
+//! server keys: 5 + method + branch + host; client keys: 2 + method + branch, 17 + branch);
+//! the last response (server) or the request and, after a non-2xx, the ACK (client) are
+//! `Arc<[u8]>` with a 16-byte header. A UDP INVITE server transaction holding a 400-byte
+//! final response thus takes about 116 + 25 + 60 + 416 ≈ 620 bytes, a client INVITE
+//! transaction with a 1000-byte request and its 350-byte ACK about 124 + 25 + 33 + 1016 +
+//! 366 ≈ 1560 bytes; plus a 32-byte wheel entry per armed timer until it fires.
 
 use std::net::SocketAddr;
 
@@ -585,4 +588,15 @@ impl core::fmt::Debug for TransactionTable {
             .field("timers", &self.wheel.len())
             .finish()
     }
+}
+
+/// The sizes of a server and a client slab slot and of a wheel entry (for the memory
+/// figures above; the wheel's entry adds deadline, links and generation to the payload).
+#[cfg(test)]
+pub(crate) fn entry_sizes() -> (usize, usize, usize) {
+    (
+        core::mem::size_of::<Option<ServerEntry>>() + 4,
+        core::mem::size_of::<Option<ClientEntry>>() + 4,
+        core::mem::size_of::<(u64, u32, u32, u32, Option<TimerRef>)>(),
+    )
 }
