@@ -161,13 +161,15 @@ impl ClientInviteTxn {
                     arm(&mut self.timers, out, Timer::M, m);
                     return ClientEvent::Final { status };
                 }
-                let mut ack = Vec::with_capacity(self.request.len().min(1024));
+                // The request is ours and parses; should it not, no ACK is sent and the
+                // server's retransmissions end with its Timer H.
                 if let Ok(request) = Message::parse(&self.request) {
+                    let mut ack = Vec::with_capacity(self.request.len().min(1024));
                     build_ack(&request, response, &mut ack);
+                    let ack: Bytes = ack.into();
+                    out.push(Action::Send(ack.clone()));
+                    self.ack = Some(ack);
                 }
-                let ack: Bytes = ack.into();
-                out.push(Action::Send(ack.clone()));
-                self.ack = Some(ack);
                 self.state = ClientState::Completed;
                 let d = cfg.duration(Timer::D, self.reliable);
                 if d == 0 {

@@ -269,6 +269,11 @@ mod tests {
             let changed = s.replacen(from, to, 1);
             assert_ne!(invite, skey(changed.as_bytes()), "{from}");
         }
+        // Only the top Via value counts, whether further values share its line or not.
+        let two_on_a_line = format!("{via}, SIP/2.0/UDP second.example.com");
+        let split = format!("{via}\r\nVia: SIP/2.0/UDP third.example.com");
+        assert_eq!(invite, skey(&req("INVITE", &two_on_a_line, "")));
+        assert_eq!(invite, skey(&req("INVITE", &split, "")));
         // The ACK carries the To tag of the response: it matches only without it.
         let ack_raw = req("ACK", via, ";tag=ours");
         let ack = Message::parse(&ack_raw).unwrap();

@@ -25,7 +25,7 @@ use std::sync::Arc;
 
 pub use client::{build_ack, ClientEvent, ClientInviteTxn, ClientNonInviteTxn, ClientState};
 pub use key::{invite_key_for_cancel, ClientKey, KeyError, ServerKey};
-pub use server::{AckOutcome, ServerInviteTxn, ServerNonInviteTxn, ServerState};
+pub use server::{AckOutcome, RespondError, ServerInviteTxn, ServerNonInviteTxn, ServerState};
 pub use table::{ClientTxnId, Match, ServerTxnId, TransactionTable, TxnError, TxnEvent, TxnOut};
 pub use timers::{Timer, TimerSlots, TxnConfig};
 

@@ -186,6 +186,39 @@ fn server_accepted_passes_ack_to_tu_and_unmatched_ack() {
 }
 
 #[test]
+fn server_transport_error_ends_the_transaction() {
+    let mut t = new_table();
+    let mut out = Vec::new();
+    let id = t
+        .new_server(&Message::parse(INVITE).unwrap(), src(), 0, false)
+        .unwrap();
+    let r = response(486, UAC_VIA, "INVITE", Some("srv"));
+    t.server_respond(id, 486, bytes(&r), 0, &mut out).unwrap();
+    out.clear();
+    t.server_transport_error(id, &mut out);
+    assert_eq!(
+        out,
+        vec![
+            TxnOut::Server {
+                id,
+                event: TxnEvent::TransportError
+            },
+            TxnOut::Server {
+                id,
+                event: TxnEvent::Terminated
+            }
+        ]
+    );
+    assert!(t.is_empty());
+    out.clear();
+    run_until(&mut t, 40_000, &mut out);
+    assert!(
+        out.is_empty(),
+        "the lazily cancelled G and H fire into nothing"
+    );
+}
+
+#[test]
 fn cancel_is_its_own_transaction_and_finds_its_invite() {
     let mut t = new_table();
     let mut out = Vec::new();
