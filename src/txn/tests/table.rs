@@ -105,7 +105,14 @@ fn server_invite_retransmission_ack_and_cleanup() {
     t.poll_timers(40_000, &mut out);
     assert!(out.is_empty());
     assert_eq!(t.pending_timers(), 0);
-    // A late retransmission is a new request again.
+    // Another transaction takes the freed slot; a late retransmission of the INVITE is a
+    // new request, not a match for it.
+    let options = request("OPTIONS", UAC_VIA, None);
+    let other = t
+        .new_server(&Message::parse(&options).unwrap(), src(), 0, false)
+        .unwrap();
+    assert_eq!(t.server_state(id), None);
+    assert_eq!(t.server_state(other), Some(ServerState::Trying));
     assert!(matches!(
         receive(&mut t, INVITE, 40_000, &mut out),
         Match::New(_)
@@ -353,6 +360,22 @@ fn client_invite_through_the_table() {
         }]
     );
     assert!(t.is_empty());
+    // The freed slot goes to another transaction; the old branch's responses are stray.
+    let key = ClientKey::new(b"z9hG4bKp9", b"INVITE");
+    t.new_client(
+        key,
+        bytes(PROXIED_INVITE),
+        next_hop(),
+        1,
+        false,
+        35_000,
+        &mut out,
+    )
+    .unwrap();
+    assert_eq!(
+        t.on_response(&Message::parse(&r486).unwrap(), 35_000, &mut out),
+        None
+    );
 }
 
 #[test]
