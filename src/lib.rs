@@ -14,3 +14,4 @@ pub mod shard;
 pub mod sip;
 pub mod timer;
 pub mod transport;
+pub mod txn;
