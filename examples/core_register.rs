@@ -20,7 +20,7 @@ fn main() {
         mode: Mode::Proxy,
         registrar: RegistrarSettings::default(),
     });
-    let mut core = Core::new(0, cfg, Arc::new(ShardStats::default()), None);
+    let mut core = Core::new(0, cfg, Arc::new(ShardStats::default()), None, &[]);
     let src = "127.0.0.1:5072".parse().unwrap();
     let msgs: Vec<Vec<u8>> = (0..n)
         .map(|i| {

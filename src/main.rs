@@ -47,12 +47,12 @@ fn main() {
     let core_cfg = Arc::new(core_config(&config));
     // The template authenticator stays here; each shard gets its own (shared secret and users).
     let auth = std::sync::Mutex::new(auth);
-    let make_core = Arc::new(move |id, stats| {
+    let make_core = Arc::new(move |id, stats, local: &[std::net::SocketAddr]| {
         let shard_auth = auth
             .lock()
             .ok()
             .and_then(|a| a.as_ref().map(|a| a.for_shard()));
-        Core::new(id, core_cfg.clone(), stats, shard_auth)
+        Core::new(id, core_cfg.clone(), stats, shard_auth, local)
     });
     let server = Server::start(&config, make_core).unwrap_or_else(|e| fail(e, 1));
     let stop = server.stop_flag();

@@ -93,13 +93,15 @@ Content-Length: 0\r\n\r\n";
         assert!(write_response_upstream(&mut out, &r));
         let u = Message::parse(&out).unwrap();
         u.validate().unwrap();
-        let branches: Vec<_> = u.vias().map(|v| v.unwrap().branch().unwrap().to_vec()).collect();
+        let branches: Vec<_> = u
+            .vias()
+            .map(|v| v.unwrap().branch().unwrap().to_vec())
+            .collect();
         assert_eq!(branches, vec![b"z9hG4bKa".to_vec(), b"z9hG4bKb".to_vec()]);
         // A Via line with one value disappears entirely.
-        let single = String::from_utf8(RESP.to_vec()).unwrap().replace(
-            ", SIP/2.0/UDP 192.0.2.1;branch=z9hG4bKa",
-            "",
-        );
+        let single = String::from_utf8(RESP.to_vec())
+            .unwrap()
+            .replace(", SIP/2.0/UDP 192.0.2.1;branch=z9hG4bKa", "");
         let r = Message::parse(single.as_bytes()).unwrap();
         let mut out = Vec::new();
         assert!(write_response_upstream(&mut out, &r));
@@ -128,7 +130,10 @@ CSeq: 4711 INVITE\r\nContent-Type: application/sdp\r\nContent-Length: 3\r\n\r\nv
         assert_eq!(c.top_via().unwrap().branch(), Some(&b"z9hG4bK-ss0.7"[..]));
         assert_eq!(c.cseq().unwrap().seq, 4711);
         assert_eq!(c.cseq().unwrap().method, b"CANCEL");
-        assert_eq!(c.header(HeaderName::Route), Some(&b"<sip:next.example.com;lr>"[..]));
+        assert_eq!(
+            c.header(HeaderName::Route),
+            Some(&b"<sip:next.example.com;lr>"[..])
+        );
         assert!(c.header(HeaderName::RecordRoute).is_none());
         assert_eq!(c.body(), b"");
         assert_eq!(c.to().unwrap().tag(), None);

@@ -1,5 +1,6 @@
-//! The proxy core (RFC 3261 §16). So far: the messages a proxy writes by splicing others'
-//! bytes (responses relayed upstream, CANCELs for forwarded INVITEs, branch values). The
-//! stateful proxy built on the transaction layer (`txn`) comes next.
+//! The proxy core (RFC 3261 §16): `stateful` forwards on the transaction layer (`txn`) with
+//! forking, CANCEL and record-routing; `messages` writes what a proxy splices from others'
+//! bytes (responses relayed upstream, CANCELs for forwarded INVITEs, branch values).
 
 pub mod messages;
+pub mod stateful;

@@ -12,6 +12,7 @@ mod reply;
 use crate::auth::{AuthOutcome, Authenticator};
 use crate::config::{Mode, RegistrarSettings};
 use crate::metrics::{DropReason, ShardStats};
+use crate::proxy::stateful::{next_hop, shard_of_branch, uri_address, Handled, Proxy, Target};
 use crate::registrar::{Registrar, RegistrarConfig, ResponseCtx};
 use crate::shard::ownership::{aor_hash, owner_shard};
 use crate::sip::{HeaderName, Message, Method, Scheme, Uri};
@@ -80,6 +81,9 @@ pub struct Core {
     /// When the nonce-count table is next pruned.
     next_auth_prune: u64,
     registrar: Registrar,
+    proxy: Proxy,
+    /// Number of shared listen sockets (socket indexes at or above are this shard's own).
+    listen_sockets: usize,
     /// Scratch buffer for AOR keys.
     key: Vec<u8>,
 }
@@ -88,11 +92,14 @@ pub struct Core {
 const AUTH_PRUNE_MS: u64 = 10_000;
 
 impl Core {
+    /// `local` lists this shard's socket addresses: the listen addresses, then (if any) the
+    /// shard's private port, which its Via and Record-Route name.
     pub fn new(
         shard: usize,
         cfg: Arc<CoreConfig>,
         stats: Arc<ShardStats>,
         auth: Option<Authenticator>,
+        local: &[SocketAddr],
     ) -> Core {
         let r = &cfg.registrar;
         let registrar = Registrar::new(RegistrarConfig {
@@ -102,6 +109,15 @@ impl Core {
             max_contacts_per_aor: r.max_contacts,
             canonical_domain: cfg.domains.first().cloned(),
         });
+        let listen_sockets = cfg.local_addrs.len();
+        let local: Vec<SocketAddr> = if local.is_empty() {
+            cfg.local_addrs.clone()
+        } else {
+            local.to_vec()
+        };
+        // The shard's own port if it has one, else the first listen address.
+        let own = local.len() - 1;
+        let proxy = Proxy::new(shard, local[own], own, local.clone());
         Core {
             shard,
             cfg,
@@ -110,6 +126,8 @@ impl Core {
             auth,
             next_auth_prune: 0,
             registrar,
+            proxy,
+            listen_sockets,
             key: Vec::with_capacity(128),
         }
     }
@@ -121,14 +139,21 @@ impl Core {
     /// When the core next needs [`Core::handle_timeout`], in ms.
     pub fn next_timeout(&self) -> Option<u64> {
         let auth = self.auth.as_ref().map(|_| self.next_auth_prune);
-        match (auth, self.registrar.next_timeout()) {
-            (Some(a), Some(r)) => Some(a.min(r)),
-            (a, r) => a.or(r),
-        }
+        [
+            auth,
+            self.registrar.next_timeout(),
+            self.proxy.next_timeout(),
+        ]
+        .into_iter()
+        .flatten()
+        .min()
     }
 
-    /// Runs expired timers: binding expiry and nonce-table pruning.
-    pub fn handle_timeout(&mut self, now_ms: u64) {
+    /// Runs expired timers: transactions, binding expiry and nonce-table pruning.
+    pub fn handle_timeout(&mut self, now_ms: u64, out: &mut Outbox) {
+        if self.proxy.next_timeout().is_some_and(|t| t <= now_ms) {
+            self.proxy.handle_timeout(now_ms, out);
+        }
         if self.registrar.next_timeout().is_some_and(|t| t <= now_ms) {
             self.registrar.poll_expired(now_ms);
             self.stats
@@ -148,13 +173,35 @@ impl Core {
         &self.registrar
     }
 
+    /// The shard's proxy (for tests: its state sizes).
+    pub fn proxy(&self) -> &Proxy {
+        &self.proxy
+    }
+
     /// The shard that owns this request: the To AOR for REGISTER, the Request-URI AOR for
     /// other requests. None when it cannot be told (then it is handled where it arrived).
-    fn owner(&self, msg: &Message<'_>) -> Option<usize> {
-        if self.cfg.shards <= 1 {
+    fn owner(&self, msg: &Message<'_>, socket: usize) -> Option<usize> {
+        if self.cfg.shards <= 1 || socket >= self.listen_sockets {
+            // Datagrams on the shard's own port are for this shard's transactions and dialogs.
             return None;
         }
-        let hash = match msg.method()? {
+        let Some(method) = msg.method() else {
+            // A response on the shared port: the shard that sent the request wrote its id
+            // into the branch.
+            let via = msg.top_via().ok()?;
+            return shard_of_branch(via.branch()?);
+        };
+        if msg.to().ok().and_then(|t| t.tag()).is_some() {
+            // In-dialog: the shard that record-routed named itself in the Route (`ss=`).
+            let route = msg.routes().next()?.ok()?.uri().ok()?;
+            let ss = route.param("ss")??;
+            return std::str::from_utf8(ss)
+                .ok()?
+                .parse()
+                .ok()
+                .filter(|&s| s < self.cfg.shards);
+        }
+        let hash = match method {
             Method::Register => aor_hash(&msg.to().ok()?.uri().ok()?)?,
             _ => aor_hash(&msg.request_uri().ok()?)?,
         };
@@ -197,25 +244,28 @@ impl Core {
                 return Disposition::Done;
             }
         };
-        let Some(method) = msg.method() else {
-            self.stats.received_responses.inc();
-            self.stats.dropped(DropReason::StrayResponse);
-            return Disposition::Done;
-        };
         if !handed_off {
-            if let Some(owner) = self.owner(&msg) {
+            if let Some(owner) = self.owner(&msg, socket) {
                 if owner != self.shard {
                     return Disposition::HandOff(owner);
                 }
             }
         }
+        let Some(method) = msg.method() else {
+            self.stats.received_responses.inc();
+            if msg.validate().is_err() || !self.proxy.response(&msg, now_ms, out) {
+                self.stats.dropped(DropReason::StrayResponse);
+            }
+            return Disposition::Done;
+        };
         self.stats.request(method);
-        let mut reply = Reply::new(&msg, src, socket, &mut self.tag_seq, self.shard);
         if method == Method::Ack {
-            // ACK never gets a response; without a transaction layer it is absorbed.
-            self.stats.dropped(DropReason::Ack);
+            // ACK is never answered: the transaction of a non-2xx absorbs it, the ACK of a
+            // 2xx goes on to the next hop.
+            self.ack(&msg, now_ms, out);
             return Disposition::Done;
         }
+        let mut reply = Reply::new(&msg, src, socket, &mut self.tag_seq, self.shard);
         match msg.validate() {
             Err(e) => reply.simple(out, e.status(), e.reason().as_bytes()),
             Ok(()) => self.dispatch(&msg, method, now_ms, &mut reply, out),
@@ -244,7 +294,10 @@ impl Core {
         match method {
             Method::Register => self.register(msg, &ruri, now_ms, reply, out),
             Method::Options if ruri.user.is_none() => self.options(msg, reply, out),
-            Method::Cancel => reply.simple(out, 481, b"Call/Transaction Does Not Exist"),
+            Method::Cancel => match self.proxy.cancel(msg, now_ms, out) {
+                Some(status) => reply.simple(out, status, b"OK"),
+                None => reply.simple(out, 481, b"Call/Transaction Does Not Exist"),
+            },
             Method::Other => reply.with(out, 501, b"Not Implemented", |o| {
                 crate::sip::write::header(o, "Allow", ALLOW)
             }),
@@ -350,8 +403,72 @@ impl Core {
             .set(self.registrar.binding_count() as u64);
     }
 
-    /// A request for a user (INVITE, MESSAGE, OPTIONS to a user, ...). Proxying is not built
-    /// yet, so these get the error a registrar-only server gives.
+    /// The ACK of a request: absorbed by the INVITE transaction it acknowledges (non-2xx), or
+    /// relayed statelessly to the next hop (2xx, §16.11 / §13.2.2.4).
+    fn ack(&mut self, msg: &Message<'_>, now_ms: u64, out: &mut Outbox) {
+        if msg.validate().is_err() {
+            self.stats.dropped(DropReason::Malformed);
+            return;
+        }
+        if self.proxy.absorb(msg, now_ms, out).is_some() {
+            return;
+        }
+        match next_hop(msg, &self.proxy).and_then(|(u, _)| uri_address(&u)) {
+            Some(dst) if !self.proxy.is_ours_addr(dst) => {
+                self.proxy.relay_stateless(msg, None, dst, out);
+            }
+            _ => self.stats.dropped(DropReason::Ack),
+        }
+    }
+
+    /// Digest-authenticates a request from one of our users (RFC 3261 §22.3, 407). Returns
+    /// false when a response was sent instead.
+    fn proxy_authorized(
+        &mut self,
+        msg: &Message<'_>,
+        now_ms: u64,
+        reply: &mut Reply<'_, '_>,
+        out: &mut Outbox,
+    ) -> bool {
+        let Some(auth) = &mut self.auth else {
+            return true;
+        };
+        match auth.check(msg, HeaderName::ProxyAuthorization, now_ms) {
+            AuthOutcome::Authenticated { user } => {
+                let from_user = msg
+                    .from()
+                    .ok()
+                    .and_then(|f| f.uri().ok())
+                    .and_then(|u| u.user);
+                if from_user
+                    .is_some_and(|u| crate::sip::uri::eq_unescaped(u, user.as_bytes(), false))
+                {
+                    true
+                } else {
+                    reply.simple(
+                        out,
+                        403,
+                        b"Forbidden (From does not match the authenticated user)",
+                    );
+                    false
+                }
+            }
+            AuthOutcome::Challenge { stale } => {
+                let auth = &*auth;
+                reply.with(out, 407, b"Proxy Authentication Required", |o| {
+                    auth.write_challenge(o, "Proxy-Authenticate", stale, now_ms)
+                });
+                false
+            }
+            AuthOutcome::BadRequest(why) => {
+                reply.simple(out, 400, format!("Bad Request ({why})").as_bytes());
+                false
+            }
+        }
+    }
+
+    /// A request for a user (INVITE, MESSAGE, OPTIONS to a user, BYE in a dialog, ...):
+    /// proxied (RFC 3261 §16), redirected (§8.3) or refused.
     fn for_user(
         &mut self,
         msg: &Message<'_>,
@@ -360,22 +477,55 @@ impl Core {
         reply: &mut Reply<'_, '_>,
         out: &mut Outbox,
     ) {
+        if self.proxy.absorb(msg, now_ms, out).is_some() {
+            return;
+        }
+        if msg.max_forwards().ok().flatten() == Some(0) {
+            return reply.simple(out, 483, b"Too Many Hops");
+        }
+        let proxy_require: Vec<&[u8]> = msg
+            .option_tags(HeaderName::ProxyRequire)
+            .flatten()
+            .collect();
+        if !proxy_require.is_empty() {
+            return reply.with(out, 420, b"Bad Extension", |o| {
+                crate::sip::write::header(o, "Unsupported", &proxy_require.join(&b", "[..]))
+            });
+        }
+        let response_dst = reply.destination();
+        let in_socket = reply.socket();
         if msg.to().ok().and_then(|t| t.tag()).is_some() {
-            return reply.simple(out, 481, b"Call/Transaction Does Not Exist");
+            // In-dialog: loose routing to the next hop (§16.12).
+            let Some(dst) = next_hop(msg, &self.proxy).and_then(|(u, _)| uri_address(&u)) else {
+                return reply.simple(out, 404, b"Not Found (no route for this dialog)");
+            };
+            if self.proxy.is_ours_addr(dst) {
+                return reply.simple(out, 482, b"Loop Detected");
+            }
+            let target = [Target { uri: b"", dst }];
+            self.proxy
+                .forward(msg, response_dst, in_socket, &target, false, now_ms, out);
+            return;
         }
         if !ruri.is_sip() || !self.cfg.is_our_host(ruri.host) {
             return reply.simple(out, 403, b"Forbidden (relaying denied)");
         }
+        if !self.proxy_authorized(msg, now_ms, reply, out) {
+            return;
+        }
         self.key.clear();
         self.registrar.write_aor_key(ruri, &mut self.key);
-        let mut bindings = self.registrar.lookup(&self.key, now_ms).peekable();
-        if bindings.peek().is_none() {
+        let mut bindings: Vec<&crate::registrar::Binding> =
+            self.registrar.lookup(&self.key, now_ms).collect();
+        if bindings.is_empty() {
             return reply.simple(out, 480, b"Temporarily Unavailable");
         }
+        // Highest q first (§16.6: a proxy may use q-values to order targets).
+        bindings.sort_by(|a, b| b.q().cmp(&a.q()));
         if self.cfg.mode == Mode::Redirect {
             // RFC 3261 §8.3: 302 with the current bindings as Contacts.
             return reply.with(out, 302, b"Moved Temporarily", |o| {
-                for b in bindings {
+                for b in &bindings {
                     o.extend_from_slice(b"Contact: <");
                     o.extend_from_slice(b.contact_uri());
                     o.push(b'>');
@@ -387,6 +537,28 @@ impl Core {
                 }
             });
         }
-        reply.simple(out, 501, b"Not Implemented (proxying is not available yet)")
+        let targets: Vec<Target<'_>> = bindings
+            .iter()
+            .map(|b| Target {
+                uri: b.contact_uri(),
+                dst: Uri::parse(b.contact_uri())
+                    .ok()
+                    .and_then(|u| uri_address(&u))
+                    .unwrap_or_else(|| b.source()),
+            })
+            .collect();
+        if self.cfg.mode == Mode::Stateless {
+            // §16.11: no transaction state; the first (best) target only.
+            let t = targets[0];
+            self.proxy.relay_stateless(msg, Some(t.uri), t.dst, out);
+            return;
+        }
+        match self
+            .proxy
+            .forward(msg, response_dst, in_socket, &targets, true, now_ms, out)
+        {
+            Handled::Answered(status) => reply.sent(status),
+            _ => {}
+        }
     }
 }

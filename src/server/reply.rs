@@ -187,7 +187,13 @@ mod tests {
     #[test]
     fn ip_text() {
         let mut b = [0u8; 46];
-        for ip in ["127.0.0.1", "255.255.255.255", "0.0.0.0", "2001:db8::1", "::ffff:192.0.2.1"] {
+        for ip in [
+            "127.0.0.1",
+            "255.255.255.255",
+            "0.0.0.0",
+            "2001:db8::1",
+            "::ffff:192.0.2.1",
+        ] {
             let n = write_ip(&mut b, ip.parse().unwrap());
             assert_eq!(std::str::from_utf8(&b[..n]).unwrap(), ip);
         }

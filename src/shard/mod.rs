@@ -76,7 +76,8 @@ pub struct Server {
 
 /// Builds one shard's core from the configuration. Kept separate so the registrar and
 /// authenticator can be added in one place.
-pub type CoreFactory = dyn Fn(usize, Arc<crate::metrics::ShardStats>) -> Core + Send + Sync;
+pub type CoreFactory =
+    dyn Fn(usize, Arc<crate::metrics::ShardStats>, &[SocketAddr]) -> Core + Send + Sync;
 
 impl Server {
     /// Binds every shard's sockets (so bind errors come back here), then starts the threads.
@@ -106,7 +107,7 @@ impl Server {
             let waker = peers[id].waker.clone();
             let transport = make_transport(config.io, socks, waker)?;
             backends.push(transport.name());
-            let core = make_core(id, registry.shards[id].clone());
+            let core = make_core(id, registry.shards[id].clone(), &local_addrs[id]);
             let ctx = runtime::ShardContext {
                 id,
                 core,

@@ -114,7 +114,7 @@ pub fn run(mut ctx: ShardContext) {
             handed.push(h.received);
         }
         if ctx.core.next_timeout().is_some_and(|t| t <= now_ms) {
-            ctx.core.handle_timeout(now_ms);
+            ctx.core.handle_timeout(now_ms, &mut out);
         }
         if !out.is_empty() {
             let n = out.len() as u64;
@@ -150,10 +150,10 @@ pub fn run(mut ctx: ShardContext) {
                 continue;
             }
             let now = ctx.clock.now_ms();
-            let mut timeout = ctx
-                .core
-                .next_timeout()
-                .map_or(200, |t| t.saturating_sub(now).min(200)) as i32;
+            let mut timeout =
+                ctx.core
+                    .next_timeout()
+                    .map_or(200, |t| t.saturating_sub(now).min(200)) as i32;
             if !hist.is_empty() {
                 let left = MERGE_EVERY.saturating_sub(last_merge.elapsed());
                 timeout = timeout.min(left.as_millis() as i32 + 1);
