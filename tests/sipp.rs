@@ -178,3 +178,135 @@ fn sipp_10k_digest_registrations_over_1k_users() {
     );
     assert_eq!(s.metric("sipshard_bindings"), Some(1000.0));
 }
+
+/// A SIPp process in the background, killed when dropped.
+struct Background(std::process::Child);
+
+impl Drop for Background {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn free_udp_port() -> u16 {
+    free_port()
+}
+
+/// Registers `user` with Contact at 127.0.0.1:`port` (SIPp's own socket), then starts the
+/// SIPp UAS `scenario` on that port for `calls` calls.
+fn callee(
+    dir: &Path,
+    s: &ServerProcess,
+    user: &str,
+    port: u16,
+    scenario_name: &str,
+    calls: usize,
+) -> Background {
+    let csv = dir.join(format!("callee-{user}.csv"));
+    std::fs::write(&csv, format!("SEQUENTIAL\n{user}\n")).unwrap();
+    let reg = scenario("register.xml");
+    let st = Command::new("timeout")
+        .args(["20", "sipp"])
+        .arg(s.addr.to_string())
+        .args(["-sf", reg.to_str().unwrap(), "-inf", csv.to_str().unwrap()])
+        .args(["-p", &port.to_string(), "-m", "1", "-nostdin"])
+        .current_dir(dir)
+        .output()
+        .unwrap();
+    assert!(st.status.success(), "callee registration failed");
+    let uas = scenario(scenario_name);
+    let child = Command::new("sipp")
+        .args(["-sf", uas.to_str().unwrap(), "-p", &port.to_string()])
+        .args([
+            "-m",
+            &calls.to_string(),
+            "-nostdin",
+            "-buff_size",
+            "4194304",
+        ])
+        .current_dir(dir)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    Background(child)
+}
+
+#[test]
+fn sipp_calls_through_the_record_routing_proxy() {
+    if !sipp_available() {
+        return;
+    }
+    let dir = scratch("calls");
+    let s = ServerProcess::start_with(&["--shards", "2"], true);
+    let _uas = callee(&dir, &s, "callee", free_udp_port(), "uas.xml", 2000);
+    let csv = dir.join("callee-callee.csv");
+    let sf = scenario("uac.xml");
+    let r = run_sipp(
+        &dir,
+        &s,
+        &[
+            "-sf",
+            sf.to_str().unwrap(),
+            "-inf",
+            csv.to_str().unwrap(),
+            "-m",
+            "2000",
+            "-r",
+            "500",
+            "-d",
+            "50",
+        ],
+    );
+    assert_eq!(r.failed, 0, "failed calls");
+    assert_eq!(r.retransmissions, 0, "retransmissions");
+    assert_eq!(r.successful, 2000);
+    assert_eq!(
+        s.metric("sipshard_requests_received_total{method=\"INVITE\"}"),
+        Some(2000.0)
+    );
+    assert_eq!(
+        s.metric("sipshard_requests_received_total{method=\"BYE\"}"),
+        Some(2000.0)
+    );
+    // ACKs of the 2xx pass through the proxy (record-routed), one per call.
+    assert_eq!(
+        s.metric("sipshard_requests_received_total{method=\"ACK\"}"),
+        Some(2000.0)
+    );
+}
+
+#[test]
+fn sipp_cancel_before_answer() {
+    if !sipp_available() {
+        return;
+    }
+    let dir = scratch("cancel");
+    let s = ServerProcess::start_with(&["--shards", "1"], true);
+    let _uas = callee(&dir, &s, "ringer", free_udp_port(), "uas-cancel.xml", 200);
+    let csv = dir.join("callee-ringer.csv");
+    let sf = scenario("uac-cancel.xml");
+    let r = run_sipp(
+        &dir,
+        &s,
+        &[
+            "-sf",
+            sf.to_str().unwrap(),
+            "-inf",
+            csv.to_str().unwrap(),
+            "-m",
+            "200",
+            "-r",
+            "100",
+        ],
+    );
+    assert_eq!(r.failed, 0, "failed calls");
+    assert_eq!(r.retransmissions, 0, "retransmissions");
+    assert_eq!(r.successful, 200);
+    assert_eq!(
+        s.metric("sipshard_requests_received_total{method=\"CANCEL\"}"),
+        Some(200.0)
+    );
+}
