@@ -106,33 +106,50 @@ impl HeaderName {
                 _ => Other,
             };
         }
-        // Candidates share a length; compare case-insensitively against each.
-        let candidates: &[HeaderName] = match name.len() {
-            2 => &[To],
-            3 => &[Via],
-            4 => &[From, CSeq, Path, Date],
-            5 => &[Route, Allow, Event],
-            6 => &[Accept],
-            7 => &[CallId, Contact, Expires, Require, Subject],
-            8 => &[ReferTo],
-            9 => &[Supported],
-            10 => &[UserAgent],
-            11 => &[MinExpires, ReferredBy, Unsupported],
-            12 => &[MaxForwards, RecordRoute, ContentType],
-            13 => &[Authorization, ProxyRequire],
-            14 => &[ContentLength],
-            15 => &[SessionExpires],
-            16 => &[WwwAuthenticate, ContentEncoding],
-            18 => &[ProxyAuthenticate],
-            19 => &[ProxyAuthorization],
-            _ => &[],
+        // Among the names of one length, the first letter (and for Call-ID / Contact the
+        // second) picks the only candidate; one case-insensitive compare then decides.
+        // `| 0x20` lowers ASCII letters and maps no other byte onto a letter.
+        let first = name.first().map_or(0, |&c| c | 0x20);
+        let candidate = match (name.len(), first) {
+            (2, b't') => To,
+            (3, b'v') => Via,
+            (4, b'f') => From,
+            (4, b'c') => CSeq,
+            (4, b'p') => Path,
+            (4, b'd') => Date,
+            (5, b'r') => Route,
+            (5, b'a') => Allow,
+            (5, b'e') => Event,
+            (6, b'a') => Accept,
+            (7, b'c') if name[1] | 0x20 == b'a' => CallId,
+            (7, b'c') => Contact,
+            (7, b'e') => Expires,
+            (7, b'r') => Require,
+            (7, b's') => Subject,
+            (8, b'r') => ReferTo,
+            (9, b's') => Supported,
+            (10, b'u') => UserAgent,
+            (11, b'm') => MinExpires,
+            (11, b'r') => ReferredBy,
+            (11, b'u') => Unsupported,
+            (12, b'm') => MaxForwards,
+            (12, b'r') => RecordRoute,
+            (12, b'c') => ContentType,
+            (13, b'a') => Authorization,
+            (13, b'p') => ProxyRequire,
+            (14, b'c') => ContentLength,
+            (15, b's') => SessionExpires,
+            (16, b'w') => WwwAuthenticate,
+            (16, b'c') => ContentEncoding,
+            (18, b'p') => ProxyAuthenticate,
+            (19, b'p') => ProxyAuthorization,
+            _ => return Other,
         };
-        for &c in candidates {
-            if name.eq_ignore_ascii_case(c.as_str().as_bytes()) {
-                return c;
-            }
+        if name.eq_ignore_ascii_case(candidate.as_str().as_bytes()) {
+            candidate
+        } else {
+            Other
         }
-        Other
     }
 }
 

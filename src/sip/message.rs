@@ -110,8 +110,10 @@ pub struct Message<'a> {
     conflicting_length: bool,
 }
 
+// All-zero (`Via` is discriminant 0) so the table is initialised with a plain memset; slots
+// past `n_headers` are never read.
 const EMPTY_SLOT: HeaderSlot = HeaderSlot {
-    name: HeaderName::Other,
+    name: HeaderName::Via,
     name_span: Span { start: 0, end: 0 },
     value: Span { start: 0, end: 0 },
 };

@@ -47,7 +47,7 @@ pub fn is_word_char(c: u8) -> bool {
 /// splitter only lets CR/LF into a value span when a continuation line follows, so inside a
 /// value they always mean LWS.
 #[inline]
-pub fn is_lws(c: u8) -> bool {
+pub const fn is_lws(c: u8) -> bool {
     matches!(c, b' ' | b'\t' | b'\r' | b'\n')
 }
 
@@ -101,6 +101,36 @@ pub fn parse_u64(s: &[u8], max: u64) -> Result<u64, bool> {
     } else {
         Ok(v)
     }
+}
+
+/// Position of the first `needle` in `s`. URIs and header values are short, where the call
+/// and set-up cost of `memchr` dominates; this scans eight bytes per step in a `u64` (the
+/// classic "has zero byte" test) and hands long inputs to `memchr`.
+#[inline]
+pub fn find_byte(needle: u8, s: &[u8]) -> Option<usize> {
+    const LO: u64 = u64::from_ne_bytes([0x01; 8]);
+    const HI: u64 = u64::from_ne_bytes([0x80; 8]);
+    if s.len() >= 64 {
+        return memchr::memchr(needle, s);
+    }
+    let pattern = LO * needle as u64;
+    let mut chunks = s.chunks_exact(8);
+    let mut base = 0;
+    for chunk in &mut chunks {
+        let w = u64::from_le_bytes(chunk.try_into().unwrap_or([0; 8])) ^ pattern;
+        // Bytes equal to `needle` are now zero. The lowest set bit of the mask is exact (a
+        // borrow can only spread upwards from a real zero byte).
+        let zero = w.wrapping_sub(LO) & !w & HI;
+        if zero != 0 {
+            return Some(base + (zero.trailing_zeros() / 8) as usize);
+        }
+        base += 8;
+    }
+    chunks
+        .remainder()
+        .iter()
+        .position(|&c| c == needle)
+        .map(|i| base + i)
 }
 
 /// A forward-only cursor over a header value. Positions are indices into `s`.
@@ -295,6 +325,23 @@ mod tests {
         assert_eq!(parts.len(), 2);
         assert_eq!(parts[0], br#""a,b" <sip:x@y;p=1,2>;q=1"#);
         assert_eq!(parts[1], b"<sip:z>");
+    }
+
+    #[test]
+    fn find_byte_matches_position() {
+        let hay: Vec<u8> = (0..200u32).map(|i| (i * 7 % 251) as u8).collect();
+        for len in 0..hay.len() {
+            for needle in [0u8, 1, 7, 0x80, 0xff, b'@', hay[len / 2]] {
+                let s = &hay[..len];
+                assert_eq!(
+                    find_byte(needle, s),
+                    s.iter().position(|&c| c == needle),
+                    "len {len} needle {needle}"
+                );
+            }
+        }
+        assert_eq!(find_byte(b':', b"\x80\x80\x80:"), Some(3));
+        assert_eq!(find_byte(0, b"\x01\x00\x01\x00aaaaaaaa"), Some(1));
     }
 
     #[test]
