@@ -582,7 +582,16 @@ impl<'a> Uri<'a> {
 const MUST_MATCH: [&[u8]; 5] = [b"user", b"ttl", b"method", b"maddr", b"transport"];
 
 fn params_equal(a: &Uri<'_>, b: &Uri<'_>, all: bool) -> bool {
-    for (name, va) in a.param_iter() {
+    for (i, (name, va)) in a.param_iter().enumerate() {
+        // A repeated parameter: only its first occurrence counts, as for `Uri::param` (the
+        // lookup in `b` below finds b's first one too). Comparing later ones against b's first
+        // made a URI with `;maddr=x;maddr=y` unequal to itself.
+        if a.param_iter()
+            .take(i)
+            .any(|(n, _)| eq_unescaped(n, name, true))
+        {
+            continue;
+        }
         let vb = b
             .param_iter()
             .find(|(n, _)| eq_unescaped(n, name, true))
@@ -613,10 +622,14 @@ fn headers_equal(a: &Uri<'_>, b: &Uri<'_>) -> bool {
     if a.header_iter().count() != b.header_iter().count() {
         return false;
     }
-    a.header_iter().all(|(n, v)| {
-        b.header_iter()
-            .any(|(n2, v2)| eq_unescaped(n, n2, true) && eq_unescaped(v, v2, false))
-    })
+    // Both directions, so that repeated headers keep the comparison symmetric.
+    let contained = |x: &Uri<'_>, y: &Uri<'_>| {
+        x.header_iter().all(|(n, v)| {
+            y.header_iter()
+                .any(|(n2, v2)| eq_unescaped(n, n2, true) && eq_unescaped(v, v2, false))
+        })
+    };
+    contained(a, b) && contained(b, a)
 }
 
 /// Iterator over the bytes of `s` with `%HH` escapes decoded.
@@ -690,6 +703,20 @@ static PARAM_OR_EQ: [bool; 256] = param_or_eq_table();
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Found by fuzzing: a URI with a repeated parameter was not equal to itself.
+    #[test]
+    fn equality_is_reflexive_and_symmetric_with_repeated_params_and_headers() {
+        let a = Uri::parse(b"sip:UserB@example.com;maddr=ss1example.com;maddr=ss1.example.com")
+            .unwrap();
+        assert!(a.equals(&a));
+        let b = Uri::parse(b"sip:UserB@example.com;maddr=ss1example.com").unwrap();
+        assert_eq!(a.equals(&b), b.equals(&a));
+        let h1 = Uri::parse(b"sip:a@h?x=1&x=1").unwrap();
+        let h2 = Uri::parse(b"sip:a@h?x=1&x=2").unwrap();
+        assert!(h1.equals(&h1) && h2.equals(&h2));
+        assert!(!h1.equals(&h2) && !h2.equals(&h1));
+    }
 
     #[test]
     fn hosts() {
