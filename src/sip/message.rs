@@ -232,10 +232,11 @@ impl<'a> Message<'a> {
                 continue;
             }
             // name *(SP/HT) ":" value
-            let mut i = pos;
-            while i < end && is_token_char(buf[i]) {
-                i += 1;
-            }
+            let mut i = pos
+                + buf[pos..end]
+                    .iter()
+                    .position(|&c| !is_token_char(c))
+                    .unwrap_or(end - pos);
             let name_end = i;
             while i < end && matches!(buf[i], b' ' | b'\t') {
                 i += 1;

@@ -30,7 +30,19 @@ const fn word_table() -> [bool; 256] {
     t
 }
 
+/// The bytes [`CommaSplit`] has to look at: quotes, escapes, angle brackets and commas.
+const fn comma_special_table() -> [bool; 256] {
+    let mut t = [false; 256];
+    t[b'"' as usize] = true;
+    t[b'\\' as usize] = true;
+    t[b'<' as usize] = true;
+    t[b'>' as usize] = true;
+    t[b',' as usize] = true;
+    t
+}
+
 static TOKEN: [bool; 256] = token_table();
+static COMMA_SPECIAL: [bool; 256] = comma_special_table();
 static WORD: [bool; 256] = word_table();
 
 #[inline]
@@ -285,6 +297,11 @@ impl<'a> Iterator for CommaSplit<'a> {
         let mut in_angle = false;
         while i < s.len() {
             let c = s[i];
+            if !COMMA_SPECIAL[c as usize] {
+                // Changes no state inside or outside quotes.
+                i += 1;
+                continue;
+            }
             if in_quote {
                 match c {
                     b'\\' => i += 1,

@@ -374,16 +374,18 @@ impl<'a> Uri<'a> {
             }
             None => (None, None, rest),
         };
-        let (before_headers, headers) = match find_byte(b'?', after_user) {
+        let question = find_byte(b'?', after_user);
+        let (before_headers, headers) = match question {
             Some(q) => (&after_user[..q], &after_user[q + 1..]),
             None => (after_user, &b""[..]),
         };
-        let (hostport, params) = match find_byte(b';', before_headers) {
+        let semicolon = find_byte(b';', before_headers);
+        let (hostport, params) = match semicolon {
             Some(s) => (&before_headers[..s], &before_headers[s + 1..]),
             None => (before_headers, &b""[..]),
         };
         let (host, host_kind, port) = split_hostport(hostport)?;
-        if !params.is_empty() || find_byte(b';', before_headers).is_some() {
+        if semicolon.is_some() {
             for p in params.split(|&c| c == b';') {
                 let (name, value) = match find_byte(b'=', p) {
                     Some(e) => (&p[..e], Some(&p[e + 1..])),
@@ -401,7 +403,7 @@ impl<'a> Uri<'a> {
                 }
             }
         }
-        if find_byte(b'?', after_user).is_some() {
+        if question.is_some() {
             if headers.is_empty() {
                 return Err(UriError::BadHeaders);
             }

@@ -365,7 +365,10 @@ Subject: first\r\n second\r\nContent-Length: 3\r\n\r\nabc"
         );
         let again = Message::parse(&out).unwrap();
         assert_eq!(again.status(), Some(180));
-        assert_eq!(again.header(HeaderName::Subject), Some(&b"first\r\n second"[..]));
+        assert_eq!(
+            again.header(HeaderName::Subject),
+            Some(&b"first\r\n second"[..])
+        );
         let raw = b"OPTIONS sip:x@y SIP/2.0\r\nVia: SIP/2.0/UDP h\r\n\r\nxyz";
         let out = canonical(raw);
         assert!(out.ends_with(b"Content-Length: 3\r\n\r\nxyz"));
