@@ -62,16 +62,21 @@ fn within(buf: &[u8], part: &[u8]) -> bool {
     part.is_empty() || (p >= b && p + part.len() <= b + buf.len())
 }
 
+/// (method, Request-URI, status, reason) as written.
+type StartParts<'a> = (
+    Option<&'a [u8]>,
+    Option<&'a [u8]>,
+    Option<u16>,
+    Option<&'a [u8]>,
+);
+/// (name, the name as written for unknown headers, value).
+type HeaderLine<'a> = (HeaderName, Option<&'a [u8]>, &'a [u8]);
+
 /// What a message says, compared across the canonical round trip.
 #[derive(Debug, PartialEq)]
 struct View<'a> {
-    start: (
-        Option<&'a [u8]>,
-        Option<&'a [u8]>,
-        Option<u16>,
-        Option<&'a [u8]>,
-    ),
-    headers: Vec<(HeaderName, Option<&'a [u8]>, &'a [u8])>,
+    start: StartParts<'a>,
+    headers: Vec<HeaderLine<'a>>,
     body: &'a [u8],
     vias: Vec<String>,
     from_tag: Option<&'a [u8]>,
@@ -136,7 +141,7 @@ fn check(buf: &[u8]) {
         assert!(within(buf, v.host) && within(buf, v.transport) && within(buf, v.params.raw()));
         assert!(!v.transport.is_empty());
         for (n, val) in v.params.iter() {
-            assert!(within(buf, n) && val.is_none_or(|x| within(buf, x)));
+            assert!(within(buf, n) && val.map_or(true, |x| within(buf, x)));
         }
     }
     let mut addrs = Vec::new();
@@ -147,7 +152,7 @@ fn check(buf: &[u8]) {
     addrs.extend(msg.record_routes().flatten());
     addrs.extend(msg.paths().flatten());
     for a in &addrs {
-        assert!(within(buf, a.uri_raw) && a.tag().is_none_or(|t| within(buf, t)));
+        assert!(within(buf, a.uri_raw) && a.tag().map_or(true, |t| within(buf, t)));
         assert!(a.uri().is_ok(), "a parsed name-addr has a parseable URI");
     }
     if let Ok(c) = msg.call_id() {
@@ -461,10 +466,7 @@ fn every_seed_round_trips_and_survives_truncation_anywhere() {
         }
     }
     // The typical messages at least must be valid, or the round-trip property is vacuous.
-    assert!(
-        valid >= messages::ALL.len() + 1,
-        "only {valid} seeds are valid"
-    );
+    assert!(valid > messages::ALL.len(), "only {valid} seeds are valid");
 }
 
 #[test]

@@ -224,6 +224,48 @@ fn eq_folded(name: &[u8], f: &Folded) -> bool {
 }
 
 #[cfg(test)]
+const ALL: [HeaderName; KNOWN_HEADERS] = ALL_KNOWN;
+
+/// Every named variant, in discriminant order.
+const ALL_KNOWN: [HeaderName; KNOWN_HEADERS] = {
+    use HeaderName::*;
+    [
+        Via,
+        From,
+        To,
+        CallId,
+        CSeq,
+        MaxForwards,
+        Contact,
+        Expires,
+        MinExpires,
+        Route,
+        RecordRoute,
+        Authorization,
+        ProxyAuthorization,
+        WwwAuthenticate,
+        ProxyAuthenticate,
+        ContentType,
+        ContentLength,
+        Require,
+        ProxyRequire,
+        Supported,
+        Path,
+        Date,
+        Allow,
+        Accept,
+        Unsupported,
+        Subject,
+        ContentEncoding,
+        Event,
+        ReferTo,
+        ReferredBy,
+        SessionExpires,
+        UserAgent,
+    ]
+};
+
+#[cfg(test)]
 mod tests {
     use super::*;
 
@@ -284,45 +326,3 @@ mod tests {
         }
     }
 }
-
-#[cfg(test)]
-const ALL: [HeaderName; KNOWN_HEADERS] = ALL_KNOWN;
-
-/// Every named variant, in discriminant order.
-const ALL_KNOWN: [HeaderName; KNOWN_HEADERS] = {
-    use HeaderName::*;
-    [
-        Via,
-        From,
-        To,
-        CallId,
-        CSeq,
-        MaxForwards,
-        Contact,
-        Expires,
-        MinExpires,
-        Route,
-        RecordRoute,
-        Authorization,
-        ProxyAuthorization,
-        WwwAuthenticate,
-        ProxyAuthenticate,
-        ContentType,
-        ContentLength,
-        Require,
-        ProxyRequire,
-        Supported,
-        Path,
-        Date,
-        Allow,
-        Accept,
-        Unsupported,
-        Subject,
-        ContentEncoding,
-        Event,
-        ReferTo,
-        ReferredBy,
-        SessionExpires,
-        UserAgent,
-    ]
-};

@@ -70,7 +70,7 @@ impl<'a> Via<'a> {
             }
             None => None,
         };
-        let params = Params::scan(&mut c).map_err(|e| e)?;
+        let params = Params::scan(&mut c)?;
         if !only_lws(c.rest()) {
             return Err(c.pos);
         }
