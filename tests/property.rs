@@ -9,7 +9,7 @@
 //! round-trips: parse(write_message(parse(x))) has the same start line, header (name, value)
 //! sequence apart from Content-Length, body, Vias, tags, CSeq and Call-ID.
 //!
-//! Cases: `SIPSHARD_PROPTEST_CASES` (default 2000 with optimisations, 400 without).
+//! Cases: `SIPSHARD_PROPTEST_CASES` (default 10 000 with optimisations, 500 without).
 
 use proptest::prelude::*;
 use proptest::test_runner::{Config, TestRunner};
@@ -429,7 +429,7 @@ fn cases() -> u32 {
     std::env::var("SIPSHARD_PROPTEST_CASES")
         .ok()
         .and_then(|v| v.parse().ok())
-        .unwrap_or(if cfg!(debug_assertions) { 400 } else { 2000 })
+        .unwrap_or(if cfg!(debug_assertions) { 500 } else { 10_000 })
 }
 
 #[test]

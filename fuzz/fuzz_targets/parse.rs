@@ -35,7 +35,15 @@ fuzz_target!(|data: &[u8]| {
         assert!(slot.value.start <= slot.value.end && slot.value.end as usize <= len);
         assert!(slot.name_span.end as usize <= len);
         black_box(msg.slice(slot.name_span));
+        // Raw access by name: first value, every value, the slot.
+        black_box((msg.header(slot.name), msg.first_slot(slot.name)));
+        black_box(msg.header_all(slot.name).count());
+        if let Ok(name) = std::str::from_utf8(msg.slice(slot.name_span)) {
+            black_box(msg.header_by_name(name));
+        }
     }
+    black_box((msg.buf(), msg.len(), msg.headers_offset(), msg.start_offset()));
+    black_box((msg.request_uri_bytes(), msg.request_uri_span(), msg.is_request()));
     assert!(msg.body_span().end as usize <= len);
     if let (Some(cl), false) = (msg.content_length(), msg.has_conflicting_content_length()) {
         assert_eq!(msg.body().len(), cl as usize);
