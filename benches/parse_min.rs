@@ -3,7 +3,8 @@
 //! fastest batch (ns per message), i.e. the time when the benchmark was not preempted.
 //! On a busy machine criterion's medians move with the load; these minima move much less.
 //!
-//! `flock /tmp/bench.lock cargo bench --bench parse_min` (env `PARSE_MIN_ROUNDS`, default 2000).
+//! `flock /tmp/bench.lock cargo bench --bench parse_min` (env `PARSE_MIN_ROUNDS`, default 2000;
+//! `PARSE_MIN_ONLY=sipshard` measures one parser, for quick before/after checks).
 
 use std::hint::black_box;
 use std::time::Instant;
@@ -24,6 +25,7 @@ fn main() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(2000);
+    let only = std::env::var("PARSE_MIN_ONLY").ok();
     let mut best = vec![[f64::INFINITY; PARSERS.len()]; messages::ALL.len()];
     // Batch sizes giving roughly 50-100 µs per batch.
     let batch = |p: usize| if p == 0 { 64 } else { 16 };
@@ -34,7 +36,10 @@ fn main() {
     }
     for _ in 0..rounds {
         for (m, (_, raw)) in messages::ALL.iter().enumerate() {
-            for (p, (_, f)) in PARSERS.iter().enumerate() {
+            for (p, (pname, f)) in PARSERS.iter().enumerate() {
+                if only.as_deref().is_some_and(|o| o != *pname) {
+                    continue;
+                }
                 let n = batch(p);
                 let t = Instant::now();
                 for _ in 0..n {

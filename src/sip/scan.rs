@@ -207,33 +207,22 @@ impl<'a> Cursor<'a> {
     /// Consumes a token; returns it, or None if there is none here.
     #[inline]
     pub fn token(&mut self) -> Option<&'a [u8]> {
-        let start = self.pos;
-        while let Some(c) = self.peek() {
-            if is_token_char(c) {
-                self.pos += 1;
-            } else {
-                break;
-            }
-        }
-        if self.pos > start {
-            Some(&self.s[start..self.pos])
-        } else {
+        let t = self.take_while(is_token_char);
+        if t.is_empty() {
             None
+        } else {
+            Some(t)
         }
     }
 
     /// Consumes bytes while `f` holds; returns them (possibly empty).
     #[inline]
     pub fn take_while(&mut self, f: impl Fn(u8) -> bool) -> &'a [u8] {
-        let start = self.pos;
-        while let Some(c) = self.peek() {
-            if f(c) {
-                self.pos += 1;
-            } else {
-                break;
-            }
-        }
-        &self.s[start..self.pos]
+        let start = self.pos.min(self.s.len());
+        let rest = &self.s[start..];
+        let n = rest.iter().position(|&c| !f(c)).unwrap_or(rest.len());
+        self.pos = start + n;
+        &rest[..n]
     }
 
     /// Consumes a quoted string starting at `"`; returns the inner bytes (escapes kept).
