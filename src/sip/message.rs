@@ -110,8 +110,10 @@ pub struct Message<'a> {
     conflicting_length: bool,
 }
 
+// All-zero (`Via` is discriminant 0) so the table is initialised with a plain memset; slots
+// past `n_headers` are never read.
 const EMPTY_SLOT: HeaderSlot = HeaderSlot {
-    name: HeaderName::Other,
+    name: HeaderName::Via,
     name_span: Span { start: 0, end: 0 },
     value: Span { start: 0, end: 0 },
 };
@@ -216,24 +218,27 @@ impl<'a> Message<'a> {
                 while end > pos && matches!(buf[end - 1], b' ' | b'\t') {
                     end -= 1;
                 }
-                if slot.value.is_empty() {
-                    let mut s = pos;
-                    while s < end && matches!(buf[s], b' ' | b'\t') {
-                        s += 1;
+                // A continuation of only whitespace adds nothing. (It used to move the start of
+                // an empty value past its end, and to end a value with a line break.)
+                if end > pos {
+                    if slot.value.is_empty() {
+                        let mut s = pos;
+                        while s < end && matches!(buf[s], b' ' | b'\t') {
+                            s += 1;
+                        }
+                        slot.value.start = s as u32;
                     }
-                    slot.value.start = s as u32;
-                }
-                if end > slot.value.start as usize {
                     slot.value.end = end as u32;
                 }
                 pos = next;
                 continue;
             }
             // name *(SP/HT) ":" value
-            let mut i = pos;
-            while i < end && is_token_char(buf[i]) {
-                i += 1;
-            }
+            let mut i = pos
+                + buf[pos..end]
+                    .iter()
+                    .position(|&c| !is_token_char(c))
+                    .unwrap_or(end - pos);
             let name_end = i;
             while i < end && matches!(buf[i], b' ' | b'\t') {
                 i += 1;
@@ -631,4 +636,44 @@ fn parse_start_line(buf: &[u8], start: usize, end: usize) -> Result<StartLine, P
             end: (start + sp2) as u32,
         },
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const HEAD: &[u8] =
+        b"OPTIONS sip:b@example.com SIP/2.0\r\nVia: SIP/2.0/UDP h;branch=z9hG4bK1\r\n";
+
+    fn with(extra: &[u8]) -> Vec<u8> {
+        let mut v = HEAD.to_vec();
+        v.extend_from_slice(extra);
+        v.extend_from_slice(b"Content-Length: 0\r\n\r\n");
+        v
+    }
+
+    /// Found by fuzzing: an empty value followed by a whitespace-only continuation line got a
+    /// span with start > end, and slicing it panicked.
+    #[test]
+    fn whitespace_only_continuation_of_empty_value() {
+        let raw = with(b"TO :\r\n \r\n");
+        let msg = Message::parse(&raw).unwrap();
+        let to = msg.first_slot(HeaderName::To).unwrap();
+        assert!(to.value.start <= to.value.end);
+        assert_eq!(msg.header(HeaderName::To), Some(&b""[..]));
+        assert!(msg.to().is_err());
+    }
+
+    #[test]
+    fn whitespace_only_continuation_adds_nothing() {
+        let raw = with(b"Subject: a\r\n \t\r\n");
+        let msg = Message::parse(&raw).unwrap();
+        assert_eq!(msg.header(HeaderName::Subject), Some(&b"a"[..]));
+        let raw = with(b"Subject:\r\n \r\n  b c \r\n");
+        let msg = Message::parse(&raw).unwrap();
+        assert_eq!(msg.header(HeaderName::Subject), Some(&b"b c"[..]));
+        let raw = with(b"Subject: a\r\n b\r\n");
+        let msg = Message::parse(&raw).unwrap();
+        assert_eq!(msg.header(HeaderName::Subject), Some(&b"a\r\n b"[..]));
+    }
 }

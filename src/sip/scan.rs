@@ -30,7 +30,19 @@ const fn word_table() -> [bool; 256] {
     t
 }
 
+/// The bytes [`CommaSplit`] has to look at: quotes, escapes, angle brackets and commas.
+const fn comma_special_table() -> [bool; 256] {
+    let mut t = [false; 256];
+    t[b'"' as usize] = true;
+    t[b'\\' as usize] = true;
+    t[b'<' as usize] = true;
+    t[b'>' as usize] = true;
+    t[b',' as usize] = true;
+    t
+}
+
 static TOKEN: [bool; 256] = token_table();
+static COMMA_SPECIAL: [bool; 256] = comma_special_table();
 static WORD: [bool; 256] = word_table();
 
 #[inline]
@@ -47,7 +59,7 @@ pub fn is_word_char(c: u8) -> bool {
 /// splitter only lets CR/LF into a value span when a continuation line follows, so inside a
 /// value they always mean LWS.
 #[inline]
-pub fn is_lws(c: u8) -> bool {
+pub const fn is_lws(c: u8) -> bool {
     matches!(c, b' ' | b'\t' | b'\r' | b'\n')
 }
 
@@ -101,6 +113,36 @@ pub fn parse_u64(s: &[u8], max: u64) -> Result<u64, bool> {
     } else {
         Ok(v)
     }
+}
+
+/// Position of the first `needle` in `s`. URIs and header values are short, where the call
+/// and set-up cost of `memchr` dominates; this scans eight bytes per step in a `u64` (the
+/// classic "has zero byte" test) and hands long inputs to `memchr`.
+#[inline]
+pub fn find_byte(needle: u8, s: &[u8]) -> Option<usize> {
+    const LO: u64 = u64::from_ne_bytes([0x01; 8]);
+    const HI: u64 = u64::from_ne_bytes([0x80; 8]);
+    if s.len() >= 64 {
+        return memchr::memchr(needle, s);
+    }
+    let pattern = LO * needle as u64;
+    let mut chunks = s.chunks_exact(8);
+    let mut base = 0;
+    for chunk in &mut chunks {
+        let w = u64::from_le_bytes(chunk.try_into().unwrap_or([0; 8])) ^ pattern;
+        // Bytes equal to `needle` are now zero. The lowest set bit of the mask is exact (a
+        // borrow can only spread upwards from a real zero byte).
+        let zero = w.wrapping_sub(LO) & !w & HI;
+        if zero != 0 {
+            return Some(base + (zero.trailing_zeros() / 8) as usize);
+        }
+        base += 8;
+    }
+    chunks
+        .remainder()
+        .iter()
+        .position(|&c| c == needle)
+        .map(|i| base + i)
 }
 
 /// A forward-only cursor over a header value. Positions are indices into `s`.
@@ -165,33 +207,22 @@ impl<'a> Cursor<'a> {
     /// Consumes a token; returns it, or None if there is none here.
     #[inline]
     pub fn token(&mut self) -> Option<&'a [u8]> {
-        let start = self.pos;
-        while let Some(c) = self.peek() {
-            if is_token_char(c) {
-                self.pos += 1;
-            } else {
-                break;
-            }
-        }
-        if self.pos > start {
-            Some(&self.s[start..self.pos])
-        } else {
+        let t = self.take_while(is_token_char);
+        if t.is_empty() {
             None
+        } else {
+            Some(t)
         }
     }
 
     /// Consumes bytes while `f` holds; returns them (possibly empty).
     #[inline]
     pub fn take_while(&mut self, f: impl Fn(u8) -> bool) -> &'a [u8] {
-        let start = self.pos;
-        while let Some(c) = self.peek() {
-            if f(c) {
-                self.pos += 1;
-            } else {
-                break;
-            }
-        }
-        &self.s[start..self.pos]
+        let start = self.pos.min(self.s.len());
+        let rest = &self.s[start..];
+        let n = rest.iter().position(|&c| !f(c)).unwrap_or(rest.len());
+        self.pos = start + n;
+        &rest[..n]
     }
 
     /// Consumes a quoted string starting at `"`; returns the inner bytes (escapes kept).
@@ -255,6 +286,11 @@ impl<'a> Iterator for CommaSplit<'a> {
         let mut in_angle = false;
         while i < s.len() {
             let c = s[i];
+            if !COMMA_SPECIAL[c as usize] {
+                // Changes no state inside or outside quotes.
+                i += 1;
+                continue;
+            }
             if in_quote {
                 match c {
                     b'\\' => i += 1,
@@ -295,6 +331,23 @@ mod tests {
         assert_eq!(parts.len(), 2);
         assert_eq!(parts[0], br#""a,b" <sip:x@y;p=1,2>;q=1"#);
         assert_eq!(parts[1], b"<sip:z>");
+    }
+
+    #[test]
+    fn find_byte_matches_position() {
+        let hay: Vec<u8> = (0..200u32).map(|i| (i * 7 % 251) as u8).collect();
+        for len in 0..hay.len() {
+            for needle in [0u8, 1, 7, 0x80, 0xff, b'@', hay[len / 2]] {
+                let s = &hay[..len];
+                assert_eq!(
+                    find_byte(needle, s),
+                    s.iter().position(|&c| c == needle),
+                    "len {len} needle {needle}"
+                );
+            }
+        }
+        assert_eq!(find_byte(b':', b"\x80\x80\x80:"), Some(3));
+        assert_eq!(find_byte(0, b"\x01\x00\x01\x00aaaaaaaa"), Some(1));
     }
 
     #[test]

@@ -3,7 +3,7 @@
 //! borrows the input; escapes (`%HH`) are validated but kept, and decoded on comparison.
 //! [`Uri::equals`] implements the comparison rules of RFC 3261 §19.1.4.
 
-use super::scan::is_lws;
+use super::scan::{find_byte, is_lws};
 
 /// The URI scheme.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -153,6 +153,19 @@ const fn hvalue_table() -> [bool; 256] {
     t
 }
 
+/// Bytes that never appear in a URI: whitespace, controls, non-ASCII, `<`, `>`, `"`.
+const fn uri_illegal_table() -> [bool; 256] {
+    let mut t = [false; 256];
+    let mut i = 0;
+    while i < 256 {
+        let c = i as u8;
+        t[i] = is_lws(c) || c < 0x21 || c >= 0x7f || c == b'<' || c == b'>' || c == b'"';
+        i += 1;
+    }
+    t
+}
+
+static URI_ILLEGAL: [bool; 256] = uri_illegal_table();
 static USER: [bool; 256] = user_table();
 static PARAM: [bool; 256] = param_table();
 static HVALUE: [bool; 256] = hvalue_table();
@@ -211,14 +224,52 @@ pub(crate) fn is_ipv6(s: &[u8]) -> bool {
             .all(|&c| c.is_ascii_hexdigit() || c == b':' || c == b'.')
 }
 
-fn is_hostname(s: &[u8]) -> bool {
-    !s.is_empty()
-        && s.len() <= 255
-        && s.iter()
-            .all(|&c| c.is_ascii_alphanumeric() || c == b'-' || c == b'.')
-        && s[0] != b'.'
-        && s[0] != b'-'
-        && !s.windows(2).any(|w| w == b"..")
+/// Byte classes of a host name: 0 = not allowed, 1 = digit, 2 = letter or `-`, 3 = `.`.
+const fn host_class_table() -> [u8; 256] {
+    let mut t = [0u8; 256];
+    let mut i = 0;
+    while i < 256 {
+        let c = i as u8;
+        t[i] = if c.is_ascii_digit() {
+            1
+        } else if c.is_ascii_alphabetic() || c == b'-' {
+            2
+        } else if c == b'.' {
+            3
+        } else {
+            0
+        };
+        i += 1;
+    }
+    t
+}
+
+static HOST_CLASS: [u8; 256] = host_class_table();
+
+/// A host name (alphanumerics, `-`, `.`; not starting with `.` or `-`; no empty label) or
+/// an IPv4 address, in one pass.
+fn name_or_ipv4(s: &[u8]) -> Option<HostKind> {
+    if s.is_empty() || s.len() > 255 || s[0] == b'.' || s[0] == b'-' {
+        return None;
+    }
+    let mut prev = 0u8;
+    let mut letters = false;
+    for &c in s {
+        match HOST_CLASS[c as usize] {
+            0 => return None,
+            2 => letters = true,
+            3 if prev == b'.' => return None,
+            _ => {}
+        }
+        prev = c;
+    }
+    // Digits and dots only: an IPv4 address if it has four parts in range, else still a
+    // (numeric) host name.
+    if !letters && is_ipv4(s) {
+        Some(HostKind::Ipv4)
+    } else {
+        Some(HostKind::Name)
+    }
 }
 
 /// Parses a host (`name`, `a.b.c.d` or `[v6]`) and returns (host, kind).
@@ -230,19 +281,16 @@ pub(crate) fn parse_host(s: &[u8]) -> Result<(&[u8], HostKind), UriError> {
         }
         return Err(UriError::BadHost);
     }
-    if is_ipv4(s) {
-        Ok((s, HostKind::Ipv4))
-    } else if is_hostname(s) {
-        Ok((s, HostKind::Name))
-    } else {
-        Err(UriError::BadHost)
+    match name_or_ipv4(s) {
+        Some(kind) => Ok((s, kind)),
+        None => Err(UriError::BadHost),
     }
 }
 
 /// Splits `host[:port]` where host may be a bracketed IPv6 reference.
 pub(crate) fn split_hostport(s: &[u8]) -> Result<(&[u8], HostKind, Option<u16>), UriError> {
     let (host_part, port_part) = if s.first() == Some(&b'[') {
-        let close = memchr::memchr(b']', s).ok_or(UriError::BadHost)?;
+        let close = find_byte(b']', s).ok_or(UriError::BadHost)?;
         let rest = &s[close + 1..];
         match rest {
             [] => (s, None),
@@ -250,7 +298,7 @@ pub(crate) fn split_hostport(s: &[u8]) -> Result<(&[u8], HostKind, Option<u16>),
             _ => return Err(UriError::BadHost),
         }
     } else {
-        match memchr::memchr(b':', s) {
+        match find_byte(b':', s) {
             Some(i) => (&s[..i], Some(&s[i + 1..])),
             None => (s, None),
         }
@@ -266,12 +314,10 @@ impl<'a> Uri<'a> {
         if raw.is_empty() {
             return Err(UriError::Empty);
         }
-        if raw.iter().any(|&c| {
-            is_lws(c) || !(0x21..0x7f).contains(&c) || c == b'<' || c == b'>' || c == b'"'
-        }) {
+        if raw.iter().any(|&c| URI_ILLEGAL[c as usize]) {
             return Err(UriError::IllegalChar);
         }
-        let colon = memchr::memchr(b':', raw).ok_or(UriError::BadScheme)?;
+        let colon = find_byte(b':', raw).ok_or(UriError::BadScheme)?;
         let scheme_bytes = &raw[..colon];
         if scheme_bytes.is_empty()
             || !scheme_bytes[0].is_ascii_alphabetic()
@@ -310,10 +356,10 @@ impl<'a> Uri<'a> {
 
     fn parse_sip(scheme: Scheme<'a>, rest: &'a [u8], raw: &'a [u8]) -> Result<Uri<'a>, UriError> {
         // '@' cannot appear unescaped in params or headers, so it delimits userinfo.
-        let (user, password, after_user) = match memchr::memchr(b'@', rest) {
+        let (user, password, after_user) = match find_byte(b'@', rest) {
             Some(at) => {
                 let userinfo = &rest[..at];
-                let (user, password) = match memchr::memchr(b':', userinfo) {
+                let (user, password) = match find_byte(b':', userinfo) {
                     Some(c) => (&userinfo[..c], Some(&userinfo[c + 1..])),
                     None => (userinfo, None),
                 };
@@ -328,18 +374,20 @@ impl<'a> Uri<'a> {
             }
             None => (None, None, rest),
         };
-        let (before_headers, headers) = match memchr::memchr(b'?', after_user) {
+        let question = find_byte(b'?', after_user);
+        let (before_headers, headers) = match question {
             Some(q) => (&after_user[..q], &after_user[q + 1..]),
             None => (after_user, &b""[..]),
         };
-        let (hostport, params) = match memchr::memchr(b';', before_headers) {
+        let semicolon = find_byte(b';', before_headers);
+        let (hostport, params) = match semicolon {
             Some(s) => (&before_headers[..s], &before_headers[s + 1..]),
             None => (before_headers, &b""[..]),
         };
         let (host, host_kind, port) = split_hostport(hostport)?;
-        if !params.is_empty() || memchr::memchr(b';', before_headers).is_some() {
+        if semicolon.is_some() {
             for p in params.split(|&c| c == b';') {
-                let (name, value) = match memchr::memchr(b'=', p) {
+                let (name, value) = match find_byte(b'=', p) {
                     Some(e) => (&p[..e], Some(&p[e + 1..])),
                     None => (p, None),
                 };
@@ -355,12 +403,12 @@ impl<'a> Uri<'a> {
                 }
             }
         }
-        if memchr::memchr(b'?', after_user).is_some() {
+        if question.is_some() {
             if headers.is_empty() {
                 return Err(UriError::BadHeaders);
             }
             for h in headers.split(|&c| c == b'&') {
-                let e = memchr::memchr(b'=', h).ok_or(UriError::BadHeaders)?;
+                let e = find_byte(b'=', h).ok_or(UriError::BadHeaders)?;
                 if e == 0 {
                     return Err(UriError::BadHeaders);
                 }
@@ -382,7 +430,7 @@ impl<'a> Uri<'a> {
     }
 
     fn parse_tel(rest: &'a [u8], raw: &'a [u8]) -> Result<Uri<'a>, UriError> {
-        let (number, params) = match memchr::memchr(b';', rest) {
+        let (number, params) = match find_byte(b';', rest) {
             Some(s) => (&rest[..s], &rest[s + 1..]),
             None => (rest, &b""[..]),
         };
@@ -424,7 +472,7 @@ impl<'a> Uri<'a> {
         params
             .split(|&c| c == b';')
             .filter(move |p| !p.is_empty())
-            .map(|p| match memchr::memchr(b'=', p) {
+            .map(|p| match find_byte(b'=', p) {
                 Some(e) => (&p[..e], Some(&p[e + 1..])),
                 None => (p, None),
             })
@@ -458,7 +506,7 @@ impl<'a> Uri<'a> {
         headers
             .split(|&c| c == b'&')
             .filter(move |h| !h.is_empty())
-            .map(|h| match memchr::memchr(b'=', h) {
+            .map(|h| match find_byte(b'=', h) {
                 Some(e) => (&h[..e], &h[e + 1..]),
                 None => (h, &b""[..]),
             })
@@ -536,7 +584,16 @@ impl<'a> Uri<'a> {
 const MUST_MATCH: [&[u8]; 5] = [b"user", b"ttl", b"method", b"maddr", b"transport"];
 
 fn params_equal(a: &Uri<'_>, b: &Uri<'_>, all: bool) -> bool {
-    for (name, va) in a.param_iter() {
+    for (i, (name, va)) in a.param_iter().enumerate() {
+        // A repeated parameter: only its first occurrence counts, as for `Uri::param` (the
+        // lookup in `b` below finds b's first one too). Comparing later ones against b's first
+        // made a URI with `;maddr=x;maddr=y` unequal to itself.
+        if a.param_iter()
+            .take(i)
+            .any(|(n, _)| eq_unescaped(n, name, true))
+        {
+            continue;
+        }
         let vb = b
             .param_iter()
             .find(|(n, _)| eq_unescaped(n, name, true))
@@ -567,10 +624,14 @@ fn headers_equal(a: &Uri<'_>, b: &Uri<'_>) -> bool {
     if a.header_iter().count() != b.header_iter().count() {
         return false;
     }
-    a.header_iter().all(|(n, v)| {
-        b.header_iter()
-            .any(|(n2, v2)| eq_unescaped(n, n2, true) && eq_unescaped(v, v2, false))
-    })
+    // Both directions, so that repeated headers keep the comparison symmetric.
+    let contained = |x: &Uri<'_>, y: &Uri<'_>| {
+        x.header_iter().all(|(n, v)| {
+            y.header_iter()
+                .any(|(n2, v2)| eq_unescaped(n, n2, true) && eq_unescaped(v, v2, false))
+        })
+    };
+    contained(a, b) && contained(b, a)
 }
 
 /// Iterator over the bytes of `s` with `%HH` escapes decoded.
@@ -640,3 +701,40 @@ const fn param_or_eq_table() -> [bool; 256] {
     t
 }
 static PARAM_OR_EQ: [bool; 256] = param_or_eq_table();
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Found by fuzzing: a URI with a repeated parameter was not equal to itself.
+    #[test]
+    fn equality_is_reflexive_and_symmetric_with_repeated_params_and_headers() {
+        let a = Uri::parse(b"sip:UserB@example.com;maddr=ss1example.com;maddr=ss1.example.com")
+            .unwrap();
+        assert!(a.equals(&a));
+        let b = Uri::parse(b"sip:UserB@example.com;maddr=ss1example.com").unwrap();
+        assert_eq!(a.equals(&b), b.equals(&a));
+        let h1 = Uri::parse(b"sip:a@h?x=1&x=1").unwrap();
+        let h2 = Uri::parse(b"sip:a@h?x=1&x=2").unwrap();
+        assert!(h1.equals(&h1) && h2.equals(&h2));
+        assert!(!h1.equals(&h2) && !h2.equals(&h1));
+    }
+
+    #[test]
+    fn hosts() {
+        for (host, kind) in [
+            (&b"example.com"[..], Some(HostKind::Name)),
+            (b"192.0.2.1", Some(HostKind::Ipv4)),
+            (b"1.2.3.256", Some(HostKind::Name)),
+            (b"1.2.3", Some(HostKind::Name)),
+            (b"a-b.c9", Some(HostKind::Name)),
+            (b".example.com", None),
+            (b"-example.com", None),
+            (b"example..com", None),
+            (b"exa_mple.com", None),
+            (b"", None),
+        ] {
+            assert_eq!(parse_host(host).ok().map(|(_, k)| k), kind, "{host:?}");
+        }
+    }
+}

@@ -6,7 +6,7 @@
 //! Everything writes into a caller-provided `Vec<u8>` so the caller can reuse one buffer.
 
 use super::header_name::HeaderName;
-use super::message::{Message, Span};
+use super::message::{Message, Span, StartLine};
 use super::scan::CommaSplit;
 
 /// What to write into the top Via of a response (filled in by the server transport when the
@@ -133,6 +133,48 @@ fn write_fixed_via(out: &mut Vec<u8>, req: &Message<'_>, line: &[u8], fix: ViaFi
 /// Ends the header section with Content-Length and appends the body.
 #[inline]
 pub fn finish(out: &mut Vec<u8>, body: &[u8]) {
+    header_u32(out, "Content-Length", body.len() as u32);
+    out.extend_from_slice(b"\r\n");
+    out.extend_from_slice(body);
+}
+
+/// Writes `msg` in canonical form: the start line (`SIP/2.0` as the version), every header
+/// line in order as `Name: value` (the canonical name of a known header, compact forms
+/// expanded; the name as written for any other), a single Content-Length equal to the body
+/// length in place of the message's own, an empty line and the body. Values are copied as
+/// they are (a folded value keeps its line breaks). Parsing the output gives the same start
+/// line, the same (name, value) sequence apart from Content-Length, and the same body.
+pub fn write_message(out: &mut Vec<u8>, msg: &Message<'_>) {
+    let body = msg.body();
+    out.reserve(msg.len() + 64);
+    match msg.start_line() {
+        StartLine::Request {
+            method_span, uri, ..
+        } => {
+            out.extend_from_slice(msg.slice(method_span));
+            out.push(b' ');
+            out.extend_from_slice(msg.slice(uri));
+            out.extend_from_slice(b" SIP/2.0\r\n");
+        }
+        StartLine::Response { code, reason } => {
+            out.extend_from_slice(b"SIP/2.0 ");
+            push_u32(out, code as u32);
+            out.push(b' ');
+            out.extend_from_slice(msg.slice(reason));
+            out.extend_from_slice(b"\r\n");
+        }
+    }
+    for slot in msg.slots() {
+        let name = match slot.name {
+            HeaderName::ContentLength => continue,
+            HeaderName::Other => msg.slice(slot.name_span),
+            known => known.as_str().as_bytes(),
+        };
+        out.extend_from_slice(name);
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(msg.slice(slot.value));
+        out.extend_from_slice(b"\r\n");
+    }
     header_u32(out, "Content-Length", body.len() as u32);
     out.extend_from_slice(b"\r\n");
     out.extend_from_slice(body);
@@ -492,5 +534,83 @@ To: <sip:c@d>\r\nCall-ID: x\r\nCSeq: 1 INVITE\r\nContent-Length: 999\r\n\r\nshor
             b"x"
         ));
         assert!(out.is_empty());
+    }
+}
+
+#[cfg(test)]
+mod canonical_tests {
+    use super::*;
+
+    fn canonical(raw: &[u8]) -> Vec<u8> {
+        let msg = Message::parse(raw).unwrap();
+        let mut out = Vec::new();
+        write_message(&mut out, &msg);
+        out
+    }
+
+    #[test]
+    fn write_message_canonicalises_names_and_length() {
+        let raw = b"\r\nINVITE sip:bob@example.com sip/2.0\r\n\
+v: SIP/2.0/UDP h;branch=z9hG4bK1\r\n\
+f: <sip:a@example.com>;tag=1\r\n\
+t  :   <sip:bob@example.com>\r\n\
+i: c1\r\n\
+CSEQ: 1 INVITE\r\n\
+X-Custom-Thing: kept as is\r\n\
+l: 4\r\n\
+\r\nbody-ignored-after";
+        let out = canonical(raw);
+        assert_eq!(
+            out,
+            b"INVITE sip:bob@example.com SIP/2.0\r\n\
+Via: SIP/2.0/UDP h;branch=z9hG4bK1\r\n\
+From: <sip:a@example.com>;tag=1\r\n\
+To: <sip:bob@example.com>\r\n\
+Call-ID: c1\r\n\
+CSeq: 1 INVITE\r\n\
+X-Custom-Thing: kept as is\r\n\
+Content-Length: 4\r\n\
+\r\nbody"
+        );
+        let again = Message::parse(&out).unwrap();
+        assert!(again.validate().is_ok());
+        assert_eq!(again.body(), b"body");
+    }
+
+    #[test]
+    fn write_message_adds_content_length_and_keeps_folding() {
+        // No Content-Length in a datagram: the body runs to the end; the writer states it.
+        let raw = b"SIP/2.0 180 Ringing\r\nVia: SIP/2.0/UDP h;branch=z9hG4bK1\r\n\
+Subject: first\r\n second\r\nContent-Length: 3\r\nContent-Length: 3\r\n\r\nabc";
+        let out = canonical(raw);
+        assert_eq!(
+            out,
+            b"SIP/2.0 180 Ringing\r\nVia: SIP/2.0/UDP h;branch=z9hG4bK1\r\n\
+Subject: first\r\n second\r\nContent-Length: 3\r\n\r\nabc"
+        );
+        let again = Message::parse(&out).unwrap();
+        assert_eq!(again.status(), Some(180));
+        assert_eq!(
+            again.header(HeaderName::Subject),
+            Some(&b"first\r\n second"[..])
+        );
+        let raw = b"OPTIONS sip:x@y SIP/2.0\r\nVia: SIP/2.0/UDP h\r\n\r\nxyz";
+        let out = canonical(raw);
+        assert!(out.ends_with(b"Content-Length: 3\r\n\r\nxyz"));
+    }
+
+    #[test]
+    fn write_message_is_a_fixed_point() {
+        for raw in [
+            &b"REGISTER sip:r.example.com SIP/2.0\r\nVia: SIP/2.0/UDP h;branch=z9hG4bK2\r\n\
+To: <sip:a@r.example.com>\r\nFrom: <sip:a@r.example.com>;tag=x\r\nCall-ID: r1\r\n\
+CSeq: 2 REGISTER\r\nContact: <sip:a@192.0.2.1>;expires=60, <sip:a@192.0.2.2>\r\n\
+Content-Length: 0\r\n\r\n"[..],
+            b"SIP/2.0 200 OK\r\nvia: SIP/2.0/UDP h;branch=z9hG4bK2\r\nContent-Length: 2\r\n\r\nok",
+        ] {
+            let first = canonical(raw);
+            // Canonical output is a fixed point.
+            assert_eq!(canonical(&first), first);
+        }
     }
 }

@@ -51,10 +51,12 @@ pub fn parse_delta_seconds(v: &[u8]) -> Result<u32, SimpleError> {
 /// Call-ID: `word [ "@" word ]`.
 pub fn parse_call_id(v: &[u8]) -> Result<&[u8], SimpleError> {
     let v = trim(v);
-    let mut parts = v.splitn(2, |&c| c == b'@');
-    let first = parts.next().unwrap_or(b"");
+    let (first, second) = match crate::sip::scan::find_byte(b'@', v) {
+        Some(at) => (&v[..at], Some(&v[at + 1..])),
+        None => (v, None),
+    };
     let ok_word = |w: &[u8]| !w.is_empty() && w.iter().all(|&c| is_word_char(c));
-    if !ok_word(first) || parts.next().is_some_and(|w| !ok_word(w)) {
+    if !ok_word(first) || second.is_some_and(|w| !ok_word(w)) {
         return Err((0, false));
     }
     Ok(v)
