@@ -11,7 +11,13 @@ use sipshard::sip::{Framing, HeaderName, Limits, Message, Uri};
 use std::hint::black_box;
 
 fn uri(u: &Uri<'_>) {
-    black_box((u.is_sip(), u.lr(), u.transport(), u.maddr(), u.param("user")));
+    black_box((
+        u.is_sip(),
+        u.lr(),
+        u.transport(),
+        u.maddr(),
+        u.param("user"),
+    ));
     for p in u.param_iter() {
         black_box(p);
     }
@@ -42,18 +48,41 @@ fuzz_target!(|data: &[u8]| {
             black_box(msg.header_by_name(name));
         }
     }
-    black_box((msg.buf(), msg.len(), msg.headers_offset(), msg.start_offset()));
-    black_box((msg.request_uri_bytes(), msg.request_uri_span(), msg.is_request()));
+    black_box((
+        msg.buf(),
+        msg.len(),
+        msg.headers_offset(),
+        msg.start_offset(),
+    ));
+    black_box((
+        msg.request_uri_bytes(),
+        msg.request_uri_span(),
+        msg.is_request(),
+    ));
     assert!(msg.body_span().end as usize <= len);
     if let (Some(cl), false) = (msg.content_length(), msg.has_conflicting_content_length()) {
         assert_eq!(msg.body().len(), cl as usize);
     }
 
     let valid = msg.validate().is_ok();
-    black_box((msg.start_line(), msg.method(), msg.method_bytes(), msg.status(), msg.reason()));
+    black_box((
+        msg.start_line(),
+        msg.method(),
+        msg.method_bytes(),
+        msg.status(),
+        msg.reason(),
+    ));
     black_box((msg.call_id().ok(), msg.cseq().ok(), msg.max_forwards().ok()));
-    black_box((msg.expires().ok(), msg.min_expires().ok(), msg.content_length()));
-    black_box((msg.content_type().ok(), msg.contact_star(), msg.header_by_name("x-foo")));
+    black_box((
+        msg.expires().ok(),
+        msg.min_expires().ok(),
+        msg.content_length(),
+    ));
+    black_box((
+        msg.content_type().ok(),
+        msg.contact_star(),
+        msg.header_by_name("x-foo"),
+    ));
     if let Ok(Some(ct)) = msg.content_type() {
         black_box(ct.is_sdp());
     }
@@ -83,7 +112,14 @@ fuzz_target!(|data: &[u8]| {
     addrs.extend(msg.record_routes().flatten());
     addrs.extend(msg.paths().flatten());
     for n in &addrs {
-        black_box((n.tag(), n.expires(), n.q(), n.instance(), n.reg_id(), n.display));
+        black_box((
+            n.tag(),
+            n.expires(),
+            n.q(),
+            n.instance(),
+            n.reg_id(),
+            n.display,
+        ));
         for p in n.params.iter() {
             black_box(p);
         }
