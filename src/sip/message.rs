@@ -108,6 +108,8 @@ pub struct Message<'a> {
     body: Span,
     /// A second Content-Length with another value was seen.
     conflicting_length: bool,
+    /// From, To and the top Via once parsed: the hot paths ask for them several times.
+    pub(crate) cache: super::headers::HeaderCache<'a>,
 }
 
 // All-zero (`Via` is discriminant 0) so the table is initialised with a plain memset; slots
@@ -183,6 +185,7 @@ impl<'a> Message<'a> {
             first: [NO_HEADER; KNOWN_HEADERS],
             body: Span::default(),
             conflicting_length: false,
+            cache: Default::default(),
         };
         let mut content_length: Option<(u32, usize)> = None;
         let body_start;

@@ -55,12 +55,12 @@ pub fn build_ack(request: &Message<'_>, response: &Message<'_>, out: &mut Vec<u8
         header(out, "Route", route);
     }
     header(out, "Max-Forwards", b"70");
-    for (name, msg, h) in [
-        ("From", request, HeaderName::From),
-        ("To", response, HeaderName::To),
-        ("Call-ID", request, HeaderName::CallId),
+    for (name, value) in [
+        ("From", request.header(HeaderName::From)),
+        ("To", response.header(HeaderName::To)),
+        ("Call-ID", request.header(HeaderName::CallId)),
     ] {
-        if let Some(v) = msg.header(h) {
+        if let Some(v) = value {
             header(out, name, v);
         }
     }

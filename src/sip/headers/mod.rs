@@ -21,6 +21,15 @@ use super::message::{Message, StartLine};
 use super::scan::CommaSplit;
 use super::uri::{Scheme, Uri};
 
+/// Parsed From, To and top Via, kept in the message after their first use (each a `Cell`
+/// of a `Copy` value: the message stays borrowed immutably).
+#[derive(Clone, Default)]
+pub struct HeaderCache<'a> {
+    from: core::cell::Cell<Option<Result<NameAddr<'a>, ParseError>>>,
+    to: core::cell::Cell<Option<Result<NameAddr<'a>, ParseError>>>,
+    top_via: core::cell::Cell<Option<Result<Via<'a>, ParseError>>>,
+}
+
 /// Iterator over every Via value of a message, across header lines and commas.
 pub struct ViaIter<'m, 'a> {
     msg: &'m Message<'a>,
@@ -90,12 +99,22 @@ impl<'a> Message<'a> {
 
     /// The From header.
     pub fn from(&self) -> Result<NameAddr<'a>, ParseError> {
-        self.name_addr(HeaderName::From)
+        if let Some(v) = self.cache.from.get() {
+            return v;
+        }
+        let v = self.name_addr(HeaderName::From);
+        self.cache.from.set(Some(v));
+        v
     }
 
     /// The To header.
     pub fn to(&self) -> Result<NameAddr<'a>, ParseError> {
-        self.name_addr(HeaderName::To)
+        if let Some(v) = self.cache.to.get() {
+            return v;
+        }
+        let v = self.name_addr(HeaderName::To);
+        self.cache.to.set(Some(v));
+        v
     }
 
     /// The Call-ID.

@@ -16,6 +16,8 @@ pub struct NameAddr<'a> {
     /// True if the URI was enclosed in `<>`.
     pub bracketed: bool,
     pub params: Params<'a>,
+    /// The URI, parsed once by `parse`.
+    parsed: Uri<'a>,
 }
 
 impl<'a> NameAddr<'a> {
@@ -75,7 +77,7 @@ impl<'a> NameAddr<'a> {
             bracketed = false;
         }
         let uri_at = c.pos - uri_raw.len() - bracketed as usize;
-        Uri::parse(uri_raw).map_err(|_| uri_at)?;
+        let parsed = Uri::parse(uri_raw).map_err(|_| uri_at)?;
         let params = Params::scan(&mut c)?;
         if !only_lws(c.rest()) {
             return Err(c.pos);
@@ -85,12 +87,14 @@ impl<'a> NameAddr<'a> {
             uri_raw,
             bracketed,
             params,
+            parsed,
         })
     }
 
-    /// The URI (already validated by `parse`).
+    /// The URI (parsed and validated by `parse`; never an error, the `Result` is kept so
+    /// callers read like the other accessors).
     pub fn uri(&self) -> Result<Uri<'a>, UriError> {
-        Uri::parse(self.uri_raw)
+        Ok(self.parsed)
     }
 
     pub fn tag(&self) -> Option<&'a [u8]> {
