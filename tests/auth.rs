@@ -387,6 +387,26 @@ fn realm_is_the_first_domain() {
 }
 
 #[test]
+fn digest_registration_works_across_shards() {
+    let mut args = vec!["--shards".to_string(), "2".to_string()];
+    for i in 0..12 {
+        args.push("--user".into());
+        args.push(format!("user{i}:pw{i}"));
+    }
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let s_ = ServerProcess::start_with(&args, true);
+    let c = Client::new();
+    for i in 0..12 {
+        let reg = Register::new(&format!("sip:user{i}@localhost"))
+            .contact(&format!("<sip:user{i}@192.0.2.1>"));
+        let r = register_as(&c, &s_, &reg, None, &format!("user{i}"), &format!("pw{i}"));
+        assert_status(&r, 200);
+    }
+    assert_eq!(s_.metric("sipshard_bindings"), Some(12.0));
+    assert!(s_.metric("sipshard_handoffs_total").unwrap() > 0.0);
+}
+
+#[test]
 fn options_and_register_work_with_auth_on_loopback() {
     let s_ = alice_server();
     let c = Client::new();

@@ -142,6 +142,13 @@ fn expiry_below_minimum_gets_423_with_min_expires() {
         .send(&c, s.addr);
     assert_status(&r, 423);
     assert_eq!(header_value(&r, "Min-Expires").as_deref(), Some("120"));
+    // The same through the Expires header.
+    let r = Register::new(ALICE)
+        .contact(&format!("<{A1}>"))
+        .expires(119)
+        .send(&c, s.addr);
+    assert_status(&r, 423);
+    assert_eq!(header_value(&r, "Min-Expires").as_deref(), Some("120"));
     assert!(query(&c, &s, ALICE).is_empty());
     // The minimum itself is accepted.
     let r = Register::new(ALICE)
@@ -194,6 +201,15 @@ fn star_with_other_contacts_gets_400() {
         .no_contacts()
         .contact("*")
         .contact(&format!("<{A2}>"))
+        .expires(0)
+        .send(&c, s.addr);
+    assert_status(&r, 400);
+    // `*` in a list on one header line.
+    let r = reg
+        .next()
+        .next()
+        .no_contacts()
+        .contact(&format!("*, <{A2}>"))
         .expires(0)
         .send(&c, s.addr);
     assert_status(&r, 400);
@@ -414,6 +430,43 @@ fn bindings_expire_by_the_timer() {
     std::thread::sleep(Duration::from_millis(3200));
     // The timer (not the next REGISTER) removed them: look at the gauge first.
     assert_eq!(s.metric("sipshard_bindings"), Some(0.0));
+    assert!(query(&c, &s, ALICE).is_empty());
+}
+
+#[test]
+fn a_refreshed_binding_outlives_its_first_expiry() {
+    let cfg = config_file("[registrar]\nmin_expires = 1\n");
+    let s = ServerProcess::start_with(&["--shards", "1", "--config", &cfg], true);
+    let c = Client::new();
+    let reg = Register::new(ALICE).contact(&format!("<{A1}>;expires=1"));
+    assert_status(&reg.send(&c, s.addr), 200);
+    let refresh = reg
+        .next()
+        .no_contacts()
+        .contact(&format!("<{A1}>;expires=60"));
+    assert_status(&refresh.send(&c, s.addr), 200);
+    std::thread::sleep(Duration::from_millis(2500));
+    assert_eq!(s.metric("sipshard_bindings"), Some(1.0));
+    let list = query(&c, &s, ALICE);
+    assert_eq!(list.len(), 1, "{list:?}");
+    assert!(list[0].expires() > 50, "{list:?}");
+}
+
+#[test]
+fn the_timer_of_a_removed_aor_spares_the_next_one() {
+    let cfg = config_file("[registrar]\nmin_expires = 1\n");
+    let s = ServerProcess::start_with(&["--shards", "1", "--config", &cfg], true);
+    let c = Client::new();
+    let reg = Register::new(ALICE).contact(&format!("<{A1}>;expires=1"));
+    assert_status(&reg.send(&c, s.addr), 200);
+    let remove = reg.next().no_contacts().contact("*").expires(0);
+    assert_status(&remove.send(&c, s.addr), 200);
+    // Another AOR, likely in the freed record.
+    let bob = Register::new("sip:bob@localhost").contact("<sip:bob@192.0.2.7>;expires=60");
+    assert_status(&bob.send(&c, s.addr), 200);
+    std::thread::sleep(Duration::from_millis(2500));
+    assert_eq!(s.metric("sipshard_bindings"), Some(1.0));
+    assert_eq!(query(&c, &s, "sip:bob@localhost").len(), 1);
     assert!(query(&c, &s, ALICE).is_empty());
 }
 

@@ -68,6 +68,13 @@ impl ServerProcess {
             }
             assert!(Instant::now() < deadline, "sipshard did not answer OPTIONS");
         }
+        // The metrics listener is bound after the shards start answering: wait for it too.
+        if let Some(m) = server.metrics {
+            while std::net::TcpStream::connect_timeout(&m, Duration::from_millis(100)).is_err() {
+                assert!(Instant::now() < deadline, "sipshard did not serve metrics");
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        }
         server
     }
 
