@@ -342,6 +342,15 @@ fn contacts_beyond_the_per_aor_limit_get_503() {
     // Refreshing an existing binding at the limit is fine.
     let refresh = third.next().no_contacts().contact(&format!("<{A1}>"));
     assert_status(&refresh.send(&c, s.addr), 200);
+    // So is replacing one: a removal and an addition in one request.
+    let swap = refresh
+        .next()
+        .no_contacts()
+        .contact(&format!("<{A1}>;expires=0"))
+        .contact(&format!("<{A3}>"));
+    let r = swap.send(&c, s.addr);
+    assert_status(&r, 200);
+    assert_eq!(contact_uris(&r), vec![A2.to_string(), A3.to_string()]);
     // Three at once for a fresh AOR is refused too.
     let r = Register::new("sip:bob@localhost")
         .contact("<sip:bob@192.0.2.1>")
@@ -569,9 +578,8 @@ fn request_to_user(method: &str, ruri: &str, c: &Client) -> String {
     )
 }
 
-#[test]
-fn redirect_mode_invite_gets_302_with_the_contacts() {
-    let s = ServerProcess::start(&["--shards", "1", "--mode", "redirect"]);
+fn redirect_with_shards(shards: &str) {
+    let s = ServerProcess::start(&["--shards", shards, "--mode", "redirect"]);
     let c = Client::new();
     let r = Register::new(ALICE)
         .contact(&format!("<{A1}>;q=0.5"))
@@ -584,6 +592,41 @@ fn redirect_mode_invite_gets_302_with_the_contacts() {
     assert_eq!(contact_uris(&r), vec![A1.to_string(), A2.to_string()]);
     let a1 = list.iter().find(|b| b.uri == A1).unwrap();
     assert_eq!(a1.param("q"), Some("0.5"));
+    // The same user under our other host name.
+    let r = c.request(
+        &request_to_user("INVITE", "sip:alice@127.0.0.1", &c),
+        s.addr,
+    );
+    assert_status(&r, 302);
+    assert_eq!(contact_uris(&r), vec![A1.to_string(), A2.to_string()]);
+}
+
+#[test]
+fn redirect_mode_invite_gets_302_with_the_contacts() {
+    redirect_with_shards("1");
+}
+
+#[test]
+fn redirect_mode_works_across_shards() {
+    redirect_with_shards("2");
+    // Enough users that both shards own some.
+    let s = ServerProcess::start_with(&["--shards", "2", "--mode", "redirect"], true);
+    let c = Client::new();
+    for i in 0..8 {
+        let r = Register::new(&format!("sip:user{i}@localhost"))
+            .contact(&format!("<sip:user{i}@192.0.2.1>"))
+            .send(&c, s.addr);
+        assert_status(&r, 200);
+    }
+    for i in 0..8 {
+        let r = c.request(
+            &request_to_user("INVITE", &format!("sip:user{i}@localhost"), &c),
+            s.addr,
+        );
+        assert_status(&r, 302);
+        assert_eq!(contact_uris(&r), vec![format!("sip:user{i}@192.0.2.1")]);
+    }
+    assert!(s.metric("sipshard_handoffs_total").unwrap() > 0.0);
 }
 
 #[test]
