@@ -225,6 +225,52 @@ fn replayed_nonce_count_gets_401() {
 }
 
 #[test]
+fn digest_uri_must_equal_the_request_uri() {
+    let s_ = alice_server();
+    let c = Client::new();
+    let reg = alice_reg();
+    let ch = challenge(&c, &s_, &reg);
+    let d = challenges(&ch)[0];
+    let client = DigestClient {
+        username: "alice",
+        password: "secret",
+    };
+    // Right password, but computed for another Request-URI.
+    let creds = client
+        .authorization(&d, b"REGISTER", b"sip:127.0.0.1", 1, "0a4f113b")
+        .unwrap();
+    assert_status(&reg.next().with_auth(&creds).send(&c, s_.addr), 401);
+    // Computed for the right one (the nonce is still unused).
+    let creds = client
+        .authorization(&d, b"REGISTER", reg.ruri.as_bytes(), 1, "0a4f113b")
+        .unwrap();
+    assert_status(&reg.next().next().with_auth(&creds).send(&c, s_.addr), 200);
+}
+
+#[test]
+fn credentials_without_qop_or_for_another_realm_are_challenged() {
+    let s_ = alice_server();
+    let c = Client::new();
+    let reg = alice_reg();
+    let ch = challenge(&c, &s_, &reg);
+    let creds = answer(&ch, Some("MD5"), "alice", "secret", &reg, 1);
+    // RFC 2069 style (no qop, nc, cnonce): not accepted.
+    let no_qop: Vec<&str> = creds
+        .split(", ")
+        .filter(|p| !p.starts_with("qop=") && !p.starts_with("nc=") && !p.starts_with("cnonce="))
+        .collect();
+    let r = reg.next().with_auth(&no_qop.join(", ")).send(&c, s_.addr);
+    assert_status(&r, 401);
+    assert!(!challenges(&r).is_empty());
+    // Credentials for another realm are for another server: challenged, not refused.
+    let other = creds.replace("realm=\"localhost\"", "realm=\"elsewhere.example\"");
+    assert_ne!(other, creds);
+    let r = reg.next().next().with_auth(&other).send(&c, s_.addr);
+    assert_status(&r, 401);
+    assert!(!challenges(&r).is_empty());
+}
+
+#[test]
 fn tampered_nonce_gets_401_without_stale() {
     let s_ = alice_server();
     let c = Client::new();
