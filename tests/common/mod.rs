@@ -168,24 +168,40 @@ impl Client {
         }
     }
 
-    /// Sends and waits for a final response (skips 1xx); panics after 3 s.
+    /// Sends and waits for a final response (skips 1xx); panics after 3 s. Responses with
+    /// another Call-ID or CSeq than the request's (late answers meant for an earlier socket
+    /// on the same port) are skipped.
     pub fn request(&self, msg: &str, to: SocketAddr) -> Vec<u8> {
-        self.send(msg, to);
-        self.final_response()
+        self.request_bytes(msg.as_bytes(), to)
     }
 
     pub fn request_bytes(&self, msg: &[u8], to: SocketAddr) -> Vec<u8> {
         self.send_bytes(msg, to);
-        self.final_response()
+        let key = sipshard::sip::Message::parse(msg).ok().and_then(|m| {
+            Some((
+                m.header(sipshard::sip::HeaderName::CallId)?.to_vec(),
+                m.header(sipshard::sip::HeaderName::CSeq)?.to_vec(),
+            ))
+        });
+        self.final_response(key)
     }
 
-    fn final_response(&self) -> Vec<u8> {
+    fn final_response(&self, key: Option<(Vec<u8>, Vec<u8>)>) -> Vec<u8> {
+        use sipshard::sip::HeaderName;
         let deadline = Instant::now() + Duration::from_secs(3);
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
             assert!(!left.is_zero(), "no response");
             let r = self.recv_timeout(left).expect("no response");
             let m = sipshard::sip::Message::parse(&r).expect("response parses");
+            if let Some((call_id, cseq)) = &key {
+                if m.header(HeaderName::CallId) != Some(call_id.as_slice())
+                    || m.header(HeaderName::CSeq) != Some(cseq.as_slice())
+                {
+                    eprintln!("skipping a stray response: {}", String::from_utf8_lossy(&r));
+                    continue;
+                }
+            }
             if m.status().is_some_and(|s| s >= 200) {
                 return r;
             }
