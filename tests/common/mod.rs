@@ -68,6 +68,13 @@ impl ServerProcess {
             }
             assert!(Instant::now() < deadline, "sipshard did not answer OPTIONS");
         }
+        // The metrics listener is bound after the shards start answering: wait for it too.
+        if let Some(m) = server.metrics {
+            while std::net::TcpStream::connect_timeout(&m, Duration::from_millis(100)).is_err() {
+                assert!(Instant::now() < deadline, "sipshard did not serve metrics");
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        }
         server
     }
 
@@ -161,24 +168,40 @@ impl Client {
         }
     }
 
-    /// Sends and waits for a final response (skips 1xx); panics after 3 s.
+    /// Sends and waits for a final response (skips 1xx); panics after 3 s. Responses with
+    /// another Call-ID or CSeq than the request's (late answers meant for an earlier socket
+    /// on the same port) are skipped.
     pub fn request(&self, msg: &str, to: SocketAddr) -> Vec<u8> {
-        self.send(msg, to);
-        self.final_response()
+        self.request_bytes(msg.as_bytes(), to)
     }
 
     pub fn request_bytes(&self, msg: &[u8], to: SocketAddr) -> Vec<u8> {
         self.send_bytes(msg, to);
-        self.final_response()
+        let key = sipshard::sip::Message::parse(msg).ok().and_then(|m| {
+            Some((
+                m.header(sipshard::sip::HeaderName::CallId)?.to_vec(),
+                m.header(sipshard::sip::HeaderName::CSeq)?.to_vec(),
+            ))
+        });
+        self.final_response(key)
     }
 
-    fn final_response(&self) -> Vec<u8> {
+    fn final_response(&self, key: Option<(Vec<u8>, Vec<u8>)>) -> Vec<u8> {
+        use sipshard::sip::HeaderName;
         let deadline = Instant::now() + Duration::from_secs(3);
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
             assert!(!left.is_zero(), "no response");
             let r = self.recv_timeout(left).expect("no response");
             let m = sipshard::sip::Message::parse(&r).expect("response parses");
+            if let Some((call_id, cseq)) = &key {
+                if m.header(HeaderName::CallId) != Some(call_id.as_slice())
+                    || m.header(HeaderName::CSeq) != Some(cseq.as_slice())
+                {
+                    eprintln!("skipping a stray response: {}", String::from_utf8_lossy(&r));
+                    continue;
+                }
+            }
             if m.status().is_some_and(|s| s >= 200) {
                 return r;
             }
@@ -220,4 +243,256 @@ pub fn options_to_server(client: &Client, server: SocketAddr, call_id: &str) -> 
          Content-Length: 0\r\n\r\n",
         c = client.addr
     )
+}
+
+static UNIQUE: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// A string unique within this test process (for Call-IDs, branches, tags).
+pub fn unique(prefix: &str) -> String {
+    let n = UNIQUE.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    format!("{prefix}{}-{n}", std::process::id())
+}
+
+/// Writes a TOML config file in a fresh scratch directory and returns its path (as a string,
+/// ready for `--config`).
+pub fn config_file(text: &str) -> String {
+    write_scratch("sipshard.toml", text)
+}
+
+/// Writes `name` with `text` in a fresh scratch directory and returns its path.
+pub fn write_scratch(name: &str, text: &str) -> String {
+    let dir = std::env::temp_dir().join(unique("sipshard-it-"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join(name);
+    std::fs::write(&path, text).unwrap();
+    path.to_str().unwrap().to_string()
+}
+
+/// A REGISTER builder. `Register::new("sip:alice@localhost")` registers nothing yet (a query);
+/// add contacts with [`Register::contact`]. The Request-URI is `sip:<AOR host>`, the Call-ID is
+/// unique per builder, CSeq starts at 1, and each [`Register::build`] gets a fresh branch
+/// unless [`Register::branch`] fixed one.
+#[derive(Debug, Clone)]
+pub struct Register {
+    pub ruri: String,
+    pub to: String,
+    pub from: String,
+    pub call_id: String,
+    pub cseq: u32,
+    pub branch: Option<String>,
+    pub contacts: Vec<String>,
+    pub expires: Option<String>,
+    pub extra: Vec<String>,
+}
+
+impl Register {
+    pub fn new(aor: &str) -> Register {
+        let host = aor
+            .split_once('@')
+            .map_or(aor.trim_start_matches("sip:"), |(_, h)| h);
+        Register {
+            ruri: format!("sip:{host}"),
+            to: aor.to_string(),
+            from: aor.to_string(),
+            call_id: unique("reg-"),
+            cseq: 1,
+            branch: None,
+            contacts: Vec::new(),
+            expires: None,
+            extra: Vec::new(),
+        }
+    }
+
+    pub fn ruri(mut self, ruri: &str) -> Self {
+        self.ruri = ruri.to_string();
+        self
+    }
+
+    /// The To URI (the AOR), as written inside `<>`.
+    pub fn to(mut self, to: &str) -> Self {
+        self.to = to.to_string();
+        self
+    }
+
+    pub fn call_id(mut self, id: &str) -> Self {
+        self.call_id = id.to_string();
+        self
+    }
+
+    pub fn cseq(mut self, n: u32) -> Self {
+        self.cseq = n;
+        self
+    }
+
+    pub fn branch(mut self, b: &str) -> Self {
+        self.branch = Some(b.to_string());
+        self
+    }
+
+    /// Adds a Contact header with this value, e.g. `<sip:a@1.2.3.4>;expires=60` or `*`.
+    pub fn contact(mut self, value: &str) -> Self {
+        self.contacts.push(value.to_string());
+        self
+    }
+
+    /// Removes all contacts (to reuse a builder as a query).
+    pub fn no_contacts(mut self) -> Self {
+        self.contacts.clear();
+        self
+    }
+
+    /// Sets the Expires header.
+    pub fn expires(mut self, secs: u32) -> Self {
+        self.expires = Some(secs.to_string());
+        self
+    }
+
+    /// Adds a raw header line (without CRLF), e.g. `Path: <sip:p1.example.com;lr>`.
+    pub fn header(mut self, line: &str) -> Self {
+        self.extra.push(line.to_string());
+        self
+    }
+
+    /// Sets the Authorization header (replacing one set before).
+    pub fn with_auth(mut self, credentials: &str) -> Self {
+        self.extra
+            .retain(|h| !h.to_ascii_lowercase().starts_with("authorization:"));
+        self.extra.push(format!("Authorization: {credentials}"));
+        self
+    }
+
+    /// The next request of the same registration (CSeq + 1), contacts and headers kept.
+    pub fn next(&self) -> Self {
+        let mut r = self.clone();
+        r.cseq += 1;
+        r.branch = None;
+        r
+    }
+
+    /// The request text, with `client`'s address in the Via.
+    pub fn build(&self, client: &Client) -> String {
+        let branch = self.branch.clone().unwrap_or_else(|| unique("z9hG4bK-"));
+        let mut m = format!(
+            "REGISTER {ruri} SIP/2.0\r\n\
+             Via: SIP/2.0/UDP {a};branch={branch};rport\r\n\
+             Max-Forwards: 70\r\n\
+             From: <{from}>;tag=f{tag}\r\n\
+             To: <{to}>\r\n\
+             Call-ID: {cid}\r\n\
+             CSeq: {cseq} REGISTER\r\n",
+            ruri = self.ruri,
+            a = client.addr,
+            from = self.from,
+            tag = self.call_id.len(),
+            to = self.to,
+            cid = self.call_id,
+            cseq = self.cseq,
+        );
+        for c in &self.contacts {
+            m.push_str(&format!("Contact: {c}\r\n"));
+        }
+        if let Some(e) = &self.expires {
+            m.push_str(&format!("Expires: {e}\r\n"));
+        }
+        for h in &self.extra {
+            m.push_str(h);
+            m.push_str("\r\n");
+        }
+        m.push_str("Content-Length: 0\r\n\r\n");
+        m
+    }
+
+    /// Builds, sends to `server` and returns the final response.
+    pub fn send(&self, client: &Client, server: SocketAddr) -> Vec<u8> {
+        client.request(&self.build(client), server)
+    }
+}
+
+/// A Contact of a response: the URI and its parameters.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ContactInfo {
+    pub uri: String,
+    /// `(name, value)` with the name in lower case and quotes removed.
+    pub params: Vec<(String, Option<String>)>,
+}
+
+impl ContactInfo {
+    pub fn param(&self, name: &str) -> Option<&str> {
+        self.params
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .and_then(|(_, v)| v.as_deref())
+    }
+
+    pub fn has_param(&self, name: &str) -> bool {
+        self.params
+            .iter()
+            .any(|(n, _)| n.eq_ignore_ascii_case(name))
+    }
+
+    /// The `expires` parameter (panics if missing: a 200 lists every binding with it).
+    pub fn expires(&self) -> u32 {
+        self.param("expires")
+            .unwrap_or_else(|| panic!("contact without expires: {self:?}"))
+            .parse()
+            .unwrap()
+    }
+}
+
+/// Every Contact of a response, in order.
+pub fn contacts(resp: &[u8]) -> Vec<ContactInfo> {
+    let m = sipshard::sip::Message::parse(resp).expect("response parses");
+    m.contacts()
+        .map(|c| {
+            let c = c.expect("contact parses");
+            ContactInfo {
+                uri: String::from_utf8_lossy(c.uri_raw).into_owned(),
+                params: c
+                    .params
+                    .iter()
+                    .map(|(n, v)| {
+                        (
+                            String::from_utf8_lossy(n).to_ascii_lowercase(),
+                            v.map(|v| String::from_utf8_lossy(v).trim_matches('"').to_string()),
+                        )
+                    })
+                    .collect(),
+            }
+        })
+        .collect()
+}
+
+/// The URIs of a response's Contacts, sorted.
+pub fn contact_uris(resp: &[u8]) -> Vec<String> {
+    let mut v: Vec<String> = contacts(resp).into_iter().map(|c| c.uri).collect();
+    v.sort();
+    v
+}
+
+/// Every value of a header (by name, case-insensitive, compact forms not included).
+pub fn header_values(resp: &[u8], name: &str) -> Vec<String> {
+    let text = String::from_utf8_lossy(resp);
+    let head = text.split("\r\n\r\n").next().unwrap_or("");
+    head.lines()
+        .skip(1)
+        .filter_map(|l| l.split_once(':'))
+        .filter(|(n, _)| n.trim().eq_ignore_ascii_case(name))
+        .map(|(_, v)| v.trim().to_string())
+        .collect()
+}
+
+/// The first value of a header.
+pub fn header_value(resp: &[u8], name: &str) -> Option<String> {
+    header_values(resp, name).into_iter().next()
+}
+
+/// Panics with the whole response unless its status is `want`.
+#[track_caller]
+pub fn assert_status(resp: &[u8], want: u16) {
+    assert_eq!(
+        status(resp),
+        want,
+        "response:\n{}",
+        String::from_utf8_lossy(resp)
+    );
 }
