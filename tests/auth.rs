@@ -468,7 +468,6 @@ fn options_and_register_work_with_auth_on_loopback() {
 }
 
 #[test]
-#[ignore = "bug: nonce counts are tracked per shard, but a nonce is accepted by every shard"]
 fn replayed_credentials_are_refused_on_every_shard() {
     // Any user may register any AOR here, so the replays below reach both shards.
     let cfg = config_file("[registrar]\nmatch_auth_user = false\n");
@@ -490,7 +489,6 @@ fn replayed_credentials_are_refused_on_every_shard() {
 }
 
 #[test]
-#[ignore = "bug: nonce counts are tracked per shard, but a nonce is accepted by every shard"]
 fn replayed_credentials_for_the_sips_aor_are_refused() {
     // Default settings (the digest user must own the AOR). `sips:uN` is another AOR than
     // `sip:uN` and may be owned by the other shard; the Authorization of `sip:uN` (the digest

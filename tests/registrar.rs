@@ -653,14 +653,36 @@ fn redirect_mode_user_without_binding_gets_480() {
 }
 
 #[test]
-fn proxy_mode_options_to_a_registered_user_gets_501_for_now() {
+fn proxy_mode_forwards_options_to_a_registered_user() {
     let s = server();
     let c = Client::new();
+    let phone = Client::new();
+    let contact = format!("sip:alice@{}", phone.addr);
     let r = Register::new(ALICE)
-        .contact(&format!("<{A1}>"))
+        .contact(&format!("<{contact}>"))
         .send(&c, s.addr);
     assert_status(&r, 200);
-    let r = c.request(&request_to_user("OPTIONS", ALICE, &c), s.addr);
-    assert_status(&r, 501);
-    assert!(reason(&r).contains("proxying"), "{}", reason(&r));
+    c.send(&request_to_user("OPTIONS", ALICE, &c), s.addr);
+    // The phone gets the request with the Request-URI rewritten to its contact, our Via on
+    // top, Max-Forwards decremented and no Record-Route (OPTIONS creates no dialog).
+    let fwd = phone
+        .recv_timeout(std::time::Duration::from_secs(3))
+        .expect("forwarded OPTIONS");
+    let m = sipshard::sip::Message::parse(&fwd).unwrap();
+    assert_eq!(m.request_uri_bytes(), Some(contact.as_bytes()));
+    assert_eq!(m.vias().count(), 2);
+    assert_eq!(m.max_forwards().unwrap(), Some(69));
+    assert!(m.header(sipshard::sip::HeaderName::RecordRoute).is_none());
+    // The phone answers; the caller gets the 200 with the proxy's Via removed.
+    let mut resp = Vec::new();
+    sipshard::sip::write::response_head(&mut resp, &m, 200, b"OK", Some(b"ph"), None);
+    sipshard::sip::write::finish(&mut resp, b"");
+    phone.send_bytes(&resp, s.addr);
+    let r = c
+        .recv_timeout(std::time::Duration::from_secs(3))
+        .expect("relayed 200");
+    let m = sipshard::sip::Message::parse(&r).unwrap();
+    assert_eq!(m.status(), Some(200));
+    assert_eq!(m.vias().count(), 1);
+    assert_eq!(m.to().unwrap().tag(), Some(&b"ph"[..]));
 }

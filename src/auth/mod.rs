@@ -261,6 +261,13 @@ impl Authenticator {
         let Ok(id) = id else {
             return AuthOutcome::Challenge { stale: true };
         };
+        // Nonce counts are tracked per shard, so a shard only accepts its own nonces: a nonce
+        // issued by another shard could be a replay there. The retry of a challenged request
+        // reaches the shard that challenged it (same AOR), so this costs honest clients
+        // nothing; others get a fresh nonce with stale=true.
+        if (id.salt >> 32) as u32 != self.salt_prefix {
+            return AuthOutcome::Challenge { stale: true };
+        }
         match self.nc.record(id, nc, now_ms, sh.ttl_s) {
             NcVerdict::Accepted => AuthOutcome::Authenticated {
                 user: String::from_utf8_lossy(&username).into_owned(),

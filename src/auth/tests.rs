@@ -396,11 +396,16 @@ fn nonce_from_another_secret() {
 }
 
 #[test]
-fn nonce_from_another_shard() {
-    let a = auth();
+fn nonce_from_another_shard_is_refreshed_not_accepted() {
+    let mut a = auth();
     let mut b = a.for_shard();
     let c = creds(&a, Algorithm::Sha256, "alice", "secret", T0);
-    assert_eq!(check(&mut b, &c), ok("alice"));
+    // b cannot know whether a already saw this nonce count: it asks for a fresh nonce
+    // (stale=true, so the client retries without prompting the user)...
+    assert_eq!(check(&mut b, &c), AuthOutcome::Challenge { stale: true });
+    // ...while the issuing shard accepts it once.
+    assert_eq!(check(&mut a, &c), ok("alice"));
+    assert_eq!(check(&mut a, &c), CHALLENGE);
     // Shards salt their nonces differently.
     assert_ne!(
         challenge(&a, Algorithm::Sha256, T0),

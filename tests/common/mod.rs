@@ -6,14 +6,19 @@ use std::net::{SocketAddr, UdpSocket};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-/// A free UDP port on 127.0.0.1 (bound and released; good enough for tests).
+/// A free UDP (and TCP, for --metrics) port on 127.0.0.1. Ports come from 20000-29999,
+/// below the kernel's ephemeral range, walked by a per-process counter: an ephemeral client
+/// socket of another test can never take a port between our check and the server's bind, and
+/// two servers of one test run never get the same port (SO_REUSEPORT would let them share
+/// it silently).
 pub fn free_port() -> u16 {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let base = std::process::id() * 7919;
     loop {
-        let s = UdpSocket::bind("127.0.0.1:0").unwrap();
-        let p = s.local_addr().unwrap().port();
-        drop(s);
-        // Also check TCP is free (for --metrics) and leave room for neighbours.
-        if std::net::TcpListener::bind(("127.0.0.1", p)).is_ok() {
+        let p = 20_000 + ((base + NEXT.fetch_add(1, Ordering::Relaxed)) % 10_000) as u16;
+        let udp = UdpSocket::bind(("127.0.0.1", p)).is_ok();
+        if udp && std::net::TcpListener::bind(("127.0.0.1", p)).is_ok() {
             return p;
         }
     }
@@ -59,9 +64,13 @@ impl ServerProcess {
             addr,
             metrics: metrics_addr,
         };
+        let mut server = server;
         let client = Client::new();
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
+            if let Ok(Some(status)) = server.child.try_wait() {
+                panic!("sipshard exited during start-up: {status}");
+            }
             client.send(&options_to_server(&client, addr, "ready"), addr);
             if client.recv_timeout(Duration::from_millis(100)).is_some() {
                 break;
