@@ -83,9 +83,8 @@ pub fn response_head(
                 out.extend_from_slice(b"To: ");
                 out.extend_from_slice(v);
                 if let Some(tag) = to_tag {
-                    let has_tag = super::headers::NameAddr::parse(v)
-                        .map(|n| n.tag().is_some())
-                        .unwrap_or(true);
+                    // The parsed To is cached in the message (validate() parsed it).
+                    let has_tag = req.to().map(|n| n.tag().is_some()).unwrap_or(true);
                     if status > 100 && !has_tag {
                         out.extend_from_slice(b";tag=");
                         out.extend_from_slice(tag);

@@ -53,7 +53,15 @@ impl<'a> AuthHeader<'a> {
     pub fn digest(&self) -> DigestParams<'a> {
         let mut d = DigestParams::default();
         for (n, v) in self.iter() {
-            let slot = match n.to_ascii_lowercase().as_slice() {
+            // Lower-case the name into a stack buffer (no allocation per parameter).
+            let mut lower = [0u8; 16];
+            if n.len() > lower.len() {
+                continue;
+            }
+            for (d, s) in lower.iter_mut().zip(n) {
+                *d = s.to_ascii_lowercase();
+            }
+            let slot = match &lower[..n.len()] {
                 b"username" => &mut d.username,
                 b"realm" => &mut d.realm,
                 b"nonce" => &mut d.nonce,

@@ -72,13 +72,18 @@ impl<'a> Message<'a> {
 
     /// The top Via value (first value of the first Via line).
     pub fn top_via(&self) -> Result<Via<'a>, ParseError> {
-        self.vias().next().unwrap_or_else(|| {
+        if let Some(v) = self.cache.top_via.get() {
+            return v;
+        }
+        let v = self.vias().next().unwrap_or_else(|| {
             Err(self.bad(
                 ErrorKind::MissingHeader,
                 HeaderName::Via,
                 self.headers_offset(),
             ))
-        })
+        });
+        self.cache.top_via.set(Some(v));
+        v
     }
 
     /// All Via values in order.
