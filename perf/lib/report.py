@@ -91,7 +91,8 @@ def summary_table(doc):
             continue
         b = s.get('best')
         fx = s.get('fixed')
-        fixed_txt = f1(cpu_fixed(s)) if fx and fx.get('pass') else 'failed'
+        fixed_txt = f1(cpu_fixed(s)) if fx and fx.get('pass') else (
+            'failed (%s)' % f1(fx.get('cpu_us_per_op')) if fx and fx.get('cpu_us_per_op') else 'failed')
         if not b:
             rows.append('| %s | none (%s/s failed) | %s |  |  |  |  |  |  |  |' % (
                 LABEL[name], '{:,}'.format(doc['fixed_rate']), fixed_txt))
@@ -110,19 +111,19 @@ def summary_table(doc):
 
 def trials_table(doc):
     rows = ['| target | rate /s | pass | successful | failed | retrans | CPU µs/op | server CPU '
-            '| SIPp CPU | drops | RSS MiB | latency p50/p90/p99/p99.9 µs | notes |',
-            '|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---|---|']
+            '| SIPp CPU | others\' CPU | drops | RSS MiB | latency p50/p90/p99/p99.9 µs | notes |',
+            '|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---|']
     for r in doc['trials']:
         if 'error' in r:
-            rows.append('| %s | %s | ERROR |  |  |  |  |  |  |  |  |  | %s |' % (
+            rows.append('| %s | %s | ERROR |  |  |  |  |  |  |  |  |  |  | %s |' % (
                 r['target'], '{:,}'.format(r['rate']), r['error'].replace('\n', ' ')[:200]))
             continue
         s = r['sipp']
         notes = '; '.join(r['problems'] + ['**%s**' % m for m in r['counter_mismatch']])
-        rows.append('| %s | %s | %s | %d | %d | %d | %s | %d%% | %d%% | %d | %.1f | %s | %s |' % (
+        rows.append('| %s | %s | %s | %d | %d | %d | %s | %d%% | %d%% | %s%% | %d | %.1f | %s | %s |' % (
             r['target'], '{:,}'.format(r['rate']), 'yes' if r['pass'] else 'no', s['ok'],
             s['failed'], s['retrans'], f1(r['cpu_us_per_op']), r['server_cpu_pct'],
-            r['sipp_cpu_pct'], r['udp_rcvbuf_errors'], r['rss_kib'] / 1024.0, lat(r), notes))
+            r['sipp_cpu_pct'], r.get('others_cpu_pct', '?'), r['udp_rcvbuf_errors'], r['rss_kib'] / 1024.0, lat(r), notes))
     return rows
 
 
@@ -147,7 +148,15 @@ def machine_lines(doc):
         'processes (Kamailio: main + children) from /proc over the SIPp run, divided by completed '
         'operations. Peak RSS = VmHWM (summed over Kamailio\'s processes, which counts its shared '
         'memory once per process). Drops = UdpRcvbufErrors delta (all sockets, SIPp\'s included).',
-        '- sysctl applied for the run (tuning/sysctl.conf, restored afterwards): %s' % sysctl,
+        '- Kamailio: `-n %s -m %s -M 8`%s; configs in perf/kamailio/.%s' % (
+            doc.get('kam_children', 2), doc.get('kam_shm_mb', 1024),
+            ', `-A UDP_MAXBUFFER=%s` (the same receive-buffer ceiling as sipshard\'s 8 MiB '
+            'sockets)' % doc['kam_maxbuffer'] if doc.get('kam_maxbuffer') else ' (default 256 KiB buffer probe)',
+            ' sipshard ran as user %s.' % doc['run_as'] if doc.get('run_as') else ''),
+        '- "others\' CPU" in the trials = busy time of everything else on the machine during the '
+        'trial (other people\'s builds on this shared box) in % of one core, from /proc/stat.',
+        '- sysctl set during each trial (tuning/sysctl.conf; previous values restored after each '
+        'trial): %s' % sysctl,
     ]
 
 
@@ -178,7 +187,7 @@ def svg_cpu(docs, path):
     bw, gap, left, top, h = 34, 40, 70, 50, 300
     n = sum(1 + len([t for t in ORDER if cpu_fixed(by_target(d).get(t)) is not None])
             for d in groups)
-    width = left + n * bw + len(groups) * gap + 40
+    width = max(left + n * bw + len(groups) * gap + 40, left + 150 * len(ORDER) + 20)
     vals = [cpu_fixed(by_target(d).get(t)) for d in groups for t in ORDER]
     vmax = max([v for v in vals if v] + [1])
     ymax = 10 ** math.ceil(math.log10(vmax))
