@@ -181,7 +181,9 @@ class Server:
             if self.scenario == 'reg-auth':
                 cmd += ['--users', users_txt(self.total), '--auth-algorithms', 'md5']
             if RUN_AS:
-                cmd = ['setpriv', '--reuid', RUN_AS, '--regid', RUN_AS, '--clear-groups',
+                import pwd
+                cmd = ['setpriv', '--reuid', RUN_AS, '--regid', str(pwd.getpwnam(RUN_AS).pw_gid),
+                       '--clear-groups',
                        '--inh-caps=-all', '--bounding-set=-all'] + cmd
         elif t == 'kamailio':
             cmd = ['kamailio', '-f', os.path.join(KAMCFG, SCENARIOS[self.scenario]['kam']),
