@@ -54,6 +54,8 @@ KAM_MAXBUFFER = int(os.environ.get('PERF_KAM_MAXBUFFER', 8388608))
 # Run sipshard as this user (e.g. nobody): then its 8 MiB buffer request is clamped to
 # net.core.rmem_max/wmem_max as for an ordinary deployment (as root it forces the size).
 RUN_AS = os.environ.get('PERF_RUN_AS', '')
+# Extra sipshard flags for experiments, e.g. PERF_SIPSHARD_ARGS="--no-private-ports".
+EXTRA_ARGS = os.environ.get('PERF_SIPSHARD_ARGS', '').split()
 SIPP_BUF = 4194304
 MAX_RATE = int(os.environ.get('PERF_MAX_RATE', 64000))
 MIN_STEP = 50
@@ -180,6 +182,7 @@ class Server:
                    '--log', 'warn']
             if self.scenario == 'reg-auth':
                 cmd += ['--users', users_txt(self.total), '--auth-algorithms', 'md5']
+            cmd += EXTRA_ARGS
             if RUN_AS:
                 import pwd
                 cmd = ['setpriv', '--reuid', RUN_AS, '--regid', str(pwd.getpwnam(RUN_AS).pw_gid),
@@ -459,11 +462,12 @@ def trial(target, scenario, rate, duration, bins):
         per_shard = [int(v) for k, v in sorted(m1.items())
                      if k.startswith('sipshard_datagrams_received_total')]
         hand = m1.get('sipshard_handoffs_total', 0)
+        wakeups = m1.get('sipshard_wakeups_total', 0)
         res['sipshard'] = dict(
             register_rx=int(regs), sent_200=int(s200), sent_401=int(s401),
             bindings=int(m1.get('sipshard_bindings', -1)),
             datagrams_rx=int(dgrams), datagrams_rx_per_shard=per_shard, handoffs=int(hand),
-            handoff_share=round(hand / dgrams, 3) if dgrams else None,
+            handoff_share=round(hand / dgrams, 3) if dgrams else None, wakeups=int(wakeups),
             dropped={k.split('"')[1]: int(v) for k, v in m1.items()
                      if k.startswith('sipshard_dropped_total') and v},
             latency_us={k.split('"')[1]: int(v) for k, v in m1.items()
@@ -723,7 +727,7 @@ def main():
                    quick=opts.quick, duration=opts.duration, tol_pct=opts.tol_pct,
                    transport=TRANSPORT, command=opts.command, machine=machine(),
                    kam_children=KAM_CHILDREN, kam_shm_mb=KAM_SHM_MB, kam_maxbuffer=KAM_MAXBUFFER,
-                   run_as=RUN_AS or None,
+                   run_as=RUN_AS or None, sipshard_extra_args=EXTRA_ARGS,
                    sysctl_applied={k: v[0] for k, v in SYSCTL.items()},
                    sysctl_previous={k: v[1] for k, v in SYSCTL.items()},
                    lock_wait_s=round(Lock.waited), wall_min=round((time.time() - started) / 60, 1),
