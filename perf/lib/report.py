@@ -25,6 +25,7 @@ COLOR = {'sipshard-1': '#4e79a7', 'sipshard-2': '#2c5282', 'kamailio': '#e15759'
          'echo': '#9c9c9c'}
 # issue #6 / #4 targets: server CPU µs per op for sipshard, Kamailio's figure in DESIGN.md
 GOALS = {'reg': 9.0, 'reg-auth': 15.0}
+KAM_BASELINE = {'reg': 36.0, 'reg-auth': 58.0, 'calls': 196.0}   # µs, quiet machine, RESULTS.md
 MIN_VS_KAM = 4.0
 MAX_VS_ECHO = 3.0
 
@@ -72,7 +73,19 @@ def goal_lines(doc):
             parts.append('sipshard/echo = %.1fx (%s %.0fx)' % (v / echo, '≤' if v / echo <= MAX_VS_ECHO else '>', MAX_VS_ECHO))
             ok = ok and v / echo <= MAX_VS_ECHO
         out.append('- %s: %s → **%s**' % (LABEL[name], ', '.join(parts), 'met' if ok else 'NOT met'))
+    if kam:
+        out.append('- Kamailio measured %.1f µs/op in this run vs %.0f µs in the baseline on a quiet '
+                   'machine (x%.2f). Scaling sipshard by the same factor (an estimate, assuming the '
+                   'load on the machine inflates both alike): %s.' % (
+                       kam, KAM_BASELINE[sc], kam / KAM_BASELINE[sc], ', '.join(
+                           '%s ≈ %.1f µs' % (LABEL[n], cpu_fixed(t.get(n)) * KAM_BASELINE[sc] / kam)
+                           for n in ('sipshard-1', 'sipshard-2') if cpu_fixed(t.get(n)))))
     return out
+
+
+def others_avg(doc):
+    v = [r['others_cpu_pct'] for r in doc['trials'] if 'others_cpu_pct' in r]
+    return sum(v) / len(v) if v else None
 
 
 def summary_table(doc):
@@ -163,7 +176,13 @@ def machine_lines(doc):
 def write_md(path, doc):
     day = doc['date']
     lines = ['# %s — %s%s' % (doc['title'], day, ' (quick)' if doc['quick'] else ''), '']
-    lines += machine_lines(doc) + ['']
+    lines += machine_lines(doc)
+    o = others_avg(doc)
+    if o is not None:
+        lines += ['- Other processes took on average %.0f%% of one core (of 200%%) during the trials: '
+                  'absolute µs are inflated for every target on a busy machine; compare within '
+                  'this run.' % o]
+    lines += ['']
     lines += ['## Summary', ''] + summary_table(doc) + ['']
     g = goal_lines(doc)
     if g:
@@ -311,11 +330,19 @@ def newest(quick):
 
 
 def readme_section(items, cpu_svg, lat_svg):
-    lines = ['Measured by `perf/compare` (issue #6): sipshard, Kamailio and a UDP echo on the same '
-             'SIPp load, one after the other, each trial under `flock /tmp/bench.lock`. '
-             'Details, every trial and the machine: `perf/results/`.', '',
-             '```sh', 'perf/compare all            # ~45-60 min; perf/compare reg --quick: ~2 min',
-             'perf/compare reg|reg-auth|calls|all [--quick]', '```', '']
+    o = [others_avg(d) for _, d in items if others_avg(d) is not None]
+    lines = ['Measured by `perf/compare` (issue #6, see perf/README.md): sipshard, Kamailio and a '
+             'UDP echo on the same SIPp load, one after the other, each trial under '
+             '`flock /tmp/bench.lock`. Details, every trial and the machine: `perf/results/`.', '',
+             '```sh', 'perf/compare all             # ~40 min (+ waits for the lock)',
+             'perf/compare all --quick     # ~5-10 min',
+             'perf/compare reg|reg-auth|calls [--quick]', '```', '']
+    if o:
+        lines += ['Server CPU per operation is the figure that counts (SIPp shares the 2 cores, so the '
+                  'max rate mostly measures SIPp). These runs were on the shared 2-vCPU dev machine '
+                  'while other processes took ~%.0f%% of one core: every absolute figure is inflated '
+                  '(Kamailio too, compare its line with the baseline); compare within a run.' % (
+                      sum(o) / len(o)), '']
     for p, d in items:
         lines += ['### %s (%s)' % (d['title'], d['date']), '']
         lines += summary_table(d) + ['']
