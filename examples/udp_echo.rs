@@ -10,7 +10,9 @@
 use std::net::UdpSocket;
 
 fn main() -> std::io::Result<()> {
-    let addr = std::env::args().nth(1).unwrap_or_else(|| "127.0.0.1:5070".into());
+    let addr = std::env::args()
+        .nth(1)
+        .unwrap_or_else(|| "127.0.0.1:5070".into());
     let sock = UdpSocket::bind(&addr)?;
     let mut buf = [0u8; 65536];
     let mut n: u64 = 0;

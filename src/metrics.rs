@@ -103,6 +103,10 @@ pub struct ShardStats {
     pub bindings: Counter,
     /// Cross-shard wake-ups issued by this shard.
     pub wakeups: Counter,
+    /// Requests sent (forwarded by the proxy), by method.
+    pub sent_requests: [Counter; 15],
+    /// Transactions currently held by this shard's proxy.
+    pub transactions: Counter,
     pub latency: Mutex<Histogram<u64>>,
 }
 
@@ -124,6 +128,8 @@ impl Default for ShardStats {
             datagrams_out: Counter::default(),
             bindings: Counter::default(),
             wakeups: Counter::default(),
+            sent_requests: Default::default(),
+            transactions: Counter::default(),
             latency: Mutex::new(new_histogram()),
         }
     }
@@ -134,6 +140,26 @@ impl ShardStats {
     pub fn request(&self, m: Method) {
         let i = METHODS.iter().position(|&x| x == m).unwrap_or(14);
         self.received_requests[i].inc();
+    }
+
+    #[inline]
+    pub fn request_sent(&self, m: Method) {
+        let i = METHODS.iter().position(|&x| x == m).unwrap_or(14);
+        self.sent_requests[i].inc();
+    }
+
+    /// Counts a datagram the proxy sends: a response by status, a request by method.
+    pub fn message_sent(&self, bytes: &[u8]) {
+        if let Some(rest) = bytes.strip_prefix(b"SIP/2.0 ") {
+            let code = rest
+                .iter()
+                .take(3)
+                .fold(0u16, |a, &d| a * 10 + d.wrapping_sub(b'0') as u16);
+            self.response_sent(code);
+        } else {
+            let end = memchr::memchr(b' ', bytes).unwrap_or(0);
+            self.request_sent(Method::from_bytes(&bytes[..end]));
+        }
     }
 
     #[inline]
@@ -181,6 +207,25 @@ impl Registry {
                 m.as_str()
             );
         }
+        o.push_str("# HELP sipshard_requests_sent_total SIP requests forwarded, by method.\n");
+        o.push_str("# TYPE sipshard_requests_sent_total counter\n");
+        for (i, m) in METHODS.iter().enumerate() {
+            let v = self.sum(|s| s.sent_requests[i].get());
+            if v > 0 {
+                let _ = writeln!(
+                    o,
+                    "sipshard_requests_sent_total{{method=\"{}\"}} {v}",
+                    m.as_str()
+                );
+            }
+        }
+        o.push_str("# HELP sipshard_transactions Transactions in progress.\n");
+        o.push_str("# TYPE sipshard_transactions gauge\n");
+        let _ = writeln!(
+            o,
+            "sipshard_transactions {}",
+            self.sum(|s| s.transactions.get())
+        );
         o.push_str("# HELP sipshard_responses_received_total SIP responses received.\n");
         o.push_str("# TYPE sipshard_responses_received_total counter\n");
         let _ = writeln!(

@@ -276,6 +276,25 @@ fn sipp_calls_through_the_record_routing_proxy() {
         s.metric("sipshard_requests_received_total{method=\"ACK\"}"),
         Some(2000.0)
     );
+    // What the proxy sent agrees with SIPp: every request forwarded once, 100/180 per call,
+    // a 200 for every INVITE and BYE (plus the callee's REGISTER and start-up OPTIONS).
+    for m in ["INVITE", "ACK", "BYE"] {
+        let series = format!("sipshard_requests_sent_total{{method=\"{m}\"}}");
+        assert_eq!(s.metric(&series), Some(2000.0), "{m} forwarded");
+    }
+    assert_eq!(
+        s.metric("sipshard_responses_sent_total{status=\"100\"}"),
+        Some(2000.0)
+    );
+    assert_eq!(
+        s.metric("sipshard_responses_sent_total{status=\"180\"}"),
+        Some(2000.0)
+    );
+    assert!(
+        s.metric("sipshard_responses_sent_total{status=\"200\"}")
+            .unwrap()
+            >= 4000.0
+    );
 }
 
 #[test]

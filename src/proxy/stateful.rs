@@ -61,6 +61,7 @@ pub enum Handled {
 /// The stateful proxy of one shard.
 pub struct Proxy {
     shard: usize,
+    stats: std::sync::Arc<crate::metrics::ShardStats>,
     txns: TransactionTable,
     /// `ip:port` written in our Via and Record-Route.
     host: String,
@@ -118,9 +119,16 @@ fn better(new: u16, old: u16) -> bool {
 impl Proxy {
     /// A proxy whose Via and Record-Route name `local` (the shard's own port), sending from
     /// shard socket `socket`; `ours` lists every address that routes to this server.
-    pub fn new(shard: usize, local: SocketAddr, socket: usize, ours: Vec<SocketAddr>) -> Proxy {
+    pub fn new(
+        shard: usize,
+        local: SocketAddr,
+        socket: usize,
+        ours: Vec<SocketAddr>,
+        stats: std::sync::Arc<crate::metrics::ShardStats>,
+    ) -> Proxy {
         Proxy {
             shard,
+            stats,
             txns: TransactionTable::new(TxnConfig::default()),
             host: local.to_string(),
             socket: socket as u16,
@@ -131,6 +139,11 @@ impl Proxy {
             txn_out: Vec::new(),
             scratch: Vec::with_capacity(2048),
         }
+    }
+
+    /// Transactions in the table.
+    pub fn transactions(&self) -> usize {
+        self.txns.len()
     }
 
     /// Transactions and response contexts alive (for tests: 0 when everything ended).
@@ -360,6 +373,7 @@ impl Proxy {
             out.abort(start);
             return Handled::Absorbed;
         }
+        self.stats.message_sent(&buf[start..]);
         out.commit(start, dst, self.socket as usize);
         Handled::Relayed
     }
@@ -475,6 +489,7 @@ impl Proxy {
                     if let Some(dst) = next_via_destination(resp) {
                         let (buf, start) = out.begin();
                         if write_response_upstream(buf, resp) {
+                            self.stats.message_sent(&buf[start..]);
                             out.commit(start, dst, self.socket as usize);
                             ok = true;
                         } else {
@@ -563,7 +578,10 @@ impl Proxy {
         let mut i = 0;
         while i < txn_out.len() {
             match txn_out[i].clone() {
-                TxnOut::Send { bytes, dst, socket } => out.push(&bytes, dst, socket as usize),
+                TxnOut::Send { bytes, dst, socket } => {
+                    self.stats.message_sent(&bytes);
+                    out.push(&bytes, dst, socket as usize)
+                }
                 TxnOut::Client { id, event } => match event {
                     TxnEvent::Timeout | TxnEvent::TransportError => {
                         if let Some(&sid) = self.client_ctx.get(&id) {

@@ -117,7 +117,7 @@ impl Core {
         };
         // The shard's own port if it has one, else the first listen address.
         let own = local.len() - 1;
-        let proxy = Proxy::new(shard, local[own], own, local.clone());
+        let proxy = Proxy::new(shard, local[own], own, local.clone(), stats.clone());
         Core {
             shard,
             cfg,
@@ -153,6 +153,9 @@ impl Core {
     pub fn handle_timeout(&mut self, now_ms: u64, out: &mut Outbox) {
         if self.proxy.next_timeout().is_some_and(|t| t <= now_ms) {
             self.proxy.handle_timeout(now_ms, out);
+            self.stats
+                .transactions
+                .set(self.proxy.transactions() as u64);
         }
         if self.registrar.next_timeout().is_some_and(|t| t <= now_ms) {
             self.registrar.poll_expired(now_ms);
@@ -273,6 +276,9 @@ impl Core {
         if let Some(status) = reply.sent_status {
             self.stats.response_sent(status);
         }
+        self.stats
+            .transactions
+            .set(self.proxy.transactions() as u64);
         Disposition::Done
     }
 
