@@ -10,6 +10,7 @@ use crate::server::outbox::Outbox;
 use crate::sip::uri::HostKind;
 use crate::sip::write::{finish, header, response_head, write_forward, ForwardEdits};
 use crate::sip::{HeaderName, Message, Method, Uri};
+use crate::timer::{TimerKey, TimerWheel};
 use crate::txn::{
     Bytes, ClientEvent, ClientKey, ClientTxnId, Match, ServerTxnId, TransactionTable, TxnConfig,
     TxnEvent, TxnOut,
@@ -24,9 +25,15 @@ pub struct Target<'t> {
     pub dst: SocketAddr,
 }
 
+/// Timer C (RFC 3261 §16.6 step 11): an INVITE branch that has not answered finally within
+/// this long after its last provisional response is cancelled and counts as 408.
+pub const TIMER_C_MS: u64 = 180_000;
+
 /// One forwarded copy of a request.
 struct Branch {
     id: ClientTxnId,
+    /// Timer C of an INVITE branch.
+    timer_c: Option<TimerKey>,
     /// The request as forwarded (for CANCEL).
     request: Bytes,
     dst: SocketAddr,
@@ -74,6 +81,8 @@ pub struct Proxy {
     client_ctx: HashMap<ClientTxnId, ServerTxnId>,
     txn_out: Vec<TxnOut>,
     scratch: Vec<u8>,
+    /// Timer C of every pending INVITE branch.
+    timer_c: TimerWheel<ClientTxnId>,
 }
 
 fn bytes(v: &[u8]) -> Bytes {
@@ -138,6 +147,7 @@ impl Proxy {
             client_ctx: HashMap::new(),
             txn_out: Vec::new(),
             scratch: Vec::with_capacity(2048),
+            timer_c: TimerWheel::new(1_000, 512),
         }
     }
 
@@ -152,7 +162,10 @@ impl Proxy {
     }
 
     pub fn next_timeout(&self) -> Option<u64> {
-        self.txns.next_timeout()
+        match (self.txns.next_timeout(), self.timer_c.next_deadline()) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
     }
 
     /// True if `uri` routes to this server (host is one of our IPs and the port ours).
@@ -171,6 +184,11 @@ impl Proxy {
     pub fn handle_timeout(&mut self, now_ms: u64, out: &mut Outbox) {
         let mut txn_out = core::mem::take(&mut self.txn_out);
         self.txns.poll_timers(now_ms, &mut txn_out);
+        let mut fired = Vec::new();
+        self.timer_c.poll(now_ms, &mut |cid| fired.push(cid));
+        for cid in fired {
+            self.timer_c_fired(cid, now_ms, &mut txn_out);
+        }
         self.drain(&mut txn_out, now_ms, out);
         self.txn_out = txn_out;
     }
@@ -278,8 +296,10 @@ impl Proxy {
             ) {
                 Ok(cid) => {
                     self.client_ctx.insert(cid, sid);
+                    let timer_c = is_invite.then(|| self.timer_c.insert(now_ms + TIMER_C_MS, cid));
                     ctx.branches.push(Branch {
                         id: cid,
+                        timer_c,
                         request,
                         dst: t.dst,
                         done: false,
@@ -451,6 +471,7 @@ impl Proxy {
             }
             Some((cid, ClientEvent::Provisional { status })) => {
                 if let Some(&sid) = self.client_ctx.get(&cid) {
+                    self.restart_timer_c(sid, cid, now_ms);
                     let final_sent = self.contexts.get(&sid).is_none_or(|c| c.final_sent);
                     if status > 100 && !final_sent {
                         self.scratch.clear();
@@ -520,6 +541,9 @@ impl Proxy {
         };
         if let Some(b) = ctx.branches.iter_mut().find(|b| b.id == cid) {
             b.done = true;
+            if let Some(k) = b.timer_c.take() {
+                self.timer_c.cancel(k);
+            }
         }
         if (200..300).contains(&status) {
             // Every 2xx is relayed at once (§16.7 step 5), and the other branches cancelled.
@@ -571,6 +595,58 @@ impl Proxy {
                 let _ = self.txns.server_respond(sid, s, r, now_ms, txn_out);
             }
         }
+    }
+
+    /// §16.7 step 2: a provisional response restarts the branch's Timer C.
+    fn restart_timer_c(&mut self, sid: ServerTxnId, cid: ClientTxnId, now_ms: u64) {
+        let Some(b) = self
+            .contexts
+            .get_mut(&sid)
+            .and_then(|c| c.branches.iter_mut().find(|b| b.id == cid))
+        else {
+            return;
+        };
+        if let Some(k) = b.timer_c.take() {
+            self.timer_c.cancel(k);
+            b.timer_c = Some(self.timer_c.insert(now_ms + TIMER_C_MS, cid));
+        }
+    }
+
+    /// Timer C fired (§16.8): cancel the branch and let it count as 408.
+    fn timer_c_fired(&mut self, cid: ClientTxnId, now_ms: u64, txn_out: &mut Vec<TxnOut>) {
+        let Some(&sid) = self.client_ctx.get(&cid) else {
+            return;
+        };
+        let Some(b) = self
+            .contexts
+            .get_mut(&sid)
+            .and_then(|c| c.branches.iter_mut().find(|b| b.id == cid))
+        else {
+            return;
+        };
+        b.timer_c = None;
+        if b.done {
+            return;
+        }
+        let (request, dst) = (b.request.clone(), b.dst);
+        if let Ok(req) = Message::parse(&request) {
+            if let Some(branch) = req.top_via().ok().and_then(|v| v.branch()) {
+                self.scratch.clear();
+                if write_cancel(&mut self.scratch, &req) {
+                    let key = ClientKey::new(branch, b"CANCEL");
+                    let _ = self.txns.new_client(
+                        key,
+                        bytes(&self.scratch),
+                        dst,
+                        self.socket,
+                        false,
+                        now_ms,
+                        txn_out,
+                    );
+                }
+            }
+        }
+        self.branch_final(sid, cid, 408, None, now_ms, txn_out);
     }
 
     /// Moves transaction output into the outbox and handles TU events.

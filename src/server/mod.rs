@@ -8,6 +8,8 @@
 
 pub mod outbox;
 mod reply;
+#[cfg(test)]
+mod tests;
 
 use crate::auth::{AuthOutcome, Authenticator};
 use crate::config::{Mode, RegistrarSettings};
