@@ -29,6 +29,19 @@ pub struct Target<'t> {
 /// this long after its last provisional response is cancelled and counts as 408.
 pub const TIMER_C_MS: u64 = 180_000;
 
+/// After a CANCEL, how long a branch may take to send its final response before its INVITE
+/// client transaction is destroyed anyway (§9.1: 64*T1).
+pub const CANCEL_GUARD_MS: u64 = 32_000;
+
+/// The proxy's own timers.
+#[derive(Debug, Clone, Copy)]
+enum ProxyTimer {
+    /// Timer C of an INVITE branch.
+    C(ClientTxnId),
+    /// A cancelled branch that must be gone by now.
+    CancelGuard(ClientTxnId),
+}
+
 /// One forwarded copy of a request.
 struct Branch {
     id: ClientTxnId,
@@ -81,8 +94,8 @@ pub struct Proxy {
     client_ctx: HashMap<ClientTxnId, ServerTxnId>,
     txn_out: Vec<TxnOut>,
     scratch: Vec<u8>,
-    /// Timer C of every pending INVITE branch.
-    timer_c: TimerWheel<ClientTxnId>,
+    /// Timer C of every pending INVITE branch, and the guards of cancelled branches.
+    timer_c: TimerWheel<ProxyTimer>,
 }
 
 fn bytes(v: &[u8]) -> Bytes {
@@ -185,9 +198,17 @@ impl Proxy {
         let mut txn_out = core::mem::take(&mut self.txn_out);
         self.txns.poll_timers(now_ms, &mut txn_out);
         let mut fired = Vec::new();
-        self.timer_c.poll(now_ms, &mut |cid| fired.push(cid));
-        for cid in fired {
-            self.timer_c_fired(cid, now_ms, &mut txn_out);
+        self.timer_c.poll(now_ms, &mut |t| fired.push(t));
+        for t in fired {
+            match t {
+                ProxyTimer::C(cid) => self.timer_c_fired(cid, now_ms, &mut txn_out),
+                ProxyTimer::CancelGuard(cid) => {
+                    // No final response since our CANCEL: destroy the INVITE transaction.
+                    if self.txns.client_state(cid).is_some() {
+                        self.txns.client_transport_error(cid, &mut txn_out);
+                    }
+                }
+            }
         }
         self.drain(&mut txn_out, now_ms, out);
         self.txn_out = txn_out;
@@ -296,7 +317,8 @@ impl Proxy {
             ) {
                 Ok(cid) => {
                     self.client_ctx.insert(cid, sid);
-                    let timer_c = is_invite.then(|| self.timer_c.insert(now_ms + TIMER_C_MS, cid));
+                    let timer_c = is_invite
+                        .then(|| self.timer_c.insert(now_ms + TIMER_C_MS, ProxyTimer::C(cid)));
                     ctx.branches.push(Branch {
                         id: cid,
                         timer_c,
@@ -429,13 +451,15 @@ impl Proxy {
         let Some(ctx) = self.contexts.get(&sid) else {
             return;
         };
-        let pending: Vec<(Bytes, SocketAddr)> = ctx
+        let pending: Vec<(ClientTxnId, Bytes, SocketAddr)> = ctx
             .branches
             .iter()
             .filter(|b| !b.done)
-            .map(|b| (b.request.clone(), b.dst))
+            .map(|b| (b.id, b.request.clone(), b.dst))
             .collect();
-        for (request, dst) in pending {
+        for (cid, request, dst) in pending {
+            self.timer_c
+                .insert(now_ms + CANCEL_GUARD_MS, ProxyTimer::CancelGuard(cid));
             let Ok(req) = Message::parse(&request) else {
                 continue;
             };
@@ -608,7 +632,7 @@ impl Proxy {
         };
         if let Some(k) = b.timer_c.take() {
             self.timer_c.cancel(k);
-            b.timer_c = Some(self.timer_c.insert(now_ms + TIMER_C_MS, cid));
+            b.timer_c = Some(self.timer_c.insert(now_ms + TIMER_C_MS, ProxyTimer::C(cid)));
         }
     }
 
@@ -629,6 +653,8 @@ impl Proxy {
             return;
         }
         let (request, dst) = (b.request.clone(), b.dst);
+        self.timer_c
+            .insert(now_ms + CANCEL_GUARD_MS, ProxyTimer::CancelGuard(cid));
         if let Ok(req) = Message::parse(&request) {
             if let Some(branch) = req.top_via().ok().and_then(|v| v.branch()) {
                 self.scratch.clear();
