@@ -561,8 +561,16 @@ def search(target, scenario, opts, bins, trials):
             lo = lo * 95 // 100 // MIN_STEP * MIN_STEP
             if lo < MIN_STEP:
                 break
+    if best is None:
+        # the confirmation failed three times (on this shared machine usually because SIPp
+        # fell short of the rate): report the highest rate that passed once, marked as such
+        passed = [t for t in trials if t.get('pass') and t['target'] == target
+                  and t['scenario'] == scenario]
+        if passed:
+            best = dict(max(passed, key=lambda t: t['rate']), unconfirmed=True)
     return dict(target=target, scenario=scenario, fixed=fixed, best=best,
-                max_rate=best['rate'] if best else 0)
+                max_rate=best['rate'] if best else 0,
+                unconfirmed=bool(best and best.get('unconfirmed')))
 
 
 # ---- sipshard calls: is the proxy there yet? --------------------------------------------------

@@ -116,7 +116,9 @@ def summary_table(doc):
         if spread and len(spread) > 1 and sum(spread):
             hop_txt += ' (shard 0 got %.0f%%)' % (100.0 * spread[0] / sum(spread))
         rows.append('| %s | %s | %s | %s | %d%% | %d%% | %.1f | %d | %s | %s |' % (
-            LABEL[name], '{:,}'.format(b['rate']), fixed_txt, f1(b['cpu_us_per_op']),
+            LABEL[name], '{:,}'.format(b['rate']) + (' (passed once, confirmation failed)'
+                                                     if b.get('unconfirmed') else ''),
+            fixed_txt, f1(b['cpu_us_per_op']),
             b['server_cpu_pct'], b['sipp_cpu_pct'], b['rss_kib'] / 1024.0,
             b['udp_rcvbuf_errors'], lat(b), hop_txt))
     return rows
@@ -293,7 +295,7 @@ def svg_latency(docs, path):
         o.append('<rect x="%d" y="%d" width="%d" height="%d" fill="none" stroke="black"/>' % (x0, top, pw, ph))
         o.append('<text x="%.1f" y="%d" text-anchor="middle">offered rate (calls/s)</text>' % (x0 + pw / 2, top + ph + 32))
         for tgt, series in pts.items():
-            series.sort()
+            series.sort(key=lambda x: x[0])
             dash = '' if tgt == 'sipshard-2' else ' stroke-dasharray="5,3"'
             for q, col in qs:
                 p = ' '.join('%.1f,%.1f' % (X(r), Y(l.get(q, 0))) for r, l in series)
