@@ -141,7 +141,7 @@ fn check(buf: &[u8]) {
         assert!(within(buf, v.host) && within(buf, v.transport) && within(buf, v.params.raw()));
         assert!(!v.transport.is_empty());
         for (n, val) in v.params.iter() {
-            assert!(within(buf, n) && val.map_or(true, |x| within(buf, x)));
+            assert!(within(buf, n) && val.is_none_or(|x| within(buf, x)));
         }
     }
     let mut addrs = Vec::new();
@@ -152,7 +152,7 @@ fn check(buf: &[u8]) {
     addrs.extend(msg.record_routes().flatten());
     addrs.extend(msg.paths().flatten());
     for a in &addrs {
-        assert!(within(buf, a.uri_raw) && a.tag().map_or(true, |t| within(buf, t)));
+        assert!(within(buf, a.uri_raw) && a.tag().is_none_or(|t| within(buf, t)));
         assert!(a.uri().is_ok(), "a parsed name-addr has a parseable URI");
     }
     if let Ok(c) = msg.call_id() {

@@ -311,7 +311,7 @@ fn is_digest_scheme(raw: &[u8]) -> bool {
     let v = raw.trim_ascii_start();
     v.len() >= 6
         && v[..6].eq_ignore_ascii_case(b"Digest")
-        && v.get(6).map_or(true, |b| b.is_ascii_whitespace())
+        && v.get(6).is_none_or(|b| b.is_ascii_whitespace())
 }
 
 /// `nc-value = 8LHEX` (RFC 7616 §3.4); either case accepted.

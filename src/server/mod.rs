@@ -14,7 +14,7 @@ mod tests;
 use crate::auth::{AuthOutcome, Authenticator};
 use crate::config::{Mode, RegistrarSettings};
 use crate::metrics::{DropReason, ShardStats};
-use crate::proxy::stateful::{next_hop, shard_of_branch, uri_address, Handled, Proxy, Target};
+use crate::proxy::stateful::{next_hop, shard_of_branch, uri_address, Proxy, Target};
 use crate::registrar::{Registrar, RegistrarConfig, ResponseCtx};
 use crate::shard::ownership::{aor_hash, owner_shard};
 use crate::sip::{HeaderName, Message, Method, Scheme, Uri};
@@ -529,7 +529,7 @@ impl Core {
             return reply.simple(out, 480, b"Temporarily Unavailable");
         }
         // Highest q first (§16.6: a proxy may use q-values to order targets).
-        bindings.sort_by(|a, b| b.q().cmp(&a.q()));
+        bindings.sort_by_key(|b| std::cmp::Reverse(b.q()));
         if self.cfg.mode == Mode::Redirect {
             // RFC 3261 §8.3: 302 with the current bindings as Contacts.
             return reply.with(out, 302, b"Moved Temporarily", |o| {
@@ -561,12 +561,8 @@ impl Core {
             self.proxy.relay_stateless(msg, Some(t.uri), t.dst, out);
             return;
         }
-        match self
-            .proxy
-            .forward(msg, response_dst, in_socket, &targets, true, now_ms, out)
-        {
-            Handled::Answered(status) => reply.sent(status),
-            _ => {}
-        }
+        // The proxy counts what it sends itself (its answers go through its transactions).
+        self.proxy
+            .forward(msg, response_dst, in_socket, &targets, true, now_ms, out);
     }
 }
