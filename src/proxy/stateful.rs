@@ -458,18 +458,30 @@ impl Proxy {
             .map(|b| (b.id, b.request.clone(), b.dst))
             .collect();
         for (cid, request, dst) in pending {
-            self.timer_c
-                .insert(now_ms + CANCEL_GUARD_MS, ProxyTimer::CancelGuard(cid));
-            let Ok(req) = Message::parse(&request) else {
-                continue;
-            };
-            let Some(branch) = req.top_via().ok().and_then(|v| v.branch()) else {
-                continue;
-            };
-            self.scratch.clear();
-            if !write_cancel(&mut self.scratch, &req) {
-                continue;
-            }
+            self.send_cancel(cid, &request, dst, now_ms, txn_out);
+        }
+    }
+
+    /// Sends a CANCEL for one forwarded INVITE (§9.1) and arms the guard that destroys the
+    /// INVITE transaction if no final response follows.
+    fn send_cancel(
+        &mut self,
+        cid: ClientTxnId,
+        request: &[u8],
+        dst: SocketAddr,
+        now_ms: u64,
+        txn_out: &mut Vec<TxnOut>,
+    ) {
+        self.timer_c
+            .insert(now_ms + CANCEL_GUARD_MS, ProxyTimer::CancelGuard(cid));
+        let Ok(req) = Message::parse(request) else {
+            return;
+        };
+        let Some(branch) = req.top_via().ok().and_then(|v| v.branch()) else {
+            return;
+        };
+        self.scratch.clear();
+        if write_cancel(&mut self.scratch, &req) {
             let key = ClientKey::new(branch, b"CANCEL");
             let _ = self.txns.new_client(
                 key,
@@ -653,25 +665,7 @@ impl Proxy {
             return;
         }
         let (request, dst) = (b.request.clone(), b.dst);
-        self.timer_c
-            .insert(now_ms + CANCEL_GUARD_MS, ProxyTimer::CancelGuard(cid));
-        if let Ok(req) = Message::parse(&request) {
-            if let Some(branch) = req.top_via().ok().and_then(|v| v.branch()) {
-                self.scratch.clear();
-                if write_cancel(&mut self.scratch, &req) {
-                    let key = ClientKey::new(branch, b"CANCEL");
-                    let _ = self.txns.new_client(
-                        key,
-                        bytes(&self.scratch),
-                        dst,
-                        self.socket,
-                        false,
-                        now_ms,
-                        txn_out,
-                    );
-                }
-            }
-        }
+        self.send_cancel(cid, &request, dst, now_ms, txn_out);
         self.branch_final(sid, cid, 408, None, now_ms, txn_out);
     }
 
