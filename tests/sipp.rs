@@ -329,3 +329,46 @@ fn sipp_cancel_before_answer() {
         Some(200.0)
     );
 }
+
+#[test]
+fn sipp_forking_to_two_contacts_answered_by_one() {
+    if !sipp_available() {
+        return;
+    }
+    let dir = scratch("fork");
+    let s = ServerProcess::start_with(&["--shards", "1"], true);
+    // Two phones registered for the same user: one answers, the other rings until cancelled.
+    let _answers = callee(&dir, &s, "forked", free_udp_port(), "uas.xml", 100);
+    let _rings = callee(&dir, &s, "forked", free_udp_port(), "uas-cancel.xml", 100);
+    assert_eq!(s.metric("sipshard_bindings"), Some(2.0));
+    let csv = dir.join("callee-forked.csv");
+    let sf = scenario("uac.xml");
+    let r = run_sipp(
+        &dir,
+        &s,
+        &[
+            "-sf",
+            sf.to_str().unwrap(),
+            "-inf",
+            csv.to_str().unwrap(),
+            "-m",
+            "100",
+            "-r",
+            "20",
+            "-d",
+            "50",
+        ],
+    );
+    assert_eq!(r.failed, 0, "failed calls");
+    assert_eq!(r.retransmissions, 0, "retransmissions");
+    assert_eq!(r.successful, 100);
+    // Every INVITE went to both phones; the ringing one was cancelled each time.
+    assert_eq!(
+        s.metric("sipshard_requests_sent_total{method=\"INVITE\"}"),
+        Some(200.0)
+    );
+    assert_eq!(
+        s.metric("sipshard_requests_sent_total{method=\"CANCEL\"}"),
+        Some(100.0)
+    );
+}
