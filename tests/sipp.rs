@@ -372,3 +372,37 @@ fn sipp_forking_to_two_contacts_answered_by_one() {
         Some(100.0)
     );
 }
+
+#[test]
+fn sipp_callee_hangs_up_through_the_proxy() {
+    if !sipp_available() {
+        return;
+    }
+    let dir = scratch("byecallee");
+    let s = ServerProcess::start_with(&["--shards", "2"], true);
+    let _uas = callee(&dir, &s, "hangup", free_udp_port(), "uas-bye.xml", 100);
+    let csv = dir.join("callee-hangup.csv");
+    let sf = scenario("uac-callee-bye.xml");
+    let r = run_sipp(
+        &dir,
+        &s,
+        &[
+            "-sf",
+            sf.to_str().unwrap(),
+            "-inf",
+            csv.to_str().unwrap(),
+            "-m",
+            "100",
+            "-r",
+            "50",
+        ],
+    );
+    assert_eq!(r.failed, 0, "failed calls");
+    assert_eq!(r.retransmissions, 0, "retransmissions");
+    assert_eq!(r.successful, 100);
+    // The callee's BYEs were routed back to the callers through the proxy.
+    assert_eq!(
+        s.metric("sipshard_requests_sent_total{method=\"BYE\"}"),
+        Some(100.0)
+    );
+}
