@@ -406,3 +406,39 @@ fn sipp_callee_hangs_up_through_the_proxy() {
         Some(100.0)
     );
 }
+
+#[test]
+fn sipp_reinvite_in_a_dialog_through_the_proxy() {
+    if !sipp_available() {
+        return;
+    }
+    let dir = scratch("reinvite");
+    let s = ServerProcess::start_with(&["--shards", "2"], true);
+    let _uas = callee(&dir, &s, "reinv", free_udp_port(), "uas-reinvite.xml", 100);
+    let csv = dir.join("callee-reinv.csv");
+    let sf = scenario("uac-reinvite.xml");
+    let r = run_sipp(
+        &dir,
+        &s,
+        &[
+            "-sf",
+            sf.to_str().unwrap(),
+            "-inf",
+            csv.to_str().unwrap(),
+            "-m",
+            "100",
+            "-r",
+            "50",
+            "-d",
+            "20",
+        ],
+    );
+    assert_eq!(r.failed, 0, "failed calls");
+    assert_eq!(r.retransmissions, 0, "retransmissions");
+    assert_eq!(r.successful, 100);
+    // Two INVITEs per call (the initial one and the re-INVITE), both forwarded.
+    assert_eq!(
+        s.metric("sipshard_requests_sent_total{method=\"INVITE\"}"),
+        Some(200.0)
+    );
+}
