@@ -51,6 +51,10 @@ struct Branch {
     request: Bytes,
     dst: SocketAddr,
     done: bool,
+    /// A provisional response came (a CANCEL may be sent, §9.1).
+    provisional: bool,
+    /// A CANCEL is owed as soon as the first provisional response comes.
+    cancel_wanted: bool,
 }
 
 /// The response context of one server transaction (§16.7).
@@ -325,6 +329,8 @@ impl Proxy {
                         request,
                         dst: t.dst,
                         done: false,
+                        provisional: false,
+                        cancel_wanted: false,
                     });
                 }
                 Err(_) => continue,
@@ -448,13 +454,22 @@ impl Proxy {
     }
 
     fn cancel_branches(&mut self, sid: ServerTxnId, now_ms: u64, txn_out: &mut Vec<TxnOut>) {
-        let Some(ctx) = self.contexts.get(&sid) else {
+        // §9.1: a branch that has sent no provisional response yet gets its CANCEL when one
+        // comes (until then the INVITE may not even have arrived).
+        let Some(ctx) = self.contexts.get_mut(&sid) else {
             return;
         };
+        for b in ctx
+            .branches
+            .iter_mut()
+            .filter(|b| !b.done && !b.provisional)
+        {
+            b.cancel_wanted = true;
+        }
         let pending: Vec<(ClientTxnId, Bytes, SocketAddr)> = ctx
             .branches
             .iter()
-            .filter(|b| !b.done)
+            .filter(|b| !b.done && b.provisional)
             .map(|b| (b.id, b.request.clone(), b.dst))
             .collect();
         for (cid, request, dst) in pending {
@@ -507,7 +522,7 @@ impl Proxy {
             }
             Some((cid, ClientEvent::Provisional { status })) => {
                 if let Some(&sid) = self.client_ctx.get(&cid) {
-                    self.restart_timer_c(sid, cid, now_ms);
+                    self.restart_timer_c(sid, cid, now_ms, &mut txn_out);
                     let final_sent = self.contexts.get(&sid).is_none_or(|c| c.final_sent);
                     if status > 100 && !final_sent {
                         self.scratch.clear();
@@ -633,8 +648,15 @@ impl Proxy {
         }
     }
 
-    /// §16.7 step 2: a provisional response restarts the branch's Timer C.
-    fn restart_timer_c(&mut self, sid: ServerTxnId, cid: ClientTxnId, now_ms: u64) {
+    /// §16.7 step 2: a provisional response restarts the branch's Timer C (and releases a
+    /// CANCEL that waited for it).
+    fn restart_timer_c(
+        &mut self,
+        sid: ServerTxnId,
+        cid: ClientTxnId,
+        now_ms: u64,
+        txn_out: &mut Vec<TxnOut>,
+    ) {
         let Some(b) = self
             .contexts
             .get_mut(&sid)
@@ -642,6 +664,13 @@ impl Proxy {
         else {
             return;
         };
+        b.provisional = true;
+        if b.cancel_wanted && !b.done {
+            b.cancel_wanted = false;
+            let (request, dst) = (b.request.clone(), b.dst);
+            self.send_cancel(cid, &request, dst, now_ms, txn_out);
+            return;
+        }
         if let Some(k) = b.timer_c.take() {
             self.timer_c.cancel(k);
             b.timer_c = Some(self.timer_c.insert(now_ms + TIMER_C_MS, ProxyTimer::C(cid)));

@@ -9,6 +9,8 @@
 pub mod outbox;
 mod reply;
 #[cfg(test)]
+mod sim;
+#[cfg(test)]
 mod tests;
 
 use crate::auth::{AuthOutcome, Authenticator};
