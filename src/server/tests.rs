@@ -362,3 +362,154 @@ fn unknown_user_and_max_forwards_zero() {
     let out = send(&mut c, pr.as_bytes(), CALLER, 0, T0);
     assert_eq!(status(&out[0].1), 420);
 }
+
+/// A core with digest users alice and bob.
+fn core_with_auth() -> Core {
+    use crate::auth::{Authenticator, UserDb};
+    let cfg = Arc::new(CoreConfig {
+        domains: vec!["localhost".into()],
+        local_addrs: vec![addr(LISTEN)],
+        shards: 1,
+        mode: Mode::Proxy,
+        registrar: RegistrarSettings {
+            match_auth_user: false,
+            ..RegistrarSettings::default()
+        },
+    });
+    let mut db = UserDb::new("localhost");
+    db.add_password("alice", "secret").unwrap();
+    db.add_password("bob", "pw").unwrap();
+    let auth = Authenticator::new("localhost", Arc::new(db), [7; 32], 300);
+    Core::new(
+        0,
+        cfg,
+        Arc::new(ShardStats::default()),
+        Some(auth),
+        &[addr(LISTEN), addr(OWN)],
+    )
+}
+
+/// The INVITE of `invite()` with a Proxy-Authorization answering `challenge` as `user`.
+fn invite_with_credentials(
+    challenge: &[u8],
+    user: &str,
+    pw: &str,
+    from_user: &str,
+    nc: u32,
+) -> Vec<u8> {
+    let ch = Message::parse(challenge).unwrap();
+    let params = crate::auth::client::first_supported_challenge(&ch, HeaderName::ProxyAuthenticate)
+        .expect("a challenge we can answer");
+    let creds = crate::auth::client_response(
+        &params,
+        user,
+        pw,
+        b"INVITE",
+        b"sip:bob@localhost",
+        nc,
+        "0a4f113b",
+    )
+    .unwrap();
+    String::from_utf8(invite("z9hG4bKauth2"))
+        .unwrap()
+        .replace(
+            "From: <sip:alice@localhost>",
+            &format!("From: <sip:{from_user}@localhost>"),
+        )
+        .replace(
+            "Max-Forwards: 70",
+            &format!("Max-Forwards: 70\r\nProxy-Authorization: {creds}"),
+        )
+        .into_bytes()
+}
+
+#[test]
+fn proxied_requests_from_our_users_need_digest_auth_with_matching_from() {
+    let mut c = core_with_auth();
+    // bob's phone registers (with credentials: the registrar asks too).
+    let reg = "REGISTER sip:localhost SIP/2.0\r\nVia: SIP/2.0/UDP 192.0.2.20:5062;branch=z9hG4bKr1\r\n\
+Max-Forwards: 70\r\nFrom: <sip:bob@localhost>;tag=r\r\nTo: <sip:bob@localhost>\r\n\
+Call-ID: reg-bob\r\nCSeq: 1 REGISTER\r\nContact: <sip:bob@192.0.2.20:5062>\r\nContent-Length: 0\r\n\r\n";
+    let out = send(&mut c, reg.as_bytes(), "192.0.2.20:5062", 0, T0);
+    assert_eq!(status(&out[0].1), 401);
+    // An INVITE without credentials gets 407 with Proxy-Authenticate.
+    let out = send(&mut c, &invite("z9hG4bKauth1"), CALLER, 0, T0);
+    assert_eq!(out.len(), 1);
+    assert_eq!(status(&out[0].1), 407);
+    let challenge = out[0].1.clone();
+    assert!(Message::parse(&challenge)
+        .unwrap()
+        .header(HeaderName::ProxyAuthenticate)
+        .is_some());
+    // Right credentials but a From that is not the authenticated user: 403.
+    let spoofed = invite_with_credentials(&challenge, "alice", "secret", "carol", 1);
+    let out = send(&mut c, &spoofed, CALLER, 0, T0 + 10);
+    assert_eq!(status(&out[0].1), 403);
+    // Wrong password: challenged again.
+    let wrong = invite_with_credentials(&challenge, "alice", "guess", "alice", 2);
+    let out = send(&mut c, &wrong.clone(), CALLER, 0, T0 + 20);
+    assert_eq!(status(&out[0].1), 407);
+    // Right credentials and From (the next nonce count): past authentication (480: bob has
+    // no binding yet).
+    let good = String::from_utf8(invite_with_credentials(
+        &challenge, "alice", "secret", "alice", 2,
+    ))
+    .unwrap()
+    .replace("z9hG4bKauth2", "z9hG4bKauth3")
+    .into_bytes();
+    let out = send(&mut c, &good, CALLER, 0, T0 + 30);
+    assert_eq!(status(&out[0].1), 480);
+}
+
+#[test]
+fn stateless_mode_forwards_and_relays_without_transactions() {
+    let cfg = Arc::new(CoreConfig {
+        domains: vec!["localhost".into()],
+        local_addrs: vec![addr(LISTEN)],
+        shards: 1,
+        mode: Mode::Stateless,
+        registrar: RegistrarSettings::default(),
+    });
+    let mut c = Core::new(
+        0,
+        cfg,
+        Arc::new(ShardStats::default()),
+        None,
+        &[addr(LISTEN), addr(OWN)],
+    );
+    register(&mut c, "bob", "192.0.2.20:5062");
+    // No 100 Trying: the request goes straight on (§16.11).
+    let out = send(&mut c, &invite("z9hG4bKsl1"), CALLER, 0, T0);
+    assert_eq!(out.len(), 1);
+    assert_eq!(out[0].0, addr("192.0.2.20:5062"));
+    let fwd = out[0].1.clone();
+    assert_eq!(Message::parse(&fwd).unwrap().vias().count(), 2);
+    // The response goes back by the Via alone.
+    let out = send(
+        &mut c,
+        &answer(&fwd, 486, "Busy Here", "b1"),
+        "192.0.2.20:5062",
+        1,
+        T0 + 5,
+    );
+    assert_eq!((out[0].0, status(&out[0].1)), (addr(CALLER), 486));
+    assert_eq!(Message::parse(&out[0].1).unwrap().vias().count(), 1);
+    // A retransmission is forwarded again with the same branch (stateless, deterministic).
+    let again = send(&mut c, &invite("z9hG4bKsl1"), CALLER, 0, T0 + 500);
+    let b1 = Message::parse(&fwd)
+        .unwrap()
+        .top_via()
+        .unwrap()
+        .branch()
+        .unwrap()
+        .to_vec();
+    let b2 = Message::parse(&again[0].1)
+        .unwrap()
+        .top_via()
+        .unwrap()
+        .branch()
+        .unwrap()
+        .to_vec();
+    assert_eq!(b1, b2);
+    assert_eq!(c.proxy().state_len(), (0, 0, 0));
+}
