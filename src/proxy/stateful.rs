@@ -197,6 +197,15 @@ impl Proxy {
             .any(|o| o.port() == addr.port() && (o.ip() == addr.ip() || o.ip().is_unspecified()))
     }
 
+    /// True if the first Route names this proxy (it is removed when forwarding, §16.4).
+    fn top_route_is_ours(&self, msg: &Message<'_>) -> bool {
+        msg.routes()
+            .next()
+            .and_then(|r| r.ok())
+            .and_then(|r| r.uri().ok())
+            .is_some_and(|u| self.is_ours(&u))
+    }
+
     /// Runs transaction timers.
     pub fn handle_timeout(&mut self, now_ms: u64, out: &mut Outbox) {
         let mut txn_out = core::mem::take(&mut self.txn_out);
@@ -271,12 +280,7 @@ impl Proxy {
                 .txns
                 .server_respond(sid, 100, bytes(&self.scratch), now_ms, &mut txn_out);
         }
-        let pop_route = msg
-            .routes()
-            .next()
-            .and_then(|r| r.ok())
-            .and_then(|r| r.uri().ok())
-            .is_some_and(|u| self.is_ours(&u));
+        let pop_route = self.top_route_is_ours(msg);
         let dialog_creating = msg.to().ok().and_then(|t| t.tag()).is_none()
             && matches!(method, Method::Invite | Method::Subscribe | Method::Refer);
         let mut ctx = Forwarding {
@@ -403,12 +407,7 @@ impl Proxy {
             (h ^ c as u64).wrapping_mul(0x0100_0000_01b3)
         });
         let via = format!("SIP/2.0/UDP {};branch=z9hG4bK-sl{h:x}", self.host);
-        let pop_route = msg
-            .routes()
-            .next()
-            .and_then(|r| r.ok())
-            .and_then(|r| r.uri().ok())
-            .is_some_and(|u| self.is_ours(&u));
+        let pop_route = self.top_route_is_ours(msg);
         let edits = ForwardEdits {
             request_uri: target_uri,
             via: Some(via.as_bytes()),

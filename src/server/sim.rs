@@ -5,9 +5,8 @@
 //! the timers have run out.
 
 use super::outbox::Outbox;
-use super::{Core, CoreConfig};
+use super::Core;
 use crate::config::{Mode, RegistrarSettings};
-use crate::metrics::ShardStats;
 use crate::sip::write::{finish, header, response_head};
 use crate::sip::{HeaderName, Message, Method};
 use crate::txn::{
@@ -17,7 +16,6 @@ use crate::txn::{
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap, HashMap};
 use std::net::SocketAddr;
-use std::sync::Arc;
 
 const LISTEN: &str = "127.0.0.1:5060";
 const OWN: &str = "127.0.0.1:40000";
@@ -498,20 +496,7 @@ fn register(core: &mut Core, user: &str, phone: SocketAddr, now: u64) {
 }
 
 fn run(seed: u64, calls_per_kind: usize) {
-    let cfg = Arc::new(CoreConfig {
-        domains: vec!["localhost".into()],
-        local_addrs: vec![addr(LISTEN)],
-        shards: 1,
-        mode: Mode::Proxy,
-        registrar: RegistrarSettings::default(),
-    });
-    let mut core = Core::new(
-        0,
-        cfg,
-        Arc::new(ShardStats::default()),
-        None,
-        &[addr(LISTEN), addr(OWN)],
-    );
+    let mut core = super::tests::core_with(Mode::Proxy, RegistrarSettings::default(), None);
     let mut net = Net {
         rng: Rng(seed | 1),
         seq: 0,

@@ -20,21 +20,30 @@ fn addr(s: &str) -> SocketAddr {
     s.parse().unwrap()
 }
 
-fn core() -> Core {
+/// A one-shard core on LISTEN with its own port OWN.
+pub(super) fn core_with(
+    mode: Mode,
+    registrar: RegistrarSettings,
+    auth: Option<crate::auth::Authenticator>,
+) -> Core {
     let cfg = Arc::new(CoreConfig {
         domains: vec!["localhost".into()],
         local_addrs: vec![addr(LISTEN)],
         shards: 1,
-        mode: Mode::Proxy,
-        registrar: RegistrarSettings::default(),
+        mode,
+        registrar,
     });
     Core::new(
         0,
         cfg,
         Arc::new(ShardStats::default()),
-        None,
+        auth,
         &[addr(LISTEN), addr(OWN)],
     )
+}
+
+fn core() -> Core {
+    core_with(Mode::Proxy, RegistrarSettings::default(), None)
 }
 
 /// Sends `data` from `src` to the core's listen socket (0) or own socket (1); returns what it
@@ -366,27 +375,15 @@ fn unknown_user_and_max_forwards_zero() {
 /// A core with digest users alice and bob.
 fn core_with_auth() -> Core {
     use crate::auth::{Authenticator, UserDb};
-    let cfg = Arc::new(CoreConfig {
-        domains: vec!["localhost".into()],
-        local_addrs: vec![addr(LISTEN)],
-        shards: 1,
-        mode: Mode::Proxy,
-        registrar: RegistrarSettings {
-            match_auth_user: false,
-            ..RegistrarSettings::default()
-        },
-    });
     let mut db = UserDb::new("localhost");
     db.add_password("alice", "secret").unwrap();
     db.add_password("bob", "pw").unwrap();
     let auth = Authenticator::new("localhost", Arc::new(db), [7; 32], 300);
-    Core::new(
-        0,
-        cfg,
-        Arc::new(ShardStats::default()),
-        Some(auth),
-        &[addr(LISTEN), addr(OWN)],
-    )
+    let registrar = RegistrarSettings {
+        match_auth_user: false,
+        ..RegistrarSettings::default()
+    };
+    core_with(Mode::Proxy, registrar, Some(auth))
 }
 
 /// The INVITE of `invite()` with a Proxy-Authorization answering `challenge` as `user`.
@@ -463,20 +460,7 @@ Call-ID: reg-bob\r\nCSeq: 1 REGISTER\r\nContact: <sip:bob@192.0.2.20:5062>\r\nCo
 
 #[test]
 fn stateless_mode_forwards_and_relays_without_transactions() {
-    let cfg = Arc::new(CoreConfig {
-        domains: vec!["localhost".into()],
-        local_addrs: vec![addr(LISTEN)],
-        shards: 1,
-        mode: Mode::Stateless,
-        registrar: RegistrarSettings::default(),
-    });
-    let mut c = Core::new(
-        0,
-        cfg,
-        Arc::new(ShardStats::default()),
-        None,
-        &[addr(LISTEN), addr(OWN)],
-    );
+    let mut c = core_with(Mode::Stateless, RegistrarSettings::default(), None);
     register(&mut c, "bob", "192.0.2.20:5062");
     // No 100 Trying: the request goes straight on (§16.11).
     let out = send(&mut c, &invite("z9hG4bKsl1"), CALLER, 0, T0);
