@@ -1,12 +1,14 @@
 //! The batched-syscall backend: `recvmmsg` into a per-shard pool of receive buffers and
-//! `sendmmsg` of the whole outbox per socket, `poll` on the sockets and the waker's eventfd
-//! when idle. All `unsafe` here is FFI on buffers this struct owns.
+//! `sendmmsg` of the whole outbox per socket, `epoll_wait` on the sockets and the waker's
+//! eventfd when idle. After a wait only the sockets epoll reported are read, so an idle shard
+//! woken by one datagram makes one receive call, not one per socket. All `unsafe` here is FFI
+//! on buffers and descriptors this struct owns.
 
 use super::sockaddr::{from_storage, to_storage};
 use super::{RecvHandler, ShardSockets, Transport, Waker, BATCH, MAX_DATAGRAM};
 use crate::server::outbox::Outbox;
 use std::io;
-use std::os::fd::{AsRawFd, RawFd};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::sync::Arc;
 
 /// recvmmsg/sendmmsg transport for one shard.
@@ -23,7 +25,13 @@ pub struct MmsgTransport {
     send_iovs: Vec<libc::iovec>,
     send_addrs: Vec<libc::sockaddr_storage>,
     send_hdrs: Vec<libc::mmsghdr>,
-    pollfds: Vec<libc::pollfd>,
+    /// The epoll instance watching every socket (data = socket index) and the waker
+    /// (data = WAKER_TOKEN).
+    epoll: OwnedFd,
+    events: Vec<libc::epoll_event>,
+    /// Sockets epoll reported readable in the last wait (bit i = socket i); `None` when the
+    /// last round did not sleep, so every socket is read.
+    ready: Option<u64>,
     /// Datagrams dropped because they were larger than MAX_DATAGRAM or failed to send.
     pub truncated: u64,
     pub send_errors: u64,
@@ -32,6 +40,9 @@ pub struct MmsgTransport {
 // SAFETY: the raw pointers inside iovec/mmsghdr point into buffers owned by this struct;
 // the struct moves to its shard thread once and is only used there.
 unsafe impl Send for MmsgTransport {}
+
+/// epoll data of the waker's eventfd (sockets use their index).
+const WAKER_TOKEN: u64 = u64::MAX;
 
 fn zeroed_storage() -> libc::sockaddr_storage {
     // SAFETY: all-zero is a valid sockaddr_storage.
@@ -46,6 +57,32 @@ fn zeroed_hdr() -> libc::mmsghdr {
 impl MmsgTransport {
     pub fn new(sockets: ShardSockets, waker: Arc<Waker>) -> io::Result<MmsgTransport> {
         let fds: Vec<RawFd> = sockets.sockets.iter().map(|s| s.as_raw_fd()).collect();
+        if fds.len() > 64 {
+            return Err(io::Error::other("more than 64 sockets per shard"));
+        }
+        // SAFETY: epoll_create1 has no memory-safety preconditions; we check the result.
+        let ep = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
+        if ep < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: ep is a fresh descriptor we own from here on.
+        let epoll = unsafe { OwnedFd::from_raw_fd(ep) };
+        let watched = fds
+            .iter()
+            .enumerate()
+            .map(|(i, &fd)| (fd, i as u64))
+            .chain([(waker.raw_fd(), WAKER_TOKEN)]);
+        for (fd, token) in watched {
+            let mut ev = libc::epoll_event {
+                events: libc::EPOLLIN as u32,
+                u64: token,
+            };
+            // SAFETY: both descriptors are open; ev is a valid epoll_event.
+            if unsafe { libc::epoll_ctl(ep, libc::EPOLL_CTL_ADD, fd, &mut ev) } != 0 {
+                return Err(io::Error::last_os_error());
+            }
+        }
+        let n_events = fds.len() + 1;
         let mut t = MmsgTransport {
             _sockets: sockets,
             fds,
@@ -57,7 +94,9 @@ impl MmsgTransport {
             send_iovs: Vec::with_capacity(BATCH),
             send_addrs: vec![zeroed_storage(); BATCH],
             send_hdrs: vec![zeroed_hdr(); BATCH],
-            pollfds: Vec::new(),
+            epoll,
+            events: vec![libc::epoll_event { events: 0, u64: 0 }; n_events],
+            ready: None,
             truncated: 0,
             send_errors: 0,
         };
@@ -76,13 +115,6 @@ impl MmsgTransport {
                 iov_len: 0,
             },
         );
-        for fd in t.fds.iter().copied().chain([t.waker.raw_fd()]) {
-            t.pollfds.push(libc::pollfd {
-                fd,
-                events: libc::POLLIN,
-                revents: 0,
-            });
-        }
         Ok(t)
     }
 
@@ -137,7 +169,11 @@ impl MmsgTransport {
 impl Transport for MmsgTransport {
     fn poll_recv(&mut self, handler: &mut dyn RecvHandler) -> io::Result<usize> {
         let mut total = 0;
+        let ready = self.ready.take().unwrap_or(u64::MAX);
         for idx in 0..self.fds.len() {
+            if ready & (1 << idx) == 0 {
+                continue;
+            }
             // A few batches per socket per round keeps sockets fair and sends flowing.
             for _ in 0..4 {
                 let n = self.recv_once(idx, handler)?;
@@ -210,26 +246,35 @@ impl Transport for MmsgTransport {
     }
 
     fn wait(&mut self, timeout_ms: i32) -> io::Result<()> {
-        for p in &mut self.pollfds {
-            p.revents = 0;
-        }
-        // SAFETY: pollfds is a valid array of pollfd of the given length.
+        // SAFETY: events is a valid, writable array of epoll_event of the given length.
         let r = unsafe {
-            libc::poll(
-                self.pollfds.as_mut_ptr(),
-                self.pollfds.len() as libc::nfds_t,
+            libc::epoll_wait(
+                self.epoll.as_raw_fd(),
+                self.events.as_mut_ptr(),
+                self.events.len() as libc::c_int,
                 timeout_ms,
             )
         };
         if r < 0 {
             let e = io::Error::last_os_error();
+            self.ready = None;
             if e.kind() != io::ErrorKind::Interrupted {
                 return Err(e);
             }
+            return Ok(());
         }
-        if self.pollfds.last().is_some_and(|p| p.revents != 0) {
-            self.waker.drain();
+        let mut ready = 0u64;
+        for ev in &self.events[..r as usize] {
+            let token = ev.u64;
+            if token == WAKER_TOKEN {
+                self.waker.drain();
+            } else {
+                ready |= 1 << token;
+            }
         }
+        // A timeout or a wake-up alone reads no socket; the next round after a busy one
+        // (ready = None) reads them all.
+        self.ready = Some(ready);
         Ok(())
     }
 
