@@ -4,7 +4,7 @@
 //! lets other shards wake us).
 
 use super::{Clock, Handoff, Peer};
-use crate::metrics::{new_histogram, DropReason, ShardStats};
+use crate::metrics::{DropReason, ShardStats};
 use crate::server::outbox::Outbox;
 use crate::server::{Core, Disposition};
 use crate::transport::{RecvHandler, Transport};
@@ -14,8 +14,36 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-/// How often a shard publishes its latency histogram to the metrics endpoint.
+/// How often a shard publishes its latency samples to the metrics endpoint.
 const MERGE_EVERY: Duration = Duration::from_millis(50);
+/// Latency samples kept before publishing regardless of the time.
+const PENDING_MAX: usize = 1024;
+
+/// Latency samples (µs, count) not yet published. Recording them one by one into the shared
+/// histogram under its lock costs a few instructions each; merging a local histogram instead
+/// walked and zeroed its ~140 KB of counters at every publication.
+struct PendingLatency {
+    samples: Vec<(u64, u64)>,
+}
+
+impl PendingLatency {
+    fn record(&mut self, us: u64, count: u64) {
+        self.samples.push((us.max(1), count));
+    }
+
+    fn is_empty(&self) -> bool {
+        self.samples.is_empty()
+    }
+
+    fn publish(&mut self, shared: &std::sync::Mutex<Histogram<u64>>) {
+        if let Ok(mut h) = shared.lock() {
+            for &(us, n) in &self.samples {
+                let _ = h.record_n(us, n);
+            }
+        }
+        self.samples.clear();
+    }
+}
 
 /// Everything a shard thread owns.
 pub struct ShardContext {
@@ -73,7 +101,9 @@ impl RecvHandler for Handler<'_> {
 /// Runs the shard until the stop flag is set.
 pub fn run(mut ctx: ShardContext) {
     let mut out = Outbox::new();
-    let mut hist: Histogram<u64> = new_histogram();
+    let mut hist = PendingLatency {
+        samples: Vec::with_capacity(PENDING_MAX),
+    };
     let mut last_merge = Instant::now();
     let mut handed: Vec<Instant> = Vec::with_capacity(256);
     tracing::debug!(
@@ -125,20 +155,20 @@ pub fn run(mut ctx: ShardContext) {
             let sent_at = Instant::now();
             if local > 0 {
                 let us = sent_at.duration_since(batch_start).as_micros() as u64;
-                let _ = hist.record_n(us.max(1), local.min(n));
+                hist.record(us, local.min(n));
             }
             for t in &handed {
-                let _ = hist.record(sent_at.duration_since(*t).as_micros().max(1) as u64);
+                hist.record(sent_at.duration_since(*t).as_micros() as u64, 1);
             }
         }
         let going_idle = received < crate::transport::BATCH && handed.is_empty();
-        // Publish latencies at most every MERGE_EVERY (merging walks the whole histogram, too
-        // costly per message); an idle shard wakes up to publish what it holds (below).
-        if !hist.is_empty() && last_merge.elapsed() >= MERGE_EVERY {
-            if let Ok(mut shared) = ctx.stats.latency.lock() {
-                let _ = shared.add(&hist);
-            }
-            hist.reset();
+        // Publish latencies every MERGE_EVERY or PENDING_MAX samples (not per batch: that
+        // would take the lock the metrics endpoint reads under); an idle shard wakes up to
+        // publish what it holds (below).
+        if !hist.is_empty()
+            && (hist.samples.len() >= PENDING_MAX || last_merge.elapsed() >= MERGE_EVERY)
+        {
+            hist.publish(&ctx.stats.latency);
             last_merge = Instant::now();
         }
         // A partial batch means every socket was drained a moment ago: go straight to poll
@@ -164,8 +194,6 @@ pub fn run(mut ctx: ShardContext) {
             me.waker.sleeping.store(false, Ordering::SeqCst);
         }
     }
-    if let Ok(mut shared) = ctx.stats.latency.lock() {
-        let _ = shared.add(&hist);
-    }
+    hist.publish(&ctx.stats.latency);
     tracing::debug!(shard = ctx.id, "shard stopped");
 }

@@ -10,7 +10,11 @@
 //! All entries live in one `Vec` (a slab with a free list) threaded into one doubly linked
 //! list per bucket, so insert and cancel are O(1) and allocate nothing once the slab has grown.
 //! A bitmap of non-empty buckets and a per-bucket minimum deadline make
-//! [`TimerWheel::next_deadline`] cheap.
+//! [`TimerWheel::next_deadline`] cheap, and its answer is cached until the next poll (an
+//! insert lowers the cached value; a cancel leaves it, still a lower bound), since the
+//! runtime asks on every loop iteration.
+
+use core::cell::Cell;
 
 /// End of a list.
 const NIL: u32 = u32::MAX;
@@ -63,7 +67,13 @@ pub struct TimerWheel<T> {
     len: usize,
     /// Scratch: (deadline, entry) of the timers due in the current poll.
     due: Vec<(u64, u32)>,
+    /// The last answer of `next_deadline` (a lower bound of the earliest deadline), or
+    /// `UNKNOWN` after a poll.
+    next_cache: Cell<u64>,
 }
+
+/// `next_cache` holds nothing.
+const UNKNOWN: u64 = u64::MAX;
 
 impl<T> TimerWheel<T> {
     /// A wheel of `slots` buckets (rounded up to a power of two) of `tick_ms` milliseconds.
@@ -84,6 +94,7 @@ impl<T> TimerWheel<T> {
             next_tick: 0,
             len: 0,
             due: Vec::new(),
+            next_cache: Cell::new(UNKNOWN),
         }
     }
 
@@ -143,6 +154,10 @@ impl<T> TimerWheel<T> {
         let min = &mut self.bucket_min[bucket];
         *min = (*min).min(deadline_ms);
         self.len += 1;
+        let cached = self.next_cache.get();
+        if cached != UNKNOWN {
+            self.next_cache.set(cached.min(deadline_ms));
+        }
         TimerKey {
             index,
             generation: self.entries[index as usize].generation,
@@ -170,6 +185,7 @@ impl<T> TimerWheel<T> {
         if target < self.next_tick {
             return 0;
         }
+        self.next_cache.set(UNKNOWN);
         if self.len == 0 {
             self.next_tick = target;
             return 0;
@@ -205,6 +221,18 @@ impl<T> TimerWheel<T> {
         if self.len == 0 {
             return None;
         }
+        let cached = self.next_cache.get();
+        if cached != UNKNOWN {
+            return Some(cached);
+        }
+        let best = self.scan_next_deadline();
+        if let Some(b) = best {
+            self.next_cache.set(b);
+        }
+        best
+    }
+
+    fn scan_next_deadline(&self) -> Option<u64> {
         let slots = self.heads.len();
         let mut best = u64::MAX;
         let mut i = 0usize;
@@ -454,6 +482,11 @@ mod tests {
                     let d = now + rnd(range);
                     let k = w.insert(d, id);
                     model.push((d, id, k));
+                    // The cached answer must drop with an earlier insert.
+                    if rnd(2) == 0 {
+                        let m = model.iter().map(|m| m.0).min().unwrap();
+                        assert!(w.next_deadline().unwrap() <= m);
+                    }
                 }
                 6 if !model.is_empty() => {
                     let at = rnd(model.len() as u64) as usize;
