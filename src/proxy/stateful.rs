@@ -178,6 +178,19 @@ impl Proxy {
         (self.txns.len(), self.contexts.len(), self.client_ctx.len())
     }
 
+    /// Bytes of messages the response contexts keep (the request as received, each branch's
+    /// request, the best response so far): what a call in progress costs beyond the tables.
+    pub fn held_message_bytes(&self) -> usize {
+        self.contexts
+            .values()
+            .map(|c| {
+                c.original.len()
+                    + c.branches.iter().map(|b| b.request.len()).sum::<usize>()
+                    + c.best.as_ref().map_or(0, |b| b.1.len())
+            })
+            .sum()
+    }
+
     pub fn next_timeout(&self) -> Option<u64> {
         match (self.txns.next_timeout(), self.timer_c.next_deadline()) {
             (Some(a), Some(b)) => Some(a.min(b)),
@@ -591,6 +604,8 @@ impl Proxy {
         };
         if let Some(b) = ctx.branches.iter_mut().find(|b| b.id == cid) {
             b.done = true;
+            // A finished branch is never cancelled: free its copy of the request.
+            b.request = crate::txn::empty_bytes();
             if let Some(k) = b.timer_c.take() {
                 self.timer_c.cancel(k);
             }
@@ -598,6 +613,7 @@ impl Proxy {
         if (200..300).contains(&status) {
             // Every 2xx is relayed at once (§16.7 step 5), and the other branches cancelled.
             ctx.final_sent = true;
+            ctx.original = crate::txn::empty_bytes();
             if let Some(up) = upstream {
                 let _ = self.txns.server_respond(sid, status, up, now_ms, txn_out);
             }
@@ -642,6 +658,7 @@ impl Proxy {
                     (s, r)
                 };
                 ctx.final_sent = true;
+                ctx.original = crate::txn::empty_bytes();
                 let _ = self.txns.server_respond(sid, s, r, now_ms, txn_out);
             }
         }

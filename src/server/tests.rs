@@ -167,6 +167,9 @@ fn answered_call_with_record_route_and_bye_through_the_proxy() {
     let ok = answer(fwd, 200, "OK", "b1");
     let out = send(&mut c, &ok, "192.0.2.20:5062", 1, T0 + 20);
     assert_eq!((out[0].0, status(&out[0].1)), (addr(CALLER), 200));
+    // Answered: the context keeps no message (no CANCEL, 408 or 487 can follow), though it
+    // lingers with its transactions for 64*T1.
+    assert_eq!(c.proxy().held_message_bytes(), 0);
     let relayed = Message::parse(&out[0].1).unwrap();
     assert_eq!(relayed.vias().count(), 1);
     // ACK and BYE follow the route set: to our own port, then on to the callee's Contact.

@@ -156,6 +156,8 @@ impl ClientInviteTxn {
                     return ClientEvent::Provisional { status };
                 }
                 if status < 300 {
+                    // Accepted never re-sends the INVITE.
+                    self.request = super::empty_bytes();
                     self.state = ClientState::Accepted;
                     let m = now_ms + cfg.duration(Timer::M, self.reliable);
                     arm(&mut self.timers, out, Timer::M, m);
@@ -170,6 +172,7 @@ impl ClientInviteTxn {
                     out.push(Action::Send(ack.clone()));
                     self.ack = Some(ack);
                 }
+                self.request = super::empty_bytes();
                 self.state = ClientState::Completed;
                 let d = cfg.duration(Timer::D, self.reliable);
                 if d == 0 {
@@ -293,6 +296,8 @@ impl ClientNonInviteTxn {
         disarm(&mut self.timers, out, Timer::E);
         disarm(&mut self.timers, out, Timer::F);
         self.state = ClientState::Completed;
+        // Completed only absorbs response retransmissions.
+        self.request = super::empty_bytes();
         let k = cfg.duration(Timer::K, self.reliable);
         if k == 0 {
             self.terminate(out);

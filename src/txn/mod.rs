@@ -33,6 +33,17 @@ pub use timers::{Timer, TimerSlots, TxnConfig};
 /// table can be built before its thread starts; the count is touched once per send.
 pub type Bytes = Arc<[u8]>;
 
+thread_local! {
+    static EMPTY: Bytes = Arc::from(&[][..]);
+}
+
+/// An empty [`Bytes`], shared (no allocation): what a transaction keeps in place of bytes it
+/// will never send again, so that the call's memory goes back while the transaction lingers
+/// for its timers (a call's transactions outlive it by up to 64*T1).
+pub fn empty_bytes() -> Bytes {
+    EMPTY.with(Bytes::clone)
+}
+
 /// What a state machine asks its driver to do.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Action {

@@ -104,8 +104,15 @@ impl ServerInviteTxn {
         }
         match self.state {
             ServerState::Proceeding => {
-                out.push(Action::Send(bytes.clone()));
-                self.last = Some(bytes);
+                if (200..300).contains(&status) {
+                    // Accepted never re-sends it (retransmitted INVITEs are absorbed; 2xx
+                    // retransmissions come from the TU): do not keep it for 64*T1.
+                    out.push(Action::Send(bytes));
+                    self.last = None;
+                } else {
+                    out.push(Action::Send(bytes.clone()));
+                    self.last = Some(bytes);
+                }
                 if (200..300).contains(&status) {
                     // RFC 6026 §7.1: Accepted; Timer L absorbs INVITE retransmissions.
                     self.state = ServerState::Accepted;
@@ -149,6 +156,8 @@ impl ServerInviteTxn {
                 disarm(&mut self.timers, out, Timer::G);
                 disarm(&mut self.timers, out, Timer::H);
                 self.state = ServerState::Confirmed;
+                // Confirmed absorbs retransmissions without answering them.
+                self.last = None;
                 let i = cfg.duration(Timer::I, self.reliable);
                 if i == 0 {
                     self.terminate(out);

@@ -133,6 +133,7 @@ fn invite_non2xx_sends_ack_absorbs_retransmissions_and_waits_timer_d() {
         ]
     );
     assert_eq!(t.state(), ClientState::Completed);
+    assert!(t.request().is_empty(), "only the ACK is kept");
     // A retransmitted final response: absorbed, the same ACK resent.
     out.clear();
     let ev = t.on_response(&c, &Message::parse(&r).unwrap(), 600, &mut out);
@@ -161,6 +162,10 @@ fn invite_2xx_accepted_passes_retransmissions_up_until_timer_m() {
         "the TU acknowledges a 2xx, not the transaction"
     );
     assert_eq!(t.state(), ClientState::Accepted);
+    assert!(
+        t.request().is_empty(),
+        "Accepted never re-sends: the INVITE is not kept"
+    );
     out.clear();
     let ev = t.on_response(&c, &Message::parse(&ok).unwrap(), 2000, &mut out);
     assert_eq!(ev, ClientEvent::Final { status: 200 });
@@ -256,6 +261,10 @@ fn non_invite_proceeding_retransmits_at_t2_then_completed_timer_k() {
         ]
     );
     assert_eq!(t.state(), ClientState::Completed);
+    assert!(
+        t.request().is_empty(),
+        "Completed never re-sends the request"
+    );
     out.clear();
     assert_eq!(
         t.on_response(&c, 200, 2500, &mut out),

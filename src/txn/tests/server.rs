@@ -85,6 +85,10 @@ fn invite_ack_confirms_and_timer_i_terminates() {
         ]
     );
     assert_eq!(t.state(), ServerState::Confirmed);
+    assert!(
+        t.last_response().is_none(),
+        "Confirmed never re-sends: nothing kept"
+    );
     // Retransmitted ACKs and INVITEs are absorbed silently; old G and H firings are stale.
     out.clear();
     assert_eq!(t.on_ack(&c, 200, &mut out), AckOutcome::Absorbed);
@@ -112,6 +116,10 @@ fn invite_2xx_accepted_state_timer_l() {
         vec![Action::Send(bytes(R200)), Action::Arm(Timer::L, 33_000)]
     );
     assert_eq!(t.state(), ServerState::Accepted);
+    assert!(
+        t.last_response().is_none(),
+        "Accepted never re-sends: the 2xx is not kept"
+    );
     // RFC 6026 §8.6: INVITE retransmissions are absorbed, not answered by the transaction.
     out.clear();
     t.on_request(1500, &mut out);
