@@ -187,14 +187,13 @@ impl Authenticator {
             return AuthOutcome::BadRequest("not a request");
         };
         for raw in req.header_all(header) {
-            let h = match AuthHeader::parse(raw) {
-                Ok(h) if h.is_digest() => h,
+            let d = match AuthHeader::parse_digest(raw) {
+                Ok((h, d)) if h.is_digest() => d,
                 // Other schemes (Basic's token68 does not parse as auth-params) are not ours.
                 Ok(_) => continue,
                 Err(_) if !is_digest_scheme(raw) => continue,
                 Err(_) => return AuthOutcome::BadRequest("malformed credentials"),
             };
-            let d = h.digest();
             let Some(realm) = d.realm else {
                 return AuthOutcome::BadRequest("credentials without realm");
             };

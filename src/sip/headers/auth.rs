@@ -16,6 +16,19 @@ pub struct AuthHeader<'a> {
 impl<'a> AuthHeader<'a> {
     /// Parses and validates. On error returns the offset within `v`.
     pub fn parse(v: &'a [u8]) -> Result<AuthHeader<'a>, usize> {
+        Self::parse_with(v, |_, _| {})
+    }
+
+    /// Parses, validates and reads the digest parameters in one pass (what a server checking
+    /// credentials needs). On error returns the offset within `v`.
+    pub fn parse_digest(v: &'a [u8]) -> Result<(AuthHeader<'a>, DigestParams<'a>), usize> {
+        let mut d = DigestParams::default();
+        let h = Self::parse_with(v, |n, v| d.set(n, v))?;
+        Ok((h, d))
+    }
+
+    /// Parses `scheme LWS param *(COMMA param)`, calling `f` with each (name, value) pair.
+    fn parse_with(v: &'a [u8], f: impl FnMut(&'a [u8], &'a [u8])) -> Result<AuthHeader<'a>, usize> {
         let mut c = Cursor::new(v);
         c.skip_lws();
         let scheme = c.token().ok_or(c.pos)?;
@@ -24,12 +37,7 @@ impl<'a> AuthHeader<'a> {
             return Err(c.pos);
         }
         let params = &v[params_start..];
-        for (off, p) in CommaSplit::new(params) {
-            if p.is_empty() && trim(params).is_empty() {
-                continue;
-            }
-            split_param(p).ok_or(params_start + off)?;
-        }
+        walk_params(params, f).map_err(|off| params_start + off)?;
         Ok(AuthHeader { scheme, params })
     }
 
@@ -52,35 +60,41 @@ impl<'a> AuthHeader<'a> {
     /// The digest fields as a struct (one pass over the parameters).
     pub fn digest(&self) -> DigestParams<'a> {
         let mut d = DigestParams::default();
-        for (n, v) in self.iter() {
-            // Lower-case the name into a stack buffer (no allocation per parameter).
-            let mut lower = [0u8; 16];
-            if n.len() > lower.len() {
-                continue;
-            }
-            for (d, s) in lower.iter_mut().zip(n) {
-                *d = s.to_ascii_lowercase();
-            }
-            let slot = match &lower[..n.len()] {
-                b"username" => &mut d.username,
-                b"realm" => &mut d.realm,
-                b"nonce" => &mut d.nonce,
-                b"uri" => &mut d.uri,
-                b"response" => &mut d.response,
-                b"algorithm" => &mut d.algorithm,
-                b"cnonce" => &mut d.cnonce,
-                b"opaque" => &mut d.opaque,
-                b"qop" => &mut d.qop,
-                b"nc" => &mut d.nc,
-                b"stale" => &mut d.stale,
-                b"userhash" => &mut d.userhash,
-                _ => continue,
-            };
-            if slot.is_none() {
-                *slot = Some(v);
-            }
-        }
+        // The parameters were validated by `parse`.
+        let _ = walk_params(self.params, |n, v| d.set(n, v));
         d
+    }
+}
+
+/// Walks `auth-param *(COMMA auth-param)` (possibly empty) with `auth-param = token EQUAL
+/// (token / quoted-string)`, LWS allowed around the separators, calling `f` for each pair
+/// (quoted values without their quotes, escapes kept). On error returns the offset of the
+/// first byte that does not fit.
+fn walk_params<'a>(params: &'a [u8], mut f: impl FnMut(&'a [u8], &'a [u8])) -> Result<(), usize> {
+    let mut c = Cursor::new(params);
+    c.skip_lws();
+    if c.at_end() {
+        return Ok(());
+    }
+    loop {
+        let name = c.token().ok_or(c.pos)?;
+        if !c.eat_sep(b'=') {
+            return Err(c.pos);
+        }
+        let value = if c.peek() == Some(b'"') {
+            c.quoted().ok_or(c.pos)?
+        } else {
+            c.token().ok_or(c.pos)?
+        };
+        f(name, value);
+        c.skip_lws();
+        if c.at_end() {
+            return Ok(());
+        }
+        if !c.eat(b',') {
+            return Err(c.pos);
+        }
+        c.skip_lws();
     }
 }
 
@@ -99,6 +113,38 @@ pub struct DigestParams<'a> {
     pub nc: Option<&'a [u8]>,
     pub stale: Option<&'a [u8]>,
     pub userhash: Option<&'a [u8]>,
+}
+
+impl<'a> DigestParams<'a> {
+    /// Records parameter `name` (case-insensitive) if it is a digest field not seen yet.
+    fn set(&mut self, name: &'a [u8], value: &'a [u8]) {
+        // Lower-case the name into a stack buffer (no allocation per parameter).
+        let mut lower = [0u8; 16];
+        if name.len() > lower.len() {
+            return;
+        }
+        for (d, s) in lower.iter_mut().zip(name) {
+            *d = s.to_ascii_lowercase();
+        }
+        let slot = match &lower[..name.len()] {
+            b"username" => &mut self.username,
+            b"realm" => &mut self.realm,
+            b"nonce" => &mut self.nonce,
+            b"uri" => &mut self.uri,
+            b"response" => &mut self.response,
+            b"algorithm" => &mut self.algorithm,
+            b"cnonce" => &mut self.cnonce,
+            b"opaque" => &mut self.opaque,
+            b"qop" => &mut self.qop,
+            b"nc" => &mut self.nc,
+            b"stale" => &mut self.stale,
+            b"userhash" => &mut self.userhash,
+            _ => return,
+        };
+        if slot.is_none() {
+            *slot = Some(value);
+        }
+    }
 }
 
 fn split_param(p: &[u8]) -> Option<(&[u8], &[u8])> {
@@ -145,5 +191,26 @@ mod tests {
         assert_eq!(a.get("opaque-data"), Some(&b"here"[..]));
         assert!(AuthHeader::parse(b"Digest username=\"open").is_err());
         assert!(AuthHeader::parse(b"Digest a=b,,c=d").is_err());
+        assert!(AuthHeader::parse(b"Digest a=b,").is_err());
+        assert!(AuthHeader::parse(b"Digest ,a=b").is_err());
+        assert!(AuthHeader::parse(b"Digest a=b c=d").is_err());
+        assert!(AuthHeader::parse(b"Digest a=<b>").is_err());
+        assert!(AuthHeader::parse(b"Digest a").is_err());
+        assert_eq!(
+            AuthHeader::parse(b"Digest a=b, c=\"d,e\"").map(|h| h.get("c")),
+            Ok(Some(&b"d,e"[..]))
+        );
+        assert!(AuthHeader::parse(b"Digest").is_ok());
+        assert!(AuthHeader::parse(b"Digest  ").is_ok());
+    }
+
+    #[test]
+    fn one_pass_digest_matches_parse_then_digest() {
+        let v = br#"Digest username="bob", realm="biloxi.com", nonce="dcd98b", uri="sip:bob@biloxi.com", qop=auth, nc=00000001, cnonce="0a4f113b", response="6629fae4", opaque="5ccc""#;
+        let (h, d) = AuthHeader::parse_digest(v).unwrap();
+        assert_eq!(d, AuthHeader::parse(v).unwrap().digest());
+        assert_eq!(h, AuthHeader::parse(v).unwrap());
+        assert_eq!(d.opaque, Some(&b"5ccc"[..]));
+        assert_eq!(AuthHeader::parse_digest(b"Digest a=\"open"), Err(9));
     }
 }
