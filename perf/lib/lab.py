@@ -741,7 +741,9 @@ def main():
                    lock_wait_s=round(Lock.waited), wall_min=round((time.time() - started) / 60, 1),
                    fixed_rate=SCENARIOS[scenario]['fixed'], searches=searches,
                    trials=trials)
-        base = os.path.join(RESULTS, '%s-%s%s' % (day, scenario, '-quick' if opts.quick else ''))
+        base = os.path.join(RESULTS, '%s-%s%s%s' % (
+            day, scenario, '' if TRANSPORT == 'un' else '-' + TRANSPORT,
+            '-quick' if opts.quick else ''))
         with open(base + '.json', 'w') as f:
             json.dump(doc, f, indent=1)
         outputs.append(base + '.json')
