@@ -568,9 +568,15 @@ def search(target, scenario, opts, bins, trials):
                   and t['scenario'] == scenario]
         if passed:
             best = dict(max(passed, key=lambda t: t['rate']), unconfirmed=True)
+    # In-server latency at 50% and 90% of the highest rate (issue #5 asks for both).
+    at_share = {}
+    if best and target.startswith('sipshard'):
+        for pct in (50, 90):
+            rate = max(MIN_STEP, best['rate'] * pct // 100 // MIN_STEP * MIN_STEP)
+            at_share[str(pct)] = run(rate)
     return dict(target=target, scenario=scenario, fixed=fixed, best=best,
                 max_rate=best['rate'] if best else 0,
-                unconfirmed=bool(best and best.get('unconfirmed')))
+                unconfirmed=bool(best and best.get('unconfirmed')), at_share=at_share)
 
 
 # ---- sipshard calls: is the proxy there yet? --------------------------------------------------

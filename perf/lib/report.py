@@ -105,6 +105,26 @@ def others_avg(doc):
     return sum(v) / len(v) if v else None
 
 
+def share_table(doc):
+    """In-server latency of sipshard at 50% and 90% of its highest passing rate."""
+    rows = []
+    for name in ('sipshard-1', 'sipshard-2'):
+        srch = by_target(doc).get(name) or {}
+        for pct in ('50', '90'):
+            r = (srch.get('at_share') or {}).get(pct)
+            if not r:
+                continue
+            rows.append('| %s | %s%% | %s | %s | %s | %s |' % (
+                LABEL[name], pct, '{:,}'.format(r['rate']), 'yes' if r.get('pass') else 'no',
+                f1(r.get('cpu_us_per_op')), lat(r)))
+    if not rows:
+        return []
+    return ['', 'In-server latency (receive to send, µs, hdrhistogram) at 50% and 90% of the '
+            'highest passing rate:', '',
+            '| target | share of max | rate /s | pass | CPU µs/op | p50/p90/p99/p99.9 µs |',
+            '|---|---:|---:|---|---:|---|'] + rows
+
+
 def summary_table(doc):
     t = by_target(doc)
     rows = ['| target | max rate /s (0 failed, 0 retrans) | CPU µs/op @ %s/s | CPU µs/op @ max '
@@ -203,7 +223,7 @@ def write_md(path, doc):
                   'absolute µs are inflated for every target on a busy machine; compare within '
                   'this run.' % o]
     lines += ['']
-    lines += ['## Summary', ''] + summary_table(doc) + ['']
+    lines += ['## Summary', ''] + summary_table(doc) + share_table(doc) + ['']
     g = goal_lines(doc)
     if g:
         lines += ['Targets (issue #6/#4), CPU µs/op at the fixed rate:', ''] + g + ['']
