@@ -92,6 +92,42 @@ fn run_sipp(dir: &Path, server: &ServerProcess, args: &[&str]) -> SippResult {
     }
 }
 
+/// Asserts that SIPp completed `n` calls with no failure and no retransmission.
+fn assert_clean(r: &SippResult, n: u64) {
+    assert_eq!(
+        (r.failed, r.retransmissions, r.successful),
+        (0, 0, n),
+        "(failed, retransmissions, successful)"
+    );
+}
+
+/// Runs `scenario_name` from the test SIPp for `calls` calls at `rate` per second with the
+/// injection file `csv` (plus `extra` arguments) and asserts all of them went through cleanly.
+fn run_clean(
+    dir: &Path,
+    server: &ServerProcess,
+    scenario_name: &str,
+    csv: &Path,
+    calls: u64,
+    rate: u32,
+    extra: &[&str],
+) {
+    let sf = scenario(scenario_name);
+    let (m, r) = (calls.to_string(), rate.to_string());
+    let mut args = vec![
+        "-sf",
+        sf.to_str().unwrap(),
+        "-inf",
+        csv.to_str().unwrap(),
+        "-m",
+        &m,
+        "-r",
+        &r,
+    ];
+    args.extend_from_slice(extra);
+    assert_clean(&run_sipp(dir, server, &args), calls);
+}
+
 #[test]
 fn sipp_register_without_auth() {
     if !sipp_available() {
@@ -100,24 +136,7 @@ fn sipp_register_without_auth() {
     let dir = scratch("reg");
     let (csv, _) = users(&dir, 1000);
     let s = ServerProcess::start_with(&["--shards", "2"], true);
-    let sf = scenario("register.xml");
-    let r = run_sipp(
-        &dir,
-        &s,
-        &[
-            "-sf",
-            sf.to_str().unwrap(),
-            "-inf",
-            csv.to_str().unwrap(),
-            "-m",
-            "5000",
-            "-r",
-            "2000",
-        ],
-    );
-    assert_eq!(r.failed, 0);
-    assert_eq!(r.retransmissions, 0);
-    assert_eq!(r.successful, 5000);
+    run_clean(&dir, &s, "register.xml", &csv, 5000, 2000, &[]);
     assert_eq!(s.metric("sipshard_bindings"), Some(1000.0));
     assert_eq!(
         s.metric("sipshard_requests_received_total{method=\"REGISTER\"}"),
@@ -144,28 +163,15 @@ fn sipp_10k_digest_registrations_over_1k_users() {
         ],
         true,
     );
-    let sf = scenario("register-digest.xml");
-    let r = run_sipp(
+    run_clean(
         &dir,
         &s,
-        &[
-            "-sf",
-            sf.to_str().unwrap(),
-            "-inf",
-            csv.to_str().unwrap(),
-            "-au",
-            "[field0]",
-            "-ap",
-            "[field1]",
-            "-m",
-            "10000",
-            "-r",
-            "2000",
-        ],
+        "register-digest.xml",
+        &csv,
+        10_000,
+        2000,
+        &["-au", "[field0]", "-ap", "[field1]"],
     );
-    assert_eq!(r.failed, 0, "failed calls");
-    assert_eq!(r.retransmissions, 0, "retransmissions");
-    assert_eq!(r.successful, 10000);
     // Every call: one 401, one 200; 1,000 AORs bound.
     assert_eq!(
         s.metric("sipshard_responses_sent_total{status=\"401\"}"),
@@ -194,7 +200,8 @@ fn free_udp_port() -> u16 {
 }
 
 /// Registers `user` with Contact at 127.0.0.1:`port` (SIPp's own socket), then starts the
-/// SIPp UAS `scenario` on that port for `calls` calls.
+/// SIPp UAS `scenario` on that port for `calls` calls. Returns the UAS and the injection file
+/// naming `user` for the caller.
 fn callee(
     dir: &Path,
     s: &ServerProcess,
@@ -202,7 +209,7 @@ fn callee(
     port: u16,
     scenario_name: &str,
     calls: usize,
-) -> Background {
+) -> (Background, PathBuf) {
     let csv = dir.join(format!("callee-{user}.csv"));
     std::fs::write(&csv, format!("SEQUENTIAL\n{user}\n")).unwrap();
     let reg = scenario("register.xml");
@@ -231,7 +238,7 @@ fn callee(
         .spawn()
         .unwrap();
     std::thread::sleep(std::time::Duration::from_millis(300));
-    Background(child)
+    (Background(child), csv)
 }
 
 #[test]
@@ -241,28 +248,8 @@ fn sipp_calls_through_the_record_routing_proxy() {
     }
     let dir = scratch("calls");
     let s = ServerProcess::start_with(&["--shards", "2"], true);
-    let _uas = callee(&dir, &s, "callee", free_udp_port(), "uas.xml", 2000);
-    let csv = dir.join("callee-callee.csv");
-    let sf = scenario("uac.xml");
-    let r = run_sipp(
-        &dir,
-        &s,
-        &[
-            "-sf",
-            sf.to_str().unwrap(),
-            "-inf",
-            csv.to_str().unwrap(),
-            "-m",
-            "2000",
-            "-r",
-            "500",
-            "-d",
-            "50",
-        ],
-    );
-    assert_eq!(r.failed, 0, "failed calls");
-    assert_eq!(r.retransmissions, 0, "retransmissions");
-    assert_eq!(r.successful, 2000);
+    let (_uas, csv) = callee(&dir, &s, "callee", free_udp_port(), "uas.xml", 2000);
+    run_clean(&dir, &s, "uac.xml", &csv, 2000, 500, &["-d", "50"]);
     assert_eq!(
         s.metric("sipshard_requests_received_total{method=\"INVITE\"}"),
         Some(2000.0)
@@ -304,26 +291,8 @@ fn sipp_cancel_before_answer() {
     }
     let dir = scratch("cancel");
     let s = ServerProcess::start_with(&["--shards", "1"], true);
-    let _uas = callee(&dir, &s, "ringer", free_udp_port(), "uas-cancel.xml", 200);
-    let csv = dir.join("callee-ringer.csv");
-    let sf = scenario("uac-cancel.xml");
-    let r = run_sipp(
-        &dir,
-        &s,
-        &[
-            "-sf",
-            sf.to_str().unwrap(),
-            "-inf",
-            csv.to_str().unwrap(),
-            "-m",
-            "200",
-            "-r",
-            "100",
-        ],
-    );
-    assert_eq!(r.failed, 0, "failed calls");
-    assert_eq!(r.retransmissions, 0, "retransmissions");
-    assert_eq!(r.successful, 200);
+    let (_uas, csv) = callee(&dir, &s, "ringer", free_udp_port(), "uas-cancel.xml", 200);
+    run_clean(&dir, &s, "uac-cancel.xml", &csv, 200, 100, &[]);
     assert_eq!(
         s.metric("sipshard_requests_received_total{method=\"CANCEL\"}"),
         Some(200.0)
@@ -338,30 +307,10 @@ fn sipp_forking_to_two_contacts_answered_by_one() {
     let dir = scratch("fork");
     let s = ServerProcess::start_with(&["--shards", "1"], true);
     // Two phones registered for the same user: one answers, the other rings until cancelled.
-    let _answers = callee(&dir, &s, "forked", free_udp_port(), "uas.xml", 100);
-    let _rings = callee(&dir, &s, "forked", free_udp_port(), "uas-cancel.xml", 100);
+    let (_answers, csv) = callee(&dir, &s, "forked", free_udp_port(), "uas.xml", 100);
+    let (_rings, _) = callee(&dir, &s, "forked", free_udp_port(), "uas-cancel.xml", 100);
     assert_eq!(s.metric("sipshard_bindings"), Some(2.0));
-    let csv = dir.join("callee-forked.csv");
-    let sf = scenario("uac.xml");
-    let r = run_sipp(
-        &dir,
-        &s,
-        &[
-            "-sf",
-            sf.to_str().unwrap(),
-            "-inf",
-            csv.to_str().unwrap(),
-            "-m",
-            "100",
-            "-r",
-            "20",
-            "-d",
-            "50",
-        ],
-    );
-    assert_eq!(r.failed, 0, "failed calls");
-    assert_eq!(r.retransmissions, 0, "retransmissions");
-    assert_eq!(r.successful, 100);
+    run_clean(&dir, &s, "uac.xml", &csv, 100, 20, &["-d", "50"]);
     // Every INVITE went to both phones; the ringing one was cancelled each time.
     assert_eq!(
         s.metric("sipshard_requests_sent_total{method=\"INVITE\"}"),
@@ -380,26 +329,8 @@ fn sipp_callee_hangs_up_through_the_proxy() {
     }
     let dir = scratch("byecallee");
     let s = ServerProcess::start_with(&["--shards", "2"], true);
-    let _uas = callee(&dir, &s, "hangup", free_udp_port(), "uas-bye.xml", 100);
-    let csv = dir.join("callee-hangup.csv");
-    let sf = scenario("uac-callee-bye.xml");
-    let r = run_sipp(
-        &dir,
-        &s,
-        &[
-            "-sf",
-            sf.to_str().unwrap(),
-            "-inf",
-            csv.to_str().unwrap(),
-            "-m",
-            "100",
-            "-r",
-            "50",
-        ],
-    );
-    assert_eq!(r.failed, 0, "failed calls");
-    assert_eq!(r.retransmissions, 0, "retransmissions");
-    assert_eq!(r.successful, 100);
+    let (_uas, csv) = callee(&dir, &s, "hangup", free_udp_port(), "uas-bye.xml", 100);
+    run_clean(&dir, &s, "uac-callee-bye.xml", &csv, 100, 50, &[]);
     // The callee's BYEs were routed back to the callers through the proxy.
     assert_eq!(
         s.metric("sipshard_requests_sent_total{method=\"BYE\"}"),
@@ -414,28 +345,8 @@ fn sipp_reinvite_in_a_dialog_through_the_proxy() {
     }
     let dir = scratch("reinvite");
     let s = ServerProcess::start_with(&["--shards", "2"], true);
-    let _uas = callee(&dir, &s, "reinv", free_udp_port(), "uas-reinvite.xml", 100);
-    let csv = dir.join("callee-reinv.csv");
-    let sf = scenario("uac-reinvite.xml");
-    let r = run_sipp(
-        &dir,
-        &s,
-        &[
-            "-sf",
-            sf.to_str().unwrap(),
-            "-inf",
-            csv.to_str().unwrap(),
-            "-m",
-            "100",
-            "-r",
-            "50",
-            "-d",
-            "20",
-        ],
-    );
-    assert_eq!(r.failed, 0, "failed calls");
-    assert_eq!(r.retransmissions, 0, "retransmissions");
-    assert_eq!(r.successful, 100);
+    let (_uas, csv) = callee(&dir, &s, "reinv", free_udp_port(), "uas-reinvite.xml", 100);
+    run_clean(&dir, &s, "uac-reinvite.xml", &csv, 100, 50, &["-d", "20"]);
     // Two INVITEs per call (the initial one and the re-INVITE), both forwarded.
     assert_eq!(
         s.metric("sipshard_requests_sent_total{method=\"INVITE\"}"),
