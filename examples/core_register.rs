@@ -19,6 +19,7 @@ fn main() {
         shards: 1,
         mode: Mode::Proxy,
         registrar: RegistrarSettings::default(),
+        proxy: Default::default(),
     });
     let mut core = Core::new(0, cfg, Arc::new(ShardStats::default()), None, &[]);
     let src = "127.0.0.1:5072".parse().unwrap();

@@ -32,6 +32,7 @@ pub(super) fn core_with(
         shards: 1,
         mode,
         registrar,
+        proxy: crate::config::ProxySettings::default(),
     });
     Core::new(
         0,
