@@ -542,8 +542,8 @@ fn run(seed: u64, calls_per_kind: usize, proxy: ProxySettings) {
             let a = addr(&format!("10.0.{i}.{}:5060", j + 1));
             register(&mut core, user, a, q, 0);
             phones.push(Phone {
-                user: *user,
-                q: *q,
+                user,
+                q,
                 addr: a,
                 behaviour: *b,
                 txns: TransactionTable::new(TxnConfig::default()),
