@@ -139,6 +139,7 @@ fn main() {
         shards: 1,
         mode: Mode::Proxy,
         registrar: RegistrarSettings::default(),
+        proxy: Default::default(),
     });
     let mut core = Core::new(
         0,
@@ -170,6 +171,7 @@ fn main() {
             shards: 1,
             mode: Mode::Proxy,
             registrar: RegistrarSettings::default(),
+            proxy: Default::default(),
         }),
         Arc::new(ShardStats::default()),
         None,

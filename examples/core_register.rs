@@ -25,6 +25,7 @@ fn main() {
         shards: 1,
         mode: Mode::Proxy,
         registrar: RegistrarSettings::default(),
+        proxy: Default::default(),
     });
     let auth = digest.then(|| {
         let mut db = UserDb::new("localhost");

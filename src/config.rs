@@ -24,6 +24,34 @@ pub enum IoBackend {
     Uring,
 }
 
+/// How a request is forked to several bindings of one AOR (RFC 3261 §16.6).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Forking {
+    /// Every binding at once.
+    Parallel,
+    /// Groups of equal q-value one after the other, highest q first; bindings with the same
+    /// q are tried in parallel.
+    Sequential,
+}
+
+/// Proxy settings (RFC 3261 §16).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProxySettings {
+    pub forking: Forking,
+    /// Sequential forking: how long a group of branches may try before it is cancelled and
+    /// the next group starts (not applied to the last group, which Timer C bounds).
+    pub branch_timeout_ms: u64,
+}
+
+impl Default for ProxySettings {
+    fn default() -> Self {
+        ProxySettings {
+            forking: Forking::Parallel,
+            branch_timeout_ms: 5_000,
+        }
+    }
+}
+
 /// A listening address.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Listen {
@@ -69,6 +97,7 @@ pub struct Config {
     pub private_ports: bool,
     pub allow_unauthenticated: bool,
     pub registrar: RegistrarSettings,
+    pub proxy: ProxySettings,
     /// Capacity of each shard's hand-off queue.
     pub queue_capacity: usize,
     /// Nonce lifetime in seconds.
@@ -122,6 +151,9 @@ pub struct Cli {
     /// Serve Prometheus metrics at http://ADDR/metrics.
     #[arg(long, value_name = "ADDR")]
     pub metrics: Option<String>,
+    /// Forking to several bindings: parallel (default) | sequential (by descending q).
+    #[arg(long, value_name = "MODE")]
+    pub forking: Option<String>,
     /// Transport backend: mmsg | uring.
     #[arg(long, value_name = "BACKEND")]
     pub io: Option<String>,
@@ -158,6 +190,14 @@ struct FileConfig {
     auth_algorithms: Option<Vec<String>>,
     log: Option<String>,
     registrar: Option<FileRegistrar>,
+    proxy: Option<FileProxy>,
+}
+
+#[derive(Deserialize, Default, Debug)]
+#[serde(deny_unknown_fields)]
+struct FileProxy {
+    forking: Option<String>,
+    branch_timeout_ms: Option<u64>,
 }
 
 #[derive(Deserialize, Default, Debug)]
@@ -229,6 +269,14 @@ fn parse_mode(key: &str, s: &str) -> Result<Mode, ConfigError> {
         _ => err(format!(
             "{key} '{s}': expected proxy, stateless or redirect"
         )),
+    }
+}
+
+fn parse_forking(key: &str, s: &str) -> Result<Forking, ConfigError> {
+    match s {
+        "parallel" => Ok(Forking::Parallel),
+        "sequential" => Ok(Forking::Sequential),
+        _ => err(format!("{key} '{s}': expected parallel or sequential")),
     }
 }
 
@@ -403,6 +451,22 @@ impl Cli {
         if registrar.max_contacts == 0 {
             return err("registrar.max_contacts: must be at least 1".into());
         }
+        let mut proxy = ProxySettings::default();
+        let file_proxy = file.proxy.as_ref();
+        proxy.forking = match (&self.forking, file_proxy.and_then(|p| p.forking.as_ref())) {
+            (Some(f), _) => parse_forking("--forking", f)?,
+            (None, Some(f)) => parse_forking("proxy.forking", f)?,
+            (None, None) => proxy.forking,
+        };
+        if let Some(ms) = file_proxy.and_then(|p| p.branch_timeout_ms) {
+            if !(100..=crate::proxy::stateful::TIMER_C_MS).contains(&ms) {
+                return err(format!(
+                    "proxy.branch_timeout_ms {ms}: expected 100 to {} (Timer C)",
+                    crate::proxy::stateful::TIMER_C_MS
+                ));
+            }
+            proxy.branch_timeout_ms = ms;
+        }
         let queue_capacity = file.queue_capacity.unwrap_or(8192);
         if !(16..=1 << 20).contains(&queue_capacity) {
             return err(format!(
@@ -435,6 +499,7 @@ impl Cli {
             allow_unauthenticated: self.allow_unauthenticated
                 || file.allow_unauthenticated.unwrap_or(false),
             registrar,
+            proxy,
             queue_capacity,
             nonce_ttl,
             auth_algorithms,
@@ -523,6 +588,8 @@ mod tests {
         assert!(e.0.starts_with("--io"), "{e}");
         let e = cli(&["--metrics", "nope"]).unwrap_err();
         assert!(e.0.starts_with("--metrics"), "{e}");
+        let e = cli(&["--forking", "random"]).unwrap_err();
+        assert!(e.0.starts_with("--forking 'random'"), "{e}");
     }
 
     #[test]
@@ -558,5 +625,31 @@ mod tests {
         std::fs::write(&bad, "[registrar]\nmin_expires = 100\nmax_expires = 50\n").unwrap();
         let e = cli(&["--config", bad.to_str().unwrap()]).unwrap_err();
         assert!(e.0.contains("registrar.min_expires"), "{e}");
+        std::fs::write(&bad, "[proxy]\nforking = \"serial\"\n").unwrap();
+        let e = cli(&["--config", bad.to_str().unwrap()]).unwrap_err();
+        assert!(e.0.starts_with("proxy.forking 'serial'"), "{e}");
+        std::fs::write(&bad, "[proxy]\nbranch_timeout_ms = 5\n").unwrap();
+        let e = cli(&["--config", bad.to_str().unwrap()]).unwrap_err();
+        assert!(e.0.starts_with("proxy.branch_timeout_ms 5"), "{e}");
+    }
+
+    #[test]
+    fn forking_from_file_and_flag() {
+        assert_eq!(cli(&[]).unwrap().proxy, ProxySettings::default());
+        let path = std::env::temp_dir().join(format!("sipshard-fork-{}.toml", std::process::id()));
+        std::fs::write(
+            &path,
+            "[proxy]\nforking = \"sequential\"\nbranch_timeout_ms = 2500\n",
+        )
+        .unwrap();
+        let c = cli(&["--config", path.to_str().unwrap()]).unwrap();
+        assert_eq!(c.proxy.forking, Forking::Sequential);
+        assert_eq!(c.proxy.branch_timeout_ms, 2500);
+        // The flag wins over the file.
+        let c = cli(&["--config", path.to_str().unwrap(), "--forking", "parallel"]).unwrap();
+        assert_eq!(c.proxy.forking, Forking::Parallel);
+        assert_eq!(c.proxy.branch_timeout_ms, 2500);
+        let c = cli(&["--forking", "sequential"]).unwrap();
+        assert_eq!(c.proxy.forking, Forking::Sequential);
     }
 }

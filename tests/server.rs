@@ -165,6 +165,7 @@ fn bad_flags_and_config_exit_2_with_one_line() {
         (vec!["--listen", "0.0.0.0:5999"], "without authentication"),
         (vec!["--users", "/nonexistent/users.txt"], "--users"),
         (vec!["--mode", "teleport"], "--mode"),
+        (vec!["--forking", "random"], "--forking 'random'"),
     ] {
         let (code, err) = run_bad(&args);
         assert_eq!(code, 2, "{args:?}: {err}");
@@ -182,6 +183,11 @@ fn bad_flags_and_config_exit_2_with_one_line() {
     let (code, err) = run_bad(&["--config", cfg.to_str().unwrap()]);
     assert_eq!(code, 2, "{err}");
     assert!(err.contains("line 3") && err.contains("not_a_key"), "{err}");
+    std::fs::write(&cfg, "[proxy]\nforking = \"serial\"\n").unwrap();
+    let (code, err) = run_bad(&["--config", cfg.to_str().unwrap()]);
+    assert_eq!(code, 2, "{err}");
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    assert!(err.contains("proxy.forking 'serial'"), "{err}");
     let users = dir.join("users.txt");
     std::fs::write(&users, "alice:secret\nbroken-line\n").unwrap();
     let (code, err) = run_bad(&[

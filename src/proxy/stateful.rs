@@ -1,11 +1,17 @@
 //! The stateful proxy of one shard (RFC 3261 §16, on the transaction layer of §17): forwards
-//! initial requests to every current binding of the target AOR in parallel (§16.6), relays
-//! provisional responses, picks the best final response (§16.7), cancels pending branches on a
-//! 2xx or 6xx and on CANCEL (§16.10), record-routes dialog-creating requests through this
-//! shard's own port and loose-routes in-dialog requests (§16.4, §16.12). Sans-I/O: everything
-//! it sends goes into the [`Outbox`]; time is a parameter.
+//! initial requests to every current binding of the target AOR, in parallel or in groups of
+//! descending q-value (§16.6), relays provisional responses, picks the best final response and
+//! aggregates 401/407 challenges (§16.7), cancels pending branches on a 2xx or 6xx and on
+//! CANCEL (§16.10), detects loops by the hash part of its Via branches (§16.3 item 4),
+//! record-routes dialog-creating requests through this shard's own port and loose-routes
+//! in-dialog requests (§16.4, §16.12). Sans-I/O: everything it sends goes into the
+//! [`Outbox`]; time is a parameter.
 
-use super::messages::{write_branch, write_cancel, write_response_upstream};
+use super::messages::{
+    collect_challenges, hex16, loop_hash, loop_part, write_branch, write_cancel,
+    write_response_upstream, write_with_challenges,
+};
+use crate::config::{Forking, ProxySettings};
 use crate::server::outbox::Outbox;
 use crate::sip::uri::HostKind;
 use crate::sip::write::{finish, header, response_head, write_forward, ForwardEdits};
@@ -18,11 +24,31 @@ use crate::txn::{
 use hashbrown::HashMap;
 use std::net::{IpAddr, SocketAddr};
 
-/// A target of a forwarded request: the URI to put in the Request-URI and where to send it.
+/// A target of a forwarded request: the URI to put in the Request-URI, where to send it and
+/// its q-value in thousandths (sequential forking tries higher q first).
 #[derive(Debug, Clone, Copy)]
 pub struct Target<'t> {
     pub uri: &'t [u8],
     pub dst: SocketAddr,
+    pub q: u16,
+}
+
+/// A target of a later group of sequential forking, kept until its turn comes.
+struct PendingTarget {
+    uri: Box<[u8]>,
+    dst: SocketAddr,
+    q: u16,
+}
+
+/// How the branches of one request are written (kept for the later groups of sequential
+/// forking, which are written from the stored original request).
+#[derive(Debug, Clone, Copy)]
+struct Plan {
+    rewrite_uri: bool,
+    pop_route: bool,
+    dialog_creating: bool,
+    /// §16.6 step 8: the loop-detection hash of the request as received.
+    loop_hash: u64,
 }
 
 /// Timer C (RFC 3261 §16.6 step 11): an INVITE branch that has not answered finally within
@@ -40,6 +66,8 @@ enum ProxyTimer {
     C(ClientTxnId),
     /// A cancelled branch that must be gone by now.
     CancelGuard(ClientTxnId),
+    /// Sequential forking: the group with this number has tried long enough.
+    Group(ServerTxnId, u32),
 }
 
 /// One forwarded copy of a request.
@@ -67,6 +95,17 @@ struct Forwarding {
     best: Option<(u16, Bytes)>,
     final_sent: bool,
     cancelled: bool,
+    plan: Plan,
+    /// Sequential forking: the targets of the groups not tried yet, highest q first (empty,
+    /// and never allocated, in parallel forking).
+    rest: Vec<PendingTarget>,
+    /// Sequential forking: the number of the current group and the timer that ends it.
+    group: u32,
+    group_timer: Option<TimerKey>,
+    /// §16.7 step 7: the WWW-Authenticate / Proxy-Authenticate lines of every 401/407
+    /// received, and how many responses they came from.
+    challenges: Vec<u8>,
+    challenge_responses: u16,
 }
 
 /// What the proxy did with a request.
@@ -94,11 +133,16 @@ pub struct Proxy {
     /// Addresses that are this proxy (for loose routing): listen addresses and our own port.
     ours: Vec<SocketAddr>,
     branch_seq: u64,
+    settings: ProxySettings,
     contexts: HashMap<ServerTxnId, Forwarding>,
     client_ctx: HashMap<ClientTxnId, ServerTxnId>,
     txn_out: Vec<TxnOut>,
     scratch: Vec<u8>,
-    /// Timer C of every pending INVITE branch, and the guards of cancelled branches.
+    /// The Via and Record-Route values being written for a branch.
+    via: Vec<u8>,
+    record_route: Vec<u8>,
+    /// Timer C of every pending INVITE branch, the guards of cancelled branches and the
+    /// group timers of sequential forking.
     timer_c: TimerWheel<ProxyTimer>,
 }
 
@@ -150,6 +194,7 @@ impl Proxy {
         local: SocketAddr,
         socket: usize,
         ours: Vec<SocketAddr>,
+        settings: ProxySettings,
         stats: std::sync::Arc<crate::metrics::ShardStats>,
     ) -> Proxy {
         Proxy {
@@ -160,12 +205,58 @@ impl Proxy {
             socket: socket as u16,
             ours,
             branch_seq: 0,
+            settings,
             contexts: HashMap::new(),
             client_ctx: HashMap::new(),
             txn_out: Vec::new(),
             scratch: Vec::with_capacity(2048),
+            via: Vec::with_capacity(96),
+            record_route: Vec::with_capacity(64),
             timer_c: TimerWheel::new(1_000, 512),
         }
+    }
+
+    /// Adds addresses of this server that other shards own (their private ports): a Via
+    /// naming one of them was written by this server (loop detection, §16.3 item 4), and a
+    /// Route naming one routes to this server.
+    pub fn add_server_addrs(&mut self, addrs: impl IntoIterator<Item = SocketAddr>) {
+        for a in addrs {
+            if !self.ours.contains(&a) {
+                self.ours.push(a);
+            }
+        }
+    }
+
+    /// §16.3 item 4: true if the request carries a Via this server wrote (its sent-by is one
+    /// of our addresses) whose branch has the loop hash of this very request: it has been
+    /// here before unchanged, a loop. A different hash is a spiral, which is allowed.
+    pub fn loop_detected(&self, msg: &Message<'_>) -> bool {
+        // Cheap test first: almost no request carries one of our branches.
+        let finder = memchr::memmem::Finder::new(b"z9hG4bK-ss");
+        if !msg
+            .header_all(HeaderName::Via)
+            .any(|v| finder.find(v).is_some())
+        {
+            return false;
+        }
+        let mut ours: Option<[u8; 16]> = None;
+        for via in msg.vias().filter_map(|v| v.ok()) {
+            let Some(part) = via.branch().and_then(loop_part) else {
+                continue;
+            };
+            let host = std::str::from_utf8(via.host).ok();
+            let Some(ip) = host.and_then(|h| h.parse::<IpAddr>().ok()) else {
+                continue;
+            };
+            if !self.is_ours_addr(SocketAddr::new(ip, via.port.unwrap_or(5060))) {
+                continue;
+            }
+            let hash = ours.get_or_insert_with(|| hex16(loop_hash(msg)));
+            if part == hash {
+                return true;
+            }
+        }
+        false
     }
 
     /// Transactions in the table.
@@ -234,6 +325,9 @@ impl Proxy {
                         self.txns.client_transport_error(cid, &mut txn_out);
                     }
                 }
+                ProxyTimer::Group(sid, group) => {
+                    self.group_timeout(sid, group, now_ms, &mut txn_out)
+                }
             }
         }
         self.drain(&mut txn_out, now_ms, out);
@@ -253,16 +347,10 @@ impl Proxy {
         }
     }
 
-    fn next_branch(&mut self) -> Vec<u8> {
-        self.branch_seq += 1;
-        let mut b = Vec::with_capacity(32);
-        write_branch(&mut b, self.shard, self.branch_seq);
-        b
-    }
-
     /// Forwards a request statefully to `targets` (initial requests: one branch per binding,
-    /// in parallel) or to the next hop of an in-dialog request (one target, `rewrite_uri`
-    /// false). `src` is where the request came from; responses go where §18.2.2 says.
+    /// all in parallel, or with sequential forking the group of the highest q first; targets
+    /// come in descending q) or to the next hop of an in-dialog request (one target,
+    /// `rewrite_uri` false). `response_dst` is where responses go (§18.2.2).
     #[allow(clippy::too_many_arguments)]
     pub fn forward(
         &mut self,
@@ -293,69 +381,75 @@ impl Proxy {
                 .txns
                 .server_respond(sid, 100, bytes(&self.scratch), now_ms, &mut txn_out);
         }
-        let pop_route = self.top_route_is_ours(msg);
-        let dialog_creating = msg.to().ok().and_then(|t| t.tag()).is_none()
-            && matches!(method, Method::Invite | Method::Subscribe | Method::Refer);
+        let plan = Plan {
+            rewrite_uri,
+            pop_route: self.top_route_is_ours(msg),
+            dialog_creating: msg.to().ok().and_then(|t| t.tag()).is_none()
+                && matches!(method, Method::Invite | Method::Subscribe | Method::Refer),
+            loop_hash: loop_hash(msg),
+        };
+        // Sequential forking: the first group is the targets of the highest q; the others
+        // wait (§16.6: "in descending q order when q-values differ").
+        let first_group = match targets.first() {
+            Some(first) if self.settings.forking == Forking::Sequential && rewrite_uri => {
+                targets.iter().take_while(|t| t.q == first.q).count()
+            }
+            _ => targets.len(),
+        };
         let mut ctx = Forwarding {
             is_invite,
             original: bytes(&msg.buf()[msg.start_offset()..msg.len()]),
-            branches: Vec::with_capacity(targets.len()),
+            branches: Vec::with_capacity(first_group),
             best: None,
             final_sent: false,
             cancelled: false,
+            plan,
+            rest: targets[first_group..]
+                .iter()
+                .map(|t| PendingTarget {
+                    uri: t.uri.into(),
+                    dst: t.dst,
+                    q: t.q,
+                })
+                .collect(),
+            group: 0,
+            group_timer: None,
+            challenges: Vec::new(),
+            challenge_responses: 0,
         };
         let mut status_err = None;
-        for t in targets {
-            let branch = self.next_branch();
-            let mut via = Vec::with_capacity(64);
-            via.extend_from_slice(b"SIP/2.0/UDP ");
-            via.extend_from_slice(self.host.as_bytes());
-            via.extend_from_slice(b";branch=");
-            via.extend_from_slice(&branch);
-            let rr = format!("<sip:{};lr;ss={}>", self.host, self.shard);
-            let edits = ForwardEdits {
-                request_uri: rewrite_uri.then_some(t.uri),
-                via: Some(&via),
-                record_route: dialog_creating.then_some(rr.as_bytes()),
-                pop_route,
-                decrement_max_forwards: true,
-            };
-            self.scratch.clear();
-            if write_forward(&mut self.scratch, msg, &edits).is_err() {
-                status_err = Some(483);
-                break;
-            }
-            let request = bytes(&self.scratch);
-            let key = ClientKey::new(&branch, msg.method_bytes().unwrap_or(b"OTHER"));
-            match self.txns.new_client(
-                key,
-                request.clone(),
+        for t in &targets[..first_group] {
+            match self.start_branch(
+                sid,
+                msg,
+                &plan,
+                is_invite,
+                t.uri,
                 t.dst,
-                self.socket,
-                false,
                 now_ms,
                 &mut txn_out,
             ) {
-                Ok(cid) => {
-                    self.client_ctx.insert(cid, sid);
-                    let timer_c = is_invite
-                        .then(|| self.timer_c.insert(now_ms + TIMER_C_MS, ProxyTimer::C(cid)));
-                    ctx.branches.push(Branch {
-                        id: cid,
-                        timer_c,
-                        request,
-                        dst: t.dst,
-                        done: false,
-                        provisional: false,
-                        cancel_wanted: false,
-                    });
+                Ok(Some(b)) => ctx.branches.push(b),
+                Ok(None) => {}
+                Err(status) => {
+                    status_err = Some(status);
+                    break;
                 }
-                Err(_) => continue,
             }
         }
         let n = ctx.branches.len();
+        if n > 0 && !ctx.rest.is_empty() {
+            ctx.group_timer = Some(self.timer_c.insert(
+                now_ms + self.settings.branch_timeout_ms,
+                ProxyTimer::Group(sid, 0),
+            ));
+        }
+        let more = !ctx.rest.is_empty();
         self.contexts.insert(sid, ctx);
-        if n == 0 {
+        if n == 0 && more && status_err.is_none() {
+            // No branch of the first group could start: on to the next.
+            self.advance(sid, now_ms, &mut txn_out);
+        } else if n == 0 {
             let status = status_err.unwrap_or(480);
             let reason: &[u8] = if status == 483 {
                 b"Too Many Hops"
@@ -370,6 +464,227 @@ impl Proxy {
         self.drain(&mut txn_out, now_ms, out);
         self.txn_out = txn_out;
         Handled::Forwarded(n)
+    }
+
+    /// Writes and sends one branch of `msg` to `uri` at `dst` (§16.6 steps 1-10). Ok(None) if
+    /// the client transaction could not be created, Err(483) if the request cannot be
+    /// forwarded at all.
+    #[allow(clippy::too_many_arguments)]
+    fn start_branch(
+        &mut self,
+        sid: ServerTxnId,
+        msg: &Message<'_>,
+        plan: &Plan,
+        is_invite: bool,
+        uri: &[u8],
+        dst: SocketAddr,
+        now_ms: u64,
+        txn_out: &mut Vec<TxnOut>,
+    ) -> Result<Option<Branch>, u16> {
+        self.branch_seq += 1;
+        // Via (with the branch) and Record-Route go into reused buffers: no allocation.
+        let mut via = core::mem::take(&mut self.via);
+        via.clear();
+        via.extend_from_slice(b"SIP/2.0/UDP ");
+        via.extend_from_slice(self.host.as_bytes());
+        via.extend_from_slice(b";branch=");
+        let branch_at = via.len();
+        write_branch(&mut via, self.shard, plan.loop_hash, self.branch_seq);
+        let rr = &mut self.record_route;
+        if plan.dialog_creating {
+            rr.clear();
+            rr.extend_from_slice(b"<sip:");
+            rr.extend_from_slice(self.host.as_bytes());
+            rr.extend_from_slice(b";lr;ss=");
+            rr.extend_from_slice(itoa::Buffer::new().format(self.shard).as_bytes());
+            rr.push(b'>');
+        }
+        let edits = ForwardEdits {
+            request_uri: plan.rewrite_uri.then_some(uri),
+            via: Some(&via),
+            record_route: plan.dialog_creating.then_some(&self.record_route[..]),
+            pop_route: plan.pop_route,
+            decrement_max_forwards: true,
+        };
+        self.scratch.clear();
+        if write_forward(&mut self.scratch, msg, &edits).is_err() {
+            self.via = via;
+            return Err(483);
+        }
+        let request = bytes(&self.scratch);
+        let key = ClientKey::new(&via[branch_at..], msg.method_bytes().unwrap_or(b"OTHER"));
+        self.via = via;
+        let Ok(cid) = self.txns.new_client(
+            key,
+            request.clone(),
+            dst,
+            self.socket,
+            false,
+            now_ms,
+            txn_out,
+        ) else {
+            return Ok(None);
+        };
+        self.client_ctx.insert(cid, sid);
+        let timer_c =
+            is_invite.then(|| self.timer_c.insert(now_ms + TIMER_C_MS, ProxyTimer::C(cid)));
+        Ok(Some(Branch {
+            id: cid,
+            timer_c,
+            request,
+            dst,
+            done: false,
+            provisional: false,
+            cancel_wanted: false,
+        }))
+    }
+
+    /// Every branch started so far has ended: start the next group of sequential forking,
+    /// or send the best final response upstream (§16.7 steps 6-7).
+    fn advance(&mut self, sid: ServerTxnId, now_ms: u64, txn_out: &mut Vec<TxnOut>) {
+        loop {
+            let Some(ctx) = self.contexts.get_mut(&sid) else {
+                return;
+            };
+            if let Some(k) = ctx.group_timer.take() {
+                self.timer_c.cancel(k);
+            }
+            if ctx.final_sent {
+                return;
+            }
+            if ctx.rest.is_empty() || ctx.cancelled {
+                return self.send_best(sid, now_ms, txn_out);
+            }
+            let q = ctx.rest[0].q;
+            let k = ctx.rest.iter().take_while(|t| t.q == q).count();
+            let group: Vec<PendingTarget> = ctx.rest.drain(..k).collect();
+            let more = !ctx.rest.is_empty();
+            ctx.group += 1;
+            let number = ctx.group;
+            let (original, plan, is_invite) = (ctx.original.clone(), ctx.plan, ctx.is_invite);
+            let Ok(msg) = Message::parse(&original) else {
+                return self.send_best(sid, now_ms, txn_out);
+            };
+            let mut started = Vec::with_capacity(group.len());
+            for t in &group {
+                match self.start_branch(sid, &msg, &plan, is_invite, &t.uri, t.dst, now_ms, txn_out)
+                {
+                    Ok(Some(b)) => started.push(b),
+                    Ok(None) => {}
+                    Err(_) => break,
+                }
+            }
+            let timer = (more && !started.is_empty()).then(|| {
+                self.timer_c.insert(
+                    now_ms + self.settings.branch_timeout_ms,
+                    ProxyTimer::Group(sid, number),
+                )
+            });
+            let Some(ctx) = self.contexts.get_mut(&sid) else {
+                return;
+            };
+            ctx.group_timer = timer;
+            if !started.is_empty() {
+                ctx.branches.extend(started);
+                return;
+            }
+        }
+    }
+
+    /// Sends the best final response collected (§16.7 steps 6-7): with the challenges of
+    /// every 401/407 when it is one of them, a 503 as 500; 480 if no branch ever answered.
+    fn send_best(&mut self, sid: ServerTxnId, now_ms: u64, txn_out: &mut Vec<TxnOut>) {
+        let Some(ctx) = self.contexts.get_mut(&sid) else {
+            return;
+        };
+        if ctx.final_sent {
+            return;
+        }
+        let Some((s, r)) = ctx.best.take() else {
+            let original = ctx.original.clone();
+            if let Ok(req) = Message::parse(&original) {
+                self.answer(sid, &req, 480, b"Temporarily Unavailable", now_ms, txn_out);
+            }
+            return;
+        };
+        let r = if matches!(s, 401 | 407) && ctx.challenge_responses > 1 {
+            match Message::parse(&r) {
+                Ok(m) => {
+                    let mut v = Vec::with_capacity(r.len() + ctx.challenges.len());
+                    write_with_challenges(&mut v, &m, &ctx.challenges);
+                    bytes(&v)
+                }
+                Err(_) => r,
+            }
+        } else {
+            r
+        };
+        // §16.7 step 6: a 503 from downstream is relayed as 500.
+        let (s, r) = if s == 503 {
+            (500, rewrite_status(&r, 500, b"Server Internal Error"))
+        } else {
+            (s, r)
+        };
+        ctx.final_sent = true;
+        // Nothing more is built from them.
+        ctx.original = crate::txn::empty_bytes();
+        ctx.challenges = Default::default();
+        let _ = self.txns.server_respond(sid, s, r, now_ms, txn_out);
+    }
+
+    /// Sequential forking: the group `group` tried for `branch_timeout_ms` without a final
+    /// answer. Its pending branches are cancelled and count as 408, and the next group starts.
+    fn group_timeout(
+        &mut self,
+        sid: ServerTxnId,
+        group: u32,
+        now_ms: u64,
+        txn_out: &mut Vec<TxnOut>,
+    ) {
+        let Some(ctx) = self.contexts.get_mut(&sid) else {
+            return;
+        };
+        if ctx.group != group || ctx.final_sent || ctx.cancelled {
+            return;
+        }
+        ctx.group_timer = None;
+        let pending: Vec<ClientTxnId> = ctx
+            .branches
+            .iter()
+            .filter(|b| !b.done)
+            .map(|b| b.id)
+            .collect();
+        for cid in pending {
+            self.cancel_branch(sid, cid, now_ms, txn_out);
+            self.branch_final(sid, cid, 408, None, now_ms, txn_out);
+        }
+    }
+
+    /// Cancels one pending branch (§9.1: at once if it sent a provisional response, else when
+    /// its first provisional response comes).
+    fn cancel_branch(
+        &mut self,
+        sid: ServerTxnId,
+        cid: ClientTxnId,
+        now_ms: u64,
+        txn_out: &mut Vec<TxnOut>,
+    ) {
+        let Some(b) = self
+            .contexts
+            .get_mut(&sid)
+            .and_then(|c| c.branches.iter_mut().find(|b| b.id == cid))
+        else {
+            return;
+        };
+        if b.done {
+            return;
+        }
+        if !b.provisional {
+            b.cancel_wanted = true;
+            return;
+        }
+        let (request, dst) = (b.request.clone(), b.dst);
+        self.send_cancel(cid, &request, dst, now_ms, txn_out);
     }
 
     /// Sends our own final response on a server transaction.
@@ -398,6 +713,7 @@ impl Proxy {
             .server_respond(sid, status, bytes(&self.scratch), now_ms, txn_out);
         if let Some(ctx) = self.contexts.get_mut(&sid) {
             ctx.final_sent = true;
+            ctx.original = crate::txn::empty_bytes();
         }
     }
 
@@ -445,7 +761,12 @@ impl Proxy {
         let mut txn_out = core::mem::take(&mut self.txn_out);
         self.cancel_branches(sid, now_ms, &mut txn_out);
         if let Some(ctx) = self.contexts.get_mut(&sid) {
+            // No further group of sequential forking starts either.
             ctx.cancelled = true;
+            ctx.rest.clear();
+            if let Some(k) = ctx.group_timer.take() {
+                self.timer_c.cancel(k);
+            }
         }
         // If no branch is pending any more, answer the INVITE ourselves.
         let pending = self
@@ -534,9 +855,9 @@ impl Proxy {
             }
             Some((cid, ClientEvent::Provisional { status })) => {
                 if let Some(&sid) = self.client_ctx.get(&cid) {
-                    self.restart_timer_c(sid, cid, now_ms, &mut txn_out);
+                    let live = self.restart_timer_c(sid, cid, now_ms, &mut txn_out);
                     let final_sent = self.contexts.get(&sid).is_none_or(|c| c.final_sent);
-                    if status > 100 && !final_sent {
+                    if live && status > 100 && !final_sent {
                         self.scratch.clear();
                         if write_response_upstream(&mut self.scratch, resp) {
                             let _ = self.txns.server_respond(
@@ -602,18 +923,30 @@ impl Proxy {
         let Some(ctx) = self.contexts.get_mut(&sid) else {
             return;
         };
+        let success = (200..300).contains(&status);
         if let Some(b) = ctx.branches.iter_mut().find(|b| b.id == cid) {
+            if b.done && !success {
+                // Already counted (Timer C or the group timeout gave it its 408).
+                return;
+            }
             b.done = true;
-            // A finished branch is never cancelled: free its copy of the request.
-            b.request = crate::txn::empty_bytes();
+            if !b.cancel_wanted {
+                // A finished branch is never cancelled: free its copy of the request.
+                b.request = crate::txn::empty_bytes();
+            }
             if let Some(k) = b.timer_c.take() {
                 self.timer_c.cancel(k);
             }
         }
-        if (200..300).contains(&status) {
-            // Every 2xx is relayed at once (§16.7 step 5), and the other branches cancelled.
+        if success {
+            // Every 2xx is relayed at once (§16.7 step 5), and the other branches cancelled;
+            // no further group starts.
             ctx.final_sent = true;
             ctx.original = crate::txn::empty_bytes();
+            ctx.rest.clear();
+            if let Some(k) = ctx.group_timer.take() {
+                self.timer_c.cancel(k);
+            }
             if let Some(up) = upstream {
                 let _ = self.txns.server_respond(sid, status, up, now_ms, txn_out);
             }
@@ -626,7 +959,17 @@ impl Proxy {
             return;
         }
         let response = match upstream {
-            Some(up) => up,
+            Some(up) => {
+                if matches!(status, 401 | 407) {
+                    // §16.7 step 7: keep every challenge for the response we send.
+                    if let Ok(m) = Message::parse(&up) {
+                        if collect_challenges(&mut ctx.challenges, &m) > 0 {
+                            ctx.challenge_responses += 1;
+                        }
+                    }
+                }
+                up
+            }
             None => {
                 // Our own 408 for a branch that never answered.
                 let Ok(req) = Message::parse(&ctx.original) else {
@@ -642,55 +985,56 @@ impl Proxy {
         if replace {
             ctx.best = Some((status, response));
         }
-        let six = status >= 600;
-        if six && ctx.is_invite {
-            self.cancel_branches(sid, now_ms, txn_out);
-        }
-        let Some(ctx) = self.contexts.get_mut(&sid) else {
-            return;
-        };
-        if ctx.branches.iter().all(|b| b.done) {
-            if let Some((s, r)) = ctx.best.take() {
-                // §16.7 step 6: a 503 from downstream is relayed as 500.
-                let (s, r) = if s == 503 {
-                    (500, rewrite_status(&r, 500, b"Server Internal Error"))
-                } else {
-                    (s, r)
-                };
-                ctx.final_sent = true;
-                ctx.original = crate::txn::empty_bytes();
-                let _ = self.txns.server_respond(sid, s, r, now_ms, txn_out);
+        if status >= 600 {
+            // §16.7: a 6xx ends the search: no further group, the pending branches cancelled.
+            ctx.rest.clear();
+            if ctx.is_invite {
+                self.cancel_branches(sid, now_ms, txn_out);
             }
+        }
+        let all_done = self
+            .contexts
+            .get(&sid)
+            .is_some_and(|c| c.branches.iter().all(|b| b.done));
+        if all_done {
+            self.advance(sid, now_ms, txn_out);
         }
     }
 
     /// §16.7 step 2: a provisional response restarts the branch's Timer C (and releases a
-    /// CANCEL that waited for it).
+    /// CANCEL that waited for it). Returns false if the branch is no longer wanted (its
+    /// response is not relayed then).
     fn restart_timer_c(
         &mut self,
         sid: ServerTxnId,
         cid: ClientTxnId,
         now_ms: u64,
         txn_out: &mut Vec<TxnOut>,
-    ) {
+    ) -> bool {
         let Some(b) = self
             .contexts
             .get_mut(&sid)
             .and_then(|c| c.branches.iter_mut().find(|b| b.id == cid))
         else {
-            return;
+            return false;
         };
         b.provisional = true;
-        if b.cancel_wanted && !b.done {
+        if b.cancel_wanted {
             b.cancel_wanted = false;
-            let (request, dst) = (b.request.clone(), b.dst);
+            // The request is only kept to build this CANCEL.
+            let request = core::mem::replace(&mut b.request, crate::txn::empty_bytes());
+            let dst = b.dst;
             self.send_cancel(cid, &request, dst, now_ms, txn_out);
-            return;
+            return false;
+        }
+        if b.done {
+            return false;
         }
         if let Some(k) = b.timer_c.take() {
             self.timer_c.cancel(k);
             b.timer_c = Some(self.timer_c.insert(now_ms + TIMER_C_MS, ProxyTimer::C(cid)));
         }
+        true
     }
 
     /// Timer C fired (§16.8): cancel the branch and let it count as 408.
@@ -738,6 +1082,9 @@ impl Proxy {
                 TxnOut::Server { id, event } => {
                     if event == TxnEvent::Terminated {
                         if let Some(ctx) = self.contexts.remove(&id) {
+                            if let Some(k) = ctx.group_timer {
+                                self.timer_c.cancel(k);
+                            }
                             for b in ctx.branches {
                                 if self.txns.client_state(b.id).is_none() {
                                     self.client_ctx.remove(&b.id);
@@ -782,7 +1129,7 @@ pub fn is_ip_literal(uri: &Uri<'_>) -> bool {
     matches!(uri.host_kind, HostKind::Ipv4 | HostKind::Ipv6)
 }
 
-/// The shard named by a branch this proxy wrote (`z9hG4bK-ss<shard>.<n>`).
+/// The shard named by a branch this proxy wrote (`z9hG4bK-ss<shard>.<loop hash>.<n>`).
 pub fn shard_of_branch(branch: &[u8]) -> Option<usize> {
     let rest = branch.strip_prefix(b"z9hG4bK-ss")?;
     let end = rest.iter().position(|&c| c == b'.')?;
@@ -821,8 +1168,11 @@ mod tests {
     #[test]
     fn branch_shard() {
         let mut b = Vec::new();
-        write_branch(&mut b, 3, 99);
+        write_branch(&mut b, 3, u64::MAX, 99);
         assert_eq!(shard_of_branch(&b), Some(3));
+        let mut b = Vec::new();
+        write_branch(&mut b, 12, 0, 1);
+        assert_eq!(shard_of_branch(&b), Some(12));
         assert_eq!(shard_of_branch(b"z9hG4bKabc"), None);
     }
 

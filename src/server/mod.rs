@@ -14,7 +14,7 @@ mod sim;
 mod tests;
 
 use crate::auth::{AuthOutcome, Authenticator};
-use crate::config::{Mode, RegistrarSettings};
+use crate::config::{Mode, ProxySettings, RegistrarSettings};
 use crate::metrics::{DropReason, ShardStats};
 use crate::proxy::stateful::{next_hop, shard_of_branch, uri_address, Proxy, Target};
 use crate::registrar::{Registrar, RegistrarConfig, ResponseCtx};
@@ -42,6 +42,7 @@ pub struct CoreConfig {
     pub shards: usize,
     pub mode: Mode,
     pub registrar: RegistrarSettings,
+    pub proxy: ProxySettings,
 }
 
 impl CoreConfig {
@@ -121,7 +122,14 @@ impl Core {
         };
         // The shard's own port if it has one, else the first listen address.
         let own = local.len() - 1;
-        let proxy = Proxy::new(shard, local[own], own, local.clone(), stats.clone());
+        let proxy = Proxy::new(
+            shard,
+            local[own],
+            own,
+            local.clone(),
+            cfg.proxy.clone(),
+            stats.clone(),
+        );
         Core {
             shard,
             cfg,
@@ -175,6 +183,12 @@ impl Core {
         }
     }
 
+    /// Every address of the server, other shards' private ports included: a Via or Route
+    /// naming one of them names this server (loop detection, loose routing).
+    pub fn set_server_addrs(&mut self, addrs: impl IntoIterator<Item = SocketAddr>) {
+        self.proxy.add_server_addrs(addrs);
+    }
+
     /// The shard's registrar (for tests and the proxy).
     pub fn registrar(&self) -> &Registrar {
         &self.registrar
@@ -200,13 +214,22 @@ impl Core {
         };
         if msg.to().ok().and_then(|t| t.tag()).is_some() {
             // In-dialog: the shard that record-routed named itself in the Route (`ss=`).
-            let route = msg.routes().next()?.ok()?.uri().ok()?;
-            let ss = route.param("ss")??;
-            return std::str::from_utf8(ss)
-                .ok()?
-                .parse()
-                .ok()
-                .filter(|&s| s < self.cfg.shards);
+            let ss = msg
+                .routes()
+                .next()
+                .and_then(|r| r.ok())
+                .and_then(|r| r.uri().ok())
+                .and_then(|u| u.param("ss").flatten());
+            if let Some(ss) = ss {
+                return std::str::from_utf8(ss)
+                    .ok()?
+                    .parse()
+                    .ok()
+                    .filter(|&s| s < self.cfg.shards);
+            }
+            // No Route of ours: the ACK of a non-2xx final (§17.1.1.3) has the Request-URI
+            // of its INVITE and no Route, so the AOR below finds the shard holding the INVITE
+            // transaction that absorbs it.
         }
         let hash = match method {
             Method::Register => aor_hash(&msg.to().ok()?.uri().ok()?)?,
@@ -493,6 +516,10 @@ impl Core {
         if msg.max_forwards().ok().flatten() == Some(0) {
             return reply.simple(out, 483, b"Too Many Hops");
         }
+        // §16.3 item 4: our own Via with this request's loop hash means it came back unchanged.
+        if self.proxy.loop_detected(msg) {
+            return reply.simple(out, 482, b"Loop Detected");
+        }
         let proxy_require: Vec<&[u8]> = msg
             .option_tags(HeaderName::ProxyRequire)
             .flatten()
@@ -512,7 +539,11 @@ impl Core {
             if self.proxy.is_ours_addr(dst) {
                 return reply.simple(out, 482, b"Loop Detected");
             }
-            let target = [Target { uri: b"", dst }];
+            let target = [Target {
+                uri: b"",
+                dst,
+                q: crate::registrar::DEFAULT_Q,
+            }];
             self.proxy
                 .forward(msg, response_dst, in_socket, &target, false, now_ms, out);
             return;
@@ -555,6 +586,7 @@ impl Core {
                     .ok()
                     .and_then(|u| uri_address(&u))
                     .unwrap_or_else(|| b.source()),
+                q: b.q(),
             })
             .collect();
         if self.cfg.mode == Mode::Stateless {

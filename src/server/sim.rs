@@ -6,7 +6,7 @@
 
 use super::outbox::Outbox;
 use super::Core;
-use crate::config::{Mode, RegistrarSettings};
+use crate::config::{Forking, Mode, ProxySettings, RegistrarSettings};
 use crate::sip::write::{finish, header, response_head};
 use crate::sip::{HeaderName, Message, Method};
 use crate::txn::{
@@ -104,6 +104,7 @@ enum Kind {
 
 #[derive(Default)]
 struct CallerCall {
+    started: u64,
     kind: Option<Kind>,
     user: String,
     branch: String,
@@ -127,6 +128,8 @@ struct Caller {
 }
 
 struct CalleeCall {
+    /// When the INVITE first arrived.
+    arrived: u64,
     invite: ServerTxnId,
     invite_bytes: Vec<u8>,
     final_sent: bool,
@@ -138,6 +141,9 @@ struct CalleeCall {
 
 /// One callee phone.
 struct Phone {
+    /// The user it is registered for, and its q parameter.
+    user: &'static str,
+    q: &'static str,
     addr: SocketAddr,
     behaviour: Callee,
     txns: TransactionTable,
@@ -198,6 +204,7 @@ impl Phone {
                             .txns
                             .server_respond(id, 180, ringing, now, &mut self.out);
                         let mut call = CalleeCall {
+                            arrived: now,
                             invite: id,
                             invite_bytes: data.to_vec(),
                             final_sent: false,
@@ -319,6 +326,7 @@ impl Caller {
         self.calls.insert(
             call_id,
             CallerCall {
+                started: now,
                 kind: Some(kind),
                 user: user.to_string(),
                 branch,
@@ -482,11 +490,11 @@ impl Caller {
     }
 }
 
-fn register(core: &mut Core, user: &str, phone: SocketAddr, now: u64) {
+fn register(core: &mut Core, user: &str, phone: SocketAddr, q: &str, now: u64) {
     let msg = format!(
         "REGISTER sip:localhost SIP/2.0\r\nVia: SIP/2.0/UDP {phone};branch=z9hG4bKreg{user}{port}\r\n\
          Max-Forwards: 70\r\nFrom: <sip:{user}@localhost>;tag=r\r\nTo: <sip:{user}@localhost>\r\n\
-         Call-ID: reg-{user}-{port}\r\nCSeq: 1 REGISTER\r\nContact: <sip:phone@{phone}>\r\n\
+         Call-ID: reg-{user}-{port}\r\nCSeq: 1 REGISTER\r\nContact: <sip:phone@{phone}>{q}\r\n\
          Content-Length: 0\r\n\r\n",
         port = phone.port()
     );
@@ -495,8 +503,13 @@ fn register(core: &mut Core, user: &str, phone: SocketAddr, now: u64) {
     assert_eq!(out.len(), 1, "REGISTER answered");
 }
 
-fn run(seed: u64, calls_per_kind: usize) {
-    let mut core = super::tests::core_with(Mode::Proxy, RegistrarSettings::default(), None);
+fn run(seed: u64, calls_per_kind: usize, proxy: ProxySettings) {
+    let mut core = super::tests::core_with_proxy(
+        Mode::Proxy,
+        RegistrarSettings::default(),
+        None,
+        proxy.clone(),
+    );
     let mut net = Net {
         rng: Rng(seed | 1),
         seq: 0,
@@ -508,17 +521,29 @@ fn run(seed: u64, calls_per_kind: usize) {
         duplicated: 0,
     };
     let mut phones: Vec<Phone> = Vec::new();
-    let users = [
-        ("answer", vec![Callee::Answer]),
-        ("busy", vec![Callee::Busy]),
-        ("ring", vec![Callee::Ring]),
-        ("fork", vec![Callee::Ring, Callee::Answer]),
+    // Phones with their q-values: with sequential forking "seqbusy" and "seqring" first
+    // try the q=1.0 phone (busy, or ringing until the group timeout) and then the q=0.5 one.
+    let users: [(&'static str, Vec<(Callee, &'static str)>); 6] = [
+        ("answer", vec![(Callee::Answer, "")]),
+        ("busy", vec![(Callee::Busy, "")]),
+        ("ring", vec![(Callee::Ring, "")]),
+        ("fork", vec![(Callee::Ring, ""), (Callee::Answer, "")]),
+        (
+            "seqbusy",
+            vec![(Callee::Busy, ";q=1.0"), (Callee::Answer, ";q=0.5")],
+        ),
+        (
+            "seqring",
+            vec![(Callee::Ring, ";q=1.0"), (Callee::Answer, ";q=0.5")],
+        ),
     ];
     for (i, (user, behaviours)) in users.iter().enumerate() {
-        for (j, b) in behaviours.iter().enumerate() {
+        for (j, (b, q)) in behaviours.iter().enumerate() {
             let a = addr(&format!("10.0.{i}.{}:5060", j + 1));
-            register(&mut core, user, a, 0);
+            register(&mut core, user, a, q, 0);
             phones.push(Phone {
+                user,
+                q,
                 addr: a,
                 behaviour: *b,
                 txns: TransactionTable::new(TxnConfig::default()),
@@ -540,6 +565,8 @@ fn run(seed: u64, calls_per_kind: usize) {
         (Kind::Cancelled, "ring"),
         (Kind::Unanswered, "ring"),
         (Kind::Forked, "fork"),
+        (Kind::Forked, "seqbusy"),
+        (Kind::Forked, "seqring"),
     ];
     let mut starts: Vec<(u64, usize, Kind, &str)> = Vec::new();
     let mut n = 0;
@@ -629,6 +656,22 @@ fn run(seed: u64, calls_per_kind: usize) {
         (0, 0, 0),
         "seed {seed}: proxy state left behind"
     );
+    if proxy.forking == Forking::Sequential {
+        // The q=0.5 phone of "seqring" only hears of a call once the q=1.0 group timed out.
+        let late = phones
+            .iter()
+            .find(|p| p.user == "seqring" && p.q == ";q=0.5")
+            .unwrap();
+        assert!(!late.calls.is_empty());
+        for (id, c) in &late.calls {
+            let started = caller.calls[std::str::from_utf8(id).unwrap()].started;
+            assert!(
+                c.arrived >= started + proxy.branch_timeout_ms,
+                "seed {seed}: {} reached the q=0.5 phone before the group timeout",
+                String::from_utf8_lossy(id)
+            );
+        }
+    }
 }
 
 #[test]
@@ -636,6 +679,27 @@ fn thousands_of_calls_over_a_lossy_reordering_network() {
     // 4 seeds x 5 kinds x 100 calls = 2,000 calls with 10% loss, 5% duplication and 1-40 ms
     // of random delay (reordering).
     for seed in [1u64, 2, 3, 4] {
-        run(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15), 100);
+        run(
+            seed.wrapping_mul(0x9e37_79b9_7f4a_7c15),
+            100,
+            ProxySettings::default(),
+        );
+    }
+}
+
+#[test]
+fn sequential_forking_over_a_lossy_reordering_network() {
+    // The same calls with sequential forking: "seqbusy" reaches its q=0.5 phone after the
+    // q=1.0 one was busy, "seqring" after the q=1.0 one rang for the group timeout and was
+    // cancelled; every call still ends as it must and no state is left.
+    for seed in [5u64, 6] {
+        run(
+            seed.wrapping_mul(0x9e37_79b9_7f4a_7c15),
+            60,
+            ProxySettings {
+                forking: Forking::Sequential,
+                branch_timeout_ms: 2_000,
+            },
+        );
     }
 }

@@ -4,7 +4,7 @@
 
 use super::outbox::Outbox;
 use super::{Core, CoreConfig};
-use crate::config::{Mode, RegistrarSettings};
+use crate::config::{Forking, Mode, ProxySettings, RegistrarSettings};
 use crate::metrics::ShardStats;
 use crate::sip::write::{finish, header, response_head};
 use crate::sip::{HeaderName, Message};
@@ -26,12 +26,23 @@ pub(super) fn core_with(
     registrar: RegistrarSettings,
     auth: Option<crate::auth::Authenticator>,
 ) -> Core {
+    core_with_proxy(mode, registrar, auth, ProxySettings::default())
+}
+
+/// [`core_with`] with proxy settings (forking).
+pub(super) fn core_with_proxy(
+    mode: Mode,
+    registrar: RegistrarSettings,
+    auth: Option<crate::auth::Authenticator>,
+    proxy: ProxySettings,
+) -> Core {
     let cfg = Arc::new(CoreConfig {
         domains: vec!["localhost".into()],
         local_addrs: vec![addr(LISTEN)],
         shards: 1,
         mode,
         registrar,
+        proxy,
     });
     Core::new(
         0,
@@ -74,10 +85,15 @@ fn drain(out: &Outbox) -> Vec<(SocketAddr, Vec<u8>)> {
 }
 
 fn register(c: &mut Core, user: &str, contact: &str) {
+    register_q(c, user, contact, "");
+}
+
+/// Registers `contact` for `user` with Contact parameters `params` (e.g. `;q=0.5`).
+fn register_q(c: &mut Core, user: &str, contact: &str, params: &str) {
     let msg = format!(
         "REGISTER sip:localhost SIP/2.0\r\nVia: SIP/2.0/UDP {contact};branch=z9hG4bKreg{user}{contact}\r\n\
          Max-Forwards: 70\r\nFrom: <sip:{user}@localhost>;tag=r\r\nTo: <sip:{user}@localhost>\r\n\
-         Call-ID: reg-{user}-{contact}\r\nCSeq: 1 REGISTER\r\nContact: <sip:{user}@{contact}>\r\n\
+         Call-ID: reg-{user}-{contact}\r\nCSeq: 1 REGISTER\r\nContact: <sip:{user}@{contact}>{params}\r\n\
          Content-Length: 0\r\n\r\n"
     );
     let out = send(c, msg.as_bytes(), contact, 0, T0);
@@ -499,4 +515,690 @@ fn stateless_mode_forwards_and_relays_without_transactions() {
         .to_vec();
     assert_eq!(b1, b2);
     assert_eq!(c.proxy().state_len(), (0, 0, 0));
+}
+
+/// What went to `dst`.
+fn sent_to(out: &[(SocketAddr, Vec<u8>)], dst: &str) -> Vec<Vec<u8>> {
+    out.iter()
+        .filter(|(d, _)| *d == addr(dst))
+        .map(|(_, b)| b.clone())
+        .collect()
+}
+
+/// A proxy core with sequential forking and a 2 s group timeout.
+fn sequential_core() -> Core {
+    core_with_proxy(
+        Mode::Proxy,
+        RegistrarSettings::default(),
+        None,
+        ProxySettings {
+            forking: Forking::Sequential,
+            branch_timeout_ms: 2_000,
+        },
+    )
+}
+
+const PHONE_A: &str = "192.0.2.20:5062";
+const PHONE_B: &str = "192.0.2.21:5062";
+const PHONE_C: &str = "192.0.2.22:5062";
+
+/// bob has A and B at q=1.0 and C at q=0.5 (registered first, so the order of
+/// registration is not what orders the groups).
+fn register_three_phones(c: &mut Core) {
+    register_q(c, "bob", PHONE_C, ";q=0.5");
+    register_q(c, "bob", PHONE_A, ";q=1.0");
+    register_q(c, "bob", PHONE_B, "");
+}
+
+/// The caller's CANCEL for `invite(branch)`.
+fn caller_cancel(branch: &str) -> Vec<u8> {
+    format!(
+        "CANCEL sip:bob@localhost SIP/2.0\r\nVia: SIP/2.0/UDP {CALLER};branch={branch}\r\n\
+         Max-Forwards: 70\r\nFrom: <sip:alice@localhost>;tag=a1\r\nTo: <sip:bob@localhost>\r\n\
+         Call-ID: call-{branch}\r\nCSeq: 1 CANCEL\r\nContent-Length: 0\r\n\r\n"
+    )
+    .into_bytes()
+}
+
+#[test]
+fn sequential_forking_tries_the_lower_q_group_after_the_higher_one_failed() {
+    let mut c = sequential_core();
+    register_three_phones(&mut c);
+    let out = send(&mut c, &invite("z9hG4bKseq1"), CALLER, 0, T0);
+    // The q=1.0 group (A and B) in parallel; C waits.
+    assert_eq!(status(&sent_to(&out, CALLER)[0]), 100);
+    let (a, b) = (sent_to(&out, PHONE_A), sent_to(&out, PHONE_B));
+    assert_eq!((a.len(), b.len(), out.len()), (1, 1, 3), "only A and B");
+    // A is busy: nothing for the caller yet (B still tries), C still waits.
+    let out = send(
+        &mut c,
+        &answer(&a[0], 486, "Busy Here", "a"),
+        PHONE_A,
+        1,
+        T0 + 10,
+    );
+    assert_eq!(out.len(), 1);
+    assert_eq!(method(&sent_to(&out, PHONE_A)[0]), b"ACK");
+    // B fails too: the group is over, the INVITE goes to C.
+    let out = send(
+        &mut c,
+        &answer(&b[0], 404, "Not Found", "b"),
+        PHONE_B,
+        1,
+        T0 + 20,
+    );
+    assert!(sent_to(&out, CALLER).is_empty(), "no final response yet");
+    let to_c = sent_to(&out, PHONE_C);
+    assert_eq!(to_c.len(), 1);
+    let fwd_c = Message::parse(&to_c[0]).unwrap();
+    assert_eq!(fwd_c.method_bytes(), Some(&b"INVITE"[..]));
+    assert_eq!(
+        fwd_c.request_uri_bytes(),
+        Some(&b"sip:bob@192.0.2.22:5062"[..])
+    );
+    assert_eq!(fwd_c.max_forwards().unwrap(), Some(69));
+    // C answers: the caller gets that 200.
+    let out = send(
+        &mut c,
+        &answer(&to_c[0], 200, "OK", "c"),
+        PHONE_C,
+        1,
+        T0 + 30,
+    );
+    let to_caller = sent_to(&out, CALLER);
+    assert_eq!(to_caller.len(), 1);
+    assert_eq!(status(&to_caller[0]), 200);
+    assert_eq!(
+        Message::parse(&to_caller[0]).unwrap().to().unwrap().tag(),
+        Some(&b"c"[..])
+    );
+    assert_no_state(&mut c, T0 + 40);
+}
+
+#[test]
+fn sequential_forking_cancels_a_group_that_does_not_answer_in_time() {
+    let mut c = sequential_core();
+    register_three_phones(&mut c);
+    let out = send(&mut c, &invite("z9hG4bKseq2"), CALLER, 0, T0);
+    let (a, b) = (sent_to(&out, PHONE_A), sent_to(&out, PHONE_B));
+    // A rings (relayed); B stays silent.
+    let out = send(
+        &mut c,
+        &answer(&a[0], 180, "Ringing", "a"),
+        PHONE_A,
+        1,
+        T0 + 5,
+    );
+    assert_eq!(status(&sent_to(&out, CALLER)[0]), 180);
+    // Nothing happens before the group timeout (2 s)...
+    let mut t = T0 + 5;
+    while t < T0 + 1_999 {
+        t += 100;
+        let out = tick(&mut c, t.min(T0 + 1_999));
+        assert!(sent_to(&out, PHONE_C).is_empty(), "C too early at {t}");
+        assert!(sent_to(&out, CALLER).is_empty());
+    }
+    // ... then A gets its CANCEL and C the INVITE; the caller hears nothing.
+    let out = tick(&mut c, T0 + 2_000);
+    let cancel_a = sent_to(&out, PHONE_A);
+    assert_eq!(cancel_a.len(), 1);
+    assert_eq!(method(&cancel_a[0]), b"CANCEL");
+    let to_c = sent_to(&out, PHONE_C);
+    assert_eq!(to_c.len(), 1);
+    assert_eq!(method(&to_c[0]), b"INVITE");
+    assert!(sent_to(&out, CALLER).is_empty());
+    // B had sent no provisional response (§9.1: no CANCEL yet); when its 180 comes it gets
+    // the CANCEL and the 180 is not relayed.
+    assert!(sent_to(&out, PHONE_B)
+        .iter()
+        .all(|m| method(m) != b"CANCEL"));
+    let out = send(
+        &mut c,
+        &answer(&b[0], 180, "Ringing", "b"),
+        PHONE_B,
+        1,
+        T0 + 2_100,
+    );
+    assert!(
+        sent_to(&out, CALLER).is_empty(),
+        "180 of a cancelled branch"
+    );
+    assert_eq!(method(&sent_to(&out, PHONE_B)[0]), b"CANCEL");
+    // A's 487 is ACKed and swallowed.
+    send(
+        &mut c,
+        &answer(&cancel_a[0], 200, "OK", "a"),
+        PHONE_A,
+        1,
+        T0 + 2_200,
+    );
+    let out = send(
+        &mut c,
+        &answer(&a[0], 487, "Request Terminated", "a"),
+        PHONE_A,
+        1,
+        T0 + 2_210,
+    );
+    assert!(sent_to(&out, CALLER).is_empty());
+    // C answers.
+    let out = send(
+        &mut c,
+        &answer(&to_c[0], 200, "OK", "c"),
+        PHONE_C,
+        1,
+        T0 + 3_000,
+    );
+    assert_eq!(status(&sent_to(&out, CALLER)[0]), 200);
+    assert_no_state(&mut c, T0 + 3_000);
+}
+
+#[test]
+fn sequential_forking_ends_on_6xx_and_sends_the_best_response_when_exhausted() {
+    // A 6xx ends the search (§16.7): C never gets the INVITE.
+    let mut c = sequential_core();
+    register_three_phones(&mut c);
+    let out = send(&mut c, &invite("z9hG4bKseq3"), CALLER, 0, T0);
+    let (a, b) = (sent_to(&out, PHONE_A), sent_to(&out, PHONE_B));
+    send(
+        &mut c,
+        &answer(&b[0], 180, "Ringing", "b"),
+        PHONE_B,
+        1,
+        T0 + 5,
+    );
+    let out = send(
+        &mut c,
+        &answer(&a[0], 603, "Decline", "a"),
+        PHONE_A,
+        1,
+        T0 + 10,
+    );
+    assert_eq!(method(&sent_to(&out, PHONE_B)[0]), b"CANCEL");
+    assert!(sent_to(&out, PHONE_C).is_empty());
+    let out = send(
+        &mut c,
+        &answer(&b[0], 487, "Request Terminated", "b"),
+        PHONE_B,
+        1,
+        T0 + 20,
+    );
+    assert_eq!(status(&sent_to(&out, CALLER)[0]), 603);
+    assert!(sent_to(&out, PHONE_C).is_empty());
+    let mut t = T0 + 20;
+    while t < T0 + 10_000 {
+        t += 500;
+        assert!(sent_to(&tick(&mut c, t), PHONE_C).is_empty());
+    }
+    assert_no_state(&mut c, t);
+
+    // Every group fails: the best of all the finals goes upstream (5xx loses to 4xx).
+    let mut c = sequential_core();
+    register_three_phones(&mut c);
+    let out = send(&mut c, &invite("z9hG4bKseq4"), CALLER, 0, T0);
+    let (a, b) = (sent_to(&out, PHONE_A), sent_to(&out, PHONE_B));
+    send(
+        &mut c,
+        &answer(&a[0], 500, "Oops", "a"),
+        PHONE_A,
+        1,
+        T0 + 10,
+    );
+    let out = send(
+        &mut c,
+        &answer(&b[0], 503, "Unavailable", "b"),
+        PHONE_B,
+        1,
+        T0 + 11,
+    );
+    let to_c = sent_to(&out, PHONE_C);
+    let out = send(
+        &mut c,
+        &answer(&to_c[0], 486, "Busy Here", "c"),
+        PHONE_C,
+        1,
+        T0 + 20,
+    );
+    let to_caller = sent_to(&out, CALLER);
+    assert_eq!(to_caller.len(), 1);
+    assert_eq!(status(&to_caller[0]), 486);
+    assert_no_state(&mut c, T0 + 20);
+}
+
+#[test]
+fn cancel_from_the_caller_stops_sequential_forking() {
+    let mut c = sequential_core();
+    register_three_phones(&mut c);
+    let out = send(&mut c, &invite("z9hG4bKseq5"), CALLER, 0, T0);
+    let (a, b) = (sent_to(&out, PHONE_A), sent_to(&out, PHONE_B));
+    send(
+        &mut c,
+        &answer(&a[0], 180, "Ringing", "a"),
+        PHONE_A,
+        1,
+        T0 + 5,
+    );
+    send(
+        &mut c,
+        &answer(&b[0], 180, "Ringing", "b"),
+        PHONE_B,
+        1,
+        T0 + 6,
+    );
+    let out = send(&mut c, &caller_cancel("z9hG4bKseq5"), CALLER, 0, T0 + 100);
+    assert_eq!(status(&sent_to(&out, CALLER)[0]), 200);
+    let (ca, cb) = (sent_to(&out, PHONE_A), sent_to(&out, PHONE_B));
+    assert_eq!(
+        (method(&ca[0]), method(&cb[0])),
+        (b"CANCEL".to_vec(), b"CANCEL".to_vec())
+    );
+    send(
+        &mut c,
+        &answer(&ca[0], 200, "OK", "a"),
+        PHONE_A,
+        1,
+        T0 + 110,
+    );
+    send(
+        &mut c,
+        &answer(&cb[0], 200, "OK", "b"),
+        PHONE_B,
+        1,
+        T0 + 110,
+    );
+    let out = send(
+        &mut c,
+        &answer(&a[0], 487, "Request Terminated", "a"),
+        PHONE_A,
+        1,
+        T0 + 120,
+    );
+    assert!(sent_to(&out, PHONE_C).is_empty());
+    let out = send(
+        &mut c,
+        &answer(&b[0], 487, "Request Terminated", "b"),
+        PHONE_B,
+        1,
+        T0 + 121,
+    );
+    assert!(
+        sent_to(&out, PHONE_C).is_empty(),
+        "no next group after CANCEL"
+    );
+    assert_eq!(status(&sent_to(&out, CALLER)[0]), 487);
+    // Past the group timeout: still nothing for C.
+    let mut t = T0 + 121;
+    while t < T0 + 10_000 {
+        t += 500;
+        assert!(sent_to(&tick(&mut c, t), PHONE_C).is_empty());
+    }
+    assert_no_state(&mut c, t);
+}
+
+#[test]
+fn parallel_forking_ignores_q_values() {
+    let mut c = core();
+    register_three_phones(&mut c);
+    let out = send(&mut c, &invite("z9hG4bKpar1"), CALLER, 0, T0);
+    for p in [PHONE_A, PHONE_B, PHONE_C] {
+        assert_eq!(sent_to(&out, p).len(), 1, "{p}");
+    }
+}
+
+/// A 401/407 from a callee with one challenge line per `(header, realm)`.
+fn challenge(req: &[u8], code: u16, tag: &str, lines: &[(&str, &str)]) -> Vec<u8> {
+    let m = Message::parse(req).unwrap();
+    let mut out = Vec::new();
+    let reason: &[u8] = if code == 401 {
+        b"Unauthorized"
+    } else {
+        b"Proxy Authentication Required"
+    };
+    response_head(&mut out, &m, code, reason, Some(tag.as_bytes()), None);
+    for (name, realm) in lines {
+        header(
+            &mut out,
+            name,
+            format!("Digest realm=\"{realm}\", nonce=\"n-{realm}\"").as_bytes(),
+        );
+    }
+    finish(&mut out, b"");
+    out
+}
+
+#[test]
+fn challenges_of_every_branch_are_aggregated_into_the_401_or_407() {
+    let mut c = core();
+    register_three_phones(&mut c);
+    let out = send(&mut c, &invite("z9hG4bKauthagg"), CALLER, 0, T0);
+    let (a, b, cc) = (
+        sent_to(&out, PHONE_A),
+        sent_to(&out, PHONE_B),
+        sent_to(&out, PHONE_C),
+    );
+    let r = challenge(&a[0], 401, "a", &[("WWW-Authenticate", "a.example")]);
+    assert!(sent_to(&send(&mut c, &r, PHONE_A, 1, T0 + 10), CALLER).is_empty());
+    let r = challenge(
+        &b[0],
+        407,
+        "b",
+        &[
+            ("Proxy-Authenticate", "b.example"),
+            ("WWW-Authenticate", "b2.example"),
+        ],
+    );
+    assert!(sent_to(&send(&mut c, &r, PHONE_B, 1, T0 + 11), CALLER).is_empty());
+    let out = send(
+        &mut c,
+        &answer(&cc[0], 404, "Not Found", "c"),
+        PHONE_C,
+        1,
+        T0 + 12,
+    );
+    let to_caller = sent_to(&out, CALLER);
+    assert_eq!(to_caller.len(), 1);
+    let m = Message::parse(&to_caller[0]).unwrap();
+    m.validate().unwrap();
+    assert_eq!(m.status(), Some(401));
+    let www: Vec<String> = m
+        .header_all(HeaderName::WwwAuthenticate)
+        .map(|v| String::from_utf8_lossy(v).into_owned())
+        .collect();
+    assert_eq!(
+        www,
+        vec![
+            "Digest realm=\"a.example\", nonce=\"n-a.example\"",
+            "Digest realm=\"b2.example\", nonce=\"n-b2.example\""
+        ]
+    );
+    assert_eq!(
+        m.header(HeaderName::ProxyAuthenticate),
+        Some(&b"Digest realm=\"b.example\", nonce=\"n-b.example\""[..])
+    );
+    assert_eq!(m.vias().count(), 1, "our Via removed");
+    assert_no_state(&mut c, T0 + 20);
+}
+
+/// `req` as a downstream element would send it back to us: its own Via on top and another
+/// Request-URI.
+fn sent_back(req: &[u8], ruri: &str, via_branch: &str) -> Vec<u8> {
+    let m = Message::parse(req).unwrap();
+    let old = std::str::from_utf8(m.request_uri_bytes().unwrap()).unwrap();
+    let text = String::from_utf8(req.to_vec())
+        .unwrap()
+        .replacen(old, ruri, 1);
+    text.replacen(
+        "\r\nVia: ",
+        &format!("\r\nVia: SIP/2.0/UDP {PHONE_A};branch={via_branch}\r\nVia: "),
+        1,
+    )
+    .into_bytes()
+}
+
+#[test]
+fn a_request_that_returns_unchanged_is_a_loop_and_a_changed_one_a_spiral() {
+    let mut c = core();
+    register(&mut c, "bob", PHONE_A);
+    register(&mut c, "carol", PHONE_B);
+    let out = send(&mut c, &invite("z9hG4bKloop1"), CALLER, 0, T0);
+    let fwd = sent_to(&out, PHONE_A).remove(0);
+    let branch = Message::parse(&fwd)
+        .unwrap()
+        .top_via()
+        .unwrap()
+        .branch()
+        .unwrap()
+        .to_vec();
+    assert!(branch.starts_with(b"z9hG4bK-ss0."), "shard id first");
+    assert_eq!(crate::proxy::stateful::shard_of_branch(&branch), Some(0));
+    // Sent back to us for the same Request-URI: nothing changed, a loop (482 to the sender).
+    let back = sent_back(&fwd, "sip:bob@localhost", "z9hG4bKdown1");
+    let out = send(&mut c, &back, PHONE_A, 0, T0 + 10);
+    assert_eq!(out.len(), 1);
+    assert_eq!((out[0].0, status(&out[0].1)), (addr(PHONE_A), 482));
+    // Retargeted to carol (call forwarding downstream): a spiral, forwarded to carol.
+    let spiral = sent_back(&fwd, "sip:carol@localhost", "z9hG4bKdown2");
+    let out = send(&mut c, &spiral, PHONE_A, 0, T0 + 20);
+    assert_eq!(status(&sent_to(&out, PHONE_A)[0]), 100);
+    let to_carol = sent_to(&out, PHONE_B);
+    assert_eq!(to_carol.len(), 1);
+    let f = Message::parse(&to_carol[0]).unwrap();
+    assert_eq!(f.method_bytes(), Some(&b"INVITE"[..]));
+    assert_eq!(f.vias().count(), 4, "ours, downstream, ours, caller");
+}
+
+#[test]
+fn a_binding_that_points_back_at_the_proxy_spirals_once_then_loops() {
+    // bob's contact is the proxy itself: pass 2 is a spiral (the Request-URI changed from
+    // the AOR to the contact), pass 3 comes back unchanged: 482.
+    let mut c = core();
+    register(&mut c, "bob", LISTEN);
+    let out = send(&mut c, &invite("z9hG4bKself"), CALLER, 0, T0);
+    let pass2 = sent_to(&out, LISTEN).remove(0);
+    let out = send(&mut c, &pass2, OWN, 0, T0 + 1);
+    let pass3: Vec<_> = sent_to(&out, LISTEN);
+    assert_eq!(pass3.len(), 1, "the spiral is forwarded");
+    assert_eq!(method(&pass3[0]), b"INVITE");
+    let out = send(&mut c, &pass3[0], OWN, 0, T0 + 2);
+    let answers: Vec<u16> = sent_to(&out, OWN).iter().map(|b| status(b)).collect();
+    assert_eq!(answers, vec![482]);
+    assert!(
+        sent_to(&out, LISTEN).is_empty(),
+        "not forwarded a third time"
+    );
+}
+
+#[test]
+fn another_shards_private_port_in_a_via_counts_as_ours() {
+    let other = "127.0.0.1:40001";
+    let mut c = core();
+    register(&mut c, "bob", PHONE_A);
+    let out = send(&mut c, &invite("z9hG4bKshard1"), CALLER, 0, T0);
+    let fwd = String::from_utf8(sent_to(&out, PHONE_A).remove(0)).unwrap();
+    // The same request as if shard 1 (private port 40001) had forwarded it.
+    let via_of_other = fwd
+        .replacen(OWN, other, 1)
+        .replacen("z9hG4bK-ss0.", "z9hG4bK-ss1.", 1);
+    let back = sent_back(via_of_other.as_bytes(), "sip:bob@localhost", "z9hG4bKdown3");
+    // Unknown address: not ours, forwarded (a third Via).
+    let out = send(&mut c, &back, PHONE_A, 0, T0 + 10);
+    assert!(!sent_to(&out, PHONE_A)
+        .iter()
+        .any(|b| Message::parse(b).unwrap().status() == Some(482)));
+    // Once the core knows every shard's addresses, it is a loop.
+    let mut c = core();
+    c.set_server_addrs([addr(LISTEN), addr(other)]);
+    register(&mut c, "bob", PHONE_A);
+    let back = sent_back(via_of_other.as_bytes(), "sip:bob@localhost", "z9hG4bKdown4");
+    let out = send(&mut c, &back, PHONE_A, 0, T0 + 10);
+    assert_eq!(status(&out[0].1), 482);
+}
+
+/// Two shards sharing LISTEN only (`--no-private-ports`): every datagram arrives on the
+/// shared socket of whichever shard the kernel picks.
+fn two_shards_without_private_ports() -> Vec<Core> {
+    let cfg = Arc::new(CoreConfig {
+        domains: vec!["localhost".into()],
+        local_addrs: vec![addr(LISTEN)],
+        shards: 2,
+        mode: Mode::Proxy,
+        registrar: RegistrarSettings::default(),
+        proxy: ProxySettings::default(),
+    });
+    (0..2)
+        .map(|i| {
+            Core::new(
+                i,
+                cfg.clone(),
+                Arc::new(ShardStats::default()),
+                None,
+                &[addr(LISTEN)],
+            )
+        })
+        .collect()
+}
+
+/// Delivers `data` to shard `at` on the shared socket; follows a hand-off like the runtime
+/// does. Returns the shard that handled it and what it sent.
+fn deliver(
+    cores: &mut [Core],
+    at: usize,
+    data: &[u8],
+    src: &str,
+    now: u64,
+) -> (usize, Vec<(SocketAddr, Vec<u8>)>) {
+    let mut out = Outbox::new();
+    match cores[at].handle(data, addr(src), 0, now, false, &mut out) {
+        super::Disposition::Done => (at, drain(&out)),
+        super::Disposition::HandOff(to) => {
+            assert_eq!(out.len(), 0, "nothing sent before a hand-off");
+            cores[to].handle(data, addr(src), 0, now, true, &mut out);
+            (to, drain(&out))
+        }
+    }
+}
+
+/// An in-dialog request of the call of `invite(branch)`, from the caller (`from_caller`) or
+/// from the callee, with `route` as its Route.
+fn in_dialog(m: &str, cseq: u32, branch: &str, route: &str, from_caller: bool) -> Vec<u8> {
+    let (ruri, via, from, to) = if from_caller {
+        (
+            format!("sip:bob@{PHONE_A}"),
+            CALLER,
+            "<sip:alice@localhost>;tag=a1",
+            "<sip:bob@localhost>;tag=b1",
+        )
+    } else {
+        (
+            format!("sip:alice@{CALLER}"),
+            PHONE_A,
+            "<sip:bob@localhost>;tag=b1",
+            "<sip:alice@localhost>;tag=a1",
+        )
+    };
+    format!(
+        "{m} {ruri} SIP/2.0\r\nVia: SIP/2.0/UDP {via};branch=z9hG4bK{m}{cseq}{from_caller}\r\n\
+         Route: {route}\r\nMax-Forwards: 70\r\nFrom: {from}\r\nTo: {to}\r\n\
+         Call-ID: call-{branch}\r\nCSeq: {cseq} {m}\r\nContent-Length: 0\r\n\r\n"
+    )
+    .into_bytes()
+}
+
+#[test]
+fn without_private_ports_responses_and_in_dialog_requests_reach_the_owning_shard() {
+    let mut cores = two_shards_without_private_ports();
+    // The REGISTER and the INVITE go to the AOR's owner whichever shard receives them.
+    let reg = format!(
+        "REGISTER sip:localhost SIP/2.0\r\nVia: SIP/2.0/UDP {PHONE_A};branch=z9hG4bKnp-reg\r\n\
+         Max-Forwards: 70\r\nFrom: <sip:bob@localhost>;tag=r\r\nTo: <sip:bob@localhost>\r\n\
+         Call-ID: np-reg\r\nCSeq: 1 REGISTER\r\nContact: <sip:bob@{PHONE_A}>\r\n\
+         Content-Length: 0\r\n\r\n"
+    );
+    let (owner, out) = deliver(&mut cores, 0, reg.as_bytes(), PHONE_A, T0);
+    assert_eq!(status(&out[0].1), 200);
+    let other = 1 - owner;
+    // Everything below arrives at the shard that does NOT own the call.
+    let branch = "z9hG4bKnp1";
+    let (by, out) = deliver(&mut cores, other, &invite(branch), CALLER, T0);
+    assert_eq!(by, owner);
+    let fwd = sent_to(&out, PHONE_A).remove(0);
+    let f = Message::parse(&fwd).unwrap();
+    let rr = f.record_routes().next().unwrap().unwrap().uri().unwrap();
+    assert_eq!(rr.port, Some(5060), "Record-Route names the shared port");
+    let ss = owner.to_string();
+    assert_eq!(rr.param("ss"), Some(Some(ss.as_bytes())));
+    let route = format!("<sip:{LISTEN};lr;ss={owner}>");
+    // 180 and 200 from the callee: routed by the shard id in our branch.
+    for (code, reason) in [(180, "Ringing"), (200, "OK")] {
+        let (by, out) = deliver(
+            &mut cores,
+            other,
+            &answer(&fwd, code, reason, "b1"),
+            PHONE_A,
+            T0 + 10,
+        );
+        assert_eq!(by, owner, "{code}");
+        assert_eq!(status(&sent_to(&out, CALLER)[0]), code);
+    }
+    // ACK from the caller: by the Route's ss parameter, relayed to the callee.
+    let (by, out) = deliver(
+        &mut cores,
+        other,
+        &in_dialog("ACK", 1, branch, &route, true),
+        CALLER,
+        T0 + 20,
+    );
+    assert_eq!(by, owner);
+    assert_eq!(method(&sent_to(&out, PHONE_A)[0]), b"ACK");
+    // BYE from the callee (its route set is the Record-Route): to the caller...
+    let bye = in_dialog("BYE", 1, branch, &route, false);
+    let (by, out) = deliver(&mut cores, other, &bye, PHONE_A, T0 + 30);
+    assert_eq!(by, owner);
+    let fwd_bye = sent_to(&out, CALLER).remove(0);
+    assert_eq!(method(&fwd_bye), b"BYE");
+    // ... and the caller's 200 comes back through the shard that forwarded the BYE.
+    let (by, out) = deliver(
+        &mut cores,
+        other,
+        &answer(&fwd_bye, 200, "OK", "a1"),
+        CALLER,
+        T0 + 40,
+    );
+    assert_eq!(by, owner);
+    assert_eq!(status(&sent_to(&out, PHONE_A)[0]), 200);
+
+    // A cancelled call: CANCEL (by the AOR), the 487 (by the branch) and the caller's ACK of
+    // the 487 (no Route: by the AOR of its Request-URI) all reach the owner; the ACK is
+    // absorbed there, so the 487 is not retransmitted.
+    let branch = "z9hG4bKnp2";
+    let (_, out) = deliver(&mut cores, other, &invite(branch), CALLER, T0 + 100);
+    let fwd = sent_to(&out, PHONE_A).remove(0);
+    deliver(
+        &mut cores,
+        other,
+        &answer(&fwd, 180, "Ringing", "b1"),
+        PHONE_A,
+        T0 + 110,
+    );
+    let (by, out) = deliver(&mut cores, other, &caller_cancel(branch), CALLER, T0 + 120);
+    assert_eq!(by, owner);
+    let cancel = sent_to(&out, PHONE_A).remove(0);
+    let (by, _) = deliver(
+        &mut cores,
+        other,
+        &answer(&cancel, 200, "OK", "b1"),
+        PHONE_A,
+        T0 + 130,
+    );
+    assert_eq!(by, owner);
+    let (by, out) = deliver(
+        &mut cores,
+        other,
+        &answer(&fwd, 487, "Request Terminated", "b1"),
+        PHONE_A,
+        T0 + 140,
+    );
+    assert_eq!(by, owner);
+    assert_eq!(status(&sent_to(&out, CALLER)[0]), 487);
+    let ack = format!(
+        "ACK sip:bob@localhost SIP/2.0\r\nVia: SIP/2.0/UDP {CALLER};branch={branch}\r\n\
+         Max-Forwards: 70\r\nFrom: <sip:alice@localhost>;tag=a1\r\nTo: <sip:bob@localhost>;tag=b1\r\n\
+         Call-ID: call-{branch}\r\nCSeq: 1 ACK\r\nContent-Length: 0\r\n\r\n"
+    );
+    let (by, out) = deliver(&mut cores, other, ack.as_bytes(), CALLER, T0 + 150);
+    assert_eq!(by, owner, "the ACK of the 487 reaches the INVITE's shard");
+    assert!(out.is_empty());
+    // Absorbed: Timer G does not resend the 487 to the caller.
+    let mut t = T0 + 150;
+    while t < T0 + 10_000 {
+        t += 100;
+        let mut o = Outbox::new();
+        cores[owner].handle_timeout(t, &mut o);
+        assert!(
+            sent_to(&drain(&o), CALLER).is_empty(),
+            "487 retransmitted at {t}: its ACK was lost on the wrong shard"
+        );
+    }
+    for c in cores.iter_mut() {
+        assert_no_state(c, t);
+    }
 }

@@ -107,7 +107,8 @@ impl Server {
             let waker = peers[id].waker.clone();
             let transport = make_transport(config.io, socks, waker)?;
             backends.push(transport.name());
-            let core = make_core(id, registry.shards[id].clone(), &local_addrs[id]);
+            let mut core = make_core(id, registry.shards[id].clone(), &local_addrs[id]);
+            core.set_server_addrs(local_addrs.iter().flatten().copied());
             let ctx = runtime::ShardContext {
                 id,
                 core,
@@ -168,6 +169,7 @@ pub fn core_config(config: &Config) -> CoreConfig {
         shards: config.shards,
         mode: config.mode,
         registrar: config.registrar.clone(),
+        proxy: config.proxy.clone(),
     }
 }
 
