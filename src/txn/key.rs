@@ -18,6 +18,10 @@
 //!   non-2xx final response carries the To tag the server added; the table also tries the key
 //!   without it ([`ServerKey::for_request_without_to_tag`]) and checks that tag itself.
 //! - Client key: the branch of the top Via (the one this element added) and the CSeq method.
+//!
+//! Lookups write a key into a reused buffer and search the maps by `&[u8]` (both key types
+//! borrow as bytes), so matching a request or response allocates nothing; only a new
+//! transaction's key is boxed, once, at its exact size.
 
 use crate::sip::header_name::HeaderName;
 use crate::sip::scan::CommaSplit;
@@ -71,11 +75,35 @@ fn top_via_raw<'a>(msg: &Message<'a>) -> Option<&'a [u8]> {
     CommaSplit::new(line).next().map(|(_, v)| v)
 }
 
+impl core::borrow::Borrow<[u8]> for ServerKey {
+    fn borrow(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+impl core::borrow::Borrow<[u8]> for ClientKey {
+    fn borrow(&self) -> &[u8] {
+        &self.0
+    }
+}
+
 impl ServerKey {
     /// The key of the transaction a request belongs to (ACK: the INVITE's).
     pub fn for_request(msg: &Message<'_>) -> Result<ServerKey, KeyError> {
+        let mut k = Vec::new();
+        Self::write_for_request(msg, &mut k)?;
+        Ok(ServerKey::from_bytes(&k))
+    }
+
+    /// Writes the bytes of [`ServerKey::for_request`] into `k` (cleared first).
+    pub fn write_for_request(msg: &Message<'_>, k: &mut Vec<u8>) -> Result<(), KeyError> {
         let method = match_method(msg)?;
-        Self::build(msg, method, true)
+        Self::write(msg, method, true, k)
+    }
+
+    /// A key from bytes written by one of the `write_` functions.
+    pub fn from_bytes(k: &[u8]) -> ServerKey {
+        ServerKey(k.into())
     }
 
     /// The RFC 2543 key of a request with its To tag left out: how the ACK of a non-2xx
@@ -101,8 +129,19 @@ impl ServerKey {
     }
 
     fn build(msg: &Message<'_>, method: &[u8], with_to_tag: bool) -> Result<ServerKey, KeyError> {
+        let mut k = Vec::new();
+        Self::write(msg, method, with_to_tag, &mut k)?;
+        Ok(ServerKey::from_bytes(&k))
+    }
+
+    fn write(
+        msg: &Message<'_>,
+        method: &[u8],
+        with_to_tag: bool,
+        k: &mut Vec<u8>,
+    ) -> Result<(), KeyError> {
         let via = msg.top_via().map_err(|_| KeyError::Via)?;
-        let mut k = Vec::with_capacity(96);
+        k.clear();
         if via.has_rfc3261_branch() {
             let branch = via.branch().unwrap_or_default();
             let port = via.port.unwrap_or(0);
@@ -138,17 +177,24 @@ impl ServerKey {
                 k.push(0);
             }
         }
-        Ok(ServerKey(k.into_boxed_slice()))
+        Ok(())
     }
 }
 
 /// The key of the INVITE server transaction a CANCEL targets (§9.2: same matching as for
 /// the INVITE, with the method INVITE).
 pub fn invite_key_for_cancel(cancel: &Message<'_>) -> Result<ServerKey, KeyError> {
+    let mut k = Vec::new();
+    write_invite_key_for_cancel(cancel, &mut k)?;
+    Ok(ServerKey::from_bytes(&k))
+}
+
+/// Writes the bytes of [`invite_key_for_cancel`] into `k`.
+pub fn write_invite_key_for_cancel(cancel: &Message<'_>, k: &mut Vec<u8>) -> Result<(), KeyError> {
     if cancel.method().is_none() {
         return Err(KeyError::NotARequest);
     }
-    ServerKey::build(cancel, b"INVITE", true)
+    ServerKey::write(cancel, b"INVITE", true, k)
 }
 
 impl ClientKey {
@@ -176,6 +222,22 @@ impl ClientKey {
             return Err(KeyError::NotAResponse);
         }
         Self::from_message(msg)
+    }
+
+    /// Writes the bytes of [`ClientKey::for_response`] into `k` (cleared first).
+    pub fn write_for_response(msg: &Message<'_>, k: &mut Vec<u8>) -> Result<(), KeyError> {
+        if msg.is_request() {
+            return Err(KeyError::NotAResponse);
+        }
+        let via = msg.top_via().map_err(|_| KeyError::Via)?;
+        let branch = via.branch().ok_or(KeyError::Branch)?;
+        let cseq = msg.cseq().map_err(|_| KeyError::CSeq)?;
+        k.clear();
+        k.push(KIND_CLIENT);
+        k.extend_from_slice(cseq.method);
+        k.push(0);
+        k.extend_from_slice(branch);
+        Ok(())
     }
 
     fn from_message(msg: &Message<'_>) -> Result<ClientKey, KeyError> {

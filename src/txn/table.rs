@@ -24,7 +24,7 @@ use std::net::SocketAddr;
 use hashbrown::HashMap;
 
 use super::client::{ClientEvent, ClientInviteTxn, ClientNonInviteTxn, ClientState};
-use super::key::{invite_key_for_cancel, ClientKey, KeyError, ServerKey};
+use super::key::{write_invite_key_for_cancel, ClientKey, KeyError, ServerKey};
 use super::server::{AckOutcome, RespondError, ServerInviteTxn, ServerNonInviteTxn, ServerState};
 use super::slab::Slab;
 use super::timers::{Timer, TxnConfig};
@@ -168,6 +168,8 @@ pub struct TransactionTable {
     wheel: TimerWheel<TimerRef>,
     actions: Vec<Action>,
     fired: Vec<TimerRef>,
+    /// Scratch for the key of a lookup (taken and put back: lookups take `&self`).
+    key_buf: core::cell::Cell<Vec<u8>>,
 }
 
 impl TransactionTable {
@@ -181,7 +183,16 @@ impl TransactionTable {
             wheel: TimerWheel::new(TICK_MS, SLOTS),
             actions: Vec::new(),
             fired: Vec::new(),
+            key_buf: core::cell::Cell::new(Vec::with_capacity(128)),
         }
+    }
+
+    /// Runs `f` with the scratch key buffer.
+    fn with_key_buf<R>(&self, f: impl FnOnce(&mut Vec<u8>) -> R) -> R {
+        let mut buf = self.key_buf.take();
+        let r = f(&mut buf);
+        self.key_buf.set(buf);
+        r
     }
 
     pub fn config(&self) -> &TxnConfig {
@@ -216,18 +227,22 @@ impl TransactionTable {
 
     /// The server transaction a request belongs to (ACK: the INVITE's, §17.2.3).
     pub fn server_lookup(&self, msg: &Message<'_>) -> Option<ServerTxnId> {
-        let key = ServerKey::for_request(msg).ok()?;
-        self.server_id(&key)
-            .or_else(|| self.ack_without_to_tag(msg))
+        self.with_key_buf(|k| {
+            ServerKey::write_for_request(msg, k).ok()?;
+            self.server_id(k)
+        })
+        .or_else(|| self.ack_without_to_tag(msg))
     }
 
     /// The INVITE server transaction a CANCEL targets (§9.2).
     pub fn cancel_target(&self, cancel: &Message<'_>) -> Option<ServerTxnId> {
-        let key = invite_key_for_cancel(cancel).ok()?;
-        self.server_id(&key)
+        self.with_key_buf(|k| {
+            write_invite_key_for_cancel(cancel, k).ok()?;
+            self.server_id(k)
+        })
     }
 
-    fn server_id(&self, key: &ServerKey) -> Option<ServerTxnId> {
+    fn server_id(&self, key: &[u8]) -> Option<ServerTxnId> {
         let &index = self.server_keys.get(key)?;
         let generation = self.servers.generation(index)?;
         Some(ServerTxnId { index, generation })
@@ -239,7 +254,7 @@ impl TransactionTable {
             return None;
         }
         let key = ServerKey::for_request_without_to_tag(msg).ok()??;
-        let id = self.server_id(&key)?;
+        let id = self.server_id(core::borrow::Borrow::borrow(&key))?;
         let entry = self.servers.get(id.index, id.generation)?;
         let ServerMachine::Invite(m) = &entry.machine else {
             return None;
@@ -259,16 +274,16 @@ impl TransactionTable {
         now_ms: u64,
         out: &mut Vec<TxnOut>,
     ) -> Result<Match, KeyError> {
-        let key = ServerKey::for_request(msg)?;
         let is_ack = msg.method() == Some(Method::Ack);
-        let Some(id) = self
-            .server_id(&key)
-            .or_else(|| self.ack_without_to_tag(msg))
-        else {
-            return Ok(if is_ack {
-                Match::UnmatchedAck
-            } else {
-                Match::New(key)
+        let mut k = self.key_buf.take();
+        let found = ServerKey::write_for_request(msg, &mut k).map(|()| self.server_id(&k));
+        // Only a request that starts a transaction needs its key boxed.
+        let new_key = (matches!(found, Ok(None)) && !is_ack).then(|| ServerKey::from_bytes(&k));
+        self.key_buf.set(k);
+        let Some(id) = found?.or_else(|| self.ack_without_to_tag(msg)) else {
+            return Ok(match new_key {
+                Some(key) => Match::New(key),
+                None => Match::UnmatchedAck,
             });
         };
         let cfg = self.cfg;
@@ -434,8 +449,12 @@ impl TransactionTable {
         out: &mut Vec<TxnOut>,
     ) -> Option<(ClientTxnId, ClientEvent)> {
         let status = msg.status()?;
-        let key = ClientKey::for_response(msg).ok()?;
-        let &index = self.client_keys.get(&key)?;
+        let mut k = self.key_buf.take();
+        let index = ClientKey::write_for_response(msg, &mut k)
+            .ok()
+            .and_then(|()| self.client_keys.get(&k[..]).copied());
+        self.key_buf.set(k);
+        let index = index?;
         let generation = self.clients.generation(index)?;
         let cfg = self.cfg;
         let entry = self.clients.get_mut(index, generation)?;
