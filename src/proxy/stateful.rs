@@ -876,7 +876,32 @@ impl Proxy {
                     self.scratch.clear();
                     if write_response_upstream(&mut self.scratch, resp) {
                         let upstream = bytes(&self.scratch);
-                        self.branch_final(sid, cid, status, Some(upstream), now_ms, &mut txn_out);
+                        let sent = self.branch_final(
+                            sid,
+                            cid,
+                            status,
+                            Some(upstream.clone()),
+                            now_ms,
+                            &mut txn_out,
+                        );
+                        let invite = resp.cseq().is_ok_and(|c| c.method == b"INVITE");
+                        if !sent && invite && (200..300).contains(&status) {
+                            // §16.7 steps 5 and 10: a 2xx to an INVITE is forwarded even
+                            // after a non-2xx final went upstream; the server transaction
+                            // (Completed, Confirmed or gone) cannot send it, so it goes
+                            // statelessly.
+                            let dst = self
+                                .txns
+                                .server_destination(sid)
+                                .or_else(|| Some((next_via_destination(resp)?, self.socket)));
+                            if let Some((dst, socket)) = dst {
+                                txn_out.push(TxnOut::Send {
+                                    bytes: upstream,
+                                    dst,
+                                    socket,
+                                });
+                            }
+                        }
                     }
                 }
                 // Responses to our CANCELs have no context: nothing to do.
@@ -910,7 +935,8 @@ impl Proxy {
     }
 
     /// A branch ended with `status` (`upstream` = the response to relay, None for our own
-    /// 408 on timeout). §16.7 steps 5-10.
+    /// 408 on timeout). §16.7 steps 5-10. Returns true if a 2xx went upstream through the
+    /// server transaction.
     fn branch_final(
         &mut self,
         sid: ServerTxnId,
@@ -919,15 +945,15 @@ impl Proxy {
         upstream: Option<Bytes>,
         now_ms: u64,
         txn_out: &mut Vec<TxnOut>,
-    ) {
+    ) -> bool {
         let Some(ctx) = self.contexts.get_mut(&sid) else {
-            return;
+            return false;
         };
         let success = (200..300).contains(&status);
         if let Some(b) = ctx.branches.iter_mut().find(|b| b.id == cid) {
             if b.done && !success {
                 // Already counted (Timer C or the group timeout gave it its 408).
-                return;
+                return false;
             }
             b.done = true;
             if !b.cancel_wanted {
@@ -947,16 +973,19 @@ impl Proxy {
             if let Some(k) = ctx.group_timer.take() {
                 self.timer_c.cancel(k);
             }
-            if let Some(up) = upstream {
-                let _ = self.txns.server_respond(sid, status, up, now_ms, txn_out);
-            }
-            if ctx.is_invite {
+            let is_invite = ctx.is_invite;
+            let sent = upstream.is_some_and(|up| {
+                self.txns
+                    .server_respond(sid, status, up, now_ms, txn_out)
+                    .is_ok()
+            });
+            if is_invite {
                 self.cancel_branches(sid, now_ms, txn_out);
             }
-            return;
+            return sent;
         }
         if ctx.final_sent {
-            return;
+            return false;
         }
         let response = match upstream {
             Some(up) => {
@@ -973,7 +1002,7 @@ impl Proxy {
             None => {
                 // Our own 408 for a branch that never answered.
                 let Ok(req) = Message::parse(&ctx.original) else {
-                    return;
+                    return false;
                 };
                 let mut b = Vec::new();
                 response_head(&mut b, &req, 408, b"Request Timeout", Some(b"to"), None);
@@ -999,6 +1028,7 @@ impl Proxy {
         if all_done {
             self.advance(sid, now_ms, txn_out);
         }
+        false
     }
 
     /// §16.7 step 2: a provisional response restarts the branch's Timer C (and releases a

@@ -1202,3 +1202,46 @@ fn without_private_ports_responses_and_in_dialog_requests_reach_the_owning_shard
         assert_no_state(c, t);
     }
 }
+
+/// §16.7 step 5 and 10: a 2xx to an INVITE is forwarded even after a final response went
+/// upstream. Sequential forking: A rings past the group timeout and is cancelled, C is busy,
+/// so a non-2xx goes to the caller; then A answers 200 in the race with our CANCEL. The
+/// server transaction (Completed) cannot send it: it must go statelessly, not be dropped.
+#[test]
+fn a_2xx_after_a_non_2xx_final_response_is_still_forwarded() {
+    let mut c = sequential_core();
+    register_q(&mut c, "bob", PHONE_C, ";q=0.5");
+    register_q(&mut c, "bob", PHONE_A, ";q=1.0");
+    let out = send(&mut c, &invite("z9hG4bKlate1"), CALLER, 0, T0);
+    let a = sent_to(&out, PHONE_A);
+    send(
+        &mut c,
+        &answer(&a[0], 180, "Ringing", "a"),
+        PHONE_A,
+        1,
+        T0 + 5,
+    );
+    let out = tick(&mut c, T0 + 2_000);
+    assert_eq!(method(&sent_to(&out, PHONE_A)[0]), b"CANCEL");
+    let to_c = sent_to(&out, PHONE_C);
+    let out = send(
+        &mut c,
+        &answer(&to_c[0], 486, "Busy Here", "c"),
+        PHONE_C,
+        1,
+        T0 + 2_010,
+    );
+    let final_status = status(&sent_to(&out, CALLER)[0]);
+    assert!(final_status >= 400, "{final_status}");
+    // A's user picked up before our CANCEL arrived.
+    let ok = answer(&a[0], 200, "OK", "a");
+    let out = send(&mut c, &ok, PHONE_A, 1, T0 + 2_020);
+    let to_caller = sent_to(&out, CALLER);
+    assert_eq!(to_caller.len(), 1, "the 2xx reaches the caller");
+    assert_eq!(status(&to_caller[0]), 200);
+    assert_eq!(Message::parse(&to_caller[0]).unwrap().vias().count(), 1);
+    // And so does its retransmission.
+    let out = send(&mut c, &ok, PHONE_A, 1, T0 + 2_520);
+    assert_eq!(sent_to(&out, CALLER).len(), 1);
+    assert_no_state(&mut c, T0 + 3_000);
+}
