@@ -1245,3 +1245,47 @@ fn a_2xx_after_a_non_2xx_final_response_is_still_forwarded() {
     assert_eq!(sent_to(&out, CALLER).len(), 1);
     assert_no_state(&mut c, T0 + 3_000);
 }
+
+/// §16.11: a stateless proxy forwards the CANCEL and the ACK of a non-2xx like the INVITE
+/// (same target, same branch, so the callee's INVITE server transaction matches them), never
+/// answers the CANCEL itself and never drops that ACK.
+#[test]
+fn stateless_mode_forwards_cancel_and_the_ack_of_a_non_2xx_like_the_invite() {
+    let mut c = core_with(Mode::Stateless, RegistrarSettings::default(), None);
+    register(&mut c, "bob", "192.0.2.20:5062");
+    let out = send(&mut c, &invite("z9hG4bKsl2"), CALLER, 0, T0);
+    let fwd = out[0].1.clone();
+    let branch = |b: &[u8]| {
+        Message::parse(b)
+            .unwrap()
+            .top_via()
+            .unwrap()
+            .branch()
+            .unwrap()
+            .to_vec()
+    };
+    let out = send(&mut c, &caller_cancel("z9hG4bKsl2"), CALLER, 0, T0 + 100);
+    assert!(sent_to(&out, CALLER).is_empty(), "no answer of our own");
+    let cancel = sent_to(&out, PHONE_A);
+    assert_eq!(cancel.len(), 1, "the CANCEL goes where the INVITE went");
+    assert_eq!(method(&cancel[0]), b"CANCEL");
+    assert_eq!(branch(&cancel[0]), branch(&fwd));
+    let out = send(
+        &mut c,
+        &answer(&fwd, 487, "Request Terminated", "b1"),
+        PHONE_A,
+        1,
+        T0 + 110,
+    );
+    assert_eq!(status(&sent_to(&out, CALLER)[0]), 487);
+    let ack =
+        b"ACK sip:bob@localhost SIP/2.0\r\nVia: SIP/2.0/UDP 192.0.2.10:5060;branch=z9hG4bKsl2\r\n\
+Max-Forwards: 70\r\nFrom: <sip:alice@localhost>;tag=a1\r\nTo: <sip:bob@localhost>;tag=b1\r\n\
+Call-ID: call-z9hG4bKsl2\r\nCSeq: 1 ACK\r\nContent-Length: 0\r\n\r\n";
+    let out = send(&mut c, ack, CALLER, 0, T0 + 120);
+    let acks = sent_to(&out, PHONE_A);
+    assert_eq!(acks.len(), 1, "the ACK of the 487 reaches the callee");
+    assert_eq!(method(&acks[0]), b"ACK");
+    assert_eq!(branch(&acks[0]), branch(&fwd));
+    assert_eq!(c.proxy().state_len(), (0, 0, 0));
+}
