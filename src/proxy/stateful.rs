@@ -176,12 +176,15 @@ fn next_via_destination(resp: &Message<'_>) -> Option<SocketAddr> {
     Some(SocketAddr::new(ip, port))
 }
 
-/// §16.7 step 6: the better of two final responses (6xx first, then the lowest class).
+/// §16.7 step 6: the better of two final responses (6xx first, then the lowest class; in
+/// the 4xx class those that let the caller resubmit: 401, 407, 415, 420, 484).
 fn better(new: u16, old: u16) -> bool {
+    let resubmittable = |s: u16| matches!(s, 401 | 407 | 415 | 420 | 484);
     match (new / 100, old / 100) {
         (6, 6) => new < old,
         (6, _) => true,
         (_, 6) => false,
+        (4, 4) => resubmittable(new) && !resubmittable(old),
         (a, b) => a < b,
     }
 }
@@ -1193,6 +1196,11 @@ mod tests {
         assert!(better(486, 503));
         assert!(better(302, 404));
         assert!(!better(408, 404));
+        assert!(better(407, 486));
+        assert!(better(484, 408));
+        assert!(!better(486, 401));
+        assert!(!better(401, 407));
+        assert!(better(302, 407));
     }
 
     #[test]

@@ -1289,3 +1289,33 @@ Call-ID: call-z9hG4bKsl2\r\nCSeq: 1 ACK\r\nContent-Length: 0\r\n\r\n";
     assert_eq!(branch(&acks[0]), branch(&fwd));
     assert_eq!(c.proxy().state_len(), (0, 0, 0));
 }
+
+/// §16.7 step 6: within the 4xx class the proxy SHOULD prefer the responses that let the
+/// caller resubmit (401, 407, 415, 420, 484): a 486 that came first must not hide the 407
+/// of another branch, or the caller can never authenticate to it.
+#[test]
+fn a_challenge_is_preferred_to_an_earlier_4xx() {
+    let mut c = core();
+    register(&mut c, "bob", PHONE_A);
+    register(&mut c, "bob", PHONE_B);
+    let out = send(&mut c, &invite("z9hG4bKpref1"), CALLER, 0, T0);
+    let (a, b) = (sent_to(&out, PHONE_A), sent_to(&out, PHONE_B));
+    send(
+        &mut c,
+        &answer(&a[0], 486, "Busy Here", "a"),
+        PHONE_A,
+        1,
+        T0 + 10,
+    );
+    let r = challenge(&b[0], 407, "b", &[("Proxy-Authenticate", "b.example")]);
+    let out = send(&mut c, &r, PHONE_B, 1, T0 + 11);
+    let to_caller = sent_to(&out, CALLER);
+    assert_eq!(to_caller.len(), 1);
+    let m = Message::parse(&to_caller[0]).unwrap();
+    assert_eq!(m.status(), Some(407));
+    assert_eq!(
+        m.header(HeaderName::ProxyAuthenticate),
+        Some(&b"Digest realm=\"b.example\", nonce=\"n-b.example\""[..])
+    );
+    assert_no_state(&mut c, T0 + 20);
+}
