@@ -18,8 +18,8 @@ use crate::sip::write::{finish, header, response_head, write_forward, ForwardEdi
 use crate::sip::{HeaderName, Message, Method, Uri};
 use crate::timer::{TimerKey, TimerWheel};
 use crate::txn::{
-    Bytes, ClientEvent, ClientKey, ClientTxnId, Match, ServerTxnId, TransactionTable, TxnConfig,
-    TxnEvent, TxnOut,
+    AckOutcome, Bytes, ClientEvent, ClientKey, ClientTxnId, Match, ServerTxnId, TransactionTable,
+    TxnConfig, TxnEvent, TxnOut,
 };
 use hashbrown::HashMap;
 use std::net::{IpAddr, SocketAddr};
@@ -345,6 +345,8 @@ impl Proxy {
         self.drain(&mut txn_out, now_ms, out);
         self.txn_out = txn_out;
         match m {
+            // RFC 6026 §8.7: an ACK in Accepted is passed to the TU (it is forwarded).
+            Ok(Match::Ack(_, AckOutcome::PassToTu)) => None,
             Ok(Match::Retransmission(_)) | Ok(Match::Ack(..)) => Some(Handled::Absorbed),
             _ => None,
         }

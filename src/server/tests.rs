@@ -1319,3 +1319,33 @@ fn a_challenge_is_preferred_to_an_earlier_4xx() {
     );
     assert_no_state(&mut c, T0 + 20);
 }
+
+/// RFC 6026 §8.7: an ACK that matches an INVITE server transaction in Accepted (a caller
+/// that reuses the INVITE's branch for the ACK of the 2xx) is passed to the TU, which
+/// forwards it: it must not be absorbed, or the callee never gets its ACK.
+#[test]
+fn an_ack_matching_the_invite_transaction_in_accepted_is_forwarded() {
+    let mut c = core();
+    register(&mut c, "bob", PHONE_A);
+    let out = send(&mut c, &invite("z9hG4bKacc1"), CALLER, 0, T0);
+    let fwd = sent_to(&out, PHONE_A);
+    let out = send(
+        &mut c,
+        &answer(&fwd[0], 200, "OK", "b1"),
+        PHONE_A,
+        1,
+        T0 + 10,
+    );
+    assert_eq!(status(&sent_to(&out, CALLER)[0]), 200);
+    let ack = format!(
+        "ACK sip:bob@192.0.2.20:5062 SIP/2.0\r\nVia: SIP/2.0/UDP {CALLER};branch=z9hG4bKacc1\r\n\
+         Route: <sip:{OWN};lr;ss=0>\r\nMax-Forwards: 70\r\nFrom: <sip:alice@localhost>;tag=a1\r\n\
+         To: <sip:bob@localhost>;tag=b1\r\nCall-ID: call-z9hG4bKacc1\r\nCSeq: 1 ACK\r\n\
+         Content-Length: 0\r\n\r\n"
+    );
+    let out = send(&mut c, ack.as_bytes(), CALLER, 1, T0 + 20);
+    let acks = sent_to(&out, PHONE_A);
+    assert_eq!(acks.len(), 1, "the ACK goes on to the callee");
+    assert_eq!(method(&acks[0]), b"ACK");
+    assert_no_state(&mut c, T0 + 30);
+}
