@@ -653,6 +653,8 @@ impl Proxy {
             return;
         }
         ctx.group_timer = None;
+        // §9.1: only an INVITE is cancelled; another request's branch is just given up.
+        let is_invite = ctx.is_invite;
         let pending: Vec<ClientTxnId> = ctx
             .branches
             .iter()
@@ -660,7 +662,9 @@ impl Proxy {
             .map(|b| b.id)
             .collect();
         for cid in pending {
-            self.cancel_branch(sid, cid, now_ms, txn_out);
+            if is_invite {
+                self.cancel_branch(sid, cid, now_ms, txn_out);
+            }
             self.branch_final(sid, cid, 408, None, now_ms, txn_out);
         }
     }

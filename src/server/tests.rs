@@ -1349,3 +1349,36 @@ fn an_ack_matching_the_invite_transaction_in_accepted_is_forwarded() {
     assert_eq!(method(&acks[0]), b"ACK");
     assert_no_state(&mut c, T0 + 30);
 }
+
+/// §9.1: a CANCEL is never sent for a request other than INVITE. When a group of sequential
+/// forking of a MESSAGE times out, its pending branch is given up (408) and the next group
+/// tried, but no CANCEL goes out, even after a provisional response.
+#[test]
+fn a_group_timeout_does_not_cancel_a_non_invite_branch() {
+    let mut c = sequential_core();
+    register_q(&mut c, "bob", PHONE_C, ";q=0.5");
+    register_q(&mut c, "bob", PHONE_A, ";q=1.0");
+    let msg = format!(
+        "MESSAGE sip:bob@localhost SIP/2.0\r\nVia: SIP/2.0/UDP {CALLER};branch=z9hG4bKmsg1\r\n\
+         Max-Forwards: 70\r\nFrom: <sip:alice@localhost>;tag=a1\r\nTo: <sip:bob@localhost>\r\n\
+         Call-ID: msg1\r\nCSeq: 1 MESSAGE\r\nContent-Type: text/plain\r\nContent-Length: 2\r\n\r\nhi"
+    );
+    let out = send(&mut c, msg.as_bytes(), CALLER, 0, T0);
+    let a = sent_to(&out, PHONE_A);
+    assert_eq!(method(&a[0]), b"MESSAGE");
+    send(
+        &mut c,
+        &answer(&a[0], 100, "Trying", "a"),
+        PHONE_A,
+        1,
+        T0 + 5,
+    );
+    let out = tick(&mut c, T0 + 2_000);
+    assert!(
+        sent_to(&out, PHONE_A)
+            .iter()
+            .all(|m| method(m) != b"CANCEL"),
+        "CANCEL for a MESSAGE"
+    );
+    assert_eq!(method(&sent_to(&out, PHONE_C)[0]), b"MESSAGE");
+}
