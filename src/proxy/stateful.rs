@@ -18,8 +18,8 @@ use crate::sip::write::{finish, header, response_head, write_forward, ForwardEdi
 use crate::sip::{HeaderName, Message, Method, Uri};
 use crate::timer::{TimerKey, TimerWheel};
 use crate::txn::{
-    AckOutcome, Bytes, ClientEvent, ClientKey, ClientTxnId, Match, ServerTxnId, TransactionTable,
-    TxnConfig, TxnEvent, TxnOut,
+    AckOutcome, Bytes, ClientEvent, ClientKey, ClientState, ClientTxnId, Match, ServerTxnId,
+    TransactionTable, TxnConfig, TxnEvent, TxnOut,
 };
 use hashbrown::HashMap;
 use std::net::{IpAddr, SocketAddr};
@@ -324,7 +324,11 @@ impl Proxy {
                 ProxyTimer::C(cid) => self.timer_c_fired(cid, now_ms, &mut txn_out),
                 ProxyTimer::CancelGuard(cid) => {
                     // No final response since our CANCEL: destroy the INVITE transaction.
-                    if self.txns.client_state(cid).is_some() {
+                    // One that got its final response ends by itself (Timer D or M).
+                    if matches!(
+                        self.txns.client_state(cid),
+                        Some(ClientState::Calling | ClientState::Proceeding)
+                    ) {
                         self.txns.client_transport_error(cid, &mut txn_out);
                     }
                 }

@@ -1382,3 +1382,51 @@ fn a_group_timeout_does_not_cancel_a_non_invite_branch() {
     );
     assert_eq!(method(&sent_to(&out, PHONE_C)[0]), b"MESSAGE");
 }
+
+/// §17.1.1.2: an INVITE client transaction that got its final response stays in Completed
+/// for Timer D, answering each retransmission of that response with the ACK. The guard that
+/// ends a cancelled branch which never answered must leave such a transaction alone: a 487
+/// retransmitted (our ACK was lost) just before Timer D ends is ACKed again, not relayed to
+/// the caller as a stray response.
+#[test]
+fn the_cancel_guard_leaves_a_completed_branch_to_timer_d() {
+    let mut c = core();
+    register(&mut c, "bob", PHONE_A);
+    let out = send(&mut c, &invite("z9hG4bKgd1"), CALLER, 0, T0);
+    let fwd = sent_to(&out, PHONE_A);
+    send(
+        &mut c,
+        &answer(&fwd[0], 180, "Ringing", "b1"),
+        PHONE_A,
+        1,
+        T0 + 5,
+    );
+    let out = send(&mut c, &caller_cancel("z9hG4bKgd1"), CALLER, 0, T0 + 10);
+    let cancel = sent_to(&out, PHONE_A);
+    assert_eq!(method(&cancel[0]), b"CANCEL");
+    send(
+        &mut c,
+        &answer(&cancel[0], 200, "OK", "b1"),
+        PHONE_A,
+        1,
+        T0 + 20,
+    );
+    // The callee's 487 comes 1 s later (it was busy); our ACK to it is lost.
+    let r487 = answer(&fwd[0], 487, "Request Terminated", "b1");
+    let out = send(&mut c, &r487, PHONE_A, 1, T0 + 1_010);
+    assert_eq!(status(&sent_to(&out, CALLER)[0]), 487);
+    assert_eq!(method(&sent_to(&out, PHONE_A)[0]), b"ACK");
+    // 32.5 s later (within Timer D of the 487, past 32 s after the CANCEL).
+    let mut t = T0 + 1_010;
+    while t < T0 + 32_500 {
+        t += 100;
+        tick(&mut c, t);
+    }
+    let out = send(&mut c, &r487, PHONE_A, 1, t);
+    assert!(
+        sent_to(&out, CALLER).is_empty(),
+        "a stray 487 to the caller"
+    );
+    assert_eq!(sent_to(&out, PHONE_A).len(), 1, "the ACK again");
+    assert_no_state(&mut c, t);
+}
