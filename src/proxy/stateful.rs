@@ -18,8 +18,8 @@ use crate::sip::write::{finish, header, response_head, write_forward, ForwardEdi
 use crate::sip::{HeaderName, Message, Method, Uri};
 use crate::timer::{TimerKey, TimerWheel};
 use crate::txn::{
-    Bytes, ClientEvent, ClientKey, ClientTxnId, Match, ServerTxnId, TransactionTable, TxnConfig,
-    TxnEvent, TxnOut,
+    AckOutcome, Bytes, ClientEvent, ClientKey, ClientState, ClientTxnId, Match, ServerTxnId,
+    TransactionTable, TxnConfig, TxnEvent, TxnOut,
 };
 use hashbrown::HashMap;
 use std::net::{IpAddr, SocketAddr};
@@ -176,12 +176,15 @@ fn next_via_destination(resp: &Message<'_>) -> Option<SocketAddr> {
     Some(SocketAddr::new(ip, port))
 }
 
-/// §16.7 step 6: the better of two final responses (6xx first, then the lowest class).
+/// §16.7 step 6: the better of two final responses (6xx first, then the lowest class; in
+/// the 4xx class those that let the caller resubmit: 401, 407, 415, 420, 484).
 fn better(new: u16, old: u16) -> bool {
+    let resubmittable = |s: u16| matches!(s, 401 | 407 | 415 | 420 | 484);
     match (new / 100, old / 100) {
         (6, 6) => new < old,
         (6, _) => true,
         (_, 6) => false,
+        (4, 4) => resubmittable(new) && !resubmittable(old),
         (a, b) => a < b,
     }
 }
@@ -321,7 +324,11 @@ impl Proxy {
                 ProxyTimer::C(cid) => self.timer_c_fired(cid, now_ms, &mut txn_out),
                 ProxyTimer::CancelGuard(cid) => {
                     // No final response since our CANCEL: destroy the INVITE transaction.
-                    if self.txns.client_state(cid).is_some() {
+                    // One that got its final response ends by itself (Timer D or M).
+                    if matches!(
+                        self.txns.client_state(cid),
+                        Some(ClientState::Calling | ClientState::Proceeding)
+                    ) {
                         self.txns.client_transport_error(cid, &mut txn_out);
                     }
                 }
@@ -342,6 +349,8 @@ impl Proxy {
         self.drain(&mut txn_out, now_ms, out);
         self.txn_out = txn_out;
         match m {
+            // RFC 6026 §8.7: an ACK in Accepted is passed to the TU (it is forwarded).
+            Ok(Match::Ack(_, AckOutcome::PassToTu)) => None,
             Ok(Match::Retransmission(_)) | Ok(Match::Ack(..)) => Some(Handled::Absorbed),
             _ => None,
         }
@@ -648,6 +657,8 @@ impl Proxy {
             return;
         }
         ctx.group_timer = None;
+        // §9.1: only an INVITE is cancelled; another request's branch is just given up.
+        let is_invite = ctx.is_invite;
         let pending: Vec<ClientTxnId> = ctx
             .branches
             .iter()
@@ -655,7 +666,9 @@ impl Proxy {
             .map(|b| b.id)
             .collect();
         for cid in pending {
-            self.cancel_branch(sid, cid, now_ms, txn_out);
+            if is_invite {
+                self.cancel_branch(sid, cid, now_ms, txn_out);
+            }
             self.branch_final(sid, cid, 408, None, now_ms, txn_out);
         }
     }
@@ -876,7 +889,32 @@ impl Proxy {
                     self.scratch.clear();
                     if write_response_upstream(&mut self.scratch, resp) {
                         let upstream = bytes(&self.scratch);
-                        self.branch_final(sid, cid, status, Some(upstream), now_ms, &mut txn_out);
+                        let sent = self.branch_final(
+                            sid,
+                            cid,
+                            status,
+                            Some(upstream.clone()),
+                            now_ms,
+                            &mut txn_out,
+                        );
+                        let invite = resp.cseq().is_ok_and(|c| c.method == b"INVITE");
+                        if !sent && invite && (200..300).contains(&status) {
+                            // §16.7 steps 5 and 10: a 2xx to an INVITE is forwarded even
+                            // after a non-2xx final went upstream; the server transaction
+                            // (Completed, Confirmed or gone) cannot send it, so it goes
+                            // statelessly.
+                            let dst = self
+                                .txns
+                                .server_destination(sid)
+                                .or_else(|| Some((next_via_destination(resp)?, self.socket)));
+                            if let Some((dst, socket)) = dst {
+                                txn_out.push(TxnOut::Send {
+                                    bytes: upstream,
+                                    dst,
+                                    socket,
+                                });
+                            }
+                        }
                     }
                 }
                 // Responses to our CANCELs have no context: nothing to do.
@@ -910,7 +948,8 @@ impl Proxy {
     }
 
     /// A branch ended with `status` (`upstream` = the response to relay, None for our own
-    /// 408 on timeout). §16.7 steps 5-10.
+    /// 408 on timeout). §16.7 steps 5-10. Returns true if a 2xx went upstream through the
+    /// server transaction.
     fn branch_final(
         &mut self,
         sid: ServerTxnId,
@@ -919,15 +958,15 @@ impl Proxy {
         upstream: Option<Bytes>,
         now_ms: u64,
         txn_out: &mut Vec<TxnOut>,
-    ) {
+    ) -> bool {
         let Some(ctx) = self.contexts.get_mut(&sid) else {
-            return;
+            return false;
         };
         let success = (200..300).contains(&status);
         if let Some(b) = ctx.branches.iter_mut().find(|b| b.id == cid) {
             if b.done && !success {
                 // Already counted (Timer C or the group timeout gave it its 408).
-                return;
+                return false;
             }
             b.done = true;
             if !b.cancel_wanted {
@@ -947,16 +986,19 @@ impl Proxy {
             if let Some(k) = ctx.group_timer.take() {
                 self.timer_c.cancel(k);
             }
-            if let Some(up) = upstream {
-                let _ = self.txns.server_respond(sid, status, up, now_ms, txn_out);
-            }
-            if ctx.is_invite {
+            let is_invite = ctx.is_invite;
+            let sent = upstream.is_some_and(|up| {
+                self.txns
+                    .server_respond(sid, status, up, now_ms, txn_out)
+                    .is_ok()
+            });
+            if is_invite {
                 self.cancel_branches(sid, now_ms, txn_out);
             }
-            return;
+            return sent;
         }
         if ctx.final_sent {
-            return;
+            return false;
         }
         let response = match upstream {
             Some(up) => {
@@ -973,7 +1015,7 @@ impl Proxy {
             None => {
                 // Our own 408 for a branch that never answered.
                 let Ok(req) = Message::parse(&ctx.original) else {
-                    return;
+                    return false;
                 };
                 let mut b = Vec::new();
                 response_head(&mut b, &req, 408, b"Request Timeout", Some(b"to"), None);
@@ -999,6 +1041,7 @@ impl Proxy {
         if all_done {
             self.advance(sid, now_ms, txn_out);
         }
+        false
     }
 
     /// §16.7 step 2: a provisional response restarts the branch's Timer C (and releases a
@@ -1163,6 +1206,11 @@ mod tests {
         assert!(better(486, 503));
         assert!(better(302, 404));
         assert!(!better(408, 404));
+        assert!(better(407, 486));
+        assert!(better(484, 408));
+        assert!(!better(486, 401));
+        assert!(!better(401, 407));
+        assert!(better(302, 407));
     }
 
     #[test]

@@ -16,7 +16,7 @@ mod tests;
 use crate::auth::{AuthOutcome, Authenticator};
 use crate::config::{Mode, ProxySettings, RegistrarSettings};
 use crate::metrics::{DropReason, ShardStats};
-use crate::proxy::stateful::{next_hop, shard_of_branch, uri_address, Proxy, Target};
+use crate::proxy::stateful::{next_hop, shard_of_branch, uri_address, Handled, Proxy, Target};
 use crate::registrar::{Registrar, RegistrarConfig, ResponseCtx};
 use crate::shard::ownership::{aor_hash, owner_shard};
 use crate::sip::{HeaderName, Message, Method, Scheme, Uri};
@@ -327,6 +327,13 @@ impl Core {
         match method {
             Method::Register => self.register(msg, &ruri, now_ms, reply, out),
             Method::Options if ruri.user.is_none() => self.options(msg, reply, out),
+            Method::Cancel if self.cfg.mode == Mode::Stateless => {
+                // §16.11: a stateless proxy forwards the CANCEL where the INVITE went (same
+                // branch); the response comes from downstream.
+                if !self.relay_stateless_like_invite(msg, &ruri, now_ms, out) {
+                    reply.simple(out, 481, b"Call/Transaction Does Not Exist");
+                }
+            }
             Method::Cancel => match self.proxy.cancel(msg, now_ms, out) {
                 Some(status) => reply.simple(out, status, b"OK"),
                 None => reply.simple(out, 481, b"Call/Transaction Does Not Exist"),
@@ -450,8 +457,53 @@ impl Core {
             Some(dst) if !self.proxy.is_ours_addr(dst) => {
                 self.proxy.relay_stateless(msg, None, dst, out);
             }
-            _ => self.stats.dropped(DropReason::Ack),
+            _ => {
+                // §16.11: in stateless mode the ACK of a non-2xx (Request-URI of the INVITE)
+                // goes where the INVITE went.
+                let relayed = self.cfg.mode == Mode::Stateless
+                    && msg.request_uri().is_ok_and(|ruri| {
+                        self.relay_stateless_like_invite(msg, &ruri, now_ms, out)
+                    });
+                if !relayed {
+                    self.stats.dropped(DropReason::Ack)
+                }
+            }
         }
+    }
+
+    /// Stateless mode (§16.11): forwards a CANCEL or an ACK to its next hop if that is
+    /// elsewhere, else to the target its INVITE was forwarded to (the binding of highest q,
+    /// as [`Core::for_user`] chooses), with the branch derived from the incoming one like the
+    /// INVITE's. Returns false if there is nowhere to send it.
+    fn relay_stateless_like_invite(
+        &mut self,
+        msg: &Message<'_>,
+        ruri: &Uri<'_>,
+        now_ms: u64,
+        out: &mut Outbox,
+    ) -> bool {
+        if let Some(dst) = next_hop(msg, &self.proxy).and_then(|(u, _)| uri_address(&u)) {
+            if !self.proxy.is_ours_addr(dst) {
+                return self.proxy.relay_stateless(msg, None, dst, out) == Handled::Relayed;
+            }
+        }
+        if !ruri.is_sip() || !self.cfg.is_our_host(ruri.host) {
+            return false;
+        }
+        self.key.clear();
+        self.registrar.write_aor_key(ruri, &mut self.key);
+        let mut bindings: Vec<&crate::registrar::Binding> =
+            self.registrar.lookup(&self.key, now_ms).collect();
+        bindings.sort_by_key(|b| std::cmp::Reverse(b.q()));
+        let Some(b) = bindings.first() else {
+            return false;
+        };
+        let uri = b.contact_uri();
+        let dst = Uri::parse(uri)
+            .ok()
+            .and_then(|u| uri_address(&u))
+            .unwrap_or_else(|| b.source());
+        self.proxy.relay_stateless(msg, Some(uri), dst, out) == Handled::Relayed
     }
 
     /// Digest-authenticates a request from one of our users (RFC 3261 §22.3, 407). Returns

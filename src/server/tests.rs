@@ -1202,3 +1202,231 @@ fn without_private_ports_responses_and_in_dialog_requests_reach_the_owning_shard
         assert_no_state(c, t);
     }
 }
+
+/// §16.7 step 5 and 10: a 2xx to an INVITE is forwarded even after a final response went
+/// upstream. Sequential forking: A rings past the group timeout and is cancelled, C is busy,
+/// so a non-2xx goes to the caller; then A answers 200 in the race with our CANCEL. The
+/// server transaction (Completed) cannot send it: it must go statelessly, not be dropped.
+#[test]
+fn a_2xx_after_a_non_2xx_final_response_is_still_forwarded() {
+    let mut c = sequential_core();
+    register_q(&mut c, "bob", PHONE_C, ";q=0.5");
+    register_q(&mut c, "bob", PHONE_A, ";q=1.0");
+    let out = send(&mut c, &invite("z9hG4bKlate1"), CALLER, 0, T0);
+    let a = sent_to(&out, PHONE_A);
+    send(
+        &mut c,
+        &answer(&a[0], 180, "Ringing", "a"),
+        PHONE_A,
+        1,
+        T0 + 5,
+    );
+    let out = tick(&mut c, T0 + 2_000);
+    assert_eq!(method(&sent_to(&out, PHONE_A)[0]), b"CANCEL");
+    let to_c = sent_to(&out, PHONE_C);
+    let out = send(
+        &mut c,
+        &answer(&to_c[0], 486, "Busy Here", "c"),
+        PHONE_C,
+        1,
+        T0 + 2_010,
+    );
+    let final_status = status(&sent_to(&out, CALLER)[0]);
+    assert!(final_status >= 400, "{final_status}");
+    // A's user picked up before our CANCEL arrived.
+    let ok = answer(&a[0], 200, "OK", "a");
+    let out = send(&mut c, &ok, PHONE_A, 1, T0 + 2_020);
+    let to_caller = sent_to(&out, CALLER);
+    assert_eq!(to_caller.len(), 1, "the 2xx reaches the caller");
+    assert_eq!(status(&to_caller[0]), 200);
+    assert_eq!(Message::parse(&to_caller[0]).unwrap().vias().count(), 1);
+    // And so does its retransmission.
+    let out = send(&mut c, &ok, PHONE_A, 1, T0 + 2_520);
+    assert_eq!(sent_to(&out, CALLER).len(), 1);
+    assert_no_state(&mut c, T0 + 3_000);
+}
+
+/// §16.11: a stateless proxy forwards the CANCEL and the ACK of a non-2xx like the INVITE
+/// (same target, same branch, so the callee's INVITE server transaction matches them), never
+/// answers the CANCEL itself and never drops that ACK.
+#[test]
+fn stateless_mode_forwards_cancel_and_the_ack_of_a_non_2xx_like_the_invite() {
+    let mut c = core_with(Mode::Stateless, RegistrarSettings::default(), None);
+    register(&mut c, "bob", "192.0.2.20:5062");
+    let out = send(&mut c, &invite("z9hG4bKsl2"), CALLER, 0, T0);
+    let fwd = out[0].1.clone();
+    let branch = |b: &[u8]| {
+        Message::parse(b)
+            .unwrap()
+            .top_via()
+            .unwrap()
+            .branch()
+            .unwrap()
+            .to_vec()
+    };
+    let out = send(&mut c, &caller_cancel("z9hG4bKsl2"), CALLER, 0, T0 + 100);
+    assert!(sent_to(&out, CALLER).is_empty(), "no answer of our own");
+    let cancel = sent_to(&out, PHONE_A);
+    assert_eq!(cancel.len(), 1, "the CANCEL goes where the INVITE went");
+    assert_eq!(method(&cancel[0]), b"CANCEL");
+    assert_eq!(branch(&cancel[0]), branch(&fwd));
+    let out = send(
+        &mut c,
+        &answer(&fwd, 487, "Request Terminated", "b1"),
+        PHONE_A,
+        1,
+        T0 + 110,
+    );
+    assert_eq!(status(&sent_to(&out, CALLER)[0]), 487);
+    let ack =
+        b"ACK sip:bob@localhost SIP/2.0\r\nVia: SIP/2.0/UDP 192.0.2.10:5060;branch=z9hG4bKsl2\r\n\
+Max-Forwards: 70\r\nFrom: <sip:alice@localhost>;tag=a1\r\nTo: <sip:bob@localhost>;tag=b1\r\n\
+Call-ID: call-z9hG4bKsl2\r\nCSeq: 1 ACK\r\nContent-Length: 0\r\n\r\n";
+    let out = send(&mut c, ack, CALLER, 0, T0 + 120);
+    let acks = sent_to(&out, PHONE_A);
+    assert_eq!(acks.len(), 1, "the ACK of the 487 reaches the callee");
+    assert_eq!(method(&acks[0]), b"ACK");
+    assert_eq!(branch(&acks[0]), branch(&fwd));
+    assert_eq!(c.proxy().state_len(), (0, 0, 0));
+}
+
+/// §16.7 step 6: within the 4xx class the proxy SHOULD prefer the responses that let the
+/// caller resubmit (401, 407, 415, 420, 484): a 486 that came first must not hide the 407
+/// of another branch, or the caller can never authenticate to it.
+#[test]
+fn a_challenge_is_preferred_to_an_earlier_4xx() {
+    let mut c = core();
+    register(&mut c, "bob", PHONE_A);
+    register(&mut c, "bob", PHONE_B);
+    let out = send(&mut c, &invite("z9hG4bKpref1"), CALLER, 0, T0);
+    let (a, b) = (sent_to(&out, PHONE_A), sent_to(&out, PHONE_B));
+    send(
+        &mut c,
+        &answer(&a[0], 486, "Busy Here", "a"),
+        PHONE_A,
+        1,
+        T0 + 10,
+    );
+    let r = challenge(&b[0], 407, "b", &[("Proxy-Authenticate", "b.example")]);
+    let out = send(&mut c, &r, PHONE_B, 1, T0 + 11);
+    let to_caller = sent_to(&out, CALLER);
+    assert_eq!(to_caller.len(), 1);
+    let m = Message::parse(&to_caller[0]).unwrap();
+    assert_eq!(m.status(), Some(407));
+    assert_eq!(
+        m.header(HeaderName::ProxyAuthenticate),
+        Some(&b"Digest realm=\"b.example\", nonce=\"n-b.example\""[..])
+    );
+    assert_no_state(&mut c, T0 + 20);
+}
+
+/// RFC 6026 §8.7: an ACK that matches an INVITE server transaction in Accepted (a caller
+/// that reuses the INVITE's branch for the ACK of the 2xx) is passed to the TU, which
+/// forwards it: it must not be absorbed, or the callee never gets its ACK.
+#[test]
+fn an_ack_matching_the_invite_transaction_in_accepted_is_forwarded() {
+    let mut c = core();
+    register(&mut c, "bob", PHONE_A);
+    let out = send(&mut c, &invite("z9hG4bKacc1"), CALLER, 0, T0);
+    let fwd = sent_to(&out, PHONE_A);
+    let out = send(
+        &mut c,
+        &answer(&fwd[0], 200, "OK", "b1"),
+        PHONE_A,
+        1,
+        T0 + 10,
+    );
+    assert_eq!(status(&sent_to(&out, CALLER)[0]), 200);
+    let ack = format!(
+        "ACK sip:bob@192.0.2.20:5062 SIP/2.0\r\nVia: SIP/2.0/UDP {CALLER};branch=z9hG4bKacc1\r\n\
+         Route: <sip:{OWN};lr;ss=0>\r\nMax-Forwards: 70\r\nFrom: <sip:alice@localhost>;tag=a1\r\n\
+         To: <sip:bob@localhost>;tag=b1\r\nCall-ID: call-z9hG4bKacc1\r\nCSeq: 1 ACK\r\n\
+         Content-Length: 0\r\n\r\n"
+    );
+    let out = send(&mut c, ack.as_bytes(), CALLER, 1, T0 + 20);
+    let acks = sent_to(&out, PHONE_A);
+    assert_eq!(acks.len(), 1, "the ACK goes on to the callee");
+    assert_eq!(method(&acks[0]), b"ACK");
+    assert_no_state(&mut c, T0 + 30);
+}
+
+/// §9.1: a CANCEL is never sent for a request other than INVITE. When a group of sequential
+/// forking of a MESSAGE times out, its pending branch is given up (408) and the next group
+/// tried, but no CANCEL goes out, even after a provisional response.
+#[test]
+fn a_group_timeout_does_not_cancel_a_non_invite_branch() {
+    let mut c = sequential_core();
+    register_q(&mut c, "bob", PHONE_C, ";q=0.5");
+    register_q(&mut c, "bob", PHONE_A, ";q=1.0");
+    let msg = format!(
+        "MESSAGE sip:bob@localhost SIP/2.0\r\nVia: SIP/2.0/UDP {CALLER};branch=z9hG4bKmsg1\r\n\
+         Max-Forwards: 70\r\nFrom: <sip:alice@localhost>;tag=a1\r\nTo: <sip:bob@localhost>\r\n\
+         Call-ID: msg1\r\nCSeq: 1 MESSAGE\r\nContent-Type: text/plain\r\nContent-Length: 2\r\n\r\nhi"
+    );
+    let out = send(&mut c, msg.as_bytes(), CALLER, 0, T0);
+    let a = sent_to(&out, PHONE_A);
+    assert_eq!(method(&a[0]), b"MESSAGE");
+    send(
+        &mut c,
+        &answer(&a[0], 100, "Trying", "a"),
+        PHONE_A,
+        1,
+        T0 + 5,
+    );
+    let out = tick(&mut c, T0 + 2_000);
+    assert!(
+        sent_to(&out, PHONE_A)
+            .iter()
+            .all(|m| method(m) != b"CANCEL"),
+        "CANCEL for a MESSAGE"
+    );
+    assert_eq!(method(&sent_to(&out, PHONE_C)[0]), b"MESSAGE");
+}
+
+/// §17.1.1.2: an INVITE client transaction that got its final response stays in Completed
+/// for Timer D, answering each retransmission of that response with the ACK. The guard that
+/// ends a cancelled branch which never answered must leave such a transaction alone: a 487
+/// retransmitted (our ACK was lost) just before Timer D ends is ACKed again, not relayed to
+/// the caller as a stray response.
+#[test]
+fn the_cancel_guard_leaves_a_completed_branch_to_timer_d() {
+    let mut c = core();
+    register(&mut c, "bob", PHONE_A);
+    let out = send(&mut c, &invite("z9hG4bKgd1"), CALLER, 0, T0);
+    let fwd = sent_to(&out, PHONE_A);
+    send(
+        &mut c,
+        &answer(&fwd[0], 180, "Ringing", "b1"),
+        PHONE_A,
+        1,
+        T0 + 5,
+    );
+    let out = send(&mut c, &caller_cancel("z9hG4bKgd1"), CALLER, 0, T0 + 10);
+    let cancel = sent_to(&out, PHONE_A);
+    assert_eq!(method(&cancel[0]), b"CANCEL");
+    send(
+        &mut c,
+        &answer(&cancel[0], 200, "OK", "b1"),
+        PHONE_A,
+        1,
+        T0 + 20,
+    );
+    // The callee's 487 comes 1 s later (it was busy); our ACK to it is lost.
+    let r487 = answer(&fwd[0], 487, "Request Terminated", "b1");
+    let out = send(&mut c, &r487, PHONE_A, 1, T0 + 1_010);
+    assert_eq!(status(&sent_to(&out, CALLER)[0]), 487);
+    assert_eq!(method(&sent_to(&out, PHONE_A)[0]), b"ACK");
+    // 32.5 s later (within Timer D of the 487, past 32 s after the CANCEL).
+    let mut t = T0 + 1_010;
+    while t < T0 + 32_500 {
+        t += 100;
+        tick(&mut c, t);
+    }
+    let out = send(&mut c, &r487, PHONE_A, 1, t);
+    assert!(
+        sent_to(&out, CALLER).is_empty(),
+        "a stray 487 to the caller"
+    );
+    assert_eq!(sent_to(&out, PHONE_A).len(), 1, "the ACK again");
+    assert_no_state(&mut c, t);
+}

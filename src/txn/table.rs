@@ -383,6 +383,12 @@ impl TransactionTable {
         self.actions = actions;
     }
 
+    /// Where a live server transaction sends its responses, and from which socket.
+    pub fn server_destination(&self, id: ServerTxnId) -> Option<(SocketAddr, u16)> {
+        let e = self.servers.get(id.index, id.generation)?;
+        Some((e.dst, e.socket))
+    }
+
     /// The state of a live server transaction.
     pub fn server_state(&self, id: ServerTxnId) -> Option<ServerState> {
         let e = self.servers.get(id.index, id.generation)?;
