@@ -696,7 +696,9 @@ impl Proxy {
             b.cancel_wanted = true;
             return;
         }
-        let (request, dst) = (b.request.clone(), b.dst);
+        // A branch is cancelled once: its request goes with its CANCEL.
+        let request = core::mem::replace(&mut b.request, crate::txn::empty_bytes());
+        let dst = b.dst;
         self.send_cancel(cid, &request, dst, now_ms, txn_out);
     }
 
@@ -812,11 +814,16 @@ impl Proxy {
         {
             b.cancel_wanted = true;
         }
+        // A branch is cancelled once (a retransmitted 2xx or CANCEL comes back here): its
+        // request goes with its CANCEL, and an empty one means the CANCEL was sent.
         let pending: Vec<(ClientTxnId, Bytes, SocketAddr)> = ctx
             .branches
-            .iter()
-            .filter(|b| !b.done && b.provisional)
-            .map(|b| (b.id, b.request.clone(), b.dst))
+            .iter_mut()
+            .filter(|b| !b.done && b.provisional && !b.request.is_empty())
+            .map(|b| {
+                let request = core::mem::replace(&mut b.request, crate::txn::empty_bytes());
+                (b.id, request, b.dst)
+            })
             .collect();
         for (cid, request, dst) in pending {
             self.send_cancel(cid, &request, dst, now_ms, txn_out);
@@ -833,6 +840,10 @@ impl Proxy {
         now_ms: u64,
         txn_out: &mut Vec<TxnOut>,
     ) {
+        if request.is_empty() {
+            // Already cancelled.
+            return;
+        }
         self.timer_c
             .insert(now_ms + CANCEL_GUARD_MS, ProxyTimer::CancelGuard(cid));
         let Ok(req) = Message::parse(request) else {
@@ -1096,7 +1107,8 @@ impl Proxy {
         if b.done {
             return;
         }
-        let (request, dst) = (b.request.clone(), b.dst);
+        let request = core::mem::replace(&mut b.request, crate::txn::empty_bytes());
+        let dst = b.dst;
         self.send_cancel(cid, &request, dst, now_ms, txn_out);
         self.branch_final(sid, cid, 408, None, now_ms, txn_out);
     }

@@ -273,6 +273,49 @@ fn forked_call_cancels_the_other_branch_when_one_answers() {
 }
 
 #[test]
+fn a_branch_is_cancelled_once_even_when_the_2xx_is_retransmitted_later() {
+    let mut c = core();
+    register(&mut c, "bob", "192.0.2.20:5062");
+    register(&mut c, "bob", "192.0.2.21:5062");
+    let out = send(&mut c, &invite("z9hG4bKonce"), CALLER, 0, T0);
+    let (ans_dst, ans_req) = out[1].clone();
+    let (other_dst, other_req) = out[2].clone();
+    send(
+        &mut c,
+        &answer(&other_req, 180, "Ringing", "o1"),
+        &other_dst.to_string(),
+        1,
+        T0 + 5,
+    );
+    let ok = answer(&ans_req, 200, "OK", "b1");
+    let out = send(&mut c, &ok, &ans_dst.to_string(), 1, T0 + 10);
+    let cancel: Vec<_> = out.iter().filter(|(d, _)| *d == other_dst).collect();
+    assert_eq!(cancel.len(), 1);
+    send(
+        &mut c,
+        &answer(&cancel[0].1, 200, "OK", "o1"),
+        &other_dst.to_string(),
+        1,
+        T0 + 15,
+    );
+    // The other phone never sends its 487 (yet). Once our CANCEL transaction is gone (Timer
+    // K, 5 s), the answering phone retransmits its 200 (no ACK reached it): relayed, and no
+    // second CANCEL goes out (RFC 3261 §9.1: a branch is cancelled once).
+    let mut t = T0 + 15;
+    while t < T0 + 6_000 {
+        t += 500;
+        tick(&mut c, t);
+    }
+    let out = send(&mut c, &ok, &ans_dst.to_string(), 1, T0 + 6_100);
+    assert!(
+        out.iter()
+            .all(|(d, m)| *d != other_dst || method(m) != b"CANCEL"),
+        "a second CANCEL"
+    );
+    assert_eq!(status(&sent_to(&out, CALLER)[0]), 200);
+}
+
+#[test]
 fn cancel_from_the_caller_ends_in_487() {
     let mut c = core();
     register(&mut c, "bob", "192.0.2.20:5062");
