@@ -591,6 +591,11 @@ impl Core {
             if self.proxy.is_ours_addr(dst) {
                 return reply.simple(out, 482, b"Loop Detected");
             }
+            if self.cfg.mode == Mode::Stateless {
+                // §16.11: no transaction state for in-dialog requests either.
+                self.proxy.relay_stateless(msg, None, dst, out);
+                return;
+            }
             let target = [Target {
                 uri: b"",
                 dst,

@@ -521,6 +521,32 @@ Call-ID: reg-bob\r\nCSeq: 1 REGISTER\r\nContact: <sip:bob@192.0.2.20:5062>\r\nCo
 }
 
 #[test]
+fn stateless_mode_relays_in_dialog_requests_without_transactions() {
+    let mut c = core_with(Mode::Stateless, RegistrarSettings::default(), None);
+    // A BYE inside a dialog set up through us: no Route (we add no Record-Route in this
+    // mode), the Request-URI is the callee's Contact.
+    let bye = format!(
+        "BYE sip:bob@192.0.2.20:5062 SIP/2.0\r\nVia: SIP/2.0/UDP {CALLER};branch=z9hG4bKslbye\r\n\
+         Max-Forwards: 70\r\nFrom: <sip:alice@localhost>;tag=a1\r\n\
+         To: <sip:bob@localhost>;tag=b1\r\nCall-ID: sl-dialog\r\nCSeq: 2 BYE\r\n\
+         Content-Length: 0\r\n\r\n"
+    );
+    let out = send(&mut c, bye.as_bytes(), CALLER, 0, T0);
+    assert_eq!(out.len(), 1, "forwarded, not answered");
+    assert_eq!(out[0].0, addr("192.0.2.20:5062"));
+    assert_eq!(method(&out[0].1), b"BYE");
+    assert_eq!(c.proxy().state_len(), (0, 0, 0), "§16.11: no transaction");
+    let out = send(
+        &mut c,
+        &answer(&out[0].1, 200, "OK", "b1"),
+        "192.0.2.20:5062",
+        1,
+        T0 + 5,
+    );
+    assert_eq!((out[0].0, status(&out[0].1)), (addr(CALLER), 200));
+}
+
+#[test]
 fn stateless_mode_forwards_and_relays_without_transactions() {
     let mut c = core_with(Mode::Stateless, RegistrarSettings::default(), None);
     register(&mut c, "bob", "192.0.2.20:5062");
