@@ -336,7 +336,14 @@ impl Core {
             }
             Method::Cancel => match self.proxy.cancel(msg, now_ms, out) {
                 Some(status) => reply.simple(out, status, b"OK"),
-                None => reply.simple(out, 481, b"Call/Transaction Does Not Exist"),
+                // §16.10: no response context; the CANCEL MUST be forwarded statelessly (its
+                // INVITE may have gone on without us keeping state); 481 only if there is
+                // nowhere to send it.
+                None => {
+                    if !self.relay_stateless_like_invite(msg, &ruri, now_ms, out) {
+                        reply.simple(out, 481, b"Call/Transaction Does Not Exist");
+                    }
+                }
             },
             Method::Other => reply.with(out, 501, b"Not Implemented", |o| {
                 crate::sip::write::header(o, "Allow", ALLOW)
@@ -471,8 +478,9 @@ impl Core {
         }
     }
 
-    /// Stateless mode (§16.11): forwards a CANCEL or an ACK to its next hop if that is
-    /// elsewhere, else to the target its INVITE was forwarded to (the binding of highest q,
+    /// Forwards a CANCEL or an ACK statelessly (§16.11, and §16.10 for a CANCEL without a
+    /// response context) to its next hop if that is elsewhere, else to the target its INVITE
+    /// was (or would have been) forwarded to (the binding of highest q,
     /// as [`Core::for_user`] chooses), with the branch derived from the incoming one like the
     /// INVITE's. Returns false if there is nowhere to send it.
     fn relay_stateless_like_invite(

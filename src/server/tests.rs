@@ -316,6 +316,27 @@ fn a_branch_is_cancelled_once_even_when_the_2xx_is_retransmitted_later() {
 }
 
 #[test]
+fn a_cancel_without_a_response_context_is_forwarded_statelessly() {
+    let mut c = core();
+    register(&mut c, "bob", "192.0.2.20:5062");
+    // No INVITE went through us (§16.10): the CANCEL goes on where an INVITE would have
+    // gone, and the caller gets downstream's answer, not ours.
+    let out = send(&mut c, &caller_cancel("z9hG4bKnoctx"), CALLER, 0, T0);
+    assert_eq!(out.len(), 1);
+    assert_eq!(out[0].0, addr("192.0.2.20:5062"));
+    assert_eq!(method(&out[0].1), b"CANCEL");
+    assert_eq!(c.proxy().state_len(), (0, 0, 0));
+    let out = send(
+        &mut c,
+        &answer(&out[0].1, 481, "Call/Transaction Does Not Exist", "b1"),
+        "192.0.2.20:5062",
+        1,
+        T0 + 5,
+    );
+    assert_eq!((out[0].0, status(&out[0].1)), (addr(CALLER), 481));
+}
+
+#[test]
 fn cancel_from_the_caller_ends_in_487() {
     let mut c = core();
     register(&mut c, "bob", "192.0.2.20:5062");
