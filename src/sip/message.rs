@@ -123,7 +123,7 @@ const EMPTY_SLOT: HeaderSlot = HeaderSlot {
 #[inline]
 fn line_end(buf: &[u8], from: usize) -> Option<(usize, usize)> {
     // Returns (end of content excluding CR, start of next line).
-    let nl = from + memchr::memchr(b'\n', &buf[from..])?;
+    let nl = from + super::scan::find_newline(&buf[from..])?;
     let end = if nl > from && buf[nl - 1] == b'\r' {
         nl - 1
     } else {
@@ -208,10 +208,10 @@ impl<'a> Message<'a> {
                 }
                 return Err(ParseError::new(ErrorKind::BadHeaderLine, pos));
             }
-            let Some((end, next)) = line_end(buf, pos) else {
-                return Err(ParseError::new(ErrorKind::Incomplete, buf.len()));
-            };
             if c == b' ' || c == b'\t' {
+                let Some((end, next)) = line_end(buf, pos) else {
+                    return Err(ParseError::new(ErrorKind::Incomplete, buf.len()));
+                };
                 // Folded continuation of the previous header's value (§7.3.1).
                 if msg.n_headers == 0 {
                     return Err(ParseError::new(ErrorKind::BadHeaderLine, pos));
@@ -236,23 +236,33 @@ impl<'a> Message<'a> {
                 pos = next;
                 continue;
             }
-            // name *(SP/HT) ":" value
-            let mut i = pos
-                + buf[pos..end]
-                    .iter()
-                    .position(|&c| !is_token_char(c))
-                    .unwrap_or(end - pos);
-            let name_end = i;
-            while i < end && matches!(buf[i], b' ' | b'\t') {
+            // name *(SP/HT) ":" value. CR and LF are not token characters, SP or HT, so the
+            // name and colon are checked without knowing where the line ends, and the search
+            // for the line end starts at the value.
+            let mut i = pos;
+            while i < buf.len() && is_token_char(buf[i]) {
                 i += 1;
             }
-            if name_end == pos || i >= end || buf[i] != b':' {
+            let name_end = i;
+            while i < buf.len() && matches!(buf[i], b' ' | b'\t') {
+                i += 1;
+            }
+            if name_end == pos || i >= buf.len() || buf[i] != b':' {
+                // A line that does not end is incomplete before it is malformed.
+                if line_end(buf, pos).is_none() {
+                    return Err(ParseError::new(ErrorKind::Incomplete, buf.len()));
+                }
                 return Err(ParseError::new(ErrorKind::BadHeaderLine, pos));
             }
             i += 1;
-            while i < end && matches!(buf[i], b' ' | b'\t') {
+            while i < buf.len() && matches!(buf[i], b' ' | b'\t') {
                 i += 1;
             }
+            let Some((end, next)) = line_end(buf, i) else {
+                return Err(ParseError::new(ErrorKind::Incomplete, buf.len()));
+            };
+            // `i <= end` unless the line ends right after the colon with a bare CR LF.
+            let i = i.min(end);
             let mut vend = end;
             while vend > i && matches!(buf[vend - 1], b' ' | b'\t') {
                 vend -= 1;
