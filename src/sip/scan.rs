@@ -297,6 +297,14 @@ impl<'a> CommaSplit<'a> {
     }
 }
 
+impl CommaSplit<'_> {
+    /// Where the next element starts (after the comma that ended the last one), or None if
+    /// the last element has been yielded.
+    pub(crate) fn next_start(&self) -> Option<usize> {
+        (!self.done).then_some(self.pos)
+    }
+}
+
 impl<'a> Iterator for CommaSplit<'a> {
     /// (offset of the element in the value, element bytes without surrounding LWS)
     type Item = (usize, &'a [u8]);

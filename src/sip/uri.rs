@@ -176,6 +176,9 @@ const C_HOST: u8 = 8;
 const C_DIGIT: u8 = 16;
 /// IPv6 reference bytes: hex digits, `:` and `.`.
 const C_V6: u8 = 32;
+/// Letters and `-` (a host with one is a name, not an IPv4 address).
+const C_ALPHA: u8 = 64;
+const C_DOT: u8 = 128;
 
 const fn sip_class_table() -> [u8; 256] {
     let user = user_table();
@@ -203,6 +206,12 @@ const fn sip_class_table() -> [u8; 256] {
         }
         if c.is_ascii_hexdigit() || c == b':' || c == b'.' {
             v |= C_V6;
+        }
+        if c.is_ascii_alphabetic() || c == b'-' {
+            v |= C_ALPHA;
+        }
+        if c == b'.' {
+            v |= C_DOT;
         }
         t[i] = v;
         i += 1;
@@ -485,21 +494,22 @@ impl<'a> Uri<'a> {
             }
             (inner, HostKind::Ipv6)
         } else {
-            let mut letters = false;
-            let mut prev = 0u8;
+            // `seen` collects the classes crossed, `dots` has C_DOT if two dots touch.
+            let (mut seen, mut dots, mut prev) = (0u8, 0u8, 0u8);
             while let Some(&c) = s.get(i) {
-                if SIP_CLASS[c as usize] & C_HOST == 0 {
+                let class = SIP_CLASS[c as usize];
+                if class & C_HOST == 0 {
                     break;
                 }
-                if c == b'.' && prev == b'.' {
-                    return Err(UriError::BadHost);
-                }
-                letters |= SIP_CLASS[c as usize] & C_DIGIT == 0 && c != b'.';
-                prev = c;
+                seen |= class;
+                dots |= class & prev;
+                prev = class;
                 i += 1;
             }
+            let letters = seen & C_ALPHA != 0;
             let host = &s[host_start..i];
-            if host.is_empty()
+            if dots & C_DOT != 0
+                || host.is_empty()
                 || host.len() > 255
                 || host[0] == b'.'
                 || host[0] == b'-'

@@ -21,8 +21,19 @@ impl<'a> Params<'a> {
     /// (`;;`), a missing value after `=`, or an unterminated quoted string; the cursor is left
     /// after the last parameter (trailing LWS not consumed).
     pub fn scan(c: &mut Cursor<'a>) -> Result<Params<'a>, usize> {
+        Self::scan_find(c, b"").map(|(p, _)| p)
+    }
+
+    /// [`Params::scan`] that also returns what `get(want)` would, found on the way (the
+    /// `tag` of From/To, the `branch` of Via) so that reading it does not scan again.
+    /// `want` is lower case; an empty `want` finds nothing.
+    pub fn scan_find(
+        c: &mut Cursor<'a>,
+        want: &[u8],
+    ) -> Result<(Params<'a>, Option<Option<&'a [u8]>>), usize> {
         let start = c.pos;
         let mut end = c.pos;
+        let mut found = None;
         loop {
             let save = c.pos;
             c.skip_lws();
@@ -31,28 +42,40 @@ impl<'a> Params<'a> {
                 break;
             }
             c.skip_lws();
-            if c.token().is_none() {
+            let Some(name) = c.token() else {
                 return Err(c.pos);
-            }
+            };
             let after_name = c.pos;
             c.skip_lws();
+            let mut value = None;
             if c.eat(b'=') {
                 c.skip_lws();
                 if c.peek() == Some(b'"') {
-                    if c.quoted().is_none() {
+                    match c.quoted() {
+                        Some(q) => value = Some(q),
+                        None => return Err(c.pos),
+                    }
+                } else {
+                    let v = c.take_while(is_value_char);
+                    if v.is_empty() {
                         return Err(c.pos);
                     }
-                } else if c.take_while(is_value_char).is_empty() {
-                    return Err(c.pos);
+                    value = Some(v);
                 }
             } else {
                 c.pos = after_name;
             }
+            if found.is_none() && name.len() == want.len() && name.eq_ignore_ascii_case(want) {
+                found = Some(value);
+            }
             end = c.pos;
         }
-        Ok(Params {
-            raw: &c.s[start..end],
-        })
+        Ok((
+            Params {
+                raw: &c.s[start..end],
+            },
+            found,
+        ))
     }
 
     /// Iterates (name, value). Quoted values are returned with their quotes removed.
@@ -142,6 +165,12 @@ mod tests {
     fn quoted_and_flag_values() {
         let mut c = Cursor::new(br#";lr;x="a;b";received=[2001:db8::9:255]"#);
         let p = Params::scan(&mut c).unwrap();
+        let mut again = Cursor::new(c.s);
+        for want in ["lr", "x", "received", "absent"] {
+            again.pos = 0;
+            let (_, found) = Params::scan_find(&mut again, want.as_bytes()).unwrap();
+            assert_eq!(found, p.get(want), "{want}");
+        }
         let all: Vec<_> = p.iter().collect();
         assert_eq!(all.len(), 3);
         assert_eq!(all[0], (&b"lr"[..], None));
