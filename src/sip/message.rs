@@ -120,6 +120,17 @@ const EMPTY_SLOT: HeaderSlot = HeaderSlot {
     value: Span { start: 0, end: 0 },
 };
 
+/// A header line without a colon after a token: incomplete if the line does not end,
+/// malformed otherwise.
+#[cold]
+fn bad_header_line(buf: &[u8], pos: usize) -> ParseError {
+    if line_end(buf, pos).is_none() {
+        ParseError::new(ErrorKind::Incomplete, buf.len())
+    } else {
+        ParseError::new(ErrorKind::BadHeaderLine, pos)
+    }
+}
+
 #[inline]
 fn line_end(buf: &[u8], from: usize) -> Option<(usize, usize)> {
     // Returns (end of content excluding CR, start of next line).
@@ -236,25 +247,25 @@ impl<'a> Message<'a> {
                 pos = next;
                 continue;
             }
-            // name *(SP/HT) ":" value. CR and LF are not token characters, SP or HT, so the
-            // name and colon are checked without knowing where the line ends, and the search
-            // for the line end starts at the value.
-            let mut i = pos;
-            while i < buf.len() && is_token_char(buf[i]) {
-                i += 1;
+            // name *(SP/HT) ":" value. The colon is found first. The name before it (without
+            // the SP/HT) is then either a known header, whose spellings are all token
+            // characters, or checked byte by byte; either way no CR or LF precedes the colon.
+            let Some(colon) = super::scan::find_byte_near(b':', &buf[pos..]) else {
+                return Err(bad_header_line(buf, pos));
+            };
+            let mut name_end = pos + colon;
+            while name_end > pos && matches!(buf[name_end - 1], b' ' | b'\t') {
+                name_end -= 1;
             }
-            let name_end = i;
-            while i < buf.len() && matches!(buf[i], b' ' | b'\t') {
-                i += 1;
+            let name_bytes = &buf[pos..name_end];
+            let name = match name_bytes.len() {
+                0 => return Err(bad_header_line(buf, pos)),
+                _ => HeaderName::from_bytes(name_bytes),
+            };
+            if name == HeaderName::Other && !super::scan::is_token(name_bytes) {
+                return Err(bad_header_line(buf, pos));
             }
-            if name_end == pos || i >= buf.len() || buf[i] != b':' {
-                // A line that does not end is incomplete before it is malformed.
-                if line_end(buf, pos).is_none() {
-                    return Err(ParseError::new(ErrorKind::Incomplete, buf.len()));
-                }
-                return Err(ParseError::new(ErrorKind::BadHeaderLine, pos));
-            }
-            i += 1;
+            let mut i = pos + colon + 1;
             while i < buf.len() && matches!(buf[i], b' ' | b'\t') {
                 i += 1;
             }
@@ -270,7 +281,6 @@ impl<'a> Message<'a> {
             if msg.n_headers as usize >= max_headers {
                 return Err(ParseError::new(ErrorKind::TooManyHeaders(max_headers), pos));
             }
-            let name = HeaderName::from_bytes(&buf[pos..name_end]);
             let idx = msg.n_headers;
             msg.headers[idx as usize] = HeaderSlot {
                 name,
@@ -624,10 +634,7 @@ fn parse_start_line(buf: &[u8], start: usize, end: usize) -> Result<StartLine, P
     check_version(version, start + sp2 + 1)?;
     let uri = &line[uri_start..sp2];
     // The Request-URI has no whitespace and starts with a scheme (RFC 4475 §3.1.2.7-9).
-    if uri.is_empty()
-        || uri.iter().any(|&c| c == b' ' || c == b'\t')
-        || !uri[0].is_ascii_alphabetic()
-    {
+    if uri.is_empty() || super::scan::has_sp_or_ht(uri) || !uri[0].is_ascii_alphabetic() {
         return Err(ParseError::new(ErrorKind::BadRequestUri, start + uri_start));
     }
     let colon = memchr::memchr(b':', uri)
