@@ -151,6 +151,7 @@ impl<'a> Message<'a> {
     }
 
     /// Parses with explicit limits and framing.
+    #[inline]
     pub fn parse_with(
         buf: &'a [u8],
         limits: Limits,
@@ -198,6 +199,20 @@ impl<'a> Message<'a> {
             conflicting_length: false,
             cache: Default::default(),
         };
+        msg.scan_headers(pos, max_headers, framing)?;
+        Ok(msg)
+    }
+
+    /// The header lines from `pos` on, then the body framing. Fills the message in place (it
+    /// is large: building it here and returning it would copy it).
+    fn scan_headers(
+        &mut self,
+        mut pos: usize,
+        max_headers: usize,
+        framing: Framing,
+    ) -> Result<(), ParseError> {
+        let buf = self.buf;
+        let msg = self;
         let mut content_length: Option<(u32, usize)> = None;
         let body_start;
         loop {
@@ -353,7 +368,7 @@ impl<'a> Message<'a> {
                 return Err(ParseError::new(ErrorKind::MissingContentLength, body_start))
             }
         };
-        Ok(msg)
+        Ok(())
     }
 
     /// The buffer the message was parsed from.

@@ -304,6 +304,7 @@ pub(crate) fn is_ipv6(s: &[u8]) -> bool {
 }
 
 /// Byte classes of a host name: 0 = not allowed, 1 = digit, 2 = letter or `-`, 3 = `.`.
+#[cfg(test)]
 const fn host_class_table() -> [u8; 256] {
     let mut t = [0u8; 256];
     let mut i = 0;
@@ -323,6 +324,7 @@ const fn host_class_table() -> [u8; 256] {
     t
 }
 
+#[cfg(test)]
 static HOST_CLASS: [u8; 256] = host_class_table();
 
 /// A host name (alphanumerics, `-`, `.`; not starting with `.` or `-`; no empty label) or
@@ -331,16 +333,9 @@ fn name_or_ipv4(s: &[u8]) -> Option<HostKind> {
     if s.is_empty() || s.len() > 255 || s[0] == b'.' || s[0] == b'-' {
         return None;
     }
-    let mut prev = 0u8;
-    let mut letters = false;
-    for &c in s {
-        match HOST_CLASS[c as usize] {
-            0 => return None,
-            2 => letters = true,
-            3 if prev == b'.' => return None,
-            _ => {}
-        }
-        prev = c;
+    let (end, letters, double_dot) = scan_host_name(s, 0);
+    if end != s.len() || double_dot {
+        return None;
     }
     // Digits and dots only: an IPv4 address if it has four parts in range, else still a
     // (numeric) host name.
@@ -349,6 +344,62 @@ fn name_or_ipv4(s: &[u8]) -> Option<HostKind> {
     } else {
         Some(HostKind::Name)
     }
+}
+
+/// Scans host-name bytes (letters, digits, `-`, `.`) from `i`: returns where they stop,
+/// whether a letter or `-` was seen (then it is no IPv4 address) and whether two dots touch.
+/// Eight bytes per step: each byte's class is computed with carry-free byte arithmetic on the
+/// low seven bits (bytes of 0x80 and up are marked separately).
+#[inline]
+fn scan_host_name(s: &[u8], mut i: usize) -> (usize, bool, bool) {
+    const LO7: u64 = u64::from_ne_bytes([0x7f; 8]);
+    const HI: u64 = u64::from_ne_bytes([0x80; 8]);
+    const fn rep(b: u8) -> u64 {
+        u64::from_ne_bytes([b; 8])
+    }
+    // High bit of each byte set if that byte of `x` (all < 0x80) is >= `b`.
+    let ge = |x: u64, b: u8| x.wrapping_add(rep(0x80 - b)) & HI;
+    // High bit set if the byte equals `b`.
+    let eq = |x: u64, b: u8| !(x ^ rep(b)).wrapping_add(LO7) & HI;
+    let (mut alpha, mut double_dot) = (false, false);
+    let mut prev_dot = false;
+    while let Some(chunk) = s.get(i..i + 8) {
+        let w = u64::from_le_bytes(chunk.try_into().unwrap_or([0; 8]));
+        let x = w & LO7;
+        let lower = x | rep(0x20);
+        let letter = ge(lower, b'a') & !ge(lower, b'z' + 1);
+        let digit = ge(x, b'0') & !ge(x, b'9' + 1);
+        let dash = eq(x, b'-');
+        let dot = eq(x, b'.');
+        let ok = (letter | digit | dash | dot) & !(w & HI);
+        let bad = !ok & HI;
+        // Only the bytes before the first bad one count.
+        let keep = if bad == 0 {
+            u64::MAX
+        } else {
+            (1u64 << bad.trailing_zeros()).wrapping_sub(1)
+        };
+        let dot = dot & keep;
+        alpha |= (letter | dash) & keep != 0;
+        double_dot |= dot & (dot >> 8) != 0 || (prev_dot && dot & 0x80 != 0);
+        if bad != 0 {
+            return (i + (bad.trailing_zeros() / 8) as usize, alpha, double_dot);
+        }
+        prev_dot = dot >> 56 != 0;
+        i += 8;
+    }
+    while let Some(&c) = s.get(i) {
+        let class = SIP_CLASS[c as usize];
+        if class & C_HOST == 0 {
+            break;
+        }
+        alpha |= class & C_ALPHA != 0;
+        let is_dot = c == b'.';
+        double_dot |= is_dot && prev_dot;
+        prev_dot = is_dot;
+        i += 1;
+    }
+    (i, alpha, double_dot)
 }
 
 /// Parses a host (`name`, `a.b.c.d` or `[v6]`) and returns (host, kind).
@@ -494,21 +545,10 @@ impl<'a> Uri<'a> {
             }
             (inner, HostKind::Ipv6)
         } else {
-            // `seen` collects the classes crossed, `dots` has C_DOT if two dots touch.
-            let (mut seen, mut dots, mut prev) = (0u8, 0u8, 0u8);
-            while let Some(&c) = s.get(i) {
-                let class = SIP_CLASS[c as usize];
-                if class & C_HOST == 0 {
-                    break;
-                }
-                seen |= class;
-                dots |= class & prev;
-                prev = class;
-                i += 1;
-            }
-            let letters = seen & C_ALPHA != 0;
+            let (end, letters, double_dot) = scan_host_name(s, i);
+            i = end;
             let host = &s[host_start..i];
-            if dots & C_DOT != 0
+            if double_dot
                 || host.is_empty()
                 || host.len() > 255
                 || host[0] == b'.'
@@ -1051,6 +1091,46 @@ mod tests {
             accepted > checked / 5 && accepted < checked * 4 / 5,
             "{accepted}"
         );
+    }
+
+    #[test]
+    fn host_name_scan_matches_bytewise() {
+        let alphabet = b"aZz09-.:;\x80\xff@/`{[";
+        let mut rng: u64 = 0x1234_5678_9abc_def1;
+        let (mut long, mut doubled) = (0, 0);
+        for _ in 0..200_000 {
+            rng ^= rng << 13;
+            rng ^= rng >> 7;
+            rng ^= rng << 17;
+            let len = (rng % 30) as usize;
+            let s: Vec<u8> = (0..len)
+                .map(|k| {
+                    let r = (rng >> (k % 16 * 4)) as usize + k;
+                    // Mostly host bytes, so that long runs occur.
+                    if r % 7 == 0 {
+                        alphabet[r / 7 % alphabet.len()]
+                    } else {
+                        alphabet[r % 7]
+                    }
+                })
+                .collect();
+            let start = (rng >> 40) as usize % (len + 1);
+            let mut end = start;
+            while end < len && HOST_CLASS[s[end] as usize] != 0 {
+                end += 1;
+            }
+            let part = &s[start..end];
+            let alpha = part.iter().any(|&c| HOST_CLASS[c as usize] == 2);
+            let dd = part.windows(2).any(|w| w == b"..");
+            long += (end - start >= 16) as usize;
+            doubled += dd as usize;
+            assert_eq!(
+                scan_host_name(&s, start),
+                (end, alpha, dd),
+                "{s:?} from {start}"
+            );
+        }
+        assert!(long > 1000 && doubled > 1000, "{long} {doubled}");
     }
 
     #[test]
