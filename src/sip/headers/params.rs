@@ -31,48 +31,53 @@ impl<'a> Params<'a> {
         c: &mut Cursor<'a>,
         want: &[u8],
     ) -> Result<(Params<'a>, Option<Option<&'a [u8]>>), usize> {
+        let s = c.s;
         let start = c.pos;
+        // `end`: after the last complete parameter.
         let mut end = c.pos;
         let mut found = None;
         loop {
-            let save = c.pos;
-            c.skip_lws();
-            if !c.eat(b';') {
-                c.pos = save;
+            let semi = skip_lws_at(s, end);
+            if s.get(semi) != Some(&b';') {
                 break;
             }
-            c.skip_lws();
-            let Some(name) = c.token() else {
-                return Err(c.pos);
-            };
-            let after_name = c.pos;
-            c.skip_lws();
+            let name_start = skip_lws_at(s, semi + 1);
+            let mut i = name_start;
+            while i < s.len() && is_token_char(s[i]) {
+                i += 1;
+            }
+            if i == name_start {
+                return Err(i);
+            }
+            let name = &s[name_start..i];
+            let eq = skip_lws_at(s, i);
             let mut value = None;
-            if c.eat(b'=') {
-                c.skip_lws();
-                if c.peek() == Some(b'"') {
-                    match c.quoted() {
-                        Some(q) => value = Some(q),
-                        None => return Err(c.pos),
-                    }
+            if s.get(eq) == Some(&b'=') {
+                let v = skip_lws_at(s, eq + 1);
+                if s.get(v) == Some(&b'"') {
+                    let mut q = Cursor { s, pos: v };
+                    value = Some(q.quoted().ok_or(v)?);
+                    i = q.pos;
                 } else {
-                    let v = c.take_while(is_value_char);
-                    if v.is_empty() {
-                        return Err(c.pos);
+                    i = v;
+                    while i < s.len() && is_value_char(s[i]) {
+                        i += 1;
                     }
-                    value = Some(v);
+                    if i == v {
+                        return Err(v);
+                    }
+                    value = Some(&s[v..i]);
                 }
-            } else {
-                c.pos = after_name;
             }
             if found.is_none() && name.len() == want.len() && name.eq_ignore_ascii_case(want) {
                 found = Some(value);
             }
-            end = c.pos;
+            end = i;
         }
+        c.pos = end;
         Ok((
             Params {
-                raw: &c.s[start..end],
+                raw: &s[start..end],
             },
             found,
         ))
@@ -134,6 +139,14 @@ impl<'a> Iterator for ParamIter<'a> {
             Some((name, None))
         }
     }
+}
+
+#[inline]
+fn skip_lws_at(s: &[u8], mut i: usize) -> usize {
+    while i < s.len() && is_lws(s[i]) {
+        i += 1;
+    }
+    i
 }
 
 /// True if only LWS remains.
