@@ -265,7 +265,7 @@ impl<'a> Message<'a> {
             // name *(SP/HT) ":" value. The colon is found first. The name before it (without
             // the SP/HT) is then either a known header, whose spellings are all token
             // characters, or checked byte by byte; either way no CR or LF precedes the colon.
-            let Some(colon) = super::scan::find_byte_near(b':', &buf[pos..]) else {
+            let Some(colon) = super::simd::find_colon(&buf[pos..]) else {
                 return Err(bad_header_line(buf, pos));
             };
             let mut name_end = pos + colon;

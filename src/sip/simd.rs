@@ -1,5 +1,5 @@
-//! The parser's only `unsafe` code: SSE2 searches for the header-line loop, where a line end
-//! is looked for in every header line. SSE2 is part of the x86_64 baseline, so no run-time
+//! The parser's only `unsafe` code: SSE2 searches for the header-line loop, where a colon and
+//! a line end are looked for in every header line. SSE2 is part of the x86_64 baseline, so no run-time
 //! detection is needed; other targets use the eight-bytes-per-step search of `scan`.
 
 /// Position of the first LF in `s`, sixteen bytes per step.
@@ -8,17 +8,25 @@
 pub fn find_newline(s: &[u8]) -> Option<usize> {
     // SAFETY: SSE2 is enabled on every x86_64 target (it is part of the baseline ABI), so
     // calling a function that requires it is sound.
-    unsafe { find_newline_sse2(s) }
+    unsafe { find_sse2(b'\n', s) }
+}
+
+/// Position of the first `:` in `s`, sixteen bytes per step.
+#[cfg(target_arch = "x86_64")]
+#[inline]
+pub fn find_colon(s: &[u8]) -> Option<usize> {
+    // SAFETY: as in `find_newline`.
+    unsafe { find_sse2(b':', s) }
 }
 
 #[cfg(target_arch = "x86_64")]
 #[inline]
 #[target_feature(enable = "sse2")]
-fn find_newline_sse2(s: &[u8]) -> Option<usize> {
+fn find_sse2(needle: u8, s: &[u8]) -> Option<usize> {
     use core::arch::x86_64::{
         __m128i, _mm_cmpeq_epi8, _mm_loadu_si128, _mm_movemask_epi8, _mm_set1_epi8,
     };
-    let lf = _mm_set1_epi8(b'\n' as i8);
+    let lf = _mm_set1_epi8(needle as i8);
     let mut i = 0;
     while i + 16 <= s.len() {
         // SAFETY: `i + 16 <= s.len()`, so the 16 bytes read are inside `s`; `loadu` has no
@@ -35,11 +43,11 @@ fn find_newline_sse2(s: &[u8]) -> Option<usize> {
         let at = s.len() - 16;
         // SAFETY: `at + 16 == s.len()`: the 16 bytes read are inside `s`.
         let v = unsafe { _mm_loadu_si128(s.as_ptr().add(at).cast::<__m128i>()) };
-        // Bits for the bytes before `i` were searched already and hold no LF.
+        // Bits for the bytes before `i` were searched already and hold no match.
         let m = _mm_movemask_epi8(_mm_cmpeq_epi8(v, lf)) as u32;
         return (m != 0).then(|| at + m.trailing_zeros() as usize);
     }
-    s.iter().position(|&c| c == b'\n')
+    s.iter().position(|&c| c == needle)
 }
 
 /// Position of the first LF in `s` (targets without SSE2 code here).
@@ -47,6 +55,13 @@ fn find_newline_sse2(s: &[u8]) -> Option<usize> {
 #[inline]
 pub fn find_newline(s: &[u8]) -> Option<usize> {
     super::scan::find_byte_near(b'\n', s)
+}
+
+/// Position of the first `:` in `s` (targets without SSE2 code here).
+#[cfg(not(target_arch = "x86_64"))]
+#[inline]
+pub fn find_colon(s: &[u8]) -> Option<usize> {
+    super::scan::find_byte_near(b':', s)
 }
 
 #[cfg(test)]
@@ -63,6 +78,14 @@ mod tests {
                     s[at + 3] = b'\n';
                 }
                 assert_eq!(super::find_newline(&s), s.iter().position(|&c| c == b'\n'));
+                let colons: Vec<u8> = s
+                    .iter()
+                    .map(|&c| if c == b'\n' { b':' } else { c })
+                    .collect();
+                assert_eq!(
+                    super::find_colon(&colons),
+                    colons.iter().position(|&c| c == b':')
+                );
             }
         }
     }
