@@ -26,11 +26,12 @@ impl<'a> Params<'a> {
 
     /// [`Params::scan`] that also returns what `get(want)` would, found on the way (the
     /// `tag` of From/To, the `branch` of Via) so that reading it does not scan again.
-    /// `want` is lower case; an empty `want` finds nothing.
+    /// `want` is lower-case letters (`tag`, `branch`); an empty `want` finds nothing.
     pub fn scan_find(
         c: &mut Cursor<'a>,
         want: &[u8],
     ) -> Result<(Params<'a>, Option<Option<&'a [u8]>>), usize> {
+        debug_assert!(want.iter().all(u8::is_ascii_lowercase));
         let s = c.s;
         let start = c.pos;
         // `end`: after the last complete parameter.
@@ -69,7 +70,12 @@ impl<'a> Params<'a> {
                     value = Some(&s[v..i]);
                 }
             }
-            if found.is_none() && name.len() == want.len() && name.eq_ignore_ascii_case(want) {
+            // `want` is lower-case letters: OR-ing 0x20 into a byte gives a lower-case letter
+            // only for that letter in either case.
+            if found.is_none()
+                && name.len() == want.len()
+                && name.iter().zip(want).all(|(&n, &w)| n | 0x20 == w)
+            {
                 found = Some(value);
             }
             end = i;
