@@ -14,7 +14,6 @@ mod messages;
 mod parsers;
 
 fn main() {
-    sizes();
     let mut args = std::env::args().skip(1);
     let msg = args.next().unwrap_or_else(|| "invite".into());
     let n: usize = args.next().and_then(|a| a.parse().ok()).unwrap_or(1000);
@@ -46,16 +45,4 @@ fn main() {
     for _ in 0..n {
         assert!(f(black_box(raw)));
     }
-}
-#[allow(dead_code)]
-fn sizes() {
-    use sipshard::sip::*;
-    eprintln!(
-        "Message {} NameAddr {} Via {} Uri {} cache {}",
-        size_of::<Message>(),
-        size_of::<NameAddr>(),
-        size_of::<Via>(),
-        size_of::<Uri>(),
-        size_of::<Option<Result<NameAddr, ParseError>>>()
-    );
 }

@@ -1107,7 +1107,7 @@ mod tests {
                 .map(|k| {
                     let r = (rng >> (k % 16 * 4)) as usize + k;
                     // Mostly host bytes, so that long runs occur.
-                    if r % 7 == 0 {
+                    if r.is_multiple_of(7) {
                         alphabet[r / 7 % alphabet.len()]
                     } else {
                         alphabet[r % 7]

@@ -418,7 +418,10 @@ mod tests {
 
     /// The Via iteration before `Via::parse_at`: split the line at top-level commas, then
     /// parse each element.
-    fn split_reference(msg: &Message<'_>) -> Vec<Result<(Vec<u8>, Option<Vec<u8>>), ParseError>> {
+    /// A Via's host and branch, or the error.
+    type Seen = Result<(Vec<u8>, Option<Vec<u8>>), ParseError>;
+
+    fn split_reference(msg: &Message<'_>) -> Vec<Seen> {
         let mut out = Vec::new();
         for v in msg.header_all(HeaderName::Via) {
             let start = msg.offset_of(v);

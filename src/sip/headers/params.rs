@@ -4,6 +4,9 @@
 
 use crate::sip::scan::{is_lws, is_token_char, Cursor};
 
+/// What [`Params::get`] returns: `None` if absent, `Some(None)` if present without a value.
+pub type Found<'a> = Option<Option<&'a [u8]>>;
+
 /// A validated parameter list (the raw bytes start at the first `;`, or are empty).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Params<'a> {
@@ -27,10 +30,7 @@ impl<'a> Params<'a> {
     /// [`Params::scan`] that also returns what `get(want)` would, found on the way (the
     /// `tag` of From/To, the `branch` of Via) so that reading it does not scan again.
     /// `want` is lower-case letters (`tag`, `branch`); an empty `want` finds nothing.
-    pub fn scan_find(
-        c: &mut Cursor<'a>,
-        want: &[u8],
-    ) -> Result<(Params<'a>, Option<Option<&'a [u8]>>), usize> {
+    pub fn scan_find(c: &mut Cursor<'a>, want: &[u8]) -> Result<(Params<'a>, Found<'a>), usize> {
         debug_assert!(want.iter().all(u8::is_ascii_lowercase));
         let s = c.s;
         let start = c.pos;
