@@ -217,9 +217,9 @@ fn eq_folded(name: &[u8], f: &Folded) -> bool {
         word(name, 0) | word(&f.mask, 0) == word(&f.lower, 0)
             && word(name, n - 4) | word(&f.mask, n - 4) == word(&f.lower, n - 4)
     } else {
-        name.iter()
-            .zip(f.lower.iter().zip(f.mask.iter()))
-            .all(|(&c, (&l, &m))| c | m == l)
+        // Two or three bytes (for two, the last byte is checked twice).
+        let eq = |i: usize| name[i] | f.mask[i] == f.lower[i];
+        eq(0) && eq(1) && eq(n - 1)
     }
 }
 

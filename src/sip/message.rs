@@ -120,10 +120,21 @@ const EMPTY_SLOT: HeaderSlot = HeaderSlot {
     value: Span { start: 0, end: 0 },
 };
 
+/// A header line without a colon after a token: incomplete if the line does not end,
+/// malformed otherwise.
+#[cold]
+fn bad_header_line(buf: &[u8], pos: usize) -> ParseError {
+    if line_end(buf, pos).is_none() {
+        ParseError::new(ErrorKind::Incomplete, buf.len())
+    } else {
+        ParseError::new(ErrorKind::BadHeaderLine, pos)
+    }
+}
+
 #[inline]
 fn line_end(buf: &[u8], from: usize) -> Option<(usize, usize)> {
     // Returns (end of content excluding CR, start of next line).
-    let nl = from + memchr::memchr(b'\n', &buf[from..])?;
+    let nl = from + super::scan::find_newline(&buf[from..])?;
     let end = if nl > from && buf[nl - 1] == b'\r' {
         nl - 1
     } else {
@@ -140,6 +151,7 @@ impl<'a> Message<'a> {
     }
 
     /// Parses with explicit limits and framing.
+    #[inline]
     pub fn parse_with(
         buf: &'a [u8],
         limits: Limits,
@@ -187,6 +199,20 @@ impl<'a> Message<'a> {
             conflicting_length: false,
             cache: Default::default(),
         };
+        msg.scan_headers(pos, max_headers, framing)?;
+        Ok(msg)
+    }
+
+    /// The header lines from `pos` on, then the body framing. Fills the message in place (it
+    /// is large: building it here and returning it would copy it).
+    fn scan_headers(
+        &mut self,
+        mut pos: usize,
+        max_headers: usize,
+        framing: Framing,
+    ) -> Result<(), ParseError> {
+        let buf = self.buf;
+        let msg = self;
         let mut content_length: Option<(u32, usize)> = None;
         let body_start;
         loop {
@@ -208,10 +234,10 @@ impl<'a> Message<'a> {
                 }
                 return Err(ParseError::new(ErrorKind::BadHeaderLine, pos));
             }
-            let Some((end, next)) = line_end(buf, pos) else {
-                return Err(ParseError::new(ErrorKind::Incomplete, buf.len()));
-            };
             if c == b' ' || c == b'\t' {
+                let Some((end, next)) = line_end(buf, pos) else {
+                    return Err(ParseError::new(ErrorKind::Incomplete, buf.len()));
+                };
                 // Folded continuation of the previous header's value (§7.3.1).
                 if msg.n_headers == 0 {
                     return Err(ParseError::new(ErrorKind::BadHeaderLine, pos));
@@ -236,23 +262,33 @@ impl<'a> Message<'a> {
                 pos = next;
                 continue;
             }
-            // name *(SP/HT) ":" value
-            let mut i = pos
-                + buf[pos..end]
-                    .iter()
-                    .position(|&c| !is_token_char(c))
-                    .unwrap_or(end - pos);
-            let name_end = i;
-            while i < end && matches!(buf[i], b' ' | b'\t') {
+            // name *(SP/HT) ":" value. The colon is found first. The name before it (without
+            // the SP/HT) is then either a known header, whose spellings are all token
+            // characters, or checked byte by byte; either way no CR or LF precedes the colon.
+            let Some(colon) = super::simd::find_colon(&buf[pos..]) else {
+                return Err(bad_header_line(buf, pos));
+            };
+            let mut name_end = pos + colon;
+            while name_end > pos && matches!(buf[name_end - 1], b' ' | b'\t') {
+                name_end -= 1;
+            }
+            let name_bytes = &buf[pos..name_end];
+            let name = match name_bytes.len() {
+                0 => return Err(bad_header_line(buf, pos)),
+                _ => HeaderName::from_bytes(name_bytes),
+            };
+            if name == HeaderName::Other && !super::scan::is_token(name_bytes) {
+                return Err(bad_header_line(buf, pos));
+            }
+            let mut i = pos + colon + 1;
+            while i < buf.len() && matches!(buf[i], b' ' | b'\t') {
                 i += 1;
             }
-            if name_end == pos || i >= end || buf[i] != b':' {
-                return Err(ParseError::new(ErrorKind::BadHeaderLine, pos));
-            }
-            i += 1;
-            while i < end && matches!(buf[i], b' ' | b'\t') {
-                i += 1;
-            }
+            let Some((end, next)) = line_end(buf, i) else {
+                return Err(ParseError::new(ErrorKind::Incomplete, buf.len()));
+            };
+            // `i <= end` unless the line ends right after the colon with a bare CR LF.
+            let i = i.min(end);
             let mut vend = end;
             while vend > i && matches!(buf[vend - 1], b' ' | b'\t') {
                 vend -= 1;
@@ -260,7 +296,6 @@ impl<'a> Message<'a> {
             if msg.n_headers as usize >= max_headers {
                 return Err(ParseError::new(ErrorKind::TooManyHeaders(max_headers), pos));
             }
-            let name = HeaderName::from_bytes(&buf[pos..name_end]);
             let idx = msg.n_headers;
             msg.headers[idx as usize] = HeaderSlot {
                 name,
@@ -333,7 +368,7 @@ impl<'a> Message<'a> {
                 return Err(ParseError::new(ErrorKind::MissingContentLength, body_start))
             }
         };
-        Ok(msg)
+        Ok(())
     }
 
     /// The buffer the message was parsed from.
@@ -614,10 +649,7 @@ fn parse_start_line(buf: &[u8], start: usize, end: usize) -> Result<StartLine, P
     check_version(version, start + sp2 + 1)?;
     let uri = &line[uri_start..sp2];
     // The Request-URI has no whitespace and starts with a scheme (RFC 4475 §3.1.2.7-9).
-    if uri.is_empty()
-        || uri.iter().any(|&c| c == b' ' || c == b'\t')
-        || !uri[0].is_ascii_alphabetic()
-    {
+    if uri.is_empty() || super::scan::has_sp_or_ht(uri) || !uri[0].is_ascii_alphabetic() {
         return Err(ParseError::new(ErrorKind::BadRequestUri, start + uri_start));
     }
     let colon = memchr::memchr(b':', uri)

@@ -18,6 +18,7 @@ pub mod headers;
 pub mod message;
 pub mod method;
 pub mod scan;
+mod simd;
 pub mod uri;
 pub mod write;
 

@@ -145,6 +145,55 @@ pub fn find_byte(needle: u8, s: &[u8]) -> Option<usize> {
         .map(|i| base + i)
 }
 
+/// Position of the first LF in `s`, for the header-line loop: header lines are mostly 20 to 100
+/// bytes, too short for `memchr`'s set-up to pay (see `simd`).
+#[inline]
+pub fn find_newline(s: &[u8]) -> Option<usize> {
+    super::simd::find_newline(s)
+}
+
+/// Position of the first `needle` in `s`, eight bytes per step, for a byte that is expected
+/// near the start of a long `s` (the colon of a header line).
+#[inline]
+pub fn find_byte_near(needle: u8, s: &[u8]) -> Option<usize> {
+    const LO: u64 = u64::from_ne_bytes([0x01; 8]);
+    const HI: u64 = u64::from_ne_bytes([0x80; 8]);
+    let pattern = LO * needle as u64;
+    let mut chunks = s.chunks_exact(8);
+    let mut base = 0;
+    for chunk in &mut chunks {
+        let w = u64::from_le_bytes(chunk.try_into().unwrap_or([0; 8])) ^ pattern;
+        // As in `find_byte`: the lowest set bit marks the first match exactly.
+        let zero = w.wrapping_sub(LO) & !w & HI;
+        if zero != 0 {
+            return Some(base + (zero.trailing_zeros() / 8) as usize);
+        }
+        base += 8;
+    }
+    chunks
+        .remainder()
+        .iter()
+        .position(|&c| c == needle)
+        .map(|i| base + i)
+}
+
+/// True if `s` holds a space or a tab, eight bytes per step.
+#[inline]
+pub fn has_sp_or_ht(s: &[u8]) -> bool {
+    const LO: u64 = u64::from_ne_bytes([0x01; 8]);
+    const HI: u64 = u64::from_ne_bytes([0x80; 8]);
+    let zero = |w: u64| w.wrapping_sub(LO) & !w & HI;
+    let mut chunks = s.chunks_exact(8);
+    for chunk in &mut chunks {
+        let w = u64::from_le_bytes(chunk.try_into().unwrap_or([0; 8]));
+        // A false positive above a real match does not matter: any match answers true.
+        if zero(w ^ (LO * b' ' as u64)) | zero(w ^ (LO * b'\t' as u64)) != 0 {
+            return true;
+        }
+    }
+    chunks.remainder().iter().any(|&c| c == b' ' || c == b'\t')
+}
+
 /// A forward-only cursor over a header value. Positions are indices into `s`.
 #[derive(Debug, Clone, Copy)]
 pub struct Cursor<'a> {
@@ -271,6 +320,14 @@ impl<'a> CommaSplit<'a> {
     }
 }
 
+impl CommaSplit<'_> {
+    /// Where the next element starts (after the comma that ended the last one), or None if
+    /// the last element has been yielded.
+    pub(crate) fn next_start(&self) -> Option<usize> {
+        (!self.done).then_some(self.pos)
+    }
+}
+
 impl<'a> Iterator for CommaSplit<'a> {
     /// (offset of the element in the value, element bytes without surrounding LWS)
     type Item = (usize, &'a [u8]);
@@ -348,6 +405,21 @@ mod tests {
         }
         assert_eq!(find_byte(b':', b"\x80\x80\x80:"), Some(3));
         assert_eq!(find_byte(0, b"\x01\x00\x01\x00aaaaaaaa"), Some(1));
+        for len in 0..hay.len() {
+            for at in 0..len {
+                let mut s = hay[..len].to_vec();
+                s.iter_mut().for_each(|c| *c |= 0x80);
+                s[at] = b'\n';
+                assert_eq!(find_newline(&s), Some(at), "len {len} at {at}");
+            }
+            assert_eq!(find_newline(&vec![b'\r'; len]), None);
+            let mut s: Vec<u8> = hay[..len].iter().map(|&c| c | 0x80).collect();
+            assert!(!has_sp_or_ht(&s));
+            if len > 0 {
+                s[len / 3] = if len % 2 == 0 { b' ' } else { b'\t' };
+                assert!(has_sp_or_ht(&s));
+            }
+        }
     }
 
     #[test]

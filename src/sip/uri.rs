@@ -166,8 +166,87 @@ const fn uri_illegal_table() -> [bool; 256] {
 }
 
 static URI_ILLEGAL: [bool; 256] = uri_illegal_table();
+
+/// Byte classes of the one-pass SIP URI scanner ([`Uri::parse`]): one bit per character set.
+const C_USER: u8 = 1;
+const C_PARAM: u8 = 2;
+const C_HVALUE: u8 = 4;
+/// Host name bytes: letters, digits, `-` and `.`.
+const C_HOST: u8 = 8;
+const C_DIGIT: u8 = 16;
+/// IPv6 reference bytes: hex digits, `:` and `.`.
+const C_V6: u8 = 32;
+/// Letters and `-` (a host with one is a name, not an IPv4 address).
+const C_ALPHA: u8 = 64;
+const C_DOT: u8 = 128;
+
+const fn sip_class_table() -> [u8; 256] {
+    let user = user_table();
+    let param = param_table();
+    let hvalue = hvalue_table();
+    let mut t = [0u8; 256];
+    let mut i = 0;
+    while i < 256 {
+        let c = i as u8;
+        let mut v = 0;
+        if user[i] {
+            v |= C_USER;
+        }
+        if param[i] {
+            v |= C_PARAM;
+        }
+        if hvalue[i] {
+            v |= C_HVALUE;
+        }
+        if c.is_ascii_alphanumeric() || c == b'-' || c == b'.' {
+            v |= C_HOST;
+        }
+        if c.is_ascii_digit() {
+            v |= C_DIGIT;
+        }
+        if c.is_ascii_hexdigit() || c == b':' || c == b'.' {
+            v |= C_V6;
+        }
+        if c.is_ascii_alphabetic() || c == b'-' {
+            v |= C_ALPHA;
+        }
+        if c == b'.' {
+            v |= C_DOT;
+        }
+        t[i] = v;
+        i += 1;
+    }
+    t
+}
+
+static SIP_CLASS: [u8; 256] = sip_class_table();
+
+/// Advances `i` over bytes of class `class` and valid `%HH` escapes; returns where it stopped
+/// (at `s.len()` or at the first other byte). A `%` without two hex digits is `BadEscape`.
+/// The delimiters that end a URI part are never hex digits, so checking the two bytes after
+/// `%` in the whole URI is the same as checking them inside the part.
+#[inline]
+fn scan_class(s: &[u8], mut i: usize, class: u8) -> Result<usize, UriError> {
+    while let Some(&c) = s.get(i) {
+        if SIP_CLASS[c as usize] & class != 0 {
+            i += 1;
+        } else if c == b'%' {
+            match (s.get(i + 1), s.get(i + 2)) {
+                (Some(h), Some(l)) if h.is_ascii_hexdigit() && l.is_ascii_hexdigit() => i += 3,
+                _ => return Err(UriError::BadEscape),
+            }
+        } else {
+            break;
+        }
+    }
+    Ok(i)
+}
+
+#[cfg(test)]
 static USER: [bool; 256] = user_table();
+#[cfg(test)]
 static PARAM: [bool; 256] = param_table();
+#[cfg(test)]
 static HVALUE: [bool; 256] = hvalue_table();
 
 /// Checks that `s` consists of `allowed` bytes and valid `%HH` escapes.
@@ -225,6 +304,7 @@ pub(crate) fn is_ipv6(s: &[u8]) -> bool {
 }
 
 /// Byte classes of a host name: 0 = not allowed, 1 = digit, 2 = letter or `-`, 3 = `.`.
+#[cfg(test)]
 const fn host_class_table() -> [u8; 256] {
     let mut t = [0u8; 256];
     let mut i = 0;
@@ -244,6 +324,7 @@ const fn host_class_table() -> [u8; 256] {
     t
 }
 
+#[cfg(test)]
 static HOST_CLASS: [u8; 256] = host_class_table();
 
 /// A host name (alphanumerics, `-`, `.`; not starting with `.` or `-`; no empty label) or
@@ -252,16 +333,9 @@ fn name_or_ipv4(s: &[u8]) -> Option<HostKind> {
     if s.is_empty() || s.len() > 255 || s[0] == b'.' || s[0] == b'-' {
         return None;
     }
-    let mut prev = 0u8;
-    let mut letters = false;
-    for &c in s {
-        match HOST_CLASS[c as usize] {
-            0 => return None,
-            2 => letters = true,
-            3 if prev == b'.' => return None,
-            _ => {}
-        }
-        prev = c;
+    let (end, letters, double_dot) = scan_host_name(s, 0);
+    if end != s.len() || double_dot {
+        return None;
     }
     // Digits and dots only: an IPv4 address if it has four parts in range, else still a
     // (numeric) host name.
@@ -270,6 +344,62 @@ fn name_or_ipv4(s: &[u8]) -> Option<HostKind> {
     } else {
         Some(HostKind::Name)
     }
+}
+
+/// Scans host-name bytes (letters, digits, `-`, `.`) from `i`: returns where they stop,
+/// whether a letter or `-` was seen (then it is no IPv4 address) and whether two dots touch.
+/// Eight bytes per step: each byte's class is computed with carry-free byte arithmetic on the
+/// low seven bits (bytes of 0x80 and up are marked separately).
+#[inline]
+fn scan_host_name(s: &[u8], mut i: usize) -> (usize, bool, bool) {
+    const LO7: u64 = u64::from_ne_bytes([0x7f; 8]);
+    const HI: u64 = u64::from_ne_bytes([0x80; 8]);
+    const fn rep(b: u8) -> u64 {
+        u64::from_ne_bytes([b; 8])
+    }
+    // High bit of each byte set if that byte of `x` (all < 0x80) is >= `b`.
+    let ge = |x: u64, b: u8| x.wrapping_add(rep(0x80 - b)) & HI;
+    // High bit set if the byte equals `b`.
+    let eq = |x: u64, b: u8| !(x ^ rep(b)).wrapping_add(LO7) & HI;
+    let (mut alpha, mut double_dot) = (false, false);
+    let mut prev_dot = false;
+    while let Some(chunk) = s.get(i..i + 8) {
+        let w = u64::from_le_bytes(chunk.try_into().unwrap_or([0; 8]));
+        let x = w & LO7;
+        let lower = x | rep(0x20);
+        let letter = ge(lower, b'a') & !ge(lower, b'z' + 1);
+        let digit = ge(x, b'0') & !ge(x, b'9' + 1);
+        let dash = eq(x, b'-');
+        let dot = eq(x, b'.');
+        let ok = (letter | digit | dash | dot) & !(w & HI);
+        let bad = !ok & HI;
+        // Only the bytes before the first bad one count.
+        let keep = if bad == 0 {
+            u64::MAX
+        } else {
+            (1u64 << bad.trailing_zeros()).wrapping_sub(1)
+        };
+        let dot = dot & keep;
+        alpha |= (letter | dash) & keep != 0;
+        double_dot |= dot & (dot >> 8) != 0 || (prev_dot && dot & 0x80 != 0);
+        if bad != 0 {
+            return (i + (bad.trailing_zeros() / 8) as usize, alpha, double_dot);
+        }
+        prev_dot = dot >> 56 != 0;
+        i += 8;
+    }
+    while let Some(&c) = s.get(i) {
+        let class = SIP_CLASS[c as usize];
+        if class & C_HOST == 0 {
+            break;
+        }
+        alpha |= class & C_ALPHA != 0;
+        let is_dot = c == b'.';
+        double_dot |= is_dot && prev_dot;
+        prev_dot = is_dot;
+        i += 1;
+    }
+    (i, alpha, double_dot)
 }
 
 /// Parses a host (`name`, `a.b.c.d` or `[v6]`) and returns (host, kind).
@@ -314,6 +444,14 @@ impl<'a> Uri<'a> {
         if raw.is_empty() {
             return Err(UriError::Empty);
         }
+        // The common schemes first: `sip:` and `sips:` in any letter case.
+        let sip = |b: &[u8]| b[0] | 0x20 == b's' && b[1] | 0x20 == b'i' && b[2] | 0x20 == b'p';
+        if raw.len() >= 4 && raw[3] == b':' && sip(raw) {
+            return Self::parse_sip(Scheme::Sip, &raw[4..], raw);
+        }
+        if raw.len() >= 5 && raw[4] == b':' && sip(raw) && raw[3] | 0x20 == b's' {
+            return Self::parse_sip(Scheme::Sips, &raw[5..], raw);
+        }
         if raw.iter().any(|&c| URI_ILLEGAL[c as usize]) {
             return Err(UriError::IllegalChar);
         }
@@ -354,7 +492,165 @@ impl<'a> Uri<'a> {
         }
     }
 
-    fn parse_sip(scheme: Scheme<'a>, rest: &'a [u8], raw: &'a [u8]) -> Result<Uri<'a>, UriError> {
+    /// `[userinfo "@"] hostport [";" params] ["?" headers]` in one pass over the bytes, each
+    /// part checked against its character class as it is crossed. Every byte of a SIP URI
+    /// belongs to a part whose class excludes whitespace, controls, non-ASCII, `<`, `>` and
+    /// `"`, so no separate check for illegal bytes is needed.
+    ///
+    /// The parts are delimited exactly as a split would: userinfo ends at the first `@`, the
+    /// headers start at the first `?` after it and the parameters at the first `;` before
+    /// that; `tests::one_pass_sip_matches_split_reference` checks this against the split.
+    fn parse_sip(scheme: Scheme<'a>, s: &'a [u8], raw: &'a [u8]) -> Result<Uri<'a>, UriError> {
+        // '@' cannot appear unescaped in params or headers, so it delimits userinfo.
+        let (user, password, mut i) = match find_byte(b'@', s) {
+            Some(at) => {
+                let userinfo = &s[..at];
+                let end = scan_class(userinfo, 0, C_USER)?;
+                if end == 0 {
+                    return Err(UriError::BadUser);
+                }
+                let password = match userinfo.get(end) {
+                    None => None,
+                    Some(b':') => {
+                        if scan_class(userinfo, end + 1, C_USER)? != at {
+                            return Err(UriError::BadUser);
+                        }
+                        Some(&userinfo[end + 1..])
+                    }
+                    Some(_) => return Err(UriError::BadUser),
+                };
+                (Some(&userinfo[..end]), password, at + 1)
+            }
+            None => (None, None, 0),
+        };
+        // hostport
+        let host_start = i;
+        let (host, host_kind) = if s.get(i) == Some(&b'[') {
+            let mut colons = 0;
+            i += 1;
+            while let Some(&c) = s.get(i) {
+                if SIP_CLASS[c as usize] & C_V6 == 0 {
+                    break;
+                }
+                colons += (c == b':') as u32;
+                i += 1;
+            }
+            let inner = &s[host_start + 1..i];
+            if s.get(i) != Some(&b']') || inner.len() < 2 || colons < 2 {
+                return Err(UriError::BadHost);
+            }
+            i += 1;
+            if !matches!(s.get(i), None | Some(b':' | b';' | b'?')) {
+                return Err(UriError::BadHost);
+            }
+            (inner, HostKind::Ipv6)
+        } else {
+            let (end, letters, double_dot) = scan_host_name(s, i);
+            i = end;
+            let host = &s[host_start..i];
+            if double_dot
+                || host.is_empty()
+                || host.len() > 255
+                || host[0] == b'.'
+                || host[0] == b'-'
+                || !matches!(s.get(i), None | Some(b':' | b';' | b'?'))
+            {
+                return Err(UriError::BadHost);
+            }
+            let kind = if !letters && is_ipv4(host) {
+                HostKind::Ipv4
+            } else {
+                HostKind::Name
+            };
+            (host, kind)
+        };
+        let mut port = None;
+        if s.get(i) == Some(&b':') {
+            i += 1;
+            let start = i;
+            let mut v: u32 = 0;
+            while let Some(&c) = s.get(i) {
+                if !c.is_ascii_digit() {
+                    break;
+                }
+                v = v.wrapping_mul(10).wrapping_add((c - b'0') as u32);
+                i += 1;
+            }
+            if i == start
+                || i - start > 5
+                || v > u16::MAX as u32
+                || !matches!(s.get(i), None | Some(b';' | b'?'))
+            {
+                return Err(UriError::BadPort);
+            }
+            port = Some(v as u16);
+        }
+        // parameters: `name[=value]` separated by `;`, up to the first `?`.
+        let mut params: &'a [u8] = b"";
+        if s.get(i) == Some(&b';') {
+            let start = i + 1;
+            loop {
+                let name_start = i + 1;
+                i = scan_class(s, name_start, C_PARAM)?;
+                if i == name_start {
+                    return Err(UriError::BadParam);
+                }
+                if s.get(i) == Some(&b'=') {
+                    let value_start = i + 1;
+                    i = scan_class(s, value_start, C_PARAM)?;
+                    if i == value_start {
+                        return Err(UriError::BadParam);
+                    }
+                }
+                match s.get(i) {
+                    Some(b';') => {}
+                    None | Some(b'?') => break,
+                    Some(_) => return Err(UriError::BadParam),
+                }
+            }
+            params = &s[start..i];
+        }
+        // headers: `name=value` separated by `&`, to the end.
+        let mut headers: &'a [u8] = b"";
+        if s.get(i) == Some(&b'?') {
+            let start = i + 1;
+            if start == s.len() {
+                return Err(UriError::BadHeaders);
+            }
+            loop {
+                let name_start = i + 1;
+                i = scan_class(s, name_start, C_HVALUE)?;
+                if i == name_start || s.get(i) != Some(&b'=') {
+                    return Err(UriError::BadHeaders);
+                }
+                i = scan_class(s, i + 1, C_HVALUE)?;
+                match s.get(i) {
+                    Some(b'&') => {}
+                    None => break,
+                    Some(_) => return Err(UriError::BadHeaders),
+                }
+            }
+            headers = &s[start..];
+        }
+        Ok(Uri {
+            scheme,
+            user,
+            password,
+            host,
+            host_kind,
+            port,
+            params,
+            headers,
+            raw,
+        })
+    }
+
+    #[cfg(test)]
+    fn parse_sip_split(
+        scheme: Scheme<'a>,
+        rest: &'a [u8],
+        raw: &'a [u8],
+    ) -> Result<Uri<'a>, UriError> {
         // '@' cannot appear unescaped in params or headers, so it delimits userinfo.
         let (user, password, after_user) = match find_byte(b'@', rest) {
             Some(at) => {
@@ -718,6 +1014,123 @@ mod tests {
         let h2 = Uri::parse(b"sip:a@h?x=1&x=2").unwrap();
         assert!(h1.equals(&h1) && h2.equals(&h2));
         assert!(!h1.equals(&h2) && !h2.equals(&h1));
+    }
+
+    /// The URI parser before the one-pass scanner: illegal bytes, scheme, then a split of
+    /// the SIP URI into parts.
+    fn split_reference(raw: &[u8]) -> Result<Uri<'_>, UriError> {
+        if raw.is_empty() {
+            return Err(UriError::Empty);
+        }
+        if raw.iter().any(|&c| URI_ILLEGAL[c as usize]) {
+            return Err(UriError::IllegalChar);
+        }
+        let colon = find_byte(b':', raw).ok_or(UriError::BadScheme)?;
+        let scheme = &raw[..colon];
+        if scheme.eq_ignore_ascii_case(b"sip") {
+            Uri::parse_sip_split(Scheme::Sip, &raw[colon + 1..], raw)
+        } else if scheme.eq_ignore_ascii_case(b"sips") {
+            Uri::parse_sip_split(Scheme::Sips, &raw[colon + 1..], raw)
+        } else {
+            Uri::parse(raw)
+        }
+    }
+
+    #[test]
+    fn one_pass_sip_matches_split_reference() {
+        let seeds: [&[u8]; 14] = [
+            b"sip:bob@client.biloxi.example.com:5060;transport=udp",
+            b"sips:alice:pw@atlanta.example.com;maddr=1.2.3.4;lr?Subject=x%20y&Priority=urgent",
+            b"sip:[2001:db8::9:1]:5070;transport=tcp",
+            b"SIP:%61lice@192.0.2.1",
+            b"sip:user;par=u%40example.net@example.com",
+            b"sip:a@b?h=&x=y",
+            b"sip:1.2.3.256:65535",
+            b"sip:a.b-c.d",
+            b"sip:a@[::ffff:192.0.2.1]",
+            b"sip:host;lr;x=[a]/:&+$",
+            b"tel:+1-201-555-0123;x=y",
+            b"sip:a:@h",
+            b"sip:a@h;p=%zz",
+            b"Sips:h:0",
+        ];
+        let alphabet = b"@:;?=&%[].-aZ09fF \"<>/,+$~*'()!_#\x80\x00";
+        let mut rng: u64 = 0x9e37_79b9_7f4a_7c15;
+        let mut next = |n: usize| {
+            rng ^= rng << 13;
+            rng ^= rng >> 7;
+            rng ^= rng << 17;
+            (rng % n as u64) as usize
+        };
+        let (mut checked, mut accepted) = (0, 0);
+        for seed in seeds {
+            for round in 0..4000 {
+                let mut v = seed.to_vec();
+                for _ in 0..1 + round % 3 {
+                    let at = next(v.len() + 1);
+                    let c = alphabet[next(alphabet.len())];
+                    match next(3) {
+                        0 if at < v.len() => v[at] = c,
+                        1 if at < v.len() => {
+                            v.remove(at);
+                        }
+                        _ => v.insert(at, c),
+                    }
+                }
+                let new = Uri::parse(&v);
+                let old = split_reference(&v);
+                accepted += new.is_ok() as usize;
+                assert_eq!(new.ok(), old.ok(), "{:?}", String::from_utf8_lossy(&v));
+                checked += 1;
+            }
+            assert_eq!(Uri::parse(seed).ok(), split_reference(seed).ok());
+        }
+        assert!(checked > 50_000);
+        // Both verdicts are well represented.
+        assert!(
+            accepted > checked / 5 && accepted < checked * 4 / 5,
+            "{accepted}"
+        );
+    }
+
+    #[test]
+    fn host_name_scan_matches_bytewise() {
+        let alphabet = b"aZz09-.:;\x80\xff@/`{[";
+        let mut rng: u64 = 0x1234_5678_9abc_def1;
+        let (mut long, mut doubled) = (0, 0);
+        for _ in 0..200_000 {
+            rng ^= rng << 13;
+            rng ^= rng >> 7;
+            rng ^= rng << 17;
+            let len = (rng % 30) as usize;
+            let s: Vec<u8> = (0..len)
+                .map(|k| {
+                    let r = (rng >> (k % 16 * 4)) as usize + k;
+                    // Mostly host bytes, so that long runs occur.
+                    if r.is_multiple_of(7) {
+                        alphabet[r / 7 % alphabet.len()]
+                    } else {
+                        alphabet[r % 7]
+                    }
+                })
+                .collect();
+            let start = (rng >> 40) as usize % (len + 1);
+            let mut end = start;
+            while end < len && HOST_CLASS[s[end] as usize] != 0 {
+                end += 1;
+            }
+            let part = &s[start..end];
+            let alpha = part.iter().any(|&c| HOST_CLASS[c as usize] == 2);
+            let dd = part.windows(2).any(|w| w == b"..");
+            long += (end - start >= 16) as usize;
+            doubled += dd as usize;
+            assert_eq!(
+                scan_host_name(&s, start),
+                (end, alpha, dd),
+                "{s:?} from {start}"
+            );
+        }
+        assert!(long > 1000 && doubled > 1000, "{long} {doubled}");
     }
 
     #[test]

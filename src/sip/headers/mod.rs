@@ -32,9 +32,10 @@ pub struct HeaderCache<'a> {
 
 /// Iterator over every Via value of a message, across header lines and commas.
 pub struct ViaIter<'m, 'a> {
-    msg: &'m Message<'a>,
     lines: core::slice::Iter<'m, super::message::HeaderSlot>,
-    current: Option<CommaSplit<'a>>,
+    buf: &'a [u8],
+    /// The value of the current Via line and where its next element starts.
+    current: Option<(&'a [u8], usize)>,
     current_start: usize,
 }
 
@@ -43,19 +44,50 @@ impl<'a> Iterator for ViaIter<'_, 'a> {
 
     fn next(&mut self) -> Option<Self::Item> {
         loop {
-            if let Some(split) = &mut self.current {
-                if let Some((off, elem)) = split.next() {
-                    let at = self.current_start + off;
-                    return Some(Via::parse(elem).map_err(|e| {
-                        ParseError::in_header(ErrorKind::BadHeaderValue, "Via", at + e)
-                    }));
-                }
-                self.current = None;
+            if let Some((v, pos)) = self.current {
+                // Each element is parsed where it starts; it must be followed by a comma or
+                // the end of the line. A parsed Via has balanced quotes and no `<`, so that
+                // comma is one a top-level split (`CommaSplit`) would also split at.
+                let end = match Via::parse_at(v, pos) {
+                    Ok((via, end)) => {
+                        let mut p = end;
+                        while p < v.len() && crate::sip::scan::is_lws(v[p]) {
+                            p += 1;
+                        }
+                        if p == v.len() {
+                            self.current = None;
+                            return Some(Ok(via));
+                        }
+                        if v[p] == b',' {
+                            self.current = Some((v, p + 1));
+                            return Some(Ok(via));
+                        }
+                        end
+                    }
+                    Err(e) => e,
+                };
+                return Some(Err(self.element_error(v, pos, end)));
             }
             let slot = self.lines.by_ref().find(|s| s.name == HeaderName::Via)?;
-            self.current = Some(CommaSplit::new(self.msg.slice(slot.value)));
+            self.current = Some((&self.buf[slot.value.range()], 0));
             self.current_start = slot.value.start as usize;
         }
+    }
+}
+
+impl<'a> ViaIter<'_, 'a> {
+    /// A malformed element at `pos` (the problem found at `at`): the error as the split
+    /// at commas reports it (its offsets count from the element without trailing LWS), and
+    /// the iteration goes on after the next top-level comma, if any.
+    #[cold]
+    fn element_error(&mut self, v: &'a [u8], pos: usize, at: usize) -> ParseError {
+        let mut split = CommaSplit::new(&v[pos..]);
+        let at = match split.next() {
+            Some((off, elem)) => Via::parse(elem).err().map_or(at, |e| pos + off + e),
+            None => at,
+        };
+        self.current = split.next_start().map(|next| (v, pos + next));
+        ParseError::in_header(ErrorKind::BadHeaderValue, "Via", self.current_start + at)
     }
 }
 
@@ -89,8 +121,8 @@ impl<'a> Message<'a> {
     /// All Via values in order.
     pub fn vias(&self) -> ViaIter<'_, 'a> {
         ViaIter {
-            msg: self,
             lines: self.slots().iter(),
+            buf: self.buf(),
             current: None,
             current_start: 0,
         }
@@ -377,5 +409,86 @@ impl<'a> Message<'a> {
             })?;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The Via iteration before `Via::parse_at`: split the line at top-level commas, then
+    /// parse each element.
+    /// A Via's host and branch, or the error.
+    type Seen = Result<(Vec<u8>, Option<Vec<u8>>), ParseError>;
+
+    fn split_reference(msg: &Message<'_>) -> Vec<Seen> {
+        let mut out = Vec::new();
+        for v in msg.header_all(HeaderName::Via) {
+            let start = msg.offset_of(v);
+            for (off, elem) in CommaSplit::new(v) {
+                out.push(
+                    Via::parse(elem)
+                        .map(|via| (via.host.to_vec(), via.branch().map(<[u8]>::to_vec)))
+                        .map_err(|e| {
+                            ParseError::in_header(ErrorKind::BadHeaderValue, "Via", start + off + e)
+                        }),
+                );
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn via_elements_match_comma_split_reference() {
+        let lines: [&[u8]; 8] = [
+            b"SIP/2.0/UDP a.example.com:5060;branch=z9hG4bK1, SIP/2.0/TCP b;branch=2",
+            b"SIP/2.0/UDP h;x=\"a,b\";branch=3 ,SIP/2.0/UDP [2001:db8::1]:5070",
+            b"SIP/2.0/UDP h;branch=4,,SIP/2.0/UDP g",
+            b"SIP  /   2.0\r\n /UDP\r\n    192.0.2.2;branch=390skdjuw , SIP/2.0/UDP x",
+            b"SIP/2.0/UDP h junk, SIP/2.0/UDP g;branch=5",
+            b"SIP/2.0/UDP h;a=<x,y>, SIP/2.0/UDP g",
+            b"SIP/2.0/UDP h,",
+            b"",
+        ];
+        let alphabet = b",;=\" <>/:[]\\aZ09\t";
+        let mut rng: u64 = 0x2545_f491_4f6c_dd1d;
+        let mut next = |n: usize| {
+            rng ^= rng << 13;
+            rng ^= rng >> 7;
+            rng ^= rng << 17;
+            (rng % n as u64) as usize
+        };
+        for line in lines {
+            for round in 0..3000 {
+                let mut v = line.to_vec();
+                for _ in 0..round % 3 {
+                    let at = next(v.len() + 1);
+                    let c = alphabet[next(alphabet.len())];
+                    match next(3) {
+                        0 if at < v.len() => v[at] = c,
+                        1 if at < v.len() => {
+                            v.remove(at);
+                        }
+                        _ => v.insert(at, c),
+                    }
+                }
+                let mut raw = b"OPTIONS sip:b@example.com SIP/2.0\r\nVia: ".to_vec();
+                raw.extend_from_slice(&v);
+                raw.extend_from_slice(b"\r\nVia: SIP/2.0/UDP last;branch=9\r\n\r\n");
+                let Ok(msg) = Message::parse(&raw) else {
+                    continue;
+                };
+                let new: Vec<_> = msg
+                    .vias()
+                    .map(|r| r.map(|via| (via.host.to_vec(), via.branch().map(<[u8]>::to_vec))))
+                    .collect();
+                assert_eq!(
+                    new,
+                    split_reference(&msg),
+                    "{:?}",
+                    String::from_utf8_lossy(&v)
+                );
+            }
+        }
     }
 }

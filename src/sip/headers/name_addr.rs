@@ -16,8 +16,8 @@ pub struct NameAddr<'a> {
     /// True if the URI was enclosed in `<>`.
     pub bracketed: bool,
     pub params: Params<'a>,
-    /// The URI, parsed once by `parse`.
-    parsed: Uri<'a>,
+    /// `params.get("tag").flatten()`, found while the parameters were checked.
+    tag: Option<&'a [u8]>,
 }
 
 impl<'a> NameAddr<'a> {
@@ -77,8 +77,10 @@ impl<'a> NameAddr<'a> {
             bracketed = false;
         }
         let uri_at = c.pos - uri_raw.len() - bracketed as usize;
-        let parsed = Uri::parse(uri_raw).map_err(|_| uri_at)?;
-        let params = Params::scan(&mut c)?;
+        // Checked here so that a name-addr that parses has a URI that parses; `uri()` parses
+        // it again when asked (the hot paths read the tag, rarely the URI).
+        Uri::parse(uri_raw).map_err(|_| uri_at)?;
+        let (params, tag) = Params::scan_find(&mut c, b"tag")?;
         if !only_lws(c.rest()) {
             return Err(c.pos);
         }
@@ -87,18 +89,19 @@ impl<'a> NameAddr<'a> {
             uri_raw,
             bracketed,
             params,
-            parsed,
+            tag: tag.flatten(),
         })
     }
 
-    /// The URI (parsed and validated by `parse`; never an error, the `Result` is kept so
-    /// callers read like the other accessors).
+    /// The URI (checked by `parse`, so never an error; the `Result` is kept so callers read
+    /// like the other accessors).
     pub fn uri(&self) -> Result<Uri<'a>, UriError> {
-        Ok(self.parsed)
+        Uri::parse(self.uri_raw)
     }
 
+    #[inline]
     pub fn tag(&self) -> Option<&'a [u8]> {
-        self.params.get("tag").flatten()
+        self.tag
     }
 
     /// The `expires` contact parameter, if present and numeric (saturating at 2^32-1).

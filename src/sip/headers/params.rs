@@ -4,6 +4,9 @@
 
 use crate::sip::scan::{is_lws, is_token_char, Cursor};
 
+/// What [`Params::get`] returns: `None` if absent, `Some(None)` if present without a value.
+pub type Found<'a> = Option<Option<&'a [u8]>>;
+
 /// A validated parameter list (the raw bytes start at the first `;`, or are empty).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Params<'a> {
@@ -21,38 +24,69 @@ impl<'a> Params<'a> {
     /// (`;;`), a missing value after `=`, or an unterminated quoted string; the cursor is left
     /// after the last parameter (trailing LWS not consumed).
     pub fn scan(c: &mut Cursor<'a>) -> Result<Params<'a>, usize> {
+        Self::scan_find(c, b"").map(|(p, _)| p)
+    }
+
+    /// [`Params::scan`] that also returns what `get(want)` would, found on the way (the
+    /// `tag` of From/To, the `branch` of Via) so that reading it does not scan again.
+    /// `want` is lower-case letters (`tag`, `branch`); an empty `want` finds nothing.
+    pub fn scan_find(c: &mut Cursor<'a>, want: &[u8]) -> Result<(Params<'a>, Found<'a>), usize> {
+        debug_assert!(want.iter().all(u8::is_ascii_lowercase));
+        let s = c.s;
         let start = c.pos;
+        // `end`: after the last complete parameter.
         let mut end = c.pos;
+        let mut found = None;
         loop {
-            let save = c.pos;
-            c.skip_lws();
-            if !c.eat(b';') {
-                c.pos = save;
+            let semi = skip_lws_at(s, end);
+            if s.get(semi) != Some(&b';') {
                 break;
             }
-            c.skip_lws();
-            if c.token().is_none() {
-                return Err(c.pos);
+            let name_start = skip_lws_at(s, semi + 1);
+            let mut i = name_start;
+            while i < s.len() && is_token_char(s[i]) {
+                i += 1;
             }
-            let after_name = c.pos;
-            c.skip_lws();
-            if c.eat(b'=') {
-                c.skip_lws();
-                if c.peek() == Some(b'"') {
-                    if c.quoted().is_none() {
-                        return Err(c.pos);
+            if i == name_start {
+                return Err(i);
+            }
+            let name = &s[name_start..i];
+            let eq = skip_lws_at(s, i);
+            let mut value = None;
+            if s.get(eq) == Some(&b'=') {
+                let v = skip_lws_at(s, eq + 1);
+                if s.get(v) == Some(&b'"') {
+                    let mut q = Cursor { s, pos: v };
+                    value = Some(q.quoted().ok_or(v)?);
+                    i = q.pos;
+                } else {
+                    i = v;
+                    while i < s.len() && is_value_char(s[i]) {
+                        i += 1;
                     }
-                } else if c.take_while(is_value_char).is_empty() {
-                    return Err(c.pos);
+                    if i == v {
+                        return Err(v);
+                    }
+                    value = Some(&s[v..i]);
                 }
-            } else {
-                c.pos = after_name;
             }
-            end = c.pos;
+            // `want` is lower-case letters: OR-ing 0x20 into a byte gives a lower-case letter
+            // only for that letter in either case.
+            if found.is_none()
+                && name.len() == want.len()
+                && name.iter().zip(want).all(|(&n, &w)| n | 0x20 == w)
+            {
+                found = Some(value);
+            }
+            end = i;
         }
-        Ok(Params {
-            raw: &c.s[start..end],
-        })
+        c.pos = end;
+        Ok((
+            Params {
+                raw: &s[start..end],
+            },
+            found,
+        ))
     }
 
     /// Iterates (name, value). Quoted values are returned with their quotes removed.
@@ -113,6 +147,14 @@ impl<'a> Iterator for ParamIter<'a> {
     }
 }
 
+#[inline]
+fn skip_lws_at(s: &[u8], mut i: usize) -> usize {
+    while i < s.len() && is_lws(s[i]) {
+        i += 1;
+    }
+    i
+}
+
 /// True if only LWS remains.
 #[inline]
 pub(crate) fn only_lws(rest: &[u8]) -> bool {
@@ -142,6 +184,12 @@ mod tests {
     fn quoted_and_flag_values() {
         let mut c = Cursor::new(br#";lr;x="a;b";received=[2001:db8::9:255]"#);
         let p = Params::scan(&mut c).unwrap();
+        let mut again = Cursor::new(c.s);
+        for want in ["lr", "x", "received", "absent"] {
+            again.pos = 0;
+            let (_, found) = Params::scan_find(&mut again, want.as_bytes()).unwrap();
+            assert_eq!(found, p.get(want), "{want}");
+        }
         let all: Vec<_> = p.iter().collect();
         assert_eq!(all.len(), 3);
         assert_eq!(all[0], (&b"lr"[..], None));

@@ -48,15 +48,19 @@ pub fn parse_delta_seconds(v: &[u8]) -> Result<u32, SimpleError> {
     parse_number(v, u32::MAX as u64).map(|n| n as u32)
 }
 
-/// Call-ID: `word [ "@" word ]`.
+/// Call-ID: `word [ "@" word ]`: word characters with at most one `@`, neither first nor last.
 pub fn parse_call_id(v: &[u8]) -> Result<&[u8], SimpleError> {
     let v = trim(v);
-    let (first, second) = match crate::sip::scan::find_byte(b'@', v) {
-        Some(at) => (&v[..at], Some(&v[at + 1..])),
-        None => (v, None),
-    };
-    let ok_word = |w: &[u8]| !w.is_empty() && w.iter().all(|&c| is_word_char(c));
-    if !ok_word(first) || second.is_some_and(|w| !ok_word(w)) {
+    let mut ats = 0;
+    for &c in v {
+        if !is_word_char(c) {
+            if c != b'@' {
+                return Err((0, false));
+            }
+            ats += 1;
+        }
+    }
+    if v.is_empty() || ats > 1 || v[0] == b'@' || v[v.len() - 1] == b'@' {
         return Err((0, false));
     }
     Ok(v)

@@ -16,6 +16,8 @@ pub struct Via<'a> {
     pub host_kind: HostKind,
     pub port: Option<u16>,
     pub params: Params<'a>,
+    /// `params.get("branch").flatten()`, found while the parameters were checked.
+    branch: Option<&'a [u8]>,
 }
 
 /// The RFC 3261 branch prefix that marks a globally unique branch (§8.1.1.7).
@@ -25,7 +27,18 @@ impl<'a> Via<'a> {
     /// Parses one Via value (one element of the comma-separated list).
     /// On error returns the offset within `s` where the problem was found.
     pub fn parse(s: &'a [u8]) -> Result<Via<'a>, usize> {
-        let mut c = Cursor::new(s);
+        let (via, end) = Self::parse_at(s, 0)?;
+        if !only_lws(&s[end..]) {
+            return Err(end);
+        }
+        Ok(via)
+    }
+
+    /// Parses the Via value that starts at `start` in `s` (a Via header line, which may hold
+    /// several values) and stops after its parameters: returns it and where it stopped.
+    /// Errors are offsets in `s`.
+    pub(crate) fn parse_at(s: &'a [u8], start: usize) -> Result<(Via<'a>, usize), usize> {
+        let mut c = Cursor { s, pos: start };
         c.skip_lws();
         let protocol = c.token().ok_or(c.pos)?;
         if !c.eat_sep(b'/') {
@@ -70,24 +83,26 @@ impl<'a> Via<'a> {
             }
             None => None,
         };
-        let params = Params::scan(&mut c)?;
-        if !only_lws(c.rest()) {
-            return Err(c.pos);
-        }
-        Ok(Via {
-            protocol,
-            version,
-            transport,
-            host,
-            host_kind,
-            port,
-            params,
-        })
+        let (params, branch) = Params::scan_find(&mut c, b"branch")?;
+        Ok((
+            Via {
+                protocol,
+                version,
+                transport,
+                host,
+                host_kind,
+                port,
+                params,
+                branch: branch.flatten(),
+            },
+            c.pos,
+        ))
     }
 
     /// The branch parameter.
+    #[inline]
     pub fn branch(&self) -> Option<&'a [u8]> {
-        self.params.get("branch").flatten()
+        self.branch
     }
 
     /// True if the branch starts with the RFC 3261 magic cookie.

@@ -1,0 +1,92 @@
+//! The parser's only `unsafe` code: SSE2 searches for the header-line loop, where a colon and
+//! a line end are looked for in every header line. SSE2 is part of the x86_64 baseline, so no run-time
+//! detection is needed; other targets use the eight-bytes-per-step search of `scan`.
+
+/// Position of the first LF in `s`, sixteen bytes per step.
+#[cfg(target_arch = "x86_64")]
+#[inline]
+pub fn find_newline(s: &[u8]) -> Option<usize> {
+    // SAFETY: SSE2 is enabled on every x86_64 target (it is part of the baseline ABI), so
+    // calling a function that requires it is sound.
+    unsafe { find_sse2(b'\n', s) }
+}
+
+/// Position of the first `:` in `s`, sixteen bytes per step.
+#[cfg(target_arch = "x86_64")]
+#[inline]
+pub fn find_colon(s: &[u8]) -> Option<usize> {
+    // SAFETY: as in `find_newline`.
+    unsafe { find_sse2(b':', s) }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[inline]
+#[target_feature(enable = "sse2")]
+fn find_sse2(needle: u8, s: &[u8]) -> Option<usize> {
+    use core::arch::x86_64::{
+        __m128i, _mm_cmpeq_epi8, _mm_loadu_si128, _mm_movemask_epi8, _mm_set1_epi8,
+    };
+    let lf = _mm_set1_epi8(needle as i8);
+    let mut i = 0;
+    while i + 16 <= s.len() {
+        // SAFETY: `i + 16 <= s.len()`, so the 16 bytes read are inside `s`; `loadu` has no
+        // alignment requirement.
+        let v = unsafe { _mm_loadu_si128(s.as_ptr().add(i).cast::<__m128i>()) };
+        let m = _mm_movemask_epi8(_mm_cmpeq_epi8(v, lf)) as u32;
+        if m != 0 {
+            return Some(i + m.trailing_zeros() as usize);
+        }
+        i += 16;
+    }
+    if s.len() >= 16 {
+        // The last 16 bytes, overlapping what was already searched.
+        let at = s.len() - 16;
+        // SAFETY: `at + 16 == s.len()`: the 16 bytes read are inside `s`.
+        let v = unsafe { _mm_loadu_si128(s.as_ptr().add(at).cast::<__m128i>()) };
+        // Bits for the bytes before `i` were searched already and hold no match.
+        let m = _mm_movemask_epi8(_mm_cmpeq_epi8(v, lf)) as u32;
+        return (m != 0).then(|| at + m.trailing_zeros() as usize);
+    }
+    s.iter().position(|&c| c == needle)
+}
+
+/// Position of the first LF in `s` (targets without SSE2 code here).
+#[cfg(not(target_arch = "x86_64"))]
+#[inline]
+pub fn find_newline(s: &[u8]) -> Option<usize> {
+    super::scan::find_byte_near(b'\n', s)
+}
+
+/// Position of the first `:` in `s` (targets without SSE2 code here).
+#[cfg(not(target_arch = "x86_64"))]
+#[inline]
+pub fn find_colon(s: &[u8]) -> Option<usize> {
+    super::scan::find_byte_near(b':', s)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn find_newline_matches_position() {
+        for len in 0..80 {
+            for at in 0..=len {
+                let mut s = vec![b'a'; len];
+                if at < len {
+                    s[at] = b'\n';
+                }
+                if at + 3 < len {
+                    s[at + 3] = b'\n';
+                }
+                assert_eq!(super::find_newline(&s), s.iter().position(|&c| c == b'\n'));
+                let colons: Vec<u8> = s
+                    .iter()
+                    .map(|&c| if c == b'\n' { b':' } else { c })
+                    .collect();
+                assert_eq!(
+                    super::find_colon(&colons),
+                    colons.iter().position(|&c| c == b':')
+                );
+            }
+        }
+    }
+}
