@@ -283,7 +283,8 @@ impl Core {
         }
         let Some(method) = msg.method() else {
             self.stats.received_responses.inc();
-            if msg.validate().is_err() || !self.proxy.response(&msg, now_ms, out) {
+            // Responses are relayed: only what the proxy reads must be well-formed (§16.3).
+            if msg.validate_for_proxy().is_err() || !self.proxy.response(&msg, now_ms, out) {
                 self.stats.dropped(DropReason::StrayResponse);
             }
             return Disposition::Done;
@@ -296,7 +297,13 @@ impl Core {
             return Disposition::Done;
         }
         let mut reply = Reply::new(&msg, src, socket, &mut self.tag_seq, self.shard);
-        match msg.validate() {
+        // What we answer ourselves (REGISTER, OPTIONS) is checked in full; what we proxy,
+        // only in what the proxy reads (§16.3 step 1: the rest goes on unchanged).
+        let valid = match method {
+            Method::Register | Method::Options => msg.validate(),
+            _ => msg.validate_for_proxy(),
+        };
+        match valid {
             Err(e) => reply.simple(out, e.status(), e.reason().as_bytes()),
             Ok(()) => self.dispatch(&msg, method, now_ms, &mut reply, out),
         }
@@ -453,7 +460,7 @@ impl Core {
     /// The ACK of a request: absorbed by the INVITE transaction it acknowledges (non-2xx), or
     /// relayed statelessly to the next hop (2xx, §16.11 / §13.2.2.4).
     fn ack(&mut self, msg: &Message<'_>, now_ms: u64, out: &mut Outbox) {
-        if msg.validate().is_err() {
+        if msg.validate_for_proxy().is_err() {
             self.stats.dropped(DropReason::Malformed);
             return;
         }

@@ -337,6 +337,30 @@ fn a_cancel_without_a_response_context_is_forwarded_statelessly() {
 }
 
 #[test]
+fn a_header_the_proxy_does_not_use_is_forwarded_as_it_came() {
+    // §16.3 step 1: a malformed Contact (or Record-Route, or a lower Via) is not the proxy's
+    // business; the callee decides. A REGISTER with it is ours to reject.
+    let mut c = core();
+    register(&mut c, "bob", "192.0.2.20:5062");
+    let bad = "Contact: <sip:alice@[::1>";
+    let inv = String::from_utf8(invite("z9hG4bKodd"))
+        .unwrap()
+        .replace("Contact: <sip:alice@192.0.2.10:5060>", bad);
+    assert!(inv.contains(bad));
+    let out = send(&mut c, inv.as_bytes(), CALLER, 0, T0);
+    let fwd = sent_to(&out, "192.0.2.20:5062");
+    assert_eq!(fwd.len(), 1, "forwarded");
+    assert!(String::from_utf8_lossy(&fwd[0]).contains(bad), "unchanged");
+    let reg = format!(
+        "REGISTER sip:localhost SIP/2.0\r\nVia: SIP/2.0/UDP {CALLER};branch=z9hG4bKregbad\r\n\
+         Max-Forwards: 70\r\nFrom: <sip:alice@localhost>;tag=r\r\nTo: <sip:alice@localhost>\r\n\
+         Call-ID: regbad\r\nCSeq: 1 REGISTER\r\n{bad}\r\nContent-Length: 0\r\n\r\n"
+    );
+    let out = send(&mut c, reg.as_bytes(), CALLER, 0, T0 + 1);
+    assert_eq!(status(&out[0].1), 400);
+}
+
+#[test]
 fn cancel_from_the_caller_ends_in_487() {
     let mut c = core();
     register(&mut c, "bob", "192.0.2.20:5062");

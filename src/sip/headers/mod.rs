@@ -21,13 +21,14 @@ use super::message::{Message, StartLine};
 use super::scan::CommaSplit;
 use super::uri::{Scheme, Uri};
 
-/// Parsed From, To and top Via, kept in the message after their first use (each a `Cell`
-/// of a `Copy` value: the message stays borrowed immutably).
+/// Parsed Request-URI, From, To and top Via, kept in the message after their first use (each
+/// a `Cell` of a `Copy` value: the message stays borrowed immutably).
 #[derive(Clone, Default)]
 pub struct HeaderCache<'a> {
     from: core::cell::Cell<Option<Result<NameAddr<'a>, ParseError>>>,
     to: core::cell::Cell<Option<Result<NameAddr<'a>, ParseError>>>,
     top_via: core::cell::Cell<Option<Result<Via<'a>, ParseError>>>,
+    request_uri: core::cell::Cell<Option<Result<Uri<'a>, ParseError>>>,
 }
 
 /// Iterator over every Via value of a message, across header lines and commas.
@@ -297,17 +298,51 @@ impl<'a> Message<'a> {
 
     /// The Request-URI, parsed.
     pub fn request_uri(&self) -> Result<Uri<'a>, ParseError> {
-        let raw = self
-            .request_uri_bytes()
-            .ok_or_else(|| ParseError::new(ErrorKind::BadStartLine, 0))?;
-        Uri::parse(raw).map_err(|_| ParseError::new(ErrorKind::BadRequestUri, self.offset_of(raw)))
+        if let Some(v) = self.cache.request_uri.get() {
+            return v;
+        }
+        let v = match self.request_uri_bytes() {
+            None => Err(ParseError::new(ErrorKind::BadStartLine, 0)),
+            Some(raw) => Uri::parse(raw)
+                .map_err(|_| ParseError::new(ErrorKind::BadRequestUri, self.offset_of(raw))),
+        };
+        self.cache.request_uri.set(Some(v));
+        v
     }
 
     /// Parses every header the server relies on and checks the rules that make a message
     /// unusable: mandatory headers (Via, From, To, Call-ID, CSeq) present once, numbers in
     /// range, CSeq method equal to the request method, SIP Request-URIs without headers,
-    /// Content-Length consistent. Returns the first problem.
+    /// Content-Length consistent. Returns the first problem. This is what a UAS (the
+    /// registrar) checks; a proxy checks less ([`Message::validate_for_proxy`]).
     pub fn validate(&self) -> Result<(), ParseError> {
+        self.validate_transaction_fields(usize::MAX)?;
+        self.validate_rest()
+    }
+
+    /// RFC 3261 §16.3 step 1: what a proxy needs well-formed to handle a message with a
+    /// transaction and to forward it: the start line, the Vias it reads (the top one of a
+    /// request; the top two of a response, ours and the next hop's), From, To, Call-ID, CSeq,
+    /// Max-Forwards, Content-Length, and the Route, Proxy-Require and Proxy-Authorization it
+    /// acts on. "Any other components, well-formed or not, SHOULD be ignored and remain
+    /// unchanged when the message is forwarded": Contact, Record-Route, the other Vias and
+    /// the rest go on as they came, unparsed.
+    pub fn validate_for_proxy(&self) -> Result<(), ParseError> {
+        self.validate_transaction_fields(if self.is_request() { 1 } else { 2 })?;
+        for r in self.name_addrs(HeaderName::Route) {
+            r?;
+        }
+        for r in self.option_tags(HeaderName::ProxyRequire) {
+            r?;
+        }
+        for r in self.auth_headers(HeaderName::ProxyAuthorization) {
+            r?;
+        }
+        Ok(())
+    }
+
+    /// The checks every message gets, with the first `vias` Via values parsed.
+    fn validate_transaction_fields(&self, vias: usize) -> Result<(), ParseError> {
         let is_request = self.is_request();
         if let StartLine::Request { .. } = self.start_line() {
             let uri = self.request_uri()?;
@@ -344,7 +379,7 @@ impl<'a> Message<'a> {
         if is_request {
             self.required(HeaderName::Via)?;
         }
-        for v in self.vias() {
+        for v in self.vias().take(vias) {
             v?;
         }
         self.from()?;
@@ -362,6 +397,11 @@ impl<'a> Message<'a> {
             }
         }
         self.max_forwards()?;
+        Ok(())
+    }
+
+    /// The checks of [`Message::validate`] beyond the transaction fields.
+    fn validate_rest(&self) -> Result<(), ParseError> {
         self.expires()?;
         self.min_expires()?;
         self.content_type()?;
@@ -490,5 +530,73 @@ mod tests {
                 );
             }
         }
+    }
+
+    /// An INVITE whose `extra` header line replaces the Contact.
+    fn invite_with(extra: &str) -> String {
+        format!(
+            "INVITE sip:bob@example.com SIP/2.0\r\n\
+             Via: SIP/2.0/UDP a.example.com;branch=z9hG4bKtop\r\n\
+             Max-Forwards: 70\r\nFrom: <sip:alice@example.com>;tag=1\r\n\
+             To: <sip:bob@example.com>\r\nCall-ID: c1\r\nCSeq: 1 INVITE\r\n\
+             {extra}\r\nContent-Length: 0\r\n\r\n"
+        )
+    }
+
+    #[test]
+    fn a_proxy_validates_what_it_reads_and_lets_the_rest_through() {
+        // §16.3 step 1: components the proxy does not use are forwarded as they are.
+        for ignored in [
+            "Contact: <sip:bob@[::1>",
+            "Record-Route: <sip:p1.example.com;lr",
+            "Via: SIP/2.0/UDP ,,bad",
+            "Expires: soon",
+            "Supported: ,",
+            "Content-Type: text",
+        ] {
+            let m = invite_with(ignored);
+            let msg = Message::parse(m.as_bytes()).unwrap();
+            assert!(msg.validate().is_err(), "a UAS rejects {ignored}");
+            assert_eq!(
+                msg.validate_for_proxy(),
+                Ok(()),
+                "a proxy ignores {ignored}"
+            );
+        }
+        // What it acts on must be well-formed.
+        for used in [
+            "Route: <sip:p1.example.com;lr",
+            "Proxy-Require: ,",
+            "Proxy-Authorization: Digest a=\"open",
+            "Max-Forwards: many",
+            "CSeq: 2 INVITE",
+        ] {
+            let m = invite_with(used);
+            let msg = Message::parse(m.as_bytes()).unwrap();
+            assert!(msg.validate_for_proxy().is_err(), "a proxy rejects {used}");
+        }
+        let bad_top = invite_with("Contact: <sip:c@d>").replace("a.example.com;branch", ",");
+        assert!(Message::parse(bad_top.as_bytes())
+            .unwrap()
+            .validate_for_proxy()
+            .is_err());
+        // A response: our Via and the next hop's (where it goes) must parse; a third need not.
+        let resp = |third: &str| {
+            format!(
+                "SIP/2.0 200 OK\r\nVia: SIP/2.0/UDP p.example.com;branch=z9hG4bKp\r\n\
+                 Via: SIP/2.0/UDP a.example.com;branch=z9hG4bKa\r\nVia: {third}\r\n\
+                 From: <sip:alice@example.com>;tag=1\r\nTo: <sip:bob@example.com>;tag=2\r\n\
+                 Call-ID: c1\r\nCSeq: 1 INVITE\r\nContent-Length: 0\r\n\r\n"
+            )
+        };
+        let third_bad = resp("SIP/2.0/UDP ,,");
+        let m = Message::parse(third_bad.as_bytes()).unwrap();
+        assert!(m.validate().is_err());
+        assert_eq!(m.validate_for_proxy(), Ok(()));
+        let second_bad = resp("SIP/2.0/UDP b.example.com").replace("a.example.com;branch", ",");
+        assert!(Message::parse(second_bad.as_bytes())
+            .unwrap()
+            .validate_for_proxy()
+            .is_err());
     }
 }
