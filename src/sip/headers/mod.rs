@@ -379,8 +379,24 @@ impl<'a> Message<'a> {
         if is_request {
             self.required(HeaderName::Via)?;
         }
-        for v in self.vias().take(vias) {
-            v?;
+        // The top Via goes into its cache (every path reads it again).
+        if self.cache.top_via.get().is_some() || vias == 1 {
+            if self.header(HeaderName::Via).is_some() {
+                self.top_via()?;
+            }
+            // With the top one parsed, skipping it in the iterator would parse it again.
+            if vias > 1 {
+                for v in self.vias().skip(1).take(vias - 1) {
+                    v?;
+                }
+            }
+        } else {
+            for (i, v) in self.vias().take(vias).enumerate() {
+                if i == 0 {
+                    self.cache.top_via.set(Some(v));
+                }
+                v?;
+            }
         }
         self.from()?;
         self.to()?;
