@@ -306,11 +306,7 @@ impl Proxy {
 
     /// True if the first Route names this proxy (it is removed when forwarding, §16.4).
     fn top_route_is_ours(&self, msg: &Message<'_>) -> bool {
-        msg.routes()
-            .next()
-            .and_then(|r| r.ok())
-            .and_then(|r| r.uri().ok())
-            .is_some_and(|u| self.is_ours(&u))
+        msg.top_route_uri().is_some_and(|u| self.is_ours(&u))
     }
 
     /// Runs transaction timers.
@@ -1194,14 +1190,20 @@ pub fn shard_of_branch(branch: &[u8]) -> Option<usize> {
 /// The header carrying the next hop of an in-dialog request after loose routing: the first
 /// Route that is not us, else the Request-URI (§16.12).
 pub fn next_hop<'a>(msg: &Message<'a>, proxy: &Proxy) -> Option<(Uri<'a>, bool)> {
-    let mut routes = msg.name_addrs(HeaderName::Route).filter_map(|r| r.ok());
-    if let Some(first) = routes.next() {
-        let u = first.uri().ok()?;
+    if msg.header(HeaderName::Route).is_some() {
+        let u = msg.top_route_uri()?;
         if !proxy.is_ours(&u) {
             return Some((u, true));
         }
-        if let Some(second) = routes.next() {
-            return Some((second.uri().ok()?, true));
+        // Only walk the values (parsing the first again) when there can be a second one.
+        let mut lines = msg.header_all(HeaderName::Route);
+        let one_value = lines.next().is_some_and(|l| !l.contains(&b',')) && lines.next().is_none();
+        if !one_value {
+            let mut routes = msg.routes().filter_map(|r| r.ok());
+            routes.next();
+            if let Some(second) = routes.next() {
+                return Some((second.uri().ok()?, true));
+            }
         }
     }
     Some((msg.request_uri().ok()?, false))

@@ -361,6 +361,30 @@ fn a_header_the_proxy_does_not_use_is_forwarded_as_it_came() {
 }
 
 #[test]
+fn loose_routing_goes_to_the_route_after_ours_on_one_line_or_two() {
+    // §16.12: our Route is popped and the request goes to the next Route value, not to the
+    // Request-URI, whether the values share a line or not.
+    for routes in [
+        format!("Route: <sip:{OWN};lr;ss=0>, <sip:192.0.2.30:5070;lr>"),
+        format!("Route: <sip:{OWN};lr;ss=0>\r\nRoute: <sip:192.0.2.30:5070;lr>"),
+    ] {
+        let mut c = core();
+        let bye = format!(
+            "BYE sip:bob@192.0.2.20:5062 SIP/2.0\r\nVia: SIP/2.0/UDP {CALLER};branch=z9hG4bKlr2\r\n\
+             {routes}\r\nMax-Forwards: 70\r\nFrom: <sip:alice@localhost>;tag=a1\r\n\
+             To: <sip:bob@localhost>;tag=b1\r\nCall-ID: lr2\r\nCSeq: 2 BYE\r\n\
+             Content-Length: 0\r\n\r\n"
+        );
+        let out = send(&mut c, bye.as_bytes(), CALLER, 1, T0);
+        assert_eq!(out.len(), 1, "{routes}");
+        assert_eq!(out[0].0, addr("192.0.2.30:5070"), "{routes}");
+        let f = Message::parse(&out[0].1).unwrap();
+        let left: Vec<_> = f.header_all(HeaderName::Route).collect();
+        assert_eq!(left, vec![&b"<sip:192.0.2.30:5070;lr>"[..]], "{routes}");
+    }
+}
+
+#[test]
 fn cancel_from_the_caller_ends_in_487() {
     let mut c = core();
     register(&mut c, "bob", "192.0.2.20:5062");

@@ -29,6 +29,7 @@ pub struct HeaderCache<'a> {
     to: core::cell::Cell<Option<Result<NameAddr<'a>, ParseError>>>,
     top_via: core::cell::Cell<Option<Result<Via<'a>, ParseError>>>,
     request_uri: core::cell::Cell<Option<Result<Uri<'a>, ParseError>>>,
+    top_route_uri: core::cell::Cell<Option<Option<Uri<'a>>>>,
 }
 
 /// Iterator over every Via value of a message, across header lines and commas.
@@ -260,6 +261,21 @@ impl<'a> Message<'a> {
     /// Route values in order.
     pub fn routes(&self) -> impl Iterator<Item = Result<NameAddr<'a>, ParseError>> + '_ {
         self.name_addrs(HeaderName::Route)
+    }
+
+    /// The URI of the first Route value, parsed once (loose routing reads it several times);
+    /// None without a Route or when it does not parse.
+    pub fn top_route_uri(&self) -> Option<Uri<'a>> {
+        if let Some(v) = self.cache.top_route_uri.get() {
+            return v;
+        }
+        let v = self
+            .routes()
+            .next()
+            .and_then(|r| r.ok())
+            .and_then(|r| r.uri().ok());
+        self.cache.top_route_uri.set(Some(v));
+        v
     }
 
     /// Record-Route values in order.
