@@ -395,20 +395,20 @@ impl<'a> Message<'a> {
         if is_request {
             self.required(HeaderName::Via)?;
         }
-        // The top Via goes into its cache (every path reads it again).
-        if self.cache.top_via.get().is_some() || vias == 1 {
+        // The top Via goes into its cache (every path reads it again). Walking to a lower
+        // Via parses the ones above it, so with a single Via value only the cache is used.
+        let single_via = || {
+            let mut lines = self.header_all(HeaderName::Via);
+            lines.next().is_some_and(|v| !v.contains(&b',')) && lines.next().is_none()
+        };
+        if vias == 1 || (vias == usize::MAX && single_via()) {
             if self.header(HeaderName::Via).is_some() {
                 self.top_via()?;
             }
-            // With the top one parsed, skipping it in the iterator would parse it again.
-            if vias > 1 {
-                for v in self.vias().skip(1).take(vias - 1) {
-                    v?;
-                }
-            }
         } else {
+            let cached = self.cache.top_via.get().is_some();
             for (i, v) in self.vias().take(vias).enumerate() {
-                if i == 0 {
+                if i == 0 && !cached {
                     self.cache.top_via.set(Some(v));
                 }
                 v?;
