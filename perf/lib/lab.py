@@ -756,7 +756,8 @@ def main():
         log('wrote %s.json' % base)
     # tables, plots and the printed summary
     subprocess.check_call([sys.executable, os.path.join(PERF, 'lib', 'report.py')]
-                          + ([] if opts.quick else ['--readme']) + outputs)
+                          + ([] if opts.quick or TRANSPORT != 'un' else ['--readme'])
+                          + outputs)
     log('done in %.1f min' % ((time.time() - started) / 60))
 
 

@@ -3,8 +3,8 @@
 
 usage: report.py [--readme] RESULT.json...
 
-Writes RESULT.md next to each JSON file, the SVG plots <date>[-quick]-cpu.svg (server CPU µs
-per operation by target and scenario, bar chart) and <date>[-quick]-latency.svg (sipshard's
+Writes RESULT.md next to each JSON file, the SVG plots <date>[-u1][-quick]-cpu.svg (server CPU µs
+per operation by target and scenario, bar chart) and <date>[-u1][-quick]-latency.svg (sipshard's
 in-server latency percentiles vs offered rate) from the newest result of each scenario in
 perf/results, prints a short summary, and with --readme puts the tables and plots into the
 "## Performance" section of README.md (between the perf-results markers).
@@ -278,7 +278,7 @@ def svg_cpu(docs, path):
             o.append('<text x="%d" y="%.1f" text-anchor="middle">%s</text>' % (
                 x + (bw - 4) / 2, top + h - bh - 4, f1(v)))
             x += bw
-        note = ' (sipshard n/a)' if d['scenario'] == 'calls' else ''
+        note = ''
         o.append('<text x="%.1f" y="%d" text-anchor="middle" font-size="12">%s%s @ %s/s</text>' % (
             (x0 + x) / 2, top + h + 18, esc(d['scenario']), note, '{:,}'.format(d['fixed_rate'])))
         x += gap
@@ -353,8 +353,8 @@ def svg_latency(docs, path):
 
 
 # ---- summary, README -----------------------------------------------------------------------------
-def newest(quick):
-    """The newest result of each scenario (same mode)."""
+def newest(quick, transport='un'):
+    """The newest result of each scenario (same mode, same SIPp transport)."""
     out = {}
     for p in sorted(glob.glob(os.path.join(RESULTS, '*.json'))):
         if p.endswith('-quick.json') != quick:
@@ -364,7 +364,7 @@ def newest(quick):
                 d = json.load(f)
         except (OSError, ValueError):
             continue
-        if 'searches' in d:
+        if 'searches' in d and d.get('transport', 'un') == transport:
             out[d['scenario']] = (p, d)
     return [out[k] for k in ('reg', 'reg-auth', 'calls') if k in out]
 
@@ -379,10 +379,10 @@ def readme_section(items, cpu_svg, lat_svg):
              'perf/compare reg|reg-auth|calls [--quick]', '```', '']
     if o:
         lines += ['Server CPU per operation is the figure that counts (SIPp shares the 2 cores, so the '
-                  'max rate mostly measures SIPp). These runs were on the shared 2-vCPU dev machine '
-                  'while other processes took ~%.0f%% of one core: every absolute figure is inflated '
-                  '(Kamailio too, compare its line with the baseline); compare within a run.' % (
-                      sum(o) / len(o)), '']
+                  'max rate mostly measures SIPp). These runs were on a shared 2-vCPU VM while other '
+                  'processes took ~%.0f%% of one core. Absolute figures move with the VM (Kamailio\'s '
+                  'line against its baseline, and the UDP echo against the 3.1 µs per round trip of '
+                  'DESIGN.md, show by how much); compare within a run.' % (sum(o) / len(o)), '']
     for p, d in items:
         lines += ['### %s (%s)' % (d['title'], d['date']), '']
         lines += summary_table(d) + ['']
@@ -442,17 +442,17 @@ def main():
     args = sys.argv[1:]
     readme = '--readme' in args
     paths = [a for a in args if a != '--readme']
-    quick = False
+    quick, transport = False, 'un'
     for p in paths:
         with open(p) as f:
             d = json.load(f)
-        quick = d['quick']
+        quick, transport = d['quick'], d.get('transport', 'un')
         write_md(p[:-5] + '.md', d)
-    items = newest(quick)
+    items = newest(quick, transport)
     if not items:
         return
     day = max(d['date'] for _, d in items)
-    suffix = '-quick' if quick else ''
+    suffix = ('' if transport == 'un' else '-' + transport) + ('-quick' if quick else '')
     cpu_svg = os.path.join(RESULTS, '%s%s-cpu.svg' % (day, suffix))
     lat_svg = os.path.join(RESULTS, '%s%s-latency.svg' % (day, suffix))
     docs = [d for _, d in items]
@@ -460,7 +460,7 @@ def main():
     svg_latency(docs, lat_svg)
     print_summary(items)
     print('\nplots: %s, %s' % (cpu_svg, lat_svg))
-    if readme and not quick:
+    if readme:
         update_readme(readme_section(items, cpu_svg, lat_svg))
         print('README.md: Performance section updated')
 
