@@ -19,6 +19,7 @@ use crate::metrics::{DropReason, ShardStats};
 use crate::proxy::stateful::{next_hop, shard_of_branch, uri_address, Handled, Proxy, Target};
 use crate::registrar::{Registrar, RegistrarConfig, ResponseCtx};
 use crate::shard::ownership::{aor_hash, owner_shard};
+use crate::sip::write::write_with_fixed_via;
 use crate::sip::{HeaderName, Message, Method, Scheme, Uri};
 use outbox::Outbox;
 use reply::Reply;
@@ -91,6 +92,8 @@ pub struct Core {
     listen_sockets: usize,
     /// Scratch buffer for AOR keys.
     key: Vec<u8>,
+    /// Scratch: a request copied with its top Via fixed up before it is forwarded.
+    fixed_via_buf: Vec<u8>,
 }
 
 /// How often the nonce-count replay table drops expired nonces.
@@ -141,6 +144,7 @@ impl Core {
             proxy,
             listen_sockets,
             key: Vec::with_capacity(128),
+            fixed_via_buf: Vec::new(),
         }
     }
 
@@ -355,7 +359,24 @@ impl Core {
             Method::Other => reply.with(out, 501, b"Not Implemented", |o| {
                 crate::sip::write::header(o, "Allow", ALLOW)
             }),
-            _ => self.for_user(msg, &ruri, now_ms, reply, out),
+            _ => {
+                let fix = reply.via_fixup();
+                if !fix.add_received {
+                    return self.for_user(msg, &ruri, now_ms, reply, out);
+                }
+                // What we forward carries received/rport in the caller's Via (§18.2.1, RFC
+                // 3581 §4), so that responses relayed by the Via alone reach it through NAT.
+                let mut buf = core::mem::take(&mut self.fixed_via_buf);
+                buf.clear();
+                let fixed = write_with_fixed_via(&mut buf, msg, fix)
+                    .then(|| Message::parse(&buf).ok())
+                    .flatten();
+                match fixed.as_ref().map(|m| (m, m.request_uri())) {
+                    Some((m, Ok(u))) => self.for_user(m, &u, now_ms, reply, out),
+                    _ => self.for_user(msg, &ruri, now_ms, reply, out),
+                }
+                self.fixed_via_buf = buf;
+            }
         }
     }
 

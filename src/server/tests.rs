@@ -385,6 +385,42 @@ fn loose_routing_goes_to_the_route_after_ours_on_one_line_or_two() {
 }
 
 #[test]
+fn a_caller_behind_nat_gets_received_and_rport_in_the_forwarded_via() {
+    // RFC 3261 §18.2.1 and RFC 3581 §4: the Via says 10.0.0.5:5060 with a valueless rport,
+    // the datagram came from 192.0.2.10:40001. The forwarded request carries both, so that
+    // a response relayed by the Via alone (stateless mode here) reaches the NAT binding.
+    let mut c = core_with(Mode::Stateless, RegistrarSettings::default(), None);
+    register(&mut c, "bob", "192.0.2.20:5062");
+    let inv = String::from_utf8(invite("z9hG4bKnat"))
+        .unwrap()
+        .replace(&format!("{CALLER};branch"), "10.0.0.5:5060;rport;branch");
+    let out = send(&mut c, inv.as_bytes(), "192.0.2.10:40001", 0, T0);
+    let fwd = sent_to(&out, "192.0.2.20:5062").remove(0);
+    let f = Message::parse(&fwd).unwrap();
+    let caller_via = f.vias().nth(1).unwrap().unwrap();
+    assert_eq!(caller_via.received(), Some(&b"192.0.2.10"[..]));
+    assert_eq!(caller_via.rport(), Some(Some(40001)));
+    let out = send(
+        &mut c,
+        &answer(&fwd, 486, "Busy Here", "b1"),
+        "192.0.2.20:5062",
+        1,
+        T0 + 5,
+    );
+    assert_eq!(
+        out[0].0,
+        addr("192.0.2.10:40001"),
+        "back through the NAT binding"
+    );
+    // Without NAT (sent-by = source, no rport) the request goes on byte for byte.
+    let out = send(&mut c, &invite("z9hG4bKnonat"), CALLER, 0, T0 + 10);
+    let fwd = sent_to(&out, "192.0.2.20:5062").remove(0);
+    let f = Message::parse(&fwd).unwrap();
+    let caller_via = f.vias().nth(1).unwrap().unwrap();
+    assert_eq!(caller_via.received(), None);
+}
+
+#[test]
 fn cancel_from_the_caller_ends_in_487() {
     let mut c = core();
     register(&mut c, "bob", "192.0.2.20:5062");

@@ -129,6 +129,23 @@ fn write_fixed_via(out: &mut Vec<u8>, req: &Message<'_>, line: &[u8], fix: ViaFi
     }
 }
 
+/// Copies the request `msg` with its top Via fixed up as the server transport must (RFC 3261
+/// §18.2.1: `received` when the sent-by is not the source address; RFC 3581 §4: a valueless
+/// `rport` gets the source port), so that what a proxy forwards carries it and responses
+/// relayed by the Via alone reach a client behind NAT. Returns false (nothing written) when
+/// the message has no Via.
+pub fn write_with_fixed_via(out: &mut Vec<u8>, msg: &Message<'_>, fix: ViaFixup<'_>) -> bool {
+    let Some(slot) = msg.first_slot(HeaderName::Via) else {
+        return false;
+    };
+    let buf = msg.buf();
+    out.reserve(msg.len() + 48);
+    out.extend_from_slice(&buf[msg.start_offset()..slot.value.start as usize]);
+    write_fixed_via(out, msg, msg.slice(slot.value), fix);
+    out.extend_from_slice(&buf[slot.value.end as usize..msg.len()]);
+    true
+}
+
 /// Ends the header section with Content-Length and appends the body.
 #[inline]
 pub fn finish(out: &mut Vec<u8>, body: &[u8]) {
