@@ -135,6 +135,9 @@ pub struct Proxy {
     branch_seq: u64,
     settings: ProxySettings,
     contexts: HashMap<ServerTxnId, Forwarding>,
+    /// The server transaction key `absorb` found new, for the `forward` of the same request
+    /// (identified by its buffer address and length).
+    new_key: Option<(usize, usize, crate::txn::ServerKey)>,
     client_ctx: HashMap<ClientTxnId, ServerTxnId>,
     txn_out: Vec<TxnOut>,
     scratch: Vec<u8>,
@@ -210,6 +213,7 @@ impl Proxy {
             branch_seq: 0,
             settings,
             contexts: HashMap::new(),
+            new_key: None,
             client_ctx: HashMap::new(),
             txn_out: Vec::new(),
             scratch: Vec::with_capacity(2048),
@@ -340,11 +344,18 @@ impl Proxy {
     /// Matches a request against the server transactions: retransmissions are absorbed (the
     /// last response resent) and so are ACKs of non-2xx finals. Returns Some(Absorbed) then.
     pub fn absorb(&mut self, msg: &Message<'_>, now_ms: u64, out: &mut Outbox) -> Option<Handled> {
+        self.new_key = None;
         let mut txn_out = core::mem::take(&mut self.txn_out);
         let m = self.txns.on_server_request(msg, now_ms, &mut txn_out);
         self.drain(&mut txn_out, now_ms, out);
         self.txn_out = txn_out;
         match m {
+            Ok(Match::New(key)) => {
+                // `forward` of this same request creates its transaction with this key
+                // instead of building it again.
+                self.new_key = Some((msg.buf().as_ptr() as usize, msg.len(), key));
+                None
+            }
             // RFC 6026 §8.7: an ACK in Accepted is passed to the TU (it is forwarded).
             Ok(Match::Ack(_, AckOutcome::PassToTu)) => None,
             Ok(Match::Retransmission(_)) | Ok(Match::Ack(..)) => Some(Handled::Absorbed),
@@ -369,10 +380,20 @@ impl Proxy {
     ) -> Handled {
         let method = msg.method().unwrap_or(Method::Other);
         let is_invite = method == Method::Invite;
-        let sid = match self
-            .txns
-            .new_server(msg, response_dst, in_socket as u16, false)
-        {
+        let key = self
+            .new_key
+            .take()
+            .filter(|(at, len, _)| *at == msg.buf().as_ptr() as usize && *len == msg.len());
+        let created = match key {
+            Some((_, _, key)) => {
+                self.txns
+                    .insert_server(key, method, response_dst, in_socket as u16, false)
+            }
+            None => self
+                .txns
+                .new_server(msg, response_dst, in_socket as u16, false),
+        };
+        let sid = match created {
             Ok(id) => id,
             Err(_) => return Handled::Absorbed,
         };
