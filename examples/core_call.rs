@@ -133,21 +133,25 @@ fn main() {
         .nth(1)
         .and_then(|a| a.parse().ok())
         .unwrap_or(20_000);
-    let cfg = Arc::new(CoreConfig {
-        domains: vec!["127.0.0.1".into()],
-        local_addrs: vec![addr(LISTEN)],
-        shards: 1,
-        mode: Mode::Proxy,
-        registrar: RegistrarSettings::default(),
-        proxy: Default::default(),
-    });
-    let mut core = Core::new(
-        0,
-        cfg,
-        Arc::new(ShardStats::default()),
-        None,
-        &[addr(LISTEN), addr(OWN)],
-    );
+    // One shard on LISTEN with its own port OWN; the measured core and its twin alike.
+    let new_core = || {
+        let cfg = CoreConfig {
+            domains: vec!["127.0.0.1".into()],
+            local_addrs: vec![addr(LISTEN)],
+            shards: 1,
+            mode: Mode::Proxy,
+            registrar: RegistrarSettings::default(),
+            proxy: Default::default(),
+        };
+        Core::new(
+            0,
+            Arc::new(cfg),
+            Arc::new(ShardStats::default()),
+            None,
+            &[addr(LISTEN), addr(OWN)],
+        )
+    };
+    let mut core = new_core();
     let mut out = Outbox::new();
     let reg = format!(
         "REGISTER sip:127.0.0.1:5060 SIP/2.0\r\nVia: SIP/2.0/UDP {CALLEE};branch=z9hG4bKreg\r\n\
@@ -163,20 +167,7 @@ fn main() {
     let byes: Vec<Vec<u8>> = (0..n).map(|i| in_dialog(i, "BYE", 2)).collect();
     // The callee's answers depend on what the proxy forwards: build them from a first pass
     // on a twin core (same branch sequence, so the same bytes).
-    let mut twin = Core::new(
-        0,
-        Arc::new(CoreConfig {
-            domains: vec!["127.0.0.1".into()],
-            local_addrs: vec![addr(LISTEN)],
-            shards: 1,
-            mode: Mode::Proxy,
-            registrar: RegistrarSettings::default(),
-            proxy: Default::default(),
-        }),
-        Arc::new(ShardStats::default()),
-        None,
-        &[addr(LISTEN), addr(OWN)],
-    );
+    let mut twin = new_core();
     send(&mut twin, &mut out, reg.as_bytes(), CALLEE, 0, now);
     // Same order as the measured rounds below (all INVITEs of a round, then all BYEs), so
     // that the twin's branches are the ones the measured core will write.

@@ -85,6 +85,14 @@ struct Branch {
     cancel_wanted: bool,
 }
 
+impl Branch {
+    /// The request as forwarded, leaving the branch without it: it is kept only to build
+    /// this branch's CANCEL, so once that is sent (or can no longer be) its bytes go.
+    fn take_request(&mut self) -> Bytes {
+        core::mem::replace(&mut self.request, crate::txn::empty_bytes())
+    }
+}
+
 /// The response context of one server transaction (§16.7).
 struct Forwarding {
     is_invite: bool,
@@ -714,7 +722,7 @@ impl Proxy {
             return;
         }
         // A branch is cancelled once: its request goes with its CANCEL.
-        let request = core::mem::replace(&mut b.request, crate::txn::empty_bytes());
+        let request = b.take_request();
         let dst = b.dst;
         self.send_cancel(cid, &request, dst, now_ms, txn_out);
     }
@@ -838,7 +846,7 @@ impl Proxy {
             .iter_mut()
             .filter(|b| !b.done && b.provisional && !b.request.is_empty())
             .map(|b| {
-                let request = core::mem::replace(&mut b.request, crate::txn::empty_bytes());
+                let request = b.take_request();
                 (b.id, request, b.dst)
             })
             .collect();
@@ -999,7 +1007,7 @@ impl Proxy {
             b.done = true;
             if !b.cancel_wanted {
                 // A finished branch is never cancelled: free its copy of the request.
-                b.request = crate::txn::empty_bytes();
+                b.take_request();
             }
             if let Some(k) = b.timer_c.take() {
                 self.timer_c.cancel(k);
@@ -1093,7 +1101,7 @@ impl Proxy {
         if b.cancel_wanted {
             b.cancel_wanted = false;
             // The request is only kept to build this CANCEL.
-            let request = core::mem::replace(&mut b.request, crate::txn::empty_bytes());
+            let request = b.take_request();
             let dst = b.dst;
             self.send_cancel(cid, &request, dst, now_ms, txn_out);
             return false;
@@ -1124,7 +1132,7 @@ impl Proxy {
         if b.done {
             return;
         }
-        let request = core::mem::replace(&mut b.request, crate::txn::empty_bytes());
+        let request = b.take_request();
         let dst = b.dst;
         self.send_cancel(cid, &request, dst, now_ms, txn_out);
         self.branch_final(sid, cid, 408, None, now_ms, txn_out);
@@ -1217,9 +1225,7 @@ pub fn next_hop<'a>(msg: &Message<'a>, proxy: &Proxy) -> Option<(Uri<'a>, bool)>
             return Some((u, true));
         }
         // Only walk the values (parsing the first again) when there can be a second one.
-        let mut lines = msg.header_all(HeaderName::Route);
-        let one_value = lines.next().is_some_and(|l| !l.contains(&b',')) && lines.next().is_none();
-        if !one_value {
+        if !msg.has_one_value(HeaderName::Route) {
             let mut routes = msg.routes().filter_map(|r| r.ok());
             routes.next();
             if let Some(second) = routes.next() {

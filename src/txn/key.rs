@@ -201,11 +201,17 @@ impl ClientKey {
     /// A key from the branch of the Via this element added and the request method.
     pub fn new(branch: &[u8], method: &[u8]) -> ClientKey {
         let mut k = Vec::with_capacity(2 + branch.len() + method.len());
+        Self::write(branch, method, &mut k);
+        ClientKey(k.into_boxed_slice())
+    }
+
+    /// The key bytes: kind, method, NUL, branch (`k` cleared first).
+    fn write(branch: &[u8], method: &[u8], k: &mut Vec<u8>) {
+        k.clear();
         k.push(KIND_CLIENT);
         k.extend_from_slice(method);
         k.push(0);
         k.extend_from_slice(branch);
-        ClientKey(k.into_boxed_slice())
     }
 
     /// The key of a request this element sends (top Via branch, CSeq method).
@@ -229,22 +235,22 @@ impl ClientKey {
         if msg.is_request() {
             return Err(KeyError::NotAResponse);
         }
-        let via = msg.top_via().map_err(|_| KeyError::Via)?;
-        let branch = via.branch().ok_or(KeyError::Branch)?;
-        let cseq = msg.cseq().map_err(|_| KeyError::CSeq)?;
-        k.clear();
-        k.push(KIND_CLIENT);
-        k.extend_from_slice(cseq.method);
-        k.push(0);
-        k.extend_from_slice(branch);
+        let (branch, method) = Self::fields(msg)?;
+        Self::write(branch, method, k);
         Ok(())
     }
 
     fn from_message(msg: &Message<'_>) -> Result<ClientKey, KeyError> {
+        let (branch, method) = Self::fields(msg)?;
+        Ok(Self::new(branch, method))
+    }
+
+    /// The matching fields of §17.1.3: top Via branch and CSeq method.
+    fn fields<'a>(msg: &Message<'a>) -> Result<(&'a [u8], &'a [u8]), KeyError> {
         let via = msg.top_via().map_err(|_| KeyError::Via)?;
         let branch = via.branch().ok_or(KeyError::Branch)?;
         let cseq = msg.cseq().map_err(|_| KeyError::CSeq)?;
-        Ok(Self::new(branch, cseq.method))
+        Ok((branch, cseq.method))
     }
 
     /// True if the transaction is an INVITE client transaction.

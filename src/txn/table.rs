@@ -455,12 +455,10 @@ impl TransactionTable {
         out: &mut Vec<TxnOut>,
     ) -> Option<(ClientTxnId, ClientEvent)> {
         let status = msg.status()?;
-        let mut k = self.key_buf.take();
-        let index = ClientKey::write_for_response(msg, &mut k)
-            .ok()
-            .and_then(|()| self.client_keys.get(&k[..]).copied());
-        self.key_buf.set(k);
-        let index = index?;
+        let index = self.with_key_buf(|k| {
+            ClientKey::write_for_response(msg, k).ok()?;
+            self.client_keys.get(&k[..]).copied()
+        })?;
         let generation = self.clients.generation(index)?;
         let cfg = self.cfg;
         let entry = self.clients.get_mut(index, generation)?;

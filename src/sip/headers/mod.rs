@@ -263,6 +263,13 @@ impl<'a> Message<'a> {
         self.name_addrs(HeaderName::Route)
     }
 
+    /// True if `name` appears on one line with no comma in it, i.e. holds one value; a cheap
+    /// test that saves walking a list (which parses its first value again) for nothing.
+    pub fn has_one_value(&self, name: HeaderName) -> bool {
+        let mut lines = self.header_all(name);
+        lines.next().is_some_and(|v| !v.contains(&b',')) && lines.next().is_none()
+    }
+
     /// The URI of the first Route value, parsed once (loose routing reads it several times);
     /// None without a Route or when it does not parse.
     pub fn top_route_uri(&self) -> Option<Uri<'a>> {
@@ -397,11 +404,7 @@ impl<'a> Message<'a> {
         }
         // The top Via goes into its cache (every path reads it again). Walking to a lower
         // Via parses the ones above it, so with a single Via value only the cache is used.
-        let single_via = || {
-            let mut lines = self.header_all(HeaderName::Via);
-            lines.next().is_some_and(|v| !v.contains(&b',')) && lines.next().is_none()
-        };
-        if vias == 1 || (vias == usize::MAX && single_via()) {
+        if vias == 1 || (vias == usize::MAX && self.has_one_value(HeaderName::Via)) {
             if self.header(HeaderName::Via).is_some() {
                 self.top_via()?;
             }
