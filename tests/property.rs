@@ -144,9 +144,15 @@ fn check(buf: &[u8]) {
             assert!(within(buf, n) && val.is_none_or(|x| within(buf, x)));
         }
     }
+    // From and To are parsed for their tags and the URI's extent; their URIs are checked by
+    // `uri()` and by `validate()` (below).
+    for a in msg.from().iter().chain(msg.to().iter()) {
+        assert!(within(buf, a.uri_raw) && a.tag().is_none_or(|t| within(buf, t)));
+        if let Ok(u) = a.uri() {
+            assert!(within(buf, u.host));
+        }
+    }
     let mut addrs = Vec::new();
-    addrs.extend(msg.from().ok());
-    addrs.extend(msg.to().ok());
     addrs.extend(msg.contacts().flatten());
     addrs.extend(msg.routes().flatten());
     addrs.extend(msg.record_routes().flatten());
@@ -171,6 +177,7 @@ fn check(buf: &[u8]) {
     if msg.validate().is_err() {
         return;
     }
+    assert!(msg.from().unwrap().uri().is_ok() && msg.to().unwrap().uri().is_ok());
     // Round trip through the canonical writer. Two inputs cannot: a message with the most
     // header lines and no Content-Length gains a line, and one near the size limit may grow
     // past it (compact names are expanded); the latter is parsed without the size limit.

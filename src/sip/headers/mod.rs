@@ -130,10 +130,24 @@ impl<'a> Message<'a> {
         }
     }
 
+    /// From or To: display name, URI extent and parameters; the URI itself is checked by
+    /// `NameAddr::uri` and by [`Message::validate`] (see [`NameAddr::parse_lazy`]).
     fn name_addr(&self, name: HeaderName) -> Result<NameAddr<'a>, ParseError> {
         let v = self.required(name)?;
         let at = self.offset_of(v);
-        NameAddr::parse(v).map_err(|e| self.bad(ErrorKind::BadHeaderValue, name, at + e))
+        NameAddr::parse_lazy(v).map_err(|e| self.bad(ErrorKind::BadHeaderValue, name, at + e))
+    }
+
+    /// The URI of From or To, with an error naming the header and the URI's offset.
+    fn name_addr_uri(&self, name: HeaderName, addr: &NameAddr<'a>) -> Result<(), ParseError> {
+        match addr.uri() {
+            Ok(_) => Ok(()),
+            Err(_) => Err(self.bad(
+                ErrorKind::BadHeaderValue,
+                name,
+                self.offset_of(addr.uri_raw),
+            )),
+        }
     }
 
     /// The From header.
@@ -437,6 +451,9 @@ impl<'a> Message<'a> {
 
     /// The checks of [`Message::validate`] beyond the transaction fields.
     fn validate_rest(&self) -> Result<(), ParseError> {
+        // validate_transaction_fields has parsed both (the proxy's path reads only their tags).
+        self.name_addr_uri(HeaderName::From, &self.from()?)?;
+        self.name_addr_uri(HeaderName::To, &self.to()?)?;
         self.expires()?;
         self.min_expires()?;
         self.content_type()?;
@@ -576,6 +593,25 @@ mod tests {
              To: <sip:bob@example.com>\r\nCall-ID: c1\r\nCSeq: 1 INVITE\r\n\
              {extra}\r\nContent-Length: 0\r\n\r\n"
         )
+    }
+
+    #[test]
+    fn from_and_to_uris_are_checked_by_validate_not_by_the_tag_readers() {
+        let m = invite_with("Subject: x")
+            .replace("From: <sip:alice@example.com>", "From: <sip:alice@[::1>");
+        let msg = Message::parse(m.as_bytes()).unwrap();
+        // The proxy reads the tag; it does not use the URI (§16.3 step 1).
+        assert_eq!(msg.from().unwrap().tag(), Some(&b"1"[..]));
+        assert!(msg.from().unwrap().uri().is_err());
+        assert_eq!(msg.validate_for_proxy(), Ok(()));
+        // A UAS or registrar validating the whole request gets the header and the URI's offset.
+        let e = msg.validate().unwrap_err();
+        assert_eq!(e.header, Some("From"));
+        assert_eq!(e.offset, m.find("sip:alice@[").unwrap());
+        let m = invite_with("Subject: x").replace("To: <sip:bob@example.com>", "To: sip:bob@");
+        let msg = Message::parse(m.as_bytes()).unwrap();
+        assert_eq!(msg.to().unwrap().tag(), None);
+        assert_eq!(msg.validate().unwrap_err().header, Some("To"));
     }
 
     #[test]

@@ -21,9 +21,21 @@ pub struct NameAddr<'a> {
 }
 
 impl<'a> NameAddr<'a> {
-    /// Parses one `(name-addr / addr-spec) *(SEMI param)` value. On error returns the offset
-    /// within `s`.
+    /// Parses one `(name-addr / addr-spec) *(SEMI param)` value, URI included. On error
+    /// returns the offset within `s`.
     pub fn parse(s: &'a [u8]) -> Result<NameAddr<'a>, usize> {
+        Self::parse_structure(s, true)
+    }
+
+    /// Parses the display name, the URI's extent and the parameters, but not the URI itself
+    /// (`uri()` checks it when asked). From and To are read for their tags on every request a
+    /// proxy relays, and a proxy must not reject a request for a field it does not use (RFC
+    /// 3261 §16.3 step 1); [`crate::sip::Message::validate`] still checks both URIs.
+    pub fn parse_lazy(s: &'a [u8]) -> Result<NameAddr<'a>, usize> {
+        Self::parse_structure(s, false)
+    }
+
+    fn parse_structure(s: &'a [u8], check_uri: bool) -> Result<NameAddr<'a>, usize> {
         let mut c = Cursor::new(s);
         c.skip_lws();
         let mut display = None;
@@ -76,10 +88,15 @@ impl<'a> NameAddr<'a> {
             }
             bracketed = false;
         }
-        let uri_at = c.pos - uri_raw.len() - bracketed as usize;
-        // Checked here so that a name-addr that parses has a URI that parses; `uri()` parses
-        // it again when asked (the hot paths read the tag, rarely the URI).
-        Uri::parse(uri_raw).map_err(|_| uri_at)?;
+        if uri_raw.is_empty() {
+            return Err(c.pos - bracketed as usize);
+        }
+        if check_uri {
+            // A name-addr that parses has a URI that parses; `uri()` parses it again when
+            // asked (the hot paths read the tag, rarely the URI).
+            let uri_at = c.pos - uri_raw.len() - bracketed as usize;
+            Uri::parse(uri_raw).map_err(|_| uri_at)?;
+        }
         let (params, tag) = Params::scan_find(&mut c, b"tag")?;
         if !only_lws(c.rest()) {
             return Err(c.pos);
@@ -93,8 +110,8 @@ impl<'a> NameAddr<'a> {
         })
     }
 
-    /// The URI (checked by `parse`, so never an error; the `Result` is kept so callers read
-    /// like the other accessors).
+    /// The URI: never an error after `parse`; after `parse_lazy` (From, To) this is where a
+    /// malformed URI is found.
     pub fn uri(&self) -> Result<Uri<'a>, UriError> {
         Uri::parse(self.uri_raw)
     }
