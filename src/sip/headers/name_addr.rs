@@ -49,34 +49,34 @@ impl<'a> NameAddr<'a> {
             }
         }
         // Is there a '<' before any ';' at this level? Then it is a name-addr.
+        // (With a quoted display name, `<` is the next byte.)
         let rest = c.rest();
-        let has_angle = rest
-            .iter()
-            .position(|&ch| ch == b'<')
-            .is_some_and(|lt| !rest[..lt].contains(&b';') || display.is_some());
-        if has_angle {
-            if display.is_none() && c.peek() != Some(b'<') {
+        let angle = match display {
+            Some(_) => Some(0),
+            None => memchr::memchr2(b'<', b';', rest).filter(|&i| rest[i] == b'<'),
+        };
+        if let Some(lt) = angle {
+            if lt > 0 {
                 // *(token LWS): tokens separated by whitespace; LWS before '<' optional
-                // (RFC 4475 §3.1.1.6).
-                let start = c.pos;
-                loop {
-                    if c.token().is_none() {
-                        return Err(c.pos);
-                    }
-                    c.skip_lws();
-                    if c.peek() == Some(b'<') {
-                        break;
-                    }
+                // (RFC 4475 §3.1.1.6). The first byte is not LWS (skipped above), so this is
+                // "every byte is a token character or LWS"; the error is at the first other.
+                let words = &rest[..lt];
+                if let Some(bad) = words
+                    .iter()
+                    .position(|&ch| !is_token_char(ch) && !is_lws(ch))
+                {
+                    return Err(c.pos + bad);
                 }
-                display = Some(crate::sip::scan::trim(&s[start..c.pos]));
+                display = Some(crate::sip::scan::trim(words));
+                c.pos += lt;
             }
             c.eat(b'<');
             let start = c.pos;
-            c.take_while(|ch| ch != b'>');
-            if !c.eat(b'>') {
-                return Err(c.pos);
-            }
-            uri_raw = &s[start..c.pos - 1];
+            let Some(len) = memchr::memchr(b'>', c.rest()) else {
+                return Err(s.len());
+            };
+            c.pos = start + len + 1;
+            uri_raw = &s[start..start + len];
             bracketed = true;
         } else {
             // addr-spec: no parameters, headers or commas in the URI (they are header params).
@@ -267,5 +267,111 @@ mod tests {
             .unwrap();
         assert_eq!(v.len(), 2);
         assert!(NameAddrList::new(b"<sip:a@b>,,").any(|r| r.is_err()));
+    }
+
+    /// The structure parser before the memchr rewrite: the display name word by word, `>`
+    /// byte by byte. Returns (display, uri, bracketed, params, tag) or the error offset.
+    #[allow(clippy::type_complexity)]
+    fn reference(
+        s: &[u8],
+    ) -> Result<(Option<&[u8]>, &[u8], bool, &[u8], Option<Option<&[u8]>>), usize> {
+        let mut c = Cursor::new(s);
+        c.skip_lws();
+        let mut display = None;
+        let bracketed;
+        let uri_raw;
+        if c.peek() == Some(b'"') {
+            display = Some(c.quoted().ok_or(c.pos)?);
+            c.skip_lws();
+            if c.peek() != Some(b'<') {
+                return Err(c.pos);
+            }
+        }
+        let rest = c.rest();
+        let has_angle = rest
+            .iter()
+            .position(|&ch| ch == b'<')
+            .is_some_and(|lt| !rest[..lt].contains(&b';') || display.is_some());
+        if has_angle {
+            if display.is_none() && c.peek() != Some(b'<') {
+                let start = c.pos;
+                loop {
+                    if c.token().is_none() {
+                        return Err(c.pos);
+                    }
+                    c.skip_lws();
+                    if c.peek() == Some(b'<') {
+                        break;
+                    }
+                }
+                display = Some(crate::sip::scan::trim(&s[start..c.pos]));
+            }
+            c.eat(b'<');
+            let start = c.pos;
+            c.take_while(|ch| ch != b'>');
+            if !c.eat(b'>') {
+                return Err(c.pos);
+            }
+            uri_raw = &s[start..c.pos - 1];
+            bracketed = true;
+        } else {
+            let start = c.pos;
+            c.take_while(|ch| ch != b';' && !is_lws(ch) && ch != b',');
+            uri_raw = &s[start..c.pos];
+            if uri_raw.contains(&b'?') {
+                return Err(start + uri_raw.iter().position(|&ch| ch == b'?').unwrap_or(0));
+            }
+            bracketed = false;
+        }
+        if uri_raw.is_empty() {
+            return Err(c.pos - bracketed as usize);
+        }
+        let (params, tag) = Params::scan_find(&mut c, b"tag")?;
+        if !only_lws(c.rest()) {
+            return Err(c.pos);
+        }
+        Ok((display, uri_raw, bracketed, params.raw(), tag))
+    }
+
+    #[test]
+    fn structure_matches_the_reference_on_mutations() {
+        let seeds: [&[u8]; 8] = [
+            b"\"Alice Liddell\" <sip:alice@atlanta.example.com>;tag=9fxced76sl",
+            b"Bob <sip:bob@biloxi.example.com>",
+            b"<sip:a@b;lr>;expires=60;q=0.7",
+            b"sip:user@example.com;tag=1;unknownparam",
+            b"  caller<sip:caller@example.com> ; tag = 323 ",
+            b"A  B\r\n C <sips:x@[::1]:5061>;tag=\"q;v\"",
+            b"tel:+1-201-555-0123;tag=x",
+            b"Joe <sip:joe@h?Subject=a>;x",
+        ];
+        let alphabet = b"<>;\"= \t,?:@aZ\r\n\\";
+        let mut rng: u64 = 0x9e37_79b9_7f4a_7c15;
+        let mut next = |n: usize| {
+            rng ^= rng << 13;
+            rng ^= rng >> 7;
+            rng ^= rng << 17;
+            (rng % n as u64) as usize
+        };
+        for seed in seeds {
+            for round in 0..4000 {
+                let mut v = seed.to_vec();
+                for _ in 0..round % 4 {
+                    let at = next(v.len() + 1);
+                    let ch = alphabet[next(alphabet.len())];
+                    match next(3) {
+                        0 if at < v.len() => v[at] = ch,
+                        1 if at < v.len() => {
+                            v.remove(at);
+                        }
+                        _ => v.insert(at, ch),
+                    }
+                }
+                let got = NameAddr::parse_lazy(&v)
+                    .map(|n| (n.display, n.uri_raw, n.bracketed, n.params.raw(), n.tag));
+                let want = reference(&v).map(|r| (r.0, r.1, r.2, r.3, r.4.flatten()));
+                assert_eq!(got, want, "{:?}", String::from_utf8_lossy(&v));
+            }
+        }
     }
 }
