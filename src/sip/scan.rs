@@ -377,6 +377,105 @@ impl<'a> Iterator for CommaSplit<'a> {
     }
 }
 
+/// Byte classes for [`skip_class`], one bit each: a byte may be in several.
+pub mod class {
+    /// `token` (RFC 3261 §25.1).
+    pub const TOKEN: u8 = 1;
+    /// A parameter value without quotes: token plus the `[`, `]` and `:` of an IPv6 host.
+    pub const VALUE: u8 = 2;
+    /// Host-name bytes: alphanumerics, `-` and `.`.
+    pub const HOST: u8 = 4;
+    /// Digits and `.`: a host of only these may be an IPv4 address.
+    pub const NUMERIC: u8 = 8;
+}
+
+const fn class_table() -> [u8; 256] {
+    let token = token_table();
+    let mut t = [0u8; 256];
+    let mut i = 0;
+    while i < 256 {
+        let c = i as u8;
+        let mut v = 0;
+        if token[i] {
+            v |= class::TOKEN | class::VALUE;
+        }
+        if matches!(c, b'[' | b']' | b':') {
+            v |= class::VALUE;
+        }
+        if c.is_ascii_alphanumeric() || c == b'-' || c == b'.' {
+            v |= class::HOST;
+        }
+        if c.is_ascii_digit() || c == b'.' {
+            v |= class::NUMERIC;
+        }
+        t[i] = v;
+        i += 1;
+    }
+    t
+}
+
+static CLASS: [u8; 256] = class_table();
+
+/// The [`class`] bits of a byte.
+#[inline]
+pub fn class_of(c: u8) -> u8 {
+    CLASS[c as usize]
+}
+
+/// Skips the bytes from `i` whose [`class`] has the bit `mask`: returns where they stop.
+///
+/// Header values are short, and a byte-at-a-time loop costs a compare and a branch per byte.
+/// Here the classes of eight bytes are AND-ed and tested once; the chunk where the run ends
+/// (and the last bytes) go one byte at a time.
+#[inline]
+pub fn skip_class(s: &[u8], mut i: usize, mask: u8) -> usize {
+    while let Some(chunk) = s.get(i..i + 8) {
+        let b: &[u8; 8] = chunk.try_into().unwrap_or(&[0; 8]);
+        let all = CLASS[b[0] as usize]
+            & CLASS[b[1] as usize]
+            & CLASS[b[2] as usize]
+            & CLASS[b[3] as usize]
+            & CLASS[b[4] as usize]
+            & CLASS[b[5] as usize]
+            & CLASS[b[6] as usize]
+            & CLASS[b[7] as usize];
+        if all & mask == 0 {
+            break;
+        }
+        i += 8;
+    }
+    while let Some(&c) = s.get(i) {
+        if CLASS[c as usize] & mask == 0 {
+            break;
+        }
+        i += 1;
+    }
+    i
+}
+
+/// True if `s` holds two adjacent dots (an empty host-name label). Every pair of adjacent
+/// bytes lies inside one of the eight-byte windows that start seven bytes apart.
+#[inline]
+pub fn has_double_dot(s: &[u8]) -> bool {
+    const LO7: u64 = u64::from_ne_bytes([0x7f; 8]);
+    const HI: u64 = u64::from_ne_bytes([0x80; 8]);
+    const DOTS: u64 = u64::from_ne_bytes([b'.'; 8]);
+    let mut i = 0;
+    while let Some(chunk) = s.get(i..i + 8) {
+        let w = u64::from_le_bytes(chunk.try_into().unwrap_or([0; 8]));
+        // High bit set exactly for the bytes equal to '.': the low seven bits of a byte that
+        // differs from '.' are nonzero after the XOR (or its high bit is), and adding 0x7f to
+        // seven bits carries into the byte's own high bit only.
+        let x = w ^ DOTS;
+        let dot = !((x & LO7).wrapping_add(LO7) | x) & HI;
+        if dot & (dot >> 8) != 0 {
+            return true;
+        }
+        i += 7;
+    }
+    s[i.min(s.len())..].windows(2).any(|p| p == b"..")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

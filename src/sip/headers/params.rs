@@ -2,7 +2,7 @@
 //! and `gen-value = token / host / quoted-string` (RFC 3261 §25.1). LWS is allowed around `;`
 //! and `=` (RFC 4475 §3.1.1.1). Validated once when the header is parsed, then iterated lazily.
 
-use crate::sip::scan::{is_lws, is_token_char, Cursor};
+use crate::sip::scan::{class, is_lws, is_token_char, skip_class, Cursor};
 
 /// What [`Params::get`] returns: `None` if absent, `Some(None)` if present without a value.
 pub type Found<'a> = Option<Option<&'a [u8]>>;
@@ -43,6 +43,7 @@ impl<'a> Params<'a> {
                 break;
             }
             let name_start = skip_lws_at(s, semi + 1);
+            // Names are short: byte by byte.
             let mut i = name_start;
             while i < s.len() && is_token_char(s[i]) {
                 i += 1;
@@ -60,10 +61,7 @@ impl<'a> Params<'a> {
                     value = Some(q.quoted().ok_or(v)?);
                     i = q.pos;
                 } else {
-                    i = v;
-                    while i < s.len() && is_value_char(s[i]) {
-                        i += 1;
-                    }
+                    i = skip_class(s, v, class::VALUE);
                     if i == v {
                         return Err(v);
                     }
@@ -164,6 +162,58 @@ pub(crate) fn only_lws(rest: &[u8]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// `skip_class` and `has_double_dot` against byte-at-a-time references, for every
+    /// start and length of mixed inputs.
+    #[test]
+    fn class_scans_match_reference() {
+        use crate::sip::scan::{class, has_double_dot, is_token_char};
+        let reference = |s: &[u8], i: usize, f: &dyn Fn(u8) -> bool| {
+            i + s[i.min(s.len())..].iter().take_while(|&&c| f(c)).count()
+        };
+        let classes: [(u8, &dyn Fn(u8) -> bool); 4] = [
+            (class::TOKEN, &is_token_char),
+            (class::VALUE, &is_value_char),
+            (class::HOST, &|c: u8| {
+                c.is_ascii_alphanumeric() || c == b'-' || c == b'.'
+            }),
+            (class::NUMERIC, &|c: u8| c.is_ascii_digit() || c == b'.'),
+        ];
+        let alphabet = b"aZ09.-:[]@;=,\" \t\r\n\x80\xff\x00~%";
+        let mut rng: u64 = 0x2545_f491_4f6c_dd1d;
+        for _ in 0..20_000 {
+            rng ^= rng << 13;
+            rng ^= rng >> 7;
+            rng ^= rng << 17;
+            let len = (rng % 40) as usize;
+            let mut r = rng;
+            let s: Vec<u8> = (0..len)
+                .map(|k| {
+                    r = r.rotate_left(7) ^ k as u64;
+                    // Mostly runs of one class, sometimes anything.
+                    if r.is_multiple_of(5) {
+                        alphabet[(r >> 8) as usize % alphabet.len()]
+                    } else {
+                        b"ab1.z9-"[(r >> 8) as usize % 7]
+                    }
+                })
+                .collect();
+            for i in 0..=len + 1 {
+                for (mask, f) in classes {
+                    assert_eq!(
+                        skip_class(&s, i, mask),
+                        reference(&s, i, f),
+                        "{s:?} {i} {mask}"
+                    );
+                }
+            }
+            assert_eq!(
+                has_double_dot(&s),
+                s.windows(2).any(|p| p == b".."),
+                "{s:?}"
+            );
+        }
+    }
 
     #[test]
     fn lws_around_separators() {

@@ -2,8 +2,10 @@
 //! RFC 3581 and IPv6 sent-by/received values of RFC 5118.
 
 use super::params::{only_lws, Params};
-use crate::sip::scan::{is_lws, is_token_char, Cursor};
-use crate::sip::uri::{split_hostport, HostKind};
+use crate::sip::scan::{
+    class, class_of, has_double_dot, is_lws, is_token_char, skip_class, Cursor,
+};
+use crate::sip::uri::{parse_host, split_hostport, HostKind};
 
 /// One Via value (`SIP/2.0/UDP host:port;branch=...`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -38,6 +40,110 @@ impl<'a> Via<'a> {
     /// several values) and stops after its parameters: returns it and where it stopped.
     /// Errors are offsets in `s`.
     pub(crate) fn parse_at(s: &'a [u8], start: usize) -> Result<(Via<'a>, usize), usize> {
+        match Self::parse_common(s, start) {
+            Some(r) => r,
+            None => Self::parse_general(s, start),
+        }
+    }
+
+    /// [`Via::parse_at`] for the usual shape, `SIP/2.0/<transport> <host>[:<port>]`
+    /// followed by the parameters, with the host a host name or IPv4 address, scanned once.
+    /// `None` for anything else (LWS inside sent-protocol or around the colon, IPv6, a bad
+    /// host or port), which [`Via::parse_general`] then parses: where this returns `Some`, it
+    /// is what that would return.
+    #[inline]
+    fn parse_common(s: &'a [u8], start: usize) -> Option<Result<(Via<'a>, usize), usize>> {
+        let mut i = start;
+        while s.get(i).copied().is_some_and(is_lws) {
+            i += 1;
+        }
+        if s.get(i..i + 8)? != b"SIP/2.0/" {
+            return None;
+        }
+        let (protocol, version) = (&s[i..i + 3], &s[i + 4..i + 7]);
+        let t = i + 8;
+        let mut i = skip_class(s, t, class::TOKEN);
+        if i == t {
+            return None;
+        }
+        let transport = &s[t..i];
+        // LWS between sent-protocol and sent-by is mandatory.
+        if !s.get(i).copied().is_some_and(is_lws) {
+            return None;
+        }
+        while s.get(i).copied().is_some_and(is_lws) {
+            i += 1;
+        }
+        let host_start = i;
+        let host_end = skip_class(s, host_start, class::HOST);
+        let host = &s[host_start..host_end];
+        // The general parser takes a host as token bytes up to a colon: if one follows that is
+        // no host-name byte, it rejects the host. A bracket starts an IPv6 reference.
+        let next = s.get(host_end).copied();
+        if host.is_empty()
+            || next.is_some_and(|c| c != b':' && is_token_char(c))
+            || host.len() > 255
+            || matches!(host[0], b'.' | b'-')
+            || has_double_dot(host)
+        {
+            return None;
+        }
+        // A host name usually ends in a letter; only digits and dots can make an IPv4 address.
+        let numeric = |c: u8| class_of(c) & class::NUMERIC != 0;
+        let host_kind = if numeric(host[host.len() - 1]) && host.iter().all(|&c| numeric(c)) {
+            // Digits and dots: an IPv4 address or a numeric host name.
+            parse_host(host).ok()?.1
+        } else {
+            HostKind::Name
+        };
+        let mut i = host_end;
+        let mut port = None;
+        if next == Some(b':') {
+            let mut p = 0u32;
+            let mut end = i + 1;
+            // Five digits or fewer fit a u32; more (leading zeros, out of range) and an empty
+            // port go the general way.
+            while let Some(&d) = s.get(end) {
+                if !d.is_ascii_digit() {
+                    break;
+                }
+                if end - i > 5 {
+                    return None;
+                }
+                p = p * 10 + (d - b'0') as u32;
+                end += 1;
+            }
+            if end == i + 1 {
+                return None;
+            }
+            port = Some(u16::try_from(p).ok()?);
+            i = end;
+        } else if next.is_some_and(is_lws) {
+            // `host : port`: rare, left to the general parser.
+            return None;
+        }
+        let mut c = Cursor { s, pos: i };
+        Some(
+            Params::scan_find(&mut c, b"branch").map(|(params, branch)| {
+                (
+                    Via {
+                        protocol,
+                        version,
+                        transport,
+                        host,
+                        host_kind,
+                        port,
+                        params,
+                        branch: branch.flatten(),
+                    },
+                    c.pos,
+                )
+            }),
+        )
+    }
+
+    /// [`Via::parse_at`] for any input: a cursor step per grammar element.
+    fn parse_general(s: &'a [u8], start: usize) -> Result<(Via<'a>, usize), usize> {
         let mut c = Cursor { s, pos: start };
         c.skip_lws();
         let protocol = c.token().ok_or(c.pos)?;
@@ -156,6 +262,60 @@ mod tests {
         let v = Via::parse(b"SIP/2.0/UDP h ; received=2001:db8::9:255;rport=7").unwrap();
         assert_eq!(v.received(), Some(&b"2001:db8::9:255"[..]));
         assert_eq!(v.rport(), Some(Some(7)));
+    }
+
+    /// The fast path gives what the general parser gives, wherever it answers: over mutations
+    /// of typical values (hosts, ports, transports, LWS, brackets and parameters).
+    #[test]
+    fn common_path_matches_general_parser() {
+        let seeds: [&[u8]; 9] = [
+            b"SIP/2.0/UDP ss2.biloxi.example.com:5060;branch=z9hG4bK721e418c4.1",
+            b"SIP/2.0/TCP 192.0.2.101:65535;branch=z9hG4bK2d4790.1;received=192.0.2.101",
+            b"SIP/2.0/UDP client.atlanta.example.com;branch=z9hG4bK74bf9;rport=5060, SIP/2.0/UDP x",
+            b"SIP/2.0/TLS 10.0.0.1;rport;branch=z9hG4bKx",
+            b"SIP/2.0/UDP 1.2.3.4.5:0;branch=1",
+            b"  SIP/2.0/SCTP a-b.c:00099 ;branch = x ;lr",
+            b"SIP/2.0/UDP [2001:db8::9:1]:5070;rport;branch=z9hG4bKx",
+            b"SIP/2.0/UDP h.x..y:1;branch=2",
+            b"SIP/2.0/UDP h:123456;x=\"a,b\"",
+        ];
+        let alphabet = b"SIP/2.0UDP :;=,.-[]\"\r\n\t09aZ_@";
+        let mut rng: u64 = 0x9e37_79b9_7f4a_7c15;
+        let mut next = |n: usize| {
+            rng ^= rng << 13;
+            rng ^= rng >> 7;
+            rng ^= rng << 17;
+            (rng % n as u64) as usize
+        };
+        let mut fast = 0;
+        for seed in seeds {
+            for round in 0..20_000 {
+                let mut v = seed.to_vec();
+                for _ in 0..round % 4 {
+                    let at = next(v.len() + 1);
+                    let c = alphabet[next(alphabet.len())];
+                    match next(3) {
+                        0 if at < v.len() => v[at] = c,
+                        1 if at < v.len() => {
+                            v.remove(at);
+                        }
+                        _ => v.insert(at, c),
+                    }
+                }
+                let start = next(3).min(v.len());
+                if let Some(r) = Via::parse_common(&v, start) {
+                    fast += 1;
+                    assert_eq!(
+                        r,
+                        Via::parse_general(&v, start),
+                        "{:?} at {start}",
+                        String::from_utf8_lossy(&v)
+                    );
+                }
+            }
+        }
+        // The fast path answered for most inputs (the comparison is not vacuous).
+        assert!(fast > 20_000, "{fast}");
     }
 
     #[test]
