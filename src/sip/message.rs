@@ -131,6 +131,12 @@ fn bad_header_line(buf: &[u8], pos: usize) -> ParseError {
     }
 }
 
+/// SP or HT. Most bytes tested are name or value characters, above SP: one compare rejects them.
+#[inline]
+fn is_sp_ht(c: u8) -> bool {
+    c <= b' ' && (c == b' ' || c == b'\t')
+}
+
 #[inline]
 fn line_end(buf: &[u8], from: usize) -> Option<(usize, usize)> {
     // Returns (end of content excluding CR, start of next line).
@@ -269,7 +275,7 @@ impl<'a> Message<'a> {
                 return Err(bad_header_line(buf, pos));
             };
             let mut name_end = pos + colon;
-            while name_end > pos && matches!(buf[name_end - 1], b' ' | b'\t') {
+            while name_end > pos && is_sp_ht(buf[name_end - 1]) {
                 name_end -= 1;
             }
             let name_bytes = &buf[pos..name_end];
@@ -281,7 +287,7 @@ impl<'a> Message<'a> {
                 return Err(bad_header_line(buf, pos));
             }
             let mut i = pos + colon + 1;
-            while i < buf.len() && matches!(buf[i], b' ' | b'\t') {
+            while i < buf.len() && is_sp_ht(buf[i]) {
                 i += 1;
             }
             let Some((end, next)) = line_end(buf, i) else {
@@ -290,7 +296,7 @@ impl<'a> Message<'a> {
             // `i <= end` unless the line ends right after the colon with a bare CR LF.
             let i = i.min(end);
             let mut vend = end;
-            while vend > i && matches!(buf[vend - 1], b' ' | b'\t') {
+            while vend > i && is_sp_ht(buf[vend - 1]) {
                 vend -= 1;
             }
             if msg.n_headers as usize >= max_headers {
