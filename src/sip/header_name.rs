@@ -106,46 +106,14 @@ impl HeaderName {
                 _ => Other,
             };
         }
-        // Among the names of one length, the first letter (and for Call-ID / Contact the
-        // second) picks the only candidate; one case-insensitive compare then decides.
-        // `| 0x20` lowers ASCII letters and maps no other byte onto a letter.
-        let first = name.first().map_or(0, |&c| c | 0x20);
-        let candidate = match (name.len(), first) {
-            (2, b't') => To,
-            (3, b'v') => Via,
-            (4, b'f') => From,
-            (4, b'c') => CSeq,
-            (4, b'p') => Path,
-            (4, b'd') => Date,
-            (5, b'r') => Route,
-            (5, b'a') => Allow,
-            (5, b'e') => Event,
-            (6, b'a') => Accept,
-            (7, b'c') if name[1] | 0x20 == b'a' => CallId,
-            (7, b'c') => Contact,
-            (7, b'e') => Expires,
-            (7, b'r') => Require,
-            (7, b's') => Subject,
-            (8, b'r') => ReferTo,
-            (9, b's') => Supported,
-            (10, b'u') => UserAgent,
-            (11, b'm') => MinExpires,
-            (11, b'r') => ReferredBy,
-            (11, b'u') => Unsupported,
-            (12, b'm') => MaxForwards,
-            (12, b'r') => RecordRoute,
-            (12, b'c') => ContentType,
-            (13, b'a') => Authorization,
-            (13, b'p') => ProxyRequire,
-            (14, b'c') => ContentLength,
-            (15, b's') => SessionExpires,
-            (16, b'w') => WwwAuthenticate,
-            (16, b'c') => ContentEncoding,
-            (18, b'p') => ProxyAuthenticate,
-            (19, b'p') => ProxyAuthorization,
-            _ => return Other,
-        };
-        if eq_folded(name, &FOLDED[candidate as usize]) {
+        // Among the names of one length, the first two bytes pick the only candidate (see
+        // `candidate_table`); one case-insensitive compare then decides.
+        let n = name.len();
+        if !(2..MAX_LEN).contains(&n) {
+            return Other;
+        }
+        let candidate = CANDIDATE[n * 32 + (name[0].wrapping_add(name[1]) & 31) as usize];
+        if candidate != Other && eq_folded(name, &FOLDED[candidate as usize]) {
             candidate
         } else {
             Other
@@ -153,23 +121,65 @@ impl HeaderName {
     }
 }
 
+/// One more than the length of the longest canonical name.
+const MAX_LEN: usize = 20;
+
+/// The known header of each length `n` (2 to 19) and key `(b0 + b1) & 31` of its first two
+/// bytes, at `n * 32 + key`; `Other` where there is none. Bit 0x20 of a byte does not reach the
+/// low five bits of the sum, so the key is the same in any letter case. No two names of one
+/// length share a key (checked when the table is built: a new name that collides fails to
+/// compile).
+static CANDIDATE: [HeaderName; MAX_LEN * 32] = candidate_table();
+
+const fn candidate_table() -> [HeaderName; MAX_LEN * 32] {
+    let mut t = [HeaderName::Other; MAX_LEN * 32];
+    let mut i = 0;
+    while i < KNOWN_HEADERS {
+        let b = ALL_KNOWN[i].as_str().as_bytes();
+        assert!(b.len() >= 2 && b.len() < MAX_LEN);
+        let at = b.len() * 32 + (b[0].wrapping_add(b[1]) & 31) as usize;
+        assert!(matches!(t[at], HeaderName::Other), "two names share a key");
+        t[at] = ALL_KNOWN[i];
+        i += 1;
+    }
+    t
+}
+
 /// A canonical name in lower case and the bits to OR into input bytes before comparing:
 /// 0x20 where the name has a letter (folding `A-Z` onto `a-z` and no other byte onto a
-/// letter), 0 where it has `-`. Padded to 24 bytes so words can be loaded past the end.
+/// letter), 0 where it has `-`. Kept as the three words `eq_folded` loads: for a name of `n`
+/// bytes, words of `w` bytes (8 for `n >= 8`, else 4, else 2) at 0, at `n - w` and at 8 (only
+/// for `n > 16`, else at 0 again), which together cover every byte.
 struct Folded {
-    lower: [u8; 24],
-    mask: [u8; 24],
+    lower: [u64; 3],
+    mask: [u64; 3],
 }
 
 const fn folded(name: &str) -> Folded {
     let b = name.as_bytes();
-    let mut lower = [0u8; 24];
-    let mut mask = [0u8; 24];
-    let mut i = 0;
-    while i < b.len() {
-        lower[i] = b[i].to_ascii_lowercase();
-        mask[i] = if b[i].is_ascii_alphabetic() { 0x20 } else { 0 };
-        i += 1;
+    let n = b.len();
+    let w = if n >= 8 {
+        8
+    } else if n >= 4 {
+        4
+    } else {
+        2
+    };
+    let at = [0, if n > 16 { 8 } else { 0 }, n - w];
+    let mut lower = [0u64; 3];
+    let mut mask = [0u64; 3];
+    let mut k = 0;
+    while k < 3 {
+        let mut j = 0;
+        while j < w {
+            let c = b[at[k] + j];
+            lower[k] |= (c.to_ascii_lowercase() as u64) << (8 * j);
+            if c.is_ascii_alphabetic() {
+                mask[k] |= 0x20 << (8 * j);
+            }
+            j += 1;
+        }
+        k += 1;
     }
     Folded { lower, mask }
 }
@@ -177,8 +187,8 @@ const fn folded(name: &str) -> Folded {
 const fn folded_table() -> [Folded; KNOWN_HEADERS] {
     let mut t = [const {
         Folded {
-            lower: [0; 24],
-            mask: [0; 24],
+            lower: [0; 3],
+            mask: [0; 3],
         }
     }; KNOWN_HEADERS];
     let mut i = 0;
@@ -191,36 +201,25 @@ const fn folded_table() -> [Folded; KNOWN_HEADERS] {
 
 static FOLDED: [Folded; KNOWN_HEADERS] = folded_table();
 
-/// Case-insensitive equality of `name` (2 to 24 bytes) with a folded canonical name of the
-/// same length, a word at a time (the last word overlaps the previous one).
+/// Case-insensitive equality of `name` (2 to 19 bytes) with a folded canonical name of the
+/// same length: three word compares, without branches on the bytes.
 #[inline]
 fn eq_folded(name: &[u8], f: &Folded) -> bool {
     let n = name.len();
-    debug_assert!((2..=24).contains(&n));
-    if n >= 8 {
-        let word =
-            |s: &[u8], i: usize| u64::from_le_bytes(s[i..i + 8].try_into().unwrap_or([0; 8]));
-        let mut i = 0;
-        loop {
-            let at = if i + 8 > n { n - 8 } else { i };
-            if word(name, at) | word(&f.mask, at) != word(&f.lower, at) {
-                return false;
-            }
-            i += 8;
-            if i >= n {
-                return true;
-            }
-        }
+    let (a, b, c) = if n >= 8 {
+        let word = |i: usize| u64::from_le_bytes(name[i..i + 8].try_into().unwrap_or([0; 8]));
+        (word(0), word(if n > 16 { 8 } else { 0 }), word(n - 8))
     } else if n >= 4 {
         let word =
-            |s: &[u8], i: usize| u32::from_le_bytes(s[i..i + 4].try_into().unwrap_or([0; 4]));
-        word(name, 0) | word(&f.mask, 0) == word(&f.lower, 0)
-            && word(name, n - 4) | word(&f.mask, n - 4) == word(&f.lower, n - 4)
+            |i: usize| u32::from_le_bytes(name[i..i + 4].try_into().unwrap_or([0; 4])) as u64;
+        (word(0), word(0), word(n - 4))
     } else {
-        // Two or three bytes (for two, the last byte is checked twice).
-        let eq = |i: usize| name[i] | f.mask[i] == f.lower[i];
-        eq(0) && eq(1) && eq(n - 1)
-    }
+        let word =
+            |i: usize| u16::from_le_bytes(name[i..i + 2].try_into().unwrap_or([0; 2])) as u64;
+        (word(0), word(0), word(n - 2))
+    };
+    ((a | f.mask[0]) ^ f.lower[0]) | ((b | f.mask[1]) ^ f.lower[1]) | ((c | f.mask[2]) ^ f.lower[2])
+        == 0
 }
 
 #[cfg(test)]
@@ -323,6 +322,56 @@ mod tests {
                     }
                 }
             }
+        }
+    }
+
+    /// The table lookup against a plain search of the canonical names, over random names of
+    /// every length made of name bytes in random case, with random bytes spliced in.
+    #[test]
+    fn matches_plain_search() {
+        let reference = |name: &[u8]| {
+            ALL.iter()
+                .copied()
+                .find(|n| n.as_str().as_bytes().eq_ignore_ascii_case(name))
+                .unwrap_or(HeaderName::Other)
+        };
+        let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+        let mut rnd = move || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed
+        };
+        for _ in 0..200_000 {
+            let base = ALL[(rnd() % ALL.len() as u64) as usize].as_str().as_bytes();
+            let mut v: Vec<u8> = base
+                .iter()
+                .map(|&c| {
+                    if rnd() % 2 == 0 {
+                        c.to_ascii_uppercase()
+                    } else {
+                        c
+                    }
+                })
+                .collect();
+            match rnd() % 4 {
+                0 => {
+                    let i = (rnd() % v.len() as u64) as usize;
+                    v[i] = rnd() as u8;
+                }
+                1 => v.truncate((rnd() % (v.len() as u64 + 1)) as usize),
+                2 => v.push(b"-a:Z\0"[(rnd() % 5) as usize]),
+                _ => {}
+            }
+            if v.len() < 2 {
+                continue;
+            }
+            assert_eq!(
+                HeaderName::from_bytes(&v),
+                reference(&v),
+                "{:?}",
+                String::from_utf8_lossy(&v)
+            );
         }
     }
 }

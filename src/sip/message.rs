@@ -131,6 +131,12 @@ fn bad_header_line(buf: &[u8], pos: usize) -> ParseError {
     }
 }
 
+/// SP or HT. Most bytes tested are name or value characters, above SP: one compare rejects them.
+#[inline]
+fn is_sp_ht(c: u8) -> bool {
+    c <= b' ' && (c == b' ' || c == b'\t')
+}
+
 #[inline]
 fn line_end(buf: &[u8], from: usize) -> Option<(usize, usize)> {
     // Returns (end of content excluding CR, start of next line).
@@ -269,7 +275,7 @@ impl<'a> Message<'a> {
                 return Err(bad_header_line(buf, pos));
             };
             let mut name_end = pos + colon;
-            while name_end > pos && matches!(buf[name_end - 1], b' ' | b'\t') {
+            while name_end > pos && is_sp_ht(buf[name_end - 1]) {
                 name_end -= 1;
             }
             let name_bytes = &buf[pos..name_end];
@@ -281,7 +287,7 @@ impl<'a> Message<'a> {
                 return Err(bad_header_line(buf, pos));
             }
             let mut i = pos + colon + 1;
-            while i < buf.len() && matches!(buf[i], b' ' | b'\t') {
+            while i < buf.len() && is_sp_ht(buf[i]) {
                 i += 1;
             }
             let Some((end, next)) = line_end(buf, i) else {
@@ -290,7 +296,7 @@ impl<'a> Message<'a> {
             // `i <= end` unless the line ends right after the colon with a bare CR LF.
             let i = i.min(end);
             let mut vend = end;
-            while vend > i && matches!(buf[vend - 1], b' ' | b'\t') {
+            while vend > i && is_sp_ht(buf[vend - 1]) {
                 vend -= 1;
             }
             if msg.n_headers as usize >= max_headers {
@@ -587,7 +593,108 @@ fn check_version(v: &[u8], at: usize) -> Result<(), ParseError> {
     Err(ParseError::new(ErrorKind::BadStartLine, at))
 }
 
+/// `SIP/2.0` with its letters lowered, and the bits that lower them, as little-endian words of
+/// eight bytes (`SIP/2.0 ` for the Status-Line, ` SIP/2.0` for the end of a Request-Line).
+const SIP20_SP: (u64, u64) = folded_word(b"sip/2.0 ");
+const SP_SIP20: (u64, u64) = folded_word(b" sip/2.0");
+
+const fn folded_word(w: &[u8; 8]) -> (u64, u64) {
+    let mut lower = 0u64;
+    let mut mask = 0u64;
+    let mut i = 0;
+    while i < 8 {
+        lower |= (w[i] as u64) << (8 * i);
+        if w[i].is_ascii_alphabetic() {
+            mask |= 0x20 << (8 * i);
+        }
+        i += 1;
+    }
+    (lower, mask)
+}
+
+/// Case-insensitive (for letters only) equality of eight bytes with a folded word.
+#[inline]
+fn eq_word(b: &[u8], (lower, mask): (u64, u64)) -> bool {
+    b.len() == 8 && u64::from_le_bytes(b.try_into().unwrap_or([0; 8])) | mask == lower
+}
+
+/// The start line in one forward pass for the common shapes, `METHOD SP URI SP SIP/2.0` and
+/// `SIP/2.0 SP code SP reason`; `None` for anything else (including every malformed line),
+/// which [`parse_start_line`] then parses and reports in its own way. Whatever this returns,
+/// `parse_start_line_general` returns too (the conditions below imply each of its checks).
+#[inline]
+fn parse_start_line_fast(line: &[u8], start: usize) -> Option<StartLine> {
+    if line.len() >= 12 && eq_word(&line[..8], SIP20_SP) {
+        // Status-Line: three digits in 100..=699, then SP or the end of the line.
+        let d = &line[8..11];
+        if !d.iter().all(u8::is_ascii_digit) || !(b'1'..=b'6').contains(&d[0]) {
+            return None;
+        }
+        let reason_start = match line.get(11) {
+            None => 11,
+            Some(b' ') => 12,
+            Some(_) => return None,
+        };
+        if line[reason_start..].iter().any(|&c| c < 0x20 && c != b'\t') {
+            return None;
+        }
+        let code = d.iter().fold(0u16, |a, &c| a * 10 + (c - b'0') as u16);
+        return Some(StartLine::Response {
+            code,
+            reason: Span {
+                start: (start + reason_start) as u32,
+                end: (start + line.len()) as u32,
+            },
+        });
+    }
+    // Request-Line. The method is a token ending at the first SP; no token character is SP, so
+    // this SP is the first one, and a line starting with `SIP/` stops at `/` (not a token
+    // character) and is left to the general parser.
+    let sp1 = line.iter().position(|&c| !is_token_char(c))?;
+    if sp1 == 0 || line[sp1] != b' ' || line.len() < sp1 + 10 {
+        return None;
+    }
+    // ` SIP/2.0` ends the line: its SP is the last one, and the version is supported.
+    let sp2 = line.len() - 8;
+    if !eq_word(&line[sp2..], SP_SIP20) {
+        return None;
+    }
+    // The Request-URI: non-empty (sp2 > sp1 + 1 above), a scheme of letters, digits and
+    // `+-.` that starts with a letter and ends at the first `:`, and no SP or HT.
+    let uri = &line[sp1 + 1..sp2];
+    if !uri[0].is_ascii_alphabetic() {
+        return None;
+    }
+    let colon = uri
+        .iter()
+        .position(|&c| !(c.is_ascii_alphanumeric() || matches!(c, b'+' | b'-' | b'.')))?;
+    if uri[colon] != b':' || super::scan::has_sp_or_ht(&uri[colon..]) {
+        return None;
+    }
+    Some(StartLine::Request {
+        method: Method::from_bytes(&line[..sp1]),
+        method_span: Span {
+            start: start as u32,
+            end: (start + sp1) as u32,
+        },
+        uri: Span {
+            start: (start + sp1 + 1) as u32,
+            end: (start + sp2) as u32,
+        },
+    })
+}
+
+#[inline]
 fn parse_start_line(buf: &[u8], start: usize, end: usize) -> Result<StartLine, ParseError> {
+    match parse_start_line_fast(&buf[start..end], start) {
+        Some(s) => Ok(s),
+        None => parse_start_line_general(buf, start, end),
+    }
+}
+
+/// The start line (RFC 3261 §7.1, §7.2), with the error kind and offset of the first problem.
+#[cold]
+fn parse_start_line_general(buf: &[u8], start: usize, end: usize) -> Result<StartLine, ParseError> {
     let line = &buf[start..end];
     if line.len() >= 4 && line[..4].eq_ignore_ascii_case(b"SIP/") {
         // Status-Line = SIP-Version SP Status-Code SP Reason-Phrase
@@ -710,5 +817,60 @@ mod tests {
         let raw = with(b"Subject: a\r\n b\r\n");
         let msg = Message::parse(&raw).unwrap();
         assert_eq!(msg.header(HeaderName::Subject), Some(&b"a\r\n b"[..]));
+    }
+
+    /// Whatever the one-pass start-line parser accepts, the general one accepts with the same
+    /// result; and it does take the common lines. Over mutations (byte changes, insertions,
+    /// deletions, case changes) of typical request and status lines.
+    #[test]
+    fn fast_start_line_agrees_with_general() {
+        let lines: [&[u8]; 6] = [
+            b"INVITE sip:bob@client.biloxi.example.com:5060;transport=udp SIP/2.0",
+            b"REGISTER sips:registrar.example.com SIP/2.0",
+            b"OPTIONS tel:+1-201-555-0123 SIP/2.0",
+            b"SIP/2.0 200 OK",
+            b"SIP/2.0 180 Ringing",
+            b"sip/2.0 699 a\tb",
+        ];
+        for l in lines {
+            assert!(parse_start_line_fast(l, 0).is_some());
+        }
+        let mut seed = 0x2545_f491_4f6c_dd1du64;
+        let mut rnd = move || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed
+        };
+        let bytes = b" \t:/.+-0123456789aAsSiIpP\r\n\x00\x7f\xc3;@<";
+        let mut fast = 0;
+        for _ in 0..300_000 {
+            let mut v = lines[(rnd() % lines.len() as u64) as usize].to_vec();
+            for _ in 0..1 + rnd() % 3 {
+                let i = (rnd() % (v.len() as u64 + 1)) as usize;
+                let c = bytes[(rnd() % bytes.len() as u64) as usize];
+                match rnd() % 4 {
+                    0 if i < v.len() => v[i] = c,
+                    1 => v.insert(i, c),
+                    2 if i < v.len() => {
+                        v.remove(i);
+                    }
+                    _ if i < v.len() => v[i] ^= 0x20,
+                    _ => {}
+                }
+            }
+            let mut buf = b"\r\n".to_vec();
+            buf.extend_from_slice(&v);
+            if let Some(got) = parse_start_line_fast(&v, 2) {
+                fast += 1;
+                assert_eq!(
+                    parse_start_line_general(&buf, 2, buf.len()),
+                    Ok(got),
+                    "{:?}",
+                    String::from_utf8_lossy(&v)
+                );
+            }
+        }
+        assert!(fast > 10_000, "{fast}");
     }
 }

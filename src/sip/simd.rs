@@ -50,6 +50,51 @@ fn find_sse2(needle: u8, s: &[u8]) -> Option<usize> {
     s.iter().position(|&c| c == needle)
 }
 
+/// True if `s` holds a space or a tab, sixteen bytes per step (the Request-URI check of the
+/// start line, RFC 3261 §25.1: a URI is 30 to 100 bytes).
+#[cfg(target_arch = "x86_64")]
+#[inline]
+pub fn has_sp_or_ht(s: &[u8]) -> bool {
+    // SAFETY: as in `find_newline`.
+    unsafe { has_sp_or_ht_sse2(s) }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[inline]
+#[target_feature(enable = "sse2")]
+fn has_sp_or_ht_sse2(s: &[u8]) -> bool {
+    use core::arch::x86_64::{
+        __m128i, _mm_cmpeq_epi8, _mm_loadu_si128, _mm_movemask_epi8, _mm_or_si128, _mm_set1_epi8,
+    };
+    let sp = _mm_set1_epi8(b' ' as i8);
+    let ht = _mm_set1_epi8(b'\t' as i8);
+    let hit = |at: usize| {
+        // SAFETY: every caller below passes `at + 16 <= s.len()`, so the 16 bytes read are
+        // inside `s`; `loadu` has no alignment requirement.
+        let v = unsafe { _mm_loadu_si128(s.as_ptr().add(at).cast::<__m128i>()) };
+        _mm_movemask_epi8(_mm_or_si128(_mm_cmpeq_epi8(v, sp), _mm_cmpeq_epi8(v, ht))) != 0
+    };
+    if s.len() < 16 {
+        return s.iter().any(|&c| c == b' ' || c == b'\t');
+    }
+    let mut i = 0;
+    while i + 16 <= s.len() {
+        if hit(i) {
+            return true;
+        }
+        i += 16;
+    }
+    // The last 16 bytes, overlapping what was already searched.
+    hit(s.len() - 16)
+}
+
+/// True if `s` holds a space or a tab (targets without SSE2 code here).
+#[cfg(not(target_arch = "x86_64"))]
+#[inline]
+pub fn has_sp_or_ht(s: &[u8]) -> bool {
+    super::scan::has_sp_or_ht_swar(s)
+}
+
 /// Position of the first LF in `s` (targets without SSE2 code here).
 #[cfg(not(target_arch = "x86_64"))]
 #[inline]
@@ -86,6 +131,25 @@ mod tests {
                     super::find_colon(&colons),
                     colons.iter().position(|&c| c == b':')
                 );
+            }
+        }
+    }
+
+    #[test]
+    fn has_sp_or_ht_matches_any() {
+        for len in 0..80 {
+            for at in 0..=len {
+                for c in [b' ', b'\t', b'\n', 0x29, 0xa0] {
+                    let mut s = vec![b'a'; len];
+                    if at < len {
+                        s[at] = c;
+                    }
+                    assert_eq!(
+                        super::has_sp_or_ht(&s),
+                        s.iter().any(|&c| c == b' ' || c == b'\t'),
+                        "len {len} at {at} byte {c}"
+                    );
+                }
             }
         }
     }
