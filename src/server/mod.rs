@@ -256,7 +256,9 @@ impl Core {
             self.stats.dropped(DropReason::KeepAlive);
             return Disposition::Done;
         }
-        let msg = match Message::parse(data) {
+        // Borrowed where it lies: moving the ~1.8 KB message out of the Result copies it.
+        let parsed = Message::parse(data);
+        let msg = match &parsed {
             Ok(m) => m,
             Err(e) => {
                 let (buf, start) = out.begin();
@@ -279,7 +281,7 @@ impl Core {
             }
         };
         if !handed_off {
-            if let Some(owner) = self.owner(&msg, socket) {
+            if let Some(owner) = self.owner(msg, socket) {
                 if owner != self.shard {
                     return Disposition::HandOff(owner);
                 }
@@ -288,7 +290,7 @@ impl Core {
         let Some(method) = msg.method() else {
             self.stats.received_responses.inc();
             // Responses are relayed: only what the proxy reads must be well-formed (§16.3).
-            if msg.validate_for_proxy().is_err() || !self.proxy.response(&msg, now_ms, out) {
+            if msg.validate_for_proxy().is_err() || !self.proxy.response(msg, now_ms, out) {
                 self.stats.dropped(DropReason::StrayResponse);
             }
             return Disposition::Done;
@@ -297,10 +299,10 @@ impl Core {
         if method == Method::Ack {
             // ACK is never answered: the transaction of a non-2xx absorbs it, the ACK of a
             // 2xx goes on to the next hop.
-            self.ack(&msg, now_ms, out);
+            self.ack(msg, now_ms, out);
             return Disposition::Done;
         }
-        let mut reply = Reply::new(&msg, src, socket, &mut self.tag_seq, self.shard);
+        let mut reply = Reply::new(msg, src, socket, &mut self.tag_seq, self.shard);
         // What we answer ourselves (REGISTER, OPTIONS) is checked in full; what we proxy,
         // only in what the proxy reads (§16.3 step 1: the rest goes on unchanged).
         let valid = match method {
@@ -309,7 +311,7 @@ impl Core {
         };
         match valid {
             Err(e) => reply.simple(out, e.status(), e.reason().as_bytes()),
-            Ok(()) => self.dispatch(&msg, method, now_ms, &mut reply, out),
+            Ok(()) => self.dispatch(msg, method, now_ms, &mut reply, out),
         }
         if let Some(status) = reply.sent_status {
             self.stats.response_sent(status);
