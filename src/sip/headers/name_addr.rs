@@ -4,6 +4,7 @@
 
 use super::params::{only_lws, Params};
 use crate::sip::scan::{is_lws, is_token_char, CommaSplit, Cursor};
+use crate::sip::simd::find_either;
 use crate::sip::uri::{Uri, UriError};
 
 /// A display name, URI and parameters.
@@ -53,7 +54,7 @@ impl<'a> NameAddr<'a> {
         let rest = c.rest();
         let angle = match display {
             Some(_) => Some(0),
-            None => memchr::memchr2(b'<', b';', rest).filter(|&i| rest[i] == b'<'),
+            None => find_either(b'<', b';', rest).filter(|&i| rest[i] == b'<'),
         };
         if let Some(lt) = angle {
             if lt > 0 {
@@ -72,7 +73,7 @@ impl<'a> NameAddr<'a> {
             }
             c.eat(b'<');
             let start = c.pos;
-            let Some(len) = memchr::memchr(b'>', c.rest()) else {
+            let Some(len) = find_either(b'>', b'>', c.rest()) else {
                 return Err(s.len());
             };
             c.pos = start + len + 1;
