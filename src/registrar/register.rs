@@ -110,11 +110,11 @@ impl Registrar {
         let mut outcome = RegisterOutcome::default();
         let mut key = core::mem::take(&mut self.key_buf);
         key.clear();
-        let result = match req.to().map(|to| to.uri()) {
-            Ok(Ok(uri)) if self.write_aor_key(&uri, &mut key) => {
+        let result = match req.to_uri() {
+            Ok(uri) if self.write_aor_key(&uri, &mut key) => {
                 self.register_aor(&key, req, source, now_ms, &mut outcome)
             }
-            Ok(Ok(_)) => Err(RegisterError::NotSipAor),
+            Ok(_) => Err(RegisterError::NotSipAor),
             _ => Err(RegisterError::BadTo),
         };
         self.key_buf = key;
@@ -220,7 +220,7 @@ impl Registrar {
             None => &[],
         };
         let mut pending: Vec<Pending<'_>> = Vec::new();
-        for contact in req.contacts() {
+        for contact in req.contacts_lazy() {
             let contact = contact.map_err(|_| RegisterError::BadContact)?;
             let uri = contact.uri().map_err(|_| RegisterError::BadContact)?;
             // Step 7: the expires parameter wins over the Expires header, then the default.

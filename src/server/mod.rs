@@ -236,7 +236,7 @@ impl Core {
             // transaction that absorbs it.
         }
         let hash = match method {
-            Method::Register => aor_hash(&msg.to().ok()?.uri().ok()?)?,
+            Method::Register => aor_hash(&msg.to_uri().ok()?)?,
             _ => aor_hash(&msg.request_uri().ok()?)?,
         };
         Some(owner_shard(hash, self.cfg.shards))
@@ -432,7 +432,7 @@ impl Core {
             return reply.simple(out, 403, b"Forbidden (domain not served here)");
         }
         // validate() has checked that To parses, URI included.
-        let Some(to) = msg.to().ok().and_then(|t| t.uri().ok()) else {
+        let Ok(to) = msg.to_uri() else {
             return reply.simple(out, 400, b"Bad Request (malformed To)");
         };
         if !to.is_sip() {

@@ -99,13 +99,15 @@ pub fn response_head(
     }
 }
 
-/// Writes the first Via value of `line` with `rport` filled and `received` added, then the
-/// rest of the line unchanged.
+/// Writes the first Via value of `line` (the first Via line of `req`) with `rport` filled and
+/// `received` added, then the rest of the line unchanged.
 fn write_fixed_via(out: &mut Vec<u8>, req: &Message<'_>, line: &[u8], fix: ViaFixup<'_>) {
-    let (off, first) = CommaSplit::new(line).next().unwrap_or((0, line));
-    let first_end = off + first.len();
     let mut copied = 0;
-    if let Ok(via) = super::headers::Via::parse(first) {
+    // The top Via is cached (validation parsed it). Its value ends where its parameters end
+    // (an empty parameter list is an empty slice right after the sent-by).
+    if let Ok(via) = req.top_via() {
+        let params = via.params.raw();
+        let first_end = req.offset_of(params) + params.len() - req.offset_of(line);
         // A valueless rport gets the source port (RFC 3581 §4).
         if let Some((name, None)) = via
             .params

@@ -21,12 +21,15 @@ use super::message::{Message, StartLine};
 use super::scan::CommaSplit;
 use super::uri::{Scheme, Uri};
 
-/// Parsed Request-URI, From, To and top Via, kept in the message after their first use (each
+/// Parsed Request-URI, From, To (and its URI) and top Via, kept in the message after their first use (each
 /// a `Cell` of a `Copy` value: the message stays borrowed immutably).
 #[derive(Clone, Default)]
 pub struct HeaderCache<'a> {
     from: core::cell::Cell<Option<Result<NameAddr<'a>, ParseError>>>,
     to: core::cell::Cell<Option<Result<NameAddr<'a>, ParseError>>>,
+    /// The To URI: a registrar reads it to pick the owner shard, to check the domain and as
+    /// the address-of-record.
+    to_uri: core::cell::Cell<Option<Result<Uri<'a>, ParseError>>>,
     top_via: core::cell::Cell<Option<Result<Via<'a>, ParseError>>>,
     request_uri: core::cell::Cell<Option<Result<Uri<'a>, ParseError>>>,
     top_route_uri: core::cell::Cell<Option<Option<Uri<'a>>>>,
@@ -170,6 +173,24 @@ impl<'a> Message<'a> {
         v
     }
 
+    /// The URI of the To header, with an error naming To at the URI's offset.
+    pub fn to_uri(&self) -> Result<Uri<'a>, ParseError> {
+        if let Some(v) = self.cache.to_uri.get() {
+            return v;
+        }
+        let v = self.to().and_then(|to| {
+            to.uri().map_err(|_| {
+                self.bad(
+                    ErrorKind::BadHeaderValue,
+                    HeaderName::To,
+                    self.offset_of(to.uri_raw),
+                )
+            })
+        });
+        self.cache.to_uri.set(Some(v));
+        v
+    }
+
     /// The Call-ID.
     pub fn call_id(&self) -> Result<&'a [u8], ParseError> {
         let v = self.required(HeaderName::CallId)?;
@@ -264,6 +285,18 @@ impl<'a> Message<'a> {
     /// Contacts (excluding `*`).
     pub fn contacts(&self) -> impl Iterator<Item = Result<NameAddr<'a>, ParseError>> + '_ {
         self.name_addrs(HeaderName::Contact)
+    }
+
+    /// [`Message::contacts`] without the URIs checked: each element's `uri()` parses and
+    /// checks its URI. For the registrar, which reads every contact's URI (it would otherwise
+    /// be parsed twice).
+    pub fn contacts_lazy(&self) -> impl Iterator<Item = Result<NameAddr<'a>, ParseError>> + '_ {
+        self.header_all(HeaderName::Contact).flat_map(move |v| {
+            let at = self.offset_of(v);
+            NameAddrList::new_lazy(v).map(move |r| {
+                r.map_err(|e| self.bad(ErrorKind::BadHeaderValue, HeaderName::Contact, at + e))
+            })
+        })
     }
 
     /// True if there is a `Contact: *`.
@@ -453,7 +486,7 @@ impl<'a> Message<'a> {
     fn validate_rest(&self) -> Result<(), ParseError> {
         // validate_transaction_fields has parsed both (the proxy's path reads only their tags).
         self.name_addr_uri(HeaderName::From, &self.from()?)?;
-        self.name_addr_uri(HeaderName::To, &self.to()?)?;
+        self.to_uri()?;
         self.expires()?;
         self.min_expires()?;
         self.content_type()?;

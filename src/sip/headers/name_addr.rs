@@ -182,12 +182,23 @@ pub enum ContactValue<'a> {
 /// Path), yielding parsed values or the offset of an error within the value.
 pub struct NameAddrList<'a> {
     split: CommaSplit<'a>,
+    check_uri: bool,
 }
 
 impl<'a> NameAddrList<'a> {
     pub fn new(value: &'a [u8]) -> Self {
         NameAddrList {
             split: CommaSplit::new(value),
+            check_uri: true,
+        }
+    }
+
+    /// The elements parsed as by [`NameAddr::parse_lazy`]: for a caller that reads every
+    /// element's URI anyway (with `uri()`), which would otherwise be parsed twice.
+    pub fn new_lazy(value: &'a [u8]) -> Self {
+        NameAddrList {
+            split: CommaSplit::new(value),
+            check_uri: false,
         }
     }
 }
@@ -200,7 +211,7 @@ impl<'a> Iterator for NameAddrList<'a> {
         if elem.is_empty() {
             return Some(Err(off));
         }
-        Some(NameAddr::parse(elem).map_err(|e| off + e))
+        Some(NameAddr::parse_structure(elem, self.check_uri).map_err(|e| off + e))
     }
 }
 
