@@ -473,6 +473,9 @@ fn malformed_contact_parameters_are_400() {
         "Contact: <sip:a@192.0.2.1>;q=2",
         "Contact: <sip:a@192.0.2.1>;expires=soon",
         "Contact: <sip:a@192.0.2.1>;expires",
+        // The contacts are read with their URIs unchecked; uri() must still catch this.
+        "Contact: <sip:a@[::1>",
+        "Contact: <sip:a@192.0.2.1>, <sip:b@bad..host>",
     ] {
         let a = handle(&mut reg, &register("c1", 1, &[c]), T0);
         assert_eq!(a.status(), 400, "{c}");
