@@ -473,13 +473,35 @@ fn malformed_contact_parameters_are_400() {
         "Contact: <sip:a@192.0.2.1>;q=2",
         "Contact: <sip:a@192.0.2.1>;expires=soon",
         "Contact: <sip:a@192.0.2.1>;expires",
-        // The contacts are read with their URIs unchecked; uri() must still catch this.
-        "Contact: <sip:a@[::1>",
-        "Contact: <sip:a@192.0.2.1>, <sip:b@bad..host>",
     ] {
         let a = handle(&mut reg, &register("c1", 1, &[c]), T0);
         assert_eq!(a.status(), 400, "{c}");
         assert_eq!(a.outcome.error, Some(RegisterError::BadContact));
+    }
+    assert_eq!(reg.binding_count(), 0);
+}
+
+#[test]
+fn malformed_contact_uris_are_bad_contacts_even_without_validation() {
+    // The registrar reads contacts with their URIs unchecked and parses each URI once; a bad
+    // one must still be refused (validation also refuses it, but the registrar must not
+    // depend on that).
+    let mut reg = registrar();
+    for c in [
+        "Contact: <sip:a@[::1>",
+        "Contact: <sip:a@192.0.2.1>, <sip:b@bad..host>",
+    ] {
+        let raw = register("c1", 1, &[c]);
+        let req = Message::parse(&raw).unwrap();
+        assert!(req.validate().is_err(), "{c}");
+        let ctx = ResponseCtx {
+            to_tag: b"srv1",
+            via_fixup: None,
+        };
+        let mut out = Vec::new();
+        let outcome =
+            reg.handle_register(&req, "192.0.2.9:5060".parse().unwrap(), T0, &ctx, &mut out);
+        assert_eq!(outcome.error, Some(RegisterError::BadContact), "{c}");
     }
     assert_eq!(reg.binding_count(), 0);
 }
