@@ -287,16 +287,24 @@ impl<'a> Message<'a> {
         self.name_addrs(HeaderName::Contact)
     }
 
-    /// [`Message::contacts`] without the URIs checked: each element's `uri()` parses and
-    /// checks its URI. For the registrar, which reads every contact's URI (it would otherwise
-    /// be parsed twice).
-    pub fn contacts_lazy(&self) -> impl Iterator<Item = Result<NameAddr<'a>, ParseError>> + '_ {
-        self.header_all(HeaderName::Contact).flat_map(move |v| {
+    /// [`Message::name_addrs`] without the URIs checked: each element's `uri()` parses and
+    /// checks its URI. For callers that read every element's URI (it would otherwise be
+    /// parsed twice).
+    pub fn name_addrs_lazy(
+        &self,
+        name: HeaderName,
+    ) -> impl Iterator<Item = Result<NameAddr<'a>, ParseError>> + '_ {
+        self.header_all(name).flat_map(move |v| {
             let at = self.offset_of(v);
-            NameAddrList::new_lazy(v).map(move |r| {
-                r.map_err(|e| self.bad(ErrorKind::BadHeaderValue, HeaderName::Contact, at + e))
-            })
+            NameAddrList::new_lazy(v)
+                .map(move |r| r.map_err(|e| self.bad(ErrorKind::BadHeaderValue, name, at + e)))
         })
+    }
+
+    /// [`Message::contacts`] without the URIs checked (see [`Message::name_addrs_lazy`]):
+    /// the registrar reads every contact's URI.
+    pub fn contacts_lazy(&self) -> impl Iterator<Item = Result<NameAddr<'a>, ParseError>> + '_ {
+        self.name_addrs_lazy(HeaderName::Contact)
     }
 
     /// True if there is a `Contact: *`.
@@ -324,7 +332,7 @@ impl<'a> Message<'a> {
             return v;
         }
         let v = self
-            .routes()
+            .name_addrs_lazy(HeaderName::Route)
             .next()
             .and_then(|r| r.ok())
             .and_then(|r| r.uri().ok());
@@ -399,8 +407,19 @@ impl<'a> Message<'a> {
     /// the rest go on as they came, unparsed.
     pub fn validate_for_proxy(&self) -> Result<(), ParseError> {
         self.validate_transaction_fields(if self.is_request() { 1 } else { 2 })?;
-        for r in self.name_addrs(HeaderName::Route) {
-            r?;
+        // Each Route URI parsed once; the top one is what loose routing reads next.
+        for (i, r) in self.name_addrs_lazy(HeaderName::Route).enumerate() {
+            let route = r?;
+            let uri = route.uri().map_err(|_| {
+                self.bad(
+                    ErrorKind::BadHeaderValue,
+                    HeaderName::Route,
+                    self.offset_of(route.uri_raw),
+                )
+            })?;
+            if i == 0 {
+                self.cache.top_route_uri.set(Some(Some(uri)));
+            }
         }
         for r in self.option_tags(HeaderName::ProxyRequire) {
             r?;
@@ -645,6 +664,16 @@ mod tests {
         let msg = Message::parse(m.as_bytes()).unwrap();
         assert_eq!(msg.to().unwrap().tag(), None);
         assert_eq!(msg.validate().unwrap_err().header, Some("To"));
+        // A Route the proxy acts on: its URI is checked, the error names it and the URI's
+        // offset; the valid top Route is what loose routing reads.
+        let m = invite_with("Route: <sip:p1.example.com;lr>, <sip:p2..example.com;lr>");
+        let msg = Message::parse(m.as_bytes()).unwrap();
+        let e = msg.validate_for_proxy().unwrap_err();
+        assert_eq!(
+            (e.header, e.offset),
+            (Some("Route"), m.find("sip:p2").unwrap())
+        );
+        assert_eq!(msg.top_route_uri().unwrap().host, b"p1.example.com");
     }
 
     #[test]
