@@ -162,9 +162,41 @@ fn bytes(v: &[u8]) -> Bytes {
 }
 
 /// The address a SIP URI names when its host is an IP literal (no DNS here).
+/// An IP address written as text: dotted-quad IPv4 read directly from the bytes (the
+/// common case on every hop), anything else through `std`'s parser (the same verdict: the
+/// fast path takes only the canonical form `std` accepts, without leading zeros).
+pub fn parse_ip(host: &[u8]) -> Option<IpAddr> {
+    let mut octets = [0u8; 4];
+    let mut n = 0;
+    let mut i = 0;
+    while n < 4 {
+        let start = i;
+        let mut v: u32 = 0;
+        while i < host.len() && host[i].is_ascii_digit() && i - start < 3 {
+            v = v * 10 + (host[i] - b'0') as u32;
+            i += 1;
+        }
+        let digits = i - start;
+        if digits == 0 || v > 255 || (digits > 1 && host[start] == b'0') {
+            break;
+        }
+        octets[n] = v as u8;
+        n += 1;
+        if n < 4 {
+            if host.get(i) != Some(&b'.') {
+                break;
+            }
+            i += 1;
+        }
+    }
+    if n == 4 && i == host.len() {
+        return Some(IpAddr::from(octets));
+    }
+    std::str::from_utf8(host).ok()?.parse().ok()
+}
+
 pub fn uri_address(uri: &Uri<'_>) -> Option<SocketAddr> {
-    let host = std::str::from_utf8(uri.maddr().unwrap_or(uri.host)).ok()?;
-    let ip: IpAddr = host.parse().ok()?;
+    let ip = parse_ip(uri.maddr().unwrap_or(uri.host))?;
     let default = if matches!(uri.scheme, crate::sip::Scheme::Sips) {
         5061
     } else {
@@ -179,7 +211,7 @@ fn next_via_destination(resp: &Message<'_>) -> Option<SocketAddr> {
     let host = via.received().unwrap_or(via.host);
     let host = host.strip_prefix(b"[").unwrap_or(host);
     let host = host.strip_suffix(b"]").unwrap_or(host);
-    let ip: IpAddr = std::str::from_utf8(host).ok()?.parse().ok()?;
+    let ip = parse_ip(host)?;
     let port = match via.rport() {
         Some(Some(p)) => p,
         _ => via.port.unwrap_or(5060),
@@ -259,8 +291,7 @@ impl Proxy {
             let Some(part) = via.branch().and_then(loop_part) else {
                 continue;
             };
-            let host = std::str::from_utf8(via.host).ok();
-            let Some(ip) = host.and_then(|h| h.parse::<IpAddr>().ok()) else {
+            let Some(ip) = parse_ip(via.host) else {
                 continue;
             };
             if !self.is_ours_addr(SocketAddr::new(ip, via.port.unwrap_or(5060))) {
@@ -1239,6 +1270,48 @@ pub fn next_hop<'a>(msg: &Message<'a>, proxy: &Proxy) -> Option<(Uri<'a>, bool)>
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn parse_ip_agrees_with_std() {
+        let mut cases: Vec<String> = [
+            "127.0.0.1",
+            "0.0.0.0",
+            "255.255.255.255",
+            "256.1.1.1",
+            "01.2.3.4",
+            "1.2.3",
+            "1.2.3.4.",
+            "1.2.3.4.5",
+            "1..2.3",
+            "",
+            "1.2.3.04",
+            "1.2.3.0",
+            "::1",
+            "fe80::1",
+            "2001:db8::1",
+            "a.b.c.d",
+            "1.2.3.4 ",
+            "1234.1.1.1",
+            "192.168.000.1",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        let mut rng: u64 = 0x1234_5678_9abc_def1;
+        for _ in 0..50_000 {
+            rng ^= rng << 13;
+            rng ^= rng >> 7;
+            rng ^= rng << 17;
+            let len = (rng % 16) as usize;
+            let s: String = (0..len)
+                .map(|k| b"0123456789.:a"[((rng >> (k * 4)) % 13) as usize] as char)
+                .collect();
+            cases.push(s);
+        }
+        for c in cases {
+            assert_eq!(parse_ip(c.as_bytes()), c.parse::<IpAddr>().ok(), "{c:?}");
+        }
+    }
 
     #[test]
     fn best_response_order() {
