@@ -2,6 +2,8 @@
 //! space (LWS, including folded lines), tokens, quoted strings and a small cursor type that the
 //! typed header parsers share. All functions work on borrowed bytes and never allocate.
 
+use super::simd::{ByteClass, ByteSet};
+
 /// `token` characters (RFC 3261 §25.1): alphanum and `-.!%*_+`~'`.
 const fn token_table() -> [bool; 256] {
     let mut t = [false; 256];
@@ -384,6 +386,64 @@ impl<'a> Iterator for CommaSplit<'a> {
     }
 }
 
+/// `token` bytes (as [`is_token_char`]) for the sixteen-byte scans of `simd`.
+pub(crate) struct TokenBytes;
+impl ByteSet for TokenBytes {
+    const CLASS: ByteClass = ByteClass::new(
+        true,
+        &[(b'*', b'+'), (b'-', b'.'), (b'0', b'9')],
+        b"!%'_`~",
+        b"",
+    );
+}
+
+/// A parameter value without quotes: token plus the `[`, `]` and `:` of an IPv6 host.
+pub(crate) struct ValueBytes;
+impl ByteSet for ValueBytes {
+    const CLASS: ByteClass = ByteClass::new(
+        true,
+        &[(b'*', b'+'), (b'-', b'.'), (b'0', b':')],
+        b"!%'_`~[]",
+        b"",
+    );
+}
+
+/// A Call-ID's bytes: `word` characters (printable ASCII but `#$&,;=^|@`) and `@`.
+pub(crate) struct CallIdBytes;
+impl ByteSet for CallIdBytes {
+    const CLASS: ByteClass = ByteClass::new(false, &[(0x21, 0x7e)], b"", b"#$&,;=^|");
+}
+
+/// Skips token bytes from `i`; returns where they stop.
+#[inline]
+pub fn skip_token(s: &[u8], i: usize) -> usize {
+    super::simd::skip::<TokenBytes>(s, i)
+}
+
+/// Skips Call-ID bytes (`word` characters and `@`) from `i`: returns where they stop and how
+/// many `@` were crossed.
+#[inline]
+pub fn skip_call_id(s: &[u8], i: usize) -> (usize, u32) {
+    if let Some(r) = super::simd::skip_call_id::<CallIdBytes>(s, i) {
+        return r;
+    }
+    let (mut i, mut ats) = (i, 0);
+    while let Some(&c) = s.get(i) {
+        if !CallIdBytes::CLASS.contains(c) {
+            break;
+        }
+        ats += (c == b'@') as u32;
+        i += 1;
+    }
+    (i, ats)
+}
+
+/// Skips unquoted parameter-value bytes (token, `[`, `]`, `:`) from `i`.
+#[inline]
+pub fn skip_value(s: &[u8], i: usize) -> usize {
+    super::simd::skip::<ValueBytes>(s, i)
+}
+
 /// Byte classes for [`skip_class`], one bit each: a byte may be in several.
 pub mod class {
     /// `token` (RFC 3261 §25.1).
@@ -484,7 +544,7 @@ pub fn has_double_dot(s: &[u8]) -> bool {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     #[test]
@@ -528,6 +588,78 @@ mod tests {
                 assert!(has_sp_or_ht_swar(&s));
             }
         }
+    }
+
+    /// Random inputs for the differential tests of the sixteen-byte scans: mostly bytes of
+    /// `common`, sometimes any byte of `rare` or any byte at all. Calls `check` with each
+    /// input at every length 0..80, at every buffer offset 0..16 (so every load alignment).
+    pub(crate) fn for_random_inputs(common: &[u8], rare: &[u8], mut check: impl FnMut(&[u8])) {
+        let mut rng: u64 = 0x2545_f491_4f6c_dd1d;
+        let mut next = || {
+            rng ^= rng << 13;
+            rng ^= rng >> 7;
+            rng ^= rng << 17;
+            rng
+        };
+        for round in 0..40 {
+            let buf: Vec<u8> = (0..96)
+                .map(|_| {
+                    let r = next();
+                    match r % 23 {
+                        0 => (r >> 8) as u8,
+                        1..=3 => rare[(r >> 8) as usize % rare.len()],
+                        _ if round % 4 == 0 => common[(r >> 8) as usize % common.len()],
+                        // Long runs of class bytes, as in real values.
+                        _ => common[(r >> 8) as usize % common.len().min(8)],
+                    }
+                })
+                .collect();
+            for len in 0..80 {
+                for off in 0..16 {
+                    check(&buf[off..off + len]);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn sixteen_byte_class_scans_match_bytewise() {
+        let value = |c: u8| is_token_char(c) || matches!(c, b'[' | b']' | b':');
+        for c in 0..=255u8 {
+            assert_eq!(TokenBytes::CLASS.contains(c), is_token_char(c), "{c}");
+            assert_eq!(ValueBytes::CLASS.contains(c), value(c), "{c}");
+            assert_eq!(
+                CallIdBytes::CLASS.contains(c),
+                is_word_char(c) || c == b'@',
+                "{c}"
+            );
+        }
+        let reference = |s: &[u8], i: usize, f: &dyn Fn(u8) -> bool| {
+            i + s[i.min(s.len())..].iter().take_while(|&&c| f(c)).count()
+        };
+        let mut checked = 0;
+        for_random_inputs(
+            b"ab9Z-.!~_%:[]@",
+            b";= \t\r\n\"#$&,^|<>{}()/\\?\x7f\x80\xff\x00",
+            |s| {
+                for i in 0..=s.len() + 1 {
+                    assert_eq!(
+                        skip_token(s, i),
+                        reference(s, i, &is_token_char),
+                        "{s:?} {i}"
+                    );
+                    assert_eq!(skip_value(s, i), reference(s, i, &value), "{s:?} {i}");
+                    let end = reference(s, i, &|c| is_word_char(c) || c == b'@');
+                    let ats = s[i.min(s.len())..end.min(s.len())]
+                        .iter()
+                        .filter(|&&c| c == b'@')
+                        .count();
+                    assert_eq!(skip_call_id(s, i), (end, ats as u32), "{s:?} {i}");
+                    checked += 1;
+                }
+            },
+        );
+        assert!(checked > 1_000_000, "{checked}");
     }
 
     #[test]

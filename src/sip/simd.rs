@@ -155,6 +155,247 @@ pub fn find_colon(s: &[u8]) -> Option<usize> {
     super::scan::find_byte_near(b':', s)
 }
 
+/// A set of bytes given as letters (`A-Z`, `a-z`), ranges and single bytes, less `except`.
+///
+/// Every class scanned here holds letters, digits, `-` and `.`, and the values are mostly made
+/// of those: the sixteen-byte scans test only for them (a handful of SSE2 compares; a test of
+/// the whole class costs a compare per range or byte, as SSE2 has no byte shuffle for a table
+/// lookup), and look up the byte where such a run stops in the class's table.
+/// Scanners take the class as the associated constant of a [`ByteSet`] type, so that the table
+/// is a constant of their code.
+pub struct ByteClass {
+    table: [bool; 256],
+}
+
+/// A type naming a [`ByteClass`].
+pub trait ByteSet {
+    const CLASS: ByteClass;
+}
+
+impl ByteClass {
+    pub const fn new(
+        letters: bool,
+        ranges: &'static [(u8, u8)],
+        bytes: &'static [u8],
+        except: &'static [u8],
+    ) -> ByteClass {
+        let mut table = [false; 256];
+        let mut c = 0;
+        while c < 256 {
+            let b = c as u8;
+            let mut yes = letters && b.is_ascii_alphabetic();
+            let mut k = 0;
+            while k < ranges.len() {
+                yes |= ranges[k].0 <= b && b <= ranges[k].1;
+                k += 1;
+            }
+            k = 0;
+            while k < bytes.len() {
+                yes |= bytes[k] == b;
+                k += 1;
+            }
+            k = 0;
+            while k < except.len() {
+                yes &= except[k] != b;
+                k += 1;
+            }
+            table[c] = yes;
+            c += 1;
+        }
+        // The sixteen-byte scans take these bytes as members without a look at the table.
+        let mut c = 0;
+        while c < 128 {
+            let b = c as u8;
+            assert!(!(b.is_ascii_alphanumeric() || b == b'-' || b == b'.') || table[c]);
+            c += 1;
+        }
+        ByteClass { table }
+    }
+
+    /// True if `c` is in the class.
+    #[inline]
+    pub fn contains(&self, c: u8) -> bool {
+        self.table[c as usize]
+    }
+}
+
+/// The sixteen bytes that start at `i`, or the last sixteen of `s` when fewer remain, and the
+/// shift that moves the movemask bit of byte `i` to bit 0. Requires `i < s.len()` and
+/// `s.len() >= 16`. After the shift the bits of bytes past the end are zero.
+#[cfg(target_arch = "x86_64")]
+#[inline]
+#[target_feature(enable = "sse2")]
+fn window(s: &[u8], i: usize) -> (core::arch::x86_64::__m128i, u32) {
+    use core::arch::x86_64::{__m128i, _mm_loadu_si128};
+    debug_assert!(i < s.len() && s.len() >= 16);
+    let (at, shift) = if i + 16 <= s.len() {
+        (i, 0)
+    } else {
+        (s.len() - 16, i + 16 - s.len())
+    };
+    // SAFETY: `at + 16 <= s.len()` in both cases (the second since `s.len() >= 16`), so the
+    // 16 bytes read are inside `s`; `loadu` has no alignment requirement.
+    let v = unsafe { _mm_loadu_si128(s.as_ptr().add(at).cast::<__m128i>()) };
+    (v, shift as u32)
+}
+
+/// Skips the bytes of `class` from `i`: returns where they stop (`s.len()` at the latest;
+/// `i` itself if `i >= s.len()`). Sixteen bytes per step; values shorter than sixteen bytes
+/// go byte by byte.
+#[inline]
+pub fn skip<B: ByteSet>(s: &[u8], i: usize) -> usize {
+    #[cfg(target_arch = "x86_64")]
+    if s.len() >= 16 {
+        // SAFETY: SSE2 is part of the x86_64 baseline (see `find_newline`).
+        return unsafe { skip_sse2::<B>(s, i) };
+    }
+    let rest = s.get(i..).unwrap_or_default();
+    i + rest
+        .iter()
+        .position(|&c| !B::CLASS.contains(c))
+        .unwrap_or(rest.len())
+}
+
+#[cfg(target_arch = "x86_64")]
+#[inline]
+#[target_feature(enable = "sse2")]
+fn skip_sse2<B: ByteSet>(s: &[u8], mut i: usize) -> usize {
+    use core::arch::x86_64::_mm_movemask_epi8;
+    while i < s.len() {
+        let (v, shift) = window(s, i);
+        let (_, _, host) = host_lanes(v);
+        let yes = (_mm_movemask_epi8(host) as u32) >> shift;
+        // Bits 16 and up of `!yes` are set (and so are those of bytes past the end): `n` is
+        // at most the number of bytes left in the window.
+        let n = (!yes).trailing_zeros() as usize;
+        i += n;
+        if n < 16 {
+            // The run of letters, digits, `-` and `.` stops here: at the end, at a byte
+            // outside the class, or at one of its other bytes, after which the scan goes on.
+            match s.get(i) {
+                Some(&c) if B::CLASS.contains(c) => i += 1,
+                _ => return i,
+            }
+        }
+    }
+    i
+}
+
+/// For the bytes of `v`: (letters or `-`, `.`, letters, digits, `-` or `.`), 0xff per lane.
+#[cfg(target_arch = "x86_64")]
+#[inline]
+#[target_feature(enable = "sse2")]
+fn host_lanes(
+    v: core::arch::x86_64::__m128i,
+) -> (
+    core::arch::x86_64::__m128i,
+    core::arch::x86_64::__m128i,
+    core::arch::x86_64::__m128i,
+) {
+    use core::arch::x86_64::{
+        _mm_cmpeq_epi8, _mm_min_epu8, _mm_or_si128, _mm_set1_epi8, _mm_sub_epi8,
+    };
+    // `lo <= c <= hi` as `(c - lo) <= hi - lo` in unsigned bytes: the minimum with `hi - lo`
+    // leaves exactly those bytes unchanged.
+    let range = |x, lo: u8, hi: u8| {
+        let t = _mm_sub_epi8(x, _mm_set1_epi8(lo as i8));
+        _mm_cmpeq_epi8(_mm_min_epu8(t, _mm_set1_epi8((hi - lo) as i8)), t)
+    };
+    let letter = range(_mm_or_si128(v, _mm_set1_epi8(0x20)), b'a', b'z');
+    let alpha_dash = _mm_or_si128(letter, _mm_cmpeq_epi8(v, _mm_set1_epi8(b'-' as i8)));
+    let dot = _mm_cmpeq_epi8(v, _mm_set1_epi8(b'.' as i8));
+    let host = _mm_or_si128(_mm_or_si128(alpha_dash, dot), range(v, b'0', b'9'));
+    (alpha_dash, dot, host)
+}
+
+/// Host-name bytes (letters, digits, `-`, `.`) from `i`, as `uri::scan_host_name`: where they
+/// stop, whether a letter or `-` was seen and whether two dots touch. `None` when `s` is
+/// shorter than sixteen bytes (or on targets without SSE2 code here).
+#[inline]
+pub fn scan_host_name(s: &[u8], i: usize) -> Option<(usize, bool, bool)> {
+    #[cfg(target_arch = "x86_64")]
+    if s.len() >= 16 {
+        // SAFETY: SSE2 is part of the x86_64 baseline (see `find_newline`).
+        return Some(unsafe { scan_host_name_sse2(s, i) });
+    }
+    let _ = (s, i);
+    None
+}
+
+#[cfg(target_arch = "x86_64")]
+#[inline]
+#[target_feature(enable = "sse2")]
+fn scan_host_name_sse2(s: &[u8], mut i: usize) -> (usize, bool, bool) {
+    use core::arch::x86_64::{
+        _mm_cmpeq_epi8, _mm_min_epu8, _mm_movemask_epi8, _mm_or_si128, _mm_set1_epi8, _mm_sub_epi8,
+    };
+    let (mut alpha, mut double_dot, mut prev_dot) = (false, false, 0u32);
+    while i < s.len() {
+        let (v, shift) = window(s, i);
+        let range = |x, lo: u8, hi: u8| {
+            let t = _mm_sub_epi8(x, _mm_set1_epi8(lo as i8));
+            _mm_cmpeq_epi8(_mm_min_epu8(t, _mm_set1_epi8((hi - lo) as i8)), t)
+        };
+        let letter = range(_mm_or_si128(v, _mm_set1_epi8(0x20)), b'a', b'z');
+        let alnum_dash = _mm_or_si128(letter, _mm_cmpeq_epi8(v, _mm_set1_epi8(b'-' as i8)));
+        let dot = _mm_cmpeq_epi8(v, _mm_set1_epi8(b'.' as i8));
+        let ok = _mm_or_si128(_mm_or_si128(alnum_dash, dot), range(v, b'0', b'9'));
+        let ok = (_mm_movemask_epi8(ok) as u32) >> shift;
+        let n = (!ok).trailing_zeros();
+        // Only the bytes before the first other byte count.
+        let keep = (1u32 << n) - 1;
+        alpha |= (_mm_movemask_epi8(alnum_dash) as u32 >> shift) & keep != 0;
+        let dots = (_mm_movemask_epi8(dot) as u32 >> shift) & keep;
+        double_dot |= dots & (dots >> 1 | prev_dot) != 0;
+        if n < 16 {
+            return (i + n as usize, alpha, double_dot);
+        }
+        prev_dot = dots >> 15;
+        i += 16;
+    }
+    (i, alpha, double_dot)
+}
+
+/// Skips Call-ID bytes (`word` characters and `@`) from `i` and counts the `@`s among them:
+/// returns (where they stop, number of `@`). `None` when `s` is shorter than sixteen bytes
+/// (or on targets without SSE2 code here).
+#[inline]
+pub fn skip_call_id<B: ByteSet>(s: &[u8], i: usize) -> Option<(usize, u32)> {
+    #[cfg(target_arch = "x86_64")]
+    if s.len() >= 16 {
+        // SAFETY: SSE2 is part of the x86_64 baseline (see `find_newline`).
+        return Some(unsafe { skip_call_id_sse2::<B>(s, i) });
+    }
+    let _ = (s, i);
+    None
+}
+
+#[cfg(target_arch = "x86_64")]
+#[inline]
+#[target_feature(enable = "sse2")]
+fn skip_call_id_sse2<B: ByteSet>(s: &[u8], mut i: usize) -> (usize, u32) {
+    use core::arch::x86_64::_mm_movemask_epi8;
+    let mut ats = 0;
+    while i < s.len() {
+        let (v, shift) = window(s, i);
+        let (_, _, host) = host_lanes(v);
+        let yes = (_mm_movemask_epi8(host) as u32) >> shift;
+        let n = (!yes).trailing_zeros() as usize;
+        i += n;
+        if n < 16 {
+            // As in `skip_sse2`, and the `@` bytes are counted here.
+            match s.get(i) {
+                Some(&c) if B::CLASS.contains(c) => {
+                    ats += (c == b'@') as u32;
+                    i += 1;
+                }
+                _ => return (i, ats),
+            }
+        }
+    }
+    (i, ats)
+}
+
 #[cfg(test)]
 mod tests {
     #[test]

@@ -4,6 +4,7 @@
 //! [`Uri::equals`] implements the comparison rules of RFC 3261 §19.1.4.
 
 use super::scan::{find_byte, is_lws};
+use super::simd::{self, ByteClass, ByteSet};
 
 /// The URI scheme.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -225,8 +226,24 @@ static SIP_CLASS: [u8; 256] = sip_class_table();
 /// (at `s.len()` or at the first other byte). A `%` without two hex digits is `BadEscape`.
 /// The delimiters that end a URI part are never hex digits, so checking the two bytes after
 /// `%` in the whole URI is the same as checking them inside the part.
+/// The runs between escapes are scanned sixteen bytes per step (`simd::skip`).
 #[inline]
-fn scan_class(s: &[u8], mut i: usize, class: u8) -> Result<usize, UriError> {
+fn scan_class<B: ByteSet>(s: &[u8], mut i: usize) -> Result<usize, UriError> {
+    loop {
+        i = simd::skip::<B>(s, i);
+        if s.get(i) != Some(&b'%') {
+            return Ok(i);
+        }
+        match (s.get(i + 1), s.get(i + 2)) {
+            (Some(h), Some(l)) if h.is_ascii_hexdigit() && l.is_ascii_hexdigit() => i += 3,
+            _ => return Err(UriError::BadEscape),
+        }
+    }
+}
+
+/// [`scan_class`] byte by byte with the tables (the reference of the tests).
+#[cfg(test)]
+fn scan_class_bytewise(s: &[u8], mut i: usize, class: u8) -> Result<usize, UriError> {
     while let Some(&c) = s.get(i) {
         if SIP_CLASS[c as usize] & class != 0 {
             i += 1;
@@ -240,6 +257,23 @@ fn scan_class(s: &[u8], mut i: usize, class: u8) -> Result<usize, UriError> {
         }
     }
     Ok(i)
+}
+
+/// `user` bytes without `%` (escapes are handled by [`scan_class`]): unreserved and
+/// user-unreserved, as `user_table`.
+struct UserBytes;
+impl ByteSet for UserBytes {
+    const CLASS: ByteClass = ByteClass::new(true, &[(b'&', b'9')], b"!$;=?_~", b"");
+}
+/// `param` bytes without `%`: unreserved and param-unreserved, as `param_table`.
+struct ParamBytes;
+impl ByteSet for ParamBytes {
+    const CLASS: ByteClass = ByteClass::new(true, &[(b'&', b'+'), (b'-', b':')], b"!$[]_~", b"");
+}
+/// Header name and value bytes without `%`: unreserved and hnv-unreserved, as `hvalue_table`.
+struct HvalueBytes;
+impl ByteSet for HvalueBytes {
+    const CLASS: ByteClass = ByteClass::new(true, &[(b'\'', b'+'), (b'-', b':')], b"!$?[]_~", b"");
 }
 
 #[cfg(test)]
@@ -350,8 +384,17 @@ fn name_or_ipv4(s: &[u8]) -> Option<HostKind> {
 /// whether a letter or `-` was seen (then it is no IPv4 address) and whether two dots touch.
 /// Eight bytes per step: each byte's class is computed with carry-free byte arithmetic on the
 /// low seven bits (bytes of 0x80 and up are marked separately).
+/// Sixteen bytes per step with SSE2 where there are sixteen bytes (`simd::scan_host_name`).
 #[inline]
-fn scan_host_name(s: &[u8], mut i: usize) -> (usize, bool, bool) {
+pub(crate) fn scan_host_name(s: &[u8], i: usize) -> (usize, bool, bool) {
+    match simd::scan_host_name(s, i) {
+        Some(r) => r,
+        None => scan_host_name_swar(s, i),
+    }
+}
+
+#[inline]
+fn scan_host_name_swar(s: &[u8], mut i: usize) -> (usize, bool, bool) {
     const LO7: u64 = u64::from_ne_bytes([0x7f; 8]);
     const HI: u64 = u64::from_ne_bytes([0x80; 8]);
     const fn rep(b: u8) -> u64 {
@@ -505,14 +548,18 @@ impl<'a> Uri<'a> {
         let (user, password, mut i) = match find_byte(b'@', s) {
             Some(at) => {
                 let userinfo = &s[..at];
-                let end = scan_class(userinfo, 0, C_USER)?;
+                // Scanned in `s`, which is longer than the user part (and so more often
+                // long enough for sixteen-byte steps): `@` is no user byte and not a hex
+                // digit, so the scan stops at `at` at the latest, and `%` escapes are
+                // judged the same way.
+                let end = scan_class::<UserBytes>(s, 0)?;
                 if end == 0 {
                     return Err(UriError::BadUser);
                 }
                 let password = match userinfo.get(end) {
                     None => None,
                     Some(b':') => {
-                        if scan_class(userinfo, end + 1, C_USER)? != at {
+                        if scan_class::<UserBytes>(s, end + 1)? != at {
                             return Err(UriError::BadUser);
                         }
                         Some(&userinfo[end + 1..])
@@ -591,13 +638,13 @@ impl<'a> Uri<'a> {
             let start = i + 1;
             loop {
                 let name_start = i + 1;
-                i = scan_class(s, name_start, C_PARAM)?;
+                i = scan_class::<ParamBytes>(s, name_start)?;
                 if i == name_start {
                     return Err(UriError::BadParam);
                 }
                 if s.get(i) == Some(&b'=') {
                     let value_start = i + 1;
-                    i = scan_class(s, value_start, C_PARAM)?;
+                    i = scan_class::<ParamBytes>(s, value_start)?;
                     if i == value_start {
                         return Err(UriError::BadParam);
                     }
@@ -619,11 +666,11 @@ impl<'a> Uri<'a> {
             }
             loop {
                 let name_start = i + 1;
-                i = scan_class(s, name_start, C_HVALUE)?;
+                i = scan_class::<HvalueBytes>(s, name_start)?;
                 if i == name_start || s.get(i) != Some(&b'=') {
                     return Err(UriError::BadHeaders);
                 }
-                i = scan_class(s, i + 1, C_HVALUE)?;
+                i = scan_class::<HvalueBytes>(s, i + 1)?;
                 match s.get(i) {
                     Some(b'&') => {}
                     None => break,
@@ -1131,6 +1178,53 @@ mod tests {
             );
         }
         assert!(long > 1000 && doubled > 1000, "{long} {doubled}");
+    }
+
+    /// The sixteen-byte scans of URI parts against the byte-wise tables, at every length
+    /// 0..80, start and alignment.
+    #[test]
+    fn sixteen_byte_uri_scans_match_bytewise() {
+        for c in 0..=255u8 {
+            assert_eq!(UserBytes::CLASS.contains(c), USER[c as usize], "{c}");
+            assert_eq!(ParamBytes::CLASS.contains(c), PARAM[c as usize], "{c}");
+            assert_eq!(HvalueBytes::CLASS.contains(c), HVALUE[c as usize], "{c}");
+        }
+        type Scan = fn(&[u8], usize) -> Result<usize, UriError>;
+        let classes: [(Scan, u8); 3] = [
+            (scan_class::<UserBytes>, C_USER),
+            (scan_class::<ParamBytes>, C_PARAM),
+            (scan_class::<HvalueBytes>, C_HVALUE),
+        ];
+        let (mut long, mut doubled) = (0, 0);
+        crate::sip::scan::tests::for_random_inputs(
+            b"ab.9Z-.%fA",
+            b"@:;?=&[]/$+,!~*'()_ \"<>\x80\xff#",
+            |s| {
+                for i in 0..=s.len() + 1 {
+                    for (scan, class) in classes {
+                        assert_eq!(
+                            scan(s, i),
+                            scan_class_bytewise(s, i, class),
+                            "{s:?} {i} {class}"
+                        );
+                    }
+                    if i <= s.len() {
+                        let mut end = i;
+                        while end < s.len() && HOST_CLASS[s[end] as usize] != 0 {
+                            end += 1;
+                        }
+                        let part = &s[i..end];
+                        let alpha = part.iter().any(|&c| HOST_CLASS[c as usize] == 2);
+                        let dd = part.windows(2).any(|w| w == b"..");
+                        long += (end - i >= 16) as usize;
+                        doubled += dd as usize;
+                        assert_eq!(scan_host_name(s, i), (end, alpha, dd), "{s:?} {i}");
+                        assert_eq!(scan_host_name_swar(s, i), (end, alpha, dd), "{s:?} {i}");
+                    }
+                }
+            },
+        );
+        assert!(long > 5_000 && doubled > 10_000, "{long} {doubled}");
     }
 
     #[test]

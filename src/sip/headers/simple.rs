@@ -3,7 +3,7 @@
 //! Supported, Unsupported: §20.32, §20.29, §20.37, §20.40) and Date (§20.17, RFC 1123 in GMT).
 
 use super::params::{only_lws, Params};
-use crate::sip::scan::{is_word_char, parse_u64, trim, CommaSplit, Cursor};
+use crate::sip::scan::{parse_u64, skip_call_id, trim, CommaSplit, Cursor};
 
 /// `CSeq: 4711 INVITE`
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -51,16 +51,8 @@ pub fn parse_delta_seconds(v: &[u8]) -> Result<u32, SimpleError> {
 /// Call-ID: `word [ "@" word ]`: word characters with at most one `@`, neither first nor last.
 pub fn parse_call_id(v: &[u8]) -> Result<&[u8], SimpleError> {
     let v = trim(v);
-    let mut ats = 0;
-    for &c in v {
-        if !is_word_char(c) {
-            if c != b'@' {
-                return Err((0, false));
-            }
-            ats += 1;
-        }
-    }
-    if v.is_empty() || ats > 1 || v[0] == b'@' || v[v.len() - 1] == b'@' {
+    let (end, ats) = skip_call_id(v, 0);
+    if end != v.len() || v.is_empty() || ats > 1 || v[0] == b'@' || v[v.len() - 1] == b'@' {
         return Err((0, false));
     }
     Ok(v)

@@ -2,10 +2,8 @@
 //! RFC 3581 and IPv6 sent-by/received values of RFC 5118.
 
 use super::params::{only_lws, Params};
-use crate::sip::scan::{
-    class, class_of, has_double_dot, is_lws, is_token_char, skip_class, Cursor,
-};
-use crate::sip::uri::{parse_host, split_hostport, HostKind};
+use crate::sip::scan::{is_lws, is_token_char, skip_token, Cursor};
+use crate::sip::uri::{parse_host, scan_host_name, split_hostport, HostKind};
 
 /// One Via value (`SIP/2.0/UDP host:port;branch=...`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -62,7 +60,7 @@ impl<'a> Via<'a> {
         }
         let (protocol, version) = (&s[i..i + 3], &s[i + 4..i + 7]);
         let t = i + 8;
-        let mut i = skip_class(s, t, class::TOKEN);
+        let mut i = skip_token(s, t);
         if i == t {
             return None;
         }
@@ -75,7 +73,7 @@ impl<'a> Via<'a> {
             i += 1;
         }
         let host_start = i;
-        let host_end = skip_class(s, host_start, class::HOST);
+        let (host_end, alpha, double_dot) = scan_host_name(s, host_start);
         let host = &s[host_start..host_end];
         // The general parser takes a host as token bytes up to a colon: if one follows that is
         // no host-name byte, it rejects the host. A bracket starts an IPv6 reference.
@@ -84,13 +82,12 @@ impl<'a> Via<'a> {
             || next.is_some_and(|c| c != b':' && is_token_char(c))
             || host.len() > 255
             || matches!(host[0], b'.' | b'-')
-            || has_double_dot(host)
+            || double_dot
         {
             return None;
         }
-        // A host name usually ends in a letter; only digits and dots can make an IPv4 address.
-        let numeric = |c: u8| class_of(c) & class::NUMERIC != 0;
-        let host_kind = if numeric(host[host.len() - 1]) && host.iter().all(|&c| numeric(c)) {
+        // Only digits and dots (no letter or `-`) can make an IPv4 address.
+        let host_kind = if !alpha {
             // Digits and dots: an IPv4 address or a numeric host name.
             parse_host(host).ok()?.1
         } else {
