@@ -291,15 +291,14 @@ impl<'a> Cursor<'a> {
         }
         let start = self.pos + 1;
         let mut i = start;
+        // Jump from one quote or backslash to the next (16 bytes per step).
         while i < self.s.len() {
-            match self.s[i] {
-                b'\\' => i += 2,
-                b'"' => {
-                    self.pos = i + 1;
-                    return Some(&self.s[start..i]);
-                }
-                _ => i += 1,
+            let at = i + super::simd::find_either(b'"', b'\\', &self.s[i..])?;
+            if self.s[at] == b'"' {
+                self.pos = at + 1;
+                return Some(&self.s[start..at]);
             }
+            i = at + 2;
         }
         None
     }
@@ -668,6 +667,35 @@ pub(crate) mod tests {
         assert_eq!(parse_u64(b"256", 255), Err(true));
         assert_eq!(parse_u64(b"-1", 255), Err(false));
         assert_eq!(parse_u64(b"99999999999999999999999999", 10), Err(true));
+    }
+
+    #[test]
+    fn quoted_matches_the_bytewise_scan() {
+        fn reference(s: &[u8]) -> Option<(&[u8], usize)> {
+            let mut i = 1;
+            while i < s.len() {
+                match s[i] {
+                    b'\\' => i += 2,
+                    b'"' => return Some((&s[1..i], i + 1)),
+                    _ => i += 1,
+                }
+            }
+            None
+        }
+        let mut rng: u64 = 0x0bad_cafe_1234_5678;
+        for _ in 0..100_000 {
+            rng ^= rng << 13;
+            rng ^= rng >> 7;
+            rng ^= rng << 17;
+            let len = 1 + (rng % 40) as usize;
+            let mut s = vec![b'"'];
+            s.extend(
+                (1..len).map(|k| b"ab\\\"xyz0123456789"[((rng >> (k % 21 * 3)) % 15) as usize]),
+            );
+            let mut c = Cursor::new(&s);
+            let got = c.quoted().map(|q| (q, c.pos));
+            assert_eq!(got, reference(&s), "{:?}", String::from_utf8_lossy(&s));
+        }
     }
 
     #[test]
