@@ -163,6 +163,16 @@ impl<'a> Message<'a> {
         limits: Limits,
         framing: Framing,
     ) -> Result<Message<'a>, ParseError> {
+        Self::parse_lines::<true>(buf, limits, framing)
+    }
+
+    /// [`Message::parse_with`]; see `scan_headers` for `COMMON_LINES`.
+    #[inline(always)]
+    fn parse_lines<const COMMON_LINES: bool>(
+        buf: &'a [u8],
+        limits: Limits,
+        framing: Framing,
+    ) -> Result<Message<'a>, ParseError> {
         if buf.len() > limits.max_size || buf.len() > u32::MAX as usize {
             return Err(ParseError::new(
                 ErrorKind::TooLarge(limits.max_size),
@@ -205,13 +215,15 @@ impl<'a> Message<'a> {
             conflicting_length: false,
             cache: Default::default(),
         };
-        msg.scan_headers(pos, max_headers, framing)?;
+        msg.scan_headers::<COMMON_LINES>(pos, max_headers, framing)?;
         Ok(msg)
     }
 
     /// The header lines from `pos` on, then the body framing. Fills the message in place (it
-    /// is large: building it here and returning it would copy it).
-    fn scan_headers(
+    /// is large: building it here and returning it would copy it). `COMMON_LINES` takes the
+    /// lines of the common shape through [`Message::common_line`] (the tests compare with the
+    /// general code alone).
+    fn scan_headers<const COMMON_LINES: bool>(
         &mut self,
         mut pos: usize,
         max_headers: usize,
@@ -224,6 +236,12 @@ impl<'a> Message<'a> {
         loop {
             if pos >= buf.len() {
                 return Err(ParseError::new(ErrorKind::Incomplete, buf.len()));
+            }
+            if COMMON_LINES {
+                if let Some(next) = msg.common_line(pos, max_headers) {
+                    pos = next;
+                    continue;
+                }
             }
             let c = buf[pos];
             if c == b'\n' {
@@ -271,8 +289,14 @@ impl<'a> Message<'a> {
             // name *(SP/HT) ":" value. The colon is found first. The name before it (without
             // the SP/HT) is then either a known header, whose spellings are all token
             // characters, or checked byte by byte; either way no CR or LF precedes the colon.
-            let Some(colon) = super::simd::find_colon(&buf[pos..]) else {
-                return Err(bad_header_line(buf, pos));
+            // Most lines: the colon within sixteen bytes and the line end after it, in one
+            // search. Otherwise each is looked for on its own (the LF after the name checks).
+            let (colon, newline) = match super::simd::find_colon_then_newline(&buf[pos..]) {
+                Some((colon, nl)) => (colon, Some(pos + nl)),
+                None => match super::simd::find_colon(&buf[pos..]) {
+                    Some(colon) => (colon, None),
+                    None => return Err(bad_header_line(buf, pos)),
+                },
             };
             let mut name_end = pos + colon;
             while name_end > pos && is_sp_ht(buf[name_end - 1]) {
@@ -290,8 +314,19 @@ impl<'a> Message<'a> {
             while i < buf.len() && is_sp_ht(buf[i]) {
                 i += 1;
             }
-            let Some((end, next)) = line_end(buf, i) else {
-                return Err(ParseError::new(ErrorKind::Incomplete, buf.len()));
+            // The first LF after the colon is the first from `i` on: only SP and HT are
+            // skipped.
+            let nl = match newline {
+                Some(nl) => nl,
+                None => match super::scan::find_newline(&buf[i..]) {
+                    Some(n) => i + n,
+                    None => return Err(ParseError::new(ErrorKind::Incomplete, buf.len())),
+                },
+            };
+            let (end, next) = if nl > i && buf[nl - 1] == b'\r' {
+                (nl - 1, nl + 1)
+            } else {
+                (nl, nl + 1)
             };
             // `i <= end` unless the line ends right after the colon with a bare CR LF.
             let i = i.min(end);
@@ -375,6 +410,63 @@ impl<'a> Message<'a> {
             }
         };
         Ok(())
+    }
+
+    /// A header line of the common shape `name: value CRLF` at `pos` (one SP after the colon,
+    /// a value not starting with SP or HT, a name of at most 15 bytes that is a known header
+    /// or a token, more than sixteen bytes before the end of the buffer): records it and
+    /// returns where the next line starts. `None` for anything else, which the general code in
+    /// `scan_headers` then handles (and reports) in its own way; for the lines taken here it
+    /// would record the same slot (every check below implies the corresponding one there).
+    #[inline(always)]
+    fn common_line(&mut self, pos: usize, max_headers: usize) -> Option<usize> {
+        let s = self.buf.get(pos..)?;
+        // The first colon (within sixteen bytes) and the first LF after it.
+        let (colon, nl) = super::simd::find_colon_then_newline(s)?;
+        let head: &[u8; 16] = s.get(..16)?.try_into().ok()?;
+        // A known name or a token: no SP, HT, CR or LF, so the line does not start with the
+        // end of the header section or a continuation, and no SP/HT precedes the colon.
+        let name = HeaderName::from_head(head, colon);
+        if name == HeaderName::Other && !super::scan::is_token(&s[..colon]) {
+            return None;
+        }
+        // One SP, then the value from `i` to the CR at `end`, maybe empty (`i == end`). With
+        // the SP, the line is at least `name: CR LF`, and `colon + 3 <= nl` lets the bounds
+        // checks below go.
+        let i = colon + 2;
+        let end = nl - 1;
+        if colon + 3 > nl || nl >= s.len() {
+            return None;
+        }
+        if s[colon + 1] != b' ' || is_sp_ht(s[i]) || s[end] != b'\r' {
+            return None;
+        }
+        let mut vend = end;
+        while vend > i && is_sp_ht(s[vend - 1]) {
+            vend -= 1;
+        }
+        let idx = self.n_headers;
+        if idx as usize >= max_headers.min(MAX_HEADERS) {
+            return None;
+        }
+        self.headers[idx as usize] = HeaderSlot {
+            name,
+            name_span: Span {
+                start: pos as u32,
+                end: (pos + colon) as u32,
+            },
+            value: Span {
+                start: (pos + i) as u32,
+                end: (pos + vend) as u32,
+            },
+        };
+        self.n_headers = idx + 1;
+        if let Some(first) = self.first.get_mut(name as usize) {
+            if *first == NO_HEADER {
+                *first = idx;
+            }
+        }
+        Some(pos + nl + 1)
     }
 
     /// The buffer the message was parsed from.
@@ -817,6 +909,104 @@ mod tests {
         let raw = with(b"Subject: a\r\n b\r\n");
         let msg = Message::parse(&raw).unwrap();
         assert_eq!(msg.header(HeaderName::Subject), Some(&b"a\r\n b"[..]));
+    }
+
+    /// `Message::parse_with` with the general header-line code only.
+    fn parse_general(
+        buf: &[u8],
+        limits: Limits,
+        framing: Framing,
+    ) -> Result<Message<'_>, ParseError> {
+        Message::parse_lines::<false>(buf, limits, framing)
+    }
+
+    fn same(a: &Message<'_>, b: &Message<'_>) -> bool {
+        a.start == b.start
+            && a.start_offset == b.start_offset
+            && a.headers_offset == b.headers_offset
+            && a.slots() == b.slots()
+            && a.first == b.first
+            && a.body == b.body
+            && a.conflicting_length == b.conflicting_length
+    }
+
+    /// The common-line fast path against the general code alone: the same messages and slots,
+    /// the same errors, over mutations of typical messages (bytes changed, inserted, deleted,
+    /// case flipped, truncated) with both framings and small header limits.
+    #[test]
+    fn common_lines_agree_with_general() {
+        let msgs: [&[u8]; 4] = [
+            b"INVITE sip:bob@biloxi.example.com SIP/2.0\r\n\
+Via: SIP/2.0/UDP pc33.atlanta.example.com;branch=z9hG4bK776asdhds\r\n\
+Max-Forwards: 70\r\nTo: Bob <sip:bob@biloxi.example.com>\r\n\
+From: Alice <sip:alice@atlanta.example.com>;tag=1928301774\r\n\
+Call-ID: a84b4c76e66710@pc33.atlanta.example.com\r\nCSeq: 314159 INVITE\r\n\
+Contact: <sip:alice@pc33.atlanta.example.com>\r\nX-Custom-Header1: x\r\n\
+Proxy-Authorization: Digest a=b\r\nContent-Type: application/sdp\r\n\
+Content-Length: 10\r\n\r\nv=0\r\no=a b\r\n",
+            b"SIP/2.0 200 OK\r\nv: SIP/2.0/UDP h;branch=z9hG4bK1\r\nf: <sip:a@b>;tag=1\r\n\
+t: <sip:b@c>\r\ni: abc\r\nCSeq: 1 INVITE\r\nSubject: \r\nl: 0\r\n\r\n",
+            b"REGISTER sip:r.example.com SIP/2.0\r\nVia: SIP/2.0/TCP h:5060;branch=z9hG4bKx\r\n\
+To: <sip:b@r.example.com>\r\nFrom: <sip:b@r.example.com>;tag=2\r\nCall-ID: 1@h\r\n\
+CSeq: 2 REGISTER\r\nContact: <sip:b@h>;expires=60\r\nExpires: 60\r\n\
+Content-Length: 0\r\nContent-Length: 0\r\n\r\n",
+            b"OPTIONS sip:x SIP/2.0\r\nVia: SIP/2.0/UDP h;branch=z9hG4bK2\r\nSubject: a\r\n  b\r\n\
+Accept: application/sdp\r\nAllow: INVITE, ACK\r\nContent-Length: 4\r\n\r\nabcd",
+        ];
+        for m in msgs {
+            let a = Message::parse(m).unwrap();
+            let b = parse_general(m, Limits::default(), Framing::Datagram).unwrap();
+            assert!(same(&a, &b));
+        }
+        let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+        let mut rnd = move || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed
+        };
+        let bytes = b": \t\r\n\r\n:: aZ-!\x00\x7f\xc3;,<";
+        let (mut ok, mut err) = (0, 0);
+        for _ in 0..150_000 {
+            let mut v = msgs[(rnd() % msgs.len() as u64) as usize].to_vec();
+            for _ in 0..1 + rnd() % 4 {
+                let i = (rnd() % (v.len() as u64 + 1)) as usize;
+                let c = bytes[(rnd() % bytes.len() as u64) as usize];
+                match rnd() % 6 {
+                    0 if i < v.len() => v[i] = c,
+                    1 | 2 => v.insert(i, c),
+                    3 if i < v.len() => {
+                        v.remove(i);
+                    }
+                    4 if i < v.len() => v[i] ^= 0x20,
+                    _ => v.truncate(i),
+                }
+            }
+            let limits = Limits {
+                max_size: 65_535,
+                max_headers: [MAX_HEADERS, 3, 8, 12][(rnd() % 4) as usize],
+            };
+            let framing = if rnd() % 2 == 0 {
+                Framing::Datagram
+            } else {
+                Framing::Stream
+            };
+            match (
+                Message::parse_with(&v, limits, framing),
+                parse_general(&v, limits, framing),
+            ) {
+                (Ok(a), Ok(b)) => {
+                    ok += 1;
+                    assert!(same(&a, &b), "{:?}", String::from_utf8_lossy(&v));
+                }
+                (Err(a), Err(b)) => {
+                    err += 1;
+                    assert_eq!(a, b, "{:?}", String::from_utf8_lossy(&v));
+                }
+                (a, b) => panic!("{a:?} {b:?} {:?}", String::from_utf8_lossy(&v)),
+            }
+        }
+        assert!(ok > 20_000 && err > 20_000, "{ok} {err}");
     }
 
     /// Whatever the one-pass start-line parser accepts, the general one accepts with the same
