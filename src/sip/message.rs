@@ -80,14 +80,31 @@ pub enum StartLine {
     },
 }
 
+/// The longest header name the parser accepts, in bytes (the name's length is kept in 16
+/// bits: sixteen-byte slots make the table of [`MAX_HEADERS`] slots, which every parse clears
+/// and returns, a quarter smaller). Only a `Limits::max_size` above 65,535 lets a longer name
+/// in; it is rejected with `ErrorKind::TooLarge(MAX_NAME_LEN)`.
+pub const MAX_NAME_LEN: usize = u16::MAX as usize;
+
 /// Where one header line is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct HeaderSlot {
     pub name: HeaderName,
-    /// The name as written (e.g. `v` or `VIA`).
-    pub name_span: Span,
+    name_len: u16,
+    name_start: u32,
     /// The value without surrounding whitespace; may span folded lines.
     pub value: Span,
+}
+
+impl HeaderSlot {
+    /// The name as written (e.g. `v` or `VIA`).
+    #[inline]
+    pub fn name_span(&self) -> Span {
+        Span {
+            start: self.name_start,
+            end: self.name_start + self.name_len as u32,
+        }
+    }
 }
 
 const NO_HEADER: u8 = u8::MAX;
@@ -116,7 +133,8 @@ pub struct Message<'a> {
 // past `n_headers` are never read.
 const EMPTY_SLOT: HeaderSlot = HeaderSlot {
     name: HeaderName::Via,
-    name_span: Span { start: 0, end: 0 },
+    name_len: 0,
+    name_start: 0,
     value: Span { start: 0, end: 0 },
 };
 
@@ -310,6 +328,9 @@ impl<'a> Message<'a> {
             if name == HeaderName::Other && !super::scan::is_token(name_bytes) {
                 return Err(bad_header_line(buf, pos));
             }
+            if name_bytes.len() > MAX_NAME_LEN {
+                return Err(ParseError::new(ErrorKind::TooLarge(MAX_NAME_LEN), pos));
+            }
             let mut i = pos + colon + 1;
             while i < buf.len() && is_sp_ht(buf[i]) {
                 i += 1;
@@ -340,10 +361,8 @@ impl<'a> Message<'a> {
             let idx = msg.n_headers;
             msg.headers[idx as usize] = HeaderSlot {
                 name,
-                name_span: Span {
-                    start: pos as u32,
-                    end: name_end as u32,
-                },
+                name_len: (name_end - pos) as u16,
+                name_start: pos as u32,
                 value: Span {
                     start: i as u32,
                     end: vend as u32,
@@ -357,8 +376,11 @@ impl<'a> Message<'a> {
         }
         // Content-Length: folded values are possible in theory, so parse after the loop.
         let mut conflicting = false;
-        for slot in msg
-            .slots()
+        // From the first Content-Length line on (no line before it is one).
+        let from = msg
+            .first_index(HeaderName::ContentLength)
+            .unwrap_or(msg.n_headers as usize);
+        for slot in msg.slots()[from..]
             .iter()
             .filter(|s| s.name == HeaderName::ContentLength)
         {
@@ -451,10 +473,8 @@ impl<'a> Message<'a> {
         }
         self.headers[idx as usize] = HeaderSlot {
             name,
-            name_span: Span {
-                start: pos as u32,
-                end: (pos + colon) as u32,
-            },
+            name_len: colon as u16,
+            name_start: pos as u32,
             value: Span {
                 start: (pos + i) as u32,
                 end: (pos + vend) as u32,
@@ -613,7 +633,7 @@ impl<'a> Message<'a> {
         self.slots()
             .iter()
             .find(|s| {
-                self.slice(s.name_span)
+                self.slice(s.name_span())
                     .eq_ignore_ascii_case(name.as_bytes())
             })
             .map(|s| self.slice(s.value))
@@ -884,6 +904,33 @@ mod tests {
         v.extend_from_slice(extra);
         v.extend_from_slice(b"Content-Length: 0\r\n\r\n");
         v
+    }
+
+    /// A name of up to `MAX_NAME_LEN` bytes is kept whole; a longer one (possible only with a
+    /// larger `max_size`) is rejected, naming the limit.
+    #[test]
+    fn longest_header_name() {
+        let limits = Limits {
+            max_size: 1 << 20,
+            ..Limits::default()
+        };
+        for (len, ok) in [(MAX_NAME_LEN, true), (MAX_NAME_LEN + 1, false)] {
+            let mut extra = vec![b'X'; len];
+            extra.extend_from_slice(b" : v\r\n");
+            let raw = with(&extra);
+            let got = Message::parse_with(&raw, limits, Framing::Datagram);
+            if ok {
+                let msg = got.unwrap();
+                let slot = msg.slots()[1];
+                assert_eq!(slot.name_span().start as usize, HEAD.len());
+                assert_eq!(slot.name_span().len(), len);
+                assert_eq!(msg.slice(slot.value), b"v");
+            } else {
+                let e = got.unwrap_err();
+                assert_eq!(e.kind, ErrorKind::TooLarge(MAX_NAME_LEN));
+                assert_eq!(e.offset, HEAD.len());
+            }
+        }
     }
 
     /// Found by fuzzing: an empty value followed by a whitespace-only continuation line got a
