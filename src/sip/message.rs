@@ -11,6 +11,7 @@ use super::error::{ErrorKind, ParseError};
 use super::header_name::{HeaderName, KNOWN_HEADERS};
 use super::method::Method;
 use super::scan::is_token_char;
+use core::mem::MaybeUninit;
 
 /// The most header lines a message may have (the capacity of the inline header table).
 pub const MAX_HEADERS: usize = 64;
@@ -118,7 +119,9 @@ pub struct Message<'a> {
     start_offset: u32,
     /// Offset where the first header line begins.
     headers_offset: u32,
-    headers: [HeaderSlot; MAX_HEADERS],
+    /// The first `n_headers` are initialised (each is written before `n_headers` counts it);
+    /// the rest are not, so a parse does not clear the whole table.
+    headers: [MaybeUninit<HeaderSlot>; MAX_HEADERS],
     n_headers: u8,
     /// Index into `headers` of the first line of each known header, or `NO_HEADER`.
     first: [u8; KNOWN_HEADERS],
@@ -128,15 +131,6 @@ pub struct Message<'a> {
     /// From, To and the top Via once parsed: the hot paths ask for them several times.
     pub(crate) cache: super::headers::HeaderCache<'a>,
 }
-
-// All-zero (`Via` is discriminant 0) so the table is initialised with a plain memset; slots
-// past `n_headers` are never read.
-const EMPTY_SLOT: HeaderSlot = HeaderSlot {
-    name: HeaderName::Via,
-    name_len: 0,
-    name_start: 0,
-    value: Span { start: 0, end: 0 },
-};
 
 /// A header line without a colon after a token: incomplete if the line does not end,
 /// malformed otherwise.
@@ -226,7 +220,7 @@ impl<'a> Message<'a> {
             start,
             start_offset: start_offset as u32,
             headers_offset: headers_offset as u32,
-            headers: [EMPTY_SLOT; MAX_HEADERS],
+            headers: [MaybeUninit::uninit(); MAX_HEADERS],
             n_headers: 0,
             first: [NO_HEADER; KNOWN_HEADERS],
             body: Span::default(),
@@ -281,10 +275,9 @@ impl<'a> Message<'a> {
                     return Err(ParseError::new(ErrorKind::Incomplete, buf.len()));
                 };
                 // Folded continuation of the previous header's value (§7.3.1).
-                if msg.n_headers == 0 {
+                let Some(slot) = msg.slots_mut().last_mut() else {
                     return Err(ParseError::new(ErrorKind::BadHeaderLine, pos));
-                }
-                let slot = &mut msg.headers[msg.n_headers as usize - 1];
+                };
                 let mut end = end;
                 while end > pos && matches!(buf[end - 1], b' ' | b'\t') {
                     end -= 1;
@@ -359,7 +352,7 @@ impl<'a> Message<'a> {
                 return Err(ParseError::new(ErrorKind::TooManyHeaders(max_headers), pos));
             }
             let idx = msg.n_headers;
-            msg.headers[idx as usize] = HeaderSlot {
+            msg.headers[idx as usize] = MaybeUninit::new(HeaderSlot {
                 name,
                 name_len: (name_end - pos) as u16,
                 name_start: pos as u32,
@@ -367,7 +360,7 @@ impl<'a> Message<'a> {
                     start: i as u32,
                     end: vend as u32,
                 },
-            };
+            });
             msg.n_headers += 1;
             if name != HeaderName::Other && msg.first[name as usize] == NO_HEADER {
                 msg.first[name as usize] = idx;
@@ -471,7 +464,7 @@ impl<'a> Message<'a> {
         if idx as usize >= max_headers.min(MAX_HEADERS) {
             return None;
         }
-        self.headers[idx as usize] = HeaderSlot {
+        self.headers[idx as usize] = MaybeUninit::new(HeaderSlot {
             name,
             name_len: colon as u16,
             name_start: pos as u32,
@@ -479,7 +472,7 @@ impl<'a> Message<'a> {
                 start: (pos + i) as u32,
                 end: (pos + vend) as u32,
             },
-        };
+        });
         self.n_headers = idx + 1;
         if let Some(first) = self.first.get_mut(name as usize) {
             if *first == NO_HEADER {
@@ -574,7 +567,20 @@ impl<'a> Message<'a> {
     /// All header lines in order.
     #[inline]
     pub fn slots(&self) -> &[HeaderSlot] {
-        &self.headers[..self.n_headers as usize]
+        let n = (self.n_headers as usize).min(MAX_HEADERS);
+        // SAFETY: the first `n_headers` slots are initialised (see `headers`), and
+        // `MaybeUninit<HeaderSlot>` has the layout of `HeaderSlot`.
+        unsafe { core::slice::from_raw_parts(self.headers.as_ptr().cast::<HeaderSlot>(), n) }
+    }
+
+    /// The header lines recorded so far, to extend a value with a folded line.
+    #[inline]
+    fn slots_mut(&mut self) -> &mut [HeaderSlot] {
+        let n = (self.n_headers as usize).min(MAX_HEADERS);
+        // SAFETY: as in `slots`.
+        unsafe {
+            core::slice::from_raw_parts_mut(self.headers.as_mut_ptr().cast::<HeaderSlot>(), n)
+        }
     }
 
     /// Offset where the header section starts (after the start line).
@@ -601,7 +607,7 @@ impl<'a> Message<'a> {
     /// The first header line with this name, as its slot.
     #[inline]
     pub fn first_slot(&self, name: HeaderName) -> Option<&HeaderSlot> {
-        self.first_index(name).map(|i| &self.headers[i])
+        self.first_index(name).map(|i| &self.slots()[i])
     }
 
     /// The value of the first line of a known header.
@@ -617,7 +623,7 @@ impl<'a> Message<'a> {
             Some(i) => i,
             None => self.n_headers as usize,
         };
-        self.headers[start..self.n_headers as usize]
+        self.slots()[start..]
             .iter()
             .filter(move |s| s.name == name)
             .map(|s| &self.buf[s.value.range()])
