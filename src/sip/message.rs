@@ -983,6 +983,37 @@ mod tests {
             && a.conflicting_length == b.conflicting_length
     }
 
+    /// The fused search against the two separate ones, over lengths around the step sizes and
+    /// every colon position, with LFs before and after the colon.
+    #[test]
+    fn colon_then_newline_matches_separate_searches() {
+        use super::super::simd::find_colon_then_newline;
+        for len in 0..150 {
+            for colon in 0..20.min(len + 1) {
+                for lf in [None, Some(0), Some(colon + 1), Some(len / 2), Some(len - 1)] {
+                    let mut s = vec![b'a'; len];
+                    if colon < len {
+                        s[colon] = b':';
+                    }
+                    for extra in [lf, lf.map(|i| i + 17), lf.map(|i| i + 40)] {
+                        if let Some(i) = extra.filter(|&i| i < len && i != colon) {
+                            s[i] = b'\n';
+                        }
+                    }
+                    let c = s.iter().position(|&b| b == b':');
+                    let expect = c.filter(|&c| c < 16 && len >= 16).and_then(|c| {
+                        let n = s[c + 1..].iter().position(|&b| b == b'\n')?;
+                        Some((c, c + 1 + n))
+                    });
+                    #[cfg(target_arch = "x86_64")]
+                    assert_eq!(find_colon_then_newline(&s), expect, "{len} {colon} {lf:?}");
+                    #[cfg(not(target_arch = "x86_64"))]
+                    let _ = (expect, find_colon_then_newline(&s));
+                }
+            }
+        }
+    }
+
     /// The common-line fast path against the general code alone: the same messages and slots,
     /// the same errors, over mutations of typical messages (bytes changed, inserted, deleted,
     /// case flipped, truncated) with both framings and small header limits.
