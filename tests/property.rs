@@ -98,7 +98,7 @@ fn view<'a>(msg: &Message<'a>) -> View<'a> {
             .iter()
             .filter(|s| s.name != HeaderName::ContentLength)
             .map(|s| {
-                let written = (s.name == HeaderName::Other).then(|| msg.slice(s.name_span));
+                let written = (s.name == HeaderName::Other).then(|| msg.slice(s.name_span()));
                 (s.name, written, msg.slice(s.value))
             })
             .collect(),
@@ -117,9 +117,11 @@ fn check(buf: &[u8]) {
         return;
     };
     for s in msg.slots() {
-        assert!(s.name_span.start <= s.name_span.end && s.name_span.end as usize <= buf.len());
+        assert!(
+            s.name_span().start <= s.name_span().end && s.name_span().end as usize <= buf.len()
+        );
         assert!(s.value.start <= s.value.end && s.value.end as usize <= buf.len());
-        assert!(s.name_span.end <= s.value.start);
+        assert!(s.name_span().end <= s.value.start);
     }
     let body = msg.body_span();
     assert!(body.start <= body.end && body.end as usize <= buf.len());

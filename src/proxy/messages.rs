@@ -27,7 +27,7 @@ pub fn write_response_upstream(out: &mut Vec<u8>, resp: &Message<'_>) -> bool {
         None => {
             let end = slot.value.end as usize;
             let after = memchr::memchr(b'\n', &buf[end..]).map_or(buf.len(), |i| end + i + 1);
-            (slot.name_span.start as usize, after)
+            (slot.name_span().start as usize, after)
         }
     };
     out.extend_from_slice(&buf[resp.start_offset()..cut_start]);
@@ -166,7 +166,7 @@ pub fn write_with_challenges(out: &mut Vec<u8>, resp: &Message<'_>, challenges: 
             slot.name,
             HeaderName::WwwAuthenticate | HeaderName::ProxyAuthenticate
         ) {
-            out.extend_from_slice(&buf[pos..slot.name_span.start as usize]);
+            out.extend_from_slice(&buf[pos..slot.name_span().start as usize]);
             pos = end;
         }
         headers_end = end;

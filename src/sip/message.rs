@@ -11,6 +11,7 @@ use super::error::{ErrorKind, ParseError};
 use super::header_name::{HeaderName, KNOWN_HEADERS};
 use super::method::Method;
 use super::scan::is_token_char;
+use core::mem::MaybeUninit;
 
 /// The most header lines a message may have (the capacity of the inline header table).
 pub const MAX_HEADERS: usize = 64;
@@ -80,14 +81,31 @@ pub enum StartLine {
     },
 }
 
+/// The longest header name the parser accepts, in bytes (the name's length is kept in 16
+/// bits: sixteen-byte slots make the table of [`MAX_HEADERS`] slots, which every parse clears
+/// and returns, a quarter smaller). Only a `Limits::max_size` above 65,535 lets a longer name
+/// in; it is rejected with `ErrorKind::TooLarge(MAX_NAME_LEN)`.
+pub const MAX_NAME_LEN: usize = u16::MAX as usize;
+
 /// Where one header line is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct HeaderSlot {
     pub name: HeaderName,
-    /// The name as written (e.g. `v` or `VIA`).
-    pub name_span: Span,
+    name_len: u16,
+    name_start: u32,
     /// The value without surrounding whitespace; may span folded lines.
     pub value: Span,
+}
+
+impl HeaderSlot {
+    /// The name as written (e.g. `v` or `VIA`).
+    #[inline]
+    pub fn name_span(&self) -> Span {
+        Span {
+            start: self.name_start,
+            end: self.name_start + self.name_len as u32,
+        }
+    }
 }
 
 const NO_HEADER: u8 = u8::MAX;
@@ -101,7 +119,9 @@ pub struct Message<'a> {
     start_offset: u32,
     /// Offset where the first header line begins.
     headers_offset: u32,
-    headers: [HeaderSlot; MAX_HEADERS],
+    /// The first `n_headers` are initialised (each is written before `n_headers` counts it);
+    /// the rest are not, so a parse does not clear the whole table.
+    headers: [MaybeUninit<HeaderSlot>; MAX_HEADERS],
     n_headers: u8,
     /// Index into `headers` of the first line of each known header, or `NO_HEADER`.
     first: [u8; KNOWN_HEADERS],
@@ -111,14 +131,6 @@ pub struct Message<'a> {
     /// From, To and the top Via once parsed: the hot paths ask for them several times.
     pub(crate) cache: super::headers::HeaderCache<'a>,
 }
-
-// All-zero (`Via` is discriminant 0) so the table is initialised with a plain memset; slots
-// past `n_headers` are never read.
-const EMPTY_SLOT: HeaderSlot = HeaderSlot {
-    name: HeaderName::Via,
-    name_span: Span { start: 0, end: 0 },
-    value: Span { start: 0, end: 0 },
-};
 
 /// A header line without a colon after a token: incomplete if the line does not end,
 /// malformed otherwise.
@@ -163,6 +175,16 @@ impl<'a> Message<'a> {
         limits: Limits,
         framing: Framing,
     ) -> Result<Message<'a>, ParseError> {
+        Self::parse_lines::<true>(buf, limits, framing)
+    }
+
+    /// [`Message::parse_with`]; see `scan_headers` for `COMMON_LINES`.
+    #[inline(always)]
+    fn parse_lines<const COMMON_LINES: bool>(
+        buf: &'a [u8],
+        limits: Limits,
+        framing: Framing,
+    ) -> Result<Message<'a>, ParseError> {
         if buf.len() > limits.max_size || buf.len() > u32::MAX as usize {
             return Err(ParseError::new(
                 ErrorKind::TooLarge(limits.max_size),
@@ -198,20 +220,22 @@ impl<'a> Message<'a> {
             start,
             start_offset: start_offset as u32,
             headers_offset: headers_offset as u32,
-            headers: [EMPTY_SLOT; MAX_HEADERS],
+            headers: [MaybeUninit::uninit(); MAX_HEADERS],
             n_headers: 0,
             first: [NO_HEADER; KNOWN_HEADERS],
             body: Span::default(),
             conflicting_length: false,
             cache: Default::default(),
         };
-        msg.scan_headers(pos, max_headers, framing)?;
+        msg.scan_headers::<COMMON_LINES>(pos, max_headers, framing)?;
         Ok(msg)
     }
 
     /// The header lines from `pos` on, then the body framing. Fills the message in place (it
-    /// is large: building it here and returning it would copy it).
-    fn scan_headers(
+    /// is large: building it here and returning it would copy it). `COMMON_LINES` takes the
+    /// lines of the common shape through [`Message::common_line`] (the tests compare with the
+    /// general code alone).
+    fn scan_headers<const COMMON_LINES: bool>(
         &mut self,
         mut pos: usize,
         max_headers: usize,
@@ -224,6 +248,12 @@ impl<'a> Message<'a> {
         loop {
             if pos >= buf.len() {
                 return Err(ParseError::new(ErrorKind::Incomplete, buf.len()));
+            }
+            if COMMON_LINES {
+                if let Some(next) = msg.common_line(pos, max_headers) {
+                    pos = next;
+                    continue;
+                }
             }
             let c = buf[pos];
             if c == b'\n' {
@@ -245,10 +275,9 @@ impl<'a> Message<'a> {
                     return Err(ParseError::new(ErrorKind::Incomplete, buf.len()));
                 };
                 // Folded continuation of the previous header's value (§7.3.1).
-                if msg.n_headers == 0 {
+                let Some(slot) = msg.slots_mut().last_mut() else {
                     return Err(ParseError::new(ErrorKind::BadHeaderLine, pos));
-                }
-                let slot = &mut msg.headers[msg.n_headers as usize - 1];
+                };
                 let mut end = end;
                 while end > pos && matches!(buf[end - 1], b' ' | b'\t') {
                     end -= 1;
@@ -271,8 +300,14 @@ impl<'a> Message<'a> {
             // name *(SP/HT) ":" value. The colon is found first. The name before it (without
             // the SP/HT) is then either a known header, whose spellings are all token
             // characters, or checked byte by byte; either way no CR or LF precedes the colon.
-            let Some(colon) = super::simd::find_colon(&buf[pos..]) else {
-                return Err(bad_header_line(buf, pos));
+            // Most lines: the colon within sixteen bytes and the line end after it, in one
+            // search. Otherwise each is looked for on its own (the LF after the name checks).
+            let (colon, newline) = match super::simd::find_colon_then_newline(&buf[pos..]) {
+                Some((colon, nl)) => (colon, Some(pos + nl)),
+                None => match super::simd::find_colon(&buf[pos..]) {
+                    Some(colon) => (colon, None),
+                    None => return Err(bad_header_line(buf, pos)),
+                },
             };
             let mut name_end = pos + colon;
             while name_end > pos && is_sp_ht(buf[name_end - 1]) {
@@ -286,12 +321,26 @@ impl<'a> Message<'a> {
             if name == HeaderName::Other && !super::scan::is_token(name_bytes) {
                 return Err(bad_header_line(buf, pos));
             }
+            if name_bytes.len() > MAX_NAME_LEN {
+                return Err(ParseError::new(ErrorKind::TooLarge(MAX_NAME_LEN), pos));
+            }
             let mut i = pos + colon + 1;
             while i < buf.len() && is_sp_ht(buf[i]) {
                 i += 1;
             }
-            let Some((end, next)) = line_end(buf, i) else {
-                return Err(ParseError::new(ErrorKind::Incomplete, buf.len()));
+            // The first LF after the colon is the first from `i` on: only SP and HT are
+            // skipped.
+            let nl = match newline {
+                Some(nl) => nl,
+                None => match super::scan::find_newline(&buf[i..]) {
+                    Some(n) => i + n,
+                    None => return Err(ParseError::new(ErrorKind::Incomplete, buf.len())),
+                },
+            };
+            let (end, next) = if nl > i && buf[nl - 1] == b'\r' {
+                (nl - 1, nl + 1)
+            } else {
+                (nl, nl + 1)
             };
             // `i <= end` unless the line ends right after the colon with a bare CR LF.
             let i = i.min(end);
@@ -303,17 +352,15 @@ impl<'a> Message<'a> {
                 return Err(ParseError::new(ErrorKind::TooManyHeaders(max_headers), pos));
             }
             let idx = msg.n_headers;
-            msg.headers[idx as usize] = HeaderSlot {
+            msg.headers[idx as usize] = MaybeUninit::new(HeaderSlot {
                 name,
-                name_span: Span {
-                    start: pos as u32,
-                    end: name_end as u32,
-                },
+                name_len: (name_end - pos) as u16,
+                name_start: pos as u32,
                 value: Span {
                     start: i as u32,
                     end: vend as u32,
                 },
-            };
+            });
             msg.n_headers += 1;
             if name != HeaderName::Other && msg.first[name as usize] == NO_HEADER {
                 msg.first[name as usize] = idx;
@@ -322,8 +369,11 @@ impl<'a> Message<'a> {
         }
         // Content-Length: folded values are possible in theory, so parse after the loop.
         let mut conflicting = false;
-        for slot in msg
-            .slots()
+        // From the first Content-Length line on (no line before it is one).
+        let from = msg
+            .first_index(HeaderName::ContentLength)
+            .unwrap_or(msg.n_headers as usize);
+        for slot in msg.slots()[from..]
             .iter()
             .filter(|s| s.name == HeaderName::ContentLength)
         {
@@ -375,6 +425,61 @@ impl<'a> Message<'a> {
             }
         };
         Ok(())
+    }
+
+    /// A header line of the common shape `name: value CRLF` at `pos` (one SP after the colon,
+    /// a value not starting with SP or HT, a name of at most 15 bytes that is a known header
+    /// or a token, more than sixteen bytes before the end of the buffer): records it and
+    /// returns where the next line starts. `None` for anything else, which the general code in
+    /// `scan_headers` then handles (and reports) in its own way; for the lines taken here it
+    /// would record the same slot (every check below implies the corresponding one there).
+    #[inline(always)]
+    fn common_line(&mut self, pos: usize, max_headers: usize) -> Option<usize> {
+        let s = self.buf.get(pos..)?;
+        // The first colon (within sixteen bytes) and the first LF after it.
+        let (colon, nl) = super::simd::find_colon_then_newline(s)?;
+        let head: &[u8; 16] = s.get(..16)?.try_into().ok()?;
+        // A known name or a token: no SP, HT, CR or LF, so the line does not start with the
+        // end of the header section or a continuation, and no SP/HT precedes the colon.
+        let name = HeaderName::from_head(head, colon);
+        if name == HeaderName::Other && !super::scan::is_token(&s[..colon]) {
+            return None;
+        }
+        // One SP, then the value from `i` to the CR at `end`, maybe empty (`i == end`). With
+        // the SP, the line is at least `name: CR LF`, and `colon + 3 <= nl` lets the bounds
+        // checks below go.
+        let i = colon + 2;
+        let end = nl - 1;
+        if colon + 3 > nl || nl >= s.len() {
+            return None;
+        }
+        if s[colon + 1] != b' ' || is_sp_ht(s[i]) || s[end] != b'\r' {
+            return None;
+        }
+        let mut vend = end;
+        while vend > i && is_sp_ht(s[vend - 1]) {
+            vend -= 1;
+        }
+        let idx = self.n_headers;
+        if idx as usize >= max_headers.min(MAX_HEADERS) {
+            return None;
+        }
+        self.headers[idx as usize] = MaybeUninit::new(HeaderSlot {
+            name,
+            name_len: colon as u16,
+            name_start: pos as u32,
+            value: Span {
+                start: (pos + i) as u32,
+                end: (pos + vend) as u32,
+            },
+        });
+        self.n_headers = idx + 1;
+        if let Some(first) = self.first.get_mut(name as usize) {
+            if *first == NO_HEADER {
+                *first = idx;
+            }
+        }
+        Some(pos + nl + 1)
     }
 
     /// The buffer the message was parsed from.
@@ -462,7 +567,20 @@ impl<'a> Message<'a> {
     /// All header lines in order.
     #[inline]
     pub fn slots(&self) -> &[HeaderSlot] {
-        &self.headers[..self.n_headers as usize]
+        let n = (self.n_headers as usize).min(MAX_HEADERS);
+        // SAFETY: the first `n_headers` slots are initialised (see `headers`), and
+        // `MaybeUninit<HeaderSlot>` has the layout of `HeaderSlot`.
+        unsafe { core::slice::from_raw_parts(self.headers.as_ptr().cast::<HeaderSlot>(), n) }
+    }
+
+    /// The header lines recorded so far, to extend a value with a folded line.
+    #[inline]
+    fn slots_mut(&mut self) -> &mut [HeaderSlot] {
+        let n = (self.n_headers as usize).min(MAX_HEADERS);
+        // SAFETY: as in `slots`.
+        unsafe {
+            core::slice::from_raw_parts_mut(self.headers.as_mut_ptr().cast::<HeaderSlot>(), n)
+        }
     }
 
     /// Offset where the header section starts (after the start line).
@@ -489,7 +607,7 @@ impl<'a> Message<'a> {
     /// The first header line with this name, as its slot.
     #[inline]
     pub fn first_slot(&self, name: HeaderName) -> Option<&HeaderSlot> {
-        self.first_index(name).map(|i| &self.headers[i])
+        self.first_index(name).map(|i| &self.slots()[i])
     }
 
     /// The value of the first line of a known header.
@@ -505,7 +623,7 @@ impl<'a> Message<'a> {
             Some(i) => i,
             None => self.n_headers as usize,
         };
-        self.headers[start..self.n_headers as usize]
+        self.slots()[start..]
             .iter()
             .filter(move |s| s.name == name)
             .map(|s| &self.buf[s.value.range()])
@@ -521,7 +639,7 @@ impl<'a> Message<'a> {
         self.slots()
             .iter()
             .find(|s| {
-                self.slice(s.name_span)
+                self.slice(s.name_span())
                     .eq_ignore_ascii_case(name.as_bytes())
             })
             .map(|s| self.slice(s.value))
@@ -794,6 +912,33 @@ mod tests {
         v
     }
 
+    /// A name of up to `MAX_NAME_LEN` bytes is kept whole; a longer one (possible only with a
+    /// larger `max_size`) is rejected, naming the limit.
+    #[test]
+    fn longest_header_name() {
+        let limits = Limits {
+            max_size: 1 << 20,
+            ..Limits::default()
+        };
+        for (len, ok) in [(MAX_NAME_LEN, true), (MAX_NAME_LEN + 1, false)] {
+            let mut extra = vec![b'X'; len];
+            extra.extend_from_slice(b" : v\r\n");
+            let raw = with(&extra);
+            let got = Message::parse_with(&raw, limits, Framing::Datagram);
+            if ok {
+                let msg = got.unwrap();
+                let slot = msg.slots()[1];
+                assert_eq!(slot.name_span().start as usize, HEAD.len());
+                assert_eq!(slot.name_span().len(), len);
+                assert_eq!(msg.slice(slot.value), b"v");
+            } else {
+                let e = got.unwrap_err();
+                assert_eq!(e.kind, ErrorKind::TooLarge(MAX_NAME_LEN));
+                assert_eq!(e.offset, HEAD.len());
+            }
+        }
+    }
+
     /// Found by fuzzing: an empty value followed by a whitespace-only continuation line got a
     /// span with start > end, and slicing it panicked.
     #[test]
@@ -817,6 +962,135 @@ mod tests {
         let raw = with(b"Subject: a\r\n b\r\n");
         let msg = Message::parse(&raw).unwrap();
         assert_eq!(msg.header(HeaderName::Subject), Some(&b"a\r\n b"[..]));
+    }
+
+    /// `Message::parse_with` with the general header-line code only.
+    fn parse_general(
+        buf: &[u8],
+        limits: Limits,
+        framing: Framing,
+    ) -> Result<Message<'_>, ParseError> {
+        Message::parse_lines::<false>(buf, limits, framing)
+    }
+
+    fn same(a: &Message<'_>, b: &Message<'_>) -> bool {
+        a.start == b.start
+            && a.start_offset == b.start_offset
+            && a.headers_offset == b.headers_offset
+            && a.slots() == b.slots()
+            && a.first == b.first
+            && a.body == b.body
+            && a.conflicting_length == b.conflicting_length
+    }
+
+    /// The fused search against the two separate ones, over lengths around the step sizes and
+    /// every colon position, with LFs before and after the colon.
+    #[test]
+    fn colon_then_newline_matches_separate_searches() {
+        use super::super::simd::find_colon_then_newline;
+        for len in 0..150 {
+            for colon in 0..20.min(len + 1) {
+                for lf in [None, Some(0), Some(colon + 1), Some(len / 2), Some(len - 1)] {
+                    let mut s = vec![b'a'; len];
+                    if colon < len {
+                        s[colon] = b':';
+                    }
+                    for extra in [lf, lf.map(|i| i + 17), lf.map(|i| i + 40)] {
+                        if let Some(i) = extra.filter(|&i| i < len && i != colon) {
+                            s[i] = b'\n';
+                        }
+                    }
+                    let c = s.iter().position(|&b| b == b':');
+                    let expect = c.filter(|&c| c < 16 && len >= 16).and_then(|c| {
+                        let n = s[c + 1..].iter().position(|&b| b == b'\n')?;
+                        Some((c, c + 1 + n))
+                    });
+                    #[cfg(target_arch = "x86_64")]
+                    assert_eq!(find_colon_then_newline(&s), expect, "{len} {colon} {lf:?}");
+                    #[cfg(not(target_arch = "x86_64"))]
+                    let _ = (expect, find_colon_then_newline(&s));
+                }
+            }
+        }
+    }
+
+    /// The common-line fast path against the general code alone: the same messages and slots,
+    /// the same errors, over mutations of typical messages (bytes changed, inserted, deleted,
+    /// case flipped, truncated) with both framings and small header limits.
+    #[test]
+    fn common_lines_agree_with_general() {
+        let msgs: [&[u8]; 4] = [
+            b"INVITE sip:bob@biloxi.example.com SIP/2.0\r\n\
+Via: SIP/2.0/UDP pc33.atlanta.example.com;branch=z9hG4bK776asdhds\r\n\
+Max-Forwards: 70\r\nTo: Bob <sip:bob@biloxi.example.com>\r\n\
+From: Alice <sip:alice@atlanta.example.com>;tag=1928301774\r\n\
+Call-ID: a84b4c76e66710@pc33.atlanta.example.com\r\nCSeq: 314159 INVITE\r\n\
+Contact: <sip:alice@pc33.atlanta.example.com>\r\nX-Custom-Header1: x\r\n\
+Proxy-Authorization: Digest a=b\r\nContent-Type: application/sdp\r\n\
+Content-Length: 10\r\n\r\nv=0\r\no=a b\r\n",
+            b"SIP/2.0 200 OK\r\nv: SIP/2.0/UDP h;branch=z9hG4bK1\r\nf: <sip:a@b>;tag=1\r\n\
+t: <sip:b@c>\r\ni: abc\r\nCSeq: 1 INVITE\r\nSubject: \r\nl: 0\r\n\r\n",
+            b"REGISTER sip:r.example.com SIP/2.0\r\nVia: SIP/2.0/TCP h:5060;branch=z9hG4bKx\r\n\
+To: <sip:b@r.example.com>\r\nFrom: <sip:b@r.example.com>;tag=2\r\nCall-ID: 1@h\r\n\
+CSeq: 2 REGISTER\r\nContact: <sip:b@h>;expires=60\r\nExpires: 60\r\n\
+Content-Length: 0\r\nContent-Length: 0\r\n\r\n",
+            b"OPTIONS sip:x SIP/2.0\r\nVia: SIP/2.0/UDP h;branch=z9hG4bK2\r\nSubject: a\r\n  b\r\n\
+Accept: application/sdp\r\nAllow: INVITE, ACK\r\nContent-Length: 4\r\n\r\nabcd",
+        ];
+        for m in msgs {
+            let a = Message::parse(m).unwrap();
+            let b = parse_general(m, Limits::default(), Framing::Datagram).unwrap();
+            assert!(same(&a, &b));
+        }
+        let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+        let mut rnd = move || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed
+        };
+        let bytes = b": \t\r\n\r\n:: aZ-!\x00\x7f\xc3;,<";
+        let (mut ok, mut err) = (0, 0);
+        for _ in 0..150_000 {
+            let mut v = msgs[(rnd() % msgs.len() as u64) as usize].to_vec();
+            for _ in 0..1 + rnd() % 4 {
+                let i = (rnd() % (v.len() as u64 + 1)) as usize;
+                let c = bytes[(rnd() % bytes.len() as u64) as usize];
+                match rnd() % 6 {
+                    0 if i < v.len() => v[i] = c,
+                    1 | 2 => v.insert(i, c),
+                    3 if i < v.len() => {
+                        v.remove(i);
+                    }
+                    4 if i < v.len() => v[i] ^= 0x20,
+                    _ => v.truncate(i),
+                }
+            }
+            let limits = Limits {
+                max_size: 65_535,
+                max_headers: [MAX_HEADERS, 3, 8, 12][(rnd() % 4) as usize],
+            };
+            let framing = if rnd() % 2 == 0 {
+                Framing::Datagram
+            } else {
+                Framing::Stream
+            };
+            match (
+                Message::parse_with(&v, limits, framing),
+                parse_general(&v, limits, framing),
+            ) {
+                (Ok(a), Ok(b)) => {
+                    ok += 1;
+                    assert!(same(&a, &b), "{:?}", String::from_utf8_lossy(&v));
+                }
+                (Err(a), Err(b)) => {
+                    err += 1;
+                    assert_eq!(a, b, "{:?}", String::from_utf8_lossy(&v));
+                }
+                (a, b) => panic!("{a:?} {b:?} {:?}", String::from_utf8_lossy(&v)),
+            }
+        }
+        assert!(ok > 20_000 && err > 20_000, "{ok} {err}");
     }
 
     /// Whatever the one-pass start-line parser accepts, the general one accepts with the same

@@ -185,7 +185,7 @@ pub fn write_message(out: &mut Vec<u8>, msg: &Message<'_>) {
     for slot in msg.slots() {
         let name = match slot.name {
             HeaderName::ContentLength => continue,
-            HeaderName::Other => msg.slice(slot.name_span),
+            HeaderName::Other => msg.slice(slot.name_span()),
             known => known.as_str().as_bytes(),
         };
         out.extend_from_slice(name);
@@ -293,7 +293,7 @@ pub fn write_forward(
                     let after = memchr::memchr(b'\n', &buf[slot.value.end as usize..])
                         .map_or(buf.len(), |i| slot.value.end as usize + i + 1);
                     Span {
-                        start: slot.name_span.start,
+                        start: slot.name_span().start,
                         end: after as u32,
                     }
                 }
