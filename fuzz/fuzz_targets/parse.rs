@@ -39,12 +39,12 @@ fuzz_target!(|data: &[u8]| {
     let len = data.len();
     for slot in msg.slots() {
         assert!(slot.value.start <= slot.value.end && slot.value.end as usize <= len);
-        assert!(slot.name_span.end as usize <= len);
-        black_box(msg.slice(slot.name_span));
+        assert!(slot.name_span().end as usize <= len);
+        black_box(msg.slice(slot.name_span()));
         // Raw access by name: first value, every value, the slot.
         black_box((msg.header(slot.name), msg.first_slot(slot.name)));
         black_box(msg.header_all(slot.name).count());
-        if let Ok(name) = std::str::from_utf8(msg.slice(slot.name_span)) {
+        if let Ok(name) = std::str::from_utf8(msg.slice(slot.name_span())) {
             black_box(msg.header_by_name(name));
         }
     }
