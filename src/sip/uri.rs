@@ -544,6 +544,118 @@ impl<'a> Uri<'a> {
     /// headers start at the first `?` after it and the parameters at the first `;` before
     /// that; `tests::one_pass_sip_matches_split_reference` checks this against the split.
     fn parse_sip(scheme: Scheme<'a>, s: &'a [u8], raw: &'a [u8]) -> Result<Uri<'a>, UriError> {
+        if let Some(uri) = Self::parse_sip_common(scheme, s, raw) {
+            return Ok(uri);
+        }
+        Self::parse_sip_general(scheme, s, raw)
+    }
+
+    /// The common shape `[user@]host[:port][;name[=value]...]` with plain bytes (no
+    /// password, escapes, IPv6 reference or headers) in one straight pass with the class table;
+    /// `None` for anything else, which the general code then parses (and reports errors for).
+    /// When it returns a URI, the general code returns the same one:
+    /// `tests::common_shape_matches_general` checks this on mutated inputs.
+    #[inline]
+    fn parse_sip_common(scheme: Scheme<'a>, s: &'a [u8], raw: &'a [u8]) -> Option<Uri<'a>> {
+        let n = s.len();
+        // Past the end reads as NUL, which is in no class and no delimiter.
+        let byte = |i: usize| if i < n { s[i] } else { 0 };
+        let class = |i: usize| SIP_CLASS[byte(i) as usize];
+        let mut i = 0;
+        while class(i) & C_USER != 0 {
+            i += 1;
+        }
+        // If the first byte outside the user class is `@`, it is the first `@`. Otherwise
+        // there is no user part if the whole URI is accepted below: no host, port or
+        // parameter byte is an `@`.
+        let (user, host_start) = if byte(i) == b'@' {
+            if i == 0 {
+                return None;
+            }
+            (Some(&s[..i]), i + 1)
+        } else {
+            (None, 0)
+        };
+        let (end, letters, double_dot) = scan_host_name(s, host_start);
+        if double_dot
+            || end == host_start
+            || end - host_start > 255
+            || matches!(s[host_start], b'.' | b'-')
+        {
+            return None;
+        }
+        let host = &s[host_start..end];
+        i = end;
+        let mut port = None;
+        if byte(i) == b':' {
+            i += 1;
+            let start = i;
+            let mut v: u32 = 0;
+            while i - start < 5 && byte(i).is_ascii_digit() {
+                v = v * 10 + (byte(i) - b'0') as u32;
+                i += 1;
+            }
+            if i == start || v > u16::MAX as u32 {
+                return None;
+            }
+            port = Some(v as u16);
+        }
+        let mut params: &'a [u8] = b"";
+        if byte(i) == b';' {
+            let start = i + 1;
+            loop {
+                i += 1;
+                let name_start = i;
+                while class(i) & C_PARAM != 0 {
+                    i += 1;
+                }
+                if i == name_start {
+                    return None;
+                }
+                if byte(i) == b'=' {
+                    i += 1;
+                    let value_start = i;
+                    while class(i) & C_PARAM != 0 {
+                        i += 1;
+                    }
+                    if i == value_start {
+                        return None;
+                    }
+                }
+                if byte(i) != b';' {
+                    break;
+                }
+            }
+            params = &s[start..i];
+        }
+        // Anything left (headers, a bad byte, a sixth port digit) goes to the general code.
+        if i != n {
+            return None;
+        }
+        let host_kind = if !letters && is_ipv4(host) {
+            HostKind::Ipv4
+        } else {
+            HostKind::Name
+        };
+        Some(Uri {
+            scheme,
+            user,
+            password: None,
+            host,
+            host_kind,
+            port,
+            params,
+            headers: b"",
+            raw,
+        })
+    }
+
+    /// [`Uri::parse_sip`] for every shape.
+    fn parse_sip_general(
+        scheme: Scheme<'a>,
+        s: &'a [u8],
+        raw: &'a [u8],
+    ) -> Result<Uri<'a>, UriError> {
         // '@' cannot appear unescaped in params or headers, so it delimits userinfo.
         let (user, password, mut i) = match find_byte(b'@', s) {
             Some(at) => {
@@ -1138,6 +1250,67 @@ mod tests {
             accepted > checked / 5 && accepted < checked * 4 / 5,
             "{accepted}"
         );
+    }
+
+    /// The straight-line path for the common shape returns only what the general code returns.
+    #[test]
+    fn common_shape_matches_general() {
+        let seeds: [&[u8]; 11] = [
+            b"bob@client.biloxi.example.com:5060;transport=udp",
+            b"alice@atlanta.example.com",
+            b"a@b;lr;x=[a]/:&+$;maddr=1.2.3.4",
+            b"u-1.x@h:65535;a=b;c",
+            b"u@h.example.com:5060",
+            b"x@y;p=%41",
+            b"x@1.2.3.4;p",
+            b"x@ab..c?h=v",
+            b"registrar.biloxi.example.com",
+            b"192.0.2.4:5060;transport=udp",
+            b"1.2.3.256:5;lr",
+        ];
+        let alphabet = b"@:;?=&%[].-aZ09fF \"<>/,+$~*'()!_#\x80\x00";
+        let mut rng: u64 = 0x2545_f491_4f6c_dd1d;
+        let mut next = |n: usize| {
+            rng ^= rng << 13;
+            rng ^= rng >> 7;
+            rng ^= rng << 17;
+            (rng % n as u64) as usize
+        };
+        let raw = b"sip:";
+        let (mut checked, mut fast) = (0, 0);
+        for seed in seeds {
+            for round in 0..8000 {
+                let mut v = seed.to_vec();
+                for _ in 0..round % 4 {
+                    let at = next(v.len() + 1);
+                    let c = alphabet[next(alphabet.len())];
+                    match next(3) {
+                        0 if at < v.len() => v[at] = c,
+                        1 if at < v.len() => {
+                            v.remove(at);
+                        }
+                        _ => v.insert(at, c),
+                    }
+                }
+                let general = Uri::parse_sip_general(Scheme::Sip, &v, raw);
+                if let Some(uri) = Uri::parse_sip_common(Scheme::Sip, &v, raw) {
+                    assert_eq!(Ok(uri), general, "{:?}", String::from_utf8_lossy(&v));
+                    fast += 1;
+                }
+                assert_eq!(
+                    Uri::parse_sip(Scheme::Sip, &v, raw),
+                    general,
+                    "{:?}",
+                    String::from_utf8_lossy(&v)
+                );
+                checked += 1;
+            }
+        }
+        assert!(
+            fast > checked / 5 && fast < checked * 4 / 5,
+            "{fast} of {checked}"
+        );
+        assert!(Uri::parse_sip_common(Scheme::Sip, seeds[0], raw).is_some());
     }
 
     #[test]

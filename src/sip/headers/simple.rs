@@ -17,6 +17,33 @@ pub type SimpleError = (usize, bool);
 
 impl<'a> CSeq<'a> {
     pub fn parse(v: &'a [u8]) -> Result<CSeq<'a>, SimpleError> {
+        match Self::parse_common(v) {
+            Some(cseq) => Ok(cseq),
+            None => Self::parse_general(v),
+        }
+    }
+
+    /// The common shape: up to nine digits (so no overflow), one SP, a token to the end.
+    /// `None` for anything else, which [`CSeq::parse_general`] then parses.
+    #[inline]
+    fn parse_common(v: &'a [u8]) -> Option<CSeq<'a>> {
+        let mut seq: u32 = 0;
+        let mut i = 0;
+        while i < 9 && i < v.len() && v[i].is_ascii_digit() {
+            seq = seq * 10 + (v[i] - b'0') as u32;
+            i += 1;
+        }
+        if i == 0 || v.get(i) != Some(&b' ') {
+            return None;
+        }
+        let method = &v[i + 1..];
+        if !crate::sip::scan::is_token(method) {
+            return None;
+        }
+        Some(CSeq { seq, method })
+    }
+
+    fn parse_general(v: &'a [u8]) -> Result<CSeq<'a>, SimpleError> {
         let mut c = Cursor::new(v);
         c.skip_lws();
         let digits = c.take_while(|ch| ch.is_ascii_digit());
@@ -163,6 +190,54 @@ mod tests {
         assert!(parse_call_id(b"a@b@c").is_err());
         assert!(parse_call_id(br#"intmeth.word%ZK-!.*_+'@word`~)(><:\/"][?}{"#).is_ok());
         assert!(parse_call_id(b"has space").is_err());
+    }
+
+    /// The common-shape CSeq path returns only what the general code returns.
+    #[test]
+    fn cseq_common_matches_general() {
+        let seeds: [&[u8]; 5] = [
+            b"1 INVITE",
+            b"4294967295 ACK",
+            b"123456789 REGISTER",
+            b" 7  BYE ",
+            b"00000000001 X",
+        ];
+        let alphabet = b"0123456789 \t\r\nAZaz-.!%*_+`'~@:;\x80\x00";
+        let mut rng: u64 = 0x9e37_79b9_7f4a_7c15;
+        let mut next = |n: usize| {
+            rng ^= rng << 13;
+            rng ^= rng >> 7;
+            rng ^= rng << 17;
+            (rng % n as u64) as usize
+        };
+        let (mut checked, mut fast) = (0, 0);
+        for seed in seeds {
+            for round in 0..8000 {
+                let mut v = seed.to_vec();
+                for _ in 0..round % 4 {
+                    let at = next(v.len() + 1);
+                    let c = alphabet[next(alphabet.len())];
+                    match next(3) {
+                        0 if at < v.len() => v[at] = c,
+                        1 if at < v.len() => {
+                            v.remove(at);
+                        }
+                        _ => v.insert(at, c),
+                    }
+                }
+                let general = CSeq::parse_general(&v);
+                if let Some(c) = CSeq::parse_common(&v) {
+                    assert_eq!(Ok(c), general, "{:?}", String::from_utf8_lossy(&v));
+                    fast += 1;
+                }
+                assert_eq!(CSeq::parse(&v), general);
+                checked += 1;
+            }
+        }
+        assert!(
+            fast > checked / 10 && fast < checked * 9 / 10,
+            "{fast} of {checked}"
+        );
     }
 
     #[test]
