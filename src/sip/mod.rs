@@ -17,6 +17,8 @@ pub mod header_name;
 pub mod headers;
 pub mod message;
 pub mod method;
+#[cfg(test)]
+pub(crate) mod mutate;
 pub mod scan;
 mod simd;
 pub mod uri;

@@ -1214,27 +1214,13 @@ mod tests {
             b"Sips:h:0",
         ];
         let alphabet = b"@:;?=&%[].-aZ09fF \"<>/,+$~*'()!_#\x80\x00";
-        let mut rng: u64 = 0x9e37_79b9_7f4a_7c15;
-        let mut next = |n: usize| {
-            rng ^= rng << 13;
-            rng ^= rng >> 7;
-            rng ^= rng << 17;
-            (rng % n as u64) as usize
-        };
+        let mut m = crate::sip::mutate::Mutator::new(0x9e37_79b9_7f4a_7c15);
         let (mut checked, mut accepted) = (0, 0);
         for seed in seeds {
             for round in 0..4000 {
                 let mut v = seed.to_vec();
                 for _ in 0..1 + round % 3 {
-                    let at = next(v.len() + 1);
-                    let c = alphabet[next(alphabet.len())];
-                    match next(3) {
-                        0 if at < v.len() => v[at] = c,
-                        1 if at < v.len() => {
-                            v.remove(at);
-                        }
-                        _ => v.insert(at, c),
-                    }
+                    m.mutate(&mut v, alphabet);
                 }
                 let new = Uri::parse(&v);
                 let old = split_reference(&v);
@@ -1269,28 +1255,14 @@ mod tests {
             b"1.2.3.256:5;lr",
         ];
         let alphabet = b"@:;?=&%[].-aZ09fF \"<>/,+$~*'()!_#\x80\x00";
-        let mut rng: u64 = 0x2545_f491_4f6c_dd1d;
-        let mut next = |n: usize| {
-            rng ^= rng << 13;
-            rng ^= rng >> 7;
-            rng ^= rng << 17;
-            (rng % n as u64) as usize
-        };
+        let mut m = crate::sip::mutate::Mutator::new(0x2545_f491_4f6c_dd1d);
         let raw = b"sip:";
         let (mut checked, mut fast) = (0, 0);
         for seed in seeds {
             for round in 0..8000 {
                 let mut v = seed.to_vec();
                 for _ in 0..round % 4 {
-                    let at = next(v.len() + 1);
-                    let c = alphabet[next(alphabet.len())];
-                    match next(3) {
-                        0 if at < v.len() => v[at] = c,
-                        1 if at < v.len() => {
-                            v.remove(at);
-                        }
-                        _ => v.insert(at, c),
-                    }
+                    m.mutate(&mut v, alphabet);
                 }
                 let general = Uri::parse_sip_general(Scheme::Sip, &v, raw);
                 if let Some(uri) = Uri::parse_sip_common(Scheme::Sip, &v, raw) {

@@ -595,26 +595,12 @@ mod tests {
             b"",
         ];
         let alphabet = b",;=\" <>/:[]\\aZ09\t";
-        let mut rng: u64 = 0x2545_f491_4f6c_dd1d;
-        let mut next = |n: usize| {
-            rng ^= rng << 13;
-            rng ^= rng >> 7;
-            rng ^= rng << 17;
-            (rng % n as u64) as usize
-        };
+        let mut m = crate::sip::mutate::Mutator::new(0x2545_f491_4f6c_dd1d);
         for line in lines {
             for round in 0..3000 {
                 let mut v = line.to_vec();
                 for _ in 0..round % 3 {
-                    let at = next(v.len() + 1);
-                    let c = alphabet[next(alphabet.len())];
-                    match next(3) {
-                        0 if at < v.len() => v[at] = c,
-                        1 if at < v.len() => {
-                            v.remove(at);
-                        }
-                        _ => v.insert(at, c),
-                    }
+                    m.mutate(&mut v, alphabet);
                 }
                 let mut raw = b"OPTIONS sip:b@example.com SIP/2.0\r\nVia: ".to_vec();
                 raw.extend_from_slice(&v);

@@ -358,26 +358,12 @@ mod tests {
             b"Joe <sip:joe@h?Subject=a>;x",
         ];
         let alphabet = b"<>;\"= \t,?:@aZ\r\n\\";
-        let mut rng: u64 = 0x9e37_79b9_7f4a_7c15;
-        let mut next = |n: usize| {
-            rng ^= rng << 13;
-            rng ^= rng >> 7;
-            rng ^= rng << 17;
-            (rng % n as u64) as usize
-        };
+        let mut m = crate::sip::mutate::Mutator::new(0x9e37_79b9_7f4a_7c15);
         for seed in seeds {
             for round in 0..4000 {
                 let mut v = seed.to_vec();
                 for _ in 0..round % 4 {
-                    let at = next(v.len() + 1);
-                    let ch = alphabet[next(alphabet.len())];
-                    match next(3) {
-                        0 if at < v.len() => v[at] = ch,
-                        1 if at < v.len() => {
-                            v.remove(at);
-                        }
-                        _ => v.insert(at, ch),
-                    }
+                    m.mutate(&mut v, alphabet);
                 }
                 let got = NameAddr::parse_lazy(&v)
                     .map(|n| (n.display, n.uri_raw, n.bracketed, n.params.raw(), n.tag));

@@ -203,27 +203,13 @@ mod tests {
             b"00000000001 X",
         ];
         let alphabet = b"0123456789 \t\r\nAZaz-.!%*_+`'~@:;\x80\x00";
-        let mut rng: u64 = 0x9e37_79b9_7f4a_7c15;
-        let mut next = |n: usize| {
-            rng ^= rng << 13;
-            rng ^= rng >> 7;
-            rng ^= rng << 17;
-            (rng % n as u64) as usize
-        };
+        let mut m = crate::sip::mutate::Mutator::new(0x9e37_79b9_7f4a_7c15);
         let (mut checked, mut fast) = (0, 0);
         for seed in seeds {
             for round in 0..8000 {
                 let mut v = seed.to_vec();
                 for _ in 0..round % 4 {
-                    let at = next(v.len() + 1);
-                    let c = alphabet[next(alphabet.len())];
-                    match next(3) {
-                        0 if at < v.len() => v[at] = c,
-                        1 if at < v.len() => {
-                            v.remove(at);
-                        }
-                        _ => v.insert(at, c),
-                    }
+                    m.mutate(&mut v, alphabet);
                 }
                 let general = CSeq::parse_general(&v);
                 if let Some(c) = CSeq::parse_common(&v) {

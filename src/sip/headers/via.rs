@@ -277,29 +277,15 @@ mod tests {
             b"SIP/2.0/UDP h:123456;x=\"a,b\"",
         ];
         let alphabet = b"SIP/2.0UDP :;=,.-[]\"\r\n\t09aZ_@";
-        let mut rng: u64 = 0x9e37_79b9_7f4a_7c15;
-        let mut next = |n: usize| {
-            rng ^= rng << 13;
-            rng ^= rng >> 7;
-            rng ^= rng << 17;
-            (rng % n as u64) as usize
-        };
+        let mut m = crate::sip::mutate::Mutator::new(0x9e37_79b9_7f4a_7c15);
         let mut fast = 0;
         for seed in seeds {
             for round in 0..20_000 {
                 let mut v = seed.to_vec();
                 for _ in 0..round % 4 {
-                    let at = next(v.len() + 1);
-                    let c = alphabet[next(alphabet.len())];
-                    match next(3) {
-                        0 if at < v.len() => v[at] = c,
-                        1 if at < v.len() => {
-                            v.remove(at);
-                        }
-                        _ => v.insert(at, c),
-                    }
+                    m.mutate(&mut v, alphabet);
                 }
-                let start = next(3).min(v.len());
+                let start = m.next(3).min(v.len());
                 if let Some(r) = Via::parse_common(&v, start) {
                     fast += 1;
                     assert_eq!(
