@@ -141,16 +141,16 @@ impl<'a> Message<'a> {
         NameAddr::parse_lazy(v).map_err(|e| self.bad(ErrorKind::BadHeaderValue, name, at + e))
     }
 
-    /// The URI of From or To, with an error naming the header and the URI's offset.
-    fn name_addr_uri(&self, name: HeaderName, addr: &NameAddr<'a>) -> Result<(), ParseError> {
-        match addr.uri() {
-            Ok(_) => Ok(()),
-            Err(_) => Err(self.bad(
+    /// The URI of a name-addr of header `name` (parsed lazily: From, To, a Route), with an
+    /// error naming the header and the URI's offset.
+    fn name_addr_uri(&self, name: HeaderName, addr: &NameAddr<'a>) -> Result<Uri<'a>, ParseError> {
+        addr.uri().map_err(|_| {
+            self.bad(
                 ErrorKind::BadHeaderValue,
                 name,
                 self.offset_of(addr.uri_raw),
-            )),
-        }
+            )
+        })
     }
 
     /// The From header.
@@ -178,15 +178,9 @@ impl<'a> Message<'a> {
         if let Some(v) = self.cache.to_uri.get() {
             return v;
         }
-        let v = self.to().and_then(|to| {
-            to.uri().map_err(|_| {
-                self.bad(
-                    ErrorKind::BadHeaderValue,
-                    HeaderName::To,
-                    self.offset_of(to.uri_raw),
-                )
-            })
-        });
+        let v = self
+            .to()
+            .and_then(|to| self.name_addr_uri(HeaderName::To, &to));
         self.cache.to_uri.set(Some(v));
         v
     }
@@ -410,13 +404,7 @@ impl<'a> Message<'a> {
         // Each Route URI parsed once; the top one is what loose routing reads next.
         for (i, r) in self.name_addrs_lazy(HeaderName::Route).enumerate() {
             let route = r?;
-            let uri = route.uri().map_err(|_| {
-                self.bad(
-                    ErrorKind::BadHeaderValue,
-                    HeaderName::Route,
-                    self.offset_of(route.uri_raw),
-                )
-            })?;
+            let uri = self.name_addr_uri(HeaderName::Route, &route)?;
             if i == 0 {
                 self.cache.top_route_uri.set(Some(Some(uri)));
             }
