@@ -123,8 +123,10 @@ pub struct Message<'a> {
     /// the rest are not, so a parse does not clear the whole table.
     headers: [MaybeUninit<HeaderSlot>; MAX_HEADERS],
     n_headers: u8,
-    /// Index into `headers` of the first line of each known header, or `NO_HEADER`.
-    first: [u8; KNOWN_HEADERS],
+    /// Index into `headers` of the first line of each known header, or `NO_HEADER`. The entry
+    /// after them, at `HeaderName::Other`, is scratch: the header loop updates the entry of
+    /// every line's name without a branch, and `first_index` never reads it.
+    first: [u8; KNOWN_HEADERS + 1],
     body: Span,
     /// A second Content-Length with another value was seen.
     conflicting_length: bool,
@@ -252,7 +254,7 @@ impl<'a> Message<'a> {
             core::ptr::addr_of_mut!((*p).start_offset).write(start_offset as u32);
             core::ptr::addr_of_mut!((*p).headers_offset).write(headers_offset as u32);
             core::ptr::addr_of_mut!((*p).n_headers).write(0);
-            core::ptr::addr_of_mut!((*p).first).write([NO_HEADER; KNOWN_HEADERS]);
+            core::ptr::addr_of_mut!((*p).first).write([NO_HEADER; KNOWN_HEADERS + 1]);
             core::ptr::addr_of_mut!((*p).body).write(Span::default());
             core::ptr::addr_of_mut!((*p).conflicting_length).write(false);
             core::ptr::addr_of_mut!((*p).cache).write(Default::default());
@@ -501,9 +503,13 @@ impl<'a> Message<'a> {
         if s[colon + 1] != b' ' || is_sp_ht(s[i]) || s[end] != b'\r' {
             return None;
         }
+        // Values rarely end in whitespace: one compare for the usual case (`end > i`, or
+        // `s[end - 1]` is the SP after the colon).
         let mut vend = end;
-        while vend > i && is_sp_ht(s[vend - 1]) {
-            vend -= 1;
+        if s[end - 1] <= b' ' {
+            while vend > i && is_sp_ht(s[vend - 1]) {
+                vend -= 1;
+            }
         }
         let idx = self.n_headers;
         if idx as usize >= max_headers.min(MAX_HEADERS) {
@@ -519,11 +525,10 @@ impl<'a> Message<'a> {
             },
         });
         self.n_headers = idx + 1;
-        if let Some(first) = self.first.get_mut(name as usize) {
-            if *first == NO_HEADER {
-                *first = idx;
-            }
-        }
+        // Indices grow: the first line of a name has the smallest (`NO_HEADER` is the largest
+        // u8). `name as usize <= KNOWN_HEADERS`, the length of `first` minus one.
+        let first = &mut self.first[name as usize];
+        *first = (*first).min(idx);
         Some(pos + nl + 1)
     }
 
@@ -643,6 +648,9 @@ impl<'a> Message<'a> {
     /// Index in [`Message::slots`] of the first line of a known header.
     #[inline]
     fn first_index(&self, name: HeaderName) -> Option<usize> {
+        if name == HeaderName::Other {
+            return None;
+        }
         match self.first.get(name as usize) {
             None | Some(&NO_HEADER) => None,
             Some(&i) => Some(i as usize),
@@ -1024,7 +1032,7 @@ mod tests {
             && a.start_offset == b.start_offset
             && a.headers_offset == b.headers_offset
             && a.slots() == b.slots()
-            && a.first == b.first
+            && a.first[..KNOWN_HEADERS] == b.first[..KNOWN_HEADERS]
             && a.body == b.body
             && a.conflicting_length == b.conflicting_length
     }
