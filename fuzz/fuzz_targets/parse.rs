@@ -32,9 +32,20 @@ fn uri(u: &Uri<'_>) {
 fuzz_target!(|data: &[u8]| {
     // Stream framing too: a different set of framing errors.
     black_box(Message::parse_with(data, Limits::default(), Framing::Stream).ok());
+    // The server's entry point, into storage that held another (longer) message first: the
+    // same verdict and the same header lines as a parse by value.
+    let mut slot = core::mem::MaybeUninit::uninit();
+    let earlier: &[u8] = b"INVITE sip:a@b SIP/2.0\r\nVia: SIP/2.0/UDP h;branch=z9hG4bK1\r\n\
+To: <sip:a@b>\r\nFrom: <sip:c@d>;tag=1\r\nCall-ID: x\r\nCSeq: 1 INVITE\r\n\
+Contact: <sip:c@h>\r\nSubject: s\r\nl: 3\r\n\r\nabc";
+    assert!(Message::parse_in(&mut slot, earlier, Limits::default(), Framing::Datagram).is_ok());
+    let in_place = Message::parse_in(&mut slot, data, Limits::default(), Framing::Datagram)
+        .map(|m| (m.slots().to_vec(), m.body().len()));
     let Ok(msg) = Message::parse(data) else {
+        assert!(in_place.is_err());
         return;
     };
+    assert_eq!(in_place.ok(), Some((msg.slots().to_vec(), msg.body().len())));
     // Structural invariants of a successful parse.
     let len = data.len();
     for slot in msg.slots() {
