@@ -84,6 +84,9 @@ fn main() {
     server.stop();
     server.join();
     if let Some(m) = metrics {
+        if let Some(addr) = config.metrics {
+            sipshard::metrics::wake(addr);
+        }
         let _ = m.join();
     }
 }

@@ -52,7 +52,13 @@ impl Clock {
 
     #[inline]
     pub fn now_ms(&self) -> u64 {
-        self.epoch_ms + self.start.elapsed().as_millis() as u64
+        self.ms_at(Instant::now())
+    }
+
+    /// The clock's reading at `t` (an instant already taken, to spare another clock read).
+    #[inline]
+    pub fn ms_at(&self, t: Instant) -> u64 {
+        self.epoch_ms + t.saturating_duration_since(self.start).as_millis() as u64
     }
 }
 

@@ -18,6 +18,10 @@ use std::time::{Duration, Instant};
 const MERGE_EVERY: Duration = Duration::from_millis(50);
 /// Latency samples kept before publishing regardless of the time.
 const PENDING_MAX: usize = 1024;
+/// Hand-offs taken from the queue per round.
+const HANDOFF_ROUND: usize = 256;
+/// Longest sleep (ms) when no timer is due sooner.
+const IDLE_MAX_MS: u64 = 200;
 
 /// Latency samples (µs, count) not yet published. Recording them one by one into the shared
 /// histogram under its lock costs a few instructions each; merging a local histogram instead
@@ -66,6 +70,44 @@ struct Handler<'s> {
     batch_start: Instant,
     /// Datagrams handled locally in this round (their latency is measured from batch_start).
     local: u64,
+    /// Peers that were handed datagrams in the current receive batch and may need waking.
+    to_wake: &'s mut PeerSet,
+}
+
+/// A set of shard indexes (a bitmap), for waking each peer once per receive batch.
+struct PeerSet {
+    words: Vec<u64>,
+    any: bool,
+}
+
+impl PeerSet {
+    fn new(n: usize) -> PeerSet {
+        PeerSet {
+            words: vec![0; n.div_ceil(64)],
+            any: false,
+        }
+    }
+
+    #[inline]
+    fn insert(&mut self, i: usize) {
+        self.words[i / 64] |= 1 << (i % 64);
+        self.any = true;
+    }
+
+    /// Calls `f` on every member in increasing order and empties the set.
+    fn drain(&mut self, mut f: impl FnMut(usize)) {
+        if !self.any {
+            return;
+        }
+        self.any = false;
+        for (w, word) in self.words.iter_mut().enumerate() {
+            let mut bits = std::mem::take(word);
+            while bits != 0 {
+                f(w * 64 + bits.trailing_zeros() as usize);
+                bits &= bits - 1;
+            }
+        }
+    }
 }
 
 impl RecvHandler for Handler<'_> {
@@ -86,15 +128,23 @@ impl RecvHandler for Handler<'_> {
                 };
                 if peer.queue.push(h).is_ok() {
                     self.stats.handoffs_out.inc();
-                    if peer.waker.wake_if_sleeping() {
-                        self.stats.wakeups.inc();
-                    }
+                    // Woken at the end of the batch: one wake-up for all we move there.
+                    self.to_wake.insert(owner);
                 } else {
                     // The client retransmits over UDP; counting is what matters.
                     self.stats.dropped(DropReason::QueueFull);
                 }
             }
         }
+    }
+
+    fn batch_end(&mut self) {
+        let (peers, stats) = (self.peers, self.stats);
+        self.to_wake.drain(|owner| {
+            if peers[owner].waker.wake_if_sleeping() {
+                stats.wakeups.inc();
+            }
+        });
     }
 }
 
@@ -105,7 +155,10 @@ pub fn run(mut ctx: ShardContext) {
         samples: Vec::with_capacity(PENDING_MAX),
     };
     let mut last_merge = Instant::now();
-    let mut handed: Vec<Instant> = Vec::with_capacity(256);
+    let mut handed: Vec<Instant> = Vec::with_capacity(HANDOFF_ROUND);
+    let mut to_wake = PeerSet::new(ctx.peers.len());
+    // With one shard nothing is ever handed over: the queue is not looked at.
+    let sharded = ctx.peers.len() > 1;
     tracing::debug!(
         shard = ctx.id,
         backend = ctx.transport.name(),
@@ -113,8 +166,10 @@ pub fn run(mut ctx: ShardContext) {
     );
     let me = &ctx.peers[ctx.id];
     while !ctx.stop.load(Ordering::Relaxed) {
+        // One clock read per round for the core's time and the latency start; one more after
+        // the send, and one before sleeping.
         let batch_start = Instant::now();
-        let now_ms = ctx.clock.now_ms();
+        let now_ms = ctx.clock.ms_at(batch_start);
         let mut handler = Handler {
             core: &mut ctx.core,
             out: &mut out,
@@ -123,6 +178,7 @@ pub fn run(mut ctx: ShardContext) {
             now_ms,
             batch_start,
             local: 0,
+            to_wake: &mut to_wake,
         };
         let received = match ctx.transport.poll_recv(&mut handler) {
             Ok(n) => n,
@@ -131,10 +187,12 @@ pub fn run(mut ctx: ShardContext) {
                 0
             }
         };
+        // A transport that failed mid-batch may not have ended it.
+        handler.batch_end();
         let local = handler.local;
         // Datagrams other shards moved to us.
         handed.clear();
-        while handed.len() < 256 {
+        while sharded && handed.len() < HANDOFF_ROUND {
             let Some(h) = me.queue.pop() else { break };
             ctx.stats.handoffs_in.inc();
             let d = ctx
@@ -146,6 +204,7 @@ pub fn run(mut ctx: ShardContext) {
         if ctx.core.next_timeout().is_some_and(|t| t <= now_ms) {
             ctx.core.handle_timeout(now_ms, &mut out);
         }
+        let mut last_read = batch_start;
         if !out.is_empty() {
             let n = out.len() as u64;
             match ctx.transport.send(&mut out) {
@@ -153,6 +212,7 @@ pub fn run(mut ctx: ShardContext) {
                 Err(e) => tracing::warn!(shard = ctx.id, "send failed: {e}"),
             }
             let sent_at = Instant::now();
+            last_read = sent_at;
             if local > 0 {
                 let us = sent_at.duration_since(batch_start).as_micros() as u64;
                 hist.record(us, local.min(n));
@@ -161,31 +221,35 @@ pub fn run(mut ctx: ShardContext) {
                 hist.record(sent_at.duration_since(*t).as_micros() as u64, 1);
             }
         }
-        let going_idle = received < crate::transport::BATCH && handed.is_empty();
+        // A partial batch means every socket was drained a moment ago, and a hand-off round
+        // that was not full means the queue was: go straight to poll (which returns at once if
+        // more arrived) instead of another empty receive.
+        let going_idle = received < crate::transport::BATCH && handed.len() < HANDOFF_ROUND;
         // Publish latencies every MERGE_EVERY or PENDING_MAX samples (not per batch: that
         // would take the lock the metrics endpoint reads under); an idle shard wakes up to
         // publish what it holds (below).
         if !hist.is_empty()
-            && (hist.samples.len() >= PENDING_MAX || last_merge.elapsed() >= MERGE_EVERY)
+            && (hist.samples.len() >= PENDING_MAX
+                || last_read.saturating_duration_since(last_merge) >= MERGE_EVERY)
         {
             hist.publish(&ctx.stats.latency);
-            last_merge = Instant::now();
+            last_merge = last_read;
         }
-        // A partial batch means every socket was drained a moment ago: go straight to poll
-        // (which returns at once if more arrived) instead of another empty receive.
         if going_idle {
             me.waker.sleeping.store(true, Ordering::SeqCst);
-            if !me.queue.is_empty() || ctx.stop.load(Ordering::Relaxed) {
+            if (sharded && !me.queue.is_empty()) || ctx.stop.load(Ordering::Relaxed) {
                 me.waker.sleeping.store(false, Ordering::SeqCst);
                 continue;
             }
-            let now = ctx.clock.now_ms();
-            let mut timeout =
-                ctx.core
-                    .next_timeout()
-                    .map_or(200, |t| t.saturating_sub(now).min(200)) as i32;
+            let now = Instant::now();
+            let now_ms = ctx.clock.ms_at(now);
+            let mut timeout = ctx
+                .core
+                .next_timeout()
+                .map_or(IDLE_MAX_MS, |t| t.saturating_sub(now_ms).min(IDLE_MAX_MS))
+                as i32;
             if !hist.is_empty() {
-                let left = MERGE_EVERY.saturating_sub(last_merge.elapsed());
+                let left = MERGE_EVERY.saturating_sub(now.saturating_duration_since(last_merge));
                 timeout = timeout.min(left.as_millis() as i32 + 1);
             }
             if let Err(e) = ctx.transport.wait(timeout) {
@@ -196,4 +260,28 @@ pub fn run(mut ctx: ShardContext) {
     }
     hist.publish(&ctx.stats.latency);
     tracing::debug!(shard = ctx.id, "shard stopped");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::PeerSet;
+
+    fn members(set: &mut PeerSet) -> Vec<usize> {
+        let mut v = Vec::new();
+        set.drain(|i| v.push(i));
+        v
+    }
+
+    #[test]
+    fn peer_set_yields_each_member_once_in_order_and_empties() {
+        let mut set = PeerSet::new(130);
+        assert!(members(&mut set).is_empty());
+        for i in [129, 3, 64, 3, 0, 63, 129] {
+            set.insert(i);
+        }
+        assert_eq!(members(&mut set), vec![0, 3, 63, 64, 129]);
+        assert!(members(&mut set).is_empty());
+        set.insert(7);
+        assert_eq!(members(&mut set), vec![7]);
+    }
 }

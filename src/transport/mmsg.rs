@@ -162,6 +162,9 @@ impl MmsgTransport {
             let data = &self.bufs[i * MAX_DATAGRAM..i * MAX_DATAGRAM + len];
             handler.datagram(data, src, idx);
         }
+        if n > 0 {
+            handler.batch_end();
+        }
         Ok(n)
     }
 }

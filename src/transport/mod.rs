@@ -26,6 +26,9 @@ pub const SOCKET_BUFFER: usize = 8 << 20;
 /// A received datagram handed to the shard's core.
 pub trait RecvHandler {
     fn datagram(&mut self, data: &[u8], src: SocketAddr, socket: usize);
+    /// Called after each batch of datagrams (one receive call's worth): work deferred from
+    /// [`RecvHandler::datagram`] (waking other shards) is done here, once per batch.
+    fn batch_end(&mut self) {}
 }
 
 /// One shard's transport backend.
@@ -66,9 +69,14 @@ impl Waker {
         self.fd.as_raw_fd()
     }
 
-    /// Wakes the shard if it sleeps. Returns true if a wake-up was sent.
+    /// Wakes the shard if it sleeps. Returns true if a wake-up was sent. The flag is taken
+    /// (swapped to false), so a sleeping shard gets one wake-up however many datagrams other
+    /// shards move to it before it runs; the shard sets the flag again before its next sleep
+    /// and checks its queue after that, so nothing pushed before a later sleep is missed.
     pub fn wake_if_sleeping(&self) -> bool {
-        if self.sleeping.load(Ordering::SeqCst) {
+        // A plain load first: a busy shard's flag is false and the swap would take the cache
+        // line exclusively for nothing.
+        if self.sleeping.load(Ordering::SeqCst) && self.sleeping.swap(false, Ordering::SeqCst) {
             self.wake();
             true
         } else {
@@ -169,5 +177,38 @@ impl ShardSockets {
             sockets.push(s);
         }
         Ok(ShardSockets { sockets, local })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Waker;
+    use std::sync::atomic::Ordering;
+
+    /// Reads the eventfd's counter (0 if nothing was written since the last read).
+    fn pending(w: &Waker) -> u64 {
+        let mut v: u64 = 0;
+        // SAFETY: reads 8 bytes into a valid u64 from the non-blocking eventfd.
+        unsafe {
+            libc::read(w.raw_fd(), &mut v as *mut u64 as *mut libc::c_void, 8);
+        }
+        v
+    }
+
+    #[test]
+    fn a_sleeping_shard_is_woken_once_and_a_busy_one_not_at_all() {
+        let w = Waker::new().unwrap();
+        assert!(!w.wake_if_sleeping());
+        assert_eq!(pending(&w), 0);
+        w.sleeping.store(true, Ordering::SeqCst);
+        assert!(w.wake_if_sleeping());
+        // Further hand-offs before the shard runs send no more wake-ups.
+        assert!(!w.wake_if_sleeping());
+        assert!(!w.wake_if_sleeping());
+        assert_eq!(pending(&w), 1);
+        // The next sleep can be woken again.
+        w.sleeping.store(true, Ordering::SeqCst);
+        assert!(w.wake_if_sleeping());
+        assert_eq!(pending(&w), 1);
     }
 }

@@ -576,6 +576,9 @@ impl Transport for UringTransport {
                 break;
             }
             let n = self.handle_cqes(handler, &mut err);
+            if n > 0 {
+                handler.batch_end();
+            }
             total += n;
             if n < BATCH {
                 break;
