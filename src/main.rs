@@ -51,7 +51,7 @@ fn main() {
         let shard_auth = auth
             .lock()
             .ok()
-            .and_then(|a| a.as_ref().map(|a| a.for_shard()));
+            .and_then(|a| a.as_ref().map(|a| a.for_shard(id)));
         Core::new(id, core_cfg.clone(), stats, shard_auth, local)
     });
     let server = Server::start(&config, make_core).unwrap_or_else(|e| fail(e, 1));

@@ -73,6 +73,12 @@ pub enum AuthOutcome {
     BadRequest(&'static str),
 }
 
+/// The most shards an authenticator serves (the issuer's id takes the top ten bits of the low
+/// half of a nonce's salt; the configuration allows 1,024 shards).
+pub const MAX_SHARDS: usize = 1 << (32 - COUNTER_BITS);
+/// Bits of a nonce salt's low half that count the issuer's nonces.
+const COUNTER_BITS: u32 = 22;
+
 /// What all shards share.
 struct Shared {
     realm: String,
@@ -81,6 +87,9 @@ struct Shared {
     ttl_s: u32,
     /// The challenges offered, in order of preference.
     algorithms: Vec<Algorithm>,
+    /// Shard `i`'s nonces carry `salt_base + i` in the high half of their salt (random per
+    /// run): a shard tells its own nonces by it, and any shard can issue a nonce for another.
+    salt_base: u32,
     /// HA1 values no password produces, hashed for unknown users so that they cost the same.
     dummy_md5: HexHash,
     dummy_sha256: HexHash,
@@ -89,8 +98,9 @@ struct Shared {
 /// A shard's digest authenticator. See the module documentation.
 pub struct Authenticator {
     shared: Arc<Shared>,
-    /// High half of every nonce salt: random per Authenticator, so shards' nonces differ.
-    salt_prefix: u32,
+    /// The shard this authenticator serves (0 for the one `new` makes).
+    shard: u32,
+    /// Counts the nonces this authenticator issued (the low bits of their salt).
     counter: Cell<u32>,
     nc: NcTable,
 }
@@ -111,6 +121,7 @@ impl Authenticator {
         let shared = Shared {
             realm: realm.to_owned(),
             nonces: NonceKey::new(&secret, realm.as_bytes()),
+            salt_base: nonce::random_u32(),
             ttl_s: nonce_ttl_s,
             algorithms: Algorithm::PREFERENCE.to_vec(),
             dummy_md5: digest::ha1(Algorithm::Md5, b"", realm.as_bytes(), dummy_pw.as_bytes()),
@@ -124,7 +135,7 @@ impl Authenticator {
         };
         Authenticator {
             shared: Arc::new(shared),
-            salt_prefix: nonce::random_u32(),
+            shard: 0,
             counter: Cell::new(0),
             nc: NcTable::new(DEFAULT_MAX_TRACKED),
         }
@@ -143,15 +154,21 @@ impl Authenticator {
         self
     }
 
-    /// Another authenticator for another shard: same realm, users and secret (shared), its
-    /// own salt prefix and an empty nonce-count table.
-    pub fn for_shard(&self) -> Authenticator {
+    /// The authenticator of shard `shard` (below [`MAX_SHARDS`]): same realm, users and
+    /// secret (shared), the shard's own nonce salt and an empty nonce-count table.
+    pub fn for_shard(&self, shard: usize) -> Authenticator {
+        assert!(shard < MAX_SHARDS, "shard {shard} of at most {MAX_SHARDS}");
         Authenticator {
             shared: Arc::clone(&self.shared),
-            salt_prefix: nonce::random_u32(),
+            shard: shard as u32,
             counter: Cell::new(0),
             nc: NcTable::new(DEFAULT_MAX_TRACKED),
         }
+    }
+
+    /// The high half of the salt of shard `shard`'s nonces.
+    fn salt_prefix(&self, shard: u32) -> u32 {
+        self.shared.salt_base.wrapping_add(shard)
     }
 
     /// Sets the bound on nonces tracked for replay protection (default 65 536).
@@ -264,7 +281,7 @@ impl Authenticator {
         // issued by another shard could be a replay there. The retry of a challenged request
         // reaches the shard that challenged it (same AOR), so this costs honest clients
         // nothing; others get a fresh nonce with stale=true.
-        if (id.salt >> 32) as u32 != self.salt_prefix {
+        if (id.salt >> 32) as u32 != self.salt_prefix(self.shard) {
             return AuthOutcome::Challenge { stale: true };
         }
         match self.nc.record(id, nc, now_ms, sh.ttl_s) {
@@ -281,9 +298,27 @@ impl Authenticator {
     /// (RFC 8760 §2.4), each with realm, nonce, algorithm, `qop="auth"` and `stale=true` when
     /// `stale`.
     pub fn write_challenge(&self, out: &mut Vec<u8>, header_name: &str, stale: bool, now_ms: u64) {
+        self.write_challenge_for(self.shard as usize, out, header_name, stale, now_ms);
+    }
+
+    /// [`Authenticator::write_challenge`] with a nonce that shard `owner` accepts (and no other):
+    /// a shard answers the first, credential-less REGISTER of an AOR another shard owns itself,
+    /// and the retry, which goes to the owner, carries a nonce the owner tracks.
+    pub fn write_challenge_for(
+        &self,
+        owner: usize,
+        out: &mut Vec<u8>,
+        header_name: &str,
+        stale: bool,
+        now_ms: u64,
+    ) {
         let counter = self.counter.get().wrapping_add(1);
         self.counter.set(counter);
-        let salt = (u64::from(self.salt_prefix) << 32) | u64::from(counter);
+        // Low half: this issuer's id and count, so that the nonces several shards issue for
+        // one owner in one second differ (the count wraps after 4M nonces, more than a shard
+        // issues in a second).
+        let low = (self.shard << COUNTER_BITS) | (counter & ((1 << COUNTER_BITS) - 1));
+        let salt = (u64::from(self.salt_prefix(owner as u32)) << 32) | u64::from(low);
         let nonce = self.shared.nonces.issue(now_ms, salt);
         let mut realm = String::new();
         client::push_quoted(&mut realm, self.shared.realm.as_bytes());

@@ -398,7 +398,7 @@ fn nonce_from_another_secret() {
 #[test]
 fn nonce_from_another_shard_is_refreshed_not_accepted() {
     let mut a = auth();
-    let mut b = a.for_shard();
+    let mut b = a.for_shard(1);
     let c = creds(&a, Algorithm::Sha256, "alice", "secret", T0);
     // b cannot know whether a already saw this nonce count: it asks for a fresh nonce
     // (stale=true, so the client retries without prompting the user)...

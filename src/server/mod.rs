@@ -242,6 +242,16 @@ impl Core {
         Some(owner_shard(hash, self.cfg.shards))
     }
 
+    /// True for a request another shard owns that this one can answer itself, in full: a
+    /// REGISTER without credentials, when registration needs them. Every check before the
+    /// challenge is stateless, and the challenge is too: its nonce is issued for the owner,
+    /// where the retry with credentials goes. Half the hand-offs of digest registration go.
+    fn challenge_here(&self, msg: &Message<'_>) -> bool {
+        self.auth.is_some()
+            && msg.method() == Some(Method::Register)
+            && msg.header(HeaderName::Authorization).is_none()
+    }
+
     /// Handles one datagram. `handed_off` is true when another shard already routed it here.
     pub fn handle(
         &mut self,
@@ -280,10 +290,16 @@ impl Core {
                 return Disposition::Done;
             }
         };
+        // The shard whose nonce a challenge carries: ours, or the owner's for a REGISTER
+        // challenged here on its behalf.
+        let mut nonce_shard = self.shard;
         if !handed_off {
             if let Some(owner) = self.owner(msg, socket) {
                 if owner != self.shard {
-                    return Disposition::HandOff(owner);
+                    if !self.challenge_here(msg) {
+                        return Disposition::HandOff(owner);
+                    }
+                    nonce_shard = owner;
                 }
             }
         }
@@ -311,7 +327,7 @@ impl Core {
         };
         match valid {
             Err(e) => reply.simple(out, e.status(), e.reason().as_bytes()),
-            Ok(()) => self.dispatch(msg, method, now_ms, &mut reply, out),
+            Ok(()) => self.dispatch(msg, method, now_ms, nonce_shard, &mut reply, out),
         }
         if let Some(status) = reply.sent_status {
             self.stats.response_sent(status);
@@ -327,6 +343,7 @@ impl Core {
         msg: &Message<'_>,
         method: Method,
         now_ms: u64,
+        nonce_shard: usize,
         reply: &mut Reply<'_, '_>,
         out: &mut Outbox,
     ) {
@@ -338,7 +355,7 @@ impl Core {
             return reply.with(out, 416, b"Unsupported URI Scheme", |_| {});
         }
         match method {
-            Method::Register => self.register(msg, &ruri, now_ms, reply, out),
+            Method::Register => self.register(msg, &ruri, now_ms, nonce_shard, reply, out),
             Method::Options if ruri.user.is_none() => self.options(msg, reply, out),
             Method::Cancel if self.cfg.mode == Mode::Stateless => {
                 // §16.11: a stateless proxy forwards the CANCEL where the INVITE went (same
@@ -420,11 +437,14 @@ impl Core {
     }
 
     /// REGISTER (RFC 3261 §10.3).
+    /// A REGISTER (RFC 3261 §10.3). `nonce_shard` is the shard that owns its AOR: this one,
+    /// or another for which a credential-less REGISTER is challenged here (`challenge_here`).
     fn register(
         &mut self,
         msg: &Message<'_>,
         ruri: &Uri<'_>,
         now_ms: u64,
+        nonce_shard: usize,
         reply: &mut Reply<'_, '_>,
         out: &mut Outbox,
     ) {
@@ -446,6 +466,11 @@ impl Core {
         }
         if let Some(auth) = &mut self.auth {
             match auth.check(msg, HeaderName::Authorization, now_ms) {
+                // Only credential-less REGISTERs stay on a shard that does not own the AOR,
+                // and those are challenged: never reached.
+                AuthOutcome::Authenticated { .. } if nonce_shard != self.shard => {
+                    return reply.simple(out, 500, b"Server Internal Error (wrong shard)");
+                }
                 AuthOutcome::Authenticated { user } => {
                     let own = to
                         .user
@@ -457,7 +482,7 @@ impl Core {
                 AuthOutcome::Challenge { stale } => {
                     let auth = &*auth;
                     return reply.with(out, 401, b"Unauthorized", |o| {
-                        auth.write_challenge(o, "WWW-Authenticate", stale, now_ms)
+                        auth.write_challenge_for(nonce_shard, o, "WWW-Authenticate", stale, now_ms)
                     });
                 }
                 AuthOutcome::BadRequest(why) => {

@@ -1190,6 +1190,11 @@ fn another_shards_private_port_in_a_via_counts_as_ours() {
 /// Two shards sharing LISTEN only (`--no-private-ports`): every datagram arrives on the
 /// shared socket of whichever shard the kernel picks.
 fn two_shards_without_private_ports() -> Vec<Core> {
+    two_shards(None)
+}
+
+/// [`two_shards_without_private_ports`], each shard with its authenticator from `auth`.
+fn two_shards(auth: Option<crate::auth::Authenticator>) -> Vec<Core> {
     let cfg = Arc::new(CoreConfig {
         domains: vec!["localhost".into()],
         local_addrs: vec![addr(LISTEN)],
@@ -1204,11 +1209,116 @@ fn two_shards_without_private_ports() -> Vec<Core> {
                 i,
                 cfg.clone(),
                 Arc::new(ShardStats::default()),
-                None,
+                auth.as_ref().map(|a| a.for_shard(i)),
                 &[addr(LISTEN)],
             )
         })
         .collect()
+}
+
+/// A REGISTER from PHONE_A for `user`, with an Authorization line when `auth` is given.
+fn register_request(user: &str, cseq: u32, auth: Option<&str>) -> Vec<u8> {
+    let auth = auth.map_or(String::new(), |a| format!("Authorization: {a}\r\n"));
+    format!(
+        "REGISTER sip:localhost SIP/2.0\r\nVia: SIP/2.0/UDP {PHONE_A};branch=z9hG4bKr{user}{cseq}\r\n\
+         Max-Forwards: 70\r\nFrom: <sip:{user}@localhost>;tag=r\r\nTo: <sip:{user}@localhost>\r\n\
+         Call-ID: reg-{user}\r\nCSeq: {cseq} REGISTER\r\nContact: <sip:{user}@{PHONE_A}>\r\n\
+         {auth}Content-Length: 0\r\n\r\n"
+    )
+    .into_bytes()
+}
+
+/// The Authorization value answering the 401 `challenge` for `user`.
+fn answer_challenge(challenge: &[u8], user: &str, pw: &str) -> String {
+    use crate::auth::client::{client_response, first_supported_challenge};
+    let m = Message::parse(challenge).unwrap();
+    let ch = first_supported_challenge(&m, HeaderName::WwwAuthenticate).unwrap();
+    client_response(&ch, user, pw, b"REGISTER", b"sip:localhost", 1, "c0ffee").unwrap()
+}
+
+#[test]
+fn a_register_without_credentials_is_challenged_where_it_arrives_for_the_owning_shard() {
+    use crate::auth::{Authenticator, UserDb};
+    use crate::shard::ownership::{aor_hash, owner_shard};
+    let mut db = UserDb::new("localhost");
+    let users = ["alice", "bob", "carol", "dave", "erin", "frank"];
+    for u in users {
+        db.add_password(u, "pw").unwrap();
+    }
+    let mut cores = two_shards(Some(Authenticator::new(
+        "localhost",
+        Arc::new(db),
+        [7; 32],
+        300,
+    )));
+    let owner = |u: &str| {
+        let uri = format!("sip:{u}@localhost");
+        owner_shard(
+            aor_hash(&crate::sip::Uri::parse(uri.as_bytes()).unwrap()).unwrap(),
+            2,
+        )
+    };
+    let mut crossed = 0;
+    for (i, u) in users.iter().enumerate() {
+        let own = owner(u);
+        for at in [0, 1] {
+            let cseq = 1 + 2 * at as u32;
+            let (by, out) = deliver(
+                &mut cores,
+                at,
+                &register_request(u, cseq, None),
+                PHONE_A,
+                T0,
+            );
+            // The challenge comes from the shard the datagram reached, no hand-off...
+            assert_eq!(by, at, "{u}");
+            assert_eq!(status(&out[0].1), 401);
+            // ...and the retry, which goes to the owner, is accepted there.
+            let creds = answer_challenge(&out[0].1, u, "pw");
+            let retry = register_request(u, cseq + 1, Some(&creds));
+            let (by, out) = deliver(&mut cores, at, &retry, PHONE_A, T0 + 1 + i as u64);
+            assert_eq!(by, own, "{u}");
+            assert_eq!(
+                status(&out[0].1),
+                200,
+                "{}",
+                String::from_utf8_lossy(&out[0].1)
+            );
+            crossed += usize::from(at != own);
+        }
+    }
+    assert_eq!(
+        crossed,
+        users.len(),
+        "each user arrived once at the other shard"
+    );
+    // A nonce is only good at its owner: credentials from a challenge issued for one AOR's
+    // owner, sent for an AOR of the other shard, get a fresh nonce (stale=true).
+    let (a, b) = match (
+        users.iter().find(|u| owner(u) == 0),
+        users.iter().find(|u| owner(u) == 1),
+    ) {
+        (Some(a), Some(b)) => (*a, *b),
+        _ => panic!("the users cover both shards"),
+    };
+    let (_, out) = deliver(
+        &mut cores,
+        0,
+        &register_request(a, 9, None),
+        PHONE_A,
+        T0 + 10,
+    );
+    let creds = answer_challenge(&out[0].1, b, "pw");
+    let (by, out) = deliver(
+        &mut cores,
+        0,
+        &register_request(b, 10, Some(&creds)),
+        PHONE_A,
+        T0 + 11,
+    );
+    assert_eq!(by, 1);
+    assert_eq!(status(&out[0].1), 401);
+    assert!(String::from_utf8_lossy(&out[0].1).contains("stale=true"));
 }
 
 /// Delivers `data` to shard `at` on the shared socket; follows a hand-off like the runtime
