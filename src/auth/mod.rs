@@ -81,6 +81,8 @@ struct Shared {
     ttl_s: u32,
     /// The challenges offered, in order of preference.
     algorithms: Vec<Algorithm>,
+    /// `Digest realm="<realm, escaped>", nonce="`: what every challenge value starts with.
+    challenge_head: Box<[u8]>,
     /// HA1 values no password produces, hashed for unknown users so that they cost the same.
     dummy_md5: HexHash,
     dummy_sha256: HexHash,
@@ -108,7 +110,13 @@ impl Authenticator {
             "the user database was built for another realm"
         );
         let dummy_pw = hex::encode(secret);
+        let mut quoted_realm = String::new();
+        client::push_quoted(&mut quoted_realm, realm.as_bytes());
+        let challenge_head = format!("Digest realm={quoted_realm}, nonce=\"")
+            .into_bytes()
+            .into_boxed_slice();
         let shared = Shared {
+            challenge_head,
             realm: realm.to_owned(),
             nonces: NonceKey::new(&secret, realm.as_bytes()),
             ttl_s: nonce_ttl_s,
@@ -284,23 +292,31 @@ impl Authenticator {
         let counter = self.counter.get().wrapping_add(1);
         self.counter.set(counter);
         let salt = (u64::from(self.salt_prefix) << 32) | u64::from(counter);
-        let nonce = self.shared.nonces.issue(now_ms, salt);
-        let mut realm = String::new();
-        client::push_quoted(&mut realm, self.shared.realm.as_bytes());
-        let mut value = Vec::with_capacity(160);
-        for &alg in &self.shared.algorithms {
-            value.clear();
-            value.extend_from_slice(b"Digest realm=");
-            value.extend_from_slice(realm.as_bytes());
-            value.extend_from_slice(b", nonce=\"");
-            value.extend_from_slice(nonce.as_bytes());
-            value.extend_from_slice(b"\", algorithm=");
-            value.extend_from_slice(alg.name().as_bytes());
-            value.extend_from_slice(b", qop=\"auth\"");
+        let sh = &*self.shared;
+        let nonce = sh.nonces.issue(now_ms, salt);
+        // Each line is `header_name: Digest realm="..", nonce="..", algorithm=.., qop="auth"`
+        // with `, stale=true` when stale; written in place, the constant head prepared once.
+        const STALE: &[u8] = b", stale=true";
+        let line_len = header_name.len()
+            + 2
+            + sh.challenge_head.len()
+            + nonce.as_bytes().len()
+            + b"\", algorithm=SHA-256, qop=\"auth\"".len()
+            + STALE.len()
+            + 2;
+        out.reserve(line_len * sh.algorithms.len());
+        for &alg in &sh.algorithms {
+            out.extend_from_slice(header_name.as_bytes());
+            out.extend_from_slice(b": ");
+            out.extend_from_slice(&sh.challenge_head);
+            out.extend_from_slice(nonce.as_bytes());
+            out.extend_from_slice(b"\", algorithm=");
+            out.extend_from_slice(alg.name().as_bytes());
+            out.extend_from_slice(b", qop=\"auth\"");
             if stale {
-                value.extend_from_slice(b", stale=true");
+                out.extend_from_slice(STALE);
             }
-            crate::sip::write::header(out, header_name, &value);
+            out.extend_from_slice(b"\r\n");
         }
     }
 }

@@ -526,3 +526,72 @@ fn offered_algorithms_follow_the_configured_order() {
     let lines = challenge_lines(&auth(), false, T0);
     assert!(lines[0].1.contains("algorithm=SHA-256"));
 }
+
+/// `write_challenge` as it was before it wrote in place from a prepared head: the realm quoted
+/// per call, each value built in a buffer, then written with `sip::write::header`.
+fn challenge_before(
+    realm: &str,
+    algorithms: &[Algorithm],
+    nonce: &[u8],
+    header_name: &str,
+    stale: bool,
+) -> Vec<u8> {
+    let mut out = Vec::new();
+    let mut quoted = String::new();
+    client::push_quoted(&mut quoted, realm.as_bytes());
+    let mut value = Vec::new();
+    for &alg in algorithms {
+        value.clear();
+        value.extend_from_slice(b"Digest realm=");
+        value.extend_from_slice(quoted.as_bytes());
+        value.extend_from_slice(b", nonce=\"");
+        value.extend_from_slice(nonce);
+        value.extend_from_slice(b"\", algorithm=");
+        value.extend_from_slice(alg.name().as_bytes());
+        value.extend_from_slice(b", qop=\"auth\"");
+        if stale {
+            value.extend_from_slice(b", stale=true");
+        }
+        crate::sip::write::header(&mut out, header_name, &value);
+    }
+    out
+}
+
+#[test]
+fn challenges_are_byte_for_byte_those_of_before() {
+    let orders: [&[Algorithm]; 4] = [
+        &Algorithm::PREFERENCE,
+        &[Algorithm::Md5],
+        &[Algorithm::Sha256],
+        &[Algorithm::Md5, Algorithm::Sha256],
+    ];
+    for realm in [
+        "example.com",
+        "a\"quoted\" realm",
+        "back\\slash",
+        "r\u{e9}alm",
+        "",
+    ] {
+        for algs in orders {
+            let a = Authenticator::new(realm, Arc::new(UserDb::new(realm)), [5; 32], 300)
+                .with_algorithms(algs);
+            for header in ["WWW-Authenticate", "Proxy-Authenticate"] {
+                for stale in [false, true] {
+                    // Appends to what the response already holds.
+                    let mut out = b"SIP/2.0 401 Unauthorized\r\n".to_vec();
+                    a.write_challenge(&mut out, header, stale, T0);
+                    let text = std::str::from_utf8(&out).unwrap();
+                    let at = text.find("nonce=\"").unwrap() + "nonce=\"".len();
+                    let nonce = &out[at..at + nonce::NONCE_HEX_LEN];
+                    let mut want = b"SIP/2.0 401 Unauthorized\r\n".to_vec();
+                    want.extend(challenge_before(realm, algs, nonce, header, stale));
+                    assert_eq!(
+                        String::from_utf8_lossy(&out),
+                        String::from_utf8_lossy(&want),
+                        "{realm:?} {algs:?} {header} {stale}"
+                    );
+                }
+            }
+        }
+    }
+}
