@@ -95,6 +95,7 @@ pub struct Authenticator {
     salt_prefix: u32,
     counter: Cell<u32>,
     nc: NcTable,
+    ha2: digest::Ha2Cache,
 }
 
 impl Authenticator {
@@ -135,6 +136,7 @@ impl Authenticator {
             salt_prefix: nonce::random_u32(),
             counter: Cell::new(0),
             nc: NcTable::new(DEFAULT_MAX_TRACKED),
+            ha2: digest::Ha2Cache::default(),
         }
     }
 
@@ -159,6 +161,7 @@ impl Authenticator {
             salt_prefix: nonce::random_u32(),
             counter: Cell::new(0),
             nc: NcTable::new(DEFAULT_MAX_TRACKED),
+            ha2: digest::Ha2Cache::default(),
         }
     }
 
@@ -261,7 +264,9 @@ impl Authenticator {
             Algorithm::Md5 => &sh.dummy_md5,
             Algorithm::Sha256 => &sh.dummy_sha256,
         });
-        let expected = digest::response(alg, ha1, &nonce, nc_text, &unq(cnonce), method, &unq(uri));
+        // `uri` equals the Request-URI (checked above).
+        let ha2 = self.ha2.get(alg, method, ruri);
+        let expected = digest::response_with_ha2(alg, ha1, &nonce, nc_text, &unq(cnonce), &ha2);
         if !(responses_equal(&expected, given) & user_ha1.is_some()) {
             return CHALLENGE;
         }

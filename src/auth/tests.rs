@@ -202,13 +202,25 @@ fn unknown_user_is_indistinguishable_from_wrong_password() {
     for alg in Algorithm::PREFERENCE {
         let wrong_pw = creds(&a, alg, "alice", "guess", T0);
         let unknown = creds(&a, alg, "mallory", "guess", T0);
-        let (o1, n1) = hashes(&mut a, &wrong_pw);
-        let (o2, n2) = hashes(&mut a, &unknown);
+        // The same hashing work: HA2 and the response, against a dummy HA1 for the unknown
+        // user. HA2 is cached per Request-URI, so compare with the cache cold, then warm.
+        let (o1, n1) = hashes(&mut auth(), &wrong_pw);
+        let (o2, n2) = hashes(&mut auth(), &unknown);
         assert_eq!(o1, CHALLENGE);
         assert_eq!(o2, o1);
-        // The same hashing work: HA2 and the response, against a dummy HA1.
         assert_eq!(n1, 2);
         assert_eq!(n2, n1, "{alg:?}");
+        for (first, second) in [(&wrong_pw, &unknown), (&unknown, &wrong_pw)] {
+            let mut warm = auth();
+            hashes(&mut warm, first);
+            let (o1, n1) = hashes(&mut warm, first);
+            let (o2, n2) = hashes(&mut warm, second);
+            assert_eq!((o1, o2), (CHALLENGE, CHALLENGE));
+            assert_eq!(n1, 1);
+            assert_eq!(n2, n1, "{alg:?}");
+        }
+        // The challenges are written by `a`, whose own answers are the same.
+        assert_eq!(check(&mut a, &wrong_pw), check(&mut a, &unknown));
     }
     // The challenges that follow have the same shape (only the nonce differs).
     let mask = |lines: Vec<(String, String)>| -> Vec<(String, String)> {
@@ -589,6 +601,58 @@ fn challenges_are_byte_for_byte_those_of_before() {
                         String::from_utf8_lossy(&out),
                         String::from_utf8_lossy(&want),
                         "{realm:?} {algs:?} {header} {stale}"
+                    );
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn cached_ha2_follows_the_request_uri_and_method() {
+    // One authenticator, requests alternating between URIs, methods and algorithms: each is
+    // judged as a fresh authenticator would judge it (the HA2 cache never answers for another
+    // request line).
+    let mut a = auth();
+    let uris = [
+        "sip:example.com",
+        "sip:example.com;transport=udp",
+        "sip:alice@example.com",
+    ];
+    let mut nc = 0;
+    for round in 0..3 {
+        for (i, uri) in uris.iter().enumerate() {
+            for alg in Algorithm::PREFERENCE {
+                for method in ["REGISTER", "INVITE"] {
+                    nc += 1;
+                    let ch = challenge(&a, alg, T0);
+                    let d = AuthHeader::parse(ch.as_bytes()).unwrap().digest();
+                    // Credentials computed for the REGISTER to `uri`.
+                    let c = client_response(
+                        &d,
+                        "alice",
+                        "secret",
+                        b"REGISTER",
+                        uri.as_bytes(),
+                        nc,
+                        "c",
+                    )
+                    .unwrap();
+                    let r = request_with("Authorization", &[&c]).replacen(
+                        &format!("REGISTER {RURI} "),
+                        &format!("{method} {uri} "),
+                        1,
+                    );
+                    let m = Message::parse(r.as_bytes()).unwrap();
+                    let want = if method == "REGISTER" {
+                        ok("alice")
+                    } else {
+                        CHALLENGE
+                    };
+                    assert_eq!(
+                        a.check(&m, HeaderName::Authorization, T0),
+                        want,
+                        "{round} {i} {alg:?} {method}"
                     );
                 }
             }
