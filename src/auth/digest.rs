@@ -96,10 +96,64 @@ impl HexHash {
             buf: [0; 64],
             len: (bytes.len() * 2) as u8,
         };
-        // Cannot fail: the output slice is exactly twice the input.
-        let _ = hex::encode_to_slice(bytes, &mut h.buf[..bytes.len() * 2]);
+        encode_hex(bytes, &mut h.buf[..bytes.len() * 2]);
         h
     }
+}
+
+/// Lowercase hex digits.
+const HEX_DIGITS: &[u8; 16] = b"0123456789abcdef";
+
+/// Writes `src` as lowercase hex into `dst[..2 * src.len()]` (what `hex::encode_to_slice`
+/// does, without its per-call length check and iterator chain: this runs for every hash and
+/// every nonce).
+///
+/// # Panics
+/// If `dst` is shorter than twice `src`.
+#[inline]
+pub(crate) fn encode_hex(src: &[u8], dst: &mut [u8]) {
+    let dst = &mut dst[..src.len() * 2];
+    for (pair, &b) in dst.chunks_exact_mut(2).zip(src) {
+        pair[0] = HEX_DIGITS[usize::from(b >> 4)];
+        pair[1] = HEX_DIGITS[usize::from(b & 0xf)];
+    }
+}
+
+/// The value of each hex digit (either case); 0xff for every other byte.
+const HEX_VALUES: [u8; 256] = {
+    let mut t = [0xffu8; 256];
+    let mut i = 0;
+    while i < 10 {
+        t[b'0' as usize + i] = i as u8;
+        i += 1;
+    }
+    let mut i = 0;
+    while i < 6 {
+        t[b'a' as usize + i] = 10 + i as u8;
+        t[b'A' as usize + i] = 10 + i as u8;
+        i += 1;
+    }
+    t
+};
+
+/// Decodes exactly `2 * N` hex digits (either case) into `N` bytes; `None` if `src` has
+/// another length or any byte is not a hex digit (what `hex::decode_to_slice` accepts,
+/// checked once at the end instead of per digit).
+#[inline]
+pub(crate) fn decode_hex<const N: usize>(src: &[u8]) -> Option<[u8; N]> {
+    if src.len() != 2 * N {
+        return None;
+    }
+    let mut out = [0u8; N];
+    let mut bad = 0u8;
+    for (o, pair) in out.iter_mut().zip(src.chunks_exact(2)) {
+        let hi = HEX_VALUES[usize::from(pair[0])];
+        let lo = HEX_VALUES[usize::from(pair[1])];
+        bad |= hi | lo;
+        *o = (hi << 4) | lo;
+    }
+    // Valid digits are below 16; 0xff marks the others.
+    (bad < 16).then_some(out)
 }
 
 impl core::fmt::Debug for HexHash {
@@ -156,11 +210,57 @@ pub fn response(
     method: &[u8],
     uri: &[u8],
 ) -> HexHash {
-    let ha2 = ha2(alg, method, uri);
+    response_with_ha2(alg, ha1, nonce, nc, cnonce, &ha2(alg, method, uri))
+}
+
+/// [`response`] with HA2 already computed (HA2 depends only on the method and the URI).
+pub fn response_with_ha2(
+    alg: Algorithm,
+    ha1: &HexHash,
+    nonce: &[u8],
+    nc: &[u8],
+    cnonce: &[u8],
+    ha2: &HexHash,
+) -> HexHash {
     hash_joined(
         alg,
         &[ha1.as_bytes(), nonce, nc, cnonce, b"auth", ha2.as_bytes()],
     )
+}
+
+/// The HA2 of the last (algorithm, method, URI) asked for: a registrar's REGISTERs nearly all
+/// carry the same Request-URI (the domain), so this saves one of the four hash blocks of an
+/// MD5 check. HA2 is a function of public request fields only; a hit or miss says nothing about
+/// users or passwords.
+#[derive(Debug, Clone, Default)]
+pub struct Ha2Cache {
+    /// `method` then `uri`, and where one ends.
+    key: Vec<u8>,
+    method_len: usize,
+    last: Option<(Algorithm, HexHash)>,
+}
+
+impl Ha2Cache {
+    /// HA2 = H(method ":" uri), from the cache when the last call had the same arguments.
+    pub fn get(&mut self, alg: Algorithm, method: &[u8], uri: &[u8]) -> HexHash {
+        if let Some((a, h)) = self.last {
+            if a == alg
+                && self.method_len == method.len()
+                && self.key.len() == method.len() + uri.len()
+                && self.key[..method.len()] == *method
+                && self.key[method.len()..] == *uri
+            {
+                return h;
+            }
+        }
+        let h = ha2(alg, method, uri);
+        self.key.clear();
+        self.key.extend_from_slice(method);
+        self.key.extend_from_slice(uri);
+        self.method_len = method.len();
+        self.last = Some((alg, h));
+        h
+    }
 }
 
 /// Compares the expected response with the one a client sent, in constant time for equal
@@ -170,11 +270,22 @@ pub fn responses_equal(expected: &HexHash, given: &[u8]) -> bool {
     if given.len() != want.len() {
         return false;
     }
+    // Both sides padded with zeros to 64 bytes and compared as eight words: subtle's slice
+    // comparison hides every byte's result from the optimizer (one black box per byte); per
+    // word it is the same guarantee at an eighth of the cost. Still no early exit.
     let mut lower = [0u8; 64];
     for (d, s) in lower.iter_mut().zip(given) {
         *d = s.to_ascii_lowercase();
     }
-    bool::from(lower[..want.len()].ct_eq(want))
+    let mut padded = [0u8; 64];
+    padded[..want.len()].copy_from_slice(want);
+    let mut equal = subtle::Choice::from(1);
+    for (a, b) in lower.chunks_exact(8).zip(padded.chunks_exact(8)) {
+        let a = u64::from_ne_bytes(a.try_into().unwrap_or_default());
+        let b = u64::from_ne_bytes(b.try_into().unwrap_or_default());
+        equal &= a.ct_eq(&b);
+    }
+    bool::from(equal)
 }
 
 #[cfg(test)]
@@ -257,6 +368,123 @@ mod tests {
         assert!(!responses_equal(&r, b"8ca523f5e9506fed4657c9700eebdbed"));
         assert!(!responses_equal(&r, b"8ca523f5e9506fed4657c9700eebdbe"));
         assert!(!responses_equal(&r, b""));
+    }
+
+    /// The comparison before it went word-wise: lowercase, then subtle's slice comparison.
+    fn responses_equal_before(expected: &HexHash, given: &[u8]) -> bool {
+        let want = expected.as_bytes();
+        if given.len() != want.len() {
+            return false;
+        }
+        let mut lower = [0u8; 64];
+        for (d, s) in lower.iter_mut().zip(given) {
+            *d = s.to_ascii_lowercase();
+        }
+        bool::from(lower[..want.len()].ct_eq(want))
+    }
+
+    #[test]
+    fn response_comparison_matches_the_bytewise_one() {
+        let mut m = crate::sip::mutate::Mutator::new(0x5eed_d16e);
+        let alphabet: Vec<u8> = (0..=255).collect();
+        for alg in Algorithm::PREFERENCE {
+            for i in 0..4000u32 {
+                let want = hash_joined(alg, &[&i.to_be_bytes()]);
+                // Itself, upper-cased in places, then with up to three random edits.
+                let mut given = want.as_bytes().to_vec();
+                for b in given.iter_mut() {
+                    if m.next(3) == 0 {
+                        *b = b.to_ascii_uppercase();
+                    }
+                }
+                for _ in 0..m.next(4) {
+                    m.mutate(&mut given, &alphabet);
+                }
+                assert_eq!(
+                    responses_equal(&want, &given),
+                    responses_equal_before(&want, &given),
+                    "{want:?} vs {given:?}"
+                );
+            }
+        }
+        // A given value equal but for its last byte, or for its first: both refused.
+        let want = HexHash::from_hex(&[b'a'; 64], 64).unwrap();
+        for pos in [0, 31, 32, 63] {
+            let mut g = [b'a'; 64];
+            g[pos] = b'b';
+            assert!(!responses_equal(&want, &g), "{pos}");
+        }
+        assert!(responses_equal(&want, &[b'A'; 64]));
+    }
+
+    #[test]
+    fn hex_encoding_matches_the_hex_crate() {
+        let all: Vec<u8> = (0..=255).collect();
+        let mut ours = vec![0u8; 512];
+        encode_hex(&all, &mut ours);
+        assert_eq!(ours, hex::encode(&all).into_bytes());
+        let mut m = crate::sip::mutate::Mutator::new(77);
+        for _ in 0..2000 {
+            let src: Vec<u8> = (0..m.next(40)).map(|_| m.next(256) as u8).collect();
+            // Longer output buffers keep their tail.
+            let mut dst = vec![b'#'; src.len() * 2 + 3];
+            encode_hex(&src, &mut dst);
+            assert_eq!(dst[..src.len() * 2], *hex::encode(&src).as_bytes());
+            assert_eq!(dst[src.len() * 2..], *b"###");
+        }
+    }
+
+    #[test]
+    fn hex_decoding_matches_the_hex_crate() {
+        // Every two-byte input.
+        for a in 0..=255u8 {
+            for b in 0..=255u8 {
+                let mut want = [0u8; 1];
+                let want = hex::decode_to_slice([a, b], &mut want).ok().map(|()| want);
+                assert_eq!(decode_hex::<1>(&[a, b]), want, "{a:#x} {b:#x}");
+            }
+        }
+        // 64-digit inputs (nonces) with edits: other lengths, other bytes, either case.
+        let mut m = crate::sip::mutate::Mutator::new(4242);
+        let alphabet: Vec<u8> = (0..=255).collect();
+        for i in 0..20_000u32 {
+            let mut v = hash_joined(Algorithm::Sha256, &[&i.to_be_bytes()])
+                .as_bytes()
+                .to_vec();
+            if i % 2 == 0 {
+                v.make_ascii_uppercase();
+            }
+            for _ in 0..m.next(3) {
+                m.mutate(&mut v, &alphabet);
+            }
+            let mut want = [0u8; 32];
+            let want =
+                (v.len() == 64 && hex::decode_to_slice(&v, &mut want).is_ok()).then_some(want);
+            assert_eq!(decode_hex::<32>(&v), want, "{v:?}");
+        }
+    }
+
+    #[test]
+    fn ha2_cache_gives_the_ha2_of_its_arguments() {
+        let mut c = Ha2Cache::default();
+        let calls: [(Algorithm, &[u8], &[u8]); 9] = [
+            (Algorithm::Md5, b"REGISTER", b"sip:example.com"),
+            (Algorithm::Md5, b"REGISTER", b"sip:example.com"),
+            (Algorithm::Sha256, b"REGISTER", b"sip:example.com"),
+            (Algorithm::Md5, b"REGISTER", b"sip:example.com"),
+            (Algorithm::Md5, b"INVITE", b"sip:example.com"),
+            // The same bytes split differently between method and URI.
+            (Algorithm::Md5, b"REGISTERs", b"ip:example.com"),
+            (Algorithm::Md5, b"REGISTER", b"sip:example.com"),
+            (Algorithm::Md5, b"REGISTER", b"sip:example.co"),
+            (Algorithm::Md5, b"REGISTER", b""),
+        ];
+        let before = HASHES.with(|n| n.get());
+        for (alg, method, uri) in calls {
+            assert_eq!(c.get(alg, method, uri), ha2(alg, method, uri));
+        }
+        // Two hashes per call (cache and reference), but for the repeat right after a miss.
+        assert_eq!(HASHES.with(|n| n.get()) - before, 2 * 9 - 1);
     }
 
     #[test]

@@ -90,6 +90,8 @@ struct Shared {
     /// Shard `i`'s nonces carry `salt_base + i` in the high half of their salt (random per
     /// run): a shard tells its own nonces by it, and any shard can issue a nonce for another.
     salt_base: u32,
+    /// `Digest realm="<realm, escaped>", nonce="`: what every challenge value starts with.
+    challenge_head: Box<[u8]>,
     /// HA1 values no password produces, hashed for unknown users so that they cost the same.
     dummy_md5: HexHash,
     dummy_sha256: HexHash,
@@ -103,6 +105,7 @@ pub struct Authenticator {
     /// Counts the nonces this authenticator issued (the low bits of their salt).
     counter: Cell<u32>,
     nc: NcTable,
+    ha2: digest::Ha2Cache,
 }
 
 impl Authenticator {
@@ -118,7 +121,13 @@ impl Authenticator {
             "the user database was built for another realm"
         );
         let dummy_pw = hex::encode(secret);
+        let mut quoted_realm = String::new();
+        client::push_quoted(&mut quoted_realm, realm.as_bytes());
+        let challenge_head = format!("Digest realm={quoted_realm}, nonce=\"")
+            .into_bytes()
+            .into_boxed_slice();
         let shared = Shared {
+            challenge_head,
             realm: realm.to_owned(),
             nonces: NonceKey::new(&secret, realm.as_bytes()),
             salt_base: nonce::random_u32(),
@@ -138,6 +147,7 @@ impl Authenticator {
             shard: 0,
             counter: Cell::new(0),
             nc: NcTable::new(DEFAULT_MAX_TRACKED),
+            ha2: digest::Ha2Cache::default(),
         }
     }
 
@@ -163,6 +173,7 @@ impl Authenticator {
             shard: shard as u32,
             counter: Cell::new(0),
             nc: NcTable::new(DEFAULT_MAX_TRACKED),
+            ha2: digest::Ha2Cache::default(),
         }
     }
 
@@ -270,7 +281,9 @@ impl Authenticator {
             Algorithm::Md5 => &sh.dummy_md5,
             Algorithm::Sha256 => &sh.dummy_sha256,
         });
-        let expected = digest::response(alg, ha1, &nonce, nc_text, &unq(cnonce), method, &unq(uri));
+        // `uri` equals the Request-URI (checked above).
+        let ha2 = self.ha2.get(alg, method, ruri);
+        let expected = digest::response_with_ha2(alg, ha1, &nonce, nc_text, &unq(cnonce), &ha2);
         if !(responses_equal(&expected, given) & user_ha1.is_some()) {
             return CHALLENGE;
         }
@@ -319,23 +332,31 @@ impl Authenticator {
         // issues in a second).
         let low = (self.shard << COUNTER_BITS) | (counter & ((1 << COUNTER_BITS) - 1));
         let salt = (u64::from(self.salt_prefix(owner as u32)) << 32) | u64::from(low);
-        let nonce = self.shared.nonces.issue(now_ms, salt);
-        let mut realm = String::new();
-        client::push_quoted(&mut realm, self.shared.realm.as_bytes());
-        let mut value = Vec::with_capacity(160);
-        for &alg in &self.shared.algorithms {
-            value.clear();
-            value.extend_from_slice(b"Digest realm=");
-            value.extend_from_slice(realm.as_bytes());
-            value.extend_from_slice(b", nonce=\"");
-            value.extend_from_slice(nonce.as_bytes());
-            value.extend_from_slice(b"\", algorithm=");
-            value.extend_from_slice(alg.name().as_bytes());
-            value.extend_from_slice(b", qop=\"auth\"");
+        let sh = &*self.shared;
+        let nonce = sh.nonces.issue(now_ms, salt);
+        // Each line is `header_name: Digest realm="..", nonce="..", algorithm=.., qop="auth"`
+        // with `, stale=true` when stale; written in place, the constant head prepared once.
+        const STALE: &[u8] = b", stale=true";
+        let line_len = header_name.len()
+            + 2
+            + sh.challenge_head.len()
+            + nonce.as_bytes().len()
+            + b"\", algorithm=SHA-256, qop=\"auth\"".len()
+            + STALE.len()
+            + 2;
+        out.reserve(line_len * sh.algorithms.len());
+        for &alg in &sh.algorithms {
+            out.extend_from_slice(header_name.as_bytes());
+            out.extend_from_slice(b": ");
+            out.extend_from_slice(&sh.challenge_head);
+            out.extend_from_slice(nonce.as_bytes());
+            out.extend_from_slice(b"\", algorithm=");
+            out.extend_from_slice(alg.name().as_bytes());
+            out.extend_from_slice(b", qop=\"auth\"");
             if stale {
-                value.extend_from_slice(b", stale=true");
+                out.extend_from_slice(STALE);
             }
-            crate::sip::write::header(out, header_name, &value);
+            out.extend_from_slice(b"\r\n");
         }
     }
 }

@@ -17,6 +17,8 @@
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
 
+use super::digest::{decode_hex, encode_hex};
+
 /// The per-run secret that signs nonces.
 pub type Secret = [u8; 32];
 
@@ -117,17 +119,15 @@ impl NonceKey {
         let tag = self.tag(&raw[..16]).finalize().into_bytes();
         raw[16..].copy_from_slice(&tag[..MAC_LEN]);
         let mut out = [0u8; NONCE_HEX_LEN];
-        // Cannot fail: the output is exactly twice the input.
-        let _ = hex::encode_to_slice(raw, &mut out);
+        encode_hex(&raw, &mut out);
         Nonce(out)
     }
 
     /// Checks a nonce a client sent back at `now_ms`; the MAC is compared in constant time.
     pub fn check(&self, nonce: &[u8], now_ms: u64, ttl_s: u32) -> NonceStatus {
-        let mut raw = [0u8; RAW_LEN];
-        if nonce.len() != NONCE_HEX_LEN || hex::decode_to_slice(nonce, &mut raw).is_err() {
+        let Some(raw) = decode_hex::<RAW_LEN>(nonce) else {
             return NonceStatus::Invalid;
-        }
+        };
         if self
             .tag(&raw[..16])
             .verify_truncated_left(&raw[16..])
@@ -179,6 +179,22 @@ mod tests {
             k.clone().check(n.as_bytes(), T0, 300),
             NonceStatus::Fresh(id)
         );
+    }
+
+    #[test]
+    fn upper_case_nonce_is_the_same_nonce() {
+        let k = key();
+        let n = k.issue(T0, 42);
+        let id = NonceId {
+            issued_s: T0 / 1000,
+            salt: 42,
+        };
+        let upper = n.as_str().to_ascii_uppercase();
+        assert_eq!(k.check(upper.as_bytes(), T0, 300), NonceStatus::Fresh(id));
+        let mut mixed = n.as_bytes().to_vec();
+        mixed[63] = mixed[63].to_ascii_uppercase();
+        mixed[0] = mixed[0].to_ascii_uppercase();
+        assert_eq!(k.check(&mixed, T0, 300), NonceStatus::Fresh(id));
     }
 
     #[test]

@@ -202,13 +202,25 @@ fn unknown_user_is_indistinguishable_from_wrong_password() {
     for alg in Algorithm::PREFERENCE {
         let wrong_pw = creds(&a, alg, "alice", "guess", T0);
         let unknown = creds(&a, alg, "mallory", "guess", T0);
-        let (o1, n1) = hashes(&mut a, &wrong_pw);
-        let (o2, n2) = hashes(&mut a, &unknown);
+        // The same hashing work: HA2 and the response, against a dummy HA1 for the unknown
+        // user. HA2 is cached per Request-URI, so compare with the cache cold, then warm.
+        let (o1, n1) = hashes(&mut auth(), &wrong_pw);
+        let (o2, n2) = hashes(&mut auth(), &unknown);
         assert_eq!(o1, CHALLENGE);
         assert_eq!(o2, o1);
-        // The same hashing work: HA2 and the response, against a dummy HA1.
         assert_eq!(n1, 2);
         assert_eq!(n2, n1, "{alg:?}");
+        for (first, second) in [(&wrong_pw, &unknown), (&unknown, &wrong_pw)] {
+            let mut warm = auth();
+            hashes(&mut warm, first);
+            let (o1, n1) = hashes(&mut warm, first);
+            let (o2, n2) = hashes(&mut warm, second);
+            assert_eq!((o1, o2), (CHALLENGE, CHALLENGE));
+            assert_eq!(n1, 1);
+            assert_eq!(n2, n1, "{alg:?}");
+        }
+        // The challenges are written by `a`, whose own answers are the same.
+        assert_eq!(check(&mut a, &wrong_pw), check(&mut a, &unknown));
     }
     // The challenges that follow have the same shape (only the nonce differs).
     let mask = |lines: Vec<(String, String)>| -> Vec<(String, String)> {
@@ -525,4 +537,125 @@ fn offered_algorithms_follow_the_configured_order() {
     // The default is RFC 8760's order: SHA-256 first.
     let lines = challenge_lines(&auth(), false, T0);
     assert!(lines[0].1.contains("algorithm=SHA-256"));
+}
+
+/// `write_challenge` as it was before it wrote in place from a prepared head: the realm quoted
+/// per call, each value built in a buffer, then written with `sip::write::header`.
+fn challenge_before(
+    realm: &str,
+    algorithms: &[Algorithm],
+    nonce: &[u8],
+    header_name: &str,
+    stale: bool,
+) -> Vec<u8> {
+    let mut out = Vec::new();
+    let mut quoted = String::new();
+    client::push_quoted(&mut quoted, realm.as_bytes());
+    let mut value = Vec::new();
+    for &alg in algorithms {
+        value.clear();
+        value.extend_from_slice(b"Digest realm=");
+        value.extend_from_slice(quoted.as_bytes());
+        value.extend_from_slice(b", nonce=\"");
+        value.extend_from_slice(nonce);
+        value.extend_from_slice(b"\", algorithm=");
+        value.extend_from_slice(alg.name().as_bytes());
+        value.extend_from_slice(b", qop=\"auth\"");
+        if stale {
+            value.extend_from_slice(b", stale=true");
+        }
+        crate::sip::write::header(&mut out, header_name, &value);
+    }
+    out
+}
+
+#[test]
+fn challenges_are_byte_for_byte_those_of_before() {
+    let orders: [&[Algorithm]; 4] = [
+        &Algorithm::PREFERENCE,
+        &[Algorithm::Md5],
+        &[Algorithm::Sha256],
+        &[Algorithm::Md5, Algorithm::Sha256],
+    ];
+    for realm in [
+        "example.com",
+        "a\"quoted\" realm",
+        "back\\slash",
+        "r\u{e9}alm",
+        "",
+    ] {
+        for algs in orders {
+            let a = Authenticator::new(realm, Arc::new(UserDb::new(realm)), [5; 32], 300)
+                .with_algorithms(algs);
+            for header in ["WWW-Authenticate", "Proxy-Authenticate"] {
+                for stale in [false, true] {
+                    // Appends to what the response already holds.
+                    let mut out = b"SIP/2.0 401 Unauthorized\r\n".to_vec();
+                    a.write_challenge(&mut out, header, stale, T0);
+                    let text = std::str::from_utf8(&out).unwrap();
+                    let at = text.find("nonce=\"").unwrap() + "nonce=\"".len();
+                    let nonce = &out[at..at + nonce::NONCE_HEX_LEN];
+                    let mut want = b"SIP/2.0 401 Unauthorized\r\n".to_vec();
+                    want.extend(challenge_before(realm, algs, nonce, header, stale));
+                    assert_eq!(
+                        String::from_utf8_lossy(&out),
+                        String::from_utf8_lossy(&want),
+                        "{realm:?} {algs:?} {header} {stale}"
+                    );
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn cached_ha2_follows_the_request_uri_and_method() {
+    // One authenticator, requests alternating between URIs, methods and algorithms: each is
+    // judged as a fresh authenticator would judge it (the HA2 cache never answers for another
+    // request line).
+    let mut a = auth();
+    let uris = [
+        "sip:example.com",
+        "sip:example.com;transport=udp",
+        "sip:alice@example.com",
+    ];
+    let mut nc = 0;
+    for round in 0..3 {
+        for (i, uri) in uris.iter().enumerate() {
+            for alg in Algorithm::PREFERENCE {
+                for method in ["REGISTER", "INVITE"] {
+                    nc += 1;
+                    let ch = challenge(&a, alg, T0);
+                    let d = AuthHeader::parse(ch.as_bytes()).unwrap().digest();
+                    // Credentials computed for the REGISTER to `uri`.
+                    let c = client_response(
+                        &d,
+                        "alice",
+                        "secret",
+                        b"REGISTER",
+                        uri.as_bytes(),
+                        nc,
+                        "c",
+                    )
+                    .unwrap();
+                    let r = request_with("Authorization", &[&c]).replacen(
+                        &format!("REGISTER {RURI} "),
+                        &format!("{method} {uri} "),
+                        1,
+                    );
+                    let m = Message::parse(r.as_bytes()).unwrap();
+                    let want = if method == "REGISTER" {
+                        ok("alice")
+                    } else {
+                        CHALLENGE
+                    };
+                    assert_eq!(
+                        a.check(&m, HeaderName::Authorization, T0),
+                        want,
+                        "{round} {i} {alg:?} {method}"
+                    );
+                }
+            }
+        }
+    }
 }

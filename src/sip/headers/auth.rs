@@ -117,28 +117,23 @@ pub struct DigestParams<'a> {
 
 impl<'a> DigestParams<'a> {
     /// Records parameter `name` (case-insensitive) if it is a digest field not seen yet.
+    #[inline]
     fn set(&mut self, name: &'a [u8], value: &'a [u8]) {
-        // Lower-case the name into a stack buffer (no allocation per parameter).
-        let mut lower = [0u8; 16];
-        if name.len() > lower.len() {
-            return;
-        }
-        for (d, s) in lower.iter_mut().zip(name) {
-            *d = s.to_ascii_lowercase();
-        }
-        let slot = match &lower[..name.len()] {
-            b"username" => &mut self.username,
-            b"realm" => &mut self.realm,
-            b"nonce" => &mut self.nonce,
-            b"uri" => &mut self.uri,
-            b"response" => &mut self.response,
-            b"algorithm" => &mut self.algorithm,
-            b"cnonce" => &mut self.cnonce,
-            b"opaque" => &mut self.opaque,
-            b"qop" => &mut self.qop,
-            b"nc" => &mut self.nc,
-            b"stale" => &mut self.stale,
-            b"userhash" => &mut self.userhash,
+        // Sorted by length first: one or two case-insensitive compares per parameter.
+        let is = |field: &[u8]| name.eq_ignore_ascii_case(field);
+        let slot = match name.len() {
+            2 if is(b"nc") => &mut self.nc,
+            3 if is(b"uri") => &mut self.uri,
+            3 if is(b"qop") => &mut self.qop,
+            5 if is(b"realm") => &mut self.realm,
+            5 if is(b"nonce") => &mut self.nonce,
+            5 if is(b"stale") => &mut self.stale,
+            6 if is(b"cnonce") => &mut self.cnonce,
+            6 if is(b"opaque") => &mut self.opaque,
+            8 if is(b"username") => &mut self.username,
+            8 if is(b"response") => &mut self.response,
+            8 if is(b"userhash") => &mut self.userhash,
+            9 if is(b"algorithm") => &mut self.algorithm,
             _ => return,
         };
         if slot.is_none() {
@@ -212,5 +207,82 @@ mod tests {
         assert_eq!(h, AuthHeader::parse(v).unwrap());
         assert_eq!(d.opaque, Some(&b"5ccc"[..]));
         assert_eq!(AuthHeader::parse_digest(b"Digest a=\"open"), Err(9));
+    }
+
+    // The field match before it went by length.
+    impl<'a> DigestParams<'a> {
+        /// Records parameter `name` (case-insensitive) if it is a digest field not seen yet.
+        fn set_before(&mut self, name: &'a [u8], value: &'a [u8]) {
+            // Lower-case the name into a stack buffer (no allocation per parameter).
+            let mut lower = [0u8; 16];
+            if name.len() > lower.len() {
+                return;
+            }
+            for (d, s) in lower.iter_mut().zip(name) {
+                *d = s.to_ascii_lowercase();
+            }
+            let slot = match &lower[..name.len()] {
+                b"username" => &mut self.username,
+                b"realm" => &mut self.realm,
+                b"nonce" => &mut self.nonce,
+                b"uri" => &mut self.uri,
+                b"response" => &mut self.response,
+                b"algorithm" => &mut self.algorithm,
+                b"cnonce" => &mut self.cnonce,
+                b"opaque" => &mut self.opaque,
+                b"qop" => &mut self.qop,
+                b"nc" => &mut self.nc,
+                b"stale" => &mut self.stale,
+                b"userhash" => &mut self.userhash,
+                _ => return,
+            };
+            if slot.is_none() {
+                *slot = Some(value);
+            }
+        }
+    }
+
+    #[test]
+    fn field_names_match_in_any_case_and_only_whole() {
+        let names = [
+            "username",
+            "realm",
+            "nonce",
+            "uri",
+            "response",
+            "algorithm",
+            "cnonce",
+            "opaque",
+            "qop",
+            "nc",
+            "stale",
+            "userhash",
+        ];
+        let mut m = crate::sip::mutate::Mutator::new(99);
+        for name in names {
+            for _ in 0..200 {
+                let mut n: Vec<u8> = name
+                    .bytes()
+                    .map(|b| {
+                        if m.next(2) == 0 {
+                            b.to_ascii_uppercase()
+                        } else {
+                            b
+                        }
+                    })
+                    .collect();
+                if m.next(3) == 0 {
+                    m.mutate(&mut n, b"aeiouxNCS-_");
+                }
+                let (mut a, mut b) = (DigestParams::default(), DigestParams::default());
+                a.set(&n, b"v");
+                b.set_before(&n, b"v");
+                assert_eq!(a, b, "{:?}", String::from_utf8_lossy(&n));
+            }
+        }
+        let long = [b'a'; 40];
+        let mut a = DigestParams::default();
+        a.set(&long, b"v");
+        assert_eq!(a, DigestParams::default());
     }
 }
