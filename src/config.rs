@@ -631,6 +631,7 @@ mod tests {
         std::fs::write(&bad, "[proxy]\nbranch_timeout_ms = 5\n").unwrap();
         let e = cli(&["--config", bad.to_str().unwrap()]).unwrap_err();
         assert!(e.0.starts_with("proxy.branch_timeout_ms 5"), "{e}");
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]
@@ -651,5 +652,6 @@ mod tests {
         assert_eq!(c.proxy.branch_timeout_ms, 2500);
         let c = cli(&["--forking", "sequential"]).unwrap();
         assert_eq!(c.proxy.forking, Forking::Sequential);
+        let _ = std::fs::remove_file(&path);
     }
 }

@@ -28,7 +28,8 @@ fn scenario(name: &str) -> PathBuf {
 }
 
 fn scratch(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("sipshard-sipp-{name}-{}", std::process::id()));
+    let d = Path::new(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("sipshard-sipp-{name}-{}", std::process::id()));
     std::fs::create_dir_all(&d).unwrap();
     d
 }

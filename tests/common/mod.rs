@@ -270,7 +270,9 @@ pub fn config_file(text: &str) -> String {
 
 /// Writes `name` with `text` in a fresh scratch directory and returns its path.
 pub fn write_scratch(name: &str, text: &str) -> String {
-    let dir = std::env::temp_dir().join(unique("sipshard-it-"));
+    // Under target/tmp (Cargo's scratch space for integration tests): `cargo clean` removes it,
+    // and nothing accumulates in /tmp.
+    let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join(unique("sipshard-it-"));
     std::fs::create_dir_all(&dir).unwrap();
     let path = dir.join(name);
     std::fs::write(&path, text).unwrap();
