@@ -154,6 +154,10 @@ pub struct Cli {
     /// Forking to several bindings: parallel (default) | sequential (by descending q).
     #[arg(long, value_name = "MODE")]
     pub forking: Option<String>,
+    /// Sequential forking: ms a group of branches may try before the next group (100 to
+    /// 180000; default 5000).
+    #[arg(long, value_name = "MS")]
+    pub branch_timeout_ms: Option<String>,
     /// Transport backend: mmsg | uring.
     #[arg(long, value_name = "BACKEND")]
     pub io: Option<String>,
@@ -458,14 +462,28 @@ impl Cli {
             (None, Some(f)) => parse_forking("proxy.forking", f)?,
             (None, None) => proxy.forking,
         };
-        if let Some(ms) = file_proxy.and_then(|p| p.branch_timeout_ms) {
-            if !(100..=crate::proxy::stateful::TIMER_C_MS).contains(&ms) {
-                return err(format!(
-                    "proxy.branch_timeout_ms {ms}: expected 100 to {} (Timer C)",
-                    crate::proxy::stateful::TIMER_C_MS
-                ));
+        let timeout = match (
+            &self.branch_timeout_ms,
+            file_proxy.and_then(|p| p.branch_timeout_ms),
+        ) {
+            (Some(flag), _) => Some((
+                "--branch-timeout-ms",
+                flag.parse::<u64>().ok(),
+                flag.clone(),
+            )),
+            (None, Some(ms)) => Some(("proxy.branch_timeout_ms", Some(ms), ms.to_string())),
+            (None, None) => None,
+        };
+        if let Some((key, ms, text)) = timeout {
+            match ms.filter(|ms| (100..=crate::proxy::stateful::TIMER_C_MS).contains(ms)) {
+                Some(ms) => proxy.branch_timeout_ms = ms,
+                None => {
+                    return err(format!(
+                        "{key} {text}: expected 100 to {} (Timer C)",
+                        crate::proxy::stateful::TIMER_C_MS
+                    ))
+                }
             }
-            proxy.branch_timeout_ms = ms;
         }
         let queue_capacity = file.queue_capacity.unwrap_or(8192);
         if !(16..=1 << 20).contains(&queue_capacity) {
@@ -652,6 +670,23 @@ mod tests {
         assert_eq!(c.proxy.branch_timeout_ms, 2500);
         let c = cli(&["--forking", "sequential"]).unwrap();
         assert_eq!(c.proxy.forking, Forking::Sequential);
+        // The branch timeout: the flag wins over the file, and is checked like it.
+        let c = cli(&[
+            "--config",
+            path.to_str().unwrap(),
+            "--branch-timeout-ms",
+            "800",
+        ])
+        .unwrap();
+        assert_eq!(c.proxy.branch_timeout_ms, 800);
+        assert_eq!(cli(&[]).unwrap().proxy.branch_timeout_ms, 5_000);
+        for bad in ["99", "180001", "x", "1e3"] {
+            let e = cli(&["--branch-timeout-ms", bad]).unwrap_err();
+            assert!(
+                e.0.starts_with(&format!("--branch-timeout-ms {bad}: expected 100 to")),
+                "{e}"
+            );
+        }
         let _ = std::fs::remove_file(&path);
     }
 }
