@@ -71,14 +71,19 @@ pub fn write_cancel(out: &mut Vec<u8>, forwarded: &Message<'_>) -> bool {
 /// [`loop_hash`]) and a per-shard counter, so every client transaction's branch is unique
 /// (§8.1.1.7): `z9hG4bK-ss<shard>.<hash>.<counter>`.
 pub fn write_branch(out: &mut Vec<u8>, shard: usize, loop_hash: u64, counter: u64) {
+    write_branch_head(out, shard, loop_hash);
+    out.extend_from_slice(itoa::Buffer::new().format(counter).as_bytes());
+}
+
+/// [`write_branch`] up to its last part, `z9hG4bK-ss<shard>.<hash>.` (a stateless forward
+/// ends it with a hash of the incoming branch instead of a counter).
+pub fn write_branch_head(out: &mut Vec<u8>, shard: usize, loop_hash: u64) {
     out.extend_from_slice(crate::sip::headers::MAGIC_COOKIE);
     out.extend_from_slice(b"-ss");
-    let mut n = itoa::Buffer::new();
-    out.extend_from_slice(n.format(shard).as_bytes());
+    out.extend_from_slice(itoa::Buffer::new().format(shard).as_bytes());
     out.push(b'.');
     out.extend_from_slice(&hex16(loop_hash));
     out.push(b'.');
-    out.extend_from_slice(n.format(counter).as_bytes());
 }
 
 /// `h` as 16 lower-case hex digits.
@@ -106,6 +111,17 @@ pub fn loop_part(branch: &[u8]) -> Option<&[u8]> {
 /// the request last, which differs on every pass of a loop and would make every loop look
 /// like a spiral. FNV-1a with a fixed basis, so every shard (and every run) computes the same.
 pub fn loop_hash(msg: &Message<'_>) -> u64 {
+    loop_hash_with(msg, true)
+}
+
+/// [`loop_hash`] without the To tag: what a stateless forward puts in its branch. The ACK of a
+/// non-2xx has the To tag of the response and must still get its INVITE's branch (§16.11),
+/// which a hash over the To tag would change.
+pub fn stateless_loop_hash(msg: &Message<'_>) -> u64 {
+    loop_hash_with(msg, false)
+}
+
+fn loop_hash_with(msg: &Message<'_>, to_tag: bool) -> u64 {
     #[inline]
     fn mix(h: u64, bytes: &[u8]) -> u64 {
         let h = bytes
@@ -117,7 +133,12 @@ pub fn loop_hash(msg: &Message<'_>) -> u64 {
     let mut h = 0xcbf2_9ce4_8422_2325u64;
     h = mix(h, msg.request_uri_bytes().unwrap_or_default());
     h = mix(h, msg.from().ok().and_then(|f| f.tag()).unwrap_or_default());
-    h = mix(h, msg.to().ok().and_then(|t| t.tag()).unwrap_or_default());
+    let tag = if to_tag {
+        msg.to().ok().and_then(|t| t.tag())
+    } else {
+        None
+    };
+    h = mix(h, tag.unwrap_or_default());
     h = mix(h, msg.call_id().unwrap_or_default());
     let seq = msg.cseq().map_or(0, |c| c.seq);
     h = mix(h, itoa::Buffer::new().format(seq).as_bytes());

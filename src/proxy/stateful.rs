@@ -8,8 +8,8 @@
 //! [`Outbox`]; time is a parameter.
 
 use super::messages::{
-    collect_challenges, hex16, loop_hash, loop_part, write_branch, write_cancel,
-    write_response_upstream, write_with_challenges,
+    collect_challenges, hex16, loop_hash, loop_part, stateless_loop_hash, write_branch,
+    write_branch_head, write_cancel, write_response_upstream, write_with_challenges,
 };
 use crate::config::{Forking, ProxySettings};
 use crate::server::outbox::Outbox;
@@ -286,7 +286,8 @@ impl Proxy {
         {
             return false;
         }
-        let mut ours: Option<[u8; 16]> = None;
+        // The hash a stateful branch carries, and the one of a stateless forward (no To tag).
+        let mut ours: Option<([u8; 16], [u8; 16])> = None;
         for via in msg.vias().filter_map(|v| v.ok()) {
             let Some(part) = via.branch().and_then(loop_part) else {
                 continue;
@@ -297,8 +298,9 @@ impl Proxy {
             if !self.is_ours_addr(SocketAddr::new(ip, via.port.unwrap_or(5060))) {
                 continue;
             }
-            let hash = ours.get_or_insert_with(|| hex16(loop_hash(msg)));
-            if part == hash {
+            let (full, stateless) = ours
+                .get_or_insert_with(|| (hex16(loop_hash(msg)), hex16(stateless_loop_hash(msg))));
+            if part == full || part == stateless {
                 return true;
             }
         }
@@ -790,7 +792,10 @@ impl Proxy {
 
     /// Forwards an ACK for a 2xx (or any request we keep no state for) statelessly to `dst`
     /// (§16.11 behaviour for an end-to-end ACK), adding a Via whose branch is derived from the
-    /// incoming one so a retransmission gets the same branch.
+    /// request alone, so a retransmission gets the same branch:
+    /// `z9hG4bK-ss<shard>.<stateless loop hash>.sl<hash of the incoming branch>`, the shape of
+    /// [`write_branch`]'s, so that a request coming back unchanged is a loop in stateless mode
+    /// too (§16.3 item 4).
     pub fn relay_stateless(
         &mut self,
         msg: &Message<'_>,
@@ -806,11 +811,13 @@ impl Proxy {
         let h = incoming.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, &c| {
             (h ^ c as u64).wrapping_mul(0x0100_0000_01b3)
         });
-        let via = format!("SIP/2.0/UDP {};branch=z9hG4bK-sl{h:x}", self.host);
+        let mut via = format!("SIP/2.0/UDP {};branch=", self.host).into_bytes();
+        write_branch_head(&mut via, self.shard, stateless_loop_hash(msg));
+        via.extend_from_slice(format!("sl{h:x}").as_bytes());
         let pop_route = self.top_route_is_ours(msg);
         let edits = ForwardEdits {
             request_uri: target_uri,
-            via: Some(via.as_bytes()),
+            via: Some(&via),
             record_route: None,
             pop_route,
             decrement_max_forwards: true,

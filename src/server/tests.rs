@@ -691,6 +691,37 @@ fn stateless_mode_forwards_and_relays_without_transactions() {
     assert_eq!(c.proxy().state_len(), (0, 0, 0));
 }
 
+#[test]
+fn stateless_mode_detects_a_loop_and_lets_a_spiral_through() {
+    let mut c = core_with(Mode::Stateless, RegistrarSettings::default(), None);
+    register(&mut c, "bob", PHONE_A);
+    register(&mut c, "carol", PHONE_B);
+    let out = send(&mut c, &invite("z9hG4bKslloop"), CALLER, 0, T0);
+    let fwd = sent_to(&out, PHONE_A).remove(0);
+    let branch = Message::parse(&fwd)
+        .unwrap()
+        .top_via()
+        .unwrap()
+        .branch()
+        .unwrap()
+        .to_vec();
+    // The shape of a stateful branch, loop hash included, so the loop check can read it.
+    assert!(branch.starts_with(b"z9hG4bK-ss0."));
+    assert!(crate::proxy::messages::loop_part(&branch).is_some());
+    // Sent back unchanged: a loop, 482 to the sender.
+    let back = sent_back(&fwd, "sip:bob@localhost", "z9hG4bKdown1");
+    let out = send(&mut c, &back, PHONE_A, 0, T0 + 10);
+    assert_eq!(out.len(), 1);
+    assert_eq!((out[0].0, status(&out[0].1)), (addr(PHONE_A), 482));
+    // Retargeted to carol: a spiral, forwarded (statelessly: no 100).
+    let spiral = sent_back(&fwd, "sip:carol@localhost", "z9hG4bKdown2");
+    let out = send(&mut c, &spiral, PHONE_A, 0, T0 + 20);
+    let to_carol = sent_to(&out, PHONE_B);
+    assert_eq!(to_carol.len(), 1, "{out:?}");
+    assert_eq!(Message::parse(&to_carol[0]).unwrap().vias().count(), 4);
+    assert_eq!(c.proxy().state_len(), (0, 0, 0));
+}
+
 /// What went to `dst`.
 fn sent_to(out: &[(SocketAddr, Vec<u8>)], dst: &str) -> Vec<Vec<u8>> {
     out.iter()
