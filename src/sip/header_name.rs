@@ -386,13 +386,8 @@ mod tests {
     /// every name in random case, with random changes, followed by random bytes.
     #[test]
     fn from_head_matches_from_bytes() {
-        let mut seed = 0x2545_f491_4f6c_dd1du64;
-        let mut rnd = move || {
-            seed ^= seed << 13;
-            seed ^= seed >> 7;
-            seed ^= seed << 17;
-            seed
-        };
+        let mut rng = crate::sip::mutate::Mutator::new(0x2545_f491_4f6c_dd1d);
+        let mut rnd = || rng.next_u64();
         let compact = b"vftimlcksnoerbxyzaVFTIML";
         for _ in 0..300_000 {
             let mut head = [0u8; 16];
@@ -441,13 +436,8 @@ mod tests {
                 .find(|n| n.as_str().as_bytes().eq_ignore_ascii_case(name))
                 .unwrap_or(HeaderName::Other)
         };
-        let mut seed = 0x9e37_79b9_7f4a_7c15u64;
-        let mut rnd = move || {
-            seed ^= seed << 13;
-            seed ^= seed >> 7;
-            seed ^= seed << 17;
-            seed
-        };
+        let mut rng = crate::sip::mutate::Mutator::new(0x9e37_79b9_7f4a_7c15);
+        let mut rnd = || rng.next_u64();
         for _ in 0..200_000 {
             let base = ALL[(rnd() % ALL.len() as u64) as usize].as_str().as_bytes();
             let mut v: Vec<u8> = base

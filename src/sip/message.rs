@@ -1124,13 +1124,8 @@ Accept: application/sdp\r\nAllow: INVITE, ACK\r\nContent-Length: 4\r\n\r\nabcd",
             let b = parse_general(m, Limits::default(), Framing::Datagram).unwrap();
             assert!(same(&a, &b));
         }
-        let mut seed = 0x9e37_79b9_7f4a_7c15u64;
-        let mut rnd = move || {
-            seed ^= seed << 13;
-            seed ^= seed >> 7;
-            seed ^= seed << 17;
-            seed
-        };
+        let mut rng = crate::sip::mutate::Mutator::new(0x9e37_79b9_7f4a_7c15);
+        let mut rnd = || rng.next_u64();
         let bytes = b": \t\r\n\r\n:: aZ-!\x00\x7f\xc3;,<";
         let (mut ok, mut err) = (0, 0);
         for _ in 0..150_000 {
@@ -1191,13 +1186,8 @@ Accept: application/sdp\r\nAllow: INVITE, ACK\r\nContent-Length: 4\r\n\r\nabcd",
         for l in lines {
             assert!(parse_start_line_fast(l, 0).is_some());
         }
-        let mut seed = 0x2545_f491_4f6c_dd1du64;
-        let mut rnd = move || {
-            seed ^= seed << 13;
-            seed ^= seed >> 7;
-            seed ^= seed << 17;
-            seed
-        };
+        let mut rng = crate::sip::mutate::Mutator::new(0x2545_f491_4f6c_dd1d);
+        let mut rnd = || rng.next_u64();
         let bytes = b" \t:/.+-0123456789aAsSiIpP\r\n\x00\x7f\xc3;@<";
         let mut fast = 0;
         for _ in 0..300_000 {

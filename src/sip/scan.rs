@@ -593,13 +593,8 @@ pub(crate) mod tests {
     /// `common`, sometimes any byte of `rare` or any byte at all. Calls `check` with each
     /// input at every length 0..80, at every buffer offset 0..16 (so every load alignment).
     pub(crate) fn for_random_inputs(common: &[u8], rare: &[u8], mut check: impl FnMut(&[u8])) {
-        let mut rng: u64 = 0x2545_f491_4f6c_dd1d;
-        let mut next = || {
-            rng ^= rng << 13;
-            rng ^= rng >> 7;
-            rng ^= rng << 17;
-            rng
-        };
+        let mut rng = crate::sip::mutate::Mutator::new(0x2545_f491_4f6c_dd1d);
+        let mut next = || rng.next_u64();
         for round in 0..40 {
             let buf: Vec<u8> = (0..96)
                 .map(|_| {

@@ -586,10 +586,7 @@ mod tests {
         let mut m = crate::sip::mutate::Mutator::new(0x2545_f491_4f6c_dd1d);
         for line in lines {
             for round in 0..3000 {
-                let mut v = line.to_vec();
-                for _ in 0..round % 3 {
-                    m.mutate(&mut v, alphabet);
-                }
+                let v = m.mutated(line, round % 3, alphabet);
                 let mut raw = b"OPTIONS sip:b@example.com SIP/2.0\r\nVia: ".to_vec();
                 raw.extend_from_slice(&v);
                 raw.extend_from_slice(b"\r\nVia: SIP/2.0/UDP last;branch=9\r\n\r\n");

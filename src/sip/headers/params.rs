@@ -348,13 +348,8 @@ mod tests {
             b";a;b=c;Branch=Q",
         ];
         let alphabet = b"aZ09.-:[]@;=,\" \t\r\n\x80\xff\x00~%\\";
-        let mut rng: u64 = 0x9e37_79b9_7f4a_7c15;
-        let mut next = || {
-            rng ^= rng << 13;
-            rng ^= rng >> 7;
-            rng ^= rng << 17;
-            rng
-        };
+        let mut rng = crate::sip::mutate::Mutator::new(0x9e37_79b9_7f4a_7c15);
+        let mut next = || rng.next_u64();
         for round in 0..100_000 {
             let mut s = seeds[round % seeds.len()].to_vec();
             for _ in 0..(next() % 4) {
