@@ -250,7 +250,7 @@ pub fn skip<B: ByteSet>(s: &[u8], i: usize) -> usize {
     #[cfg(target_arch = "x86_64")]
     if s.len() >= 16 {
         // SAFETY: SSE2 is part of the x86_64 baseline (see `find_newline`).
-        return unsafe { skip_sse2::<B>(s, i) };
+        return unsafe { skip_counting_sse2::<B>(s, i).0 };
     }
     let rest = s.get(i..).unwrap_or_default();
     i + rest
@@ -259,11 +259,14 @@ pub fn skip<B: ByteSet>(s: &[u8], i: usize) -> usize {
         .unwrap_or(rest.len())
 }
 
+/// [`skip`], also counting the `@` bytes skipped (for Call-IDs; where the count is not used,
+/// the compiler drops it).
 #[cfg(target_arch = "x86_64")]
 #[inline]
 #[target_feature(enable = "sse2")]
-fn skip_sse2<B: ByteSet>(s: &[u8], mut i: usize) -> usize {
+fn skip_counting_sse2<B: ByteSet>(s: &[u8], mut i: usize) -> (usize, u32) {
     use core::arch::x86_64::_mm_movemask_epi8;
+    let mut ats = 0;
     while i < s.len() {
         let (v, shift) = window(s, i);
         let (_, _, host) = host_lanes(v);
@@ -274,14 +277,18 @@ fn skip_sse2<B: ByteSet>(s: &[u8], mut i: usize) -> usize {
         i += n;
         if n < 16 {
             // The run of letters, digits, `-` and `.` stops here: at the end, at a byte
-            // outside the class, or at one of its other bytes, after which the scan goes on.
+            // outside the class, or at one of its other bytes (an `@` among them is counted
+            // here: the run has none), after which the scan goes on.
             match s.get(i) {
-                Some(&c) if B::CLASS.contains(c) => i += 1,
-                _ => return i,
+                Some(&c) if B::CLASS.contains(c) => {
+                    ats += (c == b'@') as u32;
+                    i += 1;
+                }
+                _ => return (i, ats),
             }
         }
     }
-    i
+    (i, ats)
 }
 
 /// For the bytes of `v`: (letters or `-`, `.`, letters, digits, `-` or `.`), 0xff per lane.
@@ -367,36 +374,10 @@ pub fn skip_call_id<B: ByteSet>(s: &[u8], i: usize) -> Option<(usize, u32)> {
     #[cfg(target_arch = "x86_64")]
     if s.len() >= 16 {
         // SAFETY: SSE2 is part of the x86_64 baseline (see `find_newline`).
-        return Some(unsafe { skip_call_id_sse2::<B>(s, i) });
+        return Some(unsafe { skip_counting_sse2::<B>(s, i) });
     }
     let _ = (s, i);
     None
-}
-
-#[cfg(target_arch = "x86_64")]
-#[inline]
-#[target_feature(enable = "sse2")]
-fn skip_call_id_sse2<B: ByteSet>(s: &[u8], mut i: usize) -> (usize, u32) {
-    use core::arch::x86_64::_mm_movemask_epi8;
-    let mut ats = 0;
-    while i < s.len() {
-        let (v, shift) = window(s, i);
-        let (_, _, host) = host_lanes(v);
-        let yes = (_mm_movemask_epi8(host) as u32) >> shift;
-        let n = (!yes).trailing_zeros() as usize;
-        i += n;
-        if n < 16 {
-            // As in `skip_sse2`, and the `@` bytes are counted here.
-            match s.get(i) {
-                Some(&c) if B::CLASS.contains(c) => {
-                    ats += (c == b'@') as u32;
-                    i += 1;
-                }
-                _ => return (i, ats),
-            }
-        }
-    }
-    (i, ats)
 }
 
 /// A header line's colon and line end in one search: for `s` starting at a header line, the
