@@ -114,6 +114,17 @@ fn status(b: &[u8]) -> u16 {
     Message::parse(b).unwrap().status().unwrap()
 }
 
+/// The branch of the top Via of a message.
+fn top_branch(b: &[u8]) -> Vec<u8> {
+    Message::parse(b)
+        .unwrap()
+        .top_via()
+        .unwrap()
+        .branch()
+        .unwrap()
+        .to_vec()
+}
+
 fn method(b: &[u8]) -> Vec<u8> {
     Message::parse(b).unwrap().method_bytes().unwrap().to_vec()
 }
@@ -673,52 +684,17 @@ fn stateless_mode_forwards_and_relays_without_transactions() {
     assert_eq!(Message::parse(&out[0].1).unwrap().vias().count(), 1);
     // A retransmission is forwarded again with the same branch (stateless, deterministic).
     let again = send(&mut c, &invite("z9hG4bKsl1"), CALLER, 0, T0 + 500);
-    let b1 = Message::parse(&fwd)
-        .unwrap()
-        .top_via()
-        .unwrap()
-        .branch()
-        .unwrap()
-        .to_vec();
-    let b2 = Message::parse(&again[0].1)
-        .unwrap()
-        .top_via()
-        .unwrap()
-        .branch()
-        .unwrap()
-        .to_vec();
-    assert_eq!(b1, b2);
+    assert_eq!(top_branch(&fwd), top_branch(&again[0].1));
     assert_eq!(c.proxy().state_len(), (0, 0, 0));
 }
 
 #[test]
 fn stateless_mode_detects_a_loop_and_lets_a_spiral_through() {
     let mut c = core_with(Mode::Stateless, RegistrarSettings::default(), None);
-    register(&mut c, "bob", PHONE_A);
-    register(&mut c, "carol", PHONE_B);
-    let out = send(&mut c, &invite("z9hG4bKslloop"), CALLER, 0, T0);
-    let fwd = sent_to(&out, PHONE_A).remove(0);
-    let branch = Message::parse(&fwd)
-        .unwrap()
-        .top_via()
-        .unwrap()
-        .branch()
-        .unwrap()
-        .to_vec();
+    let (branch, _) = loop_then_spiral(&mut c, "z9hG4bKslloop");
     // The shape of a stateful branch, loop hash included, so the loop check can read it.
     assert!(branch.starts_with(b"z9hG4bK-ss0."));
     assert!(crate::proxy::messages::loop_part(&branch).is_some());
-    // Sent back unchanged: a loop, 482 to the sender.
-    let back = sent_back(&fwd, "sip:bob@localhost", "z9hG4bKdown1");
-    let out = send(&mut c, &back, PHONE_A, 0, T0 + 10);
-    assert_eq!(out.len(), 1);
-    assert_eq!((out[0].0, status(&out[0].1)), (addr(PHONE_A), 482));
-    // Retargeted to carol: a spiral, forwarded (statelessly: no 100).
-    let spiral = sent_back(&fwd, "sip:carol@localhost", "z9hG4bKdown2");
-    let out = send(&mut c, &spiral, PHONE_A, 0, T0 + 20);
-    let to_carol = sent_to(&out, PHONE_B);
-    assert_eq!(to_carol.len(), 1, "{out:?}");
-    assert_eq!(Message::parse(&to_carol[0]).unwrap().vias().count(), 4);
     assert_eq!(c.proxy().state_len(), (0, 0, 0));
 }
 
@@ -1139,36 +1115,40 @@ fn sent_back(req: &[u8], ruri: &str, via_branch: &str) -> Vec<u8> {
     .into_bytes()
 }
 
-#[test]
-fn a_request_that_returns_unchanged_is_a_loop_and_a_changed_one_a_spiral() {
-    let mut c = core();
-    register(&mut c, "bob", PHONE_A);
-    register(&mut c, "carol", PHONE_B);
-    let out = send(&mut c, &invite("z9hG4bKloop1"), CALLER, 0, T0);
+/// Registers bob at PHONE_A and carol at PHONE_B, calls bob (`call` is the caller's branch),
+/// then sends what was forwarded to bob back to the proxy twice, as the next hop would: for
+/// the same Request-URI (a loop: 482 to the sender), then retargeted to carol (a spiral: the
+/// INVITE goes on to carol, with the Vias ours, downstream, ours, caller). Returns the branch
+/// of the Via the proxy added to the first forward, and what the spiral made the proxy send.
+fn loop_then_spiral(c: &mut Core, call: &str) -> (Vec<u8>, Vec<(SocketAddr, Vec<u8>)>) {
+    register(c, "bob", PHONE_A);
+    register(c, "carol", PHONE_B);
+    let out = send(c, &invite(call), CALLER, 0, T0);
     let fwd = sent_to(&out, PHONE_A).remove(0);
-    let branch = Message::parse(&fwd)
-        .unwrap()
-        .top_via()
-        .unwrap()
-        .branch()
-        .unwrap()
-        .to_vec();
-    assert!(branch.starts_with(b"z9hG4bK-ss0."), "shard id first");
-    assert_eq!(crate::proxy::stateful::shard_of_branch(&branch), Some(0));
     // Sent back to us for the same Request-URI: nothing changed, a loop (482 to the sender).
     let back = sent_back(&fwd, "sip:bob@localhost", "z9hG4bKdown1");
-    let out = send(&mut c, &back, PHONE_A, 0, T0 + 10);
+    let out = send(c, &back, PHONE_A, 0, T0 + 10);
     assert_eq!(out.len(), 1);
     assert_eq!((out[0].0, status(&out[0].1)), (addr(PHONE_A), 482));
     // Retargeted to carol (call forwarding downstream): a spiral, forwarded to carol.
     let spiral = sent_back(&fwd, "sip:carol@localhost", "z9hG4bKdown2");
-    let out = send(&mut c, &spiral, PHONE_A, 0, T0 + 20);
-    assert_eq!(status(&sent_to(&out, PHONE_A)[0]), 100);
+    let out = send(c, &spiral, PHONE_A, 0, T0 + 20);
     let to_carol = sent_to(&out, PHONE_B);
-    assert_eq!(to_carol.len(), 1);
+    assert_eq!(to_carol.len(), 1, "{out:?}");
     let f = Message::parse(&to_carol[0]).unwrap();
     assert_eq!(f.method_bytes(), Some(&b"INVITE"[..]));
     assert_eq!(f.vias().count(), 4, "ours, downstream, ours, caller");
+    (top_branch(&fwd), out)
+}
+
+#[test]
+fn a_request_that_returns_unchanged_is_a_loop_and_a_changed_one_a_spiral() {
+    let mut c = core();
+    let (branch, spiral_out) = loop_then_spiral(&mut c, "z9hG4bKloop1");
+    assert!(branch.starts_with(b"z9hG4bK-ss0."), "shard id first");
+    assert_eq!(crate::proxy::stateful::shard_of_branch(&branch), Some(0));
+    // The stateful proxy answers the spiralled INVITE with 100 Trying.
+    assert_eq!(status(&sent_to(&spiral_out, PHONE_A)[0]), 100);
 }
 
 #[test]
@@ -1570,21 +1550,12 @@ fn stateless_mode_forwards_cancel_and_the_ack_of_a_non_2xx_like_the_invite() {
     register(&mut c, "bob", "192.0.2.20:5062");
     let out = send(&mut c, &invite("z9hG4bKsl2"), CALLER, 0, T0);
     let fwd = out[0].1.clone();
-    let branch = |b: &[u8]| {
-        Message::parse(b)
-            .unwrap()
-            .top_via()
-            .unwrap()
-            .branch()
-            .unwrap()
-            .to_vec()
-    };
     let out = send(&mut c, &caller_cancel("z9hG4bKsl2"), CALLER, 0, T0 + 100);
     assert!(sent_to(&out, CALLER).is_empty(), "no answer of our own");
     let cancel = sent_to(&out, PHONE_A);
     assert_eq!(cancel.len(), 1, "the CANCEL goes where the INVITE went");
     assert_eq!(method(&cancel[0]), b"CANCEL");
-    assert_eq!(branch(&cancel[0]), branch(&fwd));
+    assert_eq!(top_branch(&cancel[0]), top_branch(&fwd));
     let out = send(
         &mut c,
         &answer(&fwd, 487, "Request Terminated", "b1"),
@@ -1601,7 +1572,7 @@ Call-ID: call-z9hG4bKsl2\r\nCSeq: 1 ACK\r\nContent-Length: 0\r\n\r\n";
     let acks = sent_to(&out, PHONE_A);
     assert_eq!(acks.len(), 1, "the ACK of the 487 reaches the callee");
     assert_eq!(method(&acks[0]), b"ACK");
-    assert_eq!(branch(&acks[0]), branch(&fwd));
+    assert_eq!(top_branch(&acks[0]), top_branch(&fwd));
     assert_eq!(c.proxy().state_len(), (0, 0, 0));
 }
 
