@@ -161,7 +161,6 @@ fn bytes(v: &[u8]) -> Bytes {
     Bytes::from(v)
 }
 
-/// The address a SIP URI names when its host is an IP literal (no DNS here).
 /// An IP address written as text: dotted-quad IPv4 read directly from the bytes (the
 /// common case on every hop), anything else through `std`'s parser (the same verdict: the
 /// fast path takes only the canonical form `std` accepts, without leading zeros).
@@ -195,6 +194,7 @@ pub fn parse_ip(host: &[u8]) -> Option<IpAddr> {
     std::str::from_utf8(host).ok()?.parse().ok()
 }
 
+/// The address a SIP URI names when its host is an IP literal (no DNS here).
 pub fn uri_address(uri: &Uri<'_>) -> Option<SocketAddr> {
     let ip = parse_ip(uri.maddr().unwrap_or(uri.host))?;
     let default = if matches!(uri.scheme, crate::sip::Scheme::Sips) {
@@ -1304,11 +1304,9 @@ mod tests {
         .iter()
         .map(|s| s.to_string())
         .collect();
-        let mut rng: u64 = 0x1234_5678_9abc_def1;
+        let mut random = crate::sip::mutate::Mutator::new(0x1234_5678_9abc_def1);
         for _ in 0..50_000 {
-            rng ^= rng << 13;
-            rng ^= rng >> 7;
-            rng ^= rng << 17;
+            let rng = random.next_u64();
             let len = (rng % 16) as usize;
             let s: String = (0..len)
                 .map(|k| b"0123456789.:a"[((rng >> (k * 4)) % 13) as usize] as char)
