@@ -811,9 +811,15 @@ impl Proxy {
         let h = incoming.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, &c| {
             (h ^ c as u64).wrapping_mul(0x0100_0000_01b3)
         });
-        let mut via = format!("SIP/2.0/UDP {};branch=", self.host).into_bytes();
+        // In the Via buffer the stateful forwards use, as they do (no allocation per relay).
+        let mut via = core::mem::take(&mut self.via);
+        via.clear();
+        via.extend_from_slice(b"SIP/2.0/UDP ");
+        via.extend_from_slice(self.host.as_bytes());
+        via.extend_from_slice(b";branch=");
         write_branch_head(&mut via, self.shard, stateless_loop_hash(msg));
-        via.extend_from_slice(format!("sl{h:x}").as_bytes());
+        // Writing to a Vec cannot fail.
+        let _ = std::io::Write::write_fmt(&mut via, format_args!("sl{h:x}"));
         let pop_route = self.top_route_is_ours(msg);
         let edits = ForwardEdits {
             request_uri: target_uri,
@@ -823,13 +829,16 @@ impl Proxy {
             decrement_max_forwards: true,
         };
         let (buf, start) = out.begin();
-        if write_forward(buf, msg, &edits).is_err() {
+        let relayed = if write_forward(buf, msg, &edits).is_err() {
             out.abort(start);
-            return Handled::Absorbed;
-        }
-        self.stats.message_sent(&buf[start..]);
-        out.commit(start, dst, self.socket as usize);
-        Handled::Relayed
+            Handled::Absorbed
+        } else {
+            self.stats.message_sent(&buf[start..]);
+            out.commit(start, dst, self.socket as usize);
+            Handled::Relayed
+        };
+        self.via = via;
+        relayed
     }
 
     /// CANCEL (§16.10): answers 200 if it matches an INVITE we forward, and cancels every
