@@ -49,7 +49,6 @@ unsafe impl GlobalAlloc for Counting {
 static ALLOC: Counting = Counting;
 
 const LISTEN: &str = "127.0.0.1:5060";
-const OWN: &str = "127.0.0.1:40000";
 const CALLER: &str = "127.0.0.1:5071";
 const CALLEE: &str = "127.0.0.1:5072";
 
@@ -101,7 +100,7 @@ fn in_dialog(i: usize, method: &str, cseq: u32) -> Vec<u8> {
     format!(
         "{method} sip:u0000000@{CALLEE} SIP/2.0\r\n\
          Via: SIP/2.0/UDP {CALLER};branch=z9hG4bK-4242-{i}-{cseq}\r\n\
-         Route: <sip:{OWN};lr;ss=0>\r\n\
+         Route: <sip:{LISTEN};lr;ss=0>\r\n\
          From: <sip:caller{i}@{CALLER}>;tag=4242c{i}\r\n\
          To: <sip:u0000000@127.0.0.1:5060>;tag=77u\r\n\
          Call-ID: {i}-4242@127.0.0.1\r\n\
@@ -133,7 +132,7 @@ fn main() {
         .nth(1)
         .and_then(|a| a.parse().ok())
         .unwrap_or(20_000);
-    // One shard on LISTEN with its own port OWN; the measured core and its twin alike.
+    // One shard on LISTEN; the measured core and its twin alike.
     let new_core = || {
         let cfg = CoreConfig {
             domains: vec!["127.0.0.1".into()],
@@ -148,7 +147,7 @@ fn main() {
             Arc::new(cfg),
             Arc::new(ShardStats::default()),
             None,
-            &[addr(LISTEN), addr(OWN)],
+            &[addr(LISTEN)],
         )
     };
     let mut core = new_core();

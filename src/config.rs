@@ -93,8 +93,6 @@ pub struct Config {
     pub mode: Mode,
     pub metrics: Option<SocketAddr>,
     pub io: IoBackend,
-    /// Each shard binds a private port too (DESIGN.md §1).
-    pub private_ports: bool,
     pub allow_unauthenticated: bool,
     pub registrar: RegistrarSettings,
     pub proxy: ProxySettings,
@@ -161,9 +159,6 @@ pub struct Cli {
     /// Transport backend: mmsg | uring.
     #[arg(long, value_name = "BACKEND")]
     pub io: Option<String>,
-    /// Do not bind a private port per shard (all traffic on the shared port).
-    #[arg(long)]
-    pub no_private_ports: bool,
     /// Allow running without authentication on a non-loopback address.
     #[arg(long)]
     pub allow_unauthenticated: bool,
@@ -187,7 +182,6 @@ struct FileConfig {
     mode: Option<String>,
     metrics: Option<String>,
     io: Option<String>,
-    private_ports: Option<bool>,
     allow_unauthenticated: Option<bool>,
     queue_capacity: Option<usize>,
     nonce_ttl: Option<u32>,
@@ -513,7 +507,6 @@ impl Cli {
             mode,
             metrics,
             io,
-            private_ports: !self.no_private_ports && file.private_ports.unwrap_or(true),
             allow_unauthenticated: self.allow_unauthenticated
                 || file.allow_unauthenticated.unwrap_or(false),
             registrar,

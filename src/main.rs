@@ -35,7 +35,14 @@ fn parse_config() -> Config {
 }
 
 fn main() {
-    let config = parse_config();
+    let mut config = parse_config();
+    // One address to the world: refuse an address another process serves (with SO_REUSEPORT
+    // it would silently share the traffic), and learn the port behind port 0.
+    let listen: Vec<std::net::SocketAddr> = config.listen.iter().map(|l| l.addr).collect();
+    let bound = sipshard::transport::claim_listen_addrs(&listen).unwrap_or_else(|e| fail(e, 2));
+    for (l, addr) in config.listen.iter_mut().zip(bound) {
+        l.addr = addr;
+    }
     let filter = tracing_subscriber::EnvFilter::try_new(&config.log)
         .unwrap_or_else(|_| fail(format!("--log '{}': not a valid log filter", config.log), 2));
     tracing_subscriber::fmt()

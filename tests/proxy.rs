@@ -1,7 +1,8 @@
-//! The proxy over real UDP with `--shards 2 --no-private-ports`: every datagram arrives on the
-//! one shared port, so responses and in-dialog requests must find the shard holding their
-//! transactions by the shard id in our Via branch and in the Record-Route (`ss=N`), and be
-//! handed over (DESIGN.md §1). Complete calls with the BYE sent by the callee.
+//! The proxy over real UDP with `--shards 2`: the server is one address, every datagram
+//! arrives on the one shared port and every datagram sent leaves from it, so responses and
+//! in-dialog requests must find the shard holding their transactions by the shard id in our
+//! Via branch and in the Record-Route (`ss=N`), and be handed over. Complete calls with the
+//! BYE sent by the callee.
 
 mod common;
 
@@ -11,7 +12,14 @@ use sipshard::sip::{HeaderName, Message};
 use std::time::{Duration, Instant};
 
 /// Waits for a datagram on `c` that `want` accepts (others, e.g. 100 Trying, are skipped).
-fn recv_matching(c: &Client, what: &str, want: impl Fn(&Message<'_>) -> bool) -> Vec<u8> {
+/// The next datagram at `c` that `want` accepts; every datagram a client receives in these
+/// tests comes from the server, and must come from its one address.
+fn recv_matching(
+    s: &ServerProcess,
+    c: &Client,
+    what: &str,
+    want: impl Fn(&Message<'_>) -> bool,
+) -> Vec<u8> {
     let deadline = Instant::now() + Duration::from_secs(3);
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
@@ -19,6 +27,11 @@ fn recv_matching(c: &Client, what: &str, want: impl Fn(&Message<'_>) -> bool) ->
         let Some(d) = c.recv_timeout(left) else {
             panic!("timed out waiting for {what}")
         };
+        assert_eq!(
+            c.last_src.get(),
+            Some(s.addr),
+            "{what}: every datagram leaves from the listen address"
+        );
         if Message::parse(&d).is_ok_and(|m| want(&m)) {
             return d;
         }
@@ -70,7 +83,9 @@ fn call(s: &ServerProcess, caller: &Client, callee: &Client, user: &str) {
         a = caller.addr
     );
     caller.send(&invite, s.addr);
-    let inv = recv_matching(callee, "INVITE at the callee", |m| is_request(m, "INVITE"));
+    let inv = recv_matching(s, callee, "INVITE at the callee", |m| {
+        is_request(m, "INVITE")
+    });
     let rr = Message::parse(&inv)
         .unwrap()
         .header(HeaderName::RecordRoute)
@@ -82,9 +97,11 @@ fn call(s: &ServerProcess, caller: &Client, callee: &Client, user: &str) {
     );
     assert!(rr.contains(&s.addr.to_string()), "the shared port: {rr}");
     callee.send_bytes(&respond(&inv, 180, "Ringing", "b", callee), s.addr);
-    recv_matching(caller, "180", |m| is_status(m, 180, "INVITE"));
+    recv_matching(s, caller, "180", |m| is_status(m, 180, "INVITE"));
     callee.send_bytes(&respond(&inv, 200, "OK", "b", callee), s.addr);
-    recv_matching(caller, "200 to the INVITE", |m| is_status(m, 200, "INVITE"));
+    recv_matching(s, caller, "200 to the INVITE", |m| {
+        is_status(m, 200, "INVITE")
+    });
     let in_dialog = |method: &str, from: &Client, ruri: &str, from_tag: &str, to_tag: &str| {
         format!(
             "{method} {ruri} SIP/2.0\r\nVia: SIP/2.0/UDP {a};branch=z9hG4bK{method}{id};rport\r\n\
@@ -106,7 +123,7 @@ fn call(s: &ServerProcess, caller: &Client, callee: &Client, user: &str) {
         &bob,
     );
     caller.send(&ack, s.addr);
-    recv_matching(callee, "ACK at the callee", |m| is_request(m, "ACK"));
+    recv_matching(s, callee, "ACK at the callee", |m| is_request(m, "ACK"));
     let bye = in_dialog(
         "BYE",
         callee,
@@ -115,17 +132,17 @@ fn call(s: &ServerProcess, caller: &Client, callee: &Client, user: &str) {
         &alice,
     );
     callee.send(&bye, s.addr);
-    let bye = recv_matching(caller, "BYE at the caller", |m| is_request(m, "BYE"));
+    let bye = recv_matching(s, caller, "BYE at the caller", |m| is_request(m, "BYE"));
     caller.send_bytes(
         &respond(&bye, 200, "OK", &format!("a-{id}"), caller),
         s.addr,
     );
-    recv_matching(callee, "200 to the BYE", |m| is_status(m, 200, "BYE"));
+    recv_matching(s, callee, "200 to the BYE", |m| is_status(m, 200, "BYE"));
 }
 
 #[test]
-fn calls_with_bye_from_the_callee_across_two_shards_without_private_ports() {
-    let s = ServerProcess::start_with(&["--shards", "2", "--no-private-ports"], true);
+fn calls_with_bye_from_the_callee_across_two_shards_through_one_address() {
+    let s = ServerProcess::start_with(&["--shards", "2"], true);
     // Fresh sockets per call: the kernel spreads their 4-tuples over both shards, so the
     // INVITE, the responses, the ACK and the BYE keep landing on the shard that does not
     // hold the call.

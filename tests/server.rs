@@ -148,6 +148,33 @@ fn sigterm_stops_gracefully() {
     assert!(st.success(), "exit status {st:?}");
 }
 
+#[test]
+fn a_second_server_on_a_served_address_refuses_to_start() {
+    let s = ServerProcess::start(&["--shards", "2"]);
+    let listen = format!("udp:{}", s.addr);
+    let (code, err) = run_bad(&["--listen", &listen, "--shards", "1"]);
+    assert_eq!(code, 2, "{err}");
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    assert!(
+        err.contains(&listen) && err.contains("already in use"),
+        "{err}"
+    );
+    // The first server still has all the traffic.
+    let c = Client::new();
+    for i in 0..20 {
+        let r = c.request(
+            &request(
+                "OPTIONS",
+                &format!("sip:{}", s.addr),
+                &c,
+                &format!("X-N: {i}\r\n"),
+            ),
+            s.addr,
+        );
+        assert_eq!(status(&r), 200);
+    }
+}
+
 fn run_bad(args: &[&str]) -> (i32, String) {
     let out = Command::new(binary()).args(args).output().unwrap();
     (

@@ -19,7 +19,7 @@ struct Setup {
 }
 
 fn setup(backend: &str) -> Option<Setup> {
-    let socks = ShardSockets::bind(&["127.0.0.1:0".parse().unwrap()], false).unwrap();
+    let socks = ShardSockets::bind(&["127.0.0.1:0".parse().unwrap()]).unwrap();
     let addr = socks.local[0];
     let waker = Arc::new(Waker::new().unwrap());
     let t: Box<dyn Transport> = match backend {

@@ -54,7 +54,7 @@ KAM_MAXBUFFER = int(os.environ.get('PERF_KAM_MAXBUFFER', 8388608))
 # Run sipshard as this user (e.g. nobody): then its 8 MiB buffer request is clamped to
 # net.core.rmem_max/wmem_max as for an ordinary deployment (as root it forces the size).
 RUN_AS = os.environ.get('PERF_RUN_AS', '')
-# Extra sipshard flags for experiments, e.g. PERF_SIPSHARD_ARGS="--no-private-ports".
+# Extra sipshard flags for experiments, e.g. PERF_SIPSHARD_ARGS="--io uring".
 EXTRA_ARGS = os.environ.get('PERF_SIPSHARD_ARGS', '').split()
 SIPP_BUF = 4194304
 MAX_RATE = int(os.environ.get('PERF_MAX_RATE', 64000))

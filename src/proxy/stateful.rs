@@ -138,7 +138,8 @@ pub struct Proxy {
     host: String,
     /// The shard socket our forwarded requests leave from.
     socket: u16,
-    /// Addresses that are this proxy (for loose routing): listen addresses and our own port.
+    /// Addresses that are this proxy (for loose routing and loop detection): the listen
+    /// addresses.
     ours: Vec<SocketAddr>,
     branch_seq: u64,
     settings: ProxySettings,
@@ -233,7 +234,7 @@ fn better(new: u16, old: u16) -> bool {
 }
 
 impl Proxy {
-    /// A proxy whose Via and Record-Route name `local` (the shard's own port), sending from
+    /// A proxy whose Via and Record-Route name `local` (a listen address), sending from
     /// shard socket `socket`; `ours` lists every address that routes to this server.
     pub fn new(
         shard: usize,
@@ -260,17 +261,6 @@ impl Proxy {
             via: Vec::with_capacity(96),
             record_route: Vec::with_capacity(64),
             timer_c: TimerWheel::new(1_000, 512),
-        }
-    }
-
-    /// Adds addresses of this server that other shards own (their private ports): a Via
-    /// naming one of them was written by this server (loop detection, §16.3 item 4), and a
-    /// Route naming one routes to this server.
-    pub fn add_server_addrs(&mut self, addrs: impl IntoIterator<Item = SocketAddr>) {
-        for a in addrs {
-            if !self.ours.contains(&a) {
-                self.ours.push(a);
-            }
         }
     }
 

@@ -88,8 +88,6 @@ pub struct Core {
     next_auth_prune: u64,
     registrar: Registrar,
     proxy: Proxy,
-    /// Number of shared listen sockets (socket indexes at or above are this shard's own).
-    listen_sockets: usize,
     /// Scratch buffer for AOR keys.
     key: Vec<u8>,
     /// Scratch: a request copied with its top Via fixed up before it is forwarded.
@@ -100,8 +98,10 @@ pub struct Core {
 const AUTH_PRUNE_MS: u64 = 10_000;
 
 impl Core {
-    /// `local` lists this shard's socket addresses: the listen addresses, then (if any) the
-    /// shard's private port, which its Via and Record-Route name.
+    /// `local` lists the listen addresses as bound (empty: `cfg.local_addrs`); the first is
+    /// the one our Via and Record-Route name. Every shard names the same address: the server
+    /// is one address to the world, and a response or in-dialog request that reaches another
+    /// shard finds its owner by the shard id in the branch or the Record-Route.
     pub fn new(
         shard: usize,
         cfg: Arc<CoreConfig>,
@@ -117,18 +117,15 @@ impl Core {
             max_contacts_per_aor: r.max_contacts,
             canonical_domain: cfg.domains.first().cloned(),
         });
-        let listen_sockets = cfg.local_addrs.len();
         let local: Vec<SocketAddr> = if local.is_empty() {
             cfg.local_addrs.clone()
         } else {
             local.to_vec()
         };
-        // The shard's own port if it has one, else the first listen address.
-        let own = local.len() - 1;
         let proxy = Proxy::new(
             shard,
-            local[own],
-            own,
+            local[0],
+            0,
             local.clone(),
             cfg.proxy.clone(),
             stats.clone(),
@@ -142,7 +139,6 @@ impl Core {
             next_auth_prune: 0,
             registrar,
             proxy,
-            listen_sockets,
             key: Vec::with_capacity(128),
             fixed_via_buf: Vec::new(),
         }
@@ -187,12 +183,6 @@ impl Core {
         }
     }
 
-    /// Every address of the server, other shards' private ports included: a Via or Route
-    /// naming one of them names this server (loop detection, loose routing).
-    pub fn set_server_addrs(&mut self, addrs: impl IntoIterator<Item = SocketAddr>) {
-        self.proxy.add_server_addrs(addrs);
-    }
-
     /// The shard's registrar (for tests and the proxy).
     pub fn registrar(&self) -> &Registrar {
         &self.registrar
@@ -205,9 +195,8 @@ impl Core {
 
     /// The shard that owns this request: the To AOR for REGISTER, the Request-URI AOR for
     /// other requests. None when it cannot be told (then it is handled where it arrived).
-    fn owner(&self, msg: &Message<'_>, socket: usize) -> Option<usize> {
-        if self.cfg.shards <= 1 || socket >= self.listen_sockets {
-            // Datagrams on the shard's own port are for this shard's transactions and dialogs.
+    fn owner(&self, msg: &Message<'_>) -> Option<usize> {
+        if self.cfg.shards <= 1 {
             return None;
         }
         let Some(method) = msg.method() else {
@@ -294,7 +283,7 @@ impl Core {
         // challenged here on its behalf.
         let mut nonce_shard = self.shard;
         if !handed_off {
-            if let Some(owner) = self.owner(msg, socket) {
+            if let Some(owner) = self.owner(msg) {
                 if owner != self.shard {
                     if !self.challenge_here(msg) {
                         return Disposition::HandOff(owner);

@@ -18,7 +18,6 @@ use std::collections::{BTreeMap, BinaryHeap, HashMap};
 use std::net::SocketAddr;
 
 const LISTEN: &str = "127.0.0.1:5060";
-const OWN: &str = "127.0.0.1:40000";
 
 fn addr(s: &str) -> SocketAddr {
     s.parse().unwrap()
@@ -194,7 +193,7 @@ impl Phone {
         match self.txns.on_server_request(&msg, now, &mut self.out) {
             Ok(Match::New(key)) => {
                 let method = msg.method().unwrap();
-                let Ok(id) = self.txns.insert_server(key, method, addr(OWN), 0, false) else {
+                let Ok(id) = self.txns.insert_server(key, method, addr(LISTEN), 0, false) else {
                     return;
                 };
                 match method {
@@ -348,7 +347,7 @@ impl Caller {
         let n = call_id.trim_start_matches("sim-call-");
         format!(
             "{method} {contact} SIP/2.0\r\nVia: SIP/2.0/UDP {a};branch={branch}\r\n\
-             Route: <sip:{OWN};lr;ss=0>\r\nMax-Forwards: 70\r\nFrom: <sip:caller@localhost>;tag=c{n}\r\n\
+             Route: <sip:{LISTEN};lr;ss=0>\r\nMax-Forwards: 70\r\nFrom: <sip:caller@localhost>;tag=c{n}\r\n\
              To: <sip:{user}@localhost>;tag={tag}\r\nCall-ID: {call_id}\r\nCSeq: {cseq} {method}\r\n\
              Content-Length: 0\r\n\r\n",
             contact = c.contact.as_deref().unwrap_or("sip:x@127.0.0.1"),
@@ -419,7 +418,7 @@ impl Caller {
                         }
                         // ACK every 2xx (retransmissions included), end to end via the Route.
                         let ack = self.in_dialog_ack(&call_id);
-                        net.send(now, self.addr, addr(OWN), &ack);
+                        net.send(now, self.addr, addr(LISTEN), &ack);
                     } else if call.final_status.is_none() && event.is_some() {
                         call.final_status = Some(status);
                     }
@@ -477,7 +476,7 @@ impl Caller {
                 .new_client(
                     key,
                     Bytes::from(bye),
-                    addr(OWN),
+                    addr(LISTEN),
                     0,
                     false,
                     now,
@@ -598,16 +597,10 @@ fn run(seed: u64, calls_per_kind: usize, proxy: ProxySettings) {
             caller.start(&mut net, now, i, kind, user);
         }
         while let Some((from, to, data)) = net.pop_due(now) {
-            if to == addr(LISTEN) || to == addr(OWN) {
-                let socket = usize::from(to == addr(OWN));
-                core.handle(&data, from, socket, now, false, &mut out);
+            if to == addr(LISTEN) {
+                core.handle(&data, from, 0, now, false, &mut out);
                 for d in out.items() {
-                    net.send(
-                        now,
-                        if socket == 1 { addr(OWN) } else { addr(LISTEN) },
-                        d.dst,
-                        out.bytes(d),
-                    );
+                    net.send(now, addr(LISTEN), d.dst, out.bytes(d));
                 }
                 out.clear();
             } else if to == caller.addr {
@@ -619,7 +612,7 @@ fn run(seed: u64, calls_per_kind: usize, proxy: ProxySettings) {
         if core.next_timeout().is_some_and(|t| t <= now) {
             core.handle_timeout(now, &mut out);
             for d in out.items() {
-                net.send(now, addr(OWN), d.dst, out.bytes(d));
+                net.send(now, addr(LISTEN), d.dst, out.bytes(d));
             }
             out.clear();
         }

@@ -12,7 +12,6 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 const LISTEN: &str = "127.0.0.1:5060";
-const OWN: &str = "127.0.0.1:40000";
 const CALLER: &str = "192.0.2.10:5060";
 const T0: u64 = 1_000_000;
 
@@ -20,7 +19,7 @@ fn addr(s: &str) -> SocketAddr {
     s.parse().unwrap()
 }
 
-/// A one-shard core on LISTEN with its own port OWN.
+/// A one-shard core on LISTEN.
 pub(super) fn core_with(
     mode: Mode,
     registrar: RegistrarSettings,
@@ -49,7 +48,7 @@ pub(super) fn core_with_proxy(
         cfg,
         Arc::new(ShardStats::default()),
         auth,
-        &[addr(LISTEN), addr(OWN)],
+        &[addr(LISTEN)],
     )
 }
 
@@ -177,9 +176,9 @@ fn answered_call_with_record_route_and_bye_through_the_proxy() {
     assert_eq!(f.max_forwards().unwrap(), Some(69));
     let rr = f.record_routes().next().unwrap().unwrap().uri().unwrap();
     assert_eq!(
-        rr.port,
-        Some(40000),
-        "Record-Route names the shard's own port"
+        (rr.host, rr.port),
+        (&b"127.0.0.1"[..], Some(5060)),
+        "Record-Route names the listen address"
     );
     assert!(rr.lr());
     // 180 and 200 come back to the proxy's own port and are relayed without our Via.
@@ -192,7 +191,7 @@ fn answered_call_with_record_route_and_bye_through_the_proxy() {
     );
     assert_eq!((out[0].0, status(&out[0].1)), (addr(CALLER), 180));
     let ok = answer(fwd, 200, "OK", "b1");
-    let out = send(&mut c, &ok, "192.0.2.20:5062", 1, T0 + 20);
+    let out = send(&mut c, &ok, "192.0.2.20:5062", 0, T0 + 20);
     assert_eq!((out[0].0, status(&out[0].1)), (addr(CALLER), 200));
     // Answered: the context keeps no message (no CANCEL, 408 or 487 can follow), though it
     // lingers with its transactions for 64*T1.
@@ -200,7 +199,7 @@ fn answered_call_with_record_route_and_bye_through_the_proxy() {
     let relayed = Message::parse(&out[0].1).unwrap();
     assert_eq!(relayed.vias().count(), 1);
     // ACK and BYE follow the route set: to our own port, then on to the callee's Contact.
-    let route = format!("<sip:{OWN};lr;ss=0>");
+    let route = format!("<sip:{LISTEN};lr;ss=0>");
     for (m, cseq) in [("ACK", 1), ("BYE", 2)] {
         let req = format!(
             "{m} sip:bob@192.0.2.20:5062 SIP/2.0\r\nVia: SIP/2.0/UDP {CALLER};branch=z9hG4bK{m}\r\n\
@@ -208,7 +207,7 @@ fn answered_call_with_record_route_and_bye_through_the_proxy() {
              To: <sip:bob@localhost>;tag=b1\r\nCall-ID: call-z9hG4bKc1\r\nCSeq: {cseq} {m}\r\n\
              Content-Length: 0\r\n\r\n"
         );
-        let out = send(&mut c, req.as_bytes(), CALLER, 1, T0 + 30);
+        let out = send(&mut c, req.as_bytes(), CALLER, 0, T0 + 30);
         assert_eq!(out.len(), 1, "{m}");
         assert_eq!(out[0].0, addr("192.0.2.20:5062"));
         let f = Message::parse(&out[0].1).unwrap();
@@ -299,7 +298,7 @@ fn a_branch_is_cancelled_once_even_when_the_2xx_is_retransmitted_later() {
         T0 + 5,
     );
     let ok = answer(&ans_req, 200, "OK", "b1");
-    let out = send(&mut c, &ok, &ans_dst.to_string(), 1, T0 + 10);
+    let out = send(&mut c, &ok, &ans_dst.to_string(), 0, T0 + 10);
     let cancel: Vec<_> = out.iter().filter(|(d, _)| *d == other_dst).collect();
     assert_eq!(cancel.len(), 1);
     send(
@@ -317,7 +316,7 @@ fn a_branch_is_cancelled_once_even_when_the_2xx_is_retransmitted_later() {
         t += 500;
         tick(&mut c, t);
     }
-    let out = send(&mut c, &ok, &ans_dst.to_string(), 1, T0 + 6_100);
+    let out = send(&mut c, &ok, &ans_dst.to_string(), 0, T0 + 6_100);
     assert!(
         out.iter()
             .all(|(d, m)| *d != other_dst || method(m) != b"CANCEL"),
@@ -376,8 +375,8 @@ fn loose_routing_goes_to_the_route_after_ours_on_one_line_or_two() {
     // §16.12: our Route is popped and the request goes to the next Route value, not to the
     // Request-URI, whether the values share a line or not.
     for routes in [
-        format!("Route: <sip:{OWN};lr;ss=0>, <sip:192.0.2.30:5070;lr>"),
-        format!("Route: <sip:{OWN};lr;ss=0>\r\nRoute: <sip:192.0.2.30:5070;lr>"),
+        format!("Route: <sip:{LISTEN};lr;ss=0>, <sip:192.0.2.30:5070;lr>"),
+        format!("Route: <sip:{LISTEN};lr;ss=0>\r\nRoute: <sip:192.0.2.30:5070;lr>"),
     ] {
         let mut c = core();
         let bye = format!(
@@ -386,7 +385,7 @@ fn loose_routing_goes_to_the_route_after_ours_on_one_line_or_two() {
              To: <sip:bob@localhost>;tag=b1\r\nCall-ID: lr2\r\nCSeq: 2 BYE\r\n\
              Content-Length: 0\r\n\r\n"
         );
-        let out = send(&mut c, bye.as_bytes(), CALLER, 1, T0);
+        let out = send(&mut c, bye.as_bytes(), CALLER, 0, T0);
         assert_eq!(out.len(), 1, "{routes}");
         assert_eq!(out[0].0, addr("192.0.2.30:5070"), "{routes}");
         let f = Message::parse(&out[0].1).unwrap();
@@ -1057,7 +1056,7 @@ fn challenges_of_every_branch_are_aggregated_into_the_401_or_407() {
         sent_to(&out, PHONE_C),
     );
     let r = challenge(&a[0], 401, "a", &[("WWW-Authenticate", "a.example")]);
-    assert!(sent_to(&send(&mut c, &r, PHONE_A, 1, T0 + 10), CALLER).is_empty());
+    assert!(sent_to(&send(&mut c, &r, PHONE_A, 0, T0 + 10), CALLER).is_empty());
     let r = challenge(
         &b[0],
         407,
@@ -1067,7 +1066,7 @@ fn challenges_of_every_branch_are_aggregated_into_the_401_or_407() {
             ("WWW-Authenticate", "b2.example"),
         ],
     );
-    assert!(sent_to(&send(&mut c, &r, PHONE_B, 1, T0 + 11), CALLER).is_empty());
+    assert!(sent_to(&send(&mut c, &r, PHONE_B, 0, T0 + 11), CALLER).is_empty());
     let out = send(
         &mut c,
         &answer(&cc[0], 404, "Not Found", "c"),
@@ -1159,52 +1158,27 @@ fn a_binding_that_points_back_at_the_proxy_spirals_once_then_loops() {
     register(&mut c, "bob", LISTEN);
     let out = send(&mut c, &invite("z9hG4bKself"), CALLER, 0, T0);
     let pass2 = sent_to(&out, LISTEN).remove(0);
-    let out = send(&mut c, &pass2, OWN, 0, T0 + 1);
-    let pass3: Vec<_> = sent_to(&out, LISTEN);
+    let out = send(&mut c, &pass2, LISTEN, 0, T0 + 1);
+    // Requests to LISTEN: the forwarded spiral (its 100 Trying goes there too).
+    let pass3: Vec<_> = sent_to(&out, LISTEN)
+        .into_iter()
+        .filter(|b| Message::parse(b).unwrap().method().is_some())
+        .collect();
     assert_eq!(pass3.len(), 1, "the spiral is forwarded");
     assert_eq!(method(&pass3[0]), b"INVITE");
-    let out = send(&mut c, &pass3[0], OWN, 0, T0 + 2);
-    let answers: Vec<u16> = sent_to(&out, OWN).iter().map(|b| status(b)).collect();
-    assert_eq!(answers, vec![482]);
-    assert!(
-        sent_to(&out, LISTEN).is_empty(),
-        "not forwarded a third time"
-    );
+    let out = send(&mut c, &pass3[0], LISTEN, 0, T0 + 2);
+    let sent: Vec<_> = sent_to(&out, LISTEN);
+    assert_eq!(sent.len(), 1, "answered, not forwarded a third time");
+    assert_eq!(status(&sent[0]), 482);
 }
 
-#[test]
-fn another_shards_private_port_in_a_via_counts_as_ours() {
-    let other = "127.0.0.1:40001";
-    let mut c = core();
-    register(&mut c, "bob", PHONE_A);
-    let out = send(&mut c, &invite("z9hG4bKshard1"), CALLER, 0, T0);
-    let fwd = String::from_utf8(sent_to(&out, PHONE_A).remove(0)).unwrap();
-    // The same request as if shard 1 (private port 40001) had forwarded it.
-    let via_of_other = fwd
-        .replacen(OWN, other, 1)
-        .replacen("z9hG4bK-ss0.", "z9hG4bK-ss1.", 1);
-    let back = sent_back(via_of_other.as_bytes(), "sip:bob@localhost", "z9hG4bKdown3");
-    // Unknown address: not ours, forwarded (a third Via).
-    let out = send(&mut c, &back, PHONE_A, 0, T0 + 10);
-    assert!(!sent_to(&out, PHONE_A)
-        .iter()
-        .any(|b| Message::parse(b).unwrap().status() == Some(482)));
-    // Once the core knows every shard's addresses, it is a loop.
-    let mut c = core();
-    c.set_server_addrs([addr(LISTEN), addr(other)]);
-    register(&mut c, "bob", PHONE_A);
-    let back = sent_back(via_of_other.as_bytes(), "sip:bob@localhost", "z9hG4bKdown4");
-    let out = send(&mut c, &back, PHONE_A, 0, T0 + 10);
-    assert_eq!(status(&out[0].1), 482);
-}
-
-/// Two shards sharing LISTEN only (`--no-private-ports`): every datagram arrives on the
-/// shared socket of whichever shard the kernel picks.
-fn two_shards_without_private_ports() -> Vec<Core> {
+/// Two shards sharing LISTEN: every datagram arrives on the shared socket of whichever
+/// shard the kernel picks.
+fn two_shards_plain() -> Vec<Core> {
     two_shards(None)
 }
 
-/// [`two_shards_without_private_ports`], each shard with its authenticator from `auth`.
+/// [`two_shards_plain`], each shard with its authenticator from `auth`.
 fn two_shards(auth: Option<crate::auth::Authenticator>) -> Vec<Core> {
     let cfg = Arc::new(CoreConfig {
         domains: vec!["localhost".into()],
@@ -1379,8 +1353,8 @@ fn in_dialog(m: &str, cseq: u32, branch: &str, route: &str, from_caller: bool) -
 }
 
 #[test]
-fn without_private_ports_responses_and_in_dialog_requests_reach_the_owning_shard() {
-    let mut cores = two_shards_without_private_ports();
+fn responses_and_in_dialog_requests_reach_the_owning_shard() {
+    let mut cores = two_shards_plain();
     // The REGISTER and the INVITE go to the AOR's owner whichever shard receives them.
     let reg = format!(
         "REGISTER sip:localhost SIP/2.0\r\nVia: SIP/2.0/UDP {PHONE_A};branch=z9hG4bKnp-reg\r\n\
@@ -1530,13 +1504,13 @@ fn a_2xx_after_a_non_2xx_final_response_is_still_forwarded() {
     assert!(final_status >= 400, "{final_status}");
     // A's user picked up before our CANCEL arrived.
     let ok = answer(&a[0], 200, "OK", "a");
-    let out = send(&mut c, &ok, PHONE_A, 1, T0 + 2_020);
+    let out = send(&mut c, &ok, PHONE_A, 0, T0 + 2_020);
     let to_caller = sent_to(&out, CALLER);
     assert_eq!(to_caller.len(), 1, "the 2xx reaches the caller");
     assert_eq!(status(&to_caller[0]), 200);
     assert_eq!(Message::parse(&to_caller[0]).unwrap().vias().count(), 1);
     // And so does its retransmission.
-    let out = send(&mut c, &ok, PHONE_A, 1, T0 + 2_520);
+    let out = send(&mut c, &ok, PHONE_A, 0, T0 + 2_520);
     assert_eq!(sent_to(&out, CALLER).len(), 1);
     assert_no_state(&mut c, T0 + 3_000);
 }
@@ -1594,7 +1568,7 @@ fn a_challenge_is_preferred_to_an_earlier_4xx() {
         T0 + 10,
     );
     let r = challenge(&b[0], 407, "b", &[("Proxy-Authenticate", "b.example")]);
-    let out = send(&mut c, &r, PHONE_B, 1, T0 + 11);
+    let out = send(&mut c, &r, PHONE_B, 0, T0 + 11);
     let to_caller = sent_to(&out, CALLER);
     assert_eq!(to_caller.len(), 1);
     let m = Message::parse(&to_caller[0]).unwrap();
@@ -1625,11 +1599,11 @@ fn an_ack_matching_the_invite_transaction_in_accepted_is_forwarded() {
     assert_eq!(status(&sent_to(&out, CALLER)[0]), 200);
     let ack = format!(
         "ACK sip:bob@192.0.2.20:5062 SIP/2.0\r\nVia: SIP/2.0/UDP {CALLER};branch=z9hG4bKacc1\r\n\
-         Route: <sip:{OWN};lr;ss=0>\r\nMax-Forwards: 70\r\nFrom: <sip:alice@localhost>;tag=a1\r\n\
+         Route: <sip:{LISTEN};lr;ss=0>\r\nMax-Forwards: 70\r\nFrom: <sip:alice@localhost>;tag=a1\r\n\
          To: <sip:bob@localhost>;tag=b1\r\nCall-ID: call-z9hG4bKacc1\r\nCSeq: 1 ACK\r\n\
          Content-Length: 0\r\n\r\n"
     );
-    let out = send(&mut c, ack.as_bytes(), CALLER, 1, T0 + 20);
+    let out = send(&mut c, ack.as_bytes(), CALLER, 0, T0 + 20);
     let acks = sent_to(&out, PHONE_A);
     assert_eq!(acks.len(), 1, "the ACK goes on to the callee");
     assert_eq!(method(&acks[0]), b"ACK");
@@ -1699,7 +1673,7 @@ fn the_cancel_guard_leaves_a_completed_branch_to_timer_d() {
     );
     // The callee's 487 comes 1 s later (it was busy); our ACK to it is lost.
     let r487 = answer(&fwd[0], 487, "Request Terminated", "b1");
-    let out = send(&mut c, &r487, PHONE_A, 1, T0 + 1_010);
+    let out = send(&mut c, &r487, PHONE_A, 0, T0 + 1_010);
     assert_eq!(status(&sent_to(&out, CALLER)[0]), 487);
     assert_eq!(method(&sent_to(&out, PHONE_A)[0]), b"ACK");
     // 32.5 s later (within Timer D of the 487, past 32 s after the CANCEL).

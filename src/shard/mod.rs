@@ -74,7 +74,7 @@ pub struct Server {
     stop: Arc<AtomicBool>,
     peers: Arc<Vec<Peer>>,
     pub registry: Registry,
-    /// Per shard: the local address of each socket (listen addresses, then private port).
+    /// Per shard: the local address of each socket (the listen addresses).
     pub local_addrs: Vec<Vec<SocketAddr>>,
     /// Which backend each shard ended up with.
     pub backends: Vec<&'static str>,
@@ -87,12 +87,14 @@ pub type CoreFactory =
 
 impl Server {
     /// Binds every shard's sockets (so bind errors come back here), then starts the threads.
+    /// The listen addresses should have been claimed first
+    /// ([`crate::transport::claim_listen_addrs`]: no other server on them, no port 0).
     pub fn start(config: &Config, make_core: Arc<CoreFactory>) -> io::Result<Server> {
         let n = config.shards;
         let listen: Vec<SocketAddr> = config.listen.iter().map(|l| l.addr).collect();
         let mut sockets = Vec::with_capacity(n);
         for _ in 0..n {
-            sockets.push(ShardSockets::bind(&listen, config.private_ports)?);
+            sockets.push(ShardSockets::bind(&listen)?);
         }
         let registry = Registry::new(n);
         let mut peers = Vec::with_capacity(n);
@@ -113,8 +115,7 @@ impl Server {
             let waker = peers[id].waker.clone();
             let transport = make_transport(config.io, socks, waker)?;
             backends.push(transport.name());
-            let mut core = make_core(id, registry.shards[id].clone(), &local_addrs[id]);
-            core.set_server_addrs(local_addrs.iter().flatten().copied());
+            let core = make_core(id, registry.shards[id].clone(), &local_addrs[id]);
             let ctx = runtime::ShardContext {
                 id,
                 core,

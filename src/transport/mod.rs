@@ -1,5 +1,6 @@
-//! UDP transport for one shard: its sockets (the shared SO_REUSEPORT listen sockets plus an
-//! optional private port), batched receive and send, and sleeping until there is work.
+//! UDP transport for one shard: its share of the SO_REUSEPORT listen sockets (the server is
+//! one address to the world: every datagram leaves from the socket its peer talks to),
+//! batched receive and send, and sleeping until there is work.
 //!
 //! Two backends implement [`Transport`]: [`mmsg::MmsgTransport`] (recvmmsg/sendmmsg) and
 //! [`uring::UringTransport`] (io_uring multishot receive with a provided buffer ring). This is
@@ -102,8 +103,7 @@ impl Waker {
     }
 }
 
-/// The sockets of one shard, in the order the core refers to them: one per listen address,
-/// then (optionally) the private port.
+/// The sockets of one shard, in the order the core refers to them: one per listen address.
 pub struct ShardSockets {
     pub sockets: Vec<Socket>,
     pub local: Vec<SocketAddr>,
@@ -158,9 +158,9 @@ pub fn udp_socket(addr: SocketAddr, reuse_port: bool) -> io::Result<Socket> {
 }
 
 impl ShardSockets {
-    /// Binds the shard's share of every listen address and, if asked, a private port on the
-    /// first listen address's IP.
-    pub fn bind(listen: &[SocketAddr], private_port: bool) -> io::Result<ShardSockets> {
+    /// Binds the shard's share of every listen address (`listen` holds the addresses as
+    /// bound: no port 0, see [`claim_listen_addrs`]).
+    pub fn bind(listen: &[SocketAddr]) -> io::Result<ShardSockets> {
         let mut sockets = Vec::new();
         let mut local = Vec::new();
         for &addr in listen {
@@ -169,15 +169,53 @@ impl ShardSockets {
             local.push(s.local_addr()?.as_socket().unwrap_or(addr));
             sockets.push(s);
         }
-        if private_port {
-            let mut addr = listen[0];
-            addr.set_port(0);
-            let s = udp_socket(addr, false)?;
-            local.push(s.local_addr()?.as_socket().unwrap_or(addr));
-            sockets.push(s);
-        }
         Ok(ShardSockets { sockets, local })
     }
+}
+
+/// Why the server cannot take a listen address.
+#[derive(Debug)]
+pub struct AddressTaken {
+    pub addr: SocketAddr,
+    pub error: io::Error,
+}
+
+impl std::fmt::Display for AddressTaken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.error.kind() == io::ErrorKind::AddrInUse {
+            write!(
+                f,
+                "udp:{}: address already in use (another process serves it)",
+                self.addr
+            )
+        } else {
+            write!(f, "udp:{}: {}", self.addr, self.error)
+        }
+    }
+}
+
+/// Checks that no other process serves the listen addresses and resolves port 0 to the port
+/// the kernel picks, before the shards bind with SO_REUSEPORT. Without the check a second
+/// server on the same port would join the first one's reuseport group and silently take part
+/// of its traffic: a socket bound *without* SO_REUSEPORT fails with EADDRINUSE when any
+/// socket holds the address. The probe socket is closed again before the shards bind (a
+/// process starting in between could still join; the window is a few system calls).
+pub fn claim_listen_addrs(listen: &[SocketAddr]) -> Result<Vec<SocketAddr>, AddressTaken> {
+    let mut bound = Vec::with_capacity(listen.len());
+    let mut probes = Vec::with_capacity(listen.len());
+    for &addr in listen {
+        let taken = |error| AddressTaken { addr, error };
+        let probe = udp_socket(addr, false).map_err(taken)?;
+        let local = probe
+            .local_addr()
+            .map_err(taken)?
+            .as_socket()
+            .unwrap_or(addr);
+        bound.push(local);
+        probes.push(probe);
+    }
+    drop(probes);
+    Ok(bound)
 }
 
 #[cfg(test)]
@@ -193,6 +231,22 @@ mod tests {
             libc::read(w.raw_fd(), &mut v as *mut u64 as *mut libc::c_void, 8);
         }
         v
+    }
+
+    #[test]
+    fn a_served_address_is_refused_and_port_zero_is_resolved() {
+        let any: std::net::SocketAddr = "127.0.0.1:0".parse().unwrap();
+        let bound = super::claim_listen_addrs(&[any]).unwrap();
+        assert_ne!(bound[0].port(), 0);
+        // A server holds it (as the shards do, with SO_REUSEPORT): a second claim fails, naming
+        // the address, though a plain SO_REUSEPORT bind would have joined it.
+        let held = super::ShardSockets::bind(&bound).unwrap();
+        let err = super::claim_listen_addrs(&bound).unwrap_err();
+        assert_eq!(err.addr, bound[0]);
+        assert!(err.to_string().contains("already in use"), "{err}");
+        assert!(super::udp_socket(bound[0], true).is_ok());
+        drop(held);
+        assert_eq!(super::claim_listen_addrs(&bound).unwrap(), bound);
     }
 
     #[test]

@@ -142,6 +142,8 @@ impl Drop for ServerProcess {
 pub struct Client {
     pub sock: UdpSocket,
     pub addr: SocketAddr,
+    /// Where the last datagram received came from.
+    pub last_src: std::cell::Cell<Option<SocketAddr>>,
 }
 
 impl Default for Client {
@@ -154,7 +156,11 @@ impl Client {
     pub fn new() -> Client {
         let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
         let addr = sock.local_addr().unwrap();
-        Client { sock, addr }
+        Client {
+            sock,
+            addr,
+            last_src: std::cell::Cell::new(None),
+        }
     }
 
     pub fn send(&self, msg: &str, to: SocketAddr) {
@@ -169,7 +175,8 @@ impl Client {
         self.sock.set_read_timeout(Some(t)).unwrap();
         let mut buf = vec![0u8; 65535];
         match self.sock.recv_from(&mut buf) {
-            Ok((n, _)) => {
+            Ok((n, src)) => {
+                self.last_src.set(Some(src));
                 buf.truncate(n);
                 Some(buf)
             }
