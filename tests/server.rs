@@ -31,11 +31,30 @@ fn options_to_the_server_lists_capabilities() {
     let r = c.request(&options_to_server(&c, s.addr, "opt1"), s.addr);
     let m = Message::parse(&r).unwrap();
     assert_eq!(m.status(), Some(200));
-    assert!(m
-        .header(HeaderName::Allow)
-        .unwrap()
-        .windows(8)
-        .any(|w| w == b"REGISTER"));
+    // Allow lists every method the server proxies, not only what it answers itself.
+    let allow = String::from_utf8_lossy(m.header(HeaderName::Allow).unwrap()).into_owned();
+    let listed: Vec<&str> = allow.split(',').map(str::trim).collect();
+    for method in [
+        "INVITE",
+        "ACK",
+        "CANCEL",
+        "BYE",
+        "OPTIONS",
+        "REGISTER",
+        "MESSAGE",
+        "INFO",
+        "UPDATE",
+        "PRACK",
+        "SUBSCRIBE",
+        "NOTIFY",
+        "REFER",
+        "PUBLISH",
+    ] {
+        assert!(
+            listed.contains(&method),
+            "{method} missing from Allow: {allow}"
+        );
+    }
     assert!(m.header(HeaderName::Accept).is_some());
     assert!(m.header(HeaderName::Supported).is_some());
     // RFC 3581: rport filled with our source port, received added.

@@ -80,6 +80,7 @@ pub const MAX_SHARDS: usize = 1 << (32 - COUNTER_BITS);
 const COUNTER_BITS: u32 = 22;
 
 /// What all shards share.
+#[derive(Clone)]
 struct Shared {
     realm: String,
     users: Arc<UserDb>,
@@ -175,6 +176,23 @@ impl Authenticator {
             nc: NcTable::new(DEFAULT_MAX_TRACKED),
             ha2: digest::Ha2Cache::default(),
         }
+    }
+
+    /// The users this authenticator knows.
+    pub fn users(&self) -> &Arc<UserDb> {
+        &self.shared.users
+    }
+
+    /// Replaces the users (a reload of the users file): realm, secret, salts and the
+    /// nonce-count table stay, so nonces issued before go on working.
+    ///
+    /// # Panics
+    /// If `users` was built for another realm.
+    pub fn replace_users(&mut self, users: Arc<UserDb>) {
+        assert_eq!(users.realm(), self.shared.realm, "users for another realm");
+        let mut shared = (*self.shared).clone();
+        shared.users = users;
+        self.shared = Arc::new(shared);
     }
 
     /// The high half of the salt of shard `shard`'s nonces.

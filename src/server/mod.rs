@@ -28,8 +28,10 @@ use std::sync::Arc;
 
 pub use reply::response_destination;
 
-/// Methods this server accepts (the Allow header).
-pub const ALLOW: &[u8] = b"REGISTER, OPTIONS, ACK, CANCEL";
+/// Methods this server handles (the Allow header): REGISTER and OPTIONS it answers itself,
+/// the rest it proxies (every method it knows; an unknown one gets 501).
+pub const ALLOW: &[u8] =
+    b"INVITE, ACK, CANCEL, BYE, OPTIONS, REGISTER, MESSAGE, INFO, UPDATE, PRACK, SUBSCRIBE, NOTIFY, REFER, PUBLISH";
 /// Option tags this server supports (the Supported header).
 pub const SUPPORTED: &[u8] = b"path";
 
@@ -668,6 +670,11 @@ impl Core {
         let mut bindings: Vec<&crate::registrar::Binding> =
             self.registrar.lookup(&self.key, now_ms).collect();
         if bindings.is_empty() {
+            // With a user list, a user not in it does not exist (404); a known user with no
+            // binding is only unreachable now (480).
+            if self.auth.as_ref().is_some_and(|a| !knows_user(a, ruri)) {
+                return reply.simple(out, 404, b"Not Found");
+            }
             return reply.simple(out, 480, b"Temporarily Unavailable");
         }
         // Highest q first (§16.6: a proxy may use q-values to order targets).
@@ -708,4 +715,16 @@ impl Core {
         self.proxy
             .forward(msg, response_dst, in_socket, &targets, true, now_ms, out);
     }
+}
+
+/// True if the Request-URI's user (unescaped) is in the authenticator's user list.
+fn knows_user(auth: &Authenticator, ruri: &Uri<'_>) -> bool {
+    let Some(user) = ruri.user else {
+        return false;
+    };
+    if !user.contains(&b'%') {
+        return auth.users().get(user).is_some();
+    }
+    let name: Vec<u8> = crate::sip::uri::Unescape::new(user).collect();
+    auth.users().get(&name).is_some()
 }

@@ -636,6 +636,44 @@ Call-ID: reg-bob\r\nCSeq: 1 REGISTER\r\nContact: <sip:bob@192.0.2.20:5062>\r\nCo
 }
 
 #[test]
+fn with_a_user_list_unknown_users_get_404_and_known_ones_without_binding_480() {
+    let mut c = core_with_auth();
+    let out = send(&mut c, &invite("z9hG4bKnf1"), CALLER, 0, T0);
+    let ch = Message::parse(&out[0].1).unwrap();
+    let params = crate::auth::client::first_supported_challenge(&ch, HeaderName::ProxyAuthenticate)
+        .expect("a challenge we can answer");
+    for (nc, callee, want) in [(1, "nobody", 404), (2, "bob", 480), (3, "%62ob", 480)] {
+        let ruri = format!("sip:{callee}@localhost");
+        let creds = crate::auth::client_response(
+            &params,
+            "alice",
+            "secret",
+            b"INVITE",
+            ruri.as_bytes(),
+            nc,
+            "0a4f113b",
+        )
+        .unwrap();
+        let req = String::from_utf8(invite(&format!("z9hG4bKnf-{nc}")))
+            .unwrap()
+            .replace("INVITE sip:bob@localhost", &format!("INVITE {ruri}"))
+            .replace(
+                "Max-Forwards: 70",
+                &format!("Max-Forwards: 70\r\nProxy-Authorization: {creds}"),
+            );
+        let out = send(&mut c, req.as_bytes(), CALLER, 0, T0 + nc as u64);
+        assert_eq!(status(&out[0].1), want, "{callee}");
+    }
+    // Without a user list nobody is known: 480, as before.
+    let mut open = core();
+    let nobody = String::from_utf8(invite("z9hG4bKnf9"))
+        .unwrap()
+        .replace("INVITE sip:bob@localhost", "INVITE sip:nobody@localhost");
+    let out = send(&mut open, nobody.as_bytes(), CALLER, 0, T0);
+    assert_eq!(status(&out[0].1), 480);
+}
+
+#[test]
 fn stateless_mode_relays_in_dialog_requests_without_transactions() {
     let mut c = core_with(Mode::Stateless, RegistrarSettings::default(), None);
     // A BYE inside a dialog set up through us: no Route (we add no Record-Route in this
