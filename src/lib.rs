@@ -7,6 +7,7 @@
 pub mod auth;
 pub mod config;
 pub mod metrics;
+pub mod nat;
 pub mod proxy;
 pub mod registrar;
 pub mod server;

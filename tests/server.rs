@@ -96,7 +96,7 @@ fn malformed_requests_get_400_naming_the_problem() {
     assert_eq!(status(&c.request(&bad, s.addr)), 505);
     // Garbage without a Via is dropped; the server keeps serving.
     c.send_bytes(b"\x00\x01garbage\r\n\r\n", s.addr);
-    c.send_bytes(b"\r\n\r\n", s.addr);
+    c.send_bytes(b"\r\n", s.addr);
     c.expect_silence(Duration::from_millis(200));
     let r = c.request(&options_to_server(&c, s.addr, "after-garbage"), s.addr);
     assert_eq!(status(&r), 200);
@@ -165,6 +165,37 @@ fn sigterm_stops_gracefully() {
     let mut s = ServerProcess::start(&["--shards", "2"]);
     let st = s.terminate();
     assert!(st.success(), "exit status {st:?}");
+}
+
+#[test]
+fn keepalives_are_answered_stun_and_double_crlf() {
+    let s = ServerProcess::start(&["--shards", "2"]);
+    let c = Client::new();
+    // RFC 5626 §4.4.1: a double CRLF ping gets a CRLF pong (and a lone CRLF nothing).
+    c.send_bytes(b"\r\n\r\n", s.addr);
+    assert_eq!(
+        c.recv_timeout(Duration::from_secs(3)).as_deref(),
+        Some(&b"\r\n"[..])
+    );
+    c.send_bytes(b"\r\n", s.addr);
+    c.expect_silence(Duration::from_millis(200));
+    // RFC 5626 §4.4.2: a STUN Binding request gets our view of its address.
+    let mut req = vec![0, 1, 0, 0, 0x21, 0x12, 0xa4, 0x42];
+    req.extend_from_slice(b"txn-id-12345");
+    c.send_bytes(&req, s.addr);
+    let r = c.recv_timeout(Duration::from_secs(3)).expect("STUN answer");
+    assert_eq!(&r[0..2], &[1, 1], "Binding success");
+    assert_eq!(&r[8..20], b"txn-id-12345");
+    let port = u16::from_be_bytes([r[26], r[27]]) ^ 0x2112;
+    let ip: Vec<u8> = r[28..32]
+        .iter()
+        .zip([0x21, 0x12, 0xa4, 0x42])
+        .map(|(a, k)| a ^ k)
+        .collect();
+    assert_eq!((ip, port), (vec![127, 0, 0, 1], c.addr.port()));
+    // And SIP goes on as before.
+    let r = c.request(&options_to_server(&c, s.addr, "after-keepalive"), s.addr);
+    assert_eq!(status(&r), 200);
 }
 
 #[test]

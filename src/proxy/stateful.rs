@@ -31,6 +31,9 @@ pub struct Target<'t> {
     pub uri: &'t [u8],
     pub dst: SocketAddr,
     pub q: u16,
+    /// `dst` is the flow a UA registered on (behind NAT, or RFC 5626 outbound), not its
+    /// Contact: our Record-Route names it (`ft=`) so that in-dialog requests follow it too.
+    pub flow: bool,
 }
 
 /// A target of a later group of sequential forking, kept until its turn comes.
@@ -38,6 +41,7 @@ struct PendingTarget {
     uri: Box<[u8]>,
     dst: SocketAddr,
     q: u16,
+    flow: bool,
 }
 
 /// How the branches of one request are written (kept for the later groups of sequential
@@ -204,6 +208,17 @@ pub fn uri_address(uri: &Uri<'_>) -> Option<SocketAddr> {
         5060
     };
     Some(SocketAddr::new(ip, uri.port.unwrap_or(default)))
+}
+
+/// The flow an in-dialog request must take (RFC 5626 §5.3): the `ft` of its top Route, when
+/// that Route is ours and the request does not come from that flow (a request from the
+/// NATed UA itself goes on by its Route set and Request-URI).
+pub fn flow_destination(msg: &Message<'_>, proxy: &Proxy, src: SocketAddr) -> Option<SocketAddr> {
+    let top = msg.top_route_uri()?;
+    if !proxy.is_ours(&top) {
+        return None;
+    }
+    crate::nat::flow_token(&top).filter(|&ft| ft != src)
 }
 
 /// Where a response goes next: the Via after ours (received, rport, sent-by; §18.2.2).
@@ -467,6 +482,7 @@ impl Proxy {
                     uri: t.uri.into(),
                     dst: t.dst,
                     q: t.q,
+                    flow: t.flow,
                 })
                 .collect(),
             group: 0,
@@ -476,16 +492,7 @@ impl Proxy {
         };
         let mut status_err = None;
         for t in &targets[..first_group] {
-            match self.start_branch(
-                sid,
-                msg,
-                &plan,
-                is_invite,
-                t.uri,
-                t.dst,
-                now_ms,
-                &mut txn_out,
-            ) {
+            match self.start_branch(sid, msg, &plan, is_invite, *t, now_ms, &mut txn_out) {
                 Ok(Some(b)) => ctx.branches.push(b),
                 Ok(None) => {}
                 Err(status) => {
@@ -523,7 +530,7 @@ impl Proxy {
         Handled::Forwarded(n)
     }
 
-    /// Writes and sends one branch of `msg` to `uri` at `dst` (§16.6 steps 1-10). Ok(None) if
+    /// Writes and sends one branch of `msg` to `target` (§16.6 steps 1-10). Ok(None) if
     /// the client transaction could not be created, Err(483) if the request cannot be
     /// forwarded at all.
     #[allow(clippy::too_many_arguments)]
@@ -533,11 +540,11 @@ impl Proxy {
         msg: &Message<'_>,
         plan: &Plan,
         is_invite: bool,
-        uri: &[u8],
-        dst: SocketAddr,
+        target: Target<'_>,
         now_ms: u64,
         txn_out: &mut Vec<TxnOut>,
     ) -> Result<Option<Branch>, u16> {
+        let (uri, dst) = (target.uri, target.dst);
         self.branch_seq += 1;
         // Via (with the branch) and Record-Route go into reused buffers: no allocation.
         let mut via = core::mem::take(&mut self.via);
@@ -554,6 +561,11 @@ impl Proxy {
             rr.extend_from_slice(self.host.as_bytes());
             rr.extend_from_slice(b";lr;ss=");
             rr.extend_from_slice(itoa::Buffer::new().format(self.shard).as_bytes());
+            if target.flow {
+                // The callee's flow (RFC 5626 §5.3): in-dialog requests toward it go there.
+                rr.extend_from_slice(b";ft=");
+                crate::nat::push_hostport(rr, dst);
+            }
             rr.push(b'>');
         }
         let edits = ForwardEdits {
@@ -624,8 +636,13 @@ impl Proxy {
             };
             let mut started = Vec::with_capacity(group.len());
             for t in &group {
-                match self.start_branch(sid, &msg, &plan, is_invite, &t.uri, t.dst, now_ms, txn_out)
-                {
+                let target = Target {
+                    uri: &t.uri,
+                    dst: t.dst,
+                    q: t.q,
+                    flow: t.flow,
+                };
+                match self.start_branch(sid, &msg, &plan, is_invite, target, now_ms, txn_out) {
                     Ok(Some(b)) => started.push(b),
                     Ok(None) => {}
                     Err(_) => break,

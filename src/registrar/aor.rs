@@ -125,6 +125,7 @@ mod tests {
                 instance: None,
                 reg_id: None,
                 source: UNSPECIFIED_SOURCE,
+                nat: false,
                 branch_hash: 0,
             },
             core::iter::empty(),

@@ -32,6 +32,8 @@ pub struct Binding {
     call_id_len: u16,
     instance_len: u16,
     source_v4: bool,
+    /// The REGISTER came through a NAT: requests reach the UA at `source`, not its Contact.
+    nat: bool,
 }
 
 /// The values a binding is made from (borrowed from the REGISTER).
@@ -48,6 +50,8 @@ pub struct BindingFields<'a> {
     pub instance: Option<&'a [u8]>,
     pub reg_id: Option<u32>,
     pub source: SocketAddr,
+    /// The REGISTER came through a NAT (see [`crate::nat`]).
+    pub nat: bool,
     /// [`branch_hash`] of the REGISTER's top Via branch (0 without a branch).
     pub branch_hash: u32,
 }
@@ -96,6 +100,7 @@ impl Binding {
             call_id_len: len16(f.call_id)?,
             instance_len: len16(instance)?,
             source_v4,
+            nat: f.nat,
         })
     }
 
@@ -162,6 +167,20 @@ impl Binding {
         PathIter {
             rest: &self.strings[start..],
         }
+    }
+
+    /// True if the REGISTER came through a NAT (its Contact is not reachable from here).
+    #[inline]
+    pub fn behind_nat(&self) -> bool {
+        self.nat
+    }
+
+    /// True if requests for this binding go to the flow it registered on (the REGISTER's
+    /// source) rather than its Contact address: behind NAT, or an RFC 5626 outbound flow
+    /// (`+sip.instance` with `reg-id`, §5.3).
+    #[inline]
+    pub fn reached_by_flow(&self) -> bool {
+        self.nat || self.reg_id != 0
     }
 
     /// The address the REGISTER came from (IPv6 flow info and scope id are not kept).
@@ -240,6 +259,7 @@ mod tests {
             instance: Some(b"<urn:uuid:00000000-0000-1000-8000-000A95A0E128>"),
             reg_id: Some(2),
             source,
+            nat: false,
             branch_hash: 9,
         }
     }

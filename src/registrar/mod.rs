@@ -24,6 +24,6 @@ mod tests;
 pub use binding::{Binding, BindingFields, FieldTooLong, PathIter, DEFAULT_Q};
 pub use config::RegistrarConfig;
 pub use outcome::{RegisterError, RegisterOutcome};
-pub use register::ResponseCtx;
+pub use register::{Flow, ResponseCtx};
 pub use response::write_qvalue;
 pub use table::{Registrar, EXPIRY_SLOTS, EXPIRY_TICK_MS};

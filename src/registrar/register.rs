@@ -26,6 +26,20 @@ use crate::sip::scan::CommaSplit;
 use crate::sip::write::ViaFixup;
 use crate::sip::{HeaderName, Message, Uri};
 
+/// Where a REGISTER came from: its source address and whether it came through a NAT (the
+/// bindings it sets are then reached at that address, not at their Contact).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Flow {
+    pub addr: SocketAddr,
+    pub nat: bool,
+}
+
+impl From<SocketAddr> for Flow {
+    fn from(addr: SocketAddr) -> Flow {
+        Flow { addr, nat: false }
+    }
+}
+
 /// What the engine supplies for writing the response.
 #[derive(Debug, Clone, Copy)]
 pub struct ResponseCtx<'x> {
@@ -97,16 +111,18 @@ impl Registrar {
     }
 
     /// Handles a REGISTER for an AOR this shard owns: applies it at `now_ms` and writes the
-    /// complete response into `out` (appended). `source` is where the request came from; it is
+    /// complete response into `out` (appended). `source` is where the request came from (a
+    /// [`Flow`], or a plain address for a request that did not come through a NAT); it is
     /// stored with the bindings it creates or refreshes.
     pub fn handle_register(
         &mut self,
         req: &Message<'_>,
-        source: SocketAddr,
+        source: impl Into<Flow>,
         now_ms: u64,
         ctx: &ResponseCtx<'_>,
         out: &mut Vec<u8>,
     ) -> RegisterOutcome {
+        let source = source.into();
         let mut outcome = RegisterOutcome::default();
         let mut key = core::mem::take(&mut self.key_buf);
         key.clear();
@@ -142,7 +158,7 @@ impl Registrar {
         &mut self,
         key: &[u8],
         req: &Message<'_>,
-        source: SocketAddr,
+        source: Flow,
         now_ms: u64,
         outcome: &mut RegisterOutcome,
     ) -> Result<Option<u32>, RegisterError> {
@@ -168,7 +184,7 @@ impl Registrar {
         key: &[u8],
         existing: Option<u32>,
         req: &Message<'_>,
-        source: SocketAddr,
+        source: Flow,
         now_ms: u64,
         outcome: &mut RegisterOutcome,
     ) -> Result<Option<u32>, RegisterError> {
@@ -266,7 +282,8 @@ impl Registrar {
                     q,
                     instance,
                     reg_id,
-                    source,
+                    source: source.addr,
+                    nat: source.nat,
                     branch_hash: branch,
                 };
                 Some(

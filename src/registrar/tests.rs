@@ -499,8 +499,13 @@ fn malformed_contact_uris_are_bad_contacts_even_without_validation() {
             via_fixup: None,
         };
         let mut out = Vec::new();
-        let outcome =
-            reg.handle_register(&req, "192.0.2.9:5060".parse().unwrap(), T0, &ctx, &mut out);
+        let outcome = reg.handle_register(
+            &req,
+            "192.0.2.9:5060".parse::<std::net::SocketAddr>().unwrap(),
+            T0,
+            &ctx,
+            &mut out,
+        );
         assert_eq!(outcome.error, Some(RegisterError::BadContact), "{c}");
     }
     assert_eq!(reg.binding_count(), 0);

@@ -12,12 +12,16 @@ mod reply;
 mod sim;
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_nat;
 
 use crate::auth::{AuthOutcome, Authenticator};
 use crate::config::{Mode, ProxySettings, RegistrarSettings};
 use crate::metrics::{DropReason, ShardStats};
-use crate::proxy::stateful::{next_hop, shard_of_branch, uri_address, Handled, Proxy, Target};
-use crate::registrar::{Registrar, RegistrarConfig, ResponseCtx};
+use crate::proxy::stateful::{
+    flow_destination, next_hop, shard_of_branch, uri_address, Handled, Proxy, Target,
+};
+use crate::registrar::{Binding, Flow, Registrar, RegistrarConfig, ResponseCtx};
 use crate::shard::ownership::{aor_hash, owner_shard};
 use crate::sip::write::write_with_fixed_via;
 use crate::sip::{Framing, HeaderName, Limits, Message, Method, Scheme, Uri};
@@ -94,6 +98,8 @@ pub struct Core {
     key: Vec<u8>,
     /// Scratch: a request copied with its top Via fixed up before it is forwarded.
     fixed_via_buf: Vec<u8>,
+    /// Scratch: the same with its Contact fixed for NAT.
+    fixed_contact_buf: Vec<u8>,
 }
 
 /// How often the nonce-count replay table drops expired nonces.
@@ -143,6 +149,7 @@ impl Core {
             proxy,
             key: Vec::with_capacity(128),
             fixed_via_buf: Vec::new(),
+            fixed_contact_buf: Vec::new(),
         }
     }
 
@@ -253,7 +260,24 @@ impl Core {
         handed_off: bool,
         out: &mut Outbox,
     ) -> Disposition {
+        if data.first().is_some_and(|&b| b < 2) {
+            // No SIP message starts with byte 0 or 1: a STUN keepalive (RFC 5626 §4.4.2).
+            let (buf, start) = out.begin();
+            if crate::nat::stun::answer(data, src, buf) {
+                out.commit(start, src, socket);
+                self.stats.dropped(DropReason::KeepAlive);
+            } else {
+                out.abort(start);
+                self.stats.dropped(DropReason::Malformed);
+            }
+            return Disposition::Done;
+        }
         if data.iter().all(|c| c.is_ascii_whitespace()) {
+            // A CRLF keepalive: a double CRLF ping gets its CRLF pong (RFC 5626 §4.4.1); a
+            // lone CRLF (a pong itself) is not answered, so two servers never ping-pong.
+            if data == b"\r\n\r\n" {
+                out.push(b"\r\n", src, socket);
+            }
             self.stats.dropped(DropReason::KeepAlive);
             return Disposition::Done;
         }
@@ -306,7 +330,7 @@ impl Core {
         if method == Method::Ack {
             // ACK is never answered: the transaction of a non-2xx absorbs it, the ACK of a
             // 2xx goes on to the next hop.
-            self.ack(msg, now_ms, out);
+            self.ack(msg, src, now_ms, out);
             return Disposition::Done;
         }
         let mut reply = Reply::new(msg, src, socket, &mut self.tag_seq, self.shard);
@@ -351,7 +375,7 @@ impl Core {
             Method::Cancel if self.cfg.mode == Mode::Stateless => {
                 // §16.11: a stateless proxy forwards the CANCEL where the INVITE went (same
                 // branch); the response comes from downstream.
-                if !self.relay_stateless_like_invite(msg, &ruri, now_ms, out) {
+                if !self.relay_stateless_like_invite(msg, &ruri, reply.source(), now_ms, out) {
                     reply.simple(out, 481, b"Call/Transaction Does Not Exist");
                 }
             }
@@ -361,7 +385,7 @@ impl Core {
                 // INVITE may have gone on without us keeping state); 481 only if there is
                 // nowhere to send it.
                 None => {
-                    if !self.relay_stateless_like_invite(msg, &ruri, now_ms, out) {
+                    if !self.relay_stateless_like_invite(msg, &ruri, reply.source(), now_ms, out) {
                         reply.simple(out, 481, b"Call/Transaction Does Not Exist");
                     }
                 }
@@ -371,16 +395,35 @@ impl Core {
             }),
             _ => {
                 let fix = reply.via_fixup();
-                if !fix.add_received {
+                let src = reply.source();
+                // A dialog's remote target behind a NAT: its Contact gets the address the
+                // request came from, so the other side's in-dialog requests reach it.
+                let fix_contact =
+                    crate::nat::contact_matters(msg) && crate::nat::behind_nat(msg, src);
+                if !fix.add_received && !fix_contact {
                     return self.for_user(msg, &ruri, now_ms, reply, out);
                 }
                 // What we forward carries received/rport in the caller's Via (§18.2.1, RFC
                 // 3581 §4), so that responses relayed by the Via alone reach it through NAT.
                 let mut buf = core::mem::take(&mut self.fixed_via_buf);
                 buf.clear();
-                let fixed = write_with_fixed_via(&mut buf, msg, fix)
-                    .then(|| Message::parse(&buf).ok())
-                    .flatten();
+                let written = if fix.add_received {
+                    write_with_fixed_via(&mut buf, msg, fix)
+                } else {
+                    buf.extend_from_slice(&msg.buf()[msg.start_offset()..msg.len()]);
+                    true
+                };
+                if written && fix_contact {
+                    let mut fixed = core::mem::take(&mut self.fixed_contact_buf);
+                    fixed.clear();
+                    let changed = Message::parse(&buf)
+                        .is_ok_and(|m| crate::nat::write_fixed_contact(&mut fixed, &m, src));
+                    if changed {
+                        core::mem::swap(&mut buf, &mut fixed);
+                    }
+                    self.fixed_contact_buf = fixed;
+                }
+                let fixed = written.then(|| Message::parse(&buf).ok()).flatten();
                 match fixed.as_ref().map(|m| (m, m.request_uri())) {
                     Some((m, Ok(u))) => self.for_user(m, &u, now_ms, reply, out),
                     _ => self.for_user(msg, &ruri, now_ms, reply, out),
@@ -485,10 +528,12 @@ impl Core {
             to_tag: reply.to_tag(),
             via_fixup: Some(reply.via_fixup()),
         };
+        let flow = Flow {
+            addr: reply.source(),
+            nat: crate::nat::behind_nat(msg, reply.source()),
+        };
         let (buf, start) = out.begin();
-        let outcome = self
-            .registrar
-            .handle_register(msg, reply.source(), now_ms, &ctx, buf);
+        let outcome = self.registrar.handle_register(msg, flow, now_ms, &ctx, buf);
         out.commit(start, reply.destination(), reply.socket());
         reply.sent(outcome.status);
         self.stats
@@ -498,7 +543,7 @@ impl Core {
 
     /// The ACK of a request: absorbed by the INVITE transaction it acknowledges (non-2xx), or
     /// relayed statelessly to the next hop (2xx, §16.11 / §13.2.2.4).
-    fn ack(&mut self, msg: &Message<'_>, now_ms: u64, out: &mut Outbox) {
+    fn ack(&mut self, msg: &Message<'_>, src: SocketAddr, now_ms: u64, out: &mut Outbox) {
         if msg.validate_for_proxy().is_err() {
             self.stats.dropped(DropReason::Malformed);
             return;
@@ -506,7 +551,7 @@ impl Core {
         if self.proxy.absorb(msg, now_ms, out).is_some() {
             return;
         }
-        match next_hop(msg, &self.proxy).and_then(|(u, _)| uri_address(&u)) {
+        match self.in_dialog_destination(msg, src) {
             Some(dst) if !self.proxy.is_ours_addr(dst) => {
                 self.proxy.relay_stateless(msg, None, dst, out);
             }
@@ -515,7 +560,7 @@ impl Core {
                 // goes where the INVITE went.
                 let relayed = self.cfg.mode == Mode::Stateless
                     && msg.request_uri().is_ok_and(|ruri| {
-                        self.relay_stateless_like_invite(msg, &ruri, now_ms, out)
+                        self.relay_stateless_like_invite(msg, &ruri, src, now_ms, out)
                     });
                 if !relayed {
                     self.stats.dropped(DropReason::Ack)
@@ -533,10 +578,11 @@ impl Core {
         &mut self,
         msg: &Message<'_>,
         ruri: &Uri<'_>,
+        src: SocketAddr,
         now_ms: u64,
         out: &mut Outbox,
     ) -> bool {
-        if let Some(dst) = next_hop(msg, &self.proxy).and_then(|(u, _)| uri_address(&u)) {
+        if let Some(dst) = self.in_dialog_destination(msg, src) {
             if !self.proxy.is_ours_addr(dst) {
                 return self.proxy.relay_stateless(msg, None, dst, out) == Handled::Relayed;
             }
@@ -552,12 +598,19 @@ impl Core {
         let Some(b) = bindings.first() else {
             return false;
         };
-        let uri = b.contact_uri();
-        let dst = Uri::parse(uri)
-            .ok()
-            .and_then(|u| uri_address(&u))
-            .unwrap_or_else(|| b.source());
-        self.proxy.relay_stateless(msg, Some(uri), dst, out) == Handled::Relayed
+        let t = binding_target(b);
+        self.proxy.relay_stateless(msg, Some(t.uri), t.dst, out) == Handled::Relayed
+    }
+
+    /// Where a request goes by its Route set and Request-URI: the flow of a NATed callee named
+    /// in our Record-Route (unless it comes from that flow), else the next hop (§16.12).
+    fn in_dialog_destination(&self, msg: &Message<'_>, src: SocketAddr) -> Option<SocketAddr> {
+        if msg.header(HeaderName::Route).is_some() {
+            if let Some(flow) = flow_destination(msg, &self.proxy, src) {
+                return Some(flow);
+            }
+        }
+        next_hop(msg, &self.proxy).and_then(|(u, _)| uri_address(&u))
     }
 
     /// Digest-authenticates a request from one of our users (RFC 3261 §22.3, 407). Returns
@@ -639,7 +692,7 @@ impl Core {
         let in_socket = reply.socket();
         if msg.to().ok().and_then(|t| t.tag()).is_some() {
             // In-dialog: loose routing to the next hop (§16.12).
-            let Some(dst) = next_hop(msg, &self.proxy).and_then(|(u, _)| uri_address(&u)) else {
+            let Some(dst) = self.in_dialog_destination(msg, reply.source()) else {
                 return reply.simple(out, 404, b"Not Found (no route for this dialog)");
             };
             if self.proxy.is_ours_addr(dst) {
@@ -654,6 +707,7 @@ impl Core {
                 uri: b"",
                 dst,
                 q: crate::registrar::DEFAULT_Q,
+                flow: false,
             }];
             self.proxy
                 .forward(msg, response_dst, in_socket, &target, false, now_ms, out);
@@ -694,17 +748,7 @@ impl Core {
                 }
             });
         }
-        let targets: Vec<Target<'_>> = bindings
-            .iter()
-            .map(|b| Target {
-                uri: b.contact_uri(),
-                dst: Uri::parse(b.contact_uri())
-                    .ok()
-                    .and_then(|u| uri_address(&u))
-                    .unwrap_or_else(|| b.source()),
-                q: b.q(),
-            })
-            .collect();
+        let targets: Vec<Target<'_>> = bindings.iter().map(|b| binding_target(b)).collect();
         if self.cfg.mode == Mode::Stateless {
             // §16.11: no transaction state; the first (best) target only.
             let t = targets[0];
@@ -727,4 +771,24 @@ fn knows_user(auth: &Authenticator, ruri: &Uri<'_>) -> bool {
     }
     let name: Vec<u8> = crate::sip::uri::Unescape::new(user).collect();
     auth.users().get(&name).is_some()
+}
+
+/// Where requests for a binding go: the flow it registered on when it came through a NAT or
+/// is an RFC 5626 outbound flow, else its Contact address (an IP literal; else the source).
+fn binding_target(b: &Binding) -> Target<'_> {
+    let flow = b.reached_by_flow();
+    let dst = if flow {
+        b.source()
+    } else {
+        Uri::parse(b.contact_uri())
+            .ok()
+            .and_then(|u| uri_address(&u))
+            .unwrap_or_else(|| b.source())
+    };
+    Target {
+        uri: b.contact_uri(),
+        dst,
+        q: b.q(),
+        flow,
+    }
 }

@@ -12,10 +12,10 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 const LISTEN: &str = "127.0.0.1:5060";
-const CALLER: &str = "192.0.2.10:5060";
-const T0: u64 = 1_000_000;
+pub(super) const CALLER: &str = "192.0.2.10:5060";
+pub(super) const T0: u64 = 1_000_000;
 
-fn addr(s: &str) -> SocketAddr {
+pub(super) fn addr(s: &str) -> SocketAddr {
     s.parse().unwrap()
 }
 
@@ -52,13 +52,13 @@ pub(super) fn core_with_proxy(
     )
 }
 
-fn core() -> Core {
+pub(super) fn core() -> Core {
     core_with(Mode::Proxy, RegistrarSettings::default(), None)
 }
 
-/// Sends `data` from `src` to the core's listen socket (0) or own socket (1); returns what it
+/// Sends `data` from `src` to the core's listen socket `socket`; returns what it
 /// sent as (destination, bytes).
-fn send(
+pub(super) fn send(
     c: &mut Core,
     data: &[u8],
     src: &str,
@@ -83,12 +83,12 @@ fn drain(out: &Outbox) -> Vec<(SocketAddr, Vec<u8>)> {
         .collect()
 }
 
-fn register(c: &mut Core, user: &str, contact: &str) {
+pub(super) fn register(c: &mut Core, user: &str, contact: &str) {
     register_q(c, user, contact, "");
 }
 
 /// Registers `contact` for `user` with Contact parameters `params` (e.g. `;q=0.5`).
-fn register_q(c: &mut Core, user: &str, contact: &str, params: &str) {
+pub(super) fn register_q(c: &mut Core, user: &str, contact: &str, params: &str) {
     let msg = format!(
         "REGISTER sip:localhost SIP/2.0\r\nVia: SIP/2.0/UDP {contact};branch=z9hG4bKreg{user}{contact}\r\n\
          Max-Forwards: 70\r\nFrom: <sip:{user}@localhost>;tag=r\r\nTo: <sip:{user}@localhost>\r\n\
@@ -109,7 +109,7 @@ fn invite(branch: &str) -> Vec<u8> {
     .into_bytes()
 }
 
-fn status(b: &[u8]) -> u16 {
+pub(super) fn status(b: &[u8]) -> u16 {
     Message::parse(b).unwrap().status().unwrap()
 }
 
@@ -124,7 +124,7 @@ fn top_branch(b: &[u8]) -> Vec<u8> {
         .to_vec()
 }
 
-fn method(b: &[u8]) -> Vec<u8> {
+pub(super) fn method(b: &[u8]) -> Vec<u8> {
     Message::parse(b).unwrap().method_bytes().unwrap().to_vec()
 }
 
@@ -736,7 +736,7 @@ fn stateless_mode_detects_a_loop_and_lets_a_spiral_through() {
 }
 
 /// What went to `dst`.
-fn sent_to(out: &[(SocketAddr, Vec<u8>)], dst: &str) -> Vec<Vec<u8>> {
+pub(super) fn sent_to(out: &[(SocketAddr, Vec<u8>)], dst: &str) -> Vec<Vec<u8>> {
     out.iter()
         .filter(|(d, _)| *d == addr(dst))
         .map(|(_, b)| b.clone())
