@@ -167,8 +167,8 @@ pub struct Cli {
     /// Allow running without authentication on a non-loopback address.
     #[arg(long)]
     pub allow_unauthenticated: bool,
-    /// Digest algorithms to offer, most preferred first: sha-256,md5 (default) or md5 for
-    /// clients that only do MD5 (SIPp 3.6).
+    /// Digest challenges to offer, in order: md5,sha-256 (default; most phones answer only
+    /// the first, MD5), or e.g. sha-256 when every phone does SHA-256; also sha-512-256.
     #[arg(long, value_name = "LIST")]
     pub auth_algorithms: Option<String>,
     /// Log filter (error, warn, info, debug, trace).
@@ -301,7 +301,12 @@ fn parse_algorithms<'s>(
         let alg = match name.trim().to_ascii_uppercase().as_str() {
             "MD5" => crate::auth::Algorithm::Md5,
             "SHA-256" | "SHA256" => crate::auth::Algorithm::Sha256,
-            _ => return err(format!("{key} '{name}': expected md5 or sha-256")),
+            "SHA-512-256" | "SHA512-256" => crate::auth::Algorithm::Sha512_256,
+            _ => {
+                return err(format!(
+                    "{key} '{name}': expected md5, sha-256 or sha-512-256"
+                ))
+            }
         };
         if !out.contains(&alg) {
             out.push(alg);
@@ -502,7 +507,7 @@ impl Cli {
             (None, Some(list)) => {
                 parse_algorithms("auth_algorithms", list.iter().map(|s| s.as_str()))?
             }
-            (None, None) => crate::auth::Algorithm::PREFERENCE.to_vec(),
+            (None, None) => crate::auth::Algorithm::DEFAULT_OFFER.to_vec(),
         };
         let config = Config {
             listen,
@@ -602,6 +607,16 @@ mod tests {
         assert!(e.0.starts_with("--auth-algorithms"), "{e}");
         let c = cli(&["--auth-algorithms", "MD5"]).unwrap();
         assert_eq!(c.auth_algorithms, vec![crate::auth::Algorithm::Md5]);
+        let c = cli(&["--auth-algorithms", "sha-512-256,SHA-256"]).unwrap();
+        use crate::auth::Algorithm;
+        assert_eq!(
+            c.auth_algorithms,
+            vec![Algorithm::Sha512_256, Algorithm::Sha256]
+        );
+        assert_eq!(
+            cli(&[]).unwrap().auth_algorithms,
+            vec![Algorithm::Md5, Algorithm::Sha256]
+        );
         let e = cli(&["--io", "epoll"]).unwrap_err();
         assert!(e.0.starts_with("--io"), "{e}");
         let e = cli(&["--metrics", "nope"]).unwrap_err();

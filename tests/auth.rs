@@ -89,14 +89,15 @@ fn alice_reg() -> Register {
 }
 
 #[test]
-fn no_credentials_gets_401_with_sha256_then_md5() {
+fn no_credentials_gets_401_with_md5_then_sha256() {
     let s_ = alice_server();
     let c = Client::new();
     let r = challenge(&c, &s_, &alice_reg());
     let all = challenges(&r);
     assert_eq!(all.len(), 2, "{}", String::from_utf8_lossy(&r));
-    assert_eq!(s(all[0].algorithm), "SHA-256");
-    assert_eq!(s(all[1].algorithm), "MD5");
+    // MD5 first: sipsak, SIPp, baresip and linphone answer the first challenge only.
+    assert_eq!(s(all[0].algorithm), "MD5");
+    assert_eq!(s(all[1].algorithm), "SHA-256");
     for d in &all {
         assert_eq!(s(d.realm), "localhost");
         assert_eq!(s(d.qop), "auth");
@@ -126,6 +127,26 @@ fn auth_algorithms_md5_offers_only_md5() {
     assert_eq!(s(all[0].algorithm), "MD5");
     let reg = alice_reg();
     let r = register_as(&c, &s_, &reg, None, "alice", "secret");
+    assert_status(&r, 200);
+}
+
+#[test]
+fn auth_algorithms_sha512_256_first_is_offered_and_answered() {
+    let s_ = ServerProcess::start(&[
+        "--shards",
+        "1",
+        "--user",
+        "alice:secret",
+        "--auth-algorithms",
+        "sha-512-256,sha-256",
+    ]);
+    let c = Client::new();
+    let r = challenge(&c, &s_, &alice_reg());
+    let all = challenges(&r);
+    assert_eq!(all.len(), 2, "{}", String::from_utf8_lossy(&r));
+    assert_eq!(s(all[0].algorithm), "SHA-512-256");
+    assert_eq!(s(all[1].algorithm), "SHA-256");
+    let r = register_as(&c, &s_, &alice_reg(), None, "alice", "secret");
     assert_status(&r, 200);
 }
 

@@ -1,5 +1,5 @@
 //! Digest authentication for the registrar and the proxy (RFC 3261 §22.2–§22.4 with the
-//! digest of RFC 7616 and the SHA-256 algorithm of RFC 8760).
+//! digest of RFC 7616 and the SHA-256 and SHA-512-256 algorithms of RFC 8760).
 //!
 //! An [`Authenticator`] per shard checks the `Authorization` or `Proxy-Authorization`
 //! credentials of a request ([`Authenticator::check`]) and writes challenges
@@ -8,7 +8,11 @@
 //!
 //! Policy:
 //! - only `qop=auth` is accepted (no RFC 2069 digest without qop, no `auth-int`), with
-//!   `algorithm` `SHA-256` or `MD5` (absent means MD5); anything else gets a challenge;
+//!   `algorithm` `MD5`, `SHA-256` or `SHA-512-256` (absent means MD5), whichever challenges
+//!   are offered; anything else gets a challenge;
+//! - challenges offered by default: MD5 first, then SHA-256 ([`Algorithm::DEFAULT_OFFER`]:
+//!   sipsak, SIPp, baresip and linphone answer the first challenge, and most only MD5);
+//!   [`Authenticator::with_algorithms`] sets another order;
 //! - the `uri` parameter must equal the Request-URI byte for byte, the realm must be ours;
 //! - the answer does not depend on whether the user exists: an unknown user costs the same
 //!   hashing as a wrong password (against a dummy HA1) and gets the same challenge;
@@ -92,9 +96,9 @@ struct Shared {
     salt_base: u32,
     /// `Digest realm="<realm, escaped>", nonce="`: what every challenge value starts with.
     challenge_head: Box<[u8]>,
-    /// HA1 values no password produces, hashed for unknown users so that they cost the same.
-    dummy_md5: HexHash,
-    dummy_sha256: HexHash,
+    /// HA1 values no password produces (one per algorithm, in the order of
+    /// [`Algorithm::ALL`]), hashed for unknown users so that they cost the same.
+    dummy_ha1: [HexHash; Algorithm::ALL.len()],
 }
 
 /// A shard's digest authenticator. See the module documentation.
@@ -132,14 +136,9 @@ impl Authenticator {
             nonces: NonceKey::new(&secret, realm.as_bytes()),
             salt_base: nonce::random_u32(),
             ttl_s: nonce_ttl_s,
-            algorithms: Algorithm::PREFERENCE.to_vec(),
-            dummy_md5: digest::ha1(Algorithm::Md5, b"", realm.as_bytes(), dummy_pw.as_bytes()),
-            dummy_sha256: digest::ha1(
-                Algorithm::Sha256,
-                b"",
-                realm.as_bytes(),
-                dummy_pw.as_bytes(),
-            ),
+            algorithms: Algorithm::DEFAULT_OFFER.to_vec(),
+            dummy_ha1: Algorithm::ALL
+                .map(|alg| digest::ha1(alg, b"", realm.as_bytes(), dummy_pw.as_bytes())),
             users,
         };
         Authenticator {
@@ -151,8 +150,8 @@ impl Authenticator {
         }
     }
 
-    /// Offers these algorithms, in this order, instead of SHA-256 then MD5 (for clients
-    /// such as SIPp 3.6 that fail on the first challenge when it is not MD5).
+    /// Offers these algorithms, in this order, instead of MD5 then SHA-256 (for deployments
+    /// whose phones all answer SHA-256: `[Sha256]` or `[Sha512_256, Sha256]`).
     ///
     /// # Panics
     /// If `algorithms` is empty or after [`Authenticator::for_shard`] shared the settings.
@@ -277,10 +276,7 @@ impl Authenticator {
         let username = unq(username);
         let user_ha1 = sh.users.get(&username).and_then(|u| u.ha1(alg));
         // Unknown users (or users without an HA1 for this algorithm) hash as much as others.
-        let ha1 = user_ha1.unwrap_or(match alg {
-            Algorithm::Md5 => &sh.dummy_md5,
-            Algorithm::Sha256 => &sh.dummy_sha256,
-        });
+        let ha1 = user_ha1.unwrap_or(&sh.dummy_ha1[alg.index()]);
         // `uri` equals the Request-URI (checked above).
         let ha2 = self.ha2.get(alg, method, ruri);
         let expected = digest::response_with_ha2(alg, ha1, &nonce, nc_text, &unq(cnonce), &ha2);
@@ -307,9 +303,9 @@ impl Authenticator {
     }
 
     /// Writes the challenge header lines `header_name: Digest ...` (`WWW-Authenticate` for
-    /// 401, `Proxy-Authenticate` for 407) with a fresh nonce: SHA-256 first, then MD5
-    /// (RFC 8760 §2.4), each with realm, nonce, algorithm, `qop="auth"` and `stale=true` when
-    /// `stale`.
+    /// 401, `Proxy-Authenticate` for 407) with a fresh nonce, one per offered algorithm in the
+    /// configured order (MD5 then SHA-256 by default), each with realm, nonce, algorithm,
+    /// `qop="auth"` and `stale=true` when `stale`.
     pub fn write_challenge(&self, out: &mut Vec<u8>, header_name: &str, stale: bool, now_ms: u64) {
         self.write_challenge_for(self.shard as usize, out, header_name, stale, now_ms);
     }
@@ -341,7 +337,7 @@ impl Authenticator {
             + 2
             + sh.challenge_head.len()
             + nonce.as_bytes().len()
-            + b"\", algorithm=SHA-256, qop=\"auth\"".len()
+            + b"\", algorithm=SHA-512-256, qop=\"auth\"".len()
             + STALE.len()
             + 2;
         out.reserve(line_len * sh.algorithms.len());

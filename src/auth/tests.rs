@@ -24,6 +24,14 @@ fn users() -> UserDb {
         HA1_PW.as_bytes(),
     );
     db.add_line(&format!("carol:ha1={}", sha.as_str())).unwrap();
+    let sha512 = digest::ha1(
+        Algorithm::Sha512_256,
+        b"erin",
+        REALM.as_bytes(),
+        HA1_PW.as_bytes(),
+    );
+    db.add_line(&format!("erin:ha1-sha512-256={}", sha512.as_str()))
+        .unwrap();
     db
 }
 
@@ -45,10 +53,24 @@ fn challenge_lines(a: &Authenticator, stale: bool, now: u64) -> Vec<(String, Str
         .collect()
 }
 
-/// The challenge value of `alg` written at `now`.
+/// The challenge value of `alg` written at `now` (the first offered one with its algorithm
+/// renamed when `alg` is not offered: one nonce serves every algorithm).
 fn challenge(a: &Authenticator, alg: Algorithm, now: u64) -> String {
-    let i = if alg == Algorithm::Sha256 { 0 } else { 1 };
-    challenge_lines(a, false, now).swap_remove(i).1
+    let lines = challenge_lines(a, false, now);
+    let name = |v: &str| {
+        let d = AuthHeader::parse(v.as_bytes()).unwrap().digest();
+        std::str::from_utf8(d.algorithm.unwrap())
+            .unwrap()
+            .to_owned()
+    };
+    if let Some((_, v)) = lines.iter().find(|(_, v)| name(v) == alg.name()) {
+        return v.clone();
+    }
+    let v = &lines[0].1;
+    v.replace(
+        &format!("algorithm={}", name(v)),
+        &format!("algorithm={}", alg.name()),
+    )
 }
 
 fn creds_for(challenge: &str, user: &str, pw: &str, uri: &str, nc: u32) -> String {
@@ -99,7 +121,8 @@ fn challenge_format() {
     let lines = challenge_lines(&a, false, T0);
     assert_eq!(lines.len(), 2);
     let mut nonces = Vec::new();
-    for ((name, value), alg) in lines.iter().zip(["SHA-256", "MD5"]) {
+    // MD5 first by default: clients that answer only the first challenge answer it.
+    for ((name, value), alg) in lines.iter().zip(["MD5", "SHA-256"]) {
         assert_eq!(name, "WWW-Authenticate");
         let h = AuthHeader::parse(value.as_bytes()).unwrap();
         assert!(h.is_digest());
@@ -139,13 +162,14 @@ fn challenge_parses_as_a_sip_header() {
     let msg = Message::parse(&out).unwrap();
     msg.validate().unwrap();
     let best = client::first_supported_challenge(&msg, HeaderName::WwwAuthenticate).unwrap();
-    assert_eq!(best.algorithm, Some(&b"SHA-256"[..]));
+    assert_eq!(best.algorithm, Some(&b"MD5"[..]));
 }
 
 #[test]
-fn good_credentials_sha256_and_md5() {
+fn good_credentials_for_every_algorithm() {
     let mut a = auth();
-    for alg in Algorithm::PREFERENCE {
+    // SHA-512-256 is accepted though not offered by default.
+    for alg in Algorithm::ALL {
         let c = creds(&a, alg, "alice", "secret", T0);
         assert!(c.contains(&format!("algorithm={}", alg.name())));
         assert_eq!(check(&mut a, &c), ok("alice"), "{alg:?}");
@@ -185,7 +209,7 @@ fn escaped_user_name() {
 #[test]
 fn wrong_password() {
     let mut a = auth();
-    for alg in Algorithm::PREFERENCE {
+    for alg in Algorithm::ALL {
         let c = creds(&a, alg, "alice", "Secret", T0);
         assert_eq!(check(&mut a, &c), CHALLENGE);
     }
@@ -199,7 +223,7 @@ fn unknown_user_is_indistinguishable_from_wrong_password() {
         let outcome = check(a, c);
         (outcome, HASHES.with(|n| n.get()) - before)
     };
-    for alg in Algorithm::PREFERENCE {
+    for alg in Algorithm::ALL {
         let wrong_pw = creds(&a, alg, "alice", "guess", T0);
         let unknown = creds(&a, alg, "mallory", "guess", T0);
         // The same hashing work: HA2 and the response, against a dummy HA1 for the unknown
@@ -244,7 +268,7 @@ fn dummy_ha1_never_authenticates() {
     let mut a = auth();
     // Whoever knew the secret could answer with the dummy HA1 used for unknown users.
     let dummy_pw = hex::encode([3u8; 32]);
-    for alg in Algorithm::PREFERENCE {
+    for alg in Algorithm::ALL {
         for user in ["", "mallory"] {
             let ch = challenge(&a, alg, T0);
             let d = AuthHeader::parse(ch.as_bytes()).unwrap().digest();
@@ -267,6 +291,12 @@ fn ha1_users_from_file_use_their_algorithm_only() {
     assert_eq!(check(&mut a, &c), ok("carol"));
     let c = creds(&a, Algorithm::Md5, "carol", HA1_PW, T0);
     assert_eq!(check(&mut a, &c), CHALLENGE);
+    let c = creds(&a, Algorithm::Sha512_256, "erin", HA1_PW, T0);
+    assert_eq!(check(&mut a, &c), ok("erin"));
+    for alg in [Algorithm::Md5, Algorithm::Sha256] {
+        let c = creds(&a, alg, "erin", HA1_PW, T0);
+        assert_eq!(check(&mut a, &c), CHALLENGE, "{alg:?}");
+    }
 }
 
 #[test]
@@ -534,9 +564,15 @@ fn offered_algorithms_follow_the_configured_order() {
     let b = auth().with_algorithms(&[Algorithm::Md5, Algorithm::Sha256]);
     let lines = challenge_lines(&b, false, T0);
     assert!(lines[0].1.contains("algorithm=MD5") && lines[1].1.contains("algorithm=SHA-256"));
-    // The default is RFC 8760's order: SHA-256 first.
+    // The default: MD5 first, SHA-256 second, nothing else.
     let lines = challenge_lines(&auth(), false, T0);
-    assert!(lines[0].1.contains("algorithm=SHA-256"));
+    assert_eq!(lines.len(), 2);
+    assert!(lines[0].1.contains("algorithm=MD5"), "{lines:?}");
+    assert!(lines[1].1.contains("algorithm=SHA-256"), "{lines:?}");
+    let c = auth().with_algorithms(&[Algorithm::Sha512_256, Algorithm::Sha256]);
+    let lines = challenge_lines(&c, false, T0);
+    assert!(lines[0].1.contains("algorithm=SHA-512-256"), "{lines:?}");
+    assert!(lines[1].1.contains("algorithm=SHA-256"), "{lines:?}");
 }
 
 /// `write_challenge` as it was before it wrote in place from a prepared head: the realm quoted
@@ -571,8 +607,9 @@ fn challenge_before(
 
 #[test]
 fn challenges_are_byte_for_byte_those_of_before() {
-    let orders: [&[Algorithm]; 4] = [
-        &Algorithm::PREFERENCE,
+    let orders: [&[Algorithm]; 5] = [
+        &Algorithm::DEFAULT_OFFER,
+        &Algorithm::ALL,
         &[Algorithm::Md5],
         &[Algorithm::Sha256],
         &[Algorithm::Md5, Algorithm::Sha256],
@@ -622,7 +659,7 @@ fn cached_ha2_follows_the_request_uri_and_method() {
     let mut nc = 0;
     for round in 0..3 {
         for (i, uri) in uris.iter().enumerate() {
-            for alg in Algorithm::PREFERENCE {
+            for alg in Algorithm::ALL {
                 for method in ["REGISTER", "INVITE"] {
                     nc += 1;
                     let ch = challenge(&a, alg, T0);
