@@ -245,27 +245,47 @@ fn replayed_nonce_count_gets_401() {
     assert_status(&r, 200);
 }
 
-#[test]
-fn digest_uri_must_equal_the_request_uri() {
-    let s_ = alice_server();
+/// Credentials computed (and sent) for `uri="sip:127.0.0.1:5060"` on a REGISTER whose
+/// Request-URI is `sip:localhost`, as SIPp's `[authentication]` writes them, then for the
+/// Request-URI: the statuses of the two answers.
+fn register_with_digest_uri_of_sipp(s_: &ServerProcess) -> (u16, u16) {
     let c = Client::new();
     let reg = alice_reg();
-    let ch = challenge(&c, &s_, &reg);
+    let ch = challenge(&c, s_, &reg);
     let d = challenges(&ch)[0];
     let client = DigestClient {
         username: "alice",
         password: "secret",
     };
-    // Right password, but computed for another Request-URI.
     let creds = client
-        .authorization(&d, b"REGISTER", b"sip:127.0.0.1", 1, "0a4f113b")
+        .authorization(&d, b"REGISTER", b"sip:127.0.0.1:5060", 1, "0a4f113b")
         .unwrap();
-    assert_status(&reg.next().with_auth(&creds).send(&c, s_.addr), 401);
-    // Computed for the right one (the nonce is still unused).
+    let first = status(&reg.next().with_auth(&creds).send(&c, s_.addr));
     let creds = client
-        .authorization(&d, b"REGISTER", reg.ruri.as_bytes(), 1, "0a4f113b")
+        .authorization(&d, b"REGISTER", reg.ruri.as_bytes(), 2, "0a4f113b")
         .unwrap();
-    assert_status(&reg.next().next().with_auth(&creds).send(&c, s_.addr), 200);
+    let second = status(&reg.next().next().with_auth(&creds).send(&c, s_.addr));
+    (first, second)
+}
+
+#[test]
+fn digest_uri_is_verified_as_the_client_sent_it() {
+    assert_eq!(
+        register_with_digest_uri_of_sipp(&alice_server()),
+        (200, 200)
+    );
+}
+
+#[test]
+fn strict_digest_uri_requires_the_request_uri() {
+    let s_ = ServerProcess::start(&[
+        "--shards",
+        "1",
+        "--user",
+        "alice:secret",
+        "--strict-digest-uri",
+    ]);
+    assert_eq!(register_with_digest_uri_of_sipp(&s_), (401, 200));
 }
 
 #[test]

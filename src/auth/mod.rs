@@ -13,7 +13,12 @@
 //! - challenges offered by default: MD5 first, then SHA-256 ([`Algorithm::DEFAULT_OFFER`]:
 //!   sipsak, SIPp, baresip and linphone answer the first challenge, and most only MD5);
 //!   [`Authenticator::with_algorithms`] sets another order;
-//! - the `uri` parameter must equal the Request-URI byte for byte, the realm must be ours;
+//! - the response is verified over the `uri` parameter the client sent, as Kamailio does,
+//!   whether or not it equals the Request-URI (SIPp's `[authentication]` sends
+//!   `uri="sip:HOST:PORT"` for a Request-URI `sip:bob@HOST`); the method is the request's,
+//!   and nonce, nonce count and realm bind the credentials as always.
+//!   [`Authenticator::with_strict_uri`] requires `uri` to equal the Request-URI byte for
+//!   byte (`strict_digest_uri`); the realm must be ours;
 //! - the answer does not depend on whether the user exists: an unknown user costs the same
 //!   hashing as a wrong password (against a dummy HA1) and gets the same challenge;
 //! - `stale=true` only when the response is right but the nonce expired.
@@ -91,6 +96,8 @@ struct Shared {
     ttl_s: u32,
     /// The challenges offered, in order of preference.
     algorithms: Vec<Algorithm>,
+    /// The digest `uri` must equal the Request-URI (else any `uri` is hashed as sent).
+    strict_uri: bool,
     /// Shard `i`'s nonces carry `salt_base + i` in the high half of their salt (random per
     /// run): a shard tells its own nonces by it, and any shard can issue a nonce for another.
     salt_base: u32,
@@ -137,6 +144,7 @@ impl Authenticator {
             salt_base: nonce::random_u32(),
             ttl_s: nonce_ttl_s,
             algorithms: Algorithm::DEFAULT_OFFER.to_vec(),
+            strict_uri: false,
             dummy_ha1: Algorithm::ALL
                 .map(|alg| digest::ha1(alg, b"", realm.as_bytes(), dummy_pw.as_bytes())),
             users,
@@ -160,6 +168,19 @@ impl Authenticator {
         Arc::get_mut(&mut self.shared)
             .expect("set algorithms before creating shard authenticators")
             .algorithms = algorithms.to_vec();
+        self
+    }
+
+    /// With `strict`, credentials whose `uri` differs from the Request-URI (byte for byte) get
+    /// a new challenge, as RFC 2617 §3.2.2.5 lets a server do; without it (the default) the
+    /// response is verified over the `uri` the client sent.
+    ///
+    /// # Panics
+    /// After [`Authenticator::for_shard`] shared the settings.
+    pub fn with_strict_uri(mut self, strict: bool) -> Self {
+        Arc::get_mut(&mut self.shared)
+            .expect("set strict_uri before creating shard authenticators")
+            .strict_uri = strict;
         self
     }
 
@@ -263,11 +284,12 @@ impl Authenticator {
         if d.userhash.is_some_and(|u| u.eq_ignore_ascii_case(b"true")) {
             return CHALLENGE;
         }
-        if unq(uri).as_ref() != ruri {
+        let uri = unq(uri);
+        let sh = &*self.shared;
+        if sh.strict_uri && uri.as_ref() != ruri {
             return CHALLENGE;
         }
         let nonce = unq(nonce);
-        let sh = &*self.shared;
         let id = match sh.nonces.check(&nonce, now_ms, sh.ttl_s) {
             NonceStatus::Invalid => return CHALLENGE,
             NonceStatus::Fresh(id) => Ok(id),
@@ -277,8 +299,8 @@ impl Authenticator {
         let user_ha1 = sh.users.get(&username).and_then(|u| u.ha1(alg));
         // Unknown users (or users without an HA1 for this algorithm) hash as much as others.
         let ha1 = user_ha1.unwrap_or(&sh.dummy_ha1[alg.index()]);
-        // `uri` equals the Request-URI (checked above).
-        let ha2 = self.ha2.get(alg, method, ruri);
+        // HA2 over the `uri` the client hashed (the cache is keyed by what it hashes).
+        let ha2 = self.ha2.get(alg, method, &uri);
         let expected = digest::response_with_ha2(alg, ha1, &nonce, nc_text, &unq(cnonce), &ha2);
         if !(responses_equal(&expected, given) & user_ha1.is_some()) {
             return CHALLENGE;

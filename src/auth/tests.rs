@@ -341,8 +341,29 @@ fn credentials_for_another_realm_are_skipped() {
 }
 
 #[test]
-fn wrong_uri() {
+fn digest_uri_is_verified_as_sent() {
     let mut a = auth();
+    let ch = challenge(&a, Algorithm::Md5, T0);
+    // SIPp's [authentication]: uri="sip:HOST:PORT" whatever the Request-URI.
+    let c = creds_for(&ch, "alice", "secret", "sip:127.0.0.1:5060", 1);
+    assert_eq!(check(&mut a, &c), ok("alice"));
+    let c = creds_for(&ch, "alice", "secret", "sip:EXAMPLE.com", 2);
+    assert_eq!(check(&mut a, &c), ok("alice"));
+    // The response binds the uri: computed for one, sent with another, refused.
+    let c = creds_for(&ch, "alice", "secret", "sip:example.org", 3)
+        .replace("uri=\"sip:example.org\"", &format!("uri=\"{RURI}\""));
+    assert_eq!(check(&mut a, &c), CHALLENGE);
+    let c = creds_for(&ch, "alice", "secret", RURI, 4)
+        .replace(&format!("uri=\"{RURI}\""), "uri=\"sip:example.org\"");
+    assert_eq!(check(&mut a, &c), CHALLENGE);
+    // Nonce counts are as strict as ever: the first one again is a replay.
+    let c = creds_for(&ch, "alice", "secret", "sip:127.0.0.1:5060", 1);
+    assert_eq!(check(&mut a, &c), CHALLENGE);
+}
+
+#[test]
+fn strict_uri_requires_the_request_uri() {
+    let mut a = auth().with_strict_uri(true);
     let ch = challenge(&a, Algorithm::Sha256, T0);
     let c = creds_for(&ch, "alice", "secret", "sip:example.org", 1);
     assert_eq!(check(&mut a, &c), CHALLENGE);
@@ -350,6 +371,31 @@ fn wrong_uri() {
     assert_eq!(check(&mut a, &c), CHALLENGE);
     let c = creds_for(&ch, "alice", "secret", RURI, 3);
     assert_eq!(check(&mut a, &c), ok("alice"));
+}
+
+#[test]
+fn cached_ha2_follows_the_digest_uri() {
+    // One Request-URI, credentials alternating between `uri` values: the HA2 cache (keyed by
+    // the `uri` hashed) never answers for another one.
+    let mut a = auth();
+    let uris = ["sip:example.com", "sip:127.0.0.1:5060", "sip:example.co"];
+    let mut nc = 0;
+    for round in 0..3 {
+        for (i, uri) in uris.iter().enumerate() {
+            for alg in Algorithm::ALL {
+                let ch = challenge(&a, alg, T0);
+                nc += 1;
+                let c = creds_for(&ch, "alice", "secret", uri, nc);
+                assert_eq!(check(&mut a, &c), ok("alice"), "{round} {i} {alg:?}");
+                // The same response claimed for the previous uri.
+                nc += 1;
+                let other = uris[(i + 2) % uris.len()];
+                let c = creds_for(&ch, "alice", "secret", uri, nc)
+                    .replace(&format!("uri=\"{uri}\""), &format!("uri=\"{other}\""));
+                assert_eq!(check(&mut a, &c), CHALLENGE, "{round} {i} {alg:?}");
+            }
+        }
+    }
 }
 
 #[test]
