@@ -21,7 +21,10 @@
 //!   byte (`strict_digest_uri`); the realm must be ours;
 //! - the answer does not depend on whether the user exists: an unknown user costs the same
 //!   hashing as a wrong password (against a dummy HA1) and gets the same challenge;
-//! - `stale=true` only when the response is right but the nonce expired.
+//! - `stale=true` only when the response is right but the nonce expired;
+//! - [`Authenticator::check_from`] logs every failed authentication (wrong password, unknown
+//!   user, replayed nonce count, wrong realm) at `warn` as one `key=value` line with the
+//!   source address ([`failure`]), for operators and fail2ban.
 //!
 //! ```
 //! use std::sync::Arc;
@@ -51,12 +54,14 @@
 
 pub mod client;
 pub mod digest;
+pub mod failure;
 pub mod nonce;
 pub mod replay;
 pub mod users;
 
 use std::borrow::Cow;
 use std::cell::Cell;
+use std::net::SocketAddr;
 use std::sync::Arc;
 
 use crate::sip::headers::{AuthHeader, DigestParams};
@@ -64,6 +69,7 @@ use crate::sip::{HeaderName, Message};
 
 pub use client::{client_response, DigestClient};
 pub use digest::Algorithm;
+pub use failure::{FailReason, Failure};
 pub use nonce::{random_secret, Secret, DEFAULT_NONCE_TTL_S};
 pub use users::{UserDb, UserDbError};
 
@@ -231,26 +237,69 @@ impl Authenticator {
     /// Checks the credentials in the `header` lines (Authorization for a registrar or UAS,
     /// Proxy-Authorization for a proxy) of request `req` at `now_ms`.
     pub fn check(&mut self, req: &Message<'_>, header: HeaderName, now_ms: u64) -> AuthOutcome {
+        self.check_detailed(req, header, now_ms).0
+    }
+
+    /// [`Authenticator::check`] for a request from `src`, logging a failed authentication at
+    /// `warn` ([`failure`] describes the line). Costs nothing more than tracing's level check
+    /// when `warn` is off.
+    pub fn check_from(
+        &mut self,
+        req: &Message<'_>,
+        header: HeaderName,
+        now_ms: u64,
+        src: SocketAddr,
+    ) -> AuthOutcome {
+        let (outcome, failure) = self.check_detailed(req, header, now_ms);
+        if let Some(f) = failure {
+            tracing::warn!("{}", f.log_line(src));
+        }
+        outcome
+    }
+
+    /// [`Authenticator::check`], with the failed authentication when the credentials were
+    /// refused as wrong (None for a request without credentials, a stale nonce and every
+    /// other challenge or 400).
+    pub fn check_detailed<'m>(
+        &mut self,
+        req: &Message<'m>,
+        header: HeaderName,
+        now_ms: u64,
+    ) -> (AuthOutcome, Option<Failure<'m>>) {
         let (Some(method), Some(ruri)) = (req.method_bytes(), req.request_uri_bytes()) else {
-            return AuthOutcome::BadRequest("not a request");
+            return (AuthOutcome::BadRequest("not a request"), None);
         };
+        let mut foreign = None;
         for raw in req.header_all(header) {
             let d = match AuthHeader::parse_digest(raw) {
                 Ok((h, d)) if h.is_digest() => d,
                 // Other schemes (Basic's token68 does not parse as auth-params) are not ours.
                 Ok(_) => continue,
                 Err(_) if !is_digest_scheme(raw) => continue,
-                Err(_) => return AuthOutcome::BadRequest("malformed credentials"),
+                Err(_) => return (AuthOutcome::BadRequest("malformed credentials"), None),
             };
             let Some(realm) = d.realm else {
-                return AuthOutcome::BadRequest("credentials without realm");
+                return (AuthOutcome::BadRequest("credentials without realm"), None);
             };
             // RFC 3261 §22.4: credentials for other realms are for other servers.
             if *unq(realm) == *self.shared.realm.as_bytes() {
-                return self.verify(&d, method, ruri, now_ms);
+                let (outcome, reason) = self.verify(&d, method, ruri, now_ms);
+                let failure = reason.map(|reason| Failure {
+                    reason,
+                    user: d.username.unwrap_or_default(),
+                    realm,
+                    method,
+                });
+                return (outcome, failure);
             }
+            foreign.get_or_insert(Failure {
+                reason: FailReason::WrongRealm,
+                user: d.username.unwrap_or_default(),
+                realm,
+                method,
+            });
         }
-        AuthOutcome::Challenge { stale: false }
+        (AuthOutcome::Challenge { stale: false }, foreign)
     }
 
     fn verify(
@@ -259,12 +308,16 @@ impl Authenticator {
         method: &[u8],
         ruri: &[u8],
         now_ms: u64,
-    ) -> AuthOutcome {
-        const CHALLENGE: AuthOutcome = AuthOutcome::Challenge { stale: false };
+    ) -> (AuthOutcome, Option<FailReason>) {
+        const CHALLENGE: (AuthOutcome, Option<FailReason>) =
+            (AuthOutcome::Challenge { stale: false }, None);
+        const STALE: (AuthOutcome, Option<FailReason>) =
+            (AuthOutcome::Challenge { stale: true }, None);
+        let bad = |why| (AuthOutcome::BadRequest(why), None);
         let (Some(username), Some(nonce), Some(uri), Some(given)) =
             (d.username, d.nonce, d.uri, d.response)
         else {
-            return AuthOutcome::BadRequest("credentials without username, nonce, uri or response");
+            return bad("credentials without username, nonce, uri or response");
         };
         // No qop is the RFC 2069 digest, which has no nonce count: not accepted.
         let Some(qop) = d.qop else { return CHALLENGE };
@@ -272,10 +325,10 @@ impl Authenticator {
             return CHALLENGE;
         }
         let (Some(nc_text), Some(cnonce)) = (d.nc, d.cnonce) else {
-            return AuthOutcome::BadRequest("qop=auth without nc or cnonce");
+            return bad("qop=auth without nc or cnonce");
         };
         let Some(nc) = parse_nc(nc_text) else {
-            return AuthOutcome::BadRequest("nc is not 8 hex digits");
+            return bad("nc is not 8 hex digits");
         };
         let Some(alg) = Algorithm::from_param(d.algorithm) else {
             return CHALLENGE;
@@ -296,31 +349,39 @@ impl Authenticator {
             NonceStatus::Stale(id) => Err(id),
         };
         let username = unq(username);
-        let user_ha1 = sh.users.get(&username).and_then(|u| u.ha1(alg));
+        let entry = sh.users.get(&username);
+        let user_ha1 = entry.and_then(|u| u.ha1(alg));
         // Unknown users (or users without an HA1 for this algorithm) hash as much as others.
         let ha1 = user_ha1.unwrap_or(&sh.dummy_ha1[alg.index()]);
         // HA2 over the `uri` the client hashed (the cache is keyed by what it hashes).
         let ha2 = self.ha2.get(alg, method, &uri);
         let expected = digest::response_with_ha2(alg, ha1, &nonce, nc_text, &unq(cnonce), &ha2);
         if !(responses_equal(&expected, given) & user_ha1.is_some()) {
-            return CHALLENGE;
+            let reason = match entry {
+                Some(_) => FailReason::BadResponse,
+                None => FailReason::UnknownUser,
+            };
+            return (CHALLENGE.0, Some(reason));
         }
         let Ok(id) = id else {
-            return AuthOutcome::Challenge { stale: true };
+            return STALE;
         };
         // Nonce counts are tracked per shard, so a shard only accepts its own nonces: a nonce
         // issued by another shard could be a replay there. The retry of a challenged request
         // reaches the shard that challenged it (same AOR), so this costs honest clients
         // nothing; others get a fresh nonce with stale=true.
         if (id.salt >> 32) as u32 != self.salt_prefix(self.shard) {
-            return AuthOutcome::Challenge { stale: true };
+            return STALE;
         }
         match self.nc.record(id, nc, now_ms, sh.ttl_s) {
-            NcVerdict::Accepted => AuthOutcome::Authenticated {
-                user: String::from_utf8_lossy(&username).into_owned(),
-            },
-            NcVerdict::Replay => CHALLENGE,
-            NcVerdict::Forgotten => AuthOutcome::Challenge { stale: true },
+            NcVerdict::Accepted => (
+                AuthOutcome::Authenticated {
+                    user: String::from_utf8_lossy(&username).into_owned(),
+                },
+                None,
+            ),
+            NcVerdict::Replay => (CHALLENGE.0, Some(FailReason::ReplayedNc)),
+            NcVerdict::Forgotten => STALE,
         }
     }
 

@@ -742,3 +742,189 @@ fn cached_ha2_follows_the_request_uri_and_method() {
         }
     }
 }
+
+/// The failure `check_detailed` reports for one Authorization value at `now`, as
+/// (reason, user as sent, realm as sent).
+fn failure_at(a: &mut Authenticator, authz: &[&str], now: u64) -> Option<(FailReason, String)> {
+    let r = request_with("Authorization", authz);
+    let msg = Message::parse(r.as_bytes()).unwrap();
+    let (_, f) = a.check_detailed(&msg, HeaderName::Authorization, now);
+    f.map(|f| {
+        assert_eq!(f.method, b"REGISTER");
+        let text = |v: &[u8]| String::from_utf8_lossy(v).into_owned();
+        (f.reason, format!("{} {}", text(f.user), text(f.realm)))
+    })
+}
+
+fn failure(a: &mut Authenticator, authz: &str) -> Option<(FailReason, String)> {
+    failure_at(a, &[authz], T0)
+}
+
+fn failed(reason: FailReason, user: &str, realm: &str) -> Option<(FailReason, String)> {
+    Some((reason, format!("{user} {realm}")))
+}
+
+#[test]
+fn wrong_credentials_are_failures() {
+    let mut a = auth();
+    for alg in Algorithm::ALL {
+        let c = creds(&a, alg, "alice", "guess", T0);
+        let want = failed(FailReason::BadResponse, "alice", REALM);
+        assert_eq!(failure(&mut a, &c), want, "{alg:?}");
+        let c = creds(&a, alg, "mallory", "guess", T0);
+        let want = failed(FailReason::UnknownUser, "mallory", REALM);
+        assert_eq!(failure(&mut a, &c), want, "{alg:?}");
+    }
+    // A user by HA1 answering another algorithm: its response cannot be right.
+    let c = creds(&a, Algorithm::Sha256, "bob", HA1_PW, T0);
+    let want = failed(FailReason::BadResponse, "bob", REALM);
+    assert_eq!(failure(&mut a, &c), want);
+    // The user as sent, escapes and all (the log line unescapes it).
+    let c = creds(&a, Algorithm::Md5, "dom\\user", "guess", T0);
+    let want = failed(FailReason::BadResponse, "dom\\\\user", REALM);
+    assert_eq!(failure(&mut a, &c), want);
+    // Expired nonce and wrong password: still a wrong password.
+    let c = creds(&a, Algorithm::Md5, "alice", "guess", T0);
+    let want = failed(FailReason::BadResponse, "alice", REALM);
+    assert_eq!(failure_at(&mut a, &[&c], T0 + 301_000), want);
+}
+
+#[test]
+fn replayed_nonce_count_is_a_failure() {
+    let mut a = auth();
+    let c = creds(&a, Algorithm::Md5, "alice", "secret", T0);
+    assert_eq!(failure(&mut a, &c), None);
+    let want = failed(FailReason::ReplayedNc, "alice", REALM);
+    assert_eq!(failure(&mut a, &c), want);
+}
+
+#[test]
+fn credentials_only_for_other_realms_are_a_failure() {
+    let mut a = auth();
+    let other = |a: &Authenticator, realm: &str, user: &str| {
+        creds_for(
+            &challenge(a, Algorithm::Md5, T0).replace("example.com\"", &format!("{realm}\"")),
+            user,
+            "secret",
+            RURI,
+            1,
+        )
+    };
+    let (org, net) = (
+        other(&a, "example.org", "alice"),
+        other(&a, "example.net", "bo"),
+    );
+    // The first foreign credentials are reported.
+    let want = failed(FailReason::WrongRealm, "alice", "example.org");
+    assert_eq!(failure_at(&mut a, &[&org, &net], T0), want);
+    // With ours among them, ours decide.
+    let ours = creds(&a, Algorithm::Md5, "alice", "secret", T0);
+    assert_eq!(failure_at(&mut a, &[&org, &ours], T0), None);
+}
+
+#[test]
+fn challenges_that_are_not_failures() {
+    let mut a = auth();
+    // No credentials: the first challenge.
+    assert_eq!(failure_at(&mut a, &[], T0), None);
+    assert_eq!(failure(&mut a, "Basic dXNlcjpwYXNz"), None);
+    // A right response with an expired nonce (stale=true), or a forgotten one.
+    let c = creds(&a, Algorithm::Sha256, "alice", "secret", T0);
+    assert_eq!(failure_at(&mut a, &[&c], T0 + 301_000), None);
+    let mut small = auth().with_max_tracked(1);
+    let c1 = creds(&small, Algorithm::Md5, "alice", "secret", T0);
+    let c2 = creds(&small, Algorithm::Md5, "alice", "secret", T0 + 1000);
+    assert_eq!(failure_at(&mut small, &[&c1], T0 + 1000), None);
+    assert_eq!(failure_at(&mut small, &[&c2], T0 + 1000), None);
+    assert_eq!(check_at(&mut small, &c1, T0 + 1000), STALE);
+    // A nonce this server never issued (a client from before a restart).
+    let other_run = Authenticator::new(REALM, Arc::new(users()), [4; 32], 300);
+    let c = creds(&other_run, Algorithm::Md5, "alice", "secret", T0);
+    assert_eq!(check(&mut a, &c), CHALLENGE);
+    assert_eq!(failure(&mut a, &c), None);
+    // Forms we do not accept get a challenge that says what to send, or a 400.
+    let c = creds(&a, Algorithm::Md5, "alice", "secret", T0);
+    let sess = c.replace("algorithm=MD5", "algorithm=MD5-sess");
+    assert_eq!(failure(&mut a, &sess), None);
+    assert_eq!(failure(&mut a, &c.replace(", nc=00000001", "")), None);
+    let mut strict = auth().with_strict_uri(true);
+    let c = creds_for(
+        &challenge(&strict, Algorithm::Md5, T0),
+        "alice",
+        "secret",
+        "sip:x",
+        1,
+    );
+    assert_eq!(failure(&mut strict, &c), None);
+}
+
+/// A tracing writer into a shared buffer.
+#[derive(Clone, Default)]
+struct Captured(Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for Captured {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(b);
+        Ok(b.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Captured {
+    type Writer = Captured;
+    fn make_writer(&'a self) -> Captured {
+        self.clone()
+    }
+}
+
+/// What `check_from` logs at `level` for each Authorization value ("": no header).
+fn logged(level: tracing::Level, a: &mut Authenticator, values: &[String]) -> String {
+    let buf = Captured::default();
+    let subscriber = tracing_subscriber::fmt()
+        .with_max_level(level)
+        .with_ansi(false)
+        .with_writer(buf.clone())
+        .finish();
+    tracing::subscriber::with_default(subscriber, || {
+        for v in values {
+            let r = match v.is_empty() {
+                true => request_with("Authorization", &[]),
+                false => request_with("Authorization", &[v]),
+            };
+            let msg = Message::parse(r.as_bytes()).unwrap();
+            let src = "203.0.113.5:5060".parse().unwrap();
+            a.check_from(&msg, HeaderName::Authorization, T0, src);
+        }
+    });
+    let text = buf.0.lock().unwrap().clone();
+    String::from_utf8(text).unwrap()
+}
+
+#[test]
+fn check_from_logs_failures_at_warn() {
+    let mut a = auth();
+    let good = creds(&a, Algorithm::Md5, "alice", "secret", T0);
+    let wrong = creds(&a, Algorithm::Md5, "alice", "guess", T0);
+    let unknown = creds(&a, Algorithm::Sha256, "mallory", "guess", T0);
+    // The first challenge, a login, two failures, a replay.
+    let values = [String::new(), good.clone(), wrong, unknown, good];
+    let log = logged(tracing::Level::WARN, &mut a, &values);
+    let lines: Vec<&str> = log.lines().collect();
+    assert_eq!(lines.len(), 3, "{log}");
+    let tails = [
+        "user=alice realm=example.com method=REGISTER reason=bad-response",
+        "user=mallory realm=example.com method=REGISTER reason=unknown-user",
+        "user=alice realm=example.com method=REGISTER reason=replayed-nc",
+    ];
+    for (line, tail) in lines.iter().zip(tails) {
+        assert!(line.contains(" WARN "), "{line}");
+        assert!(
+            line.ends_with(&format!("auth failed src=203.0.113.5:5060 {tail}")),
+            "{line}"
+        );
+    }
+    // Nothing at error level (the same requests to a fresh authenticator).
+    assert_eq!(logged(tracing::Level::ERROR, &mut auth(), &values), "");
+}
