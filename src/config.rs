@@ -102,6 +102,9 @@ pub struct Config {
     pub nonce_ttl: u32,
     /// Digest algorithms offered in challenges, most preferred first.
     pub auth_algorithms: Vec<crate::auth::Algorithm>,
+    /// The digest `uri` must equal the Request-URI (else the response is verified over the
+    /// `uri` the client sent).
+    pub strict_digest_uri: bool,
     pub log: String,
 }
 
@@ -162,10 +165,14 @@ pub struct Cli {
     /// Allow running without authentication on a non-loopback address.
     #[arg(long)]
     pub allow_unauthenticated: bool,
-    /// Digest algorithms to offer, most preferred first: sha-256,md5 (default) or md5 for
-    /// clients that only do MD5 (SIPp 3.6).
+    /// Digest challenges to offer, in order: md5,sha-256 (default; most phones answer only
+    /// the first, MD5), or e.g. sha-256 when every phone does SHA-256; also sha-512-256.
     #[arg(long, value_name = "LIST")]
     pub auth_algorithms: Option<String>,
+    /// Refuse digest credentials whose uri differs from the Request-URI (default: verify the
+    /// response over the uri the client sent, as Kamailio does).
+    #[arg(long)]
+    pub strict_digest_uri: bool,
     /// Log filter (error, warn, info, debug, trace).
     #[arg(long, value_name = "LEVEL")]
     pub log: Option<String>,
@@ -186,6 +193,7 @@ struct FileConfig {
     queue_capacity: Option<usize>,
     nonce_ttl: Option<u32>,
     auth_algorithms: Option<Vec<String>>,
+    strict_digest_uri: Option<bool>,
     log: Option<String>,
     registrar: Option<FileRegistrar>,
     proxy: Option<FileProxy>,
@@ -295,7 +303,12 @@ fn parse_algorithms<'s>(
         let alg = match name.trim().to_ascii_uppercase().as_str() {
             "MD5" => crate::auth::Algorithm::Md5,
             "SHA-256" | "SHA256" => crate::auth::Algorithm::Sha256,
-            _ => return err(format!("{key} '{name}': expected md5 or sha-256")),
+            "SHA-512-256" | "SHA512-256" => crate::auth::Algorithm::Sha512_256,
+            _ => {
+                return err(format!(
+                    "{key} '{name}': expected md5, sha-256 or sha-512-256"
+                ))
+            }
         };
         if !out.contains(&alg) {
             out.push(alg);
@@ -318,13 +331,40 @@ fn check_domain(key: &str, d: &str) -> Result<String, ConfigError> {
     }
 }
 
-/// Turns a TOML error into one line with the line number.
+/// The key set on line `line` (1-based) of a TOML text, qualified by its `[table]`:
+/// `registrar.min_expires`; None if that line sets no `key = value`.
+fn key_at_line(text: &str, line: usize) -> Option<String> {
+    let mut table = None;
+    for l in text.lines().take(line - 1) {
+        let l = l.trim();
+        if l.starts_with('[') && l.ends_with(']') {
+            table = Some(l.trim_matches(|c| c == '[' || c == ']').trim());
+        }
+    }
+    let (key, _) = text.lines().nth(line - 1)?.split_once('=')?;
+    let key = key.trim();
+    let bare = |c: char| c.is_ascii_alphanumeric() || c == '_' || c == '-';
+    if key.is_empty() || !key.chars().all(bare) {
+        return None;
+    }
+    Some(match table {
+        Some(t) => format!("{t}.{key}"),
+        None => key.to_owned(),
+    })
+}
+
+/// Turns a TOML error into one line with the line number (and the key, for a bad value).
 fn toml_error(path: &std::path::Path, text: &str, e: &toml::de::Error) -> ConfigError {
     let line = e
         .span()
         .map(|s| text[..s.start.min(text.len())].matches('\n').count() + 1);
     let msg = e.message().lines().next().unwrap_or("invalid TOML").trim();
     match line {
+        // A bad value (`strict_digest_uri = "yes"`): name its key, as flags are named.
+        Some(l) if key_at_line(text, l).is_some_and(|k| !msg.contains(k.as_str())) => {
+            let key = key_at_line(text, l).unwrap_or_default();
+            ConfigError(format!("config {}: line {l}: {key}: {msg}", path.display()))
+        }
         Some(l) => ConfigError(format!("config {}: line {l}: {msg}", path.display())),
         None => ConfigError(format!("config {}: {msg}", path.display())),
     }
@@ -496,7 +536,7 @@ impl Cli {
             (None, Some(list)) => {
                 parse_algorithms("auth_algorithms", list.iter().map(|s| s.as_str()))?
             }
-            (None, None) => crate::auth::Algorithm::PREFERENCE.to_vec(),
+            (None, None) => crate::auth::Algorithm::DEFAULT_OFFER.to_vec(),
         };
         let config = Config {
             listen,
@@ -514,6 +554,7 @@ impl Cli {
             queue_capacity,
             nonce_ttl,
             auth_algorithms,
+            strict_digest_uri: self.strict_digest_uri || file.strict_digest_uri.unwrap_or(false),
             log: self.log.or(file.log).unwrap_or_else(|| "info".into()),
         };
         if !config.auth_enabled() && !config.allow_unauthenticated {
@@ -558,7 +599,8 @@ pub fn authenticator(config: &Config) -> Result<Option<crate::auth::Authenticato
             secret,
             config.nonce_ttl,
         )
-        .with_algorithms(&config.auth_algorithms),
+        .with_algorithms(&config.auth_algorithms)
+        .with_strict_uri(config.strict_digest_uri),
     ))
 }
 
@@ -595,6 +637,16 @@ mod tests {
         assert!(e.0.starts_with("--auth-algorithms"), "{e}");
         let c = cli(&["--auth-algorithms", "MD5"]).unwrap();
         assert_eq!(c.auth_algorithms, vec![crate::auth::Algorithm::Md5]);
+        let c = cli(&["--auth-algorithms", "sha-512-256,SHA-256"]).unwrap();
+        use crate::auth::Algorithm;
+        assert_eq!(
+            c.auth_algorithms,
+            vec![Algorithm::Sha512_256, Algorithm::Sha256]
+        );
+        assert_eq!(
+            cli(&[]).unwrap().auth_algorithms,
+            vec![Algorithm::Md5, Algorithm::Sha256]
+        );
         let e = cli(&["--io", "epoll"]).unwrap_err();
         assert!(e.0.starts_with("--io"), "{e}");
         let e = cli(&["--metrics", "nope"]).unwrap_err();
@@ -636,6 +688,21 @@ mod tests {
         std::fs::write(&bad, "[registrar]\nmin_expires = 100\nmax_expires = 50\n").unwrap();
         let e = cli(&["--config", bad.to_str().unwrap()]).unwrap_err();
         assert!(e.0.contains("registrar.min_expires"), "{e}");
+        std::fs::write(&bad, "domain = [\"a\"]\nstrict_digest_uri = \"yes\"\n").unwrap();
+        let e = cli(&["--config", bad.to_str().unwrap()]).unwrap_err();
+        assert!(
+            e.0.contains("line 2: strict_digest_uri: invalid type"),
+            "{e}"
+        );
+        std::fs::write(&bad, "[registrar]\nmax_contacts = \"x\"\n").unwrap();
+        let e = cli(&["--config", bad.to_str().unwrap()]).unwrap_err();
+        assert!(e.0.contains("line 2: registrar.max_contacts: "), "{e}");
+        std::fs::write(&bad, "auth_algorithms = [\"md5\", \"sha1\"]\n").unwrap();
+        let e = cli(&["--config", bad.to_str().unwrap()]).unwrap_err();
+        assert!(
+            e.0.starts_with("auth_algorithms 'sha1': expected md5"),
+            "{e}"
+        );
         std::fs::write(&bad, "[proxy]\nforking = \"serial\"\n").unwrap();
         let e = cli(&["--config", bad.to_str().unwrap()]).unwrap_err();
         assert!(e.0.starts_with("proxy.forking 'serial'"), "{e}");
@@ -643,6 +710,25 @@ mod tests {
         let e = cli(&["--config", bad.to_str().unwrap()]).unwrap_err();
         assert!(e.0.starts_with("proxy.branch_timeout_ms 5"), "{e}");
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn strict_digest_uri_from_file_and_flag() {
+        assert!(!cli(&[]).unwrap().strict_digest_uri);
+        assert!(cli(&["--strict-digest-uri"]).unwrap().strict_digest_uri);
+        let path = std::env::temp_dir().join(format!("sipshard-sdu-{}.toml", std::process::id()));
+        for (text, want) in [
+            ("strict_digest_uri = true\n", true),
+            ("strict_digest_uri = false\n", false),
+            ("auth_algorithms = [\"sha-256\"]\n", false),
+        ] {
+            std::fs::write(&path, text).unwrap();
+            let c = cli(&["--config", path.to_str().unwrap()]).unwrap();
+            assert_eq!(c.strict_digest_uri, want, "{text}");
+        }
+        let c = cli(&["--config", path.to_str().unwrap()]).unwrap();
+        assert_eq!(c.auth_algorithms, vec![crate::auth::Algorithm::Sha256]);
+        let _ = std::fs::remove_file(&path);
     }
 
     #[test]

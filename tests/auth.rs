@@ -89,14 +89,15 @@ fn alice_reg() -> Register {
 }
 
 #[test]
-fn no_credentials_gets_401_with_sha256_then_md5() {
+fn no_credentials_gets_401_with_md5_then_sha256() {
     let s_ = alice_server();
     let c = Client::new();
     let r = challenge(&c, &s_, &alice_reg());
     let all = challenges(&r);
     assert_eq!(all.len(), 2, "{}", String::from_utf8_lossy(&r));
-    assert_eq!(s(all[0].algorithm), "SHA-256");
-    assert_eq!(s(all[1].algorithm), "MD5");
+    // MD5 first: sipsak, SIPp, baresip and linphone answer the first challenge only.
+    assert_eq!(s(all[0].algorithm), "MD5");
+    assert_eq!(s(all[1].algorithm), "SHA-256");
     for d in &all {
         assert_eq!(s(d.realm), "localhost");
         assert_eq!(s(d.qop), "auth");
@@ -126,6 +127,26 @@ fn auth_algorithms_md5_offers_only_md5() {
     assert_eq!(s(all[0].algorithm), "MD5");
     let reg = alice_reg();
     let r = register_as(&c, &s_, &reg, None, "alice", "secret");
+    assert_status(&r, 200);
+}
+
+#[test]
+fn auth_algorithms_sha512_256_first_is_offered_and_answered() {
+    let s_ = ServerProcess::start(&[
+        "--shards",
+        "1",
+        "--user",
+        "alice:secret",
+        "--auth-algorithms",
+        "sha-512-256,sha-256",
+    ]);
+    let c = Client::new();
+    let r = challenge(&c, &s_, &alice_reg());
+    let all = challenges(&r);
+    assert_eq!(all.len(), 2, "{}", String::from_utf8_lossy(&r));
+    assert_eq!(s(all[0].algorithm), "SHA-512-256");
+    assert_eq!(s(all[1].algorithm), "SHA-256");
+    let r = register_as(&c, &s_, &alice_reg(), None, "alice", "secret");
     assert_status(&r, 200);
 }
 
@@ -224,27 +245,47 @@ fn replayed_nonce_count_gets_401() {
     assert_status(&r, 200);
 }
 
-#[test]
-fn digest_uri_must_equal_the_request_uri() {
-    let s_ = alice_server();
+/// Credentials computed (and sent) for `uri="sip:127.0.0.1:5060"` on a REGISTER whose
+/// Request-URI is `sip:localhost`, as SIPp's `[authentication]` writes them, then for the
+/// Request-URI: the statuses of the two answers.
+fn register_with_digest_uri_of_sipp(s_: &ServerProcess) -> (u16, u16) {
     let c = Client::new();
     let reg = alice_reg();
-    let ch = challenge(&c, &s_, &reg);
+    let ch = challenge(&c, s_, &reg);
     let d = challenges(&ch)[0];
     let client = DigestClient {
         username: "alice",
         password: "secret",
     };
-    // Right password, but computed for another Request-URI.
     let creds = client
-        .authorization(&d, b"REGISTER", b"sip:127.0.0.1", 1, "0a4f113b")
+        .authorization(&d, b"REGISTER", b"sip:127.0.0.1:5060", 1, "0a4f113b")
         .unwrap();
-    assert_status(&reg.next().with_auth(&creds).send(&c, s_.addr), 401);
-    // Computed for the right one (the nonce is still unused).
+    let first = status(&reg.next().with_auth(&creds).send(&c, s_.addr));
     let creds = client
-        .authorization(&d, b"REGISTER", reg.ruri.as_bytes(), 1, "0a4f113b")
+        .authorization(&d, b"REGISTER", reg.ruri.as_bytes(), 2, "0a4f113b")
         .unwrap();
-    assert_status(&reg.next().next().with_auth(&creds).send(&c, s_.addr), 200);
+    let second = status(&reg.next().next().with_auth(&creds).send(&c, s_.addr));
+    (first, second)
+}
+
+#[test]
+fn digest_uri_is_verified_as_the_client_sent_it() {
+    assert_eq!(
+        register_with_digest_uri_of_sipp(&alice_server()),
+        (200, 200)
+    );
+}
+
+#[test]
+fn strict_digest_uri_requires_the_request_uri() {
+    let s_ = ServerProcess::start(&[
+        "--shards",
+        "1",
+        "--user",
+        "alice:secret",
+        "--strict-digest-uri",
+    ]);
+    assert_eq!(register_with_digest_uri_of_sipp(&s_), (401, 200));
 }
 
 #[test]
@@ -518,5 +559,113 @@ fn replayed_credentials_for_the_sips_aor_are_refused() {
             .contact("<sip:mallory@192.0.2.66>")
             .with_auth(&creds);
         assert_status(&replay.send(&c, s_.addr), 401);
+    }
+}
+
+/// The filter of tuning/fail2ban.
+fn fail2ban_filter() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tuning/fail2ban/filter.d/sipshard.conf")
+}
+
+/// The hosts the fail2ban filter bans for the lines of `log`: by `fail2ban-regex` when it is
+/// installed, else by the filter's failregex applied with Python's `re` (fail2ban is Python;
+/// `<HOST>` stands for an address). None when neither is available.
+fn fail2ban_hosts(log: &std::path::Path) -> Option<Vec<String>> {
+    use std::process::Command;
+    let filter = fail2ban_filter();
+    if let Ok(out) = Command::new("fail2ban-regex")
+        .args(["--print-all-matched", "-v"])
+        .arg(log)
+        .arg(&filter)
+        .output()
+    {
+        assert!(out.status.success(), "{out:?}");
+        let text = String::from_utf8_lossy(&out.stdout);
+        // The matched hosts are listed as "|      HOST  <date>".
+        let hosts = text
+            .lines()
+            .filter_map(|l| l.strip_prefix("|      "))
+            .filter_map(|l| l.split_whitespace().next())
+            .map(str::to_owned)
+            .collect();
+        return Some(hosts);
+    }
+    let script = r#"
+import re, sys
+conf = open(sys.argv[1]).read()
+rx = re.search(r'^failregex = (.*)$', conf, re.M).group(1)
+host = r'(?P<host>[0-9A-Fa-f.:]+)'
+rx = re.compile(rx.replace('<HOST>', host))
+for line in open(sys.argv[2]):
+    # fail2ban cuts the date off before matching.
+    line = re.sub(r'^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(?:\.\d+)?Z', '', line.rstrip('\n'))
+    m = rx.search(line)
+    if m:
+        print(m.group('host'))
+"#;
+    let out = Command::new("python3")
+        .arg("-c")
+        .arg(script)
+        .arg(&filter)
+        .arg(log)
+        .output()
+        .ok()?;
+    assert!(out.status.success(), "{out:?}");
+    let text = String::from_utf8_lossy(&out.stdout);
+    Some(text.lines().map(str::to_owned).collect())
+}
+
+#[test]
+fn failed_authentication_is_logged_at_warn_for_fail2ban() {
+    let log = std::path::PathBuf::from(write_scratch("server.log", ""));
+    let s_ = ServerProcess::start_logging_to(&["--shards", "1", "--user", "alice:secret"], &log);
+    let c = Client::new();
+    // A first challenge and a right answer: not failures.
+    assert_status(
+        &register_as(&c, &s_, &alice_reg(), None, "alice", "secret"),
+        200,
+    );
+    // A wrong password, then an unknown user whose name tries to forge another src=.
+    assert_status(
+        &register_as(&c, &s_, &alice_reg(), None, "alice", "wrong"),
+        401,
+    );
+    let forger = "x src=192.0.2.99:5060 user=y";
+    let reg = Register::new("sip:mallory@localhost").contact("<sip:mallory@192.0.2.66>");
+    assert_status(&register_as(&c, &s_, &reg, None, forger, "pw"), 401);
+    let want = [
+        format!(
+            "auth failed src={} user=alice realm=localhost method=REGISTER reason=bad-response",
+            c.addr
+        ),
+        format!(
+            "auth failed src={} user=x%20src%3D192.0.2.99:5060%20user%3Dy realm=localhost \
+             method=REGISTER reason=unknown-user",
+            c.addr
+        ),
+    ];
+    // The log is written as the events happen; give it a moment.
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    let lines = loop {
+        let text = std::fs::read_to_string(&log).unwrap();
+        let lines: Vec<String> = text
+            .lines()
+            .filter(|l| l.contains("auth failed"))
+            .map(str::to_owned)
+            .collect();
+        if lines.len() >= want.len() || std::time::Instant::now() > deadline {
+            break lines;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert_eq!(lines.len(), want.len(), "{lines:#?}");
+    for (line, want) in lines.iter().zip(&want) {
+        assert!(line.contains(" WARN "), "{line}");
+        assert!(line.ends_with(want.as_str()), "{line}\nwant {want}");
+    }
+    // The shipped fail2ban filter bans the client's address for both, and nothing else.
+    match fail2ban_hosts(&log) {
+        Some(hosts) => assert_eq!(hosts, ["127.0.0.1", "127.0.0.1"], "{lines:#?}"),
+        None => eprintln!("skipping the fail2ban filter check: no fail2ban-regex, no python3"),
     }
 }

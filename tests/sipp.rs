@@ -152,18 +152,9 @@ fn sipp_10k_digest_registrations_over_1k_users() {
     }
     let dir = scratch("regauth");
     let (csv, txt) = users(&dir, 1000);
-    let s = ServerProcess::start_with(
-        // SIPp 3.6 only answers MD5 challenges and only reads the first one.
-        &[
-            "--shards",
-            "2",
-            "--users",
-            txt.to_str().unwrap(),
-            "--auth-algorithms",
-            "md5",
-        ],
-        true,
-    );
+    // The default challenges (MD5 first, then SHA-256): SIPp 3.6 answers the first one, and
+    // only MD5.
+    let s = ServerProcess::start_with(&["--shards", "2", "--users", txt.to_str().unwrap()], true);
     run_clean(
         &dir,
         &s,
@@ -184,6 +175,53 @@ fn sipp_10k_digest_registrations_over_1k_users() {
         Some(true)
     );
     assert_eq!(s.metric("sipshard_bindings"), Some(1000.0));
+}
+
+/// SIPp's `[authentication]` hashes `uri="sip:HOST:PORT"` whatever the Request-URI: with the
+/// AOR as Request-URI (`sip:user@HOST`) the default server verifies it over that uri, and
+/// `--strict-digest-uri` refuses it.
+#[test]
+fn sipp_digest_register_with_the_aor_as_request_uri() {
+    if !sipp_available() {
+        return;
+    }
+    let dir = scratch("regauth-aor");
+    let (csv, txt) = users(&dir, 10);
+    let stock = std::fs::read_to_string(scenario("register-digest.xml")).unwrap();
+    let from = "REGISTER sip:[remote_ip]:[remote_port] SIP/2.0";
+    assert_eq!(stock.matches(from).count(), 2);
+    let sf = dir.join("register-digest-aor.xml");
+    std::fs::write(
+        &sf,
+        stock.replace(from, "REGISTER sip:[field0]@[remote_ip] SIP/2.0"),
+    )
+    .unwrap();
+    let args = |sf: &Path, csv: &Path| {
+        let (sf, csv) = (
+            sf.to_str().unwrap().to_owned(),
+            csv.to_str().unwrap().to_owned(),
+        );
+        [
+            "-sf", &sf, "-inf", &csv, "-m", "20", "-r", "100", "-au", "[field0]", "-ap", "[field1]",
+        ]
+        .map(str::to_owned)
+    };
+    let a = args(&sf, &csv);
+    let a: Vec<&str> = a.iter().map(String::as_str).collect();
+    let s = ServerProcess::start(&["--shards", "2", "--users", txt.to_str().unwrap()]);
+    assert_clean(&run_sipp(&dir, &s, &a), 20);
+    drop(s);
+    let strict = ServerProcess::start(&[
+        "--shards",
+        "1",
+        "--users",
+        txt.to_str().unwrap(),
+        "--strict-digest-uri",
+    ]);
+    let mut a = a.clone();
+    a[5] = "2";
+    let r = run_sipp(&dir, &strict, &[&a[..], &["-recv_timeout", "2s"]].concat());
+    assert_eq!((r.successful, r.failed), (0, 2));
 }
 
 /// A SIPp process in the background, killed when dropped.

@@ -16,7 +16,7 @@ pub enum ClientError {
     MissingRealm,
     /// The challenge has no nonce.
     MissingNonce,
-    /// The challenge's algorithm is neither MD5 nor SHA-256.
+    /// The challenge's algorithm is not MD5, SHA-256 or SHA-512-256.
     UnsupportedAlgorithm,
     /// The challenge does not offer `qop=auth`.
     NoQopAuth,
@@ -171,6 +171,33 @@ mod tests {
         assert_eq!(
             d.response,
             Some(&b"753927fa0e85d155564e2e272a28d1802ca10daf4496794697cf8db5856cb6c1"[..])
+        );
+    }
+
+    #[test]
+    fn sha512_256_credentials() {
+        let challenge = AuthHeader::parse(
+            b"Digest realm=\"http-auth@example.org\", qop=\"auth\", algorithm=SHA-512-256, \
+              nonce=\"7ypf/xlj9XXwfDPEoM4URrv/xwf94BcCAzFZH4GiTo0v\"",
+        )
+        .unwrap()
+        .digest();
+        let v = client_response(
+            &challenge,
+            "Mufasa",
+            "Circle of Life",
+            b"GET",
+            b"/dir/index.html",
+            1,
+            "f2/wE4q74E6zIJEtWaHKaf5wv/H5QzzpXusqGemxURZJ",
+        )
+        .unwrap();
+        let d = AuthHeader::parse(v.as_bytes()).unwrap().digest();
+        assert_eq!(d.algorithm, Some(&b"SHA-512-256"[..]));
+        // The RFC 7616 §3.9.1 exchange hashed with SHA-512/256 (see digest.rs).
+        assert_eq!(
+            d.response,
+            Some(&b"430d05014cecc49cab6fbe03176d41a1da86cbfe24a16580e22aaad928d960d0"[..])
         );
     }
 

@@ -1,5 +1,6 @@
 //! The digest computation of RFC 7616 §3.4.1–§3.4.3 (HTTP Digest, used by SIP per RFC 3261
-//! §22.4 and RFC 8760 §2) for the algorithms `MD5` and `SHA-256` with `qop=auth`:
+//! §22.4 and RFC 8760 §2) for the algorithms `MD5`, `SHA-256` and `SHA-512-256` with
+//! `qop=auth`:
 //!
 //! ```text
 //! HA1      = H(username ":" realm ":" password)
@@ -12,31 +13,39 @@
 //! Responses are compared in constant time ([`responses_equal`]).
 
 use md5::Md5;
-use sha2::{Digest, Sha256};
+use sha2::{Digest, Sha256, Sha512_256};
 use subtle::ConstantTimeEq;
 
 /// A digest algorithm this server supports (RFC 8760 §2.1 registry names).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[repr(u8)]
 pub enum Algorithm {
     /// `MD5` (RFC 7616 §3.2), the default when `algorithm` is absent.
     Md5,
     /// `SHA-256` (RFC 7616 §3.2, RFC 8760 §2.1).
     Sha256,
+    /// `SHA-512-256` (RFC 7616 §3.2, RFC 8760 §2.1): SHA-512/256 of FIPS 180-4.
+    Sha512_256,
 }
 
 impl Algorithm {
-    /// Both algorithms in the server's order of preference (RFC 8760 §2.4: strongest first).
-    pub const PREFERENCE: [Algorithm; 2] = [Algorithm::Sha256, Algorithm::Md5];
+    /// Every algorithm this server verifies.
+    pub const ALL: [Algorithm; 3] = [Algorithm::Md5, Algorithm::Sha256, Algorithm::Sha512_256];
+
+    /// The challenges offered by default, in order: MD5 first, because sipsak 0.9.8, SIPp 3.6,
+    /// baresip and linphone answer only the first challenge (or only MD5) and give up on a
+    /// SHA-256 one; SHA-256 after it for clients that pick the strongest (RFC 8760 §2.4).
+    pub const DEFAULT_OFFER: [Algorithm; 2] = [Algorithm::Md5, Algorithm::Sha256];
 
     /// The algorithm named by a digest `algorithm` parameter; absent means MD5 (RFC 7616
-    /// §3.3). Unsupported names (`MD5-sess`, `SHA-512-256`, ...) give `None`.
+    /// §3.3). Unsupported names (`MD5-sess`, `SHA-256-sess`, ...) give `None`.
     pub fn from_param(param: Option<&[u8]>) -> Option<Algorithm> {
-        match param {
-            None => Some(Algorithm::Md5),
-            Some(p) if p.eq_ignore_ascii_case(b"MD5") => Some(Algorithm::Md5),
-            Some(p) if p.eq_ignore_ascii_case(b"SHA-256") => Some(Algorithm::Sha256),
-            Some(_) => None,
-        }
+        let Some(p) = param else {
+            return Some(Algorithm::Md5);
+        };
+        Algorithm::ALL
+            .into_iter()
+            .find(|a| p.eq_ignore_ascii_case(a.name().as_bytes()))
     }
 
     /// The name as written in the `algorithm` parameter.
@@ -44,14 +53,20 @@ impl Algorithm {
         match self {
             Algorithm::Md5 => "MD5",
             Algorithm::Sha256 => "SHA-256",
+            Algorithm::Sha512_256 => "SHA-512-256",
         }
     }
 
-    /// Length of a hash in hex digits (32 for MD5, 64 for SHA-256).
+    /// The position in [`Algorithm::ALL`] (for tables with one slot per algorithm).
+    pub const fn index(self) -> usize {
+        self as usize
+    }
+
+    /// Length of a hash in hex digits (32 for MD5, 64 for the others).
     pub fn hex_len(self) -> usize {
         match self {
             Algorithm::Md5 => 32,
-            Algorithm::Sha256 => 64,
+            Algorithm::Sha256 | Algorithm::Sha512_256 => 64,
         }
     }
 }
@@ -186,6 +201,7 @@ pub fn hash_joined(alg: Algorithm, parts: &[&[u8]]) -> HexHash {
     match alg {
         Algorithm::Md5 => run::<Md5>(parts),
         Algorithm::Sha256 => run::<Sha256>(parts),
+        Algorithm::Sha512_256 => run::<Sha512_256>(parts),
     }
 }
 
@@ -327,6 +343,21 @@ mod tests {
     }
 
     #[test]
+    fn sha512_256_examples() {
+        // FIPS 180-4 example "abc" (the SHA-512/256 of NIST's examples), then the RFC 7616
+        // §3.9.1 exchange with SHA-512-256 (the value is Python's hashlib, OpenSSL's
+        // SHA-512/256, over the same strings).
+        assert_eq!(
+            hash_joined(Algorithm::Sha512_256, &[b"abc"]).as_str(),
+            "53048e2681941ef99b2e29b76b4c7dabe4c2d0c634fc6d46e0e2f13107e7af23"
+        );
+        assert_eq!(
+            rfc7616(Algorithm::Sha512_256).as_str(),
+            "430d05014cecc49cab6fbe03176d41a1da86cbfe24a16580e22aaad928d960d0"
+        );
+    }
+
+    #[test]
     fn rfc2617_md5_example() {
         // RFC 2617 §3.5.
         let ha1 = ha1(
@@ -356,8 +387,20 @@ mod tests {
             Some(Algorithm::Sha256)
         );
         assert_eq!(Algorithm::from_param(Some(b"MD5-sess")), None);
-        assert_eq!(Algorithm::from_param(Some(b"SHA-512-256")), None);
+        assert_eq!(
+            Algorithm::from_param(Some(b"sha-512-256")),
+            Some(Algorithm::Sha512_256)
+        );
+        assert_eq!(Algorithm::from_param(Some(b"SHA-512")), None);
+        assert_eq!(Algorithm::from_param(Some(b"SHA-512-256-sess")), None);
         assert_eq!(Algorithm::from_param(Some(b"SHA-256-sess")), None);
+        for (i, alg) in Algorithm::ALL.into_iter().enumerate() {
+            assert_eq!(alg.index(), i);
+            assert_eq!(
+                Algorithm::from_param(Some(alg.name().as_bytes())),
+                Some(alg)
+            );
+        }
     }
 
     #[test]
@@ -387,7 +430,7 @@ mod tests {
     fn response_comparison_matches_the_bytewise_one() {
         let mut m = crate::sip::mutate::Mutator::new(0x5eed_d16e);
         let alphabet: Vec<u8> = (0..=255).collect();
-        for alg in Algorithm::PREFERENCE {
+        for alg in Algorithm::ALL {
             for i in 0..4000u32 {
                 let want = hash_joined(alg, &[&i.to_be_bytes()]);
                 // Itself, upper-cased in places, then with up to three random edits.

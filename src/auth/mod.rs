@@ -1,5 +1,5 @@
 //! Digest authentication for the registrar and the proxy (RFC 3261 §22.2–§22.4 with the
-//! digest of RFC 7616 and the SHA-256 algorithm of RFC 8760).
+//! digest of RFC 7616 and the SHA-256 and SHA-512-256 algorithms of RFC 8760).
 //!
 //! An [`Authenticator`] per shard checks the `Authorization` or `Proxy-Authorization`
 //! credentials of a request ([`Authenticator::check`]) and writes challenges
@@ -8,11 +8,23 @@
 //!
 //! Policy:
 //! - only `qop=auth` is accepted (no RFC 2069 digest without qop, no `auth-int`), with
-//!   `algorithm` `SHA-256` or `MD5` (absent means MD5); anything else gets a challenge;
-//! - the `uri` parameter must equal the Request-URI byte for byte, the realm must be ours;
+//!   `algorithm` `MD5`, `SHA-256` or `SHA-512-256` (absent means MD5), whichever challenges
+//!   are offered; anything else gets a challenge;
+//! - challenges offered by default: MD5 first, then SHA-256 ([`Algorithm::DEFAULT_OFFER`]:
+//!   sipsak, SIPp, baresip and linphone answer the first challenge, and most only MD5);
+//!   [`Authenticator::with_algorithms`] sets another order;
+//! - the response is verified over the `uri` parameter the client sent, as Kamailio does,
+//!   whether or not it equals the Request-URI (SIPp's `[authentication]` sends
+//!   `uri="sip:HOST:PORT"` for a Request-URI `sip:bob@HOST`); the method is the request's,
+//!   and nonce, nonce count and realm bind the credentials as always.
+//!   [`Authenticator::with_strict_uri`] requires `uri` to equal the Request-URI byte for
+//!   byte (`strict_digest_uri`); the realm must be ours;
 //! - the answer does not depend on whether the user exists: an unknown user costs the same
 //!   hashing as a wrong password (against a dummy HA1) and gets the same challenge;
-//! - `stale=true` only when the response is right but the nonce expired.
+//! - `stale=true` only when the response is right but the nonce expired;
+//! - [`Authenticator::check_from`] logs every failed authentication (wrong password, unknown
+//!   user, replayed nonce count, wrong realm) at `warn` as one `key=value` line with the
+//!   source address ([`failure`]), for operators and fail2ban.
 //!
 //! ```
 //! use std::sync::Arc;
@@ -42,12 +54,14 @@
 
 pub mod client;
 pub mod digest;
+pub mod failure;
 pub mod nonce;
 pub mod replay;
 pub mod users;
 
 use std::borrow::Cow;
 use std::cell::Cell;
+use std::net::SocketAddr;
 use std::sync::Arc;
 
 use crate::sip::headers::{AuthHeader, DigestParams};
@@ -55,6 +69,7 @@ use crate::sip::{HeaderName, Message};
 
 pub use client::{client_response, DigestClient};
 pub use digest::Algorithm;
+pub use failure::{FailReason, Failure};
 pub use nonce::{random_secret, Secret, DEFAULT_NONCE_TTL_S};
 pub use users::{UserDb, UserDbError};
 
@@ -88,14 +103,16 @@ struct Shared {
     ttl_s: u32,
     /// The challenges offered, in order of preference.
     algorithms: Vec<Algorithm>,
+    /// The digest `uri` must equal the Request-URI (else any `uri` is hashed as sent).
+    strict_uri: bool,
     /// Shard `i`'s nonces carry `salt_base + i` in the high half of their salt (random per
     /// run): a shard tells its own nonces by it, and any shard can issue a nonce for another.
     salt_base: u32,
     /// `Digest realm="<realm, escaped>", nonce="`: what every challenge value starts with.
     challenge_head: Box<[u8]>,
-    /// HA1 values no password produces, hashed for unknown users so that they cost the same.
-    dummy_md5: HexHash,
-    dummy_sha256: HexHash,
+    /// HA1 values no password produces (one per algorithm, in the order of
+    /// [`Algorithm::ALL`]), hashed for unknown users so that they cost the same.
+    dummy_ha1: [HexHash; Algorithm::ALL.len()],
 }
 
 /// A shard's digest authenticator. See the module documentation.
@@ -133,14 +150,10 @@ impl Authenticator {
             nonces: NonceKey::new(&secret, realm.as_bytes()),
             salt_base: nonce::random_u32(),
             ttl_s: nonce_ttl_s,
-            algorithms: Algorithm::PREFERENCE.to_vec(),
-            dummy_md5: digest::ha1(Algorithm::Md5, b"", realm.as_bytes(), dummy_pw.as_bytes()),
-            dummy_sha256: digest::ha1(
-                Algorithm::Sha256,
-                b"",
-                realm.as_bytes(),
-                dummy_pw.as_bytes(),
-            ),
+            algorithms: Algorithm::DEFAULT_OFFER.to_vec(),
+            strict_uri: false,
+            dummy_ha1: Algorithm::ALL
+                .map(|alg| digest::ha1(alg, b"", realm.as_bytes(), dummy_pw.as_bytes())),
             users,
         };
         Authenticator {
@@ -152,8 +165,8 @@ impl Authenticator {
         }
     }
 
-    /// Offers these algorithms, in this order, instead of SHA-256 then MD5 (for clients
-    /// such as SIPp 3.6 that fail on the first challenge when it is not MD5).
+    /// Offers these algorithms, in this order, instead of MD5 then SHA-256 (for deployments
+    /// whose phones all answer SHA-256: `[Sha256]` or `[Sha512_256, Sha256]`).
     ///
     /// # Panics
     /// If `algorithms` is empty or after [`Authenticator::for_shard`] shared the settings.
@@ -162,6 +175,19 @@ impl Authenticator {
         Arc::get_mut(&mut self.shared)
             .expect("set algorithms before creating shard authenticators")
             .algorithms = algorithms.to_vec();
+        self
+    }
+
+    /// With `strict`, credentials whose `uri` differs from the Request-URI (byte for byte) get
+    /// a new challenge, as RFC 2617 §3.2.2.5 lets a server do; without it (the default) the
+    /// response is verified over the `uri` the client sent.
+    ///
+    /// # Panics
+    /// After [`Authenticator::for_shard`] shared the settings.
+    pub fn with_strict_uri(mut self, strict: bool) -> Self {
+        Arc::get_mut(&mut self.shared)
+            .expect("set strict_uri before creating shard authenticators")
+            .strict_uri = strict;
         self
     }
 
@@ -229,26 +255,69 @@ impl Authenticator {
     /// Checks the credentials in the `header` lines (Authorization for a registrar or UAS,
     /// Proxy-Authorization for a proxy) of request `req` at `now_ms`.
     pub fn check(&mut self, req: &Message<'_>, header: HeaderName, now_ms: u64) -> AuthOutcome {
+        self.check_detailed(req, header, now_ms).0
+    }
+
+    /// [`Authenticator::check`] for a request from `src`, logging a failed authentication at
+    /// `warn` ([`failure`] describes the line). Costs nothing more than tracing's level check
+    /// when `warn` is off.
+    pub fn check_from(
+        &mut self,
+        req: &Message<'_>,
+        header: HeaderName,
+        now_ms: u64,
+        src: SocketAddr,
+    ) -> AuthOutcome {
+        let (outcome, failure) = self.check_detailed(req, header, now_ms);
+        if let Some(f) = failure {
+            tracing::warn!("{}", f.log_line(src));
+        }
+        outcome
+    }
+
+    /// [`Authenticator::check`], with the failed authentication when the credentials were
+    /// refused as wrong (None for a request without credentials, a stale nonce and every
+    /// other challenge or 400).
+    pub fn check_detailed<'m>(
+        &mut self,
+        req: &Message<'m>,
+        header: HeaderName,
+        now_ms: u64,
+    ) -> (AuthOutcome, Option<Failure<'m>>) {
         let (Some(method), Some(ruri)) = (req.method_bytes(), req.request_uri_bytes()) else {
-            return AuthOutcome::BadRequest("not a request");
+            return (AuthOutcome::BadRequest("not a request"), None);
         };
+        let mut foreign = None;
         for raw in req.header_all(header) {
             let d = match AuthHeader::parse_digest(raw) {
                 Ok((h, d)) if h.is_digest() => d,
                 // Other schemes (Basic's token68 does not parse as auth-params) are not ours.
                 Ok(_) => continue,
                 Err(_) if !is_digest_scheme(raw) => continue,
-                Err(_) => return AuthOutcome::BadRequest("malformed credentials"),
+                Err(_) => return (AuthOutcome::BadRequest("malformed credentials"), None),
             };
             let Some(realm) = d.realm else {
-                return AuthOutcome::BadRequest("credentials without realm");
+                return (AuthOutcome::BadRequest("credentials without realm"), None);
             };
             // RFC 3261 §22.4: credentials for other realms are for other servers.
             if *unq(realm) == *self.shared.realm.as_bytes() {
-                return self.verify(&d, method, ruri, now_ms);
+                let (outcome, reason) = self.verify(&d, method, ruri, now_ms);
+                let failure = reason.map(|reason| Failure {
+                    reason,
+                    user: d.username.unwrap_or_default(),
+                    realm,
+                    method,
+                });
+                return (outcome, failure);
             }
+            foreign.get_or_insert(Failure {
+                reason: FailReason::WrongRealm,
+                user: d.username.unwrap_or_default(),
+                realm,
+                method,
+            });
         }
-        AuthOutcome::Challenge { stale: false }
+        (AuthOutcome::Challenge { stale: false }, foreign)
     }
 
     fn verify(
@@ -257,12 +326,16 @@ impl Authenticator {
         method: &[u8],
         ruri: &[u8],
         now_ms: u64,
-    ) -> AuthOutcome {
-        const CHALLENGE: AuthOutcome = AuthOutcome::Challenge { stale: false };
+    ) -> (AuthOutcome, Option<FailReason>) {
+        const CHALLENGE: (AuthOutcome, Option<FailReason>) =
+            (AuthOutcome::Challenge { stale: false }, None);
+        const STALE: (AuthOutcome, Option<FailReason>) =
+            (AuthOutcome::Challenge { stale: true }, None);
+        let bad = |why| (AuthOutcome::BadRequest(why), None);
         let (Some(username), Some(nonce), Some(uri), Some(given)) =
             (d.username, d.nonce, d.uri, d.response)
         else {
-            return AuthOutcome::BadRequest("credentials without username, nonce, uri or response");
+            return bad("credentials without username, nonce, uri or response");
         };
         // No qop is the RFC 2069 digest, which has no nonce count: not accepted.
         let Some(qop) = d.qop else { return CHALLENGE };
@@ -270,10 +343,10 @@ impl Authenticator {
             return CHALLENGE;
         }
         let (Some(nc_text), Some(cnonce)) = (d.nc, d.cnonce) else {
-            return AuthOutcome::BadRequest("qop=auth without nc or cnonce");
+            return bad("qop=auth without nc or cnonce");
         };
         let Some(nc) = parse_nc(nc_text) else {
-            return AuthOutcome::BadRequest("nc is not 8 hex digits");
+            return bad("nc is not 8 hex digits");
         };
         let Some(alg) = Algorithm::from_param(d.algorithm) else {
             return CHALLENGE;
@@ -282,52 +355,58 @@ impl Authenticator {
         if d.userhash.is_some_and(|u| u.eq_ignore_ascii_case(b"true")) {
             return CHALLENGE;
         }
-        if unq(uri).as_ref() != ruri {
+        let uri = unq(uri);
+        let sh = &*self.shared;
+        if sh.strict_uri && uri.as_ref() != ruri {
             return CHALLENGE;
         }
         let nonce = unq(nonce);
-        let sh = &*self.shared;
         let id = match sh.nonces.check(&nonce, now_ms, sh.ttl_s) {
             NonceStatus::Invalid => return CHALLENGE,
             NonceStatus::Fresh(id) => Ok(id),
             NonceStatus::Stale(id) => Err(id),
         };
         let username = unq(username);
-        let user_ha1 = sh.users.get(&username).and_then(|u| u.ha1(alg));
+        let entry = sh.users.get(&username);
+        let user_ha1 = entry.and_then(|u| u.ha1(alg));
         // Unknown users (or users without an HA1 for this algorithm) hash as much as others.
-        let ha1 = user_ha1.unwrap_or(match alg {
-            Algorithm::Md5 => &sh.dummy_md5,
-            Algorithm::Sha256 => &sh.dummy_sha256,
-        });
-        // `uri` equals the Request-URI (checked above).
-        let ha2 = self.ha2.get(alg, method, ruri);
+        let ha1 = user_ha1.unwrap_or(&sh.dummy_ha1[alg.index()]);
+        // HA2 over the `uri` the client hashed (the cache is keyed by what it hashes).
+        let ha2 = self.ha2.get(alg, method, &uri);
         let expected = digest::response_with_ha2(alg, ha1, &nonce, nc_text, &unq(cnonce), &ha2);
         if !(responses_equal(&expected, given) & user_ha1.is_some()) {
-            return CHALLENGE;
+            let reason = match entry {
+                Some(_) => FailReason::BadResponse,
+                None => FailReason::UnknownUser,
+            };
+            return (CHALLENGE.0, Some(reason));
         }
         let Ok(id) = id else {
-            return AuthOutcome::Challenge { stale: true };
+            return STALE;
         };
         // Nonce counts are tracked per shard, so a shard only accepts its own nonces: a nonce
         // issued by another shard could be a replay there. The retry of a challenged request
         // reaches the shard that challenged it (same AOR), so this costs honest clients
         // nothing; others get a fresh nonce with stale=true.
         if (id.salt >> 32) as u32 != self.salt_prefix(self.shard) {
-            return AuthOutcome::Challenge { stale: true };
+            return STALE;
         }
         match self.nc.record(id, nc, now_ms, sh.ttl_s) {
-            NcVerdict::Accepted => AuthOutcome::Authenticated {
-                user: String::from_utf8_lossy(&username).into_owned(),
-            },
-            NcVerdict::Replay => CHALLENGE,
-            NcVerdict::Forgotten => AuthOutcome::Challenge { stale: true },
+            NcVerdict::Accepted => (
+                AuthOutcome::Authenticated {
+                    user: String::from_utf8_lossy(&username).into_owned(),
+                },
+                None,
+            ),
+            NcVerdict::Replay => (CHALLENGE.0, Some(FailReason::ReplayedNc)),
+            NcVerdict::Forgotten => STALE,
         }
     }
 
     /// Writes the challenge header lines `header_name: Digest ...` (`WWW-Authenticate` for
-    /// 401, `Proxy-Authenticate` for 407) with a fresh nonce: SHA-256 first, then MD5
-    /// (RFC 8760 §2.4), each with realm, nonce, algorithm, `qop="auth"` and `stale=true` when
-    /// `stale`.
+    /// 401, `Proxy-Authenticate` for 407) with a fresh nonce, one per offered algorithm in the
+    /// configured order (MD5 then SHA-256 by default), each with realm, nonce, algorithm,
+    /// `qop="auth"` and `stale=true` when `stale`.
     pub fn write_challenge(&self, out: &mut Vec<u8>, header_name: &str, stale: bool, now_ms: u64) {
         self.write_challenge_for(self.shard as usize, out, header_name, stale, now_ms);
     }
@@ -359,7 +438,7 @@ impl Authenticator {
             + 2
             + sh.challenge_head.len()
             + nonce.as_bytes().len()
-            + b"\", algorithm=SHA-256, qop=\"auth\"".len()
+            + b"\", algorithm=SHA-512-256, qop=\"auth\"".len()
             + STALE.len()
             + 2;
         out.reserve(line_len * sh.algorithms.len());

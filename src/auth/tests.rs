@@ -24,6 +24,14 @@ fn users() -> UserDb {
         HA1_PW.as_bytes(),
     );
     db.add_line(&format!("carol:ha1={}", sha.as_str())).unwrap();
+    let sha512 = digest::ha1(
+        Algorithm::Sha512_256,
+        b"erin",
+        REALM.as_bytes(),
+        HA1_PW.as_bytes(),
+    );
+    db.add_line(&format!("erin:ha1-sha512-256={}", sha512.as_str()))
+        .unwrap();
     db
 }
 
@@ -45,10 +53,24 @@ fn challenge_lines(a: &Authenticator, stale: bool, now: u64) -> Vec<(String, Str
         .collect()
 }
 
-/// The challenge value of `alg` written at `now`.
+/// The challenge value of `alg` written at `now` (the first offered one with its algorithm
+/// renamed when `alg` is not offered: one nonce serves every algorithm).
 fn challenge(a: &Authenticator, alg: Algorithm, now: u64) -> String {
-    let i = if alg == Algorithm::Sha256 { 0 } else { 1 };
-    challenge_lines(a, false, now).swap_remove(i).1
+    let lines = challenge_lines(a, false, now);
+    let name = |v: &str| {
+        let d = AuthHeader::parse(v.as_bytes()).unwrap().digest();
+        std::str::from_utf8(d.algorithm.unwrap())
+            .unwrap()
+            .to_owned()
+    };
+    if let Some((_, v)) = lines.iter().find(|(_, v)| name(v) == alg.name()) {
+        return v.clone();
+    }
+    let v = &lines[0].1;
+    v.replace(
+        &format!("algorithm={}", name(v)),
+        &format!("algorithm={}", alg.name()),
+    )
 }
 
 fn creds_for(challenge: &str, user: &str, pw: &str, uri: &str, nc: u32) -> String {
@@ -99,7 +121,8 @@ fn challenge_format() {
     let lines = challenge_lines(&a, false, T0);
     assert_eq!(lines.len(), 2);
     let mut nonces = Vec::new();
-    for ((name, value), alg) in lines.iter().zip(["SHA-256", "MD5"]) {
+    // MD5 first by default: clients that answer only the first challenge answer it.
+    for ((name, value), alg) in lines.iter().zip(["MD5", "SHA-256"]) {
         assert_eq!(name, "WWW-Authenticate");
         let h = AuthHeader::parse(value.as_bytes()).unwrap();
         assert!(h.is_digest());
@@ -139,13 +162,14 @@ fn challenge_parses_as_a_sip_header() {
     let msg = Message::parse(&out).unwrap();
     msg.validate().unwrap();
     let best = client::first_supported_challenge(&msg, HeaderName::WwwAuthenticate).unwrap();
-    assert_eq!(best.algorithm, Some(&b"SHA-256"[..]));
+    assert_eq!(best.algorithm, Some(&b"MD5"[..]));
 }
 
 #[test]
-fn good_credentials_sha256_and_md5() {
+fn good_credentials_for_every_algorithm() {
     let mut a = auth();
-    for alg in Algorithm::PREFERENCE {
+    // SHA-512-256 is accepted though not offered by default.
+    for alg in Algorithm::ALL {
         let c = creds(&a, alg, "alice", "secret", T0);
         assert!(c.contains(&format!("algorithm={}", alg.name())));
         assert_eq!(check(&mut a, &c), ok("alice"), "{alg:?}");
@@ -185,7 +209,7 @@ fn escaped_user_name() {
 #[test]
 fn wrong_password() {
     let mut a = auth();
-    for alg in Algorithm::PREFERENCE {
+    for alg in Algorithm::ALL {
         let c = creds(&a, alg, "alice", "Secret", T0);
         assert_eq!(check(&mut a, &c), CHALLENGE);
     }
@@ -199,7 +223,7 @@ fn unknown_user_is_indistinguishable_from_wrong_password() {
         let outcome = check(a, c);
         (outcome, HASHES.with(|n| n.get()) - before)
     };
-    for alg in Algorithm::PREFERENCE {
+    for alg in Algorithm::ALL {
         let wrong_pw = creds(&a, alg, "alice", "guess", T0);
         let unknown = creds(&a, alg, "mallory", "guess", T0);
         // The same hashing work: HA2 and the response, against a dummy HA1 for the unknown
@@ -244,7 +268,7 @@ fn dummy_ha1_never_authenticates() {
     let mut a = auth();
     // Whoever knew the secret could answer with the dummy HA1 used for unknown users.
     let dummy_pw = hex::encode([3u8; 32]);
-    for alg in Algorithm::PREFERENCE {
+    for alg in Algorithm::ALL {
         for user in ["", "mallory"] {
             let ch = challenge(&a, alg, T0);
             let d = AuthHeader::parse(ch.as_bytes()).unwrap().digest();
@@ -267,6 +291,12 @@ fn ha1_users_from_file_use_their_algorithm_only() {
     assert_eq!(check(&mut a, &c), ok("carol"));
     let c = creds(&a, Algorithm::Md5, "carol", HA1_PW, T0);
     assert_eq!(check(&mut a, &c), CHALLENGE);
+    let c = creds(&a, Algorithm::Sha512_256, "erin", HA1_PW, T0);
+    assert_eq!(check(&mut a, &c), ok("erin"));
+    for alg in [Algorithm::Md5, Algorithm::Sha256] {
+        let c = creds(&a, alg, "erin", HA1_PW, T0);
+        assert_eq!(check(&mut a, &c), CHALLENGE, "{alg:?}");
+    }
 }
 
 #[test]
@@ -311,8 +341,29 @@ fn credentials_for_another_realm_are_skipped() {
 }
 
 #[test]
-fn wrong_uri() {
+fn digest_uri_is_verified_as_sent() {
     let mut a = auth();
+    let ch = challenge(&a, Algorithm::Md5, T0);
+    // SIPp's [authentication]: uri="sip:HOST:PORT" whatever the Request-URI.
+    let c = creds_for(&ch, "alice", "secret", "sip:127.0.0.1:5060", 1);
+    assert_eq!(check(&mut a, &c), ok("alice"));
+    let c = creds_for(&ch, "alice", "secret", "sip:EXAMPLE.com", 2);
+    assert_eq!(check(&mut a, &c), ok("alice"));
+    // The response binds the uri: computed for one, sent with another, refused.
+    let c = creds_for(&ch, "alice", "secret", "sip:example.org", 3)
+        .replace("uri=\"sip:example.org\"", &format!("uri=\"{RURI}\""));
+    assert_eq!(check(&mut a, &c), CHALLENGE);
+    let c = creds_for(&ch, "alice", "secret", RURI, 4)
+        .replace(&format!("uri=\"{RURI}\""), "uri=\"sip:example.org\"");
+    assert_eq!(check(&mut a, &c), CHALLENGE);
+    // Nonce counts are as strict as ever: the first one again is a replay.
+    let c = creds_for(&ch, "alice", "secret", "sip:127.0.0.1:5060", 1);
+    assert_eq!(check(&mut a, &c), CHALLENGE);
+}
+
+#[test]
+fn strict_uri_requires_the_request_uri() {
+    let mut a = auth().with_strict_uri(true);
     let ch = challenge(&a, Algorithm::Sha256, T0);
     let c = creds_for(&ch, "alice", "secret", "sip:example.org", 1);
     assert_eq!(check(&mut a, &c), CHALLENGE);
@@ -320,6 +371,31 @@ fn wrong_uri() {
     assert_eq!(check(&mut a, &c), CHALLENGE);
     let c = creds_for(&ch, "alice", "secret", RURI, 3);
     assert_eq!(check(&mut a, &c), ok("alice"));
+}
+
+#[test]
+fn cached_ha2_follows_the_digest_uri() {
+    // One Request-URI, credentials alternating between `uri` values: the HA2 cache (keyed by
+    // the `uri` hashed) never answers for another one.
+    let mut a = auth();
+    let uris = ["sip:example.com", "sip:127.0.0.1:5060", "sip:example.co"];
+    let mut nc = 0;
+    for round in 0..3 {
+        for (i, uri) in uris.iter().enumerate() {
+            for alg in Algorithm::ALL {
+                let ch = challenge(&a, alg, T0);
+                nc += 1;
+                let c = creds_for(&ch, "alice", "secret", uri, nc);
+                assert_eq!(check(&mut a, &c), ok("alice"), "{round} {i} {alg:?}");
+                // The same response claimed for the previous uri.
+                nc += 1;
+                let other = uris[(i + 2) % uris.len()];
+                let c = creds_for(&ch, "alice", "secret", uri, nc)
+                    .replace(&format!("uri=\"{uri}\""), &format!("uri=\"{other}\""));
+                assert_eq!(check(&mut a, &c), CHALLENGE, "{round} {i} {alg:?}");
+            }
+        }
+    }
 }
 
 #[test]
@@ -534,9 +610,15 @@ fn offered_algorithms_follow_the_configured_order() {
     let b = auth().with_algorithms(&[Algorithm::Md5, Algorithm::Sha256]);
     let lines = challenge_lines(&b, false, T0);
     assert!(lines[0].1.contains("algorithm=MD5") && lines[1].1.contains("algorithm=SHA-256"));
-    // The default is RFC 8760's order: SHA-256 first.
+    // The default: MD5 first, SHA-256 second, nothing else.
     let lines = challenge_lines(&auth(), false, T0);
-    assert!(lines[0].1.contains("algorithm=SHA-256"));
+    assert_eq!(lines.len(), 2);
+    assert!(lines[0].1.contains("algorithm=MD5"), "{lines:?}");
+    assert!(lines[1].1.contains("algorithm=SHA-256"), "{lines:?}");
+    let c = auth().with_algorithms(&[Algorithm::Sha512_256, Algorithm::Sha256]);
+    let lines = challenge_lines(&c, false, T0);
+    assert!(lines[0].1.contains("algorithm=SHA-512-256"), "{lines:?}");
+    assert!(lines[1].1.contains("algorithm=SHA-256"), "{lines:?}");
 }
 
 /// `write_challenge` as it was before it wrote in place from a prepared head: the realm quoted
@@ -571,8 +653,9 @@ fn challenge_before(
 
 #[test]
 fn challenges_are_byte_for_byte_those_of_before() {
-    let orders: [&[Algorithm]; 4] = [
-        &Algorithm::PREFERENCE,
+    let orders: [&[Algorithm]; 5] = [
+        &Algorithm::DEFAULT_OFFER,
+        &Algorithm::ALL,
         &[Algorithm::Md5],
         &[Algorithm::Sha256],
         &[Algorithm::Md5, Algorithm::Sha256],
@@ -622,7 +705,7 @@ fn cached_ha2_follows_the_request_uri_and_method() {
     let mut nc = 0;
     for round in 0..3 {
         for (i, uri) in uris.iter().enumerate() {
-            for alg in Algorithm::PREFERENCE {
+            for alg in Algorithm::ALL {
                 for method in ["REGISTER", "INVITE"] {
                     nc += 1;
                     let ch = challenge(&a, alg, T0);
@@ -658,4 +741,190 @@ fn cached_ha2_follows_the_request_uri_and_method() {
             }
         }
     }
+}
+
+/// The failure `check_detailed` reports for one Authorization value at `now`, as
+/// (reason, user as sent, realm as sent).
+fn failure_at(a: &mut Authenticator, authz: &[&str], now: u64) -> Option<(FailReason, String)> {
+    let r = request_with("Authorization", authz);
+    let msg = Message::parse(r.as_bytes()).unwrap();
+    let (_, f) = a.check_detailed(&msg, HeaderName::Authorization, now);
+    f.map(|f| {
+        assert_eq!(f.method, b"REGISTER");
+        let text = |v: &[u8]| String::from_utf8_lossy(v).into_owned();
+        (f.reason, format!("{} {}", text(f.user), text(f.realm)))
+    })
+}
+
+fn failure(a: &mut Authenticator, authz: &str) -> Option<(FailReason, String)> {
+    failure_at(a, &[authz], T0)
+}
+
+fn failed(reason: FailReason, user: &str, realm: &str) -> Option<(FailReason, String)> {
+    Some((reason, format!("{user} {realm}")))
+}
+
+#[test]
+fn wrong_credentials_are_failures() {
+    let mut a = auth();
+    for alg in Algorithm::ALL {
+        let c = creds(&a, alg, "alice", "guess", T0);
+        let want = failed(FailReason::BadResponse, "alice", REALM);
+        assert_eq!(failure(&mut a, &c), want, "{alg:?}");
+        let c = creds(&a, alg, "mallory", "guess", T0);
+        let want = failed(FailReason::UnknownUser, "mallory", REALM);
+        assert_eq!(failure(&mut a, &c), want, "{alg:?}");
+    }
+    // A user by HA1 answering another algorithm: its response cannot be right.
+    let c = creds(&a, Algorithm::Sha256, "bob", HA1_PW, T0);
+    let want = failed(FailReason::BadResponse, "bob", REALM);
+    assert_eq!(failure(&mut a, &c), want);
+    // The user as sent, escapes and all (the log line unescapes it).
+    let c = creds(&a, Algorithm::Md5, "dom\\user", "guess", T0);
+    let want = failed(FailReason::BadResponse, "dom\\\\user", REALM);
+    assert_eq!(failure(&mut a, &c), want);
+    // Expired nonce and wrong password: still a wrong password.
+    let c = creds(&a, Algorithm::Md5, "alice", "guess", T0);
+    let want = failed(FailReason::BadResponse, "alice", REALM);
+    assert_eq!(failure_at(&mut a, &[&c], T0 + 301_000), want);
+}
+
+#[test]
+fn replayed_nonce_count_is_a_failure() {
+    let mut a = auth();
+    let c = creds(&a, Algorithm::Md5, "alice", "secret", T0);
+    assert_eq!(failure(&mut a, &c), None);
+    let want = failed(FailReason::ReplayedNc, "alice", REALM);
+    assert_eq!(failure(&mut a, &c), want);
+}
+
+#[test]
+fn credentials_only_for_other_realms_are_a_failure() {
+    let mut a = auth();
+    let other = |a: &Authenticator, realm: &str, user: &str| {
+        creds_for(
+            &challenge(a, Algorithm::Md5, T0).replace("example.com\"", &format!("{realm}\"")),
+            user,
+            "secret",
+            RURI,
+            1,
+        )
+    };
+    let (org, net) = (
+        other(&a, "example.org", "alice"),
+        other(&a, "example.net", "bo"),
+    );
+    // The first foreign credentials are reported.
+    let want = failed(FailReason::WrongRealm, "alice", "example.org");
+    assert_eq!(failure_at(&mut a, &[&org, &net], T0), want);
+    // With ours among them, ours decide.
+    let ours = creds(&a, Algorithm::Md5, "alice", "secret", T0);
+    assert_eq!(failure_at(&mut a, &[&org, &ours], T0), None);
+}
+
+#[test]
+fn challenges_that_are_not_failures() {
+    let mut a = auth();
+    // No credentials: the first challenge.
+    assert_eq!(failure_at(&mut a, &[], T0), None);
+    assert_eq!(failure(&mut a, "Basic dXNlcjpwYXNz"), None);
+    // A right response with an expired nonce (stale=true), or a forgotten one.
+    let c = creds(&a, Algorithm::Sha256, "alice", "secret", T0);
+    assert_eq!(failure_at(&mut a, &[&c], T0 + 301_000), None);
+    let mut small = auth().with_max_tracked(1);
+    let c1 = creds(&small, Algorithm::Md5, "alice", "secret", T0);
+    let c2 = creds(&small, Algorithm::Md5, "alice", "secret", T0 + 1000);
+    assert_eq!(failure_at(&mut small, &[&c1], T0 + 1000), None);
+    assert_eq!(failure_at(&mut small, &[&c2], T0 + 1000), None);
+    assert_eq!(check_at(&mut small, &c1, T0 + 1000), STALE);
+    // A nonce this server never issued (a client from before a restart).
+    let other_run = Authenticator::new(REALM, Arc::new(users()), [4; 32], 300);
+    let c = creds(&other_run, Algorithm::Md5, "alice", "secret", T0);
+    assert_eq!(check(&mut a, &c), CHALLENGE);
+    assert_eq!(failure(&mut a, &c), None);
+    // Forms we do not accept get a challenge that says what to send, or a 400.
+    let c = creds(&a, Algorithm::Md5, "alice", "secret", T0);
+    let sess = c.replace("algorithm=MD5", "algorithm=MD5-sess");
+    assert_eq!(failure(&mut a, &sess), None);
+    assert_eq!(failure(&mut a, &c.replace(", nc=00000001", "")), None);
+    let mut strict = auth().with_strict_uri(true);
+    let c = creds_for(
+        &challenge(&strict, Algorithm::Md5, T0),
+        "alice",
+        "secret",
+        "sip:x",
+        1,
+    );
+    assert_eq!(failure(&mut strict, &c), None);
+}
+
+/// A tracing writer into a shared buffer.
+#[derive(Clone, Default)]
+struct Captured(Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for Captured {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(b);
+        Ok(b.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Captured {
+    type Writer = Captured;
+    fn make_writer(&'a self) -> Captured {
+        self.clone()
+    }
+}
+
+/// What `check_from` logs at `level` for each Authorization value ("": no header).
+fn logged(level: tracing::Level, a: &mut Authenticator, values: &[String]) -> String {
+    let buf = Captured::default();
+    let subscriber = tracing_subscriber::fmt()
+        .with_max_level(level)
+        .with_ansi(false)
+        .with_writer(buf.clone())
+        .finish();
+    tracing::subscriber::with_default(subscriber, || {
+        for v in values {
+            let r = match v.is_empty() {
+                true => request_with("Authorization", &[]),
+                false => request_with("Authorization", &[v]),
+            };
+            let msg = Message::parse(r.as_bytes()).unwrap();
+            let src = "203.0.113.5:5060".parse().unwrap();
+            a.check_from(&msg, HeaderName::Authorization, T0, src);
+        }
+    });
+    let text = buf.0.lock().unwrap().clone();
+    String::from_utf8(text).unwrap()
+}
+
+#[test]
+fn check_from_logs_failures_at_warn() {
+    let mut a = auth();
+    let good = creds(&a, Algorithm::Md5, "alice", "secret", T0);
+    let wrong = creds(&a, Algorithm::Md5, "alice", "guess", T0);
+    let unknown = creds(&a, Algorithm::Sha256, "mallory", "guess", T0);
+    // The first challenge, a login, two failures, a replay.
+    let values = [String::new(), good.clone(), wrong, unknown, good];
+    let log = logged(tracing::Level::WARN, &mut a, &values);
+    let lines: Vec<&str> = log.lines().collect();
+    assert_eq!(lines.len(), 3, "{log}");
+    let tails = [
+        "user=alice realm=example.com method=REGISTER reason=bad-response",
+        "user=mallory realm=example.com method=REGISTER reason=unknown-user",
+        "user=alice realm=example.com method=REGISTER reason=replayed-nc",
+    ];
+    for (line, tail) in lines.iter().zip(tails) {
+        assert!(line.contains(" WARN "), "{line}");
+        assert!(
+            line.ends_with(&format!("auth failed src=203.0.113.5:5060 {tail}")),
+            "{line}"
+        );
+    }
+    // Nothing at error level (the same requests to a fresh authenticator).
+    assert_eq!(logged(tracing::Level::ERROR, &mut auth(), &values), "");
 }

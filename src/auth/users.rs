@@ -1,6 +1,6 @@
 //! The user database of the digest authenticator: user names with their HA1 values
-//! (RFC 7616 §3.4.2, `HA1 = H(username ":" realm ":" password)`), for MD5 and SHA-256
-//! (RFC 8760 §2.1).
+//! (RFC 7616 §3.4.2, `HA1 = H(username ":" realm ":" password)`), for MD5, SHA-256 and
+//! SHA-512-256 (RFC 8760 §2.1).
 //!
 //! Users come from `--user NAME:PASSWORD` arguments ([`UserDb::add_arg`]) and from a users
 //! file ([`UserDb::load_file`]) with one entry per line:
@@ -10,13 +10,17 @@
 //! alice:secret
 //! bob:ha1=0123456789abcdef0123456789abcdef
 //! carol:ha1=<64 hex digits>
+//! dave:ha1-md5=<32 hex digits>,ha1-sha256=<64 hex digits>,ha1-sha512-256=<64 hex digits>
 //! ```
 //!
-//! `bob` has an MD5 HA1 (32 hex digits), `carol` a SHA-256 HA1 (64 hex digits).
-//! A line is split at its first `:`; leading and trailing whitespace of the line is removed.
-//! A password is kept only as its two HA1 values; a user given by `ha1=` can only use that
-//! hash's algorithm. A password that itself starts with `ha1=` cannot be given this way.
-//! A user name may appear once.
+//! `bob` has an MD5 HA1 (32 hex digits), `carol` a SHA-256 HA1 (64 hex digits: a bare
+//! `ha1=` of 64 digits is SHA-256, as it always was). `dave` names the algorithm of each
+//! HA1 (`ha1-md5=`, `ha1-sha256=`, `ha1-sha512-256=`), one or more separated by commas; each
+//! algorithm at most once. A user given by HA1 values can only use those algorithms: give one
+//! for MD5 too when phones that only answer MD5 (the first challenge offered by default)
+//! register. A line is split at its first `:`; leading and trailing whitespace of the line is
+//! removed. A password is kept only as its HA1 values (one per algorithm). A password that
+//! itself starts with `ha1=` or `ha1-` cannot be given this way. A user name may appear once.
 
 use core::fmt;
 use std::path::{Path, PathBuf};
@@ -25,20 +29,16 @@ use hashbrown::HashMap;
 
 use super::digest::{ha1, Algorithm, HexHash};
 
-/// The HA1 values of one user.
-#[derive(Debug, Clone)]
+/// The HA1 values of one user, one slot per algorithm (in the order of [`Algorithm::ALL`]).
+#[derive(Debug, Clone, Default)]
 pub struct UserEntry {
-    md5: Option<HexHash>,
-    sha256: Option<HexHash>,
+    ha1: [Option<HexHash>; Algorithm::ALL.len()],
 }
 
 impl UserEntry {
     /// The HA1 for `alg`, if this user can use that algorithm.
     pub fn ha1(&self, alg: Algorithm) -> Option<&HexHash> {
-        match alg {
-            Algorithm::Md5 => self.md5.as_ref(),
-            Algorithm::Sha256 => self.sha256.as_ref(),
-        }
+        self.ha1[alg.index()].as_ref()
     }
 }
 
@@ -53,7 +53,8 @@ pub enum LineProblem {
     EmptyPassword,
     /// The name contains a control character or a double quote.
     BadName,
-    /// `ha1=` is followed by something that is not 32 or 64 hex digits.
+    /// `ha1=` is followed by something that is not 32 or 64 hex digits, or an `ha1-ALG=`
+    /// item names no algorithm, has the wrong length or repeats an algorithm.
     BadHa1,
     /// The user was already defined.
     Duplicate(String),
@@ -62,14 +63,17 @@ pub enum LineProblem {
 impl fmt::Display for LineProblem {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            LineProblem::MissingColon => f.write_str("expected name:password or name:ha1=HEX"),
+            LineProblem::MissingColon => f.write_str(
+                "expected name:password, name:ha1=HEX or name:ha1-ALG=HEX[,ha1-ALG=HEX]",
+            ),
             LineProblem::EmptyName => f.write_str("empty user name"),
             LineProblem::EmptyPassword => f.write_str("empty password"),
             LineProblem::BadName => {
                 f.write_str("user name contains a control character or a double quote")
             }
             LineProblem::BadHa1 => f.write_str(
-                "ha1= must be followed by 32 hex digits (MD5) or 64 hex digits (SHA-256)",
+                "ha1= must be followed by 32 hex digits (MD5) or 64 hex digits (SHA-256); \
+                 ha1-md5= by 32, ha1-sha256= and ha1-sha512-256= by 64, each algorithm once",
             ),
             LineProblem::Duplicate(name) => write!(f, "user {name:?} is defined twice"),
         }
@@ -147,31 +151,22 @@ impl UserDb {
         self.users.get(name)
     }
 
-    /// Adds a user with a password: its MD5 and SHA-256 HA1 are computed now.
+    /// Adds a user with a password: its HA1 for every algorithm is computed now.
     pub fn add_password(&mut self, name: &str, password: &str) -> Result<(), UserDbError> {
         check_name(name).map_err(bad)?;
         if password.is_empty() {
             return Err(bad(LineProblem::EmptyPassword));
         }
         let realm = self.realm.as_bytes();
-        let entry = UserEntry {
-            md5: Some(ha1(
-                Algorithm::Md5,
-                name.as_bytes(),
-                realm,
-                password.as_bytes(),
-            )),
-            sha256: Some(ha1(
-                Algorithm::Sha256,
-                name.as_bytes(),
-                realm,
-                password.as_bytes(),
-            )),
-        };
+        let mut entry = UserEntry::default();
+        for alg in Algorithm::ALL {
+            entry.ha1[alg.index()] = Some(ha1(alg, name.as_bytes(), realm, password.as_bytes()));
+        }
         self.insert(name, entry)
     }
 
-    /// Adds a user from a users-file line: `name:password` or `name:ha1=HEX`. Blank and `#`
+    /// Adds a user from a users-file line: `name:password`, `name:ha1=HEX` or
+    /// `name:ha1-ALG=HEX[,ha1-ALG=HEX...]` (see the module documentation). Blank and `#`
     /// lines are accepted and add nothing.
     pub fn add_line(&mut self, line: &str) -> Result<(), UserDbError> {
         let line = line.trim();
@@ -181,31 +176,16 @@ impl UserDb {
         self.add_arg(line)
     }
 
-    /// Adds a user from a `--user` argument: `name:password` or `name:ha1=HEX`, taken as it
-    /// is (no comments, no trimming).
+    /// Adds a user from a `--user` argument: `name:password`, `name:ha1=HEX` or
+    /// `name:ha1-ALG=HEX[,...]`, taken as it is (no comments, no trimming).
     pub fn add_arg(&mut self, arg: &str) -> Result<(), UserDbError> {
         let (name, secret) = arg.split_once(':').ok_or(bad(LineProblem::MissingColon))?;
-        match secret.strip_prefix("ha1=") {
-            Some(hex_digits) => {
-                check_name(name).map_err(bad)?;
-                let h = hex_digits.as_bytes();
-                let entry = if let Some(md5) = HexHash::from_hex(h, 32) {
-                    UserEntry {
-                        md5: Some(md5),
-                        sha256: None,
-                    }
-                } else if let Some(sha256) = HexHash::from_hex(h, 64) {
-                    UserEntry {
-                        md5: None,
-                        sha256: Some(sha256),
-                    }
-                } else {
-                    return Err(bad(LineProblem::BadHa1));
-                };
-                self.insert(name, entry)
-            }
-            None => self.add_password(name, secret),
+        if !secret.starts_with("ha1=") && !secret.starts_with("ha1-") {
+            return self.add_password(name, secret);
         }
+        check_name(name).map_err(bad)?;
+        let entry = parse_ha1_list(secret).ok_or(bad(LineProblem::BadHa1))?;
+        self.insert(name, entry)
     }
 
     /// Adds every user of a users file. The error names the file and the line.
@@ -240,6 +220,35 @@ impl UserDb {
         self.users.insert(key, entry);
         Ok(())
     }
+}
+
+/// `ha1=HEX` (32 digits MD5, 64 SHA-256) or a comma-separated list of `ha1-md5=HEX`,
+/// `ha1-sha256=HEX`, `ha1-sha512-256=HEX`, each algorithm at most once.
+fn parse_ha1_list(secret: &str) -> Option<UserEntry> {
+    let mut entry = UserEntry::default();
+    if let Some(hex_digits) = secret.strip_prefix("ha1=") {
+        let alg = match hex_digits.len() {
+            32 => Algorithm::Md5,
+            _ => Algorithm::Sha256,
+        };
+        entry.ha1[alg.index()] = Some(HexHash::from_hex(hex_digits.as_bytes(), alg.hex_len())?);
+        return Some(entry);
+    }
+    for item in secret.split(',') {
+        let (label, hex_digits) = item.trim().split_once('=')?;
+        let alg = match label {
+            "ha1-md5" => Algorithm::Md5,
+            "ha1-sha256" => Algorithm::Sha256,
+            "ha1-sha512-256" => Algorithm::Sha512_256,
+            _ => return None,
+        };
+        let slot = &mut entry.ha1[alg.index()];
+        if slot.is_some() {
+            return None;
+        }
+        *slot = Some(HexHash::from_hex(hex_digits.as_bytes(), alg.hex_len())?);
+    }
+    Some(entry)
 }
 
 fn bad(problem: LineProblem) -> UserDbError {
@@ -335,6 +344,47 @@ mod tests {
         let carol = db.get(b"carol").unwrap();
         assert!(carol.ha1(Algorithm::Md5).is_none());
         assert_eq!(carol.ha1(Algorithm::Sha256).unwrap().as_str(), sha);
+    }
+
+    #[test]
+    fn ha1_values_named_by_algorithm() {
+        let (m, s2, s5) = ("b".repeat(32), "c".repeat(64), "D".repeat(64));
+        let mut db = UserDb::new("r");
+        db.add_line(&format!(
+            "dave:ha1-md5={m}, ha1-sha256={s2},ha1-sha512-256={s5}"
+        ))
+        .unwrap();
+        db.add_line(&format!("erin:ha1-sha512-256={s5}")).unwrap();
+        let dave = db.get(b"dave").unwrap();
+        assert_eq!(dave.ha1(Algorithm::Md5).unwrap().as_str(), m);
+        assert_eq!(dave.ha1(Algorithm::Sha256).unwrap().as_str(), s2);
+        assert_eq!(
+            dave.ha1(Algorithm::Sha512_256).unwrap().as_str(),
+            s5.to_ascii_lowercase()
+        );
+        let erin = db.get(b"erin").unwrap();
+        assert!(erin.ha1(Algorithm::Md5).is_none() && erin.ha1(Algorithm::Sha256).is_none());
+        assert!(erin.ha1(Algorithm::Sha512_256).is_some());
+        // A password gives every algorithm's HA1.
+        db.add_line("frank:pw").unwrap();
+        let frank = db.get(b"frank").unwrap();
+        for alg in Algorithm::ALL {
+            assert_eq!(frank.ha1(alg), Some(&ha1(alg, b"frank", b"r", b"pw")));
+        }
+        for bad in [
+            format!("x:ha1-md5={s2}"),
+            format!("x:ha1-sha256={m}"),
+            format!("x:ha1-sha512-256={m}"),
+            format!("x:ha1-md5={m},ha1-md5={m}"),
+            format!("x:ha1-sha1={s2}"),
+            format!("x:ha1-md5={m},"),
+            format!("x:ha1-md5={m},{s2}"),
+            "x:ha1-md5".to_owned(),
+            "x:ha1-pw".to_owned(),
+        ] {
+            assert_eq!(problem(db.add_line(&bad)), LineProblem::BadHa1, "{bad}");
+        }
+        assert_eq!(db.len(), 3);
     }
 
     #[test]

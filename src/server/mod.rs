@@ -499,7 +499,7 @@ impl Core {
             return;
         }
         if let Some(auth) = &mut self.auth {
-            match auth.check(msg, HeaderName::Authorization, now_ms) {
+            match auth.check_from(msg, HeaderName::Authorization, now_ms, reply.source()) {
                 // Only credential-less REGISTERs stay on a shard that does not own the AOR,
                 // and those are challenged: never reached.
                 AuthOutcome::Authenticated { .. } if nonce_shard != self.shard => {
@@ -625,7 +625,7 @@ impl Core {
         let Some(auth) = &mut self.auth else {
             return true;
         };
-        match auth.check(msg, HeaderName::ProxyAuthorization, now_ms) {
+        match auth.check_from(msg, HeaderName::ProxyAuthorization, now_ms, reply.source()) {
             AuthOutcome::Authenticated { user } => {
                 let from_user = msg
                     .from()

@@ -44,6 +44,21 @@ impl ServerProcess {
 
     /// Same, with `--metrics` on another free port.
     pub fn start_with(args: &[&str], metrics: bool) -> ServerProcess {
+        Self::start_full(args, metrics, Stdio::inherit())
+    }
+
+    /// [`ServerProcess::start`] with the server's stderr (its `--log warn` lines) appended to
+    /// the file `log`.
+    pub fn start_logging_to(args: &[&str], log: &std::path::Path) -> ServerProcess {
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log)
+            .expect("open the server log");
+        Self::start_full(args, false, Stdio::from(file))
+    }
+
+    fn start_full(args: &[&str], metrics: bool, stderr: Stdio) -> ServerProcess {
         let port = free_port();
         let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
         let mut cmd = Command::new(binary());
@@ -57,7 +72,7 @@ impl ServerProcess {
             .arg("--log")
             .arg("warn")
             .stdout(Stdio::null())
-            .stderr(Stdio::inherit());
+            .stderr(stderr);
         let child = cmd.spawn().expect("start sipshard");
         let server = ServerProcess {
             child,
