@@ -119,12 +119,23 @@ impl Config {
     }
 }
 
-/// Command-line flags (DESIGN.md §4).
+/// The end of `--help`: where the keys without a flag are described.
+const AFTER_HELP: &str = "\
+Flags override the keys of the TOML file given with --config.
+Keys only in the file: nonce_ttl, queue_capacity, registrar.default_expires,
+registrar.min_expires, registrar.max_expires, registrar.max_contacts,
+registrar.match_auth_user.
+sipshard.toml at the top of the source tree lists every key with its default
+and what it does; install it as /etc/sipshard/sipshard.toml (read by
+tuning/sipshard.service).";
+
+/// Command-line flags.
 #[derive(Parser, Debug, Default)]
 #[command(
     name = "sipshard",
     version,
-    about = "A thread-per-core SIP registrar and proxy"
+    about = "A thread-per-core SIP registrar and proxy",
+    after_help = AFTER_HELP
 )]
 pub struct Cli {
     /// TOML configuration file; flags override its values.
@@ -568,6 +579,10 @@ pub fn authenticator(config: &Config) -> Result<Option<crate::auth::Authenticato
         .with_algorithms(&config.auth_algorithms),
     ))
 }
+
+#[cfg(test)]
+#[path = "config_example_tests.rs"]
+mod example_tests;
 
 #[cfg(test)]
 mod tests {

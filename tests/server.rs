@@ -362,3 +362,33 @@ fn send_errors_are_counted_in_the_metrics() {
         }
     }
 }
+
+/// The example configuration as shipped starts the real server (listen and metrics moved to
+/// test ports by flags), which answers OPTIONS; `--help` names every flag and points to it.
+#[test]
+fn example_config_starts_the_server() {
+    let example = concat!(env!("CARGO_MANIFEST_DIR"), "/sipshard.toml");
+    let s = ServerProcess::start_with(&["--config", example], true);
+    let c = Client::new();
+    let r = c.request(&options_to_server(&c, s.addr, "example-opt"), s.addr);
+    assert_eq!(status(&r), 200);
+    assert!(
+        s.metric("sipshard_requests_received_total{method=\"OPTIONS\"}")
+            .unwrap()
+            >= 1.0
+    );
+    let out = Command::new(binary()).arg("--help").output().unwrap();
+    assert!(out.status.success());
+    let help = String::from_utf8(out.stdout).unwrap();
+    assert!(help.contains("sipshard.toml"), "{help}");
+    assert!(help.contains("/etc/sipshard/sipshard.toml"), "{help}");
+    for flag in [
+        "--config",
+        "--listen",
+        "--io",
+        "--no-private-ports",
+        "--branch-timeout-ms",
+    ] {
+        assert!(help.contains(flag), "{flag}: {help}");
+    }
+}
