@@ -1,6 +1,7 @@
-//! Configuration: the command line and TOML file of DESIGN.md §4, merged into one validated
-//! [`Config`]. Command-line values override the file. Every problem is reported as one line
-//! naming the flag or key (the binary prints it and exits with code 2).
+//! Configuration: the command line and the TOML file (every key is in `sipshard.toml` at the
+//! top of the repository), merged into one validated [`Config`]. Command-line values override
+//! the file. Every problem is reported as one line naming the flag or key (the binary prints it
+//! and exits with code 2).
 
 use clap::Parser;
 use serde::Deserialize;
