@@ -1,6 +1,7 @@
-//! Configuration: the command line and TOML file of DESIGN.md §4, merged into one validated
-//! [`Config`]. Command-line values override the file. Every problem is reported as one line
-//! naming the flag or key (the binary prints it and exits with code 2).
+//! Configuration: the command line and the TOML file (every key is in `sipshard.toml` at the
+//! top of the repository), merged into one validated [`Config`]. Command-line values override
+//! the file. Every problem is reported as one line naming the flag or key (the binary prints it
+//! and exits with code 2).
 
 use clap::Parser;
 use serde::Deserialize;
@@ -120,12 +121,23 @@ impl Config {
     }
 }
 
-/// Command-line flags (DESIGN.md §4).
+/// The end of `--help`: where the keys without a flag are described.
+const AFTER_HELP: &str = "\
+Flags override the keys of the TOML file given with --config.
+Keys only in the file: nonce_ttl, queue_capacity, registrar.default_expires,
+registrar.min_expires, registrar.max_expires, registrar.max_contacts,
+registrar.match_auth_user.
+sipshard.toml at the top of the source tree lists every key with its default
+and what it does; install it as /etc/sipshard/sipshard.toml (read by
+tuning/sipshard.service).";
+
+/// Command-line flags.
 #[derive(Parser, Debug, Default)]
 #[command(
     name = "sipshard",
     version,
-    about = "A thread-per-core SIP registrar and proxy"
+    about = "A thread-per-core SIP registrar and proxy",
+    after_help = AFTER_HELP
 )]
 pub struct Cli {
     /// TOML configuration file; flags override its values.
@@ -603,6 +615,10 @@ pub fn authenticator(config: &Config) -> Result<Option<crate::auth::Authenticato
         .with_strict_uri(config.strict_digest_uri),
     ))
 }
+
+#[cfg(test)]
+#[path = "config_example_tests.rs"]
+mod example_tests;
 
 #[cfg(test)]
 mod tests {

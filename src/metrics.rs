@@ -56,15 +56,28 @@ pub enum DropReason {
     BadResponse,
     /// An ACK that matched no transaction (absorbed).
     Ack,
+    /// Transport: a datagram larger than the receive buffer.
+    Truncated,
+    /// Transport: the kernel refused to send a datagram.
+    SendError,
+    /// Transport: a receive call or completion failed.
+    RecvError,
+    /// Transport (io_uring): the receive stopped with every provided buffer in use; the
+    /// datagrams wait in the socket buffer (dropped only if that overflows too).
+    NoBuffers,
 }
 
-pub const DROP_REASONS: [(DropReason, &str); 6] = [
+pub const DROP_REASONS: [(DropReason, &str); 10] = [
     (DropReason::Malformed, "malformed"),
     (DropReason::StrayResponse, "stray_response"),
     (DropReason::QueueFull, "queue_full"),
     (DropReason::KeepAlive, "keepalive"),
     (DropReason::BadResponse, "bad_response"),
     (DropReason::Ack, "ack_absorbed"),
+    (DropReason::Truncated, "truncated"),
+    (DropReason::SendError, "send_error"),
+    (DropReason::RecvError, "recv_error"),
+    (DropReason::NoBuffers, "no_buffers"),
 ];
 
 const METHODS: [Method; 15] = [
@@ -91,7 +104,7 @@ pub struct ShardStats {
     pub received_responses: Counter,
     /// Responses sent, by status code 100..=699 (index code - 100).
     pub sent_responses: Box<[Counter]>,
-    pub dropped: [Counter; 6],
+    pub dropped: [Counter; DROP_REASONS.len()],
     /// Datagrams this shard handed to their owner shard.
     pub handoffs_out: Counter,
     /// Datagrams this shard received from other shards.
@@ -172,6 +185,15 @@ impl ShardStats {
     #[inline]
     pub fn dropped(&self, r: DropReason) {
         self.dropped[r as usize].inc();
+    }
+
+    /// Copies the transport's drop totals (the transport counts them; the shard publishes).
+    #[inline]
+    pub fn transport_drops(&self, d: crate::transport::TransportDrops) {
+        self.dropped[DropReason::Truncated as usize].set(d.truncated);
+        self.dropped[DropReason::SendError as usize].set(d.send_errors);
+        self.dropped[DropReason::RecvError as usize].set(d.recv_errors);
+        self.dropped[DropReason::NoBuffers as usize].set(d.no_buffers);
     }
 }
 

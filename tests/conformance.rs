@@ -1,30 +1,20 @@
-//! RFC 4475 and RFC 5118 torture messages, read from `../shared/conformance` (or
-//! `SIPSHARD_CONFORMANCE_DIR`). Every file of the manifest is checked: valid messages parse and
-//! expose the fields the RFC calls out; invalid ones are rejected with an error naming the
-//! problem. Without the corpus the test skips, unless `SIPSHARD_REQUIRE_CONFORMANCE=1`.
+//! RFC 4475 and RFC 5118 torture messages, from the corpus in `tests/torture/` (part of the
+//! repository, so every checkout runs this). Every file of the manifest is checked: valid
+//! messages parse and expose the fields the RFC calls out; invalid ones are rejected with an
+//! error naming the problem. The corpus is never optional: a missing file is a failure.
 
 use sipshard::sip::uri::eq_unescaped;
 use sipshard::sip::{ErrorKind, HeaderName, HostKind, Message, ParseError, Scheme, Uri};
 use std::path::PathBuf;
 
-fn corpus_dir() -> Option<PathBuf> {
-    let dir = std::env::var_os("SIPSHARD_CONFORMANCE_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/conformance"));
-    if dir.join("manifest.tsv").is_file() {
-        return Some(dir);
-    }
-    if std::env::var("SIPSHARD_REQUIRE_CONFORMANCE").as_deref() == Ok("1") {
-        panic!(
-            "conformance corpus not found at {} and SIPSHARD_REQUIRE_CONFORMANCE=1",
-            dir.display()
-        );
-    }
-    eprintln!(
-        "skipping: conformance corpus not found at {}",
+fn corpus_dir() -> PathBuf {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/torture");
+    assert!(
+        dir.join("manifest.tsv").is_file(),
+        "conformance corpus missing at {} (it is part of the repository)",
         dir.display()
     );
-    None
+    dir
 }
 
 /// The RFC 5118 archive uses bare LF, two files lack the final empty line and two have a wrong
@@ -403,7 +393,7 @@ fn check_fields(name: &str, m: &Message<'_>) {
 
 #[test]
 fn rfc4475_and_rfc5118_corpus() {
-    let Some(dir) = corpus_dir() else { return };
+    let dir = corpus_dir();
     let rows = manifest(&dir);
     assert!(rows.len() >= 60, "manifest lists {} files", rows.len());
     let mut failures = Vec::new();
@@ -518,4 +508,22 @@ fn uri_comparison_rfc3261_19_1_4() {
         "sip:carol@chicago.com;newparam=5",
         "sip:carol@chicago.com;newparam=6"
     ));
+}
+
+/// The corpus is the published bytes: every file matches `tests/torture/SHA256SUMS` (a checkout
+/// that turned CRLF into LF, or an edited message, fails here rather than in a parser check).
+#[test]
+fn corpus_files_are_byte_exact() {
+    use sha2::{Digest, Sha256};
+    let dir = corpus_dir();
+    let sums = std::fs::read_to_string(dir.join("SHA256SUMS")).unwrap();
+    let mut n = 0;
+    for line in sums.lines().filter(|l| !l.trim().is_empty()) {
+        let (hash, file) = line.split_once("  ").expect("sha256sum line");
+        let bytes = std::fs::read(dir.join(file.trim_start_matches("./"))).unwrap();
+        assert_eq!(hex::encode(Sha256::digest(&bytes)), hash, "{file}");
+        n += 1;
+    }
+    // 62 messages and the manifest.
+    assert_eq!(n, 63);
 }

@@ -310,3 +310,162 @@ fn metrics_endpoint_counts_traffic() {
     assert!(s.metric("sipshard_latency_us_count").unwrap() >= 5.0);
     assert!(text.contains("sipshard_latency_us_bucket{le=\"+Inf\"}"));
 }
+
+/// Starts the binary with `args` plus `--log info`, stderr read line by line, and waits for
+/// the "sipshard ready" line. Returns the server (answering OPTIONS) and every log line up to
+/// and including the ready line.
+fn start_logged(args: &[&str]) -> (ServerProcess, Vec<String>) {
+    use std::io::BufRead;
+    let port = free_port();
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let metrics: std::net::SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let mut child = Command::new(binary())
+        .args(["--listen", &format!("udp:{addr}")])
+        .args(["--metrics", &metrics.to_string()])
+        .args(args)
+        .args(["--log", "info"])
+        .env("NO_COLOR", "1")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let s = ServerProcess {
+        child,
+        addr,
+        metrics: Some(metrics),
+    };
+    let mut lines = Vec::new();
+    loop {
+        let line = rx
+            .recv_timeout(Duration::from_secs(10))
+            .unwrap_or_else(|_| panic!("no 'sipshard ready' line; log so far: {lines:#?}"));
+        let ready = line.contains("sipshard ready");
+        lines.push(line);
+        if ready {
+            break;
+        }
+    }
+    // Keep draining stderr so the server never blocks on a full pipe.
+    std::thread::spawn(move || while rx.recv().is_ok() {});
+    while std::net::TcpStream::connect_timeout(&metrics, Duration::from_millis(100)).is_err() {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    (s, lines)
+}
+
+/// `--io uring` really runs on io_uring: the ready line says `io="uring"` and no shard logged
+/// the fallback to recvmmsg/sendmmsg; registration and OPTIONS work through it. Where
+/// io_uring is unavailable the server falls back, and this test says SKIPPED (or fails with
+/// SIPSHARD_REQUIRE_URING=1, as in CI).
+#[test]
+fn io_uring_backend_serves_register_and_options() {
+    let (s, log) = start_logged(&["--io", "uring", "--shards", "2"]);
+    let ready = log.last().unwrap();
+    let fell_back = log.iter().find(|l| l.contains("falling back"));
+    if let Some(why) = fell_back {
+        assert!(ready.contains("io=\"mmsg\""), "{ready}");
+        skip_or_fail(
+            "io_uring_backend_serves_register_and_options",
+            &format!("the server fell back from io_uring: {why}"),
+            "SIPSHARD_REQUIRE_URING",
+        );
+        return;
+    }
+    assert!(ready.contains("io=\"uring\""), "ready line: {ready}");
+    let c = Client::new();
+    let r = c.request(&options_to_server(&c, s.addr, "uring-opt"), s.addr);
+    assert_eq!(status(&r), 200);
+    for user in ["u1", "u2", "u3", "u4"] {
+        let reg = Register::new(&format!("sip:{user}@localhost"))
+            .contact(&format!("<sip:{user}@{}>", c.addr))
+            .expires(600);
+        assert_eq!(status(&reg.send(&c, s.addr)), 200, "{user}");
+    }
+    assert_eq!(s.metric("sipshard_bindings"), Some(4.0));
+    // Listing a binding goes through the owner shard (a hand-off for half the AORs).
+    let query = Register::new("sip:u3@localhost");
+    let r = query.send(&c, s.addr);
+    assert_eq!(status(&r), 200);
+    assert!(String::from_utf8_lossy(&r).contains("sip:u3@"));
+}
+
+/// Datagrams the kernel refuses to send are counted in
+/// `sipshard_dropped_total{reason="send_error"}`, with either backend: a binding at the
+/// broadcast address (sending there needs SO_BROADCAST, which the server does not set) gets
+/// the forwarded MESSAGE, and every attempt fails.
+#[test]
+fn send_errors_are_counted_in_the_metrics() {
+    for io in ["mmsg", "uring"] {
+        let s = ServerProcess::start_with(&["--io", io, "--shards", "1"], true);
+        let c = Client::new();
+        for reason in ["truncated", "send_error", "recv_error", "no_buffers"] {
+            assert_eq!(
+                s.metric(&format!("sipshard_dropped_total{{reason=\"{reason}\"}}")),
+                Some(0.0),
+                "{io} {reason}"
+            );
+        }
+        let reg = Register::new("sip:bcast@localhost")
+            .contact("<sip:bcast@255.255.255.255:5060>")
+            .expires(600);
+        assert_eq!(status(&reg.send(&c, s.addr)), 200);
+        let msg = request("MESSAGE", "sip:bcast@localhost", &c, "");
+        c.send(&msg, s.addr);
+        let deadline = std::time::Instant::now() + Duration::from_secs(3);
+        loop {
+            let n = s
+                .metric("sipshard_dropped_total{reason=\"send_error\"}")
+                .unwrap();
+            if n >= 1.0 {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{io}: no send error counted"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+/// The example configuration as shipped starts the real server (listen and metrics moved to
+/// test ports by flags), which answers OPTIONS; `--help` names every flag and points to it.
+#[test]
+fn example_config_starts_the_server() {
+    let example = concat!(env!("CARGO_MANIFEST_DIR"), "/sipshard.toml");
+    let s = ServerProcess::start_with(&["--config", example], true);
+    let c = Client::new();
+    let r = c.request(&options_to_server(&c, s.addr, "example-opt"), s.addr);
+    assert_eq!(status(&r), 200);
+    assert!(
+        s.metric("sipshard_requests_received_total{method=\"OPTIONS\"}")
+            .unwrap()
+            >= 1.0
+    );
+    let out = Command::new(binary()).arg("--help").output().unwrap();
+    assert!(out.status.success());
+    let help = String::from_utf8(out.stdout).unwrap();
+    assert!(help.contains("sipshard.toml"), "{help}");
+    assert!(help.contains("/etc/sipshard/sipshard.toml"), "{help}");
+    for flag in [
+        "--config",
+        "--listen",
+        "--io",
+        "--no-private-ports",
+        "--branch-timeout-ms",
+    ] {
+        assert!(help.contains(flag), "{flag}: {help}");
+    }
+}

@@ -1,6 +1,6 @@
 //! SIPp against the real server: the scenarios in sipp-scenarios/ must complete with zero
-//! failed calls and zero retransmissions. Skips without SIPp unless SIPSHARD_REQUIRE_SIPP=1
-//! (CI sets it, so these cannot be skipped there).
+//! failed calls and zero retransmissions. Without SIPp each test prints a SKIPPED line (and
+//! build.rs warns); SIPSHARD_REQUIRE_SIPP=1 (CI sets it) makes that a failure.
 
 mod common;
 
@@ -8,15 +8,16 @@ use common::*;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-fn sipp_available() -> bool {
+/// True when SIPp is installed; otherwise the test calling it skips visibly (or fails when
+/// SIPSHARD_REQUIRE_SIPP=1).
+fn sipp_available(test: &str) -> bool {
     let found = Command::new("sipp").arg("-v").output().is_ok();
     if !found {
-        if std::env::var("SIPSHARD_REQUIRE_SIPP").as_deref() == Ok("1") {
-            panic!(
-                "SIPp is not installed and SIPSHARD_REQUIRE_SIPP=1 (apt-get install sip-tester)"
-            );
-        }
-        eprintln!("skipping: SIPp not installed (apt-get install sip-tester)");
+        skip_or_fail(
+            test,
+            "SIPp not installed (apt-get install sip-tester)",
+            "SIPSHARD_REQUIRE_SIPP",
+        );
     }
     found
 }
@@ -69,16 +70,21 @@ fn run_sipp(dir: &Path, server: &ServerProcess, args: &[&str]) -> SippResult {
         .current_dir(dir)
         .output()
         .expect("run sipp");
-    let text = std::fs::read_to_string(&stat).unwrap_or_else(|_| {
+    read_stat(&stat).unwrap_or_else(|| {
         panic!(
             "no SIPp statistics; stdout: {} stderr: {}",
             String::from_utf8_lossy(&out.stdout),
             String::from_utf8_lossy(&out.stderr)
         )
-    });
+    })
+}
+
+/// The cumulative counters of the last line of a SIPp `-trace_stat` file.
+fn read_stat(stat: &Path) -> Option<SippResult> {
+    let text = std::fs::read_to_string(stat).ok()?;
     let mut lines = text.lines().filter(|l| !l.trim().is_empty());
-    let header: Vec<&str> = lines.next().unwrap().split(';').collect();
-    let last: Vec<&str> = lines.next_back().unwrap().split(';').collect();
+    let header: Vec<&str> = lines.next()?.split(';').collect();
+    let last: Vec<&str> = lines.next_back()?.split(';').collect();
     let col = |name: &str| -> u64 {
         let i = header
             .iter()
@@ -86,11 +92,11 @@ fn run_sipp(dir: &Path, server: &ServerProcess, args: &[&str]) -> SippResult {
             .unwrap_or_else(|| panic!("no {name}"));
         last[i].trim().parse().unwrap()
     };
-    SippResult {
+    Some(SippResult {
         successful: col("SuccessfulCall(C)"),
         failed: col("FailedCall(C)"),
         retransmissions: col("Retransmissions(C)"),
-    }
+    })
 }
 
 /// Asserts that SIPp completed `n` calls with no failure and no retransmission.
@@ -131,7 +137,7 @@ fn run_clean(
 
 #[test]
 fn sipp_register_without_auth() {
-    if !sipp_available() {
+    if !sipp_available("sipp_register_without_auth") {
         return;
     }
     let dir = scratch("reg");
@@ -147,7 +153,7 @@ fn sipp_register_without_auth() {
 
 #[test]
 fn sipp_10k_digest_registrations_over_1k_users() {
-    if !sipp_available() {
+    if !sipp_available("sipp_10k_digest_registrations_over_1k_users") {
         return;
     }
     let dir = scratch("regauth");
@@ -182,7 +188,7 @@ fn sipp_10k_digest_registrations_over_1k_users() {
 /// `--strict-digest-uri` refuses it.
 #[test]
 fn sipp_digest_register_with_the_aor_as_request_uri() {
-    if !sipp_available() {
+    if !sipp_available("sipp_digest_register_with_the_aor_as_request_uri") {
         return;
     }
     let dir = scratch("regauth-aor");
@@ -224,13 +230,48 @@ fn sipp_digest_register_with_the_aor_as_request_uri() {
     assert_eq!((r.successful, r.failed), (0, 2));
 }
 
-/// A SIPp process in the background, killed when dropped.
-struct Background(std::process::Child);
+/// A SIPp UAS in the background (killed if dropped before [`Background::finish`]), writing
+/// its statistics to `stat`.
+struct Background {
+    child: std::process::Child,
+    stat: PathBuf,
+    name: String,
+}
+
+impl Background {
+    /// Waits for the UAS to end (it stops after the `-m` calls it was started for) and checks
+    /// its own account: exit code 0 (SIPp: every call successful) and `calls` successful,
+    /// none failed, in its statistics. The caller's counters alone would not show a UAS that
+    /// saw fewer calls, or failed some.
+    fn finish(mut self, calls: u64) {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        let status = loop {
+            if let Some(st) = self.child.try_wait().unwrap() {
+                break st;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{}: the SIPp UAS did not finish its {calls} calls",
+                self.name
+            );
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        };
+        let r = read_stat(&self.stat)
+            .unwrap_or_else(|| panic!("{}: no UAS statistics at {:?}", self.name, self.stat));
+        assert_eq!(
+            (r.failed, r.successful),
+            (0, calls),
+            "{}: UAS (failed, successful)",
+            self.name
+        );
+        assert_eq!(status.code(), Some(0), "{}: UAS exit status", self.name);
+    }
+}
 
 impl Drop for Background {
     fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
 
@@ -262,6 +303,8 @@ fn callee(
         .unwrap();
     assert!(st.status.success(), "callee registration failed");
     let uas = scenario(scenario_name);
+    let stat = dir.join(format!("uas-{user}-{port}.csv"));
+    let _ = std::fs::remove_file(&stat);
     let child = Command::new("sipp")
         .args(["-sf", uas.to_str().unwrap(), "-p", &port.to_string()])
         .args([
@@ -270,25 +313,32 @@ fn callee(
             "-nostdin",
             "-buff_size",
             "4194304",
+            "-trace_stat",
+            "-fd",
+            "1",
+            "-stf",
         ])
+        .arg(&stat)
         .current_dir(dir)
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
         .spawn()
         .unwrap();
     std::thread::sleep(std::time::Duration::from_millis(300));
-    (Background(child), csv)
+    let name = format!("{scenario_name} for {user} on port {port}");
+    (Background { child, stat, name }, csv)
 }
 
 #[test]
 fn sipp_calls_through_the_record_routing_proxy() {
-    if !sipp_available() {
+    if !sipp_available("sipp_calls_through_the_record_routing_proxy") {
         return;
     }
     let dir = scratch("calls");
     let s = ServerProcess::start_with(&["--shards", "2"], true);
-    let (_uas, csv) = callee(&dir, &s, "callee", free_udp_port(), "uas.xml", 2000);
+    let (uas, csv) = callee(&dir, &s, "callee", free_udp_port(), "uas.xml", 2000);
     run_clean(&dir, &s, "uac.xml", &csv, 2000, 500, &["-d", "50"]);
+    uas.finish(2000);
     assert_eq!(
         s.metric("sipshard_requests_received_total{method=\"INVITE\"}"),
         Some(2000.0)
@@ -325,13 +375,14 @@ fn sipp_calls_through_the_record_routing_proxy() {
 
 #[test]
 fn sipp_cancel_before_answer() {
-    if !sipp_available() {
+    if !sipp_available("sipp_cancel_before_answer") {
         return;
     }
     let dir = scratch("cancel");
     let s = ServerProcess::start_with(&["--shards", "1"], true);
-    let (_uas, csv) = callee(&dir, &s, "ringer", free_udp_port(), "uas-cancel.xml", 200);
+    let (uas, csv) = callee(&dir, &s, "ringer", free_udp_port(), "uas-cancel.xml", 200);
     run_clean(&dir, &s, "uac-cancel.xml", &csv, 200, 100, &[]);
+    uas.finish(200);
     assert_eq!(
         s.metric("sipshard_requests_received_total{method=\"CANCEL\"}"),
         Some(200.0)
@@ -340,16 +391,19 @@ fn sipp_cancel_before_answer() {
 
 #[test]
 fn sipp_forking_to_two_contacts_answered_by_one() {
-    if !sipp_available() {
+    if !sipp_available("sipp_forking_to_two_contacts_answered_by_one") {
         return;
     }
     let dir = scratch("fork");
     let s = ServerProcess::start_with(&["--shards", "1"], true);
     // Two phones registered for the same user: one answers, the other rings until cancelled.
-    let (_answers, csv) = callee(&dir, &s, "forked", free_udp_port(), "uas.xml", 100);
-    let (_rings, _) = callee(&dir, &s, "forked", free_udp_port(), "uas-cancel.xml", 100);
+    let (answers, csv) = callee(&dir, &s, "forked", free_udp_port(), "uas.xml", 100);
+    let (rings, _) = callee(&dir, &s, "forked", free_udp_port(), "uas-cancel.xml", 100);
     assert_eq!(s.metric("sipshard_bindings"), Some(2.0));
     run_clean(&dir, &s, "uac.xml", &csv, 100, 20, &["-d", "50"]);
+    // Each phone saw every call: one answered all 100, the other was cancelled 100 times.
+    answers.finish(100);
+    rings.finish(100);
     // Every INVITE went to both phones; the ringing one was cancelled each time.
     assert_eq!(
         s.metric("sipshard_requests_sent_total{method=\"INVITE\"}"),
@@ -363,13 +417,14 @@ fn sipp_forking_to_two_contacts_answered_by_one() {
 
 #[test]
 fn sipp_callee_hangs_up_through_the_proxy() {
-    if !sipp_available() {
+    if !sipp_available("sipp_callee_hangs_up_through_the_proxy") {
         return;
     }
     let dir = scratch("byecallee");
     let s = ServerProcess::start_with(&["--shards", "2"], true);
-    let (_uas, csv) = callee(&dir, &s, "hangup", free_udp_port(), "uas-bye.xml", 100);
+    let (uas, csv) = callee(&dir, &s, "hangup", free_udp_port(), "uas-bye.xml", 100);
     run_clean(&dir, &s, "uac-callee-bye.xml", &csv, 100, 50, &[]);
+    uas.finish(100);
     // The callee's BYEs were routed back to the callers through the proxy.
     assert_eq!(
         s.metric("sipshard_requests_sent_total{method=\"BYE\"}"),
@@ -379,13 +434,14 @@ fn sipp_callee_hangs_up_through_the_proxy() {
 
 #[test]
 fn sipp_reinvite_in_a_dialog_through_the_proxy() {
-    if !sipp_available() {
+    if !sipp_available("sipp_reinvite_in_a_dialog_through_the_proxy") {
         return;
     }
     let dir = scratch("reinvite");
     let s = ServerProcess::start_with(&["--shards", "2"], true);
-    let (_uas, csv) = callee(&dir, &s, "reinv", free_udp_port(), "uas-reinvite.xml", 100);
+    let (uas, csv) = callee(&dir, &s, "reinv", free_udp_port(), "uas-reinvite.xml", 100);
     run_clean(&dir, &s, "uac-reinvite.xml", &csv, 100, 50, &["-d", "20"]);
+    uas.finish(100);
     // Two INVITEs per call (the initial one and the re-INVITE), both forwarded.
     assert_eq!(
         s.metric("sipshard_requests_sent_total{method=\"INVITE\"}"),

@@ -1,7 +1,9 @@
 //! Both transport backends against a plain std UDP peer: datagrams in through `poll_recv`
 //! (source and bytes intact, bursts larger than the uring buffer ring), replies out through
-//! `send`, and `wait` returning on a wake-up, a datagram, or the timeout. The uring cases
-//! print a skip message where io_uring is unavailable.
+//! `send`, and `wait` returning on a wake-up, a datagram, or the timeout. Where io_uring is
+//! unavailable the uring cases print a SKIPPED line, or fail with SIPSHARD_REQUIRE_URING=1.
+
+mod common;
 
 use sipshard::server::outbox::Outbox;
 use sipshard::transport::mmsg::MmsgTransport;
@@ -34,7 +36,11 @@ fn setup(backend: &str) -> Option<Setup> {
                 Box::new(t)
             }
             Err((_, e)) => {
-                eprintln!("SKIP uring transport test: io_uring unavailable here ({e})");
+                common::skip_or_fail(
+                    &format!("{backend} transport test"),
+                    &format!("io_uring unavailable here ({e})"),
+                    "SIPSHARD_REQUIRE_URING",
+                );
                 return None;
             }
         },

@@ -381,8 +381,8 @@ def readme_section(items, cpu_svg, lat_svg):
         lines += ['Server CPU per operation is the figure that counts (SIPp shares the 2 cores, so the '
                   'max rate mostly measures SIPp). These runs were on a shared 2-vCPU VM while other '
                   'processes took ~%.0f%% of one core. Absolute figures move with the VM (Kamailio\'s '
-                  'line against its baseline, and the UDP echo against the 3.1 µs per round trip of '
-                  'DESIGN.md, show by how much); compare within a run.' % (sum(o) / len(o)), '']
+                  'line against its baseline, and the UDP echo against the 3.1 µs per round trip '
+                  'measured on a quiet machine, show by how much); compare within a run.' % (sum(o) / len(o)), '']
     for p, d in items:
         lines += ['### %s (%s)' % (d['title'], d['date']), '']
         lines += summary_table(d) + ['']

@@ -235,6 +235,7 @@ pub fn run(mut ctx: ShardContext) {
             hist.publish(&ctx.stats.latency);
             last_merge = last_read;
         }
+        ctx.stats.transport_drops(ctx.transport.drops());
         if going_idle {
             me.waker.sleeping.store(true, Ordering::SeqCst);
             if (sharded && !me.queue.is_empty()) || ctx.stop.load(Ordering::Relaxed) {

@@ -5,7 +5,7 @@
 //! on buffers and descriptors this struct owns.
 
 use super::sockaddr::{from_storage, to_storage};
-use super::{RecvHandler, ShardSockets, Transport, Waker, BATCH, MAX_DATAGRAM};
+use super::{RecvHandler, ShardSockets, Transport, TransportDrops, Waker, BATCH, MAX_DATAGRAM};
 use crate::server::outbox::Outbox;
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
@@ -35,6 +35,8 @@ pub struct MmsgTransport {
     /// Datagrams dropped because they were larger than MAX_DATAGRAM or failed to send.
     pub truncated: u64,
     pub send_errors: u64,
+    /// recvmmsg calls that failed (other than EAGAIN/EINTR).
+    pub recv_errors: u64,
 }
 
 // SAFETY: the raw pointers inside iovec/mmsghdr point into buffers owned by this struct;
@@ -99,6 +101,7 @@ impl MmsgTransport {
             ready: None,
             truncated: 0,
             send_errors: 0,
+            recv_errors: 0,
         };
         let base = t.bufs.as_mut_ptr();
         for i in 0..BATCH {
@@ -146,7 +149,10 @@ impl MmsgTransport {
             let e = io::Error::last_os_error();
             return match e.kind() {
                 io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted => Ok(0),
-                _ => Err(e),
+                _ => {
+                    self.recv_errors += 1;
+                    Err(e)
+                }
             };
         }
         let n = n as usize;
@@ -283,5 +289,14 @@ impl Transport for MmsgTransport {
 
     fn name(&self) -> &'static str {
         "mmsg"
+    }
+
+    fn drops(&self) -> TransportDrops {
+        TransportDrops {
+            truncated: self.truncated,
+            send_errors: self.send_errors,
+            recv_errors: self.recv_errors,
+            no_buffers: 0,
+        }
     }
 }

@@ -32,6 +32,21 @@ pub trait RecvHandler {
     fn batch_end(&mut self) {}
 }
 
+/// What a transport dropped or could not do, totals since it started (exported as
+/// `sipshard_dropped_total{reason}` by the shard).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct TransportDrops {
+    /// Datagrams that did not fit the receive buffer (or whose source address did not).
+    pub truncated: u64,
+    /// Datagrams the kernel refused to send (unreachable or invalid destination, ...).
+    pub send_errors: u64,
+    /// Receive calls or completions that failed.
+    pub recv_errors: u64,
+    /// io_uring: times the multishot receive stopped because every provided buffer was in
+    /// use (the datagrams wait in the socket buffer until it is re-armed).
+    pub no_buffers: u64,
+}
+
 /// One shard's transport backend.
 pub trait Transport: Send {
     /// Receives what is ready on every socket, up to a few batches, without blocking.
@@ -43,6 +58,8 @@ pub trait Transport: Send {
     fn wait(&mut self, timeout_ms: i32) -> io::Result<()>;
     /// Name for logs and metrics.
     fn name(&self) -> &'static str;
+    /// Drop counters so far.
+    fn drops(&self) -> TransportDrops;
 }
 
 /// Wakes a sleeping shard from another thread (an eventfd plus a "sleeping" flag so that a

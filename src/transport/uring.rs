@@ -21,7 +21,7 @@
 //! the socket buffer (not lost) and the receive is re-armed once buffers are back.
 
 use super::sockaddr::{from_storage, to_storage};
-use super::{RecvHandler, ShardSockets, Transport, Waker, BATCH, MAX_DATAGRAM};
+use super::{RecvHandler, ShardSockets, Transport, TransportDrops, Waker, BATCH, MAX_DATAGRAM};
 use crate::server::outbox::Outbox;
 use io_uring::types::{Fd, RecvMsgOut, SubmitArgs, Timespec};
 use io_uring::{cqueue, opcode, squeue, types, IoUring};
@@ -718,5 +718,14 @@ impl Transport for UringTransport {
 
     fn name(&self) -> &'static str {
         "uring"
+    }
+
+    fn drops(&self) -> TransportDrops {
+        TransportDrops {
+            truncated: self.truncated,
+            send_errors: self.send_errors,
+            recv_errors: self.recv_errors,
+            no_buffers: self.no_buffers,
+        }
     }
 }

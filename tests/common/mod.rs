@@ -24,6 +24,22 @@ pub fn free_port() -> u16 {
     }
 }
 
+/// A test that cannot run here (a program or kernel feature is missing): fails if the
+/// environment variable `require` is `1` (CI sets it), otherwise prints one `SKIPPED` line
+/// straight to stderr, past the test harness's output capture, so `cargo test` shows it.
+pub fn skip_or_fail(test: &str, why: &str, require: &str) {
+    if std::env::var(require).as_deref() == Ok("1") {
+        panic!("{test}: {why}, and {require}=1");
+    }
+    skipped(test, &format!("{why} ({require}=1 makes this a failure)"));
+}
+
+/// Prints `SKIPPED test: why` where `cargo test` shows it (not captured, unlike `eprintln!`).
+pub fn skipped(test: &str, why: &str) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr(), "SKIPPED {test}: {why}");
+}
+
 /// The sipshard binary built for this test run.
 pub fn binary() -> &'static str {
     env!("CARGO_BIN_EXE_sipshard")
