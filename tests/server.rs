@@ -463,7 +463,7 @@ fn example_config_starts_the_server() {
         "--config",
         "--listen",
         "--io",
-        "--no-private-ports",
+        "--strict-digest-uri",
         "--branch-timeout-ms",
     ] {
         assert!(help.contains(flag), "{flag}: {help}");
