@@ -171,3 +171,66 @@ fn calls_with_bye_from_the_callee_across_two_shards_through_one_address() {
         );
     }
 }
+
+#[test]
+fn registrations_and_calls_are_logged_at_info() {
+    let log = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("calls-log-{}.txt", std::process::id()));
+    let _ = std::fs::remove_file(&log);
+    let s = ServerProcess::start_logging_to(&["--shards", "2", "--log", "info"], &log);
+    let (caller, callee) = (Client::new(), Client::new());
+    let reg = Register::new("sip:logged@localhost")
+        .contact(&format!("<sip:logged@{}>", callee.addr))
+        .send(&callee, s.addr);
+    assert_status(&reg, 200);
+    call(&s, &caller, &callee, "logged");
+    // An INVITE nobody answers: 480 from the proxy itself.
+    let r = caller.request(
+        &format!(
+            "INVITE sip:nobody@localhost SIP/2.0\r\nVia: SIP/2.0/UDP {a};branch=z9hG4bKlog480;rport\r\n\
+             Max-Forwards: 70\r\nFrom: <sip:alice@localhost>;tag=l1\r\nTo: <sip:nobody@localhost>\r\n\
+             Call-ID: log-480\r\nCSeq: 1 INVITE\r\nContact: <sip:alice@{a}>\r\nContent-Length: 0\r\n\r\n",
+            a = caller.addr
+        ),
+        s.addr,
+    );
+    assert_eq!(status(&r), 480);
+    drop(s);
+    let text = std::fs::read_to_string(&log).unwrap();
+    let line = |what: &str| {
+        text.lines()
+            .find(|l| l.contains(" INFO ") && l.contains(what))
+            .unwrap_or_else(|| panic!("no INFO line with {what:?} in:\n{text}"))
+            .to_owned()
+    };
+    let reg = line("registered");
+    for part in [
+        "aor=\"sip:logged@localhost\"".to_owned(),
+        format!("contact=\"<sip:logged@{}>\"", callee.addr),
+        format!("src={}", callee.addr),
+        "nat=false".to_owned(),
+        "bindings=1".to_owned(),
+    ] {
+        assert!(reg.contains(&part), "{part} in {reg}");
+    }
+    let answered = line("call answered");
+    assert!(
+        answered.contains("code=200") && answered.contains("setup_ms="),
+        "{answered}"
+    );
+    assert!(
+        answered.contains("from=\"sip:alice@localhost\""),
+        "{answered}"
+    );
+    assert!(
+        answered.contains("to=\"sip:logged@localhost\""),
+        "{answered}"
+    );
+    let ended = line("call ended");
+    assert!(ended.contains("duration_s="), "{ended}");
+    let failed = line("call not answered");
+    assert!(
+        failed.contains("call_id=\"log-480\"") && failed.contains("code=480"),
+        "{failed}"
+    );
+}

@@ -2,5 +2,6 @@
 //! forking, CANCEL and record-routing; `messages` writes what a proxy splices from others'
 //! bytes (responses relayed upstream, CANCELs for forwarded INVITEs, branch values).
 
+pub mod calls;
 pub mod messages;
 pub mod stateful;

@@ -100,6 +100,8 @@ impl Branch {
 /// The response context of one server transaction (§16.7).
 struct Forwarding {
     is_invite: bool,
+    /// When the request arrived (the setup time in call logs).
+    started_ms: u64,
     /// The request as received (to build a 408 or 487 ourselves).
     original: Bytes,
     branches: Vec<Branch>,
@@ -160,6 +162,8 @@ pub struct Proxy {
     /// Timer C of every pending INVITE branch, the guards of cancelled branches and the
     /// group timers of sequential forking.
     timer_c: TimerWheel<ProxyTimer>,
+    /// Call logs (info level): answered calls and when.
+    pub calls: super::calls::CallLog,
 }
 
 fn bytes(v: &[u8]) -> Bytes {
@@ -276,6 +280,7 @@ impl Proxy {
             via: Vec::with_capacity(96),
             record_route: Vec::with_capacity(64),
             timer_c: TimerWheel::new(1_000, 512),
+            calls: Default::default(),
         }
     }
 
@@ -470,6 +475,7 @@ impl Proxy {
         };
         let mut ctx = Forwarding {
             is_invite,
+            started_ms: now_ms,
             original: bytes(&msg.buf()[msg.start_offset()..msg.len()]),
             branches: Vec::with_capacity(first_group),
             best: None,
@@ -703,6 +709,10 @@ impl Proxy {
         // Nothing more is built from them.
         ctx.original = crate::txn::empty_bytes();
         ctx.challenges = Default::default();
+        if ctx.is_invite {
+            let setup = now_ms.saturating_sub(ctx.started_ms);
+            self.calls.setup_ended(&r, s, setup, now_ms);
+        }
         let _ = self.txns.server_respond(sid, s, r, now_ms, txn_out);
     }
 
@@ -794,6 +804,10 @@ impl Proxy {
         if let Some(ctx) = self.contexts.get_mut(&sid) {
             ctx.final_sent = true;
             ctx.original = crate::txn::empty_bytes();
+            if ctx.is_invite {
+                let setup = now_ms.saturating_sub(ctx.started_ms);
+                self.calls.setup_ended(&self.scratch, status, setup, now_ms);
+            }
         }
     }
 
@@ -1077,6 +1091,10 @@ impl Proxy {
                 self.timer_c.cancel(k);
             }
             let is_invite = ctx.is_invite;
+            if let (true, Some(up)) = (is_invite, &upstream) {
+                let setup = now_ms.saturating_sub(ctx.started_ms);
+                self.calls.setup_ended(up, status, setup, now_ms);
+            }
             let sent = upstream.is_some_and(|up| {
                 self.txns
                     .server_respond(sid, status, up, now_ms, txn_out)

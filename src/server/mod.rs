@@ -346,6 +346,9 @@ impl Core {
         }
         if let Some(status) = reply.sent_status {
             self.stats.response_sent(status);
+            if method == Method::Invite && status >= 300 {
+                self.proxy.calls.rejected(msg, status);
+            }
         }
         self.stats
             .transactions
@@ -535,6 +538,9 @@ impl Core {
         let (buf, start) = out.begin();
         let outcome = self.registrar.handle_register(msg, flow, now_ms, &ctx, buf);
         out.commit(start, reply.destination(), reply.socket());
+        if outcome.status == 200 && tracing::enabled!(tracing::Level::INFO) {
+            log_registration(msg, flow, outcome.bindings);
+        }
         reply.sent(outcome.status);
         self.stats
             .bindings
@@ -698,6 +704,9 @@ impl Core {
             if self.proxy.is_ours_addr(dst) {
                 return reply.simple(out, 482, b"Loop Detected");
             }
+            if msg.method() == Some(Method::Bye) {
+                self.proxy.calls.bye(msg, now_ms);
+            }
             if self.cfg.mode == Mode::Stateless {
                 // §16.11: no transaction state for in-dialog requests either.
                 self.proxy.relay_stateless(msg, None, dst, out);
@@ -791,4 +800,32 @@ fn binding_target(b: &Binding) -> Target<'_> {
         q: b.q(),
         flow,
     }
+}
+
+/// The info line of an accepted REGISTER: the AOR, each Contact as sent (with its expires
+/// parameter), the Expires header, where it came from, whether through a NAT, and how many
+/// bindings the AOR has now (0: unregistered).
+fn log_registration(msg: &Message<'_>, flow: Flow, bindings: u16) {
+    let text = |b: Option<&[u8]>| String::from_utf8_lossy(b.unwrap_or(b"-")).into_owned();
+    let aor = text(msg.to().ok().map(|t| t.uri_raw));
+    let contacts: Vec<&[u8]> = msg.header_all(HeaderName::Contact).collect();
+    let contact = if contacts.is_empty() {
+        "-".to_owned()
+    } else {
+        String::from_utf8_lossy(&contacts.join(&b", "[..])).into_owned()
+    };
+    let expires = text(msg.header(HeaderName::Expires));
+    let what = if bindings == 0 {
+        "unregistered"
+    } else if contacts.is_empty() {
+        "bindings queried"
+    } else {
+        "registered"
+    };
+    // Wire text goes in with Debug (quoted, control characters escaped): a folded header
+    // must not start a new log line (fail2ban reads them).
+    tracing::info!(
+        aor = ?aor, contact = ?contact, expires = ?expires, src = %flow.addr,
+        nat = flow.nat, bindings, "{what}"
+    );
 }

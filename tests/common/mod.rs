@@ -84,11 +84,11 @@ impl ServerProcess {
             cmd.arg("--metrics").arg(m.to_string());
             m
         });
-        cmd.args(args)
-            .arg("--log")
-            .arg("warn")
-            .stdout(Stdio::null())
-            .stderr(stderr);
+        cmd.args(args);
+        if !args.contains(&"--log") {
+            cmd.arg("--log").arg("warn");
+        }
+        cmd.stdout(Stdio::null()).stderr(stderr);
         let child = cmd.spawn().expect("start sipshard");
         let server = ServerProcess {
             child,
