@@ -44,6 +44,17 @@ impl ServerProcess {
 
     /// Same, with `--metrics` on another free port.
     pub fn start_with(args: &[&str], metrics: bool) -> ServerProcess {
+        Self::start_inner(args, metrics, Stdio::inherit(), "warn")
+    }
+
+    /// Same as [`ServerProcess::start_with`], with `--log info` written to `log` (a file)
+    /// instead of the test's stderr.
+    pub fn start_logged(args: &[&str], metrics: bool, log: &std::path::Path) -> ServerProcess {
+        let f = std::fs::File::create(log).expect("create the server log");
+        Self::start_inner(args, metrics, Stdio::from(f), "info")
+    }
+
+    fn start_inner(args: &[&str], metrics: bool, stderr: Stdio, level: &str) -> ServerProcess {
         let port = free_port();
         let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
         let mut cmd = Command::new(binary());
@@ -55,9 +66,9 @@ impl ServerProcess {
         });
         cmd.args(args)
             .arg("--log")
-            .arg("warn")
+            .arg(level)
             .stdout(Stdio::null())
-            .stderr(Stdio::inherit());
+            .stderr(stderr);
         let child = cmd.spawn().expect("start sipshard");
         let server = ServerProcess {
             child,
