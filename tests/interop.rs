@@ -496,3 +496,502 @@ fn baresip_calls_baresip_and_the_callee_hangs_up() {
         logs(&dir, 250)
     );
 }
+
+// ---------------------------------------------------------------------------------------------
+// linphonec, driven through its stdin.
+
+struct Linphonec {
+    proc: Proc,
+    stdin: std::process::ChildStdin,
+}
+
+impl Linphonec {
+    /// A private config (its own SIP port, no TCP/TLS, no sound card, an account that
+    /// registers `user` with `password` through `proxy`, which is also its outbound route) and
+    /// HOME.
+    fn start(dir: &Path, name: &str, user: &str, password: &str, proxy: SocketAddr) -> Linphonec {
+        let home = dir.join(name);
+        std::fs::create_dir_all(home.join(".local/share/linphone")).unwrap();
+        let sip_port = free_port();
+        let rtp_port = free_port();
+        let _rtcp = free_port();
+        let rc = home.join("linphonerc");
+        std::fs::write(
+            &rc,
+            format!(
+                "[sip]\nsip_port={sip_port}\nsip_tcp_port=0\nsip_tls_port=0\ndefault_proxy=0\n\
+                 [proxy_0]\nreg_proxy=<sip:{proxy}>\nreg_route=<sip:{proxy};lr>\n\
+                 reg_identity=sip:{user}@localhost\nreg_expires=3600\nreg_sendregister=1\n\
+                 publish=0\n\
+                 [auth_info_0]\nusername={user}\npasswd={password}\ndomain=localhost\n\
+                 [rtp]\naudio_rtp_port={rtp_port}\n\
+                 [sound]\nplayback_dev_id=\ncapture_dev_id=\nringer_dev_id=\n\
+                 [video]\nenabled=0\n"
+            ),
+        )
+        .unwrap();
+        let mut cmd = Command::new("linphonec");
+        cmd.arg("-c")
+            .arg(&rc)
+            .arg("-d")
+            .arg("6")
+            .arg("-l")
+            .arg(dir.join(format!("{name}-debug.log")))
+            .env("HOME", &home)
+            .stdin(Stdio::piped());
+        let mut proc = Proc::spawn(dir, name, &mut cmd);
+        let stdin = proc.child.stdin.take().unwrap();
+        Linphonec { proc, stdin }
+    }
+
+    fn command(&mut self, line: &str) {
+        let _ = writeln!(self.stdin, "{line}");
+        let _ = self.stdin.flush();
+    }
+
+    /// Polls with `status register` until linphonec reports the registration.
+    #[track_caller]
+    fn wait_registered(&mut self, dir: &Path) {
+        let deadline = Instant::now() + STEP;
+        loop {
+            self.command("status register");
+            std::thread::sleep(Duration::from_millis(300));
+            if self.proc.output().contains("registered, identity=") {
+                return;
+            }
+            if Instant::now() > deadline {
+                panic!(
+                    "{}: never reported `registered, identity=` to `status register`\n{}",
+                    self.proc.name,
+                    logs(dir, 250)
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn linphonec_calls_baresip_and_the_callee_hangs_up() {
+    let t = "linphonec_calls_baresip_and_the_callee_hangs_up";
+    if !have(t, &[("linphonec", "linphone-cli"), ("baresip", "baresip")]) {
+        return;
+    }
+    let dir = scratch("linphonec");
+    let (s, _) = server(
+        &dir,
+        &["--user", "carol:secret", "--user", "dave:secret"],
+        false,
+    );
+    let mut dave = Baresip::start(
+        &dir,
+        &BaresipSpec {
+            name: "dave-baresip",
+            user: "dave",
+            password: "secret",
+            ip: "127.0.0.1",
+            proxy: s.addr,
+            answermode: "manual",
+            prefix: &[],
+        },
+    );
+    let mut carol = Linphonec::start(&dir, "carol-linphonec", "carol", "secret", s.addr);
+    dave.wait_registered(&dir);
+    carol.wait_registered(&dir);
+
+    carol.command("call sip:dave@localhost");
+    dave.wait_event(&dir, "CALL_INCOMING");
+    dave.command("accept");
+    dave.wait_event(&dir, "CALL_ESTABLISHED");
+    wait_for(
+        &dir,
+        "carol-linphonec: `Call 1 ... connected.`",
+        STEP,
+        || {
+            carol
+                .proc
+                .output()
+                .lines()
+                .any(|l| l.starts_with("Call ") && l.trim_end().ends_with("connected."))
+        },
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    dave.command("hangup");
+    let closed = dave.wait_event(&dir, "CALL_CLOSED");
+    wait_for(&dir, "dave-baresip: 200 OK to his BYE", STEP, || {
+        traced(&dave.proc.output(), "SIP/2.0 200", "BYE")
+    });
+    wait_for(&dir, "carol-linphonec: `Call 1 ... ended`", STEP, || {
+        carol
+            .proc
+            .output()
+            .lines()
+            .any(|l| l.starts_with("Call ") && l.contains(" ended"))
+    });
+    let carol_out = carol.proc.output();
+    let ended = carol_out
+        .lines()
+        .find(|l| l.starts_with("Call ") && l.contains(" ended"))
+        .unwrap();
+    // linphonec's debug log holds the SIP messages; carol sent no BYE, so one there came in.
+    let carol_sip =
+        std::fs::read_to_string(dir.join("carol-linphonec-debug.log")).unwrap_or_default();
+    assert!(
+        ended.contains("(No error)") && carol_sip.lines().any(|l| l.starts_with("BYE sip:")),
+        "the call did not end cleanly by dave's BYE: linphonec `{ended}`, baresip {closed}\n{}",
+        logs(&dir, 250)
+    );
+    carol.command("quit");
+}
+
+// ---------------------------------------------------------------------------------------------
+// sipsak.
+
+/// Runs sipsak to completion (60 s at most); returns (exit code, output).
+fn sipsak(dir: &Path, name: &str, args: &[&str]) -> (Option<i32>, String) {
+    let mut cmd = Command::new("timeout");
+    cmd.arg("60").arg("sipsak").args(args).arg("-vv");
+    let mut p = Proc::spawn(dir, name, &mut cmd);
+    let st = p.wait_exit(Duration::from_secs(70));
+    (st.and_then(|s| s.code()), p.output())
+}
+
+#[test]
+fn sipsak_digest_registration_and_message() {
+    let t = "sipsak_digest_registration_and_message";
+    if !have(t, &[("sipsak", "sipsak")]) {
+        return;
+    }
+    let dir = scratch("sipsak");
+    let (s, _) = server(
+        &dir,
+        &["--user", "erin:secret", "--user", "frank:secret"],
+        false,
+    );
+    let proxy = s.addr.to_string();
+
+    // -U: REGISTER, 401, REGISTER with credentials, 200. sipsak's default Expires (15 s) is below
+    // the registrar's Min-Expires (60 s) and sipsak does not retry on 423, hence -x.
+    // -u: without it sipsak 0.9.8 answers the challenge as user "erin@".
+    let l1 = free_port().to_string();
+    let (code, out) = sipsak(
+        &dir,
+        "sipsak-register",
+        &[
+            "-U",
+            "-s",
+            "sip:erin@localhost",
+            "-p",
+            &proxy,
+            "-u",
+            "erin",
+            "-a",
+            "secret",
+            "-x",
+            "600",
+            "-H",
+            "127.0.0.1",
+            "-l",
+            &l1,
+        ],
+    );
+    assert!(
+        code == Some(0) && out.contains("completed successful"),
+        "sipsak -U (digest registration) exited with {code:?}\n{}",
+        logs(&dir, 250)
+    );
+
+    // MESSAGE from frank to erin's phone (a socket here), frank authenticating to the proxy.
+    // sipsak 0.9.8.1's own -M mode crashes (sprintf into a NULL buffer in create_msg) before
+    // sending anything, so the MESSAGE is sent with -f, sipsak answering the 407 itself (-a).
+    let phone = Client::new();
+    let (code, out) = sipsak(
+        &dir,
+        "sipsak-register-phone",
+        &[
+            "-U",
+            "-s",
+            "sip:erin@localhost",
+            "-p",
+            &proxy,
+            "-u",
+            "erin",
+            "-a",
+            "secret",
+            "-x",
+            "600",
+            "-C",
+            &format!("sip:erin@{}", phone.addr),
+            "-H",
+            "127.0.0.1",
+        ],
+    );
+    assert!(
+        code == Some(0) && out.contains("completed successful"),
+        "sipsak -U -C (erin's phone) exited with {code:?}\n{}",
+        logs(&dir, 250)
+    );
+    let l2 = free_port();
+    let msg = format!(
+        "MESSAGE sip:erin@localhost SIP/2.0\r\n\
+         Via: SIP/2.0/UDP 127.0.0.1:{l2};branch=z9hG4bK-{b};rport\r\n\
+         From: <sip:frank@localhost>;tag=f1\r\n\
+         To: <sip:erin@localhost>\r\n\
+         Call-ID: {b}@127.0.0.1\r\n\
+         CSeq: 1 MESSAGE\r\n\
+         Max-Forwards: 70\r\n\
+         Content-Type: text/plain\r\n\
+         Content-Length: 11\r\n\r\nhello erin!",
+        b = unique("sipsak")
+    );
+    let file = dir.join("message.txt");
+    std::fs::write(&file, msg).unwrap();
+    // The phone answers 200 to what it receives, from a thread, until the MESSAGE came.
+    let got = Arc::new(Mutex::new(Vec::<String>::new()));
+    let phone_sock = phone.sock.try_clone().unwrap();
+    let seen = got.clone();
+    std::thread::spawn(move || {
+        let c = Client {
+            sock: phone_sock,
+            addr: phone.addr,
+        };
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while Instant::now() < deadline {
+            let Some(m) = c.recv_timeout(Duration::from_millis(200)) else {
+                continue;
+            };
+            let text = String::from_utf8_lossy(&m).into_owned();
+            seen.lock().unwrap().push(text.clone());
+            if !text.starts_with("MESSAGE ") {
+                continue;
+            }
+            let head = text.split("\r\n\r\n").next().unwrap();
+            let mut resp = String::from("SIP/2.0 200 OK\r\n");
+            for l in head.lines().skip(1) {
+                let n = l
+                    .split(':')
+                    .next()
+                    .unwrap_or("")
+                    .trim()
+                    .to_ascii_lowercase();
+                if ["via", "from", "call-id", "cseq", "v", "f", "i"].contains(&n.as_str()) {
+                    resp.push_str(l);
+                    resp.push_str("\r\n");
+                } else if n == "to" || n == "t" {
+                    resp.push_str(&format!("{l};tag=phone\r\n"));
+                }
+            }
+            resp.push_str("Content-Length: 0\r\n\r\n");
+            let via = header_value(&m, "Via").unwrap_or_default();
+            // Reply to the top Via's sent-by (the proxy), as a UAS does.
+            let hostport = via
+                .split_whitespace()
+                .nth(1)
+                .unwrap_or("")
+                .split(';')
+                .next();
+            if let Some(to) = hostport.and_then(|h| h.parse::<SocketAddr>().ok()) {
+                c.send(&resp, to);
+            }
+        }
+    });
+    let (code, _) = sipsak(
+        &dir,
+        "sipsak-message",
+        &[
+            "-f",
+            file.to_str().unwrap(),
+            "-s",
+            "sip:erin@localhost",
+            "-p",
+            &proxy,
+            "-u",
+            "frank",
+            "-a",
+            "secret",
+            "-l",
+            &l2.to_string(),
+            "-i",
+        ],
+    );
+    let received = got.lock().unwrap().clone();
+    assert!(
+        received
+            .iter()
+            .any(|m| m.starts_with("MESSAGE ") && m.ends_with("hello erin!")),
+        "erin's phone ({}) did not receive frank's MESSAGE; it received: {received:#?}\n{}",
+        phone.addr,
+        logs(&dir, 250)
+    );
+    assert_eq!(
+        code,
+        Some(0),
+        "sipsak -f MESSAGE did not end with the 200\n{}",
+        logs(&dir, 250)
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// SIPp with its stock [authentication].
+
+fn scenario(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("sipp-scenarios")
+        .join(name)
+}
+
+/// Runs a SIPp client scenario to completion; returns (exit code, successful, failed) from its
+/// final statistics (`-trace_stat`) and leaves its screen and errors in `<name>*.log`.
+fn sipp_run(dir: &Path, name: &str, server: SocketAddr, args: &[&str]) -> (Option<i32>, u64, u64) {
+    let stat = dir.join(format!("{name}-stat.csv"));
+    let mut cmd = Command::new("timeout");
+    cmd.arg("60")
+        .arg("sipp")
+        .arg(server.to_string())
+        .args(args)
+        .args(["-nostdin", "-trace_stat", "-stf"])
+        .arg(&stat)
+        .args(["-trace_err", "-error_file"])
+        .arg(dir.join(format!("{name}-errors.log")))
+        .args(["-trace_msg", "-message_file"])
+        .arg(dir.join(format!("{name}-messages.log")))
+        .args(["-timeout", "50s", "-timeout_error"])
+        .current_dir(dir);
+    if !args.contains(&"-p") {
+        // Not SIPp's default 5060, which anything else on the machine may use.
+        cmd.arg("-p").arg(free_port().to_string());
+    }
+    let mut p = Proc::spawn(dir, name, &mut cmd);
+    let code = p.wait_exit(Duration::from_secs(70)).and_then(|s| s.code());
+    let (ok, failed) = sipp_stats(&stat);
+    (code, ok, failed)
+}
+
+/// (SuccessfulCall(C), FailedCall(C)) of the last line of a SIPp statistics file.
+fn sipp_stats(stat: &Path) -> (u64, u64) {
+    let text = std::fs::read_to_string(stat).unwrap_or_default();
+    let mut lines = text.lines().filter(|l| !l.trim().is_empty());
+    let (Some(h), Some(last)) = (lines.next(), lines.next_back()) else {
+        return (0, u64::MAX);
+    };
+    let header: Vec<&str> = h.split(';').collect();
+    let last: Vec<&str> = last.split(';').collect();
+    let col = |name: &str| {
+        header
+            .iter()
+            .position(|c| *c == name)
+            .and_then(|i| last.get(i))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(u64::MAX)
+    };
+    (col("SuccessfulCall(C)"), col("FailedCall(C)"))
+}
+
+#[test]
+fn sipp_digest_registration_and_digest_call_to_a_record_route_uas() {
+    let t = "sipp_digest_registration_and_digest_call_to_a_record_route_uas";
+    if !have(t, &[("sipp", "sip-tester")]) {
+        return;
+    }
+    let dir = scratch("sipp");
+    let (s, _) = server(
+        &dir,
+        &["--user", "grace:secret", "--user", "heidi:secret"],
+        true,
+    );
+    // The callee registers with digest from the port its UAS will listen on.
+    let uas_port = free_port().to_string();
+    let csv = dir.join("callee.csv");
+    std::fs::write(&csv, "SEQUENTIAL\nheidi;secret\n").unwrap();
+    let reg = scenario("register-digest.xml");
+    let (code, ok, failed) = sipp_run(
+        &dir,
+        "sipp-register",
+        s.addr,
+        &[
+            "-sf",
+            reg.to_str().unwrap(),
+            "-inf",
+            csv.to_str().unwrap(),
+            "-au",
+            "heidi",
+            "-ap",
+            "secret",
+            "-p",
+            &uas_port,
+            "-m",
+            "1",
+        ],
+    );
+    assert!(
+        code == Some(0) && (ok, failed) == (1, 0),
+        "SIPp digest REGISTER: exit {code:?}, successful {ok}, failed {failed}\n{}",
+        logs(&dir, 250)
+    );
+
+    // The UAS (one call), then the caller.
+    let uas_sf = scenario("uas-record-route.xml");
+    let uas_stat = dir.join("sipp-uas-stat.csv");
+    let mut uas_cmd = Command::new("sipp");
+    uas_cmd
+        .args(["-sf", uas_sf.to_str().unwrap(), "-p", &uas_port, "-m", "1"])
+        .args(["-nostdin", "-trace_stat", "-stf"])
+        .arg(&uas_stat)
+        .args(["-trace_err", "-error_file"])
+        .arg(dir.join("sipp-uas-errors.log"))
+        .args(["-trace_msg", "-message_file"])
+        .arg(dir.join("sipp-uas-messages.log"))
+        .args(["-timeout", "50s", "-timeout_error"])
+        .current_dir(&dir);
+    let mut uas = Proc::spawn(&dir, "sipp-uas", &mut uas_cmd);
+    std::thread::sleep(Duration::from_millis(500));
+    let uac_sf = scenario("uac-digest.xml");
+    let (code, ok, failed) = sipp_run(
+        &dir,
+        "sipp-uac",
+        s.addr,
+        &[
+            "-sf",
+            uac_sf.to_str().unwrap(),
+            "-s",
+            "heidi",
+            "-key",
+            "caller",
+            "grace",
+            "-au",
+            "grace",
+            "-ap",
+            "secret",
+            "-m",
+            "1",
+        ],
+    );
+    let uas_code = uas.wait_exit(STEP).and_then(|s| s.code());
+    let (uas_ok, uas_failed) = sipp_stats(&uas_stat);
+    assert!(
+        code == Some(0) && (ok, failed) == (1, 0),
+        "SIPp digest call (UAC): exit {code:?}, successful {ok}, failed {failed}\n{}",
+        logs(&dir, 250)
+    );
+    assert!(
+        uas_code == Some(0) && (uas_ok, uas_failed) == (1, 0),
+        "SIPp UAS (Record-Route required, ACK/BYE must come through the proxy): exit \
+         {uas_code:?}, successful {uas_ok}, failed {uas_failed}\n{}",
+        logs(&dir, 250)
+    );
+    // Both INVITEs (the challenged one and the retry), the ACKs and the BYE reached the proxy;
+    // one INVITE, the 2xx ACK and the BYE were forwarded.
+    for (series, want) in [
+        ("sipshard_requests_received_total{method=\"INVITE\"}", 2.0),
+        ("sipshard_requests_received_total{method=\"BYE\"}", 1.0),
+        ("sipshard_requests_sent_total{method=\"INVITE\"}", 1.0),
+        ("sipshard_requests_sent_total{method=\"ACK\"}", 1.0),
+        ("sipshard_requests_sent_total{method=\"BYE\"}", 1.0),
+    ] {
+        assert_eq!(
+            s.metric(series),
+            Some(want),
+            "{series}\n{}",
+            logs(&dir, 250)
+        );
+    }
+}
