@@ -185,7 +185,8 @@ fn workarounds() -> Vec<String> {
 
 struct Baresip {
     proc: Proc,
-    ctrl: TcpStream,
+    /// None when baresip runs in another network namespace (the NAT phone).
+    ctrl: Option<TcpStream>,
     events: Arc<Mutex<Vec<String>>>,
     aor: String,
 }
@@ -208,7 +209,7 @@ struct BaresipSpec<'a> {
 impl Baresip {
     /// Writes a minimal headless config (no sound card: a sine as microphone, a wav file as
     /// speaker) and account, starts baresip with SIP tracing on and connects to ctrl_tcp.
-    /// Returns without a ctrl connection when `prefix` puts it in another namespace.
+    /// Without a ctrl_tcp connection when `prefix` puts it in another network namespace.
     fn start(dir: &Path, spec: &BaresipSpec) -> Baresip {
         let home = dir.join(spec.name);
         std::fs::create_dir_all(&home).unwrap();
@@ -258,7 +259,7 @@ impl Baresip {
         let proc = Proc::spawn(dir, spec.name, &mut cmd);
         let events = Arc::new(Mutex::new(Vec::new()));
         let ctrl_addr: SocketAddr = format!("{}:{ctrl_port}", spec.ip).parse().unwrap();
-        let ctrl = if spec.prefix.is_empty() {
+        let ctrl = spec.prefix.is_empty().then(|| {
             let deadline = Instant::now() + STEP;
             loop {
                 match TcpStream::connect_timeout(&ctrl_addr, Duration::from_millis(200)) {
@@ -273,13 +274,12 @@ impl Baresip {
                     Err(_) => std::thread::sleep(Duration::from_millis(100)),
                 }
             }
-        } else {
-            // Not reachable from here: a dummy connection to nothing is never used.
-            TcpStream::connect(common_listener()).unwrap()
-        };
-        let reader = ctrl.try_clone().unwrap();
-        let sink = events.clone();
-        std::thread::spawn(move || read_netstrings(reader, sink));
+        });
+        if let Some(c) = &ctrl {
+            let reader = c.try_clone().unwrap();
+            let sink = events.clone();
+            std::thread::spawn(move || read_netstrings(reader, sink));
+        }
         Baresip {
             proc,
             ctrl,
@@ -295,9 +295,11 @@ impl Baresip {
             "{{\"command\":\"{cmd}\",\"params\":\"{params}\",\"token\":\"{}\"}}",
             unique("t")
         );
-        let _ = self
+        let ctrl = self
             .ctrl
-            .write_all(format!("{}:{json},", json.len()).as_bytes());
+            .as_mut()
+            .expect("no ctrl_tcp connection to this baresip");
+        let _ = ctrl.write_all(format!("{}:{json},", json.len()).as_bytes());
     }
 
     /// The events (JSON text) of this type received so far.
@@ -347,7 +349,9 @@ impl Baresip {
                 "{}: REGISTER of {} failed: {}\nthe challenge it got:\n{}\n{}",
                 self.proc.name,
                 self.aor,
-                line.trim(),
+                line.replace("\u{1b}[31m", "")
+                    .replace("\u{1b}[;m", "")
+                    .trim(),
                 challenges.join("\n"),
                 logs(dir, 250)
             );
@@ -364,15 +368,6 @@ impl Baresip {
         );
         self.events(kind).remove(0)
     }
-}
-
-/// A listener whose only purpose is to give Baresip a TcpStream when ctrl_tcp is out of reach.
-fn common_listener() -> SocketAddr {
-    use std::sync::OnceLock;
-    static L: OnceLock<std::net::TcpListener> = OnceLock::new();
-    L.get_or_init(|| std::net::TcpListener::bind("127.0.0.1:0").unwrap())
-        .local_addr()
-        .unwrap()
 }
 
 /// Reads `len:payload,` netstrings into `sink` until the connection closes.
@@ -401,7 +396,8 @@ fn read_netstrings(s: TcpStream, sink: Arc<Mutex<Vec<String>>>) {
 }
 
 /// The SIP messages of a `-s` trace (or any log): for each line starting a message, the
-/// message's first line and its CSeq, in order.
+/// message's first line and its CSeq, in order; baresip's `UDP a -> b` line before a message,
+/// when there is one, is prefixed to the first line.
 fn trace_messages(log: &str) -> Vec<(String, String)> {
     let lines: Vec<&str> = log.lines().collect();
     let mut out = Vec::new();
@@ -417,7 +413,14 @@ fn trace_messages(log: &str) -> Vec<(String, String)> {
             .take(30)
             .find_map(|h| h.strip_prefix("CSeq:").map(|v| v.trim().to_string()))
             .unwrap_or_default();
-        out.push((l.to_string(), cseq));
+        let flow = i
+            .checked_sub(1)
+            .map(|j| lines[j].trim())
+            .filter(|p| p.starts_with("UDP ") && p.contains(" -> "));
+        match flow {
+            Some(f) => out.push((format!("{f}: {l}"), cseq)),
+            None => out.push((l.to_string(), cseq)),
+        }
     }
     out
 }
@@ -425,9 +428,10 @@ fn trace_messages(log: &str) -> Vec<(String, String)> {
 /// True when the trace holds a message whose first line starts with `first` and whose CSeq
 /// method is `method`.
 fn traced(log: &str, first: &str, method: &str) -> bool {
-    trace_messages(log)
-        .iter()
-        .any(|(f, c)| f.starts_with(first) && c.ends_with(method))
+    trace_messages(log).iter().any(|(f, c)| {
+        let f = f.split_once(": ").map_or(f.as_str(), |(_, m)| m);
+        f.starts_with(first) && c.ends_with(method)
+    })
 }
 
 #[test]
@@ -994,4 +998,214 @@ fn sipp_digest_registration_and_digest_call_to_a_record_route_uas() {
             logs(&dir, 250)
         );
     }
+}
+
+// ---------------------------------------------------------------------------------------------
+// A phone behind a real NAT.
+
+/// Runs `f` on a thread of its own inside a fresh network namespace (loopback only, until
+/// nat.sh adds the veth). Every process the thread starts inherits the namespace; it disappears
+/// with the last of them, so the host's network is never touched and nothing needs deleting.
+fn in_new_netns<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
+    let h = std::thread::spawn(move || {
+        // Namespaces are per thread: this leaves the rest of the test process where it was.
+        let rc = unsafe { libc::unshare(libc::CLONE_NEWNET) };
+        assert_eq!(
+            rc,
+            0,
+            "unshare(CLONE_NEWNET): {}",
+            std::io::Error::last_os_error()
+        );
+        f()
+    });
+    match h.join() {
+        Ok(v) => v,
+        Err(p) => std::panic::resume_unwind(p),
+    }
+}
+
+fn nat_script() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/interop/nat.sh")
+}
+
+/// `nat.sh show`: the phone side's nft counters, addresses and routes, for failure messages.
+fn nat_state(phone_ns: u32) -> String {
+    Command::new("sh")
+        .arg(nat_script())
+        .args(["show", &phone_ns.to_string()])
+        .output()
+        .map(|o| {
+            String::from_utf8_lossy(&o.stdout).into_owned() + &String::from_utf8_lossy(&o.stderr)
+        })
+        .unwrap_or_else(|e| format!("nat.sh show: {e}"))
+}
+
+#[test]
+fn nat_phone_registers_and_answers_a_call() {
+    let t = "nat_phone_registers_and_answers_a_call";
+    if !have(
+        t,
+        &[
+            ("baresip", "baresip"),
+            ("nft", "nftables"),
+            ("ip", "iproute2"),
+            ("nsenter", "util-linux"),
+            ("unshare", "util-linux"),
+        ],
+    ) || !root(t)
+    {
+        return;
+    }
+    let dir = scratch("nat");
+    in_new_netns(move || nat_scenario(&dir));
+}
+
+fn nat_scenario(dir: &Path) {
+    // The phone's namespace: a process that unshares and then waits to be killed.
+    let ready = dir.join("phone-ns.ready");
+    let mut holder = Command::new("unshare");
+    holder
+        .args(["-n", "sh", "-c"])
+        .arg(format!("touch '{}' && exec sleep 600", ready.display()));
+    let holder = Proc::spawn(dir, "phone-ns", &mut holder);
+    wait_for(dir, "the phone's namespace (unshare -n)", STEP, || {
+        ready.exists()
+    });
+    let ns = holder.pid();
+    let setup = Command::new("sh")
+        .arg(nat_script())
+        .args(["setup", &ns.to_string()])
+        .output()
+        .expect("run nat.sh");
+    assert!(
+        setup.status.success(),
+        "nat.sh setup failed: {}{}",
+        String::from_utf8_lossy(&setup.stdout),
+        String::from_utf8_lossy(&setup.stderr)
+    );
+
+    let (s, _) = server(
+        dir,
+        &["--user", "nathan:secret", "--user", "oscar:secret"],
+        false,
+    );
+    let prefix = vec!["nsenter".to_string(), format!("--net=/proc/{ns}/ns/net")];
+    let phone = Baresip::start(
+        dir,
+        &BaresipSpec {
+            name: "phone-behind-nat",
+            user: "nathan",
+            password: "secret",
+            ip: "192.168.77.2",
+            proxy: s.addr,
+            answermode: "auto",
+            prefix: &prefix,
+        },
+    );
+    let mut caller = Baresip::start(
+        dir,
+        &BaresipSpec {
+            name: "caller-outside",
+            user: "oscar",
+            password: "secret",
+            ip: "127.0.0.1",
+            proxy: s.addr,
+            answermode: "manual",
+            prefix: &[],
+        },
+    );
+    // Registered through the NAT: the server saw 10.201.0.2 and a random port, the Contact
+    // says 192.168.77.2.
+    phone.wait_registered(dir);
+    caller.wait_registered(dir);
+    let phone_log = phone.proc.output();
+    let seen_from = phone_log
+        .lines()
+        .filter(|l| l.starts_with("Via:") && l.contains("received="))
+        .last()
+        .unwrap_or("(no Via with received= in the phone's trace)")
+        .to_string();
+
+    caller.command("dial sip:nathan@localhost");
+    let failure = |what: &str| -> String {
+        let state = nat_state(ns);
+        // What the NAT dropped, by the rule that counted it.
+        let dropped: Vec<String> = state
+            .lines()
+            .filter(|l| l.contains(" drop comment "))
+            .filter_map(|l| {
+                let packets = l.split("packets ").nth(1)?.split(' ').next()?;
+                let why = l.split("comment ").nth(1)?.trim_matches('"');
+                (packets != "0").then(|| format!("{packets} packet(s): {why}"))
+            })
+            .collect();
+        format!(
+            "{what}\nThe phone registered through the NAT (its REGISTER's 200 had {seen_from}; \
+             its Contact names 192.168.77.2, a private address nothing outside can reach).\n\
+             The NAT dropped: {dropped:?}\n\
+             SIP messages in the phone's trace (sent and received): {:#?}\n{state}\n{}",
+            trace_messages(&phone.proc.output()),
+            logs(dir, 250)
+        )
+    };
+    let deadline = Instant::now() + STEP;
+    while !traced(&phone.proc.output(), "INVITE ", "INVITE") {
+        if Instant::now() > deadline {
+            panic!(
+                "{}",
+                failure(
+                    "the INVITE for sip:nathan@localhost never reached the phone behind the NAT \
+                     (it must go to the address and port the REGISTER came from, from the port \
+                     it was sent to)"
+                )
+            );
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let established = Instant::now() + STEP;
+    while caller.events("CALL_ESTABLISHED").is_empty() {
+        if Instant::now() > established {
+            panic!(
+                "{}",
+                failure(
+                    "the phone received the INVITE and answered (auto), but the caller's call \
+                     was never established (the phone's 200 did not reach the caller)"
+                )
+            );
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let ack = Instant::now() + STEP;
+    while !traced(&phone.proc.output(), "ACK ", "ACK") {
+        if Instant::now() > ack {
+            panic!(
+                "{}",
+                failure(
+                    "the call was established but the ACK never reached the phone behind the NAT"
+                )
+            );
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    caller.command("hangup");
+    let bye = Instant::now() + STEP;
+    while !traced(&phone.proc.output(), "BYE ", "BYE") {
+        if Instant::now() > bye {
+            panic!(
+                "{}",
+                failure("the caller hung up but its BYE never reached the phone behind the NAT")
+            );
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let closed = caller.wait_event(dir, "CALL_CLOSED");
+    wait_for(dir, "caller: the phone's 200 OK to the BYE", STEP, || {
+        traced(&caller.proc.output(), "SIP/2.0 200", "BYE")
+    });
+    assert!(
+        closed.contains("Connection reset by user") || !closed.contains("\"param\":\""),
+        "the caller's call ended otherwise than by its hangup: {closed}\n{}",
+        logs(dir, 250)
+    );
 }
