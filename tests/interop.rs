@@ -1121,8 +1121,7 @@ fn nat_scenario(dir: &Path) {
     let phone_log = phone.proc.output();
     let seen_from = phone_log
         .lines()
-        .filter(|l| l.starts_with("Via:") && l.contains("received="))
-        .last()
+        .rfind(|l| l.starts_with("Via:") && l.contains("received="))
         .unwrap_or("(no Via with received= in the phone's trace)")
         .to_string();
 
