@@ -6,6 +6,18 @@
 //! it), which turns the skip into a failure. The NAT test also needs root. Every process a test
 //! starts is killed by PID when the test ends, pass or fail; the namespaces disappear with their
 //! last process. On failure the message carries the clients' logs.
+//!
+//! The server runs on its defaults. SIPSHARD_INTEROP_SERVER_ARGS adds flags to every server of
+//! this file, e.g. `--auth-algorithms md5 --no-private-ports` to check the clients against the
+//! workarounds of known issues; CI leaves it unset.
+//!
+//! Client quirks the tests work around (not server issues): baresip 1.0's ausine source only
+//! runs at 48 kHz stereo (ausrc_srate/ausrc_channels); baresip answers `localhost` through an
+//! outbound proxy; linphonec gets its account from its config file, because `register` does
+//! not make the proxy its outbound route; sipsak's default Expires (15) is below Min-Expires
+//! (60) and it does not retry on 423, so -x; sipsak -U needs -u or answers as user "name@";
+//! sipsak 0.9.8.1's -M crashes before sending (sprintf into a NULL buffer in create_msg), so the
+//! MESSAGE goes out with -f; SIPp 3.6 needs `-p` (it binds 5060 otherwise).
 
 mod common;
 
