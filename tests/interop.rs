@@ -870,7 +870,7 @@ fn sipp_run(dir: &Path, name: &str, server: SocketAddr, args: &[&str]) -> (Optio
         .arg(dir.join(format!("{name}-errors.log")))
         .args(["-trace_msg", "-message_file"])
         .arg(dir.join(format!("{name}-messages.log")))
-        .args(["-timeout", "50s", "-timeout_error"])
+        .args(["-timeout", "30s", "-timeout_error"])
         .current_dir(dir);
     if !args.contains(&"-p") {
         // Not SIPp's default 5060, which anything else on the machine may use.
@@ -956,7 +956,7 @@ fn sipp_digest_registration_and_digest_call_to_a_record_route_uas() {
         .arg(dir.join("sipp-uas-errors.log"))
         .args(["-trace_msg", "-message_file"])
         .arg(dir.join("sipp-uas-messages.log"))
-        .args(["-timeout", "50s", "-timeout_error"])
+        .args(["-timeout", "30s", "-timeout_error"])
         .current_dir(&dir);
     let mut uas = Proc::spawn(&dir, "sipp-uas", &mut uas_cmd);
     std::thread::sleep(Duration::from_millis(500));
