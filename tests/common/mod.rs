@@ -74,6 +74,17 @@ impl ServerProcess {
         Self::start_full(args, false, Stdio::from(file))
     }
 
+    /// Same as [`ServerProcess::start_with`], with `--log info` written to `log` (a file)
+    /// instead of the test's stderr.
+    pub fn start_logged(args: &[&str], metrics: bool, log: &std::path::Path) -> ServerProcess {
+        let f = std::fs::File::create(log).expect("create the server log");
+        let mut args = args.to_vec();
+        if !args.contains(&"--log") {
+            args.extend(["--log", "info"]);
+        }
+        Self::start_full(&args, metrics, Stdio::from(f))
+    }
+
     fn start_full(args: &[&str], metrics: bool, stderr: Stdio) -> ServerProcess {
         let port = free_port();
         let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
