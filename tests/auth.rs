@@ -73,6 +73,8 @@ fn register_as(
     reg.next().with_auth(&creds).send(c, server.addr)
 }
 
+/// alice and bob, offering MD5 then SHA-256 (the default offers MD5 alone; most tests here
+/// answer either challenge).
 fn alice_server() -> ServerProcess {
     ServerProcess::start(&[
         "--shards",
@@ -81,6 +83,8 @@ fn alice_server() -> ServerProcess {
         "alice:secret",
         "--user",
         "bob:hunter2",
+        "--auth-algorithms",
+        "md5,sha-256",
     ])
 }
 
@@ -89,13 +93,21 @@ fn alice_reg() -> Register {
 }
 
 #[test]
-fn no_credentials_gets_401_with_md5_then_sha256() {
+fn no_credentials_gets_401_with_md5_alone_by_default_and_in_order_when_configured() {
+    // The default: MD5 alone (sipsak and SIPp answer only the first challenge; baresip 1.0
+    // gives up when any SHA-256 challenge is in the response).
+    let default = ServerProcess::start(&["--shards", "1", "--user", "alice:secret"]);
+    let c = Client::new();
+    let r = challenge(&c, &default, &alice_reg());
+    let all = challenges(&r);
+    assert_eq!(all.len(), 1, "{}", String::from_utf8_lossy(&r));
+    assert_eq!(s(all[0].algorithm), "MD5");
+    drop(default);
     let s_ = alice_server();
     let c = Client::new();
     let r = challenge(&c, &s_, &alice_reg());
     let all = challenges(&r);
     assert_eq!(all.len(), 2, "{}", String::from_utf8_lossy(&r));
-    // MD5 first: sipsak, SIPp, baresip and linphone answer the first challenge only.
     assert_eq!(s(all[0].algorithm), "MD5");
     assert_eq!(s(all[1].algorithm), "SHA-256");
     for d in &all {
@@ -343,7 +355,16 @@ fn tampered_nonce_gets_401_without_stale() {
 #[test]
 fn expired_nonce_gets_401_with_stale_true() {
     let cfg = config_file("nonce_ttl = 10\n");
-    let s_ = ServerProcess::start(&["--shards", "1", "--user", "alice:secret", "--config", &cfg]);
+    let s_ = ServerProcess::start(&[
+        "--shards",
+        "1",
+        "--user",
+        "alice:secret",
+        "--config",
+        &cfg,
+        "--auth-algorithms",
+        "md5,sha-256",
+    ]);
     let c = Client::new();
     let reg = alice_reg();
     let r = challenge(&c, &s_, &reg);
@@ -408,7 +429,14 @@ fn users_file_with_passwords_and_ha1_values() {
             sha.as_str()
         ),
     );
-    let s_ = ServerProcess::start(&["--shards", "1", "--users", &file]);
+    let s_ = ServerProcess::start(&[
+        "--shards",
+        "1",
+        "--users",
+        &file,
+        "--auth-algorithms",
+        "md5,sha-256",
+    ]);
     let c = Client::new();
     for (user, pw, alg) in [
         ("alice", "secret", "SHA-256"),
@@ -475,7 +503,9 @@ fn realm_is_the_first_domain() {
 
 #[test]
 fn digest_registration_works_across_shards() {
-    let mut args = vec!["--shards".to_string(), "2".to_string()];
+    let mut args: Vec<String> = ["--shards", "2", "--auth-algorithms", "md5,sha-256"]
+        .map(String::from)
+        .to_vec();
     for i in 0..12 {
         args.push("--user".into());
         args.push(format!("user{i}:pw{i}"));
@@ -512,7 +542,16 @@ fn options_and_register_work_with_auth_on_loopback() {
 fn replayed_credentials_are_refused_on_every_shard() {
     // Any user may register any AOR here, so the replays below reach both shards.
     let cfg = config_file("[registrar]\nmatch_auth_user = false\n");
-    let s_ = ServerProcess::start(&["--shards", "2", "--user", "alice:secret", "--config", &cfg]);
+    let s_ = ServerProcess::start(&[
+        "--shards",
+        "2",
+        "--user",
+        "alice:secret",
+        "--config",
+        &cfg,
+        "--auth-algorithms",
+        "md5,sha-256",
+    ]);
     let c = Client::new();
     let reg = alice_reg();
     let ch = challenge(&c, &s_, &reg);
@@ -534,7 +573,9 @@ fn replayed_credentials_for_the_sips_aor_are_refused() {
     // Default settings (the digest user must own the AOR). `sips:uN` is another AOR than
     // `sip:uN` and may be owned by the other shard; the Authorization of `sip:uN` (the digest
     // covers method and Request-URI, not the To) replayed there is still nonce count 1 again.
-    let mut args = vec!["--shards".to_string(), "2".to_string()];
+    let mut args: Vec<String> = ["--shards", "2", "--auth-algorithms", "md5,sha-256"]
+        .map(String::from)
+        .to_vec();
     for i in 0..8 {
         args.push("--user".into());
         args.push(format!("u{i}:pw{i}"));

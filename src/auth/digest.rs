@@ -32,10 +32,13 @@ impl Algorithm {
     /// Every algorithm this server verifies.
     pub const ALL: [Algorithm; 3] = [Algorithm::Md5, Algorithm::Sha256, Algorithm::Sha512_256];
 
-    /// The challenges offered by default, in order: MD5 first, because sipsak 0.9.8, SIPp 3.6,
-    /// baresip and linphone answer only the first challenge (or only MD5) and give up on a
-    /// SHA-256 one; SHA-256 after it for clients that pick the strongest (RFC 8760 §2.4).
-    pub const DEFAULT_OFFER: [Algorithm; 2] = [Algorithm::Md5, Algorithm::Sha256];
+    /// The challenges offered by default: MD5 alone. sipsak 0.9.8 and SIPp 3.6 answer only
+    /// the first challenge and give up on a SHA-256 one, and baresip 1.0 (libre's
+    /// `auth_handler`) fails with ENOSYS on *any* non-MD5 challenge in the response, even
+    /// after an MD5 one: offering SHA-256 too would lock out stock baresip. Deployments whose
+    /// phones all do SHA-256 set `auth_algorithms`; credentials of every algorithm in
+    /// [`Algorithm::ALL`] are accepted whatever is offered.
+    pub const DEFAULT_OFFER: [Algorithm; 1] = [Algorithm::Md5];
 
     /// The algorithm named by a digest `algorithm` parameter; absent means MD5 (RFC 7616
     /// §3.3). Unsupported names (`MD5-sess`, `SHA-256-sess`, ...) give `None`.

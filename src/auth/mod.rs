@@ -10,9 +10,9 @@
 //! - only `qop=auth` is accepted (no RFC 2069 digest without qop, no `auth-int`), with
 //!   `algorithm` `MD5`, `SHA-256` or `SHA-512-256` (absent means MD5), whichever challenges
 //!   are offered; anything else gets a challenge;
-//! - challenges offered by default: MD5 first, then SHA-256 ([`Algorithm::DEFAULT_OFFER`]:
-//!   sipsak, SIPp, baresip and linphone answer the first challenge, and most only MD5);
-//!   [`Authenticator::with_algorithms`] sets another order;
+//! - challenges offered by default: MD5 only ([`Algorithm::DEFAULT_OFFER`]: sipsak and SIPp
+//!   answer only the first challenge, baresip 1.0 gives up on any SHA-256 one);
+//!   [`Authenticator::with_algorithms`] sets others, in order of preference;
 //! - the response is verified over the `uri` parameter the client sent, as Kamailio does,
 //!   whether or not it equals the Request-URI (SIPp's `[authentication]` sends
 //!   `uri="sip:HOST:PORT"` for a Request-URI `sip:bob@HOST`); the method is the request's,

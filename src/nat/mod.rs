@@ -2,11 +2,12 @@
 //! Contact of such a request to the address it came from, and the flow token that sends
 //! in-dialog requests to a NATed callee over the flow it registered on.
 //!
-//! - Detection ([`behind_nat`]) follows Kamailio's `nat_uac_test`: the source address or port
-//!   differs from the top Via's sent-by (RFC 3261 §18.2.1 would add `received`; RFC 3581
-//!   `rport`), or the Contact names a private address (RFC 1918, RFC 6598 shared space,
-//!   link-local, IPv6 ULA) while the source is public. A third-party registration whose Via
-//!   matches its source and whose Contact is public is not NAT: it reaches its Contact.
+//! - Detection ([`behind_nat`]) follows Kamailio's `nat_uac_test`: the source address differs
+//!   from the top Via's sent-by (RFC 3261 §18.2.1 would add `received`), or only its port
+//!   does while the Contact names that sent-by, or the Contact names a private address
+//!   (RFC 1918, RFC 6598 shared space, link-local, IPv6 ULA) while the source is public. A
+//!   third-party registration whose Via matches its source, or whose Contact is another
+//!   address than its Via, is not NAT: it reaches its Contact.
 //! - A REGISTER through a NAT stores the flag with its bindings ([`crate::registrar::Flow`]):
 //!   requests for them go to the REGISTER's source, over the mapping the phone keeps open.
 //! - A request from a UA behind a NAT has its Contact host and port rewritten to its source
@@ -42,37 +43,50 @@ pub fn is_private(ip: IpAddr) -> bool {
     }
 }
 
-/// True if the top Via's sent-by is the source address and port (port 5060 when absent).
-/// A host name never equals a source address (RFC 3261 §18.2.1 adds `received` then).
-pub fn via_matches_source(msg: &Message<'_>, src: SocketAddr) -> bool {
-    let Ok(via) = msg.top_via() else {
-        return false;
-    };
+/// The top Via's sent-by as an address (port 5060 when absent); None for a host name.
+fn via_sent_by(msg: &Message<'_>) -> Option<SocketAddr> {
+    let via = msg.top_via().ok()?;
     let host = via.host;
     let host = host.strip_prefix(b"[").unwrap_or(host);
     let host = host.strip_suffix(b"]").unwrap_or(host);
-    let port = via.port.unwrap_or(5060);
-    port == src.port() && crate::proxy::stateful::parse_ip(host) == Some(src.ip())
+    let ip = crate::proxy::stateful::parse_ip(host)?;
+    Some(SocketAddr::new(ip, via.port.unwrap_or(5060)))
 }
 
-/// The address of the first Contact's URI when its host is an IP literal.
-pub fn first_contact_ip(msg: &Message<'_>) -> Option<IpAddr> {
+/// The address of the first Contact's URI when its host is an IP literal (port 5060 when
+/// absent).
+fn first_contact_addr(msg: &Message<'_>) -> Option<SocketAddr> {
     let contact = msg.contacts_lazy().next()?.ok()?;
     let uri = contact.uri().ok()?;
     if uri.host_kind == HostKind::Name {
         return None;
     }
-    crate::proxy::stateful::parse_ip(uri.host)
+    let ip = crate::proxy::stateful::parse_ip(uri.host)?;
+    Some(SocketAddr::new(ip, uri.port.unwrap_or(5060)))
 }
 
-/// Kamailio's `nat_uac_test` on a request: the source differs from the top Via's sent-by,
-/// or the Contact is a private address and the source is not (a phone on the server's own
-/// private network registers directly, and is reached at its Contact).
+/// Kamailio's `nat_uac_test` on a request:
+/// - the source address differs from the top Via's sent-by (or that is a host name): NAT;
+/// - only the port differs: NAT when the Contact is the Via's sent-by (the UA asks to be
+///   reached where it says it sends from, and its datagrams come from elsewhere: a NAT that
+///   kept the address, or a public address learned by STUN); a Contact elsewhere is a
+///   third-party registration or a client that listens apart from where it sends (sipsak),
+///   and is reached at its Contact;
+/// - Via and source agree: NAT only when the Contact is a private address and the source is
+///   not (an ALG rewrote the Via); a phone on the server's own private network is reached at
+///   its Contact.
 pub fn behind_nat(msg: &Message<'_>, src: SocketAddr) -> bool {
-    if !via_matches_source(msg, src) {
+    let Some(sent_by) = via_sent_by(msg) else {
+        return msg.top_via().is_ok();
+    };
+    if sent_by.ip() != src.ip() {
         return true;
     }
-    !is_private(src.ip()) && first_contact_ip(msg).is_some_and(is_private)
+    let contact = first_contact_addr(msg);
+    if sent_by.port() != src.port() {
+        return contact == Some(sent_by);
+    }
+    !is_private(src.ip()) && contact.is_some_and(|c| is_private(c.ip()))
 }
 
 /// The byte range of the first Contact's host and port in `msg` (brackets of an IPv6

@@ -52,6 +52,13 @@ fn detection_as_nat_uac_test() {
         &Message::parse(&m).unwrap(),
         addr("203.0.113.5:40000")
     ));
+    // Only the port differs, and the Contact is another port (a third-party registration, or
+    // sipsak listening apart from where it sends): reached at the Contact.
+    let m = req("203.0.113.5:5060", "<sip:alice@203.0.113.5:33333>");
+    assert!(!behind_nat(
+        &Message::parse(&m).unwrap(),
+        addr("203.0.113.5:40000")
+    ));
     // The address differs; the default port 5060 counts as written.
     let m = req("192.168.1.20", "<sip:alice@192.168.1.20>");
     assert!(behind_nat(&Message::parse(&m).unwrap(), public));
