@@ -589,19 +589,11 @@ fn is_loopback(ip: IpAddr) -> bool {
 /// Builds the digest authenticator the configuration asks for (None without users). Errors
 /// name the flag or file line.
 pub fn authenticator(config: &Config) -> Result<Option<crate::auth::Authenticator>, ConfigError> {
-    use crate::auth::{random_secret, Authenticator, UserDb};
+    use crate::auth::{random_secret, Authenticator};
     if !config.auth_enabled() {
         return Ok(None);
     }
-    let mut db = UserDb::new(config.realm());
-    for (name, pw) in &config.users {
-        db.add_password(name, pw)
-            .map_err(|e| ConfigError(format!("--user {name}: {e}")))?;
-    }
-    if let Some(path) = &config.users_file {
-        db.load_file(path)
-            .map_err(|e| ConfigError(format!("--users {e}")))?;
-    }
+    let db = user_db(config)?;
     let secret =
         random_secret().map_err(|e| ConfigError(format!("cannot get random bytes: {e}")))?;
     Ok(Some(
@@ -614,6 +606,20 @@ pub fn authenticator(config: &Config) -> Result<Option<crate::auth::Authenticato
         .with_algorithms(&config.auth_algorithms)
         .with_strict_uri(config.strict_digest_uri),
     ))
+}
+
+/// The users of the configuration (`--user` and the `--users` file), for the realm.
+pub fn user_db(config: &Config) -> Result<crate::auth::UserDb, ConfigError> {
+    let mut db = crate::auth::UserDb::new(config.realm());
+    for (name, pw) in &config.users {
+        db.add_password(name, pw)
+            .map_err(|e| ConfigError(format!("--user {name}: {e}")))?;
+    }
+    if let Some(path) = &config.users_file {
+        db.load_file(path)
+            .map_err(|e| ConfigError(format!("--users {e}")))?;
+    }
+    Ok(db)
 }
 
 #[cfg(test)]

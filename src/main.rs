@@ -2,9 +2,11 @@
 //! waits for SIGINT/SIGTERM to shut down gracefully.
 
 use clap::Parser;
+use sipshard::auth::UserDb;
 use sipshard::config::{Cli, Config};
 use sipshard::server::Core;
-use sipshard::shard::{core_config, Server};
+use sipshard::server::CoreConfig;
+use sipshard::shard::{core_config, ReloadUpdate, Server};
 use std::sync::Arc;
 
 #[global_allocator]
@@ -16,7 +18,7 @@ fn fail(msg: impl std::fmt::Display, code: i32) -> ! {
 }
 
 fn parse_config() -> Config {
-    let cli = match Cli::try_parse() {
+    let cli = match Cli::try_parse_from(std::env::args_os()) {
         Ok(c) => c,
         Err(e) => match e.kind() {
             clap::error::ErrorKind::DisplayHelp | clap::error::ErrorKind::DisplayVersion => {
@@ -36,6 +38,8 @@ fn parse_config() -> Config {
 
 fn main() {
     let mut config = parse_config();
+    // As parsed (port 0 unresolved): what a reload compares the re-read configuration with.
+    let parsed = config.clone();
     // One address to the world: refuse an address another process serves (with SO_REUSEPORT
     // it would silently share the traffic), and learn the port behind port 0.
     let listen: Vec<std::net::SocketAddr> = config.listen.iter().map(|l| l.addr).collect();
@@ -51,7 +55,9 @@ fn main() {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let auth = sipshard::config::authenticator(&config).unwrap_or_else(|e| fail(e, 2));
+    let mut users: Option<Arc<UserDb>> = auth.as_ref().map(|a| a.users().clone());
     let core_cfg = Arc::new(core_config(&config));
+    let mut running_core = core_cfg.clone();
     // The template authenticator stays here; each shard gets its own (shared secret and users).
     let auth = std::sync::Mutex::new(auth);
     let make_core = Arc::new(move |id, stats, local: &[std::net::SocketAddr]| {
@@ -83,10 +89,19 @@ fn main() {
     let mut signals = signal_hook::iterator::Signals::new([
         signal_hook::consts::SIGINT,
         signal_hook::consts::SIGTERM,
+        signal_hook::consts::SIGHUP,
     ])
     .unwrap_or_else(|e| fail(format!("signal handler: {e}"), 1));
-    if let Some(sig) = signals.forever().next() {
+    let mut running = parsed;
+    for sig in signals.forever() {
+        if sig == signal_hook::consts::SIGHUP {
+            if let Some(new) = reload(&running, &mut users, &mut running_core, &server) {
+                running = new;
+            }
+            continue;
+        }
         tracing::info!(signal = sig, "shutting down");
+        break;
     }
     server.stop();
     server.join();
@@ -96,4 +111,115 @@ fn main() {
         }
         let _ = m.join();
     }
+}
+
+/// SIGHUP: re-reads the command line's configuration file and users file. The users, the
+/// `[registrar]` and `[proxy]` settings take effect at once on every shard; bindings, calls
+/// in progress and nonces stay. Settings that need a restart are named in a warning and keep
+/// their running values. A file that does not parse changes nothing (an error line says
+/// why). Returns the configuration now running, as parsed.
+fn reload(
+    running: &Config,
+    users: &mut Option<Arc<UserDb>>,
+    core: &mut Arc<CoreConfig>,
+    server: &Server,
+) -> Option<Config> {
+    let new = Cli::try_parse_from(std::env::args_os())
+        .map_err(|e| e.to_string().lines().next().unwrap_or("").to_owned())
+        .and_then(|c| c.into_config().map_err(|e| e.to_string()));
+    let new = match new {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::error!("reload failed, keeping the running configuration: {e}");
+            return None;
+        }
+    };
+    let mut restart = Vec::new();
+    macro_rules! needs_restart {
+        ($($field:ident),*) => {$(
+            if format!("{:?}", running.$field) != format!("{:?}", new.$field) {
+                restart.push(stringify!($field));
+            }
+        )*};
+    }
+    needs_restart!(
+        listen,
+        domains,
+        shards,
+        mode,
+        metrics,
+        io,
+        allow_unauthenticated,
+        queue_capacity,
+        nonce_ttl,
+        auth_algorithms,
+        strict_digest_uri,
+        log
+    );
+    if running.auth_enabled() != new.auth_enabled() {
+        restart.push("authentication on/off");
+    }
+    if !restart.is_empty() {
+        tracing::warn!(
+            "reload: {} changed; these need a restart and keep their running values",
+            restart.join(", ")
+        );
+    }
+    let new_users = match (&*users, new.auth_enabled()) {
+        (Some(old), true) => match sipshard::config::user_db(&new) {
+            Ok(db) => {
+                let c = db.changes_from(old);
+                tracing::info!(
+                    users = db.len(),
+                    added = c.added,
+                    removed = c.removed,
+                    changed = c.changed,
+                    "reload: users"
+                );
+                Some(Arc::new(db))
+            }
+            Err(e) => {
+                tracing::error!("reload failed, keeping the running configuration: {e}");
+                return None;
+            }
+        },
+        _ => None,
+    };
+    let mut updated = (**core).clone();
+    if updated.registrar != new.registrar {
+        tracing::info!(from = ?updated.registrar, to = ?new.registrar, "reload: [registrar]");
+        updated.registrar = new.registrar.clone();
+    }
+    if updated.proxy != new.proxy {
+        tracing::info!(from = ?updated.proxy, to = ?new.proxy, "reload: [proxy]");
+        updated.proxy = new.proxy.clone();
+    }
+    *core = Arc::new(updated);
+    if let Some(db) = &new_users {
+        *users = Some(db.clone());
+    }
+    server.reload(ReloadUpdate {
+        core: core.clone(),
+        users: new_users,
+    });
+    tracing::info!("reloaded");
+    // What runs now: the restart-only settings as they were.
+    let mut now = new;
+    now.listen = running.listen.clone();
+    now.domains = running.domains.clone();
+    now.shards = running.shards;
+    now.mode = running.mode;
+    now.metrics = running.metrics;
+    now.io = running.io;
+    now.allow_unauthenticated = running.allow_unauthenticated;
+    now.queue_capacity = running.queue_capacity;
+    now.nonce_ttl = running.nonce_ttl;
+    now.auth_algorithms = running.auth_algorithms.clone();
+    now.strict_digest_uri = running.strict_digest_uri;
+    now.log = running.log.clone();
+    if running.auth_enabled() != now.auth_enabled() {
+        now.users = running.users.clone();
+        now.users_file = running.users_file.clone();
+    }
+    Some(now)
 }

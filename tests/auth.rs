@@ -7,6 +7,7 @@ use common::*;
 use sipshard::auth::digest::{ha1, Algorithm};
 use sipshard::auth::DigestClient;
 use sipshard::sip::{DigestParams, HeaderName, Message};
+use std::process::Command;
 use std::time::Duration;
 
 const ALICE: &str = "sip:alice@localhost";
@@ -709,4 +710,76 @@ fn failed_authentication_is_logged_at_warn_for_fail2ban() {
         Some(hosts) => assert_eq!(hosts, ["127.0.0.1", "127.0.0.1"], "{lines:#?}"),
         None => eprintln!("skipping the fail2ban filter check: no fail2ban-regex, no python3"),
     }
+}
+
+#[test]
+fn sighup_reloads_the_users_file_keeping_bindings_and_a_bad_file_changes_nothing() {
+    let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("sipshard-reload-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("users.txt");
+    let log = dir.join("server.log");
+    let _ = std::fs::remove_file(&log);
+    std::fs::write(&file, "alice:secret\n").unwrap();
+    let file_s = file.to_str().unwrap().to_owned();
+    let mut s_ = ServerProcess::start_logging_to(
+        &["--shards", "2", "--users", &file_s, "--log", "info"],
+        &log,
+    );
+    let hup = |s_: &ServerProcess| {
+        let st = Command::new("kill")
+            .args(["-HUP", &s_.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(st.success());
+    };
+    let c = Client::new();
+    assert_status(
+        &register_as(&c, &s_, &alice_reg(), None, "alice", "secret"),
+        200,
+    );
+    // carol is not a user yet: her right password is refused.
+    let carol = Register::new("sip:carol@localhost").contact(&format!("<sip:carol@{}>", c.addr));
+    assert_status(&register_as(&c, &s_, &carol, None, "carol", "pw"), 401);
+    std::fs::write(&file, "alice:secret\ncarol:pw\n").unwrap();
+    hup(&s_);
+    // Every shard takes the new users at its next loop round.
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    let mut carol = carol.next();
+    loop {
+        let r = register_as(&c, &s_, &carol, None, "carol", "pw");
+        if status(&r) == 200 {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "carol never accepted");
+        std::thread::sleep(Duration::from_millis(50));
+        carol = carol.next();
+    }
+    // alice's binding outlived the reload (a query lists it).
+    let query = alice_reg().next().next().no_contacts();
+    let r = register_as(&c, &s_, &query, None, "alice", "secret");
+    assert_status(&r, 200);
+    assert_eq!(contact_uris(&r), vec![A1.to_string()]);
+    // A broken file: the users stay as they were, the error is logged, the server serves on.
+    std::fs::write(&file, "alice:secret\nbroken-line\n").unwrap();
+    hup(&s_);
+    std::thread::sleep(Duration::from_millis(300));
+    let r = register_as(&c, &s_, &carol.next().next(), None, "carol", "pw");
+    assert_status(&r, 200);
+    assert!(
+        s_.child.try_wait().unwrap().is_none(),
+        "SIGHUP must not stop the server"
+    );
+    let st = s_.terminate();
+    assert!(st.success(), "{st:?}");
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        text.contains("reload: users") && text.contains("added=1") && text.contains("removed=0"),
+        "{text}"
+    );
+    assert!(
+        text.contains("reload failed, keeping the running configuration")
+            && text.contains("users.txt:2"),
+        "{text}"
+    );
 }

@@ -71,7 +71,7 @@ pub use client::{client_response, DigestClient};
 pub use digest::Algorithm;
 pub use failure::{FailReason, Failure};
 pub use nonce::{random_secret, Secret, DEFAULT_NONCE_TTL_S};
-pub use users::{UserDb, UserDbError};
+pub use users::{UserChanges, UserDb, UserDbError};
 
 use digest::{responses_equal, HexHash};
 use nonce::{NonceKey, NonceStatus};

@@ -30,7 +30,7 @@ use hashbrown::HashMap;
 use super::digest::{ha1, Algorithm, HexHash};
 
 /// The HA1 values of one user, one slot per algorithm (in the order of [`Algorithm::ALL`]).
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct UserEntry {
     ha1: [Option<HexHash>; Algorithm::ALL.len()],
 }
@@ -40,6 +40,14 @@ impl UserEntry {
     pub fn ha1(&self, alg: Algorithm) -> Option<&HexHash> {
         self.ha1[alg.index()].as_ref()
     }
+}
+
+/// Users added, removed and with new HA1 values, from one database to the next.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct UserChanges {
+    pub added: usize,
+    pub removed: usize,
+    pub changed: usize,
 }
 
 /// What is wrong with one user entry.
@@ -129,6 +137,24 @@ impl UserDb {
             realm: realm.to_owned(),
             users: HashMap::new(),
         }
+    }
+
+    /// What changed from `old` to this database (a reload of the users file).
+    pub fn changes_from(&self, old: &UserDb) -> UserChanges {
+        let mut c = UserChanges::default();
+        for (name, entry) in &self.users {
+            match old.users.get(name) {
+                None => c.added += 1,
+                Some(e) if e != entry => c.changed += 1,
+                Some(_) => {}
+            }
+        }
+        c.removed = old
+            .users
+            .keys()
+            .filter(|n| !self.users.contains_key(*n))
+            .count();
+        c
     }
 
     /// The realm the HA1 values are computed for.

@@ -284,6 +284,11 @@ impl Proxy {
         }
     }
 
+    /// New settings (a reload): forking and the group timeout of the requests that follow.
+    pub fn set_settings(&mut self, settings: ProxySettings) {
+        self.settings = settings;
+    }
+
     /// §16.3 item 4: true if the request carries a Via this server wrote (its sent-by is one
     /// of our addresses) whose branch has the loop hash of this very request: it has been
     /// here before unchanged, a loop. A different hash is a spiral, which is allowed.

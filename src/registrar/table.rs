@@ -39,6 +39,12 @@ pub struct Registrar {
 }
 
 impl Registrar {
+    /// New settings (a reload): they apply to the REGISTERs that follow; bindings keep the
+    /// expiry they were given.
+    pub fn set_config(&mut self, config: RegistrarConfig) {
+        self.config = config;
+    }
+
     pub fn new(config: RegistrarConfig) -> Self {
         Registrar {
             config,

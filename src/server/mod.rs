@@ -117,14 +117,7 @@ impl Core {
         auth: Option<Authenticator>,
         local: &[SocketAddr],
     ) -> Core {
-        let r = &cfg.registrar;
-        let registrar = Registrar::new(RegistrarConfig {
-            default_expires: r.default_expires,
-            min_expires: r.min_expires,
-            max_expires: r.max_expires,
-            max_contacts_per_aor: r.max_contacts,
-            canonical_domain: cfg.domains.first().cloned(),
-        });
+        let registrar = Registrar::new(registrar_config(&cfg));
         let local: Vec<SocketAddr> = if local.is_empty() {
             cfg.local_addrs.clone()
         } else {
@@ -155,6 +148,18 @@ impl Core {
 
     pub fn shard(&self) -> usize {
         self.shard
+    }
+
+    /// Applies a reload (SIGHUP): the registrar and proxy settings of `cfg` (the rest of it
+    /// must equal the running configuration: listen addresses, domains and mode need a
+    /// restart) and, when given, new users. Bindings, transactions and nonces stay.
+    pub fn reload(&mut self, cfg: Arc<CoreConfig>, users: Option<Arc<crate::auth::UserDb>>) {
+        self.registrar.set_config(registrar_config(&cfg));
+        self.proxy.set_settings(cfg.proxy.clone());
+        self.cfg = cfg;
+        if let (Some(auth), Some(users)) = (&mut self.auth, users) {
+            auth.replace_users(users);
+        }
     }
 
     /// When the core next needs [`Core::handle_timeout`], in ms.
@@ -828,4 +833,16 @@ fn log_registration(msg: &Message<'_>, flow: Flow, bindings: u16) {
         aor = ?aor, contact = ?contact, expires = ?expires, src = %flow.addr,
         nat = flow.nat, bindings, "{what}"
     );
+}
+
+/// The registrar's settings from the core's.
+fn registrar_config(cfg: &CoreConfig) -> RegistrarConfig {
+    let r = &cfg.registrar;
+    RegistrarConfig {
+        default_expires: r.default_expires,
+        min_expires: r.min_expires,
+        max_expires: r.max_expires,
+        max_contacts_per_aor: r.max_contacts,
+        canonical_domain: cfg.domains.first().cloned(),
+    }
 }

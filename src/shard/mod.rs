@@ -12,8 +12,8 @@ use crate::transport::{ShardSockets, Waker};
 use crossbeam_queue::ArrayQueue;
 use std::io;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
@@ -68,11 +68,48 @@ impl Default for Clock {
     }
 }
 
+/// A reload waiting for the shards (SIGHUP): the new core settings and users. Each shard
+/// looks at the generation once per loop round (one relaxed load) and takes the update when
+/// it changed.
+#[derive(Default)]
+pub struct Reload {
+    generation: AtomicU64,
+    update: Mutex<Option<ReloadUpdate>>,
+}
+
+/// What a reload gives every shard.
+#[derive(Clone)]
+pub struct ReloadUpdate {
+    pub core: Arc<CoreConfig>,
+    pub users: Option<Arc<crate::auth::UserDb>>,
+}
+
+impl Reload {
+    fn publish(&self, update: ReloadUpdate) {
+        if let Ok(mut u) = self.update.lock() {
+            *u = Some(update);
+        }
+        self.generation.fetch_add(1, Ordering::Release);
+    }
+
+    /// The generation of the latest update (0: none yet).
+    #[inline]
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
+    }
+
+    /// The latest update.
+    pub fn latest(&self) -> Option<ReloadUpdate> {
+        self.update.lock().ok()?.clone()
+    }
+}
+
 /// A running server: the shard threads and what is needed to stop them.
 pub struct Server {
     threads: Vec<JoinHandle<()>>,
     stop: Arc<AtomicBool>,
     peers: Arc<Vec<Peer>>,
+    reload: Arc<Reload>,
     pub registry: Registry,
     /// Per shard: the local address of each socket (the listen addresses).
     pub local_addrs: Vec<Vec<SocketAddr>>,
@@ -106,6 +143,7 @@ impl Server {
         }
         let peers = Arc::new(peers);
         let stop = Arc::new(AtomicBool::new(false));
+        let reload = Arc::new(Reload::default());
         let clock = Clock::new();
         let local_addrs: Vec<Vec<SocketAddr>> = sockets.iter().map(|s| s.local.clone()).collect();
         let cores = core_affinity::get_core_ids().unwrap_or_default();
@@ -123,6 +161,7 @@ impl Server {
                 peers: peers.clone(),
                 stats: registry.shards[id].clone(),
                 stop: stop.clone(),
+                reload: reload.clone(),
                 clock,
             };
             let pin = cores.get(id % cores.len().max(1)).copied();
@@ -141,6 +180,7 @@ impl Server {
             threads,
             stop,
             peers,
+            reload,
             registry,
             local_addrs,
             backends,
@@ -150,6 +190,15 @@ impl Server {
     /// Asks every shard to stop after its current batch.
     pub fn stop(&self) {
         self.stop.store(true, Ordering::SeqCst);
+        for p in self.peers.iter() {
+            p.waker.wake();
+        }
+    }
+
+    /// Gives every shard new settings and users (SIGHUP); each applies them at its next
+    /// loop round (sleeping shards are woken).
+    pub fn reload(&self, update: ReloadUpdate) {
+        self.reload.publish(update);
         for p in self.peers.iter() {
             p.waker.wake();
         }

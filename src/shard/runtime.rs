@@ -3,7 +3,7 @@
 //! in one batch, and sleep in `poll` only when there is nothing to do (setting the flag that
 //! lets other shards wake us).
 
-use super::{Clock, Handoff, Peer};
+use super::{Clock, Handoff, Peer, Reload};
 use crate::metrics::{DropReason, ShardStats};
 use crate::server::outbox::Outbox;
 use crate::server::{Core, Disposition};
@@ -57,6 +57,7 @@ pub struct ShardContext {
     pub peers: Arc<Vec<Peer>>,
     pub stats: Arc<ShardStats>,
     pub stop: Arc<AtomicBool>,
+    pub reload: Arc<Reload>,
     pub clock: Clock,
 }
 
@@ -165,7 +166,16 @@ pub fn run(mut ctx: ShardContext) {
         "shard started"
     );
     let me = &ctx.peers[ctx.id];
+    let mut reload_seen = 0;
     while !ctx.stop.load(Ordering::Relaxed) {
+        let generation = ctx.reload.generation();
+        if generation != reload_seen {
+            reload_seen = generation;
+            if let Some(u) = ctx.reload.latest() {
+                ctx.core.reload(u.core, u.users);
+                tracing::debug!(shard = ctx.id, "reloaded");
+            }
+        }
         // One clock read per round for the core's time and the latency start; one more after
         // the send, and one before sleeping.
         let batch_start = Instant::now();
