@@ -220,8 +220,17 @@ impl Baresip {
     fn start(dir: &Path, spec: &BaresipSpec) -> Baresip {
         let home = dir.join(spec.name);
         std::fs::create_dir_all(&home).unwrap();
-        let sip_port = free_port();
-        let _tls = free_port(); // baresip also binds sip_port + 1 (TLS)
+        // baresip binds sip_port (UDP, TCP) and sip_port + 1 (TLS): both must be free.
+        let sip_port = loop {
+            let p = free_port();
+            let next = ("127.0.0.1", p + 1);
+            if std::net::UdpSocket::bind(next).is_ok() && std::net::TcpListener::bind(next).is_ok()
+            {
+                // Taken from the walk so that no later free_port() of this run returns it.
+                let _ = free_port();
+                break p;
+            }
+        };
         let ctrl_port = free_port();
         let config = format!(
             "poll_method\t\tepoll\n\
