@@ -177,8 +177,9 @@ pub struct Cli {
     /// Allow running without authentication on a non-loopback address.
     #[arg(long)]
     pub allow_unauthenticated: bool,
-    /// Digest challenges to offer, in order: md5,sha-256 (default; most phones answer only
-    /// the first, MD5), or e.g. sha-256 when every phone does SHA-256; also sha-512-256.
+    /// Digest challenges to offer, in order, from md5, sha-256, sha-512-256 (default md5
+    /// alone: baresip 1.0 gives up on any SHA-256 challenge); e.g. sha-256,md5 when every
+    /// phone does SHA-256. Credentials of all three are accepted whatever is offered.
     #[arg(long, value_name = "LIST")]
     pub auth_algorithms: Option<String>,
     /// Refuse digest credentials whose uri differs from the Request-URI (default: verify the
