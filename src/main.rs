@@ -203,23 +203,15 @@ fn reload(
         users: new_users,
     });
     tracing::info!("reloaded");
-    // What runs now: the restart-only settings as they were.
-    let mut now = new;
-    now.listen = running.listen.clone();
-    now.domains = running.domains.clone();
-    now.shards = running.shards;
-    now.mode = running.mode;
-    now.metrics = running.metrics;
-    now.io = running.io;
-    now.allow_unauthenticated = running.allow_unauthenticated;
-    now.queue_capacity = running.queue_capacity;
-    now.nonce_ttl = running.nonce_ttl;
-    now.auth_algorithms = running.auth_algorithms.clone();
-    now.strict_digest_uri = running.strict_digest_uri;
-    now.log = running.log.clone();
-    if running.auth_enabled() != now.auth_enabled() {
-        now.users = running.users.clone();
-        now.users_file = running.users_file.clone();
+    // What runs now: the running configuration with the reloadable parts taken from the new
+    // one (the restart-only settings named above keep their running values).
+    let same_auth = running.auth_enabled() == new.auth_enabled();
+    let mut now = running.clone();
+    now.registrar = new.registrar;
+    now.proxy = new.proxy;
+    if same_auth {
+        now.users = new.users;
+        now.users_file = new.users_file;
     }
     Some(now)
 }
