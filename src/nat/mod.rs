@@ -46,10 +46,7 @@ pub fn is_private(ip: IpAddr) -> bool {
 /// The top Via's sent-by as an address (port 5060 when absent); None for a host name.
 fn via_sent_by(msg: &Message<'_>) -> Option<SocketAddr> {
     let via = msg.top_via().ok()?;
-    let host = via.host;
-    let host = host.strip_prefix(b"[").unwrap_or(host);
-    let host = host.strip_suffix(b"]").unwrap_or(host);
-    let ip = crate::proxy::stateful::parse_ip(host)?;
+    let ip = crate::proxy::stateful::via_host_ip(via.host)?;
     Some(SocketAddr::new(ip, via.port.unwrap_or(5060)))
 }
 

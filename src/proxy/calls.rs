@@ -112,13 +112,4 @@ impl CallLog {
         self.answered
             .retain(|_, at| now_ms.saturating_sub(*at) < FORGET_AFTER_MS);
     }
-
-    /// Answered calls remembered (for tests).
-    pub fn len(&self) -> usize {
-        self.answered.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.answered.is_empty()
-    }
 }

@@ -225,13 +225,17 @@ pub fn flow_destination(msg: &Message<'_>, proxy: &Proxy, src: SocketAddr) -> Op
     crate::nat::flow_token(&top).filter(|&ft| ft != src)
 }
 
+/// The IP address a Via host (or `received`) names, IPv6 brackets or not; None for a name.
+pub fn via_host_ip(host: &[u8]) -> Option<IpAddr> {
+    let host = host.strip_prefix(b"[").unwrap_or(host);
+    let host = host.strip_suffix(b"]").unwrap_or(host);
+    parse_ip(host)
+}
+
 /// Where a response goes next: the Via after ours (received, rport, sent-by; §18.2.2).
 fn next_via_destination(resp: &Message<'_>) -> Option<SocketAddr> {
     let via = resp.vias().nth(1)?.ok()?;
-    let host = via.received().unwrap_or(via.host);
-    let host = host.strip_prefix(b"[").unwrap_or(host);
-    let host = host.strip_suffix(b"]").unwrap_or(host);
-    let ip = parse_ip(host)?;
+    let ip = via_host_ip(via.received().unwrap_or(via.host))?;
     let port = match via.rport() {
         Some(Some(p)) => p,
         _ => via.port.unwrap_or(5060),
