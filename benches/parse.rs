@@ -60,6 +60,7 @@ fn write(c: &mut Criterion) {
         record_route: Some(b"<sip:edge.biloxi.example.com;lr>"),
         pop_route: true,
         decrement_max_forwards: true,
+        extra_headers: b"",
     };
     g.bench_function("forward", |b| {
         b.iter(|| {

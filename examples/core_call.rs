@@ -10,12 +10,13 @@
 //! `cargo build --release --example core_call && target/release/examples/core_call 20000`;
 //! for instruction counts run it under `valgrind --tool=callgrind`.
 
-use sipshard::config::{Mode, RegistrarSettings};
-use sipshard::metrics::ShardStats;
+use sipshard::proxy::settings::Mode;
+use sipshard::registrar::RegistrarSettings;
 use sipshard::server::outbox::Outbox;
 use sipshard::server::{Core, CoreConfig};
 use sipshard::sip::write::{finish, header, response_head};
 use sipshard::sip::{HeaderName, Message};
+use sipshard::stats::ShardStats;
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicIsize, Ordering};
@@ -141,6 +142,7 @@ fn main() {
             mode: Mode::Proxy,
             registrar: RegistrarSettings::default(),
             proxy: Default::default(),
+            routing: Arc::new(sipshard::routing::DialPlan::empty()),
         };
         Core::new(
             0,

@@ -19,11 +19,12 @@
 use sipshard::auth::client::first_supported_challenge;
 use sipshard::auth::replay::DEFAULT_MAX_TRACKED;
 use sipshard::auth::{client_response, Algorithm, Authenticator, UserDb};
-use sipshard::config::{Mode, RegistrarSettings};
-use sipshard::metrics::ShardStats;
+use sipshard::proxy::settings::Mode;
+use sipshard::registrar::RegistrarSettings;
 use sipshard::server::outbox::Outbox;
 use sipshard::server::{Core, CoreConfig};
 use sipshard::sip::{HeaderName, Message};
+use sipshard::stats::ShardStats;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
@@ -87,6 +88,7 @@ fn main() {
         mode: Mode::Proxy,
         registrar: RegistrarSettings::default(),
         proxy: Default::default(),
+        routing: Arc::new(sipshard::routing::DialPlan::empty()),
     });
     let auth = digest.then(|| {
         let mut db = UserDb::new("localhost");

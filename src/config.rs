@@ -8,13 +8,8 @@ use serde::Deserialize;
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 
-/// How requests that are not for the registrar are handled.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Mode {
-    Proxy,
-    Stateless,
-    Redirect,
-}
+pub use crate::proxy::settings::{Forking, Mode, ProxySettings};
+pub use crate::registrar::RegistrarSettings;
 
 /// Which transport backend the shards use.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -25,61 +20,10 @@ pub enum IoBackend {
     Uring,
 }
 
-/// How a request is forked to several bindings of one AOR (RFC 3261 §16.6).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Forking {
-    /// Every binding at once.
-    Parallel,
-    /// Groups of equal q-value one after the other, highest q first; bindings with the same
-    /// q are tried in parallel.
-    Sequential,
-}
-
-/// Proxy settings (RFC 3261 §16).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ProxySettings {
-    pub forking: Forking,
-    /// Sequential forking: how long a group of branches may try before it is cancelled and
-    /// the next group starts (not applied to the last group, which Timer C bounds).
-    pub branch_timeout_ms: u64,
-}
-
-impl Default for ProxySettings {
-    fn default() -> Self {
-        ProxySettings {
-            forking: Forking::Parallel,
-            branch_timeout_ms: 5_000,
-        }
-    }
-}
-
 /// A listening address.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Listen {
     pub addr: SocketAddr,
-}
-
-/// Registrar settings (RFC 3261 §10.3).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RegistrarSettings {
-    pub default_expires: u32,
-    pub min_expires: u32,
-    pub max_expires: u32,
-    pub max_contacts: usize,
-    /// With auth: the digest user must equal the user part of the AOR being registered.
-    pub match_auth_user: bool,
-}
-
-impl Default for RegistrarSettings {
-    fn default() -> Self {
-        RegistrarSettings {
-            default_expires: 3600,
-            min_expires: 60,
-            max_expires: 7200,
-            max_contacts: 10,
-            match_auth_user: true,
-        }
-    }
 }
 
 /// The validated configuration.
@@ -107,6 +51,9 @@ pub struct Config {
     /// `uri` the client sent).
     pub strict_digest_uri: bool,
     pub log: String,
+    /// The dial plan as written (a reload compares it) and compiled.
+    pub dial_plan: crate::routing::DialPlanSpec,
+    pub routing: std::sync::Arc<crate::routing::DialPlan>,
 }
 
 impl Config {
@@ -126,7 +73,9 @@ const AFTER_HELP: &str = "\
 Flags override the keys of the TOML file given with --config.
 Keys only in the file: nonce_ttl, queue_capacity, registrar.default_expires,
 registrar.min_expires, registrar.max_expires, registrar.max_contacts,
-registrar.match_auth_user.
+registrar.match_auth_user, and the dial plan: [[extension]], [normalize],
+[[trunk]], [[route]], [[rate]], [routing], [classes], [emergency], [[group]],
+[[paging]].
 sipshard.toml at the top of the source tree lists every key with its default
 and what it does; install it as /etc/sipshard/sipshard.toml (read by
 tuning/sipshard.service).";
@@ -210,6 +159,27 @@ struct FileConfig {
     log: Option<String>,
     registrar: Option<FileRegistrar>,
     proxy: Option<FileProxy>,
+    // The dial plan (`crate::routing::spec`), section by section.
+    #[serde(default)]
+    extension: Vec<crate::routing::spec::ExtensionSpec>,
+    #[serde(default)]
+    normalize: crate::routing::spec::NormalizeSpec,
+    #[serde(default)]
+    trunk: Vec<crate::routing::spec::TrunkSpec>,
+    #[serde(default)]
+    route: Vec<crate::routing::spec::RouteSpec>,
+    #[serde(default)]
+    rate: Vec<crate::routing::spec::RateSpec>,
+    #[serde(default)]
+    routing: crate::routing::spec::RoutingSpec,
+    #[serde(default)]
+    classes: std::collections::BTreeMap<String, Vec<String>>,
+    #[serde(default)]
+    emergency: crate::routing::spec::EmergencySpec,
+    #[serde(default)]
+    group: Vec<crate::routing::spec::GroupSpec>,
+    #[serde(default)]
+    paging: Vec<crate::routing::spec::PagingSpec>,
 }
 
 #[derive(Deserialize, Default, Debug)]
@@ -551,7 +521,23 @@ impl Cli {
             }
             (None, None) => crate::auth::Algorithm::DEFAULT_OFFER.to_vec(),
         };
+        let dial_plan = crate::routing::DialPlanSpec {
+            extension: file.extension,
+            normalize: file.normalize,
+            trunk: file.trunk,
+            route: file.route,
+            rate: file.rate,
+            routing: file.routing,
+            classes: file.classes,
+            emergency: file.emergency,
+            group: file.group,
+            paging: file.paging,
+        };
+        let routing =
+            std::sync::Arc::new(crate::routing::DialPlan::build(&dial_plan).map_err(ConfigError)?);
         let config = Config {
+            dial_plan,
+            routing,
             listen,
             domains,
             users,

@@ -5,7 +5,7 @@
 
 use super::*;
 use clap::CommandFactory;
-use serde::de::value::{Error as DeError, SeqDeserializer};
+use serde::de::value::Error as DeError;
 use serde::de::{DeserializeSeed, Deserializer, IntoDeserializer, MapAccess, Visitor};
 use std::collections::BTreeSet;
 
@@ -69,7 +69,18 @@ impl<'de> Deserializer<'de> for Keys<'_> {
         v.visit_str("")
     }
     fn deserialize_seq<V: Visitor<'de>>(self, v: V) -> Result<V::Value, DeError> {
-        v.visit_seq(SeqDeserializer::<_, DeError>::new(std::iter::empty::<u8>()))
+        // One element: an array of tables (`[[trunk]]`) names its fields under its own key.
+        v.visit_seq(OneElement(Some(Keys {
+            prefix: self.prefix,
+            out: self.out,
+        })))
+    }
+    fn deserialize_map<V: Visitor<'de>>(self, v: V) -> Result<V::Value, DeError> {
+        // A free-form table (`[classes]`): its keys are the operator's.
+        self.out.insert(format!("{}.*", self.prefix));
+        v.visit_map(serde::de::value::MapDeserializer::<_, DeError>::new(
+            std::iter::empty::<(u8, u8)>(),
+        ))
     }
     fn deserialize_struct<V: Visitor<'de>>(
         self,
@@ -85,8 +96,24 @@ impl<'de> Deserializer<'de> for Keys<'_> {
         })
     }
     serde::forward_to_deserialize_any! {
-        char bytes byte_buf unit unit_struct newtype_struct tuple tuple_struct map enum
+        char bytes byte_buf unit unit_struct newtype_struct tuple tuple_struct enum
         identifier ignored_any
+    }
+}
+
+/// A sequence of one placeholder element.
+struct OneElement<'a>(Option<Keys<'a>>);
+
+impl<'de> serde::de::SeqAccess<'de> for OneElement<'_> {
+    type Error = DeError;
+    fn next_element_seed<T: DeserializeSeed<'de>>(
+        &mut self,
+        seed: T,
+    ) -> Result<Option<T::Value>, DeError> {
+        match self.0.take() {
+            Some(keys) => seed.deserialize(keys).map(Some),
+            None => Ok(None),
+        }
     }
 }
 
@@ -145,18 +172,45 @@ fn toml_keys(prefix: &str, t: &toml::Table, out: &mut BTreeSet<String>) {
         } else {
             format!("{prefix}.{k}")
         };
-        if let toml::Value::Table(sub) = v {
-            toml_keys(&path, sub, out);
+        match v {
+            toml::Value::Table(sub) => toml_keys(&path, sub, out),
+            toml::Value::Array(items) => {
+                for item in items {
+                    if let toml::Value::Table(sub) = item {
+                        toml_keys(&path, sub, out);
+                    }
+                }
+            }
+            _ => {}
         }
         out.insert(path);
     }
 }
 
-/// The example with its commented-out settings (`#key = value` lines) enabled.
+/// `have` with the keys of free-form tables (`classes.alice`) written as `classes.*`, the way
+/// [`struct_keys`] names them.
+fn free_form(want: &BTreeSet<String>, have: BTreeSet<String>) -> BTreeSet<String> {
+    have.into_iter()
+        .map(|k| {
+            match want
+                .iter()
+                .filter_map(|w| w.strip_suffix(".*"))
+                .find(|table| k.starts_with(&format!("{table}.")))
+            {
+                Some(table) => format!("{table}.*"),
+                None => k,
+            }
+        })
+        .collect()
+}
+
+/// The example with its commented-out settings (`#key = value` lines and `#[table]` headers)
+/// enabled.
 fn example_all_enabled() -> String {
     let text = std::fs::read_to_string(example_path()).unwrap();
     text.lines()
         .map(|l| match l.strip_prefix('#') {
+            Some(rest) if rest.starts_with('[') && rest.ends_with(']') => rest,
             Some(rest)
                 if rest.split_once(" = ").is_some_and(|(k, _)| {
                     !k.is_empty() && k.bytes().all(|b| b.is_ascii_lowercase() || b == b'_')
@@ -197,6 +251,7 @@ fn example_config_names_every_key_of_the_file_struct() {
         .unwrap_or_else(|e| panic!("sipshard.toml with every setting enabled: {e}"));
     let mut have = BTreeSet::new();
     toml_keys("", &text.parse::<toml::Table>().unwrap(), &mut have);
+    let have = free_form(&want, have);
     let missing: Vec<_> = want.difference(&have).collect();
     assert!(
         missing.is_empty(),
@@ -205,6 +260,20 @@ fn example_config_names_every_key_of_the_file_struct() {
     );
     assert_eq!(have, want);
 }
+
+/// The dial plan's sections (`crate::routing::spec`).
+const DIAL_PLAN_SECTIONS: [&str; 10] = [
+    "extension",
+    "normalize",
+    "trunk",
+    "route",
+    "rate",
+    "routing",
+    "classes",
+    "emergency",
+    "group",
+    "paging",
+];
 
 #[test]
 fn help_names_every_flag_and_every_file_only_key() {
@@ -221,6 +290,15 @@ fn help_names_every_flag_and_every_file_only_key() {
     let keys = struct_keys();
     for key in &keys {
         let is_table = keys.iter().any(|k| k.starts_with(&format!("{key}.")));
+        // The dial plan's sections are named as sections.
+        let section = key.split('.').next().unwrap();
+        if DIAL_PLAN_SECTIONS.contains(&section) {
+            assert!(
+                help.contains(&format!("[{section}]")) || help.contains(&format!("[[{section}]]")),
+                "--help does not name the section of {key}"
+            );
+            continue;
+        }
         let flag = key.rsplit('.').next().unwrap().replace('_', "-");
         let has_flag = longs.contains(&flag) || longs.contains(&format!("no-{flag}"));
         if !is_table && !has_flag {

@@ -114,7 +114,7 @@ fn main() {
 }
 
 /// SIGHUP: re-reads the command line's configuration file and users file. The users, the
-/// `[registrar]` and `[proxy]` settings take effect at once on every shard; bindings, calls
+/// `[registrar]` and `[proxy]` settings and the dial plan take effect at once on every shard; bindings, calls
 /// in progress and nonces stay. Settings that need a restart are named in a warning and keep
 /// their running values. A file that does not parse changes nothing (an error line says
 /// why). Returns the configuration now running, as parsed.
@@ -194,6 +194,19 @@ fn reload(
         tracing::info!(from = ?updated.proxy, to = ?new.proxy, "reload: [proxy]");
         updated.proxy = new.proxy.clone();
     }
+    if running.dial_plan != new.dial_plan {
+        // Built off the shards by `into_config` above; the trunks keep what their checks found.
+        new.routing.inherit_health(&updated.routing);
+        tracing::info!(
+            extensions = new.dial_plan.extension.len(),
+            trunks = new.dial_plan.trunk.len(),
+            routes = new.dial_plan.route.len(),
+            rates = new.dial_plan.rate.len(),
+            groups = new.dial_plan.group.len(),
+            "reload: dial plan"
+        );
+        updated.routing = new.routing.clone();
+    }
     *core = Arc::new(updated);
     if let Some(db) = &new_users {
         *users = Some(db.clone());
@@ -209,6 +222,8 @@ fn reload(
     let mut now = running.clone();
     now.registrar = new.registrar;
     now.proxy = new.proxy;
+    now.dial_plan = new.dial_plan;
+    now.routing = new.routing;
     if same_auth {
         now.users = new.users;
         now.users_file = new.users_file;

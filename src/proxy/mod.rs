@@ -4,4 +4,8 @@
 
 pub mod calls;
 pub mod messages;
+pub mod reply;
+pub mod request;
+pub mod route;
+pub mod settings;
 pub mod stateful;

@@ -11,7 +11,7 @@ use super::messages::{
     collect_challenges, hex16, loop_hash, loop_part, stateless_loop_hash, write_branch,
     write_branch_head, write_cancel, write_response_upstream, write_with_challenges,
 };
-use crate::config::{Forking, ProxySettings};
+use super::settings::{Forking, ProxySettings};
 use crate::server::outbox::Outbox;
 use crate::sip::uri::HostKind;
 use crate::sip::write::{finish, header, response_head, write_forward, ForwardEdits};
@@ -24,13 +24,15 @@ use crate::txn::{
 use hashbrown::HashMap;
 use std::net::{IpAddr, SocketAddr};
 
-/// A target of a forwarded request: the URI to put in the Request-URI, where to send it and
-/// its q-value in thousandths (sequential forking tries higher q first).
+/// A target of a forwarded request: the URI to put in the Request-URI, where to send it, its
+/// q-value in thousandths (a redirect lists it) and its group: with sequential forking the
+/// groups are tried one after the other in ascending order, the targets of a group at once.
 #[derive(Debug, Clone, Copy)]
 pub struct Target<'t> {
     pub uri: &'t [u8],
     pub dst: SocketAddr,
     pub q: u16,
+    pub group: u16,
     /// `dst` is the flow a UA registered on (behind NAT, or RFC 5626 outbound), not its
     /// Contact: our Record-Route names it (`ft=`) so that in-dialog requests follow it too.
     pub flow: bool,
@@ -41,7 +43,70 @@ struct PendingTarget {
     uri: Box<[u8]>,
     dst: SocketAddr,
     q: u16,
+    group: u16,
     flow: bool,
+}
+
+/// How the targets of one request are tried (§16.6, §16.7), and the policies routing adds:
+/// trunk failover, hunt groups, ring groups.
+#[derive(Debug, Clone, Copy)]
+pub struct Fork<'a> {
+    /// Initial requests: each branch's Request-URI is its target's URI.
+    pub rewrite_uri: bool,
+    /// Dialog-creating requests get our Record-Route (false for a request we sent ourselves,
+    /// coming back to us: the first pass record-routed it).
+    pub record_route: bool,
+    /// How long a group of targets may try before its pending branches are cancelled (as
+    /// 408) and the next group starts.
+    pub group_timeout_ms: Option<u64>,
+    /// The timeout also bounds the last group (else only Timer C does).
+    pub timeout_last: bool,
+    /// Any response from the group, even a 100, stops its timeout ("no response at all").
+    pub timeout_until_response: bool,
+    /// A 4xx other than 408 ends the search like a 6xx (a busy or wrong number is not a
+    /// routing failure).
+    pub final_4xx: bool,
+    /// Header lines added to every branch, each ending in CRLF.
+    pub extra_headers: &'a [u8],
+}
+
+impl Fork<'_> {
+    /// Forwarding to the bindings of a user (targets grouped by the caller: one group in
+    /// parallel forking, one per q-value in sequential forking) with the proxy's settings.
+    pub fn bindings(settings: &ProxySettings) -> Fork<'static> {
+        Fork {
+            rewrite_uri: true,
+            record_route: true,
+            group_timeout_ms: (settings.forking == Forking::Sequential)
+                .then_some(settings.branch_timeout_ms),
+            timeout_last: false,
+            timeout_until_response: false,
+            final_4xx: false,
+            extra_headers: b"",
+        }
+    }
+
+    /// Forwarding an in-dialog request to its next hop.
+    pub fn next_hop() -> Fork<'static> {
+        Fork {
+            rewrite_uri: false,
+            record_route: false,
+            group_timeout_ms: None,
+            timeout_last: false,
+            timeout_until_response: false,
+            final_4xx: false,
+            extra_headers: b"",
+        }
+    }
+}
+
+/// The parts of a [`Fork`] kept with a request for its later groups.
+#[derive(Debug, Clone, Copy)]
+struct Policy {
+    group_timeout_ms: Option<u64>,
+    timeout_last: bool,
+    timeout_until_response: bool,
+    final_4xx: bool,
 }
 
 /// How the branches of one request are written (kept for the later groups of sequential
@@ -53,6 +118,7 @@ struct Plan {
     dialog_creating: bool,
     /// §16.6 step 8: the loop-detection hash of the request as received.
     loop_hash: u64,
+    policy: Policy,
 }
 
 /// Timer C (RFC 3261 §16.6 step 11): an INVITE branch that has not answered finally within
@@ -116,6 +182,8 @@ struct Forwarding {
     /// Sequential forking: the number of the current group and the timer that ends it.
     group: u32,
     group_timer: Option<TimerKey>,
+    /// Header lines every branch gets (None: none).
+    extra_headers: Option<Bytes>,
     /// §16.7 step 7: the WWW-Authenticate / Proxy-Authenticate lines of every 401/407
     /// received, and how many responses they came from.
     challenges: Vec<u8>,
@@ -138,7 +206,7 @@ pub enum Handled {
 /// The stateful proxy of one shard.
 pub struct Proxy {
     shard: usize,
-    stats: std::sync::Arc<crate::metrics::ShardStats>,
+    stats: std::sync::Arc<crate::stats::ShardStats>,
     txns: TransactionTable,
     /// `ip:port` written in our Via and Record-Route.
     host: String,
@@ -265,7 +333,7 @@ impl Proxy {
         socket: usize,
         ours: Vec<SocketAddr>,
         settings: ProxySettings,
-        stats: std::sync::Arc<crate::metrics::ShardStats>,
+        stats: std::sync::Arc<crate::stats::ShardStats>,
     ) -> Proxy {
         Proxy {
             shard,
@@ -423,10 +491,11 @@ impl Proxy {
         }
     }
 
-    /// Forwards a request statefully to `targets` (initial requests: one branch per binding,
-    /// all in parallel, or with sequential forking the group of the highest q first; targets
-    /// come in descending q) or to the next hop of an in-dialog request (one target,
-    /// `rewrite_uri` false). `response_dst` is where responses go (§18.2.2).
+    /// Forwards a request statefully to `targets` as `fork` says (initial requests: one
+    /// branch per target, the targets of the first group at once, the next group when every
+    /// branch of one has ended or its timeout fired; targets come sorted by group) or to the
+    /// next hop of an in-dialog request (one target, [`Fork::next_hop`]). `response_dst` is
+    /// where responses go (§18.2.2).
     #[allow(clippy::too_many_arguments)]
     pub fn forward(
         &mut self,
@@ -434,7 +503,7 @@ impl Proxy {
         response_dst: SocketAddr,
         in_socket: usize,
         targets: &[Target<'_>],
-        rewrite_uri: bool,
+        fork: &Fork<'_>,
         now_ms: u64,
         out: &mut Outbox,
     ) -> Handled {
@@ -468,19 +537,28 @@ impl Proxy {
                 .server_respond(sid, 100, bytes(&self.scratch), now_ms, &mut txn_out);
         }
         let plan = Plan {
-            rewrite_uri,
+            rewrite_uri: fork.rewrite_uri,
             pop_route: self.top_route_is_ours(msg),
-            dialog_creating: msg.to().ok().and_then(|t| t.tag()).is_none()
+            dialog_creating: fork.record_route
+                && msg.to().ok().and_then(|t| t.tag()).is_none()
                 && matches!(method, Method::Invite | Method::Subscribe | Method::Refer),
             loop_hash: loop_hash(msg),
+            policy: Policy {
+                group_timeout_ms: fork.group_timeout_ms,
+                timeout_last: fork.timeout_last,
+                timeout_until_response: fork.timeout_until_response,
+                final_4xx: fork.final_4xx,
+            },
         };
-        // Sequential forking: the first group is the targets of the highest q; the others
-        // wait (§16.6: "in descending q order when q-values differ").
+        let extra_headers = (!fork.extra_headers.is_empty()).then(|| bytes(fork.extra_headers));
+        // The first group goes now; the others wait (§16.6: with sequential forking, "in
+        // descending q order when q-values differ").
         let first_group = match targets.first() {
-            Some(first) if self.settings.forking == Forking::Sequential && rewrite_uri => {
-                targets.iter().take_while(|t| t.q == first.q).count()
-            }
-            _ => targets.len(),
+            Some(first) => targets
+                .iter()
+                .take_while(|t| t.group == first.group)
+                .count(),
+            None => 0,
         };
         let mut ctx = Forwarding {
             is_invite,
@@ -497,17 +575,20 @@ impl Proxy {
                     uri: t.uri.into(),
                     dst: t.dst,
                     q: t.q,
+                    group: t.group,
                     flow: t.flow,
                 })
                 .collect(),
             group: 0,
             group_timer: None,
+            extra_headers: extra_headers.clone(),
             challenges: Vec::new(),
             challenge_responses: 0,
         };
         let mut status_err = None;
+        let extra = extra_headers.as_deref().unwrap_or_default();
         for t in &targets[..first_group] {
-            match self.start_branch(sid, msg, &plan, is_invite, *t, now_ms, &mut txn_out) {
+            match self.start_branch(sid, msg, &plan, extra, is_invite, *t, now_ms, &mut txn_out) {
                 Ok(Some(b)) => ctx.branches.push(b),
                 Ok(None) => {}
                 Err(status) => {
@@ -517,11 +598,10 @@ impl Proxy {
             }
         }
         let n = ctx.branches.len();
-        if n > 0 && !ctx.rest.is_empty() {
-            ctx.group_timer = Some(self.timer_c.insert(
-                now_ms + self.settings.branch_timeout_ms,
-                ProxyTimer::Group(sid, 0),
-            ));
+        if let Some(ms) = plan.policy.group_timeout_ms {
+            if n > 0 && (!ctx.rest.is_empty() || plan.policy.timeout_last) {
+                ctx.group_timer = Some(self.timer_c.insert(now_ms + ms, ProxyTimer::Group(sid, 0)));
+            }
         }
         let more = !ctx.rest.is_empty();
         self.contexts.insert(sid, ctx);
@@ -554,6 +634,7 @@ impl Proxy {
         sid: ServerTxnId,
         msg: &Message<'_>,
         plan: &Plan,
+        extra_headers: &[u8],
         is_invite: bool,
         target: Target<'_>,
         now_ms: u64,
@@ -589,6 +670,7 @@ impl Proxy {
             record_route: plan.dialog_creating.then_some(&self.record_route[..]),
             pop_route: plan.pop_route,
             decrement_max_forwards: true,
+            extra_headers,
         };
         self.scratch.clear();
         if write_forward(&mut self.scratch, msg, &edits).is_err() {
@@ -639,13 +721,14 @@ impl Proxy {
             if ctx.rest.is_empty() || ctx.cancelled {
                 return self.send_best(sid, now_ms, txn_out);
             }
-            let q = ctx.rest[0].q;
-            let k = ctx.rest.iter().take_while(|t| t.q == q).count();
+            let g = ctx.rest[0].group;
+            let k = ctx.rest.iter().take_while(|t| t.group == g).count();
             let group: Vec<PendingTarget> = ctx.rest.drain(..k).collect();
             let more = !ctx.rest.is_empty();
             ctx.group += 1;
             let number = ctx.group;
             let (original, plan, is_invite) = (ctx.original.clone(), ctx.plan, ctx.is_invite);
+            let extra = ctx.extra_headers.clone();
             let Ok(msg) = Message::parse(&original) else {
                 return self.send_best(sid, now_ms, txn_out);
             };
@@ -655,20 +738,25 @@ impl Proxy {
                     uri: &t.uri,
                     dst: t.dst,
                     q: t.q,
+                    group: t.group,
                     flow: t.flow,
                 };
-                match self.start_branch(sid, &msg, &plan, is_invite, target, now_ms, txn_out) {
+                let extra = extra.as_deref().unwrap_or_default();
+                match self.start_branch(sid, &msg, &plan, extra, is_invite, target, now_ms, txn_out)
+                {
                     Ok(Some(b)) => started.push(b),
                     Ok(None) => {}
                     Err(_) => break,
                 }
             }
-            let timer = (more && !started.is_empty()).then(|| {
-                self.timer_c.insert(
-                    now_ms + self.settings.branch_timeout_ms,
-                    ProxyTimer::Group(sid, number),
-                )
-            });
+            let timer = plan
+                .policy
+                .group_timeout_ms
+                .filter(|_| (more || plan.policy.timeout_last) && !started.is_empty())
+                .map(|ms| {
+                    self.timer_c
+                        .insert(now_ms + ms, ProxyTimer::Group(sid, number))
+                });
             let Some(ctx) = self.contexts.get_mut(&sid) else {
                 return;
             };
@@ -725,8 +813,7 @@ impl Proxy {
         let _ = self.txns.server_respond(sid, s, r, now_ms, txn_out);
     }
 
-    /// Sequential forking: the group `group` tried for `branch_timeout_ms` without a final
-    /// answer. Its pending branches are cancelled and count as 408, and the next group starts.
+    /// The group `group` tried for its timeout without a final answer. Its pending branches are cancelled and count as 408, and the next group starts.
     fn group_timeout(
         &mut self,
         sid: ServerTxnId,
@@ -857,6 +944,7 @@ impl Proxy {
             record_route: None,
             pop_route,
             decrement_max_forwards: true,
+            extra_headers: b"",
         };
         let (buf, start) = out.begin();
         let relayed = if write_forward(buf, msg, &edits).is_err() {
@@ -981,6 +1069,7 @@ impl Proxy {
             }
             Some((cid, ClientEvent::Provisional { status })) => {
                 if let Some(&sid) = self.client_ctx.get(&cid) {
+                    self.response_stops_group_timeout(sid);
                     let live = self.restart_timer_c(sid, cid, now_ms, &mut txn_out);
                     let final_sent = self.contexts.get(&sid).is_none_or(|c| c.final_sent);
                     if live && status > 100 && !final_sent {
@@ -1144,8 +1233,11 @@ impl Proxy {
         if replace {
             ctx.best = Some((status, response));
         }
-        if status >= 600 {
-            // §16.7: a 6xx ends the search: no further group, the pending branches cancelled.
+        let ends_search = status >= 600
+            || (ctx.plan.policy.final_4xx && (400..500).contains(&status) && status != 408);
+        if ends_search {
+            // §16.7: a 6xx ends the search (and, for a trunk route, a 4xx other than 408): no
+            // further group, the pending branches cancelled.
             ctx.rest.clear();
             if ctx.is_invite {
                 self.cancel_branches(sid, now_ms, txn_out);
@@ -1159,6 +1251,18 @@ impl Proxy {
             self.advance(sid, now_ms, txn_out);
         }
         false
+    }
+
+    /// A response from the current group stops its timeout when the policy says any
+    /// response will do (trunk failover waits only for silence).
+    fn response_stops_group_timeout(&mut self, sid: ServerTxnId) {
+        if let Some(ctx) = self.contexts.get_mut(&sid) {
+            if ctx.plan.policy.timeout_until_response {
+                if let Some(k) = ctx.group_timer.take() {
+                    self.timer_c.cancel(k);
+                }
+            }
+        }
     }
 
     /// §16.7 step 2: a provisional response restarts the branch's Timer C (and releases a

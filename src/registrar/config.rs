@@ -30,3 +30,26 @@ impl Default for RegistrarConfig {
         }
     }
 }
+
+/// Registrar settings (RFC 3261 §10.3).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RegistrarSettings {
+    pub default_expires: u32,
+    pub min_expires: u32,
+    pub max_expires: u32,
+    pub max_contacts: usize,
+    /// With auth: the digest user must equal the user part of the AOR being registered.
+    pub match_auth_user: bool,
+}
+
+impl Default for RegistrarSettings {
+    fn default() -> Self {
+        RegistrarSettings {
+            default_expires: 3600,
+            min_expires: 60,
+            max_expires: 7200,
+            max_contacts: 10,
+            match_auth_user: true,
+        }
+    }
+}

@@ -22,7 +22,7 @@ mod table;
 mod tests;
 
 pub use binding::{Binding, BindingFields, FieldTooLong, PathIter, DEFAULT_Q};
-pub use config::RegistrarConfig;
+pub use config::{RegistrarConfig, RegistrarSettings};
 pub use outcome::{RegisterError, RegisterOutcome};
 pub use register::{Flow, ResponseCtx};
 pub use response::write_qvalue;

@@ -6,7 +6,8 @@
 
 use super::outbox::Outbox;
 use super::Core;
-use crate::config::{Forking, Mode, ProxySettings, RegistrarSettings};
+use crate::proxy::settings::{Forking, Mode, ProxySettings};
+use crate::registrar::RegistrarSettings;
 use crate::sip::write::{finish, header, response_head};
 use crate::sip::{HeaderName, Message, Method};
 use crate::txn::{

@@ -4,10 +4,11 @@
 
 use super::outbox::Outbox;
 use super::{Core, CoreConfig};
-use crate::config::{Forking, Mode, ProxySettings, RegistrarSettings};
-use crate::metrics::ShardStats;
+use crate::proxy::settings::{Forking, Mode, ProxySettings};
+use crate::registrar::RegistrarSettings;
 use crate::sip::write::{finish, header, response_head};
 use crate::sip::{HeaderName, Message};
+use crate::stats::ShardStats;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
@@ -42,6 +43,7 @@ pub(super) fn core_with_proxy(
         mode,
         registrar,
         proxy,
+        routing: Arc::new(crate::routing::DialPlan::empty()),
     });
     Core::new(
         0,
@@ -70,13 +72,13 @@ pub(super) fn send(
     drain(&out)
 }
 
-fn tick(c: &mut Core, now: u64) -> Vec<(SocketAddr, Vec<u8>)> {
+pub(super) fn tick(c: &mut Core, now: u64) -> Vec<(SocketAddr, Vec<u8>)> {
     let mut out = Outbox::new();
     c.handle_timeout(now, &mut out);
     drain(&out)
 }
 
-fn drain(out: &Outbox) -> Vec<(SocketAddr, Vec<u8>)> {
+pub(super) fn drain(out: &Outbox) -> Vec<(SocketAddr, Vec<u8>)> {
     out.items()
         .iter()
         .map(|d| (d.dst, out.bytes(d).to_vec()))
@@ -114,7 +116,7 @@ pub(super) fn status(b: &[u8]) -> u16 {
 }
 
 /// The branch of the top Via of a message.
-fn top_branch(b: &[u8]) -> Vec<u8> {
+pub(super) fn top_branch(b: &[u8]) -> Vec<u8> {
     Message::parse(b)
         .unwrap()
         .top_via()
@@ -129,7 +131,7 @@ pub(super) fn method(b: &[u8]) -> Vec<u8> {
 }
 
 /// A callee's response to a request it received from the proxy.
-fn answer(req: &[u8], code: u16, reason: &str, tag: &str) -> Vec<u8> {
+pub(super) fn answer(req: &[u8], code: u16, reason: &str, tag: &str) -> Vec<u8> {
     let m = Message::parse(req).unwrap();
     let mut out = Vec::new();
     response_head(
@@ -150,7 +152,7 @@ fn answer(req: &[u8], code: u16, reason: &str, tag: &str) -> Vec<u8> {
     out
 }
 
-fn assert_no_state(c: &mut Core, now: u64) {
+pub(super) fn assert_no_state(c: &mut Core, now: u64) {
     // Every timer (Timer D/K/J 32 s on UDP, Timer C) runs out within 200 s.
     let mut t = now;
     while t < now + 200_000 {
@@ -1225,6 +1227,7 @@ fn two_shards(auth: Option<crate::auth::Authenticator>) -> Vec<Core> {
         mode: Mode::Proxy,
         registrar: RegistrarSettings::default(),
         proxy: ProxySettings::default(),
+        routing: Arc::new(crate::routing::DialPlan::empty()),
     });
     (0..2)
         .map(|i| {
@@ -1262,7 +1265,7 @@ fn answer_challenge(challenge: &[u8], user: &str, pw: &str) -> String {
 #[test]
 fn a_register_without_credentials_is_challenged_where_it_arrives_for_the_owning_shard() {
     use crate::auth::{Authenticator, UserDb};
-    use crate::shard::ownership::{aor_hash, owner_shard};
+    use crate::server::ownership::{aor_hash, owner_shard};
     let mut db = UserDb::new("localhost");
     let users = ["alice", "bob", "carol", "dave", "erin", "frank"];
     for u in users {

@@ -2,7 +2,6 @@
 //! and its own [`Core`]; bounded lock-free hand-off queues between shards; a shared clock.
 //! With `shard/runtime.rs` and `transport/`, this is where threads, sockets and time live.
 
-pub mod ownership;
 mod runtime;
 
 use crate::config::{Config, IoBackend};
@@ -226,6 +225,7 @@ pub fn core_config(config: &Config) -> CoreConfig {
         mode: config.mode,
         registrar: config.registrar.clone(),
         proxy: config.proxy.clone(),
+        routing: config.routing.clone(),
     }
 }
 

@@ -4,9 +4,9 @@
 //! lets other shards wake us).
 
 use super::{Clock, Handoff, Peer, Reload};
-use crate::metrics::{DropReason, ShardStats};
 use crate::server::outbox::Outbox;
 use crate::server::{Core, Disposition};
+use crate::stats::{DropReason, ShardStats};
 use crate::transport::{RecvHandler, Transport};
 use hdrhistogram::Histogram;
 use std::net::SocketAddr;
@@ -245,7 +245,7 @@ pub fn run(mut ctx: ShardContext) {
             hist.publish(&ctx.stats.latency);
             last_merge = last_read;
         }
-        ctx.stats.transport_drops(ctx.transport.drops());
+        crate::metrics::publish_transport_drops(&ctx.stats, ctx.transport.drops());
         if going_idle {
             me.waker.sleeping.store(true, Ordering::SeqCst);
             if (sharded && !me.queue.is_empty()) || ctx.stop.load(Ordering::Relaxed) {

@@ -1070,9 +1070,15 @@ CSeq: 1 INVITE\r\nContact: <sip:a@h>\r\nSubject: s\r\nContent-Length: 3\r\n\r\na
     #[test]
     fn colon_then_newline_matches_separate_searches() {
         use super::super::simd::find_colon_then_newline;
-        for len in 0..150 {
+        for len in 0..150usize {
             for colon in 0..20.min(len + 1) {
-                for lf in [None, Some(0), Some(colon + 1), Some(len / 2), Some(len - 1)] {
+                for lf in [
+                    None,
+                    Some(0),
+                    Some(colon + 1),
+                    Some(len / 2),
+                    Some(len.saturating_sub(1)),
+                ] {
                     let mut s = vec![b'a'; len];
                     if colon < len {
                         s[colon] = b':';

@@ -211,6 +211,8 @@ pub struct ForwardEdits<'e> {
     pub pop_route: bool,
     /// Decrement Max-Forwards, or add `Max-Forwards: 70` if absent (step 3).
     pub decrement_max_forwards: bool,
+    /// Header lines to add at the top (each ending in CRLF), e.g. `Priority: emergency`.
+    pub extra_headers: &'e [u8],
 }
 
 /// Why a request cannot be forwarded.
@@ -266,7 +268,11 @@ pub fn write_forward(
             None => add_max_forwards = true,
         }
     }
-    if edits.via.is_some() || edits.record_route.is_some() || add_max_forwards {
+    if edits.via.is_some()
+        || edits.record_route.is_some()
+        || add_max_forwards
+        || !edits.extra_headers.is_empty()
+    {
         cuts[n] = (
             Span {
                 start: top,
@@ -322,6 +328,7 @@ pub fn write_forward(
                 if add_max_forwards {
                     header(out, "Max-Forwards", b"70");
                 }
+                out.extend_from_slice(edits.extra_headers);
             }
         }
         pos = span.end as usize;
@@ -461,6 +468,7 @@ Content-Length: 4\r\n\r\nbodyTRAILING";
                 record_route: Some(b"<sip:10.0.0.1:5060;lr>"),
                 pop_route: true,
                 decrement_max_forwards: true,
+                extra_headers: b"",
             },
         )
         .unwrap();

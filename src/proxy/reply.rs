@@ -1,7 +1,7 @@
 //! Writing responses to the request being handled: where they go (RFC 3261 §18.2.2 with the
 //! RFC 3581 `rport` rule), the Via fix-up (`received`, `rport`), the To tag, and counting.
 
-use super::outbox::Outbox;
+use crate::server::outbox::Outbox;
 use crate::sip::write::{finish, response_head, ViaFixup};
 use crate::sip::Message;
 use std::io::Write as _;

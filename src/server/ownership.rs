@@ -14,15 +14,36 @@ fn fnv(h: u64, b: u8) -> u64 {
     (h ^ b as u64).wrapping_mul(FNV_PRIME)
 }
 
+/// The hash [`aor_hash`] gives a URI of this scheme whose (unescaped) user part is `user`:
+/// where the bindings of a user named by an extension live.
+pub fn user_aor_hash(scheme: Scheme, user: &[u8]) -> Option<u64> {
+    let mut h = scheme_hash(scheme)?;
+    for &b in user {
+        h = fnv(h, b);
+    }
+    Some(avalanche(h))
+}
+
+fn scheme_hash(scheme: Scheme) -> Option<u64> {
+    match scheme {
+        Scheme::Sip => Some(fnv(FNV_OFFSET, b's')),
+        Scheme::Sips => Some(fnv(FNV_OFFSET, b'S')),
+        _ => None,
+    }
+}
+
+/// Final avalanche so that `% shards` uses well-mixed bits.
+fn avalanche(mut h: u64) -> u64 {
+    h ^= h >> 33;
+    h = h.wrapping_mul(0xff51_afd7_ed55_8ccd);
+    h ^= h >> 33;
+    h
+}
+
 /// Hash of the AOR of a SIP or SIPS URI: equal for URIs with equal AOR keys (see
 /// [`Uri::write_aor`]) and for one user under several host names. None for other schemes.
 pub fn aor_hash(uri: &Uri<'_>) -> Option<u64> {
-    let mut h = FNV_OFFSET;
-    match uri.scheme {
-        Scheme::Sip => h = fnv(h, b's'),
-        Scheme::Sips => h = fnv(h, b'S'),
-        _ => return None,
-    }
+    let mut h = scheme_hash(uri.scheme)?;
     if let Some(user) = uri.user {
         for b in Unescape::new(user) {
             h = fnv(h, b);
@@ -36,11 +57,7 @@ pub fn aor_hash(uri: &Uri<'_>) -> Option<u64> {
             h = fnv(h, b.to_ascii_lowercase());
         }
     }
-    // Final avalanche so that `% shards` uses well-mixed bits.
-    h ^= h >> 33;
-    h = h.wrapping_mul(0xff51_afd7_ed55_8ccd);
-    h ^= h >> 33;
-    Some(h)
+    Some(avalanche(h))
 }
 
 /// The shard that owns an AOR hash.
@@ -69,6 +86,10 @@ mod tests {
         assert_eq!(h("sip:alice@127.0.0.1"), h("sip:alice@localhost"));
         assert_ne!(h("sip:example.com"), h("sip:example.org"));
         assert!(aor_hash(&Uri::parse(b"tel:+123").unwrap()).is_none());
+        assert_eq!(
+            user_aor_hash(Scheme::Sip, b"alice"),
+            Some(h("sip:%61lice@example.com"))
+        );
     }
 
     #[test]

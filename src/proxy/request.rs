@@ -1,0 +1,810 @@
+//! What one shard does with each request and response after the dispatcher (`server/`) has
+//! parsed it and found it is this shard's: RFC 3261 §16.3 request checks (Max-Forwards,
+//! loops, Proxy-Require), §22.3 digest authentication of callers (407), §16.5 target
+//! selection (the bindings of a user of our domain), the choice between proxying (§16.6,
+//! `stateful.rs`), relaying statelessly (§16.11) and redirecting (§8.3, 302); §10.3 REGISTER
+//! (domain check, digest auth, the registrar), §11 OPTIONS to the server, §8.2 UAS checks
+//! (416, 420, 501 with Allow), and the NAT fix-ups of RFC 3581 on what is forwarded.
+
+use super::reply::Reply;
+use super::settings::{CoreConfig, Forking, Mode};
+use super::stateful::{flow_destination, next_hop, uri_address, Fork, Handled, Proxy, Target};
+use crate::auth::{AuthOutcome, Authenticator};
+use crate::registrar::{Binding, Flow, Registrar, RegistrarConfig, ResponseCtx};
+use crate::server::outbox::Outbox;
+use crate::sip::write::write_with_fixed_via;
+use crate::sip::{HeaderName, Message, Method, Scheme, Uri};
+use crate::stats::{DropReason, ShardStats};
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+/// Methods this server handles (the Allow header): REGISTER and OPTIONS it answers itself,
+/// the rest it proxies (every method it knows; an unknown one gets 501).
+pub const ALLOW: &[u8] =
+    b"INVITE, ACK, CANCEL, BYE, OPTIONS, REGISTER, MESSAGE, INFO, UPDATE, PRACK, SUBSCRIBE, NOTIFY, REFER, PUBLISH";
+/// Option tags this server supports (the Supported header).
+pub const SUPPORTED: &[u8] = b"path";
+
+/// How often the nonce-count replay table drops expired nonces.
+const AUTH_PRUNE_MS: u64 = 10_000;
+
+/// One shard's SIP element: its registrar, its authenticator and its proxy, and what it does
+/// with each request and response.
+pub struct Element {
+    pub(super) shard: usize,
+    pub(super) cfg: Arc<CoreConfig>,
+    pub(super) stats: Arc<ShardStats>,
+    pub(super) tag_seq: u64,
+    pub(super) auth: Option<Authenticator>,
+    /// When the nonce-count table is next pruned.
+    pub(super) next_auth_prune: u64,
+    pub(super) registrar: Registrar,
+    pub(super) proxy: Proxy,
+    /// Scratch buffer for AOR keys.
+    pub(super) key: Vec<u8>,
+    /// Scratch: a request copied with its top Via fixed up before it is forwarded.
+    pub(super) fixed_via_buf: Vec<u8>,
+    /// Scratch: the same with its Contact fixed for NAT.
+    pub(super) fixed_contact_buf: Vec<u8>,
+    /// Our address as peers see it (where a group's member legs are sent, to come back).
+    pub(super) local: SocketAddr,
+    /// Round-robin groups: the member who starts the next call, by group.
+    pub(super) round_robin: Vec<usize>,
+    /// Shard 0: the trunks' health checks.
+    pub(super) checker: Option<crate::routing::TrunkChecker>,
+}
+
+impl Element {
+    /// See [`crate::server::Core::new`].
+    pub fn new(
+        shard: usize,
+        cfg: Arc<CoreConfig>,
+        stats: Arc<ShardStats>,
+        auth: Option<Authenticator>,
+        local: &[SocketAddr],
+    ) -> Element {
+        let registrar = Registrar::new(registrar_config(&cfg));
+        let local: Vec<SocketAddr> = if local.is_empty() {
+            cfg.local_addrs.clone()
+        } else {
+            local.to_vec()
+        };
+        let proxy = Proxy::new(
+            shard,
+            local[0],
+            0,
+            local.clone(),
+            cfg.proxy.clone(),
+            stats.clone(),
+        );
+        let checker = (shard == 0)
+            .then(|| crate::routing::TrunkChecker::new(&cfg.routing, shard, local[0], 0));
+        Element {
+            round_robin: vec![0; cfg.routing.groups.len()],
+            checker,
+            local: local[0],
+            shard,
+            cfg,
+            stats,
+            tag_seq: 0,
+            auth,
+            next_auth_prune: 0,
+            registrar,
+            proxy,
+            key: Vec::with_capacity(128),
+            fixed_via_buf: Vec::new(),
+            fixed_contact_buf: Vec::new(),
+        }
+    }
+
+    /// A reload: see [`crate::server::Core::reload`].
+    pub fn reload(&mut self, cfg: Arc<CoreConfig>, users: Option<Arc<crate::auth::UserDb>>) {
+        self.registrar.set_config(registrar_config(&cfg));
+        self.proxy.set_settings(cfg.proxy.clone());
+        if !Arc::ptr_eq(&cfg.routing, &self.cfg.routing) {
+            // A new dial plan: calls in progress keep their targets; the checks start over
+            // (the trunks' up/down state was carried over by name when the plan was built).
+            self.round_robin = vec![0; cfg.routing.groups.len()];
+            if let Some(c) = &mut self.checker {
+                *c = crate::routing::TrunkChecker::new(&cfg.routing, self.shard, self.local, 0);
+            }
+        }
+        self.cfg = cfg;
+        if let (Some(auth), Some(users)) = (&mut self.auth, users) {
+            auth.replace_users(users);
+        }
+    }
+
+    /// True when REGISTER needs credentials (a credential-less one may be challenged by any
+    /// shard).
+    pub fn challenges_registers(&self) -> bool {
+        self.auth.is_some()
+    }
+
+    /// When [`Element::handle_timeout`] is next needed, in ms.
+    pub fn next_timeout(&self) -> Option<u64> {
+        let auth = self.auth.as_ref().map(|_| self.next_auth_prune);
+        let checks = self
+            .checker
+            .as_ref()
+            .and_then(|c| c.next_timeout(&self.cfg.routing));
+        [
+            auth,
+            self.registrar.next_timeout(),
+            self.proxy.next_timeout(),
+            checks,
+        ]
+        .into_iter()
+        .flatten()
+        .min()
+    }
+
+    /// Runs expired timers: transactions, binding expiry and nonce-table pruning.
+    pub fn handle_timeout(&mut self, now_ms: u64, out: &mut Outbox) {
+        if self.proxy.next_timeout().is_some_and(|t| t <= now_ms) {
+            self.proxy.handle_timeout(now_ms, out);
+            self.stats
+                .transactions
+                .set(self.proxy.transactions() as u64);
+        }
+        if self.registrar.next_timeout().is_some_and(|t| t <= now_ms) {
+            self.registrar.poll_expired(now_ms);
+            self.stats
+                .bindings
+                .set(self.registrar.binding_count() as u64);
+        }
+        if let Some(auth) = &mut self.auth {
+            if now_ms >= self.next_auth_prune {
+                auth.prune(now_ms);
+                self.next_auth_prune = now_ms + AUTH_PRUNE_MS;
+            }
+        }
+        if let Some(c) = &mut self.checker {
+            c.poll(&self.cfg.routing, now_ms, out);
+        }
+    }
+
+    pub fn registrar(&self) -> &Registrar {
+        &self.registrar
+    }
+
+    pub fn proxy(&self) -> &Proxy {
+        &self.proxy
+    }
+
+    /// A response from downstream: relayed by the proxy, or dropped as stray.
+    pub fn response(&mut self, msg: &Message<'_>, now_ms: u64, out: &mut Outbox) {
+        if let Some(checker) = &mut self.checker {
+            let branch = msg.top_via().ok().and_then(|v| v.branch());
+            if let Some(b) = branch.filter(|b| crate::routing::TrunkChecker::is_check_branch(b)) {
+                checker.response(&self.cfg.routing, b);
+                return;
+            }
+        }
+        // Responses are relayed: only what the proxy reads must be well-formed (§16.3).
+        if msg.validate_for_proxy().is_err() || !self.proxy.response(msg, now_ms, out) {
+            self.stats.dropped(DropReason::StrayResponse);
+        }
+    }
+
+    /// A request this shard owns. `nonce_shard` is the shard whose nonce a challenge carries
+    /// (this one, or the owner of a REGISTER challenged here on its behalf).
+    #[allow(clippy::too_many_arguments)]
+    pub fn request(
+        &mut self,
+        msg: &Message<'_>,
+        method: Method,
+        src: SocketAddr,
+        socket: usize,
+        now_ms: u64,
+        nonce_shard: usize,
+        out: &mut Outbox,
+    ) {
+        self.stats.request(method);
+        if method == Method::Ack {
+            // ACK is never answered: the transaction of a non-2xx absorbs it, the ACK of a
+            // 2xx goes on to the next hop.
+            self.ack(msg, src, now_ms, out);
+            return;
+        }
+        let mut reply = Reply::new(msg, src, socket, &mut self.tag_seq, self.shard);
+        // What we answer ourselves (REGISTER, OPTIONS) is checked in full; what we proxy,
+        // only in what the proxy reads (§16.3 step 1: the rest goes on unchanged).
+        let valid = match method {
+            Method::Register | Method::Options => msg.validate(),
+            _ => msg.validate_for_proxy(),
+        };
+        match valid {
+            Err(e) => reply.simple(out, e.status(), e.reason().as_bytes()),
+            Ok(()) => self.dispatch(msg, method, now_ms, nonce_shard, &mut reply, out),
+        }
+        if let Some(status) = reply.sent_status {
+            self.stats.response_sent(status);
+            if method == Method::Invite && status >= 300 {
+                self.proxy.calls.rejected(msg, status);
+            }
+        }
+        self.stats
+            .transactions
+            .set(self.proxy.transactions() as u64);
+    }
+
+    fn dispatch(
+        &mut self,
+        msg: &Message<'_>,
+        method: Method,
+        now_ms: u64,
+        nonce_shard: usize,
+        reply: &mut Reply<'_, '_>,
+        out: &mut Outbox,
+    ) {
+        let ruri = match msg.request_uri() {
+            Ok(u) => u,
+            Err(e) => return reply.simple(out, 400, e.reason().as_bytes()),
+        };
+        if !matches!(ruri.scheme, Scheme::Sip | Scheme::Sips | Scheme::Tel) {
+            return reply.with(out, 416, b"Unsupported URI Scheme", |_| {});
+        }
+        match method {
+            Method::Register => self.register(msg, &ruri, now_ms, nonce_shard, reply, out),
+            Method::Options if ruri.user.is_none() => self.options(msg, reply, out),
+            Method::Cancel if self.cfg.mode == Mode::Stateless => {
+                // §16.11: a stateless proxy forwards the CANCEL where the INVITE went (same
+                // branch); the response comes from downstream.
+                if !self.relay_stateless_like_invite(msg, &ruri, reply.source(), now_ms, out) {
+                    reply.simple(out, 481, b"Call/Transaction Does Not Exist");
+                }
+            }
+            Method::Cancel => match self.proxy.cancel(msg, now_ms, out) {
+                Some(status) => reply.simple(out, status, b"OK"),
+                // §16.10: no response context; the CANCEL MUST be forwarded statelessly (its
+                // INVITE may have gone on without us keeping state); 481 only if there is
+                // nowhere to send it.
+                None => {
+                    if !self.relay_stateless_like_invite(msg, &ruri, reply.source(), now_ms, out) {
+                        reply.simple(out, 481, b"Call/Transaction Does Not Exist");
+                    }
+                }
+            },
+            Method::Other => reply.with(out, 501, b"Not Implemented", |o| {
+                crate::sip::write::header(o, "Allow", ALLOW)
+            }),
+            _ => {
+                let fix = reply.via_fixup();
+                let src = reply.source();
+                // A dialog's remote target behind a NAT: its Contact gets the address the
+                // request came from, so the other side's in-dialog requests reach it.
+                let fix_contact =
+                    crate::nat::contact_matters(msg) && crate::nat::behind_nat(msg, src);
+                if !fix.add_received && !fix_contact {
+                    return self.for_user(msg, &ruri, now_ms, reply, out);
+                }
+                // What we forward carries received/rport in the caller's Via (§18.2.1, RFC
+                // 3581 §4), so that responses relayed by the Via alone reach it through NAT.
+                let mut buf = core::mem::take(&mut self.fixed_via_buf);
+                buf.clear();
+                let written = if fix.add_received {
+                    write_with_fixed_via(&mut buf, msg, fix)
+                } else {
+                    buf.extend_from_slice(&msg.buf()[msg.start_offset()..msg.len()]);
+                    true
+                };
+                if written && fix_contact {
+                    let mut fixed = core::mem::take(&mut self.fixed_contact_buf);
+                    fixed.clear();
+                    let changed = Message::parse(&buf)
+                        .is_ok_and(|m| crate::nat::write_fixed_contact(&mut fixed, &m, src));
+                    if changed {
+                        core::mem::swap(&mut buf, &mut fixed);
+                    }
+                    self.fixed_contact_buf = fixed;
+                }
+                let fixed = written.then(|| Message::parse(&buf).ok()).flatten();
+                match fixed.as_ref().map(|m| (m, m.request_uri())) {
+                    Some((m, Ok(u))) => self.for_user(m, &u, now_ms, reply, out),
+                    _ => self.for_user(msg, &ruri, now_ms, reply, out),
+                }
+                self.fixed_via_buf = buf;
+            }
+        }
+    }
+
+    /// Checks Require against what we support (RFC 3261 §8.2.2.3); answers 420 if needed.
+    fn unsupported_required(
+        &self,
+        msg: &Message<'_>,
+        reply: &mut Reply<'_, '_>,
+        out: &mut Outbox,
+    ) -> bool {
+        let mut unsupported: Vec<&[u8]> = Vec::new();
+        for tag in msg.option_tags(HeaderName::Require).flatten() {
+            let known = SUPPORTED
+                .split(|&c| c == b',')
+                .any(|s| crate::sip::scan::trim(s).eq_ignore_ascii_case(tag));
+            if !known {
+                unsupported.push(tag);
+            }
+        }
+        if unsupported.is_empty() {
+            return false;
+        }
+        reply.with(out, 420, b"Bad Extension", |o| {
+            crate::sip::write::header(o, "Unsupported", &unsupported.join(&b", "[..]))
+        });
+        true
+    }
+
+    /// OPTIONS addressed to the server (RFC 3261 §11.2).
+    fn options(&mut self, msg: &Message<'_>, reply: &mut Reply<'_, '_>, out: &mut Outbox) {
+        if self.unsupported_required(msg, reply, out) {
+            return;
+        }
+        reply.with(out, 200, b"OK", |o| {
+            crate::sip::write::header(o, "Allow", ALLOW);
+            crate::sip::write::header(o, "Accept", b"application/sdp");
+            crate::sip::write::header(o, "Supported", SUPPORTED);
+        });
+    }
+
+    /// REGISTER (RFC 3261 §10.3).
+    /// A REGISTER (RFC 3261 §10.3). `nonce_shard` is the shard that owns its AOR: this one,
+    /// or another for which a credential-less REGISTER is challenged here (`challenge_here`).
+    fn register(
+        &mut self,
+        msg: &Message<'_>,
+        ruri: &Uri<'_>,
+        now_ms: u64,
+        nonce_shard: usize,
+        reply: &mut Reply<'_, '_>,
+        out: &mut Outbox,
+    ) {
+        if !self.cfg.is_our_host(ruri.host) {
+            return reply.simple(out, 403, b"Forbidden (domain not served here)");
+        }
+        // validate() has checked that To parses, URI included.
+        let Ok(to) = msg.to_uri() else {
+            return reply.simple(out, 400, b"Bad Request (malformed To)");
+        };
+        if !to.is_sip() {
+            return reply.simple(out, 400, b"Bad Request (To is not a SIP or SIPS URI)");
+        }
+        if !self.cfg.is_our_host(to.host) {
+            return reply.simple(out, 403, b"Forbidden (domain not served here)");
+        }
+        if self.unsupported_required(msg, reply, out) {
+            return;
+        }
+        if let Some(auth) = &mut self.auth {
+            match auth.check_from(msg, HeaderName::Authorization, now_ms, reply.source()) {
+                // Only credential-less REGISTERs stay on a shard that does not own the AOR,
+                // and those are challenged: never reached.
+                AuthOutcome::Authenticated { .. } if nonce_shard != self.shard => {
+                    return reply.simple(out, 500, b"Server Internal Error (wrong shard)");
+                }
+                AuthOutcome::Authenticated { user } => {
+                    let own = to
+                        .user
+                        .is_some_and(|u| crate::sip::uri::eq_unescaped(u, user.as_bytes(), false));
+                    if self.cfg.registrar.match_auth_user && !own {
+                        return reply.simple(out, 403, b"Forbidden (user does not own this AOR)");
+                    }
+                }
+                AuthOutcome::Challenge { stale } => {
+                    let auth = &*auth;
+                    return reply.with(out, 401, b"Unauthorized", |o| {
+                        auth.write_challenge_for(nonce_shard, o, "WWW-Authenticate", stale, now_ms)
+                    });
+                }
+                AuthOutcome::BadRequest(why) => {
+                    return reply.simple(out, 400, format!("Bad Request ({why})").as_bytes())
+                }
+            }
+        }
+        let ctx = ResponseCtx {
+            to_tag: reply.to_tag(),
+            via_fixup: Some(reply.via_fixup()),
+        };
+        let flow = Flow {
+            addr: reply.source(),
+            nat: crate::nat::behind_nat(msg, reply.source()),
+        };
+        let (buf, start) = out.begin();
+        let outcome = self.registrar.handle_register(msg, flow, now_ms, &ctx, buf);
+        out.commit(start, reply.destination(), reply.socket());
+        if outcome.status == 200 && tracing::enabled!(tracing::Level::INFO) {
+            log_registration(msg, flow, outcome.bindings);
+        }
+        reply.sent(outcome.status);
+        self.stats
+            .bindings
+            .set(self.registrar.binding_count() as u64);
+    }
+
+    /// The ACK of a request: absorbed by the INVITE transaction it acknowledges (non-2xx), or
+    /// relayed statelessly to the next hop (2xx, §16.11 / §13.2.2.4).
+    fn ack(&mut self, msg: &Message<'_>, src: SocketAddr, now_ms: u64, out: &mut Outbox) {
+        if msg.validate_for_proxy().is_err() {
+            self.stats.dropped(DropReason::Malformed);
+            return;
+        }
+        if self.proxy.absorb(msg, now_ms, out).is_some() {
+            return;
+        }
+        match self.in_dialog_destination(msg, src) {
+            Some(dst) if !self.proxy.is_ours_addr(dst) => {
+                self.proxy.relay_stateless(msg, None, dst, out);
+            }
+            _ => {
+                // §16.11: in stateless mode the ACK of a non-2xx (Request-URI of the INVITE)
+                // goes where the INVITE went.
+                let relayed = self.cfg.mode == Mode::Stateless
+                    && msg.request_uri().is_ok_and(|ruri| {
+                        self.relay_stateless_like_invite(msg, &ruri, src, now_ms, out)
+                    });
+                if !relayed {
+                    self.stats.dropped(DropReason::Ack)
+                }
+            }
+        }
+    }
+
+    /// Forwards a CANCEL or an ACK statelessly (§16.11, and §16.10 for a CANCEL without a
+    /// response context) to its next hop if that is elsewhere, else to the target its INVITE
+    /// was (or would have been) forwarded to (the binding of highest q,
+    /// as [`Element::for_user`] chooses), with the branch derived from the incoming one like the
+    /// INVITE's. Returns false if there is nowhere to send it.
+    fn relay_stateless_like_invite(
+        &mut self,
+        msg: &Message<'_>,
+        ruri: &Uri<'_>,
+        src: SocketAddr,
+        now_ms: u64,
+        out: &mut Outbox,
+    ) -> bool {
+        if let Some(dst) = self.in_dialog_destination(msg, src) {
+            if !self.proxy.is_ours_addr(dst) {
+                return self.proxy.relay_stateless(msg, None, dst, out) == Handled::Relayed;
+            }
+        }
+        if !ruri.is_sip() || !self.cfg.is_our_host(ruri.host) {
+            return false;
+        }
+        self.key.clear();
+        self.registrar.write_aor_key(ruri, &mut self.key);
+        let mut bindings: Vec<&crate::registrar::Binding> =
+            self.registrar.lookup(&self.key, now_ms).collect();
+        bindings.sort_by_key(|b| std::cmp::Reverse(b.q()));
+        let Some(b) = bindings.first() else {
+            return false;
+        };
+        let t = binding_target(b);
+        self.proxy.relay_stateless(msg, Some(t.uri), t.dst, out) == Handled::Relayed
+    }
+
+    /// Where a request goes by its Route set and Request-URI: the flow of a NATed callee named
+    /// in our Record-Route (unless it comes from that flow), else the next hop (§16.12).
+    fn in_dialog_destination(&self, msg: &Message<'_>, src: SocketAddr) -> Option<SocketAddr> {
+        if msg.header(HeaderName::Route).is_some() {
+            if let Some(flow) = flow_destination(msg, &self.proxy, src) {
+                return Some(flow);
+            }
+        }
+        next_hop(msg, &self.proxy).and_then(|(u, _)| uri_address(&u))
+    }
+
+    /// Digest-authenticates a request from one of our users (RFC 3261 §22.3, 407). None
+    /// when a response was sent instead; Some(None) without authentication configured;
+    /// Some(Some(user)) for an authenticated user (its name only when `want_user`).
+    pub(super) fn proxy_authorized(
+        &mut self,
+        msg: &Message<'_>,
+        now_ms: u64,
+        want_user: bool,
+        reply: &mut Reply<'_, '_>,
+        out: &mut Outbox,
+    ) -> Option<Option<Box<str>>> {
+        let Some(auth) = &mut self.auth else {
+            return Some(None);
+        };
+        match auth.check_from(msg, HeaderName::ProxyAuthorization, now_ms, reply.source()) {
+            AuthOutcome::Authenticated { user } => {
+                let from_user = msg
+                    .from()
+                    .ok()
+                    .and_then(|f| f.uri().ok())
+                    .and_then(|u| u.user);
+                if from_user
+                    .is_some_and(|u| crate::sip::uri::eq_unescaped(u, user.as_bytes(), false))
+                {
+                    Some(want_user.then(|| user.into()))
+                } else {
+                    reply.simple(
+                        out,
+                        403,
+                        b"Forbidden (From does not match the authenticated user)",
+                    );
+                    None
+                }
+            }
+            AuthOutcome::Challenge { stale } => {
+                let auth = &*auth;
+                reply.with(out, 407, b"Proxy Authentication Required", |o| {
+                    auth.write_challenge(o, "Proxy-Authenticate", stale, now_ms)
+                });
+                None
+            }
+            AuthOutcome::BadRequest(why) => {
+                reply.simple(out, 400, format!("Bad Request ({why})").as_bytes());
+                None
+            }
+        }
+    }
+
+    /// A request for a user (INVITE, MESSAGE, OPTIONS to a user, BYE in a dialog, ...):
+    /// checked (§16.3), its caller authenticated, its targets chosen (§16.5: the bindings of
+    /// a user, or what the dial plan says, `route.rs`) and then proxied (§16.6), relayed
+    /// statelessly (§16.11), redirected (§8.3) or refused.
+    fn for_user(
+        &mut self,
+        msg: &Message<'_>,
+        ruri: &Uri<'_>,
+        now_ms: u64,
+        reply: &mut Reply<'_, '_>,
+        out: &mut Outbox,
+    ) {
+        if self.proxy.absorb(msg, now_ms, out).is_some() {
+            return;
+        }
+        if msg.max_forwards().ok().flatten() == Some(0) {
+            return reply.simple(out, 483, b"Too Many Hops");
+        }
+        // §16.3 item 4: our own Via with this request's loop hash means it came back unchanged.
+        if self.proxy.loop_detected(msg) {
+            return reply.simple(out, 482, b"Loop Detected");
+        }
+        let proxy_require: Vec<&[u8]> = msg
+            .option_tags(HeaderName::ProxyRequire)
+            .flatten()
+            .collect();
+        if !proxy_require.is_empty() {
+            return reply.with(out, 420, b"Bad Extension", |o| {
+                crate::sip::write::header(o, "Unsupported", &proxy_require.join(&b", "[..]))
+            });
+        }
+        if msg.to().ok().and_then(|t| t.tag()).is_some() {
+            return self.in_dialog(msg, now_ms, reply, out);
+        }
+        if !ruri.is_sip() || !self.cfg.is_our_host(ruri.host) {
+            return reply.simple(out, 403, b"Forbidden (relaying denied)");
+        }
+        if !self.cfg.routing.is_empty() {
+            return self.routed(msg, ruri, now_ms, reply, out);
+        }
+        if self
+            .proxy_authorized(msg, now_ms, false, reply, out)
+            .is_none()
+        {
+            return;
+        }
+        if !self.forward_to_bindings(
+            msg,
+            ruri,
+            &Fork::bindings(&self.cfg.proxy),
+            now_ms,
+            reply,
+            out,
+        ) {
+            // With a user list, a user not in it does not exist (404); a known user with no
+            // binding is only unreachable now (480).
+            if self.auth.as_ref().is_some_and(|a| !knows_user(a, ruri)) {
+                return reply.simple(out, 404, b"Not Found");
+            }
+            reply.simple(out, 480, b"Temporarily Unavailable");
+        }
+    }
+
+    /// An in-dialog request: loose routing to the next hop (§16.12).
+    fn in_dialog(
+        &mut self,
+        msg: &Message<'_>,
+        now_ms: u64,
+        reply: &mut Reply<'_, '_>,
+        out: &mut Outbox,
+    ) {
+        let Some(dst) = self.in_dialog_destination(msg, reply.source()) else {
+            return reply.simple(out, 404, b"Not Found (no route for this dialog)");
+        };
+        if self.proxy.is_ours_addr(dst) {
+            return reply.simple(out, 482, b"Loop Detected");
+        }
+        if msg.method() == Some(Method::Bye) {
+            self.proxy.calls.bye(msg, now_ms);
+        }
+        if self.cfg.mode == Mode::Stateless {
+            // §16.11: no transaction state for in-dialog requests either.
+            self.proxy.relay_stateless(msg, None, dst, out);
+            return;
+        }
+        let target = [Target {
+            uri: b"",
+            dst,
+            q: crate::registrar::DEFAULT_Q,
+            group: 0,
+            flow: false,
+        }];
+        let (response_dst, in_socket) = (reply.destination(), reply.socket());
+        self.proxy.forward(
+            msg,
+            response_dst,
+            in_socket,
+            &target,
+            &Fork::next_hop(),
+            now_ms,
+            out,
+        );
+    }
+
+    /// Sends the request to every current binding of the AOR `aor` (highest q first; in
+    /// groups of equal q with sequential forking). False if it has none (nothing was sent).
+    pub(super) fn forward_to_bindings(
+        &mut self,
+        msg: &Message<'_>,
+        aor: &Uri<'_>,
+        fork: &Fork<'_>,
+        now_ms: u64,
+        reply: &mut Reply<'_, '_>,
+        out: &mut Outbox,
+    ) -> bool {
+        self.key.clear();
+        self.registrar.write_aor_key(aor, &mut self.key);
+        let mut bindings: Vec<&crate::registrar::Binding> =
+            self.registrar.lookup(&self.key, now_ms).collect();
+        if bindings.is_empty() {
+            return false;
+        }
+        // Highest q first (§16.6: a proxy may use q-values to order targets).
+        bindings.sort_by_key(|b| std::cmp::Reverse(b.q()));
+        let sequential = self.cfg.proxy.forking == Forking::Sequential;
+        let mut group = 0u16;
+        let mut last_q = bindings[0].q();
+        let targets: Vec<Target<'_>> = bindings
+            .iter()
+            .map(|b| {
+                if sequential && b.q() != last_q {
+                    group += 1;
+                    last_q = b.q();
+                }
+                Target {
+                    group,
+                    ..binding_target(b)
+                }
+            })
+            .collect();
+        deliver(
+            &mut self.proxy,
+            self.cfg.mode,
+            msg,
+            &targets,
+            fork,
+            now_ms,
+            reply,
+            out,
+        );
+        true
+    }
+}
+
+/// Sends a request to its targets as the mode says: a 302 listing them (redirect, §8.3), the
+/// first one statelessly (§16.11), or statefully on every target (§16.6).
+#[allow(clippy::too_many_arguments)]
+pub(super) fn deliver(
+    proxy: &mut Proxy,
+    mode: Mode,
+    msg: &Message<'_>,
+    targets: &[Target<'_>],
+    fork: &Fork<'_>,
+    now_ms: u64,
+    reply: &mut Reply<'_, '_>,
+    out: &mut Outbox,
+) {
+    let Some(first) = targets.first() else {
+        return reply.simple(out, 480, b"Temporarily Unavailable");
+    };
+    match mode {
+        Mode::Redirect => reply.with(out, 302, b"Moved Temporarily", |o| {
+            // RFC 3261 §8.3: 302 with the targets as Contacts.
+            for t in targets {
+                o.extend_from_slice(b"Contact: <");
+                o.extend_from_slice(t.uri);
+                o.push(b'>');
+                if t.q != crate::registrar::DEFAULT_Q {
+                    o.extend_from_slice(b";q=");
+                    crate::registrar::write_qvalue(o, t.q);
+                }
+                o.extend_from_slice(b"\r\n");
+            }
+        }),
+        Mode::Stateless => {
+            // §16.11: no transaction state; the first (best) target only.
+            proxy.relay_stateless(msg, Some(first.uri), first.dst, out);
+        }
+        Mode::Proxy => {
+            // The proxy counts what it sends itself (its answers go through its transactions).
+            let (response_dst, in_socket) = (reply.destination(), reply.socket());
+            proxy.forward(msg, response_dst, in_socket, targets, fork, now_ms, out);
+        }
+    }
+}
+
+/// True if the Request-URI's user (unescaped) is in the authenticator's user list.
+pub(super) fn knows_user(auth: &Authenticator, ruri: &Uri<'_>) -> bool {
+    let Some(user) = ruri.user else {
+        return false;
+    };
+    if !user.contains(&b'%') {
+        return auth.users().get(user).is_some();
+    }
+    let name: Vec<u8> = crate::sip::uri::Unescape::new(user).collect();
+    auth.users().get(&name).is_some()
+}
+
+/// Where requests for a binding go: the flow it registered on when it came through a NAT or
+/// is an RFC 5626 outbound flow, else its Contact address (an IP literal; else the source).
+pub(super) fn binding_target(b: &Binding) -> Target<'_> {
+    let flow = b.reached_by_flow();
+    let dst = if flow {
+        b.source()
+    } else {
+        Uri::parse(b.contact_uri())
+            .ok()
+            .and_then(|u| uri_address(&u))
+            .unwrap_or_else(|| b.source())
+    };
+    Target {
+        uri: b.contact_uri(),
+        dst,
+        q: b.q(),
+        group: 0,
+        flow,
+    }
+}
+
+/// The info line of an accepted REGISTER: the AOR, each Contact as sent (with its expires
+/// parameter), the Expires header, where it came from, whether through a NAT, and how many
+/// bindings the AOR has now (0: unregistered).
+fn log_registration(msg: &Message<'_>, flow: Flow, bindings: u16) {
+    let text = |b: Option<&[u8]>| String::from_utf8_lossy(b.unwrap_or(b"-")).into_owned();
+    let aor = text(msg.to().ok().map(|t| t.uri_raw));
+    let contacts: Vec<&[u8]> = msg.header_all(HeaderName::Contact).collect();
+    let contact = if contacts.is_empty() {
+        "-".to_owned()
+    } else {
+        String::from_utf8_lossy(&contacts.join(&b", "[..])).into_owned()
+    };
+    let expires = text(msg.header(HeaderName::Expires));
+    let what = if bindings == 0 {
+        "unregistered"
+    } else if contacts.is_empty() {
+        "bindings queried"
+    } else {
+        "registered"
+    };
+    // Wire text goes in with Debug (quoted, control characters escaped): a folded header
+    // must not start a new log line (fail2ban reads them).
+    tracing::info!(
+        aor = ?aor, contact = ?contact, expires = ?expires, src = %flow.addr,
+        nat = flow.nat, bindings, "{what}"
+    );
+}
+
+/// The registrar's settings from the core's.
+fn registrar_config(cfg: &CoreConfig) -> RegistrarConfig {
+    let r = &cfg.registrar;
+    RegistrarConfig {
+        default_expires: r.default_expires,
+        min_expires: r.min_expires,
+        max_expires: r.max_expires,
+        max_contacts_per_aor: r.max_contacts,
+        canonical_domain: cfg.domains.first().cloned(),
+    }
+}

@@ -1,0 +1,78 @@
+//! The proxy's settings (RFC 3261 §16): how requests that are not for the registrar are
+//! handled and how a request is forked. The core owns these types; `config.rs` maps the TOML
+//! file and the flags onto them.
+
+use std::net::SocketAddr;
+
+/// How requests that are not for the registrar are handled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    Proxy,
+    Stateless,
+    Redirect,
+}
+
+/// How a request is forked to several bindings of one AOR (RFC 3261 §16.6).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Forking {
+    /// Every binding at once.
+    Parallel,
+    /// Groups of equal q-value one after the other, highest q first; bindings with the same
+    /// q are tried in parallel.
+    Sequential,
+}
+
+/// Proxy settings (RFC 3261 §16).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProxySettings {
+    pub forking: Forking,
+    /// Sequential forking: how long a group of branches may try before it is cancelled and
+    /// the next group starts (not applied to the last group, which Timer C bounds).
+    pub branch_timeout_ms: u64,
+}
+
+impl Default for ProxySettings {
+    fn default() -> Self {
+        ProxySettings {
+            forking: Forking::Parallel,
+            branch_timeout_ms: 5_000,
+        }
+    }
+}
+
+/// Settings shared by every shard's core.
+#[derive(Debug, Clone)]
+pub struct CoreConfig {
+    /// Domains we are responsible for, lower case.
+    pub domains: Vec<String>,
+    /// Our listen addresses (their IPs count as our domain too).
+    pub local_addrs: Vec<SocketAddr>,
+    pub shards: usize,
+    pub mode: Mode,
+    pub registrar: crate::registrar::RegistrarSettings,
+    pub proxy: ProxySettings,
+    /// The dial plan (empty: every request goes to users of our domain).
+    pub routing: std::sync::Arc<crate::routing::DialPlan>,
+}
+
+impl CoreConfig {
+    /// True if `host` (from a URI) names this server: a configured domain or a listen IP.
+    pub fn is_our_host(&self, host: &[u8]) -> bool {
+        if self
+            .domains
+            .iter()
+            .any(|d| d.as_bytes().eq_ignore_ascii_case(host))
+        {
+            return true;
+        }
+        let Ok(text) = std::str::from_utf8(host) else {
+            return false;
+        };
+        let Ok(ip) = text.parse::<std::net::IpAddr>() else {
+            return false;
+        };
+        self.local_addrs
+            .iter()
+            .any(|a| a.ip() == ip || (a.ip().is_unspecified() && ip.is_loopback()))
+    }
+}

@@ -1,0 +1,909 @@
+//! The compiled dial plan: the operator's [`DialPlanSpec`] checked (every problem is one line
+//! naming the key) and turned into the tables a routing decision reads: hash maps for
+//! extensions, groups, paging and emergency numbers, compiled normalisation rules, a
+//! longest-prefix map of the routes and one of the rates per trunk. Immutable once built and
+//! shared by every shard (`Arc`); only the trunks' up/down flags change, written by the health
+//! checker on shard 0 (`health.rs`).
+
+use super::prefix::PrefixMap;
+use super::spec::{self, DialPlanSpec};
+use super::window::TimeWindow;
+use hashbrown::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicBool, Ordering};
+
+/// A gateway to the outside.
+#[derive(Debug)]
+pub struct Trunk {
+    pub name: Box<str>,
+    pub addr: SocketAddr,
+    /// 0: no checks (always up).
+    pub check_interval_ms: u64,
+    pub down_after: u32,
+    /// Sources whose requests are calls from this trunk: (network, prefix length).
+    pub inbound_from: Vec<(IpAddr, u8)>,
+    /// False while the trunk misses its checks (written by the checker on shard 0).
+    up: AtomicBool,
+}
+
+impl Trunk {
+    pub fn is_up(&self) -> bool {
+        self.up.load(Ordering::Relaxed)
+    }
+
+    pub fn set_up(&self, up: bool) {
+        self.up.store(up, Ordering::Relaxed);
+    }
+}
+
+/// How a group rings its members.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Strategy {
+    /// Every member's devices at once; the rest are cancelled on answer.
+    Parallel,
+    /// Members in order, `ring_ms` each.
+    Sequential,
+    /// As sequential, starting with the member after the one who started last time.
+    RoundRobin,
+}
+
+/// A ring or hunt group.
+#[derive(Debug)]
+pub struct Group {
+    pub number: Box<str>,
+    pub members: Vec<Box<str>>,
+    pub strategy: Strategy,
+    pub ring_ms: u64,
+}
+
+/// A paging number.
+#[derive(Debug)]
+pub struct Paging {
+    pub number: Box<str>,
+    pub members: Vec<Box<str>>,
+}
+
+/// A route: numbers with its prefix go out through its trunks.
+#[derive(Debug)]
+struct Route {
+    trunks: Vec<u16>,
+    /// Index into the class names (None: no class needed).
+    class: Option<u8>,
+    window: Option<TimeWindow>,
+    lcr: bool,
+}
+
+/// The routes of one prefix, and the next shorter prefix that has routes.
+#[derive(Debug)]
+struct PrefixRoutes {
+    routes: Vec<u32>,
+    /// Index of the parent prefix (u32::MAX: none).
+    parent: u32,
+}
+
+/// A normalisation rule.
+#[derive(Debug)]
+struct Rule {
+    pattern: regex::bytes::Regex,
+    replace: Vec<u8>,
+}
+
+/// What is local to the plan: a number that reaches users of this server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Local<'p> {
+    /// An extension: every binding of this user.
+    Extension(&'p str),
+    /// A group (index into [`DialPlan::groups`]).
+    Group(usize),
+    /// A paging number (index into [`DialPlan::paging`]).
+    Paging(usize),
+}
+
+/// Where a number goes out.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TrunkRoute {
+    /// The number as it goes out (normalised; an emergency number as dialed).
+    pub number: Vec<u8>,
+    /// Trunks to try in this order (down ones left out, unless all are down for an
+    /// emergency call).
+    pub trunks: Vec<u16>,
+    pub emergency: bool,
+}
+
+/// The routing decision for a number outside the local plan.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RouteDecision<'p> {
+    /// No route matches the number (404).
+    NoRoute,
+    /// The route needs a class the caller does not have (403).
+    Forbidden {
+        class: &'p str,
+    },
+    /// Every trunk of the route is down (503).
+    AllTrunksDown,
+    Trunks(TrunkRoute),
+}
+
+/// Who is calling, for classes of service.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Caller<'a> {
+    /// An authenticated user.
+    User(&'a str),
+    /// Nobody authenticated (no users configured): the default classes.
+    Anonymous,
+}
+
+/// Bit set of classes of service (at most 64 classes).
+type Classes = u64;
+
+/// The compiled dial plan.
+#[derive(Debug)]
+pub struct DialPlan {
+    extensions: HashMap<Box<[u8]>, Box<str>>,
+    group_numbers: HashMap<Box<[u8]>, usize>,
+    pub groups: Vec<Group>,
+    paging_numbers: HashMap<Box<[u8]>, usize>,
+    pub paging: Vec<Paging>,
+    rules: Vec<Rule>,
+    pub trunks: Vec<Trunk>,
+    route_prefixes: PrefixMap,
+    prefix_routes: Vec<PrefixRoutes>,
+    routes: Vec<Route>,
+    /// Per trunk: prefix → cost in millionths.
+    rates: Vec<PrefixMap>,
+    pub trunk_timeout_ms: u64,
+    class_names: Vec<Box<str>>,
+    user_classes: HashMap<Box<str>, Classes>,
+    default_classes: Classes,
+    emergency_numbers: Vec<Box<[u8]>>,
+    emergency_trunks: Vec<u16>,
+}
+
+/// Most prefixes a route or rate may have, in characters (the prefix map's key width).
+const MAX_PREFIX: usize = 16;
+
+fn err<T>(msg: String) -> Result<T, String> {
+    Err(msg)
+}
+
+/// Parses `IP`, or `IP/LEN` as a CIDR block.
+fn parse_cidr(s: &str) -> Option<(IpAddr, u8)> {
+    let (ip, len) = match s.split_once('/') {
+        Some((ip, len)) => (ip, Some(len)),
+        None => (s, None),
+    };
+    let ip: IpAddr = ip.trim().parse().ok()?;
+    let max = if ip.is_ipv4() { 32 } else { 128 };
+    let len = match len {
+        Some(l) => l.trim().parse::<u8>().ok().filter(|&l| l <= max)?,
+        None => max,
+    };
+    Some((ip, len))
+}
+
+/// True if `ip` is in the block `(net, len)`.
+fn in_block(ip: IpAddr, net: IpAddr, len: u8) -> bool {
+    match (ip, net) {
+        (IpAddr::V4(a), IpAddr::V4(n)) => {
+            let mask = if len == 0 { 0 } else { u32::MAX << (32 - len) };
+            u32::from(a) & mask == u32::from(n) & mask
+        }
+        (IpAddr::V6(a), IpAddr::V6(n)) => {
+            let mask = if len == 0 {
+                0
+            } else {
+                u128::MAX << (128 - len)
+            };
+            u128::from(a) & mask == u128::from(n) & mask
+        }
+        (IpAddr::V6(a), IpAddr::V4(_)) => a
+            .to_ipv4_mapped()
+            .is_some_and(|a| in_block(IpAddr::V4(a), net, len)),
+        _ => false,
+    }
+}
+
+/// A number or prefix the prefix map can hold: digits, `+`, `*`, `#`.
+fn is_dialable(s: &str) -> bool {
+    !s.is_empty()
+        && s.bytes()
+            .all(|c| c.is_ascii_digit() || matches!(c, b'+' | b'*' | b'#'))
+}
+
+impl DialPlan {
+    /// An empty plan: every request goes to users of our domain, as without routing.
+    pub fn empty() -> DialPlan {
+        DialPlan::build(&DialPlanSpec::default()).expect("the empty plan is valid")
+    }
+
+    /// True if the plan routes nothing (no extension, route, group, paging or emergency
+    /// number): the proxy then skips routing altogether.
+    pub fn is_empty(&self) -> bool {
+        self.extensions.is_empty()
+            && self.groups.is_empty()
+            && self.paging.is_empty()
+            && self.routes.is_empty()
+            && self.emergency_numbers.is_empty()
+            && self.rules.is_empty()
+    }
+
+    /// Checks and compiles a plan. The error is one line naming the key and the problem.
+    pub fn build(spec: &DialPlanSpec) -> Result<DialPlan, String> {
+        // Trunks first: routes, rates and emergency name them.
+        let mut trunks: Vec<Trunk> = Vec::new();
+        for (i, t) in spec.trunk.iter().enumerate() {
+            let at = format!("[[trunk]] {} (name \"{}\")", i + 1, t.name);
+            if t.name.trim().is_empty() {
+                return err(format!("[[trunk]] {}: name: must not be empty", i + 1));
+            }
+            if trunks.iter().any(|o| *o.name == *t.name) {
+                return err(format!("{at}: name: another trunk has this name"));
+            }
+            let Ok(addr) = t.address.parse::<SocketAddr>() else {
+                return err(format!("{at}: address \"{}\": expected IP:PORT", t.address));
+            };
+            let check_interval_ms = t
+                .check_interval_ms
+                .unwrap_or(spec::DEFAULT_CHECK_INTERVAL_MS);
+            if check_interval_ms != 0 && check_interval_ms < 100 {
+                return err(format!(
+                    "{at}: check_interval_ms {check_interval_ms}: expected 0 (no checks) or at least 100"
+                ));
+            }
+            let down_after = t.down_after.unwrap_or(spec::DEFAULT_DOWN_AFTER);
+            if down_after == 0 {
+                return err(format!("{at}: down_after: must be at least 1"));
+            }
+            let mut inbound_from = Vec::new();
+            for s in &t.inbound_from {
+                match parse_cidr(s) {
+                    Some(block) => inbound_from.push(block),
+                    None => {
+                        return err(format!(
+                            "{at}: inbound_from \"{s}\": expected an IP address or IP/LEN"
+                        ))
+                    }
+                }
+            }
+            trunks.push(Trunk {
+                name: t.name.as_str().into(),
+                addr,
+                check_interval_ms,
+                down_after,
+                inbound_from,
+                up: AtomicBool::new(true),
+            });
+        }
+        let trunk_index = |name: &str, at: &str| -> Result<u16, String> {
+            trunks
+                .iter()
+                .position(|t| *t.name == *name)
+                .map(|i| i as u16)
+                .ok_or_else(|| format!("{at}: unknown trunk \"{name}\""))
+        };
+
+        // Classes of service: every name a user has, then check routes against them.
+        let mut class_names: Vec<Box<str>> = Vec::new();
+        let mut class_bits = |names: &[String], at: &str| -> Result<Classes, String> {
+            let mut bits = 0;
+            for n in names {
+                if n.trim().is_empty() {
+                    return err(format!("{at}: a class name must not be empty"));
+                }
+                let i = match class_names.iter().position(|c| **c == **n) {
+                    Some(i) => i,
+                    None => {
+                        if class_names.len() == 64 {
+                            return err(format!("{at}: more than 64 classes of service"));
+                        }
+                        class_names.push(n.as_str().into());
+                        class_names.len() - 1
+                    }
+                };
+                bits |= 1u64 << i;
+            }
+            Ok(bits)
+        };
+        let default_names = spec
+            .routing
+            .default_classes
+            .clone()
+            .unwrap_or_else(|| vec!["internal".into(), "national".into()]);
+        let default_classes = class_bits(&default_names, "routing.default_classes")?;
+        let mut user_classes = HashMap::new();
+        for (user, names) in &spec.classes {
+            let bits = class_bits(names, &format!("classes.{user}"))?;
+            user_classes.insert(user.as_str().into(), bits);
+        }
+
+        let trunk_timeout_ms = spec
+            .routing
+            .trunk_timeout_ms
+            .unwrap_or(spec::DEFAULT_TRUNK_TIMEOUT_MS);
+        if !(100..=crate::proxy::stateful::TIMER_C_MS).contains(&trunk_timeout_ms) {
+            return err(format!(
+                "routing.trunk_timeout_ms {trunk_timeout_ms}: expected 100 to {}",
+                crate::proxy::stateful::TIMER_C_MS
+            ));
+        }
+
+        // Local numbers: extensions, groups, paging, emergency; one meaning each.
+        let mut taken: HashMap<String, String> = HashMap::new();
+        let mut take = |number: &str, what: String| -> Result<(), String> {
+            if number.trim().is_empty() || number.contains(|c: char| c.is_whitespace()) {
+                return err(format!(
+                    "{what}: number \"{number}\": must be non-empty without spaces"
+                ));
+            }
+            if let Some(other) = taken.get(number) {
+                return err(format!("{what}: number \"{number}\" is already {other}"));
+            }
+            taken.insert(number.to_string(), what);
+            Ok(())
+        };
+        let mut emergency_numbers = Vec::new();
+        for n in &spec.emergency.numbers {
+            take(n, "emergency.numbers".into())?;
+            emergency_numbers.push(n.as_bytes().into());
+        }
+        let mut emergency_trunks = Vec::new();
+        for t in &spec.emergency.trunks {
+            emergency_trunks.push(trunk_index(t, "emergency.trunks")?);
+        }
+        if !emergency_numbers.is_empty() && emergency_trunks.is_empty() {
+            return err("emergency.trunks: emergency numbers need at least one trunk".into());
+        }
+        let mut extensions = HashMap::new();
+        for (i, e) in spec.extension.iter().enumerate() {
+            let at = format!("[[extension]] {}", i + 1);
+            take(&e.number, at.clone())?;
+            if e.user.trim().is_empty() {
+                return err(format!("{at}: user: must not be empty"));
+            }
+            extensions.insert(e.number.as_bytes().into(), e.user.as_str().into());
+        }
+        let mut groups = Vec::new();
+        let mut group_numbers = HashMap::new();
+        for (i, g) in spec.group.iter().enumerate() {
+            let at = format!("[[group]] {}", i + 1);
+            take(&g.number, at.clone())?;
+            if g.members.is_empty() || g.members.iter().any(|m| m.trim().is_empty()) {
+                return err(format!("{at}: members: expected a list of user names"));
+            }
+            let strategy = match g.strategy.as_deref().unwrap_or("parallel") {
+                "parallel" => Strategy::Parallel,
+                "sequential" => Strategy::Sequential,
+                "round-robin" => Strategy::RoundRobin,
+                other => {
+                    return err(format!(
+                        "{at}: strategy \"{other}\": expected parallel, sequential or round-robin"
+                    ))
+                }
+            };
+            let ring_ms = g.ring_ms.unwrap_or(spec::DEFAULT_RING_MS);
+            if !(1_000..=crate::proxy::stateful::TIMER_C_MS).contains(&ring_ms) {
+                return err(format!(
+                    "{at}: ring_ms {ring_ms}: expected 1000 to {}",
+                    crate::proxy::stateful::TIMER_C_MS
+                ));
+            }
+            group_numbers.insert(g.number.as_bytes().into(), groups.len());
+            groups.push(Group {
+                number: g.number.as_str().into(),
+                members: g.members.iter().map(|m| m.as_str().into()).collect(),
+                strategy,
+                ring_ms,
+            });
+        }
+        let mut paging = Vec::new();
+        let mut paging_numbers = HashMap::new();
+        for (i, p) in spec.paging.iter().enumerate() {
+            let at = format!("[[paging]] {}", i + 1);
+            take(&p.number, at.clone())?;
+            if p.members.is_empty() || p.members.iter().any(|m| m.trim().is_empty()) {
+                return err(format!("{at}: members: expected a list of user names"));
+            }
+            paging_numbers.insert(p.number.as_bytes().into(), paging.len());
+            paging.push(Paging {
+                number: p.number.as_str().into(),
+                members: p.members.iter().map(|m| m.as_str().into()).collect(),
+            });
+        }
+
+        let mut rules = Vec::new();
+        for (i, r) in spec.normalize.rules.iter().enumerate() {
+            let pattern = regex::bytes::Regex::new(&r.pattern).map_err(|e| {
+                let first = e.to_string();
+                let first = first.lines().last().unwrap_or("").trim().to_string();
+                format!(
+                    "normalize.rules {} match \"{}\": bad regular expression: {first}",
+                    i + 1,
+                    r.pattern
+                )
+            })?;
+            rules.push(Rule {
+                pattern,
+                replace: r.replace.as_bytes().to_vec(),
+            });
+        }
+
+        // Routes: grouped by prefix, checked for windows that can never decide.
+        let mut routes: Vec<Route> = Vec::new();
+        let mut by_prefix: Vec<(String, Vec<u32>)> = Vec::new();
+        for (i, r) in spec.route.iter().enumerate() {
+            let at = format!("[[route]] {} (prefix \"{}\")", i + 1, r.prefix);
+            if !is_dialable(&r.prefix) || r.prefix.len() > MAX_PREFIX {
+                return err(format!(
+                    "{at}: prefix: expected 1 to {MAX_PREFIX} of 0-9 + * #"
+                ));
+            }
+            if r.trunks.is_empty() {
+                return err(format!("{at}: trunks: expected at least one trunk"));
+            }
+            let mut ts = Vec::new();
+            for t in &r.trunks {
+                ts.push(trunk_index(t, &format!("{at}: trunks"))?);
+            }
+            let class = match &r.class {
+                None => None,
+                Some(c) => match class_names.iter().position(|n| **n == **c) {
+                    Some(i) => Some(i as u8),
+                    None => {
+                        return err(format!(
+                            "{at}: class \"{c}\": no user has this class (see [classes] and routing.default_classes)"
+                        ))
+                    }
+                },
+            };
+            let timezone = r.timezone.as_deref().unwrap_or("UTC");
+            let window = match &r.time {
+                Some(t) => Some(TimeWindow::parse(t, timezone).map_err(|e| format!("{at}: {e}"))?),
+                None => {
+                    // Checked even unused: a typo must not wait for the day it matters.
+                    TimeWindow::parse("00:00-24:00", timezone).map_err(|e| format!("{at}: {e}"))?;
+                    None
+                }
+            };
+            if r.lcr && !spec.rate.iter().any(|rate| r.trunks.contains(&rate.trunk)) {
+                return err(format!(
+                    "{at}: lcr = true but no [[rate]] names any of its trunks"
+                ));
+            }
+            let idx = routes.len() as u32;
+            match by_prefix.iter_mut().find(|(p, _)| *p == r.prefix) {
+                Some((_, list)) => {
+                    for &other in list.iter() {
+                        let o: &Route = &routes[other as usize];
+                        let overlap = match (&o.window, &window) {
+                            (Some(a), Some(b)) => a.overlaps(b),
+                            _ => true,
+                        };
+                        if overlap {
+                            return err(format!(
+                                "{at}: another route has the same prefix and a time window that overlaps this one (the second would never be used)"
+                            ));
+                        }
+                    }
+                    list.push(idx);
+                }
+                None => by_prefix.push((r.prefix.clone(), vec![idx])),
+            }
+            routes.push(Route {
+                trunks: ts,
+                class,
+                window,
+                lcr: r.lcr,
+            });
+        }
+        let route_prefixes = PrefixMap::build(
+            by_prefix
+                .iter()
+                .enumerate()
+                .map(|(i, (p, _))| (p.as_bytes(), i as u32)),
+        )
+        .map_err(|e| format!("[[route]]: {e}"))?;
+        let mut prefix_routes: Vec<PrefixRoutes> = by_prefix
+            .iter()
+            .map(|(_, list)| PrefixRoutes {
+                routes: list.clone(),
+                parent: u32::MAX,
+            })
+            .collect();
+        for (i, (p, _)) in by_prefix.iter().enumerate() {
+            let shorter = &p.as_bytes()[..p.len() - 1];
+            if let Some((parent, _)) = route_prefixes.longest(shorter) {
+                prefix_routes[i].parent = parent;
+            }
+        }
+
+        // Rates: one prefix map per trunk.
+        let mut per_trunk: Vec<Vec<(&[u8], u32)>> = vec![Vec::new(); trunks.len()];
+        for (i, r) in spec.rate.iter().enumerate() {
+            let at = format!(
+                "[[rate]] {} (trunk \"{}\", prefix \"{}\")",
+                i + 1,
+                r.trunk,
+                r.prefix
+            );
+            let t = trunk_index(&r.trunk, &format!("{at}: trunk"))?;
+            if !is_dialable(&r.prefix) || r.prefix.len() > MAX_PREFIX {
+                return err(format!(
+                    "{at}: prefix: expected 1 to {MAX_PREFIX} of 0-9 + * #"
+                ));
+            }
+            if !r.cost.is_finite() || r.cost < 0.0 || r.cost > 4_000.0 {
+                return err(format!("{at}: cost {}: expected 0 to 4000", r.cost));
+            }
+            per_trunk[t as usize].push((r.prefix.as_bytes(), (r.cost * 1e6).round() as u32));
+        }
+        let mut rates = Vec::with_capacity(trunks.len());
+        for (t, list) in per_trunk.into_iter().enumerate() {
+            rates.push(
+                PrefixMap::build(list)
+                    .map_err(|e| format!("[[rate]] of trunk \"{}\": {e}", trunks[t].name))?,
+            );
+        }
+
+        Ok(DialPlan {
+            extensions,
+            group_numbers,
+            groups,
+            paging_numbers,
+            paging,
+            rules,
+            trunks,
+            route_prefixes,
+            prefix_routes,
+            routes,
+            rates,
+            trunk_timeout_ms,
+            class_names,
+            user_classes,
+            default_classes,
+            emergency_numbers,
+            emergency_trunks,
+        })
+    }
+
+    /// Takes over the up/down state of the trunks of `old` with the same name and address
+    /// (a reload keeps what the checks found).
+    pub fn inherit_health(&self, old: &DialPlan) {
+        for t in &self.trunks {
+            if let Some(o) = old
+                .trunks
+                .iter()
+                .find(|o| o.name == t.name && o.addr == t.addr)
+            {
+                t.set_up(o.is_up());
+            }
+        }
+    }
+
+    /// The trunk whose `inbound_from` lists `ip`, if any.
+    pub fn inbound_trunk(&self, ip: IpAddr) -> Option<u16> {
+        self.trunks
+            .iter()
+            .position(|t| {
+                t.inbound_from
+                    .iter()
+                    .any(|&(net, len)| in_block(ip, net, len))
+            })
+            .map(|i| i as u16)
+    }
+
+    /// The user an extension number reaches.
+    pub fn extension_user(&self, number: &[u8]) -> Option<&str> {
+        self.extensions.get(number).map(|u| &**u)
+    }
+
+    /// An emergency number (as dialed) and the trunks it goes out through: every up trunk of
+    /// `[emergency]` in order, or all of them when none is up (an emergency call is tried
+    /// whatever the checks say).
+    pub fn emergency(&self, number: &[u8]) -> Option<TrunkRoute> {
+        if !self.emergency_numbers.iter().any(|n| **n == *number) {
+            return None;
+        }
+        let mut trunks: Vec<u16> = self
+            .emergency_trunks
+            .iter()
+            .copied()
+            .filter(|&t| self.trunks[t as usize].is_up())
+            .collect();
+        if trunks.is_empty() {
+            trunks = self.emergency_trunks.clone();
+        }
+        Some(TrunkRoute {
+            number: number.to_vec(),
+            trunks,
+            emergency: true,
+        })
+    }
+
+    /// An extension, group or paging number.
+    pub fn local(&self, number: &[u8]) -> Option<Local<'_>> {
+        if let Some(u) = self.extensions.get(number) {
+            return Some(Local::Extension(u));
+        }
+        if let Some(&g) = self.group_numbers.get(number) {
+            return Some(Local::Group(g));
+        }
+        self.paging_numbers.get(number).map(|&p| Local::Paging(p))
+    }
+
+    /// The number after the first normalisation rule that matches (None: no rule matches).
+    pub fn normalize(&self, number: &[u8]) -> Option<Vec<u8>> {
+        self.rules.iter().find_map(|r| {
+            r.pattern
+                .is_match(number)
+                .then(|| r.pattern.replace(number, &r.replace[..]).into_owned())
+        })
+    }
+
+    /// The classes of a caller.
+    fn classes_of(&self, caller: Caller<'_>) -> Classes {
+        match caller {
+            Caller::User(u) => self
+                .user_classes
+                .get(u)
+                .copied()
+                .unwrap_or(self.default_classes),
+            Caller::Anonymous => self.default_classes,
+        }
+    }
+
+    /// The route for a (normalised) number at `now_ms` (Unix ms): the route of the longest
+    /// prefix that has a route active now, its class checked against the caller's, its
+    /// trunks in order (by cost with `lcr`) without the down ones.
+    pub fn route(&self, number: &[u8], caller: Caller<'_>, now_ms: u64) -> RouteDecision<'_> {
+        let Some((mut at, _)) = self.route_prefixes.longest(number) else {
+            return RouteDecision::NoRoute;
+        };
+        let route = loop {
+            let p = &self.prefix_routes[at as usize];
+            let active = p
+                .routes
+                .iter()
+                .map(|&r| &self.routes[r as usize])
+                .find(|r| r.window.as_ref().is_none_or(|w| w.contains(now_ms)));
+            if let Some(r) = active {
+                break r;
+            }
+            if p.parent == u32::MAX {
+                return RouteDecision::NoRoute;
+            }
+            at = p.parent;
+        };
+        if let Some(c) = route.class {
+            if self.classes_of(caller) & (1u64 << c) == 0 {
+                return RouteDecision::Forbidden {
+                    class: &self.class_names[c as usize],
+                };
+            }
+        }
+        let mut trunks: Vec<u16> = route.trunks.clone();
+        if route.lcr {
+            // Unrated trunks go last, in the order listed (a stable sort).
+            trunks.sort_by_key(|&t| {
+                self.rates[t as usize]
+                    .longest(number)
+                    .map_or(u64::MAX, |(cost, _)| cost as u64)
+            });
+        }
+        trunks.retain(|&t| self.trunks[t as usize].is_up());
+        if trunks.is_empty() {
+            return RouteDecision::AllTrunksDown;
+        }
+        RouteDecision::Trunks(TrunkRoute {
+            number: number.to_vec(),
+            trunks,
+            emergency: false,
+        })
+    }
+
+    /// The cost of `number` through trunk `t`, in millionths (None: no rate).
+    pub fn cost(&self, t: u16, number: &[u8]) -> Option<u32> {
+        self.rates.get(t as usize)?.longest(number).map(|(c, _)| c)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn build(text: &str) -> Result<DialPlan, String> {
+        let spec: DialPlanSpec = toml::from_str(text).map_err(|e| e.to_string())?;
+        DialPlan::build(&spec)
+    }
+
+    const BASE: &str = r#"
+[[trunk]]
+name = "a"
+address = "127.0.0.1:5071"
+[[trunk]]
+name = "b"
+address = "127.0.0.1:5072"
+"#;
+
+    fn err_of(extra: &str) -> String {
+        build(&format!("{BASE}{extra}")).expect_err("a bad plan")
+    }
+
+    #[test]
+    fn bad_plans_name_the_key_and_the_problem() {
+        let e = err_of("[[route]]\nprefix = \"+49\"\ntrunks = [\"c\"]\n");
+        assert!(
+            e.contains("[[route]] 1") && e.contains("unknown trunk \"c\""),
+            "{e}"
+        );
+        let e = err_of("[[route]]\nprefix = \"+49\"\ntrunks = [\"a\"]\n[[route]]\nprefix = \"+49\"\ntrunks = [\"b\"]\n");
+        assert!(
+            e.contains("[[route]] 2") && e.contains("same prefix"),
+            "{e}"
+        );
+        let e = err_of("[[route]]\nprefix = \"+49\"\ntrunks = [\"a\"]\ntime = \"mon-fri 08:00-18:00\"\n[[route]]\nprefix = \"+49\"\ntrunks = [\"b\"]\ntime = \"fri 17:00-20:00\"\n");
+        assert!(e.contains("[[route]] 2") && e.contains("overlaps"), "{e}");
+        let e = err_of("[normalize]\nrules = [{ match = \"^(0\", replace = \"+\" }]\n");
+        assert!(e.contains("normalize.rules 1") && e.contains("^(0"), "{e}");
+        let e = err_of("[[route]]\nprefix = \"+49\"\ntrunks = [\"a\"]\ntime = \"mon-fri 8-18\"\n");
+        assert!(
+            e.contains("[[route]] 1") && e.contains("mon-fri 8-18"),
+            "{e}"
+        );
+        let e =
+            err_of("[[route]]\nprefix = \"+49\"\ntrunks = [\"a\"]\ntimezone = \"Europe/Berln\"\n");
+        assert!(
+            e.contains("[[route]] 1") && e.contains("Europe/Berln"),
+            "{e}"
+        );
+        let e = err_of("[[route]]\nprefix = \"+49x\"\ntrunks = [\"a\"]\n");
+        assert!(e.contains("prefix"), "{e}");
+        let e = err_of("[[route]]\nprefix = \"+49\"\ntrunks = [\"a\"]\nclass = \"nationl\"\n");
+        assert!(e.contains("class \"nationl\""), "{e}");
+        let e = err_of("[[rate]]\ntrunk = \"z\"\nprefix = \"+49\"\ncost = 0.1\n");
+        assert!(
+            e.contains("[[rate]] 1") && e.contains("unknown trunk \"z\""),
+            "{e}"
+        );
+        let e = err_of("[emergency]\nnumbers = [\"112\"]\n");
+        assert!(e.contains("emergency.trunks"), "{e}");
+        let e = err_of("[[extension]]\nnumber = \"600\"\nuser = \"a\"\n[[group]]\nnumber = \"600\"\nmembers = [\"a\"]\n");
+        assert!(
+            e.contains("[[group]] 1") && e.contains("already [[extension]] 1"),
+            "{e}"
+        );
+        let e = err_of("[[group]]\nnumber = \"600\"\nmembers = [\"a\"]\nstrategy = \"random\"\n");
+        assert!(e.contains("strategy \"random\""), "{e}");
+        let e = build("[[trunk]]\nname = \"a\"\naddress = \"example.com\"\n").unwrap_err();
+        assert!(e.contains("[[trunk]] 1") && e.contains("IP:PORT"), "{e}");
+        let e = build("[[trunk]]\nname = \"a\"\naddress = \"127.0.0.1:5\"\ninbound_from = [\"10.0.0.0/33\"]\n").unwrap_err();
+        assert!(e.contains("inbound_from \"10.0.0.0/33\""), "{e}");
+    }
+
+    #[test]
+    fn the_longest_prefix_with_an_active_route_wins_and_lcr_orders_by_cost() {
+        let p = build(&format!(
+            "{BASE}
+[[route]]
+prefix = \"+4\"
+trunks = [\"b\"]
+[[route]]
+prefix = \"+49\"
+trunks = [\"a\", \"b\"]
+lcr = true
+time = \"sat,sun 00:00-24:00\"
+[[rate]]
+trunk = \"a\"
+prefix = \"+49\"
+cost = 0.02
+[[rate]]
+trunk = \"b\"
+prefix = \"+4930\"
+cost = 0.01
+"
+        ))
+        .unwrap();
+        // Saturday 2026-12-05 12:00 UTC: the +49 route, cheapest first.
+        let sat = 1_796_472_000_000;
+        let trunks = |n: &str, t: u64| match p.route(n.as_bytes(), Caller::Anonymous, t) {
+            RouteDecision::Trunks(r) => r.trunks,
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(trunks("+4930123", sat), vec![1, 0]);
+        assert_eq!(
+            trunks("+4989123", sat),
+            vec![0, 1],
+            "b has no rate for +4989: last"
+        );
+        // Monday: the +49 route does not exist; +4 takes it.
+        assert_eq!(trunks("+4930123", sat + 2 * 86_400_000), vec![1]);
+        assert_eq!(
+            p.route(b"+3312", Caller::Anonymous, sat),
+            RouteDecision::NoRoute
+        );
+        assert_eq!(p.cost(1, b"+4930123"), Some(10_000));
+    }
+
+    #[test]
+    fn classes_come_from_the_user_or_the_defaults() {
+        let p = build(&format!(
+            "{BASE}
+[[route]]
+prefix = \"+1\"
+trunks = [\"a\"]
+class = \"international\"
+[classes]
+alice = [\"international\"]
+"
+        ))
+        .unwrap();
+        assert!(matches!(
+            p.route(b"+1555", Caller::User("alice"), 0),
+            RouteDecision::Trunks(_)
+        ));
+        assert_eq!(
+            p.route(b"+1555", Caller::User("bob"), 0),
+            RouteDecision::Forbidden {
+                class: "international"
+            }
+        );
+        assert_eq!(
+            p.route(b"+1555", Caller::Anonymous, 0),
+            RouteDecision::Forbidden {
+                class: "international"
+            }
+        );
+    }
+
+    #[test]
+    fn normalisation_applies_the_first_matching_rule_and_locals_are_found() {
+        let p = build(
+            "[normalize]
+rules = [{ match = \"^00\", replace = \"+\" }, { match = \"^0\", replace = \"+49\" }]
+[[extension]]
+number = \"1001\"
+user = \"alice\"
+[[group]]
+number = \"600\"
+members = [\"alice\"]
+[[paging]]
+number = \"700\"
+members = [\"alice\"]
+",
+        )
+        .unwrap();
+        assert_eq!(p.normalize(b"0033123").as_deref(), Some(&b"+33123"[..]));
+        assert_eq!(p.normalize(b"030123").as_deref(), Some(&b"+4930123"[..]));
+        assert_eq!(p.normalize(b"1001"), None);
+        assert_eq!(p.local(b"1001"), Some(Local::Extension("alice")));
+        assert_eq!(p.local(b"600"), Some(Local::Group(0)));
+        assert_eq!(p.local(b"700"), Some(Local::Paging(0)));
+        assert_eq!(p.local(b"701"), None);
+        assert!(!p.is_empty());
+        assert!(DialPlan::empty().is_empty());
+    }
+
+    #[test]
+    fn emergency_uses_every_trunk_when_all_are_down_and_inbound_sources_match_cidrs() {
+        let p = build(&format!(
+            "{BASE}
+[emergency]
+numbers = [\"112\"]
+trunks = [\"a\", \"b\"]
+"
+        ))
+        .unwrap();
+        p.trunks[0].set_up(false);
+        assert_eq!(p.emergency(b"112").unwrap().trunks, vec![1]);
+        p.trunks[1].set_up(false);
+        assert_eq!(p.emergency(b"112").unwrap().trunks, vec![0, 1]);
+        assert!(p.emergency(b"110").is_none());
+        let q = build("[[trunk]]\nname = \"a\"\naddress = \"127.0.0.1:5\"\ninbound_from = [\"10.1.0.0/16\", \"127.0.0.5\"]\n").unwrap();
+        assert_eq!(q.inbound_trunk("10.1.200.3".parse().unwrap()), Some(0));
+        assert_eq!(q.inbound_trunk("127.0.0.5".parse().unwrap()), Some(0));
+        assert_eq!(q.inbound_trunk("10.2.0.1".parse().unwrap()), None);
+        // A reload keeps what the checks found, by trunk name and address.
+        let r = build("[[trunk]]\nname = \"a\"\naddress = \"127.0.0.1:5071\"\n").unwrap();
+        r.inherit_health(&p);
+        assert!(!r.trunks[0].is_up());
+    }
+}

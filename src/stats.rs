@@ -1,0 +1,186 @@
+//! The counters the protocol core writes, one set per shard, and the in-server latency
+//! histogram. Each shard is the only writer of its [`ShardStats`]: counters are atomics written
+//! with a relaxed load+store (no locked instruction on the hot path) and read by the metrics
+//! thread (`metrics.rs`, which renders them for Prometheus). The latency histogram
+//! (hdrhistogram, µs resolution) is recorded locally by the shard and merged into the shared
+//! copy at most every few milliseconds.
+
+use crate::sip::Method;
+use hdrhistogram::Histogram;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+
+/// A counter with a single writer.
+#[derive(Default, Debug)]
+pub struct Counter(AtomicU64);
+
+impl Counter {
+    #[inline]
+    pub fn add(&self, n: u64) {
+        // Single writer: a plain load+store avoids the locked read-modify-write.
+        self.0.store(
+            self.0.load(Ordering::Relaxed).wrapping_add(n),
+            Ordering::Relaxed,
+        );
+    }
+    #[inline]
+    pub fn inc(&self) {
+        self.add(1);
+    }
+    #[inline]
+    pub fn set(&self, v: u64) {
+        self.0.store(v, Ordering::Relaxed);
+    }
+    #[inline]
+    pub fn get(&self) -> u64 {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
+/// Why a datagram was dropped without a response.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(usize)]
+pub enum DropReason {
+    /// Unparseable and no Via to answer to.
+    Malformed,
+    /// A response that matches nothing here.
+    StrayResponse,
+    /// The owner shard's hand-off queue was full.
+    QueueFull,
+    /// A datagram that was only whitespace (keep-alive).
+    KeepAlive,
+    /// Responses the RFC says to drop (e.g. malformed responses).
+    BadResponse,
+    /// An ACK that matched no transaction (absorbed).
+    Ack,
+    /// Transport: a datagram larger than the receive buffer.
+    Truncated,
+    /// Transport: the kernel refused to send a datagram.
+    SendError,
+    /// Transport: a receive call or completion failed.
+    RecvError,
+    /// Transport (io_uring): the receive stopped with every provided buffer in use; the
+    /// datagrams wait in the socket buffer (dropped only if that overflows too).
+    NoBuffers,
+}
+
+pub const DROP_REASONS: [(DropReason, &str); 10] = [
+    (DropReason::Malformed, "malformed"),
+    (DropReason::StrayResponse, "stray_response"),
+    (DropReason::QueueFull, "queue_full"),
+    (DropReason::KeepAlive, "keepalive"),
+    (DropReason::BadResponse, "bad_response"),
+    (DropReason::Ack, "ack_absorbed"),
+    (DropReason::Truncated, "truncated"),
+    (DropReason::SendError, "send_error"),
+    (DropReason::RecvError, "recv_error"),
+    (DropReason::NoBuffers, "no_buffers"),
+];
+
+pub(crate) const METHODS: [Method; 15] = [
+    Method::Invite,
+    Method::Ack,
+    Method::Bye,
+    Method::Cancel,
+    Method::Register,
+    Method::Options,
+    Method::Info,
+    Method::Update,
+    Method::Prack,
+    Method::Subscribe,
+    Method::Notify,
+    Method::Refer,
+    Method::Message,
+    Method::Publish,
+    Method::Other,
+];
+
+/// One shard's counters.
+pub struct ShardStats {
+    pub received_requests: [Counter; 15],
+    pub received_responses: Counter,
+    /// Responses sent, by status code 100..=699 (index code - 100).
+    pub sent_responses: Box<[Counter]>,
+    pub dropped: [Counter; DROP_REASONS.len()],
+    /// Datagrams this shard handed to their owner shard.
+    pub handoffs_out: Counter,
+    /// Datagrams this shard received from other shards.
+    pub handoffs_in: Counter,
+    /// Datagrams received on this shard's sockets.
+    pub datagrams_in: Counter,
+    pub datagrams_out: Counter,
+    /// Bindings currently held by this shard's registrar.
+    pub bindings: Counter,
+    /// Cross-shard wake-ups issued by this shard.
+    pub wakeups: Counter,
+    /// Requests sent (forwarded by the proxy), by method.
+    pub sent_requests: [Counter; 15],
+    /// Transactions currently held by this shard's proxy.
+    pub transactions: Counter,
+    pub latency: Mutex<Histogram<u64>>,
+}
+
+/// A new latency histogram: 1 µs to 60 s, 3 significant digits.
+pub fn new_histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, 60_000_000, 3).expect("valid histogram bounds")
+}
+
+impl Default for ShardStats {
+    fn default() -> Self {
+        ShardStats {
+            received_requests: Default::default(),
+            received_responses: Counter::default(),
+            sent_responses: (0..600).map(|_| Counter::default()).collect(),
+            dropped: Default::default(),
+            handoffs_out: Counter::default(),
+            handoffs_in: Counter::default(),
+            datagrams_in: Counter::default(),
+            datagrams_out: Counter::default(),
+            bindings: Counter::default(),
+            wakeups: Counter::default(),
+            sent_requests: Default::default(),
+            transactions: Counter::default(),
+            latency: Mutex::new(new_histogram()),
+        }
+    }
+}
+
+impl ShardStats {
+    #[inline]
+    pub fn request(&self, m: Method) {
+        let i = METHODS.iter().position(|&x| x == m).unwrap_or(14);
+        self.received_requests[i].inc();
+    }
+
+    #[inline]
+    pub fn request_sent(&self, m: Method) {
+        let i = METHODS.iter().position(|&x| x == m).unwrap_or(14);
+        self.sent_requests[i].inc();
+    }
+
+    /// Counts a datagram the proxy sends: a response by status, a request by method.
+    pub fn message_sent(&self, bytes: &[u8]) {
+        if let Some(rest) = bytes.strip_prefix(b"SIP/2.0 ") {
+            let code = rest
+                .iter()
+                .take(3)
+                .fold(0u16, |a, &d| a * 10 + d.wrapping_sub(b'0') as u16);
+            self.response_sent(code);
+        } else {
+            let end = memchr::memchr(b' ', bytes).unwrap_or(0);
+            self.request_sent(Method::from_bytes(&bytes[..end]));
+        }
+    }
+
+    #[inline]
+    pub fn response_sent(&self, status: u16) {
+        if let Some(c) = self.sent_responses.get((status as usize).wrapping_sub(100)) {
+            c.inc();
+        }
+    }
+
+    #[inline]
+    pub fn dropped(&self, r: DropReason) {
+        self.dropped[r as usize].inc();
+    }
+}
