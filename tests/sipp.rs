@@ -329,6 +329,99 @@ fn callee(
     (Background { child, stat, name }, csv)
 }
 
+/// Starts the SIPp UAS `scenario` on `port` for `calls` calls, with no registration: a trunk
+/// (a gateway the dial plan routes numbers to).
+fn trunk(dir: &Path, port: u16, scenario_name: &str, calls: usize) -> Background {
+    let uas = scenario(scenario_name);
+    let stat = dir.join(format!("trunk-{port}.csv"));
+    let _ = std::fs::remove_file(&stat);
+    let child = Command::new("sipp")
+        .args(["-sf", uas.to_str().unwrap(), "-p", &port.to_string()])
+        .args([
+            "-m",
+            &calls.to_string(),
+            "-nostdin",
+            "-buff_size",
+            "4194304",
+        ])
+        .args(["-trace_stat", "-fd", "1", "-stf"])
+        .arg(&stat)
+        .current_dir(dir)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let name = format!("{scenario_name} as a trunk on port {port}");
+    Background { child, stat, name }
+}
+
+/// The dial plan of the trunk tests: numbers +49... through `trunks` (names of trunks at
+/// `addresses`, no OPTIONS checks: a SIPp UAS would count them as unexpected messages).
+fn trunk_plan(dir: &Path, trunks: &[(&str, u16)], route: &[&str]) -> String {
+    let mut text = String::new();
+    for (name, port) in trunks {
+        text.push_str(&format!(
+            "[[trunk]]\nname = \"{name}\"\naddress = \"127.0.0.1:{port}\"\ncheck_interval_ms = 0\n\n"
+        ));
+    }
+    let list: Vec<String> = route.iter().map(|t| format!("\"{t}\"")).collect();
+    text.push_str(&format!(
+        "[[route]]\nprefix = \"+49\"\ntrunks = [{}]\n\n[routing]\ntrunk_timeout_ms = 300\n",
+        list.join(", ")
+    ));
+    let path = dir.join("plan.toml");
+    std::fs::write(&path, text).unwrap();
+    path.to_str().unwrap().to_string()
+}
+
+#[test]
+fn sipp_calls_through_a_trunk_route() {
+    if !sipp_available("sipp_calls_through_a_trunk_route") {
+        return;
+    }
+    let dir = scratch("trunk");
+    let port = free_udp_port();
+    let plan = trunk_plan(&dir, &[("gw", port)], &["gw"]);
+    let s = ServerProcess::start_with(&["--shards", "2", "--config", &plan], true);
+    let gw = trunk(&dir, port, "uas.xml", 1000);
+    let csv = dir.join("numbers.csv");
+    std::fs::write(&csv, "SEQUENTIAL\n+4930123456\n").unwrap();
+    run_clean(&dir, &s, "uac.xml", &csv, 1000, 250, &["-d", "50"]);
+    gw.finish(1000);
+    for m in ["INVITE", "ACK", "BYE"] {
+        let series = format!("sipshard_requests_sent_total{{method=\"{m}\"}}");
+        assert_eq!(
+            s.metric(&series),
+            Some(1000.0),
+            "{m} forwarded to the trunk"
+        );
+    }
+}
+
+#[test]
+fn sipp_calls_fail_over_from_a_silent_trunk() {
+    if !sipp_available("sipp_calls_fail_over_from_a_silent_trunk") {
+        return;
+    }
+    let dir = scratch("failover");
+    // Nothing listens on the first trunk's port: every call waits trunk_timeout_ms (300)
+    // there, then goes to the SIPp trunk.
+    let (dead, port) = (free_udp_port(), free_udp_port());
+    let plan = trunk_plan(&dir, &[("dead", dead), ("gw", port)], &["dead", "gw"]);
+    let s = ServerProcess::start_with(&["--shards", "2", "--config", &plan], true);
+    let gw = trunk(&dir, port, "uas.xml", 200);
+    let csv = dir.join("numbers.csv");
+    std::fs::write(&csv, "SEQUENTIAL\n+4989123\n").unwrap();
+    run_clean(&dir, &s, "uac.xml", &csv, 200, 50, &["-d", "50"]);
+    gw.finish(200);
+    // Every INVITE went out twice: to the silent trunk, then to the SIPp one.
+    let invites = s
+        .metric("sipshard_requests_sent_total{method=\"INVITE\"}")
+        .unwrap();
+    assert!(invites >= 400.0, "{invites} INVITEs sent");
+}
+
 #[test]
 fn sipp_calls_through_the_record_routing_proxy() {
     if !sipp_available("sipp_calls_through_the_record_routing_proxy") {

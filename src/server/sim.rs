@@ -2,7 +2,8 @@
 //! transaction layer exchange datagrams with the real proxy core through a simulated network
 //! that loses, duplicates and delays (so reorders) datagrams with a seeded generator. Every
 //! call must end with the outcome RFC 3261 requires, and the proxy must hold no state once
-//! the timers have run out.
+//! the timers have run out. Calls through the dial plan's trunks are among them: a trunk that
+//! answers 503 or nothing at all is left for the next one, a busy trunk ends the call.
 
 use super::outbox::Outbox;
 use super::Core;
@@ -90,6 +91,10 @@ enum Callee {
     Answer,
     Busy,
     Ring,
+    /// A trunk that refuses every call with 503.
+    Unavailable,
+    /// A trunk that is gone: it never sends anything.
+    Silent,
 }
 
 /// What the caller does and expects.
@@ -148,6 +153,8 @@ struct Phone {
     behaviour: Callee,
     txns: TransactionTable,
     calls: HashMap<Vec<u8>, CalleeCall>,
+    /// Silent trunk: the Call-IDs it heard and ignored.
+    heard: std::collections::HashSet<Vec<u8>>,
     out: Vec<TxnOut>,
 }
 
@@ -184,6 +191,11 @@ impl Phone {
         let Ok(msg) = Message::parse(data) else {
             return;
         };
+        if self.behaviour == Callee::Silent {
+            self.heard
+                .insert(msg.call_id().unwrap_or_default().to_vec());
+            return;
+        }
         if msg.method().is_none() {
             // Responses to our own requests: none in these scenarios.
             return;
@@ -232,7 +244,12 @@ impl Phone {
                                 let _ = self.txns.server_respond(id, 486, busy, now, &mut self.out);
                                 call.final_sent = true;
                             }
-                            Callee::Ring => {}
+                            Callee::Unavailable => {
+                                let no = response(&msg, 503, "Service Unavailable", &tag, None);
+                                let _ = self.txns.server_respond(id, 503, no, now, &mut self.out);
+                                call.final_sent = true;
+                            }
+                            Callee::Ring | Callee::Silent => {}
                         }
                         self.calls.insert(call_id, call);
                     }
@@ -503,12 +520,58 @@ fn register(core: &mut Core, user: &str, phone: SocketAddr, q: &str, now: u64) {
     assert_eq!(out.len(), 1, "REGISTER answered");
 }
 
+/// The simulation's dial plan: +491 through a trunk that answers 503, +492 through one that
+/// is silent, +493 through a busy one, each with the answering trunk second.
+const TRUNK_PLAN: &str = r#"
+[[trunk]]
+name = "unavailable"
+address = "10.1.0.1:5060"
+check_interval_ms = 0
+[[trunk]]
+name = "silent"
+address = "10.1.0.2:5060"
+check_interval_ms = 0
+[[trunk]]
+name = "busy"
+address = "10.1.0.3:5060"
+check_interval_ms = 0
+[[trunk]]
+name = "answer"
+address = "10.1.0.4:5060"
+check_interval_ms = 0
+[[route]]
+prefix = "+491"
+trunks = ["unavailable", "answer"]
+[[route]]
+prefix = "+492"
+trunks = ["silent", "answer"]
+[[route]]
+prefix = "+493"
+trunks = ["busy", "answer"]
+[routing]
+trunk_timeout_ms = 4000
+"#;
+
+/// How long the silent trunk holds up a call before the next trunk is tried.
+const TRUNK_TIMEOUT_MS: u64 = 4_000;
+
 fn run(seed: u64, calls_per_kind: usize, proxy: ProxySettings) {
-    let mut core = super::tests::core_with_proxy(
-        Mode::Proxy,
-        RegistrarSettings::default(),
+    let spec: crate::routing::DialPlanSpec = toml::from_str(TRUNK_PLAN).unwrap();
+    let cfg = std::sync::Arc::new(super::CoreConfig {
+        domains: vec!["localhost".into()],
+        local_addrs: vec![addr(LISTEN)],
+        shards: 1,
+        mode: Mode::Proxy,
+        registrar: RegistrarSettings::default(),
+        proxy: proxy.clone(),
+        routing: std::sync::Arc::new(crate::routing::DialPlan::build(&spec).unwrap()),
+    });
+    let mut core = Core::new(
+        0,
+        cfg,
+        std::sync::Arc::new(crate::stats::ShardStats::default()),
         None,
-        proxy.clone(),
+        &[addr(LISTEN)],
     );
     let mut net = Net {
         rng: Rng(seed | 1),
@@ -548,9 +611,31 @@ fn run(seed: u64, calls_per_kind: usize, proxy: ProxySettings) {
                 behaviour: *b,
                 txns: TransactionTable::new(TxnConfig::default()),
                 calls: HashMap::new(),
+                heard: Default::default(),
                 out: Vec::new(),
             });
         }
+    }
+    // The trunks (not registered: the dial plan names them).
+    for (i, behaviour) in [
+        Callee::Unavailable,
+        Callee::Silent,
+        Callee::Busy,
+        Callee::Answer,
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        phones.push(Phone {
+            user: "trunk",
+            q: "",
+            addr: addr(&format!("10.1.0.{}:5060", i + 1)),
+            behaviour,
+            txns: TransactionTable::new(TxnConfig::default()),
+            calls: HashMap::new(),
+            heard: Default::default(),
+            out: Vec::new(),
+        });
     }
     let mut caller = Caller {
         addr: addr("10.9.9.9:5060"),
@@ -567,6 +652,9 @@ fn run(seed: u64, calls_per_kind: usize, proxy: ProxySettings) {
         (Kind::Forked, "fork"),
         (Kind::Forked, "seqbusy"),
         (Kind::Forked, "seqring"),
+        (Kind::Answered, "+4911"),
+        (Kind::Answered, "+4922"),
+        (Kind::Busy, "+4933"),
     ];
     let mut starts: Vec<(u64, usize, Kind, &str)> = Vec::new();
     let mut n = 0;
@@ -650,6 +738,33 @@ fn run(seed: u64, calls_per_kind: usize, proxy: ProxySettings) {
         (0, 0, 0),
         "seed {seed}: proxy state left behind"
     );
+    // The trunk calls: +4922 reached the answering trunk only after the silent one held it
+    // for the trunk timeout; +4933 (busy) never reached it.
+    let answering_trunk = phones
+        .iter()
+        .find(|p| p.addr == addr("10.1.0.4:5060"))
+        .unwrap();
+    let silent_trunk = phones
+        .iter()
+        .find(|p| p.addr == addr("10.1.0.2:5060"))
+        .unwrap();
+    assert_eq!(silent_trunk.heard.len(), calls_per_kind, "seed {seed}");
+    let mut failed_over = 0;
+    for (id, c) in &answering_trunk.calls {
+        let call = &caller.calls[std::str::from_utf8(id).unwrap()];
+        assert_ne!(
+            call.user, "+4933",
+            "seed {seed}: a busy trunk is not a routing failure"
+        );
+        if call.user == "+4922" {
+            failed_over += 1;
+            assert!(
+                c.arrived >= call.started + TRUNK_TIMEOUT_MS,
+                "seed {seed}: +4922 left the silent trunk before the trunk timeout"
+            );
+        }
+    }
+    assert_eq!(failed_over, calls_per_kind, "seed {seed}");
     if proxy.forking == Forking::Sequential {
         // The q=0.5 phone of "seqring" only hears of a call once the q=1.0 group timed out.
         let late = phones
