@@ -18,5 +18,5 @@ pub mod spec;
 pub mod window;
 
 pub use health::TrunkChecker;
-pub use plan::{Caller, DialPlan, Group, Local, RouteDecision, Strategy, TrunkRoute};
+pub use plan::{Caller, DialPlan, Group, Local, PlanMemory, RouteDecision, Strategy, TrunkRoute};
 pub use spec::DialPlanSpec;

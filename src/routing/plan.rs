@@ -63,23 +63,24 @@ pub struct Paging {
     pub members: Vec<Box<str>>,
 }
 
-/// A route: numbers with its prefix go out through its trunks.
-#[derive(Debug)]
+/// A route: numbers with its prefix go out through its trunks. 12 bytes: a plan of a million
+/// routes keeps its lists of trunks and its windows in shared pools.
+#[derive(Debug, Clone, Copy)]
 struct Route {
-    trunks: Vec<u16>,
-    /// Index into the class names (None: no class needed).
-    class: Option<u8>,
-    window: Option<TimeWindow>,
+    /// Its trunks: `trunk_pool[trunks_at..trunks_at + trunks_len]`.
+    trunks_at: u32,
+    trunks_len: u16,
+    /// Index into the class names (NO_CLASS: no class needed).
+    class: u8,
     lcr: bool,
+    /// Index into `windows` (NO_WINDOW: always active).
+    window: u32,
 }
 
-/// The routes of one prefix, and the next shorter prefix that has routes.
-#[derive(Debug)]
-struct PrefixRoutes {
-    routes: Vec<u32>,
-    /// Index of the parent prefix (u32::MAX: none).
-    parent: u32,
-}
+const NO_CLASS: u8 = u8::MAX;
+const NO_WINDOW: u32 = u32::MAX;
+/// No parent prefix.
+const NO_SLOT: u32 = u32::MAX;
 
 /// A normalisation rule.
 #[derive(Debug)]
@@ -133,6 +134,15 @@ pub enum Caller<'a> {
     Anonymous,
 }
 
+/// What a plan's tables cost, from [`DialPlan::memory`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PlanMemory {
+    pub route_prefixes: usize,
+    pub route_bytes: usize,
+    pub rates: usize,
+    pub rate_bytes: usize,
+}
+
 /// Bit set of classes of service (at most 64 classes).
 type Classes = u64;
 
@@ -146,9 +156,15 @@ pub struct DialPlan {
     pub paging: Vec<Paging>,
     rules: Vec<Rule>,
     pub trunks: Vec<Trunk>,
+    /// Route prefix → slot; the routes of slot `s` are `routes[slot_first[s]..slot_first[s + 1]]`
+    /// (in the order written), and `slot_parent[s]` is the slot of the next shorter prefix
+    /// that has routes.
     route_prefixes: PrefixMap,
-    prefix_routes: Vec<PrefixRoutes>,
+    slot_first: Vec<u32>,
+    slot_parent: Vec<u32>,
     routes: Vec<Route>,
+    trunk_pool: Vec<u16>,
+    windows: Vec<TimeWindow>,
     /// Per trunk: prefix → cost in millionths.
     rates: Vec<PrefixMap>,
     pub trunk_timeout_ms: u64,
@@ -427,94 +443,146 @@ impl DialPlan {
             });
         }
 
-        // Routes: grouped by prefix, checked for windows that can never decide.
-        let mut routes: Vec<Route> = Vec::new();
-        let mut by_prefix: Vec<(String, Vec<u32>)> = Vec::new();
+        // Routes: grouped by prefix (a slot per prefix), checked for windows that can never
+        // decide. Linear in the number of routes: a plan may hold millions.
+        let rated: hashbrown::HashSet<&str> = spec.rate.iter().map(|r| r.trunk.as_str()).collect();
+        let mut raw: Vec<Route> = Vec::with_capacity(spec.route.len());
+        let mut route_slot: Vec<u32> = Vec::with_capacity(spec.route.len());
+        let mut slot_of: HashMap<&str, u32> = HashMap::new();
+        let mut slot_prefixes: Vec<&str> = Vec::new();
+        // Slots with several routes: their routes so far (for the overlap check).
+        let mut shared: HashMap<u32, Vec<u32>> = HashMap::new();
+        let mut first_of_slot: Vec<u32> = Vec::new();
+        let mut windows: Vec<TimeWindow> = Vec::new();
+        let mut trunk_pool: Vec<u16> = Vec::new();
+        let mut pooled: HashMap<Vec<u16>, u32> = HashMap::new();
         for (i, r) in spec.route.iter().enumerate() {
-            let at = format!("[[route]] {} (prefix \"{}\")", i + 1, r.prefix);
+            let at = || format!("[[route]] {} (prefix \"{}\")", i + 1, r.prefix);
             if !is_dialable(&r.prefix) || r.prefix.len() > MAX_PREFIX {
                 return err(format!(
-                    "{at}: prefix: expected 1 to {MAX_PREFIX} of 0-9 + * #"
+                    "{}: prefix: expected 1 to {MAX_PREFIX} of 0-9 + * #",
+                    at()
                 ));
             }
-            if r.trunks.is_empty() {
-                return err(format!("{at}: trunks: expected at least one trunk"));
+            if r.trunks.is_empty() || r.trunks.len() > u16::MAX as usize {
+                return err(format!("{}: trunks: expected at least one trunk", at()));
             }
-            let mut ts = Vec::new();
+            let mut ts = Vec::with_capacity(r.trunks.len());
             for t in &r.trunks {
-                ts.push(trunk_index(t, &format!("{at}: trunks"))?);
+                ts.push(trunk_index(t, &format!("{}: trunks", at()))?);
             }
             let class = match &r.class {
-                None => None,
+                None => NO_CLASS,
                 Some(c) => match class_names.iter().position(|n| **n == **c) {
-                    Some(i) => Some(i as u8),
+                    Some(i) => i as u8,
                     None => {
                         return err(format!(
-                            "{at}: class \"{c}\": no user has this class (see [classes] and routing.default_classes)"
+                            "{}: class \"{c}\": no user has this class (see [classes] and routing.default_classes)",
+                            at()
                         ))
                     }
                 },
             };
             let timezone = r.timezone.as_deref().unwrap_or("UTC");
             let window = match &r.time {
-                Some(t) => Some(TimeWindow::parse(t, timezone).map_err(|e| format!("{at}: {e}"))?),
+                Some(t) => {
+                    windows.push(
+                        TimeWindow::parse(t, timezone).map_err(|e| format!("{}: {e}", at()))?,
+                    );
+                    (windows.len() - 1) as u32
+                }
                 None => {
-                    // Checked even unused: a typo must not wait for the day it matters.
-                    TimeWindow::parse("00:00-24:00", timezone).map_err(|e| format!("{at}: {e}"))?;
-                    None
+                    if r.timezone.is_some() {
+                        // Checked even unused: a typo must not wait for the day it matters.
+                        TimeWindow::parse("00:00-24:00", timezone)
+                            .map_err(|e| format!("{}: {e}", at()))?;
+                    }
+                    NO_WINDOW
                 }
             };
-            if r.lcr && !spec.rate.iter().any(|rate| r.trunks.contains(&rate.trunk)) {
+            if r.lcr && !r.trunks.iter().any(|t| rated.contains(t.as_str())) {
                 return err(format!(
-                    "{at}: lcr = true but no [[rate]] names any of its trunks"
+                    "{}: lcr = true but no [[rate]] names any of its trunks",
+                    at()
                 ));
             }
-            let idx = routes.len() as u32;
-            match by_prefix.iter_mut().find(|(p, _)| *p == r.prefix) {
-                Some((_, list)) => {
+            let trunks_at = match pooled.get(&ts) {
+                Some(&at) => at,
+                None => {
+                    let at = trunk_pool.len() as u32;
+                    trunk_pool.extend_from_slice(&ts);
+                    pooled.insert(ts.clone(), at);
+                    at
+                }
+            };
+            let idx = raw.len() as u32;
+            let slot = match slot_of.get(r.prefix.as_str()) {
+                Some(&slot) => {
+                    let list = shared
+                        .entry(slot)
+                        .or_insert_with(|| vec![first_of_slot[slot as usize]]);
                     for &other in list.iter() {
-                        let o: &Route = &routes[other as usize];
-                        let overlap = match (&o.window, &window) {
-                            (Some(a), Some(b)) => a.overlaps(b),
-                            _ => true,
-                        };
+                        let o = raw[other as usize].window;
+                        let overlap = o == NO_WINDOW
+                            || window == NO_WINDOW
+                            || windows[o as usize].overlaps(&windows[window as usize]);
                         if overlap {
                             return err(format!(
-                                "{at}: another route has the same prefix and a time window that overlaps this one (the second would never be used)"
+                                "{}: another route has the same prefix and a time window that overlaps this one (the second would never be used)",
+                                at()
                             ));
                         }
                     }
                     list.push(idx);
+                    slot
                 }
-                None => by_prefix.push((r.prefix.clone(), vec![idx])),
-            }
-            routes.push(Route {
-                trunks: ts,
+                None => {
+                    let slot = slot_prefixes.len() as u32;
+                    slot_of.insert(r.prefix.as_str(), slot);
+                    slot_prefixes.push(r.prefix.as_str());
+                    first_of_slot.push(idx);
+                    slot
+                }
+            };
+            route_slot.push(slot);
+            raw.push(Route {
+                trunks_at,
+                trunks_len: ts.len() as u16,
                 class,
-                window,
                 lcr: r.lcr,
+                window,
             });
         }
+        drop(pooled);
+        drop(shared);
         let route_prefixes = PrefixMap::build(
-            by_prefix
+            slot_prefixes
                 .iter()
                 .enumerate()
-                .map(|(i, (p, _))| (p.as_bytes(), i as u32)),
+                .map(|(i, p)| (p.as_bytes(), i as u32)),
         )
         .map_err(|e| format!("[[route]]: {e}"))?;
-        let mut prefix_routes: Vec<PrefixRoutes> = by_prefix
+        // Routes ordered by slot (a stable sort keeps the written order within a slot).
+        let mut order: Vec<u32> = (0..raw.len() as u32).collect();
+        order.sort_by_key(|&i| route_slot[i as usize]);
+        let routes: Vec<Route> = order.iter().map(|&i| raw[i as usize]).collect();
+        let mut slot_first = vec![0u32; slot_prefixes.len() + 1];
+        for &s in &route_slot {
+            slot_first[s as usize + 1] += 1;
+        }
+        for s in 1..slot_first.len() {
+            slot_first[s] += slot_first[s - 1];
+        }
+        let slot_parent: Vec<u32> = slot_prefixes
             .iter()
-            .map(|(_, list)| PrefixRoutes {
-                routes: list.clone(),
-                parent: u32::MAX,
+            .map(|p| {
+                route_prefixes
+                    .longest(&p.as_bytes()[..p.len() - 1])
+                    .map_or(NO_SLOT, |(parent, _)| parent)
             })
             .collect();
-        for (i, (p, _)) in by_prefix.iter().enumerate() {
-            let shorter = &p.as_bytes()[..p.len() - 1];
-            if let Some((parent, _)) = route_prefixes.longest(shorter) {
-                prefix_routes[i].parent = parent;
-            }
-        }
+        drop(raw);
+        drop(route_slot);
 
         // Rates: one prefix map per trunk.
         let mut per_trunk: Vec<Vec<(&[u8], u32)>> = vec![Vec::new(); trunks.len()];
@@ -553,8 +621,11 @@ impl DialPlan {
             rules,
             trunks,
             route_prefixes,
-            prefix_routes,
+            slot_first,
+            slot_parent,
             routes,
+            trunk_pool,
+            windows,
             rates,
             trunk_timeout_ms,
             class_names,
@@ -655,32 +726,32 @@ impl DialPlan {
     /// prefix that has a route active now, its class checked against the caller's, its
     /// trunks in order (by cost with `lcr`) without the down ones.
     pub fn route(&self, number: &[u8], caller: Caller<'_>, now_ms: u64) -> RouteDecision<'_> {
-        let Some((mut at, _)) = self.route_prefixes.longest(number) else {
+        let Some((mut slot, _)) = self.route_prefixes.longest(number) else {
             return RouteDecision::NoRoute;
         };
         let route = loop {
-            let p = &self.prefix_routes[at as usize];
-            let active = p
-                .routes
-                .iter()
-                .map(|&r| &self.routes[r as usize])
-                .find(|r| r.window.as_ref().is_none_or(|w| w.contains(now_ms)));
+            let (from, to) = (
+                self.slot_first[slot as usize] as usize,
+                self.slot_first[slot as usize + 1] as usize,
+            );
+            let active = self.routes[from..to].iter().find(|r| {
+                r.window == NO_WINDOW || self.windows[r.window as usize].contains(now_ms)
+            });
             if let Some(r) = active {
                 break r;
             }
-            if p.parent == u32::MAX {
+            slot = self.slot_parent[slot as usize];
+            if slot == NO_SLOT {
                 return RouteDecision::NoRoute;
             }
-            at = p.parent;
         };
-        if let Some(c) = route.class {
-            if self.classes_of(caller) & (1u64 << c) == 0 {
-                return RouteDecision::Forbidden {
-                    class: &self.class_names[c as usize],
-                };
-            }
+        if route.class != NO_CLASS && self.classes_of(caller) & (1u64 << route.class) == 0 {
+            return RouteDecision::Forbidden {
+                class: &self.class_names[route.class as usize],
+            };
         }
-        let mut trunks: Vec<u16> = route.trunks.clone();
+        let at = route.trunks_at as usize;
+        let mut trunks: Vec<u16> = self.trunk_pool[at..at + route.trunks_len as usize].to_vec();
         if route.lcr {
             // Unrated trunks go last, in the order listed (a stable sort).
             trunks.sort_by_key(|&t| {
@@ -698,6 +769,24 @@ impl DialPlan {
             trunks,
             emergency: false,
         })
+    }
+
+    /// Heap bytes of the route tables (prefix map, slots, routes, trunk lists, windows) and
+    /// of the rate tables, with the number of route prefixes and of rates: what a plan costs
+    /// (the benchmark reports it per prefix).
+    pub fn memory(&self) -> PlanMemory {
+        let vec_bytes = |cap: usize, size: usize| cap * size;
+        PlanMemory {
+            route_prefixes: self.route_prefixes.len(),
+            route_bytes: self.route_prefixes.heap_bytes()
+                + vec_bytes(self.slot_first.capacity(), 4)
+                + vec_bytes(self.slot_parent.capacity(), 4)
+                + vec_bytes(self.routes.capacity(), std::mem::size_of::<Route>())
+                + vec_bytes(self.trunk_pool.capacity(), 2)
+                + vec_bytes(self.windows.capacity(), std::mem::size_of::<TimeWindow>()),
+            rates: self.rates.iter().map(|r| r.len()).sum(),
+            rate_bytes: self.rates.iter().map(|r| r.heap_bytes()).sum(),
+        }
     }
 
     /// The cost of `number` through trunk `t`, in millionths (None: no rate).
