@@ -51,8 +51,8 @@ pub struct Config {
     /// `uri` the client sent).
     pub strict_digest_uri: bool,
     pub log: String,
-    /// The dial plan as written (a reload compares it) and compiled.
-    pub dial_plan: crate::routing::DialPlanSpec,
+    /// The compiled dial plan (the file's sections are not kept: a plan may hold millions of
+    /// routes).
     pub routing: std::sync::Arc<crate::routing::DialPlan>,
 }
 
@@ -535,8 +535,8 @@ impl Cli {
         };
         let routing =
             std::sync::Arc::new(crate::routing::DialPlan::build(&dial_plan).map_err(ConfigError)?);
+        drop(dial_plan);
         let config = Config {
-            dial_plan,
             routing,
             listen,
             domains,

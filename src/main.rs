@@ -194,17 +194,10 @@ fn reload(
         tracing::info!(from = ?updated.proxy, to = ?new.proxy, "reload: [proxy]");
         updated.proxy = new.proxy.clone();
     }
-    if running.dial_plan != new.dial_plan {
+    {
         // Built off the shards by `into_config` above; the trunks keep what their checks found.
         new.routing.inherit_health(&updated.routing);
-        tracing::info!(
-            extensions = new.dial_plan.extension.len(),
-            trunks = new.dial_plan.trunk.len(),
-            routes = new.dial_plan.route.len(),
-            rates = new.dial_plan.rate.len(),
-            groups = new.dial_plan.group.len(),
-            "reload: dial plan"
-        );
+        tracing::info!(from = ?updated.routing, to = ?new.routing, "reload: dial plan");
         updated.routing = new.routing.clone();
     }
     *core = Arc::new(updated);
@@ -222,7 +215,6 @@ fn reload(
     let mut now = running.clone();
     now.registrar = new.registrar;
     now.proxy = new.proxy;
-    now.dial_plan = new.dial_plan;
     now.routing = new.routing;
     if same_auth {
         now.users = new.users;

@@ -146,8 +146,7 @@ pub struct PlanMemory {
 /// Bit set of classes of service (at most 64 classes).
 type Classes = u64;
 
-/// The compiled dial plan.
-#[derive(Debug)]
+/// The compiled dial plan. Its Debug output is a summary (how many of each), not the tables.
 pub struct DialPlan {
     extensions: HashMap<Box<[u8]>, Box<str>>,
     group_numbers: HashMap<Box<[u8]>, usize>,
@@ -224,6 +223,21 @@ fn is_dialable(s: &str) -> bool {
     !s.is_empty()
         && s.bytes()
             .all(|c| c.is_ascii_digit() || matches!(c, b'+' | b'*' | b'#'))
+}
+
+impl std::fmt::Debug for DialPlan {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DialPlan")
+            .field("extensions", &self.extensions.len())
+            .field("rules", &self.rules.len())
+            .field("trunks", &self.trunks.len())
+            .field("routes", &self.routes.len())
+            .field("rates", &self.rates.iter().map(|r| r.len()).sum::<usize>())
+            .field("groups", &self.groups.len())
+            .field("paging", &self.paging.len())
+            .field("emergency_numbers", &self.emergency_numbers.len())
+            .finish()
+    }
 }
 
 impl DialPlan {
