@@ -1,7 +1,7 @@
 //! The compiled dial plan: the operator's [`DialPlanSpec`] checked (every problem is one line
 //! naming the key) and turned into the tables a routing decision reads: hash maps for
 //! extensions, groups, paging and emergency numbers, compiled normalisation rules, a
-//! longest-prefix map of the routes and one of the rates per trunk. Immutable once built and
+//! longest-prefix map of the routes and one of every trunk's rates. Immutable once built and
 //! shared by every shard (`Arc`); only the trunks' up/down flags change, written by the health
 //! checker on shard 0 (`health.rs`).
 
@@ -78,6 +78,8 @@ struct Route {
 }
 
 const NO_CLASS: u8 = u8::MAX;
+/// No rate: sorts after every cost.
+const NO_COST: u32 = u32::MAX;
 const NO_WINDOW: u32 = u32::MAX;
 /// No parent prefix.
 const NO_SLOT: u32 = u32::MAX;
@@ -164,8 +166,11 @@ pub struct DialPlan {
     routes: Vec<Route>,
     trunk_pool: Vec<u16>,
     windows: Vec<TimeWindow>,
-    /// Per trunk: prefix → cost in millionths.
-    rates: Vec<PrefixMap>,
+    /// Every trunk's rates: prefix → index of a vector of costs in millionths, one per trunk
+    /// (`rate_costs[i * trunks..(i + 1) * trunks]`; [`NO_COST`] where a trunk has no rate).
+    rates: PrefixMap,
+    rate_costs: Vec<u32>,
+    rate_count: usize,
     pub trunk_timeout_ms: u64,
     class_names: Vec<Box<str>>,
     user_classes: HashMap<Box<str>, Classes>,
@@ -232,7 +237,7 @@ impl std::fmt::Debug for DialPlan {
             .field("rules", &self.rules.len())
             .field("trunks", &self.trunks.len())
             .field("routes", &self.routes.len())
-            .field("rates", &self.rates.iter().map(|r| r.len()).sum::<usize>())
+            .field("rates", &self.rate_count)
             .field("groups", &self.groups.len())
             .field("paging", &self.paging.len())
             .field("emergency_numbers", &self.emergency_numbers.len())
@@ -598,33 +603,104 @@ impl DialPlan {
         drop(raw);
         drop(route_slot);
 
-        // Rates: one prefix map per trunk.
-        let mut per_trunk: Vec<Vec<(&[u8], u32)>> = vec![Vec::new(); trunks.len()];
+        // Rates: every trunk's in one prefix map, so that least-cost ordering is one lookup.
+        // Each distinct prefix Q (of any trunk) gets the vector of every trunk's cost for the
+        // numbers whose longest rate prefix is Q: the trunk's own rate for Q, or else what
+        // the next shorter prefix's vector says. (A trunk's longest prefix of a number is a
+        // prefix of the longest prefix of any trunk, so one lookup finds them all.)
+        let t_count = trunks.len();
+        let mut union_of: HashMap<&str, u32> = HashMap::with_capacity(spec.rate.len());
+        let mut union: Vec<&str> = Vec::with_capacity(spec.rate.len());
+        let mut own: Vec<(u32, u16, u32)> = Vec::with_capacity(spec.rate.len());
         for (i, r) in spec.rate.iter().enumerate() {
-            let at = format!(
-                "[[rate]] {} (trunk \"{}\", prefix \"{}\")",
-                i + 1,
-                r.trunk,
-                r.prefix
-            );
-            let t = trunk_index(&r.trunk, &format!("{at}: trunk"))?;
+            let at = || {
+                format!(
+                    "[[rate]] {} (trunk \"{}\", prefix \"{}\")",
+                    i + 1,
+                    r.trunk,
+                    r.prefix
+                )
+            };
+            let t = trunk_index(&r.trunk, &format!("{}: trunk", at()))?;
             if !is_dialable(&r.prefix) || r.prefix.len() > MAX_PREFIX {
                 return err(format!(
-                    "{at}: prefix: expected 1 to {MAX_PREFIX} of 0-9 + * #"
+                    "{}: prefix: expected 1 to {MAX_PREFIX} of 0-9 + * #",
+                    at()
                 ));
             }
             if !r.cost.is_finite() || r.cost < 0.0 || r.cost > 4_000.0 {
-                return err(format!("{at}: cost {}: expected 0 to 4000", r.cost));
+                return err(format!("{}: cost {}: expected 0 to 4000", at(), r.cost));
             }
-            per_trunk[t as usize].push((r.prefix.as_bytes(), (r.cost * 1e6).round() as u32));
+            let q = *union_of.entry(r.prefix.as_str()).or_insert_with(|| {
+                union.push(r.prefix.as_str());
+                (union.len() - 1) as u32
+            });
+            own.push((q, t, (r.cost * 1e6).round() as u32));
         }
-        let mut rates = Vec::with_capacity(trunks.len());
-        for (t, list) in per_trunk.into_iter().enumerate() {
-            rates.push(
-                PrefixMap::build(list)
-                    .map_err(|e| format!("[[rate]] of trunk \"{}\": {e}", trunks[t].name))?,
-            );
+        // A trunk with two rates for one prefix.
+        own.sort_unstable_by_key(|&(q, t, _)| (q, t));
+        if let Some(w) = own
+            .windows(2)
+            .find(|w| w[0].0 == w[1].0 && w[0].1 == w[1].1)
+        {
+            return err(format!(
+                "[[rate]]: trunk \"{}\" has two rates for prefix \"{}\"",
+                trunks[w[0].1 as usize].name, union[w[0].0 as usize]
+            ));
         }
+        drop(union_of);
+        let by_prefix = PrefixMap::build(
+            union
+                .iter()
+                .enumerate()
+                .map(|(q, p)| (p.as_bytes(), q as u32)),
+        )
+        .map_err(|e| format!("[[rate]]: {e}"))?;
+        // Vectors in order of prefix length: a parent's is ready before its children's.
+        let mut by_len: Vec<u32> = (0..union.len() as u32).collect();
+        by_len.sort_unstable_by_key(|&q| union[q as usize].len());
+        let mut vector_of = vec![u32::MAX; union.len()];
+        let mut rate_costs: Vec<u32> = Vec::new();
+        let mut distinct: HashMap<Vec<u32>, u32> = HashMap::new();
+        let mut own_at = vec![0u32; union.len() + 1];
+        for &(q, _, _) in &own {
+            own_at[q as usize + 1] += 1;
+        }
+        for q in 1..own_at.len() {
+            own_at[q] += own_at[q - 1];
+        }
+        let mut v = vec![NO_COST; t_count];
+        for &q in &by_len {
+            let p = union[q as usize];
+            match by_prefix.longest(&p.as_bytes()[..p.len() - 1]) {
+                Some((parent, _)) => {
+                    let at = vector_of[parent as usize] as usize * t_count;
+                    v.copy_from_slice(&rate_costs[at..at + t_count]);
+                }
+                None => v.fill(NO_COST),
+            }
+            for &(_, t, cost) in &own[own_at[q as usize] as usize..own_at[q as usize + 1] as usize]
+            {
+                v[t as usize] = cost;
+            }
+            let next = (rate_costs.len() / t_count.max(1)) as u32;
+            let id = *distinct.entry(v.clone()).or_insert_with(|| {
+                rate_costs.extend_from_slice(&v);
+                next
+            });
+            vector_of[q as usize] = id;
+        }
+        drop(distinct);
+        let rate_count = own.len();
+        let rates = PrefixMap::build(
+            union
+                .iter()
+                .enumerate()
+                .map(|(q, p)| (p.as_bytes(), vector_of[q])),
+        )
+        .map_err(|e| format!("[[rate]]: {e}"))?;
+        drop(by_prefix);
+        rate_costs.shrink_to_fit();
 
         Ok(DialPlan {
             extensions,
@@ -641,6 +717,8 @@ impl DialPlan {
             trunk_pool,
             windows,
             rates,
+            rate_costs,
+            rate_count,
             trunk_timeout_ms,
             class_names,
             user_classes,
@@ -767,12 +845,11 @@ impl DialPlan {
         let at = route.trunks_at as usize;
         let mut trunks: Vec<u16> = self.trunk_pool[at..at + route.trunks_len as usize].to_vec();
         if route.lcr {
-            // Unrated trunks go last, in the order listed (a stable sort).
-            trunks.sort_by_key(|&t| {
-                self.rates[t as usize]
-                    .longest(number)
-                    .map_or(u64::MAX, |(cost, _)| cost as u64)
-            });
+            // One lookup for every trunk's rate; unrated trunks go last, in the order listed
+            // (a stable sort).
+            if let Some(costs) = self.costs(number) {
+                trunks.sort_by_key(|&t| costs[t as usize]);
+            }
         }
         trunks.retain(|&t| self.trunks[t as usize].is_up());
         if trunks.is_empty() {
@@ -798,14 +875,24 @@ impl DialPlan {
                 + vec_bytes(self.routes.capacity(), std::mem::size_of::<Route>())
                 + vec_bytes(self.trunk_pool.capacity(), 2)
                 + vec_bytes(self.windows.capacity(), std::mem::size_of::<TimeWindow>()),
-            rates: self.rates.iter().map(|r| r.len()).sum(),
-            rate_bytes: self.rates.iter().map(|r| r.heap_bytes()).sum(),
+            rates: self.rate_count,
+            rate_bytes: self.rates.heap_bytes() + self.rate_costs.capacity() * 4,
         }
     }
 
     /// The cost of `number` through trunk `t`, in millionths (None: no rate).
     pub fn cost(&self, t: u16, number: &[u8]) -> Option<u32> {
-        self.rates.get(t as usize)?.longest(number).map(|(c, _)| c)
+        self.costs(number)?
+            .get(t as usize)
+            .copied()
+            .filter(|&c| c != NO_COST)
+    }
+
+    /// Every trunk's cost for `number` (NO_COST: no rate), from its longest rate prefix.
+    fn costs(&self, number: &[u8]) -> Option<&[u32]> {
+        let (v, _) = self.rates.longest(number)?;
+        let n = self.trunks.len();
+        self.rate_costs.get(v as usize * n..(v as usize + 1) * n)
     }
 }
 
@@ -924,6 +1011,54 @@ cost = 0.01
             RouteDecision::NoRoute
         );
         assert_eq!(p.cost(1, b"+4930123"), Some(10_000));
+    }
+
+    #[test]
+    fn each_trunks_cost_is_its_own_longest_rate_prefix() {
+        // Random rate decks for three trunks against a naive longest-prefix scan per trunk.
+        let mut x = 0x1234_5678_9abc_def1u64;
+        let mut next = move || {
+            x ^= x >> 12;
+            x ^= x << 25;
+            x ^= x >> 27;
+            x.wrapping_mul(0x2545_f491_4f6c_dd1d)
+        };
+        let digits = |n: &mut dyn FnMut() -> u64, len: usize| -> String {
+            (0..len).map(|_| (b'0' + (n() % 4) as u8) as char).collect()
+        };
+        let mut text = BASE.to_string() + "[[trunk]]\nname = \"c\"\naddress = \"127.0.0.1:5073\"\n";
+        let mut decks: Vec<Vec<(String, u32)>> = vec![Vec::new(); 3];
+        for t in 0..3 {
+            let mut seen = std::collections::HashSet::new();
+            while decks[t].len() < 60 {
+                let len = 1 + (next() % 5) as usize;
+                let p = format!("+{}", digits(&mut next, len));
+                if seen.insert(p.clone()) {
+                    let cost = (next() % 1000) as u32;
+                    text += &format!(
+                        "[[rate]]\ntrunk = \"{}\"\nprefix = \"{p}\"\ncost = {}\n",
+                        ["a", "b", "c"][t],
+                        cost as f64 / 1e6
+                    );
+                    decks[t].push((p, cost));
+                }
+            }
+        }
+        let p = build(&text).unwrap();
+        for _ in 0..3000 {
+            let len = 1 + (next() % 7) as usize;
+            let n = format!("+{}", digits(&mut next, len));
+            for (t, deck) in decks.iter().enumerate() {
+                let naive = deck
+                    .iter()
+                    .filter(|(q, _)| n.starts_with(q.as_str()))
+                    .max_by_key(|(q, _)| q.len())
+                    .map(|&(_, c)| c);
+                assert_eq!(p.cost(t as u16, n.as_bytes()), naive, "{n} trunk {t}");
+            }
+        }
+        let e = err_of("[[rate]]\ntrunk = \"a\"\nprefix = \"+49\"\ncost = 0.1\n[[rate]]\ntrunk = \"a\"\nprefix = \"+49\"\ncost = 0.2\n");
+        assert!(e.contains("two rates for prefix \"+49\""), "{e}");
     }
 
     #[test]
