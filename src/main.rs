@@ -68,6 +68,16 @@ fn main() {
         Core::new(id, core_cfg.clone(), stats, shard_auth, local)
     });
     let server = Server::start(&config, make_core).unwrap_or_else(|e| fail(e, 1));
+    // The running dial plan is the shards' and `running`'s: this copy would keep the first
+    // one alive after a reload.
+    config.routing = Arc::new(sipshard::routing::DialPlan::empty());
+    // From here this thread only waits for signals and does reloads: it parses and compiles
+    // (a dial plan of millions of routes takes seconds) at the lowest priority, so that the
+    // shards pinned to the same CPUs keep them.
+    // SAFETY: setpriority on this thread's own id has no memory effects.
+    unsafe {
+        libc::setpriority(libc::PRIO_PROCESS, libc::gettid() as libc::id_t, 19);
+    }
     let stop = server.stop_flag();
     let metrics = config.metrics.map(|addr| {
         sipshard::metrics::serve(addr, server.registry.clone(), stop.clone())
@@ -200,7 +210,7 @@ fn reload(
         tracing::info!(from = ?updated.routing, to = ?new.routing, "reload: dial plan");
         updated.routing = new.routing.clone();
     }
-    *core = Arc::new(updated);
+    let old = std::mem::replace(core, Arc::new(updated));
     if let Some(db) = &new_users {
         *users = Some(db.clone());
     }
@@ -209,6 +219,13 @@ fn reload(
         users: new_users,
     });
     tracing::info!("reloaded");
+    // The old configuration (a dial plan may be hundreds of MB) is freed here, off the
+    // shards: once every shard has taken the new one, this is its last reference.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while Arc::strong_count(&old) > 1 && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    drop(old);
     // What runs now: the running configuration with the reloadable parts taken from the new
     // one (the restart-only settings named above keep their running values).
     let same_auth = running.auth_enabled() == new.auth_enabled();

@@ -45,6 +45,9 @@ impl Element {
     ) {
         let plan = Arc::clone(&self.cfg.routing);
         let src = reply.source();
+        // A request from our own listen address is a member leg we sent ourselves. Nobody
+        // else can send from it: Linux drops a datagram arriving from outside with one of the
+        // host's own addresses as its source (a martian, unless accept_local is set).
         let from = if self.proxy.is_ours_addr(src) {
             From::Us
         } else if plan.inbound_trunk(src.ip()).is_some() {
