@@ -1,9 +1,9 @@
 #!/usr/bin/env python3
 """The performance lab behind perf/compare (Python 3 standard library only).
 
-For each scenario (reg, reg-auth, calls) and target (sipshard --shards 1, sipshard --shards 2,
-Kamailio, UDP echo) it searches the highest SIPp rate with zero failed calls and zero
-retransmissions (doubling, then bisection, then one confirmation, as in the Kamailio
+For each scenario (reg, reg-auth, calls, trunk-calls) and target (sipshard --shards 1,
+sipshard --shards 2, Kamailio, UDP echo) it searches the highest SIPp rate with zero failed
+calls and zero retransmissions (doubling, then bisection, then one confirmation, as in the Kamailio
 baseline's lib/common.sh), and measures per trial: server CPU per operation (utime+stime of
 all the server's threads/processes from /proc, end minus start, over completed operations),
 peak RSS (VmHWM, summed over Kamailio's processes), UdpRcvbufErrors delta, SIPp's CPU, and for
@@ -35,7 +35,7 @@ PERF = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 REPO = os.path.dirname(PERF)
 SCEN = os.path.join(PERF, 'scenarios')
 KAMCFG = os.path.join(PERF, 'kamailio')
-RESULTS = os.path.join(PERF, 'results')
+RESULTS = os.environ.get('PERF_RESULTS') or os.path.join(PERF, 'results')
 
 IP = '127.0.0.1'
 PORT = int(os.environ.get('PERF_PORT', 5070))          # every server listens here
@@ -73,7 +73,21 @@ SCENARIOS = {
     'calls': dict(title='call through a stateful record-routing proxy '
                         '(INVITE/100/180/200/ACK/BYE/200, 1 callee)',
                   sipp='uac.xml', kam='proxy.cfg', echo=None, fixed=1000, pairs=7),
+    # the same call to a number that a route sends to a trunk (the SIPp UAS, not registered):
+    # sipshard --config with one [[trunk]] and one [[route]], Kamailio's dispatcher module
+    'trunk-calls': dict(title='call through a trunk route (the same call to +4930123456, '
+                              'routed by prefix to a gateway: sipshard [[route]], Kamailio '
+                              'dispatcher)',
+                        sipp='uac.xml', kam='trunk.cfg', echo=None, fixed=1000, pairs=7),
 }
+# scenarios with a SIPp UAS behind the server (no echo target)
+CALLS = ('calls', 'trunk-calls')
+# the number trunk-calls dials and the route prefix that catches it
+TRUNK_NUMBER = '+4930123456'
+TRUNK_PREFIX = '+49'
+# extra Kamailio flags for experiments, e.g. PERF_KAM_ARGS="-A DS_DOMAIN" (trunk.cfg rewrites
+# the Request-URI's host:port to the gateway's instead of only setting the destination)
+KAM_EXTRA_ARGS = os.environ.get('PERF_KAM_ARGS', '').split()
 TARGETS = ['sipshard-1', 'sipshard-2', 'kamailio', 'echo']
 HOLD_MS = 100
 
@@ -182,6 +196,8 @@ class Server:
                    '--log', 'warn']
             if self.scenario == 'reg-auth':
                 cmd += ['--users', users_txt(self.total), '--auth-algorithms', 'md5']
+            if self.scenario == 'trunk-calls':
+                cmd += ['--config', trunk_toml(self.rundir)]
             cmd += EXTRA_ARGS
             if RUN_AS:
                 import pwd
@@ -194,6 +210,9 @@ class Server:
                    '-Y', self.rundir, '-A', 'LISTEN=udp:%s:%d' % (IP, PORT)]
             if KAM_MAXBUFFER:
                 cmd += ['-A', 'UDP_MAXBUFFER=%d' % KAM_MAXBUFFER]
+            if self.scenario == 'trunk-calls':
+                cmd += ['-A', 'DS_LIST="%s"' % dispatcher_list(self.rundir)]
+            cmd += KAM_EXTRA_ARGS
         else:
             cmd = [self.bins['echo'], '%s:%d' % (IP, PORT)]
         self.cmd = cmd
@@ -269,6 +288,35 @@ def users_txt(n):
         with open(path + '.tmp', 'w') as f:
             f.write(''.join('u%07d:secret\n' % i for i in range(n)))
         os.rename(path + '.tmp', path)
+    return path
+
+
+def number_csv():
+    """The caller's injection file for trunk-calls: the dialed number instead of a user."""
+    path = os.path.join(WORK, 'number.csv')
+    with open(path, 'w') as f:
+        f.write('SEQUENTIAL\n%s;\n' % TRUNK_NUMBER)
+    return path
+
+
+# ---- trunk-calls: the dial plan of each server -------------------------------------------------
+def trunk_toml(rundir):
+    """sipshard --config FILE: one trunk (the SIPp UAS) and one route to it. No OPTIONS checks
+    (check_interval_ms = 0): the UAS would count them as unexpected messages."""
+    path = os.path.join(rundir, 'trunk.toml')
+    with open(path, 'w') as f:
+        f.write('# perf/lib/lab.py trunk-calls: calls to %s... go to the SIPp UAS as a trunk\n'
+                '[[trunk]]\nname = "gw"\naddress = "%s:%d"\ncheck_interval_ms = 0\n\n'
+                '[[route]]\nprefix = "%s"\ntrunks = ["gw"]\n'
+                % (TRUNK_PREFIX, IP, UAS_PORT, TRUNK_PREFIX))
+    return path
+
+
+def dispatcher_list(rundir):
+    """Kamailio's dispatcher list for perf/kamailio/trunk.cfg: set 1 = the SIPp UAS."""
+    path = os.path.join(rundir, 'dispatcher.list')
+    with open(path, 'w') as f:
+        f.write('# setid destination (perf/lib/lab.py trunk-calls)\n1 sip:%s:%d\n' % (IP, UAS_PORT))
     return path
 
 
@@ -385,13 +433,17 @@ def trial(target, scenario, rate, duration, bins):
         try:
             srv.start()
             res['server_cmd'] = ' '.join(srv.cmd)
-            if scenario == 'calls':
-                callee = users_csv(1)
-                rc, _ = run_sipp('prereg', rundir, ['%s:%d' % (IP, PORT), '-sf',
-                                 os.path.join(SCEN, 'reg.xml'), '-inf', callee, '-i', IP,
-                                 '-p', str(UAS_PORT), '-t', 'u1', '-r', '100', '-m', '1'], 10)
-                if rc != 0:
-                    raise RuntimeError('callee registration failed')
+            if scenario in CALLS:
+                if scenario == 'calls':
+                    callee = users_csv(1)
+                    rc, _ = run_sipp('prereg', rundir, ['%s:%d' % (IP, PORT), '-sf',
+                                     os.path.join(SCEN, 'reg.xml'), '-inf', callee, '-i', IP,
+                                     '-p', str(UAS_PORT), '-t', 'u1', '-r', '100', '-m', '1'],
+                                     10)
+                    if rc != 0:
+                        raise RuntimeError('callee registration failed')
+                else:
+                    callee = number_csv()   # no registration: the route finds the trunk
                 uas = run_sipp('uas', rundir, ['-sf', os.path.join(SCEN, 'uas.xml'), '-i', IP,
                                '-p', str(UAS_PORT), '-t', 'u1', '-m', str(total)], duration,
                                background=True)
@@ -400,7 +452,7 @@ def trial(target, scenario, rate, duration, bins):
                         break
                     time.sleep(0.1)
                 time.sleep(0.3)
-                args = ['%s:%d' % (IP, PORT), '-sf', client_scen, '-inf', users_csv(1),
+                args = ['%s:%d' % (IP, PORT), '-sf', client_scen, '-inf', callee,
                         '-i', IP, '-p', str(SIPP_PORT), '-t', TRANSPORT, '-r', str(rate),
                         '-m', str(total), '-d', str(HOLD_MS)]
             m0 = scrape() if target.startswith('sipshard') else {}
@@ -471,7 +523,12 @@ def trial(target, scenario, rate, duration, bins):
             dropped={k.split('"')[1]: int(v) for k, v in m1.items()
                      if k.startswith('sipshard_dropped_total') and v},
             latency_us={k.split('"')[1]: int(v) for k, v in m1.items()
-                        if k.startswith('sipshard_latency_us_quantile')})
+                        if k.startswith('sipshard_latency_us_quantile')},
+            # every SIP message counter that moved during the load (requests by method,
+            # responses by status, datagrams), for the call scenarios' checks
+            counts={k[len('sipshard_'):]: int(d(k)) for k in m1
+                    if k.startswith(('sipshard_requests_', 'sipshard_responses_',
+                                     'sipshard_datagrams_', 'sipshard_dropped_')) and d(k)})
         ok = st['ok']
         if scenario in ('reg', 'reg-auth') and not problems:
             # with zero failures and zero retransmissions the counts must agree exactly
@@ -480,6 +537,25 @@ def trial(target, scenario, rate, duration, bins):
             for k, v in want.items():
                 if res['sipshard'][k] != v:
                     mismatch.append('sipshard %s=%d, SIPp implies %d' % (k, res['sipshard'][k], v))
+        if scenario in CALLS and not problems:
+            # per call: INVITE, ACK, BYE in from the caller and out to the callee; 180, 200,
+            # 200 (BYE) in from the callee; 100 (our own), 180, 200, 200 out to the caller:
+            # 6 datagrams in, 7 out; nothing else (no OPTIONS, no stray response, no drop)
+            want = {'requests_received_total{method="%s"}' % m: ok for m in ('INVITE', 'ACK', 'BYE')}
+            want.update({'requests_sent_total{method="%s"}' % m: ok for m in ('INVITE', 'ACK', 'BYE')})
+            want.update({'responses_received_total': 3 * ok,
+                         'responses_sent_total{status="100"}': ok,
+                         'responses_sent_total{status="180"}': ok,
+                         'responses_sent_total{status="200"}': 2 * ok,
+                         'datagrams_received_total': 6 * ok, 'datagrams_sent_total': 7 * ok})
+            got = {}
+            for k, v in res['sipshard']['counts'].items():
+                k = 'datagrams_received_total' if k.startswith('datagrams_received_total') else k
+                got[k] = got.get(k, 0) + v
+            for k in sorted(set(want) | set(got)):
+                if got.get(k, 0) != want.get(k, 0):
+                    mismatch.append('sipshard %s=%d, SIPp implies %d' % (k, got.get(k, 0),
+                                                                          want.get(k, 0)))
     res['counter_mismatch'] = mismatch
     res['pass'] = not problems and not mismatch
     if mismatch:
@@ -629,6 +705,52 @@ def sipshard_proxy_probe(bins):
             srv.stop()
 
 
+# ---- trunk-calls: what reaches the gateway -------------------------------------------------
+def trunk_probe(target, bins):
+    """One INVITE to the trunk number through the server; returns what the gateway (a plain
+    socket on the UAS port) received: the request line and the routing headers."""
+    rundir = os.path.join(WORK, 'trunk-calls', target, 'probe')
+    shutil.rmtree(rundir, ignore_errors=True)
+    os.makedirs(rundir)
+    with Lock():
+        check_ports()
+        srv = Server(target, 'trunk-calls', 1, rundir, bins)
+        gw = c = None
+        try:
+            srv.start()
+            gw = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            gw.bind((IP, UAS_PORT))
+            gw.settimeout(3)
+            c = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            c.bind((IP, 0))
+            lp = c.getsockname()[1]
+            c.sendto(('INVITE sip:%s@%s:%d SIP/2.0\r\n'
+                      'Via: SIP/2.0/UDP %s:%d;branch=z9hG4bKtrunkprobe\r\nMax-Forwards: 70\r\n'
+                      'From: <sip:probe@%s>;tag=p1\r\nTo: <sip:%s@%s:%d>\r\n'
+                      'Call-ID: trunk-probe@perf\r\nCSeq: 1 INVITE\r\n'
+                      'Contact: <sip:probe@%s:%d>\r\nContent-Length: 0\r\n\r\n'
+                      % (TRUNK_NUMBER, IP, PORT, IP, lp, IP, TRUNK_NUMBER, IP, PORT, IP, lp))
+                     .encode(), (IP, PORT))
+            try:
+                data, src = gw.recvfrom(65535)
+            except socket.timeout:
+                return dict(error='no INVITE reached the gateway within 3 s')
+            text = data.decode(errors='replace')
+            with open(os.path.join(rundir, 'forwarded-invite.txt'), 'w') as f:
+                f.write(text)
+            lines = text.split('\r\n')
+            hdr = lambda n: [l.split(':', 1)[1].strip() for l in lines[1:]
+                             if l.split(':', 1)[0].strip().lower() == n]
+            return dict(request_line=lines[0], to=(hdr('to') or [''])[0],
+                        record_route=hdr('record-route'), route=hdr('route'),
+                        vias=len(hdr('via')), from_addr='%s:%d' % src)
+        finally:
+            for so in (gw, c):
+                if so:
+                    so.close()
+            srv.stop()
+
+
 # ---- the run ------------------------------------------------------------------------------
 def machine():
     cpu = 'unknown'
@@ -700,6 +822,10 @@ def main():
     ap.add_argument('--command', default='perf/compare')
     ap.add_argument('--rate', type=int, help='one trial per target at this rate, no search; '
                     'prints the trial lines and writes nothing to perf/results')
+    ap.add_argument('--repeat', type=int, default=1,
+                    help='with --rate: K rounds, each running every scenario and target once '
+                    '(so scenarios alternate); prints the median CPU µs/op of each')
+    ap.add_argument('--json', help='with --rate: also write the trials to this JSON file')
     opts = ap.parse_args()
     opts.duration = int(os.environ.get('PERF_DURATION', 5 if opts.quick else 20))
     opts.tol_pct = int(os.environ.get('PERF_TOL_PCT', 20 if opts.quick else 5))
@@ -711,18 +837,53 @@ def main():
     day = datetime.date.today().isoformat()
     started = time.time()
     if opts.rate:
-        for scenario in opts.scenarios:
-            for target in targets:
-                r = trial(target, scenario, opts.rate, opts.duration, bins)
-                print(fmt_trial(r), flush=True)
-                print(json.dumps(r), file=sys.stderr)
+        trials, probes = [], {}
+        for rnd in range(opts.repeat):
+            for scenario in opts.scenarios:
+                for target in targets:
+                    if scenario in CALLS and target == 'echo':
+                        continue
+                    if scenario == 'trunk-calls' and target not in probes:
+                        try:
+                            probes[target] = trunk_probe(target, bins)
+                        except Exception as e:
+                            probes[target] = dict(error=str(e))
+                        print('trunk probe %s: %s' % (target, probes[target]), flush=True)
+                    r = trial(target, scenario, opts.rate, opts.duration, bins)
+                    r['round'] = rnd + 1
+                    trials.append(r)
+                    print(fmt_trial(r), flush=True)
+                    print(json.dumps(r), file=sys.stderr)
+        med = {}
+        if opts.repeat > 1:
+            for scenario in opts.scenarios:
+                for target in targets:
+                    v = sorted(r['cpu_us_per_op'] for r in trials if r['scenario'] == scenario
+                               and r['target'] == target and r['pass'])
+                    n = len([r for r in trials if r['scenario'] == scenario
+                             and r['target'] == target])
+                    if not n:
+                        continue
+                    m = (v[len(v) // 2] if len(v) % 2 else (v[len(v) // 2 - 1] + v[len(v) // 2]) / 2
+                         ) if v else None
+                    med['%s %s' % (target, scenario)] = m
+                    print('median %-10s %-11s %s µs/op over %d passing of %d trials: %s'
+                          % (target, scenario, m, len(v), n, v), flush=True)
+        if opts.json:
+            with open(opts.json, 'w') as f:
+                json.dump(dict(date=day, command=opts.command, rate=opts.rate,
+                               duration=opts.duration, repeat=opts.repeat, transport=TRANSPORT,
+                               machine=machine(), forwarded_invite=probes,
+                               median_cpu_us_per_op=med, trials=trials), f, indent=1)
         return
     signal.signal(signal.SIGTERM, lambda *a: sys.exit(143))
     outputs = []
-    for scenario in opts.scenarios:
+    done = {}
+    # trunk-calls last, so that it can be set against calls of the same run
+    for scenario in sorted(opts.scenarios, key=lambda x: x == 'trunk-calls'):
         trials, searches, notes = [], [], {}
         for target in targets:
-            if scenario == 'calls' and target == 'echo':
+            if scenario in CALLS and target == 'echo':
                 continue
             if scenario == 'calls' and target.startswith('sipshard'):
                 if 'sipshard' not in notes:
@@ -734,6 +895,13 @@ def main():
                                          best=None, max_rate=None,
                                          note='not available yet: ' + notes['sipshard'][1]))
                     continue
+            if scenario == 'trunk-calls':
+                fwd = notes.setdefault('forwarded_invite', {})
+                try:
+                    fwd[target] = trunk_probe(target, bins)
+                except Exception as e:
+                    fwd[target] = dict(error=str(e))
+                log('trunk probe %s: the gateway got %s' % (target, fwd[target]))
             log('== %s: %s (%s s trials, SIPp -t %s)' % (scenario, target, opts.duration,
                                                         TRANSPORT))
             searches.append(search(target, scenario, opts, bins, trials))
@@ -747,6 +915,13 @@ def main():
                    lock_wait_s=round(Lock.waited), wall_min=round((time.time() - started) / 60, 1),
                    fixed_rate=SCENARIOS[scenario]['fixed'], searches=searches,
                    trials=trials)
+        if 'forwarded_invite' in notes:
+            doc['forwarded_invite'] = notes['forwarded_invite']
+        if scenario == 'trunk-calls' and 'calls' in done:
+            # the registered-user call of the same run, for the trunk/user ratio (issue 15)
+            doc['calls_same_run'] = dict((k, done['calls'][k]) for k in
+                                         ('title', 'fixed_rate', 'searches', 'trials'))
+        done[scenario] = doc
         base = os.path.join(RESULTS, '%s-%s%s%s' % (
             day, scenario, '' if TRANSPORT == 'un' else '-' + TRANSPORT,
             '-quick' if opts.quick else ''))
@@ -755,9 +930,12 @@ def main():
         outputs.append(base + '.json')
         log('wrote %s.json' % base)
     # tables, plots and the printed summary
+    # README.md's Performance section follows full runs into perf/results only
+    readme = not (opts.quick or TRANSPORT != 'un' or os.environ.get('PERF_NO_README')
+                  or os.path.realpath(RESULTS) != os.path.realpath(os.path.join(PERF, 'results')))
     subprocess.check_call([sys.executable, os.path.join(PERF, 'lib', 'report.py')]
-                          + ([] if opts.quick or TRANSPORT != 'un' else ['--readme'])
-                          + outputs)
+                          + (['--readme'] if readme else []) + outputs,
+                          env=dict(os.environ, PERF_RESULTS=RESULTS))
     log('done in %.1f min' % ((time.time() - started) / 60))
 
 

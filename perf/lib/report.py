@@ -13,11 +13,12 @@ import glob
 import json
 import math
 import os
+import re
 import sys
 
 PERF = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 REPO = os.path.dirname(PERF)
-RESULTS = os.path.join(PERF, 'results')
+RESULTS = os.environ.get('PERF_RESULTS') or os.path.join(PERF, 'results')
 ORDER = ['sipshard-1', 'sipshard-2', 'kamailio', 'echo']
 LABEL = {'sipshard-1': 'sipshard --shards 1', 'sipshard-2': 'sipshard --shards 2',
          'kamailio': 'Kamailio (-n 2)', 'echo': 'UDP echo (kernel floor)'}
@@ -26,7 +27,11 @@ COLOR = {'sipshard-1': '#4e79a7', 'sipshard-2': '#2c5282', 'kamailio': '#e15759'
 # issue #14's bar: Kamailio's server CPU per op over sipshard's, both measured in the same run
 # (absolute figures move with the shared VM; ratios of one run do not divide figures taken at
 # different times or rates)
-MIN_VS_KAM = {'reg': 5.0, 'reg-auth': 4.0, 'calls': 4.0}
+MIN_VS_KAM = {'reg': 5.0, 'reg-auth': 4.0, 'calls': 4.0, 'trunk-calls': 4.0}
+# issue 15: a call through a trunk route costs at most this much sipshard CPU per call over a
+# call to a registered user (trunk-calls over calls, same run, fixed rate)
+MAX_TRUNK_VS_USER = 1.10
+SCENARIO_ORDER = ('reg', 'reg-auth', 'calls', 'trunk-calls')
 TRANSPORT_NOTE = {
     'un': 'one socket per call, so SO_REUSEPORT spreads calls over the shards',
     'u1': 'one socket for all calls, as in the Kamailio baseline: SO_REUSEPORT puts the whole '
@@ -97,6 +102,63 @@ def goal_lines(doc):
             line += (', at most %.1f µs per hand-off if all of it were hand-offs (it also '
                      'holds the second thread\'s own wake-ups and idle polls)' % (extra / hops))
         out.append(line + '.')
+    return out
+
+
+def trunk_lines(doc):
+    """trunk-calls: what reached the gateway, and (issue 15) the trunk call against the call to a
+    registered user of the same run."""
+    out = []
+    fwd = doc.get('forwarded_invite') or {}
+    if fwd:
+        out += ['What reached the gateway (one probe INVITE per target before its trials; the full '
+                'message is in the run directory, `forwarded-invite.txt`):', '',
+                '| target | request line | To | Record-Route |', '|---|---|---|---|']
+        for name in ORDER:
+            f = fwd.get(name)
+            if f is None:
+                continue
+            if 'error' in f:
+                out.append('| %s | probe failed: %s | | |' % (LABEL[name], f['error']))
+                continue
+            out.append('| %s | `%s` | `%s` | `%s` |' % (LABEL[name], f['request_line'], f['to'],
+                                                        ', '.join(f['record_route'])))
+        out.append('')
+    base = doc.get('calls_same_run')
+    if not base:
+        return out
+    tc, tb = by_target(doc), by_target(base)
+    out += ['Trunk route against a registered user, same run (issue 15: a trunk call costs at most '
+            '%d%% more sipshard CPU than a call to a registered user):' % round(
+                100 * (MAX_TRUNK_VS_USER - 1)), '',
+            '| target | calls CPU µs/call @ %s/s | trunk-calls CPU µs/call @ %s/s | trunk/user | '
+            'calls max /s | trunk-calls max /s |' % ('{:,}'.format(base['fixed_rate']),
+                                                   '{:,}'.format(doc['fixed_rate'])),
+            '|---|---:|---:|---:|---:|---:|']
+    verdicts = []
+    for name in ORDER:
+        a, b = tb.get(name), tc.get(name)
+        if not a or not b or a.get('note') or b.get('note'):
+            continue
+        u, t = cpu_fixed(a), cpu_fixed(b)
+        ratio = t / u if u and t else None
+        out.append('| %s | %s | %s | %s | %s | %s |' % (
+            LABEL[name], f1(u), f1(t), f1(ratio, 2),
+            '{:,}'.format(a['max_rate']) if a.get('max_rate') else 'none',
+            '{:,}'.format(b['max_rate']) if b.get('max_rate') else 'none'))
+        if name.startswith('sipshard'):
+            if ratio is None:
+                verdicts.append('- %s: no passing fixed-rate trial in both scenarios, not '
+                                'evaluated' % LABEL[name])
+            else:
+                ok = ratio <= MAX_TRUNK_VS_USER
+                verdicts.append('- %s: trunk/user %.2f (%s %.2f) → **%s**' % (
+                    LABEL[name], ratio, '≤' if ok else '>', MAX_TRUNK_VS_USER,
+                    'met' if ok else 'NOT met'))
+    out += [''] + verdicts + ['', 'One trial each at the fixed rate: on this shared 2-vCPU machine '
+                              'a single pair of 20 s trials moves by several per cent; repeated '
+                              'alternating trials (`lab.py --rate N --repeat K`) give a firmer '
+                              'ratio.', '']
     return out
 
 
@@ -193,7 +255,8 @@ def machine_lines(doc):
         '127.0.0.1; rate search: '
         'doubling from %s/s, bisection to %d%%%s. A trial passes with successful == -m, 0 failed, '
         '0 retransmissions, 0 unexpected messages and ≥ 95%% of the rate achieved; for sipshard '
-        'its REGISTER/200/401/bindings counters must also equal what SIPp saw.' % (
+        'its counters must also equal what SIPp saw (REGISTER/200/401/bindings; for calls every '
+        'request by method, response by status and datagram in and out).' % (
             doc['duration'], doc['transport'], TRANSPORT_NOTE.get(doc['transport'], ''),
             '{:,}'.format(doc['fixed_rate']), doc['tol_pct'],
             '' if doc['quick'] else ', then the best rate confirmed once'),
@@ -227,6 +290,7 @@ def write_md(path, doc):
     g = goal_lines(doc)
     if g:
         lines += ['Targets (issue #6/#4), CPU µs/op at the fixed rate:', ''] + g + ['']
+    lines += trunk_lines(doc)
     if doc['scenario'] in ('reg', 'reg-auth'):
         lines += ['The UDP echo row is the same SIPp load against examples/udp_echo.rs with '
                   '~500-byte datagrams and as many round trips per call as the scenario has '
@@ -242,7 +306,7 @@ def esc(s):
 
 
 def svg_cpu(docs, path):
-    groups = [d for d in docs if d['scenario'] in ('reg', 'reg-auth', 'calls')]
+    groups = [d for d in docs if d['scenario'] in SCENARIO_ORDER]
     bw, gap, left, top, h = 34, 40, 70, 50, 300
     n = sum(1 + len([t for t in ORDER if cpu_fixed(by_target(d).get(t)) is not None])
             for d in groups)
@@ -356,8 +420,12 @@ def svg_latency(docs, path):
 def newest(quick, transport='un'):
     """The newest result of each scenario (same mode, same SIPp transport)."""
     out = {}
+    # only the files perf/compare names (DATE-SCENARIO[-u1][-quick].json), not side files such
+    # as 2026-12-06-trunk-calls-alternating.json
+    name = re.compile(r'^\d{4}-\d\d-\d\d-(%s)(-u1)?(-quick)?\.json$'
+                      % '|'.join(re.escape(x) for x in SCENARIO_ORDER))
     for p in sorted(glob.glob(os.path.join(RESULTS, '*.json'))):
-        if p.endswith('-quick.json') != quick:
+        if p.endswith('-quick.json') != quick or not name.match(os.path.basename(p)):
             continue
         try:
             with open(p) as f:
@@ -366,7 +434,7 @@ def newest(quick, transport='un'):
             continue
         if 'searches' in d and d.get('transport', 'un') == transport:
             out[d['scenario']] = (p, d)
-    return [out[k] for k in ('reg', 'reg-auth', 'calls') if k in out]
+    return [out[k] for k in SCENARIO_ORDER if k in out]
 
 
 def readme_section(items, cpu_svg, lat_svg):
@@ -374,9 +442,9 @@ def readme_section(items, cpu_svg, lat_svg):
     lines = ['Measured by `perf/compare` (issue #6, see perf/README.md): sipshard, Kamailio and a '
              'UDP echo on the same SIPp load, one after the other, each trial under '
              '`flock /tmp/bench.lock`. Details, every trial and the machine: `perf/results/`.', '',
-             '```sh', 'perf/compare all             # ~40 min (+ waits for the lock)',
+             '```sh', 'perf/compare all             # ~55 min (+ waits for the lock)',
              'perf/compare all --quick     # ~5-10 min',
-             'perf/compare reg|reg-auth|calls [--quick]', '```', '']
+             'perf/compare reg|reg-auth|calls|trunk-calls [--quick]', '```', '']
     if o:
         lines += ['Server CPU per operation is the figure that counts (SIPp shares the 2 cores, so the '
                   'max rate mostly measures SIPp). These runs were on a shared 2-vCPU VM while other '
