@@ -141,10 +141,19 @@ impl Core {
                 let user = ruri.user.filter(|_| !self.cfg.routing.is_empty());
                 let extension_user = user.and_then(|u| {
                     let number: Vec<u8> = crate::sip::uri::Unescape::new(u).collect();
-                    self.cfg
-                        .routing
-                        .extension_user(&number)
+                    let plan = &self.cfg.routing;
+                    plan.extension_user(&number)
                         .map(|u| u.to_owned())
+                        .or_else(|| {
+                            // A number that reaches an extension once normalised (a DID
+                            // dialed nationally): only dialable ones are normalised here, so
+                            // calls to users by name pay no regex.
+                            let dialable = number
+                                .iter()
+                                .all(|c| c.is_ascii_digit() || matches!(c, b'+' | b'*' | b'#'));
+                            let normalized = dialable.then(|| plan.normalize(&number)).flatten()?;
+                            plan.extension_user(&normalized).map(|u| u.to_owned())
+                        })
                 });
                 match extension_user {
                     Some(u) => user_aor_hash(ruri.scheme, u.as_bytes())?,

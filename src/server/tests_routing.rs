@@ -637,3 +637,56 @@ fn an_extension_reaches_its_users_bindings_and_unknown_numbers_get_404() {
     let out = send(&mut c, &invite_to("1002", "z9hG4bKe3"), CALLER, 0, T0);
     assert_eq!(status(&out[0].1), 404);
 }
+
+#[test]
+fn an_extension_dialed_before_normalisation_goes_to_its_users_shard() {
+    use super::Disposition;
+    use crate::server::ownership::{owner_shard, user_aor_hash};
+    use crate::sip::Scheme;
+    let text = "[normalize]\nrules = [{ match = \"^0\", replace = \"+49\" }]\n\
+                [[extension]]\nnumber = \"+4930555\"\nuser = \"alice\"\n";
+    let cfg = Arc::new(CoreConfig {
+        domains: vec!["localhost".into()],
+        local_addrs: vec![addr(LISTEN)],
+        shards: 2,
+        mode: Mode::Proxy,
+        registrar: RegistrarSettings::default(),
+        proxy: ProxySettings::default(),
+        routing: plan(text),
+    });
+    let alice_shard = owner_shard(user_aor_hash(Scheme::Sip, b"alice").unwrap(), 2);
+    let other = 1 - alice_shard;
+    let mut cores: Vec<Core> = (0..2)
+        .map(|i| {
+            Core::new(
+                i,
+                cfg.clone(),
+                Arc::new(ShardStats::default()),
+                None,
+                &[addr(LISTEN)],
+            )
+        })
+        .collect();
+    // As dialed and as normalised, the INVITE is handed to the shard of alice's bindings.
+    for number in ["+4930555", "030555"] {
+        let mut out = super::outbox::Outbox::new();
+        let d = cores[other].handle(
+            &invite_to(number, "z9hG4bKo1"),
+            addr(CALLER),
+            0,
+            T0,
+            false,
+            &mut out,
+        );
+        assert_eq!(d, Disposition::HandOff(alice_shard), "{number}");
+    }
+    register(&mut cores[alice_shard], "alice", ALICE);
+    let out = send(
+        &mut cores[alice_shard],
+        &invite_to("030555", "z9hG4bKo2"),
+        CALLER,
+        0,
+        T0,
+    );
+    assert_eq!(sent_to(&out, ALICE).len(), 1, "{out:?}");
+}
