@@ -641,10 +641,23 @@ fn an_extension_reaches_its_users_bindings_and_unknown_numbers_get_404() {
 #[test]
 fn an_extension_dialed_before_normalisation_goes_to_its_users_shard() {
     use super::Disposition;
-    use crate::server::ownership::{owner_shard, user_aor_hash};
-    use crate::sip::Scheme;
-    let text = "[normalize]\nrules = [{ match = \"^0\", replace = \"+49\" }]\n\
-                [[extension]]\nnumber = \"+4930555\"\nuser = \"alice\"\n";
+    use crate::server::ownership::{aor_hash, owner_shard, user_aor_hash};
+    use crate::sip::{Scheme, Uri};
+    let alice_shard = owner_shard(user_aor_hash(Scheme::Sip, b"alice").unwrap(), 2);
+    let other = 1 - alice_shard;
+    // A national number whose own shard is not alice's (else the test would prove nothing).
+    let dialed = (0..100)
+        .map(|i| format!("0305{i:02}"))
+        .find(|n| {
+            let uri = format!("sip:{n}@localhost");
+            owner_shard(aor_hash(&Uri::parse(uri.as_bytes()).unwrap()).unwrap(), 2) == other
+        })
+        .unwrap();
+    let extension = format!("+49{}", &dialed[1..]);
+    let text = format!(
+        "[normalize]\nrules = [{{ match = \"^0\", replace = \"+49\" }}]\n\
+         [[extension]]\nnumber = \"{extension}\"\nuser = \"alice\"\n"
+    );
     let cfg = Arc::new(CoreConfig {
         domains: vec!["localhost".into()],
         local_addrs: vec![addr(LISTEN)],
@@ -652,10 +665,8 @@ fn an_extension_dialed_before_normalisation_goes_to_its_users_shard() {
         mode: Mode::Proxy,
         registrar: RegistrarSettings::default(),
         proxy: ProxySettings::default(),
-        routing: plan(text),
+        routing: plan(&text),
     });
-    let alice_shard = owner_shard(user_aor_hash(Scheme::Sip, b"alice").unwrap(), 2);
-    let other = 1 - alice_shard;
     let mut cores: Vec<Core> = (0..2)
         .map(|i| {
             Core::new(
@@ -667,23 +678,17 @@ fn an_extension_dialed_before_normalisation_goes_to_its_users_shard() {
             )
         })
         .collect();
-    // As dialed and as normalised, the INVITE is handed to the shard of alice's bindings.
-    for number in ["+4930555", "030555"] {
+    // As normalised and as dialed, the INVITE is handed to the shard of alice's bindings.
+    for number in [extension.as_str(), dialed.as_str()] {
         let mut out = super::outbox::Outbox::new();
-        let d = cores[other].handle(
-            &invite_to(number, "z9hG4bKo1"),
-            addr(CALLER),
-            0,
-            T0,
-            false,
-            &mut out,
-        );
+        let inv = invite_to(number, "z9hG4bKo1");
+        let d = cores[other].handle(&inv, addr(CALLER), 0, T0, false, &mut out);
         assert_eq!(d, Disposition::HandOff(alice_shard), "{number}");
     }
     register(&mut cores[alice_shard], "alice", ALICE);
     let out = send(
         &mut cores[alice_shard],
-        &invite_to("030555", "z9hG4bKo2"),
+        &invite_to(&dialed, "z9hG4bKo2"),
         CALLER,
         0,
         T0,
