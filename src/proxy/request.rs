@@ -615,6 +615,11 @@ impl Element {
             return reply.simple(out, 404, b"Not Found (no route for this dialog)");
         };
         if self.proxy.is_ours_addr(dst) {
+            if msg.header(HeaderName::Route).is_none() {
+                // No Route brought it and its Request-URI names us: a dialog we never knew
+                // (a UA ending a call that never connected), not a loop.
+                return reply.simple(out, 481, b"Call/Transaction Does Not Exist");
+            }
             return reply.simple(out, 482, b"Loop Detected");
         }
         if msg.method() == Some(Method::Bye) {

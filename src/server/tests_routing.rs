@@ -695,3 +695,17 @@ fn an_extension_dialed_before_normalisation_goes_to_its_users_shard() {
     );
     assert_eq!(sent_to(&out, ALICE).len(), 1, "{out:?}");
 }
+
+#[test]
+fn a_bye_for_a_dialog_that_never_existed_gets_481() {
+    let mut c = routed_core(TRUNKS, None);
+    // SIPp ends a call it gave up on: no Route, the Request-URI is the server itself.
+    let bye = format!(
+        "BYE sip:+4930123@{LISTEN} SIP/2.0\r\nVia: SIP/2.0/UDP {CALLER};branch=z9hG4bKb481\r\n\
+         Max-Forwards: 70\r\nFrom: <sip:carol@localhost>;tag=c1\r\n\
+         To: <sip:+4930123@localhost>;tag=never\r\nCall-ID: gone\r\nCSeq: 2 BYE\r\n\
+         Content-Length: 0\r\n\r\n"
+    );
+    let out = send(&mut c, bye.as_bytes(), CALLER, 0, T0);
+    assert_eq!(status(&out[0].1), 481);
+}
