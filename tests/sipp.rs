@@ -302,41 +302,24 @@ fn callee(
         .output()
         .unwrap();
     assert!(st.status.success(), "callee registration failed");
-    let uas = scenario(scenario_name);
-    let stat = dir.join(format!("uas-{user}-{port}.csv"));
-    let _ = std::fs::remove_file(&stat);
-    let child = Command::new("sipp")
-        .args(["-sf", uas.to_str().unwrap(), "-p", &port.to_string()])
-        .args([
-            "-m",
-            &calls.to_string(),
-            "-nostdin",
-            "-buff_size",
-            "4194304",
-            "-trace_stat",
-            "-fd",
-            "1",
-            "-stf",
-        ])
-        .arg(&stat)
-        .current_dir(dir)
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    std::thread::sleep(std::time::Duration::from_millis(300));
     let name = format!("{scenario_name} for {user} on port {port}");
-    (Background { child, stat, name }, csv)
+    let stat = dir.join(format!("uas-{user}-{port}.csv"));
+    (uas(dir, port, scenario_name, calls, stat, name), csv)
 }
 
-/// Starts the SIPp UAS `scenario` on `port` for `calls` calls, with no registration: a trunk
-/// (a gateway the dial plan routes numbers to).
-fn trunk(dir: &Path, port: u16, scenario_name: &str, calls: usize) -> Background {
-    let uas = scenario(scenario_name);
-    let stat = dir.join(format!("trunk-{port}.csv"));
+/// Starts the SIPp UAS `scenario` on `port` for `calls` calls, its statistics in `stat`.
+fn uas(
+    dir: &Path,
+    port: u16,
+    scenario_name: &str,
+    calls: usize,
+    stat: PathBuf,
+    name: String,
+) -> Background {
+    let sf = scenario(scenario_name);
     let _ = std::fs::remove_file(&stat);
     let child = Command::new("sipp")
-        .args(["-sf", uas.to_str().unwrap(), "-p", &port.to_string()])
+        .args(["-sf", sf.to_str().unwrap(), "-p", &port.to_string()])
         .args([
             "-m",
             &calls.to_string(),
@@ -352,8 +335,15 @@ fn trunk(dir: &Path, port: u16, scenario_name: &str, calls: usize) -> Background
         .spawn()
         .unwrap();
     std::thread::sleep(std::time::Duration::from_millis(300));
-    let name = format!("{scenario_name} as a trunk on port {port}");
     Background { child, stat, name }
+}
+
+/// Starts the SIPp UAS `scenario` on `port` for `calls` calls, with no registration: a trunk
+/// (a gateway the dial plan routes numbers to).
+fn trunk(dir: &Path, port: u16, scenario_name: &str, calls: usize) -> Background {
+    let name = format!("{scenario_name} as a trunk on port {port}");
+    let stat = dir.join(format!("trunk-{port}.csv"));
+    uas(dir, port, scenario_name, calls, stat, name)
 }
 
 /// The dial plan of the trunk tests: numbers +49... through `trunks` (names of trunks at

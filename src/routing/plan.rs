@@ -224,10 +224,10 @@ fn in_block(ip: IpAddr, net: IpAddr, len: u8) -> bool {
 }
 
 /// A number or prefix the prefix map can hold: digits, `+`, `*`, `#`.
-fn is_dialable(s: &str) -> bool {
+pub fn is_dialable(s: &[u8]) -> bool {
     !s.is_empty()
-        && s.bytes()
-            .all(|c| c.is_ascii_digit() || matches!(c, b'+' | b'*' | b'#'))
+        && s.iter()
+            .all(|&c| c.is_ascii_digit() || matches!(c, b'+' | b'*' | b'#'))
 }
 
 impl std::fmt::Debug for DialPlan {
@@ -477,7 +477,7 @@ impl DialPlan {
         let mut pooled: HashMap<Vec<u16>, u32> = HashMap::new();
         for (i, r) in spec.route.iter().enumerate() {
             let at = || format!("[[route]] {} (prefix \"{}\")", i + 1, r.prefix);
-            if !is_dialable(&r.prefix) || r.prefix.len() > MAX_PREFIX {
+            if !is_dialable(r.prefix.as_bytes()) || r.prefix.len() > MAX_PREFIX {
                 return err(format!(
                     "{}: prefix: expected 1 to {MAX_PREFIX} of 0-9 + * #",
                     at()
@@ -622,7 +622,7 @@ impl DialPlan {
                 )
             };
             let t = trunk_index(&r.trunk, &format!("{}: trunk", at()))?;
-            if !is_dialable(&r.prefix) || r.prefix.len() > MAX_PREFIX {
+            if !is_dialable(r.prefix.as_bytes()) || r.prefix.len() > MAX_PREFIX {
                 return err(format!(
                     "{}: prefix: expected 1 to {MAX_PREFIX} of 0-9 + * #",
                     at()

@@ -148,9 +148,7 @@ impl Core {
                             // A number that reaches an extension once normalised (a DID
                             // dialed nationally): only dialable ones are normalised here, so
                             // calls to users by name pay no regex.
-                            let dialable = number
-                                .iter()
-                                .all(|c| c.is_ascii_digit() || matches!(c, b'+' | b'*' | b'#'));
+                            let dialable = crate::routing::plan::is_dialable(&number);
                             let normalized = dialable.then(|| plan.normalize(&number)).flatten()?;
                             plan.extension_user(&normalized).map(|u| u.to_owned())
                         })
