@@ -221,16 +221,7 @@ impl Baresip {
         let home = dir.join(spec.name);
         std::fs::create_dir_all(&home).unwrap();
         // baresip binds sip_port (UDP, TCP) and sip_port + 1 (TLS): both must be free.
-        let sip_port = loop {
-            let p = free_port();
-            let next = ("127.0.0.1", p + 1);
-            if std::net::UdpSocket::bind(next).is_ok() && std::net::TcpListener::bind(next).is_ok()
-            {
-                // Taken from the walk so that no later free_port() of this run returns it.
-                let _ = free_port();
-                break p;
-            }
-        };
+        let sip_port = free_ports(2);
         let ctrl_port = free_port();
         let config = format!(
             "poll_method\t\tepoll\n\
@@ -533,8 +524,7 @@ impl Linphonec {
         let home = dir.join(name);
         std::fs::create_dir_all(home.join(".local/share/linphone")).unwrap();
         let sip_port = free_port();
-        let rtp_port = free_port();
-        let _rtcp = free_port();
+        let rtp_port = free_ports(2); // RTP and RTCP on rtp_port + 1
         let rc = home.join("linphonerc");
         std::fs::write(
             &rc,

@@ -12,14 +12,28 @@ use std::time::{Duration, Instant};
 /// two servers of one test run never get the same port (SO_REUSEPORT would let them share
 /// it silently).
 pub fn free_port() -> u16 {
+    free_ports(1)
+}
+
+/// The first of `n` consecutive free ports (UDP and TCP), for programs that bind a port and
+/// its neighbours (baresip: SIP on p, TLS on p + 1; RTP and RTCP). The counter moves by `n`
+/// in one step, so tests running in parallel threads never get overlapping blocks.
+pub fn free_ports(n: u16) -> u16 {
     use std::sync::atomic::{AtomicU32, Ordering};
     static NEXT: AtomicU32 = AtomicU32::new(0);
     let base = std::process::id() * 7919;
     loop {
-        let p = 20_000 + ((base + NEXT.fetch_add(1, Ordering::Relaxed)) % 10_000) as u16;
-        let udp = UdpSocket::bind(("127.0.0.1", p)).is_ok();
-        if udp && std::net::TcpListener::bind(("127.0.0.1", p)).is_ok() {
-            return p;
+        let first = (base + NEXT.fetch_add(u32::from(n), Ordering::Relaxed)) % 10_000;
+        if first + u32::from(n) > 10_000 {
+            continue; // the block would wrap past 29999
+        }
+        let first = 20_000 + first as u16;
+        let free = (first..first + n).all(|p| {
+            UdpSocket::bind(("127.0.0.1", p)).is_ok()
+                && std::net::TcpListener::bind(("127.0.0.1", p)).is_ok()
+        });
+        if free {
+            return first;
         }
     }
 }
