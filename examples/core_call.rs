@@ -143,6 +143,7 @@ fn main() {
             registrar: RegistrarSettings::default(),
             proxy: Default::default(),
             routing: Arc::new(sipshard::routing::DialPlan::empty()),
+            responder: Default::default(),
         };
         Core::new(
             0,

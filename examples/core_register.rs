@@ -89,6 +89,7 @@ fn main() {
         registrar: RegistrarSettings::default(),
         proxy: Default::default(),
         routing: Arc::new(sipshard::routing::DialPlan::empty()),
+        responder: Default::default(),
     });
     let auth = digest.then(|| {
         let mut db = UserDb::new("localhost");

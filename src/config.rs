@@ -54,6 +54,8 @@ pub struct Config {
     /// The compiled dial plan (the file's sections are not kept: a plan may hold millions of
     /// routes).
     pub routing: std::sync::Arc<crate::routing::DialPlan>,
+    /// Responder mode: how it answers.
+    pub responder: std::sync::Arc<crate::responder::ResponderSettings>,
 }
 
 impl Config {
@@ -73,7 +75,8 @@ const AFTER_HELP: &str = "\
 Flags override the keys of the TOML file given with --config.
 Keys only in the file: nonce_ttl, queue_capacity, registrar.default_expires,
 registrar.min_expires, registrar.max_expires, registrar.max_contacts,
-registrar.match_auth_user, and the dial plan: [[extension]], [normalize],
+registrar.match_auth_user, responder.trying (--ring-ms, --hold-ms, --mix and
+--drop set the other responder.* keys), and the dial plan: [[extension]], [normalize],
 [[trunk]], [[route]], [[rate]], [routing], [classes], [emergency], [[group]],
 [[paging]].
 sipshard.toml at the top of the source tree lists every key with its default
@@ -107,9 +110,24 @@ pub struct Cli {
     /// Number of shards (threads); default: number of CPUs.
     #[arg(long, value_name = "N")]
     pub shards: Option<String>,
-    /// proxy | stateless | redirect
+    /// proxy | stateless | redirect | responder (answers every call itself: the far end of a
+    /// load test)
     #[arg(long, value_name = "MODE")]
     pub mode: Option<String>,
+    /// Responder: final responses to INVITE and their weights, chosen by Call-ID hash
+    /// (default 200:100), e.g. 200:90,486:5,503:5.
+    #[arg(long, value_name = "LIST")]
+    pub mix: Option<String>,
+    /// Responder: ms between 180 Ringing and the final response (default 0).
+    #[arg(long, value_name = "MS")]
+    pub ring_ms: Option<String>,
+    /// Responder: ms after the ACK at which the responder sends BYE itself (default 0:
+    /// never, the caller hangs up).
+    #[arg(long, value_name = "MS")]
+    pub hold_ms: Option<String>,
+    /// Responder: probability from 0 to 1 of losing an incoming datagram (default 0).
+    #[arg(long, value_name = "P")]
+    pub drop: Option<String>,
     /// Serve Prometheus metrics at http://ADDR/metrics.
     #[arg(long, value_name = "ADDR")]
     pub metrics: Option<String>,
@@ -159,6 +177,7 @@ struct FileConfig {
     log: Option<String>,
     registrar: Option<FileRegistrar>,
     proxy: Option<FileProxy>,
+    responder: Option<FileResponder>,
     // The dial plan (`crate::routing::spec`), section by section.
     #[serde(default)]
     extension: Vec<crate::routing::spec::ExtensionSpec>,
@@ -187,6 +206,16 @@ struct FileConfig {
 struct FileProxy {
     forking: Option<String>,
     branch_timeout_ms: Option<u64>,
+}
+
+#[derive(Deserialize, Default, Debug)]
+#[serde(deny_unknown_fields)]
+struct FileResponder {
+    trying: Option<bool>,
+    ring_ms: Option<u64>,
+    hold_ms: Option<u64>,
+    mix: Option<String>,
+    drop: Option<f64>,
 }
 
 #[derive(Deserialize, Default, Debug)]
@@ -255,8 +284,9 @@ fn parse_mode(key: &str, s: &str) -> Result<Mode, ConfigError> {
         "proxy" => Ok(Mode::Proxy),
         "stateless" => Ok(Mode::Stateless),
         "redirect" => Ok(Mode::Redirect),
+        "responder" => Ok(Mode::Responder),
         _ => err(format!(
-            "{key} '{s}': expected proxy, stateless or redirect"
+            "{key} '{s}': expected proxy, stateless, redirect or responder"
         )),
     }
 }
@@ -536,8 +566,16 @@ impl Cli {
         let routing =
             std::sync::Arc::new(crate::routing::DialPlan::build(&dial_plan).map_err(ConfigError)?);
         drop(dial_plan);
+        let responder = std::sync::Arc::new(responder_settings(
+            &self.mix,
+            &self.ring_ms,
+            &self.hold_ms,
+            &self.drop,
+            file.responder.as_ref(),
+        )?);
         let config = Config {
             routing,
+            responder,
             listen,
             domains,
             users,
@@ -556,7 +594,8 @@ impl Cli {
             strict_digest_uri: self.strict_digest_uri || file.strict_digest_uri.unwrap_or(false),
             log: self.log.or(file.log).unwrap_or_else(|| "info".into()),
         };
-        if !config.auth_enabled() && !config.allow_unauthenticated {
+        // A responder routes nothing anywhere: open, it can be scanned but not abused.
+        if !config.auth_enabled() && !config.allow_unauthenticated && mode != Mode::Responder {
             if let Some(l) = config.listen.iter().find(|l| !is_loopback(l.addr.ip())) {
                 return err(format!(
                     "--listen {}: refusing to serve without authentication on a non-loopback \
@@ -567,6 +606,61 @@ impl Cli {
         }
         Ok(config)
     }
+}
+
+/// The responder's settings from the flags (first) and the `[responder]` section.
+fn responder_settings(
+    mix: &Option<String>,
+    ring_ms: &Option<String>,
+    hold_ms: &Option<String>,
+    drop: &Option<String>,
+    file: Option<&FileResponder>,
+) -> Result<crate::responder::ResponderSettings, ConfigError> {
+    use crate::responder::settings::parse_mix;
+    let mut s = crate::responder::ResponderSettings::default();
+    let ms = |key: &str, v: &str| -> Result<u64, ConfigError> {
+        match v.parse::<u64>() {
+            Ok(n) if n <= 3_600_000 => Ok(n),
+            _ => err(format!("{key} '{v}': expected ms from 0 to 3600000")),
+        }
+    };
+    let check_ms = |key: &str, n: u64| ms(key, &n.to_string());
+    let f = file;
+    if let Some(t) = f.and_then(|f| f.trying) {
+        s.trying = t;
+    }
+    s.ring_ms = match (ring_ms, f.and_then(|f| f.ring_ms)) {
+        (Some(v), _) => ms("--ring-ms", v)?,
+        (None, Some(n)) => check_ms("responder.ring_ms", n)?,
+        _ => s.ring_ms,
+    };
+    s.hold_ms = match (hold_ms, f.and_then(|f| f.hold_ms)) {
+        (Some(v), _) => ms("--hold-ms", v)?,
+        (None, Some(n)) => check_ms("responder.hold_ms", n)?,
+        _ => s.hold_ms,
+    };
+    let file_mix = f.and_then(|f| f.mix.as_ref());
+    if let Some((key, m)) = mix
+        .as_ref()
+        .map(|m| ("--mix", m))
+        .or(file_mix.map(|m| ("responder.mix", m)))
+    {
+        s.mix = parse_mix(m).map_err(|e| ConfigError(format!("{key} '{m}': {e}")))?;
+    }
+    let p = match (drop, f.and_then(|f| f.drop)) {
+        (Some(v), _) => Some(("--drop", v.parse::<f64>().unwrap_or(f64::NAN), v.clone())),
+        (None, Some(p)) => Some(("responder.drop", p, p.to_string())),
+        _ => None,
+    };
+    if let Some((key, p, text)) = p {
+        if !(0.0..=1.0).contains(&p) {
+            return err(format!(
+                "{key} '{text}': expected a probability from 0 to 1"
+            ));
+        }
+        s.drop = p;
+    }
+    Ok(s)
 }
 
 fn is_loopback(ip: IpAddr) -> bool {
@@ -773,5 +867,52 @@ mod tests {
             );
         }
         let _ = std::fs::remove_file(&path);
+    }
+
+    #[test]
+    fn responder_settings_from_flags_and_file() {
+        let c = cli(&["--mode", "responder"]).unwrap();
+        assert_eq!(c.mode, Mode::Responder);
+        assert_eq!(*c.responder, crate::responder::ResponderSettings::default());
+        // No users on a public address: allowed for a responder, which routes nothing.
+        assert!(cli(&["--mode", "responder", "--listen", "192.0.2.1:5060"]).is_ok());
+        assert!(cli(&["--listen", "192.0.2.1:5060"]).is_err());
+        let path = std::env::temp_dir().join(format!("sipshard-resp-{}.toml", std::process::id()));
+        std::fs::write(
+            &path,
+            "mode = \"responder\"\n[responder]\ntrying = false\nring_ms = 1000\nhold_ms = 30000\n\
+             mix = \"200:90,486:10\"\ndrop = 0.01\n",
+        )
+        .unwrap();
+        let c = cli(&["--config", path.to_str().unwrap(), "--ring-ms", "500"]).unwrap();
+        assert_eq!(c.mode, Mode::Responder);
+        let r = &*c.responder;
+        assert!(!r.trying);
+        assert_eq!((r.ring_ms, r.hold_ms, r.drop), (500, 30_000, 0.01));
+        assert_eq!(r.mix, vec![(200, 90), (486, 10)]);
+        let _ = std::fs::remove_file(&path);
+        for (args, starts) in [
+            (
+                &["--mix", "200:90,180:10"][..],
+                "--mix '200:90,180:10': '180:10'",
+            ),
+            (&["--ring-ms=-1"][..], "--ring-ms '-1': expected ms"),
+            (&["--hold-ms", "x"][..], "--hold-ms 'x': expected ms"),
+            (
+                &["--drop", "1.5"][..],
+                "--drop '1.5': expected a probability",
+            ),
+            (
+                &["--drop", "nan"][..],
+                "--drop 'nan': expected a probability",
+            ),
+            (
+                &["--mode", "answer"][..],
+                "--mode 'answer': expected proxy, stateless, redirect or responder",
+            ),
+        ] {
+            let e = cli(args).unwrap_err();
+            assert!(e.0.starts_with(starts), "{args:?}: {e}");
+        }
     }
 }

@@ -12,6 +12,7 @@ pub mod metrics;
 pub mod nat;
 pub mod proxy;
 pub mod registrar;
+pub mod responder;
 pub mod routing;
 pub mod server;
 pub mod shard;

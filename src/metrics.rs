@@ -47,7 +47,7 @@ impl Registry {
                 m.as_str()
             );
         }
-        o.push_str("# HELP sipshard_requests_sent_total SIP requests forwarded, by method.\n");
+        o.push_str("# HELP sipshard_requests_sent_total SIP requests sent (forwarded, or a responder's own BYEs), by method.\n");
         o.push_str("# TYPE sipshard_requests_sent_total counter\n");
         for (i, m) in METHODS.iter().enumerate() {
             let v = self.sum(|s| s.sent_requests[i].get());

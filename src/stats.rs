@@ -62,9 +62,11 @@ pub enum DropReason {
     /// Transport (io_uring): the receive stopped with every provided buffer in use; the
     /// datagrams wait in the socket buffer (dropped only if that overflows too).
     NoBuffers,
+    /// Responder mode: lost on purpose (the configured drop probability).
+    SimulatedLoss,
 }
 
-pub const DROP_REASONS: [(DropReason, &str); 10] = [
+pub const DROP_REASONS: [(DropReason, &str); 11] = [
     (DropReason::Malformed, "malformed"),
     (DropReason::StrayResponse, "stray_response"),
     (DropReason::QueueFull, "queue_full"),
@@ -75,6 +77,7 @@ pub const DROP_REASONS: [(DropReason, &str); 10] = [
     (DropReason::SendError, "send_error"),
     (DropReason::RecvError, "recv_error"),
     (DropReason::NoBuffers, "no_buffers"),
+    (DropReason::SimulatedLoss, "simulated_loss"),
 ];
 
 pub(crate) const METHODS: [Method; 15] = [

@@ -531,3 +531,164 @@ fn sipp_reinvite_in_a_dialog_through_the_proxy() {
         Some(200.0)
     );
 }
+
+/// `--mode responder`: SIPp's stock `uac` scenario (INVITE, 200, ACK, BYE) against a
+/// two-shard responder, no second UA needed.
+#[test]
+fn sipp_stock_uac_against_the_responder() {
+    if !sipp_available("sipp_stock_uac_against_the_responder") {
+        return;
+    }
+    let dir = scratch("responder-uac");
+    let s = ServerProcess::start_with(&["--shards", "2", "--mode", "responder"], true);
+    let r = run_sipp(&dir, &s, &["-sn", "uac", "-m", "3000", "-r", "1000"]);
+    assert_clean(&r, 3000);
+    let m = |series: &str| s.metric(series).unwrap_or(0.0);
+    assert_eq!(
+        m("sipshard_requests_received_total{method=\"INVITE\"}"),
+        3000.0
+    );
+    assert_eq!(
+        m("sipshard_requests_received_total{method=\"ACK\"}"),
+        3000.0
+    );
+    assert_eq!(
+        m("sipshard_requests_received_total{method=\"BYE\"}"),
+        3000.0
+    );
+    // 200 to each INVITE and each BYE (and to the start-up OPTIONS probes); no retransmission
+    // was needed.
+    let options = m("sipshard_requests_received_total{method=\"OPTIONS\"}");
+    assert_eq!(
+        m("sipshard_responses_sent_total{status=\"200\"}"),
+        6000.0 + options
+    );
+    assert_eq!(m("sipshard_responses_sent_total{status=\"180\"}"), 3000.0);
+}
+
+/// The response mix: every branch (200, 486, 503) is taken, each call ends cleanly for the
+/// caller, and the shares are the configured ones.
+#[test]
+fn sipp_response_mix_against_the_responder() {
+    if !sipp_available("sipp_response_mix_against_the_responder") {
+        return;
+    }
+    let dir = scratch("responder-mix");
+    let s = ServerProcess::start_with(
+        &[
+            "--shards",
+            "2",
+            "--mode",
+            "responder",
+            "--mix",
+            "200:60,486:25,503:15",
+        ],
+        true,
+    );
+    let csv = dir.join("service.csv");
+    std::fs::write(&csv, "SEQUENTIAL\nservice\n").unwrap();
+    run_clean(&dir, &s, "uac-mix.xml", &csv, 2000, 500, &[]);
+    let m = |series: &str| s.metric(series).unwrap_or(0.0);
+    let busy = m("sipshard_responses_sent_total{status=\"486\"}");
+    let unavailable = m("sipshard_responses_sent_total{status=\"503\"}");
+    let answered = m("sipshard_requests_received_total{method=\"BYE\"}");
+    assert_eq!(answered + busy + unavailable, 2000.0, "one final per call");
+    assert!((1080.0..1320.0).contains(&answered), "200: {answered}");
+    assert!((400.0..600.0).contains(&busy), "486: {busy}");
+    assert!((200.0..400.0).contains(&unavailable), "503: {unavailable}");
+    // Every final was acknowledged: no retransmission of a 486/503 or 200.
+    assert_eq!(
+        m("sipshard_requests_received_total{method=\"ACK\"}"),
+        2000.0
+    );
+}
+
+/// With a ring time the caller can CANCEL: 200 to the CANCEL and 487 to the INVITE.
+#[test]
+fn sipp_cancels_a_ringing_responder() {
+    if !sipp_available("sipp_cancels_a_ringing_responder") {
+        return;
+    }
+    let dir = scratch("responder-cancel");
+    let s = ServerProcess::start_with(&["--mode", "responder", "--ring-ms", "10000"], true);
+    let csv = dir.join("service.csv");
+    std::fs::write(&csv, "SEQUENTIAL\nservice\n").unwrap();
+    run_clean(&dir, &s, "uac-cancel.xml", &csv, 300, 150, &[]);
+    assert_eq!(
+        s.metric("sipshard_responses_sent_total{status=\"487\"}"),
+        Some(300.0)
+    );
+}
+
+/// With a hold time the responder hangs up: the SIPp caller receives its BYE (through the
+/// caller's own socket) and answers it.
+#[test]
+fn sipp_caller_receives_the_responders_bye_after_the_hold_time() {
+    if !sipp_available("sipp_caller_receives_the_responders_bye_after_the_hold_time") {
+        return;
+    }
+    let dir = scratch("responder-hold");
+    let s = ServerProcess::start_with(
+        &["--shards", "2", "--mode", "responder", "--hold-ms", "300"],
+        true,
+    );
+    let csv = dir.join("service.csv");
+    std::fs::write(&csv, "SEQUENTIAL\nservice\n").unwrap();
+    run_clean(&dir, &s, "uac-callee-bye.xml", &csv, 500, 250, &[]);
+    assert_eq!(
+        s.metric("sipshard_requests_sent_total{method=\"BYE\"}"),
+        Some(500.0)
+    );
+    assert_eq!(s.metric("sipshard_responses_received_total"), Some(500.0));
+}
+
+/// With users the responder challenges new calls (401, as a UAS does) and SIPp's stock
+/// `[authentication]` answers.
+#[test]
+fn sipp_digest_calls_to_the_responder() {
+    if !sipp_available("sipp_digest_calls_to_the_responder") {
+        return;
+    }
+    let dir = scratch("responder-digest");
+    let stock = std::fs::read_to_string(scenario("uac-digest.xml")).unwrap();
+    assert_eq!(stock.matches("response=\"407\"").count(), 1);
+    let sf = dir.join("uac-digest-401.xml");
+    std::fs::write(&sf, stock.replace("response=\"407\"", "response=\"401\"")).unwrap();
+    let s = ServerProcess::start_with(
+        &[
+            "--shards",
+            "2",
+            "--mode",
+            "responder",
+            "--user",
+            "grace:secret",
+        ],
+        true,
+    );
+    let r = run_sipp(
+        &dir,
+        &s,
+        &[
+            "-sf",
+            sf.to_str().unwrap(),
+            "-s",
+            "service",
+            "-key",
+            "caller",
+            "grace",
+            "-au",
+            "grace",
+            "-ap",
+            "secret",
+            "-m",
+            "200",
+            "-r",
+            "100",
+        ],
+    );
+    assert_clean(&r, 200);
+    assert_eq!(
+        s.metric("sipshard_responses_sent_total{status=\"401\"}"),
+        Some(200.0)
+    );
+}

@@ -169,6 +169,39 @@ impl<'m, 'a> Reply<'m, 'a> {
         self.sent_status = Some(status);
     }
 
+    /// Replaces the To tag this reply adds (at most 24 bytes; longer is cut): a UAS that must
+    /// give a retransmitted request the same tag derives it from the request.
+    pub fn set_to_tag(&mut self, tag: &[u8]) {
+        let n = tag.len().min(self.to_tag.len());
+        self.to_tag[..n].copy_from_slice(&tag[..n]);
+        self.to_tag_len = n as u8;
+    }
+
+    /// A response with extra headers written by `extra` and a body (Content-Type is one of
+    /// the extra headers).
+    pub fn with_body(
+        &mut self,
+        out: &mut Outbox,
+        status: u16,
+        reason: &[u8],
+        extra: impl FnOnce(&mut Vec<u8>),
+        body: &[u8],
+    ) {
+        let (buf, start) = out.begin();
+        response_head(
+            buf,
+            self.msg,
+            status,
+            reason,
+            Some(&self.to_tag[..self.to_tag_len as usize]),
+            Some(self.via_fixup()),
+        );
+        extra(buf);
+        finish(buf, body);
+        out.commit(start, self.dst, self.socket);
+        self.sent_status = Some(status);
+    }
+
     /// A response with no extra headers.
     pub fn simple(&mut self, out: &mut Outbox, status: u16, reason: &[u8]) {
         self.with(out, status, reason, |_| {})

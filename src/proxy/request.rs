@@ -733,7 +733,8 @@ pub(super) fn deliver(
             // §16.11: no transaction state; the first (best) target only.
             proxy.relay_stateless(msg, Some(first.uri), first.dst, out);
         }
-        Mode::Proxy => {
+        // The dispatcher hands every request of responder mode to the responder.
+        Mode::Proxy | Mode::Responder => {
             // The proxy counts what it sends itself (its answers go through its transactions).
             let (response_dst, in_socket) = (reply.destination(), reply.socket());
             proxy.forward(msg, response_dst, in_socket, targets, fork, now_ms, out);

@@ -10,6 +10,8 @@ pub enum Mode {
     Proxy,
     Stateless,
     Redirect,
+    /// The far end of a load test: answers every request itself (`crate::responder`).
+    Responder,
 }
 
 /// How a request is forked to several bindings of one AOR (RFC 3261 §16.6).
@@ -53,6 +55,8 @@ pub struct CoreConfig {
     pub proxy: ProxySettings,
     /// The dial plan (empty: every request goes to users of our domain).
     pub routing: std::sync::Arc<crate::routing::DialPlan>,
+    /// What the responder does (responder mode).
+    pub responder: std::sync::Arc<crate::responder::ResponderSettings>,
 }
 
 impl CoreConfig {

@@ -14,12 +14,15 @@ mod tests;
 #[cfg(test)]
 mod tests_nat;
 #[cfg(test)]
+mod tests_responder;
+#[cfg(test)]
 mod tests_routing;
 
 use crate::auth::Authenticator;
 use crate::proxy::request::Element;
 use crate::proxy::stateful::{shard_of_branch, Proxy};
 use crate::registrar::Registrar;
+use crate::responder::Responder;
 use crate::server::ownership::{aor_hash, owner_shard, user_aor_hash};
 use crate::sip::{Framing, HeaderName, Limits, Message, Method};
 use crate::stats::{DropReason, ShardStats};
@@ -47,6 +50,8 @@ pub struct Core {
     stats: Arc<ShardStats>,
     /// Registrar and proxy: what is done with each request and response.
     element: Element,
+    /// In responder mode, what answers everything instead of the element.
+    responder: Option<Responder>,
 }
 
 impl Core {
@@ -61,12 +66,30 @@ impl Core {
         auth: Option<Authenticator>,
         local: &[SocketAddr],
     ) -> Core {
-        let element = Element::new(shard, cfg.clone(), stats.clone(), auth, local);
+        let responder_mode = cfg.mode == crate::proxy::settings::Mode::Responder;
+        let (element_auth, responder_auth) = if responder_mode {
+            (None, auth)
+        } else {
+            (auth, None)
+        };
+        let element = Element::new(shard, cfg.clone(), stats.clone(), element_auth, local);
+        let responder = responder_mode.then(|| {
+            let addr = local.first().or(cfg.local_addrs.first()).copied();
+            let addr = addr.unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 5060)));
+            Responder::new(
+                shard,
+                cfg.responder.clone(),
+                stats.clone(),
+                responder_auth,
+                addr,
+            )
+        });
         Core {
             shard,
             cfg,
             stats,
             element,
+            responder,
         }
     }
 
@@ -78,18 +101,32 @@ impl Core {
     /// must equal the running configuration: listen addresses, domains and mode need a
     /// restart) and, when given, new users. Bindings, transactions and nonces stay.
     pub fn reload(&mut self, cfg: Arc<CoreConfig>, users: Option<Arc<crate::auth::UserDb>>) {
+        if let Some(r) = &mut self.responder {
+            r.reload(cfg.responder.clone(), users.clone());
+        }
         self.element.reload(cfg.clone(), users);
         self.cfg = cfg;
     }
 
     /// When the core next needs [`Core::handle_timeout`], in ms.
     pub fn next_timeout(&self) -> Option<u64> {
-        self.element.next_timeout()
+        match &self.responder {
+            Some(r) => r.next_timeout(),
+            None => self.element.next_timeout(),
+        }
     }
 
     /// Runs expired timers: transactions, binding expiry and nonce-table pruning.
     pub fn handle_timeout(&mut self, now_ms: u64, out: &mut Outbox) {
-        self.element.handle_timeout(now_ms, out);
+        match &mut self.responder {
+            Some(r) => r.handle_timeout(now_ms, out),
+            None => self.element.handle_timeout(now_ms, out),
+        }
+    }
+
+    /// The shard's responder (responder mode only).
+    pub fn responder(&self) -> Option<&Responder> {
+        self.responder.as_ref()
     }
 
     /// The shard's registrar (for tests and the proxy).
@@ -107,6 +144,9 @@ impl Core {
     fn owner(&self, msg: &Message<'_>) -> Option<usize> {
         if self.cfg.shards <= 1 {
             return None;
+        }
+        if self.responder.is_some() {
+            return self.responder_owner(msg);
         }
         let Some(method) = msg.method() else {
             // A response on the shared port: the shard that sent the request wrote its id
@@ -160,6 +200,17 @@ impl Core {
             }
         };
         Some(owner_shard(hash, self.cfg.shards))
+    }
+
+    /// Responder mode: the shard that sent a request (its id is in the branch) gets the
+    /// response; the shard that answered a call (its id is in the To tag) gets the call's
+    /// in-dialog requests; the rest (new calls, their CANCEL) stays where it arrived.
+    fn responder_owner(&self, msg: &Message<'_>) -> Option<usize> {
+        let owner = match msg.method() {
+            None => shard_of_branch(msg.top_via().ok()?.branch()?),
+            Some(_) => crate::responder::shard_of_tag(msg.to().ok()?.tag()?),
+        };
+        owner.filter(|&s| s < self.cfg.shards)
     }
 
     /// True for a request another shard owns that this one can answer itself, in full: a
@@ -239,6 +290,13 @@ impl Core {
                     nonce_shard = owner;
                 }
             }
+        }
+        if let Some(r) = &mut self.responder {
+            match msg.method() {
+                Some(method) => r.request(msg, method, src, socket, now_ms, out),
+                None => r.response(msg, now_ms),
+            }
+            return Disposition::Done;
         }
         let Some(method) = msg.method() else {
             self.stats.received_responses.inc();

@@ -565,6 +565,7 @@ fn run(seed: u64, calls_per_kind: usize, proxy: ProxySettings) {
         registrar: RegistrarSettings::default(),
         proxy: proxy.clone(),
         routing: std::sync::Arc::new(crate::routing::DialPlan::build(&spec).unwrap()),
+        responder: Default::default(),
     });
     let mut core = Core::new(
         0,

@@ -44,6 +44,7 @@ pub(super) fn core_with_proxy(
         registrar,
         proxy,
         routing: Arc::new(crate::routing::DialPlan::empty()),
+        responder: Default::default(),
     });
     Core::new(
         0,
@@ -1228,6 +1229,7 @@ fn two_shards(auth: Option<crate::auth::Authenticator>) -> Vec<Core> {
         registrar: RegistrarSettings::default(),
         proxy: ProxySettings::default(),
         routing: Arc::new(crate::routing::DialPlan::empty()),
+        responder: Default::default(),
     });
     (0..2)
         .map(|i| {

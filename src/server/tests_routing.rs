@@ -59,6 +59,7 @@ fn routed_core(text: &str, auth: Option<crate::auth::Authenticator>) -> Core {
         },
         proxy: ProxySettings::default(),
         routing: plan(text),
+        responder: Default::default(),
     });
     Core::new(
         0,
@@ -666,6 +667,7 @@ fn an_extension_dialed_before_normalisation_goes_to_its_users_shard() {
         registrar: RegistrarSettings::default(),
         proxy: ProxySettings::default(),
         routing: plan(&text),
+        responder: Default::default(),
     });
     let mut cores: Vec<Core> = (0..2)
         .map(|i| {

@@ -226,6 +226,7 @@ pub fn core_config(config: &Config) -> CoreConfig {
         registrar: config.registrar.clone(),
         proxy: config.proxy.clone(),
         routing: config.routing.clone(),
+        responder: config.responder.clone(),
     }
 }
 
