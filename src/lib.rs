@@ -8,6 +8,7 @@
 
 pub mod auth;
 pub mod config;
+pub mod load;
 pub mod metrics;
 pub mod nat;
 pub mod proxy;

@@ -37,6 +37,11 @@ fn parse_config() -> Config {
 }
 
 fn main() {
+    let mut args = std::env::args().skip(1);
+    if args.next().as_deref() == Some("load") {
+        // `sipshard load SCENARIO TARGET [options]`: the load generator.
+        std::process::exit(sipshard::load::run::main(args.collect()));
+    }
     let mut config = parse_config();
     // As parsed (port 0 unresolved): what a reload compares the re-read configuration with.
     let parsed = config.clone();
