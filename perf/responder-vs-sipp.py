@@ -53,10 +53,11 @@ def proc_ticks(pid):
 
 
 def busy_ticks():
-    """All CPUs' busy ticks (user+nice+system+irq+softirq+steal) from /proc/stat."""
+    """(busy, steal): all CPUs' busy ticks (user+nice+system+irq+softirq+steal) and the steal
+    part alone (time the hypervisor gave to someone else), from /proc/stat."""
     with open('/proc/stat') as f:
         v = [int(x) for x in f.readline().split()[1:]]
-    return v[0] + v[1] + v[2] + v[5] + v[6] + v[7]
+    return v[0] + v[1] + v[2] + v[5] + v[6] + v[7], v[7]
 
 
 def rcvbuf_errors():
@@ -76,6 +77,22 @@ def udp_bound(port):
         except OSError:
             pass
     return False
+
+
+def udp_drops():
+    """{local port: drops} of the IPv4/IPv6 UDP sockets on 127.0.0.1 / any address."""
+    out = {}
+    for fn in ('/proc/net/udp', '/proc/net/udp6'):
+        try:
+            with open(fn) as f:
+                next(f)
+                for line in f:
+                    v = line.split()
+                    port = int(v[1].rsplit(':', 1)[1], 16)
+                    out[port] = out.get(port, 0) + int(v[-1])
+        except (OSError, ValueError, IndexError):
+            pass
+    return out
 
 
 def child_pid(pid):
@@ -214,15 +231,28 @@ def one_run(target, rate, duration, opts, rundir, tag):
                'sipp', '127.0.0.1:%d' % port, '-sn', 'uac', '-i', '127.0.0.1',
                '-p', str(uac_port), '-r', str(rate), '-m', str(calls), '-nostdin',
                '-trace_stat', '-stf', 'uac_stat.csv', '-fd', '1', '-timeout', '120s',
-               '-trace_err', '-error_file', 'uac_err.log']
-        t0_ticks, t0_busy, t0_rb = proc_ticks(cpu_pid), busy_ticks(), rcvbuf_errors()
+               '-trace_err', '-error_file', 'uac_err.log'] + opts.uac_extra.split()
+        t0_ticks, (t0_busy, t0_steal), t0_rb = proc_ticks(cpu_pid), busy_ticks(), rcvbuf_errors()
         t0 = time.time()
         u = spawn(uac, os.path.join(d, 'uac.out'), d)
-        _, status, ru = os.wait4(u.pid, 0)
+        # poll: the per-socket drop counters (/proc/net/udp) of the UAC's socket vanish with it
+        drops = {}
+        while True:
+            pid, status, ru = os.wait4(u.pid, os.WNOHANG)
+            if pid:
+                break
+            now = udp_drops()
+            for q in (port, uac_port):
+                if q in now:
+                    drops[q] = now[q]
+            time.sleep(0.2)
+        now = udp_drops()
+        if port in now:
+            drops[port] = now[port]
         u.returncode = os.waitstatus_to_exitcode(status)
         CHILDREN.remove(u)
         wall = time.time() - t0
-        t1_ticks, t1_busy, t1_rb = proc_ticks(cpu_pid), busy_ticks(), rcvbuf_errors()
+        t1_ticks, (t1_busy, t1_steal), t1_rb = proc_ticks(cpu_pid), busy_ticks(), rcvbuf_errors()
         if srv.poll() is not None:
             raise RuntimeError('%s exited during the run (rc %s), see %s' % (target, srv.returncode, d))
     finally:
@@ -239,19 +269,42 @@ def one_run(target, rate, duration, opts, rundir, tag):
              target_cpu_pct=round(100 * tgt_s / wall, 1),
              uac_cpu_s=round(uac_s, 3), uac_cpu_pct=round(100 * uac_s / wall, 1),
              other_cpu_pct=round(100 * max(other_s, 0) / wall, 1),
+             steal_pct=round(100 * (t1_steal - t0_steal) / TCK / wall, 1),
              rcvbuf_errors=t1_rb - t0_rb,
+             target_socket_drops=drops.get(port, 0),
+             uac_socket_drops_at_least=drops.get(uac_port, 0),   # last sample before it exited
              uac_err_lines=count_lines(os.path.join(d, 'uac_err.log')),
              target_log_lines=count_lines(os.path.join(d, 'target.out'))
              if target == 'responder' else None,
              dir=d)
+    r['noisy'] = r['other_cpu_pct'] > opts.max_other_cpu
     r['clean'] = (r['ok'] == calls and r['failed'] == 0 and r['retrans'] == 0
                   and r['unexpected'] == 0 and u.returncode == 0)
     log('%-9s %5d/s: ok %d/%d failed %d retrans %d unexp %d | %s µs/call, target %.0f%% '
-        'uac %.0f%% other %.0f%% | %.1f s, rcvbuf errs %d, rc %d'
+        'uac %.0f%% other %.0f%% (steal %.0f%%) | %.1f s, rcvbuf errs %d (target socket %d, '
+        'uac socket >= %d), rc %d%s'
         % (target, rate, r['ok'], calls, r['failed'], r['retrans'], r['unexpected'],
            r['target_us_per_call'], r['target_cpu_pct'], r['uac_cpu_pct'], r['other_cpu_pct'],
-           wall, r['rcvbuf_errors'], u.returncode))
+           r['steal_pct'], wall, r['rcvbuf_errors'], r['target_socket_drops'],
+           r['uac_socket_drops_at_least'], u.returncode,
+           ' NOISY' if r['noisy'] else ''))
     return r
+
+
+DISCARDED = []       # runs thrown away because the machine was busy
+
+
+def quiet_run(target, rate, duration, opts, rundir, tag):
+    """one_run, redone (after a pause) while other processes used more than --max-other-cpu %
+    of a core during it; after --retries the last run is kept, marked noisy."""
+    for attempt in range(opts.retries + 1):
+        r = one_run(target, rate, duration, opts, rundir, '%s-try%d' % (tag, attempt))
+        if not r['noisy'] or attempt == opts.retries:
+            return r
+        DISCARDED.append(r)
+        log('machine busy (other processes %.0f%% of a core): waiting %d s, then redoing the run'
+            % (r['other_cpu_pct'], opts.busy_wait))
+        time.sleep(opts.busy_wait)
 
 
 # ---- reports -----------------------------------------------------------------------------------
@@ -269,7 +322,7 @@ def compare(opts, rundir):
     order = ['responder', 'sipp-uas']
     for k in range(opts.repeat):
         for t in (order if k % 2 == 0 else order[::-1]):
-            runs.append(one_run(t, opts.rate, opts.duration, opts, rundir, '%s-%d' % (t, k)))
+            runs.append(quiet_run(t, opts.rate, opts.duration, opts, rundir, '%s-%d' % (t, k)))
     summ = {}
     for t in order:
         rs = [r for r in runs if r['target'] == t]
@@ -306,7 +359,7 @@ def max_rate(opts, rundir):
     runs = []
     fails = 0
     for rate in opts.rates:
-        r = one_run('responder', rate, opts.step_duration, opts, rundir, 'max-%d' % rate)
+        r = quiet_run('responder', rate, opts.step_duration, opts, rundir, 'max-%d' % rate)
         runs.append(r)
         fails = 0 if r['clean'] else fails + 1
         if fails >= 2:
@@ -316,14 +369,15 @@ def max_rate(opts, rundir):
     best = max(clean, key=lambda r: r['rate']) if clean else None
     md = ['## Responder (1 shard) max clean rate, %d s steps' % opts.step_duration, '',
           '| UAC rate /s | achieved /s | ok / calls | failed | retrans | unexpected '
-          '| responder µs/call | responder CPU % | SIPp UAC CPU % | other CPU % | rcvbuf errs | clean |',
+          '| responder µs/call | responder CPU % | SIPp UAC CPU % | other CPU % '
+          '| UDP drops: responder socket / UAC socket (≥) | clean |',
           '|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|']
     for r in runs:
-        md.append('| %d | %s | %d / %d | %d | %d | %d | %s | %s | %s | %s | %d | %s |' % (
+        md.append('| %d | %s | %d / %d | %d | %d | %d | %s | %s | %s | %s | %d / %d | %s |' % (
             r['rate'], fmt(r['achieved_cps'], 0), r['ok'], r['calls'], r['failed'], r['retrans'],
             r['unexpected'], fmt(r['target_us_per_call']), fmt(r['target_cpu_pct']),
-            fmt(r['uac_cpu_pct']), fmt(r['other_cpu_pct']), r['rcvbuf_errors'],
-            'yes' if r['clean'] else 'no'))
+            fmt(r['uac_cpu_pct']), fmt(r['other_cpu_pct']), r['target_socket_drops'],
+            r['uac_socket_drops_at_least'], 'yes' if r['clean'] else 'no'))
     md.append('')
     verdict = None
     if best:
@@ -372,8 +426,16 @@ def main():
     ap.add_argument('--rates', default='1000,2000,3000,4000,6000,8000',
                     help='--max-rate steps, calls/s (default %(default)s)')
     ap.add_argument('--step-duration', type=int, default=10, help='s per --max-rate step (default 10)')
+    ap.add_argument('--uac-extra', default='',
+                    help='extra SIPp UAC arguments, e.g. "-buff_size 4194304" (default none: '
+                         'SIPp sets SO_RCVBUF/SO_SNDBUF to 65535)')
     ap.add_argument('--json', help='write the results as JSON to this file')
     ap.add_argument('--md', help='also write the markdown (with a header) to this file')
+    ap.add_argument('--max-other-cpu', type=float, default=25.0,
+                    help='redo a run when other processes used more than this %% of a core '
+                         'during it (default %(default)s)')
+    ap.add_argument('--retries', type=int, default=3, help='redos per run (default 3)')
+    ap.add_argument('--busy-wait', type=int, default=60, help='s to wait before a redo (default 60)')
     ap.add_argument('--keep', action='store_true', help='keep the run directory (SIPp logs)')
     opts = ap.parse_args()
     opts.rates = [int(x) for x in opts.rates.split(',') if x.strip()]
@@ -400,7 +462,8 @@ def main():
             shutil.rmtree(rundir, ignore_errors=True)
     m1 = machine()
     cmd = ' '.join([os.path.basename(sys.argv[0])] + sys.argv[1:])
-    res.update(command=cmd, started=started.isoformat(timespec='seconds'),
+    noisy = [r for r in res['runs'] if r['noisy']]
+    res.update(discarded_noisy_runs=DISCARDED, command=cmd, started=started.isoformat(timespec='seconds'),
                machine=dict(m0, loadavg_after=m1['loadavg']), binary=opts.bin)
     header = ['# sipshard responder vs SIPp UAS', '',
               '- command: `%s`' % cmd,
@@ -410,6 +473,9 @@ def main():
                  ' '.join(m1['loadavg'])),
               '- CPU = utime+stime of the target process from /proc over the UAC run; '
               '"other CPU %" = all other processes on the machine meanwhile (noise)',
+              '- runs during which other processes used > %g %% of a core were redone: %d redone%s'
+              % (opts.max_other_cpu, len(DISCARDED),
+                 '; **%d kept runs are still noisy** (see "other CPU %%")' % len(noisy) if noisy else ''),
               '']
     if not opts.max_rate:
         header.insert(-1, '- figures are medians of %d alternating runs per target' % opts.repeat)

@@ -79,7 +79,6 @@ pub struct Engine {
     calls: HashMap<u64, Call>,
     timers: TimerWheel<u64>,
     next_seq: u64,
-    next_socket: usize,
     pub report: LoadReport,
     fired: Vec<u64>,
 }
@@ -104,7 +103,6 @@ impl Engine {
             calls: HashMap::new(),
             timers: TimerWheel::new(4, 4096),
             next_seq: 0,
-            next_socket: 0,
             report: LoadReport::default(),
             fired: Vec::new(),
         }
@@ -124,8 +122,8 @@ impl Engine {
     pub fn start(&mut self, n: u64, now_us: u64, lag_us: u64, out: &mut Outbox) {
         let seq = self.next_seq;
         self.next_seq += 1;
-        let socket = self.next_socket;
-        self.next_socket = (self.next_socket + 1) % self.local.len();
+        // One source port per AOR, as a phone has: its registrations refresh one binding.
+        let socket = ((n % self.spec.aors.max(1)) % self.local.len() as u64) as usize;
         self.report.started += 1;
         let _ = self.report.start_lag.record(lag_us.max(1));
         let (state, request) = match self.spec.scenario {
@@ -169,7 +167,9 @@ impl Engine {
         call.interval_ms = T1_MS;
         call.timeout_at_ms = now_ms + self.spec.timeout_ms;
         self.timers.cancel(call.timer);
-        call.timer = self.timers.insert((now_ms + T1_MS).min(call.timeout_at_ms), seq);
+        call.timer = self
+            .timers
+            .insert((now_ms + T1_MS).min(call.timeout_at_ms), seq);
         self.calls.insert(seq, call);
     }
 
@@ -179,7 +179,13 @@ impl Engine {
 
     /// Writes the call's next out-of-dialog request (`method`) into `call.request`, with
     /// `authorization` (a full header line) when answering a challenge.
-    fn write_request(&self, call: &mut Call, seq: u64, method: Method, authorization: Option<&str>) {
+    fn write_request(
+        &self,
+        call: &mut Call,
+        seq: u64,
+        method: Method,
+        authorization: Option<&str>,
+    ) {
         let spec = &*self.spec;
         let local = self.local[call.socket];
         let user = self.user(call.n);
@@ -189,9 +195,11 @@ impl Engine {
         if method == Method::Invite {
             call.invite_branch = call.branch_n;
         }
+        // OPTIONS asks the server itself (no user part), REGISTER names the AOR in To.
         let (ruri_user, to_user) = match method {
-            Method::Register => (None, user.as_str()),
-            _ => (Some(spec.callee.as_str()), spec.callee.as_str()),
+            Method::Register => (None, Some(user.as_str())),
+            Method::Options => (None, None),
+            _ => (Some(spec.callee.as_str()), Some(spec.callee.as_str())),
         };
         let name = method_name(method);
         b.extend_from_slice(name);
@@ -210,8 +218,10 @@ impl Engine {
         b.extend_from_slice(b">;tag=");
         push_u64(b, seq);
         b.extend_from_slice(b"\r\nTo: <sip:");
-        b.extend_from_slice(to_user.as_bytes());
-        b.push(b'@');
+        if let Some(u) = to_user {
+            b.extend_from_slice(u.as_bytes());
+            b.push(b'@');
+        }
         b.extend_from_slice(spec.domain.as_bytes());
         b.extend_from_slice(b">\r\n");
         self.write_call_id(b, seq);
@@ -254,11 +264,23 @@ impl Engine {
     }
 
     fn write_call_id(&self, b: &mut Vec<u8>, seq: u64) {
-        let _ = write!(b, "Call-ID: {seq}-{}-{}@sipshard-load\r\n", self.thread, self.run);
+        let _ = write!(
+            b,
+            "Call-ID: {seq}-{}-{}@sipshard-load\r\n",
+            self.thread, self.run
+        );
     }
 
     /// An in-dialog request (ACK of a 2xx, BYE) of `call`, into `out_buf`.
-    fn write_in_dialog(&self, call: &Call, seq: u64, method: Method, cseq: u32, branch_n: u32, b: &mut Vec<u8>) {
+    fn write_in_dialog(
+        &self,
+        call: &Call,
+        seq: u64,
+        method: Method,
+        cseq: u32,
+        branch_n: u32,
+        b: &mut Vec<u8>,
+    ) {
         let spec = &*self.spec;
         let local = self.local[call.socket];
         let user = self.user(call.n);
@@ -325,7 +347,14 @@ impl Engine {
     }
 
     /// A datagram from the target.
-    pub fn datagram(&mut self, data: &[u8], src: SocketAddr, socket: usize, now_us: u64, out: &mut Outbox) {
+    pub fn datagram(
+        &mut self,
+        data: &[u8],
+        src: SocketAddr,
+        socket: usize,
+        now_us: u64,
+        out: &mut Outbox,
+    ) {
         let Ok(msg) = Message::parse(data) else {
             self.report.unexpected += 1;
             return;
@@ -342,7 +371,10 @@ impl Engine {
             self.report.unexpected += 1;
             return;
         };
-        let method = msg.cseq().map(|c| Method::from_bytes(c.method)).unwrap_or(Method::Other);
+        let method = msg
+            .cseq()
+            .map(|c| Method::from_bytes(c.method))
+            .unwrap_or(Method::Other);
         let elapsed = now_us.saturating_sub(call.sent_us);
         match (call.state, method) {
             (State::Asking, Method::Options | Method::Register) => {
@@ -375,7 +407,9 @@ impl Engine {
                     if status > 100 && !call.got_180 {
                         call.got_180 = true;
                         self.report.record(Exchange::Invite180, elapsed);
-                        if self.spec.scenario == Scenario::CallCancel && call.state == State::Inviting {
+                        if self.spec.scenario == Scenario::CallCancel
+                            && call.state == State::Inviting
+                        {
                             return self.cancel(seq, call, now_us, out);
                         }
                     }
@@ -393,7 +427,10 @@ impl Engine {
                     let mut ack = Vec::with_capacity(400);
                     self.write_failure_ack(&call, seq, &msg, &mut ack);
                     out.push(&ack, call.dst, call.socket);
-                    if (status == 401 || status == 407) && !call.challenged && call.state == State::Inviting {
+                    if (status == 401 || status == 407)
+                        && !call.challenged
+                        && call.state == State::Inviting
+                    {
                         return self.answer_challenge(seq, call, &msg, status, now_us, out);
                     }
                     if status == 487 && call.state == State::Cancelling {
@@ -407,12 +444,13 @@ impl Engine {
             (State::Cancelling, Method::Cancel) => {
                 if status >= 200 && !call.cancel_ok {
                     call.cancel_ok = true;
-                    self.report.record(Exchange::Cancel200, now_us.saturating_sub(call.sent_us));
+                    self.report
+                        .record(Exchange::Cancel200, now_us.saturating_sub(call.sent_us));
                     // The CANCEL is done; the INVITE's 487 remains (Timer B still runs).
                     call.retransmit = false;
                 }
             }
-            (State::InCall | State::Byeing, Method::Invite) if status >= 200 && status < 300 => {
+            (State::InCall | State::Byeing, Method::Invite) if (200..300).contains(&status) => {
                 // A retransmitted 2xx: its ACK again (§13.2.2.4).
                 let mut ack = Vec::with_capacity(400);
                 self.write_in_dialog(&call, seq, Method::Ack, call.cseq, call.branch_n, &mut ack);
@@ -443,7 +481,15 @@ impl Engine {
     }
 
     /// Resends the request with credentials answering the challenge in `resp`.
-    fn answer_challenge(&mut self, seq: u64, mut call: Call, resp: &Message<'_>, status: u16, now_us: u64, out: &mut Outbox) {
+    fn answer_challenge(
+        &mut self,
+        seq: u64,
+        mut call: Call,
+        resp: &Message<'_>,
+        status: u16,
+        now_us: u64,
+        out: &mut Outbox,
+    ) {
         let Some(pattern) = &self.spec.password_pattern else {
             return self.end(call, status, |_| {});
         };
@@ -452,7 +498,8 @@ impl Engine {
         } else {
             HeaderName::ProxyAuthenticate
         };
-        let Some(challenge) = crate::auth::client::first_supported_challenge(resp, header_name) else {
+        let Some(challenge) = crate::auth::client::first_supported_challenge(resp, header_name)
+        else {
             return self.end(call, status, |_| {});
         };
         let method = match call.state {
@@ -463,7 +510,7 @@ impl Engine {
         let user = self.user(call.n);
         let password = expand(pattern, call.n % self.spec.aors.max(1));
         let uri = match method {
-            Method::Register => format!("sip:{}", self.spec.domain),
+            Method::Register | Method::Options => format!("sip:{}", self.spec.domain),
             _ => format!("sip:{}@{}", self.spec.callee, self.spec.domain),
         };
         let creds = crate::auth::client_response(
@@ -478,7 +525,11 @@ impl Engine {
         let Ok(creds) = creds else {
             return self.end(call, status, |_| {});
         };
-        let name = if status == 401 { "Authorization" } else { "Proxy-Authorization" };
+        let name = if status == 401 {
+            "Authorization"
+        } else {
+            "Proxy-Authorization"
+        };
         call.challenged = true;
         call.cseq += 1;
         call.got_100 = false;
@@ -498,13 +549,22 @@ impl Engine {
     }
 
     /// A 2xx to the INVITE: the dialog, the ACK, and the BYE now or after the pause.
-    fn answered(&mut self, seq: u64, mut call: Call, resp: &Message<'_>, now_us: u64, out: &mut Outbox) {
+    fn answered(
+        &mut self,
+        seq: u64,
+        mut call: Call,
+        resp: &Message<'_>,
+        now_us: u64,
+        out: &mut Outbox,
+    ) {
         call.to_tag = resp.to().ok().and_then(|t| t.tag()).unwrap_or(b"").to_vec();
         let contact = resp.contacts().next().and_then(|c| c.ok());
         call.remote_target = contact
             .as_ref()
             .map(|c| c.uri_raw.to_vec())
-            .unwrap_or_else(|| format!("sip:{}@{}", self.spec.callee, self.spec.domain).into_bytes());
+            .unwrap_or_else(|| {
+                format!("sip:{}@{}", self.spec.callee, self.spec.domain).into_bytes()
+            });
         // §12.1.2: the route set is the Record-Route list reversed.
         let rrs: Vec<&[u8]> = resp.header_all(HeaderName::RecordRoute).collect();
         call.routes.clear();
@@ -559,7 +619,15 @@ impl Engine {
 
     /// A request from the target: a BYE ending a call in progress (the far end hung up) gets
     /// 200 and completes the call; anything else gets 200 (OPTIONS) or 481.
-    fn request(&mut self, msg: &Message<'_>, method: Method, seq: Option<u64>, src: SocketAddr, socket: usize, out: &mut Outbox) {
+    fn request(
+        &mut self,
+        msg: &Message<'_>,
+        method: Method,
+        seq: Option<u64>,
+        src: SocketAddr,
+        socket: usize,
+        out: &mut Outbox,
+    ) {
         if method == Method::Ack {
             return;
         }
@@ -577,7 +645,11 @@ impl Engine {
             }
         };
         let (buf, start) = out.begin();
-        let reason: &[u8] = if status == 200 { b"OK" } else { b"Call/Transaction Does Not Exist" };
+        let reason: &[u8] = if status == 200 {
+            b"OK"
+        } else {
+            b"Call/Transaction Does Not Exist"
+        };
         response_head(buf, msg, status, reason, Some(b"load"), None);
         finish(buf, b"");
         let dst = crate::proxy::reply::response_destination(msg, src);
@@ -607,9 +679,15 @@ impl Engine {
             if call.retransmit {
                 out.push(&call.request, call.dst, call.socket);
                 self.report.retransmissions += 1;
-                let cap = if call.state == State::Inviting { u64::MAX } else { T2_MS };
+                let cap = if call.state == State::Inviting {
+                    u64::MAX
+                } else {
+                    T2_MS
+                };
                 call.interval_ms = (call.interval_ms * 2).min(cap);
-                call.timer = self.timers.insert((now_ms + call.interval_ms).min(call.timeout_at_ms), seq);
+                call.timer = self
+                    .timers
+                    .insert((now_ms + call.interval_ms).min(call.timeout_at_ms), seq);
             } else {
                 call.timer = self.timers.insert(call.timeout_at_ms, seq);
             }

@@ -163,7 +163,16 @@ impl LoadReport {
         let by: Vec<String> = self
             .failed_by_status
             .iter()
-            .map(|(s, n)| format!("\"{}\": {n}", if *s == 0 { "timeout".to_string() } else { s.to_string() }))
+            .map(|(s, n)| {
+                format!(
+                    "\"{}\": {n}",
+                    if *s == 0 {
+                        "timeout".to_string()
+                    } else {
+                        s.to_string()
+                    }
+                )
+            })
             .collect();
         format!(
             "{{\"scenario\": \"{scenario}\", \"target\": \"{target}\", \"elapsed_s\": {elapsed_s:.3}, \

@@ -97,8 +97,11 @@ pub fn spec_from(cli: &LoadCli) -> Result<LoadSpec, String> {
     }
     let mut spec = LoadSpec::new(scenario, target, cli.rate);
     if let Some(r) = &cli.ramp {
-        if !(cli.step_s > 0.0) {
-            return Err(format!("--step-s {}: expected a positive number", cli.step_s));
+        if cli.step_s.is_nan() || cli.step_s <= 0.0 {
+            return Err(format!(
+                "--step-s {}: expected a positive number",
+                cli.step_s
+            ));
         }
         spec.steps = r
             .split(',')
@@ -112,7 +115,9 @@ pub fn spec_from(cli: &LoadCli) -> Result<LoadSpec, String> {
             .collect::<Result<_, _>>()?;
     } else if let Some(d) = cli.duration.or(cli.total.is_none().then_some(10.0)) {
         if !(d > 0.0 && d.is_finite()) {
-            return Err(format!("--duration {d}: expected a positive number of seconds"));
+            return Err(format!(
+                "--duration {d}: expected a positive number of seconds"
+            ));
         }
         spec.steps[0].duration_ms = (d * 1000.0) as u64;
     }
@@ -130,7 +135,10 @@ pub fn spec_from(cli: &LoadCli) -> Result<LoadSpec, String> {
         return Err("--aors 0: expected at least 1".into());
     }
     if cli.timeout_ms < 100 {
-        return Err(format!("--timeout-ms {}: expected at least 100", cli.timeout_ms));
+        return Err(format!(
+            "--timeout-ms {}: expected at least 100",
+            cli.timeout_ms
+        ));
     }
     if scenario == Scenario::RegisterDigest && cli.password.is_none() {
         return Err("register-digest needs --password (a pattern such as 'pw{n:04}x')".into());
@@ -151,7 +159,11 @@ pub fn spec_from(cli: &LoadCli) -> Result<LoadSpec, String> {
 }
 
 fn resolve(target: &str) -> Result<SocketAddr, String> {
-    let with_port = if target.parse::<SocketAddr>().is_ok() || target.rsplit_once(':').is_some_and(|(h, p)| !h.contains(':') && p.parse::<u16>().is_ok()) {
+    let with_port = if target.parse::<SocketAddr>().is_ok()
+        || target
+            .rsplit_once(':')
+            .is_some_and(|(h, p)| !h.contains(':') && p.parse::<u16>().is_ok())
+    {
         target.to_string()
     } else {
         format!("{target}:5060")
@@ -182,18 +194,30 @@ struct Feed<'a> {
 
 impl RecvHandler for Feed<'_> {
     fn datagram(&mut self, data: &[u8], src: SocketAddr, socket: usize) {
-        self.engine.datagram(data, src, socket, self.now_us, self.out);
+        self.engine
+            .datagram(data, src, socket, self.now_us, self.out);
     }
 }
 
 /// One generator thread: calls `thread`, `thread + threads`, ... of the schedule.
-fn thread_main(spec: Arc<LoadSpec>, thread: usize, run: u32, t0: Instant, live: Arc<Live>, stop: Arc<AtomicBool>) -> std::io::Result<LoadReport> {
-    let local_ip = UdpSocket::bind(if spec.target.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" })
-        .and_then(|s| {
-            s.connect(spec.target)?;
-            s.local_addr()
-        })?
-        .ip();
+fn thread_main(
+    spec: Arc<LoadSpec>,
+    thread: usize,
+    run: u32,
+    t0: Instant,
+    live: Arc<Live>,
+    stop: Arc<AtomicBool>,
+) -> std::io::Result<LoadReport> {
+    let local_ip = UdpSocket::bind(if spec.target.is_ipv4() {
+        "0.0.0.0:0"
+    } else {
+        "[::]:0"
+    })
+    .and_then(|s| {
+        s.connect(spec.target)?;
+        s.local_addr()
+    })?
+    .ip();
     let mut sockets = Vec::new();
     let mut local = Vec::new();
     for _ in 0..spec.sockets {
@@ -201,7 +225,13 @@ fn thread_main(spec: Arc<LoadSpec>, thread: usize, run: u32, t0: Instant, live: 
         local.push(s.local_addr()?.as_socket().expect("an inet socket"));
         sockets.push(s);
     }
-    let mut transport = MmsgTransport::new(ShardSockets { sockets, local: local.clone() }, Arc::new(Waker::new()?))?;
+    let mut transport = MmsgTransport::new(
+        ShardSockets {
+            sockets,
+            local: local.clone(),
+        },
+        Arc::new(Waker::new()?),
+    )?;
     let mut engine = Engine::new(spec.clone(), thread, run, local);
     let mut out = Outbox::new();
     let threads = spec.threads as u64;
@@ -220,7 +250,11 @@ fn thread_main(spec: Arc<LoadSpec>, thread: usize, run: u32, t0: Instant, live: 
                 transport.send(&mut out)?;
             }
         }
-        let mut feed = Feed { engine: &mut engine, out: &mut out, now_us };
+        let mut feed = Feed {
+            engine: &mut engine,
+            out: &mut out,
+            now_us,
+        };
         transport.poll_recv(&mut feed)?;
         let now_us = t0.elapsed().as_micros() as u64;
         if engine.next_timeout_ms().is_some_and(|t| t * 1000 <= now_us) {
@@ -256,14 +290,15 @@ fn thread_main(spec: Arc<LoadSpec>, thread: usize, run: u32, t0: Instant, live: 
 /// Runs `sipshard load` with `args` (after `load`); returns the exit code: 0 when every call
 /// completed, 1 when some failed or timed out, 2 for a bad option.
 pub fn main(args: Vec<String>) -> i32 {
-    let cli = match LoadCli::try_parse_from(std::iter::once("sipshard load".to_string()).chain(args)) {
-        Ok(c) => c,
-        Err(e) => {
-            let code = if e.use_stderr() { 2 } else { 0 };
-            let _ = e.print();
-            return code;
-        }
-    };
+    let cli =
+        match LoadCli::try_parse_from(std::iter::once("sipshard load".to_string()).chain(args)) {
+            Ok(c) => c,
+            Err(e) => {
+                let code = if e.use_stderr() { 2 } else { 0 };
+                let _ = e.print();
+                return code;
+            }
+        };
     let spec = match spec_from(&cli) {
         Ok(s) => Arc::new(s),
         Err(e) => {
@@ -275,7 +310,9 @@ pub fn main(args: Vec<String>) -> i32 {
     let t0 = Instant::now();
     let stop = Arc::new(AtomicBool::new(false));
     let _ = signal_hook::flag::register(signal_hook::consts::SIGINT, stop.clone());
-    let lives: Vec<Arc<Live>> = (0..spec.threads).map(|_| Arc::new(Live::default())).collect();
+    let lives: Vec<Arc<Live>> = (0..spec.threads)
+        .map(|_| Arc::new(Live::default()))
+        .collect();
     let handles: Vec<_> = (0..spec.threads)
         .map(|t| {
             let (spec, live, stop) = (spec.clone(), lives[t].clone(), stop.clone());
@@ -327,7 +364,10 @@ pub fn main(args: Vec<String>) -> i32 {
         }
     }
     if cli.json {
-        print!("{}", report.json(spec.scenario.name(), &spec.target.to_string(), elapsed));
+        print!(
+            "{}",
+            report.json(spec.scenario.name(), &spec.target.to_string(), elapsed)
+        );
     } else {
         print!("{}", report.text(elapsed));
     }

@@ -126,9 +126,9 @@ impl LoadSpec {
 
     /// The schedule's end in µs (None: open-ended, `total` stops it).
     pub fn duration_us(&self) -> Option<u64> {
-        self.steps
-            .iter()
-            .try_fold(0u64, |a, s| (s.duration_ms != u64::MAX).then(|| a + s.duration_ms * 1000))
+        self.steps.iter().try_fold(0u64, |a, s| {
+            (s.duration_ms != u64::MAX).then(|| a + s.duration_ms * 1000)
+        })
     }
 }
 
