@@ -707,3 +707,138 @@ fn method_name(m: Method) -> &'static [u8] {
         _ => b"OPTIONS",
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const TARGET: &str = "192.0.2.1:5060";
+
+    fn engine(scenario: Scenario) -> Engine {
+        let mut spec = LoadSpec::new(scenario, TARGET.parse().unwrap(), 100.0);
+        spec.timeout_ms = 10_000;
+        Engine::new(
+            Arc::new(spec),
+            0,
+            1,
+            vec!["192.0.2.9:40000".parse().unwrap()],
+        )
+    }
+
+    fn sent(out: &mut Outbox) -> Vec<(SocketAddr, String)> {
+        let v = out
+            .items()
+            .iter()
+            .map(|d| (d.dst, String::from_utf8_lossy(out.bytes(d)).into_owned()))
+            .collect();
+        out.clear();
+        v
+    }
+
+    /// A response to `req` from the target with `status` and extra header lines.
+    fn respond(req: &str, status: u16, extra: &str) -> Vec<u8> {
+        let m = Message::parse(req.as_bytes()).unwrap();
+        let mut b = Vec::new();
+        let tag = (status > 100).then_some(&b"far"[..]);
+        response_head(&mut b, &m, status, b"X", tag, None);
+        b.extend_from_slice(extra.as_bytes());
+        finish(&mut b, b"");
+        b
+    }
+
+    #[test]
+    fn invite_is_retransmitted_until_a_provisional_then_times_out() {
+        let mut e = engine(Scenario::Call);
+        let mut out = Outbox::new();
+        e.start(0, 0, 0, &mut out);
+        let invite = sent(&mut out).remove(0).1;
+        assert!(invite.starts_with("INVITE sip:service@192.0.2.1 SIP/2.0\r\n"));
+        // Timer A: 500, then 1000 ms later (§17.1.1.2).
+        e.handle_timeout(499_000, &mut out);
+        assert!(sent(&mut out).is_empty());
+        e.handle_timeout(500_000, &mut out);
+        assert_eq!(sent(&mut out)[0].1, invite);
+        e.handle_timeout(1_499_000, &mut out);
+        assert!(sent(&mut out).is_empty());
+        e.handle_timeout(1_500_000, &mut out);
+        assert_eq!(sent(&mut out).len(), 1);
+        assert_eq!(e.report.retransmissions, 2);
+        // A 100 stops the retransmissions; the call still times out.
+        let trying = respond(&invite, 100, "");
+        e.datagram(&trying, TARGET.parse().unwrap(), 0, 1_600_000, &mut out);
+        e.handle_timeout(3_600_000, &mut out);
+        assert!(sent(&mut out).is_empty());
+        assert_eq!(e.report.latency[Exchange::Invite100 as usize].len(), 1);
+        e.handle_timeout(10_000_000, &mut out);
+        assert_eq!((e.report.timeouts, e.report.failed, e.active()), (1, 1, 0));
+    }
+
+    #[test]
+    fn the_2xx_dialog_follows_record_route_and_contact() {
+        let mut e = engine(Scenario::Call);
+        let mut out = Outbox::new();
+        e.start(0, 0, 0, &mut out);
+        let invite = sent(&mut out).remove(0).1;
+        let ok = respond(
+            &invite,
+            200,
+            "Record-Route: <sip:198.51.100.7:5070;lr>\r\nRecord-Route: <sip:198.51.100.8;lr>\r\n\
+             Contact: <sip:far@203.0.113.5:5062>\r\n",
+        );
+        e.datagram(&ok, TARGET.parse().unwrap(), 0, 2_000, &mut out);
+        let msgs = sent(&mut out);
+        assert_eq!(msgs.len(), 2, "ACK and BYE (no pause)");
+        let (dst, ack) = &msgs[0];
+        // The route set is the Record-Route list reversed; the first route is the next hop.
+        assert_eq!(*dst, "198.51.100.8:5060".parse().unwrap());
+        assert!(
+            ack.starts_with("ACK sip:far@203.0.113.5:5062 SIP/2.0\r\n"),
+            "{ack}"
+        );
+        assert!(
+            ack.contains("Route: <sip:198.51.100.8;lr>\r\nRoute: <sip:198.51.100.7:5070;lr>\r\n"),
+            "{ack}"
+        );
+        assert!(
+            ack.contains(";tag=far\r\n") && ack.contains("CSeq: 1 ACK"),
+            "{ack}"
+        );
+        let bye = &msgs[1].1;
+        assert!(bye.starts_with("BYE sip:far@203.0.113.5:5062") && bye.contains("CSeq: 2 BYE"));
+        // A retransmitted 200 is acknowledged again.
+        e.datagram(&ok, TARGET.parse().unwrap(), 0, 3_000, &mut out);
+        assert!(sent(&mut out)[0].1.starts_with("ACK "));
+        let bye_ok = respond(bye, 200, "");
+        e.datagram(&bye_ok, TARGET.parse().unwrap(), 0, 4_000, &mut out);
+        assert_eq!((e.report.completed, e.active()), (1, 0));
+        assert_eq!(e.report.latency[Exchange::Invite200 as usize].len(), 1);
+        assert_eq!(e.report.latency[Exchange::Bye200 as usize].len(), 1);
+    }
+
+    #[test]
+    fn a_busy_callee_is_acknowledged_in_the_invite_transaction_and_counted_by_status() {
+        let mut e = engine(Scenario::Call);
+        let mut out = Outbox::new();
+        e.start(0, 0, 0, &mut out);
+        let invite = sent(&mut out).remove(0).1;
+        let busy = respond(&invite, 486, "");
+        e.datagram(&busy, TARGET.parse().unwrap(), 0, 1_000, &mut out);
+        let ack = sent(&mut out).remove(0).1;
+        let branch = |m: &str| {
+            m.split("branch=")
+                .nth(1)
+                .unwrap()
+                .split("\r\n")
+                .next()
+                .unwrap()
+                .to_string()
+        };
+        assert_eq!(
+            branch(&ack),
+            branch(&invite),
+            "§17.1.1.3: the INVITE's branch"
+        );
+        assert_eq!(e.report.failed_by_status.get(&486), Some(&1));
+        assert_eq!(e.active(), 0);
+    }
+}
