@@ -19,6 +19,13 @@ the highest rate at which SIPp ended with every call successful, 0 failed and 0
 retransmissions, together with who was busiest at that rate (the UAC's CPU %% of one core vs
 the responder's).
 
+The UAC's SIPp sets SO_RCVBUF to its -buff_size, 65535 bytes by default: above ~5,000 calls/s
+that socket overflows (the table shows the UDP drops per socket) long before either process
+saturates a core; `--uac-extra=-buff_size 4194304` lifts that limit (net.core.rmem_max permitting).
+
+A run during which other processes used more than --max-other-cpu % of a core is redone after
+--busy-wait s (at most --retries times); the discarded runs are kept in the JSON.
+
 This script does not take /tmp/bench.lock itself: run it under `flock /tmp/bench.lock`.
 """
 import argparse

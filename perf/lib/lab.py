@@ -90,6 +90,10 @@ TRUNK_PREFIX = '+49'
 KAM_EXTRA_ARGS = os.environ.get('PERF_KAM_ARGS', '').split()
 TARGETS = ['sipshard-1', 'sipshard-2', 'kamailio', 'echo']
 HOLD_MS = 100
+# PERF_GENERATOR=sipshard: `sipshard load` is the caller instead of SIPp (and, for the call
+# scenarios, a `sipshard --mode responder` the callee instead of the SIPp UAS), so that the
+# highest rates are the servers' and not SIPp's. Not for the echo target.
+GENERATOR = os.environ.get('PERF_GENERATOR', 'sipp')
 
 
 def log(msg):
@@ -376,6 +380,36 @@ def sipp_stats(path):
                 elapsed=round(elapsed, 3))
 
 
+def run_generator(rundir, scenario, rate, total, callee, bins, duration):
+    """`sipshard load` as the caller: returns (rc, cpu seconds, SIPp-like stats)."""
+    load = {'reg': 'register', 'reg-auth': 'register-digest'}.get(scenario, 'call')
+    cmd = [bins['sipshard'], 'load', load, '%s:%d' % (IP, PORT), '--rate', str(rate),
+           '--total', str(total), '--timeout-ms', '10000', '--json', '--quiet']
+    if load != 'call':
+        cmd += ['--aors', str(total), '--user', 'u{n:07}']
+    if load == 'register-digest':
+        cmd += ['--password', 'secret']
+    if load == 'call':
+        cmd += ['--callee', callee, '--pause-ms', str(HOLD_MS)]
+    with open(os.path.join(rundir, 'client.cmd'), 'w') as f:
+        f.write(' '.join(cmd) + '\n')
+    out = open(os.path.join(rundir, 'client.json'), 'w')
+    p = subprocess.Popen(cmd, cwd=rundir, stdout=out, stderr=subprocess.STDOUT,
+                         stdin=subprocess.DEVNULL)
+    rc, cpu = wait_sipp(p, duration)
+    out.close()
+    try:
+        j = json.load(open(os.path.join(rundir, 'client.json')))
+    except ValueError:
+        j = dict(completed=0, failed=0, retransmissions=0, started=0, unexpected=0,
+                 timeouts=0, elapsed_s=float('nan'))
+    st = dict(ok=j['completed'], failed=j['failed'], retrans=j['retransmissions'],
+              created=j['started'], unexpected=j['unexpected'], outofcall=0,
+              elapsed=j['elapsed_s'], timeouts=j.get('timeouts', 0),
+              latency=j.get('latency', {}))
+    return rc, cpu, st
+
+
 # ---- one trial ---------------------------------------------------------------------------
 class Lock:
     """One load at a time on this machine: flock(2) on /tmp/bench.lock (what flock(1) takes).
@@ -444,9 +478,16 @@ def trial(target, scenario, rate, duration, bins):
                         raise RuntimeError('callee registration failed')
                 else:
                     callee = number_csv()   # no registration: the route finds the trunk
-                uas = run_sipp('uas', rundir, ['-sf', os.path.join(SCEN, 'uas.xml'), '-i', IP,
-                               '-p', str(UAS_PORT), '-t', 'u1', '-m', str(total)], duration,
-                               background=True)
+                if GENERATOR == 'sipshard':
+                    uas = subprocess.Popen(
+                        [bins['sipshard'], '--mode', 'responder', '--shards', '1', '--listen',
+                         'udp:%s:%d' % (IP, UAS_PORT), '--log', 'warn'],
+                        cwd=rundir, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                        stdin=subprocess.DEVNULL)
+                else:
+                    uas = run_sipp('uas', rundir, ['-sf', os.path.join(SCEN, 'uas.xml'),
+                                   '-i', IP, '-p', str(UAS_PORT), '-t', 'u1', '-m', str(total)],
+                                   duration, background=True)
                 for _ in range(50):
                     if udp_port_busy(UAS_PORT):
                         break
@@ -457,13 +498,28 @@ def trial(target, scenario, rate, duration, bins):
                         '-m', str(total), '-d', str(HOLD_MS)]
             m0 = scrape() if target.startswith('sipshard') else {}
             e0, k0, w0, b0 = udp_rcvbuf_errors(), srv.ticks(), time.time(), cpu_busy_ticks()
-            rc, sipp_cpu = run_sipp('client', rundir, args, duration)
+            gen_st = None
+            u0 = proc_ticks(uas.pid) if uas else 0
+            if GENERATOR == 'sipshard' and target != 'echo':
+                callee_user = None
+                if scenario in CALLS:
+                    with open(callee) as f:
+                        callee_user = f.read().split('\n')[1].split(';')[0]
+                rc, sipp_cpu, gen_st = run_generator(rundir, scenario, rate, total, callee_user,
+                                                     bins, duration)
+            else:
+                rc, sipp_cpu = run_sipp('client', rundir, args, duration)
             k1, w1, e1, b1 = srv.ticks(), time.time(), udp_rcvbuf_errors(), cpu_busy_ticks()
             res['loadavg'] = float(open('/proc/loadavg').read().split()[0])
             res['rss_kib'] = srv.hwm_kib()
             res['server_procs'] = len(srv.pids)
             m1 = scrape() if target.startswith('sipshard') else {}
-            if uas:
+            if uas and gen_st is not None:
+                # the responder: its CPU over the run, then stopped
+                res['uas_cpu_s'] = round((proc_ticks(uas.pid) - u0) / CLK_TCK, 2)
+                uas.send_signal(signal.SIGTERM)
+                uas.wait(10)
+            elif uas:
                 urc, ucpu = wait_sipp(uas, duration)
                 res['uas'] = sipp_stats(os.path.join(rundir, 'uas_stat.csv'))
                 res['uas']['rc'] = urc
@@ -473,7 +529,8 @@ def trial(target, scenario, rate, duration, bins):
                 uas.kill()
                 uas.wait()
             srv.stop()
-    st = sipp_stats(os.path.join(rundir, 'client_stat.csv'))
+    st = gen_st if gen_st is not None else sipp_stats(os.path.join(rundir, 'client_stat.csv'))
+    res['generator'] = 'sipshard load' if gen_st is not None else 'sipp'
     if per_op > 1:      # echo: count ops, not SIPp calls
         for k in ('ok', 'created'):
             st[k] //= per_op
@@ -492,11 +549,11 @@ def trial(target, scenario, rate, duration, bins):
     problems = []
     if st['ok'] != total:
         problems.append('successful %d != -m %d' % (st['ok'], total))
-    for k in ('failed', 'retrans', 'unexpected', 'outofcall'):
-        if st[k]:
+    for k in ('failed', 'retrans', 'unexpected', 'outofcall', 'timeouts'):
+        if st.get(k):
             problems.append('%s=%d' % (k, st[k]))
     if rc != 0:
-        problems.append('sipp exit code %d' % rc)
+        problems.append('%s exit code %d' % (res['generator'], rc))
     if res['achieved'] < rate * MIN_ACHIEVED_PCT // 100:
         problems.append('achieved %d/s < %d%% of %d/s' % (res['achieved'], MIN_ACHIEVED_PCT, rate))
     if 'uas' in res:
@@ -543,11 +600,15 @@ def trial(target, scenario, rate, duration, bins):
             # 6 datagrams in, 7 out; nothing else (no OPTIONS, no stray response, no drop)
             want = {'requests_received_total{method="%s"}' % m: ok for m in ('INVITE', 'ACK', 'BYE')}
             want.update({'requests_sent_total{method="%s"}' % m: ok for m in ('INVITE', 'ACK', 'BYE')})
-            want.update({'responses_received_total': 3 * ok,
+            # the responder (PERF_GENERATOR=sipshard) also sends 100 Trying, which the
+            # proxy absorbs: one more datagram in per call
+            trying = ok if res.get('generator') == 'sipshard load' else 0
+            want.update({'responses_received_total': 3 * ok + trying,
                          'responses_sent_total{status="100"}': ok,
                          'responses_sent_total{status="180"}': ok,
                          'responses_sent_total{status="200"}': 2 * ok,
-                         'datagrams_received_total': 6 * ok, 'datagrams_sent_total': 7 * ok})
+                         'datagrams_received_total': 6 * ok + trying,
+                         'datagrams_sent_total': 7 * ok})
             got = {}
             for k, v in res['sipshard']['counts'].items():
                 k = 'datagrams_received_total' if k.startswith('datagrams_received_total') else k

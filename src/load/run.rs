@@ -66,7 +66,8 @@ pub struct LoadCli {
     /// Password pattern (same placeholders); challenges (401/407) are answered with it.
     #[arg(long)]
     pub password: Option<String>,
-    /// The host of Request-URI, From and To (default: the target's IP).
+    /// The host of Request-URI, From and To (default: the target's IP, with its port unless
+    /// 5060).
     #[arg(long)]
     pub domain: Option<String>,
     /// The user called by INVITE and OPTIONS.

@@ -58,7 +58,8 @@ pub struct LoadSpec {
     /// The schedule; the run stops starting calls after the last step or `total` calls.
     pub steps: Vec<Step>,
     pub total: Option<u64>,
-    /// The host part of the Request-URI, To and From (default: the target's IP).
+    /// The host part of the Request-URI, To and From (default: the target's IP, and its port
+    /// unless 5060).
     pub domain: String,
     /// The user called (Request-URI and To of INVITE and OPTIONS).
     pub callee: String,
@@ -91,7 +92,13 @@ impl LoadSpec {
                 duration_ms: u64::MAX,
             }],
             total: None,
-            domain: target.ip().to_string(),
+            // As SIPp's [remote_ip]:[remote_port]: the port too unless it is 5060 (a
+            // server's `myself` check compares it).
+            domain: match (target.ip(), target.port()) {
+                (ip, 5060) => ip.to_string(),
+                (std::net::IpAddr::V6(ip), port) => format!("[{ip}]:{port}"),
+                (ip, port) => format!("{ip}:{port}"),
+            },
             callee: "service".into(),
             user_pattern: "user{n:04}".into(),
             password_pattern: None,
