@@ -627,7 +627,7 @@ fn responder_settings(
     let check_ms = |key: &str, n: u64| ms(key, &n.to_string());
     let f = file;
     if let Some(t) = f.and_then(|f| f.trying) {
-        s.trying = t;
+        s.trying = Some(t);
     }
     s.ring_ms = match (ring_ms, f.and_then(|f| f.ring_ms)) {
         (Some(v), _) => ms("--ring-ms", v)?,
@@ -887,7 +887,7 @@ mod tests {
         let c = cli(&["--config", path.to_str().unwrap(), "--ring-ms", "500"]).unwrap();
         assert_eq!(c.mode, Mode::Responder);
         let r = &*c.responder;
-        assert!(!r.trying);
+        assert_eq!(r.trying, Some(false));
         assert_eq!((r.ring_ms, r.hold_ms, r.drop), (500, 30_000, 0.01));
         assert_eq!(r.mix, vec![(200, 90), (486, 10)]);
         let _ = std::fs::remove_file(&path);

@@ -1,7 +1,7 @@
 //! The responder (`--mode responder`): the far end of a load test, answering like a phone
 //! that always picks up, per shard and keeping only the state RFC 3261 requires of a UAS.
 //!
-//! - INVITE (§13.3.1): 100 Trying (optional), 180 Ringing and, after the ring time, a final
+//! - INVITE (§13.3.1): 100 Trying (by default only with a ring time), 180 Ringing and, after the ring time, a final
 //!   response chosen from the configured mix by a hash of the Call-ID; a 200 carries Contact,
 //!   the Record-Route set (§12.1.1) and an SDP answer built from the offer (`sdp.rs`).
 //! - The state kept per call: the INVITE while it rings (so CANCEL gets 200 and the INVITE 487,
@@ -373,7 +373,7 @@ impl Responder {
             // repeats its final response.
             match call.phase {
                 Phase::Ringing => {
-                    if self.settings.trying {
+                    if self.settings.sends_trying() {
                         reply.simple(out, 100, b"Trying");
                     }
                     self.ringing(msg, reply, out);
@@ -386,7 +386,7 @@ impl Responder {
         let status = self
             .settings
             .status_for(fnv(FNV_OFFSET, msg.call_id().unwrap_or(b"")));
-        if self.settings.trying {
+        if self.settings.sends_trying() {
             reply.simple(out, 100, b"Trying");
         }
         if self.settings.ring_ms > 0 {

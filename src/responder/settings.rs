@@ -7,8 +7,10 @@
 /// The responder's behaviour.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ResponderSettings {
-    /// Send 100 Trying to an INVITE before the 180.
-    pub trying: bool,
+    /// Send 100 Trying to an INVITE before the 180: always, never, or (None) only when the
+    /// final response is not sent at once (a ring time): RFC 3261 §17.2.1 asks for a 100 when
+    /// the answer takes longer than 200 ms, and an immediate 180 and final make it redundant.
+    pub trying: Option<bool>,
     /// Time between the 180 and the final response (0: both at once).
     pub ring_ms: u64,
     /// Time after the ACK of a 200 at which the responder sends BYE itself (0: never; the
@@ -25,7 +27,7 @@ pub struct ResponderSettings {
 impl Default for ResponderSettings {
     fn default() -> Self {
         ResponderSettings {
-            trying: true,
+            trying: None,
             ring_ms: 0,
             hold_ms: 0,
             mix: vec![(200, 100)],
@@ -35,6 +37,11 @@ impl Default for ResponderSettings {
 }
 
 impl ResponderSettings {
+    /// True when an INVITE gets 100 Trying.
+    pub fn sends_trying(&self) -> bool {
+        self.trying.unwrap_or(self.ring_ms > 0)
+    }
+
     /// The final status for a call whose Call-ID hashes to `hash`.
     pub fn status_for(&self, hash: u64) -> u16 {
         let total: u64 = self.mix.iter().map(|&(_, w)| u64::from(w)).sum();
