@@ -594,8 +594,7 @@ impl Cli {
             strict_digest_uri: self.strict_digest_uri || file.strict_digest_uri.unwrap_or(false),
             log: self.log.or(file.log).unwrap_or_else(|| "info".into()),
         };
-        // A responder routes nothing anywhere: open, it can be scanned but not abused.
-        if !config.auth_enabled() && !config.allow_unauthenticated && mode != Mode::Responder {
+        if !config.auth_enabled() && !config.allow_unauthenticated {
             if let Some(l) = config.listen.iter().find(|l| !is_loopback(l.addr.ip())) {
                 return err(format!(
                     "--listen {}: refusing to serve without authentication on a non-loopback \
@@ -874,9 +873,16 @@ mod tests {
         let c = cli(&["--mode", "responder"]).unwrap();
         assert_eq!(c.mode, Mode::Responder);
         assert_eq!(*c.responder, crate::responder::ResponderSettings::default());
-        // No users on a public address: allowed for a responder, which routes nothing.
-        assert!(cli(&["--mode", "responder", "--listen", "192.0.2.1:5060"]).is_ok());
-        assert!(cli(&["--listen", "192.0.2.1:5060"]).is_err());
+        // No users on a public address: refused for a responder too, unless told so.
+        assert!(cli(&["--mode", "responder", "--listen", "192.0.2.1:5060"]).is_err());
+        let open = [
+            "--mode",
+            "responder",
+            "--listen",
+            "192.0.2.1:5060",
+            "--allow-unauthenticated",
+        ];
+        assert!(cli(&open).is_ok());
         let path = std::env::temp_dir().join(format!("sipshard-resp-{}.toml", std::process::id()));
         std::fs::write(
             &path,
