@@ -63,9 +63,14 @@ def log(msg):
 # ---- /proc -------------------------------------------------------------------------------------
 def proc_ticks(pid):
     """utime+stime of one process (all its threads), in clock ticks."""
+    return sum(proc_us_ticks(pid))
+
+
+def proc_us_ticks(pid):
+    """(utime, stime) of one process (all its threads), in clock ticks."""
     with open('/proc/%d/stat' % pid) as f:
         rest = f.read().rsplit(')', 1)[1].split()
-    return int(rest[11]) + int(rest[12])
+    return int(rest[11]), int(rest[12])
 
 
 def ctx_switches(pid):
@@ -255,7 +260,8 @@ def one_run(gen, rate, duration, opts, resp, rundir, tag):
     if not resp.alive():
         raise RuntimeError('the responder has exited (rc %s), see %s' % (resp.p.returncode, resp.log_path))
     c0 = scrape(resp.mport)
-    r0, (b0, s0), e0 = proc_ticks(resp.p.pid), busy_ticks(), rcvbuf_errors()
+    (ru0, rs0), (b0, s0), e0 = proc_us_ticks(resp.p.pid), busy_ticks(), rcvbuf_errors()
+    r0 = ru0 + rs0
     w0 = ctx_switches(resp.p.pid)
     t0 = time.time()
     g = spawn(cmd, os.path.join(d, 'stdout'), d, os.path.join(d, 'stderr'))
@@ -271,7 +277,8 @@ def one_run(gen, rate, duration, opts, resp, rundir, tag):
             killed = True
         time.sleep(0.05)
     wall = time.time() - t0
-    r1, (b1, s1), e1 = proc_ticks(resp.p.pid), busy_ticks(), rcvbuf_errors()
+    (ru1, rs1), (b1, s1), e1 = proc_us_ticks(resp.p.pid), busy_ticks(), rcvbuf_errors()
+    r1 = ru1 + rs1
     w1 = ctx_switches(resp.p.pid)
     g.returncode = os.waitstatus_to_exitcode(status)
     CHILDREN.remove(g)
@@ -339,8 +346,7 @@ def one_run(gen, rate, duration, opts, resp, rundir, tag):
         % (gen, rate, ok, calls, r['failed'],
            ' %s' % r['failed_by_status'] if r['failed_by_status'] else '', r['retrans'],
            r['unexpected'], '' if r['timeouts'] is None else ' timeouts %d' % r['timeouts'],
-           r['gen_us_per_call'], r['gen_cpu_pct'], r['resp_us_per_call'], r['resp_cpu_pct'],
-           r['gen_wakeups_per_call'], r['resp_wakeups_per_call'], r['other_cpu_pct'], wall, r['achieved_cps'], r['rcvbuf_errors'], g.returncode,
+           r['gen_us_per_call'], r['gen_cpu_pct'], r['resp_us_per_call'], r['resp_cpu_pct'], r['gen_wakeups_per_call'], r['resp_wakeups_per_call'], r['other_cpu_pct'], wall, r['achieved_cps'], r['rcvbuf_errors'], g.returncode,
            ' NOISY' if r['noisy'] else '',
            ' COUNTER MISMATCH %s' % r['responder_received'] if r.get('counter_mismatch') else ''))
     return r

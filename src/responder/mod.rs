@@ -91,6 +91,8 @@ pub struct Responder {
     next_auth_prune: u64,
     /// The address our Via, Contact and SDP name (its IP unspecified: the Request-URI's host).
     local: SocketAddr,
+    /// `<sip:IP:PORT>` of `local` (empty when its IP is unspecified).
+    local_contact: Vec<u8>,
     /// Calls by [`call_key`].
     calls: HashMap<u64, Call>,
     timers: TimerWheel<u64>,
@@ -153,6 +155,11 @@ impl Responder {
             stats,
             auth,
             next_auth_prune: 0,
+            local_contact: if local.ip().is_unspecified() {
+                Vec::new()
+            } else {
+                format!("<sip:{local}>").into_bytes()
+            },
             local,
             calls: HashMap::new(),
             timers: TimerWheel::new(10, 1024),
@@ -427,7 +434,10 @@ impl Responder {
 
     /// Our Contact: `<sip:IP:PORT>` of the listen address, or the Request-URI's host when
     /// we listen on an unspecified address.
-    fn contact(&self, msg: &Message<'_>) -> Vec<u8> {
+    fn contact(&self, msg: &Message<'_>) -> std::borrow::Cow<'_, [u8]> {
+        if !self.local_contact.is_empty() {
+            return std::borrow::Cow::Borrowed(&self.local_contact);
+        }
         let mut c = Vec::with_capacity(48);
         c.extend_from_slice(b"<sip:");
         if self.local.ip().is_unspecified() {
@@ -451,7 +461,7 @@ impl Responder {
             c.extend_from_slice(self.local.to_string().as_bytes());
         }
         c.push(b'>');
-        c
+        std::borrow::Cow::Owned(c)
     }
 
     /// The IP our SDP names.
