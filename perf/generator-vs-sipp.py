@@ -443,7 +443,7 @@ def max_rate(opts, resp, rundir):
           '| unexpected | generator CPU % | generator µs/call | responder CPU % | other CPU % '
           '| rcvbuf errs | clean |',
           '|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|']
-    for gen in GENS:
+    for gen in opts.generators:
         fails = 0
         mine = []
         for rate in opts.rates:
@@ -479,7 +479,7 @@ def max_rate(opts, resp, rundir):
         else:
             verdicts[gen] = None
     md.append('')
-    for gen in GENS:
+    for gen in opts.generators:
         v = verdicts[gen]
         if not v:
             md.append('- **%s: no clean step.**' % label(gen, opts))
@@ -527,6 +527,8 @@ def main():
     ap.add_argument('--max-rate', action='store_true', help='step the rate for each generator')
     ap.add_argument('--rates', default='1000,2000,4000,6000,8000,12000,16000,20000',
                     help='--max-rate steps, calls/s (default %(default)s)')
+    ap.add_argument('--generators', default=','.join(GENS),
+                    help='--max-rate: which generators, in order (default %(default)s)')
     ap.add_argument('--step-duration', type=int, default=10, help='s per --max-rate step (default 10)')
     ap.add_argument('--pause', type=float, default=2.0, help='s between --max-rate steps (default 2)')
     ap.add_argument('--sipp-extra', default='',
@@ -545,6 +547,9 @@ def main():
     ap.add_argument('--keep', action='store_true', help='keep the run directory (logs)')
     opts = ap.parse_args()
     opts.rates = [int(x) for x in opts.rates.split(',') if x.strip()]
+    opts.generators = [g.strip() for g in opts.generators.split(',') if g.strip()]
+    if not opts.generators or any(g not in GENS for g in opts.generators):
+        sys.exit('--generators: a comma list of %s' % ', '.join(GENS))
     if not shutil.which('sipp'):
         sys.exit('sipp not found')
     if not os.access(opts.bin, os.X_OK):

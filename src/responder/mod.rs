@@ -262,7 +262,15 @@ impl Responder {
         }
         let sent_before = out.len();
         let mut reply = Reply::new(msg, src, socket, &mut self.tag_seq, self.shard);
-        if let Err(e) = msg.validate() {
+        // What the responder reads must be well-formed: the transaction fields (Via, From, To,
+        // Call-ID, CSeq, Content-Length) of every request, the Contacts of a REGISTER. The
+        // Record-Route values it copies verbatim, like a proxy (§16.3), are not parsed.
+        let valid = if method == Method::Register {
+            msg.validate()
+        } else {
+            msg.validate_for_proxy()
+        };
+        if let Err(e) = valid {
             reply.simple(out, e.status(), e.reason().as_bytes());
         } else {
             self.dispatch(msg, method, now_ms, &mut reply, out);
