@@ -212,7 +212,7 @@ def target_cmd(target, port, opts, lifetime):
         return [opts.bin, '--mode', 'responder', '--shards', '1',
                 '--listen', 'udp:127.0.0.1:%d' % port, '--log', 'warn']
     return ['timeout', '-k', '5', '%ds' % lifetime, 'sipp', '-sn', 'uas', '-i', '127.0.0.1',
-            '-p', str(port), '-nostdin']
+            '-p', str(port), '-nostdin'] + opts.uas_extra.split()
 
 
 def one_run(target, rate, duration, opts, rundir, tag):
@@ -436,6 +436,8 @@ def main():
     ap.add_argument('--uac-extra', default='',
                     help='extra SIPp UAC arguments, e.g. "-buff_size 4194304" (default none: '
                          'SIPp sets SO_RCVBUF/SO_SNDBUF to 65535)')
+    ap.add_argument('--uas-extra', default='',
+                    help='extra SIPp UAS arguments, e.g. "-buff_size 4194304" (default none)')
     ap.add_argument('--json', help='write the results as JSON to this file')
     ap.add_argument('--md', help='also write the markdown (with a header) to this file')
     ap.add_argument('--max-other-cpu', type=float, default=25.0,
