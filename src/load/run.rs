@@ -60,7 +60,8 @@ pub struct LoadCli {
     /// Distinct AORs (register) or callers (call), numbered 0..N.
     #[arg(long, default_value = "1000")]
     pub aors: u64,
-    /// AOR user pattern: {n} or {n:04} is the AOR number.
+    /// AOR user pattern: `{n:04}` is replaced by the AOR number zero-padded to 4 digits
+    /// (`{n:0W}`: W digits; without `:0W`, no padding).
     #[arg(long, default_value = "user{n:04}")]
     pub user: String,
     /// Password pattern (same placeholders); challenges (401/407) are answered with it.
