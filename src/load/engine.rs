@@ -346,12 +346,27 @@ impl Engine {
         finish(b, b"");
     }
 
-    /// A datagram from the target.
+    /// A datagram from the target, received now.
     pub fn datagram(
         &mut self,
         data: &[u8],
         src: SocketAddr,
         socket: usize,
+        now_us: u64,
+        out: &mut Outbox,
+    ) {
+        self.datagram_at(data, src, socket, now_us, now_us, out)
+    }
+
+    /// A datagram from the target that the kernel received at `received_us` (its receive
+    /// timestamp: the latency measured does not depend on when the thread got to read it);
+    /// what it causes to be sent is stamped `now_us`.
+    pub fn datagram_at(
+        &mut self,
+        data: &[u8],
+        src: SocketAddr,
+        socket: usize,
+        received_us: u64,
         now_us: u64,
         out: &mut Outbox,
     ) {
@@ -375,7 +390,7 @@ impl Engine {
             .cseq()
             .map(|c| Method::from_bytes(c.method))
             .unwrap_or(Method::Other);
-        let elapsed = now_us.saturating_sub(call.sent_us);
+        let elapsed = received_us.saturating_sub(call.sent_us);
         match (call.state, method) {
             (State::Asking, Method::Options | Method::Register) => {
                 if status < 200 {
@@ -444,8 +459,7 @@ impl Engine {
             (State::Cancelling, Method::Cancel) => {
                 if status >= 200 && !call.cancel_ok {
                     call.cancel_ok = true;
-                    self.report
-                        .record(Exchange::Cancel200, now_us.saturating_sub(call.sent_us));
+                    self.report.record(Exchange::Cancel200, elapsed);
                     // The CANCEL is done; the INVITE's 487 remains (Timer B still runs).
                     call.retransmit = false;
                 }

@@ -7,10 +7,11 @@
 use super::engine::Engine;
 use super::report::LoadReport;
 use super::spec::{LoadSpec, Scenario, Step};
+use super::stamped::StampedReceiver;
 use crate::server::outbox::Outbox;
 use crate::stats::Counter;
 use crate::transport::mmsg::MmsgTransport;
-use crate::transport::{udp_socket, RecvHandler, ShardSockets, Transport, Waker};
+use crate::transport::{udp_socket, ShardSockets, Transport, Waker};
 use clap::Parser;
 use std::net::{SocketAddr, ToSocketAddrs, UdpSocket};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -83,6 +84,10 @@ pub struct LoadCli {
     /// No progress line.
     #[arg(long)]
     pub quiet: bool,
+    /// µs between a generator thread's wake-ups: calls due within a tick start together and
+    /// what arrived is read in batches (latency comes from the kernel's receive timestamps).
+    #[arg(long, default_value = "1000")]
+    pub tick_us: u64,
 }
 
 /// Builds the run's spec from the command line; errors name the option.
@@ -145,6 +150,10 @@ pub fn spec_from(cli: &LoadCli) -> Result<LoadSpec, String> {
     if scenario == Scenario::RegisterDigest && cli.password.is_none() {
         return Err("register-digest needs --password (a pattern such as 'pw{n:04}x')".into());
     }
+    if cli.tick_us == 0 || cli.tick_us > 100_000 {
+        return Err(format!("--tick-us {}: expected 1 to 100000", cli.tick_us));
+    }
+    spec.tick_us = cli.tick_us;
     spec.threads = cli.threads;
     spec.sockets = cli.sockets;
     spec.pause_ms = cli.pause_ms;
@@ -187,21 +196,9 @@ struct Live {
     timeouts: Counter,
 }
 
-/// Feeds received datagrams to the engine.
-struct Feed<'a> {
-    engine: &'a mut Engine,
-    out: &'a mut Outbox,
-    now_us: u64,
-}
-
-impl RecvHandler for Feed<'_> {
-    fn datagram(&mut self, data: &[u8], src: SocketAddr, socket: usize) {
-        self.engine
-            .datagram(data, src, socket, self.now_us, self.out);
-    }
-}
-
-/// One generator thread: calls `thread`, `thread + threads`, ... of the schedule.
+/// One generator thread: calls `thread`, `thread + threads`, ... of the schedule. It wakes
+/// once per tick: starts the calls that are due, reads everything that arrived (latency from
+/// the kernel's receive timestamps), runs timers, and sends it all in batches.
 fn thread_main(
     spec: Arc<LoadSpec>,
     thread: usize,
@@ -227,6 +224,11 @@ fn thread_main(
         local.push(s.local_addr()?.as_socket().expect("an inet socket"));
         sockets.push(s);
     }
+    let fds: Vec<_> = sockets
+        .iter()
+        .map(std::os::fd::AsRawFd::as_raw_fd)
+        .collect();
+    let mut receiver = StampedReceiver::new(&fds)?;
     let mut transport = MmsgTransport::new(
         ShardSockets {
             sockets,
@@ -236,6 +238,12 @@ fn thread_main(
     )?;
     let mut engine = Engine::new(spec.clone(), thread, run, local);
     let mut out = Outbox::new();
+    // The kernel stamps with CLOCK_REALTIME: where t0 is on that clock, in ns.
+    let epoch = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as i128);
+    let t0_epoch_ns = epoch - t0.elapsed().as_nanos() as i128;
+    let tick_us = spec.tick_us.max(1);
     let threads = spec.threads as u64;
     let mut k = thread as u64; // the next call of this thread
     let mut next_due = spec.due_us(k);
@@ -252,12 +260,12 @@ fn thread_main(
                 transport.send(&mut out)?;
             }
         }
-        let mut feed = Feed {
-            engine: &mut engine,
-            out: &mut out,
-            now_us,
-        };
-        transport.poll_recv(&mut feed)?;
+        receiver.recv_all(&mut |data, src, socket, stamp| {
+            let received_us = stamp
+                .map(|ns| ((ns - t0_epoch_ns).max(0) / 1000) as u64)
+                .map_or(now_us, |r| r.min(now_us));
+            engine.datagram_at(data, src, socket, received_us, now_us, &mut out);
+        });
         let now_us = t0.elapsed().as_micros() as u64;
         if engine.next_timeout_ms().is_some_and(|t| t * 1000 <= now_us) {
             engine.handle_timeout(now_us, &mut out);
@@ -274,17 +282,11 @@ fn thread_main(
         if next_due.is_none() && engine.active() == 0 {
             break;
         }
-        // Sleep until the next call is due, a timer fires or a datagram arrives.
+        // Sleep to the next tick: what arrives meanwhile waits in the socket buffer with its
+        // timestamp.
         let now_us = t0.elapsed().as_micros() as u64;
-        let wake_us = [next_due, engine.next_timeout_ms().map(|t| t * 1000)]
-            .into_iter()
-            .flatten()
-            .min()
-            .unwrap_or(now_us + 100_000);
-        let wait_ms = wake_us.saturating_sub(now_us).div_ceil(1000).min(100) as i32;
-        if wait_ms > 0 {
-            transport.wait(wait_ms)?;
-        }
+        let next_tick = (now_us / tick_us + 1) * tick_us;
+        std::thread::sleep(Duration::from_micros(next_tick - now_us));
     }
     Ok(engine.report)
 }

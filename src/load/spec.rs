@@ -79,6 +79,8 @@ pub struct LoadSpec {
     /// Sockets (source ports) per thread: the target's SO_REUSEPORT hash spreads them.
     pub sockets: usize,
     pub threads: usize,
+    /// µs between a thread's wake-ups.
+    pub tick_us: u64,
 }
 
 impl LoadSpec {
@@ -108,6 +110,7 @@ impl LoadSpec {
             expires: 3600,
             sockets: 8,
             threads: 1,
+            tick_us: 1000,
         }
     }
 
