@@ -464,6 +464,9 @@ impl Engine {
                     call.retransmit = false;
                 }
             }
+            // A provisional overtaken by the final (UDP reorders; a multi-process proxy such as
+            // Kamailio does): the INVITE transaction is over, it means nothing.
+            (State::InCall | State::Byeing, Method::Invite) if status < 200 => {}
             (State::InCall | State::Byeing, Method::Invite) if (200..300).contains(&status) => {
                 // A retransmitted 2xx: its ACK again (§13.2.2.4).
                 let mut ack = Vec::with_capacity(400);
@@ -827,6 +830,20 @@ mod tests {
         assert_eq!((e.report.completed, e.active()), (1, 0));
         assert_eq!(e.report.latency[Exchange::Invite200 as usize].len(), 1);
         assert_eq!(e.report.latency[Exchange::Bye200 as usize].len(), 1);
+    }
+
+    #[test]
+    fn a_provisional_overtaken_by_the_200_is_not_unexpected() {
+        let mut e = engine(Scenario::Call);
+        let mut out = Outbox::new();
+        e.start(0, 0, 0, &mut out);
+        let invite = sent(&mut out).remove(0).1;
+        let ok = respond(&invite, 200, "Contact: <sip:far@192.0.2.1>\r\n");
+        e.datagram(&ok, TARGET.parse().unwrap(), 0, 1_000, &mut out);
+        // The call is now hanging up (no pause): its INVITE's late 180 arrives.
+        let ringing = respond(&invite, 180, "");
+        e.datagram(&ringing, TARGET.parse().unwrap(), 0, 1_100, &mut out);
+        assert_eq!(e.report.unexpected, 0);
     }
 
     #[test]
