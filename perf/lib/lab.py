@@ -931,7 +931,8 @@ def main():
                           % (target, scenario, m, len(v), n, v), flush=True)
         if opts.json:
             with open(opts.json, 'w') as f:
-                json.dump(dict(date=day, command=opts.command, rate=opts.rate,
+                json.dump(dict(date=day, command=opts.command, generator=GENERATOR,
+                               rate=opts.rate,
                                duration=opts.duration, repeat=opts.repeat, transport=TRANSPORT,
                                machine=machine(), forwarded_invite=probes,
                                median_cpu_us_per_op=med, trials=trials), f, indent=1)
@@ -968,6 +969,7 @@ def main():
         doc = dict(date=day, scenario=scenario, title=SCENARIOS[scenario]['title'],
                    quick=opts.quick, duration=opts.duration, tol_pct=opts.tol_pct,
                    transport=TRANSPORT, command=opts.command, machine=machine(),
+                   generator=GENERATOR,
                    kam_children=KAM_CHILDREN, kam_shm_mb=KAM_SHM_MB, kam_maxbuffer=KAM_MAXBUFFER,
                    run_as=RUN_AS or None, sipshard_extra_args=EXTRA_ARGS,
                    sysctl_applied={k: v[0] for k, v in SYSCTL.items()},

@@ -251,6 +251,11 @@ def machine_lines(doc):
         '- SIPp %s; Kamailio %s; %s' % (m['sipp'], m['kamailio'], m['rustc']),
         '- Command: `%s`%s' % (doc['command'], ' (quick: 5 s trials, coarse search, no confirmation)'
                                               if doc['quick'] else ''),
+    ] + ([
+        '- PERF_GENERATOR=sipshard: the caller is `sipshard load` (8 source ports), not SIPp, and '
+        'the callee of the call scenarios a `sipshard --mode responder`; below, "SIPp" stands for '
+        'that caller (the echo target is still driven by SIPp).'
+    ] if doc.get('generator') == 'sipshard' else []) + [
         '- Trials: %d s of load each, fresh server per trial, SIPp `-t %s` (%s), all on '
         '127.0.0.1; rate search: '
         'doubling from %s/s, bisection to %d%%%s. A trial passes with successful == -m, 0 failed, '
