@@ -307,42 +307,37 @@ impl Engine {
         finish(b, b"");
     }
 
-    /// The ACK of a non-2xx final response (§17.1.1.3): the INVITE's branch, Request-URI,
-    /// From, Call-ID and CSeq number, the response's To.
-    fn write_failure_ack(&self, call: &Call, seq: u64, resp: &Message<'_>, b: &mut Vec<u8>) {
+    /// A request in the INVITE's client transaction: the ACK of a non-2xx final response
+    /// (§17.1.1.3, `to` the response's To) or the CANCEL (§9.1, `to` None: the INVITE's
+    /// To). Both carry the INVITE's branch, Request-URI, From, Call-ID and CSeq number.
+    fn write_invite_txn_request(
+        &self,
+        call: &Call,
+        seq: u64,
+        method: Method,
+        to: Option<&[u8]>,
+        b: &mut Vec<u8>,
+    ) {
         let spec = &*self.spec;
         let local = self.local[call.socket];
         let user = self.user(call.n);
+        let name = std::str::from_utf8(method_name(method)).unwrap_or("ACK");
         b.clear();
-        let _ = write!(b, "ACK sip:{}@{} SIP/2.0\r\n", spec.callee, spec.domain);
+        let _ = write!(b, "{name} sip:{}@{} SIP/2.0\r\n", spec.callee, spec.domain);
         self.write_via(b, local, seq, call.invite_branch);
         let _ = write!(
             b,
             "Max-Forwards: 70\r\nFrom: <sip:{user}@{d}>;tag={seq}\r\n",
             d = spec.domain
         );
-        header(b, "To", resp.header(HeaderName::To).unwrap_or(b""));
+        match to {
+            Some(to) => header(b, "To", to),
+            None => {
+                let _ = write!(b, "To: <sip:{}@{}>\r\n", spec.callee, spec.domain);
+            }
+        }
         self.write_call_id(b, seq);
-        let _ = write!(b, "CSeq: {} ACK\r\n", call.cseq);
-        finish(b, b"");
-    }
-
-    /// The CANCEL of the call's INVITE (§9.1).
-    fn write_cancel(&self, call: &Call, seq: u64, b: &mut Vec<u8>) {
-        let spec = &*self.spec;
-        let local = self.local[call.socket];
-        let user = self.user(call.n);
-        b.clear();
-        let _ = write!(b, "CANCEL sip:{}@{} SIP/2.0\r\n", spec.callee, spec.domain);
-        self.write_via(b, local, seq, call.invite_branch);
-        let _ = write!(
-            b,
-            "Max-Forwards: 70\r\nFrom: <sip:{user}@{d}>;tag={seq}\r\nTo: <sip:{c}@{d}>\r\n",
-            d = spec.domain,
-            c = spec.callee
-        );
-        self.write_call_id(b, seq);
-        let _ = write!(b, "CSeq: {} CANCEL\r\n", call.cseq);
+        let _ = write!(b, "CSeq: {} {name}\r\n", call.cseq);
         finish(b, b"");
     }
 
@@ -394,7 +389,6 @@ impl Engine {
         match (call.state, method) {
             (State::Asking, Method::Options | Method::Register) => {
                 if status < 200 {
-                    call.retransmit = method == Method::Options || method == Method::Register;
                     // Timer E continues at T2 after a provisional (§17.1.2.2).
                     call.interval_ms = T2_MS;
                 } else if (status == 401 || status == 407) && !call.challenged {
@@ -440,7 +434,13 @@ impl Engine {
                 } else {
                     // §17.1.1.3: the ACK of a non-2xx goes in the INVITE's transaction.
                     let mut ack = Vec::with_capacity(400);
-                    self.write_failure_ack(&call, seq, &msg, &mut ack);
+                    self.write_invite_txn_request(
+                        &call,
+                        seq,
+                        Method::Ack,
+                        Some(msg.header(HeaderName::To).unwrap_or(b"")),
+                        &mut ack,
+                    );
                     out.push(&ack, call.dst, call.socket);
                     if (status == 401 || status == 407)
                         && !call.challenged
@@ -559,7 +559,7 @@ impl Engine {
     /// CANCEL the ringing INVITE.
     fn cancel(&mut self, seq: u64, mut call: Call, now_us: u64, out: &mut Outbox) {
         let mut b = Vec::with_capacity(400);
-        self.write_cancel(&call, seq, &mut b);
+        self.write_invite_txn_request(&call, seq, Method::Cancel, None, &mut b);
         call.request = b;
         call.state = State::Cancelling;
         self.send(seq, call, now_us, out);

@@ -150,23 +150,7 @@ impl<'m, 'a> Reply<'m, 'a> {
         reason: &[u8],
         extra: impl FnOnce(&mut Vec<u8>),
     ) {
-        let (buf, start) = out.begin();
-        response_head(
-            buf,
-            self.msg,
-            status,
-            reason,
-            Some(&self.to_tag[..self.to_tag_len as usize]),
-            Some(ViaFixup {
-                received: &self.ip_text[..self.ip_len as usize],
-                add_received: self.add_received,
-                rport: self.rport,
-            }),
-        );
-        extra(buf);
-        finish(buf, b"");
-        out.commit(start, self.dst, self.socket);
-        self.sent_status = Some(status);
+        self.with_body(out, status, reason, extra, b"")
     }
 
     /// Replaces the To tag this reply adds (at most 24 bytes; longer is cut): a UAS that must

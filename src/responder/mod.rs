@@ -122,6 +122,12 @@ pub fn call_key(call_id: &[u8], remote_tag: &[u8]) -> u64 {
     fnv(fnv(FNV_OFFSET, call_id) ^ 0x9e37_79b9_7f4a_7c15, remote_tag)
 }
 
+/// The hash of a Call-ID that picks the call's final status from the mix (and its SDP
+/// session id): the same for every shard and run.
+pub fn call_id_hash(call_id: &[u8]) -> u64 {
+    fnv(FNV_OFFSET, call_id)
+}
+
 /// The shard named by a To tag the responder gave (`s<shard>.…`).
 pub fn shard_of_tag(tag: &[u8]) -> Option<usize> {
     let rest = tag.strip_prefix(b"s")?;
@@ -186,11 +192,6 @@ impl Responder {
     /// Calls holding state (ringing, waiting for an ACK, held or hanging up).
     pub fn calls(&self) -> usize {
         self.calls.len()
-    }
-
-    /// Heap bytes of the call table and its timers (not the per-call buffers).
-    pub fn table_bytes(&self) -> usize {
-        self.calls.allocation_size() + self.timers.heap_bytes()
     }
 
     pub fn next_timeout(&self) -> Option<u64> {
@@ -400,7 +401,7 @@ impl Responder {
         }
         let status = self
             .settings
-            .status_for(fnv(FNV_OFFSET, msg.call_id().unwrap_or(b"")));
+            .status_for(call_id_hash(msg.call_id().unwrap_or(b"")));
         if self.settings.sends_trying() {
             reply.simple(out, 100, b"Trying");
         }
@@ -483,8 +484,8 @@ impl Responder {
             .unwrap_or(IpAddr::V4(std::net::Ipv4Addr::LOCALHOST))
     }
 
-    /// 200 with Contact and an SDP answer to the request's offer (an offer when it has none,
-    /// unless `answer_only`).
+    /// 200 with Contact and an SDP answer to the request's offer (an INVITE without one gets
+    /// an offer), and the Record-Route set when `record_route`.
     fn ok_with_sdp(
         &mut self,
         msg: &Message<'_>,
@@ -497,7 +498,7 @@ impl Responder {
         sdp.clear();
         let has_offer = !offer.is_empty();
         if has_offer || msg.method() == Some(Method::Invite) {
-            let session = fnv(FNV_OFFSET, msg.call_id().unwrap_or(b"")) >> 1;
+            let session = call_id_hash(msg.call_id().unwrap_or(b"")) >> 1;
             sdp::write_answer(&mut sdp, offer, self.media_ip(msg), session);
         }
         let contact = self.contact(msg);

@@ -101,12 +101,7 @@ fn to_tag(b: &[u8]) -> Vec<u8> {
 fn call_id_for(settings: &ResponderSettings, want: u16) -> String {
     (0..10_000)
         .map(|i| format!("mix-{i}"))
-        .find(|id| {
-            let h = id.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
-                (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
-            });
-            settings.status_for(h) == want
-        })
+        .find(|id| settings.status_for(crate::responder::call_id_hash(id.as_bytes())) == want)
         .unwrap()
 }
 
