@@ -174,6 +174,13 @@ mod tests {
         let rx = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
         let tx = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
         let mut r = StampedReceiver::new(&[rx.as_raw_fd()]).unwrap();
+        // Linux turns arrival stamping on through a deferred static key
+        // (net_enable_timestamp): until that work has run, an unstamped
+        // datagram gets the time it is read. Warm it up first.
+        std::thread::sleep(Duration::from_millis(50));
+        tx.send_to(b"warm", rx.local_addr().unwrap()).unwrap();
+        std::thread::sleep(Duration::from_millis(10));
+        r.recv_all(&mut |_, _, _, _| {});
         let sent = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .unwrap()
