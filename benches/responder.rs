@@ -37,6 +37,7 @@ fn responder() -> Core {
         proxy: Default::default(),
         routing: Arc::new(sipshard::routing::DialPlan::empty()),
         responder: Default::default(),
+        security: Default::default(),
     };
     Core::new(
         0,

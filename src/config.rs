@@ -56,6 +56,8 @@ pub struct Config {
     pub routing: std::sync::Arc<crate::routing::DialPlan>,
     /// Responder mode: how it answers.
     pub responder: std::sync::Arc<crate::responder::ResponderSettings>,
+    /// ACLs, flood and scanner bans, brute-force lockout.
+    pub security: std::sync::Arc<crate::security::SecuritySettings>,
 }
 
 impl Config {
@@ -76,7 +78,13 @@ Flags override the keys of the TOML file given with --config.
 Keys only in the file: nonce_ttl, queue_capacity, registrar.default_expires,
 registrar.min_expires, registrar.max_expires, registrar.max_contacts,
 registrar.match_auth_user, responder.trying (--ring-ms, --hold-ms, --mix and
---drop set the other responder.* keys), and the dial plan: [[extension]], [normalize],
+--drop set the other responder.* keys), [security] (ACLs, flood and scanner
+bans, brute-force lockout; on by default: security.enabled, security.exempt,
+security.allow, security.deny, security.deny_answer, security.flood_requests,
+security.flood_window_ms, security.ban_s, security.scanners,
+security.ban_scanners, security.lockout_source_failures,
+security.lockout_user_failures, security.lockout_window_s, security.lockout_s,
+security.max_sources), and the dial plan: [[extension]], [normalize],
 [[trunk]], [[route]], [[rate]], [routing], [classes], [emergency], [[group]],
 [[paging]].
 sipshard.toml at the top of the source tree lists every key with its default
@@ -178,6 +186,8 @@ struct FileConfig {
     registrar: Option<FileRegistrar>,
     proxy: Option<FileProxy>,
     responder: Option<FileResponder>,
+    #[serde(default)]
+    security: crate::security::config::FileSecurity,
     // The dial plan (`crate::routing::spec`), section by section.
     #[serde(default)]
     extension: Vec<crate::routing::spec::ExtensionSpec>,
@@ -573,9 +583,11 @@ impl Cli {
             &self.drop,
             file.responder.as_ref(),
         )?);
+        let security = std::sync::Arc::new(file.security.settings().map_err(ConfigError)?);
         let config = Config {
             routing,
             responder,
+            security,
             listen,
             domains,
             users,

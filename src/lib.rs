@@ -15,6 +15,7 @@ pub mod proxy;
 pub mod registrar;
 pub mod responder;
 pub mod routing;
+pub mod security;
 pub mod server;
 pub mod shard;
 pub mod sip;

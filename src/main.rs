@@ -65,12 +65,16 @@ fn main() {
     let mut running_core = core_cfg.clone();
     // The template authenticator stays here; each shard gets its own (shared secret and users).
     let auth = std::sync::Mutex::new(auth);
+    // The bans every shard obeys (`sipshard::security::board`).
+    let board: Arc<sipshard::security::board::Board> = Arc::default();
     let make_core = Arc::new(move |id, stats, local: &[std::net::SocketAddr]| {
         let shard_auth = auth
             .lock()
             .ok()
             .and_then(|a| a.as_ref().map(|a| a.for_shard(id)));
-        Core::new(id, core_cfg.clone(), stats, shard_auth, local)
+        let mut core = Core::new(id, core_cfg.clone(), stats, shard_auth, local);
+        core.share_board(board.clone());
+        core
     });
     let server = Server::start(&config, make_core).unwrap_or_else(|e| fail(e, 1));
     // The running dial plan is the shards' and `running`'s: this copy would keep the first

@@ -64,9 +64,15 @@ pub enum DropReason {
     NoBuffers,
     /// Responder mode: lost on purpose (the configured drop probability).
     SimulatedLoss,
+    /// From a banned address (flood, scanner or brute-force ban).
+    Banned,
+    /// From an address the access control lists deny.
+    Denied,
+    /// A request from a known scanner (by User-Agent).
+    Scanner,
 }
 
-pub const DROP_REASONS: [(DropReason, &str); 11] = [
+pub const DROP_REASONS: [(DropReason, &str); 14] = [
     (DropReason::Malformed, "malformed"),
     (DropReason::StrayResponse, "stray_response"),
     (DropReason::QueueFull, "queue_full"),
@@ -78,6 +84,9 @@ pub const DROP_REASONS: [(DropReason, &str); 11] = [
     (DropReason::RecvError, "recv_error"),
     (DropReason::NoBuffers, "no_buffers"),
     (DropReason::SimulatedLoss, "simulated_loss"),
+    (DropReason::Banned, "banned"),
+    (DropReason::Denied, "denied"),
+    (DropReason::Scanner, "scanner"),
 ];
 
 pub(crate) const METHODS: [Method; 15] = [

@@ -596,7 +596,7 @@ fn fail2ban_filter() -> std::path::PathBuf {
 /// The hosts the fail2ban filter bans for the lines of `log`: by `fail2ban-regex` when it is
 /// installed, else by the filter's failregex applied with Python's `re` (fail2ban is Python;
 /// `<HOST>` stands for an address). None when neither is available.
-fn fail2ban_hosts(log: &std::path::Path) -> Option<Vec<String>> {
+pub(crate) fn fail2ban_hosts(log: &std::path::Path) -> Option<Vec<String>> {
     use std::process::Command;
     let filter = fail2ban_filter();
     if let Ok(out) = Command::new("fail2ban-regex")
@@ -619,15 +619,18 @@ fn fail2ban_hosts(log: &std::path::Path) -> Option<Vec<String>> {
     let script = r#"
 import re, sys
 conf = open(sys.argv[1]).read()
-rx = re.search(r'^failregex = (.*)$', conf, re.M).group(1)
+# failregex and its continuation lines (indented), one regex each.
+block = re.search(r'^failregex = (.*(?:\n[ \t]+\S.*)*)', conf, re.M).group(1)
 host = r'(?P<host>[0-9A-Fa-f.:]+)'
-rx = re.compile(rx.replace('<HOST>', host))
+rxs = [re.compile(r.strip().replace('<HOST>', host)) for r in block.split('\n')]
 for line in open(sys.argv[2]):
     # fail2ban cuts the date off before matching.
     line = re.sub(r'^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(?:\.\d+)?Z', '', line.rstrip('\n'))
-    m = rx.search(line)
-    if m:
-        print(m.group('host'))
+    for rx in rxs:
+        m = rx.search(line)
+        if m:
+            print(m.group('host'))
+            break
 "#;
     let out = Command::new("python3")
         .arg("-c")

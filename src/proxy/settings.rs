@@ -57,6 +57,8 @@ pub struct CoreConfig {
     pub routing: std::sync::Arc<crate::routing::DialPlan>,
     /// What the responder does (responder mode).
     pub responder: std::sync::Arc<crate::responder::ResponderSettings>,
+    /// ACLs, flood and scanner bans, lockout (`crate::security`).
+    pub security: std::sync::Arc<crate::security::SecuritySettings>,
 }
 
 impl CoreConfig {

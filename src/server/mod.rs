@@ -23,6 +23,8 @@ use crate::proxy::request::Element;
 use crate::proxy::stateful::{shard_of_branch, Proxy};
 use crate::registrar::Registrar;
 use crate::responder::Responder;
+use crate::security::board::Board;
+use crate::security::{Admit, Guard};
 use crate::server::ownership::{aor_hash, owner_shard, user_aor_hash};
 use crate::sip::{Framing, HeaderName, Limits, Message, Method};
 use crate::stats::{DropReason, ShardStats};
@@ -52,6 +54,8 @@ pub struct Core {
     element: Element,
     /// In responder mode, what answers everything instead of the element.
     responder: Option<Responder>,
+    /// ACLs and bans: the first look at every datagram (`crate::security`).
+    guard: Guard,
 }
 
 impl Core {
@@ -84,13 +88,26 @@ impl Core {
                 addr,
             )
         });
+        let guard = Guard::new(cfg.security.clone(), Arc::default(), stats.clone());
         Core {
             shard,
             cfg,
             stats,
             element,
             responder,
+            guard,
         }
+    }
+
+    /// Shares `board` (the bans every shard obeys) with the other shards' cores; without it
+    /// a core keeps its bans to itself.
+    pub fn share_board(&mut self, board: Arc<Board>) {
+        self.guard.share_board(board);
+    }
+
+    /// The shard's guard (bans, ACLs).
+    pub fn guard(&self) -> &Guard {
+        &self.guard
     }
 
     pub fn shard(&self) -> usize {
@@ -105,6 +122,7 @@ impl Core {
             r.reload(cfg.responder.clone(), users.clone());
         }
         self.element.reload(cfg.clone(), users);
+        self.guard.reload(cfg.security.clone());
         self.cfg = cfg;
     }
 
@@ -233,6 +251,27 @@ impl Core {
         handed_off: bool,
         out: &mut Outbox,
     ) -> Disposition {
+        // Bans and ACLs before anything else (a datagram handed over was admitted already).
+        if !handed_off {
+            match self.guard.admit(src.ip(), !data.starts_with(b"SIP/"), now_ms) {
+                Admit::Pass => {}
+                Admit::Drop => return Disposition::Done,
+                Admit::Forbid => {
+                    let (buf, start) = out.begin();
+                    let reason = b"Forbidden (source address not allowed)";
+                    if !data.starts_with(b"SIP/")
+                        && crate::sip::write::salvage_response(buf, data, 403, reason)
+                    {
+                        out.commit(start, src, socket);
+                        self.stats.response_sent(403);
+                    } else {
+                        out.abort(start);
+                        self.stats.dropped(DropReason::Denied);
+                    }
+                    return Disposition::Done;
+                }
+            }
+        }
         if data.first().is_some_and(|&b| b < 2) {
             // No SIP message starts with byte 0 or 1: a STUN keepalive (RFC 5626 §4.4.2).
             let (buf, start) = out.begin();
@@ -278,6 +317,14 @@ impl Core {
                 return Disposition::Done;
             }
         };
+        if !handed_off && msg.method().is_some() {
+            if let Some(ua) = msg.header(HeaderName::UserAgent) {
+                if self.guard.is_scanner(ua, src.ip(), now_ms) {
+                    tracing::debug!(%src, "scanner dropped");
+                    return Disposition::Done;
+                }
+            }
+        }
         // The shard whose nonce a challenge carries: ours, or the owner's for a REGISTER
         // challenged here on its behalf.
         let mut nonce_shard = self.shard;

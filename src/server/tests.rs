@@ -45,6 +45,7 @@ pub(super) fn core_with_proxy(
         proxy,
         routing: Arc::new(crate::routing::DialPlan::empty()),
         responder: Default::default(),
+        security: Default::default(),
     });
     Core::new(
         0,
@@ -1230,6 +1231,7 @@ fn two_shards(auth: Option<crate::auth::Authenticator>) -> Vec<Core> {
         proxy: ProxySettings::default(),
         routing: Arc::new(crate::routing::DialPlan::empty()),
         responder: Default::default(),
+        security: Default::default(),
     });
     (0..2)
         .map(|i| {

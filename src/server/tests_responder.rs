@@ -28,6 +28,7 @@ fn responder_cores(
         proxy: Default::default(),
         routing: Arc::new(crate::routing::DialPlan::empty()),
         responder: Arc::new(settings),
+        security: std::sync::Arc::new(crate::security::SecuritySettings::off()),
     });
     (0..shards)
         .map(|s| {

@@ -60,6 +60,7 @@ fn routed_core(text: &str, auth: Option<crate::auth::Authenticator>) -> Core {
         proxy: ProxySettings::default(),
         routing: plan(text),
         responder: Default::default(),
+        security: Default::default(),
     });
     Core::new(
         0,
@@ -668,6 +669,7 @@ fn an_extension_dialed_before_normalisation_goes_to_its_users_shard() {
         proxy: ProxySettings::default(),
         routing: plan(&text),
         responder: Default::default(),
+        security: Default::default(),
     });
     let mut cores: Vec<Core> = (0..2)
         .map(|i| {

@@ -227,6 +227,7 @@ pub fn core_config(config: &Config) -> CoreConfig {
         proxy: config.proxy.clone(),
         routing: config.routing.clone(),
         responder: config.responder.clone(),
+        security: config.security.clone(),
     }
 }
 
