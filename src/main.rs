@@ -67,11 +67,13 @@ fn main() {
     let auth = std::sync::Mutex::new(auth);
     // The bans every shard obeys (`sipshard::security::board`).
     let board: Arc<sipshard::security::board::Board> = Arc::default();
+    let security = config.security.clone();
     let make_core = Arc::new(move |id, stats, local: &[std::net::SocketAddr]| {
         let shard_auth = auth
             .lock()
             .ok()
-            .and_then(|a| a.as_ref().map(|a| a.for_shard(id)));
+            .and_then(|a| a.as_ref().map(|a| a.for_shard(id)))
+            .map(|a| a.with_lockout(&security, board.clone()));
         let mut core = Core::new(id, core_cfg.clone(), stats, shard_auth, local);
         core.share_board(board.clone());
         core

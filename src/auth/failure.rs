@@ -92,7 +92,7 @@ impl fmt::Display for LogLine<'_, '_> {
 
 /// Bytes with everything outside a SIP user part's safe characters (and `=`, `%`) written as
 /// `%XX`.
-struct Escaped<'a>(&'a [u8]);
+pub(crate) struct Escaped<'a>(pub(crate) &'a [u8]);
 
 impl fmt::Display for Escaped<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {

@@ -55,6 +55,7 @@
 pub mod client;
 pub mod digest;
 pub mod failure;
+pub mod lockout;
 pub mod nonce;
 pub mod replay;
 pub mod users;
@@ -86,6 +87,9 @@ pub enum AuthOutcome {
     Challenge { stale: bool },
     /// Answer 400: the credentials are malformed (the text says how).
     BadRequest(&'static str),
+    /// Answer 403: the account is locked after too many failed attempts
+    /// ([`lockout`]), whatever the password.
+    Locked,
 }
 
 /// The most shards an authenticator serves (the issuer's id takes the top ten bits of the low
@@ -124,6 +128,8 @@ pub struct Authenticator {
     counter: Cell<u32>,
     nc: NcTable,
     ha2: digest::Ha2Cache,
+    /// Failed attempts and locks (None: no lockout).
+    lockout: Option<lockout::Lockout>,
 }
 
 impl Authenticator {
@@ -162,6 +168,7 @@ impl Authenticator {
             counter: Cell::new(0),
             nc: NcTable::new(DEFAULT_MAX_TRACKED),
             ha2: digest::Ha2Cache::default(),
+            lockout: None,
         }
     }
 
@@ -201,6 +208,7 @@ impl Authenticator {
             counter: Cell::new(0),
             nc: NcTable::new(DEFAULT_MAX_TRACKED),
             ha2: digest::Ha2Cache::default(),
+            lockout: None,
         }
     }
 
@@ -269,10 +277,48 @@ impl Authenticator {
         src: SocketAddr,
     ) -> AuthOutcome {
         let (outcome, failure) = self.check_detailed(req, header, now_ms);
-        if let Some(f) = failure {
+        if let Some(f) = &failure {
             tracing::warn!("{}", f.log_line(src));
         }
+        let Some(lock) = &mut self.lockout else {
+            return outcome;
+        };
+        let user: Option<std::borrow::Cow<'_, [u8]>> = match (&outcome, &failure) {
+            (AuthOutcome::Authenticated { user }, _) => Some(user.as_bytes().into()),
+            (_, Some(f)) => {
+                let name = unq(f.user);
+                // Only accounts that exist are counted (and so can be locked).
+                let known = matches!(f.reason, FailReason::BadResponse | FailReason::ReplayedNc);
+                lock.failed(src.ip(), known.then_some(&*name), now_ms);
+                Some(name)
+            }
+            _ => None,
+        };
+        if user.is_some_and(|u| lock.is_locked(&u, now_ms)) {
+            return AuthOutcome::Locked;
+        }
         outcome
+    }
+
+    /// Counts failed attempts of this shard and locks out addresses and accounts as
+    /// `settings` say, publishing bans and locks on `board` (shared by every shard).
+    pub fn with_lockout(
+        mut self,
+        settings: &crate::security::SecuritySettings,
+        board: Arc<crate::security::board::Board>,
+    ) -> Self {
+        self.lockout = lockout::Lockout::new(settings, board);
+        self
+    }
+
+    /// New lockout limits (a reload; counts and locks stay). Turning the lockout on or off
+    /// needs a restart.
+    pub fn reload_security(&mut self, settings: &crate::security::SecuritySettings) {
+        if let Some(l) = &mut self.lockout {
+            if !l.reload(settings) {
+                self.lockout = None;
+            }
+        }
     }
 
     /// [`Authenticator::check`], with the failed authentication when the credentials were

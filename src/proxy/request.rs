@@ -109,6 +109,9 @@ impl Element {
                 *c = crate::routing::TrunkChecker::new(&cfg.routing, self.shard, self.local, 0);
             }
         }
+        if let Some(auth) = &mut self.auth {
+            auth.reload_security(&cfg.security);
+        }
         self.cfg = cfg;
         if let (Some(auth), Some(users)) = (&mut self.auth, users) {
             auth.replace_users(users);
@@ -398,6 +401,9 @@ impl Element {
                 AuthOutcome::BadRequest(why) => {
                     return reply.simple(out, 400, format!("Bad Request ({why})").as_bytes())
                 }
+                AuthOutcome::Locked => {
+                    return reply.simple(out, 403, b"Forbidden (account locked)");
+                }
             }
         }
         let ctx = ResponseCtx {
@@ -535,6 +541,10 @@ impl Element {
             }
             AuthOutcome::BadRequest(why) => {
                 reply.simple(out, 400, format!("Bad Request ({why})").as_bytes());
+                None
+            }
+            AuthOutcome::Locked => {
+                reply.simple(out, 403, b"Forbidden (account locked)");
                 None
             }
         }

@@ -189,6 +189,13 @@ impl Responder {
         }
     }
 
+    /// New lockout limits for the authenticator (a reload).
+    pub fn reload_security(&mut self, settings: &crate::security::SecuritySettings) {
+        if let Some(auth) = &mut self.auth {
+            auth.reload_security(settings);
+        }
+    }
+
     /// Calls holding state (ringing, waiting for an ACK, held or hanging up).
     pub fn calls(&self) -> usize {
         self.calls.len()
@@ -370,6 +377,10 @@ impl Responder {
             }
             AuthOutcome::BadRequest(why) => {
                 reply.simple(out, 400, format!("Bad Request ({why})").as_bytes());
+                false
+            }
+            AuthOutcome::Locked => {
+                reply.simple(out, 403, b"Forbidden (account locked)");
                 false
             }
         }

@@ -17,6 +17,8 @@ mod tests_nat;
 mod tests_responder;
 #[cfg(test)]
 mod tests_routing;
+#[cfg(test)]
+mod tests_security;
 
 use crate::auth::Authenticator;
 use crate::proxy::request::Element;
@@ -120,6 +122,7 @@ impl Core {
     pub fn reload(&mut self, cfg: Arc<CoreConfig>, users: Option<Arc<crate::auth::UserDb>>) {
         if let Some(r) = &mut self.responder {
             r.reload(cfg.responder.clone(), users.clone());
+            r.reload_security(&cfg.security);
         }
         self.element.reload(cfg.clone(), users);
         self.guard.reload(cfg.security.clone());

@@ -1,0 +1,200 @@
+//! Edge security through the core (issue 17): the flood ban, the scanner drop, the
+//! brute-force lockout and ACLs, driven with datagrams and explicit times.
+
+use super::tests::{addr, send, status, T0};
+use super::{Core, CoreConfig};
+use crate::auth::{Authenticator, UserDb};
+use crate::proxy::settings::Mode;
+use crate::registrar::RegistrarSettings;
+use crate::security::{DenyAnswer, FloodLimit, SecuritySettings};
+use crate::sip::{HeaderName, Message};
+use crate::stats::{DropReason, ShardStats};
+use std::sync::Arc;
+
+const LISTEN: &str = "127.0.0.1:5060";
+
+fn core(security: SecuritySettings, auth: bool) -> (Core, Arc<ShardStats>) {
+    let cfg = Arc::new(CoreConfig {
+        domains: vec!["localhost".into()],
+        local_addrs: vec![addr(LISTEN)],
+        shards: 1,
+        mode: Mode::Proxy,
+        registrar: RegistrarSettings::default(),
+        proxy: Default::default(),
+        routing: Arc::new(crate::routing::DialPlan::empty()),
+        responder: Default::default(),
+        security: Arc::new(security.clone()),
+    });
+    // One board for the guard and the lockout: the lockout's bans must reach the guard.
+    let board = Arc::new(crate::security::board::Board::default());
+    let auth = auth.then(|| {
+        let mut db = UserDb::new("localhost");
+        db.add_password("alice", "secret").unwrap();
+        Authenticator::new("localhost", Arc::new(db), [7; 32], 300)
+            .with_lockout(&security, board.clone())
+    });
+    let stats = Arc::new(ShardStats::default());
+    let mut c = Core::new(0, cfg, stats.clone(), auth, &[addr(LISTEN)]);
+    c.share_board(board);
+    (c, stats)
+}
+
+fn options(src: &str, n: u32, user_agent: &str) -> Vec<u8> {
+    format!(
+        "OPTIONS sip:localhost SIP/2.0\r\nVia: SIP/2.0/UDP {src};branch=z9hG4bKo{n}\r\n\
+         Max-Forwards: 70\r\nFrom: <sip:probe@localhost>;tag=o{n}\r\nTo: <sip:localhost>\r\n\
+         Call-ID: opt-{n}@{src}\r\nCSeq: {n} OPTIONS\r\nUser-Agent: {user_agent}\r\n\
+         Content-Length: 0\r\n\r\n"
+    )
+    .into_bytes()
+}
+
+fn register(src: &str, n: u32, authorization: Option<&str>) -> Vec<u8> {
+    let auth = authorization.map_or(String::new(), |a| format!("Authorization: {a}\r\n"));
+    format!(
+        "REGISTER sip:localhost SIP/2.0\r\nVia: SIP/2.0/UDP {src};branch=z9hG4bKr{n}\r\n\
+         Max-Forwards: 70\r\nFrom: <sip:alice@localhost>;tag=r{n}\r\nTo: <sip:alice@localhost>\r\n\
+         Call-ID: reg-{src}\r\nCSeq: {n} REGISTER\r\nContact: <sip:alice@{src}>\r\n{auth}\
+         Content-Length: 0\r\n\r\n"
+    )
+    .into_bytes()
+}
+
+/// REGISTER as alice from `src` with `password`: the challenge, then the answer; the status
+/// of the answer (None: no answer to it, or none to the challenge).
+fn login(c: &mut Core, src: &str, n: u32, password: &str, now: u64) -> Option<u16> {
+    let out = send(c, &register(src, n, None), src, 0, now);
+    let challenge = out.first()?.1.clone();
+    let ch = Message::parse(&challenge).unwrap();
+    let params =
+        crate::auth::client::first_supported_challenge(&ch, HeaderName::WwwAuthenticate).unwrap();
+    let creds = crate::auth::client_response(
+        &params,
+        "alice",
+        password,
+        b"REGISTER",
+        b"sip:localhost",
+        1,
+        "c0ffee",
+    )
+    .unwrap();
+    let out = send(c, &register(src, n + 1, Some(&creds)), src, 0, now + 1);
+    out.first().map(|(_, b)| status(b))
+}
+
+fn dropped(stats: &ShardStats, r: DropReason) -> u64 {
+    stats.dropped[r as usize].get()
+}
+
+#[test]
+fn a_flooding_source_is_banned_while_others_are_served() {
+    let security = SecuritySettings {
+        flood: Some(FloodLimit {
+            requests: 20,
+            window_ms: 2_000,
+        }),
+        ..SecuritySettings::default()
+    };
+    let (mut c, stats) = core(security, false);
+    let flooder = "127.0.0.3:5070";
+    let mut answered = 0;
+    for n in 0..200 {
+        answered += send(&mut c, &options(flooder, n, "SIPp"), flooder, 0, T0 + n as u64).len();
+        // A normal source keeps being answered throughout.
+        let other = "127.0.0.2:5080";
+        if n % 20 == 0 {
+            let out = send(&mut c, &options(other, n, "SIPp"), other, 0, T0 + n as u64);
+            assert_eq!(status(&out[0].1), 200, "request {n} from the other source");
+        }
+    }
+    assert_eq!(answered, 20, "only the requests within the limit were answered");
+    assert_eq!(dropped(&stats, DropReason::Banned), 180);
+    // Exempt (127.0.0.1): never banned.
+    for n in 0..200 {
+        let out = send(&mut c, &options(LISTEN, n, "SIPp"), "127.0.0.1:5090", 0, T0 + 5);
+        assert_eq!(out.len(), 1, "request {n} from 127.0.0.1");
+    }
+    // The ban lasts ban_s (300 s); then the source is served again.
+    let later = T0 + 300_000 + 200;
+    assert_eq!(send(&mut c, &options(flooder, 999, "x"), flooder, 0, later).len(), 1);
+}
+
+#[test]
+fn a_scanner_gets_no_answer_and_its_address_is_banned() {
+    let (mut c, stats) = core(SecuritySettings::default(), false);
+    let scanner = "127.0.0.3:5060";
+    assert!(send(&mut c, &options(scanner, 1, "friendly-scanner"), scanner, 0, T0).is_empty());
+    // Whatever it sends next: banned.
+    assert!(send(&mut c, &options(scanner, 2, "Linphone/5"), scanner, 0, T0 + 1).is_empty());
+    assert_eq!(dropped(&stats, DropReason::Scanner), 1);
+    assert_eq!(dropped(&stats, DropReason::Banned), 1);
+    let phone = "127.0.0.2:5060";
+    assert_eq!(send(&mut c, &options(phone, 3, "Linphone/5"), phone, 0, T0 + 2).len(), 1);
+}
+
+#[test]
+fn guessing_passwords_locks_the_address_out_and_the_real_user_still_registers() {
+    let (mut c, _) = core(SecuritySettings::default(), true);
+    let attacker = "127.0.0.3:5060";
+    // Nine wrong guesses get their 401; the tenth bans the address.
+    for i in 0..10 {
+        let got = login(&mut c, attacker, 10 * i, &format!("guess{i}"), T0 + i as u64 * 10);
+        assert_eq!(got, Some(401), "guess {i}");
+    }
+    // Banned: the right password gets nothing, nor does anything else from there.
+    assert_eq!(login(&mut c, attacker, 500, "secret", T0 + 200), None);
+    // alice's phone elsewhere is not locked out.
+    assert_eq!(login(&mut c, "127.0.0.2:5060", 600, "secret", T0 + 300), Some(200));
+    // After the lockout (900 s) the address may try again.
+    let later = T0 + 900_000 + 500;
+    assert_eq!(login(&mut c, attacker, 700, "secret", later), Some(200));
+}
+
+#[test]
+fn an_attack_from_many_addresses_locks_the_account_with_403() {
+    let (mut c, _) = core(SecuritySettings::default(), true);
+    // 100 addresses, one wrong guess each: no address reaches its limit, the account does.
+    for i in 0..100u32 {
+        let src = format!("198.51.100.{}:5060", i + 1);
+        let got = login(&mut c, &src, 10 * i, "guess", T0 + i as u64);
+        let want = if i < 99 { 401 } else { 403 };
+        assert_eq!(got, Some(want), "attempt {i}");
+    }
+    // Locked: even the right password from alice's own address gets 403.
+    assert_eq!(login(&mut c, "127.0.0.2:5060", 5_000, "secret", T0 + 1_000), Some(403));
+    // Until the lock ends.
+    let later = T0 + 100 + 900_000;
+    assert_eq!(login(&mut c, "127.0.0.2:5060", 6_000, "secret", later), Some(200));
+}
+
+#[test]
+fn without_a_lockout_guessing_goes_on() {
+    let (mut c, _) = core(SecuritySettings::off(), true);
+    let attacker = "127.0.0.3:5060";
+    for i in 0..30 {
+        let got = login(&mut c, attacker, 10 * i, "guess", T0 + i as u64 * 10);
+        assert_eq!(got, Some(401));
+    }
+    assert_eq!(login(&mut c, attacker, 999, "secret", T0 + 500), Some(200));
+}
+
+#[test]
+fn a_denied_source_gets_nothing_or_403() {
+    let mut security = SecuritySettings {
+        deny: vec!["203.0.113.0/24".parse().unwrap()],
+        ..SecuritySettings::default()
+    };
+    let (mut c, stats) = core(security.clone(), false);
+    let denied = "203.0.113.9:5060";
+    assert!(send(&mut c, &options(denied, 1, "x"), denied, 0, T0).is_empty());
+    assert_eq!(dropped(&stats, DropReason::Denied), 1);
+    assert_eq!(send(&mut c, &options("192.0.2.1:5060", 2, "x"), "192.0.2.1:5060", 0, T0).len(), 1);
+    security.deny_answer = DenyAnswer::Forbidden;
+    let (mut c, _) = core(security, false);
+    let out = send(&mut c, &options(denied, 3, "x"), denied, 0, T0);
+    assert_eq!(out.len(), 1);
+    assert_eq!(out[0].0, addr(denied));
+    assert_eq!(status(&out[0].1), 403);
+    let m = Message::parse(&out[0].1).unwrap();
+    assert_eq!(m.reason().unwrap(), b"Forbidden (source address not allowed)");
+}
