@@ -144,6 +144,7 @@ fn main() {
             proxy: Default::default(),
             routing: Arc::new(sipshard::routing::DialPlan::empty()),
             responder: Default::default(),
+            security: Default::default(),
         };
         Core::new(
             0,

@@ -90,6 +90,7 @@ fn main() {
         proxy: Default::default(),
         routing: Arc::new(sipshard::routing::DialPlan::empty()),
         responder: Default::default(),
+        security: Default::default(),
     });
     let auth = digest.then(|| {
         let mut db = UserDb::new("localhost");

@@ -692,3 +692,73 @@ fn sipp_digest_calls_to_the_responder() {
         Some(200.0)
     );
 }
+
+/// Issue 17: SIPp floods from 127.0.0.3 far above the flood limit while a second source,
+/// 127.0.0.2, registers and calls at a normal rate: the flooder is banned (every shard drops
+/// it, logged once), the other source completes everything with zero failures and zero
+/// retransmissions.
+#[test]
+fn sipp_flood_from_one_source_is_banned_while_another_registers_and_calls() {
+    if !sipp_available("sipp_flood_from_one_source_is_banned_while_another_registers_and_calls") {
+        return;
+    }
+    let dir = scratch("flood");
+    let (csv, _) = users(&dir, 100);
+    let log = dir.join("server.log");
+    let s = ServerProcess::start_logged(&["--shards", "2", "--log", "warn"], true, &log);
+    // The flood: REGISTERs at 4,000/s from one address (the default limit is 400 requests in
+    // 2 s), for longer than the normal traffic below lasts.
+    let reg = scenario("register.xml");
+    let flood = Command::new("sipp")
+        .arg(s.addr.to_string())
+        .args(["-sf", reg.to_str().unwrap(), "-inf", csv.to_str().unwrap()])
+        .args(["-i", "127.0.0.3", "-p", &free_udp_port().to_string()])
+        .args(["-r", "4000", "-m", "200000", "-l", "4000", "-nostdin"])
+        .args(["-timeout", "60s", "-recv_timeout", "1000"])
+        .current_dir(&dir)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let flood = Background {
+        child: flood,
+        stat: dir.join("none"),
+        name: "flood".into(),
+    };
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    // Normal traffic from 127.0.0.2 meanwhile: registrations, then calls to a registered
+    // callee.
+    run_clean(
+        &dir,
+        &s,
+        "register.xml",
+        &csv,
+        300,
+        50,
+        &["-i", "127.0.0.2"],
+    );
+    let (uas, callee_csv) = callee(&dir, &s, "callee", free_udp_port(), "uas.xml", 100);
+    run_clean(
+        &dir,
+        &s,
+        "uac.xml",
+        &callee_csv,
+        100,
+        20,
+        &["-i", "127.0.0.2", "-d", "50"],
+    );
+    uas.finish(100);
+    let banned = s
+        .metric("sipshard_dropped_total{reason=\"banned\"}")
+        .unwrap();
+    drop(flood);
+    assert!(banned > 3_000.0, "{banned} datagrams of the flood dropped");
+    let text = std::fs::read_to_string(&log).unwrap();
+    let bans: Vec<&str> = text.lines().filter(|l| l.contains(" ban src=")).collect();
+    assert_eq!(bans.len(), 1, "{bans:#?}");
+    assert!(
+        bans[0].ends_with("ban src=127.0.0.3 reason=flood seconds=300"),
+        "{}",
+        bans[0]
+    );
+}

@@ -189,9 +189,15 @@ mod tests {
         l.failed(attacker, Some(b"alice"), 2);
         let bans = board.bans(3);
         assert_eq!(bans.len(), 1);
-        assert_eq!((bans[0].ip, bans[0].reason), (attacker, BanReason::BruteForce));
+        assert_eq!(
+            (bans[0].ip, bans[0].reason),
+            (attacker, BanReason::BruteForce)
+        );
         assert_eq!(bans[0].until_ms, 600_002);
-        assert!(!l.is_locked(b"alice", 3), "the account is not locked by 3 failures");
+        assert!(
+            !l.is_locked(b"alice", 3),
+            "the account is not locked by 3 failures"
+        );
     }
 
     #[test]

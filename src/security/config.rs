@@ -76,8 +76,18 @@ impl FileSecurity {
                 _ => return Err(format!("security.deny_answer '{a}': expected drop or 403")),
             };
         }
-        let requests = range("security.flood_requests", self.flood_requests, 0, 10_000_000)?;
-        let window = range("security.flood_window_ms", self.flood_window_ms, 100, 3_600_000)?;
+        let requests = range(
+            "security.flood_requests",
+            self.flood_requests,
+            0,
+            10_000_000,
+        )?;
+        let window = range(
+            "security.flood_window_ms",
+            self.flood_window_ms,
+            100,
+            3_600_000,
+        )?;
         let default_flood = SecuritySettings::default().flood.expect("on by default");
         if requests.is_some() || window.is_some() {
             let requests = requests.unwrap_or(default_flood.requests);
@@ -108,7 +118,12 @@ impl FileSecurity {
             0,
             1_000_000,
         )?;
-        let window_s = range("security.lockout_window_s", self.lockout_window_s, 1, 86_400)?;
+        let window_s = range(
+            "security.lockout_window_s",
+            self.lockout_window_s,
+            1,
+            86_400,
+        )?;
         let lock_s = range("security.lockout_s", self.lockout_s, 1, 30 * 86_400)?;
         if s.lockout.is_some() || src.is_some() || user.is_some() {
             let l = LockoutLimit {
@@ -165,7 +180,10 @@ mod tests {
         assert!(s.scanners.matches(b"EVIL/1"));
         assert!(!s.scanners.matches(b"friendly-scanner"));
         let l = s.lockout.unwrap();
-        assert_eq!((l.source_failures, l.user_failures, l.lock_ms), (5, 100, 30_000));
+        assert_eq!(
+            (l.source_failures, l.user_failures, l.lock_ms),
+            (5, 100, 30_000)
+        );
         assert_eq!(parse("flood_requests = 0").unwrap().flood, None);
         let both_off = "lockout_source_failures = 0\nlockout_user_failures = 0";
         assert_eq!(parse(both_off).unwrap().lockout, None);

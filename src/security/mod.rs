@@ -187,7 +187,11 @@ pub struct Guard {
 }
 
 impl Guard {
-    pub fn new(settings: Arc<SecuritySettings>, board: Arc<Board>, stats: Arc<ShardStats>) -> Guard {
+    pub fn new(
+        settings: Arc<SecuritySettings>,
+        board: Arc<Board>,
+        stats: Arc<ShardStats>,
+    ) -> Guard {
         Guard {
             settings,
             board,
@@ -259,7 +263,7 @@ impl Guard {
             None => {
                 // Responses do not start tracking (peers answering our requests are not
                 // flooding us), nor does anything when neither flood counting nor ACLs are on.
-                if !(request && flood.is_some()) && !settings.has_acl() {
+                if !(settings.has_acl() || request && flood.is_some()) {
                     return Admit::Pass;
                 }
                 match insert(

@@ -92,7 +92,11 @@ fn a_ban_on_one_shard_is_obeyed_by_the_others() {
         assert_eq!(a.admit(bad, true, 1), Admit::Pass);
     }
     assert_eq!(a.admit(bad, true, 2), Admit::Drop);
-    assert_eq!(b.admit(bad, true, 3), Admit::Drop, "shard b learned the ban");
+    assert_eq!(
+        b.admit(bad, true, 3),
+        Admit::Drop,
+        "shard b learned the ban"
+    );
     assert_eq!(b.admit(bad, false, 4), Admit::Drop);
 }
 

@@ -256,7 +256,10 @@ impl Core {
     ) -> Disposition {
         // Bans and ACLs before anything else (a datagram handed over was admitted already).
         if !handed_off {
-            match self.guard.admit(src.ip(), !data.starts_with(b"SIP/"), now_ms) {
+            match self
+                .guard
+                .admit(src.ip(), !data.starts_with(b"SIP/"), now_ms)
+            {
                 Admit::Pass => {}
                 Admit::Drop => return Disposition::Done,
                 Admit::Forbid => {

@@ -99,7 +99,14 @@ fn a_flooding_source_is_banned_while_others_are_served() {
     let flooder = "127.0.0.3:5070";
     let mut answered = 0;
     for n in 0..200 {
-        answered += send(&mut c, &options(flooder, n, "SIPp"), flooder, 0, T0 + n as u64).len();
+        answered += send(
+            &mut c,
+            &options(flooder, n, "SIPp"),
+            flooder,
+            0,
+            T0 + n as u64,
+        )
+        .len();
         // A normal source keeps being answered throughout.
         let other = "127.0.0.2:5080";
         if n % 20 == 0 {
@@ -107,29 +114,58 @@ fn a_flooding_source_is_banned_while_others_are_served() {
             assert_eq!(status(&out[0].1), 200, "request {n} from the other source");
         }
     }
-    assert_eq!(answered, 20, "only the requests within the limit were answered");
+    assert_eq!(
+        answered, 20,
+        "only the requests within the limit were answered"
+    );
     assert_eq!(dropped(&stats, DropReason::Banned), 180);
     // Exempt (127.0.0.1): never banned.
     for n in 0..200 {
-        let out = send(&mut c, &options(LISTEN, n, "SIPp"), "127.0.0.1:5090", 0, T0 + 5);
+        let out = send(
+            &mut c,
+            &options(LISTEN, n, "SIPp"),
+            "127.0.0.1:5090",
+            0,
+            T0 + 5,
+        );
         assert_eq!(out.len(), 1, "request {n} from 127.0.0.1");
     }
     // The ban lasts ban_s (300 s); then the source is served again.
     let later = T0 + 300_000 + 200;
-    assert_eq!(send(&mut c, &options(flooder, 999, "x"), flooder, 0, later).len(), 1);
+    assert_eq!(
+        send(&mut c, &options(flooder, 999, "x"), flooder, 0, later).len(),
+        1
+    );
 }
 
 #[test]
 fn a_scanner_gets_no_answer_and_its_address_is_banned() {
     let (mut c, stats) = core(SecuritySettings::default(), false);
     let scanner = "127.0.0.3:5060";
-    assert!(send(&mut c, &options(scanner, 1, "friendly-scanner"), scanner, 0, T0).is_empty());
+    assert!(send(
+        &mut c,
+        &options(scanner, 1, "friendly-scanner"),
+        scanner,
+        0,
+        T0
+    )
+    .is_empty());
     // Whatever it sends next: banned.
-    assert!(send(&mut c, &options(scanner, 2, "Linphone/5"), scanner, 0, T0 + 1).is_empty());
+    assert!(send(
+        &mut c,
+        &options(scanner, 2, "Linphone/5"),
+        scanner,
+        0,
+        T0 + 1
+    )
+    .is_empty());
     assert_eq!(dropped(&stats, DropReason::Scanner), 1);
     assert_eq!(dropped(&stats, DropReason::Banned), 1);
     let phone = "127.0.0.2:5060";
-    assert_eq!(send(&mut c, &options(phone, 3, "Linphone/5"), phone, 0, T0 + 2).len(), 1);
+    assert_eq!(
+        send(&mut c, &options(phone, 3, "Linphone/5"), phone, 0, T0 + 2).len(),
+        1
+    );
 }
 
 #[test]
@@ -138,13 +174,22 @@ fn guessing_passwords_locks_the_address_out_and_the_real_user_still_registers() 
     let attacker = "127.0.0.3:5060";
     // Nine wrong guesses get their 401; the tenth bans the address.
     for i in 0..10 {
-        let got = login(&mut c, attacker, 10 * i, &format!("guess{i}"), T0 + i as u64 * 10);
+        let got = login(
+            &mut c,
+            attacker,
+            10 * i,
+            &format!("guess{i}"),
+            T0 + i as u64 * 10,
+        );
         assert_eq!(got, Some(401), "guess {i}");
     }
     // Banned: the right password gets nothing, nor does anything else from there.
     assert_eq!(login(&mut c, attacker, 500, "secret", T0 + 200), None);
     // alice's phone elsewhere is not locked out.
-    assert_eq!(login(&mut c, "127.0.0.2:5060", 600, "secret", T0 + 300), Some(200));
+    assert_eq!(
+        login(&mut c, "127.0.0.2:5060", 600, "secret", T0 + 300),
+        Some(200)
+    );
     // After the lockout (900 s) the address may try again.
     let later = T0 + 900_000 + 500;
     assert_eq!(login(&mut c, attacker, 700, "secret", later), Some(200));
@@ -161,10 +206,16 @@ fn an_attack_from_many_addresses_locks_the_account_with_403() {
         assert_eq!(got, Some(want), "attempt {i}");
     }
     // Locked: even the right password from alice's own address gets 403.
-    assert_eq!(login(&mut c, "127.0.0.2:5060", 5_000, "secret", T0 + 1_000), Some(403));
+    assert_eq!(
+        login(&mut c, "127.0.0.2:5060", 5_000, "secret", T0 + 1_000),
+        Some(403)
+    );
     // Until the lock ends.
     let later = T0 + 100 + 900_000;
-    assert_eq!(login(&mut c, "127.0.0.2:5060", 6_000, "secret", later), Some(200));
+    assert_eq!(
+        login(&mut c, "127.0.0.2:5060", 6_000, "secret", later),
+        Some(200)
+    );
 }
 
 #[test]
@@ -188,7 +239,17 @@ fn a_denied_source_gets_nothing_or_403() {
     let denied = "203.0.113.9:5060";
     assert!(send(&mut c, &options(denied, 1, "x"), denied, 0, T0).is_empty());
     assert_eq!(dropped(&stats, DropReason::Denied), 1);
-    assert_eq!(send(&mut c, &options("192.0.2.1:5060", 2, "x"), "192.0.2.1:5060", 0, T0).len(), 1);
+    assert_eq!(
+        send(
+            &mut c,
+            &options("192.0.2.1:5060", 2, "x"),
+            "192.0.2.1:5060",
+            0,
+            T0
+        )
+        .len(),
+        1
+    );
     security.deny_answer = DenyAnswer::Forbidden;
     let (mut c, _) = core(security, false);
     let out = send(&mut c, &options(denied, 3, "x"), denied, 0, T0);
@@ -196,5 +257,8 @@ fn a_denied_source_gets_nothing_or_403() {
     assert_eq!(out[0].0, addr(denied));
     assert_eq!(status(&out[0].1), 403);
     let m = Message::parse(&out[0].1).unwrap();
-    assert_eq!(m.reason().unwrap(), b"Forbidden (source address not allowed)");
+    assert_eq!(
+        m.reason().unwrap(),
+        b"Forbidden (source address not allowed)"
+    );
 }

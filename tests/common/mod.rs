@@ -210,7 +210,12 @@ impl Default for Client {
 
 impl Client {
     pub fn new() -> Client {
-        let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
+        Client::on("127.0.0.1")
+    }
+
+    /// A client on a port of `ip` (another loopback address, such as 127.0.0.2).
+    pub fn on(ip: &str) -> Client {
+        let sock = UdpSocket::bind((ip, 0)).unwrap();
         let addr = sock.local_addr().unwrap();
         Client {
             sock,
