@@ -38,6 +38,7 @@ fn responder() -> Core {
         routing: Arc::new(sipshard::routing::DialPlan::empty()),
         responder: Default::default(),
         security: Default::default(),
+        overload: Default::default(),
     };
     Core::new(
         0,

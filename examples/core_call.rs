@@ -145,6 +145,7 @@ fn main() {
             routing: Arc::new(sipshard::routing::DialPlan::empty()),
             responder: Default::default(),
             security: Default::default(),
+            overload: Default::default(),
         };
         Core::new(
             0,

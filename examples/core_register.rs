@@ -91,6 +91,7 @@ fn main() {
         routing: Arc::new(sipshard::routing::DialPlan::empty()),
         responder: Default::default(),
         security: Default::default(),
+        overload: Default::default(),
     });
     let auth = digest.then(|| {
         let mut db = UserDb::new("localhost");

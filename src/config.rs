@@ -58,6 +58,8 @@ pub struct Config {
     pub responder: std::sync::Arc<crate::responder::ResponderSettings>,
     /// ACLs, flood and scanner bans, brute-force lockout.
     pub security: std::sync::Arc<crate::security::SecuritySettings>,
+    /// What a shard past its capacity refuses.
+    pub overload: crate::proxy::settings::OverloadSettings,
 }
 
 impl Config {
@@ -84,7 +86,8 @@ security.allow, security.deny, security.deny_answer, security.flood_requests,
 security.flood_window_ms, security.ban_s, security.scanners,
 security.ban_scanners, security.lockout_source_failures,
 security.lockout_user_failures, security.lockout_window_s, security.lockout_s,
-security.max_sources), and the dial plan: [[extension]], [normalize],
+security.max_sources), overload.retry_after_s, overload.max_transactions,
+and the dial plan: [[extension]], [normalize],
 [[trunk]], [[route]], [[rate]], [routing], [classes], [emergency], [[group]],
 [[paging]].
 sipshard.toml at the top of the source tree lists every key with its default
@@ -188,6 +191,7 @@ struct FileConfig {
     responder: Option<FileResponder>,
     #[serde(default)]
     security: crate::security::config::FileSecurity,
+    overload: Option<FileOverload>,
     // The dial plan (`crate::routing::spec`), section by section.
     #[serde(default)]
     extension: Vec<crate::routing::spec::ExtensionSpec>,
@@ -226,6 +230,13 @@ struct FileResponder {
     hold_ms: Option<u64>,
     mix: Option<String>,
     drop: Option<f64>,
+}
+
+#[derive(Deserialize, Default, Debug)]
+#[serde(deny_unknown_fields)]
+struct FileOverload {
+    retry_after_s: Option<u32>,
+    max_transactions: Option<usize>,
 }
 
 #[derive(Deserialize, Default, Debug)]
@@ -584,10 +595,30 @@ impl Cli {
             file.responder.as_ref(),
         )?);
         let security = std::sync::Arc::new(file.security.settings().map_err(ConfigError)?);
+        let mut overload = crate::proxy::settings::OverloadSettings::default();
+        if let Some(o) = &file.overload {
+            if let Some(r) = o.retry_after_s {
+                if !(1..=3600).contains(&r) {
+                    return err(format!(
+                        "overload.retry_after_s '{r}': expected 1 to 3600 seconds"
+                    ));
+                }
+                overload.retry_after_s = r;
+            }
+            if let Some(m) = o.max_transactions {
+                if !(100..=100_000_000).contains(&m) {
+                    return err(format!(
+                        "overload.max_transactions '{m}': expected 100 to 100000000"
+                    ));
+                }
+                overload.max_transactions = m;
+            }
+        }
         let config = Config {
             routing,
             responder,
             security,
+            overload,
             listen,
             domains,
             users,

@@ -59,6 +59,13 @@ impl Registry {
                 );
             }
         }
+        o.push_str("# HELP sipshard_overloaded_shards Shards past their capacity now.\n");
+        o.push_str("# TYPE sipshard_overloaded_shards gauge\n");
+        let _ = writeln!(
+            o,
+            "sipshard_overloaded_shards {}",
+            self.sum(|s| s.overloaded.get())
+        );
         o.push_str("# HELP sipshard_transactions Transactions in progress.\n");
         o.push_str("# TYPE sipshard_transactions gauge\n");
         let _ = writeln!(

@@ -129,6 +129,8 @@ pub struct ShardStats {
     pub sent_requests: [Counter; 15],
     /// Transactions currently held by this shard's proxy.
     pub transactions: Counter,
+    /// 1 while the shard is past its capacity (new requests for users get 503).
+    pub overloaded: Counter,
     pub latency: Mutex<Histogram<u64>>,
 }
 
@@ -152,6 +154,7 @@ impl Default for ShardStats {
             wakeups: Counter::default(),
             sent_requests: Default::default(),
             transactions: Counter::default(),
+            overloaded: Counter::default(),
             latency: Mutex::new(new_histogram()),
         }
     }

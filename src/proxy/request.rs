@@ -52,6 +52,9 @@ pub struct Element {
     pub(super) round_robin: Vec<usize>,
     /// Shard 0: the trunks' health checks.
     pub(super) checker: Option<crate::routing::TrunkChecker>,
+    /// Set by the shell while this shard is past its capacity: new requests for users get
+    /// 503 (see [`Element::sheds`]).
+    pub(super) overloaded: bool,
 }
 
 impl Element {
@@ -94,7 +97,33 @@ impl Element {
             key: Vec::with_capacity(128),
             fixed_via_buf: Vec::new(),
             fixed_contact_buf: Vec::new(),
+            overloaded: false,
         }
+    }
+
+    /// While `on`, new requests for users get 503 with Retry-After (overload control).
+    pub fn set_overloaded(&mut self, on: bool) {
+        self.overloaded = on;
+    }
+
+    /// True for a request to refuse with 503 (RFC 3261 §21.5.4) because this shard is past
+    /// its capacity or holds its maximum of transactions: a new request that would start
+    /// proxy work. What is already in progress goes on (in-dialog requests, retransmissions
+    /// of a transaction held, CANCEL, ACK), and emergency calls are never refused. REGISTER
+    /// and OPTIONS to the server are answered at about the cost of a 503, so they are not.
+    fn sheds(&self, msg: &Message<'_>, ruri: &Uri<'_>) -> bool {
+        let full = self.proxy.transactions() >= self.cfg.overload.max_transactions;
+        if !(self.overloaded || full) {
+            return false;
+        }
+        if msg.to().ok().and_then(|t| t.tag()).is_some() || self.proxy.has_server_transaction(msg) {
+            return false;
+        }
+        let emergency = ruri.user.is_some_and(|u| {
+            let number: Vec<u8> = crate::sip::uri::Unescape::new(u).collect();
+            self.cfg.routing.is_emergency(&number)
+        });
+        !emergency
     }
 
     /// A reload: see [`crate::server::Core::reload`].
@@ -272,6 +301,14 @@ impl Element {
             Method::Other => reply.with(out, 501, b"Not Implemented", |o| {
                 crate::sip::write::header(o, "Allow", ALLOW)
             }),
+            _ if self.sheds(msg, &ruri) => {
+                let retry = itoa::Buffer::new()
+                    .format(self.cfg.overload.retry_after_s)
+                    .to_owned();
+                reply.with(out, 503, b"Service Unavailable (overloaded)", |o| {
+                    crate::sip::write::header(o, "Retry-After", retry.as_bytes())
+                });
+            }
             _ => {
                 let fix = reply.via_fixup();
                 let src = reply.source();

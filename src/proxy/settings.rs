@@ -42,6 +42,26 @@ impl Default for ProxySettings {
     }
 }
 
+/// Overload control (RFC 3261 §21.5.4, RFC 7339 leaves the policy to the server): what a
+/// shard past its capacity refuses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OverloadSettings {
+    /// The Retry-After (seconds) of the 503 a refused request gets.
+    pub retry_after_s: u32,
+    /// Proxy transactions one shard may hold; past it, new requests that would add one get
+    /// 503 (bounds memory whatever the offered load).
+    pub max_transactions: usize,
+}
+
+impl Default for OverloadSettings {
+    fn default() -> Self {
+        OverloadSettings {
+            retry_after_s: 5,
+            max_transactions: 100_000,
+        }
+    }
+}
+
 /// Settings shared by every shard's core.
 #[derive(Debug, Clone)]
 pub struct CoreConfig {
@@ -59,6 +79,7 @@ pub struct CoreConfig {
     pub responder: std::sync::Arc<crate::responder::ResponderSettings>,
     /// ACLs, flood and scanner bans, lockout (`crate::security`).
     pub security: std::sync::Arc<crate::security::SecuritySettings>,
+    pub overload: OverloadSettings,
 }
 
 impl CoreConfig {

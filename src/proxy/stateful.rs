@@ -399,6 +399,11 @@ impl Proxy {
         self.txns.len()
     }
 
+    /// True if a server transaction of this request exists (it is a retransmission).
+    pub fn has_server_transaction(&self, msg: &Message<'_>) -> bool {
+        self.txns.server_lookup(msg).is_some()
+    }
+
     /// Transactions and response contexts alive (for tests: 0 when everything ended).
     pub fn state_len(&self) -> (usize, usize, usize) {
         (self.txns.len(), self.contexts.len(), self.client_ctx.len())

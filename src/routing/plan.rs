@@ -759,6 +759,11 @@ impl DialPlan {
         self.extensions.get(number).map(|u| &**u)
     }
 
+    /// True if `number` (as dialed) is an emergency number.
+    pub fn is_emergency(&self, number: &[u8]) -> bool {
+        self.emergency_numbers.iter().any(|n| **n == *number)
+    }
+
     /// An emergency number (as dialed) and the trunks it goes out through: every up trunk of
     /// `[emergency]` in order, or all of them when none is up (an emergency call is tried
     /// whatever the checks say).

@@ -14,6 +14,8 @@ mod tests;
 #[cfg(test)]
 mod tests_nat;
 #[cfg(test)]
+mod tests_overload;
+#[cfg(test)]
 mod tests_responder;
 #[cfg(test)]
 mod tests_routing;
@@ -58,6 +60,8 @@ pub struct Core {
     responder: Option<Responder>,
     /// ACLs and bans: the first look at every datagram (`crate::security`).
     guard: Guard,
+    /// To tags of the 503s written by [`Core::overflow`].
+    tag_seq: u64,
 }
 
 impl Core {
@@ -98,6 +102,7 @@ impl Core {
             element,
             responder,
             guard,
+            tag_seq: 0,
         }
     }
 
@@ -105,6 +110,60 @@ impl Core {
     /// a core keeps its bans to itself.
     pub fn share_board(&mut self, board: Arc<Board>) {
         self.guard.share_board(board);
+    }
+
+    /// Overload control, set by the shell: while `on`, new requests for users get 503 with
+    /// Retry-After; what is in progress and emergency calls go on.
+    pub fn set_overloaded(&mut self, on: bool) {
+        self.element.set_overloaded(on);
+    }
+
+    /// The owner of `data` cannot take it (its hand-off queue is full: it is past its
+    /// capacity). A new request that is not an emergency call gets 503 with Retry-After
+    /// here (true); anything else is left to be dropped (false): the client retransmits.
+    pub fn overflow(
+        &mut self,
+        data: &[u8],
+        src: SocketAddr,
+        socket: usize,
+        out: &mut Outbox,
+    ) -> bool {
+        let mut slot = core::mem::MaybeUninit::uninit();
+        let Ok(msg) = Message::parse_in(&mut slot, data, Limits::default(), Framing::Datagram)
+        else {
+            return false;
+        };
+        let msg = &*msg;
+        let Some(method) = msg.method() else {
+            return false;
+        };
+        if matches!(method, Method::Ack | Method::Cancel)
+            || msg.to().ok().and_then(|t| t.tag()).is_some()
+            || msg.validate_for_proxy().is_err()
+        {
+            return false;
+        }
+        let emergency = msg
+            .request_uri()
+            .ok()
+            .and_then(|u| u.user)
+            .is_some_and(|u| {
+                let number: Vec<u8> = crate::sip::uri::Unescape::new(u).collect();
+                self.cfg.routing.is_emergency(&number)
+            });
+        if emergency {
+            return false;
+        }
+        let mut reply =
+            crate::proxy::reply::Reply::new(msg, src, socket, &mut self.tag_seq, self.shard);
+        let retry = itoa::Buffer::new()
+            .format(self.cfg.overload.retry_after_s)
+            .to_owned();
+        reply.with(out, 503, b"Service Unavailable (overloaded)", |o| {
+            crate::sip::write::header(o, "Retry-After", retry.as_bytes())
+        });
+        self.stats.response_sent(503);
+        true
     }
 
     /// The shard's guard (bans, ACLs).

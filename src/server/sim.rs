@@ -567,6 +567,7 @@ fn run(seed: u64, calls_per_kind: usize, proxy: ProxySettings) {
         routing: std::sync::Arc::new(crate::routing::DialPlan::build(&spec).unwrap()),
         responder: Default::default(),
         security: std::sync::Arc::new(crate::security::SecuritySettings::off()),
+        overload: Default::default(),
     });
     let mut core = Core::new(
         0,

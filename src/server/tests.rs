@@ -46,6 +46,7 @@ pub(super) fn core_with_proxy(
         routing: Arc::new(crate::routing::DialPlan::empty()),
         responder: Default::default(),
         security: Default::default(),
+        overload: Default::default(),
     });
     Core::new(
         0,
@@ -1232,6 +1233,7 @@ fn two_shards(auth: Option<crate::auth::Authenticator>) -> Vec<Core> {
         routing: Arc::new(crate::routing::DialPlan::empty()),
         responder: Default::default(),
         security: Default::default(),
+        overload: Default::default(),
     });
     (0..2)
         .map(|i| {

@@ -29,6 +29,7 @@ fn responder_cores(
         routing: Arc::new(crate::routing::DialPlan::empty()),
         responder: Arc::new(settings),
         security: std::sync::Arc::new(crate::security::SecuritySettings::off()),
+        overload: Default::default(),
     });
     (0..shards)
         .map(|s| {

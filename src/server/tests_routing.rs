@@ -61,6 +61,7 @@ fn routed_core(text: &str, auth: Option<crate::auth::Authenticator>) -> Core {
         routing: plan(text),
         responder: Default::default(),
         security: Default::default(),
+        overload: Default::default(),
     });
     Core::new(
         0,
@@ -670,6 +671,7 @@ fn an_extension_dialed_before_normalisation_goes_to_its_users_shard() {
         routing: plan(&text),
         responder: Default::default(),
         security: Default::default(),
+        overload: Default::default(),
     });
     let mut cores: Vec<Core> = (0..2)
         .map(|i| {

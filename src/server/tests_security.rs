@@ -24,6 +24,7 @@ fn core(security: SecuritySettings, auth: bool) -> (Core, Arc<ShardStats>) {
         routing: Arc::new(crate::routing::DialPlan::empty()),
         responder: Default::default(),
         security: Arc::new(security.clone()),
+        overload: Default::default(),
     });
     // One board for the guard and the lockout: the lockout's bans must reach the guard.
     let board = Arc::new(crate::security::board::Board::default());

@@ -228,6 +228,7 @@ pub fn core_config(config: &Config) -> CoreConfig {
         routing: config.routing.clone(),
         responder: config.responder.clone(),
         security: config.security.clone(),
+        overload: config.overload,
     }
 }
 

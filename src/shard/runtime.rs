@@ -22,6 +22,45 @@ const PENDING_MAX: usize = 1024;
 const HANDOFF_ROUND: usize = 256;
 /// Longest sleep (ms) when no timer is due sooner.
 const IDLE_MAX_MS: u64 = 200;
+/// A shard that has had full batches (datagrams still waiting) without a break for this long
+/// is past its capacity (the overload control of `Core::set_overloaded`).
+const SATURATED_AFTER: Duration = Duration::from_millis(50);
+/// Overload log lines at most this often per shard (a shard at its limit may go in and out
+/// of overload many times a second).
+const OVERLOAD_LOG_EVERY: Duration = Duration::from_secs(10);
+
+/// Whether a shard is past its capacity: it has been saturated (every round a full batch,
+/// never a pause) for [`SATURATED_AFTER`]; a round that empties the socket ends it.
+struct Saturation {
+    busy_since: Option<Instant>,
+    overloaded: bool,
+    last_log: Option<Instant>,
+    /// Rounds spent overloaded since the last log line.
+    episodes: u64,
+}
+
+impl Saturation {
+    /// Records a round that started at `t`: `full` when it read a full batch (or a full
+    /// hand-off round). Returns the new overload state when it changed.
+    fn round(&mut self, t: Instant, full: bool) -> Option<bool> {
+        let busy = match (full, self.busy_since) {
+            (false, _) => {
+                self.busy_since = None;
+                false
+            }
+            (true, None) => {
+                self.busy_since = Some(t);
+                false
+            }
+            (true, Some(since)) => t.saturating_duration_since(since) >= SATURATED_AFTER,
+        };
+        if busy == self.overloaded {
+            return None;
+        }
+        self.overloaded = busy;
+        Some(busy)
+    }
+}
 
 /// Latency samples (µs, count) not yet published. Recording them one by one into the shared
 /// histogram under its lock costs a few instructions each; merging a local histogram instead
@@ -127,13 +166,19 @@ impl RecvHandler for Handler<'_> {
                     socket: socket as u16,
                     received: self.batch_start,
                 };
-                if peer.queue.push(h).is_ok() {
-                    self.stats.handoffs_out.inc();
-                    // Woken at the end of the batch: one wake-up for all we move there.
-                    self.to_wake.insert(owner);
-                } else {
-                    // The client retransmits over UDP; counting is what matters.
-                    self.stats.dropped(DropReason::QueueFull);
+                match peer.queue.push(h) {
+                    Ok(()) => {
+                        self.stats.handoffs_out.inc();
+                        // Woken at the end of the batch: one wake-up for all we move there.
+                        self.to_wake.insert(owner);
+                    }
+                    Err(h) => {
+                        // The owner is past its capacity: a new request gets its 503 here;
+                        // the rest is dropped (the client retransmits over UDP).
+                        if !self.core.overflow(&h.data, src, socket, self.out) {
+                            self.stats.dropped(DropReason::QueueFull);
+                        }
+                    }
                 }
             }
         }
@@ -167,6 +212,12 @@ pub fn run(mut ctx: ShardContext) {
     );
     let me = &ctx.peers[ctx.id];
     let mut reload_seen = 0;
+    let mut saturation = Saturation {
+        busy_since: None,
+        overloaded: false,
+        last_log: None,
+        episodes: 0,
+    };
     while !ctx.stop.load(Ordering::Relaxed) {
         let generation = ctx.reload.generation();
         if generation != reload_seen {
@@ -200,6 +251,26 @@ pub fn run(mut ctx: ShardContext) {
         // A transport that failed mid-batch may not have ended it.
         handler.batch_end();
         let local = handler.local;
+        let full = received >= crate::transport::BATCH || me.queue.len() >= HANDOFF_ROUND;
+        if let Some(on) = saturation.round(batch_start, full) {
+            ctx.core.set_overloaded(on);
+            ctx.stats.overloaded.set(on as u64);
+            if on {
+                saturation.episodes += 1;
+                let quiet = saturation
+                    .last_log
+                    .is_none_or(|l| batch_start.duration_since(l) >= OVERLOAD_LOG_EVERY);
+                if quiet {
+                    tracing::warn!(
+                        shard = ctx.id,
+                        episodes = saturation.episodes,
+                        "overloaded: new requests for users get 503 until the shard catches up"
+                    );
+                    saturation.last_log = Some(batch_start);
+                    saturation.episodes = 0;
+                }
+            }
+        }
         // Datagrams other shards moved to us.
         handed.clear();
         while sharded && handed.len() < HANDOFF_ROUND {
