@@ -86,7 +86,8 @@ security.allow, security.deny, security.deny_answer, security.flood_requests,
 security.flood_window_ms, security.ban_s, security.scanners,
 security.ban_scanners, security.lockout_source_failures,
 security.lockout_user_failures, security.lockout_window_s, security.lockout_s,
-security.max_sources), overload.retry_after_s, overload.max_transactions,
+security.max_sources), overload.retry_after_s, overload.saturated_ms,
+overload.max_transactions,
 and the dial plan: [[extension]], [normalize],
 [[trunk]], [[route]], [[rate]], [routing], [classes], [emergency], [[group]],
 [[paging]].
@@ -236,6 +237,7 @@ struct FileResponder {
 #[serde(deny_unknown_fields)]
 struct FileOverload {
     retry_after_s: Option<u32>,
+    saturated_ms: Option<u32>,
     max_transactions: Option<usize>,
 }
 
@@ -604,6 +606,14 @@ impl Cli {
                     ));
                 }
                 overload.retry_after_s = r;
+            }
+            if let Some(m) = o.saturated_ms {
+                if m > 60_000 {
+                    return err(format!(
+                        "overload.saturated_ms '{m}': expected 0 (off) to 60000"
+                    ));
+                }
+                overload.saturated_ms = m;
             }
             if let Some(m) = o.max_transactions {
                 if !(100..=100_000_000).contains(&m) {

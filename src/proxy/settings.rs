@@ -48,6 +48,9 @@ impl Default for ProxySettings {
 pub struct OverloadSettings {
     /// The Retry-After (seconds) of the 503 a refused request gets.
     pub retry_after_s: u32,
+    /// A shard that has had datagrams waiting (full receive batches) without a pause for
+    /// this long is past its capacity; 0: never (only `max_transactions` refuses).
+    pub saturated_ms: u32,
     /// Proxy transactions one shard may hold; past it, new requests that would add one get
     /// 503 (bounds memory whatever the offered load).
     pub max_transactions: usize,
@@ -57,7 +60,8 @@ impl Default for OverloadSettings {
     fn default() -> Self {
         OverloadSettings {
             retry_after_s: 5,
-            max_transactions: 100_000,
+            saturated_ms: 50,
+            max_transactions: 500_000,
         }
     }
 }

@@ -118,6 +118,11 @@ impl Core {
         self.element.set_overloaded(on);
     }
 
+    /// The overload settings the core runs with.
+    pub fn overload_settings(&self) -> crate::proxy::settings::OverloadSettings {
+        self.cfg.overload
+    }
+
     /// The owner of `data` cannot take it (its hand-off queue is full: it is past its
     /// capacity). A new request that is not an emergency call gets 503 with Retry-After
     /// here (true); anything else is left to be dropped (false): the client retransmits.

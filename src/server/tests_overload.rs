@@ -129,6 +129,7 @@ fn past_max_transactions_new_calls_get_503_whatever_the_load() {
     let overload = OverloadSettings {
         retry_after_s: 30,
         max_transactions: 4,
+        ..OverloadSettings::default()
     };
     let mut c = core_with_plan("", overload);
     register(&mut c, "bob", BOB);
