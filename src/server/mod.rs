@@ -123,6 +123,12 @@ impl Core {
         self.cfg.overload
     }
 
+    /// True when [`Core::set_overloaded`] changes anything (not in responder mode: a load
+    /// test's far end answers everything it reads).
+    pub fn refuses_on_overload(&self) -> bool {
+        self.responder.is_none()
+    }
+
     /// The owner of `data` cannot take it (its hand-off queue is full: it is past its
     /// capacity). A new request that is not an emergency call gets 503 with Retry-After
     /// here (true); anything else is left to be dropped (false): the client retransmits.

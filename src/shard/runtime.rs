@@ -225,8 +225,12 @@ pub fn run(mut ctx: ShardContext) {
     );
     let me = &ctx.peers[ctx.id];
     let mut reload_seen = 0;
-    let mut overload =
-        OverloadDetector::new(ctx.core.overload_settings().saturated_ms, Instant::now());
+    let saturated_ms = if ctx.core.refuses_on_overload() {
+        ctx.core.overload_settings().saturated_ms
+    } else {
+        0
+    };
+    let mut overload = OverloadDetector::new(saturated_ms, Instant::now());
     while !ctx.stop.load(Ordering::Relaxed) {
         let generation = ctx.reload.generation();
         if generation != reload_seen {
