@@ -4,8 +4,10 @@
 //! `info` level is off. The BYE of a call reaches the shard that record-routed its INVITE
 //! (the `ss=` of the Record-Route), so one shard sees both ends.
 
+use crate::security::calls::{CallCounts, CallLimits, CallRefusal};
 use crate::sip::{HeaderName, Message};
 use hashbrown::HashMap;
+use std::sync::Arc;
 
 /// Answered calls are forgotten after this long without a BYE (a lost BYE must not keep
 /// memory forever).
@@ -13,11 +15,18 @@ const FORGET_AFTER_MS: u64 = 24 * 3600 * 1000;
 /// How often forgotten calls are swept.
 const SWEEP_EVERY_MS: u64 = 60 * 1000;
 
-/// One shard's call log state: when each answered call (by Call-ID) was answered.
+/// One shard's call log state: when each answered call (by Call-ID) was answered, and the
+/// calls counted against their user's toll-fraud limits (`crate::security::calls`).
 #[derive(Default)]
 pub struct CallLog {
     answered: HashMap<Box<[u8]>, u64>,
     next_sweep_ms: u64,
+    /// Calls counted against a user's limits, by Call-ID: the user and when it started.
+    counted: HashMap<Box<[u8]>, (Box<str>, u64)>,
+    /// The shared counts those calls are in (set with the first one).
+    counts: Option<Arc<CallCounts>>,
+    /// Calls whose end was never seen stop counting after this long.
+    max_call_ms: u64,
 }
 
 /// True when call logs are written.
@@ -40,16 +49,57 @@ fn from_to<'m>(m: &Message<'m>) -> (Option<&'m [u8]>, Option<&'m [u8]>) {
 }
 
 impl CallLog {
+    /// Counts a new call `call_id` of `user` against `limits` in the shared `counts`; a call
+    /// counted already (its INVITE retransmitted) is let through.
+    pub fn admit(
+        &mut self,
+        call_id: &[u8],
+        user: &str,
+        limits: &CallLimits,
+        counts: &Arc<CallCounts>,
+        now_ms: u64,
+    ) -> Result<(), CallRefusal> {
+        if self.counted.contains_key(call_id) {
+            return Ok(());
+        }
+        counts.try_start(user, limits, now_ms)?;
+        self.counts.get_or_insert_with(|| counts.clone());
+        self.max_call_ms = limits.max_call_ms;
+        self.counted.insert(call_id.into(), (user.into(), now_ms));
+        self.sweep(now_ms);
+        Ok(())
+    }
+
+    /// Calls counted against their user's limits and not ended yet.
+    pub fn counted(&self) -> usize {
+        self.counted.len()
+    }
+
+    /// The call `call_id` ended: it no longer counts for its user.
+    fn end(&mut self, call_id: Option<&[u8]>, now_ms: u64) {
+        let Some(id) = call_id else { return };
+        if let (Some((user, _)), Some(c)) = (self.counted.remove(id), &self.counts) {
+            c.end(&user, now_ms);
+        }
+    }
+
     /// The final response `resp` (status `status`) to an INVITE went upstream, `setup_ms`
     /// after the INVITE arrived.
     pub fn setup_ended(&mut self, resp: &[u8], status: u16, setup_ms: u64, now_ms: u64) {
-        if !enabled() {
+        let counting = !self.counted.is_empty();
+        if !enabled() && !counting {
             return;
         }
         let Ok(m) = Message::parse(resp) else {
             return;
         };
         let call_id = m.header(HeaderName::CallId);
+        if counting && status >= 300 {
+            self.end(call_id, now_ms);
+        }
+        if !enabled() {
+            return;
+        }
         let (from, to) = from_to(&m);
         if (200..300).contains(&status) {
             if let Some(id) = call_id {
@@ -71,11 +121,17 @@ impl CallLog {
 
     /// An INVITE answered by this server itself with a final `status` (no binding, not
     /// found, forbidden, loop, ...); a challenge (401/407) is part of a setup, not logged.
-    pub fn rejected(&self, invite: &Message<'_>, status: u16) {
-        if matches!(status, 401 | 407) || !enabled() {
+    pub fn rejected(&mut self, invite: &Message<'_>, status: u16, now_ms: u64) {
+        if matches!(status, 401 | 407) {
             return;
         }
         let call_id = invite.header(HeaderName::CallId);
+        if !self.counted.is_empty() {
+            self.end(call_id, now_ms);
+        }
+        if !enabled() {
+            return;
+        }
         let (from, to) = from_to(invite);
         tracing::info!(
             call_id = ?text(call_id), from = ?text(from), to = ?text(to),
@@ -85,10 +141,13 @@ impl CallLog {
 
     /// A BYE is forwarded: the call ends (its duration counts from the answer).
     pub fn bye(&mut self, msg: &Message<'_>, now_ms: u64) {
+        let call_id = msg.header(HeaderName::CallId);
+        if !self.counted.is_empty() {
+            self.end(call_id, now_ms);
+        }
         if !enabled() {
             return;
         }
-        let call_id = msg.header(HeaderName::CallId);
         let answered = call_id.and_then(|id| self.answered.remove(id));
         let (from, to) = from_to(msg);
         match answered {
@@ -111,5 +170,15 @@ impl CallLog {
         self.next_sweep_ms = now_ms + SWEEP_EVERY_MS;
         self.answered
             .retain(|_, at| now_ms.saturating_sub(*at) < FORGET_AFTER_MS);
+        let max = self.max_call_ms;
+        let stale: Vec<Box<[u8]>> = self
+            .counted
+            .iter()
+            .filter(|(_, (_, since))| now_ms.saturating_sub(*since) >= max)
+            .map(|(id, _)| id.clone())
+            .collect();
+        for id in stale {
+            self.end(Some(&id), now_ms);
+        }
     }
 }

@@ -55,6 +55,8 @@ pub struct Element {
     /// Set by the shell while this shard is past its capacity: new requests for users get
     /// 503 (see [`Element::sheds`]).
     pub(super) overloaded: bool,
+    /// What the shards share for edge security: here, the users' call counts.
+    pub(super) board: Arc<crate::security::board::Board>,
 }
 
 impl Element {
@@ -98,6 +100,54 @@ impl Element {
             fixed_via_buf: Vec::new(),
             fixed_contact_buf: Vec::new(),
             overloaded: false,
+            board: Arc::default(),
+        }
+    }
+
+    /// Shares the call counts of the toll-fraud limits with the other shards.
+    pub fn share_board(&mut self, board: Arc<crate::security::board::Board>) {
+        self.board = board;
+    }
+
+    /// The toll-fraud limits (RFC 3261 leaves them to the operator): a new INVITE of an
+    /// authenticated `user` over its concurrent calls (486) or calls per minute (403) is
+    /// refused. True when the call may go on. Emergency calls never come here.
+    pub(super) fn call_allowed(
+        &mut self,
+        msg: &Message<'_>,
+        user: &str,
+        now_ms: u64,
+        reply: &mut Reply<'_, '_>,
+        out: &mut Outbox,
+    ) -> bool {
+        let limits = self.cfg.security.calls;
+        if !limits.enabled() || msg.method() != Some(Method::Invite) {
+            return true;
+        }
+        let Some(call_id) = msg.header(HeaderName::CallId) else {
+            return true;
+        };
+        let board = Arc::clone(&self.board);
+        match self
+            .proxy
+            .calls
+            .admit(call_id, user, &limits, &board.calls, now_ms)
+        {
+            Ok(()) => true,
+            Err(refusal) => {
+                let (status, reason) = refusal.response();
+                tracing::warn!(
+                    "call refused src={} user={} reason={}",
+                    reply.source(),
+                    crate::auth::failure::Escaped(user.as_bytes()),
+                    match refusal {
+                        crate::security::calls::CallRefusal::Concurrent => "concurrent-calls",
+                        crate::security::calls::CallRefusal::Rate => "calls-per-minute",
+                    }
+                );
+                reply.simple(out, status, reason);
+                false
+            }
         }
     }
 
@@ -253,7 +303,7 @@ impl Element {
         if let Some(status) = reply.sent_status {
             self.stats.response_sent(status);
             if method == Method::Invite && status >= 300 {
-                self.proxy.calls.rejected(msg, status);
+                self.proxy.calls.rejected(msg, status, now_ms);
             }
         }
         self.stats
@@ -627,11 +677,14 @@ impl Element {
         if !self.cfg.routing.is_empty() {
             return self.routed(msg, ruri, now_ms, reply, out);
         }
-        if self
-            .proxy_authorized(msg, now_ms, false, reply, out)
-            .is_none()
-        {
+        let want_user = self.cfg.security.calls.enabled();
+        let Some(user) = self.proxy_authorized(msg, now_ms, want_user, reply, out) else {
             return;
+        };
+        if let Some(user) = user {
+            if !self.call_allowed(msg, &user, now_ms, reply, out) {
+                return;
+            }
         }
         if !self.forward_to_bindings(
             msg,

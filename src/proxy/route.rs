@@ -65,6 +65,11 @@ impl Element {
         if let Some(route) = plan.emergency(&number) {
             return self.forward_to_trunks(msg, &route, now_ms, reply, out);
         }
+        if let From::User(Some(user)) = &from {
+            if !self.call_allowed(msg, user, now_ms, reply, out) {
+                return;
+            }
+        }
         // A member leg is record-routed by the pass that sent it, not again.
         let fork = Fork {
             record_route: !matches!(from, From::Us),

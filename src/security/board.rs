@@ -50,6 +50,8 @@ struct State {
 pub struct Board {
     generation: AtomicU64,
     state: Mutex<State>,
+    /// The calls of each user, for the toll-fraud limits (`super::calls`).
+    pub calls: std::sync::Arc<super::calls::CallCounts>,
 }
 
 impl Board {

@@ -24,6 +24,9 @@ pub struct FileSecurity {
     lockout_window_s: Option<u64>,
     lockout_s: Option<u64>,
     max_sources: Option<usize>,
+    max_concurrent_calls: Option<u32>,
+    max_calls_per_minute: Option<u32>,
+    max_call_s: Option<u64>,
 }
 
 /// A CIDR (`10.0.0.0/8`, `2001:db8::/32`) or a single address.
@@ -137,6 +140,25 @@ impl FileSecurity {
         if let Some(m) = range("security.max_sources", self.max_sources, 16, 100_000_000)? {
             s.max_sources = m;
         }
+        if let Some(n) = range(
+            "security.max_concurrent_calls",
+            self.max_concurrent_calls,
+            0,
+            1_000_000,
+        )? {
+            s.calls.max_concurrent = n;
+        }
+        if let Some(n) = range(
+            "security.max_calls_per_minute",
+            self.max_calls_per_minute,
+            0,
+            1_000_000,
+        )? {
+            s.calls.max_per_minute = n;
+        }
+        if let Some(n) = range("security.max_call_s", self.max_call_s, 60, 7 * 86_400)? {
+            s.calls.max_call_ms = n * 1000;
+        }
         Ok(s)
     }
 }
@@ -185,6 +207,13 @@ mod tests {
             (5, 100, 30_000)
         );
         assert_eq!(parse("flood_requests = 0").unwrap().flood, None);
+        let c = parse("max_concurrent_calls = 2\nmax_calls_per_minute = 10\nmax_call_s = 3600")
+            .unwrap()
+            .calls;
+        assert_eq!(
+            (c.max_concurrent, c.max_per_minute, c.max_call_ms),
+            (2, 10, 3_600_000)
+        );
         let both_off = "lockout_source_failures = 0\nlockout_user_failures = 0";
         assert_eq!(parse(both_off).unwrap().lockout, None);
     }

@@ -11,6 +11,7 @@
 //! are never banned or locked out, but ACLs apply to them.
 
 pub mod board;
+pub mod calls;
 pub mod config;
 pub mod scanner;
 
@@ -72,6 +73,8 @@ pub struct SecuritySettings {
     pub lockout: Option<LockoutLimit>,
     /// Source entries one shard keeps (bounds its memory: ~64 bytes each).
     pub max_sources: usize,
+    /// Toll-fraud limits on the calls of each authenticated user (off by default).
+    pub calls: calls::CallLimits,
 }
 
 impl Default for SecuritySettings {
@@ -99,6 +102,7 @@ impl Default for SecuritySettings {
                 lock_ms: 900_000,
             }),
             max_sources: 65_536,
+            calls: calls::CallLimits::default(),
         }
     }
 }

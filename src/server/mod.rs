@@ -109,6 +109,7 @@ impl Core {
     /// Shares `board` (the bans every shard obeys) with the other shards' cores; without it
     /// a core keeps its bans to itself.
     pub fn share_board(&mut self, board: Arc<Board>) {
+        self.element.share_board(board.clone());
         self.guard.share_board(board);
     }
 

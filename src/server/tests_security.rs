@@ -263,3 +263,191 @@ fn a_denied_source_gets_nothing_or_403() {
         b"Forbidden (source address not allowed)"
     );
 }
+
+/// A core with alice (digest) and the call limits `limits`, bob registered at BOB, and the
+/// dial plan `plan` (emergency numbers).
+fn limited_core(limits: crate::security::calls::CallLimits, plan: &str) -> Core {
+    let security = SecuritySettings {
+        calls: limits,
+        ..SecuritySettings::default()
+    };
+    let spec: crate::routing::DialPlanSpec = toml::from_str(plan).unwrap();
+    let cfg = Arc::new(CoreConfig {
+        domains: vec!["localhost".into()],
+        local_addrs: vec![addr(LISTEN)],
+        shards: 1,
+        mode: Mode::Proxy,
+        registrar: RegistrarSettings {
+            match_auth_user: false,
+            ..RegistrarSettings::default()
+        },
+        proxy: Default::default(),
+        routing: Arc::new(crate::routing::DialPlan::build(&spec).unwrap()),
+        responder: Default::default(),
+        security: Arc::new(security),
+        overload: Default::default(),
+    });
+    let mut db = UserDb::new("localhost");
+    db.add_password("alice", "secret").unwrap();
+    db.add_password("bob", "pw").unwrap();
+    let auth = Authenticator::new("localhost", Arc::new(db), [7; 32], 300);
+    let mut c = Core::new(
+        0,
+        cfg,
+        Arc::new(ShardStats::default()),
+        Some(auth),
+        &[addr(LISTEN)],
+    );
+    // bob's phone registers.
+    let reg = |auth: Option<&str>| {
+        let a = auth.map_or(String::new(), |a| format!("Authorization: {a}\r\n"));
+        format!(
+            "REGISTER sip:localhost SIP/2.0\r\nVia: SIP/2.0/UDP {BOB};branch=z9hG4bKrb{}\r\n\
+             Max-Forwards: 70\r\nFrom: <sip:bob@localhost>;tag=r\r\nTo: <sip:bob@localhost>\r\n\
+             Call-ID: reg-bob\r\nCSeq: {} REGISTER\r\nContact: <sip:bob@{BOB}>\r\n{a}\
+             Content-Length: 0\r\n\r\n",
+            a.len(),
+            if a.is_empty() { 1 } else { 2 }
+        )
+        .into_bytes()
+    };
+    let out = send(&mut c, &reg(None), BOB, 0, T0);
+    let ch = Message::parse(&out[0].1).unwrap();
+    let params =
+        crate::auth::client::first_supported_challenge(&ch, HeaderName::WwwAuthenticate).unwrap();
+    let creds = crate::auth::client_response(
+        &params,
+        "bob",
+        "pw",
+        b"REGISTER",
+        b"sip:localhost",
+        1,
+        "b0b",
+    )
+    .unwrap();
+    let out = send(&mut c, &reg(Some(&creds)), BOB, 0, T0);
+    assert_eq!(status(&out[0].1), 200);
+    c
+}
+
+const BOB: &str = "192.0.2.20:5062";
+const ALICE: &str = "192.0.2.10:5060";
+
+fn alice_invite(to: &str, n: u32, auth: Option<&str>) -> Vec<u8> {
+    let a = auth.map_or(String::new(), |a| format!("Proxy-Authorization: {a}\r\n"));
+    let cseq = if auth.is_some() { 2 } else { 1 };
+    format!(
+        "INVITE sip:{to}@localhost SIP/2.0\r\nVia: SIP/2.0/UDP {ALICE};branch=z9hG4bKi{n}-{cseq}\r\n\
+         Max-Forwards: 70\r\nFrom: <sip:alice@localhost>;tag=a{n}\r\nTo: <sip:{to}@localhost>\r\n\
+         Call-ID: toll-{n}\r\nCSeq: {cseq} INVITE\r\nContact: <sip:alice@{ALICE}>\r\n{a}\
+         Content-Length: 0\r\n\r\n"
+    )
+    .into_bytes()
+}
+
+/// alice calls `to` (call number `n`): the 407, then the INVITE with credentials. What the
+/// core sent for the second.
+fn alice_calls(c: &mut Core, to: &str, n: u32, now: u64) -> Vec<(std::net::SocketAddr, Vec<u8>)> {
+    let out = send(c, &alice_invite(to, n, None), ALICE, 0, now);
+    assert_eq!(status(&out[0].1), 407, "call {n}");
+    let ch = Message::parse(&out[0].1).unwrap();
+    let params =
+        crate::auth::client::first_supported_challenge(&ch, HeaderName::ProxyAuthenticate).unwrap();
+    let uri = format!("sip:{to}@localhost");
+    let creds = crate::auth::client_response(
+        &params,
+        "alice",
+        "secret",
+        b"INVITE",
+        uri.as_bytes(),
+        1,
+        "a11ce",
+    )
+    .unwrap();
+    // The ACK of the 407 is absorbed; the INVITE with credentials follows.
+    send(c, &alice_invite(to, n, Some(&creds)), ALICE, 0, now + 1)
+}
+
+fn forwarded_to(out: &[(std::net::SocketAddr, Vec<u8>)], dst: &str) -> Option<Vec<u8>> {
+    out.iter()
+        .find(|(d, b)| *d == addr(dst) && b.starts_with(b"INVITE"))
+        .map(|(_, b)| b.clone())
+}
+
+#[test]
+fn the_call_past_a_users_concurrent_limit_gets_486_until_one_ends() {
+    let limits = crate::security::calls::CallLimits {
+        max_concurrent: 2,
+        ..Default::default()
+    };
+    let mut c = limited_core(limits, "");
+    let first = forwarded_to(&alice_calls(&mut c, "bob", 1, T0), BOB).expect("call 1");
+    let second = forwarded_to(&alice_calls(&mut c, "bob", 2, T0), BOB).expect("call 2");
+    let out = alice_calls(&mut c, "bob", 3, T0);
+    assert_eq!(out.len(), 1, "{out:?}");
+    assert_eq!(status(&out[0].1), 486);
+    assert_eq!(
+        Message::parse(&out[0].1).unwrap().reason().unwrap(),
+        b"Busy Here (too many calls in progress)"
+    );
+    // bob declines call 1 (its final response goes upstream): a place is free again.
+    let out = send(
+        &mut c,
+        &super::tests::answer(&first, 603, "Decline", "b1"),
+        BOB,
+        0,
+        T0 + 10,
+    );
+    assert!(out.iter().any(|(_, b)| b.starts_with(b"SIP/2.0 603")));
+    assert!(forwarded_to(&alice_calls(&mut c, "bob", 4, T0 + 20), BOB).is_some());
+    // Call 2 is answered, then hung up: another place.
+    send(
+        &mut c,
+        &super::tests::answer(&second, 200, "OK", "b2"),
+        BOB,
+        0,
+        T0 + 30,
+    );
+    assert_eq!(status(&alice_calls(&mut c, "bob", 5, T0 + 40)[0].1), 486);
+    let bye = format!(
+        "BYE sip:bob@{BOB} SIP/2.0\r\nVia: SIP/2.0/UDP {ALICE};branch=z9hG4bKbye2\r\n\
+         Route: <sip:{LISTEN};lr;ss=0>\r\nMax-Forwards: 70\r\nFrom: <sip:alice@localhost>;tag=a2\r\n\
+         To: <sip:bob@localhost>;tag=b2\r\nCall-ID: toll-2\r\nCSeq: 3 BYE\r\nContent-Length: 0\r\n\r\n"
+    );
+    let out = send(&mut c, bye.as_bytes(), ALICE, 0, T0 + 50);
+    assert_eq!(out[0].0, addr(BOB), "BYE forwarded");
+    assert!(forwarded_to(&alice_calls(&mut c, "bob", 6, T0 + 60), BOB).is_some());
+}
+
+#[test]
+fn calls_per_minute_are_limited_and_emergency_calls_never_are() {
+    let limits = crate::security::calls::CallLimits {
+        max_concurrent: 1,
+        max_per_minute: 1,
+        ..Default::default()
+    };
+    let plan =
+        "[[trunk]]\nname = \"psap\"\naddress = \"127.0.0.1:5071\"\ncheck_interval_ms = 0\n\n\
+                [emergency]\nnumbers = [\"112\"]\ntrunks = [\"psap\"]\n";
+    let mut c = limited_core(limits, plan);
+    let first = forwarded_to(&alice_calls(&mut c, "bob", 1, T0), BOB).expect("call 1");
+    // At both limits now: 112 still goes out.
+    let out = alice_calls(&mut c, "112", 2, T0 + 1);
+    assert!(forwarded_to(&out, "127.0.0.1:5071").is_some(), "{out:?}");
+    // Call 1 ends; within the same minute a new call is over the rate.
+    send(
+        &mut c,
+        &super::tests::answer(&first, 486, "Busy", "b1"),
+        BOB,
+        0,
+        T0 + 2,
+    );
+    let out = alice_calls(&mut c, "bob", 3, T0 + 3);
+    assert_eq!(status(&out[0].1), 403);
+    assert_eq!(
+        Message::parse(&out[0].1).unwrap().reason().unwrap(),
+        b"Forbidden (too many calls per minute)"
+    );
+    // A minute later: allowed.
+    assert!(forwarded_to(&alice_calls(&mut c, "bob", 4, T0 + 60_001), BOB).is_some());
+}
