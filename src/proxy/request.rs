@@ -351,6 +351,15 @@ impl Element {
             Method::Other => reply.with(out, 501, b"Not Implemented", |o| {
                 crate::sip::write::header(o, "Allow", ALLOW)
             }),
+            Method::Invite | Method::Update
+                if self.cfg.security.require_srtp
+                    && crate::security::srtp::refuses(
+                        msg.header(HeaderName::ContentType),
+                        msg.body(),
+                    ) =>
+            {
+                reply.simple(out, 488, b"Not Acceptable Here (SRTP required)");
+            }
             _ if self.sheds(msg, &ruri) => {
                 let retry = itoa::Buffer::new()
                     .format(self.cfg.overload.retry_after_s)

@@ -27,6 +27,7 @@ pub struct FileSecurity {
     max_concurrent_calls: Option<u32>,
     max_calls_per_minute: Option<u32>,
     max_call_s: Option<u64>,
+    require_srtp: Option<bool>,
 }
 
 /// A CIDR (`10.0.0.0/8`, `2001:db8::/32`) or a single address.
@@ -158,6 +159,9 @@ impl FileSecurity {
         }
         if let Some(n) = range("security.max_call_s", self.max_call_s, 60, 7 * 86_400)? {
             s.calls.max_call_ms = n * 1000;
+        }
+        if let Some(b) = self.require_srtp {
+            s.require_srtp = b;
         }
         Ok(s)
     }

@@ -14,6 +14,7 @@ pub mod board;
 pub mod calls;
 pub mod config;
 pub mod scanner;
+pub mod srtp;
 
 use crate::stats::{DropReason, ShardStats};
 use board::{BanReason, Board};
@@ -75,6 +76,8 @@ pub struct SecuritySettings {
     pub max_sources: usize,
     /// Toll-fraud limits on the calls of each authenticated user (off by default).
     pub calls: calls::CallLimits,
+    /// INVITE, re-INVITE and UPDATE offers without SRTP media get 488 (`srtp`).
+    pub require_srtp: bool,
 }
 
 impl Default for SecuritySettings {
@@ -103,6 +106,7 @@ impl Default for SecuritySettings {
             }),
             max_sources: 65_536,
             calls: calls::CallLimits::default(),
+            require_srtp: false,
         }
     }
 }

@@ -451,3 +451,81 @@ fn calls_per_minute_are_limited_and_emergency_calls_never_are() {
     // A minute later: allowed.
     assert!(forwarded_to(&alice_calls(&mut c, "bob", 4, T0 + 60_001), BOB).is_some());
 }
+
+fn invite_with_sdp(branch: &str, proto: &str, to_tag: &str) -> Vec<u8> {
+    let body = format!(
+        "v=0\r\no=- 1 1 IN IP4 192.0.2.10\r\ns=-\r\nc=IN IP4 192.0.2.10\r\nt=0 0\r\n\
+         m=audio 4000 {proto} 0\r\n"
+    );
+    let (to, route) = if to_tag.is_empty() {
+        (String::new(), String::new())
+    } else {
+        (
+            format!(";tag={to_tag}"),
+            format!("Route: <sip:{LISTEN};lr;ss=0>\r\n"),
+        )
+    };
+    let ruri = if to_tag.is_empty() {
+        "sip:bob@localhost".to_string()
+    } else {
+        format!("sip:bob@{BOB}")
+    };
+    format!(
+        "INVITE {ruri} SIP/2.0\r\nVia: SIP/2.0/UDP {ALICE};branch={branch}\r\n{route}\
+         Max-Forwards: 70\r\nFrom: <sip:alice@localhost>;tag=a1\r\nTo: <sip:bob@localhost>{to}\r\n\
+         Call-ID: srtp-{branch}\r\nCSeq: 1 INVITE\r\nContact: <sip:alice@{ALICE}>\r\n\
+         Content-Type: application/sdp\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .into_bytes()
+}
+
+#[test]
+fn with_the_srtp_policy_plain_rtp_offers_get_488_and_srtp_ones_pass() {
+    for require_srtp in [true, false] {
+        let security = SecuritySettings {
+            require_srtp,
+            ..SecuritySettings::default()
+        };
+        let (mut c, _) = core(security, false);
+        super::tests::register(&mut c, "bob", BOB);
+        let plain = send(
+            &mut c,
+            &invite_with_sdp("z9hG4bKp1", "RTP/AVP", ""),
+            ALICE,
+            0,
+            T0,
+        );
+        let srtp = send(
+            &mut c,
+            &invite_with_sdp("z9hG4bKs1", "RTP/SAVP", ""),
+            ALICE,
+            0,
+            T0,
+        );
+        let reinvite = send(
+            &mut c,
+            &invite_with_sdp("z9hG4bKr1", "RTP/AVP", "b1"),
+            ALICE,
+            0,
+            T0,
+        );
+        assert!(forwarded_to(&srtp, BOB).is_some(), "SRTP offer forwarded");
+        if require_srtp {
+            for out in [&plain, &reinvite] {
+                assert_eq!(out.len(), 1, "{out:?}");
+                assert_eq!(status(&out[0].1), 488);
+                assert_eq!(
+                    Message::parse(&out[0].1).unwrap().reason().unwrap(),
+                    b"Not Acceptable Here (SRTP required)"
+                );
+            }
+        } else {
+            assert!(
+                forwarded_to(&plain, BOB).is_some(),
+                "policy off: plain RTP passes"
+            );
+            assert!(forwarded_to(&reinvite, BOB).is_some());
+        }
+    }
+}
