@@ -234,3 +234,86 @@ fn svcrack_does_not_find_the_password_and_the_real_user_still_registers() {
         Some(200)
     );
 }
+
+/// `sipshard load call` as `alice` (digest) against `target` to `callee`: the JSON summary.
+fn alice_calls(target: std::net::SocketAddr, callee: &str, total: u32, rate: u32) -> String {
+    let out = Command::new(binary())
+        .args(["load", "call", &target.to_string(), "--domain", "localhost"])
+        .args([
+            "--callee",
+            callee,
+            "--user",
+            "alice",
+            "--password",
+            "secret",
+        ])
+        .args([
+            "--aors",
+            "1",
+            "--total",
+            &total.to_string(),
+            "--rate",
+            &rate.to_string(),
+        ])
+        .args(["--timeout-ms", "10000", "--json", "--quiet"])
+        .output()
+        .expect("run sipshard load");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn field(json: &str, key: &str) -> u64 {
+    let pat = format!("\"{key}\": ");
+    let at = json
+        .find(&pat)
+        .unwrap_or_else(|| panic!("no {key} in {json}"))
+        + pat.len();
+    json[at..]
+        .chars()
+        .take_while(char::is_ascii_digit)
+        .collect::<String>()
+        .parse()
+        .unwrap()
+}
+
+/// Toll fraud over real UDP: with `max_concurrent_calls = 2`, ten calls of alice ringing for
+/// three seconds at once: two go through, eight get 486; an emergency call meanwhile still
+/// goes out.
+#[test]
+fn a_users_third_concurrent_call_is_refused_and_emergency_still_goes_through() {
+    let responder =
+        ServerProcess::start(&["--shards", "1", "--mode", "responder", "--ring-ms", "3000"]);
+    let plan = write_scratch(
+        "toll.toml",
+        &format!(
+            "[security]\nmax_concurrent_calls = 2\n\n\
+             [[trunk]]\nname = \"far\"\naddress = \"{}\"\ncheck_interval_ms = 0\n\n\
+             [[route]]\nprefix = \"+49\"\ntrunks = [\"far\"]\n\n\
+             [emergency]\nnumbers = [\"112\"]\ntrunks = [\"far\"]\n",
+            responder.addr
+        ),
+    );
+    let proxy = ServerProcess::start_with(
+        &["--shards", "2", "--config", &plan, "--user", "alice:secret"],
+        true,
+    );
+    let target = proxy.addr;
+    let calls = std::thread::spawn(move || alice_calls(target, "+4930123456", 10, 20));
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    // alice has two calls ringing now: 112 still goes out.
+    let sos = alice_calls(proxy.addr, "112", 1, 1);
+    assert_eq!(
+        (field(&sos, "completed"), field(&sos, "failed")),
+        (1, 0),
+        "{sos}"
+    );
+    let json = calls.join().unwrap();
+    assert_eq!(
+        (field(&json, "completed"), field(&json, "failed")),
+        (2, 8),
+        "{json}"
+    );
+    assert_eq!(
+        proxy.metric("sipshard_responses_sent_total{status=\"486\"}"),
+        Some(8.0)
+    );
+}
