@@ -598,7 +598,12 @@ impl Cli {
             &self.drop,
             file.responder.as_ref(),
         )?);
-        let security = std::sync::Arc::new(file.security.settings().map_err(ConfigError)?);
+        let mut security = file.security.settings().map_err(ConfigError)?;
+        if mode == Mode::Responder && !file.security.sets_flood() {
+            // A load-test target takes floods by design: no flood ban unless asked for.
+            security.flood = None;
+        }
+        let security = std::sync::Arc::new(security);
         let mut overload = crate::proxy::settings::OverloadSettings::default();
         if let Some(o) = &file.overload {
             if let Some(r) = o.retry_after_s {
@@ -926,6 +931,10 @@ mod tests {
     #[test]
     fn responder_settings_from_flags_and_file() {
         let c = cli(&["--mode", "responder"]).unwrap();
+        // A load-test target: no flood ban unless the file asks for one; the rest stays.
+        assert_eq!(c.security.flood, None);
+        assert!(!c.security.scanners.is_empty());
+        assert!(cli(&[]).unwrap().security.flood.is_some());
         assert_eq!(c.mode, Mode::Responder);
         assert_eq!(*c.responder, crate::responder::ResponderSettings::default());
         // No users on a public address: refused for a responder too, unless told so.

@@ -138,6 +138,11 @@ fn svmap_finds_nothing_and_the_scanner_is_banned() {
         "{}",
         std::fs::read_to_string(&log).unwrap()
     );
+    // The shipped fail2ban filter hands the address to the firewall.
+    match fail2ban_hosts(&log) {
+        Some(hosts) => assert_eq!(hosts, ["127.0.0.1"]),
+        None => eprintln!("skipping the fail2ban filter check: no fail2ban-regex, no python3"),
+    }
     // Banned: a normal OPTIONS from that address gets nothing either.
     let c = Client::new();
     c.send(&options_to_server(&c, s.addr, "after-scan"), s.addr);

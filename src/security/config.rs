@@ -58,6 +58,11 @@ fn range<T: PartialOrd + std::fmt::Display + Copy>(
 }
 
 impl FileSecurity {
+    /// True when the file sets the flood limit itself.
+    pub fn sets_flood(&self) -> bool {
+        self.flood_requests.is_some() || self.flood_window_ms.is_some()
+    }
+
     /// The settings, or one line naming the bad key.
     pub fn settings(&self) -> Result<SecuritySettings, String> {
         let mut s = match self.enabled {

@@ -358,6 +358,17 @@ impl Guard {
     fn publish_ban(&self, ip: IpAddr, until_ms: u64, reason: BanReason, now_ms: u64) {
         if self.board.ban(ip, until_ms, reason, now_ms) {
             log_ban(ip, reason, until_ms - now_ms);
+            // Once per process: a benchmark from another host is the usual first flood ban.
+            static HINTED: std::sync::atomic::AtomicBool =
+                std::sync::atomic::AtomicBool::new(false);
+            if reason == BanReason::Flood
+                && !HINTED.swap(true, std::sync::atomic::Ordering::Relaxed)
+            {
+                tracing::warn!(
+                    "a load generator, trunk or peer proxy sending this much belongs in \
+                     security.exempt (or set security.flood_requests = 0)"
+                );
+            }
         }
     }
 }

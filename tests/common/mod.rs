@@ -575,3 +575,59 @@ pub fn assert_status(resp: &[u8], want: u16) {
         String::from_utf8_lossy(resp)
     );
 }
+
+/// The filter of tuning/fail2ban.
+pub fn fail2ban_filter() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tuning/fail2ban/filter.d/sipshard.conf")
+}
+
+/// The hosts the fail2ban filter bans for the lines of `log`: by `fail2ban-regex` when it is
+/// installed, else by the filter's failregex applied with Python's `re` (fail2ban is Python;
+/// `<HOST>` stands for an address). None when neither is available.
+pub fn fail2ban_hosts(log: &std::path::Path) -> Option<Vec<String>> {
+    use std::process::Command;
+    let filter = fail2ban_filter();
+    if let Ok(out) = Command::new("fail2ban-regex")
+        .args(["--print-all-matched", "-v"])
+        .arg(log)
+        .arg(&filter)
+        .output()
+    {
+        assert!(out.status.success(), "{out:?}");
+        let text = String::from_utf8_lossy(&out.stdout);
+        // The matched hosts are listed as "|      HOST  <date>".
+        let hosts = text
+            .lines()
+            .filter_map(|l| l.strip_prefix("|      "))
+            .filter_map(|l| l.split_whitespace().next())
+            .map(str::to_owned)
+            .collect();
+        return Some(hosts);
+    }
+    let script = r#"
+import re, sys
+conf = open(sys.argv[1]).read()
+# failregex and its continuation lines (indented), one regex each.
+block = re.search(r'^failregex = (.*(?:\n[ \t]+\S.*)*)', conf, re.M).group(1)
+host = r'(?P<host>[0-9A-Fa-f.:]+)'
+rxs = [re.compile(r.strip().replace('<HOST>', host)) for r in block.split('\n')]
+for line in open(sys.argv[2]):
+    # fail2ban cuts the date off before matching.
+    line = re.sub(r'^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(?:\.\d+)?Z', '', line.rstrip('\n'))
+    for rx in rxs:
+        m = rx.search(line)
+        if m:
+            print(m.group('host'))
+            break
+"#;
+    let out = Command::new("python3")
+        .arg("-c")
+        .arg(script)
+        .arg(&filter)
+        .arg(log)
+        .output()
+        .ok()?;
+    assert!(out.status.success(), "{out:?}");
+    let text = String::from_utf8_lossy(&out.stdout);
+    Some(text.lines().map(str::to_owned).collect())
+}
