@@ -101,7 +101,7 @@ fn bench(c: &mut Criterion) {
             b.iter(|| {
                 // 100 requests a second: never over the flood limit.
                 now += 10;
-                black_box(g.admit(black_box(ip), true, now))
+                black_box(g.admit(black_box(ip), 0, true, now))
             })
         });
     }

@@ -87,7 +87,9 @@ security.flood_window_ms, security.ban_s, security.scanners,
 security.ban_scanners, security.lockout_source_failures,
 security.lockout_user_failures, security.lockout_window_s, security.lockout_s,
 security.max_sources, security.max_concurrent_calls,
-security.max_calls_per_minute, security.max_call_s, security.require_srtp),
+security.max_calls_per_minute, security.max_call_s, security.require_srtp,
+[[security.listen]] with security.listen.address, security.listen.allow and
+security.listen.deny),
 overload.retry_after_s, overload.saturated_ms,
 overload.max_transactions,
 and the dial plan: [[extension]], [normalize],
@@ -598,7 +600,11 @@ impl Cli {
             &self.drop,
             file.responder.as_ref(),
         )?);
-        let mut security = file.security.settings().map_err(ConfigError)?;
+        let listen_addrs: Vec<SocketAddr> = listen.iter().map(|l| l.addr).collect();
+        let mut security = file
+            .security
+            .settings_for(&listen_addrs)
+            .map_err(ConfigError)?;
         if mode == Mode::Responder && !file.security.sets_flood() {
             // A load-test target takes floods by design: no flood ban unless asked for.
             security.flood = None;

@@ -28,6 +28,18 @@ pub struct FileSecurity {
     max_calls_per_minute: Option<u32>,
     max_call_s: Option<u64>,
     require_srtp: Option<bool>,
+    /// `[[security.listen]]`: ACLs of single listen addresses.
+    #[serde(default)]
+    listen: Vec<FileListenAcl>,
+}
+
+/// One `[[security.listen]]` table.
+#[derive(Deserialize, Default, Debug)]
+#[serde(deny_unknown_fields)]
+pub struct FileListenAcl {
+    address: String,
+    allow: Option<Vec<String>>,
+    deny: Option<Vec<String>>,
 }
 
 /// A CIDR (`10.0.0.0/8`, `2001:db8::/32`) or a single address.
@@ -63,7 +75,32 @@ impl FileSecurity {
         self.flood_requests.is_some() || self.flood_window_ms.is_some()
     }
 
-    /// The settings, or one line naming the bad key.
+    /// The settings, or one line naming the bad key. `listen` are the listen addresses in
+    /// order (the socket index of each); a `[[security.listen]]` must name one of them.
+    pub fn settings_for(
+        &self,
+        listen: &[std::net::SocketAddr],
+    ) -> Result<SecuritySettings, String> {
+        let mut s = self.settings()?;
+        for l in &self.listen {
+            let key = "security.listen.address";
+            let addr = crate::config::parse_listen(key, &l.address)
+                .map_err(|e| e.0)?
+                .addr;
+            let socket = listen
+                .iter()
+                .position(|a| *a == addr)
+                .ok_or_else(|| format!("{key} '{}': not one of the listen addresses", l.address))?;
+            s.listen_acls.push(super::ListenAcl {
+                socket,
+                allow: nets("security.listen.allow", &l.allow)?.unwrap_or_default(),
+                deny: nets("security.listen.deny", &l.deny)?.unwrap_or_default(),
+            });
+        }
+        Ok(s)
+    }
+
+    /// The settings without `[[security.listen]]`, or one line naming the bad key.
     pub fn settings(&self) -> Result<SecuritySettings, String> {
         let mut s = match self.enabled {
             Some(false) => SecuritySettings::off(),
@@ -225,6 +262,25 @@ mod tests {
         );
         let both_off = "lockout_source_failures = 0\nlockout_user_failures = 0";
         assert_eq!(parse(both_off).unwrap().lockout, None);
+    }
+
+    #[test]
+    fn listen_acls_name_a_listen_address() {
+        let f: FileSecurity = toml::from_str(
+            "[[listen]]\naddress = \"udp:10.0.0.1:5060\"\nallow = [\"10.0.0.0/8\"]\n",
+        )
+        .unwrap();
+        let listen: Vec<std::net::SocketAddr> = vec![
+            "192.0.2.1:5060".parse().unwrap(),
+            "10.0.0.1:5060".parse().unwrap(),
+        ];
+        let s = f.settings_for(&listen).unwrap();
+        assert_eq!(s.listen_acls.len(), 1);
+        assert_eq!(s.listen_acls[0].socket, 1);
+        assert_eq!(
+            f.settings_for(&listen[..1]).unwrap_err(),
+            "security.listen.address 'udp:10.0.0.1:5060': not one of the listen addresses"
+        );
     }
 
     #[test]

@@ -78,6 +78,23 @@ pub struct SecuritySettings {
     pub calls: calls::CallLimits,
     /// INVITE, re-INVITE and UPDATE offers without SRTP media get 488 (`srtp`).
     pub require_srtp: bool,
+    /// ACLs of single listen addresses, on top of `allow` and `deny`.
+    pub listen_acls: Vec<ListenAcl>,
+}
+
+/// The allow and deny lists of one listen address (by its index in the listen list, which
+/// is the socket index of every shard).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListenAcl {
+    pub socket: usize,
+    pub allow: Vec<IpNet>,
+    pub deny: Vec<IpNet>,
+}
+
+impl ListenAcl {
+    fn denies(&self, ip: IpAddr) -> bool {
+        contains(&self.deny, ip) || (!self.allow.is_empty() && !contains(&self.allow, ip))
+    }
 }
 
 impl Default for SecuritySettings {
@@ -107,6 +124,7 @@ impl Default for SecuritySettings {
             max_sources: 65_536,
             calls: calls::CallLimits::default(),
             require_srtp: false,
+            listen_acls: Vec::new(),
         }
     }
 }
@@ -259,10 +277,20 @@ impl Guard {
         }
     }
 
-    /// The first look at a datagram from `ip` (`request`: it does not start with `SIP/`).
+    /// The first look at a datagram from `ip` on listen socket `socket` (`request`: it does not
+    /// start with `SIP/`).
     #[inline]
-    pub fn admit(&mut self, ip: IpAddr, request: bool, now_ms: u64) -> Admit {
+    pub fn admit(&mut self, ip: IpAddr, socket: usize, request: bool, now_ms: u64) -> Admit {
         self.sync();
+        if !self.settings.listen_acls.is_empty()
+            && self
+                .settings
+                .listen_acls
+                .iter()
+                .any(|a| a.socket == socket && a.denies(ip))
+        {
+            return self.denied();
+        }
         let k = key(ip);
         let settings = &*self.settings;
         let flood = settings.flood;

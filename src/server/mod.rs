@@ -329,7 +329,7 @@ impl Core {
         if !handed_off {
             match self
                 .guard
-                .admit(src.ip(), !data.starts_with(b"SIP/"), now_ms)
+                .admit(src.ip(), socket, !data.starts_with(b"SIP/"), now_ms)
             {
                 Admit::Pass => {}
                 Admit::Drop => return Disposition::Done,
