@@ -287,9 +287,15 @@ impl Authenticator {
             (AuthOutcome::Authenticated { user }, _) => Some(user.as_bytes().into()),
             (_, Some(f)) => {
                 let name = unq(f.user);
-                // Only accounts that exist are counted (and so can be locked).
-                let known = matches!(f.reason, FailReason::BadResponse | FailReason::ReplayedNc);
-                lock.failed(src.ip(), known.then_some(&*name), now_ms);
+                // Guesses count: a wrong password (for the address and the account) and an
+                // unknown user (for the address). A replayed nonce count is a retransmission
+                // whose 200 was lost as often as a replay of captured credentials, and reveals
+                // nothing about the password; a foreign realm is a misconfigured phone.
+                match f.reason {
+                    FailReason::BadResponse => lock.failed(src.ip(), Some(&name), now_ms),
+                    FailReason::UnknownUser => lock.failed(src.ip(), None, now_ms),
+                    FailReason::ReplayedNc | FailReason::WrongRealm => {}
+                }
                 Some(name)
             }
             _ => None,

@@ -529,3 +529,33 @@ fn with_the_srtp_policy_plain_rtp_offers_get_488_and_srtp_ones_pass() {
         }
     }
 }
+
+#[test]
+fn retransmitted_credentials_are_not_guesses() {
+    // A phone whose 200 was lost retransmits its REGISTER with the nonce count already used:
+    // a replay for the digest layer, not a wrong password for the lockout.
+    let (mut c, _) = core(SecuritySettings::default(), true);
+    let phone = "192.0.2.77:5060";
+    let out = send(&mut c, &register(phone, 1, None), phone, 0, T0);
+    let ch = Message::parse(&out[0].1).unwrap();
+    let params =
+        crate::auth::client::first_supported_challenge(&ch, HeaderName::WwwAuthenticate).unwrap();
+    let creds = crate::auth::client_response(
+        &params,
+        "alice",
+        "secret",
+        b"REGISTER",
+        b"sip:localhost",
+        1,
+        "c0ffee",
+    )
+    .unwrap();
+    let again = register(phone, 2, Some(&creds));
+    assert_eq!(status(&send(&mut c, &again, phone, 0, T0 + 1)[0].1), 200);
+    for i in 0..20 {
+        let out = send(&mut c, &again, phone, 0, T0 + 500 * (i + 1));
+        assert_eq!(out.len(), 1, "retransmission {i} answered");
+    }
+    assert!(c.guard().board().bans(T0 + 20_000).is_empty());
+    assert_eq!(login(&mut c, phone, 100, "secret", T0 + 20_000), Some(200));
+}
