@@ -68,14 +68,15 @@ fn main() {
     // The bans every shard obeys (`sipshard::security::board`).
     let board: Arc<sipshard::security::board::Board> = Arc::default();
     let security = config.security.clone();
+    let shared_board = board.clone();
     let make_core = Arc::new(move |id, stats, local: &[std::net::SocketAddr]| {
         let shard_auth = auth
             .lock()
             .ok()
             .and_then(|a| a.as_ref().map(|a| a.for_shard(id)))
-            .map(|a| a.with_lockout(&security, board.clone()));
+            .map(|a| a.with_lockout(&security, shared_board.clone()));
         let mut core = Core::new(id, core_cfg.clone(), stats, shard_auth, local);
-        core.share_board(board.clone());
+        core.share_board(shared_board.clone());
         core
     });
     let server = Server::start(&config, make_core).unwrap_or_else(|e| fail(e, 1));
@@ -96,7 +97,9 @@ fn main() {
     }
     let stop = server.stop_flag();
     let metrics = config.metrics.map(|addr| {
-        sipshard::metrics::serve(addr, server.registry.clone(), stop.clone())
+        let mut registry = server.registry.clone();
+        registry.board = Some(board.clone());
+        sipshard::metrics::serve(addr, registry, stop.clone())
             .unwrap_or_else(|e| fail(format!("--metrics {addr}: {e}"), 1))
     });
     let listen: Vec<String> = config

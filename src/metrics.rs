@@ -19,12 +19,15 @@ pub fn publish_transport_drops(stats: &ShardStats, d: crate::transport::Transpor
 #[derive(Clone, Default)]
 pub struct Registry {
     pub shards: Vec<Arc<ShardStats>>,
+    /// The bans and account locks every shard obeys (edge security), when shared.
+    pub board: Option<Arc<crate::security::board::Board>>,
 }
 
 impl Registry {
     pub fn new(n: usize) -> Self {
         Registry {
             shards: (0..n).map(|_| Arc::new(ShardStats::default())).collect(),
+            board: None,
         }
     }
 
@@ -121,6 +124,21 @@ impl Registry {
             "sipshard_datagrams_sent_total {}",
             self.sum(|s| s.datagrams_out.get())
         );
+        if let Some(b) = &self.board {
+            let now_ms = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as u64);
+            o.push_str("# HELP sipshard_banned_sources Addresses banned now.\n");
+            o.push_str("# TYPE sipshard_banned_sources gauge\n");
+            let _ = writeln!(o, "sipshard_banned_sources {}", b.bans(now_ms).len());
+            o.push_str("# HELP sipshard_locked_accounts Accounts locked out now.\n");
+            o.push_str("# TYPE sipshard_locked_accounts gauge\n");
+            let _ = writeln!(
+                o,
+                "sipshard_locked_accounts {}",
+                b.locked_users(now_ms).len()
+            );
+        }
         o.push_str("# HELP sipshard_bindings Current registrar bindings.\n");
         o.push_str("# TYPE sipshard_bindings gauge\n");
         let _ = writeln!(o, "sipshard_bindings {}", self.sum(|s| s.bindings.get()));

@@ -751,6 +751,7 @@ fn sipp_flood_from_one_source_is_banned_while_another_registers_and_calls() {
     let banned = s
         .metric("sipshard_dropped_total{reason=\"banned\"}")
         .unwrap();
+    assert_eq!(s.metric("sipshard_banned_sources"), Some(1.0));
     drop(flood);
     assert!(banned > 3_000.0, "{banned} datagrams of the flood dropped");
     let text = std::fs::read_to_string(&log).unwrap();
