@@ -205,6 +205,8 @@ pub struct Guard {
     settings: Arc<SecuritySettings>,
     board: Arc<Board>,
     /// The board generation this shard's copy reflects.
+    seen_generation: u64,
+    /// The sequence number of the next ban to copy from the board.
     seen: u64,
     sources: HashMap<u128, Source>,
     /// While the table is full of live entries, new sources go untracked until then.
@@ -221,7 +223,8 @@ impl Guard {
         Guard {
             settings,
             board,
-            seen: u64::MAX,
+            seen_generation: u64::MAX,
+            seen: 0,
             sources: HashMap::new(),
             full_until_ms: 0,
             stats,
@@ -236,7 +239,8 @@ impl Guard {
     /// Uses `board` (shared with the other shards) instead of this guard's own.
     pub fn share_board(&mut self, board: Arc<Board>) {
         self.board = board;
-        self.seen = u64::MAX;
+        self.seen_generation = u64::MAX;
+        self.seen = 0;
     }
 
     pub fn settings(&self) -> &Arc<SecuritySettings> {
@@ -258,13 +262,15 @@ impl Guard {
         self.sources.len()
     }
 
-    /// Takes the board's bans into this shard's table when they changed.
+    /// Takes the bans published since the last look into this shard's table.
     #[inline]
     fn sync(&mut self) {
         let g = self.board.generation();
-        if g != self.seen {
-            self.seen = g;
-            for b in self.board.bans(0) {
+        if g != self.seen_generation {
+            self.seen_generation = g;
+            let (bans, upto) = self.board.bans_since(self.seen);
+            self.seen = upto;
+            for b in bans {
                 let acl = self.settings.acl(b.ip);
                 let e = self.sources.entry(key(b.ip)).or_insert(Source {
                     window_start_ms: 0,
