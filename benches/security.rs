@@ -28,16 +28,8 @@ fn addr(s: &str) -> SocketAddr {
 
 fn core(security: SecuritySettings) -> Core {
     let cfg = CoreConfig {
-        domains: vec!["127.0.0.1".into()],
-        local_addrs: vec![addr(LISTEN)],
-        shards: 1,
-        mode: Mode::Proxy,
-        registrar: Default::default(),
-        proxy: Default::default(),
-        routing: Arc::new(sipshard::routing::DialPlan::empty()),
-        responder: Default::default(),
         security: Arc::new(security),
-        overload: Default::default(),
+        ..CoreConfig::single("127.0.0.1", addr(LISTEN), Mode::Proxy)
     };
     Core::new(
         0,

@@ -87,6 +87,23 @@ pub struct CoreConfig {
 }
 
 impl CoreConfig {
+    /// One shard serving `domain` on `listen` in `mode`, every other setting at its default:
+    /// what tests, benchmarks and examples start from (`..CoreConfig::single(..)`).
+    pub fn single(domain: &str, listen: SocketAddr, mode: Mode) -> CoreConfig {
+        CoreConfig {
+            domains: vec![domain.to_owned()],
+            local_addrs: vec![listen],
+            shards: 1,
+            mode,
+            registrar: Default::default(),
+            proxy: Default::default(),
+            routing: std::sync::Arc::new(crate::routing::DialPlan::empty()),
+            responder: Default::default(),
+            security: Default::default(),
+            overload: Default::default(),
+        }
+    }
+
     /// True if `host` (from a URI) names this server: a configured domain or a listen IP.
     pub fn is_our_host(&self, host: &[u8]) -> bool {
         if self

@@ -43,16 +43,9 @@ fn retry_after(b: &[u8]) -> Option<String> {
 fn core_with_plan(plan: &str, overload: OverloadSettings) -> Core {
     let spec: crate::routing::DialPlanSpec = toml::from_str(plan).unwrap();
     let cfg = Arc::new(CoreConfig {
-        domains: vec!["localhost".into()],
-        local_addrs: vec![addr(LISTEN)],
-        shards: 1,
-        mode: Mode::Proxy,
-        registrar: RegistrarSettings::default(),
-        proxy: Default::default(),
         routing: Arc::new(crate::routing::DialPlan::build(&spec).unwrap()),
-        responder: Default::default(),
-        security: Default::default(),
         overload,
+        ..CoreConfig::single("localhost", addr(LISTEN), Mode::Proxy)
     });
     Core::new(
         0,

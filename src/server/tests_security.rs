@@ -15,16 +15,8 @@ const LISTEN: &str = "127.0.0.1:5060";
 
 fn core(security: SecuritySettings, auth: bool) -> (Core, Arc<ShardStats>) {
     let cfg = Arc::new(CoreConfig {
-        domains: vec!["localhost".into()],
-        local_addrs: vec![addr(LISTEN)],
-        shards: 1,
-        mode: Mode::Proxy,
-        registrar: RegistrarSettings::default(),
-        proxy: Default::default(),
-        routing: Arc::new(crate::routing::DialPlan::empty()),
-        responder: Default::default(),
         security: Arc::new(security.clone()),
-        overload: Default::default(),
+        ..CoreConfig::single("localhost", addr(LISTEN), Mode::Proxy)
     });
     // One board for the guard and the lockout: the lockout's bans must reach the guard.
     let board = Arc::new(crate::security::board::Board::default());
@@ -273,19 +265,13 @@ fn limited_core(limits: crate::security::calls::CallLimits, plan: &str) -> Core 
     };
     let spec: crate::routing::DialPlanSpec = toml::from_str(plan).unwrap();
     let cfg = Arc::new(CoreConfig {
-        domains: vec!["localhost".into()],
-        local_addrs: vec![addr(LISTEN)],
-        shards: 1,
-        mode: Mode::Proxy,
         registrar: RegistrarSettings {
             match_auth_user: false,
             ..RegistrarSettings::default()
         },
-        proxy: Default::default(),
         routing: Arc::new(crate::routing::DialPlan::build(&spec).unwrap()),
-        responder: Default::default(),
         security: Arc::new(security),
-        overload: Default::default(),
+        ..CoreConfig::single("localhost", addr(LISTEN), Mode::Proxy)
     });
     let mut db = UserDb::new("localhost");
     db.add_password("alice", "secret").unwrap();
