@@ -26,19 +26,6 @@ fn load(args: &[&str]) -> (i32, String) {
     (out.status.code().unwrap_or(-1), json)
 }
 
-/// A number from the JSON summary: the first `"key": N`.
-fn field(json: &str, key: &str) -> f64 {
-    let pat = format!("\"{key}\": ");
-    let at = json
-        .find(&pat)
-        .unwrap_or_else(|| panic!("no {key} in {json}"))
-        + pat.len();
-    let end = json[at..]
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .map_or(json.len(), |e| at + e);
-    json[at..end].parse().unwrap()
-}
-
 /// The `"name": {...}` latency object of the summary.
 fn latency<'a>(json: &'a str, name: &str) -> &'a str {
     let at = json

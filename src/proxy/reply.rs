@@ -186,6 +186,16 @@ impl<'m, 'a> Reply<'m, 'a> {
         self.sent_status = Some(status);
     }
 
+    /// 503 with `Retry-After: retry_after_s`: refused because the server is past its
+    /// capacity (RFC 3261 §21.5.4).
+    pub fn overloaded(&mut self, out: &mut Outbox, retry_after_s: u32) {
+        let mut n = itoa::Buffer::new();
+        let retry = n.format(retry_after_s).as_bytes();
+        self.with(out, 503, b"Service Unavailable (overloaded)", |o| {
+            crate::sip::write::header(o, "Retry-After", retry)
+        });
+    }
+
     /// A response with no extra headers.
     pub fn simple(&mut self, out: &mut Outbox, status: u16, reason: &[u8]) {
         self.with(out, status, reason, |_| {})

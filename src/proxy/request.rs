@@ -169,11 +169,7 @@ impl Element {
         if msg.to().ok().and_then(|t| t.tag()).is_some() || self.proxy.has_server_transaction(msg) {
             return false;
         }
-        let emergency = ruri.user.is_some_and(|u| {
-            let number: Vec<u8> = crate::sip::uri::Unescape::new(u).collect();
-            self.cfg.routing.is_emergency(&number)
-        });
-        !emergency
+        !self.cfg.routing.is_emergency_user(ruri.user)
     }
 
     /// A reload: see [`crate::server::Core::reload`].
@@ -360,14 +356,7 @@ impl Element {
             {
                 reply.simple(out, 488, b"Not Acceptable Here (SRTP required)");
             }
-            _ if self.sheds(msg, &ruri) => {
-                let retry = itoa::Buffer::new()
-                    .format(self.cfg.overload.retry_after_s)
-                    .to_owned();
-                reply.with(out, 503, b"Service Unavailable (overloaded)", |o| {
-                    crate::sip::write::header(o, "Retry-After", retry.as_bytes())
-                });
-            }
+            _ if self.sheds(msg, &ruri) => reply.overloaded(out, self.cfg.overload.retry_after_s),
             _ => {
                 let fix = reply.via_fixup();
                 let src = reply.source();

@@ -764,6 +764,16 @@ impl DialPlan {
         self.emergency_numbers.iter().any(|n| **n == *number)
     }
 
+    /// True if a Request-URI's user part (escapes still in) dials an emergency number.
+    pub fn is_emergency_user(&self, user: Option<&[u8]>) -> bool {
+        user.is_some_and(|u| {
+            !self.emergency_numbers.is_empty() && {
+                let number: Vec<u8> = crate::sip::uri::Unescape::new(u).collect();
+                self.is_emergency(&number)
+            }
+        })
+    }
+
     /// An emergency number (as dialed) and the trunks it goes out through: every up trunk of
     /// `[emergency]` in order, or all of them when none is up (an emergency call is tried
     /// whatever the checks say).

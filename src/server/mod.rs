@@ -155,25 +155,12 @@ impl Core {
         {
             return false;
         }
-        let emergency = msg
-            .request_uri()
-            .ok()
-            .and_then(|u| u.user)
-            .is_some_and(|u| {
-                let number: Vec<u8> = crate::sip::uri::Unescape::new(u).collect();
-                self.cfg.routing.is_emergency(&number)
-            });
-        if emergency {
+        let user = msg.request_uri().ok().and_then(|u| u.user);
+        if self.cfg.routing.is_emergency_user(user) {
             return false;
         }
-        let mut reply =
-            crate::proxy::reply::Reply::new(msg, src, socket, &mut self.tag_seq, self.shard);
-        let retry = itoa::Buffer::new()
-            .format(self.cfg.overload.retry_after_s)
-            .to_owned();
-        reply.with(out, 503, b"Service Unavailable (overloaded)", |o| {
-            crate::sip::write::header(o, "Retry-After", retry.as_bytes())
-        });
+        crate::proxy::reply::Reply::new(msg, src, socket, &mut self.tag_seq, self.shard)
+            .overloaded(out, self.cfg.overload.retry_after_s);
         self.stats.response_sent(503);
         true
     }

@@ -631,3 +631,16 @@ for line in open(sys.argv[2]):
     let text = String::from_utf8_lossy(&out.stdout);
     Some(text.lines().map(str::to_owned).collect())
 }
+
+/// A number from a `sipshard load --json` summary: the first `"key": N`.
+pub fn field(json: &str, key: &str) -> f64 {
+    let pat = format!("\"{key}\": ");
+    let at = json
+        .find(&pat)
+        .unwrap_or_else(|| panic!("no {key} in {json}"))
+        + pat.len();
+    let end = json[at..]
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .map_or(json.len(), |e| at + e);
+    json[at..end].parse().unwrap()
+}
