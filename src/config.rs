@@ -88,7 +88,7 @@ security.ban_scanners, security.lockout_source_failures,
 security.lockout_user_failures, security.lockout_window_s, security.lockout_s,
 security.max_sources, security.max_concurrent_calls,
 security.max_calls_per_minute, security.max_call_s, security.require_srtp,
-[[security.listen]] with security.listen.address, security.listen.allow and
+security.topology_hiding, security.topology_key, [[security.listen]] with security.listen.address, security.listen.allow and
 security.listen.deny),
 overload.retry_after_s, overload.saturated_ms,
 overload.max_transactions,
@@ -600,6 +600,11 @@ impl Cli {
             &self.drop,
             file.responder.as_ref(),
         )?);
+        proxy.topology = file
+            .security
+            .topology()
+            .map_err(ConfigError)?
+            .map(std::sync::Arc::new);
         let listen_addrs: Vec<SocketAddr> = listen.iter().map(|l| l.addr).collect();
         let mut security = file
             .security

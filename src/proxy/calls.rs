@@ -139,9 +139,10 @@ impl CallLog {
         );
     }
 
-    /// A BYE is forwarded: the call ends (its duration counts from the answer).
-    pub fn bye(&mut self, msg: &Message<'_>, now_ms: u64) {
-        let call_id = msg.header(HeaderName::CallId);
+    /// A BYE is forwarded: the call ends (its duration counts from the answer). `call_id`
+    /// is the BYE's, unmasked when topology hiding masked it.
+    pub fn bye(&mut self, msg: &Message<'_>, call_id: &[u8], now_ms: u64) {
+        let call_id = Some(call_id);
         if !self.counted.is_empty() {
             self.end(call_id, now_ms);
         }

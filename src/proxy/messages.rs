@@ -111,17 +111,20 @@ pub fn loop_part(branch: &[u8]) -> Option<&[u8]> {
 /// the request last, which differs on every pass of a loop and would make every loop look
 /// like a spiral. FNV-1a with a fixed basis, so every shard (and every run) computes the same.
 pub fn loop_hash(msg: &Message<'_>) -> u64 {
-    loop_hash_with(msg, true)
+    loop_hash_keyed(msg, msg.call_id().unwrap_or_default(), true)
 }
 
 /// [`loop_hash`] without the To tag: what a stateless forward puts in its branch. The ACK of a
 /// non-2xx has the To tag of the response and must still get its INVITE's branch (§16.11),
 /// which a hash over the To tag would change.
 pub fn stateless_loop_hash(msg: &Message<'_>) -> u64 {
-    loop_hash_with(msg, false)
+    loop_hash_keyed(msg, msg.call_id().unwrap_or_default(), false)
 }
 
-fn loop_hash_with(msg: &Message<'_>, to_tag: bool) -> u64 {
+/// [`loop_hash`] (`to_tag`) or [`stateless_loop_hash`] with `call_id` in place of the
+/// request's: a proxy that masks Call-IDs (topology hiding) hashes the unmasked one, so a
+/// request looping through it is the same request on every pass.
+pub fn loop_hash_keyed(msg: &Message<'_>, call_id: &[u8], to_tag: bool) -> u64 {
     #[inline]
     fn mix(h: u64, bytes: &[u8]) -> u64 {
         let h = bytes
@@ -139,7 +142,7 @@ fn loop_hash_with(msg: &Message<'_>, to_tag: bool) -> u64 {
         None
     };
     h = mix(h, tag.unwrap_or_default());
-    h = mix(h, msg.call_id().unwrap_or_default());
+    h = mix(h, call_id);
     let seq = msg.cseq().map_or(0, |c| c.seq);
     h = mix(h, itoa::Buffer::new().format(seq).as_bytes());
     for name in [

@@ -9,3 +9,4 @@ pub mod request;
 pub mod route;
 pub mod settings;
 pub mod stateful;
+pub mod topology;

@@ -721,7 +721,8 @@ impl Element {
             return reply.simple(out, 482, b"Loop Detected");
         }
         if msg.method() == Some(Method::Bye) {
-            self.proxy.calls.bye(msg, now_ms);
+            let call_id = self.proxy.canonical_call_id(msg);
+            self.proxy.calls.bye(msg, &call_id, now_ms);
         }
         if self.cfg.mode == Mode::Stateless {
             // §16.11: no transaction state for in-dialog requests either.

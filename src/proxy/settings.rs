@@ -31,6 +31,8 @@ pub struct ProxySettings {
     /// Sequential forking: how long a group of branches may try before it is cancelled and
     /// the next group starts (not applied to the last group, which Timer C bounds).
     pub branch_timeout_ms: u64,
+    /// Topology hiding (`super::topology`): None, the default, forwards everything as it is.
+    pub topology: Option<std::sync::Arc<super::topology::Hider>>,
 }
 
 impl Default for ProxySettings {
@@ -38,6 +40,7 @@ impl Default for ProxySettings {
         ProxySettings {
             forking: Forking::Parallel,
             branch_timeout_ms: 5_000,
+            topology: None,
         }
     }
 }

@@ -8,10 +8,11 @@
 //! [`Outbox`]; time is a parameter.
 
 use super::messages::{
-    collect_challenges, hex16, loop_hash, loop_part, stateless_loop_hash, write_branch,
-    write_branch_head, write_cancel, write_response_upstream, write_with_challenges,
+    collect_challenges, hex16, loop_hash_keyed, loop_part, write_branch, write_branch_head,
+    write_cancel, write_response_upstream, write_with_challenges,
 };
 use super::settings::{Forking, ProxySettings};
+use super::topology::Hider;
 use crate::server::outbox::Outbox;
 use crate::sip::uri::HostKind;
 use crate::sip::write::{finish, header, response_head, write_forward, ForwardEdits};
@@ -227,6 +228,8 @@ pub struct Proxy {
     /// The Via and Record-Route values being written for a branch.
     via: Vec<u8>,
     record_route: Vec<u8>,
+    /// Where a request is rewritten for topology hiding.
+    hide_buf: Vec<u8>,
     /// Timer C of every pending INVITE branch, the guards of cancelled branches and the
     /// group timers of sequential forking.
     timer_c: TimerWheel<ProxyTimer>,
@@ -300,15 +303,55 @@ pub fn via_host_ip(host: &[u8]) -> Option<IpAddr> {
     parse_ip(host)
 }
 
-/// Where a response goes next: the Via after ours (received, rport, sent-by; §18.2.2).
-fn next_via_destination(resp: &Message<'_>) -> Option<SocketAddr> {
-    let via = resp.vias().nth(1)?.ok()?;
+/// Where a response written for upstream goes: its top Via (received, rport, sent-by).
+fn top_via_destination(upstream: &[u8]) -> Option<SocketAddr> {
+    let resp = Message::parse(upstream).ok()?;
+    let via = resp.vias().next()?.ok()?;
     let ip = via_host_ip(via.received().unwrap_or(via.host))?;
     let port = match via.rport() {
         Some(Some(p)) => p,
         _ => via.port.unwrap_or(5060),
     };
     Some(SocketAddr::new(ip, port))
+}
+
+/// True if `uri` routes to one of `ours` (what [`Proxy::is_ours`] asks, for callers that
+/// hold other fields of the proxy borrowed).
+fn routes_to(ours: &[SocketAddr], uri: &Uri<'_>) -> bool {
+    uri_address(uri).is_some_and(|a| addr_is_ours(ours, a))
+}
+
+fn addr_is_ours(ours: &[SocketAddr], addr: SocketAddr) -> bool {
+    ours.iter()
+        .any(|o| o.port() == addr.port() && (o.ip() == addr.ip() || o.ip().is_unspecified()))
+}
+
+/// Writes `resp` for upstream (§16.7 step 3): without our Via, or, when the request left
+/// with topology hiding, with what was hidden put back (`super::topology`).
+fn write_upstream(
+    hider: Option<&Hider>,
+    host: &str,
+    ours: &[SocketAddr],
+    out: &mut Vec<u8>,
+    resp: &Message<'_>,
+) -> bool {
+    if let Some(h) = hider {
+        let start = out.len();
+        if h.hide_response(resp, host, &|u: &Uri<'_>| routes_to(ours, u), out) {
+            return true;
+        }
+        out.truncate(start);
+        // Our Via without a sealed chain: the request left as it was (to ourselves, or
+        // before hiding was turned on); a forged chain leaves nothing to relay.
+        if resp
+            .top_via()
+            .ok()
+            .is_some_and(|v| v.params.get("th").is_some())
+        {
+            return false;
+        }
+    }
+    write_response_upstream(out, resp)
 }
 
 /// §16.7 step 6: the better of two final responses (6xx first, then the lowest class; in
@@ -351,13 +394,21 @@ impl Proxy {
             scratch: Vec::with_capacity(2048),
             via: Vec::with_capacity(96),
             record_route: Vec::with_capacity(64),
+            hide_buf: Vec::new(),
             timer_c: TimerWheel::new(1_000, 512),
             calls: Default::default(),
         }
     }
 
     /// New settings (a reload): forking and the group timeout of the requests that follow.
-    pub fn set_settings(&mut self, settings: ProxySettings) {
+    pub fn set_settings(&mut self, mut settings: ProxySettings) {
+        // A reload without a configured key keeps the key in use: a new random one would
+        // leave every dialog in progress with values nobody can open.
+        if let (Some(old), Some(new)) = (&self.settings.topology, &settings.topology) {
+            if new.is_random() {
+                settings.topology = Some(old.clone());
+            }
+        }
         self.settings = settings;
     }
 
@@ -385,8 +436,13 @@ impl Proxy {
             if !self.is_ours_addr(SocketAddr::new(ip, via.port.unwrap_or(5060))) {
                 continue;
             }
-            let (full, stateless) = ours
-                .get_or_insert_with(|| (hex16(loop_hash(msg)), hex16(stateless_loop_hash(msg))));
+            let (full, stateless) = ours.get_or_insert_with(|| {
+                let id = self.canonical_call_id(msg);
+                (
+                    hex16(loop_hash_keyed(msg, &id, true)),
+                    hex16(loop_hash_keyed(msg, &id, false)),
+                )
+            });
             if part == full || part == stateless {
                 return true;
             }
@@ -436,9 +492,46 @@ impl Proxy {
 
     /// True if `addr` is one of this server's addresses.
     pub fn is_ours_addr(&self, addr: SocketAddr) -> bool {
-        self.ours
-            .iter()
-            .any(|o| o.port() == addr.port() && (o.ip() == addr.ip() || o.ip().is_unspecified()))
+        addr_is_ours(&self.ours, addr)
+    }
+
+    /// The topology hider, when topology hiding is on.
+    pub fn hider(&self) -> Option<&Hider> {
+        self.settings.topology.as_deref()
+    }
+
+    /// The Call-ID a request is keyed by: a masked one unmasked (topology hiding).
+    pub fn canonical_call_id<'m>(&self, msg: &Message<'m>) -> std::borrow::Cow<'m, [u8]> {
+        let id = msg.call_id().unwrap_or_default();
+        match self.hider() {
+            Some(h) => h.canonical_call_id(id),
+            None => std::borrow::Cow::Borrowed(id),
+        }
+    }
+
+    /// Rewrites the request in `buf` (forwarded to `dst`) for topology hiding; nothing when
+    /// it is off or `dst` is this server (a spiral is hidden where it leaves for good).
+    fn hide_forwarded(&mut self, buf: &mut Vec<u8>, from: usize, dst: SocketAddr) {
+        let Some(h) = self.settings.topology.clone() else {
+            return;
+        };
+        if self.is_ours_addr(dst) {
+            return;
+        }
+        let mut hidden = core::mem::take(&mut self.hide_buf);
+        hidden.clear();
+        if let Ok(fwd) = Message::parse(&buf[from..]) {
+            let ours = &self.ours;
+            h.hide_request(
+                &fwd,
+                &self.host,
+                &|u: &Uri<'_>| routes_to(ours, u),
+                &mut hidden,
+            );
+            buf.truncate(from);
+            buf.extend_from_slice(&hidden);
+        }
+        self.hide_buf = hidden;
     }
 
     /// True if the first Route names this proxy (it is removed when forwarding, §16.4).
@@ -547,7 +640,7 @@ impl Proxy {
             dialog_creating: fork.record_route
                 && msg.to().ok().and_then(|t| t.tag()).is_none()
                 && matches!(method, Method::Invite | Method::Subscribe | Method::Refer),
-            loop_hash: loop_hash(msg),
+            loop_hash: loop_hash_keyed(msg, &self.canonical_call_id(msg), true),
             policy: Policy {
                 group_timeout_ms: fork.group_timeout_ms,
                 timeout_last: fork.timeout_last,
@@ -681,6 +774,11 @@ impl Proxy {
         if write_forward(&mut self.scratch, msg, &edits).is_err() {
             self.via = via;
             return Err(483);
+        }
+        if self.settings.topology.is_some() {
+            let mut scratch = core::mem::take(&mut self.scratch);
+            self.hide_forwarded(&mut scratch, 0, dst);
+            self.scratch = scratch;
         }
         let request = bytes(&self.scratch);
         let key = ClientKey::new(&via[branch_at..], msg.method_bytes().unwrap_or(b"OTHER"));
@@ -939,7 +1037,8 @@ impl Proxy {
         via.extend_from_slice(b"SIP/2.0/UDP ");
         via.extend_from_slice(self.host.as_bytes());
         via.extend_from_slice(b";branch=");
-        write_branch_head(&mut via, self.shard, stateless_loop_hash(msg));
+        let loop_hash = loop_hash_keyed(msg, &self.canonical_call_id(msg), false);
+        write_branch_head(&mut via, self.shard, loop_hash);
         // Writing to a Vec cannot fail.
         let _ = std::io::Write::write_fmt(&mut via, format_args!("sl{h:x}"));
         let pop_route = self.top_route_is_ours(msg);
@@ -956,6 +1055,9 @@ impl Proxy {
             out.abort(start);
             Handled::Absorbed
         } else {
+            if self.settings.topology.is_some() {
+                self.hide_forwarded(buf, start, dst);
+            }
             self.stats.message_sent(&buf[start..]);
             out.commit(start, dst, self.socket as usize);
             Handled::Relayed
@@ -1079,7 +1181,8 @@ impl Proxy {
                     let final_sent = self.contexts.get(&sid).is_none_or(|c| c.final_sent);
                     if live && status > 100 && !final_sent {
                         self.scratch.clear();
-                        if write_response_upstream(&mut self.scratch, resp) {
+                        let hider = self.settings.topology.as_deref();
+                        if write_upstream(hider, &self.host, &self.ours, &mut self.scratch, resp) {
                             let _ = self.txns.server_respond(
                                 sid,
                                 status,
@@ -1094,7 +1197,8 @@ impl Proxy {
             Some((cid, ClientEvent::Final { status })) => {
                 if let Some(&sid) = self.client_ctx.get(&cid) {
                     self.scratch.clear();
-                    if write_response_upstream(&mut self.scratch, resp) {
+                    let hider = self.settings.topology.as_deref();
+                    if write_upstream(hider, &self.host, &self.ours, &mut self.scratch, resp) {
                         let upstream = bytes(&self.scratch);
                         let sent = self.branch_final(
                             sid,
@@ -1113,7 +1217,7 @@ impl Proxy {
                             let dst = self
                                 .txns
                                 .server_destination(sid)
-                                .or_else(|| Some((next_via_destination(resp)?, self.socket)));
+                                .or_else(|| Some((top_via_destination(&upstream)?, self.socket)));
                             if let Some((dst, socket)) = dst {
                                 txn_out.push(TxnOut::Send {
                                     bytes: upstream,
@@ -1136,15 +1240,18 @@ impl Proxy {
                 });
                 ok = false;
                 if ours {
-                    if let Some(dst) = next_via_destination(resp) {
-                        let (buf, start) = out.begin();
-                        if write_response_upstream(buf, resp) {
+                    let (buf, start) = out.begin();
+                    let hider = self.settings.topology.as_deref();
+                    let dst = write_upstream(hider, &self.host, &self.ours, buf, resp)
+                        .then(|| top_via_destination(&buf[start..]))
+                        .flatten();
+                    match dst {
+                        Some(dst) => {
                             self.stats.message_sent(&buf[start..]);
                             out.commit(start, dst, self.socket as usize);
                             ok = true;
-                        } else {
-                            out.abort(start);
                         }
+                        None => out.abort(start),
                     }
                 }
             }

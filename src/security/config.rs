@@ -28,6 +28,8 @@ pub struct FileSecurity {
     max_calls_per_minute: Option<u32>,
     max_call_s: Option<u64>,
     require_srtp: Option<bool>,
+    topology_hiding: Option<bool>,
+    topology_key: Option<String>,
     /// `[[security.listen]]`: ACLs of single listen addresses.
     #[serde(default)]
     listen: Vec<FileListenAcl>,
@@ -73,6 +75,25 @@ impl FileSecurity {
     /// True when the file sets the flood limit itself.
     pub fn sets_flood(&self) -> bool {
         self.flood_requests.is_some() || self.flood_window_ms.is_some()
+    }
+
+    /// Topology hiding (`security.topology_hiding`, off by default): the hider with the
+    /// key derived from `security.topology_key` (at least 16 characters), or a random key
+    /// when none is set; None when off.
+    pub fn topology(&self) -> Result<Option<crate::proxy::topology::Hider>, String> {
+        if self.topology_hiding != Some(true) {
+            return Ok(None);
+        }
+        match &self.topology_key {
+            Some(k) if k.len() < 16 => Err(format!(
+                "security.topology_key: {} characters, expected at least 16",
+                k.len()
+            )),
+            Some(k) => Ok(Some(crate::proxy::topology::Hider::new(k.as_bytes()))),
+            None => crate::proxy::topology::Hider::random()
+                .map(Some)
+                .map_err(|e| format!("security.topology_hiding: no random key ({e})")),
+        }
     }
 
     /// The settings, or one line naming the bad key. `listen` are the listen addresses in
@@ -223,6 +244,32 @@ mod tests {
     fn empty_section_is_the_default() {
         assert_eq!(parse("").unwrap(), SecuritySettings::default());
         assert_eq!(parse("enabled = false").unwrap(), SecuritySettings::off());
+    }
+
+    #[test]
+    fn topology_hiding_is_off_by_default_and_its_key_is_checked() {
+        let file = |text: &str| toml::from_str::<FileSecurity>(text).unwrap();
+        assert!(file("").topology().unwrap().is_none());
+        assert!(file("topology_key = \"0123456789abcdef\"")
+            .topology()
+            .unwrap()
+            .is_none());
+        let random = file("topology_hiding = true").topology().unwrap().unwrap();
+        assert!(random.is_random());
+        let keyed = |k: &str| {
+            file(&format!("topology_hiding = true\ntopology_key = \"{k}\""))
+                .topology()
+                .unwrap()
+                .unwrap()
+        };
+        // The same secret, the same key (a restart keeps dialogs working).
+        assert_eq!(keyed("0123456789abcdef"), keyed("0123456789abcdef"));
+        assert_ne!(keyed("0123456789abcdef"), keyed("0123456789abcdeg"));
+        assert!(!keyed("0123456789abcdef").is_random());
+        let e = file("topology_hiding = true\ntopology_key = \"short\"")
+            .topology()
+            .unwrap_err();
+        assert!(e.starts_with("security.topology_key: 5 characters"), "{e}");
     }
 
     #[test]

@@ -62,6 +62,8 @@ pub struct Core {
     guard: Guard,
     /// To tags of the 503s written by [`Core::overflow`].
     tag_seq: u64,
+    /// A request with what topology hiding sealed put back.
+    restored: Vec<u8>,
 }
 
 impl Core {
@@ -103,6 +105,7 @@ impl Core {
             responder,
             guard,
             tag_seq: 0,
+            restored: Vec::new(),
         }
     }
 
@@ -389,6 +392,48 @@ impl Core {
                 }
             }
         }
+        if msg.method().is_some() && self.responder.is_none() {
+            // Topology hiding: a Request-URI or Route that is one of our sealed values gets
+            // what it seals back before anything reads it (`proxy::topology`).
+            let proxy = self.element.proxy();
+            if let Some(hider) = proxy.hider() {
+                let mut restored = core::mem::take(&mut self.restored);
+                restored.clear();
+                let ours = |u: &crate::sip::Uri<'_>| proxy.is_ours(u);
+                let mut slot = core::mem::MaybeUninit::uninit();
+                let parsed = hider
+                    .restore_request(msg, &ours, &mut restored)
+                    .then(|| {
+                        Message::parse_in(
+                            &mut slot,
+                            &restored,
+                            Limits::default(),
+                            Framing::Datagram,
+                        )
+                        .ok()
+                    })
+                    .flatten();
+                let d = match parsed {
+                    Some(m) => self.dispatch(m, src, socket, now_ms, handed_off, out),
+                    None => self.dispatch(msg, src, socket, now_ms, handed_off, out),
+                };
+                self.restored = restored;
+                return d;
+            }
+        }
+        self.dispatch(msg, src, socket, now_ms, handed_off, out)
+    }
+
+    /// [`Core::handle`] once the datagram is a message that passed the guard.
+    fn dispatch(
+        &mut self,
+        msg: &Message<'_>,
+        src: SocketAddr,
+        socket: usize,
+        now_ms: u64,
+        handed_off: bool,
+        out: &mut Outbox,
+    ) -> Disposition {
         // The shard whose nonce a challenge carries: ours, or the owner's for a REGISTER
         // challenged here on its behalf.
         let mut nonce_shard = self.shard;

@@ -769,6 +769,10 @@ fn run(seed: u64, calls_per_kind: usize, proxy: ProxySettings, hostile_percent: 
         }
     }
     starts.reverse();
+    // With topology hiding, nothing the caller receives names a phone or trunk (10.0.x.x,
+    // 10.1.x.x) and nothing they receive names the caller.
+    let hiding = proxy.topology.is_some();
+    let phone_ips = ["10.0.".to_owned(), "10.1.".to_owned()];
     let mut now = 0u64;
     let end = 10 + n as u64 * 7 + 400_000;
     let mut out = Outbox::new();
@@ -808,8 +812,14 @@ fn run(seed: u64, calls_per_kind: usize, proxy: ProxySettings, hostile_percent: 
                     }
                 }
             } else if to == caller.addr {
+                if hiding {
+                    assert_hidden(&data, &phone_ips, seed);
+                }
                 caller.receive(&mut net, now, &data);
             } else if let Some(p) = phones.iter_mut().find(|p| p.addr == to) {
+                if hiding {
+                    assert_hidden(&data, &[caller.addr.ip().to_string()], seed);
+                }
                 p.receive(&mut net, now, &data);
             }
         }
@@ -872,8 +882,16 @@ fn run(seed: u64, calls_per_kind: usize, proxy: ProxySettings, hostile_percent: 
         .unwrap();
     assert_eq!(silent_trunk.heard.len(), calls_per_kind, "seed {seed}");
     let mut failed_over = 0;
+    // The Call-ID as the caller wrote it (a callee sees it masked with topology hiding).
+    let unmasked = |id: &[u8]| -> String {
+        let id = match core.proxy().hider() {
+            Some(h) => h.canonical_call_id(id).into_owned(),
+            None => id.to_vec(),
+        };
+        String::from_utf8(id).unwrap()
+    };
     for (id, c) in &answering_trunk.calls {
-        let call = &caller.calls[std::str::from_utf8(id).unwrap()];
+        let call = &caller.calls[&unmasked(id)];
         assert_ne!(
             call.user, "+4933",
             "seed {seed}: a busy trunk is not a routing failure"
@@ -895,13 +913,26 @@ fn run(seed: u64, calls_per_kind: usize, proxy: ProxySettings, hostile_percent: 
             .unwrap();
         assert!(!late.calls.is_empty());
         for (id, c) in &late.calls {
-            let started = caller.calls[std::str::from_utf8(id).unwrap()].started;
+            let started = caller.calls[&unmasked(id)].started;
             assert!(
                 c.arrived >= started + proxy.branch_timeout_ms,
                 "seed {seed}: {} reached the q=0.5 phone before the group timeout",
                 String::from_utf8_lossy(id)
             );
         }
+    }
+}
+
+/// Topology hiding: the header section of `data` names none of `hidden` (addresses or their
+/// prefixes).
+fn assert_hidden(data: &[u8], hidden: &[String], seed: u64) {
+    let text = String::from_utf8_lossy(data);
+    let head = text.split("\r\n\r\n").next().unwrap_or_default();
+    for h in hidden {
+        assert!(
+            !head.contains(h.as_str()),
+            "seed {seed}: {h} leaked in\n{head}"
+        );
     }
 }
 
@@ -931,6 +962,7 @@ fn sequential_forking_over_a_lossy_reordering_network() {
             ProxySettings {
                 forking: Forking::Sequential,
                 branch_timeout_ms: 2_000,
+                ..Default::default()
             },
             0,
         );
@@ -944,4 +976,24 @@ fn ten_thousand_calls_with_hostile_peers_mixed_in() {
     // datagrams, forged responses, BYEs and CANCELs. Every honest call still ends as it must
     // and the proxy holds nothing afterwards.
     run(0x5eed_0bad_cafe_f00d, 1_000, ProxySettings::default(), 20);
+}
+
+#[test]
+fn calls_with_topology_hiding_over_a_lossy_reordering_network() {
+    // The same calls with topology hiding on: every in-dialog request, ACK, CANCEL and
+    // response finds its way through the sealed Via, Record-Route, Contact and Call-ID, and
+    // no state is left.
+    for seed in [7u64, 8] {
+        run(
+            seed.wrapping_mul(0x9e37_79b9_7f4a_7c15),
+            60,
+            ProxySettings {
+                topology: Some(std::sync::Arc::new(crate::proxy::topology::Hider::new(
+                    b"the simulation's topology key",
+                ))),
+                ..Default::default()
+            },
+            0,
+        );
+    }
 }

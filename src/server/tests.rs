@@ -757,6 +757,7 @@ fn sequential_core() -> Core {
         ProxySettings {
             forking: Forking::Sequential,
             branch_timeout_ms: 2_000,
+            ..Default::default()
         },
     )
 }
