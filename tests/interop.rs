@@ -460,32 +460,102 @@ fn baresip_calls_baresip_and_the_callee_hangs_up() {
         ],
         false,
     );
-    let spec = |name, user| BaresipSpec {
+    baresip_call(&dir, &s, "127.0.0.1", "127.0.0.1");
+}
+
+/// Topology hiding with stock baresip on its defaults: alice (127.0.0.3) calls bob
+/// (127.0.0.4) through a proxy with `security.topology_hiding`; the call connects and bob's
+/// BYE reaches alice through the sealed Route and Contact. No SIP header line either one
+/// traced names the other's address (SDP and media lines do: media is not hidden).
+#[test]
+fn baresip_calls_baresip_through_topology_hiding() {
+    let t = "baresip_calls_baresip_through_topology_hiding";
+    if !have(t, &[("baresip", "baresip")]) {
+        return;
+    }
+    let dir = scratch("baresip-hidden");
+    let cfg = dir.join("sipshard.toml");
+    std::fs::write(&cfg, "[security]\ntopology_hiding = true\n").unwrap();
+    let (s, _) = server(
+        &dir,
+        &[
+            "--config",
+            cfg.to_str().unwrap(),
+            "--user",
+            "alice:secret",
+            "--user",
+            "bob:secret",
+            "--shards",
+            "2",
+        ],
+        false,
+    );
+    let (alice, bob) = baresip_call(&dir, &s, "127.0.0.3", "127.0.0.4");
+    let (alice_log, bob_log) = (alice.proc.output(), bob.proc.output());
+    // The check finds each one's own address (it is in what each sends).
+    assert!(!header_lines_naming(&alice_log, "127.0.0.3").is_empty());
+    let leaked = header_lines_naming(&bob_log, "127.0.0.3");
+    assert!(leaked.is_empty(), "bob saw alice: {leaked:?}");
+    let leaked = header_lines_naming(&alice_log, "127.0.0.4");
+    assert!(leaked.is_empty(), "alice saw bob: {leaked:?}");
+}
+
+/// The lines of a SIP trace that are an addressing header (Via, Record-Route, Route,
+/// Contact, Call-ID, From, To, in full or compact form) containing `ip`.
+fn header_lines_naming(log: &str, ip: &str) -> Vec<String> {
+    const NAMES: [&str; 12] = [
+        "via",
+        "v",
+        "record-route",
+        "route",
+        "contact",
+        "m",
+        "call-id",
+        "i",
+        "from",
+        "f",
+        "to",
+        "t",
+    ];
+    log.lines()
+        .map(str::trim)
+        .filter(|l| {
+            let name = l.split(':').next().unwrap_or_default().to_ascii_lowercase();
+            NAMES.contains(&name.trim()) && l.contains(ip)
+        })
+        .map(String::from)
+        .collect()
+}
+
+/// alice (at `alice_ip`) calls bob (at `bob_ip`), both registered through `s` with the
+/// password `secret`; bob answers and hangs up; both see the call end by bob's BYE.
+fn baresip_call(dir: &Path, s: &ServerProcess, alice_ip: &str, bob_ip: &str) -> (Baresip, Baresip) {
+    let spec = |name, user, ip| BaresipSpec {
         name,
         user,
         password: "secret",
-        ip: "127.0.0.1",
+        ip,
         proxy: s.addr,
         answermode: "manual",
         prefix: &[],
     };
-    let mut alice = Baresip::start(&dir, &spec("alice", "alice"));
-    let mut bob = Baresip::start(&dir, &spec("bob", "bob"));
-    alice.wait_registered(&dir);
-    bob.wait_registered(&dir);
+    let mut alice = Baresip::start(dir, &spec("alice", "alice", alice_ip));
+    let mut bob = Baresip::start(dir, &spec("bob", "bob", bob_ip));
+    alice.wait_registered(dir);
+    bob.wait_registered(dir);
 
     alice.command("dial sip:bob@localhost");
-    bob.wait_event(&dir, "CALL_INCOMING");
+    bob.wait_event(dir, "CALL_INCOMING");
     bob.command("accept");
-    alice.wait_event(&dir, "CALL_ESTABLISHED");
-    bob.wait_event(&dir, "CALL_ESTABLISHED");
+    alice.wait_event(dir, "CALL_ESTABLISHED");
+    bob.wait_event(dir, "CALL_ESTABLISHED");
     std::thread::sleep(Duration::from_millis(500)); // a little media
     bob.command("hangup");
-    let closed_bob = bob.wait_event(&dir, "CALL_CLOSED");
-    let closed_alice = alice.wait_event(&dir, "CALL_CLOSED");
+    let closed_bob = bob.wait_event(dir, "CALL_CLOSED");
+    let closed_alice = alice.wait_event(dir, "CALL_CLOSED");
     // The caller learnt of the end from the callee's BYE (not a timeout or an error), and the
     // callee's BYE was answered with a 200 that came back through the proxy.
-    wait_for(&dir, "bob: 200 OK to his BYE", STEP, || {
+    wait_for(dir, "bob: 200 OK to his BYE", STEP, || {
         traced(&bob.proc.output(), "SIP/2.0 200", "BYE")
     });
     let alice_log = alice.proc.output();
@@ -493,19 +563,20 @@ fn baresip_calls_baresip_and_the_callee_hangs_up() {
         traced(&alice_log, "BYE ", "BYE"),
         "alice did not receive bob's BYE; alice closed with {closed_alice}, bob with \
          {closed_bob}\n{}",
-        logs(&dir, 250)
+        logs(dir, 250)
     );
     assert!(
         closed_alice.contains("Connection reset by peer")
             || closed_alice.to_lowercase().contains("bye"),
         "alice's call ended otherwise than by the peer's BYE: {closed_alice}\n{}",
-        logs(&dir, 250)
+        logs(dir, 250)
     );
     assert!(
         !closed_bob.contains("\"param\":\"4") && !closed_bob.contains("\"param\":\"5"),
         "bob's call ended with an error: {closed_bob}\n{}",
-        logs(&dir, 250)
+        logs(dir, 250)
     );
+    (alice, bob)
 }
 
 // ---------------------------------------------------------------------------------------------

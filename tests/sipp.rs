@@ -763,3 +763,144 @@ fn sipp_flood_from_one_source_is_banned_while_another_registers_and_calls() {
         bans[0]
     );
 }
+
+/// The header lines of the messages SIPp logged as received in its `-trace_msg` file that
+/// contain `needle` (the SDP bodies are left out: media addresses are not hidden).
+fn received_header_lines_with(log: &Path, needle: &str) -> Vec<String> {
+    let text = std::fs::read_to_string(log)
+        .unwrap_or_default()
+        .replace("\r\n", "\n");
+    let mut found = Vec::new();
+    for part in text.split("message received").skip(1) {
+        // After "[N] bytes :" comes the message, up to the next separator line.
+        let msg = part.split_once(":\n").map_or(part, |(_, m)| m);
+        let msg = msg.split("\n-----").next().unwrap_or_default();
+        let head = msg
+            .split("\n\n")
+            .find(|p| !p.trim().is_empty())
+            .unwrap_or_default();
+        found.extend(
+            head.lines()
+                .filter(|l| l.contains(needle))
+                .map(|l| l.trim().to_owned()),
+        );
+    }
+    found
+}
+
+/// One run of `calls` calls from a caller at 127.0.0.3 to a callee at 127.0.0.4 through a
+/// two-shard proxy (topology hiding on or off): the callee re-INVITEs the caller, the caller
+/// hangs up. Returns the header lines the callee received naming 127.0.0.3 and those the
+/// caller received naming 127.0.0.4, and the server.
+fn call_between_two_addresses(
+    dir: &Path,
+    hiding: bool,
+    calls: u64,
+) -> (Vec<String>, Vec<String>, ServerProcess) {
+    let cfg = config_file(&format!("[security]\ntopology_hiding = {hiding}\n"));
+    let s = ServerProcess::start_with(&["--config", &cfg, "--shards", "2"], true);
+    let port = free_udp_port().to_string();
+    let csv = dir.join("hidden-callee.csv");
+    std::fs::write(&csv, "SEQUENTIAL\nhidden\n").unwrap();
+    let reg = Command::new("timeout")
+        .args(["20", "sipp"])
+        .arg(s.addr.to_string())
+        .args(["-sf", scenario("register.xml").to_str().unwrap()])
+        .args([
+            "-inf",
+            csv.to_str().unwrap(),
+            "-i",
+            "127.0.0.4",
+            "-p",
+            &port,
+        ])
+        .args(["-m", "1", "-nostdin"])
+        .current_dir(dir)
+        .output()
+        .unwrap();
+    assert!(reg.status.success(), "callee registration failed");
+    let (uas_log, uac_log) = (
+        dir.join(format!("uas-{hiding}.log")),
+        dir.join(format!("uac-{hiding}.log")),
+    );
+    let stat = dir.join(format!("uas-hidden-{hiding}.csv"));
+    let _ = std::fs::remove_file(&stat);
+    let child = Command::new("sipp")
+        .args(["-sf", scenario("uas-hidden.xml").to_str().unwrap()])
+        .args(["-i", "127.0.0.4", "-p", &port, "-m", &calls.to_string()])
+        .args(["-nostdin", "-trace_msg", "-message_file"])
+        .arg(&uas_log)
+        .args(["-trace_stat", "-fd", "1", "-stf"])
+        .arg(&stat)
+        .current_dir(dir)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let uas = Background {
+        child,
+        stat,
+        name: format!("uas-hidden.xml (topology hiding {hiding})"),
+    };
+    let log = uac_log.to_str().unwrap().to_owned();
+    run_clean(
+        dir,
+        &s,
+        "uac-hidden.xml",
+        &csv,
+        calls,
+        20,
+        &[
+            "-i",
+            "127.0.0.3",
+            "-d",
+            "20",
+            "-trace_msg",
+            "-message_file",
+            &log,
+        ],
+    );
+    uas.finish(calls);
+    (
+        received_header_lines_with(&uas_log, "127.0.0.3"),
+        received_header_lines_with(&uac_log, "127.0.0.4"),
+        s,
+    )
+}
+
+/// Topology hiding (issue 17): with `security.topology_hiding`, no header the callee
+/// receives names the caller's address and none the caller receives names the callee's
+/// (Via, Record-Route, Contact, Call-ID), while the call, the callee's re-INVITE and the
+/// caller's BYE all go through. Without it, both sides see each other (the check finds them).
+#[test]
+fn sipp_topology_hiding_keeps_each_side_from_the_others_addresses() {
+    if !sipp_available("sipp_topology_hiding_keeps_each_side_from_the_others_addresses") {
+        return;
+    }
+    let dir = scratch("hidden");
+    let (to_callee, to_caller, s) = call_between_two_addresses(&dir, true, 20);
+    assert!(
+        to_callee.is_empty(),
+        "the callee saw the caller: {to_callee:?}"
+    );
+    assert!(
+        to_caller.is_empty(),
+        "the caller saw the callee: {to_caller:?}"
+    );
+    // Two INVITEs a call (the re-INVITE came from the callee), each forwarded once.
+    assert_eq!(
+        s.metric("sipshard_requests_sent_total{method=\"INVITE\"}"),
+        Some(40.0)
+    );
+    drop(s);
+    let (to_callee, to_caller, _s) = call_between_two_addresses(&dir, false, 5);
+    assert!(
+        to_callee.iter().any(|l| l.starts_with("Via:")),
+        "{to_callee:?}"
+    );
+    assert!(
+        to_caller.iter().any(|l| l.starts_with("Contact:")),
+        "{to_caller:?}"
+    );
+}
