@@ -6,7 +6,12 @@
 //! - `admit_tracked`: the guard's look at a request from a tracked, allowed source (flood
 //!   counting and a 4-entry ACL), alone;
 //! - `admit_off`: the same with `[security] enabled = false`;
-//! - `scanner_check`: the User-Agent match of a request that is not a scanner's.
+//! - `scanner_check`: the User-Agent match of a request that is not a scanner's;
+//! - `topology_hide_invite`, `topology_unhide_200`, `topology_restore_bye`: topology hiding's
+//!   rewrite of a forwarded INVITE (two Vias, a Record-Route, a Contact and the Call-ID
+//!   sealed), of the 200 going back, and the opening of the callee's BYE (Request-URI and
+//!   Route): what hiding adds to a call's messages (`perf/security-cost.py --topology` the
+//!   whole call).
 //!
 //! `flock /tmp/bench.lock cargo bench --bench security`
 
@@ -101,6 +106,67 @@ fn bench(c: &mut Criterion) {
     let mut g = Guard::new(Arc::default(), Arc::default(), stats);
     c.bench_function("scanner_check", |b| {
         b.iter(|| black_box(g.is_scanner(black_box(b"Linphone/5.2.0 (belle-sip/5.2.0)"), ip, 0)))
+    });
+    topology(c);
+}
+
+/// Topology hiding's rewrites of one call's messages.
+fn topology(c: &mut Criterion) {
+    use sipshard::proxy::topology::Hider;
+    use sipshard::sip::{HeaderName, Message, Uri};
+    let h = Hider::new(b"a benchmark topology key");
+    let ours = |u: &Uri<'_>| u.host == b"127.0.0.1" && u.port == Some(5060);
+    let invite = b"INVITE sip:bob@192.0.2.20:5062 SIP/2.0\r\n\
+Via: SIP/2.0/UDP 127.0.0.1:5060;branch=z9hG4bK-ss0.0123456789abcdef.1\r\n\
+Record-Route: <sip:127.0.0.1:5060;lr;ss=0>\r\n\
+Via: SIP/2.0/UDP 192.0.2.1:5060;branch=z9hG4bK776asdhds;rport=5060;received=192.0.2.1\r\n\
+Max-Forwards: 69\r\nFrom: \"Alice\" <sip:alice@example.com>;tag=1928301774\r\n\
+To: <sip:bob@example.com>\r\nCall-ID: a84b4c76e66710@pc33.example.com\r\nCSeq: 314159 INVITE\r\n\
+Contact: <sip:alice@192.0.2.1:5060>\r\nUser-Agent: baresip v1.0.0\r\n\
+Content-Type: application/sdp\r\nContent-Length: 0\r\n\r\n";
+    let fwd = Message::parse(invite).unwrap();
+    let mut hidden = Vec::new();
+    h.hide_request(&fwd, "127.0.0.1:5060", &ours, &mut hidden);
+    let mut out = Vec::with_capacity(2048);
+    c.bench_function("topology_hide_invite", |b| {
+        b.iter(|| {
+            out.clear();
+            h.hide_request(black_box(&fwd), "127.0.0.1:5060", &ours, &mut out);
+        })
+    });
+    let inv = Message::parse(&hidden).unwrap();
+    let text = |n| String::from_utf8_lossy(inv.header(n).unwrap()).into_owned();
+    let ok = format!(
+        "SIP/2.0 200 OK\r\nVia: {}\r\nRecord-Route: {}\r\nFrom: {}\r\n\
+         To: <sip:bob@example.com>;tag=b1\r\nCall-ID: {}\r\nCSeq: 314159 INVITE\r\n\
+         Contact: <sip:bob@192.0.2.20:5062>\r\nContent-Length: 0\r\n\r\n",
+        text(HeaderName::Via),
+        text(HeaderName::RecordRoute),
+        text(HeaderName::From),
+        text(HeaderName::CallId)
+    );
+    let ok = Message::parse(ok.as_bytes()).unwrap();
+    c.bench_function("topology_unhide_200", |b| {
+        b.iter(|| {
+            out.clear();
+            assert!(h.hide_response(black_box(&ok), "127.0.0.1:5060", &ours, &mut out));
+        })
+    });
+    let bye = format!(
+        "BYE {} SIP/2.0\r\nVia: SIP/2.0/UDP 192.0.2.20:5062;branch=z9hG4bKbye\r\n\
+         Route: {}\r\nMax-Forwards: 70\r\nFrom: <sip:bob@example.com>;tag=b1\r\n\
+         To: {}\r\nCall-ID: {}\r\nCSeq: 2 BYE\r\nContent-Length: 0\r\n\r\n",
+        String::from_utf8_lossy(inv.contacts().next().unwrap().unwrap().uri_raw),
+        text(HeaderName::RecordRoute),
+        text(HeaderName::From),
+        text(HeaderName::CallId)
+    );
+    let bye = Message::parse(bye.as_bytes()).unwrap();
+    c.bench_function("topology_restore_bye", |b| {
+        b.iter(|| {
+            out.clear();
+            assert!(h.restore_request(black_box(&bye), &ours, &mut out));
+        })
     });
 }
 

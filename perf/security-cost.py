@@ -12,6 +12,10 @@
    server CPU per datagram offered and whether it kept up (kernel UDP receive-buffer drops
    during the run).
 
+3. `--topology`: only calls, with `[security]` as in 1. against the same plus
+   `topology_hiding = true` (every request and response of the call rewritten both ways);
+   writes DATE-topology-cost.{json,md} instead.
+
 Run under `flock /tmp/bench.lock`. Writes perf/results/DATE-security-cost.{json,md}.
 """
 import argparse
@@ -68,21 +72,24 @@ def load(binary, scenario, target, rate, duration, extra=()):
     return json.loads(out.stdout)
 
 
-def security_toml(tmp, on):
-    path = os.path.join(tmp, 'security-%s.toml' % ('on' if on else 'off'))
+def security_toml(tmp, on, hiding=False):
+    path = os.path.join(tmp, 'security-%s%s.toml' % ('on' if on else 'off',
+                                                     '-hiding' if hiding else ''))
     with open(path, 'w') as f:
         if on:
             f.write('[security]\nallow = ["127.0.0.0/8", "10.0.0.0/8"]\n'
                     'deny = ["192.0.2.0/24", "198.51.100.0/24"]\n')
+            if hiding:
+                f.write('topology_hiding = true\n')
         else:
             f.write('[security]\nenabled = false\n')
     return path
 
 
-def cost_run(args, tmp, scenario, on):
+def cost_run(args, tmp, scenario, on, hiding=False):
     """Server CPU µs per completed operation, one run."""
     port = free_port()
-    cfg = security_toml(tmp, on)
+    cfg = security_toml(tmp, on, hiding)
     extra, responder = [], None
     if scenario == 'call':
         rport = free_port()
@@ -106,7 +113,8 @@ def cost_run(args, tmp, scenario, on):
             stop(responder)
     done = r['completed']
     us = (t1 - t0) / os.sysconf('SC_CLK_TCK') * 1e6 / max(done, 1)
-    return {'security': 'on' if on else 'off', 'scenario': scenario, 'rate': rate,
+    return {'security': 'on' if on else 'off', 'hiding': hiding, 'scenario': scenario,
+            'rate': rate,
             'completed': done, 'failed': r['failed'],
             'retransmissions': r['retransmissions'], 'cpu_us_per_op': round(us, 2)}
 
@@ -154,8 +162,12 @@ def main():
     ap.add_argument('--reg-rate', type=int, default=20000)
     ap.add_argument('--call-rate', type=int, default=2000)
     ap.add_argument('--flood-rate', type=int, default=100000)
+    ap.add_argument('--topology', action='store_true',
+                    help='only calls, without and with topology hiding')
     args = ap.parse_args()
     tmp = tempfile.mkdtemp(prefix='sipshard-security-cost-')
+    if args.topology:
+        return topology(args, tmp)
     cost = []
     for rnd in range(args.rounds):
         for scenario in ('register', 'call'):
@@ -205,6 +217,36 @@ def main():
         f.write(report)
     with open(out + '.json', 'w') as f:
         json.dump({'args': vars(args), 'cost': cost, 'flood': flood}, f, indent=1)
+
+
+def topology(args, tmp):
+    runs = []
+    for rnd in range(args.rounds):
+        for hiding in ((False, True) if rnd % 2 == 0 else (True, False)):
+            r = cost_run(args, tmp, 'call', True, hiding)
+            lab.log('call, topology hiding %s: %.2f us/op (%d done, %d failed, %d retrans)' % (
+                hiding, r['cpu_us_per_op'], r['completed'], r['failed'], r['retransmissions']))
+            runs.append(r)
+    med = {h: statistics.median([r['cpu_us_per_op'] for r in runs if r['hiding'] == h])
+           for h in (False, True)}
+    bad = sum(r['failed'] + r['retransmissions'] for r in runs)
+    lines = ['# Topology hiding cost (%s)' % datetime.date.today(), '',
+             'Command: `flock /tmp/bench.lock perf/security-cost.py --topology --rounds %d '
+             '--duration %d --call-rate %d`' % (args.rounds, args.duration, args.call_rate), '',
+             'Calls (INVITE/100/180/200/ACK/BYE/200) from `sipshard load` through one proxy '
+             'shard to a trunk (`sipshard --mode responder`); `[security]` at its defaults '
+             'plus an ACL in both; medians of %d runs; %d failed calls or retransmissions in '
+             'all runs.' % (args.rounds, bad), '',
+             '| rate/s | without µs/call | with µs/call | with/without |', '|---|---|---|---|',
+             '| %d | %.2f | %.2f | %.3f |' % (args.call_rate, med[False], med[True],
+                                              med[True] / med[False])]
+    report = '\n'.join(lines) + '\n'
+    print(report)
+    out = os.path.join(HERE, 'results', '%s-topology-cost' % datetime.date.today())
+    with open(out + '.md', 'w') as f:
+        f.write(report)
+    with open(out + '.json', 'w') as f:
+        json.dump({'args': vars(args), 'runs': runs}, f, indent=1)
 
 
 if __name__ == '__main__':

@@ -4,6 +4,7 @@
 //! (raw bytes: mutations of real REGISTER/INVITE/CANCEL/ACK/BYE exchanges come from the seed
 //! corpus, `fuzz/seed.sh core`), replays of what the core sent (forged requests, loops),
 //! forged responses to the requests it sent, and time jumps with timers (up to 65 s each).
+//! Inputs of odd length run with topology hiding on.
 //! A datagram the receiving shard hands off goes to its owner, as the runtime does.
 //!
 //! Checked: no panic; no call to the core takes more than 100 ms of CPU (a stall); and after the
@@ -60,9 +61,11 @@ fn cpu_now() -> Duration {
     Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
 }
 
-fn config() -> Arc<CoreConfig> {
-    static CFG: OnceLock<Arc<CoreConfig>> = OnceLock::new();
-    CFG.get_or_init(|| {
+/// The configuration; with `hiding`, topology hiding on (half the inputs: those of odd
+/// length, so every corpus entry keeps its meaning and mutations reach both).
+fn config(hiding: bool) -> Arc<CoreConfig> {
+    static CFG: [OnceLock<Arc<CoreConfig>>; 2] = [OnceLock::new(), OnceLock::new()];
+    CFG[hiding as usize].get_or_init(|| {
         let spec: sipshard::routing::DialPlanSpec = toml::from_str(PLAN).unwrap();
         let security = sipshard::security::SecuritySettings {
             calls: sipshard::security::calls::CallLimits {
@@ -79,7 +82,12 @@ fn config() -> Arc<CoreConfig> {
             shards: 2,
             mode: Mode::Proxy,
             registrar: Default::default(),
-            proxy: Default::default(),
+            proxy: sipshard::proxy::settings::ProxySettings {
+                topology: hiding.then(|| {
+                    Arc::new(sipshard::proxy::topology::Hider::new(b"the fuzzer's key"))
+                }),
+                ..Default::default()
+            },
             routing: Arc::new(sipshard::routing::DialPlan::build(&spec).unwrap()),
             responder: Default::default(),
             security: Arc::new(security),
@@ -92,19 +100,19 @@ fn config() -> Arc<CoreConfig> {
     .clone()
 }
 
-fn cores() -> Vec<Core> {
+fn cores(hiding: bool) -> Vec<Core> {
     let mut db = UserDb::new("localhost");
     db.add_password("alice", "secret").unwrap();
     db.add_password("bob", "pw").unwrap();
     let auth = Authenticator::new("localhost", Arc::new(db), [7; 32], 300);
     let board = Arc::new(sipshard::security::board::Board::default());
-    let security = config().security.clone();
+    let security = config(hiding).security.clone();
     (0..2)
         .map(|i| {
             let a = auth.for_shard(i).with_lockout(&security, board.clone());
             let mut c = Core::new(
                 i,
-                config(),
+                config(hiding),
                 Arc::new(ShardStats::default()),
                 Some(a),
                 &[LISTEN.parse().unwrap()],
@@ -201,7 +209,7 @@ const STATUSES: [u16; 10] = [100, 180, 183, 200, 202, 401, 407, 486, 503, 603];
 
 fuzz_target!(|data: &[u8]| {
     let mut d = Driver {
-        cores: cores(),
+        cores: cores(data.len() % 2 == 1),
         now: T0,
         sent: Vec::new(),
     };

@@ -744,4 +744,49 @@ Content-Type: application/sdp\r\nContent-Length: 3\r\n\r\nv=0";
         ));
         assert!(none.is_empty());
     }
+
+    /// Mangled messages (one to eight byte edits of a hidden INVITE, its 200 and a BYE) go
+    /// through every rewrite without a panic, and what comes out parses whenever the input
+    /// did (the proxy re-parses it).
+    #[test]
+    fn mangled_messages_never_panic_and_rewrites_stay_parseable() {
+        let h = hider();
+        let mut hidden = Vec::new();
+        h.hide_request(
+            &Message::parse(FORWARDED.as_bytes()).unwrap(),
+            HOST,
+            &ours,
+            &mut hidden,
+        );
+        let ok = callee_ok(&hidden);
+        let seeds = [FORWARDED.as_bytes().to_vec(), hidden.clone(), ok];
+        let mut m = crate::sip::mutate::Mutator::new(0x7090_1061);
+        let alphabet = b"<>;,=:@\"\\ \r\n\tabthTH-_0123456789.";
+        let mut parsed = 0;
+        for i in 0..30_000 {
+            let seed = &seeds[i % seeds.len()];
+            let input = m.mutated(seed, 1 + i % 8, alphabet);
+            let Ok(msg) = Message::parse(&input) else {
+                continue;
+            };
+            parsed += 1;
+            let mut out = Vec::new();
+            if msg.is_request() {
+                if h.restore_request(&msg, &ours, &mut out) {
+                    let _ = Message::parse(&out);
+                }
+                out.clear();
+                h.hide_request(&msg, HOST, &ours, &mut out);
+            } else if !h.hide_response(&msg, HOST, &ours, &mut out) {
+                continue;
+            }
+            assert!(
+                Message::parse(&out).is_ok(),
+                "unparseable rewrite of\n{}\n->\n{}",
+                String::from_utf8_lossy(&input),
+                String::from_utf8_lossy(&out)
+            );
+        }
+        assert!(parsed > 5_000, "{parsed} parsed");
+    }
 }
