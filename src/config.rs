@@ -60,6 +60,8 @@ pub struct Config {
     pub security: std::sync::Arc<crate::security::SecuritySettings>,
     /// What a shard past its capacity refuses.
     pub overload: crate::proxy::settings::OverloadSettings,
+    /// The binding store (`--data-dir`): None keeps bindings in memory only.
+    pub store: Option<crate::store::StoreSettings>,
 }
 
 impl Config {
@@ -147,6 +149,13 @@ pub struct Cli {
     /// Serve Prometheus metrics at http://ADDR/metrics.
     #[arg(long, value_name = "ADDR")]
     pub metrics: Option<String>,
+    /// Keep bindings in DIR (created if missing): they survive restarts and crashes.
+    #[arg(long, value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// With --data-dir: batch (default; fdatasync at most every 10 ms, a crash loses at most
+    /// that window) | sync (a REGISTER's 200 leaves only once its binding is on disk).
+    #[arg(long, value_name = "MODE")]
+    pub durability: Option<String>,
     /// Forking to several bindings: parallel (default) | sequential (by descending q).
     #[arg(long, value_name = "MODE")]
     pub forking: Option<String>,
@@ -184,6 +193,8 @@ struct FileConfig {
     shards: Option<usize>,
     mode: Option<String>,
     metrics: Option<String>,
+    data_dir: Option<PathBuf>,
+    durability: Option<String>,
     io: Option<String>,
     allow_unauthenticated: Option<bool>,
     queue_capacity: Option<usize>,
@@ -497,6 +508,30 @@ impl Cli {
                 .map_err(|_| ConfigError(format!("{key} '{m}': expected IP:PORT")))
         })
         .transpose()?;
+        let durability = match (&self.durability, &file.durability) {
+            (Some(d), _) => Some(("--durability", d)),
+            (None, Some(d)) => Some(("durability", d)),
+            _ => None,
+        }
+        .map(|(key, d)| match d.as_str() {
+            "batch" => Ok(crate::store::Durability::Batch),
+            "sync" => Ok(crate::store::Durability::Sync),
+            _ => Err(ConfigError(format!("{key} '{d}': expected batch or sync"))),
+        })
+        .transpose()?;
+        let store = match (
+            self.data_dir.as_ref().or(file.data_dir.as_ref()),
+            durability,
+        ) {
+            (Some(dir), d) => Some(crate::store::StoreSettings::new(
+                dir.clone(),
+                d.unwrap_or(crate::store::Durability::Batch),
+            )),
+            (None, Some(_)) => {
+                return err("--durability: needs --data-dir (or data_dir in the file)".into())
+            }
+            (None, None) => None,
+        };
         let io = match (&self.io, &file.io) {
             (Some(m), _) => parse_io("--io", m)?,
             (None, Some(m)) => parse_io("io", m)?,
@@ -654,6 +689,7 @@ impl Cli {
             shards,
             mode,
             metrics,
+            store,
             io,
             allow_unauthenticated: self.allow_unauthenticated
                 || file.allow_unauthenticated.unwrap_or(false),

@@ -20,6 +20,7 @@ pub mod server;
 pub mod shard;
 pub mod sip;
 pub mod stats;
+pub mod store;
 pub mod timer;
 pub mod transport;
 pub mod txn;

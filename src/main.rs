@@ -69,6 +69,38 @@ fn main() {
     let board: Arc<sipshard::security::board::Board> = Arc::default();
     let security = config.security.clone();
     let shared_board = board.clone();
+    // The binding store: every shard's part is loaded before any shard serves.
+    let mut logs = None;
+    let restored: Vec<std::sync::Mutex<Vec<_>>> = match &config.store {
+        Some(store) => {
+            let started = std::time::Instant::now();
+            let shards = config.shards;
+            let owner = move |key: &[u8]| {
+                sipshard::server::ownership::key_hash(key)
+                    .map_or(0, |h| sipshard::server::ownership::owner_shard(h, shards))
+            };
+            let now_ms = sipshard::shard::Clock::new().now_ms();
+            let (loaded, shard_logs) = sipshard::store::open(store, shards, now_ms, &owner)
+                .unwrap_or_else(|e| fail(format!("--data-dir {}: {e}", store.dir.display()), 1));
+            tracing::info!(
+                dir = %store.dir.display(),
+                aors = loaded.aors,
+                bindings = loaded.bindings,
+                expired = loaded.expired,
+                ms = started.elapsed().as_millis() as u64,
+                durability = ?store.durability,
+                "bindings loaded"
+            );
+            logs = Some(shard_logs);
+            loaded
+                .shards
+                .into_iter()
+                .map(std::sync::Mutex::new)
+                .collect()
+        }
+        None => Vec::new(),
+    };
+    let restored = Arc::new(restored);
     let make_core = Arc::new(move |id, stats, local: &[std::net::SocketAddr]| {
         let shard_auth = auth
             .lock()
@@ -77,9 +109,18 @@ fn main() {
             .map(|a| a.with_lockout(&security, shared_board.clone()));
         let mut core = Core::new(id, core_cfg.clone(), stats, shard_auth, local);
         core.share_board(shared_board.clone());
+        if let Some(part) = restored.get(id) {
+            let aors = part
+                .lock()
+                .map(|mut p| std::mem::take(&mut *p))
+                .unwrap_or_default();
+            core.restore_bindings(aors, sipshard::shard::Clock::new().now_ms());
+        }
         core
     });
-    let server = Server::start(&config, make_core).unwrap_or_else(|e| fail(e, 1));
+    let store = config.store.clone();
+    let server =
+        Server::start(&config, make_core, store.as_ref().zip(logs)).unwrap_or_else(|e| fail(e, 1));
     // The running dial plan is the shards' and `running`'s: this copy would keep the first
     // one alive after a reload.
     config.routing = Arc::new(sipshard::routing::DialPlan::empty());

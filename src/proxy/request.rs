@@ -104,6 +104,18 @@ impl Element {
         }
     }
 
+    /// The registrar, to change (the binding store: journal and restore at start).
+    pub fn registrar_mut(&mut self) -> &mut Registrar {
+        &mut self.registrar
+    }
+
+    /// Publishes the binding count (after bindings were put back at start).
+    pub fn publish_bindings(&self) {
+        self.stats
+            .bindings
+            .set(self.registrar.binding_count() as u64);
+    }
+
     /// Shares the call counts of the toll-fraud limits with the other shards.
     pub fn share_board(&mut self, board: Arc<crate::security::board::Board>) {
         self.board = board;

@@ -175,6 +175,12 @@ impl Registrar {
         if let Some(i) = touched {
             self.settle(i);
         }
+        if self.journal.is_some()
+            && touched.is_some()
+            && (outcome.added | outcome.refreshed | outcome.removed | outcome.expired) != 0
+        {
+            self.journal_aor(key, touched);
+        }
         // `settle` frees the record (empty key) of an AOR left without bindings.
         result.map(|aor| aor.filter(|&i| !self.aors[i as usize].key.is_empty()))
     }

@@ -36,6 +36,9 @@ pub struct Registrar {
     pub(super) key_buf: Vec<u8>,
     /// Scratch for the AORs whose timers fired.
     fired: Vec<u32>,
+    /// With a binding store: the records of the AORs changed since the shell last took them
+    /// (`crate::store::record`).
+    pub(super) journal: Option<Vec<u8>>,
 }
 
 impl Registrar {
@@ -56,7 +59,57 @@ impl Registrar {
             binding_count: 0,
             key_buf: Vec::new(),
             fired: Vec::new(),
+            journal: None,
         }
+    }
+
+    /// Starts recording every change of an AOR's bindings for the binding store.
+    pub fn enable_journal(&mut self) {
+        self.journal
+            .get_or_insert_with(|| Vec::with_capacity(16 << 10));
+    }
+
+    /// Moves the records written since the last call to the end of `into` (nothing without
+    /// [`Registrar::enable_journal`]).
+    pub fn take_journal(&mut self, into: &mut Vec<u8>) {
+        let Some(j) = &mut self.journal else { return };
+        if into.is_empty() {
+            core::mem::swap(j, into);
+        } else {
+            into.extend_from_slice(j);
+            j.clear();
+        }
+    }
+
+    /// Puts back an AOR with its bindings as the binding store kept them (at start, before
+    /// any request). Bindings that expired by `now_ms` are left out; an AOR already present
+    /// gets them added.
+    pub fn restore(&mut self, key: &[u8], bindings: Vec<crate::registrar::Binding>, now_ms: u64) {
+        let live: Vec<_> = bindings
+            .into_iter()
+            .filter(|b| b.expires_at_ms() > now_ms)
+            .collect();
+        if live.is_empty() {
+            return;
+        }
+        let i = self.find(key).unwrap_or_else(|| self.create_aor(key));
+        for b in live {
+            self.aors[i as usize].bindings.push(b);
+            self.binding_count += 1;
+        }
+        self.settle(i);
+    }
+
+    /// Records what the AOR `key` (slab position `aor`, None if it is gone) holds now.
+    pub(super) fn journal_aor(&mut self, key: &[u8], aor: Option<u32>) {
+        let Some(j) = &mut self.journal else { return };
+        let bindings = match aor {
+            Some(i) if !self.aors[i as usize].key.is_empty() => {
+                self.aors[i as usize].bindings.as_slice()
+            }
+            _ => &[],
+        };
+        crate::store::record::write_aor(j, key, bindings);
     }
 
     pub fn config(&self) -> &RegistrarConfig {

@@ -168,6 +168,26 @@ impl Core {
         true
     }
 
+    /// Puts back the bindings the binding store kept for this shard (at start) and starts
+    /// recording binding changes for it ([`Core::take_journal`]).
+    pub fn restore_bindings(
+        &mut self,
+        aors: Vec<(Vec<u8>, Vec<crate::registrar::Binding>)>,
+        now_ms: u64,
+    ) {
+        let registrar = self.element.registrar_mut();
+        for (key, bindings) in aors {
+            registrar.restore(&key, bindings, now_ms);
+        }
+        registrar.enable_journal();
+        self.element.publish_bindings();
+    }
+
+    /// Moves the binding-store records written since the last call to the end of `into`.
+    pub fn take_journal(&mut self, into: &mut Vec<u8>) {
+        self.element.registrar_mut().take_journal(into);
+    }
+
     /// The shard's guard (bans, ACLs).
     pub fn guard(&self) -> &Guard {
         &self.guard

@@ -60,6 +60,40 @@ pub fn aor_hash(uri: &Uri<'_>) -> Option<u64> {
     Some(avalanche(h))
 }
 
+/// [`aor_hash`] of the AOR whose registrar key is `key` (as [`Uri::write_aor`] writes it:
+/// `sip:` or `sips:`, the unescaped user and `@`, the host): where the binding store puts an
+/// AOR it loads back. None for a key that is not one.
+pub fn key_hash(key: &[u8]) -> Option<u64> {
+    let (scheme, rest) = if let Some(r) = key.strip_prefix(b"sip:") {
+        (Scheme::Sip, r)
+    } else {
+        (Scheme::Sips, key.strip_prefix(b"sips:")?)
+    };
+    let mut h = scheme_hash(scheme)?;
+    match rest.iter().rposition(|&b| b == b'@') {
+        // The host never holds '@': the last one ends the (unescaped) user.
+        Some(at) => {
+            for &b in &rest[..at] {
+                h = fnv(h, b);
+            }
+        }
+        None => {
+            h = fnv(h, b'@');
+            let host = match rest.strip_prefix(b"[").and_then(|r| r.strip_suffix(b"]")) {
+                Some(v6) => {
+                    h = fnv(h, b'[');
+                    v6
+                }
+                None => rest,
+            };
+            for &b in host {
+                h = fnv(h, b.to_ascii_lowercase());
+            }
+        }
+    }
+    Some(avalanche(h))
+}
+
 /// The shard that owns an AOR hash.
 #[inline]
 pub fn owner_shard(hash: u64, shards: usize) -> usize {
@@ -90,6 +124,24 @@ mod tests {
             user_aor_hash(Scheme::Sip, b"alice"),
             Some(h("sip:%61lice@example.com"))
         );
+    }
+
+    #[test]
+    fn a_registrar_key_hashes_as_its_uri() {
+        for s in [
+            "sip:alice@Example.COM",
+            "sip:%61lice%40home@example.com;transport=udp",
+            "sips:bob@example.com:5061",
+            "sip:example.com",
+            "sip:[2001:db8::1]:5060",
+            "sip:+4930123@127.0.0.1",
+        ] {
+            let uri = Uri::parse(s.as_bytes()).unwrap();
+            let mut key = Vec::new();
+            assert!(uri.write_aor(&mut key));
+            assert_eq!(key_hash(&key), aor_hash(&uri), "{s}");
+        }
+        assert_eq!(key_hash(b"tel:+123"), None);
     }
 
     #[test]

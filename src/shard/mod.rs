@@ -106,6 +106,8 @@ impl Reload {
 /// A running server: the shard threads and what is needed to stop them.
 pub struct Server {
     threads: Vec<JoinHandle<()>>,
+    /// The binding store's writers (joined after the shards: they write what those left).
+    writers: Vec<crate::store::Writer>,
     stop: Arc<AtomicBool>,
     peers: Arc<Vec<Peer>>,
     reload: Arc<Reload>,
@@ -125,7 +127,13 @@ impl Server {
     /// Binds every shard's sockets (so bind errors come back here), then starts the threads.
     /// The listen addresses should have been claimed first
     /// ([`crate::transport::claim_listen_addrs`]: no other server on them, no port 0).
-    pub fn start(config: &Config, make_core: Arc<CoreFactory>) -> io::Result<Server> {
+    /// With `store` (the binding store's settings and where each shard's log goes, from
+    /// [`crate::store::open`]), each shard gets a writer thread for its binding changes.
+    pub fn start(
+        config: &Config,
+        make_core: Arc<CoreFactory>,
+        store: Option<(&crate::store::StoreSettings, Vec<crate::store::ShardLog>)>,
+    ) -> io::Result<Server> {
         let n = config.shards;
         let listen: Vec<SocketAddr> = config.listen.iter().map(|l| l.addr).collect();
         let mut sockets = Vec::with_capacity(n);
@@ -148,6 +156,16 @@ impl Server {
         let cores = core_affinity::get_core_ids().unwrap_or_default();
         let mut threads = Vec::with_capacity(n);
         let mut backends = Vec::with_capacity(n);
+        let mut journals: Vec<Option<crate::store::Journal>> = (0..n).map(|_| None).collect();
+        let mut writers = Vec::new();
+        if let Some((settings, logs)) = store {
+            for (id, log) in logs.into_iter().enumerate().take(n) {
+                let (journal, writer) =
+                    crate::store::Writer::spawn(id, log, settings, peers[id].waker.clone())?;
+                journals[id] = Some(journal);
+                writers.push(writer);
+            }
+        }
         for (id, socks) in sockets.into_iter().enumerate() {
             let waker = peers[id].waker.clone();
             let transport = make_transport(config.io, socks, waker)?;
@@ -162,6 +180,7 @@ impl Server {
                 stop: stop.clone(),
                 reload: reload.clone(),
                 clock,
+                journal: journals[id].take(),
             };
             let pin = cores.get(id % cores.len().max(1)).copied();
             threads.push(
@@ -177,6 +196,7 @@ impl Server {
         }
         Ok(Server {
             threads,
+            writers,
             stop,
             peers,
             reload,
@@ -212,6 +232,9 @@ impl Server {
     pub fn join(self) {
         for t in self.threads {
             let _ = t.join();
+        }
+        for w in self.writers {
+            w.join();
         }
     }
 }

@@ -111,6 +111,8 @@ pub struct ShardContext {
     pub stop: Arc<AtomicBool>,
     pub reload: Arc<Reload>,
     pub clock: Clock,
+    /// The binding store's writer (`--data-dir`): None without persistence.
+    pub journal: Option<crate::store::Journal>,
 }
 
 /// The part of the shard the receive callback needs (the transport is borrowed separately).
@@ -231,6 +233,10 @@ pub fn run(mut ctx: ShardContext) {
         0
     };
     let mut overload = OverloadDetector::new(saturated_ms, Instant::now());
+    // `sync` durability: rounds of responses waiting for their binding changes to be on disk
+    // (with the flush number that covers them), oldest first, and emptied outboxes to reuse.
+    let mut parked: std::collections::VecDeque<(u64, Outbox)> = Default::default();
+    let mut spare_outboxes: Vec<Outbox> = Vec::new();
     while !ctx.stop.load(Ordering::Relaxed) {
         let generation = ctx.reload.generation();
         if generation != reload_seen {
@@ -293,6 +299,31 @@ pub fn run(mut ctx: ShardContext) {
         if ctx.core.next_timeout().is_some_and(|t| t <= now_ms) {
             ctx.core.handle_timeout(now_ms, &mut out);
         }
+        // The binding store: this round's binding changes go to the writer; with `sync`
+        // durability the round's responses (and everything after them, in order) wait until
+        // those changes are on disk.
+        if let Some(j) = &mut ctx.journal {
+            ctx.core.take_journal(j.pending());
+            let number = j.flush();
+            if j.durability() == crate::store::Durability::Sync {
+                if !out.is_empty() && (number > j.durable() || !parked.is_empty()) {
+                    let spare = spare_outboxes.pop().unwrap_or_default();
+                    parked.push_back((number, core::mem::replace(&mut out, spare)));
+                }
+                let durable = j.durable();
+                while parked.front().is_some_and(|(n, _)| *n <= durable) {
+                    let Some((_, mut held)) = parked.pop_front() else {
+                        break;
+                    };
+                    match ctx.transport.send(&mut held) {
+                        Ok(sent) => ctx.stats.datagrams_out.add(sent as u64),
+                        Err(e) => tracing::warn!(shard = ctx.id, "send failed: {e}"),
+                    }
+                    held.clear();
+                    spare_outboxes.push(held);
+                }
+            }
+        }
         let mut last_read = batch_start;
         if !out.is_empty() {
             let n = out.len() as u64;
@@ -327,7 +358,12 @@ pub fn run(mut ctx: ShardContext) {
         crate::metrics::publish_transport_drops(&ctx.stats, ctx.transport.drops());
         if going_idle {
             me.waker.sleeping.store(true, Ordering::SeqCst);
-            if (sharded && !me.queue.is_empty()) || ctx.stop.load(Ordering::Relaxed) {
+            // Responses held for the disk whose changes are durable now: no sleep.
+            let released = ctx
+                .journal
+                .as_ref()
+                .is_some_and(|j| parked.front().is_some_and(|(n, _)| *n <= j.durable()));
+            if (sharded && !me.queue.is_empty()) || released || ctx.stop.load(Ordering::Relaxed) {
                 me.waker.sleeping.store(false, Ordering::SeqCst);
                 continue;
             }
@@ -338,6 +374,10 @@ pub fn run(mut ctx: ShardContext) {
                 .next_timeout()
                 .map_or(IDLE_MAX_MS, |t| t.saturating_sub(now_ms).min(IDLE_MAX_MS))
                 as i32;
+            if !parked.is_empty() {
+                // The writer wakes us when it syncs; this bounds a missed wake-up.
+                timeout = timeout.min(5);
+            }
             if !hist.is_empty() {
                 let left = MERGE_EVERY.saturating_sub(now.saturating_duration_since(last_merge));
                 timeout = timeout.min(left.as_millis() as i32 + 1);

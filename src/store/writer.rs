@@ -1,0 +1,283 @@
+//! A shard's writer thread and the shard's end of it. The shard never touches the disk: after
+//! each receive round it hands the records its registrar wrote to [`Journal::flush`], which
+//! passes them to the writer through a bounded channel without blocking (when the channel is
+//! full the records wait in the shard and go with the next round's). The writer appends them
+//! to the current log segment, `fdatasync`s at most every [`SYNC_EVERY_MS`] (`batch`) or as
+//! soon as it has written what is waiting (`sync`, group commit), and publishes the highest
+//! batch number on disk, waking the shard, which holds back a round's responses in `sync` mode
+//! until then. A segment past the size limit is closed and compacted into a snapshot.
+
+use super::files::{compact, segment_path, ShardLog};
+use super::record::MAGIC;
+use super::{Durability, StoreSettings, SYNC_EVERY_MS};
+use crate::transport::Waker;
+use crossbeam_channel::{bounded, Receiver, RecvTimeoutError, Sender, TrySendError};
+use std::fs::{File, OpenOptions};
+use std::io::{self, Write};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+/// Buffers in flight between a shard and its writer.
+const CHANNEL: usize = 64;
+
+/// Records with the number of the last flush they belong to.
+struct Batch {
+    number: u64,
+    bytes: Vec<u8>,
+}
+
+/// The shard's end: where its registrar's records go.
+pub struct Journal {
+    tx: Sender<Batch>,
+    /// Emptied buffers coming back from the writer (no allocation per round).
+    spare: Receiver<Vec<u8>>,
+    /// Records not yet handed over, and the flush number they will carry.
+    pending: Vec<u8>,
+    last_number: u64,
+    durable: Arc<AtomicU64>,
+    durability: Durability,
+    writer_gone_logged: bool,
+}
+
+impl Journal {
+    /// The buffer the registrar's records are appended to.
+    pub fn pending(&mut self) -> &mut Vec<u8> {
+        &mut self.pending
+    }
+
+    /// Hands what is pending to the writer. Returns the flush number that covers every record
+    /// written so far (0 when none ever was); it is on disk once [`Journal::durable`] reaches it.
+    pub fn flush(&mut self) -> u64 {
+        if self.pending.is_empty() {
+            return self.last_number;
+        }
+        // A new number each time: records kept from a full channel join the new ones and
+        // the batch is on disk only once all of it is.
+        self.last_number += 1;
+        let batch = Batch {
+            number: self.last_number,
+            bytes: core::mem::take(&mut self.pending),
+        };
+        match self.tx.try_send(batch) {
+            Ok(()) => self.pending = self.spare.try_recv().unwrap_or_default(),
+            // The writer is behind: keep the records (later ones join them).
+            Err(TrySendError::Full(b)) => self.pending = b.bytes,
+            Err(TrySendError::Disconnected(b)) => {
+                if !self.writer_gone_logged {
+                    tracing::error!("binding store writer stopped: bindings are no longer saved");
+                    self.writer_gone_logged = true;
+                }
+                self.pending = b.bytes;
+                self.pending.clear();
+                // Nothing will ever be durable: do not hold responses for it.
+                self.durable.store(u64::MAX, Ordering::SeqCst);
+            }
+        }
+        self.last_number
+    }
+
+    /// The highest flush number on disk.
+    pub fn durable(&self) -> u64 {
+        self.durable.load(Ordering::SeqCst)
+    }
+
+    pub fn durability(&self) -> Durability {
+        self.durability
+    }
+}
+
+/// A running writer thread (joined at shutdown, after the shards stopped: it writes and syncs
+/// what they left).
+pub struct Writer {
+    handle: JoinHandle<()>,
+}
+
+impl Writer {
+    /// Starts shard `shard`'s writer on `log`. `waker` wakes the shard when records become
+    /// durable (`sync` mode holds responses until then).
+    pub fn spawn(
+        shard: usize,
+        log: ShardLog,
+        settings: &StoreSettings,
+        waker: Arc<Waker>,
+    ) -> io::Result<(Journal, Writer)> {
+        let (tx, rx) = bounded::<Batch>(CHANNEL);
+        let (spare_tx, spare) = bounded::<Vec<u8>>(CHANNEL);
+        let durable = Arc::new(AtomicU64::new(0));
+        let segment = Segment::create(&log, log.next_seq)?;
+        let mut state = WriterState {
+            log,
+            segment,
+            segment_bytes: settings.segment_bytes,
+            durability: settings.durability,
+            durable: durable.clone(),
+            waker,
+            written: 0,
+            errors: 0,
+        };
+        let handle = std::thread::Builder::new()
+            .name(format!("store-{shard}"))
+            .spawn(move || state.run(rx, spare_tx))?;
+        Ok((
+            Journal {
+                tx,
+                spare,
+                pending: Vec::with_capacity(16 << 10),
+                last_number: 0,
+                durable,
+                durability: settings.durability,
+                writer_gone_logged: false,
+            },
+            Writer { handle },
+        ))
+    }
+
+    /// Waits for the writer to write and sync what it was given (its journal must be gone).
+    pub fn join(self) {
+        let _ = self.handle.join();
+    }
+}
+
+/// The segment being appended to.
+struct Segment {
+    seq: u64,
+    file: File,
+    size: u64,
+}
+
+impl Segment {
+    fn create(log: &ShardLog, seq: u64) -> io::Result<Segment> {
+        let mut file = OpenOptions::new()
+            .create(true)
+            .truncate(true)
+            .write(true)
+            .open(segment_path(&log.dir, seq))?;
+        file.write_all(MAGIC)?;
+        file.sync_all()?;
+        File::open(&log.dir)?.sync_all()?;
+        Ok(Segment {
+            seq,
+            file,
+            size: MAGIC.len() as u64,
+        })
+    }
+}
+
+struct WriterState {
+    log: ShardLog,
+    segment: Segment,
+    segment_bytes: u64,
+    durability: Durability,
+    durable: Arc<AtomicU64>,
+    waker: Arc<Waker>,
+    /// The highest flush number written (not yet synced).
+    written: u64,
+    errors: u64,
+}
+
+impl WriterState {
+    fn run(&mut self, rx: Receiver<Batch>, spare: Sender<Vec<u8>>) {
+        let mut dirty_since: Option<Instant> = None;
+        let every = Duration::from_millis(SYNC_EVERY_MS);
+        loop {
+            let timeout = match (dirty_since, self.durability) {
+                (None, _) => Duration::from_secs(1),
+                (Some(_), Durability::Sync) => Duration::ZERO,
+                (Some(t), Durability::Batch) => every.saturating_sub(t.elapsed()),
+            };
+            let first = match rx.recv_timeout(timeout) {
+                Ok(b) => Some(b),
+                Err(RecvTimeoutError::Timeout) => None,
+                Err(RecvTimeoutError::Disconnected) => {
+                    if dirty_since.is_some() {
+                        self.sync();
+                    }
+                    return;
+                }
+            };
+            if let Some(b) = first {
+                self.write(b, &spare);
+                // Everything already waiting goes in the same write round (and sync).
+                while let Ok(b) = rx.try_recv() {
+                    self.write(b, &spare);
+                }
+                dirty_since.get_or_insert_with(Instant::now);
+            }
+            let due = match (dirty_since, self.durability) {
+                (None, _) => false,
+                (Some(_), Durability::Sync) => true,
+                (Some(t), Durability::Batch) => t.elapsed() >= every,
+            };
+            if due {
+                self.sync();
+                dirty_since = None;
+                if self.segment.size >= self.segment_bytes {
+                    self.rotate();
+                }
+            }
+        }
+    }
+
+    fn write(&mut self, b: Batch, spare: &Sender<Vec<u8>>) {
+        if let Err(e) = self.segment.file.write_all(&b.bytes) {
+            self.error("write", &e);
+        }
+        self.segment.size += b.bytes.len() as u64;
+        self.written = self.written.max(b.number);
+        let mut bytes = b.bytes;
+        bytes.clear();
+        let _ = spare.try_send(bytes);
+    }
+
+    fn sync(&mut self) {
+        if let Err(e) = self.segment.file.sync_data() {
+            self.error("fdatasync", &e);
+        }
+        // Published even after an error (logged): holding responses for ever would stop the
+        // shard, and a disk that fails is for the operator to see in the log.
+        self.durable.store(self.written, Ordering::SeqCst);
+        if self.durability == Durability::Sync {
+            self.waker.wake_if_sleeping();
+        }
+    }
+
+    /// Closes the full segment, starts the next and compacts the closed ones into a
+    /// snapshot (records arriving meanwhile wait in the channel and the shard).
+    fn rotate(&mut self) {
+        let closed = self.segment.seq;
+        match Segment::create(&self.log, closed + 1) {
+            Ok(s) => self.segment = s,
+            Err(e) => {
+                self.error("new segment", &e);
+                return;
+            }
+        }
+        let started = Instant::now();
+        let now_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        match compact(&self.log.dir, closed, now_ms) {
+            Ok(()) => tracing::debug!(
+                dir = %self.log.dir.display(),
+                up_to = closed,
+                ms = started.elapsed().as_millis() as u64,
+                "binding log compacted"
+            ),
+            Err(e) => self.error("compaction", &e),
+        }
+    }
+
+    fn error(&mut self, what: &str, e: &io::Error) {
+        self.errors += 1;
+        // Every error of the first ten, then one in a thousand: a full disk fails every write.
+        if self.errors <= 10 || self.errors.is_multiple_of(1000) {
+            tracing::error!(
+                dir = %self.log.dir.display(),
+                errors = self.errors,
+                "binding store {what} failed: {e}"
+            );
+        }
+    }
+}
