@@ -904,3 +904,66 @@ fn sipp_topology_hiding_keeps_each_side_from_the_others_addresses() {
         "{to_caller:?}"
     );
 }
+
+/// The binding store (issue 18): 10,000 AORs registered with SIPp and a callee registered
+/// from the port its UAS will answer on; the server killed with SIGKILL and started again on
+/// the same data directory with three shards instead of two. Every binding is back (10,000
+/// query REGISTERs each get a Contact, on the shard that now owns the AOR) and calls reach the
+/// restored callee. In both durability modes (`batch` loses at most its 10 ms window: the kill
+/// comes 200 ms after the last 200).
+#[test]
+fn sipp_10k_bindings_survive_kill_9_in_both_durability_modes() {
+    if !sipp_available("sipp_10k_bindings_survive_kill_9_in_both_durability_modes") {
+        return;
+    }
+    for mode in ["batch", "sync"] {
+        let dir = scratch(&format!("store-{mode}"));
+        let data = dir.join("data");
+        let _ = std::fs::remove_dir_all(&data);
+        let data_arg = data.to_str().unwrap();
+        let args = |shards| {
+            [
+                "--data-dir",
+                data_arg,
+                "--durability",
+                mode,
+                "--shards",
+                shards,
+            ]
+        };
+        let mut s = ServerProcess::start_with(&args("2"), true);
+        let (csv, _) = users(&dir, 10_000);
+        run_clean(&dir, &s, "register.xml", &csv, 10_000, 2_000, &[]);
+        let port = free_udp_port();
+        let callee_csv = dir.join("callee.csv");
+        std::fs::write(&callee_csv, "SEQUENTIAL\nrestored\n").unwrap();
+        run_clean(
+            &dir,
+            &s,
+            "register.xml",
+            &callee_csv,
+            1,
+            1,
+            &["-p", &port.to_string()],
+        );
+        assert_eq!(s.metric("sipshard_bindings"), Some(10_001.0), "{mode}");
+        std::thread::sleep(std::time::Duration::from_millis(200));
+        s.child.kill().unwrap();
+        s.child.wait().unwrap();
+
+        let s = ServerProcess::start_with(&args("3"), true);
+        assert_eq!(s.metric("sipshard_bindings"), Some(10_001.0), "{mode}");
+        run_clean(&dir, &s, "register-query.xml", &csv, 10_000, 2_000, &[]);
+        let stat = dir.join("uas-restored.csv");
+        let callee = uas(
+            &dir,
+            port,
+            "uas.xml",
+            5,
+            stat,
+            format!("uas.xml for a restored binding ({mode})"),
+        );
+        run_clean(&dir, &s, "uac.xml", &callee_csv, 5, 5, &["-d", "10"]);
+        callee.finish(5);
+    }
+}
