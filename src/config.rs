@@ -62,6 +62,9 @@ pub struct Config {
     pub overload: crate::proxy::settings::OverloadSettings,
     /// The binding store (`--data-dir`): None keeps bindings in memory only.
     pub store: Option<crate::store::StoreSettings>,
+    /// The admin socket (`--admin`; by default `DATA_DIR/admin.sock` with a data directory,
+    /// none without).
+    pub admin: Option<PathBuf>,
 }
 
 impl Config {
@@ -156,6 +159,10 @@ pub struct Cli {
     /// that window) | sync (a REGISTER's 200 leaves only once its binding is on disk).
     #[arg(long, value_name = "MODE")]
     pub durability: Option<String>,
+    /// The admin socket `sipshard ctl` talks to (mode 0600; default DATA_DIR/admin.sock with
+    /// --data-dir, none without).
+    #[arg(long, value_name = "PATH")]
+    pub admin: Option<PathBuf>,
     /// Forking to several bindings: parallel (default) | sequential (by descending q).
     #[arg(long, value_name = "MODE")]
     pub forking: Option<String>,
@@ -195,6 +202,7 @@ struct FileConfig {
     metrics: Option<String>,
     data_dir: Option<PathBuf>,
     durability: Option<String>,
+    admin: Option<PathBuf>,
     io: Option<String>,
     allow_unauthenticated: Option<bool>,
     queue_capacity: Option<usize>,
@@ -532,6 +540,11 @@ impl Cli {
             }
             (None, None) => None,
         };
+        let admin = self
+            .admin
+            .clone()
+            .or(file.admin.clone())
+            .or_else(|| store.as_ref().map(|s| s.dir.join("admin.sock")));
         let io = match (&self.io, &file.io) {
             (Some(m), _) => parse_io("--io", m)?,
             (None, Some(m)) => parse_io("io", m)?,
@@ -690,6 +703,7 @@ impl Cli {
             mode,
             metrics,
             store,
+            admin,
             io,
             allow_unauthenticated: self.allow_unauthenticated
                 || file.allow_unauthenticated.unwrap_or(false),

@@ -6,6 +6,7 @@
 //! `config` maps the TOML file and the flags onto the core's settings types, and `metrics`
 //! serves the core's counters over HTTP.
 
+pub mod admin;
 pub mod auth;
 pub mod config;
 pub mod load;

@@ -38,9 +38,12 @@ fn parse_config() -> Config {
 
 fn main() {
     let mut args = std::env::args().skip(1);
-    if args.next().as_deref() == Some("load") {
+    match args.next().as_deref() {
         // `sipshard load SCENARIO TARGET [options]`: the load generator.
-        std::process::exit(sipshard::load::run::main(args.collect()));
+        Some("load") => std::process::exit(sipshard::load::run::main(args.collect())),
+        // `sipshard ctl COMMAND`: the admin API's client.
+        Some("ctl") => std::process::exit(sipshard::admin::ctl::main(args.collect())),
+        _ => {}
     }
     let mut config = parse_config();
     // As parsed (port 0 unresolved): what a reload compares the re-read configuration with.
@@ -69,7 +72,12 @@ fn main() {
     let board: Arc<sipshard::security::board::Board> = Arc::default();
     let security = config.security.clone();
     let shared_board = board.clone();
-    // The binding store: every shard's part is loaded before any shard serves.
+    // The binding store: every shard's part is loaded before any shard serves. One server
+    // per data directory (held until exit).
+    let _data_lock = config.store.as_ref().map(|s| {
+        sipshard::store::lock(&s.dir)
+            .unwrap_or_else(|e| fail(format!("--data-dir {}: {e}", s.dir.display()), 2))
+    });
     let mut logs = None;
     let restored: Vec<std::sync::Mutex<Vec<_>>> = match &config.store {
         Some(store) => {
@@ -143,6 +151,12 @@ fn main() {
         sipshard::metrics::serve(addr, registry, stop.clone())
             .unwrap_or_else(|e| fail(format!("--metrics {addr}: {e}"), 1))
     });
+    let admin = config.admin.as_ref().map(|path| {
+        let mut registry = server.registry.clone();
+        registry.board = Some(board.clone());
+        sipshard::admin::server::serve(path, server.admin_handle(registry), stop.clone())
+            .unwrap_or_else(|e| fail(format!("--admin {}: {e}", path.display()), 1))
+    });
     let listen: Vec<String> = config
         .listen
         .iter()
@@ -175,6 +189,9 @@ fn main() {
     }
     server.stop();
     server.join();
+    if let Some(a) = admin {
+        let _ = a.join();
+    }
     if let Some(m) = metrics {
         if let Some(addr) = config.metrics {
             sipshard::metrics::wake(addr);

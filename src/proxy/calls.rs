@@ -1,6 +1,7 @@
 //! Call logs for operators, at `info`: the outcome of each call setup (the final response
 //! to an INVITE sent upstream: Call-ID, from, to, code, setup time) and the end of each
-//! answered call (its BYE, with the call's duration). Nothing is kept or formatted when the
+//! answered call (its BYE, with the call's duration). The answered calls are kept until their
+//! BYE whatever the log level (`sipshard ctl calls` lists them); nothing is formatted when the
 //! `info` level is off. The BYE of a call reaches the shard that record-routed its INVITE
 //! (the `ss=` of the Record-Route), so one shard sees both ends.
 
@@ -48,7 +49,29 @@ fn from_to<'m>(m: &Message<'m>) -> (Option<&'m [u8]>, Option<&'m [u8]>) {
     )
 }
 
+/// An answered call not yet ended, as the admin API lists it (`sipshard ctl calls`).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct CallInProgress {
+    pub call_id: String,
+    /// Seconds since the answer.
+    pub seconds: u64,
+    pub shard: usize,
+}
+
 impl CallLog {
+    /// The answered calls whose BYE has not come yet (kept while call logs are on, the
+    /// default `info` level).
+    pub fn in_progress(&self, shard: usize, now_ms: u64) -> Vec<CallInProgress> {
+        self.answered
+            .iter()
+            .map(|(id, &at)| CallInProgress {
+                call_id: String::from_utf8_lossy(id).into_owned(),
+                seconds: now_ms.saturating_sub(at) / 1000,
+                shard,
+            })
+            .collect()
+    }
+
     /// Counts a new call `call_id` of `user` against `limits` in the shared `counts`; a call
     /// counted already (its INVITE retransmitted) is let through.
     pub fn admit(
@@ -87,7 +110,8 @@ impl CallLog {
     /// after the INVITE arrived.
     pub fn setup_ended(&mut self, resp: &[u8], status: u16, setup_ms: u64, now_ms: u64) {
         let counting = !self.counted.is_empty();
-        if !enabled() && !counting {
+        let answered = (200..300).contains(&status);
+        if !enabled() && !counting && !answered {
             return;
         }
         let Ok(m) = Message::parse(resp) else {
@@ -97,15 +121,18 @@ impl CallLog {
         if counting && status >= 300 {
             self.end(call_id, now_ms);
         }
-        if !enabled() {
-            return;
-        }
-        let (from, to) = from_to(&m);
-        if (200..300).contains(&status) {
+        if answered {
             if let Some(id) = call_id {
                 // A re-INVITE's 2xx (same Call-ID) keeps the first answer time.
                 self.answered.entry(id.into()).or_insert(now_ms);
             }
+            self.sweep(now_ms);
+        }
+        if !enabled() {
+            return;
+        }
+        let (from, to) = from_to(&m);
+        if answered {
             tracing::info!(
                 call_id = ?text(call_id), from = ?text(from), to = ?text(to),
                 code = status, setup_ms, "call answered"
@@ -116,7 +143,6 @@ impl CallLog {
                 code = status, setup_ms, "call not answered"
             );
         }
-        self.sweep(now_ms);
     }
 
     /// An INVITE answered by this server itself with a final `status` (no binding, not
@@ -146,10 +172,10 @@ impl CallLog {
         if !self.counted.is_empty() {
             self.end(call_id, now_ms);
         }
+        let answered = call_id.and_then(|id| self.answered.remove(id));
         if !enabled() {
             return;
         }
-        let answered = call_id.and_then(|id| self.answered.remove(id));
         let (from, to) = from_to(msg);
         match answered {
             Some(at) => tracing::info!(

@@ -22,6 +22,27 @@ mod table;
 mod tests;
 
 pub use binding::{Binding, BindingFields, FieldTooLong, PathIter, DEFAULT_Q};
+
+/// One binding as the admin API lists it (`sipshard ctl registrations`).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Registration {
+    pub aor: String,
+    pub contact: String,
+    /// Seconds left.
+    pub expires: u32,
+    /// q-value in thousandths.
+    pub q: u16,
+    /// Where the REGISTER came from.
+    pub source: String,
+    /// Reached at `source` (the UA is behind a NAT or registered an outbound flow).
+    pub nat: bool,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub instance: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub reg_id: Option<u32>,
+    pub call_id: String,
+    pub shard: usize,
+}
 pub use config::{RegistrarConfig, RegistrarSettings};
 pub use outcome::{RegisterError, RegisterOutcome};
 pub use register::{Flow, ResponseCtx};

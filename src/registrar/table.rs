@@ -100,6 +100,48 @@ impl Registrar {
         self.settle(i);
     }
 
+    /// Calls `f` with the key and every unexpired binding of each AOR (of `only`, when
+    /// given): what the admin API lists.
+    pub fn for_each_binding(
+        &self,
+        only: Option<&[u8]>,
+        now_ms: u64,
+        mut f: impl FnMut(&[u8], &Binding),
+    ) {
+        let mut visit = |i: u32| {
+            let aor = &self.aors[i as usize];
+            for b in aor.bindings.as_slice() {
+                if b.expires_at_ms() > now_ms {
+                    f(&aor.key, b);
+                }
+            }
+        };
+        match only {
+            Some(key) => {
+                if let Some(i) = self.find(key) {
+                    visit(i);
+                }
+            }
+            None => self.index.iter().for_each(|&i| visit(i)),
+        }
+    }
+
+    /// Removes the bindings of the AOR `key` (only the one whose contact URI is `contact`,
+    /// when given), as an operator's `sipshard ctl unregister` asks. Returns how many were
+    /// removed; the change is journaled like a REGISTER's.
+    pub fn unregister(&mut self, key: &[u8], contact: Option<&[u8]>) -> usize {
+        let Some(i) = self.find(key) else { return 0 };
+        let removed = self.aors[i as usize]
+            .bindings
+            .retain(|b| contact.is_some_and(|c| b.contact_uri() != c));
+        self.binding_count -= removed;
+        self.settle(i);
+        if removed > 0 {
+            self.journal_aor(key, Some(i));
+        }
+        removed
+    }
+
     /// Records what the AOR `key` (slab position `aor`, None if it is gone) holds now.
     pub(super) fn journal_aor(&mut self, key: &[u8], aor: Option<u32>) {
         let Some(j) = &mut self.journal else { return };

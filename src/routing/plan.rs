@@ -26,7 +26,28 @@ pub struct Trunk {
     up: AtomicBool,
 }
 
+/// A trunk's state as the admin API lists it (`sipshard ctl trunks`).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct TrunkStatus {
+    pub name: String,
+    pub address: String,
+    /// False while it misses its OPTIONS checks.
+    pub up: bool,
+    /// 0: not checked (always up).
+    pub check_interval_ms: u64,
+}
+
 impl Trunk {
+    /// What `sipshard ctl trunks` shows of it.
+    pub fn status(&self) -> TrunkStatus {
+        TrunkStatus {
+            name: self.name.to_string(),
+            address: self.addr.to_string(),
+            up: self.is_up(),
+            check_interval_ms: self.check_interval_ms,
+        }
+    }
+
     pub fn is_up(&self) -> bool {
         self.up.load(Ordering::Relaxed)
     }

@@ -183,6 +183,78 @@ impl Core {
         self.element.publish_bindings();
     }
 
+    /// The registrar key of an AOR an operator typed (`sip:alice@example.com`, or without the
+    /// scheme), or why it is not one.
+    fn aor_key(&self, aor: &str) -> Result<Vec<u8>, String> {
+        let text = if aor.contains(':') {
+            aor.to_owned()
+        } else {
+            format!("sip:{aor}")
+        };
+        let uri = crate::sip::Uri::parse(text.as_bytes())
+            .map_err(|e| format!("'{aor}': not a SIP URI ({e:?})"))?;
+        let mut key = Vec::new();
+        if !self.element.registrar().write_aor_key(&uri, &mut key) {
+            return Err(format!("'{aor}': not a sip: or sips: URI"));
+        }
+        Ok(key)
+    }
+
+    /// The shard that owns `aor`'s bindings (None: it cannot be told, or one shard).
+    pub fn aor_owner(&self, aor: &str) -> Result<usize, String> {
+        let key = self.aor_key(aor)?;
+        Ok(crate::server::ownership::key_hash(&key).map_or(0, |h| owner_shard(h, self.cfg.shards)))
+    }
+
+    /// The unexpired bindings this shard holds (of `aor` only, when given).
+    pub fn registrations(
+        &self,
+        aor: Option<&str>,
+        now_ms: u64,
+    ) -> Result<Vec<crate::registrar::Registration>, String> {
+        let key = aor.map(|a| self.aor_key(a)).transpose()?;
+        let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+        let mut rows = Vec::new();
+        self.element
+            .registrar()
+            .for_each_binding(key.as_deref(), now_ms, |key, b| {
+                rows.push(crate::registrar::Registration {
+                    aor: text(key),
+                    contact: text(b.contact_uri()),
+                    expires: b.remaining_secs(now_ms),
+                    q: b.q(),
+                    source: b.source().to_string(),
+                    nat: b.reached_by_flow(),
+                    instance: b.instance().map(text),
+                    reg_id: b.reg_id(),
+                    call_id: text(b.call_id()),
+                    shard: self.shard,
+                })
+            });
+        Ok(rows)
+    }
+
+    /// The answered calls in progress whose dialogs this shard record-routed.
+    pub fn calls(&self, now_ms: u64) -> Vec<crate::proxy::calls::CallInProgress> {
+        self.element.proxy().calls.in_progress(self.shard, now_ms)
+    }
+
+    /// The dial plan's trunks and their health (shard 0 checks them; every shard sees it).
+    pub fn trunks(&self) -> Vec<crate::routing::plan::TrunkStatus> {
+        self.cfg.routing.trunks.iter().map(|t| t.status()).collect()
+    }
+
+    /// Removes `aor`'s bindings held here (only `contact`, when given). Returns how many.
+    pub fn unregister(&mut self, aor: &str, contact: Option<&str>) -> Result<usize, String> {
+        let key = self.aor_key(aor)?;
+        let n = self
+            .element
+            .registrar_mut()
+            .unregister(&key, contact.map(str::as_bytes));
+        self.element.publish_bindings();
+        Ok(n)
+    }
+
     /// Moves the binding-store records written since the last call to the end of `into`.
     pub fn take_journal(&mut self, into: &mut Vec<u8>) {
         self.element.registrar_mut().take_journal(into);

@@ -108,6 +108,9 @@ pub struct Server {
     threads: Vec<JoinHandle<()>>,
     /// The binding store's writers (joined after the shards: they write what those left).
     writers: Vec<crate::store::Writer>,
+    /// Each shard's admin query channel.
+    admin: Vec<crossbeam_channel::Sender<crate::admin::ShardQuery>>,
+    clock: Clock,
     stop: Arc<AtomicBool>,
     peers: Arc<Vec<Peer>>,
     reload: Arc<Reload>,
@@ -157,6 +160,8 @@ impl Server {
         let mut threads = Vec::with_capacity(n);
         let mut backends = Vec::with_capacity(n);
         let mut journals: Vec<Option<crate::store::Journal>> = (0..n).map(|_| None).collect();
+        let (admin_tx, mut admin_rx): (Vec<_>, Vec<_>) =
+            (0..n).map(|_| crossbeam_channel::bounded(4)).unzip();
         let mut writers = Vec::new();
         if let Some((settings, logs)) = store {
             for (id, log) in logs.into_iter().enumerate().take(n) {
@@ -181,6 +186,7 @@ impl Server {
                 reload: reload.clone(),
                 clock,
                 journal: journals[id].take(),
+                admin: admin_rx.remove(0),
             };
             let pin = cores.get(id % cores.len().max(1)).copied();
             threads.push(
@@ -197,6 +203,8 @@ impl Server {
         Ok(Server {
             threads,
             writers,
+            admin: admin_tx,
+            clock,
             stop,
             peers,
             reload,
@@ -220,6 +228,17 @@ impl Server {
         self.reload.publish(update);
         for p in self.peers.iter() {
             p.waker.wake();
+        }
+    }
+
+    /// What the admin API reaches the shards through; `registry` gives it the counters (and
+    /// the ban board, when set).
+    pub fn admin_handle(&self, registry: Registry) -> crate::admin::server::AdminHandle {
+        crate::admin::server::AdminHandle {
+            queries: self.admin.clone(),
+            peers: self.peers.clone(),
+            registry,
+            clock: self.clock,
         }
     }
 

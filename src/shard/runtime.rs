@@ -113,6 +113,8 @@ pub struct ShardContext {
     pub clock: Clock,
     /// The binding store's writer (`--data-dir`): None without persistence.
     pub journal: Option<crate::store::Journal>,
+    /// Questions of the admin API (`crate::admin`), answered between rounds.
+    pub admin: crossbeam_channel::Receiver<crate::admin::ShardQuery>,
 }
 
 /// The part of the shard the receive callback needs (the transport is borrowed separately).
@@ -245,6 +247,10 @@ pub fn run(mut ctx: ShardContext) {
                 ctx.core.reload(u.core, u.users);
                 tracing::debug!(shard = ctx.id, "reloaded");
             }
+        }
+        // The admin API's questions (rare; an empty channel costs one load).
+        while let Ok(q) = ctx.admin.try_recv() {
+            q.answer(&mut ctx.core, ctx.clock.now_ms());
         }
         // One clock read per round for the core's time and the latency start; one more after
         // the send, and one before sleeping.

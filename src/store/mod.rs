@@ -22,6 +22,29 @@ pub use writer::{Journal, Writer};
 
 use std::path::PathBuf;
 
+/// Takes the data directory for this process (created if missing): an exclusive lock on its
+/// `lock` file, held while the returned file is open. Two servers writing one directory would
+/// each overwrite the other's logs.
+pub fn lock(dir: &std::path::Path) -> std::io::Result<std::fs::File> {
+    use std::os::fd::AsRawFd;
+    std::fs::create_dir_all(dir)?;
+    let f = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(dir.join("lock"))?;
+    // SAFETY: flock on a descriptor we own; no memory effects.
+    if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        let e = std::io::Error::last_os_error();
+        return Err(if e.kind() == std::io::ErrorKind::WouldBlock {
+            std::io::Error::new(e.kind(), "another sipshard uses this data directory")
+        } else {
+            e
+        });
+    }
+    Ok(f)
+}
+
 /// When a REGISTER's binding is on disk (`--durability`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Durability {
