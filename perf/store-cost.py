@@ -546,7 +546,7 @@ def report(args, doc):
                   '`sipshard load register TARGET --rate R --duration %d --json --quiet '
                   '--sockets 16%s` (%d distinct AORs `user0000`.., so all but the first %d '
                   'REGISTERs of a run refresh a binding: the store writes every refresh). '
-                  'Medians of %d rounds, the order of the variants alternating; failed, '
+                  'Medians of %d round(s), the order of the variants alternating; failed, '
                   'retransmissions and timeouts are summed over the rounds.' % (
                       args.duration, (' --aors %d' % args.aors) if args.aors else '', aors,
                       aors, args.rounds), '',
@@ -580,17 +580,31 @@ def report(args, doc):
             lines += ['', doc['kamailio_note']]
         bad = [r for r in reg if r['failed'] or r['retransmissions'] or r['timeouts']
                or not r['server_alive_at_end']]
+        kbad = [r for r in bad if r['variant'].startswith('kamailio')]
+        if kbad:
+            lines += ['', '**Kamailio did not keep up at %d/s** in %d of its runs (see below): '
+                      'its CPU per REGISTER is then that of an overloaded server (it also '
+                      'handles the retransmissions). `--kam-rate N` runs it at a rate it '
+                      'sustains (`--kam-journal wal` for SQLite write-ahead logging).'
+                      % (kbad[0]['rate'], len(kbad))]
         if bad:
             lines += ['', 'Runs with failures, retransmissions or timeouts: ' + '; '.join(
-                '%s at %d/s: %d of %d completed, %d failed %s, %d retrans, %d timeouts%s' % (
-                    r['variant'], r['rate'], r['completed'], r['started'], r['failed'],
-                    r['failed_by_status'] or '', r['retransmissions'], r['timeouts'],
+                '%s at %d/s (round %d): %d of %d completed, %d failed%s, %d retrans, '
+                '%d timeouts, p50 latency %s µs, the load took %.1f s%s' % (
+                    r['variant'], r['rate'], r['round'], r['completed'], r['started'],
+                    r['failed'], (' %s' % r['failed_by_status']) if r['failed_by_status'] else '',
+                    r['retransmissions'], r['timeouts'], r['latency_us_p50'], r['load_wall_s'],
                     '' if r['server_alive_at_end'] else ', SERVER DIED') for r in bad) + '.']
         sizes = ['%s %.1f KiB' % (r['variant'], (r.get('data_dir_bytes') or r.get('db_bytes'))
                                   / 1024)
                  for r in reg if r.get('data_dir_bytes') or r.get('db_bytes')]
         if sizes:
             lines += ['', 'On disk after each run: ' + ', '.join(sizes) + '.']
+        lines += ['', 'Servers (round 1; ports vary per run):', '']
+        for v in variants:
+            rows = [r for r in reg if r['variant'] == v]
+            if rows:
+                lines.append('- %s: `%s`' % (v, rows[0]['server_cmd']))
     st = doc.get('startup')
     if st is not None:
         f = st['fill']
@@ -673,7 +687,7 @@ def main():
         if os.environ.get('STORE_COST_UNDER_FLOCK'):
             sys.exit('%s: still not holding %s under flock(1)' % (sys.argv[0], LOCK))
         lab.log('re-running under flock %s' % LOCK)
-        os.execvpe('flock', ['flock', LOCK, sys.executable, os.path.abspath(__file__)]
+        os.execvpe('flock', ['flock', '--verbose', LOCK, sys.executable, os.path.abspath(__file__)]
                    + sys.argv[1:], dict(os.environ, STORE_COST_UNDER_FLOCK='1'))
     args.binary = os.path.abspath(args.binary)
     tmp = args.work_dir or tempfile.mkdtemp(prefix='sipshard-store-cost-')
@@ -688,10 +702,12 @@ def main():
     try:
         if args.only in (None, 'register'):
             variants = list(SIPSHARD_VARIANTS)
+            kj = '' if args.kam_journal == 'delete' else ', journal_mode=%s' % args.kam_journal
             labels = {'memory': 'sipshard, memory (no --data-dir)',
                       'batch': 'sipshard --data-dir --durability batch',
                       'sync': 'sipshard --data-dir --durability sync',
-                      'kamailio-sqlite': 'Kamailio, usrloc db_mode=1 to SQLite (1 worker)',
+                      'kamailio-sqlite': 'Kamailio, usrloc db_mode=1 to SQLite%s (1 worker)'
+                                         % kj,
                       'kamailio-memory': 'Kamailio, usrloc db_mode=0, memory (1 worker)'}
             if not args.no_kamailio:
                 why = kamailio_sqlite_missing()
