@@ -854,3 +854,102 @@ fn an_aor_over_a_lowered_limit_can_still_refresh_but_not_add() {
     );
     assert_eq!(a.status(), 503);
 }
+
+/// The records the binding store gets: the AOR's whole set after each change, nothing for a
+/// query or a retransmission; replayed, they give the registrar's state.
+#[test]
+fn every_binding_change_is_journaled_as_the_aors_whole_set() {
+    use crate::store::record::{Reader, Record, MAGIC};
+    let mut reg = registrar();
+    reg.enable_journal();
+    let records = |reg: &mut Registrar| -> Vec<(Vec<u8>, Vec<String>)> {
+        let mut bytes = MAGIC.to_vec();
+        reg.take_journal(&mut bytes);
+        Reader::new(&bytes)
+            .unwrap()
+            .map(|r| match r {
+                Record::Put { key, bindings } => (
+                    key.to_vec(),
+                    bindings
+                        .iter()
+                        .map(|b| String::from_utf8_lossy(b.contact_uri()).into_owned())
+                        .collect(),
+                ),
+                Record::Delete { key } => (key.to_vec(), Vec::new()),
+                Record::End { .. } => panic!("no end record in a log"),
+            })
+            .collect()
+    };
+    let first = register("c1", 1, &["Contact: <sip:alice@192.0.2.33>"]);
+    assert_eq!(handle(&mut reg, &first, T0).status(), 200);
+    assert_eq!(
+        records(&mut reg),
+        vec![(AOR.to_vec(), vec!["sip:alice@192.0.2.33".to_owned()])]
+    );
+    // A retransmission and a query change nothing: no record.
+    handle(&mut reg, &first, T0 + 10);
+    handle(&mut reg, &register("c2", 1, &[]), T0 + 20);
+    assert!(records(&mut reg).is_empty());
+    // A second contact, then a refresh: each time the whole set.
+    handle(
+        &mut reg,
+        &register("c1", 2, &["Contact: <sip:alice@192.0.2.34>"]),
+        T0 + 30,
+    );
+    handle(
+        &mut reg,
+        &register("c1", 3, &["Contact: <sip:alice@192.0.2.33>"]),
+        T0 + 40,
+    );
+    let r = records(&mut reg);
+    assert_eq!(r.len(), 2);
+    assert_eq!(r[1].1.len(), 2, "{r:?}");
+    // Removing both: a Delete.
+    handle(
+        &mut reg,
+        &register("c1", 4, &["Contact: *", "Expires: 0"]),
+        T0 + 50,
+    );
+    assert_eq!(records(&mut reg), vec![(AOR.to_vec(), Vec::new())]);
+    // An operator's unregister is journaled too; one contact of two.
+    handle(
+        &mut reg,
+        &register(
+            "c3",
+            1,
+            &["Contact: <sip:alice@192.0.2.33>, <sip:alice@192.0.2.35>"],
+        ),
+        T0 + 60,
+    );
+    records(&mut reg);
+    assert_eq!(reg.unregister(AOR, Some(b"sip:alice@192.0.2.35")), 1);
+    assert_eq!(
+        records(&mut reg),
+        vec![(AOR.to_vec(), vec!["sip:alice@192.0.2.33".to_owned()])]
+    );
+    assert_eq!(reg.unregister(AOR, None), 1);
+    assert_eq!(reg.unregister(AOR, None), 0);
+    assert_eq!(records(&mut reg), vec![(AOR.to_vec(), Vec::new())]);
+    assert_eq!(reg.binding_count(), 0);
+}
+
+/// Bindings put back at start are served like registered ones; expired ones are not put back.
+#[test]
+fn restored_bindings_are_looked_up_and_expire() {
+    let mut reg = registrar();
+    handle(
+        &mut reg,
+        &register("c1", 1, &["Contact: <sip:alice@192.0.2.33>", "Expires: 60"]),
+        T0,
+    );
+    let kept: Vec<Binding> = reg.lookup(AOR, T0).cloned().collect();
+    let mut fresh = registrar();
+    fresh.restore(AOR, kept.clone(), T0 + 1_000);
+    assert_eq!(uris(&fresh, T0 + 1_000), vec!["sip:alice@192.0.2.33"]);
+    assert_eq!(fresh.binding_count(), 1);
+    assert_eq!(fresh.poll_expired(T0 + 61_000), 1);
+    assert_eq!(fresh.aor_count(), 0);
+    let mut late = registrar();
+    late.restore(AOR, kept, T0 + 60_000);
+    assert_eq!(late.binding_count(), 0);
+}

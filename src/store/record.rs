@@ -84,9 +84,8 @@ pub fn write_aor(out: &mut Vec<u8>, key: &[u8], bindings: &[Binding]) {
             put_bytes(out, b.contact_uri());
             put_bytes(out, b.call_id());
             put_bytes(out, b.instance().unwrap_or_default());
-            let paths: Vec<&[u8]> = b.paths().collect();
-            out.extend_from_slice(&(paths.len() as u16).to_le_bytes());
-            for p in paths {
+            out.extend_from_slice(&(b.paths().count() as u16).to_le_bytes());
+            for p in b.paths() {
                 put_bytes(out, p);
             }
         }

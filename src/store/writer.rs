@@ -2,8 +2,9 @@
 //! each receive round it hands the records its registrar wrote to [`Journal::flush`], which
 //! passes them to the writer through a bounded channel without blocking (when the channel is
 //! full the records wait in the shard and go with the next round's). The writer appends them
-//! to the current log segment, `fdatasync`s at most every [`SYNC_EVERY_MS`] (`batch`) or as
-//! soon as it has written what is waiting (`sync`, group commit), and publishes the highest
+//! to the current log segment: in `batch` mode it gathers [`SYNC_EVERY_MS`] of them while it
+//! sleeps, then writes and `fdatasync`s them at once; in `sync` mode it writes and syncs what is
+//! waiting as soon as it wakes (group commit). It publishes the highest
 //! batch number on disk, waking the shard, which holds back a round's responses in `sync` mode
 //! until then. A segment past the size limit is closed and compacted into a snapshot.
 
@@ -11,7 +12,7 @@ use super::files::{compact, segment_path, ShardLog};
 use super::record::MAGIC;
 use super::{Durability, StoreSettings, SYNC_EVERY_MS};
 use crate::transport::Waker;
-use crossbeam_channel::{bounded, Receiver, RecvTimeoutError, Sender, TrySendError};
+use crossbeam_channel::{bounded, Receiver, RecvTimeoutError, Sender, TryRecvError, TrySendError};
 use std::fs::{File, OpenOptions};
 use std::io::{self, Write};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -20,7 +21,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 /// Buffers in flight between a shard and its writer.
-const CHANNEL: usize = 64;
+const CHANNEL: usize = 256;
 
 /// Records with the number of the last flush they belong to.
 struct Batch {
@@ -179,56 +180,60 @@ struct WriterState {
 
 impl WriterState {
     fn run(&mut self, rx: Receiver<Batch>, spare: Sender<Vec<u8>>) {
-        let mut dirty_since: Option<Instant> = None;
         let every = Duration::from_millis(SYNC_EVERY_MS);
+        let mut gathered: Vec<u8> = Vec::with_capacity(1 << 20);
         loop {
-            let timeout = match (dirty_since, self.durability) {
-                (None, _) => Duration::from_secs(1),
-                (Some(_), Durability::Sync) => Duration::ZERO,
-                (Some(t), Durability::Batch) => every.saturating_sub(t.elapsed()),
-            };
-            let first = match rx.recv_timeout(timeout) {
-                Ok(b) => Some(b),
-                Err(RecvTimeoutError::Timeout) => None,
-                Err(RecvTimeoutError::Disconnected) => {
-                    if dirty_since.is_some() {
-                        self.sync();
+            // The first records after a quiet spell wake the thread (an idle store costs
+            // nothing)...
+            match rx.recv_timeout(Duration::from_secs(1)) {
+                Ok(b) => self.take(b, &mut gathered, &spare),
+                Err(RecvTimeoutError::Timeout) => continue,
+                Err(RecvTimeoutError::Disconnected) => return,
+            }
+            if self.durability == Durability::Batch {
+                // ... then, in batch mode, the next 10 ms of records gather while the thread
+                // sleeps: a shard's hand-over wakes nobody (no futex call per receive round),
+                // and they go out in one write and one fdatasync.
+                std::thread::sleep(every);
+            }
+            loop {
+                match rx.try_recv() {
+                    Ok(b) => self.take(b, &mut gathered, &spare),
+                    Err(TryRecvError::Empty) => break,
+                    Err(TryRecvError::Disconnected) => {
+                        self.flush(&mut gathered);
+                        return;
                     }
-                    return;
-                }
-            };
-            if let Some(b) = first {
-                self.write(b, &spare);
-                // Everything already waiting goes in the same write round (and sync).
-                while let Ok(b) = rx.try_recv() {
-                    self.write(b, &spare);
-                }
-                dirty_since.get_or_insert_with(Instant::now);
-            }
-            let due = match (dirty_since, self.durability) {
-                (None, _) => false,
-                (Some(_), Durability::Sync) => true,
-                (Some(t), Durability::Batch) => t.elapsed() >= every,
-            };
-            if due {
-                self.sync();
-                dirty_since = None;
-                if self.segment.size >= self.segment_bytes {
-                    self.rotate();
                 }
             }
+            self.flush(&mut gathered);
         }
     }
 
-    fn write(&mut self, b: Batch, spare: &Sender<Vec<u8>>) {
-        if let Err(e) = self.segment.file.write_all(&b.bytes) {
-            self.error("write", &e);
-        }
-        self.segment.size += b.bytes.len() as u64;
+    /// Adds a batch's records to what the next write takes.
+    fn take(&mut self, b: Batch, gathered: &mut Vec<u8>, spare: &Sender<Vec<u8>>) {
+        gathered.extend_from_slice(&b.bytes);
         self.written = self.written.max(b.number);
         let mut bytes = b.bytes;
         bytes.clear();
         let _ = spare.try_send(bytes);
+    }
+
+    /// Writes what was gathered, makes it durable, and starts a new segment when this one is
+    /// full.
+    fn flush(&mut self, gathered: &mut Vec<u8>) {
+        if gathered.is_empty() {
+            return;
+        }
+        if let Err(e) = self.segment.file.write_all(gathered) {
+            self.error("write", &e);
+        }
+        self.segment.size += gathered.len() as u64;
+        gathered.clear();
+        self.sync();
+        if self.segment.size >= self.segment_bytes {
+            self.rotate();
+        }
     }
 
     fn sync(&mut self) {
