@@ -11,6 +11,10 @@ use std::fs;
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 
+/// Segments after the newest snapshot that a start leaves as they are; past this many it
+/// compacts them first.
+const MAX_SEGMENTS_AT_START: usize = 8;
+
 /// AOR key to its bindings.
 pub type State = HashMap<Vec<u8>, Vec<Binding>>;
 
@@ -276,14 +280,21 @@ pub fn open(
         }
     }
     if layout == Some(shards) {
-        let logs = all
-            .iter()
-            .enumerate()
-            .map(|(k, (_, last))| ShardLog {
-                dir: shard_dir(&root, k),
+        let mut logs = Vec::with_capacity(shards);
+        for (k, (_, last)) in all.iter().enumerate() {
+            let dir = shard_dir(&root, k);
+            // Every start begins a segment: after many short runs, fold them into a snapshot
+            // so that a start never reads a long tail of small files.
+            let (snaps, segs) = list(&dir)?;
+            let base = snaps.first().copied().unwrap_or(0);
+            if segs.iter().filter(|&&s| s > base).count() > MAX_SEGMENTS_AT_START {
+                compact(&dir, *last, now_ms)?;
+            }
+            logs.push(ShardLog {
+                dir,
                 next_seq: last + 1,
-            })
-            .collect();
+            });
+        }
         return Ok((loaded, logs));
     }
     // A new layout: one snapshot per new shard in `bindings.new`, then the swap.
@@ -441,6 +452,18 @@ mod tests {
         let mid = data.len() / 2;
         data[mid] ^= 0xff;
         fs::write(&snap, data).unwrap();
+        assert_eq!(open(&s, 1, 0, &|_| 0).unwrap().0.aors, 12);
+        // Many starts, each opening a segment: past eight they are compacted at start.
+        for _ in 0..10 {
+            open(&s, 1, 0, &|_| 0).unwrap();
+            let (_, logs) = open(&s, 1, 0, &|_| 0).unwrap();
+            segment(dir, logs[0].next_seq, 0..0, 0);
+        }
+        let (snaps, segs) = list(dir).unwrap();
+        assert!(
+            segs.iter().filter(|&&s| s > snaps[0]).count() <= MAX_SEGMENTS_AT_START,
+            "{snaps:?} {segs:?}"
+        );
         assert_eq!(open(&s, 1, 0, &|_| 0).unwrap().0.aors, 12);
         fs::remove_dir_all(&d).unwrap();
     }
