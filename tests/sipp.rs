@@ -316,6 +316,19 @@ fn uas(
     stat: PathBuf,
     name: String,
 ) -> Background {
+    uas_with(dir, port, scenario_name, calls, stat, name, &[])
+}
+
+/// [`uas`] with `extra` SIPp arguments (a local address, message tracing).
+fn uas_with(
+    dir: &Path,
+    port: u16,
+    scenario_name: &str,
+    calls: usize,
+    stat: PathBuf,
+    name: String,
+    extra: &[&str],
+) -> Background {
     let sf = scenario(scenario_name);
     let _ = std::fs::remove_file(&stat);
     let child = Command::new("sipp")
@@ -329,6 +342,7 @@ fn uas(
         ])
         .args(["-trace_stat", "-fd", "1", "-stf"])
         .arg(&stat)
+        .args(extra)
         .current_dir(dir)
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
@@ -823,26 +837,21 @@ fn call_between_two_addresses(
         dir.join(format!("uas-{hiding}.log")),
         dir.join(format!("uac-{hiding}.log")),
     );
-    let stat = dir.join(format!("uas-hidden-{hiding}.csv"));
-    let _ = std::fs::remove_file(&stat);
-    let child = Command::new("sipp")
-        .args(["-sf", scenario("uas-hidden.xml").to_str().unwrap()])
-        .args(["-i", "127.0.0.4", "-p", &port, "-m", &calls.to_string()])
-        .args(["-nostdin", "-trace_msg", "-message_file"])
-        .arg(&uas_log)
-        .args(["-trace_stat", "-fd", "1", "-stf"])
-        .arg(&stat)
-        .current_dir(dir)
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    std::thread::sleep(std::time::Duration::from_millis(300));
-    let uas = Background {
-        child,
-        stat,
-        name: format!("uas-hidden.xml (topology hiding {hiding})"),
-    };
+    let uas = uas_with(
+        dir,
+        port.parse().unwrap(),
+        "uas-hidden.xml",
+        calls as usize,
+        dir.join(format!("uas-hidden-{hiding}.csv")),
+        format!("uas-hidden.xml (topology hiding {hiding})"),
+        &[
+            "-i",
+            "127.0.0.4",
+            "-trace_msg",
+            "-message_file",
+            uas_log.to_str().unwrap(),
+        ],
+    );
     let log = uac_log.to_str().unwrap().to_owned();
     run_clean(
         dir,

@@ -487,7 +487,7 @@ impl Proxy {
 
     /// True if `uri` routes to this server (host is one of our IPs and the port ours).
     pub fn is_ours(&self, uri: &Uri<'_>) -> bool {
-        uri_address(uri).is_some_and(|a| self.is_ours_addr(a))
+        routes_to(&self.ours, uri)
     }
 
     /// True if `addr` is one of this server's addresses.

@@ -172,17 +172,9 @@ impl Hider {
             .ok()
             .filter(|u| ours(u))
             .and_then(|u| self.open(u.param("th").flatten()?));
-        let route_slot = msg.first_slot(HeaderName::Route);
-        let routes = route_slot.and_then(|slot| {
-            let line = msg.slice(slot.value);
-            let (_, first) = CommaSplit::new(line).next()?;
-            let na = crate::sip::headers::NameAddr::parse(first).ok()?;
-            let uri = na.uri().ok()?;
-            if !ours(&uri) {
-                return None;
-            }
-            let opened = self.open(uri.param("th").flatten()?)?;
-            Some((slot, first, opened))
+        let routes = msg.first_slot(HeaderName::Route).and_then(|slot| {
+            let (_, first) = CommaSplit::new(msg.slice(slot.value)).next()?;
+            Some((first, self.own_sealed_route(first, ours)?))
         });
         if ruri.is_none() && routes.is_none() {
             return false;
@@ -194,7 +186,7 @@ impl Hider {
             out.extend_from_slice(uri);
             pos = span.end as usize;
         }
-        if let Some((_, first, opened)) = &routes {
+        if let Some((first, opened)) = &routes {
             // `first` is a slice of `buf`: its offset says where to cut.
             let at = first.as_ptr() as usize - buf.as_ptr() as usize;
             out.extend_from_slice(&buf[pos..at]);
@@ -336,12 +328,7 @@ impl Hider {
     /// A Record-Route entry of ours, as the list its `th` seals (the entry itself when it
     /// has none); None when the entry is not ours.
     fn own_route(&self, value: &[u8], ours: &impl Ours) -> Option<Vec<u8>> {
-        let na = crate::sip::headers::NameAddr::parse(value).ok()?;
-        let uri = na.uri().ok()?;
-        if !ours(&uri) {
-            return None;
-        }
-        match uri.param("th").flatten() {
+        match own_th(value, ours)? {
             Some(sealed) => self.open(sealed),
             None => Some(value.to_vec()),
         }
@@ -350,12 +337,7 @@ impl Hider {
     /// What a Record-Route entry of ours seals; None when the entry is not ours or seals
     /// nothing that opens.
     fn own_sealed_route(&self, value: &[u8], ours: &impl Ours) -> Option<Vec<u8>> {
-        let na = crate::sip::headers::NameAddr::parse(value).ok()?;
-        let uri = na.uri().ok()?;
-        if !ours(&uri) {
-            return None;
-        }
-        self.open(uri.param("th").flatten()?)
+        self.open(own_th(value, ours)??)
     }
 
     /// Copies `msg` into `out` header by header: Via and Record-Route are written once, where
@@ -438,6 +420,16 @@ impl Hider {
     }
 }
 
+/// For a Route or Record-Route value naming this proxy, its `th` parameter (None inside when
+/// it has none); None when the value does not parse or names another host.
+fn own_th<'v>(value: &'v [u8], ours: &impl Ours) -> Option<Option<&'v [u8]>> {
+    let uri = crate::sip::headers::NameAddr::parse(value)
+        .ok()?
+        .uri()
+        .ok()?;
+    ours(&uri).then(|| uri.param("th").flatten())
+}
+
 /// Every value of `name` across its lines, in order.
 fn values<'m>(msg: &Message<'m>, name: HeaderName) -> Vec<&'m [u8]> {
     msg.header_all(name)
@@ -478,6 +470,14 @@ mod tests {
 
     fn hider() -> Hider {
         Hider::new(b"a test key of some length")
+    }
+
+    /// [`FORWARDED`] as `h` hides it.
+    fn hidden_invite(h: &Hider) -> Vec<u8> {
+        let mut hidden = Vec::new();
+        let fwd = Message::parse(FORWARDED.as_bytes()).unwrap();
+        h.hide_request(&fwd, HOST, &ours, &mut hidden);
+        hidden
     }
 
     /// The header section of `m` (what a peer reads for addresses; the body is SDP).
@@ -607,13 +607,7 @@ Content-Type: application/sdp\r\nContent-Length: 3\r\n\r\nv=0";
     #[test]
     fn the_response_upstream_gets_the_caller_side_back_and_hides_the_callee_side() {
         let h = hider();
-        let mut hidden = Vec::new();
-        h.hide_request(
-            &Message::parse(FORWARDED.as_bytes()).unwrap(),
-            HOST,
-            &ours,
-            &mut hidden,
-        );
+        let hidden = hidden_invite(&h);
         let ok = callee_ok(&hidden);
         let mut up = Vec::new();
         assert!(h.hide_response(&Message::parse(&ok).unwrap(), HOST, &ours, &mut up));
@@ -652,13 +646,7 @@ Content-Type: application/sdp\r\nContent-Length: 3\r\n\r\nv=0";
     #[test]
     fn in_dialog_requests_get_their_route_set_and_target_back_both_ways() {
         let h = hider();
-        let mut hidden = Vec::new();
-        h.hide_request(
-            &Message::parse(FORWARDED.as_bytes()).unwrap(),
-            HOST,
-            &ours,
-            &mut hidden,
-        );
+        let hidden = hidden_invite(&h);
         let inv = Message::parse(&hidden).unwrap();
         // The callee's BYE: its route set is the INVITE's Record-Route, its target the
         // INVITE's Contact (both ours, sealed).
@@ -751,13 +739,7 @@ Content-Type: application/sdp\r\nContent-Length: 3\r\n\r\nv=0";
     #[test]
     fn mangled_messages_never_panic_and_rewrites_stay_parseable() {
         let h = hider();
-        let mut hidden = Vec::new();
-        h.hide_request(
-            &Message::parse(FORWARDED.as_bytes()).unwrap(),
-            HOST,
-            &ours,
-            &mut hidden,
-        );
+        let hidden = hidden_invite(&h);
         let ok = callee_ok(&hidden);
         let seeds = [FORWARDED.as_bytes().to_vec(), hidden.clone(), ok];
         let mut m = crate::sip::mutate::Mutator::new(0x7090_1061);
