@@ -3,11 +3,14 @@
 //! answered call (its BYE, with the call's duration). The answered calls are kept until their
 //! BYE whatever the log level (`sipshard ctl calls` lists them); nothing is formatted when the
 //! `info` level is off. The BYE of a call reaches the shard that record-routed its INVITE
-//! (the `ss=` of the Record-Route), so one shard sees both ends.
+//! (the `ss=` of the Record-Route), so one shard sees both ends. With call detail records
+//! on, the same hooks feed the shard's [`CdrTracker`] (`super::cdr`).
 
+use super::cdr::{AttemptNote, CallRecord, CdrSettings, CdrTracker};
 use crate::security::calls::{CallCounts, CallLimits, CallRefusal};
 use crate::sip::{HeaderName, Message};
 use hashbrown::HashMap;
+use std::net::SocketAddr;
 use std::sync::Arc;
 
 /// Answered calls are forgotten after this long without a BYE (a lost BYE must not keep
@@ -28,6 +31,13 @@ pub struct CallLog {
     counts: Option<Arc<CallCounts>>,
     /// Calls whose end was never seen stop counting after this long.
     max_call_ms: u64,
+    /// Call detail records, when they are on.
+    cdr: Option<CdrTracker>,
+    /// The initial INVITE being handled: where it came from (None: none, or a leg this
+    /// server sent itself, which is part of the call that sent it) and what the request
+    /// path learned about it for its record.
+    attempt_src: Option<SocketAddr>,
+    note: AttemptNote,
 }
 
 /// True when call logs are written.
@@ -49,24 +59,114 @@ fn from_to<'m>(m: &Message<'m>) -> (Option<&'m [u8]>, Option<&'m [u8]>) {
     )
 }
 
-/// An answered call not yet ended, as the admin API lists it (`sipshard ctl calls`).
+/// A call not yet ended, as the admin API lists it (`sipshard ctl calls`).
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct CallInProgress {
     pub call_id: String,
-    /// Seconds since the answer.
+    /// `answered`, or `ringing` (known with call detail records on).
+    pub state: String,
+    /// Seconds since the answer (since the INVITE while ringing).
     pub seconds: u64,
+    /// From and To URIs (known with call detail records on).
+    pub from: Option<String>,
+    pub to: Option<String>,
     pub shard: usize,
 }
 
 impl CallLog {
-    /// The answered calls whose BYE has not come yet (kept while call logs are on, the
-    /// default `info` level).
+    /// Turns call detail records on (Some) or off for the calls that start from now.
+    pub fn set_cdr(&mut self, shard: usize, settings: Option<CdrSettings>) {
+        match (settings, &mut self.cdr) {
+            (Some(s), Some(t)) => t.set_settings(s),
+            (Some(s), None) => self.cdr = Some(CdrTracker::new(shard, s)),
+            // Off: calls in progress still get their records.
+            (None, _) => {}
+        }
+    }
+
+    /// True when call detail records are kept.
+    pub fn cdr_on(&self) -> bool {
+        self.cdr.is_some()
+    }
+
+    /// An initial INVITE from `src` is being handled (with records on): what the request
+    /// path learns goes into [`CallLog::note`]; a leg from this server itself (`ours`) is
+    /// part of the call that sent it and gets no record of its own.
+    pub fn attempt_starts(&mut self, src: SocketAddr, ours: bool) {
+        self.note = AttemptNote::default();
+        self.attempt_src = (!ours).then_some(src);
+    }
+
+    /// The note of the initial INVITE being handled (None when it gets no record).
+    pub fn note(&mut self) -> Option<&mut AttemptNote> {
+        self.attempt_src?;
+        Some(&mut self.note)
+    }
+
+    /// The initial INVITE being handled is done with.
+    pub fn attempt_handled(&mut self) {
+        self.attempt_src = None;
+    }
+
+    /// The proxy took the initial INVITE being handled (a server transaction forwards it):
+    /// its record starts.
+    pub fn attempt_forwarded(&mut self, invite: &Message<'_>, now_ms: u64) {
+        if let (Some(t), Some(src)) = (&mut self.cdr, self.attempt_src) {
+            t.begin(invite, src, &self.note, now_ms);
+        }
+    }
+
+    /// An in-dialog INVITE or UPDATE passed: a session timer is refreshed.
+    pub fn refresh(&mut self, msg: &Message<'_>, call_id: &[u8], now_ms: u64) {
+        if let Some(t) = &mut self.cdr {
+            t.refresh(msg, call_id, now_ms);
+        }
+    }
+
+    /// When [`CallLog::poll`] is next needed.
+    pub fn next_timeout(&self) -> Option<u64> {
+        self.cdr.as_ref().and_then(|t| t.next_timeout())
+    }
+
+    /// Closes calls past their maximum duration or session timer.
+    pub fn poll(&mut self, now_ms: u64) {
+        if let Some(t) = &mut self.cdr {
+            t.poll(now_ms);
+        }
+    }
+
+    /// Moves the finished call detail records into `into`.
+    pub fn take_records(&mut self, into: &mut Vec<CallRecord>) {
+        if let Some(t) = &mut self.cdr {
+            t.take(into);
+        }
+    }
+
+    /// The calls not ended yet: with call detail records, every call from its INVITE on;
+    /// without, the answered ones (kept whatever the log level).
     pub fn in_progress(&self, shard: usize, now_ms: u64) -> Vec<CallInProgress> {
+        if let Some(t) = &self.cdr {
+            return t
+                .open_calls()
+                .into_iter()
+                .map(|c| CallInProgress {
+                    call_id: c.call_id,
+                    state: if c.answered { "answered" } else { "ringing" }.into(),
+                    seconds: now_ms.saturating_sub(c.since_ms) / 1000,
+                    from: Some(c.from),
+                    to: Some(c.to),
+                    shard,
+                })
+                .collect();
+        }
         self.answered
             .iter()
             .map(|(id, &at)| CallInProgress {
                 call_id: String::from_utf8_lossy(id).into_owned(),
+                state: "answered".into(),
                 seconds: now_ms.saturating_sub(at) / 1000,
+                from: None,
+                to: None,
                 shard,
             })
             .collect()
@@ -107,16 +207,26 @@ impl CallLog {
     }
 
     /// The final response `resp` (status `status`) to an INVITE went upstream, `setup_ms`
-    /// after the INVITE arrived.
-    pub fn setup_ended(&mut self, resp: &[u8], status: u16, setup_ms: u64, now_ms: u64) {
+    /// after the INVITE arrived; `target` is the branch it came from (None: our own).
+    pub fn setup_ended(
+        &mut self,
+        resp: &[u8],
+        status: u16,
+        setup_ms: u64,
+        target: Option<SocketAddr>,
+        now_ms: u64,
+    ) {
         let counting = !self.counted.is_empty();
         let answered = (200..300).contains(&status);
-        if !enabled() && !counting && !answered {
+        if !enabled() && !counting && !answered && self.cdr.is_none() {
             return;
         }
         let Ok(m) = Message::parse(resp) else {
             return;
         };
+        if let Some(t) = &mut self.cdr {
+            t.final_response(&m, status, target, now_ms);
+        }
         let call_id = m.header(HeaderName::CallId);
         if counting && status >= 300 {
             self.end(call_id, now_ms);
@@ -155,6 +265,9 @@ impl CallLog {
         if !self.counted.is_empty() {
             self.end(call_id, now_ms);
         }
+        if let (Some(t), Some(src)) = (&mut self.cdr, self.attempt_src) {
+            t.refused(invite, src, &self.note, status, now_ms);
+        }
         if !enabled() {
             return;
         }
@@ -173,6 +286,9 @@ impl CallLog {
             self.end(call_id, now_ms);
         }
         let answered = call_id.and_then(|id| self.answered.remove(id));
+        if let (Some(t), Some(id)) = (&mut self.cdr, call_id) {
+            t.bye(msg, id, now_ms);
+        }
         if !enabled() {
             return;
         }

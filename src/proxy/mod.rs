@@ -3,6 +3,7 @@
 //! bytes (responses relayed upstream, CANCELs for forwarded INVITEs, branch values).
 
 pub mod calls;
+pub mod cdr;
 pub mod messages;
 pub mod reply;
 pub mod request;

@@ -222,6 +222,7 @@ impl Element {
             auth,
             self.registrar.next_timeout(),
             self.proxy.next_timeout(),
+            self.proxy.calls.next_timeout(),
             checks,
         ]
         .into_iter()
@@ -251,6 +252,41 @@ impl Element {
         }
         if let Some(c) = &mut self.checker {
             c.poll(&self.cfg.routing, now_ms, out);
+        }
+        self.proxy.calls.poll(now_ms);
+    }
+
+    /// What routing chose for the initial INVITE being handled, for its call record.
+    pub(super) fn note_route(&mut self, route: &str) {
+        if let Some(note) = self.proxy.calls.note() {
+            if note.route.is_none() {
+                note.route = Some(route.to_owned());
+            }
+        }
+    }
+
+    /// Moves the finished call detail records into `into`, each with the trunk it left
+    /// through (its target is a trunk's address) or came in from (its source is one).
+    pub fn take_records(&mut self, into: &mut Vec<crate::proxy::cdr::CallRecord>) {
+        let from = into.len();
+        self.proxy.calls.take_records(into);
+        let plan = &self.cfg.routing;
+        if plan.trunks.is_empty() {
+            return;
+        }
+        for r in &mut into[from..] {
+            let out = r.target.as_deref().and_then(|t| {
+                plan.trunks
+                    .iter()
+                    .find(|k| t.parse::<SocketAddr>().ok() == Some(k.addr))
+            });
+            let inbound = || {
+                let ip = r.source.parse::<SocketAddr>().ok()?.ip();
+                plan.inbound_trunk(ip).map(|i| &plan.trunks[i as usize])
+            };
+            if let Some(t) = out.or_else(inbound) {
+                r.trunk = Some(t.name.to_string());
+            }
         }
     }
 
@@ -297,6 +333,13 @@ impl Element {
             self.ack(msg, src, now_ms, out);
             return;
         }
+        let cdr_attempt = method == Method::Invite
+            && self.proxy.calls.cdr_on()
+            && msg.to().ok().and_then(|t| t.tag()).is_none();
+        if cdr_attempt {
+            let ours = self.proxy.is_ours_addr(src);
+            self.proxy.calls.attempt_starts(src, ours);
+        }
         let mut reply = Reply::new(msg, src, socket, &mut self.tag_seq, self.shard);
         // What we answer ourselves (REGISTER, OPTIONS) is checked in full; what we proxy,
         // only in what the proxy reads (§16.3 step 1: the rest goes on unchanged).
@@ -313,6 +356,9 @@ impl Element {
             if method == Method::Invite && status >= 300 {
                 self.proxy.calls.rejected(msg, status, now_ms);
             }
+        }
+        if cdr_attempt {
+            self.proxy.calls.attempt_handled();
         }
         self.stats
             .transactions
@@ -611,6 +657,9 @@ impl Element {
         };
         match auth.check_from(msg, HeaderName::ProxyAuthorization, now_ms, reply.source()) {
             AuthOutcome::Authenticated { user } => {
+                if let Some(note) = self.proxy.calls.note() {
+                    note.user = Some(user.as_str().into());
+                }
                 let from_user = msg
                     .from()
                     .ok()
@@ -696,6 +745,7 @@ impl Element {
                 return;
             }
         }
+        self.note_route("user");
         if !self.forward_to_bindings(
             msg,
             ruri,
@@ -732,9 +782,16 @@ impl Element {
             }
             return reply.simple(out, 482, b"Loop Detected");
         }
-        if msg.method() == Some(Method::Bye) {
-            let call_id = self.proxy.canonical_call_id(msg);
-            self.proxy.calls.bye(msg, &call_id, now_ms);
+        match msg.method() {
+            Some(Method::Bye) => {
+                let call_id = self.proxy.canonical_call_id(msg);
+                self.proxy.calls.bye(msg, &call_id, now_ms);
+            }
+            Some(Method::Invite | Method::Update) if self.proxy.calls.cdr_on() => {
+                let call_id = self.proxy.canonical_call_id(msg);
+                self.proxy.calls.refresh(msg, &call_id, now_ms);
+            }
+            _ => {}
         }
         if self.cfg.mode == Mode::Stateless {
             // §16.11: no transaction state for in-dialog requests either.

@@ -63,6 +63,7 @@ impl Element {
             None => Vec::new(),
         };
         if let Some(route) = plan.emergency(&number) {
+            self.note_route("emergency");
             return self.forward_to_trunks(msg, &route, now_ms, reply, out);
         }
         if let From::User(Some(user)) = &from {
@@ -75,8 +76,12 @@ impl Element {
             record_route: !matches!(from, From::Us),
             ..Fork::bindings(&self.cfg.proxy)
         };
+        self.note_route("user");
         if self.forward_to_bindings(msg, ruri, &fork, now_ms, reply, out) {
             return;
+        }
+        if let Some(note) = self.proxy.calls.note() {
+            note.route = None;
         }
         if self.auth.as_ref().is_some_and(|a| knows_user(a, ruri)) {
             return reply.simple(out, 480, b"Temporarily Unavailable");
@@ -109,7 +114,10 @@ impl Element {
                 503,
                 b"Service Unavailable (every trunk of the route is down)",
             ),
-            RouteDecision::Trunks(route) => self.forward_to_trunks(msg, &route, now_ms, reply, out),
+            RouteDecision::Trunks(route) => {
+                self.note_route("trunks");
+                self.forward_to_trunks(msg, &route, now_ms, reply, out)
+            }
         }
     }
 
@@ -197,6 +205,7 @@ impl Element {
         );
         match local {
             Local::Extension(user) => {
+                self.note_route("extension");
                 let text = format!("sip:{user}@{domain}");
                 let Ok(aor) = Uri::parse(text.as_bytes()) else {
                     return reply.simple(out, 500, b"Server Internal Error (bad extension user)");
@@ -208,6 +217,7 @@ impl Element {
             }
             Local::Group(g) => {
                 let group = &plan.groups[g];
+                self.note_route(&format!("group {}", group.number));
                 let n = group.members.len();
                 let first = match group.strategy {
                     Strategy::RoundRobin => {
@@ -236,6 +246,7 @@ impl Element {
             }
             Local::Paging(p) => {
                 let page = &plan.paging[p];
+                self.note_route(&format!("paging {}", page.number));
                 let members: Vec<&str> = page.members.iter().map(|m| &**m).collect();
                 let headers =
                     format!("Call-Info: <sip:{domain}>;answer-after=0\r\n{PAGING_HEADERS}");

@@ -33,6 +33,8 @@ pub struct ProxySettings {
     pub branch_timeout_ms: u64,
     /// Topology hiding (`super::topology`): None, the default, forwards everything as it is.
     pub topology: Option<std::sync::Arc<super::topology::Hider>>,
+    /// Call detail records (`super::cdr`): None, the default, keeps none.
+    pub cdr: Option<super::cdr::CdrSettings>,
 }
 
 impl Default for ProxySettings {
@@ -41,6 +43,7 @@ impl Default for ProxySettings {
             forking: Forking::Parallel,
             branch_timeout_ms: 5_000,
             topology: None,
+            cdr: None,
         }
     }
 }

@@ -172,8 +172,10 @@ struct Forwarding {
     /// The request as received (to build a 408 or 487 ourselves).
     original: Bytes,
     branches: Vec<Branch>,
-    /// Best final response so far: (status, bytes ready to send upstream).
+    /// Best final response so far: (status, bytes ready to send upstream), and the branch
+    /// destination it came from (None: our own 408).
     best: Option<(u16, Bytes)>,
+    best_dst: Option<SocketAddr>,
     final_sent: bool,
     cancelled: bool,
     plan: Plan,
@@ -378,6 +380,8 @@ impl Proxy {
         settings: ProxySettings,
         stats: std::sync::Arc<crate::stats::ShardStats>,
     ) -> Proxy {
+        let mut calls = super::calls::CallLog::default();
+        calls.set_cdr(shard, settings.cdr.clone());
         Proxy {
             shard,
             stats,
@@ -396,7 +400,7 @@ impl Proxy {
             record_route: Vec::with_capacity(64),
             hide_buf: Vec::new(),
             timer_c: TimerWheel::new(1_000, 512),
-            calls: Default::default(),
+            calls,
         }
     }
 
@@ -409,6 +413,7 @@ impl Proxy {
                 settings.topology = Some(old.clone());
             }
         }
+        self.calls.set_cdr(self.shard, settings.cdr.clone());
         self.settings = settings;
     }
 
@@ -664,6 +669,7 @@ impl Proxy {
             original: bytes(&msg.buf()[msg.start_offset()..msg.len()]),
             branches: Vec::with_capacity(first_group),
             best: None,
+            best_dst: None,
             final_sent: false,
             cancelled: false,
             plan,
@@ -702,6 +708,9 @@ impl Proxy {
             }
         }
         let more = !ctx.rest.is_empty();
+        if is_invite && self.calls.cdr_on() && msg.to().ok().and_then(|t| t.tag()).is_none() {
+            self.calls.attempt_forwarded(msg, now_ms);
+        }
         self.contexts.insert(sid, ctx);
         if n == 0 && more && status_err.is_none() {
             // No branch of the first group could start: on to the next.
@@ -911,7 +920,8 @@ impl Proxy {
         ctx.challenges = Default::default();
         if ctx.is_invite {
             let setup = now_ms.saturating_sub(ctx.started_ms);
-            self.calls.setup_ended(&r, s, setup, now_ms);
+            let target = ctx.best_dst;
+            self.calls.setup_ended(&r, s, setup, target, now_ms);
         }
         let _ = self.txns.server_respond(sid, s, r, now_ms, txn_out);
     }
@@ -1005,7 +1015,8 @@ impl Proxy {
             ctx.original = crate::txn::empty_bytes();
             if ctx.is_invite {
                 let setup = now_ms.saturating_sub(ctx.started_ms);
-                self.calls.setup_ended(&self.scratch, status, setup, now_ms);
+                self.calls
+                    .setup_ended(&self.scratch, status, setup, None, now_ms);
             }
         }
     }
@@ -1277,7 +1288,9 @@ impl Proxy {
             return false;
         };
         let success = (200..300).contains(&status);
+        let mut branch_dst = None;
         if let Some(b) = ctx.branches.iter_mut().find(|b| b.id == cid) {
+            branch_dst = upstream.is_some().then_some(b.dst);
             if b.done && !success {
                 // Already counted (Timer C or the group timeout gave it its 408).
                 return false;
@@ -1303,7 +1316,8 @@ impl Proxy {
             let is_invite = ctx.is_invite;
             if let (true, Some(up)) = (is_invite, &upstream) {
                 let setup = now_ms.saturating_sub(ctx.started_ms);
-                self.calls.setup_ended(up, status, setup, now_ms);
+                self.calls
+                    .setup_ended(up, status, setup, branch_dst, now_ms);
             }
             let sent = upstream.is_some_and(|up| {
                 self.txns
@@ -1344,6 +1358,7 @@ impl Proxy {
         let replace = ctx.best.as_ref().is_none_or(|(s, _)| better(status, *s));
         if replace {
             ctx.best = Some((status, response));
+            ctx.best_dst = branch_dst;
         }
         let ends_search = status >= 600
             || (ctx.plan.policy.final_4xx && (400..500).contains(&status) && status != 408);

@@ -12,6 +12,8 @@ mod sim;
 #[cfg(test)]
 mod tests;
 #[cfg(test)]
+mod tests_cdr;
+#[cfg(test)]
 mod tests_nat;
 #[cfg(test)]
 mod tests_overload;
@@ -253,6 +255,13 @@ impl Core {
             .unregister(&key, contact.map(str::as_bytes));
         self.element.publish_bindings();
         Ok(n)
+    }
+
+    /// Moves the finished call detail records to the end of `into` (none in responder mode).
+    pub fn take_records(&mut self, into: &mut Vec<crate::proxy::cdr::CallRecord>) {
+        if self.responder.is_none() {
+            self.element.take_records(into);
+        }
     }
 
     /// Moves the binding-store records written since the last call to the end of `into`.

@@ -104,7 +104,7 @@ pub(super) fn register_q(c: &mut Core, user: &str, contact: &str, params: &str) 
     assert_eq!(status(&out[0].1), 200);
 }
 
-fn invite(branch: &str) -> Vec<u8> {
+pub(super) fn invite(branch: &str) -> Vec<u8> {
     format!(
         "INVITE sip:bob@localhost SIP/2.0\r\nVia: SIP/2.0/UDP {CALLER};branch={branch}\r\n\
          Max-Forwards: 70\r\nFrom: <sip:alice@localhost>;tag=a1\r\nTo: <sip:bob@localhost>\r\n\
@@ -555,7 +555,7 @@ fn unknown_user_and_max_forwards_zero() {
 }
 
 /// A core with digest users alice and bob.
-fn core_with_auth() -> Core {
+pub(super) fn core_with_auth() -> Core {
     use crate::auth::{Authenticator, UserDb};
     let mut db = UserDb::new("localhost");
     db.add_password("alice", "secret").unwrap();
@@ -569,7 +569,7 @@ fn core_with_auth() -> Core {
 }
 
 /// The INVITE of `invite()` with a Proxy-Authorization answering `challenge` as `user`.
-fn invite_with_credentials(
+pub(super) fn invite_with_credentials(
     challenge: &[u8],
     user: &str,
     pw: &str,
