@@ -65,6 +65,8 @@ pub struct Config {
     /// The admin socket (`--admin`; by default `DATA_DIR/admin.sock` with a data directory,
     /// none without).
     pub admin: Option<PathBuf>,
+    /// Call detail records (`--cdr`): None keeps none.
+    pub cdr: Option<crate::cdr::CdrConfig>,
 }
 
 impl Config {
@@ -163,6 +165,21 @@ pub struct Cli {
     /// --data-dir, none without).
     #[arg(long, value_name = "PATH")]
     pub admin: Option<PathBuf>,
+    /// Write a call detail record per call attempt to SINK (repeatable): jsonl:PATH (or a
+    /// bare PATH), csv:PATH, postgres:URL (table sipshard_cdr; records wait on disk while
+    /// PostgreSQL is away).
+    #[arg(long, value_name = "SINK")]
+    pub cdr: Vec<String>,
+    /// Rotate a CDR file when it reaches N MiB (default 64; 0: never).
+    #[arg(long, value_name = "N")]
+    pub cdr_rotate_mb: Option<u64>,
+    /// Rotate a CDR file when it is N minutes old (default 0: never).
+    #[arg(long, value_name = "N")]
+    pub cdr_rotate_minutes: Option<u64>,
+    /// Close the record of an answered call whose BYE never came after N minutes (default
+    /// 240).
+    #[arg(long, value_name = "N")]
+    pub cdr_max_call_minutes: Option<u64>,
     /// Forking to several bindings: parallel (default) | sequential (by descending q).
     #[arg(long, value_name = "MODE")]
     pub forking: Option<String>,
@@ -203,6 +220,10 @@ struct FileConfig {
     data_dir: Option<PathBuf>,
     durability: Option<String>,
     admin: Option<PathBuf>,
+    cdr: Option<Vec<String>>,
+    cdr_rotate_mb: Option<u64>,
+    cdr_rotate_minutes: Option<u64>,
+    cdr_max_call_minutes: Option<u64>,
     io: Option<String>,
     allow_unauthenticated: Option<bool>,
     queue_capacity: Option<usize>,
@@ -577,7 +598,52 @@ impl Cli {
         if registrar.max_contacts == 0 {
             return err("registrar.max_contacts: must be at least 1".into());
         }
+        let cdr_specs: Vec<(&str, &String)> = if self.cdr.is_empty() {
+            file.cdr.iter().flatten().map(|s| ("cdr", s)).collect()
+        } else {
+            self.cdr.iter().map(|s| ("--cdr", s)).collect()
+        };
+        let cdr = if cdr_specs.is_empty() {
+            None
+        } else {
+            let mut sinks = Vec::new();
+            for (key, spec) in cdr_specs {
+                sinks.push(
+                    crate::cdr::SinkSpec::parse(spec)
+                        .map_err(|e| ConfigError(format!("{key} {e}")))?,
+                );
+            }
+            let mut c = crate::cdr::CdrConfig::new(sinks, store.as_ref().map(|s| s.dir.as_path()))
+                .map_err(ConfigError)?;
+            let mb = match (self.cdr_rotate_mb, file.cdr_rotate_mb) {
+                (Some(v), _) => Some(("--cdr-rotate-mb", v)),
+                (None, Some(v)) => Some(("cdr_rotate_mb", v)),
+                _ => None,
+            };
+            if let Some((key, v)) = mb {
+                if v > 1 << 20 {
+                    return err(format!("{key} '{v}': expected 0 (never) to 1048576 MiB"));
+                }
+                c.rotate_bytes = v << 20;
+            }
+            let minutes = self.cdr_rotate_minutes.or(file.cdr_rotate_minutes);
+            c.rotate_ms = minutes.unwrap_or(0) * 60_000;
+            Some(c)
+        };
+        let max_call = match (self.cdr_max_call_minutes, file.cdr_max_call_minutes) {
+            (Some(v), _) => Some(("--cdr-max-call-minutes", v)),
+            (None, Some(v)) => Some(("cdr_max_call_minutes", v)),
+            _ => None,
+        };
+        if let Some((key, v)) = max_call {
+            if !(1..=10_080).contains(&v) {
+                return err(format!("{key} '{v}': expected 1 to 10080 minutes"));
+            }
+        }
         let mut proxy = ProxySettings::default();
+        proxy.cdr = cdr.as_ref().map(|_| crate::proxy::cdr::CdrSettings {
+            max_duration_ms: max_call.map_or(240, |(_, v)| v) * 60_000,
+        });
         let file_proxy = file.proxy.as_ref();
         proxy.forking = match (&self.forking, file_proxy.and_then(|p| p.forking.as_ref())) {
             (Some(f), _) => parse_forking("--forking", f)?,
@@ -704,6 +770,7 @@ impl Cli {
             metrics,
             store,
             admin,
+            cdr,
             io,
             allow_unauthenticated: self.allow_unauthenticated
                 || file.allow_unauthenticated.unwrap_or(false),

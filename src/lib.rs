@@ -8,6 +8,7 @@
 
 pub mod admin;
 pub mod auth;
+pub mod cdr;
 pub mod config;
 pub mod load;
 pub mod metrics;

@@ -127,8 +127,16 @@ fn main() {
         core
     });
     let store = config.store.clone();
-    let server =
-        Server::start(&config, make_core, store.as_ref().zip(logs)).unwrap_or_else(|e| fail(e, 1));
+    // Call detail records: the writer starts before the shards that feed it.
+    let cdr = config.cdr.as_ref().map(|c| {
+        let service = sipshard::cdr::CdrService::start(c)
+            .unwrap_or_else(|e| fail(format!("--cdr: {e}"), 1));
+        let sinks: Vec<String> = c.sinks.iter().map(|s| format!("{s:?}")).collect();
+        tracing::info!(sinks = %sinks.join(","), spool = %c.spool.display(), "call detail records on");
+        service
+    });
+    let server = Server::start(&config, make_core, store.as_ref().zip(logs), cdr.as_ref())
+        .unwrap_or_else(|e| fail(e, 1));
     // The running dial plan is the shards' and `running`'s: this copy would keep the first
     // one alive after a reload.
     config.routing = Arc::new(sipshard::routing::DialPlan::empty());
@@ -148,6 +156,7 @@ fn main() {
     let metrics = config.metrics.map(|addr| {
         let mut registry = server.registry.clone();
         registry.board = Some(board.clone());
+        registry.cdr = cdr.as_ref().map(|c| c.stats());
         sipshard::metrics::serve(addr, registry, stop.clone())
             .unwrap_or_else(|e| fail(format!("--metrics {addr}: {e}"), 1))
     });
@@ -189,6 +198,9 @@ fn main() {
     }
     server.stop();
     server.join();
+    if let Some(c) = cdr {
+        c.shutdown();
+    }
     if let Some(a) = admin {
         let _ = a.join();
     }
@@ -241,8 +253,12 @@ fn reload(
         nonce_ttl,
         auth_algorithms,
         strict_digest_uri,
-        log
+        log,
+        cdr
     );
+    if running.cdr.is_some() && running.proxy.cdr != new.proxy.cdr {
+        restart.push("cdr_max_call_minutes");
+    }
     if running.auth_enabled() != new.auth_enabled() {
         restart.push("authentication on/off");
     }
@@ -277,6 +293,10 @@ fn reload(
         tracing::info!(from = ?updated.registrar, to = ?new.registrar, "reload: [registrar]");
         updated.registrar = new.registrar.clone();
     }
+    // Call detail records need their writer, started with the server: on or off, and their
+    // maximum call time, stay as they run.
+    let mut new = new;
+    new.proxy.cdr = updated.proxy.cdr.clone();
     if updated.proxy != new.proxy {
         tracing::info!(from = ?updated.proxy, to = ?new.proxy, "reload: [proxy]");
         updated.proxy = new.proxy.clone();

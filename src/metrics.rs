@@ -20,6 +20,8 @@ pub struct Registry {
     pub shards: Vec<Arc<ShardStats>>,
     /// The bans and account locks every shard obeys (edge security), when shared.
     pub board: Option<Arc<crate::security::board::Board>>,
+    /// The CDR writer's counters, with call detail records on.
+    pub cdr: Option<Arc<crate::cdr::CdrStats>>,
 }
 
 impl Registry {
@@ -27,6 +29,7 @@ impl Registry {
         Registry {
             shards: (0..n).map(|_| Arc::new(ShardStats::default())).collect(),
             board: None,
+            cdr: None,
         }
     }
 
@@ -137,6 +140,9 @@ impl Registry {
                 "sipshard_locked_accounts {}",
                 b.locked_users(now_ms).len()
             );
+        }
+        if let Some(c) = &self.cdr {
+            c.render(&mut o);
         }
         o.push_str("# HELP sipshard_bindings Current registrar bindings.\n");
         o.push_str("# TYPE sipshard_bindings gauge\n");

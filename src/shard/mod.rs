@@ -131,11 +131,13 @@ impl Server {
     /// The listen addresses should have been claimed first
     /// ([`crate::transport::claim_listen_addrs`]: no other server on them, no port 0).
     /// With `store` (the binding store's settings and where each shard's log goes, from
-    /// [`crate::store::open`]), each shard gets a writer thread for its binding changes.
+    /// [`crate::store::open`]), each shard gets a writer thread for its binding changes;
+    /// with `cdr`, an outlet to the CDR writer.
     pub fn start(
         config: &Config,
         make_core: Arc<CoreFactory>,
         store: Option<(&crate::store::StoreSettings, Vec<crate::store::ShardLog>)>,
+        cdr: Option<&crate::cdr::CdrService>,
     ) -> io::Result<Server> {
         let n = config.shards;
         let listen: Vec<SocketAddr> = config.listen.iter().map(|l| l.addr).collect();
@@ -187,6 +189,7 @@ impl Server {
                 clock,
                 journal: journals[id].take(),
                 admin: admin_rx.remove(0),
+                cdr: cdr.map(|c| c.outlet(id)),
             };
             let pin = cores.get(id % cores.len().max(1)).copied();
             threads.push(

@@ -115,6 +115,8 @@ pub struct ShardContext {
     pub journal: Option<crate::store::Journal>,
     /// Questions of the admin API (`crate::admin`), answered between rounds.
     pub admin: crossbeam_channel::Receiver<crate::admin::ShardQuery>,
+    /// The way to the CDR writer (`--cdr`): None without call detail records.
+    pub cdr: Option<crate::cdr::CdrOutlet>,
 }
 
 /// The part of the shard the receive callback needs (the transport is borrowed separately).
@@ -304,6 +306,11 @@ pub fn run(mut ctx: ShardContext) {
         }
         if ctx.core.next_timeout().is_some_and(|t| t <= now_ms) {
             ctx.core.handle_timeout(now_ms, &mut out);
+        }
+        // Call detail records finished this round go to the CDR writer.
+        if let Some(c) = &mut ctx.cdr {
+            ctx.core.take_records(c.records());
+            c.flush();
         }
         // The binding store: this round's binding changes go to the writer; with `sync`
         // durability the round's responses (and everything after them, in order) wait until
