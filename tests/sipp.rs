@@ -976,3 +976,268 @@ fn sipp_10k_bindings_survive_kill_9_in_both_durability_modes() {
         callee.finish(5);
     }
 }
+
+/// What SIPp saw of one call in its `-trace_msg` file (times in ms of the day).
+#[derive(Debug, Default)]
+struct SippCall {
+    invite_sent: Option<f64>,
+    /// The final response to the INVITE: status and when it came.
+    final_received: Option<(u16, f64)>,
+    bye_sent: Option<f64>,
+}
+
+/// Reads a SIPp `-trace_msg` file: each message after a line of dashes and its time.
+fn sipp_calls(trace: &Path) -> std::collections::HashMap<String, SippCall> {
+    let text = std::fs::read_to_string(trace).unwrap();
+    let mut calls: std::collections::HashMap<String, SippCall> = Default::default();
+    for block in text
+        .split("-----------------------------------------------")
+        .skip(1)
+    {
+        let mut lines = block.lines();
+        let stamp = lines.next().unwrap().trim();
+        let time = stamp.split_whitespace().nth(1).unwrap();
+        let ms = time
+            .split(':')
+            .fold(0.0, |acc, p| acc * 60.0 + p.parse::<f64>().unwrap())
+            * 1000.0;
+        let sent = lines.next().unwrap().contains("sent");
+        let msg: Vec<&str> = lines.skip_while(|l| l.trim().is_empty()).collect();
+        let Some(first) = msg.first() else { continue };
+        let header = |name: &str| {
+            msg.iter()
+                .find_map(|l| l.strip_prefix(name).map(|v| v.trim().to_owned()))
+                .unwrap_or_default()
+        };
+        let call = calls.entry(header("Call-ID:")).or_default();
+        if sent && first.starts_with("INVITE ") {
+            call.invite_sent.get_or_insert(ms);
+        } else if sent && first.starts_with("BYE ") {
+            call.bye_sent.get_or_insert(ms);
+        } else if !sent && first.starts_with("SIP/2.0 ") && header("CSeq:").ends_with("INVITE") {
+            let code: u16 = first[8..11].parse().unwrap();
+            if code >= 200 && call.final_received.is_none() {
+                call.final_received = Some((code, ms));
+            }
+        }
+    }
+    calls
+}
+
+/// The records of a JSON-lines CDR file, once it holds `n` (waits up to 10 s).
+fn cdr_records(path: &Path, n: usize) -> Vec<serde_json::Value> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let text = std::fs::read_to_string(path).unwrap_or_default();
+        let records: Vec<serde_json::Value> = text
+            .lines()
+            .map(|l| serde_json::from_str(l).expect("one JSON object per line"))
+            .collect();
+        if records.len() >= n || std::time::Instant::now() > deadline {
+            return records;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
+
+/// Runs the caller scenarios of every call outcome against `s` (whose callees `answer`,
+/// `busy`, `ringer` are registered and ring group 600 rings `noanswer` for 1.5 s) and returns
+/// SIPp's view of every call with its expected disposition.
+fn calls_of_every_outcome(
+    dir: &Path,
+    s: &ServerProcess,
+    per_kind: usize,
+) -> Vec<(String, &'static str, SippCall)> {
+    let n = per_kind as u64;
+    let (answer, answer_csv) = callee(dir, s, "answer", free_udp_port(), "uas.xml", per_kind);
+    let (busy, busy_csv) = callee(dir, s, "busy", free_udp_port(), "uas-busy.xml", per_kind);
+    let (ringer, ringer_csv) = callee(
+        dir,
+        s,
+        "ringer",
+        free_udp_port(),
+        "uas-cancel.xml",
+        per_kind,
+    );
+    let (noanswer, _) = callee(
+        dir,
+        s,
+        "noanswer",
+        free_udp_port(),
+        "uas-noanswer.xml",
+        per_kind,
+    );
+    let group_csv = dir.join("group.csv");
+    std::fs::write(&group_csv, "SEQUENTIAL\n600\n").unwrap();
+    let mut all = Vec::new();
+    for (kind, scenario_name, csv, extra, disposition) in [
+        (
+            "answered",
+            "uac.xml",
+            &answer_csv,
+            &["-d", "1000"][..],
+            "answered",
+        ),
+        ("busy", "uac-busy.xml", &busy_csv, &[][..], "busy"),
+        (
+            "cancelled",
+            "uac-cancel.xml",
+            &ringer_csv,
+            &[][..],
+            "cancelled",
+        ),
+        (
+            "noanswer",
+            "uac-noanswer.xml",
+            &group_csv,
+            &[][..],
+            "no_answer",
+        ),
+    ] {
+        let trace = dir.join(format!("trace-{kind}.log"));
+        let _ = std::fs::remove_file(&trace);
+        let mut args = vec!["-trace_msg", "-message_file", trace.to_str().unwrap()];
+        args.extend_from_slice(extra);
+        run_clean(dir, s, scenario_name, csv, n, 20, &args);
+        for (call_id, call) in sipp_calls(&trace) {
+            all.push((call_id, disposition, call));
+        }
+    }
+    answer.finish(n);
+    busy.finish(n);
+    ringer.finish(n);
+    noanswer.finish(n);
+    all
+}
+
+/// The plan of [`calls_of_every_outcome`]: ring group 600 rings `noanswer` for 1.5 s.
+const CDR_PLAN: &str = "[[group]]\nnumber = \"600\"\nmembers = [\"noanswer\"]\nstrategy = \"parallel\"\nring_ms = 1500\n";
+
+/// Checks `records` against SIPp's view: one record per call, its disposition, and its
+/// setup time and duration within 10 ms of what SIPp measured.
+fn assert_records_match(records: &[serde_json::Value], calls: &[(String, &str, SippCall)]) {
+    assert_eq!(records.len(), calls.len(), "one record per call attempt");
+    let by_call: std::collections::HashMap<&str, &serde_json::Value> = records
+        .iter()
+        .map(|r| (r["call_id"].as_str().unwrap(), r))
+        .collect();
+    assert_eq!(by_call.len(), records.len(), "no call has two records");
+    for (call_id, disposition, sipp) in calls {
+        let r = by_call
+            .get(call_id.as_str())
+            .unwrap_or_else(|| panic!("no record of {call_id}"));
+        assert_eq!(r["disposition"], *disposition, "{call_id}: {r}");
+        let (code, got_final) = sipp.final_received.unwrap();
+        assert_eq!(r["code"], code, "{call_id}");
+        let setup = got_final - sipp.invite_sent.unwrap();
+        let cdr_setup = r["setup_ms"].as_f64().unwrap();
+        assert!(
+            (cdr_setup - setup).abs() <= 10.0,
+            "{call_id}: setup {cdr_setup} ms in the record, {setup:.1} ms for SIPp"
+        );
+        match *disposition {
+            "answered" => {
+                let duration = sipp.bye_sent.unwrap() - got_final;
+                let cdr = r["duration_ms"].as_f64().unwrap();
+                assert!(
+                    (cdr - duration).abs() <= 10.0,
+                    "{call_id}: duration {cdr} ms in the record, {duration:.1} ms for SIPp"
+                );
+                assert!(cdr >= 990.0, "{call_id}: SIPp paused 1 s before its BYE");
+                assert_eq!(r["hangup"], "caller");
+                assert_eq!(r["dialed"], "answer");
+                assert!(r["target"].as_str().unwrap().starts_with("127.0.0.1:"));
+                let start = r["start_ms"].as_u64().unwrap();
+                assert_eq!(r["answer_ms"].as_u64().unwrap() - start, cdr_setup as u64);
+                assert_eq!(
+                    r["end_ms"].as_u64().unwrap() - r["answer_ms"].as_u64().unwrap(),
+                    cdr as u64
+                );
+            }
+            "cancelled" => assert_eq!(r["hangup"], "caller"),
+            "no_answer" => {
+                assert_eq!(
+                    (r["code"].as_u64(), r["route"].as_str()),
+                    (Some(408), Some("group 600"))
+                );
+                assert!(
+                    (1_490.0..2_500.0).contains(&cdr_setup),
+                    "rang {cdr_setup} ms of 1500"
+                );
+            }
+            _ => assert!(r["hangup"].is_null()),
+        }
+        if *disposition != "answered" {
+            assert_eq!(r["duration_ms"], 0);
+            assert!(r["answer_ms"].is_null());
+        }
+    }
+}
+
+#[test]
+fn sipp_calls_of_every_outcome_leave_one_cdr_each_in_jsonl_and_csv() {
+    if !sipp_available("sipp_calls_of_every_outcome_leave_one_cdr_each_in_jsonl_and_csv") {
+        return;
+    }
+    let dir = scratch("cdr");
+    let jsonl = dir.join("cdr.jsonl");
+    let csv = dir.join("cdr.csv");
+    for f in [&jsonl, &csv] {
+        let _ = std::fs::remove_file(f);
+    }
+    let plan = config_file(CDR_PLAN);
+    let (j, c) = (
+        format!("jsonl:{}", jsonl.display()),
+        format!("csv:{}", csv.display()),
+    );
+    let s = ServerProcess::start_with(
+        &["--shards", "2", "--config", &plan, "--cdr", &j, "--cdr", &c],
+        true,
+    );
+    let calls = calls_of_every_outcome(&dir, &s, 10);
+    assert_eq!(calls.len(), 40);
+    let records = cdr_records(&jsonl, calls.len());
+    assert_records_match(&records, &calls);
+    // The CSV sink has the same records, field for field.
+    let text = std::fs::read_to_string(&csv).unwrap();
+    let mut lines = text.lines();
+    let header: Vec<&str> = lines.next().unwrap().split(',').collect();
+    assert_eq!(header[..3], ["id", "call_id", "start_ms"]);
+    let rows: Vec<Vec<String>> = lines.map(csv_fields).collect();
+    assert_eq!(rows.len(), records.len());
+    for row in &rows {
+        let r = records
+            .iter()
+            .find(|r| r["id"] == row[0].as_str())
+            .expect("same ids");
+        for (i, name) in header.iter().enumerate() {
+            let want = match &r[*name] {
+                serde_json::Value::Null => String::new(),
+                serde_json::Value::String(v) => v.clone(),
+                v => v.to_string(),
+            };
+            assert_eq!(row[i], want, "{name}");
+        }
+    }
+    assert_eq!(s.metric("sipshard_cdr_records_total"), Some(40.0));
+    assert_eq!(s.metric("sipshard_cdr_spilled_total"), Some(0.0));
+}
+
+/// The fields of one CSV line (RFC 4180 quoting).
+fn csv_fields(line: &str) -> Vec<String> {
+    let mut fields = vec![String::new()];
+    let mut quoted = false;
+    let mut chars = line.chars().peekable();
+    while let Some(c) = chars.next() {
+        match (c, quoted) {
+            ('"', true) if chars.peek() == Some(&'"') => {
+                chars.next();
+                fields.last_mut().unwrap().push('"');
+            }
+            ('"', _) => quoted = !quoted,
+            (',', false) => fields.push(String::new()),
+            (c, _) => fields.last_mut().unwrap().push(c),
+        }
+    }
+    fields
+}
