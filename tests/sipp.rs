@@ -1241,3 +1241,280 @@ fn csv_fields(line: &str) -> Vec<String> {
     }
     fields
 }
+
+/// A PostgreSQL server of its own for a test: initdb in a scratch directory, listening on
+/// 127.0.0.1 at a free port, trust authentication. As root it runs as the `postgres` user
+/// (PostgreSQL refuses root).
+struct Postgres {
+    dir: PathBuf,
+    bin: PathBuf,
+    port: u16,
+    as_root: bool,
+}
+
+impl Postgres {
+    /// None (after a SKIPPED line, or a failure with SIPSHARD_REQUIRE_POSTGRES=1) when
+    /// PostgreSQL is not installed.
+    fn init(test: &str) -> Option<Postgres> {
+        let bin = std::fs::read_dir("/usr/lib/postgresql")
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|e| e.path().join("bin"))
+            .find(|b| b.join("initdb").exists());
+        let Some(bin) = bin else {
+            skip_or_fail(
+                test,
+                "PostgreSQL not installed (apt-get install postgresql)",
+                "SIPSHARD_REQUIRE_POSTGRES",
+            );
+            return None;
+        };
+        let as_root = current_uid() == 0;
+        let dir = std::env::temp_dir().join(format!("sipshard-pg-{test}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let pg = Postgres {
+            dir,
+            bin,
+            port: free_port(),
+            as_root,
+        };
+        if as_root {
+            let st = Command::new("chown")
+                .args(["-R", "postgres:postgres"])
+                .arg(&pg.dir)
+                .status()
+                .unwrap();
+            assert!(st.success());
+        }
+        let data = pg.dir.join("data");
+        pg.run(
+            "initdb",
+            &[
+                "-D",
+                data.to_str().unwrap(),
+                "-A",
+                "trust",
+                "-U",
+                "postgres",
+                "--no-sync",
+            ],
+        );
+        pg.start();
+        Some(pg)
+    }
+
+    fn run(&self, prog: &str, args: &[&str]) {
+        let path = self.bin.join(prog);
+        let mut cmd = if self.as_root {
+            let mut c = Command::new("runuser");
+            c.args(["-u", "postgres", "--"]).arg(&path);
+            c
+        } else {
+            Command::new(&path)
+        };
+        let out = cmd.args(args).output().unwrap();
+        assert!(
+            out.status.success(),
+            "{prog}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    fn start(&self) {
+        let opts = format!(
+            "-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=off",
+            self.port,
+            self.dir.display()
+        );
+        let (data, log) = (self.dir.join("data"), self.dir.join("log"));
+        self.run(
+            "pg_ctl",
+            &[
+                "-D",
+                data.to_str().unwrap(),
+                "-o",
+                &opts,
+                "-l",
+                log.to_str().unwrap(),
+                "-w",
+                "start",
+            ],
+        );
+    }
+
+    fn stop(&self) {
+        let data = self.dir.join("data");
+        self.run(
+            "pg_ctl",
+            &["-D", data.to_str().unwrap(), "-m", "fast", "-w", "stop"],
+        );
+    }
+
+    fn url(&self) -> String {
+        format!("postgres://postgres@127.0.0.1:{}/postgres", self.port)
+    }
+
+    /// The records in sipshard's table once it holds `n` rows (waits up to 15 s).
+    fn records(&self, n: usize) -> Vec<postgres::Row> {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+        loop {
+            let rows = postgres::Client::connect(&self.url(), postgres::NoTls)
+                .and_then(|mut c| {
+                    c.query(
+                        "SELECT id, call_id, disposition, code, setup_ms, duration_ms, hangup \
+                         FROM sipshard_cdr ORDER BY id",
+                        &[],
+                    )
+                })
+                .unwrap_or_default();
+            if rows.len() >= n || std::time::Instant::now() > deadline {
+                return rows;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+    }
+}
+
+impl Drop for Postgres {
+    fn drop(&mut self) {
+        let data = self.dir.join("data");
+        let _ = Command::new(if self.as_root { "runuser" } else { "true" })
+            .args(if self.as_root {
+                vec!["-u", "postgres", "--"]
+            } else {
+                vec![]
+            })
+            .arg(self.bin.join("pg_ctl"))
+            .args(["-D", data.to_str().unwrap(), "-m", "immediate", "stop"])
+            .output();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn current_uid() -> u32 {
+    let out = Command::new("id").arg("-u").output().unwrap();
+    String::from_utf8_lossy(&out.stdout).trim().parse().unwrap()
+}
+
+/// Asserts that PostgreSQL's rows are the JSON-lines records, field for field.
+fn assert_rows_are(rows: &[postgres::Row], records: &[serde_json::Value]) {
+    assert_eq!(rows.len(), records.len());
+    for row in rows {
+        let id: String = row.get("id");
+        let r = records
+            .iter()
+            .find(|r| r["id"] == id.as_str())
+            .unwrap_or_else(|| panic!("row {id} is not in the file sink"));
+        assert_eq!(r["call_id"], row.get::<_, String>("call_id").as_str());
+        assert_eq!(
+            r["disposition"],
+            row.get::<_, String>("disposition").as_str()
+        );
+        assert_eq!(r["code"], row.get::<_, i32>("code"));
+        assert_eq!(r["setup_ms"], row.get::<_, i64>("setup_ms"));
+        assert_eq!(r["duration_ms"], row.get::<_, i64>("duration_ms"));
+        assert_eq!(
+            r["hangup"].as_str(),
+            row.get::<_, Option<String>>("hangup").as_deref()
+        );
+    }
+}
+
+#[test]
+fn sipp_cdrs_reach_postgresql_and_wait_on_disk_while_it_is_down() {
+    let test = "sipp_cdrs_reach_postgresql_and_wait_on_disk_while_it_is_down";
+    if !sipp_available(test) {
+        return;
+    }
+    let Some(pg) = Postgres::init("cdr") else {
+        return;
+    };
+    let dir = scratch("cdr-pg");
+    let data = dir.join("data");
+    let jsonl = dir.join("cdr.jsonl");
+    let _ = std::fs::remove_dir_all(&data);
+    let _ = std::fs::remove_file(&jsonl);
+    let plan = config_file(CDR_PLAN);
+    let (j, p) = (
+        format!("jsonl:{}", jsonl.display()),
+        format!("postgres:{}", pg.url()),
+    );
+    let args = [
+        "--shards",
+        "2",
+        "--config",
+        &plan,
+        "--data-dir",
+        data.to_str().unwrap(),
+        "--cdr",
+        &j,
+        "--cdr",
+        &p,
+    ];
+    let mut s = ServerProcess::start_with(&args, true);
+    // PostgreSQL up: every call of every outcome becomes a row, the same as in the file.
+    let calls = calls_of_every_outcome(&dir, &s, 5);
+    let records = cdr_records(&jsonl, calls.len());
+    assert_records_match(&records, &calls);
+    let rows = pg.records(calls.len());
+    assert_rows_are(&rows, &records);
+    assert_eq!(
+        s.metric("sipshard_cdr_postgres_delivered_total"),
+        Some(20.0)
+    );
+
+    // PostgreSQL stopped: the next calls' records wait on disk, through a kill -9 of the
+    // server, and arrive once PostgreSQL is back (delivered by the restarted server).
+    pg.stop();
+    let (callee, csv) = callee(&dir, &s, "later", free_udp_port(), "uas.xml", 5);
+    run_clean(&dir, &s, "uac.xml", &csv, 5, 20, &["-d", "100"]);
+    callee.finish(5);
+    let records = cdr_records(&jsonl, 25);
+    assert_eq!(records.len(), 25);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while s
+        .metric("sipshard_cdr_postgres_errors_total")
+        .unwrap_or(0.0)
+        < 1.0
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no failed delivery while PostgreSQL is down"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    assert_eq!(s.metric("sipshard_cdr_postgres_waiting"), Some(5.0));
+    // Segments are closed (fdatasync'd) within 200 ms.
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    s.child.kill().unwrap();
+    s.child.wait().unwrap();
+    let s = ServerProcess::start_with(&args, true);
+    assert_eq!(
+        s.metric("sipshard_cdr_postgres_waiting"),
+        Some(5.0),
+        "found in the spool at start"
+    );
+    pg.start();
+    let rows = pg.records(25);
+    assert_rows_are(&rows, &records);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while s.metric("sipshard_cdr_postgres_waiting") != Some(0.0) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the spool never emptied"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let spool: Vec<_> = std::fs::read_dir(data.join("cdr"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name())
+        .collect();
+    assert!(
+        spool.is_empty(),
+        "delivered segments are deleted: {spool:?}"
+    );
+}

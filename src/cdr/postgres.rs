@@ -189,7 +189,7 @@ pub fn deliver_loop(
         let mut failed = false;
         for (_, path) in &segments {
             match deliver_segment(&url, &mut client, path, &stats) {
-                Ok(n) => {
+                Ok((n, lines)) => {
                     if failing {
                         tracing::info!("PostgreSQL is back: call detail records delivered again");
                         failing = false;
@@ -198,7 +198,7 @@ pub fn deliver_loop(
                     let _ = stats.postgres_waiting.fetch_update(
                         Ordering::Relaxed,
                         Ordering::Relaxed,
-                        |w| Some(w.saturating_sub(n)),
+                        |w| Some(w.saturating_sub(lines)),
                     );
                 }
                 Err(e) => {
@@ -253,17 +253,20 @@ fn connect(url: &str) -> Result<postgres::Client, String> {
     Ok(client)
 }
 
-/// Sends one closed segment and deletes it. Returns how many records it held.
+/// Sends one closed segment and deletes it. Returns how many records it held and how many
+/// lines (torn ones included).
 fn deliver_segment(
     url: &str,
     client: &mut Option<postgres::Client>,
     path: &Path,
     stats: &CdrStats,
-) -> Result<u64, String> {
+) -> Result<(u64, u64), String> {
     let file = File::open(path).map_err(|e| format!("{}: {e}", path.display()))?;
     let mut rows: Vec<String> = Vec::new();
+    let mut lines = 0;
     for line in io::BufReader::new(file).lines() {
         let Ok(line) = line else { break };
+        lines += 1;
         // A line a crash tore (the end of a segment left open) is not a record.
         if serde_json::from_str::<CallRecord>(&line).is_ok() {
             rows.push(line);
@@ -292,5 +295,5 @@ fn deliver_segment(
             .map_err(|e| format!("inserting: {e}"))?;
     }
     fs::remove_file(path).map_err(|e| format!("{}: {e}", path.display()))?;
-    Ok(rows.len() as u64)
+    Ok((rows.len() as u64, lines))
 }
