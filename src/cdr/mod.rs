@@ -77,8 +77,9 @@ pub struct CdrConfig {
     pub rotate_bytes: u64,
     /// ... or this age (0: never).
     pub rotate_ms: u64,
-    /// Records a shard may have in the writer's queue before it spills to disk.
-    pub queue_records: usize,
+    /// Batches (a shard's records of one loop round) the writer's queue holds before the
+    /// shards spill to disk.
+    pub queue_batches: usize,
 }
 
 impl CdrConfig {
@@ -104,7 +105,7 @@ impl CdrConfig {
             spool,
             rotate_bytes: 64 << 20,
             rotate_ms: 0,
-            queue_records: 65_536,
+            queue_batches: 4_096,
         })
     }
 }

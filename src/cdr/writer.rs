@@ -19,8 +19,6 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-/// Batches (one per shard round at most) the channel holds before shards spill.
-const QUEUE_BATCHES: usize = 4_096;
 /// How often the writer syncs the files and looks for spill files.
 const SYNC_EVERY_MS: u64 = 1_000;
 
@@ -63,7 +61,7 @@ impl CdrOutlet {
     /// queue is full (and until it has room again, so a burst keeps its order on disk).
     pub fn flush(&mut self) {
         if self.batch.is_empty() {
-            if self.spill.is_some() && self.tx.len() < QUEUE_BATCHES / 2 {
+            if self.spill.is_some() && !self.queue_busy() {
                 self.close_spill();
             }
             return;
@@ -71,7 +69,7 @@ impl CdrOutlet {
         let n = self.batch.len() as u64;
         self.stats.records.fetch_add(n, Ordering::Relaxed);
         if self.spill.is_some() {
-            if self.tx.len() >= QUEUE_BATCHES / 2 {
+            if self.queue_busy() {
                 let batch = std::mem::take(&mut self.batch);
                 return self.spill_out(batch);
             }
@@ -81,6 +79,13 @@ impl CdrOutlet {
             Ok(()) => {}
             Err(TrySendError::Full(b) | TrySendError::Disconnected(b)) => self.spill_out(b),
         }
+    }
+
+    /// The queue is still at least half full (after a spill, records keep going to disk
+    /// until it is not, so the writer catches up and a burst stays in order on disk).
+    fn queue_busy(&self) -> bool {
+        let half = self.tx.capacity().map_or(1, |c| (c / 2).max(1));
+        self.tx.len() >= half
     }
 
     fn spill_out(&mut self, batch: Vec<CallRecord>) {
@@ -274,7 +279,7 @@ impl Writer {
                 Err(RecvTimeoutError::Timeout) => {}
                 Err(RecvTimeoutError::Disconnected) => done = true,
             }
-            for _ in 0..QUEUE_BATCHES {
+            for _ in 0..rx.capacity().unwrap_or(1) {
                 let Ok(b) = rx.try_recv() else { break };
                 self.write(&b, wall_ms());
             }
@@ -332,7 +337,7 @@ impl CdrService {
             }
             None => (None, None),
         };
-        let (tx, rx) = crossbeam_channel::bounded(QUEUE_BATCHES);
+        let (tx, rx) = crossbeam_channel::bounded(cfg.queue_batches.max(1));
         let writer = Writer {
             files,
             pg,
@@ -379,5 +384,123 @@ impl CdrService {
         if let Some(d) = self.deliverer {
             let _ = d.join();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proxy::cdr::{Disposition, Hangup};
+
+    fn record(i: u64) -> CallRecord {
+        CallRecord {
+            id: format!("id-{i}"),
+            call_id: format!("c{i}"),
+            start_ms: i,
+            answer_ms: None,
+            end_ms: i,
+            setup_ms: 0,
+            duration_ms: 0,
+            caller_user: None,
+            from: "sip:a@x".into(),
+            dialed: "b".into(),
+            to: "sip:b@x".into(),
+            target: None,
+            route: None,
+            trunk: None,
+            code: 486,
+            disposition: Disposition::Busy,
+            hangup: None::<Hangup>,
+            source: "10.0.0.1:5060".into(),
+            shard: 1,
+        }
+    }
+
+    #[test]
+    fn a_full_queue_spills_to_disk_and_the_writer_takes_the_spill_back_in_order() {
+        let dir = std::env::temp_dir().join(format!("sipshard-spill-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir).unwrap();
+        let stats = Arc::new(CdrStats::default());
+        // A queue of one batch nobody reads: the second and third batches spill.
+        let (tx, rx) = crossbeam_channel::bounded(1);
+        let mut outlet = CdrOutlet {
+            tx,
+            spool: dir.clone(),
+            shard: 1,
+            stats: stats.clone(),
+            batch: Vec::new(),
+            spill: None,
+            spill_seq: 0,
+        };
+        for i in 0..3 {
+            outlet.records().extend([record(2 * i), record(2 * i + 1)]);
+            outlet.flush();
+        }
+        assert_eq!(stats.records.load(Ordering::Relaxed), 6);
+        assert_eq!(
+            stats.spilled.load(Ordering::Relaxed),
+            4,
+            "counted, not dropped"
+        );
+        assert!(
+            spill_files(&dir).is_empty(),
+            "an open spill file is not taken yet"
+        );
+        // The writer catches up: the queued batch, then the spill, once closed.
+        let queued = rx.try_recv().unwrap();
+        drop(outlet);
+        assert_eq!(spill_files(&dir).len(), 1);
+        let sink_path = dir.join("cdr.jsonl");
+        let mut w = Writer {
+            files: vec![FileSink::open(sink_path.clone(), Format::Jsonl, 0, 0, 0).unwrap()],
+            pg: None,
+            spool: dir.clone(),
+            stats: stats.clone(),
+            last_error_log: 0,
+        };
+        w.write(&queued, 0);
+        w.take_spills(0);
+        w.tick(0, true, true);
+        let ids: Vec<String> = fs::read_to_string(&sink_path)
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str::<CallRecord>(l).unwrap().id)
+            .collect();
+        let want: Vec<String> = (0..6).map(|i| format!("id-{i}")).collect();
+        assert_eq!(ids, want);
+        assert!(
+            spill_files(&dir).is_empty(),
+            "a spill file taken is removed"
+        );
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_spill_file_left_open_by_a_crash_is_taken_at_the_next_start() {
+        let dir = std::env::temp_dir().join(format!("sipshard-spill-crash-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir).unwrap();
+        let mut text = serde_json::to_string(&record(7)).unwrap();
+        text.push_str("\n{\"id\":\"torn");
+        fs::write(dir.join("spill-0-1-1.jsonl.open"), text).unwrap();
+        let sink = dir.join("out.jsonl");
+        let cfg = CdrConfig {
+            sinks: vec![SinkSpec::Jsonl(sink.clone())],
+            spool: dir.clone(),
+            rotate_bytes: 0,
+            rotate_ms: 0,
+            queue_batches: 16,
+        };
+        let service = CdrService::start(&cfg).unwrap();
+        service.shutdown();
+        let out = fs::read_to_string(&sink).unwrap();
+        assert_eq!(
+            out.lines().count(),
+            1,
+            "the whole record, not the torn one: {out}"
+        );
+        assert!(spill_files(&dir).is_empty());
+        fs::remove_dir_all(&dir).unwrap();
     }
 }
