@@ -15,6 +15,10 @@
 3. `--topology`: only calls, with `[security]` as in 1. against the same plus
    `topology_hiding = true` (every request and response of the call rewritten both ways);
    writes DATE-topology-cost.{json,md} instead.
+4. `--cdr`: only calls, with `[security]` as in 1., without and with call detail records
+   (`--cdr jsonl:` in a scratch directory: the record built in the shard, the writer thread
+   and the file writes all count, the server process's CPU being all its threads'); writes
+   DATE-cdr-cost.{json,md}.
 
 Run under `flock /tmp/bench.lock`. Writes perf/results/DATE-security-cost.{json,md}.
 """
@@ -86,9 +90,14 @@ def security_toml(tmp, on, hiding=False):
     return path
 
 
-def cost_run(args, tmp, scenario, on, hiding=False):
+def cost_run(args, tmp, scenario, on, hiding=False, cdr=False):
     """Server CPU µs per completed operation, one run."""
     port = free_port()
+    server_extra = []
+    records = None
+    if cdr:
+        records = os.path.join(tmp, 'cdr-%d.jsonl' % port)
+        server_extra = ['--cdr', 'jsonl:' + records]
     cfg = security_toml(tmp, on, hiding)
     extra, responder = [], None
     if scenario == 'call':
@@ -101,7 +110,8 @@ def cost_run(args, tmp, scenario, on, hiding=False):
                     '[[route]]\nprefix = "+49"\ntrunks = ["far"]\n' % (IP, rport))
         extra = ['--domain', 'localhost', '--callee', '+4930123456']
     server = start([args.binary, '--shards', '1', '--listen', 'udp:%s:%d' % (IP, port),
-                    '--log', 'warn', '--config', cfg], os.path.join(tmp, 'server.log'))
+                    '--log', 'warn', '--config', cfg] + server_extra,
+                   os.path.join(tmp, 'server.log'))
     try:
         rate = args.reg_rate if scenario == 'register' else args.call_rate
         t0 = lab.proc_ticks(server.pid)
@@ -113,7 +123,12 @@ def cost_run(args, tmp, scenario, on, hiding=False):
             stop(responder)
     done = r['completed']
     us = (t1 - t0) / os.sysconf('SC_CLK_TCK') * 1e6 / max(done, 1)
-    return {'security': 'on' if on else 'off', 'hiding': hiding, 'scenario': scenario,
+    written = None
+    if records:
+        with open(records) as f:
+            written = sum(1 for _ in f)
+    return {'security': 'on' if on else 'off', 'hiding': hiding, 'cdr': cdr,
+            'records': written, 'scenario': scenario,
             'rate': rate,
             'completed': done, 'failed': r['failed'],
             'retransmissions': r['retransmissions'], 'cpu_us_per_op': round(us, 2)}
@@ -164,10 +179,14 @@ def main():
     ap.add_argument('--flood-rate', type=int, default=100000)
     ap.add_argument('--topology', action='store_true',
                     help='only calls, without and with topology hiding')
+    ap.add_argument('--cdr', action='store_true',
+                    help='only calls, without and with call detail records')
     args = ap.parse_args()
     tmp = tempfile.mkdtemp(prefix='sipshard-security-cost-')
     if args.topology:
         return topology(args, tmp)
+    if args.cdr:
+        return cdr_cost(args, tmp)
     cost = []
     for rnd in range(args.rounds):
         for scenario in ('register', 'call'):
@@ -243,6 +262,40 @@ def topology(args, tmp):
     report = '\n'.join(lines) + '\n'
     print(report)
     out = os.path.join(HERE, 'results', '%s-topology-cost' % datetime.date.today())
+    with open(out + '.md', 'w') as f:
+        f.write(report)
+    with open(out + '.json', 'w') as f:
+        json.dump({'args': vars(args), 'runs': runs}, f, indent=1)
+
+
+def cdr_cost(args, tmp):
+    runs = []
+    for rnd in range(args.rounds):
+        for cdr in ((False, True) if rnd % 2 == 0 else (True, False)):
+            r = cost_run(args, tmp, 'call', True, cdr=cdr)
+            lab.log('call, CDRs %s: %.2f us/op (%d done, %d failed, %d retrans, %s records)' % (
+                cdr, r['cpu_us_per_op'], r['completed'], r['failed'], r['retransmissions'],
+                r['records']))
+            runs.append(r)
+    med = {c: statistics.median([r['cpu_us_per_op'] for r in runs if r['cdr'] == c])
+           for c in (False, True)}
+    bad = sum(r['failed'] + r['retransmissions'] for r in runs)
+    missing = sum(r['completed'] - r['records'] for r in runs if r['cdr'])
+    lines = ['# Call detail records cost (%s)' % datetime.date.today(), '',
+             'Command: `flock /tmp/bench.lock perf/security-cost.py --cdr --rounds %d '
+             '--duration %d --call-rate %d`' % (args.rounds, args.duration, args.call_rate), '',
+             'Calls (INVITE/100/180/200/ACK/BYE/200) from `sipshard load` through one proxy '
+             'shard to a trunk (`sipshard --mode responder`); with records: `--cdr jsonl:FILE` '
+             '(the server\'s CPU is all its threads\': shard and CDR writer); medians of %d '
+             'runs; %d failed calls or retransmissions in all runs; %d completed calls without '
+             'a record (records also cover calls the load generator counted as failed).'
+             % (args.rounds, bad, missing), '',
+             '| rate/s | without µs/call | with µs/call | with/without |', '|---|---|---|---|',
+             '| %d | %.2f | %.2f | %.3f |' % (args.call_rate, med[False], med[True],
+                                              med[True] / med[False])]
+    report = '\n'.join(lines) + '\n'
+    print(report)
+    out = os.path.join(HERE, 'results', '%s-cdr-cost' % datetime.date.today())
     with open(out + '.md', 'w') as f:
         f.write(report)
     with open(out + '.json', 'w') as f:

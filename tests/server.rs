@@ -243,6 +243,16 @@ fn bad_flags_and_config_exit_2_with_one_line() {
         (vec!["--users", "/nonexistent/users.txt"], "--users"),
         (vec!["--mode", "teleport"], "--mode"),
         (vec!["--forking", "random"], "--forking 'random'"),
+        (vec!["--cdr", "kafka:topic"], "--cdr 'kafka:topic'"),
+        (vec!["--cdr", "csv:"], "the file path is missing"),
+        (
+            vec!["--cdr", "postgres:postgres://db/x"],
+            "needs --data-dir",
+        ),
+        (
+            vec!["--cdr", "x.jsonl", "--cdr-max-call-minutes", "0"],
+            "--cdr-max-call-minutes '0'",
+        ),
     ] {
         let (code, err) = run_bad(&args);
         assert_eq!(code, 2, "{args:?}: {err}");

@@ -221,13 +221,13 @@ mod tests {
             from: "sip:alice@example.com".into(),
             dialed: "bob".into(),
             to: "sip:bob@example.com".into(),
-            target: Some("10.0.0.2:5060".into()),
+            target: "10.0.0.2:5060".parse().ok(),
             route: Some("user".into()),
             trunk: None,
             code: 200,
             disposition: Disposition::Answered,
             hangup: Some(Hangup::Caller),
-            source: "10.0.0.1:5060".into(),
+            source: "10.0.0.1:5060".parse().unwrap(),
             shard: 0,
         }
     }

@@ -19,6 +19,10 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+/// A shard sends its records once it has this many (or they are this old, or it is about to
+/// sleep): waking the writer once per record would cost more than the record itself.
+const SEND_AT_RECORDS: usize = 64;
+const SEND_AFTER_MS: u64 = 100;
 /// How often the writer syncs the files and looks for spill files.
 const SYNC_EVERY_MS: u64 = 1_000;
 
@@ -49,17 +53,40 @@ pub struct CdrOutlet {
     /// The spill file being written while the channel is full.
     spill: Option<(io::BufWriter<File>, PathBuf)>,
     spill_seq: u64,
+    /// When the oldest record of `batch` came (core time).
+    oldest_ms: Option<u64>,
 }
 
 impl CdrOutlet {
+    /// After a loop round that may have added records: sends them when there are enough of
+    /// them or the oldest has waited long enough.
+    pub fn round(&mut self, now_ms: u64) {
+        if self.batch.is_empty() {
+            if self.spill.is_some() {
+                self.flush();
+            }
+            return;
+        }
+        let oldest = *self.oldest_ms.get_or_insert(now_ms);
+        if self.batch.len() >= SEND_AT_RECORDS || now_ms.saturating_sub(oldest) >= SEND_AFTER_MS {
+            self.flush();
+        }
+    }
+
+    /// When [`CdrOutlet::round`] sends the records held (None: none held).
+    pub fn next_send_ms(&self) -> Option<u64> {
+        self.oldest_ms.map(|t| t + SEND_AFTER_MS)
+    }
+
     /// Where the core puts its finished records (`Core::take_records`).
     pub fn records(&mut self) -> &mut Vec<CallRecord> {
         &mut self.batch
     }
 
-    /// Sends what the round produced: to the writer's queue, or to the spill file while the
+    /// Sends the records held now: to the writer's queue, or to the spill file while the
     /// queue is full (and until it has room again, so a burst keeps its order on disk).
     pub fn flush(&mut self) {
+        self.oldest_ms = None;
         if self.batch.is_empty() {
             if self.spill.is_some() && !self.queue_busy() {
                 self.close_spill();
@@ -301,7 +328,8 @@ impl CdrService {
     /// its delivery thread).
     pub fn start(cfg: &CdrConfig) -> io::Result<CdrService> {
         let now = wall_ms();
-        fs::create_dir_all(&cfg.spool)?;
+        fs::create_dir_all(&cfg.spool)
+            .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", cfg.spool.display())))?;
         close_left_open(&cfg.spool);
         let stats = Arc::new(CdrStats::default());
         let mut files = Vec::new();
@@ -368,6 +396,7 @@ impl CdrService {
             batch: Vec::new(),
             spill: None,
             spill_seq: 0,
+            oldest_ms: None,
         }
     }
 
@@ -411,7 +440,7 @@ mod tests {
             code: 486,
             disposition: Disposition::Busy,
             hangup: None::<Hangup>,
-            source: "10.0.0.1:5060".into(),
+            source: "10.0.0.1:5060".parse().unwrap(),
             shard: 1,
         }
     }
@@ -432,6 +461,7 @@ mod tests {
             batch: Vec::new(),
             spill: None,
             spill_seq: 0,
+            oldest_ms: None,
         };
         for i in 0..3 {
             outlet.records().extend([record(2 * i), record(2 * i + 1)]);

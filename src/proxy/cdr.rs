@@ -133,7 +133,7 @@ pub struct CallRecord {
     pub to: String,
     /// Where the final response came from (`ip:port` of the branch), None when this
     /// server answered itself.
-    pub target: Option<String>,
+    pub target: Option<SocketAddr>,
     /// What routing chose: `user`, `extension`, `group <number>`, `paging <number>`,
     /// `trunks`, `emergency`, `redirect` (None: the call was refused before).
     pub route: Option<String>,
@@ -145,7 +145,7 @@ pub struct CallRecord {
     /// Who ended an answered call (or `caller` for a cancelled one).
     pub hangup: Option<Hangup>,
     /// The address the INVITE came from.
-    pub source: String,
+    pub source: SocketAddr,
     pub shard: usize,
 }
 
@@ -188,7 +188,7 @@ impl CallRecord {
             self.from.clone(),
             self.dialed.clone(),
             self.to.clone(),
-            opt(&self.target),
+            self.target.map(|t| t.to_string()).unwrap_or_default(),
             opt(&self.route),
             opt(&self.trunk),
             self.code.to_string(),
@@ -196,7 +196,7 @@ impl CallRecord {
             self.hangup
                 .map(|h| h.as_str().to_owned())
                 .unwrap_or_default(),
-            self.source.clone(),
+            self.source.to_string(),
             self.shard.to_string(),
         ]
     }
@@ -303,7 +303,7 @@ impl CdrTracker {
             code: 0,
             disposition: Disposition::Failed,
             hangup: None,
-            source: src.to_string(),
+            source: src,
             shard: self.shard,
         };
         let open = Open {
@@ -382,7 +382,7 @@ impl CdrTracker {
         let r = &mut open.record;
         r.code = status;
         r.disposition = Disposition::of(status);
-        r.target = target.map(|t| t.to_string());
+        r.target = target;
         r.setup_ms = now_ms.saturating_sub(r.start_ms);
         r.end_ms = now_ms;
         if r.disposition == Disposition::Answered {
@@ -613,8 +613,8 @@ mod tests {
         assert_eq!(r.hangup, Some(Hangup::Callee));
         assert_eq!(r.dialed, "+4930", "the dialed number unescaped");
         assert_eq!(r.caller_user.as_deref(), Some("alice"));
-        assert_eq!(r.target.as_deref(), Some(PEER));
-        assert_eq!(r.source, SRC);
+        assert_eq!(r.target, PEER.parse().ok());
+        assert_eq!(r.source, SRC.parse().unwrap());
         assert_eq!(r.route.as_deref(), Some("trunks"));
         assert!(t.open_calls().is_empty());
     }
@@ -730,10 +730,7 @@ mod tests {
         let r = taken(&mut t);
         assert_eq!(r.len(), 1);
         assert_eq!((r[0].code, r[0].disposition), (404, Disposition::Failed));
-        assert_eq!(
-            (r[0].start_ms, r[0].end_ms, r[0].target.as_deref()),
-            (50, 50, None)
-        );
+        assert_eq!((r[0].start_ms, r[0].end_ms, r[0].target), (50, 50, None));
     }
 
     #[test]

@@ -275,14 +275,12 @@ impl Element {
             return;
         }
         for r in &mut into[from..] {
-            let out = r.target.as_deref().and_then(|t| {
-                plan.trunks
-                    .iter()
-                    .find(|k| t.parse::<SocketAddr>().ok() == Some(k.addr))
-            });
+            let out = r
+                .target
+                .and_then(|t| plan.trunks.iter().find(|k| k.addr == t));
             let inbound = || {
-                let ip = r.source.parse::<SocketAddr>().ok()?.ip();
-                plan.inbound_trunk(ip).map(|i| &plan.trunks[i as usize])
+                plan.inbound_trunk(r.source.ip())
+                    .map(|i| &plan.trunks[i as usize])
             };
             if let Some(t) = out.or_else(inbound) {
                 r.trunk = Some(t.name.to_string());

@@ -307,10 +307,10 @@ pub fn run(mut ctx: ShardContext) {
         if ctx.core.next_timeout().is_some_and(|t| t <= now_ms) {
             ctx.core.handle_timeout(now_ms, &mut out);
         }
-        // Call detail records finished this round go to the CDR writer.
+        // Call detail records finished this round go to the CDR writer (in batches).
         if let Some(c) = &mut ctx.cdr {
             ctx.core.take_records(c.records());
-            c.flush();
+            c.round(now_ms);
         }
         // The binding store: this round's binding changes go to the writer; with `sync`
         // durability the round's responses (and everything after them, in order) wait until
@@ -382,9 +382,12 @@ pub fn run(mut ctx: ShardContext) {
             }
             let now = Instant::now();
             let now_ms = ctx.clock.ms_at(now);
-            let mut timeout = ctx
-                .core
-                .next_timeout()
+            // Records held for a batch are sent when due, asleep or not.
+            let cdr_due = ctx.cdr.as_ref().and_then(|c| c.next_send_ms());
+            let mut timeout = [ctx.core.next_timeout(), cdr_due]
+                .into_iter()
+                .flatten()
+                .min()
                 .map_or(IDLE_MAX_MS, |t| t.saturating_sub(now_ms).min(IDLE_MAX_MS))
                 as i32;
             if !parked.is_empty() {
