@@ -136,7 +136,10 @@ pub fn table(command: &str, data: &Value) -> String {
             out
         }
         "calls" => {
-            let mut out = columns(rows, &["call_id", "seconds", "shard"]);
+            let mut out = columns(
+                rows,
+                &["call_id", "state", "seconds", "from", "to", "shard"],
+            );
             out.push_str(&format!("{} call(s) in progress\n", rows.len()));
             out
         }

@@ -231,7 +231,8 @@ impl CallLog {
         if counting && status >= 300 {
             self.end(call_id, now_ms);
         }
-        if answered {
+        // With records on, the tracker keeps the answered calls (`in_progress` lists them).
+        if answered && self.cdr.is_none() {
             if let Some(id) = call_id {
                 // A re-INVITE's 2xx (same Call-ID) keeps the first answer time.
                 self.answered.entry(id.into()).or_insert(now_ms);
