@@ -115,8 +115,10 @@ def cost_run(args, tmp, scenario, on, hiding=False, cdr=False):
     try:
         rate = args.reg_rate if scenario == 'register' else args.call_rate
         t0 = lab.proc_ticks(server.pid)
+        w0 = lab.thread_ticks(server.pid, 'cdr-writer')
         r = load(args.binary, scenario, '%s:%d' % (IP, port), rate, args.duration, extra)
         t1 = lab.proc_ticks(server.pid)
+        w1 = lab.thread_ticks(server.pid, 'cdr-writer')
     finally:
         stop(server)
         if responder:
@@ -127,8 +129,9 @@ def cost_run(args, tmp, scenario, on, hiding=False, cdr=False):
     if records:
         with open(records) as f:
             written = sum(1 for _ in f)
+    writer_us = (w1 - w0) / os.sysconf('SC_CLK_TCK') * 1e6 / max(done, 1)
     return {'security': 'on' if on else 'off', 'hiding': hiding, 'cdr': cdr,
-            'records': written, 'scenario': scenario,
+            'records': written, 'writer_us_per_op': round(writer_us, 2), 'scenario': scenario,
             'rate': rate,
             'completed': done, 'failed': r['failed'],
             'retransmissions': r['retransmissions'], 'cpu_us_per_op': round(us, 2)}
@@ -281,6 +284,7 @@ def cdr_cost(args, tmp):
            for c in (False, True)}
     bad = sum(r['failed'] + r['retransmissions'] for r in runs)
     missing = sum(r['completed'] - r['records'] for r in runs if r['cdr'])
+    writer = statistics.median([r['writer_us_per_op'] for r in runs if r['cdr']])
     lines = ['# Call detail records cost (%s)' % datetime.date.today(), '',
              'Command: `flock /tmp/bench.lock perf/security-cost.py --cdr --rounds %d '
              '--duration %d --call-rate %d`' % (args.rounds, args.duration, args.call_rate), '',
@@ -290,9 +294,11 @@ def cdr_cost(args, tmp):
              'runs; %d failed calls or retransmissions in all runs; %d completed calls without '
              'a record (records also cover calls the load generator counted as failed).'
              % (args.rounds, bad, missing), '',
-             '| rate/s | without µs/call | with µs/call | with/without |', '|---|---|---|---|',
-             '| %d | %.2f | %.2f | %.3f |' % (args.call_rate, med[False], med[True],
-                                              med[True] / med[False])]
+             '| rate/s | without µs/call | with µs/call | with/without | of which the CDR writer thread |',
+             '|---|---|---|---|---|',
+             '| %d | %.2f | %.2f | %.3f | %.2f µs (%.1f%% of without) |' % (
+                 args.call_rate, med[False], med[True], med[True] / med[False], writer,
+                 100 * writer / med[False])]
     report = '\n'.join(lines) + '\n'
     print(report)
     out = os.path.join(HERE, 'results', '%s-cdr-cost' % datetime.date.today())

@@ -111,6 +111,26 @@ def proc_ticks(pid):
         return 0
 
 
+def thread_ticks(pid, name):
+    """utime+stime of the threads of `pid` named `name` (their comm), in clock ticks."""
+    total = 0
+    try:
+        tids = os.listdir('/proc/%d/task' % pid)
+    except OSError:
+        return 0
+    for tid in tids:
+        try:
+            with open('/proc/%d/task/%s/comm' % (pid, tid)) as f:
+                if f.read().strip() != name:
+                    continue
+            with open('/proc/%d/task/%s/stat' % (pid, tid)) as f:
+                rest = f.read().rsplit(')', 1)[1].split()
+            total += int(rest[11]) + int(rest[12])
+        except (OSError, IndexError, ValueError):
+            pass
+    return total
+
+
 def descendants(pid):
     kids = {}
     for d in os.listdir('/proc'):
