@@ -2,6 +2,11 @@
 
 use crate::stats::METHODS;
 pub use crate::stats::{new_histogram, Counter, DropReason, ShardStats, DROP_REASONS};
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric, NoLabelSet};
+use prometheus_client::metrics::counter::ConstCounter;
+use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::metrics::MetricType;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -12,6 +17,59 @@ pub fn publish_transport_drops(stats: &ShardStats, d: crate::transport::Transpor
     stats.dropped[DropReason::SendError as usize].set(d.send_errors);
     stats.dropped[DropReason::RecvError as usize].set(d.recv_errors);
     stats.dropped[DropReason::NoBuffers as usize].set(d.no_buffers);
+}
+
+/// One label of a series.
+pub fn label(key: &'static str, value: &str) -> [(&'static str, String); 1] {
+    [(key, value.to_owned())]
+}
+
+/// A counter without labels.
+pub fn counter(
+    enc: &mut DescriptorEncoder<'_>,
+    name: &str,
+    help: &str,
+    v: u64,
+) -> std::fmt::Result {
+    let c = ConstCounter::new(v);
+    let m = enc.encode_descriptor(name, help, None, c.metric_type())?;
+    c.encode(m)
+}
+
+/// A counter with one series per label set.
+pub fn counters(
+    enc: &mut DescriptorEncoder<'_>,
+    name: &str,
+    help: &str,
+    series: impl Iterator<Item = ([(&'static str, String); 1], u64)>,
+) -> std::fmt::Result {
+    let mut m = enc.encode_descriptor(name, help, None, MetricType::Counter)?;
+    for (labels, v) in series {
+        ConstCounter::new(v).encode(m.encode_family(&labels)?)?;
+    }
+    Ok(())
+}
+
+/// A gauge without labels.
+pub fn gauge(enc: &mut DescriptorEncoder<'_>, name: &str, help: &str, v: u64) -> std::fmt::Result {
+    let g = ConstGauge::new(v as i64);
+    let m = enc.encode_descriptor(name, help, None, g.metric_type())?;
+    g.encode(m)
+}
+
+/// The collector a scrape encodes: every counter read at that moment.
+struct Scrape(Registry);
+
+impl std::fmt::Debug for Scrape {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Scrape({} shards)", self.0.shards.len())
+    }
+}
+
+impl Collector for Scrape {
+    fn encode(&self, mut enc: DescriptorEncoder<'_>) -> std::fmt::Result {
+        self.0.encode(&mut enc)
+    }
 }
 
 /// All shards' stats, for the metrics endpoint and tests.
@@ -37,152 +95,175 @@ impl Registry {
         self.shards.iter().map(|s| f(s)).sum()
     }
 
-    /// The Prometheus text exposition of every counter, summed over shards (plus a few
-    /// per-shard series).
+    /// The exposition of every counter (OpenMetrics text, by prometheus-client's encoder),
+    /// summed over shards (plus a few per-shard series). The shards keep plain atomic
+    /// counters (one relaxed add on their path); the sums are taken here, at scrape time.
     pub fn render(&self) -> String {
-        use std::fmt::Write as _;
-        let mut o = String::with_capacity(8192);
-        o.push_str("# HELP sipshard_requests_received_total SIP requests received, by method.\n");
-        o.push_str("# TYPE sipshard_requests_received_total counter\n");
-        for (i, m) in METHODS.iter().enumerate() {
-            let v = self.sum(|s| s.received_requests[i].get());
-            let _ = writeln!(
-                o,
-                "sipshard_requests_received_total{{method=\"{}\"}} {v}",
-                m.as_str()
-            );
-        }
-        o.push_str("# HELP sipshard_requests_sent_total SIP requests sent (forwarded, or a responder's own BYEs), by method.\n");
-        o.push_str("# TYPE sipshard_requests_sent_total counter\n");
-        for (i, m) in METHODS.iter().enumerate() {
-            let v = self.sum(|s| s.sent_requests[i].get());
-            if v > 0 {
-                let _ = writeln!(
-                    o,
-                    "sipshard_requests_sent_total{{method=\"{}\"}} {v}",
-                    m.as_str()
-                );
-            }
-        }
-        o.push_str("# HELP sipshard_overloaded_shards Shards past their capacity now.\n");
-        o.push_str("# TYPE sipshard_overloaded_shards gauge\n");
-        let _ = writeln!(
-            o,
-            "sipshard_overloaded_shards {}",
-            self.sum(|s| s.overloaded.get())
-        );
-        o.push_str("# HELP sipshard_transactions Transactions in progress.\n");
-        o.push_str("# TYPE sipshard_transactions gauge\n");
-        let _ = writeln!(
-            o,
-            "sipshard_transactions {}",
-            self.sum(|s| s.transactions.get())
-        );
-        o.push_str("# HELP sipshard_responses_received_total SIP responses received.\n");
-        o.push_str("# TYPE sipshard_responses_received_total counter\n");
-        let _ = writeln!(
-            o,
-            "sipshard_responses_received_total {}",
-            self.sum(|s| s.received_responses.get())
-        );
-        o.push_str("# HELP sipshard_responses_sent_total SIP responses sent, by status code.\n");
-        o.push_str("# TYPE sipshard_responses_sent_total counter\n");
-        for code in 100..700u16 {
-            let v = self.sum(|s| s.sent_responses[(code - 100) as usize].get());
-            if v > 0 {
-                let _ = writeln!(o, "sipshard_responses_sent_total{{status=\"{code}\"}} {v}");
-            }
-        }
-        o.push_str("# HELP sipshard_dropped_total Datagrams dropped without a response.\n");
-        o.push_str("# TYPE sipshard_dropped_total counter\n");
-        for (r, name) in DROP_REASONS {
-            let v = self.sum(|s| s.dropped[r as usize].get());
-            let _ = writeln!(o, "sipshard_dropped_total{{reason=\"{name}\"}} {v}");
-        }
-        o.push_str("# HELP sipshard_handoffs_total Datagrams moved to their owner shard.\n");
-        o.push_str("# TYPE sipshard_handoffs_total counter\n");
-        let _ = writeln!(
-            o,
-            "sipshard_handoffs_total {}",
-            self.sum(|s| s.handoffs_out.get())
-        );
-        o.push_str("# TYPE sipshard_wakeups_total counter\n");
-        let _ = writeln!(
-            o,
-            "sipshard_wakeups_total {}",
-            self.sum(|s| s.wakeups.get())
-        );
-        o.push_str("# TYPE sipshard_datagrams_received_total counter\n");
-        for (i, s) in self.shards.iter().enumerate() {
-            let _ = writeln!(
-                o,
-                "sipshard_datagrams_received_total{{shard=\"{i}\"}} {}",
-                s.datagrams_in.get()
-            );
-        }
-        o.push_str("# TYPE sipshard_datagrams_sent_total counter\n");
-        let _ = writeln!(
-            o,
-            "sipshard_datagrams_sent_total {}",
-            self.sum(|s| s.datagrams_out.get())
-        );
+        let mut registry = prometheus_client::registry::Registry::default();
+        registry.register_collector(Box::new(Scrape(self.clone())));
+        let mut o = String::with_capacity(16 << 10);
+        // Writing into a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut o, &registry);
+        o
+    }
+
+    fn encode(&self, enc: &mut DescriptorEncoder<'_>) -> std::fmt::Result {
+        let methods = METHODS.iter().enumerate();
+        counters(
+            enc,
+            "sipshard_requests_received",
+            "SIP requests received, by method.",
+            methods.clone().map(|(i, m)| {
+                (
+                    label("method", m.as_str()),
+                    self.sum(|s| s.received_requests[i].get()),
+                )
+            }),
+        )?;
+        counters(
+            enc,
+            "sipshard_requests_sent",
+            "SIP requests sent (forwarded, or a responder's own BYEs), by method.",
+            methods
+                .map(|(i, m)| {
+                    (
+                        label("method", m.as_str()),
+                        self.sum(|s| s.sent_requests[i].get()),
+                    )
+                })
+                .filter(|(_, v)| *v > 0),
+        )?;
+        gauge(
+            enc,
+            "sipshard_overloaded_shards",
+            "Shards past their capacity now.",
+            self.sum(|s| s.overloaded.get()),
+        )?;
+        gauge(
+            enc,
+            "sipshard_transactions",
+            "Transactions in progress.",
+            self.sum(|s| s.transactions.get()),
+        )?;
+        counter(
+            enc,
+            "sipshard_responses_received",
+            "SIP responses received.",
+            self.sum(|s| s.received_responses.get()),
+        )?;
+        counters(
+            enc,
+            "sipshard_responses_sent",
+            "SIP responses sent, by status code.",
+            (100..700u16)
+                .map(|code| {
+                    let v = self.sum(|s| s.sent_responses[(code - 100) as usize].get());
+                    (label("status", &code.to_string()), v)
+                })
+                .filter(|(_, v)| *v > 0),
+        )?;
+        counters(
+            enc,
+            "sipshard_dropped",
+            "Datagrams dropped without a response.",
+            DROP_REASONS.iter().map(|&(r, name)| {
+                (
+                    label("reason", name),
+                    self.sum(|s| s.dropped[r as usize].get()),
+                )
+            }),
+        )?;
+        counter(
+            enc,
+            "sipshard_handoffs",
+            "Datagrams moved to their owner shard.",
+            self.sum(|s| s.handoffs_out.get()),
+        )?;
+        counter(
+            enc,
+            "sipshard_wakeups",
+            "Cross-shard wake-ups.",
+            self.sum(|s| s.wakeups.get()),
+        )?;
+        counters(
+            enc,
+            "sipshard_datagrams_received",
+            "Datagrams received, by shard.",
+            self.shards
+                .iter()
+                .enumerate()
+                .map(|(i, s)| (label("shard", &i.to_string()), s.datagrams_in.get())),
+        )?;
+        counter(
+            enc,
+            "sipshard_datagrams_sent",
+            "Datagrams sent.",
+            self.sum(|s| s.datagrams_out.get()),
+        )?;
         if let Some(b) = &self.board {
             let now_ms = std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .map_or(0, |d| d.as_millis() as u64);
-            o.push_str("# HELP sipshard_banned_sources Addresses banned now.\n");
-            o.push_str("# TYPE sipshard_banned_sources gauge\n");
-            let _ = writeln!(o, "sipshard_banned_sources {}", b.bans(now_ms).len());
-            o.push_str("# HELP sipshard_locked_accounts Accounts locked out now.\n");
-            o.push_str("# TYPE sipshard_locked_accounts gauge\n");
-            let _ = writeln!(
-                o,
-                "sipshard_locked_accounts {}",
-                b.locked_users(now_ms).len()
-            );
+            gauge(
+                enc,
+                "sipshard_banned_sources",
+                "Addresses banned now.",
+                b.bans(now_ms).len() as u64,
+            )?;
+            gauge(
+                enc,
+                "sipshard_locked_accounts",
+                "Accounts locked out now.",
+                b.locked_users(now_ms).len() as u64,
+            )?;
         }
         if let Some(c) = &self.cdr {
-            c.render(&mut o);
+            c.encode(enc)?;
         }
-        o.push_str("# HELP sipshard_bindings Current registrar bindings.\n");
-        o.push_str("# TYPE sipshard_bindings gauge\n");
-        let _ = writeln!(o, "sipshard_bindings {}", self.sum(|s| s.bindings.get()));
+        gauge(
+            enc,
+            "sipshard_bindings",
+            "Current registrar bindings.",
+            self.sum(|s| s.bindings.get()),
+        )?;
         let mut h = new_histogram();
         for s in &self.shards {
             if let Ok(l) = s.latency.lock() {
                 let _ = h.add(&*l);
             }
         }
-        o.push_str(
-            "# HELP sipshard_latency_us In-server latency from receive to send, microseconds.\n",
-        );
-        o.push_str("# TYPE sipshard_latency_us histogram\n");
-        let mut cumulative = 0u64;
+        let mut buckets = Vec::new();
         let mut prev = 0u64;
         for le in [
             1u64, 2, 5, 10, 20, 50, 100, 200, 500, 1_000, 2_000, 5_000, 10_000, 100_000, 1_000_000,
         ] {
-            cumulative += h.count_between(prev + 1, le);
+            let mut n = h.count_between(prev + 1, le);
             if prev == 0 {
-                cumulative += h.count_at(0);
+                n += h.count_at(0);
             }
             prev = le;
-            let _ = writeln!(o, "sipshard_latency_us_bucket{{le=\"{le}\"}} {cumulative}");
+            buckets.push((le as f64, n));
         }
-        let _ = writeln!(o, "sipshard_latency_us_bucket{{le=\"+Inf\"}} {}", h.len());
-        let sum = (h.mean() * h.len() as f64) as u64;
-        let _ = writeln!(o, "sipshard_latency_us_sum {sum}");
-        let _ = writeln!(o, "sipshard_latency_us_count {}", h.len());
-        o.push_str("# HELP sipshard_latency_us_quantile In-server latency quantiles.\n");
-        o.push_str("# TYPE sipshard_latency_us_quantile gauge\n");
-        for q in [0.5, 0.9, 0.99, 0.999] {
-            let _ = writeln!(
-                o,
-                "sipshard_latency_us_quantile{{quantile=\"{q}\"}} {}",
-                h.value_at_quantile(q)
-            );
+        let below: u64 = buckets.iter().map(|(_, n)| n).sum();
+        buckets.push((f64::INFINITY, h.len().saturating_sub(below)));
+        let mut m = enc.encode_descriptor(
+            "sipshard_latency_us",
+            "In-server latency from receive to send, microseconds.",
+            None,
+            MetricType::Histogram,
+        )?;
+        m.encode_histogram::<NoLabelSet>(h.mean() * h.len() as f64, h.len(), &buckets, None)?;
+        let mut m = enc.encode_descriptor(
+            "sipshard_latency_us_quantile",
+            "In-server latency quantiles.",
+            None,
+            MetricType::Gauge,
+        )?;
+        for q in ["0.5", "0.9", "0.99", "0.999"] {
+            let v = h.value_at_quantile(q.parse().unwrap_or(0.5)) as i64;
+            ConstGauge::new(v).encode(m.encode_family(&label("quantile", q))?)?;
         }
-        o
+        Ok(())
     }
 }
 
@@ -222,7 +303,7 @@ pub fn serve(
                 let result = if found {
                     let header = tiny_http::Header::from_bytes(
                         &b"Content-Type"[..],
-                        &b"text/plain; version=0.0.4"[..],
+                        &b"application/openmetrics-text; version=1.0.0; charset=utf-8"[..],
                     )
                     .expect("a valid header");
                     req.respond(
@@ -301,7 +382,18 @@ mod tests {
         assert!(text.contains("sipshard_requests_received_total{method=\"REGISTER\"} 2"));
         assert!(text.contains("sipshard_responses_sent_total{status=\"200\"} 1"));
         assert!(text.contains("sipshard_dropped_total{reason=\"malformed\"} 1"));
-        assert!(text.contains("sipshard_latency_us_bucket{le=\"10\"} 1"));
-        assert!(text.contains("sipshard_latency_us_bucket{le=\"5\"} 0"));
+        assert!(
+            text.contains("sipshard_latency_us_bucket{le=\"10.0\"} 1"),
+            "{text}"
+        );
+        assert!(text.contains("sipshard_latency_us_bucket{le=\"5.0\"} 0"));
+        assert!(text.contains("sipshard_latency_us_bucket{le=\"+Inf\"} 1"), "{text}");
+        assert!(text.contains("sipshard_latency_us_count 1"));
+        assert!(text.contains("sipshard_latency_us_quantile{quantile=\"0.5\"} 7"));
+        assert!(text.contains("# TYPE sipshard_requests_received counter"));
+        assert!(
+            text.ends_with("# EOF\n"),
+            "a complete OpenMetrics exposition"
+        );
     }
 }

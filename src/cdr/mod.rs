@@ -130,60 +130,55 @@ pub struct CdrStats {
 }
 
 impl CdrStats {
-    /// The counters in Prometheus text format.
-    pub fn render(&self, o: &mut String) {
-        use std::fmt::Write as _;
-        let rows: [(&str, &str, &str, &AtomicU64); 7] = [
-            (
-                "sipshard_cdr_records_total",
-                "counter",
-                "Call detail records produced.",
-                &self.records,
-            ),
-            (
-                "sipshard_cdr_spilled_total",
-                "counter",
-                "Records a shard spilled to disk because the CDR writer's queue was full.",
-                &self.spilled,
-            ),
-            (
-                "sipshard_cdr_file_written_total",
-                "counter",
-                "Records written to file sinks.",
-                &self.file_written,
-            ),
-            (
-                "sipshard_cdr_postgres_delivered_total",
-                "counter",
-                "Records PostgreSQL committed.",
-                &self.postgres_delivered,
-            ),
-            (
-                "sipshard_cdr_postgres_waiting",
-                "gauge",
-                "Records waiting on disk for PostgreSQL.",
-                &self.postgres_waiting,
-            ),
-            (
-                "sipshard_cdr_postgres_errors_total",
-                "counter",
-                "Failed PostgreSQL deliveries (they are retried).",
-                &self.postgres_errors,
-            ),
-            (
-                "sipshard_cdr_write_errors_total",
-                "counter",
-                "Failed CDR file writes (they are retried).",
-                &self.write_errors,
-            ),
-        ];
-        for (name, kind, help, v) in rows {
-            let _ = writeln!(
-                o,
-                "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {}",
-                v.load(Ordering::Relaxed)
-            );
-        }
+    /// The counters, for the metrics endpoint.
+    pub fn encode(
+        &self,
+        enc: &mut prometheus_client::encoding::DescriptorEncoder<'_>,
+    ) -> std::fmt::Result {
+        use crate::metrics::{counter, gauge};
+        let v = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        counter(
+            enc,
+            "sipshard_cdr_records",
+            "Call detail records produced.",
+            v(&self.records),
+        )?;
+        counter(
+            enc,
+            "sipshard_cdr_spilled",
+            "Records a shard spilled to disk because the CDR writer's queue was full.",
+            v(&self.spilled),
+        )?;
+        counter(
+            enc,
+            "sipshard_cdr_file_written",
+            "Records written to file sinks.",
+            v(&self.file_written),
+        )?;
+        counter(
+            enc,
+            "sipshard_cdr_postgres_delivered",
+            "Records PostgreSQL committed.",
+            v(&self.postgres_delivered),
+        )?;
+        gauge(
+            enc,
+            "sipshard_cdr_postgres_waiting",
+            "Records waiting on disk for PostgreSQL.",
+            v(&self.postgres_waiting),
+        )?;
+        counter(
+            enc,
+            "sipshard_cdr_postgres_errors",
+            "Failed PostgreSQL deliveries (they are retried).",
+            v(&self.postgres_errors),
+        )?;
+        counter(
+            enc,
+            "sipshard_cdr_write_errors",
+            "Failed CDR file writes.",
+            v(&self.write_errors),
+        )
     }
 }
 
