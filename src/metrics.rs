@@ -387,7 +387,10 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("sipshard_latency_us_bucket{le=\"5.0\"} 0"));
-        assert!(text.contains("sipshard_latency_us_bucket{le=\"+Inf\"} 1"), "{text}");
+        assert!(
+            text.contains("sipshard_latency_us_bucket{le=\"+Inf\"} 1"),
+            "{text}"
+        );
         assert!(text.contains("sipshard_latency_us_count 1"));
         assert!(text.contains("sipshard_latency_us_quantile{quantile=\"0.5\"} 7"));
         assert!(text.contains("# TYPE sipshard_requests_received counter"));

@@ -328,6 +328,10 @@ struct Open {
     record: CallRecord,
     /// The From tag of the INVITE: a BYE with it comes from the caller.
     caller_tag: Box<[u8]>,
+    /// The To tag of the 2xx that answered: the dialog the record follows (a forked INVITE
+    /// answered twice makes two dialogs with one Call-ID; the BYE of the other is not this
+    /// call's end).
+    callee_tag: Box<[u8]>,
     /// RFC 4028: the session interval of the answer, and when it was last refreshed.
     session_ms: Option<u64>,
     refreshed_ms: u64,
@@ -431,6 +435,7 @@ impl CdrTracker {
         let open = Open {
             record,
             caller_tag: from.tag().unwrap_or_default().into(),
+            callee_tag: Box::default(),
             session_ms: None,
             refreshed_ms: now_ms,
         };
@@ -509,6 +514,12 @@ impl CdrTracker {
         r.end_ms = now_ms;
         if r.disposition == Disposition::Answered {
             r.answer_ms = Some(now_ms);
+            open.callee_tag = resp
+                .to()
+                .ok()
+                .and_then(|t| t.tag())
+                .unwrap_or_default()
+                .into();
             open.session_ms = session_expires_ms(resp);
             open.refreshed_ms = now_ms;
             self.answered.insert(id.into(), open);
@@ -534,16 +545,23 @@ impl CdrTracker {
     /// A BYE of call `call_id` (unmasked) passed: the call ended, by the caller when the
     /// BYE's From tag is the INVITE's.
     pub fn bye(&mut self, bye: &Message<'_>, call_id: &[u8], now_ms: u64) {
-        let Some(open) = self.answered.remove(call_id) else {
+        let Some(open) = self.answered.get(call_id) else {
             return;
         };
         let from_tag = bye.from().ok().and_then(|f| f.tag()).unwrap_or_default();
-        let who = if from_tag == &*open.caller_tag {
+        let to_tag = bye.to().ok().and_then(|t| t.tag()).unwrap_or_default();
+        let callee = &*open.callee_tag;
+        let who = if from_tag == &*open.caller_tag && (callee.is_empty() || to_tag == callee) {
             Hangup::Caller
-        } else {
+        } else if to_tag == &*open.caller_tag && (callee.is_empty() || from_tag == callee) {
             Hangup::Callee
+        } else {
+            // Another dialog of the same Call-ID (a second 2xx of a forked INVITE).
+            return;
         };
-        self.close(open, who, now_ms);
+        if let Some(open) = self.answered.remove(call_id) {
+            self.close(open, who, now_ms);
+        }
     }
 
     fn close(&mut self, open: Open, who: Hangup, end_ms: u64) {
@@ -666,10 +684,12 @@ mod tests {
         .into_bytes()
     }
 
+    /// A BYE from the side whose tag is `from_tag` (`a1` the caller's, `b1` the callee's).
     fn bye(call_id: &str, from_tag: &str) -> Vec<u8> {
+        let to_tag = if from_tag == "a1" { "b1" } else { "a1" };
         format!(
             "BYE sip:x@10.0.0.1 SIP/2.0\r\nVia: SIP/2.0/UDP 10.0.0.1;branch=z9hG4bK2\r\n\
-             From: <sip:a@example.com>;tag={from_tag}\r\nTo: <sip:b@example.com>;tag=zz\r\n\
+             From: <sip:a@example.com>;tag={from_tag}\r\nTo: <sip:b@example.com>;tag={to_tag}\r\n\
              Call-ID: {call_id}\r\nCSeq: 2 BYE\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n"
         )
         .into_bytes()
@@ -722,7 +742,7 @@ mod tests {
             "an answered call waits for its BYE"
         );
         assert_eq!(t.open_calls().len(), 1);
-        let b = bye("c1", "zz");
+        let b = bye("c1", "b1");
         t.bye(&Message::parse(&b).unwrap(), b"c1", 6_300);
         let r = taken(&mut t);
         assert_eq!(r.len(), 1);
@@ -739,6 +759,26 @@ mod tests {
         assert_eq!(r.source, SRC.parse().unwrap());
         assert_eq!(r.route.as_deref(), Some("trunks"));
         assert!(t.open_calls().is_empty());
+    }
+
+    #[test]
+    fn the_bye_of_another_dialog_of_a_forked_call_does_not_end_it() {
+        let mut t = tracker();
+        begin(&mut t, "f1", 0);
+        finish(&mut t, "f1", 200, "", 10);
+        // A second 2xx (another phone, To tag b2) makes a second dialog; the caller ends it.
+        let other = String::from_utf8(bye("f1", "a1"))
+            .unwrap()
+            .replace("tag=b1", "tag=b2");
+        t.bye(&Message::parse(other.as_bytes()).unwrap(), b"f1", 20);
+        assert!(taken(&mut t).is_empty(), "the answered dialog goes on");
+        let b = bye("f1", "b1");
+        t.bye(&Message::parse(&b).unwrap(), b"f1", 30);
+        let r = taken(&mut t);
+        assert_eq!(
+            (r.len(), r[0].end_ms, r[0].hangup),
+            (1, 30, Some(Hangup::Callee))
+        );
     }
 
     #[test]
