@@ -125,7 +125,7 @@ pub struct CdrStats {
     pub postgres_waiting: AtomicU64,
     /// Failed PostgreSQL deliveries (connection or statement).
     pub postgres_errors: AtomicU64,
-    /// File writes that failed (disk full, ...): the records stay for the next attempt.
+    /// Records a file sink or spill file failed to take (disk full, ...): lost for that sink.
     pub write_errors: AtomicU64,
 }
 

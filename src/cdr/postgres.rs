@@ -201,7 +201,23 @@ pub fn deliver_loop(
                         |w| Some(w.saturating_sub(lines)),
                     );
                 }
-                Err(e) => {
+                Err(Failure::Rejected(e, lines)) => {
+                    // Data PostgreSQL refuses (a data exception, SQLSTATE class 22) would
+                    // block every later record: the segment is set aside, the rest goes on.
+                    stats.postgres_errors.fetch_add(1, Ordering::Relaxed);
+                    let aside = path.with_extension("rejected");
+                    tracing::error!(
+                        "PostgreSQL refused call detail records ({e}): kept in {}",
+                        aside.display()
+                    );
+                    let _ = fs::rename(path, &aside);
+                    let _ = stats.postgres_waiting.fetch_update(
+                        Ordering::Relaxed,
+                        Ordering::Relaxed,
+                        |w| Some(w.saturating_sub(lines)),
+                    );
+                }
+                Err(Failure::Down(e)) => {
                     stats.postgres_errors.fetch_add(1, Ordering::Relaxed);
                     if !failing {
                         tracing::warn!(
@@ -239,6 +255,20 @@ pub fn deliver_loop(
     }
 }
 
+/// Why a segment was not delivered.
+enum Failure {
+    /// PostgreSQL is unreachable or failed: retry later.
+    Down(String),
+    /// PostgreSQL refused the data itself (and the segment's line count).
+    Rejected(String, u64),
+}
+
+impl From<String> for Failure {
+    fn from(e: String) -> Failure {
+        Failure::Down(e)
+    }
+}
+
 fn connect(url: &str) -> Result<postgres::Client, String> {
     let mut cfg: postgres::Config = url.parse().map_err(|e| format!("{e}"))?;
     if cfg.get_connect_timeout().is_none() {
@@ -260,7 +290,7 @@ fn deliver_segment(
     client: &mut Option<postgres::Client>,
     path: &Path,
     stats: &CdrStats,
-) -> Result<(u64, u64), String> {
+) -> Result<(u64, u64), Failure> {
     let file = File::open(path).map_err(|e| format!("{}: {e}", path.display()))?;
     let mut rows: Vec<String> = Vec::new();
     let mut lines = 0;
@@ -279,7 +309,7 @@ fn deliver_segment(
         *client = Some(connect(url)?);
     }
     let Some(c) = client.as_mut() else {
-        return Err("no connection".into());
+        return Err(Failure::Down("no connection".into()));
     };
     for chunk in rows.chunks(BATCH_ROWS) {
         let mut array = String::with_capacity(chunk.iter().map(|r| r.len() + 1).sum::<usize>() + 2);
@@ -291,8 +321,14 @@ fn deliver_segment(
             array.push_str(r);
         }
         array.push(']');
-        c.execute(INSERT, &[&array])
-            .map_err(|e| format!("inserting: {e}"))?;
+        if let Err(e) = c.execute(INSERT, &[&array]) {
+            let data = e.code().is_some_and(|c| c.code().starts_with("22"));
+            return Err(if data {
+                Failure::Rejected(format!("inserting: {e}"), lines)
+            } else {
+                Failure::Down(format!("inserting: {e}"))
+            });
+        }
     }
     fs::remove_file(path).map_err(|e| format!("{}: {e}", path.display()))?;
     Ok((rows.len() as u64, lines))

@@ -109,10 +109,19 @@ impl CallLog {
     }
 
     /// The proxy took the initial INVITE being handled (a server transaction forwards it):
-    /// its record starts.
-    pub fn attempt_forwarded(&mut self, invite: &Message<'_>, now_ms: u64) {
-        if let (Some(t), Some(src)) = (&mut self.cdr, self.attempt_src) {
-            t.begin(invite, src, &self.note, now_ms);
+    /// its record starts. True when the transaction carries a call attempt (its final
+    /// response ends it): not for a leg this server sent itself.
+    pub fn attempt_forwarded(&mut self, invite: &Message<'_>, now_ms: u64) -> bool {
+        match (&mut self.cdr, self.attempt_src) {
+            (Some(t), Some(src)) => t.begin(invite, src, &self.note, now_ms),
+            _ => false,
+        }
+    }
+
+    /// The server stops: calls in progress get their records now.
+    pub fn close_all(&mut self, now_ms: u64) {
+        if let Some(t) = &mut self.cdr {
+            t.close_all(now_ms);
         }
     }
 
@@ -208,12 +217,17 @@ impl CallLog {
 
     /// The final response `resp` (status `status`) to an INVITE went upstream, `setup_ms`
     /// after the INVITE arrived; `target` is the branch it came from (None: our own).
+    /// `attempt`: the transaction carries a call attempt (else a re-INVITE or a leg this
+    /// server sent itself); `cancelled`: the caller's CANCEL came.
+    #[allow(clippy::too_many_arguments)]
     pub fn setup_ended(
         &mut self,
         resp: &[u8],
         status: u16,
         setup_ms: u64,
         target: Option<SocketAddr>,
+        attempt: bool,
+        cancelled: bool,
         now_ms: u64,
     ) {
         let counting = !self.counted.is_empty();
@@ -225,7 +239,11 @@ impl CallLog {
             return;
         };
         if let Some(t) = &mut self.cdr {
-            t.final_response(&m, status, target, now_ms);
+            if attempt {
+                t.final_response(&m, status, target, cancelled, now_ms);
+            } else {
+                t.reinvite_answered(&m, status, now_ms);
+            }
         }
         let call_id = m.header(HeaderName::CallId);
         if counting && status >= 300 {

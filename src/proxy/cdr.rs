@@ -93,6 +93,8 @@ pub enum Hangup {
     MaxDuration,
     /// The session timer (RFC 4028) ran out without a refresh.
     SessionTimer,
+    /// The server stopped while the call was in progress.
+    Shutdown,
 }
 
 impl Hangup {
@@ -102,6 +104,7 @@ impl Hangup {
             Hangup::Callee => "callee",
             Hangup::MaxDuration => "max_duration",
             Hangup::SessionTimer => "session_timer",
+            Hangup::Shutdown => "shutdown",
         }
     }
 }
@@ -337,6 +340,18 @@ struct Open {
     refreshed_ms: u64,
 }
 
+impl Open {
+    /// True when `m` (a request or response) belongs to the dialog this record follows:
+    /// its tags are the caller's and the answering callee's, either way round.
+    fn is_dialog(&self, m: &Message<'_>) -> bool {
+        let from = m.from().ok().and_then(|f| f.tag()).unwrap_or_default();
+        let to = m.to().ok().and_then(|t| t.tag()).unwrap_or_default();
+        let (caller, callee) = (&*self.caller_tag, &*self.callee_tag);
+        (from == caller && (callee.is_empty() || to == callee))
+            || (to == caller && (callee.is_empty() || from == callee))
+    }
+}
+
 /// A call in progress as the admin API lists it.
 #[derive(Debug, Clone)]
 pub struct OpenCall {
@@ -364,8 +379,15 @@ pub struct CdrTracker {
     next_check_ms: u64,
 }
 
+/// Wire bytes as record text: invalid UTF-8 and NUL (which PostgreSQL's text refuses, and
+/// an escaped `%00` in a dialed number can produce) become U+FFFD.
 fn text(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).into_owned()
+    let t = String::from_utf8_lossy(b);
+    if t.contains('\0') {
+        t.replace('\0', "\u{fffd}")
+    } else {
+        t.into_owned()
+    }
 }
 
 impl CdrTracker {
@@ -444,21 +466,26 @@ impl CdrTracker {
 
     /// An initial INVITE the proxy took (a server transaction forwarding it): its attempt
     /// starts. A second INVITE with the Call-ID of an attempt in progress is the same call.
+    /// Returns true when the attempt is this request's (false: a duplicate, no record).
     pub fn begin(
         &mut self,
         invite: &Message<'_>,
         src: SocketAddr,
         note: &AttemptNote,
         now_ms: u64,
-    ) {
+    ) -> bool {
         let Some(id) = invite.header(HeaderName::CallId) else {
-            return;
+            return false;
         };
         if self.ringing.contains_key(id) || self.answered.contains_key(id) {
-            return;
+            return false;
         }
-        if let Some((id, open)) = self.record(invite, src, note, now_ms) {
-            self.ringing.insert(id, open);
+        match self.record(invite, src, note, now_ms) {
+            Some((id, open)) => {
+                self.ringing.insert(id, open);
+                true
+            }
+            None => false,
         }
     }
 
@@ -498,6 +525,7 @@ impl CdrTracker {
         resp: &Message<'_>,
         status: u16,
         target: Option<SocketAddr>,
+        cancelled: bool,
         now_ms: u64,
     ) {
         let Some(id) = resp.header(HeaderName::CallId) else {
@@ -506,9 +534,17 @@ impl CdrTracker {
         let Some(mut open) = self.ringing.remove(id) else {
             return;
         };
+        if matches!(status, 401 | 407) {
+            // A challenge from downstream: the caller's retry with credentials is the attempt.
+            return;
+        }
         let r = &mut open.record;
         r.code = status;
-        r.disposition = Disposition::of(status);
+        r.disposition = match Disposition::of(status) {
+            // A 487 the caller did not ask for (its CANCEL) is a plain failure.
+            Disposition::Cancelled if !cancelled => Disposition::Failed,
+            d => d,
+        };
         r.target = target;
         r.setup_ms = now_ms.saturating_sub(r.start_ms);
         r.end_ms = now_ms;
@@ -531,10 +567,50 @@ impl CdrTracker {
         }
     }
 
-    /// An in-dialog INVITE or UPDATE of call `call_id` passed: its session is refreshed
-    /// (RFC 4028 §10), with the interval it asks for when it names one.
+    /// The 2xx of an INVITE that is no attempt (a re-INVITE) went upstream: it refreshes the
+    /// session of its call (RFC 4028 §9: with the interval it names, or none: the timer is
+    /// off).
+    pub fn reinvite_answered(&mut self, resp: &Message<'_>, status: u16, now_ms: u64) {
+        if !(200..300).contains(&status) {
+            return;
+        }
+        let Some(id) = resp.header(HeaderName::CallId) else {
+            return;
+        };
+        if let Some(open) = self.answered.get_mut(id) {
+            if !open.is_dialog(resp) {
+                return;
+            }
+            open.refreshed_ms = now_ms;
+            open.session_ms = session_expires_ms(resp);
+        }
+    }
+
+    /// Calls in progress when the server stops: each gets its record now, `hangup`
+    /// `shutdown` (a ringing one with code 0).
+    pub fn close_all(&mut self, now_ms: u64) {
+        let answered: Vec<Box<[u8]>> = self.answered.keys().cloned().collect();
+        for id in answered {
+            if let Some(open) = self.answered.remove(&id) {
+                self.close(open, Hangup::Shutdown, now_ms);
+            }
+        }
+        for (_, open) in self.ringing.drain() {
+            let mut r = open.record;
+            r.end_ms = now_ms;
+            r.setup_ms = now_ms.saturating_sub(r.start_ms);
+            r.hangup = Some(Hangup::Shutdown);
+            self.done.push(r);
+        }
+    }
+
+    /// An in-dialog UPDATE of call `call_id` passed: its session is refreshed (RFC 4028
+    /// §10; a re-INVITE refreshes it with its 2xx, [`CdrTracker::reinvite_answered`]).
     pub fn refresh(&mut self, msg: &Message<'_>, call_id: &[u8], now_ms: u64) {
         if let Some(open) = self.answered.get_mut(call_id) {
+            if !open.is_dialog(msg) {
+                return;
+            }
             open.refreshed_ms = now_ms;
             if let Some(ms) = session_expires_ms(msg) {
                 open.session_ms = Some(ms);
@@ -548,16 +624,15 @@ impl CdrTracker {
         let Some(open) = self.answered.get(call_id) else {
             return;
         };
-        let from_tag = bye.from().ok().and_then(|f| f.tag()).unwrap_or_default();
-        let to_tag = bye.to().ok().and_then(|t| t.tag()).unwrap_or_default();
-        let callee = &*open.callee_tag;
-        let who = if from_tag == &*open.caller_tag && (callee.is_empty() || to_tag == callee) {
-            Hangup::Caller
-        } else if to_tag == &*open.caller_tag && (callee.is_empty() || from_tag == callee) {
-            Hangup::Callee
-        } else {
+        if !open.is_dialog(bye) {
             // Another dialog of the same Call-ID (a second 2xx of a forked INVITE).
             return;
+        }
+        let from_tag = bye.from().ok().and_then(|f| f.tag()).unwrap_or_default();
+        let who = if from_tag == &*open.caller_tag {
+            Hangup::Caller
+        } else {
+            Hangup::Callee
         };
         if let Some(open) = self.answered.remove(call_id) {
             self.close(open, who, now_ms);
@@ -723,7 +798,13 @@ mod tests {
 
     fn finish(t: &mut CdrTracker, id: &str, status: u16, extra: &str, at: u64) {
         let r = response(id, status, extra);
-        t.final_response(&Message::parse(&r).unwrap(), status, PEER.parse().ok(), at);
+        t.final_response(
+            &Message::parse(&r).unwrap(),
+            status,
+            PEER.parse().ok(),
+            true,
+            at,
+        );
     }
 
     fn taken(t: &mut CdrTracker) -> Vec<CallRecord> {
@@ -856,6 +937,60 @@ mod tests {
     }
 
     #[test]
+    fn a_refresh_whose_2xx_names_no_interval_turns_the_timer_off() {
+        let mut t = tracker();
+        begin(&mut t, "c7", 0);
+        finish(&mut t, "c7", 200, "Session-Expires: 10\r\n", 0);
+        t.reinvite_answered(
+            &Message::parse(&response("c7", 200, "")).unwrap(),
+            200,
+            5_000,
+        );
+        t.poll(30_000);
+        assert!(
+            taken(&mut t).is_empty(),
+            "RFC 4028 §9: no Session-Expires, no timer"
+        );
+    }
+
+    #[test]
+    fn a_487_the_caller_did_not_ask_for_is_a_failure_and_a_challenge_no_record() {
+        let mut t = tracker();
+        begin(&mut t, "c8", 0);
+        let r = response("c8", 487, "");
+        t.final_response(&Message::parse(&r).unwrap(), 487, None, false, 5);
+        assert_eq!(taken(&mut t)[0].disposition, Disposition::Failed);
+        begin(&mut t, "c9", 0);
+        finish(&mut t, "c9", 407, "", 5);
+        assert!(
+            taken(&mut t).is_empty(),
+            "a challenge from downstream is no attempt"
+        );
+        assert!(t.open_calls().is_empty());
+        // The retry with credentials is the attempt.
+        begin(&mut t, "c9", 10);
+        finish(&mut t, "c9", 486, "", 15);
+        assert_eq!(taken(&mut t)[0].start_ms, 10);
+    }
+
+    #[test]
+    fn nul_never_reaches_a_record() {
+        let mut t = tracker();
+        let inv = String::from_utf8(invite("n1"))
+            .unwrap()
+            .replace("%2B4930", "a%00b");
+        t.refused(
+            &Message::parse(inv.as_bytes()).unwrap(),
+            SRC.parse().unwrap(),
+            &AttemptNote::default(),
+            404,
+            1,
+        );
+        let r = taken(&mut t);
+        assert_eq!(r[0].dialed, "a\u{fffd}b");
+    }
+
+    #[test]
     fn a_session_timer_without_refresh_closes_the_call() {
         let mut t = tracker();
         begin(&mut t, "c5", 0);
@@ -866,9 +1001,14 @@ mod tests {
             "Session-Expires: 10;refresher=uac\r\n",
             1_000,
         );
-        // A refresh (re-INVITE or UPDATE) at 8 s keeps it for 10 s more.
-        let reinvite = invite("c5");
-        t.refresh(&Message::parse(&reinvite).unwrap(), b"c5", 8_000);
+        // A refresh at 8 s (the 2xx of a re-INVITE) keeps it for 10 s more; one of another
+        // dialog (To tag b2) does not.
+        let ok = response("c5", 200, "Session-Expires: 10\r\n");
+        let other = String::from_utf8(ok.clone())
+            .unwrap()
+            .replace("tag=b1", "tag=b2");
+        t.reinvite_answered(&Message::parse(other.as_bytes()).unwrap(), 200, 9_000);
+        t.reinvite_answered(&Message::parse(&ok).unwrap(), 200, 8_000);
         t.poll(12_000);
         assert!(taken(&mut t).is_empty(), "refreshed");
         t.poll(18_500);

@@ -256,6 +256,11 @@ impl Element {
         self.proxy.calls.poll(now_ms);
     }
 
+    /// The server stops: calls in progress get their call detail records now.
+    pub fn close_calls(&mut self, now_ms: u64) {
+        self.proxy.calls.close_all(now_ms);
+    }
+
     /// What routing chose for the initial INVITE being handled, for its call record.
     pub(super) fn note_route(&mut self, route: &str) {
         if let Some(note) = self.proxy.calls.note() {

@@ -176,6 +176,8 @@ struct Forwarding {
     /// destination it came from (None: our own 408).
     best: Option<(u16, Bytes)>,
     best_dst: Option<SocketAddr>,
+    /// A call attempt (with call detail records): its final response ends the record.
+    attempt: bool,
     final_sent: bool,
     cancelled: bool,
     plan: Plan,
@@ -670,6 +672,7 @@ impl Proxy {
             branches: Vec::with_capacity(first_group),
             best: None,
             best_dst: None,
+            attempt: false,
             final_sent: false,
             cancelled: false,
             plan,
@@ -709,7 +712,7 @@ impl Proxy {
         }
         let more = !ctx.rest.is_empty();
         if is_invite && self.calls.cdr_on() && msg.to().ok().and_then(|t| t.tag()).is_none() {
-            self.calls.attempt_forwarded(msg, now_ms);
+            ctx.attempt = self.calls.attempt_forwarded(msg, now_ms);
         }
         self.contexts.insert(sid, ctx);
         if n == 0 && more && status_err.is_none() {
@@ -920,8 +923,9 @@ impl Proxy {
         ctx.challenges = Default::default();
         if ctx.is_invite {
             let setup = now_ms.saturating_sub(ctx.started_ms);
-            let target = ctx.best_dst;
-            self.calls.setup_ended(&r, s, setup, target, now_ms);
+            let (target, attempt, cancelled) = (ctx.best_dst, ctx.attempt, ctx.cancelled);
+            self.calls
+                .setup_ended(&r, s, setup, target, attempt, cancelled, now_ms);
         }
         let _ = self.txns.server_respond(sid, s, r, now_ms, txn_out);
     }
@@ -1015,8 +1019,16 @@ impl Proxy {
             ctx.original = crate::txn::empty_bytes();
             if ctx.is_invite {
                 let setup = now_ms.saturating_sub(ctx.started_ms);
-                self.calls
-                    .setup_ended(&self.scratch, status, setup, None, now_ms);
+                let (attempt, cancelled) = (ctx.attempt, ctx.cancelled);
+                self.calls.setup_ended(
+                    &self.scratch,
+                    status,
+                    setup,
+                    None,
+                    attempt,
+                    cancelled,
+                    now_ms,
+                );
             }
         }
     }
@@ -1316,8 +1328,9 @@ impl Proxy {
             let is_invite = ctx.is_invite;
             if let (true, Some(up)) = (is_invite, &upstream) {
                 let setup = now_ms.saturating_sub(ctx.started_ms);
+                let (attempt, cancelled) = (ctx.attempt, ctx.cancelled);
                 self.calls
-                    .setup_ended(up, status, setup, branch_dst, now_ms);
+                    .setup_ended(up, status, setup, branch_dst, attempt, cancelled, now_ms);
             }
             let sent = upstream.is_some_and(|up| {
                 self.txns

@@ -257,6 +257,14 @@ impl Core {
         Ok(n)
     }
 
+    /// The server stops: calls in progress get their call detail records now (`hangup`
+    /// `shutdown`), to be taken with [`Core::take_records`].
+    pub fn close_calls(&mut self, now_ms: u64) {
+        if self.responder.is_none() {
+            self.element.close_calls(now_ms);
+        }
+    }
+
     /// Moves the finished call detail records to the end of `into` (none in responder mode).
     pub fn take_records(&mut self, into: &mut Vec<crate::proxy::cdr::CallRecord>) {
         if self.responder.is_none() {

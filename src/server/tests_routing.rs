@@ -715,3 +715,45 @@ fn a_bye_for_a_dialog_that_never_existed_gets_481() {
     let out = send(&mut c, bye.as_bytes(), CALLER, 0, T0);
     assert_eq!(status(&out[0].1), 481);
 }
+
+#[test]
+fn a_group_call_is_one_call_record_whatever_its_members_answer() {
+    let mut c = routed_core(GROUPS, None);
+    let mut cfg = (*c.cfg).clone();
+    cfg.proxy.cdr = Some(crate::proxy::cdr::CdrSettings::default());
+    c.reload(Arc::new(cfg), None);
+    register(&mut c, "alice", ALICE);
+    register(&mut c, "bob", BOB);
+    let out = send(&mut c, &invite_to("600", "z9hG4bKcdr1"), CALLER, 0, T0);
+    let out = settle(&mut c, out, T0);
+    let (a, b) = (sent_to(&out, ALICE), sent_to(&out, BOB));
+    // bob is busy first (his leg's 486 must not end the caller's record), then alice answers.
+    let out = send(
+        &mut c,
+        &answer(&b[0], 486, "Busy Here", "b"),
+        BOB,
+        0,
+        T0 + 10,
+    );
+    settle(&mut c, out, T0 + 10);
+    let out = send(&mut c, &answer(&a[0], 200, "OK", "a"), ALICE, 0, T0 + 20);
+    let out = settle(&mut c, out, T0 + 20);
+    assert_eq!(status(&sent_to(&out, CALLER)[0]), 200);
+    let mut records = Vec::new();
+    c.take_records(&mut records);
+    assert!(records.is_empty(), "{records:?}");
+    let calls = c.calls(T0 + 30);
+    assert_eq!((calls.len(), calls[0].state.as_str()), (1, "answered"));
+    // The server stops with the call in progress: its record is written then.
+    c.close_calls(T0 + 5_020);
+    c.take_records(&mut records);
+    assert_eq!(records.len(), 1, "{records:?}");
+    let r = &records[0];
+    assert_eq!(
+        (r.code, r.disposition),
+        (200, crate::proxy::cdr::Disposition::Answered)
+    );
+    assert_eq!(r.route.as_deref(), Some("group 600"));
+    assert_eq!((r.dialed.as_str(), r.duration_ms), ("600", 5_000));
+    assert_eq!(r.hangup, Some(crate::proxy::cdr::Hangup::Shutdown));
+}

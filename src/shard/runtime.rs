@@ -405,6 +405,12 @@ pub fn run(mut ctx: ShardContext) {
         }
     }
     hist.publish(&ctx.stats.latency);
+    // Calls in progress get their records before the shard goes.
+    if let Some(c) = &mut ctx.cdr {
+        ctx.core.close_calls(ctx.clock.now_ms());
+        ctx.core.take_records(c.records());
+        c.flush();
+    }
     tracing::debug!(shard = ctx.id, "shard stopped");
 }
 
