@@ -71,6 +71,23 @@ fn main() {
             }
         }
     }
+    // PostgreSQL's server programs are not on PATH (Debian keeps them per version).
+    println!("cargo:rerun-if-env-changed=SIPSHARD_REQUIRE_POSTGRES");
+    let initdb = std::fs::read_dir("/usr/lib/postgresql")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .any(|e| e.path().join("bin/initdb").is_file());
+    if !initdb {
+        println!(
+            "cargo:warning=PostgreSQL (initdb) not found under /usr/lib/postgresql: the \
+             PostgreSQL CDR sink test (tests/sipp.rs) will skip (apt-get install postgresql; \
+             SIPSHARD_REQUIRE_POSTGRES=1 makes that a failure)"
+        );
+        if Path::new("/usr/lib").is_dir() {
+            println!("cargo:rerun-if-changed=/usr/lib");
+        }
+    }
     // 0 = enabled, 1 = root only, 2 = disabled (Linux 6.6+); absent = not restricted.
     let knob = Path::new("/proc/sys/kernel/io_uring_disabled");
     if let Ok(v) = std::fs::read_to_string(knob) {
