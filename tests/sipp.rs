@@ -1203,7 +1203,7 @@ fn sipp_calls_of_every_outcome_leave_one_cdr_each_in_jsonl_and_csv() {
     let mut lines = text.lines();
     let header: Vec<&str> = lines.next().unwrap().split(',').collect();
     assert_eq!(header[..3], ["id", "call_id", "start_ms"]);
-    let rows: Vec<Vec<String>> = lines.map(csv_fields).collect();
+    let rows: Vec<Vec<String>> = lines.map(sipshard::cdr::sink::parse_csv_line).collect();
     assert_eq!(rows.len(), records.len());
     for row in &rows {
         let r = records
@@ -1221,25 +1221,6 @@ fn sipp_calls_of_every_outcome_leave_one_cdr_each_in_jsonl_and_csv() {
     }
     assert_eq!(s.metric("sipshard_cdr_records_total"), Some(40.0));
     assert_eq!(s.metric("sipshard_cdr_spilled_total"), Some(0.0));
-}
-
-/// The fields of one CSV line (RFC 4180 quoting).
-fn csv_fields(line: &str) -> Vec<String> {
-    let mut fields = vec![String::new()];
-    let mut quoted = false;
-    let mut chars = line.chars().peekable();
-    while let Some(c) = chars.next() {
-        match (c, quoted) {
-            ('"', true) if chars.peek() == Some(&'"') => {
-                chars.next();
-                fields.last_mut().unwrap().push('"');
-            }
-            ('"', _) => quoted = !quoted,
-            (',', false) => fields.push(String::new()),
-            (c, _) => fields.last_mut().unwrap().push(c),
-        }
-    }
-    fields
 }
 
 /// A PostgreSQL server of its own for a test: initdb in a scratch directory, listening on
