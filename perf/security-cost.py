@@ -241,16 +241,35 @@ def main():
         json.dump({'args': vars(args), 'cost': cost, 'flood': flood}, f, indent=1)
 
 
-def topology(args, tmp):
+def save(args, name, lines, runs):
+    """Prints the report and writes it to perf/results/DATE-NAME.{md,json}."""
+    report = '\n'.join(lines) + '\n'
+    print(report)
+    out = os.path.join(HERE, 'results', '%s-%s' % (datetime.date.today(), name))
+    with open(out + '.md', 'w') as f:
+        f.write(report)
+    with open(out + '.json', 'w') as f:
+        json.dump({'args': vars(args), 'runs': runs}, f, indent=1)
+
+
+def alternate(args, tmp, key):
+    """Call runs without and with the option `key` (a cost_run keyword), the order
+    alternating by round; returns the runs and the median µs/call of each side."""
     runs = []
     for rnd in range(args.rounds):
-        for hiding in ((False, True) if rnd % 2 == 0 else (True, False)):
-            r = cost_run(args, tmp, 'call', True, hiding)
-            lab.log('call, topology hiding %s: %.2f us/op (%d done, %d failed, %d retrans)' % (
-                hiding, r['cpu_us_per_op'], r['completed'], r['failed'], r['retransmissions']))
+        for on in ((False, True) if rnd % 2 == 0 else (True, False)):
+            r = cost_run(args, tmp, 'call', True, **{key: on})
+            lab.log('call, %s %s: %.2f us/op (%d done, %d failed, %d retrans, %s records)' % (
+                key, on, r['cpu_us_per_op'], r['completed'], r['failed'],
+                r['retransmissions'], r['records']))
             runs.append(r)
-    med = {h: statistics.median([r['cpu_us_per_op'] for r in runs if r['hiding'] == h])
-           for h in (False, True)}
+    med = {on: statistics.median([r['cpu_us_per_op'] for r in runs if r[key] == on])
+           for on in (False, True)}
+    return runs, med
+
+
+def topology(args, tmp):
+    runs, med = alternate(args, tmp, 'hiding')
     bad = sum(r['failed'] + r['retransmissions'] for r in runs)
     lines = ['# Topology hiding cost (%s)' % datetime.date.today(), '',
              'Command: `flock /tmp/bench.lock perf/security-cost.py --topology --rounds %d '
@@ -262,26 +281,11 @@ def topology(args, tmp):
              '| rate/s | without µs/call | with µs/call | with/without |', '|---|---|---|---|',
              '| %d | %.2f | %.2f | %.3f |' % (args.call_rate, med[False], med[True],
                                               med[True] / med[False])]
-    report = '\n'.join(lines) + '\n'
-    print(report)
-    out = os.path.join(HERE, 'results', '%s-topology-cost' % datetime.date.today())
-    with open(out + '.md', 'w') as f:
-        f.write(report)
-    with open(out + '.json', 'w') as f:
-        json.dump({'args': vars(args), 'runs': runs}, f, indent=1)
+    save(args, 'topology-cost', lines, runs)
 
 
 def cdr_cost(args, tmp):
-    runs = []
-    for rnd in range(args.rounds):
-        for cdr in ((False, True) if rnd % 2 == 0 else (True, False)):
-            r = cost_run(args, tmp, 'call', True, cdr=cdr)
-            lab.log('call, CDRs %s: %.2f us/op (%d done, %d failed, %d retrans, %s records)' % (
-                cdr, r['cpu_us_per_op'], r['completed'], r['failed'], r['retransmissions'],
-                r['records']))
-            runs.append(r)
-    med = {c: statistics.median([r['cpu_us_per_op'] for r in runs if r['cdr'] == c])
-           for c in (False, True)}
+    runs, med = alternate(args, tmp, 'cdr')
     bad = sum(r['failed'] + r['retransmissions'] for r in runs)
     missing = sum(r['completed'] - r['records'] for r in runs if r['cdr'])
     writer = statistics.median([r['writer_us_per_op'] for r in runs if r['cdr']])
@@ -299,13 +303,7 @@ def cdr_cost(args, tmp):
              '| %d | %.2f | %.2f | %.3f | %.2f µs (%.1f%% of without) |' % (
                  args.call_rate, med[False], med[True], med[True] / med[False], writer,
                  100 * writer / med[False])]
-    report = '\n'.join(lines) + '\n'
-    print(report)
-    out = os.path.join(HERE, 'results', '%s-cdr-cost' % datetime.date.today())
-    with open(out + '.md', 'w') as f:
-        f.write(report)
-    with open(out + '.json', 'w') as f:
-        json.dump({'args': vars(args), 'runs': runs}, f, indent=1)
+    save(args, 'cdr-cost', lines, runs)
 
 
 if __name__ == '__main__':
