@@ -59,11 +59,21 @@ struct SippResult {
 fn run_sipp(dir: &Path, server: &ServerProcess, args: &[&str]) -> SippResult {
     let stat = dir.join("stat.csv");
     let _ = std::fs::remove_file(&stat);
+    // SIPp without -p takes the first free port from 5060 up, one that a SIPp of another
+    // test may just have left: a server of that test retransmitting to it would then reach
+    // this one. A fresh port keeps each SIPp to its own traffic.
+    let port = free_udp_port().to_string();
+    let own_port: &[&str] = if args.contains(&"-p") {
+        &[]
+    } else {
+        &["-p", &port]
+    };
     let out = Command::new("timeout")
         .arg("120")
         .arg("sipp")
         .arg(server.addr.to_string())
         .args(args)
+        .args(own_port)
         .args(["-nostdin", "-trace_stat", "-stf"])
         .arg(&stat)
         .args(["-fd", "1", "-buff_size", "4194304", "-timeout", "100s"])
@@ -1021,6 +1031,8 @@ fn sipp_calls(trace: &Path) -> std::collections::HashMap<String, SippCall> {
             }
         }
     }
+    // A message of a call SIPp did not start (a stray retransmission to its port) is no call.
+    calls.retain(|_, call| call.invite_sent.is_some());
     calls
 }
 
