@@ -24,6 +24,7 @@ pub enum IoBackend {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Listen {
     pub addr: SocketAddr,
+    pub proto: crate::sip::Proto,
 }
 
 /// The validated configuration.
@@ -43,6 +44,8 @@ pub struct Config {
     pub proxy: ProxySettings,
     /// Capacity of each shard's hand-off queue.
     pub queue_capacity: usize,
+    /// Limits of the stream (TCP) connections.
+    pub streams: crate::transport::tcp::StreamSettings,
     /// Nonce lifetime in seconds.
     pub nonce_ttl: u32,
     /// Digest algorithms offered in challenges, most preferred first.
@@ -118,9 +121,22 @@ pub struct Cli {
     /// TOML configuration file; flags override its values.
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
-    /// Listen address, repeatable: udp:127.0.0.1:5060 (scheme optional).
+    /// Listen address, repeatable: udp:127.0.0.1:5060 (scheme optional), tcp:127.0.0.1:5060.
     #[arg(long, value_name = "ADDR")]
     pub listen: Vec<String>,
+    /// TCP: connections one shard holds at most (default 100000).
+    #[arg(long, value_name = "N")]
+    pub tcp_max_connections: Option<u32>,
+    /// TCP: connections one source address may hold per shard (default 256).
+    #[arg(long, value_name = "N")]
+    pub tcp_max_per_source: Option<u32>,
+    /// TCP: a message started (or a new connection's first) must complete within this many
+    /// milliseconds, else the connection is closed (default 10000).
+    #[arg(long, value_name = "MS")]
+    pub tcp_message_timeout_ms: Option<u64>,
+    /// TCP: a connection without a byte for this many seconds is closed (default 3600).
+    #[arg(long, value_name = "S")]
+    pub tcp_idle_timeout_s: Option<u64>,
     /// A domain this server is responsible for, repeatable (the first is the realm).
     #[arg(long, value_name = "NAME")]
     pub domain: Vec<String>,
@@ -227,6 +243,10 @@ struct FileConfig {
     io: Option<String>,
     allow_unauthenticated: Option<bool>,
     queue_capacity: Option<usize>,
+    tcp_max_connections: Option<u32>,
+    tcp_max_per_source: Option<u32>,
+    tcp_message_timeout_ms: Option<u64>,
+    tcp_idle_timeout_s: Option<u64>,
     nonce_ttl: Option<u32>,
     auth_algorithms: Option<Vec<String>>,
     strict_digest_uri: Option<bool>,
@@ -311,26 +331,28 @@ fn err<T>(msg: String) -> Result<T, ConfigError> {
     Err(ConfigError(msg))
 }
 
-/// Parses `udp:IP:PORT`, `IP:PORT` or `[v6]:PORT`.
+/// Parses `udp:IP:PORT`, `tcp:IP:PORT`, `IP:PORT` (UDP) or `[v6]:PORT`.
 pub fn parse_listen(key: &str, s: &str) -> Result<Listen, ConfigError> {
-    let rest = match s.split_once(':') {
-        Some((scheme, rest)) if scheme.eq_ignore_ascii_case("udp") => rest,
+    use crate::sip::Proto;
+    let (proto, rest) = match s.split_once(':') {
+        Some((scheme, rest)) if scheme.eq_ignore_ascii_case("udp") => (Proto::Udp, rest),
+        Some((scheme, rest)) if scheme.eq_ignore_ascii_case("tcp") => (Proto::Tcp, rest),
         Some((scheme, _))
             if matches!(
                 scheme.to_ascii_lowercase().as_str(),
-                "tcp" | "tls" | "ws" | "wss" | "sctp"
+                "tls" | "ws" | "wss" | "sctp"
             ) =>
         {
             return err(format!(
-                "{key} '{s}': transport {scheme} is not supported yet (only udp)"
+                "{key} '{s}': transport {scheme} is not supported yet (udp and tcp are)"
             ))
         }
-        _ => s,
+        _ => (Proto::Udp, s),
     };
     match rest.parse::<SocketAddr>() {
-        Ok(addr) => Ok(Listen { addr }),
+        Ok(addr) => Ok(Listen { addr, proto }),
         Err(_) => err(format!(
-            "{key} '{s}': expected [udp:]IP:PORT, e.g. udp:127.0.0.1:5060"
+            "{key} '{s}': expected [udp:|tcp:]IP:PORT, e.g. udp:127.0.0.1:5060"
         )),
     }
 }
@@ -482,6 +504,63 @@ impl Cli {
         }
         if listen.is_empty() {
             return err("listen: at least one address is required".into());
+        }
+        if !listen.iter().any(|l| l.proto == crate::sip::Proto::Udp) {
+            return err("listen: at least one udp address is required (with tcp ones)".into());
+        }
+        let mut streams = crate::transport::tcp::StreamSettings::default();
+        for (flag, key, cli, file_v, lo, hi, set) in [
+            (
+                "--tcp-max-connections",
+                "tcp_max_connections",
+                self.tcp_max_connections.map(u64::from),
+                file.tcp_max_connections.map(u64::from),
+                1,
+                10_000_000,
+                0,
+            ),
+            (
+                "--tcp-max-per-source",
+                "tcp_max_per_source",
+                self.tcp_max_per_source.map(u64::from),
+                file.tcp_max_per_source.map(u64::from),
+                1,
+                10_000_000,
+                1,
+            ),
+            (
+                "--tcp-message-timeout-ms",
+                "tcp_message_timeout_ms",
+                self.tcp_message_timeout_ms,
+                file.tcp_message_timeout_ms,
+                100,
+                3_600_000,
+                2,
+            ),
+            (
+                "--tcp-idle-timeout-s",
+                "tcp_idle_timeout_s",
+                self.tcp_idle_timeout_s,
+                file.tcp_idle_timeout_s,
+                1,
+                86_400 * 7,
+                3,
+            ),
+        ] {
+            let (name, v) = match (cli, file_v) {
+                (Some(v), _) => (flag, v),
+                (None, Some(v)) => (key, v),
+                _ => continue,
+            };
+            if !(lo..=hi).contains(&v) {
+                return err(format!("{name} '{v}': expected {lo} to {hi}"));
+            }
+            match set {
+                0 => streams.max_per_shard = v as u32,
+                1 => streams.max_per_source = v as u32,
+                2 => streams.message_timeout_ms = v,
+                _ => streams.idle_timeout_ms = v * 1000,
+            }
         }
         let domain_src: Vec<(String, &str)> = if !self.domain.is_empty() {
             self.domain
@@ -777,6 +856,7 @@ impl Cli {
             registrar,
             proxy,
             queue_capacity,
+            streams,
             nonce_ttl,
             auth_algorithms,
             strict_digest_uri: self.strict_digest_uri || file.strict_digest_uri.unwrap_or(false),
@@ -915,8 +995,18 @@ mod tests {
 
     #[test]
     fn bad_values_name_their_flag() {
-        let e = cli(&["--listen", "tcp:1.2.3.4:5060"]).unwrap_err();
+        let e = cli(&["--listen", "tls:1.2.3.4:5060"]).unwrap_err();
         assert!(e.0.starts_with("--listen"), "{e}");
+        // TCP alone: a UDP address is needed beside it.
+        let e = cli(&["--listen", "tcp:127.0.0.1:5060"]).unwrap_err();
+        assert!(e.0.contains("udp"), "{e}");
+        let c = cli(&["--listen", "udp:127.0.0.1:5060", "--listen", "tcp:127.0.0.1:5060"]).unwrap();
+        assert_eq!(c.listen[1].proto, crate::sip::Proto::Tcp);
+        let e = cli(&["--tcp-max-per-source", "0"]).unwrap_err();
+        assert!(e.0.starts_with("--tcp-max-per-source"), "{e}");
+        let c = cli(&["--tcp-message-timeout-ms", "2000", "--tcp-idle-timeout-s", "5"]).unwrap();
+        assert_eq!(c.streams.message_timeout_ms, 2000);
+        assert_eq!(c.streams.idle_timeout_ms, 5000);
         let e = cli(&["--shards", "0"]).unwrap_err();
         assert!(e.0.starts_with("--shards"), "{e}");
         let e = cli(&["--mode", "fast"]).unwrap_err();

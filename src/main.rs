@@ -50,7 +50,7 @@ fn main() {
     let parsed = config.clone();
     // One address to the world: refuse an address another process serves (with SO_REUSEPORT
     // it would silently share the traffic), and learn the port behind port 0.
-    let listen: Vec<std::net::SocketAddr> = config.listen.iter().map(|l| l.addr).collect();
+    let listen: Vec<_> = config.listen.iter().map(|l| (l.addr, l.proto)).collect();
     let bound = sipshard::transport::claim_listen_addrs(&listen).unwrap_or_else(|e| fail(e, 2));
     for (l, addr) in config.listen.iter_mut().zip(bound) {
         l.addr = addr;
@@ -109,7 +109,7 @@ fn main() {
         None => Vec::new(),
     };
     let restored = Arc::new(restored);
-    let make_core = Arc::new(move |id, stats, local: &[std::net::SocketAddr]| {
+    let make_core = Arc::new(move |id, stats, local: &[sipshard::sip::Local]| {
         let shard_auth = auth
             .lock()
             .ok()
@@ -169,7 +169,7 @@ fn main() {
     let listen: Vec<String> = config
         .listen
         .iter()
-        .map(|l| format!("udp:{}", l.addr))
+        .map(|l| format!("{}:{}", l.proto.scheme(), l.addr))
         .collect();
     tracing::info!(
         listen = %listen.join(","),

@@ -185,6 +185,47 @@ impl Registry {
             "Cross-shard wake-ups.",
             self.sum(|s| s.wakeups.get()),
         )?;
+        gauge(
+            enc,
+            "sipshard_connections",
+            "Stream (TCP) connections open.",
+            self.sum(|s| s.streams.open.get()),
+        )?;
+        counter(
+            enc,
+            "sipshard_connections_accepted",
+            "Stream connections accepted.",
+            self.sum(|s| s.streams.accepted.get()),
+        )?;
+        counter(
+            enc,
+            "sipshard_connections_made",
+            "Stream connections this server opened.",
+            self.sum(|s| s.streams.connected.get()),
+        )?;
+        counter(
+            enc,
+            "sipshard_stream_messages",
+            "Messages received over stream connections.",
+            self.sum(|s| s.streams.messages_in.get()),
+        )?;
+        counter(
+            enc,
+            "sipshard_stream_pings",
+            "Double-CRLF keepalives answered on stream connections.",
+            self.sum(|s| s.streams.pings.get()),
+        )?;
+        counters(
+            enc,
+            "sipshard_connection_events",
+            "Stream connections refused or closed, by reason.",
+            crate::stats::STREAM_EVENTS.iter().map(|&(e, name)| {
+                (
+                    label("reason", name),
+                    self.sum(|s| s.streams.events[e as usize].get()),
+                )
+            }),
+        )?;
         counters(
             enc,
             "sipshard_datagrams_received",

@@ -131,7 +131,65 @@ pub struct ShardStats {
     pub transactions: Counter,
     /// 1 while the shard is past its capacity (new requests for users get 503).
     pub overloaded: Counter,
+    /// Connections of the stream transports (TCP) this shard holds and what became of them.
+    pub streams: StreamStats,
     pub latency: Mutex<Histogram<u64>>,
+}
+
+/// Why a stream connection was refused or closed by the server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[repr(usize)]
+pub enum StreamEvent {
+    /// Refused at accept: the source address holds its limit of connections.
+    RefusedPerSource,
+    /// Refused at accept: the shard holds its limit of connections.
+    RefusedPerShard,
+    /// Closed: no complete message within the message timeout (slowloris).
+    MessageTimeout,
+    /// Closed: idle (not a byte) for the idle timeout.
+    Idle,
+    /// Closed: a message larger than the limit.
+    TooLarge,
+    /// Closed: a message that cannot be framed (missing Content-Length, ...).
+    Unframeable,
+    /// Closed: the peer does not read what we send (the output buffer overflowed).
+    SlowReader,
+    /// Closed by the peer or by an error.
+    PeerClosed,
+    /// An outgoing connection that could not be made.
+    ConnectFailed,
+}
+
+pub const STREAM_EVENTS: [(StreamEvent, &str); 9] = [
+    (StreamEvent::RefusedPerSource, "refused_per_source"),
+    (StreamEvent::RefusedPerShard, "refused_per_shard"),
+    (StreamEvent::MessageTimeout, "message_timeout"),
+    (StreamEvent::Idle, "idle"),
+    (StreamEvent::TooLarge, "too_large"),
+    (StreamEvent::Unframeable, "unframeable"),
+    (StreamEvent::SlowReader, "slow_reader"),
+    (StreamEvent::PeerClosed, "peer_closed"),
+    (StreamEvent::ConnectFailed, "connect_failed"),
+];
+
+/// The stream transports' counters of one shard.
+#[derive(Debug, Default)]
+pub struct StreamStats {
+    /// Connections open now (accepted and outgoing).
+    pub open: Counter,
+    pub accepted: Counter,
+    pub connected: Counter,
+    /// Messages received on connections, and keepalive pings answered.
+    pub messages_in: Counter,
+    pub pings: Counter,
+    pub events: [Counter; STREAM_EVENTS.len()],
+}
+
+impl StreamStats {
+    #[inline]
+    pub fn event(&self, e: StreamEvent) {
+        self.events[e as usize].inc();
+    }
 }
 
 /// A new latency histogram: 1 µs to 60 s, 3 significant digits.
@@ -154,6 +212,7 @@ impl Default for ShardStats {
             wakeups: Counter::default(),
             sent_requests: Default::default(),
             transactions: Counter::default(),
+            streams: StreamStats::default(),
             overloaded: Counter::default(),
             latency: Mutex::new(new_histogram()),
         }

@@ -22,11 +22,13 @@
 pub mod stun;
 
 use crate::sip::uri::HostKind;
-use crate::sip::{HeaderName, Message, Uri};
+use crate::sip::{HeaderName, Message, Proto, Uri};
 use std::net::{IpAddr, SocketAddr};
 
 /// The name of the Record-Route parameter that carries a flow token.
 pub const FLOW_PARAM: &str = "ft";
+/// The name of the Record-Route parameter that carries the caller's flow.
+pub const CALLER_FLOW_PARAM: &str = "fc";
 
 /// True for addresses a NAT hides: RFC 1918, RFC 6598 (carrier-grade NAT), link-local,
 /// IPv6 unique-local and link-local.
@@ -149,14 +151,16 @@ pub fn contact_matters(msg: &Message<'_>) -> bool {
     ) && msg.header(HeaderName::Contact).is_some()
 }
 
-/// Parses a flow token (`ip:port`, `[v6]:port`).
-pub fn parse_flow(value: &[u8]) -> Option<SocketAddr> {
-    std::str::from_utf8(value).ok()?.parse().ok()
+/// The flow named by the `ft` parameter of a Route URI this server wrote: the callee's
+/// (`ip:port`, or `tcp:ip:port` for a connection, [`crate::sip::proto::write_flow`]).
+pub fn flow_token(route_uri: &Uri<'_>) -> Option<(Proto, SocketAddr)> {
+    crate::sip::proto::parse_flow(route_uri.param(FLOW_PARAM).flatten()?)
 }
 
-/// The flow named by the `ft` parameter of a Route URI this server wrote.
-pub fn flow_token(route_uri: &Uri<'_>) -> Option<SocketAddr> {
-    parse_flow(route_uri.param(FLOW_PARAM).flatten()?)
+/// The flow named by the `fc` parameter: the caller's connection (a caller that reached us
+/// over a stream is reached over it for in-dialog requests from the callee).
+pub fn caller_flow_token(route_uri: &Uri<'_>) -> Option<(Proto, SocketAddr)> {
+    crate::sip::proto::parse_flow(route_uri.param(CALLER_FLOW_PARAM).flatten()?)
 }
 
 #[cfg(test)]

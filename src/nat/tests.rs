@@ -147,8 +147,17 @@ fn flow_tokens_round_trip() {
         let mut v = b"sip:127.0.0.1:5060;lr;ft=".to_vec();
         push_hostport(&mut v, addr(a));
         let uri = Uri::parse(&v).unwrap();
-        assert_eq!(flow_token(&uri), Some(addr(a)));
+        assert_eq!(flow_token(&uri), Some((crate::sip::Proto::Udp, addr(a))));
     }
+    let uri = Uri::parse(b"sip:127.0.0.1:5060;transport=tcp;lr;ft=tcp:192.0.2.9:40000;fc=tcp:192.0.2.8:1").unwrap();
+    assert_eq!(
+        flow_token(&uri),
+        Some((crate::sip::Proto::Tcp, addr("192.0.2.9:40000")))
+    );
+    assert_eq!(
+        caller_flow_token(&uri),
+        Some((crate::sip::Proto::Tcp, addr("192.0.2.8:1")))
+    );
     let uri = Uri::parse(b"sip:127.0.0.1:5060;lr;ft=nonsense").unwrap();
     assert_eq!(flow_token(&uri), None);
     let uri = Uri::parse(b"sip:127.0.0.1:5060;lr").unwrap();

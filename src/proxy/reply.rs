@@ -7,12 +7,13 @@ use crate::sip::Message;
 use std::io::Write as _;
 use std::net::{IpAddr, SocketAddr};
 
-/// Where responses to `msg` go (§18.2.2 for unreliable transports): the source IP, and the
-/// source port when the top Via asks for rport, else the sent-by port (default 5060).
+/// Where responses to `msg` go (§18.2.2): the source IP, and the source port when the top Via
+/// asks for rport or names a connection-oriented transport, else the sent-by port (default
+/// 5060).
 pub fn response_destination(msg: &Message<'_>, src: SocketAddr) -> SocketAddr {
     let mut dst = src;
     if let Ok(via) = msg.top_via() {
-        if via.rport().is_none() {
+        if via.rport().is_none() && via.transport.eq_ignore_ascii_case(b"UDP") {
             dst.set_port(via.port.unwrap_or(5060));
         }
     }
@@ -77,7 +78,9 @@ impl<'m, 'a> Reply<'m, 'a> {
         let add_received = match msg.top_via() {
             Ok(v) => {
                 let rport = v.rport();
-                if rport.is_none() {
+                // §18.2.2: over a connection the response goes back on it (to the source);
+                // over UDP without rport, to the sent-by port.
+                if rport.is_none() && v.transport.eq_ignore_ascii_case(b"UDP") {
                     dst.set_port(v.port.unwrap_or(5060));
                 }
                 rport.is_some() || v.host != &ip_text[..ip_len]

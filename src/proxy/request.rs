@@ -66,28 +66,23 @@ impl Element {
         cfg: Arc<CoreConfig>,
         stats: Arc<ShardStats>,
         auth: Option<Authenticator>,
-        local: &[SocketAddr],
+        local: &[crate::sip::Local],
     ) -> Element {
         let registrar = Registrar::new(registrar_config(&cfg));
-        let local: Vec<SocketAddr> = if local.is_empty() {
-            cfg.local_addrs.clone()
+        let local: Vec<crate::sip::Local> = if local.is_empty() {
+            cfg.local_addrs.iter().map(|&a| a.into()).collect()
         } else {
             local.to_vec()
         };
-        let proxy = Proxy::new(
-            shard,
-            local[0],
-            0,
-            local.clone(),
-            cfg.proxy.clone(),
-            stats.clone(),
-        );
+        let proxy = Proxy::new(shard, &local, cfg.proxy.clone(), stats.clone());
+        // Our UDP address: where trunk checks leave from and group legs come back to.
+        let udp = local[proxy.default_socket() as usize].addr;
         let checker = (shard == 0)
-            .then(|| crate::routing::TrunkChecker::new(&cfg.routing, shard, local[0], 0));
+            .then(|| crate::routing::TrunkChecker::new(&cfg.routing, shard, udp, 0));
         Element {
             round_robin: vec![0; cfg.routing.groups.len()],
             checker,
-            local: local[0],
+            local: udp,
             shard,
             cfg,
             stats,
@@ -556,9 +551,12 @@ impl Element {
             to_tag: reply.to_tag(),
             via_fixup: Some(reply.via_fixup()),
         };
+        let socket = reply.socket() as u16;
         let flow = Flow {
             addr: reply.source(),
             nat: crate::nat::behind_nat(msg, reply.source()),
+            socket,
+            stream: self.proxy.proto_of(socket).is_stream(),
         };
         let (buf, start) = out.begin();
         let outcome = self.registrar.handle_register(msg, flow, now_ms, &ctx, buf);
@@ -583,7 +581,7 @@ impl Element {
             return;
         }
         match self.in_dialog_destination(msg, src) {
-            Some(dst) if !self.proxy.is_ours_addr(dst) => {
+            Some(dst) if !self.proxy.is_ours_addr(dst.0) => {
                 self.proxy.relay_stateless(msg, None, dst, out);
             }
             _ => {
@@ -614,7 +612,7 @@ impl Element {
         out: &mut Outbox,
     ) -> bool {
         if let Some(dst) = self.in_dialog_destination(msg, src) {
-            if !self.proxy.is_ours_addr(dst) {
+            if !self.proxy.is_ours_addr(dst.0) {
                 return self.proxy.relay_stateless(msg, None, dst, out) == Handled::Relayed;
             }
         }
@@ -629,19 +627,25 @@ impl Element {
         let Some(b) = bindings.first() else {
             return false;
         };
-        let t = binding_target(b);
-        self.proxy.relay_stateless(msg, Some(t.uri), t.dst, out) == Handled::Relayed
+        let t = binding_target(b, &self.proxy);
+        self.proxy.relay_stateless(msg, Some(t.uri), (t.dst, t.socket), out) == Handled::Relayed
     }
 
-    /// Where a request goes by its Route set and Request-URI: the flow of a NATed callee named
-    /// in our Record-Route (unless it comes from that flow), else the next hop (§16.12).
-    fn in_dialog_destination(&self, msg: &Message<'_>, src: SocketAddr) -> Option<SocketAddr> {
+    /// Where a request goes by its Route set and Request-URI, and the local socket it leaves
+    /// from: a flow named in our Record-Route (unless it comes from that flow), else the next
+    /// hop (§16.12) over the transport its URI names.
+    fn in_dialog_destination(
+        &self,
+        msg: &Message<'_>,
+        src: SocketAddr,
+    ) -> Option<(SocketAddr, u16)> {
         if msg.header(HeaderName::Route).is_some() {
             if let Some(flow) = flow_destination(msg, &self.proxy, src) {
                 return Some(flow);
             }
         }
-        next_hop(msg, &self.proxy).and_then(|(u, _)| uri_address(&u))
+        let (u, _) = next_hop(msg, &self.proxy)?;
+        Some((uri_address(&u)?, self.proxy.socket_for_uri(&u)?))
     }
 
     /// Digest-authenticates a request from one of our users (RFC 3261 §22.3, 407). None
@@ -774,7 +778,7 @@ impl Element {
         reply: &mut Reply<'_, '_>,
         out: &mut Outbox,
     ) {
-        let Some(dst) = self.in_dialog_destination(msg, reply.source()) else {
+        let Some((dst, socket)) = self.in_dialog_destination(msg, reply.source()) else {
             return reply.simple(out, 404, b"Not Found (no route for this dialog)");
         };
         if self.proxy.is_ours_addr(dst) {
@@ -798,7 +802,7 @@ impl Element {
         }
         if self.cfg.mode == Mode::Stateless {
             // §16.11: no transaction state for in-dialog requests either.
-            self.proxy.relay_stateless(msg, None, dst, out);
+            self.proxy.relay_stateless(msg, None, (dst, socket), out);
             return;
         }
         let target = [Target {
@@ -807,6 +811,7 @@ impl Element {
             q: crate::registrar::DEFAULT_Q,
             group: 0,
             flow: false,
+            socket,
         }];
         let (response_dst, in_socket) = (reply.destination(), reply.socket());
         self.proxy.forward(
@@ -852,7 +857,7 @@ impl Element {
                 }
                 Target {
                     group,
-                    ..binding_target(b)
+                    ..binding_target(b, &self.proxy)
                 }
             })
             .collect();
@@ -902,7 +907,7 @@ pub(super) fn deliver(
         }),
         Mode::Stateless => {
             // §16.11: no transaction state; the first (best) target only.
-            proxy.relay_stateless(msg, Some(first.uri), first.dst, out);
+            proxy.relay_stateless(msg, Some(first.uri), (first.dst, first.socket), out);
         }
         // The dispatcher hands every request of responder mode to the responder.
         Mode::Proxy | Mode::Responder => {
@@ -925,17 +930,21 @@ pub(super) fn knows_user(auth: &Authenticator, ruri: &Uri<'_>) -> bool {
     auth.users().get(&name).is_some()
 }
 
-/// Where requests for a binding go: the flow it registered on when it came through a NAT or
-/// is an RFC 5626 outbound flow, else its Contact address (an IP literal; else the source).
-pub(super) fn binding_target(b: &Binding) -> Target<'_> {
+/// Where requests for a binding go: the flow it registered on when it came through a NAT,
+/// over a connection or is an RFC 5626 outbound flow (over the socket it came in on), else
+/// its Contact address (an IP literal; else the source) over the transport it names.
+pub(super) fn binding_target<'b>(b: &'b Binding, proxy: &Proxy) -> Target<'b> {
     let flow = b.reached_by_flow();
-    let dst = if flow {
-        b.source()
+    let contact = Uri::parse(b.contact_uri()).ok();
+    let (dst, socket) = if flow {
+        (b.source(), b.socket())
     } else {
-        Uri::parse(b.contact_uri())
-            .ok()
-            .and_then(|u| uri_address(&u))
-            .unwrap_or_else(|| b.source())
+        let dst = contact.as_ref().and_then(uri_address);
+        let socket = contact.as_ref().and_then(|u| proxy.socket_for_uri(u));
+        (
+            dst.unwrap_or_else(|| b.source()),
+            socket.unwrap_or(proxy.default_socket()),
+        )
     };
     Target {
         uri: b.contact_uri(),
@@ -943,6 +952,7 @@ pub(super) fn binding_target(b: &Binding) -> Target<'_> {
         q: b.q(),
         group: 0,
         flow,
+        socket,
     }
 }
 

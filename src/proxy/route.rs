@@ -143,6 +143,7 @@ impl Element {
                 u
             })
             .collect();
+        let udp = self.proxy.default_socket();
         let targets: Vec<Target<'_>> = route
             .trunks
             .iter()
@@ -154,6 +155,7 @@ impl Element {
                 q: crate::registrar::DEFAULT_Q,
                 group: i as u16,
                 flow: false,
+                socket: udp,
             })
             .collect();
         let fork = Fork {
@@ -282,6 +284,7 @@ impl Element {
             .iter()
             .map(|m| format!("sip:{m}@{domain}"))
             .collect();
+        let udp = self.proxy.default_socket();
         let targets: Vec<Target<'_>> = uris
             .iter()
             .enumerate()
@@ -291,6 +294,7 @@ impl Element {
                 q: crate::registrar::DEFAULT_Q,
                 group: if parallel { 0 } else { i as u16 },
                 flow: false,
+                socket: udp,
             })
             .collect();
         deliver(

@@ -17,6 +17,7 @@ use crate::server::outbox::Outbox;
 use crate::sip::uri::HostKind;
 use crate::sip::write::{finish, header, response_head, write_forward, ForwardEdits};
 use crate::sip::{HeaderName, Message, Method, Uri};
+use crate::sip::Proto;
 use crate::timer::{TimerKey, TimerWheel};
 use crate::txn::{
     AckOutcome, Bytes, ClientEvent, ClientKey, ClientState, ClientTxnId, Match, ServerTxnId,
@@ -37,6 +38,9 @@ pub struct Target<'t> {
     /// `dst` is the flow a UA registered on (behind NAT, or RFC 5626 outbound), not its
     /// Contact: our Record-Route names it (`ft=`) so that in-dialog requests follow it too.
     pub flow: bool,
+    /// The local socket it leaves from (its transport: a UA registered over a connection
+    /// is reached over that connection, a URI with `transport=tcp` over TCP).
+    pub socket: u16,
 }
 
 /// A target of a later group of sequential forking, kept until its turn comes.
@@ -46,6 +50,7 @@ struct PendingTarget {
     q: u16,
     group: u16,
     flow: bool,
+    socket: u16,
 }
 
 /// How the targets of one request are tried (§16.6, §16.7), and the policies routing adds:
@@ -115,7 +120,12 @@ struct Policy {
 #[derive(Debug, Clone, Copy)]
 struct Plan {
     rewrite_uri: bool,
-    pop_route: bool,
+    /// Route values of ours at the top, removed when forwarding (2: a double Record-Route).
+    pop_route: u8,
+    /// The socket the request came in on, and the caller's connection when that is a
+    /// stream (named in our Record-Route, `fc=`, so the callee's requests reach it).
+    in_socket: u16,
+    caller_flow: Option<SocketAddr>,
     dialog_creating: bool,
     /// §16.6 step 8: the loop-detection hash of the request as received.
     loop_hash: u64,
@@ -149,6 +159,7 @@ struct Branch {
     /// The request as forwarded (for CANCEL).
     request: Bytes,
     dst: SocketAddr,
+    socket: u16,
     done: bool,
     /// A provisional response came (a CANCEL may be sent, §9.1).
     provisional: bool,
@@ -213,10 +224,14 @@ pub struct Proxy {
     shard: usize,
     stats: std::sync::Arc<crate::stats::ShardStats>,
     txns: TransactionTable,
-    /// `ip:port` written in our Via and Record-Route.
+    /// `ip:port` written in our Via and Record-Route (of the default socket).
     host: String,
-    /// The shard socket our forwarded requests leave from.
+    /// The shard socket our forwarded requests leave from unless their target says
+    /// otherwise: the first UDP socket.
     socket: u16,
+    /// Every local socket by index (what it speaks) and its `ip:port` text.
+    sockets: Vec<crate::sip::Local>,
+    hosts: Vec<String>,
     /// Addresses that are this proxy (for loose routing and loop detection): the listen
     /// addresses.
     ours: Vec<SocketAddr>,
@@ -289,15 +304,24 @@ pub fn uri_address(uri: &Uri<'_>) -> Option<SocketAddr> {
     Some(SocketAddr::new(ip, uri.port.unwrap_or(default)))
 }
 
-/// The flow an in-dialog request must take (RFC 5626 §5.3): the `ft` of its top Route, when
-/// that Route is ours and the request does not come from that flow (a request from the
-/// NATed UA itself goes on by its Route set and Request-URI).
-pub fn flow_destination(msg: &Message<'_>, proxy: &Proxy, src: SocketAddr) -> Option<SocketAddr> {
+/// The flow an in-dialog request must take (RFC 5626 §5.3), with the local socket to send
+/// on: when its top Route is ours, the callee's flow (`ft`) unless the request comes from it,
+/// else the caller's connection (`fc`) unless it comes from that (a request from the UA
+/// itself goes on by its Route set and Request-URI).
+pub fn flow_destination(
+    msg: &Message<'_>,
+    proxy: &Proxy,
+    src: SocketAddr,
+) -> Option<(SocketAddr, u16)> {
     let top = msg.top_route_uri()?;
     if !proxy.is_ours(&top) {
         return None;
     }
-    crate::nat::flow_token(&top).filter(|&ft| ft != src)
+    let callee = crate::nat::flow_token(&top).filter(|&(_, ft)| ft != src);
+    let (proto, dst) = callee.or_else(|| {
+        crate::nat::caller_flow_token(&top).filter(|&(_, fc)| fc != src)
+    })?;
+    Some((dst, proxy.socket_for(proto)?))
 }
 
 /// The IP address a Via host (or `received`) names, IPv6 brackets or not; None for a name.
@@ -372,24 +396,36 @@ fn better(new: u16, old: u16) -> bool {
 }
 
 impl Proxy {
-    /// A proxy whose Via and Record-Route name `local` (a listen address), sending from
-    /// shard socket `socket`; `ours` lists every address that routes to this server.
+    /// A proxy on the local sockets `sockets` (by index; the first UDP one is where requests
+    /// leave by default and what our Via names then); every address of them routes to this
+    /// server.
     pub fn new(
         shard: usize,
-        local: SocketAddr,
-        socket: usize,
-        ours: Vec<SocketAddr>,
+        sockets: &[crate::sip::Local],
         settings: ProxySettings,
         stats: std::sync::Arc<crate::stats::ShardStats>,
     ) -> Proxy {
         let mut calls = super::calls::CallLog::default();
         calls.set_cdr(shard, settings.cdr.clone());
+        let socket = sockets
+            .iter()
+            .position(|l| l.proto == Proto::Udp)
+            .unwrap_or(0);
+        let hosts: Vec<String> = sockets.iter().map(|l| l.addr.to_string()).collect();
+        let mut ours: Vec<SocketAddr> = Vec::new();
+        for l in sockets {
+            if !ours.contains(&l.addr) {
+                ours.push(l.addr);
+            }
+        }
         Proxy {
             shard,
             stats,
             txns: TransactionTable::new(TxnConfig::default()),
-            host: local.to_string(),
+            host: hosts.get(socket).cloned().unwrap_or_default(),
             socket: socket as u16,
+            sockets: sockets.to_vec(),
+            hosts,
             ours,
             branch_seq: 0,
             settings,
@@ -502,6 +538,40 @@ impl Proxy {
         addr_is_ours(&self.ours, addr)
     }
 
+    /// What local socket `socket` speaks (UDP for an index out of range).
+    pub fn proto_of(&self, socket: u16) -> Proto {
+        self.sockets
+            .get(socket as usize)
+            .map_or(Proto::Udp, |l| l.proto)
+    }
+
+    /// The first local socket speaking `proto`.
+    pub fn socket_for(&self, proto: Proto) -> Option<u16> {
+        if proto == Proto::Udp {
+            return Some(self.socket);
+        }
+        self.sockets
+            .iter()
+            .position(|l| l.proto == proto)
+            .map(|i| i as u16)
+    }
+
+    /// The socket a request to `uri` leaves from: the one its `transport` parameter names
+    /// (a `sips:` URI: TLS), else UDP. None when we have no socket of that transport.
+    pub fn socket_for_uri(&self, uri: &Uri<'_>) -> Option<u16> {
+        let proto = match uri.transport().and_then(Proto::parse) {
+            Some(p) => p,
+            None if uri.scheme == crate::sip::Scheme::Sips => Proto::Tls,
+            None => Proto::Udp,
+        };
+        self.socket_for(proto)
+    }
+
+    /// The default socket (the first UDP one).
+    pub fn default_socket(&self) -> u16 {
+        self.socket
+    }
+
     /// The topology hider, when topology hiding is on.
     pub fn hider(&self) -> Option<&Hider> {
         self.settings.topology.as_deref()
@@ -544,6 +614,23 @@ impl Proxy {
     /// True if the first Route names this proxy (it is removed when forwarding, §16.4).
     fn top_route_is_ours(&self, msg: &Message<'_>) -> bool {
         msg.top_route_uri().is_some_and(|u| self.is_ours(&u))
+    }
+
+    /// How many Route values at the top name this proxy (removed when forwarding): 0, 1, or
+    /// 2 for the double Record-Route we write when a dialog crosses transports (RFC 5658).
+    fn our_top_routes(&self, msg: &Message<'_>) -> u8 {
+        if !self.top_route_is_ours(msg) {
+            return 0;
+        }
+        if msg.has_one_value(HeaderName::Route) {
+            return 1;
+        }
+        let mut routes = msg.routes().filter_map(|r| r.ok());
+        routes.next();
+        match routes.next().and_then(|r| r.uri().ok()) {
+            Some(u) if self.is_ours(&u) && u.param("ss").is_some() => 2,
+            _ => 1,
+        }
     }
 
     /// Runs transaction timers.
@@ -618,14 +705,15 @@ impl Proxy {
             .new_key
             .take()
             .filter(|(at, len, _)| *at == msg.buf().as_ptr() as usize && *len == msg.len());
+        let reliable = self.proto_of(in_socket as u16).is_stream();
         let created = match key {
             Some((_, _, key)) => {
                 self.txns
-                    .insert_server(key, method, response_dst, in_socket as u16, false)
+                    .insert_server(key, method, response_dst, in_socket as u16, reliable)
             }
             None => self
                 .txns
-                .new_server(msg, response_dst, in_socket as u16, false),
+                .new_server(msg, response_dst, in_socket as u16, reliable),
         };
         let sid = match created {
             Ok(id) => id,
@@ -643,7 +731,9 @@ impl Proxy {
         }
         let plan = Plan {
             rewrite_uri: fork.rewrite_uri,
-            pop_route: self.top_route_is_ours(msg),
+            pop_route: self.our_top_routes(msg),
+            in_socket: in_socket as u16,
+            caller_flow: reliable.then_some(response_dst),
             dialog_creating: fork.record_route
                 && msg.to().ok().and_then(|t| t.tag()).is_none()
                 && matches!(method, Method::Invite | Method::Subscribe | Method::Refer),
@@ -684,6 +774,7 @@ impl Proxy {
                     q: t.q,
                     group: t.group,
                     flow: t.flow,
+                    socket: t.socket,
                 })
                 .collect(),
             group: 0,
@@ -750,29 +841,36 @@ impl Proxy {
         now_ms: u64,
         txn_out: &mut Vec<TxnOut>,
     ) -> Result<Option<Branch>, u16> {
-        let (uri, dst) = (target.uri, target.dst);
+        let (uri, dst, socket) = (target.uri, target.dst, target.socket);
+        let out_proto = self.proto_of(socket);
+        let out_host = self.hosts.get(socket as usize).unwrap_or(&self.host);
         self.branch_seq += 1;
         // Via (with the branch) and Record-Route go into reused buffers: no allocation.
         let mut via = core::mem::take(&mut self.via);
         via.clear();
-        via.extend_from_slice(b"SIP/2.0/UDP ");
-        via.extend_from_slice(self.host.as_bytes());
+        via.extend_from_slice(b"SIP/2.0/");
+        via.extend_from_slice(out_proto.via_token().as_bytes());
+        via.push(b' ');
+        via.extend_from_slice(out_host.as_bytes());
         via.extend_from_slice(b";branch=");
         let branch_at = via.len();
         write_branch(&mut via, self.shard, plan.loop_hash, self.branch_seq);
-        let rr = &mut self.record_route;
         if plan.dialog_creating {
+            let mut rr = core::mem::take(&mut self.record_route);
             rr.clear();
-            rr.extend_from_slice(b"<sip:");
-            rr.extend_from_slice(self.host.as_bytes());
-            rr.extend_from_slice(b";lr;ss=");
-            rr.extend_from_slice(itoa::Buffer::new().format(self.shard).as_bytes());
-            if target.flow {
-                // The callee's flow (RFC 5626 §5.3): in-dialog requests toward it go there.
-                rr.extend_from_slice(b";ft=");
-                crate::nat::push_hostport(rr, dst);
+            // The callee's flow (RFC 5626 §5.3): in-dialog requests toward it go there; and
+            // the caller's connection, for requests toward the caller.
+            let callee_flow = target.flow.then_some((out_proto, dst));
+            let in_proto = self.proto_of(plan.in_socket);
+            let caller_flow = plan.caller_flow.map(|a| (in_proto, a));
+            // The side facing the callee first; when the request changes transport, a second
+            // value for the caller's side (RFC 5658 double Record-Route).
+            self.write_rr(&mut rr, socket, callee_flow, caller_flow);
+            if in_proto != out_proto {
+                rr.extend_from_slice(b", ");
+                self.write_rr(&mut rr, plan.in_socket, callee_flow, caller_flow);
             }
-            rr.push(b'>');
+            self.record_route = rr;
         }
         let edits = ForwardEdits {
             request_uri: plan.rewrite_uri.then_some(uri),
@@ -799,8 +897,8 @@ impl Proxy {
             key,
             request.clone(),
             dst,
-            self.socket,
-            false,
+            socket,
+            out_proto.is_stream(),
             now_ms,
             txn_out,
         ) else {
@@ -814,10 +912,40 @@ impl Proxy {
             timer_c,
             request,
             dst,
+            socket,
             done: false,
             provisional: false,
             cancel_wanted: false,
         }))
+    }
+
+    /// Appends one Record-Route value for local socket `socket`: `<sip:ip:port;transport=x;
+    /// lr;ss=N;ft=..;fc=..>` (no transport parameter for UDP, the default of RFC 3263).
+    fn write_rr(
+        &self,
+        rr: &mut Vec<u8>,
+        socket: u16,
+        callee_flow: Option<(Proto, SocketAddr)>,
+        caller_flow: Option<(Proto, SocketAddr)>,
+    ) {
+        let proto = self.proto_of(socket);
+        rr.extend_from_slice(b"<sip:");
+        rr.extend_from_slice(self.hosts.get(socket as usize).unwrap_or(&self.host).as_bytes());
+        if proto != Proto::Udp {
+            rr.extend_from_slice(b";transport=");
+            rr.extend_from_slice(proto.uri_param().as_bytes());
+        }
+        rr.extend_from_slice(b";lr;ss=");
+        rr.extend_from_slice(itoa::Buffer::new().format(self.shard).as_bytes());
+        if let Some((p, a)) = callee_flow {
+            rr.extend_from_slice(b";ft=");
+            crate::sip::proto::write_flow(rr, p, a);
+        }
+        if let Some((p, a)) = caller_flow {
+            rr.extend_from_slice(b";fc=");
+            crate::sip::proto::write_flow(rr, p, a);
+        }
+        rr.push(b'>');
     }
 
     /// Every branch started so far has ended: start the next group of sequential forking,
@@ -855,6 +983,7 @@ impl Proxy {
                     q: t.q,
                     group: t.group,
                     flow: t.flow,
+                    socket: t.socket,
                 };
                 let extra = extra.as_deref().unwrap_or_default();
                 match self.start_branch(sid, &msg, &plan, extra, is_invite, target, now_ms, txn_out)
@@ -986,7 +1115,7 @@ impl Proxy {
         }
         // A branch is cancelled once: its request goes with its CANCEL.
         let request = b.take_request();
-        let dst = b.dst;
+        let dst = (b.dst, b.socket);
         self.send_cancel(cid, &request, dst, now_ms, txn_out);
     }
 
@@ -1043,7 +1172,7 @@ impl Proxy {
         &mut self,
         msg: &Message<'_>,
         target_uri: Option<&[u8]>,
-        dst: SocketAddr,
+        (dst, socket): (SocketAddr, u16),
         out: &mut Outbox,
     ) -> Handled {
         let incoming = msg
@@ -1057,14 +1186,16 @@ impl Proxy {
         // In the Via buffer the stateful forwards use, as they do (no allocation per relay).
         let mut via = core::mem::take(&mut self.via);
         via.clear();
-        via.extend_from_slice(b"SIP/2.0/UDP ");
-        via.extend_from_slice(self.host.as_bytes());
+        via.extend_from_slice(b"SIP/2.0/");
+        via.extend_from_slice(self.proto_of(socket).via_token().as_bytes());
+        via.push(b' ');
+        via.extend_from_slice(self.hosts.get(socket as usize).unwrap_or(&self.host).as_bytes());
         via.extend_from_slice(b";branch=");
         let loop_hash = loop_hash_keyed(msg, &self.canonical_call_id(msg), false);
         write_branch_head(&mut via, self.shard, loop_hash);
         // Writing to a Vec cannot fail.
         let _ = std::io::Write::write_fmt(&mut via, format_args!("sl{h:x}"));
-        let pop_route = self.top_route_is_ours(msg);
+        let pop_route = self.our_top_routes(msg);
         let edits = ForwardEdits {
             request_uri: target_uri,
             via: Some(&via),
@@ -1082,7 +1213,7 @@ impl Proxy {
                 self.hide_forwarded(buf, start, dst);
             }
             self.stats.message_sent(&buf[start..]);
-            out.commit(start, dst, self.socket as usize);
+            out.commit(start, dst, socket as usize);
             Handled::Relayed
         };
         self.via = via;
@@ -1136,13 +1267,13 @@ impl Proxy {
         }
         // A branch is cancelled once (a retransmitted 2xx or CANCEL comes back here): its
         // request goes with its CANCEL, and an empty one means the CANCEL was sent.
-        let pending: Vec<(ClientTxnId, Bytes, SocketAddr)> = ctx
+        let pending: Vec<(ClientTxnId, Bytes, (SocketAddr, u16))> = ctx
             .branches
             .iter_mut()
             .filter(|b| !b.done && b.provisional && !b.request.is_empty())
             .map(|b| {
                 let request = b.take_request();
-                (b.id, request, b.dst)
+                (b.id, request, (b.dst, b.socket))
             })
             .collect();
         for (cid, request, dst) in pending {
@@ -1156,7 +1287,7 @@ impl Proxy {
         &mut self,
         cid: ClientTxnId,
         request: &[u8],
-        dst: SocketAddr,
+        (dst, socket): (SocketAddr, u16),
         now_ms: u64,
         txn_out: &mut Vec<TxnOut>,
     ) {
@@ -1179,8 +1310,8 @@ impl Proxy {
                 key,
                 bytes(&self.scratch),
                 dst,
-                self.socket,
-                false,
+                socket,
+                self.proto_of(socket).is_stream(),
                 now_ms,
                 txn_out,
             );
@@ -1427,7 +1558,7 @@ impl Proxy {
             b.cancel_wanted = false;
             // The request is only kept to build this CANCEL.
             let request = b.take_request();
-            let dst = b.dst;
+            let dst = (b.dst, b.socket);
             self.send_cancel(cid, &request, dst, now_ms, txn_out);
             return false;
         }
@@ -1458,7 +1589,7 @@ impl Proxy {
             return;
         }
         let request = b.take_request();
-        let dst = b.dst;
+        let dst = (b.dst, b.socket);
         self.send_cancel(cid, &request, dst, now_ms, txn_out);
         self.branch_final(sid, cid, 408, None, now_ms, txn_out);
     }
@@ -1542,7 +1673,8 @@ pub fn shard_of_branch(branch: &[u8]) -> Option<usize> {
 }
 
 /// The header carrying the next hop of an in-dialog request after loose routing: the first
-/// Route that is not us, else the Request-URI (§16.12).
+/// Route that is not us (ours at the top: one, or the two of a double Record-Route), else the
+/// Request-URI (§16.12).
 pub fn next_hop<'a>(msg: &Message<'a>, proxy: &Proxy) -> Option<(Uri<'a>, bool)> {
     if msg.header(HeaderName::Route).is_some() {
         let u = msg.top_route_uri()?;
@@ -1554,7 +1686,13 @@ pub fn next_hop<'a>(msg: &Message<'a>, proxy: &Proxy) -> Option<(Uri<'a>, bool)>
             let mut routes = msg.routes().filter_map(|r| r.ok());
             routes.next();
             if let Some(second) = routes.next() {
-                return Some((second.uri().ok()?, true));
+                let uri = second.uri().ok()?;
+                if !(proxy.is_ours(&uri) && uri.param("ss").is_some()) {
+                    return Some((uri, true));
+                }
+                if let Some(third) = routes.next() {
+                    return Some((third.uri().ok()?, true));
+                }
             }
         }
     }

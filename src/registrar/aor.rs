@@ -126,6 +126,8 @@ mod tests {
                 reg_id: None,
                 source: UNSPECIFIED_SOURCE,
                 nat: false,
+                socket: 0,
+                stream: false,
                 branch_hash: 0,
             },
             core::iter::empty(),

@@ -31,10 +31,16 @@ pub struct Binding {
     uri_len: u16,
     call_id_len: u16,
     instance_len: u16,
-    source_v4: bool,
-    /// The REGISTER came through a NAT: requests reach the UA at `source`, not its Contact.
-    nat: bool,
+    /// [`V4`], [`NAT`] (the REGISTER came through a NAT: requests reach the UA at `source`,
+    /// not its Contact), [`STREAM`] (it came over a connection: requests go back over it).
+    flags: u8,
+    /// The local socket the REGISTER came in on (the flow's).
+    socket: u8,
 }
+
+const V4: u8 = 1;
+const NAT: u8 = 2;
+const STREAM: u8 = 4;
 
 /// The values a binding is made from (borrowed from the REGISTER).
 #[derive(Debug, Clone, Copy)]
@@ -52,6 +58,9 @@ pub struct BindingFields<'a> {
     pub source: SocketAddr,
     /// The REGISTER came through a NAT (see [`crate::nat`]).
     pub nat: bool,
+    /// The local socket it came in on, and whether that is a connection (TCP, TLS, WS).
+    pub socket: u16,
+    pub stream: bool,
     /// [`branch_hash`] of the REGISTER's top Via branch (0 without a branch).
     pub branch_hash: u32,
 }
@@ -99,8 +108,10 @@ impl Binding {
             uri_len: len16(f.contact_uri)?,
             call_id_len: len16(f.call_id)?,
             instance_len: len16(instance)?,
-            source_v4,
-            nat: f.nat,
+            flags: if source_v4 { V4 } else { 0 }
+                | if f.nat { NAT } else { 0 }
+                | if f.stream { STREAM } else { 0 },
+            socket: u8::try_from(f.socket).unwrap_or(0),
         })
     }
 
@@ -172,7 +183,7 @@ impl Binding {
     /// True if the REGISTER came through a NAT (its Contact is not reachable from here).
     #[inline]
     pub fn behind_nat(&self) -> bool {
-        self.nat
+        self.flags & NAT != 0
     }
 
     /// True if requests for this binding go to the flow it registered on (the REGISTER's
@@ -180,13 +191,25 @@ impl Binding {
     /// (`+sip.instance` with `reg-id`, §5.3).
     #[inline]
     pub fn reached_by_flow(&self) -> bool {
-        self.nat || self.reg_id != 0
+        self.flags & (NAT | STREAM) != 0 || self.reg_id != 0
+    }
+
+    /// The local socket the REGISTER came in on.
+    #[inline]
+    pub fn socket(&self) -> u16 {
+        self.socket.into()
+    }
+
+    /// The REGISTER came over a connection (requests for it go back over that connection).
+    #[inline]
+    pub fn over_stream(&self) -> bool {
+        self.flags & STREAM != 0
     }
 
     /// The address the REGISTER came from (IPv6 flow info and scope id are not kept).
     pub fn source(&self) -> SocketAddr {
         let v6 = Ipv6Addr::from(self.source_ip);
-        let ip = match (self.source_v4, v6.to_ipv4_mapped()) {
+        let ip = match (self.flags & V4 != 0, v6.to_ipv4_mapped()) {
             (true, Some(v4)) => IpAddr::V4(v4),
             _ => IpAddr::V6(v6),
         };
@@ -260,6 +283,8 @@ mod tests {
             reg_id: Some(2),
             source,
             nat: false,
+            socket: 0,
+            stream: false,
             branch_hash: 9,
         }
     }

@@ -32,11 +32,20 @@ use crate::sip::{HeaderName, Message, Uri};
 pub struct Flow {
     pub addr: SocketAddr,
     pub nat: bool,
+    /// The local socket it came in on, and whether that is a connection (the bindings are
+    /// then reached over it, RFC 5626 §5.3 / RFC 3261 §18).
+    pub socket: u16,
+    pub stream: bool,
 }
 
 impl From<SocketAddr> for Flow {
     fn from(addr: SocketAddr) -> Flow {
-        Flow { addr, nat: false }
+        Flow {
+            addr,
+            nat: false,
+            socket: 0,
+            stream: false,
+        }
     }
 }
 
@@ -133,6 +142,9 @@ impl Registrar {
             Ok(_) => Err(RegisterError::NotSipAor),
             _ => Err(RegisterError::BadTo),
         };
+        if result.is_ok() && source.stream && req.header(HeaderName::Contact).is_some() {
+            self.note_flow(source.socket, source.addr, &key);
+        }
         self.key_buf = key;
         match result {
             Ok(aor) => {
@@ -290,6 +302,8 @@ impl Registrar {
                     reg_id,
                     source: source.addr,
                     nat: source.nat,
+                    socket: source.socket,
+                    stream: source.stream,
                     branch_hash: branch,
                 };
                 Some(

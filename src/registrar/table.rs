@@ -39,6 +39,9 @@ pub struct Registrar {
     /// With a binding store: the records of the AORs changed since the shell last took them
     /// (`crate::store::record`).
     pub(super) journal: Option<Vec<u8>>,
+    /// The AORs registered over each stream connection (local socket, peer): their bindings
+    /// go when the connection does (RFC 5626 §5.3 flows; [`Registrar::flow_closed`]).
+    pub(super) flows: hashbrown::HashMap<(u16, std::net::SocketAddr), Vec<Box<[u8]>>>,
 }
 
 impl Registrar {
@@ -60,6 +63,7 @@ impl Registrar {
             key_buf: Vec::new(),
             fired: Vec::new(),
             journal: None,
+            flows: hashbrown::HashMap::new(),
         }
     }
 
@@ -140,6 +144,37 @@ impl Registrar {
             self.journal_aor(key, Some(i));
         }
         removed
+    }
+
+    /// Notes that the AOR `key` registered bindings over the connection (`socket`, `peer`).
+    pub(super) fn note_flow(&mut self, socket: u16, peer: std::net::SocketAddr, key: &[u8]) {
+        let keys = self.flows.entry((socket, peer)).or_default();
+        if !keys.iter().any(|k| &k[..] == key) {
+            keys.push(key.into());
+        }
+    }
+
+    /// The connection (`socket`, `peer`) closed: the bindings registered over it go (a
+    /// phone that re-registers over a new connection has bindings of that one). Returns how
+    /// many were removed; the changes are journaled like a REGISTER's.
+    pub fn flow_closed(&mut self, socket: u16, peer: std::net::SocketAddr) -> usize {
+        let Some(keys) = self.flows.remove(&(socket, peer)) else {
+            return 0;
+        };
+        let mut total = 0;
+        for key in keys {
+            let Some(i) = self.find(&key) else { continue };
+            let removed = self.aors[i as usize].bindings.retain(|b| {
+                !(b.over_stream() && b.socket() == socket && b.source() == peer)
+            });
+            if removed > 0 {
+                self.binding_count -= removed;
+                self.settle(i);
+                self.journal_aor(&key, Some(i));
+                total += removed;
+            }
+        }
+        total
     }
 
     /// Records what the AOR `key` (slab position `aor`, None if it is gone) holds now.

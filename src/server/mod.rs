@@ -23,6 +23,8 @@ mod tests_responder;
 mod tests_routing;
 #[cfg(test)]
 mod tests_security;
+#[cfg(test)]
+mod tests_streams;
 
 use crate::auth::Authenticator;
 use crate::proxy::request::Element;
@@ -78,7 +80,7 @@ impl Core {
         cfg: Arc<CoreConfig>,
         stats: Arc<ShardStats>,
         auth: Option<Authenticator>,
-        local: &[SocketAddr],
+        local: &[crate::sip::Local],
     ) -> Core {
         let responder_mode = cfg.mode == crate::proxy::settings::Mode::Responder;
         let (element_auth, responder_auth) = if responder_mode {
@@ -88,7 +90,11 @@ impl Core {
         };
         let element = Element::new(shard, cfg.clone(), stats.clone(), element_auth, local);
         let responder = responder_mode.then(|| {
-            let addr = local.first().or(cfg.local_addrs.first()).copied();
+            let addr = local
+                .iter()
+                .find(|l| l.proto == crate::sip::Proto::Udp)
+                .map(|l| l.addr)
+                .or(cfg.local_addrs.first().copied());
             let addr = addr.unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 5060)));
             Responder::new(
                 shard,
@@ -269,6 +275,16 @@ impl Core {
     pub fn take_records(&mut self, into: &mut Vec<crate::proxy::cdr::CallRecord>) {
         if self.responder.is_none() {
             self.element.take_records(into);
+        }
+    }
+
+    /// The stream connection (`socket`, `peer`) closed (the shell says so, on every shard):
+    /// the bindings registered over it go (RFC 5626 §5.3).
+    pub fn connection_closed(&mut self, socket: u16, peer: SocketAddr) {
+        let removed = self.element.registrar_mut().flow_closed(socket, peer);
+        if removed > 0 {
+            self.element.publish_bindings();
+            tracing::info!(shard = self.shard, %peer, bindings = removed, "unregistered: connection closed");
         }
     }
 

@@ -83,6 +83,12 @@ impl Outbox {
         self.items.is_empty()
     }
 
+    /// Keeps the datagrams for which `keep` is true (the bytes of the others stay in the
+    /// arena until [`Outbox::clear`]).
+    pub fn retain_items(&mut self, keep: impl FnMut(&OutDatagram) -> bool) {
+        self.items.retain(keep);
+    }
+
     #[inline]
     pub fn clear(&mut self) {
         self.arena.clear();

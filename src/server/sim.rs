@@ -670,7 +670,7 @@ fn run(seed: u64, calls_per_kind: usize, proxy: ProxySettings, hostile_percent: 
         cfg,
         std::sync::Arc::new(crate::stats::ShardStats::default()),
         None,
-        &[addr(LISTEN)],
+        &[addr(LISTEN).into()],
     );
     let mut net = Net {
         rng: Rng(seed | 1),

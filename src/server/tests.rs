@@ -12,7 +12,7 @@ use crate::stats::ShardStats;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-const LISTEN: &str = "127.0.0.1:5060";
+pub(super) const LISTEN: &str = "127.0.0.1:5060";
 pub(super) const CALLER: &str = "192.0.2.10:5060";
 pub(super) const T0: u64 = 1_000_000;
 
@@ -53,7 +53,7 @@ pub(super) fn core_with_proxy(
         cfg,
         Arc::new(ShardStats::default()),
         auth,
-        &[addr(LISTEN)],
+        &[addr(LISTEN).into()],
     )
 }
 
@@ -1243,7 +1243,7 @@ fn two_shards(auth: Option<crate::auth::Authenticator>) -> Vec<Core> {
                 cfg.clone(),
                 Arc::new(ShardStats::default()),
                 auth.as_ref().map(|a| a.for_shard(i)),
-                &[addr(LISTEN)],
+                &[addr(LISTEN).into()],
             )
         })
         .collect()

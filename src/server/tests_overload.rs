@@ -52,7 +52,7 @@ fn core_with_plan(plan: &str, overload: OverloadSettings) -> Core {
         cfg,
         Arc::new(ShardStats::default()),
         None,
-        &[addr(LISTEN)],
+        &[addr(LISTEN).into()],
     )
 }
 

@@ -39,7 +39,7 @@ fn responder_cores(
                 cfg.clone(),
                 Arc::new(ShardStats::default()),
                 auth,
-                &[addr(LISTEN)],
+                &[addr(LISTEN).into()],
             )
         })
         .collect()

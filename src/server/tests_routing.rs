@@ -68,7 +68,7 @@ fn routed_core(text: &str, auth: Option<crate::auth::Authenticator>) -> Core {
         cfg,
         Arc::new(ShardStats::default()),
         auth,
-        &[addr(LISTEN)],
+        &[addr(LISTEN).into()],
     )
 }
 
@@ -680,7 +680,7 @@ fn an_extension_dialed_before_normalisation_goes_to_its_users_shard() {
                 cfg.clone(),
                 Arc::new(ShardStats::default()),
                 None,
-                &[addr(LISTEN)],
+                &[addr(LISTEN).into()],
             )
         })
         .collect();

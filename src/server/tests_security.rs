@@ -27,7 +27,7 @@ fn core(security: SecuritySettings, auth: bool) -> (Core, Arc<ShardStats>) {
             .with_lockout(&security, board.clone())
     });
     let stats = Arc::new(ShardStats::default());
-    let mut c = Core::new(0, cfg, stats.clone(), auth, &[addr(LISTEN)]);
+    let mut c = Core::new(0, cfg, stats.clone(), auth, &[addr(LISTEN).into()]);
     c.share_board(board);
     (c, stats)
 }
@@ -282,7 +282,7 @@ fn limited_core(limits: crate::security::calls::CallLimits, plan: &str) -> Core 
         cfg,
         Arc::new(ShardStats::default()),
         Some(auth),
-        &[addr(LISTEN)],
+        &[addr(LISTEN).into()],
     );
     // bob's phone registers.
     let reg = |auth: Option<&str>| {

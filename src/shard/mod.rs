@@ -124,7 +124,7 @@ pub struct Server {
 /// Builds one shard's core from the configuration. Kept separate so the registrar and
 /// authenticator can be added in one place.
 pub type CoreFactory =
-    dyn Fn(usize, Arc<crate::metrics::ShardStats>, &[SocketAddr]) -> Core + Send + Sync;
+    dyn Fn(usize, Arc<crate::metrics::ShardStats>, &[crate::sip::Local]) -> Core + Send + Sync;
 
 impl Server {
     /// Binds every shard's sockets (so bind errors come back here), then starts the threads.
@@ -140,10 +140,34 @@ impl Server {
         cdr: Option<&crate::cdr::CdrService>,
     ) -> io::Result<Server> {
         let n = config.shards;
-        let listen: Vec<SocketAddr> = config.listen.iter().map(|l| l.addr).collect();
+        use crate::sip::{Local, Proto};
+        // The core's socket indexes: the UDP sockets first, then the TCP listeners.
+        let listen: Vec<SocketAddr> = config
+            .listen
+            .iter()
+            .filter(|l| l.proto == Proto::Udp)
+            .map(|l| l.addr)
+            .collect();
+        let tcp_listen: Vec<SocketAddr> = config
+            .listen
+            .iter()
+            .filter(|l| l.proto == Proto::Tcp)
+            .map(|l| l.addr)
+            .collect();
         let mut sockets = Vec::with_capacity(n);
+        let mut tcp_listeners = Vec::with_capacity(n);
         for _ in 0..n {
             sockets.push(ShardSockets::bind(&listen)?);
+            let mut ls = Vec::with_capacity(tcp_listen.len());
+            for (i, &addr) in tcp_listen.iter().enumerate() {
+                let listener = crate::transport::tcp::tcp_listener(addr, true)
+                    .map_err(|e| io::Error::new(e.kind(), format!("bind tcp:{addr}: {e}")))?;
+                ls.push(crate::transport::tcp::StreamListener {
+                    listener,
+                    socket: (listen.len() + i) as u16,
+                });
+            }
+            tcp_listeners.push(ls);
         }
         let registry = Registry::new(n);
         let mut peers = Vec::with_capacity(n);
@@ -158,6 +182,21 @@ impl Server {
         let reload = Arc::new(Reload::default());
         let clock = Clock::new();
         let local_addrs: Vec<Vec<SocketAddr>> = sockets.iter().map(|s| s.local.clone()).collect();
+        let locals: Vec<Vec<Local>> = sockets
+            .iter()
+            .zip(&tcp_listeners)
+            .map(|(s, ls)| {
+                let udp = s.local.iter().map(|&a| Local::from(a));
+                let tcp = ls.iter().map(|l| Local {
+                    addr: l.listener.local_addr().unwrap_or(tcp_listen[0]),
+                    proto: Proto::Tcp,
+                });
+                udp.chain(tcp).collect()
+            })
+            .collect();
+        let hub = Arc::new(crate::transport::tcp::StreamHub::new(
+            peers.iter().map(|p| p.waker.clone()).collect(),
+        ));
         let cores = core_affinity::get_core_ids().unwrap_or_default();
         let mut threads = Vec::with_capacity(n);
         let mut backends = Vec::with_capacity(n);
@@ -173,11 +212,24 @@ impl Server {
                 writers.push(writer);
             }
         }
-        for (id, socks) in sockets.into_iter().enumerate() {
+        for ((id, socks), ls) in sockets.into_iter().enumerate().zip(tcp_listeners) {
             let waker = peers[id].waker.clone();
-            let transport = make_transport(config.io, socks, waker)?;
+            let mut transport = make_transport(config.io, socks, waker)?;
             backends.push(transport.name());
-            let core = make_core(id, registry.shards[id].clone(), &local_addrs[id]);
+            let streams = if ls.is_empty() {
+                None
+            } else {
+                let t = crate::transport::tcp::TcpShard::new(
+                    id,
+                    ls,
+                    hub.clone(),
+                    config.streams,
+                    registry.shards[id].clone(),
+                )?;
+                transport.watch(t.wait_fd())?;
+                Some(t)
+            };
+            let core = make_core(id, registry.shards[id].clone(), &locals[id]);
             let ctx = runtime::ShardContext {
                 id,
                 core,
@@ -190,6 +242,7 @@ impl Server {
                 journal: journals[id].take(),
                 admin: admin_rx.remove(0),
                 cdr: cdr.map(|c| c.outlet(id)),
+                streams,
             };
             let pin = cores.get(id % cores.len().max(1)).copied();
             threads.push(

@@ -117,6 +117,8 @@ pub struct ShardContext {
     pub admin: crossbeam_channel::Receiver<crate::admin::ShardQuery>,
     /// The way to the CDR writer (`--cdr`): None without call detail records.
     pub cdr: Option<crate::cdr::CdrOutlet>,
+    /// The shard's TCP listeners and connections: None without `--listen tcp:`.
+    pub streams: Option<crate::transport::tcp::TcpShard>,
 }
 
 /// The part of the shard the receive callback needs (the transport is borrowed separately).
@@ -275,6 +277,12 @@ pub fn run(mut ctx: ShardContext) {
                 0
             }
         };
+        // Messages on the shard's connections (framed), as the datagrams were.
+        let received = received
+            + ctx
+                .streams
+                .as_mut()
+                .map_or(0, |t| t.poll(&mut handler, batch_start));
         // A transport that failed mid-batch may not have ended it.
         handler.batch_end();
         let local = handler.local;
@@ -304,6 +312,10 @@ pub fn run(mut ctx: ShardContext) {
             debug_assert_eq!(d, Disposition::Done);
             handed.push(h.received);
         }
+        if let Some(t) = &mut ctx.streams {
+            let core = &mut ctx.core;
+            t.take_closed(|socket, peer| core.connection_closed(socket, peer));
+        }
         if ctx.core.next_timeout().is_some_and(|t| t <= now_ms) {
             ctx.core.handle_timeout(now_ms, &mut out);
         }
@@ -328,6 +340,9 @@ pub fn run(mut ctx: ShardContext) {
                     let Some((_, mut held)) = parked.pop_front() else {
                         break;
                     };
+                    if let Some(t) = &mut ctx.streams {
+                        ctx.stats.datagrams_out.add(t.send(&mut held) as u64);
+                    }
                     match ctx.transport.send(&mut held) {
                         Ok(sent) => ctx.stats.datagrams_out.add(sent as u64),
                         Err(e) => tracing::warn!(shard = ctx.id, "send failed: {e}"),
@@ -340,6 +355,9 @@ pub fn run(mut ctx: ShardContext) {
         let mut last_read = batch_start;
         if !out.is_empty() {
             let n = out.len() as u64;
+            if let Some(t) = &mut ctx.streams {
+                ctx.stats.datagrams_out.add(t.send(&mut out) as u64);
+            }
             match ctx.transport.send(&mut out) {
                 Ok(sent) => ctx.stats.datagrams_out.add(sent as u64),
                 Err(e) => tracing::warn!(shard = ctx.id, "send failed: {e}"),
@@ -376,7 +394,12 @@ pub fn run(mut ctx: ShardContext) {
                 .journal
                 .as_ref()
                 .is_some_and(|j| parked.front().is_some_and(|(n, _)| *n <= j.durable()));
-            if (sharded && !me.queue.is_empty()) || released || ctx.stop.load(Ordering::Relaxed) {
+            let stream_bytes = ctx.streams.as_ref().is_some_and(|t| t.has_pending());
+            if (sharded && !me.queue.is_empty())
+                || released
+                || stream_bytes
+                || ctx.stop.load(Ordering::Relaxed)
+            {
                 me.waker.sleeping.store(false, Ordering::SeqCst);
                 continue;
             }

@@ -17,6 +17,7 @@ pub mod header_name;
 pub mod headers;
 pub mod message;
 pub mod method;
+pub mod proto;
 #[cfg(test)]
 pub(crate) mod mutate;
 pub mod scan;
@@ -29,4 +30,5 @@ pub use header_name::HeaderName;
 pub use headers::{AuthHeader, CSeq, ContactValue, DigestParams, NameAddr, Via};
 pub use message::{Framing, Limits, Message, Span, StartLine};
 pub use method::Method;
+pub use proto::{Local, Proto};
 pub use uri::{HostKind, Scheme, Uri};

@@ -207,8 +207,9 @@ pub struct ForwardEdits<'e> {
     pub via: Option<&'e [u8]>,
     /// Value of the Record-Route to add on top (step 4), e.g. `<sip:192.0.2.1:5060;lr>`.
     pub record_route: Option<&'e [u8]>,
-    /// Remove the first Route value (step 6, loose routing with our URI on top).
-    pub pop_route: bool,
+    /// How many Route values to remove from the top (step 6, loose routing with our URI on
+    /// top: 1, or 2 for the two values of a double Record-Route, RFC 5658).
+    pub pop_route: u8,
     /// Decrement Max-Forwards, or add `Max-Forwards: 70` if absent (step 3).
     pub decrement_max_forwards: bool,
     /// Header lines to add at the top (each ending in CRLF), e.g. `Priority: emergency`.
@@ -239,8 +240,9 @@ pub fn write_forward(
     edits: &ForwardEdits<'_>,
 ) -> Result<(), ForwardError> {
     let uri_span = msg.request_uri_span().ok_or(ForwardError::NotARequest)?;
-    // At most 4 cuts: Request-URI, top headers, Max-Forwards, Route.
-    let mut cuts: [(Span, Splice<'_>); 4] = [
+    // At most 5 cuts: Request-URI, top headers, Max-Forwards, two Route lines.
+    let mut cuts: [(Span, Splice<'_>); 5] = [
+        (Span::default(), Splice::Bytes(b"")),
         (Span::default(), Splice::Bytes(b"")),
         (Span::default(), Splice::Bytes(b"")),
         (Span::default(), Splice::Bytes(b"")),
@@ -282,19 +284,26 @@ pub fn write_forward(
         );
         n += 1;
     }
-    if edits.pop_route {
-        if let Some(slot) = msg.first_slot(HeaderName::Route) {
+    // The Route values to remove are the first ones: whole lines while every value of a line
+    // goes, then the front of the line where the first kept value starts.
+    let mut to_pop = edits.pop_route as usize;
+    if to_pop > 0 {
+        for slot in msg.slots().iter().filter(|s| s.name == HeaderName::Route) {
+            if to_pop == 0 || n == cuts.len() {
+                break;
+            }
             let line = msg.slice(slot.value);
-            let mut split = CommaSplit::new(line);
-            split.next();
-            let span = match split.next() {
-                // Several values on the line: drop the first value and its comma.
-                Some((second, _)) => Span {
-                    start: slot.value.start,
-                    end: slot.value.start + second as u32,
-                },
-                // One value: drop the whole line including its line break.
+            let kept = CommaSplit::new(line).nth(to_pop).map(|(at, _)| at);
+            let span = match kept {
+                Some(at) => {
+                    to_pop = 0;
+                    Span {
+                        start: slot.value.start,
+                        end: slot.value.start + at as u32,
+                    }
+                }
                 None => {
+                    to_pop -= CommaSplit::new(line).count().min(to_pop);
                     let buf = msg.buf();
                     let after = memchr::memchr(b'\n', &buf[slot.value.end as usize..])
                         .map_or(buf.len(), |i| slot.value.end as usize + i + 1);
@@ -466,7 +475,7 @@ Content-Length: 4\r\n\r\nbodyTRAILING";
                 request_uri: Some(b"sip:bob@192.0.2.4:5062"),
                 via: Some(b"SIP/2.0/UDP 10.0.0.1:5060;branch=z9hG4bKnew"),
                 record_route: Some(b"<sip:10.0.0.1:5060;lr>"),
-                pop_route: true,
+                pop_route: 1,
                 decrement_max_forwards: true,
                 extra_headers: b"",
             },
@@ -500,7 +509,7 @@ Call-ID: x\r\nCSeq: 2 BYE\r\nContent-Length: 0\r\n\r\n";
         let mut out = Vec::new();
         let edits = ForwardEdits {
             via: Some(b"SIP/2.0/UDP p1;branch=z9hG4bK2"),
-            pop_route: true,
+            pop_route: 1,
             decrement_max_forwards: true,
             ..Default::default()
         };
@@ -510,6 +519,42 @@ Call-ID: x\r\nCSeq: 2 BYE\r\nContent-Length: 0\r\n\r\n";
         assert!(f.header(HeaderName::Route).is_none());
         assert_eq!(f.max_forwards().unwrap(), Some(70));
         assert_eq!(f.vias().count(), 2);
+    }
+
+    #[test]
+    fn forward_pops_the_two_values_of_a_double_record_route_however_they_are_split() {
+        for routes in [
+            "Route: <sip:p1;lr>, <sip:p2;lr>, <sip:next;lr>\r\n",
+            "Route: <sip:p1;lr>\r\nRoute: <sip:p2;lr>, <sip:next;lr>\r\n",
+            "Route: <sip:p1;lr>, <sip:p2;lr>\r\nRoute: <sip:next;lr>\r\n",
+            "Route: <sip:p1;lr>\r\nRoute: <sip:p2;lr>\r\nRoute: <sip:next;lr>\r\n",
+        ] {
+            let raw = format!(
+                "BYE sip:bob@192.0.2.4 SIP/2.0\r\n{routes}Via: SIP/2.0/UDP h;branch=z9hG4bK1\r\n\
+From: <sip:a@b>;tag=1\r\nTo: <sip:c@d>;tag=2\r\nCall-ID: x\r\nCSeq: 2 BYE\r\n\
+Content-Length: 0\r\n\r\n"
+            );
+            let req = Message::parse(raw.as_bytes()).unwrap();
+            let mut out = Vec::new();
+            let edits = ForwardEdits {
+                via: Some(b"SIP/2.0/TCP p1;branch=z9hG4bK2"),
+                pop_route: 2,
+                decrement_max_forwards: true,
+                ..Default::default()
+            };
+            write_forward(&mut out, &req, &edits).unwrap();
+            let f = Message::parse(&out).unwrap();
+            f.validate().unwrap();
+            let left: Vec<_> = f.routes().map(|r| r.unwrap().uri_raw.to_vec()).collect();
+            assert_eq!(left, vec![b"sip:next;lr".to_vec()], "{routes}");
+            // Both gone and nothing else: a single Route left as the only one.
+            let raw2 = raw.replace(", <sip:next;lr>", "").replace("Route: <sip:next;lr>\r\n", "");
+            let req = Message::parse(raw2.as_bytes()).unwrap();
+            out.clear();
+            write_forward(&mut out, &req, &edits).unwrap();
+            let f = Message::parse(&out).unwrap();
+            assert!(f.header(HeaderName::Route).is_none(), "{raw2}");
+        }
     }
 
     #[test]

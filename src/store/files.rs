@@ -347,6 +347,8 @@ mod tests {
                 reg_id: None,
                 source: "192.0.2.1:5060".parse().unwrap(),
                 nat: false,
+                socket: 0,
+                stream: false,
                 branch_hash: 0,
             },
             std::iter::empty(),

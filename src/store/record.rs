@@ -170,6 +170,8 @@ fn decode(payload: &[u8]) -> Option<Record<'_>> {
                     reg_id: (reg_id != 0).then_some(reg_id),
                     source: SocketAddr::new(ip, port),
                     nat: flags & 2 != 0,
+                    socket: 0,
+                    stream: false,
                     branch_hash,
                 };
                 bindings.push(Binding::new(&fields, paths.iter().copied()).ok()?);
@@ -265,6 +267,8 @@ mod tests {
                 reg_id: Some(1),
                 source: "[2001:db8::1]:5062".parse().unwrap(),
                 nat: true,
+                socket: 0,
+                stream: false,
                 branch_hash: 0xdead_beef,
             },
             paths.iter().copied(),
@@ -286,6 +290,8 @@ mod tests {
                 reg_id: None,
                 source: "10.0.0.2:5060".parse().unwrap(),
                 nat: false,
+                socket: 0,
+                stream: false,
                 branch_hash: 0,
             },
             std::iter::empty(),

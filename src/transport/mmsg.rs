@@ -45,6 +45,8 @@ unsafe impl Send for MmsgTransport {}
 
 /// epoll data of the waker's eventfd (sockets use their index).
 const WAKER_TOKEN: u64 = u64::MAX;
+/// The epoll token of a watched descriptor ([`Transport::watch`]).
+const WATCH_TOKEN: u64 = u64::MAX - 1;
 
 fn zeroed_storage() -> libc::sockaddr_storage {
     // SAFETY: all-zero is a valid sockaddr_storage.
@@ -277,6 +279,8 @@ impl Transport for MmsgTransport {
             let token = ev.u64;
             if token == WAKER_TOKEN {
                 self.waker.drain();
+            } else if token == WATCH_TOKEN {
+                // The stream connections are polled every round anyway.
             } else {
                 ready |= 1 << token;
             }
@@ -289,6 +293,19 @@ impl Transport for MmsgTransport {
 
     fn name(&self) -> &'static str {
         "mmsg"
+    }
+
+    fn watch(&mut self, fd: RawFd) -> io::Result<()> {
+        let mut ev = libc::epoll_event {
+            events: libc::EPOLLIN as u32,
+            u64: WATCH_TOKEN,
+        };
+        // SAFETY: both descriptors are open; ev is a valid epoll_event.
+        if unsafe { libc::epoll_ctl(self.epoll.as_raw_fd(), libc::EPOLL_CTL_ADD, fd, &mut ev) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        self.events.push(libc::epoll_event { events: 0, u64: 0 });
+        Ok(())
     }
 
     fn drops(&self) -> TransportDrops {

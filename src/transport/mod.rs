@@ -6,8 +6,10 @@
 //! [`uring::UringTransport`] (io_uring multishot receive with a provided buffer ring). This is
 //! one of the two places in the crate (with `shard/`) that touch sockets.
 
+pub mod framing;
 pub mod mmsg;
 pub mod sockaddr;
+pub mod tcp;
 pub mod uring;
 
 use crate::server::outbox::Outbox;
@@ -58,6 +60,9 @@ pub trait Transport: Send {
     fn wait(&mut self, timeout_ms: i32) -> io::Result<()>;
     /// Name for logs and metrics.
     fn name(&self) -> &'static str;
+    /// Also ends [`Transport::wait`] when `fd` becomes readable (the shard's stream
+    /// connections' epoll set); nothing is read from it here.
+    fn watch(&mut self, fd: RawFd) -> io::Result<()>;
     /// Drop counters so far.
     fn drops(&self) -> TransportDrops;
 }
@@ -194,19 +199,21 @@ impl ShardSockets {
 #[derive(Debug)]
 pub struct AddressTaken {
     pub addr: SocketAddr,
+    pub proto: crate::sip::Proto,
     pub error: io::Error,
 }
 
 impl std::fmt::Display for AddressTaken {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let scheme = self.proto.scheme();
         if self.error.kind() == io::ErrorKind::AddrInUse {
             write!(
                 f,
-                "udp:{}: address already in use (another process serves it)",
+                "{scheme}:{}: address already in use (another process serves it)",
                 self.addr
             )
         } else {
-            write!(f, "udp:{}: {}", self.addr, self.error)
+            write!(f, "{scheme}:{}: {}", self.addr, self.error)
         }
     }
 }
@@ -217,12 +224,25 @@ impl std::fmt::Display for AddressTaken {
 /// of its traffic: a socket bound *without* SO_REUSEPORT fails with EADDRINUSE when any
 /// socket holds the address. The probe socket is closed again before the shards bind (a
 /// process starting in between could still join; the window is a few system calls).
-pub fn claim_listen_addrs(listen: &[SocketAddr]) -> Result<Vec<SocketAddr>, AddressTaken> {
+pub fn claim_listen_addrs(
+    listen: &[(SocketAddr, crate::sip::Proto)],
+) -> Result<Vec<SocketAddr>, AddressTaken> {
     let mut bound = Vec::with_capacity(listen.len());
     let mut probes = Vec::with_capacity(listen.len());
-    for &addr in listen {
-        let taken = |error| AddressTaken { addr, error };
-        let probe = udp_socket(addr, false).map_err(taken)?;
+    for &(addr, proto) in listen {
+        let taken = |error| AddressTaken { addr, proto, error };
+        let probe = if proto == crate::sip::Proto::Udp {
+            udp_socket(addr, false).map_err(taken)?
+        } else {
+            // Bound without SO_REUSEPORT (and not listening): EADDRINUSE if anyone holds it.
+            let s = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))
+                .map_err(taken)?;
+            if addr.is_ipv6() {
+                s.set_only_v6(true).map_err(taken)?;
+            }
+            s.bind(&addr.into()).map_err(taken)?;
+            s
+        };
         let local = probe
             .local_addr()
             .map_err(taken)?
@@ -253,17 +273,26 @@ mod tests {
     #[test]
     fn a_served_address_is_refused_and_port_zero_is_resolved() {
         let any: std::net::SocketAddr = "127.0.0.1:0".parse().unwrap();
-        let bound = super::claim_listen_addrs(&[any]).unwrap();
+        let udp = crate::sip::Proto::Udp;
+        let bound = super::claim_listen_addrs(&[(any, udp)]).unwrap();
         assert_ne!(bound[0].port(), 0);
         // A server holds it (as the shards do, with SO_REUSEPORT): a second claim fails, naming
         // the address, though a plain SO_REUSEPORT bind would have joined it.
         let held = super::ShardSockets::bind(&bound).unwrap();
-        let err = super::claim_listen_addrs(&bound).unwrap_err();
+        let err = super::claim_listen_addrs(&[(bound[0], udp)]).unwrap_err();
         assert_eq!(err.addr, bound[0]);
         assert!(err.to_string().contains("already in use"), "{err}");
         assert!(super::udp_socket(bound[0], true).is_ok());
         drop(held);
-        assert_eq!(super::claim_listen_addrs(&bound).unwrap(), bound);
+        assert_eq!(super::claim_listen_addrs(&[(bound[0], udp)]).unwrap(), bound);
+        // TCP the same way: a listener of another server on the port is found.
+        let tcp = crate::sip::Proto::Tcp;
+        let bound = super::claim_listen_addrs(&[(any, tcp)]).unwrap();
+        let held = super::tcp::tcp_listener(bound[0], true).unwrap();
+        let err = super::claim_listen_addrs(&[(bound[0], tcp)]).unwrap_err();
+        assert!(err.to_string().starts_with("tcp:"), "{err}");
+        drop(held);
+        assert_eq!(super::claim_listen_addrs(&[(bound[0], tcp)]).unwrap(), bound);
     }
 
     #[test]

@@ -50,6 +50,8 @@ const SEND_CHUNK: usize = 128;
 const TAG_MASK: u64 = 0xffff_ffff << 32;
 const TAG_RECV: u64 = 1 << 32;
 const TAG_WAKE: u64 = 2 << 32;
+/// The multishot poll on a watched descriptor ([`Transport::watch`]).
+const TAG_WATCH: u64 = 4 << 32;
 const TAG_SEND: u64 = 3 << 32;
 
 /// An anonymous private mapping (page-aligned, zeroed, backed only where written).
@@ -120,6 +122,9 @@ pub struct UringTransport {
     /// Per socket: its multishot receive has ended and must be submitted again.
     recv_unarmed: Vec<bool>,
     wake_unarmed: bool,
+    /// A descriptor whose readiness also ends `wait` ([`Transport::watch`]).
+    watched: Option<std::os::fd::RawFd>,
+    watch_unarmed: bool,
     /// Ring created with R_DISABLED: enabled (and armed) on first use by the shard thread.
     disabled: bool,
     /// The sockets are registered files (no fd lookup per operation); index = socket index.
@@ -280,6 +285,8 @@ impl UringTransport {
             waker,
             recv_unarmed: vec![true; n],
             wake_unarmed: true,
+            watched: None,
+            watch_unarmed: false,
             disabled,
             fixed_files,
             send_with_addr: setup == "defer_taskrun",
@@ -384,6 +391,14 @@ impl UringTransport {
                 .user_data(TAG_WAKE);
             self.push(&sqe)?;
             self.wake_unarmed = false;
+        }
+        if let (Some(fd), true) = (self.watched, self.watch_unarmed) {
+            let sqe = opcode::PollAdd::new(Fd(fd), libc::POLLIN as u32)
+                .multi(true)
+                .build()
+                .user_data(TAG_WATCH);
+            self.push(&sqe)?;
+            self.watch_unarmed = false;
         }
         Ok(())
     }
@@ -511,6 +526,12 @@ impl UringTransport {
                     self.waker.drain();
                     if !more {
                         self.wake_unarmed = true;
+                    }
+                }
+                TAG_WATCH => {
+                    // The stream connections are polled every round anyway.
+                    if !more {
+                        self.watch_unarmed = true;
                     }
                 }
                 // Late send completions cannot occur (send reaps its own); ignore anything else.
@@ -718,6 +739,12 @@ impl Transport for UringTransport {
 
     fn name(&self) -> &'static str {
         "uring"
+    }
+
+    fn watch(&mut self, fd: std::os::fd::RawFd) -> io::Result<()> {
+        self.watched = Some(fd);
+        self.watch_unarmed = true;
+        Ok(())
     }
 
     fn drops(&self) -> TransportDrops {

@@ -1,0 +1,208 @@
+//! Stream transports through the core (RFC 3261 §18, RFC 5626 flows, RFC 5658 double
+//! Record-Route): a phone registered over a TCP connection is reached over that connection
+//! (socket and peer), responses go back on the connection the request came on, a dialog
+//! between a UDP and a TCP side carries two Record-Route values (one per transport) and both
+//! are removed when in-dialog requests come back, the caller's connection is named for the
+//! callee's requests, and the bindings of a connection go when it closes.
+
+use super::tests::{addr, status, CALLER, LISTEN, T0};
+use super::Core;
+use crate::proxy::settings::{CoreConfig, Mode};
+use crate::server::outbox::Outbox;
+use crate::sip::{HeaderName, Local, Message, Proto};
+use crate::stats::ShardStats;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+/// The core's sockets: UDP (0) and TCP (1) on the same address.
+const UDP: usize = 0;
+const TCP: usize = 1;
+/// The TCP phone: where it listens (its Via and Contact) and the connection's far end.
+const PHONE: &str = "192.0.2.50:5060";
+const PHONE_CONN: &str = "192.0.2.50:40001";
+
+fn core() -> Core {
+    let cfg = Arc::new(CoreConfig::single("localhost", addr(LISTEN), Mode::Proxy));
+    let locals = [
+        Local::from(addr(LISTEN)),
+        Local {
+            addr: addr(LISTEN),
+            proto: Proto::Tcp,
+        },
+    ];
+    Core::new(0, cfg, Arc::new(ShardStats::default()), None, &locals)
+}
+
+/// What the core sent: (socket, destination, bytes).
+fn send(c: &mut Core, data: &[u8], src: &str, socket: usize, now: u64) -> Vec<(usize, SocketAddr, Vec<u8>)> {
+    let mut out = Outbox::new();
+    c.handle(data, addr(src), socket, now, false, &mut out);
+    out.items()
+        .iter()
+        .map(|d| (d.socket as usize, d.dst, out.bytes(d).to_vec()))
+        .collect()
+}
+
+fn register_over_tcp(c: &mut Core) {
+    let reg = format!(
+        "REGISTER sip:localhost SIP/2.0\r\nVia: SIP/2.0/TCP {PHONE};branch=z9hG4bKtreg\r\n\
+         Max-Forwards: 70\r\nFrom: <sip:bob@localhost>;tag=r\r\nTo: <sip:bob@localhost>\r\n\
+         Call-ID: reg-tcp\r\nCSeq: 1 REGISTER\r\nContact: <sip:bob@{PHONE};transport=tcp>\r\n\
+         Content-Length: 0\r\n\r\n"
+    );
+    let out = send(c, reg.as_bytes(), PHONE_CONN, TCP, T0);
+    assert_eq!(out.len(), 1);
+    // §18.2.2: over a connection the response goes back on it, not to the Via's port.
+    assert_eq!((out[0].0, out[0].1), (TCP, addr(PHONE_CONN)));
+    assert_eq!(status(&out[0].2), 200);
+}
+
+fn invite(from_via: &str, transport: &str, branch: &str, ruri: &str) -> Vec<u8> {
+    format!(
+        "INVITE {ruri} SIP/2.0\r\nVia: SIP/2.0/{transport} {from_via};branch={branch}\r\n\
+         Max-Forwards: 70\r\nFrom: <sip:alice@localhost>;tag=a1\r\nTo: <sip:bob@localhost>\r\n\
+         Call-ID: call-{branch}\r\nCSeq: 1 INVITE\r\nContact: <sip:alice@{from_via}>\r\n\
+         Content-Length: 0\r\n\r\n"
+    )
+    .into_bytes()
+}
+
+fn answer(inv: &[u8], contact: &str) -> Vec<u8> {
+    let m = Message::parse(inv).unwrap();
+    let mut out = Vec::new();
+    crate::sip::write::response_head(&mut out, &m, 200, b"OK", Some(b"bt"), None);
+    for rr in m.header_all(HeaderName::RecordRoute) {
+        crate::sip::write::header(&mut out, "Record-Route", rr);
+    }
+    crate::sip::write::header(&mut out, "Contact", contact.as_bytes());
+    crate::sip::write::finish(&mut out, b"");
+    out
+}
+
+fn record_routes(msg: &[u8]) -> Vec<String> {
+    Message::parse(msg)
+        .unwrap()
+        .record_routes()
+        .map(|r| String::from_utf8_lossy(r.unwrap().uri_raw).into_owned())
+        .collect()
+}
+
+fn bye(ruri: &str, via: &str, transport: &str, routes: &[String], from: &str, to: &str) -> Vec<u8> {
+    let route: Vec<String> = routes.iter().map(|r| format!("<{r}>")).collect();
+    format!(
+        "BYE {ruri} SIP/2.0\r\nVia: SIP/2.0/{transport} {via};branch=z9hG4bKbye{transport}\r\n\
+         Route: {}\r\nMax-Forwards: 70\r\nFrom: {from}\r\nTo: {to}\r\nCall-ID: call-z9hG4bKs1\r\n\
+         CSeq: 2 BYE\r\nContent-Length: 0\r\n\r\n",
+        route.join(", ")
+    )
+    .into_bytes()
+}
+
+#[test]
+fn a_udp_caller_reaches_a_tcp_phone_over_its_connection_with_a_double_record_route() {
+    let mut c = core();
+    register_over_tcp(&mut c);
+    let out = send(&mut c, &invite(CALLER, "UDP", "z9hG4bKs1", "sip:bob@localhost"), CALLER, UDP, T0 + 10);
+    // 100 Trying to the caller over UDP; the INVITE over the phone's connection.
+    let to_phone: Vec<_> = out.iter().filter(|o| o.1 == addr(PHONE_CONN)).collect();
+    assert_eq!(to_phone.len(), 1, "{out:?}");
+    assert_eq!(to_phone[0].0, TCP);
+    let inv = to_phone[0].2.clone();
+    let fwd = Message::parse(&inv).unwrap();
+    let via = fwd.top_via().unwrap();
+    assert_eq!(via.transport, b"TCP", "our Via names the transport it leaves on");
+    // RFC 5658: the value facing the phone (TCP) first, the caller's side (UDP) second; both
+    // name the phone's flow.
+    let rr = record_routes(&inv);
+    assert_eq!(rr.len(), 2, "{rr:?}");
+    assert!(rr[0].contains(";transport=tcp") && rr[0].contains(";ft=tcp:192.0.2.50:40001"), "{rr:?}");
+    assert!(!rr[1].contains("transport="), "{rr:?}");
+    // The phone answers over its connection; the caller gets the 200 over UDP.
+    let out = send(&mut c, &answer(&inv, &format!("<sip:bob@{PHONE};transport=tcp>")), PHONE_CONN, TCP, T0 + 20);
+    let ok: Vec<_> = out.iter().filter(|o| o.1 == addr(CALLER)).collect();
+    assert_eq!((ok.len(), ok[0].0, status(&ok[0].2)), (1, UDP, 200));
+    let (alice, bob) = ("<sip:alice@localhost>;tag=a1", "<sip:bob@localhost>;tag=bt");
+    // The caller's BYE: its route set is the Record-Route reversed. It reaches the phone over
+    // the connection with both of our values gone.
+    let reversed: Vec<String> = rr.iter().rev().cloned().collect();
+    let b = bye(&format!("sip:bob@{PHONE};transport=tcp"), CALLER, "UDP", &reversed, alice, bob);
+    let out = send(&mut c, &b, CALLER, UDP, T0 + 30);
+    let at_phone: Vec<_> = out.iter().filter(|o| o.1 == addr(PHONE_CONN)).collect();
+    assert_eq!(at_phone.len(), 1, "{out:?}");
+    assert_eq!(at_phone[0].0, TCP);
+    let m = Message::parse(&at_phone[0].2).unwrap();
+    assert!(m.header(HeaderName::Route).is_none(), "both Route values removed");
+    assert_eq!(m.top_via().unwrap().transport, b"TCP");
+    // The phone hangs up itself: over its connection, with the Record-Route as its route
+    // set; the BYE goes on to the caller over UDP.
+    let mut c2 = core();
+    register_over_tcp(&mut c2);
+    let out = send(&mut c2, &invite(CALLER, "UDP", "z9hG4bKs1", "sip:bob@localhost"), CALLER, UDP, T0 + 10);
+    let inv = out.iter().find(|o| o.1 == addr(PHONE_CONN)).unwrap().2.clone();
+    let rr = record_routes(&inv);
+    send(&mut c2, &answer(&inv, &format!("<sip:bob@{PHONE};transport=tcp>")), PHONE_CONN, TCP, T0 + 20);
+    let b = bye(&format!("sip:alice@{CALLER}"), PHONE, "TCP", &rr, bob, alice);
+    let out = send(&mut c2, &b, PHONE_CONN, TCP, T0 + 30);
+    let at_caller: Vec<_> = out.iter().filter(|o| o.1 == addr(CALLER)).collect();
+    assert_eq!(at_caller.len(), 1, "{out:?}");
+    assert_eq!(at_caller[0].0, UDP);
+    let m = Message::parse(&at_caller[0].2).unwrap();
+    assert!(m.header(HeaderName::Route).is_none());
+    assert_eq!(m.top_via().unwrap().transport, b"UDP");
+}
+
+#[test]
+fn a_tcp_caller_is_reached_over_its_connection_by_the_callees_requests() {
+    let mut c = core();
+    super::tests::register(&mut c, "bob", "192.0.2.60:5060");
+    let caller_conn = "192.0.2.70:50123";
+    let out = send(&mut c, &invite("192.0.2.70:5060", "TCP", "z9hG4bKs1", "sip:bob@localhost"), caller_conn, TCP, T0 + 10);
+    // 100 Trying over the caller's connection.
+    assert!(out.iter().any(|o| o.0 == TCP && o.1 == addr(caller_conn) && status(&o.2) == 100), "{out:?}");
+    let inv = out.iter().find(|o| o.1 == addr("192.0.2.60:5060")).unwrap();
+    assert_eq!(inv.0, UDP);
+    let rr = record_routes(&inv.2);
+    assert_eq!(rr.len(), 2, "{rr:?}");
+    assert!(!rr[0].contains("transport="), "UDP side first: {rr:?}");
+    assert!(rr[1].contains(";transport=tcp"), "{rr:?}");
+    assert!(rr.iter().all(|r| r.contains(";fc=tcp:192.0.2.70:50123")), "{rr:?}");
+    let inv = inv.2.clone();
+    let out = send(&mut c, &answer(&inv, "<sip:bob@192.0.2.60:5060>"), "192.0.2.60:5060", UDP, T0 + 20);
+    assert!(out.iter().any(|o| o.0 == TCP && o.1 == addr(caller_conn) && status(&o.2) == 200), "{out:?}");
+    // The callee's BYE names the caller's Contact (its listening port, unreachable behind a
+    // NAT); it goes over the caller's connection.
+    let b = bye("sip:alice@192.0.2.70:5060;transport=tcp", "192.0.2.60:5060", "UDP", &rr, "<sip:bob@localhost>;tag=bt", "<sip:alice@localhost>;tag=a1");
+    let out = send(&mut c, &b, "192.0.2.60:5060", UDP, T0 + 30);
+    assert_eq!(out.len(), 1, "{out:?}");
+    assert_eq!((out[0].0, out[0].1), (TCP, addr(caller_conn)));
+    assert_eq!(Message::parse(&out[0].2).unwrap().top_via().unwrap().transport, b"TCP");
+}
+
+#[test]
+fn the_bindings_of_a_connection_go_when_it_closes() {
+    let mut c = core();
+    register_over_tcp(&mut c);
+    // Another connection closing changes nothing.
+    c.connection_closed(TCP as u16, addr("192.0.2.50:40002"));
+    let out = send(&mut c, &invite(CALLER, "UDP", "z9hG4bKc1", "sip:bob@localhost"), CALLER, UDP, T0 + 10);
+    assert!(out.iter().any(|o| o.1 == addr(PHONE_CONN)), "{out:?}");
+    c.connection_closed(TCP as u16, addr(PHONE_CONN));
+    let out = send(&mut c, &invite(CALLER, "UDP", "z9hG4bKc2", "sip:bob@localhost"), CALLER, UDP, T0 + 20);
+    assert!(out.iter().all(|o| o.1 == addr(CALLER)), "{out:?}");
+    assert_eq!(status(&out.last().unwrap().2), 480, "no binding left");
+}
+
+#[test]
+fn a_contact_that_asks_for_tcp_is_reached_over_tcp() {
+    let mut c = core();
+    // Registered over UDP (a third party, say) with a Contact that says transport=tcp.
+    let reg = "REGISTER sip:localhost SIP/2.0\r\nVia: SIP/2.0/UDP 192.0.2.80:5060;branch=z9hG4bKu\r\n\
+         Max-Forwards: 70\r\nFrom: <sip:carol@localhost>;tag=r\r\nTo: <sip:carol@localhost>\r\n\
+         Call-ID: reg-u\r\nCSeq: 1 REGISTER\r\nContact: <sip:carol@192.0.2.80:5060;transport=tcp>\r\n\
+         Content-Length: 0\r\n\r\n";
+    let out = send(&mut c, reg.as_bytes(), "192.0.2.80:5060", UDP, T0);
+    assert_eq!(status(&out[0].2), 200);
+    let out = send(&mut c, &invite(CALLER, "UDP", "z9hG4bKt1", "sip:carol@localhost"), CALLER, UDP, T0 + 10);
+    let inv = out.iter().find(|o| o.1 == addr("192.0.2.80:5060")).unwrap();
+    assert_eq!(inv.0, TCP, "{out:?}");
+}

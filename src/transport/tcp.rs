@@ -1,0 +1,684 @@
+//! TCP for one shard (RFC 3261 §18, §18.3 framing; RFC 5626 keepalives): the shard's
+//! SO_REUSEPORT listeners (the kernel spreads accepted connections over the shards, so no
+//! acceptor thread hands them out), its connections on an epoll set of its own, reads framed
+//! into messages for the core, and writes of the core's output.
+//!
+//! A connection belongs to the shard that accepted (or opened) it; a message on it may be
+//! owned by another shard (its AOR or dialog lives there) and is handed over like a datagram.
+//! What that shard sends back to the peer must leave over the same connection: the
+//! [`StreamHub`] knows which shard holds the connection to each peer and carries the bytes to
+//! it. A peer without a connection gets one opened (a UA whose Contact says `transport=tcp`).
+//!
+//! Limits keep a shard up under abuse: a message size limit, a timeout for a message that
+//! does not complete (a peer dribbling bytes), an idle timeout, connections per source address
+//! and per shard, and a bound on what waits for a peer that does not read. Each refusal or
+//! close is counted (`sipshard_connection_events`) and logged once per source.
+
+use super::framing::{next_frame, Frame, FrameError};
+use super::{RecvHandler, Waker};
+use crate::server::outbox::Outbox;
+use crate::stats::{ShardStats, StreamEvent};
+use crossbeam_queue::SegQueue;
+use hashbrown::{HashMap, HashSet};
+use socket2::{Domain, Protocol, Socket, Type};
+use std::io::{self, Read, Write};
+use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+
+/// The stream transports' limits (`--tcp-*` flags).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StreamSettings {
+    /// Largest message accepted (header section and body).
+    pub max_message: usize,
+    /// A message started must complete within this long (and a new connection must bring
+    /// its first complete message within it).
+    pub message_timeout_ms: u64,
+    /// A connection without a byte for this long is closed (phones keep theirs open with
+    /// CRLF keepalives, RFC 5626 §4.4.1).
+    pub idle_timeout_ms: u64,
+    /// Connections one source address may hold on one shard.
+    pub max_per_source: u32,
+    /// Connections one shard holds at most.
+    pub max_per_shard: u32,
+    /// Bytes waiting for a peer that does not read before its connection is closed.
+    pub max_output: usize,
+}
+
+impl Default for StreamSettings {
+    fn default() -> Self {
+        StreamSettings {
+            max_message: 65_535,
+            message_timeout_ms: 10_000,
+            idle_timeout_ms: 3_600_000,
+            max_per_source: 256,
+            max_per_shard: 100_000,
+            max_output: 1 << 20,
+        }
+    }
+}
+
+/// Bytes for a connection held by another shard.
+struct Outgoing {
+    socket: u16,
+    dst: SocketAddr,
+    bytes: Box<[u8]>,
+}
+
+/// What the shards share about connections: which shard holds the connection to a peer,
+/// and each shard's queue of bytes to write to its connections.
+pub struct StreamHub {
+    owners: RwLock<std::collections::HashMap<(u16, SocketAddr), usize>>,
+    inboxes: Vec<SegQueue<Outgoing>>,
+    /// Per shard: connections that closed, for the core (bindings registered over them go).
+    closed: Vec<SegQueue<(u16, SocketAddr)>>,
+    wakers: Vec<Arc<Waker>>,
+}
+
+impl StreamHub {
+    pub fn new(wakers: Vec<Arc<Waker>>) -> StreamHub {
+        StreamHub {
+            owners: RwLock::default(),
+            inboxes: wakers.iter().map(|_| SegQueue::new()).collect(),
+            closed: wakers.iter().map(|_| SegQueue::new()).collect(),
+            wakers,
+        }
+    }
+
+    fn owner(&self, socket: u16, peer: SocketAddr) -> Option<usize> {
+        self.owners.read().ok()?.get(&(socket, peer)).copied()
+    }
+
+    fn set_owner(&self, socket: u16, peer: SocketAddr, shard: Option<usize>) {
+        if let Ok(mut o) = self.owners.write() {
+            match shard {
+                Some(s) => o.insert((socket, peer), s),
+                None => o.remove(&(socket, peer)),
+            };
+        }
+    }
+}
+
+/// One shard's TCP listener: the socket index the core knows it by.
+pub struct StreamListener {
+    pub listener: TcpListener,
+    pub socket: u16,
+}
+
+/// Binds a TCP listener on `addr` (SO_REUSEPORT: every shard has one on the same address).
+pub fn tcp_listener(addr: SocketAddr, reuse_port: bool) -> io::Result<TcpListener> {
+    let s = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    s.set_reuse_address(true)?;
+    if reuse_port {
+        s.set_reuse_port(true)?;
+    }
+    if addr.is_ipv6() {
+        s.set_only_v6(true)?;
+    }
+    s.bind(&addr.into())?;
+    s.listen(4096)?;
+    s.set_nonblocking(true)?;
+    Ok(s.into())
+}
+
+struct Conn {
+    stream: TcpStream,
+    peer: SocketAddr,
+    socket: u16,
+    rbuf: Vec<u8>,
+    wbuf: Vec<u8>,
+    /// EPOLLOUT is armed (a write waits, or a connect is in progress).
+    want_out: bool,
+    connecting: bool,
+    last_byte: Instant,
+    /// When the bytes of the message not yet complete began to arrive (or the connection
+    /// was accepted, before its first message).
+    partial_since: Option<Instant>,
+    inbound: bool,
+}
+
+/// Epoll tokens below this are listeners.
+const CONN_BASE: u64 = 1 << 32;
+/// Bytes read from one connection per round at most (fairness between connections).
+const READ_ROUND: usize = 256 * 1024;
+const READ_CHUNK: usize = 16 * 1024;
+/// Sources whose refusals were logged, kept at most (then forgotten and logged again).
+const LOGGED_MAX: usize = 4096;
+
+/// One shard's TCP connections.
+pub struct TcpShard {
+    shard: usize,
+    epoll: OwnedFd,
+    listeners: Vec<StreamListener>,
+    conns: HashMap<u64, Conn>,
+    by_peer: HashMap<(u16, SocketAddr), u64>,
+    per_source: HashMap<IpAddr, u32>,
+    next_token: u64,
+    hub: Arc<StreamHub>,
+    settings: StreamSettings,
+    stats: Arc<ShardStats>,
+    events: Vec<libc::epoll_event>,
+    logged: HashSet<(IpAddr, StreamEvent)>,
+    last_sweep: Instant,
+    /// Connections to close after the current pass (token, why).
+    doomed: Vec<(u64, StreamEvent)>,
+    scratch: Vec<u8>,
+}
+
+fn epoll_ctl(ep: RawFd, op: libc::c_int, fd: RawFd, events: u32, token: u64) -> io::Result<()> {
+    let mut ev = libc::epoll_event { events, u64: token };
+    // SAFETY: ep and fd are open descriptors; ev is a valid epoll_event.
+    if unsafe { libc::epoll_ctl(ep, op, fd, &mut ev) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+impl TcpShard {
+    pub fn new(
+        shard: usize,
+        listeners: Vec<StreamListener>,
+        hub: Arc<StreamHub>,
+        settings: StreamSettings,
+        stats: Arc<ShardStats>,
+    ) -> io::Result<TcpShard> {
+        // SAFETY: epoll_create1 has no memory-safety preconditions; we check the result.
+        let ep = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
+        if ep < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: ep is a fresh descriptor we own from here on.
+        let epoll = unsafe { OwnedFd::from_raw_fd(ep) };
+        for (i, l) in listeners.iter().enumerate() {
+            epoll_ctl(
+                ep,
+                libc::EPOLL_CTL_ADD,
+                l.listener.as_raw_fd(),
+                libc::EPOLLIN as u32,
+                i as u64,
+            )?;
+        }
+        Ok(TcpShard {
+            shard,
+            epoll,
+            listeners,
+            conns: HashMap::new(),
+            by_peer: HashMap::new(),
+            per_source: HashMap::new(),
+            next_token: CONN_BASE,
+            hub,
+            settings,
+            stats,
+            events: vec![libc::epoll_event { events: 0, u64: 0 }; 256],
+            logged: HashSet::new(),
+            last_sweep: Instant::now(),
+            doomed: Vec::new(),
+            scratch: Vec::new(),
+        })
+    }
+
+    /// The descriptor that becomes readable when a connection or listener has work (the
+    /// shard's sleep watches it).
+    pub fn wait_fd(&self) -> RawFd {
+        self.epoll.as_raw_fd()
+    }
+
+    /// True if the socket index is one of ours (a stream listener).
+    #[inline]
+    pub fn is_stream_socket(&self, socket: u16) -> bool {
+        self.listeners.iter().any(|l| l.socket == socket)
+    }
+
+    /// True when another shard left bytes for our connections or news of a closed one.
+    pub fn has_pending(&self) -> bool {
+        !self.hub.inboxes[self.shard].is_empty() || !self.hub.closed[self.shard].is_empty()
+    }
+
+    /// Connections closed (on any shard) since the last call, for the core.
+    pub fn take_closed(&mut self, mut f: impl FnMut(u16, SocketAddr)) {
+        while let Some((socket, peer)) = self.hub.closed[self.shard].pop() {
+            f(socket, peer);
+        }
+    }
+
+    /// Connections open on this shard.
+    pub fn connections(&self) -> usize {
+        self.conns.len()
+    }
+
+    /// Accepts, reads and frames what is ready, hands each message to `handler`, writes
+    /// what other shards left for our connections, and closes the connections past their
+    /// timeouts. Returns the number of messages handled.
+    pub fn poll(&mut self, handler: &mut dyn RecvHandler, now: Instant) -> usize {
+        while let Some(o) = self.hub.inboxes[self.shard].pop() {
+            if let Some(&token) = self.by_peer.get(&(o.socket, o.dst)) {
+                self.write(token, &o.bytes);
+            }
+        }
+        let mut handled = 0;
+        loop {
+            // SAFETY: events is a valid, writable array of epoll_event of the given length.
+            let r = unsafe {
+                libc::epoll_wait(
+                    self.epoll.as_raw_fd(),
+                    self.events.as_mut_ptr(),
+                    self.events.len() as libc::c_int,
+                    0,
+                )
+            };
+            if r <= 0 {
+                break;
+            }
+            for i in 0..r as usize {
+                let (events, token) = (self.events[i].events, self.events[i].u64);
+                if token < CONN_BASE {
+                    self.accept(token as usize, now);
+                    continue;
+                }
+                if events & libc::EPOLLOUT as u32 != 0 {
+                    self.writable(token);
+                }
+                if events & (libc::EPOLLIN | libc::EPOLLRDHUP | libc::EPOLLHUP | libc::EPOLLERR) as u32
+                    != 0
+                {
+                    handled += self.readable(token, handler, now);
+                }
+            }
+            self.close_doomed();
+            if (r as usize) < self.events.len() {
+                break;
+            }
+        }
+        if now.saturating_duration_since(self.last_sweep) >= Duration::from_millis(500) {
+            self.last_sweep = now;
+            self.sweep(now);
+        }
+        handled
+    }
+
+    /// Sends the outbox's messages for stream sockets (and takes them out of it, leaving the
+    /// datagrams for the UDP transport).
+    pub fn send(&mut self, out: &mut Outbox) -> usize {
+        let mut sent = 0;
+        for d in out.items() {
+            if !self.is_stream_socket(d.socket) {
+                continue;
+            }
+            let bytes = out.bytes(d);
+            self.send_to(d.socket, d.dst, bytes);
+            sent += 1;
+        }
+        if sent > 0 {
+            let listeners = &self.listeners;
+            out.retain_items(|d| !listeners.iter().any(|l| l.socket == d.socket));
+            self.close_doomed();
+        }
+        sent
+    }
+
+    fn send_to(&mut self, socket: u16, dst: SocketAddr, bytes: &[u8]) {
+        if let Some(&token) = self.by_peer.get(&(socket, dst)) {
+            self.write(token, bytes);
+            return;
+        }
+        match self.hub.owner(socket, dst) {
+            Some(owner) if owner != self.shard => {
+                self.hub.inboxes[owner].push(Outgoing {
+                    socket,
+                    dst,
+                    bytes: bytes.into(),
+                });
+                if self.hub.wakers[owner].wake_if_sleeping() {
+                    self.stats.wakeups.inc();
+                }
+            }
+            _ => self.connect(socket, dst, bytes),
+        }
+    }
+
+    fn register(&mut self, conn: Conn, events: u32) -> Option<u64> {
+        let token = self.next_token;
+        self.next_token += 1;
+        let fd = conn.stream.as_raw_fd();
+        if epoll_ctl(self.epoll.as_raw_fd(), libc::EPOLL_CTL_ADD, fd, events, token).is_err() {
+            return None;
+        }
+        self.by_peer.insert((conn.socket, conn.peer), token);
+        *self.per_source.entry(conn.peer.ip()).or_default() += 1;
+        self.hub.set_owner(conn.socket, conn.peer, Some(self.shard));
+        self.conns.insert(token, conn);
+        self.stats.streams.open.set(self.conns.len() as u64);
+        Some(token)
+    }
+
+    fn accept(&mut self, idx: usize, now: Instant) {
+        loop {
+            let Some(l) = self.listeners.get(idx) else {
+                return;
+            };
+            let socket = l.socket;
+            let (stream, peer) = match l.listener.accept() {
+                Ok(x) => x,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    // EMFILE and the like: the pending connection stays in the backlog.
+                    tracing::warn!(shard = self.shard, "accept failed: {e}");
+                    return;
+                }
+            };
+            let refused = if self.conns.len() >= self.settings.max_per_shard as usize {
+                Some(StreamEvent::RefusedPerShard)
+            } else if self.per_source.get(&peer.ip()).copied().unwrap_or(0)
+                >= self.settings.max_per_source
+            {
+                Some(StreamEvent::RefusedPerSource)
+            } else {
+                None
+            };
+            if let Some(why) = refused {
+                self.stats.streams.event(why);
+                self.log_once(peer.ip(), why);
+                drop(stream);
+                continue;
+            }
+            if stream.set_nonblocking(true).is_err() {
+                continue;
+            }
+            let _ = stream.set_nodelay(true);
+            let conn = Conn {
+                stream,
+                peer,
+                socket,
+                rbuf: Vec::new(),
+                wbuf: Vec::new(),
+                want_out: false,
+                connecting: false,
+                last_byte: now,
+                partial_since: Some(now),
+                inbound: true,
+            };
+            let events = (libc::EPOLLIN | libc::EPOLLRDHUP) as u32;
+            if self.register(conn, events).is_some() {
+                self.stats.streams.accepted.inc();
+            }
+        }
+    }
+
+    /// Opens a connection to `dst` for `socket`'s transport and queues `bytes` on it.
+    fn connect(&mut self, socket: u16, dst: SocketAddr, bytes: &[u8]) {
+        let made = (|| -> io::Result<TcpStream> {
+            let s = Socket::new(Domain::for_address(dst), Type::STREAM, Some(Protocol::TCP))?;
+            s.set_nonblocking(true)?;
+            s.set_nodelay(true)?;
+            match s.connect(&dst.into()) {
+                Ok(()) => {}
+                Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => {}
+                Err(e) => return Err(e),
+            }
+            Ok(s.into())
+        })();
+        let stream = match made {
+            Ok(s) => s,
+            Err(e) => {
+                self.stats.streams.event(StreamEvent::ConnectFailed);
+                tracing::debug!(%dst, "connect failed: {e}");
+                return;
+            }
+        };
+        let now = Instant::now();
+        let conn = Conn {
+            stream,
+            peer: dst,
+            socket,
+            rbuf: Vec::new(),
+            wbuf: bytes.to_vec(),
+            want_out: true,
+            connecting: true,
+            last_byte: now,
+            partial_since: None,
+            inbound: false,
+        };
+        let events = (libc::EPOLLIN | libc::EPOLLRDHUP | libc::EPOLLOUT) as u32;
+        if self.register(conn, events).is_some() {
+            self.stats.streams.connected.inc();
+        }
+    }
+
+    /// Writes `bytes` to a connection now, keeping what the kernel does not take for when
+    /// the socket is writable again.
+    fn write(&mut self, token: u64, bytes: &[u8]) {
+        let Some(c) = self.conns.get_mut(&token) else {
+            return;
+        };
+        if !c.wbuf.is_empty() || c.connecting {
+            if c.wbuf.len() + bytes.len() > self.settings.max_output {
+                self.doomed.push((token, StreamEvent::SlowReader));
+                return;
+            }
+            c.wbuf.extend_from_slice(bytes);
+            return;
+        }
+        let mut at = 0;
+        while at < bytes.len() {
+            match c.stream.write(&bytes[at..]) {
+                Ok(0) => break,
+                Ok(n) => at += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(_) => {
+                    self.doomed.push((token, StreamEvent::PeerClosed));
+                    return;
+                }
+            }
+        }
+        if at < bytes.len() {
+            c.wbuf.extend_from_slice(&bytes[at..]);
+            if !c.want_out {
+                c.want_out = true;
+                let events = (libc::EPOLLIN | libc::EPOLLRDHUP | libc::EPOLLOUT) as u32;
+                let fd = c.stream.as_raw_fd();
+                let _ = epoll_ctl(self.epoll.as_raw_fd(), libc::EPOLL_CTL_MOD, fd, events, token);
+            }
+        }
+    }
+
+    /// The socket can take more (or its connect finished): write what waits.
+    fn writable(&mut self, token: u64) {
+        let Some(c) = self.conns.get_mut(&token) else {
+            return;
+        };
+        if c.connecting {
+            match c.stream.take_error() {
+                Ok(None) => c.connecting = false,
+                _ => {
+                    self.stats.streams.event(StreamEvent::ConnectFailed);
+                    self.doomed.push((token, StreamEvent::PeerClosed));
+                    return;
+                }
+            }
+        }
+        let mut at = 0;
+        while at < c.wbuf.len() {
+            match c.stream.write(&c.wbuf[at..]) {
+                Ok(0) => break,
+                Ok(n) => at += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(_) => {
+                    self.doomed.push((token, StreamEvent::PeerClosed));
+                    return;
+                }
+            }
+        }
+        c.wbuf.drain(..at);
+        if c.wbuf.is_empty() && c.want_out {
+            c.want_out = false;
+            let events = (libc::EPOLLIN | libc::EPOLLRDHUP) as u32;
+            let fd = c.stream.as_raw_fd();
+            let _ = epoll_ctl(self.epoll.as_raw_fd(), libc::EPOLL_CTL_MOD, fd, events, token);
+        }
+    }
+
+    /// Reads what a connection has, frames it and hands the messages over.
+    fn readable(&mut self, token: u64, handler: &mut dyn RecvHandler, now: Instant) -> usize {
+        let max = self.settings.max_message;
+        let Some(c) = self.conns.get_mut(&token) else {
+            return 0;
+        };
+        let mut read = 0;
+        let mut closed = false;
+        while read < READ_ROUND {
+            let len = c.rbuf.len();
+            c.rbuf.resize(len + READ_CHUNK, 0);
+            match c.stream.read(&mut c.rbuf[len..]) {
+                Ok(0) => {
+                    c.rbuf.truncate(len);
+                    closed = true;
+                    break;
+                }
+                Ok(n) => {
+                    c.rbuf.truncate(len + n);
+                    read += n;
+                    c.last_byte = now;
+                }
+                Err(e) => {
+                    c.rbuf.truncate(len);
+                    match e.kind() {
+                        io::ErrorKind::WouldBlock => break,
+                        io::ErrorKind::Interrupted => continue,
+                        _ => {
+                            closed = true;
+                            break;
+                        }
+                    }
+                }
+            }
+        }
+        let (peer, socket) = (c.peer, c.socket);
+        let mut consumed = 0;
+        let mut handled = 0;
+        let mut pongs = 0;
+        let mut failure = None;
+        loop {
+            match next_frame(&c.rbuf[consumed..], max) {
+                Ok(Frame::Message { skip, len }) => {
+                    let start = consumed + skip;
+                    handler.datagram(&c.rbuf[start..start + len], peer, socket as usize);
+                    consumed = start + len;
+                    handled += 1;
+                    c.partial_since = None;
+                }
+                Ok(Frame::Ping) => {
+                    consumed += 4;
+                    pongs += 1;
+                }
+                Ok(Frame::Pong) => consumed += 2,
+                Ok(Frame::Incomplete) => break,
+                Err(e) => {
+                    failure = Some((e, consumed));
+                    break;
+                }
+            }
+        }
+        if consumed < c.rbuf.len() {
+            c.partial_since.get_or_insert(now);
+        }
+        self.stats.streams.messages_in.add(handled as u64);
+        if let Some((e, at)) = failure {
+            // Where the next message starts is unknown: answer a request, then close.
+            let (status, reason) = e.response();
+            self.scratch.clear();
+            let rest = &c.rbuf[at..];
+            if !rest.starts_with(b"SIP/")
+                && crate::sip::write::salvage_response(&mut self.scratch, rest, status, reason.as_bytes())
+            {
+                let _ = c.stream.write_all(&self.scratch);
+                self.stats.response_sent(status);
+            }
+            let why = match e {
+                FrameError::TooLarge => StreamEvent::TooLarge,
+                FrameError::Malformed(_) => StreamEvent::Unframeable,
+            };
+            self.log_once(peer.ip(), why);
+            self.doomed.push((token, why));
+            return handled;
+        }
+        c.rbuf.drain(..consumed);
+        if c.rbuf.is_empty() && c.rbuf.capacity() > 4 * READ_CHUNK {
+            c.rbuf = Vec::new();
+        }
+        for _ in 0..pongs {
+            self.stats.streams.pings.inc();
+            self.write(token, b"\r\n");
+        }
+        if closed {
+            self.doomed.push((token, StreamEvent::PeerClosed));
+        }
+        handled
+    }
+
+    /// Closes connections past their message or idle timeout.
+    fn sweep(&mut self, now: Instant) {
+        let message = Duration::from_millis(self.settings.message_timeout_ms);
+        let idle = Duration::from_millis(self.settings.idle_timeout_ms);
+        for (&token, c) in &self.conns {
+            if c.partial_since.is_some_and(|t| now.saturating_duration_since(t) >= message)
+                && c.inbound
+            {
+                self.doomed.push((token, StreamEvent::MessageTimeout));
+            } else if now.saturating_duration_since(c.last_byte) >= idle {
+                self.doomed.push((token, StreamEvent::Idle));
+            }
+        }
+        let doomed = std::mem::take(&mut self.doomed);
+        for &(token, why) in &doomed {
+            if let Some(c) = self.conns.get(&token) {
+                if why == StreamEvent::MessageTimeout {
+                    self.log_once(c.peer.ip(), why);
+                }
+            }
+        }
+        self.doomed = doomed;
+        self.close_doomed();
+    }
+
+    fn close_doomed(&mut self) {
+        while let Some((token, why)) = self.doomed.pop() {
+            let Some(c) = self.conns.remove(&token) else {
+                continue;
+            };
+            // Closing the descriptor takes it out of the epoll set.
+            self.by_peer.remove(&(c.socket, c.peer));
+            if let Some(n) = self.per_source.get_mut(&c.peer.ip()) {
+                *n -= 1;
+                if *n == 0 {
+                    self.per_source.remove(&c.peer.ip());
+                }
+            }
+            self.hub.set_owner(c.socket, c.peer, None);
+            if c.inbound {
+                // Every shard: the bindings registered over it may live anywhere.
+                for (i, q) in self.hub.closed.iter().enumerate() {
+                    q.push((c.socket, c.peer));
+                    if i != self.shard {
+                        self.hub.wakers[i].wake_if_sleeping();
+                    }
+                }
+            }
+            self.stats.streams.event(why);
+            tracing::debug!(shard = self.shard, peer = %c.peer, reason = ?why, "connection closed");
+        }
+        self.stats.streams.open.set(self.conns.len() as u64);
+    }
+
+    fn log_once(&mut self, ip: IpAddr, why: StreamEvent) {
+        if self.logged.len() >= LOGGED_MAX {
+            self.logged.clear();
+        }
+        if self.logged.insert((ip, why)) {
+            tracing::warn!(shard = self.shard, source = %ip, reason = ?why, "connection refused or closed");
+        }
+    }
+}
