@@ -1000,11 +1000,23 @@ mod tests {
         // TCP alone: a UDP address is needed beside it.
         let e = cli(&["--listen", "tcp:127.0.0.1:5060"]).unwrap_err();
         assert!(e.0.contains("udp"), "{e}");
-        let c = cli(&["--listen", "udp:127.0.0.1:5060", "--listen", "tcp:127.0.0.1:5060"]).unwrap();
+        let c = cli(&[
+            "--listen",
+            "udp:127.0.0.1:5060",
+            "--listen",
+            "tcp:127.0.0.1:5060",
+        ])
+        .unwrap();
         assert_eq!(c.listen[1].proto, crate::sip::Proto::Tcp);
         let e = cli(&["--tcp-max-per-source", "0"]).unwrap_err();
         assert!(e.0.starts_with("--tcp-max-per-source"), "{e}");
-        let c = cli(&["--tcp-message-timeout-ms", "2000", "--tcp-idle-timeout-s", "5"]).unwrap();
+        let c = cli(&[
+            "--tcp-message-timeout-ms",
+            "2000",
+            "--tcp-idle-timeout-s",
+            "5",
+        ])
+        .unwrap();
         assert_eq!(c.streams.message_timeout_ms, 2000);
         assert_eq!(c.streams.idle_timeout_ms, 5000);
         let e = cli(&["--shards", "0"]).unwrap_err();

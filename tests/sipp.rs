@@ -1511,3 +1511,168 @@ fn sipp_cdrs_reach_postgresql_and_wait_on_disk_while_it_is_down() {
         "delivered segments are deleted: {spool:?}"
     );
 }
+
+/// A phone on TCP: SIPp registers `user` over one connection (`-t t1`) and stays on it,
+/// answering the INVITEs the proxy sends over that connection with `uas.xml` (SIPp's
+/// out-of-call scenario). Killed when dropped.
+struct TcpPhone(std::process::Child);
+
+impl TcpPhone {
+    fn start(dir: &Path, s: &ServerProcess, user: &str) -> (TcpPhone, PathBuf) {
+        let csv = dir.join(format!("phone-{user}.csv"));
+        std::fs::write(&csv, format!("SEQUENTIAL\n{user}\n")).unwrap();
+        let child = Command::new("sipp")
+            .arg(s.addr.to_string())
+            .args(["-t", "t1", "-sf"])
+            .arg(scenario("register-wait.xml"))
+            .arg("-oocsf")
+            .arg(scenario("uas.xml"))
+            .arg("-inf")
+            .arg(&csv)
+            .args([
+                "-p",
+                &free_udp_port().to_string(),
+                "-m",
+                "1",
+                "-d",
+                "120000",
+            ])
+            .args(["-nostdin", "-buff_size", "4194304"])
+            .current_dir(dir)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let phone = TcpPhone(child);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while s.metric("sipshard_bindings") != Some(1.0) {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the TCP phone did not register"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        (phone, csv)
+    }
+}
+
+impl Drop for TcpPhone {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Waits up to 5 s for the series `name` to read `want`.
+fn wait_metric(s: &ServerProcess, name: &str, want: f64) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while s.metric(name) != Some(want) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{name}: {:?}, expected {want}",
+            s.metric(name)
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn sipp_digest_registrations_over_tcp_one_connection_and_one_per_call() {
+    if !sipp_available("sipp_digest_registrations_over_tcp_one_connection_and_one_per_call") {
+        return;
+    }
+    let dir = scratch("tcp-reg");
+    let (csv, txt) = users(&dir, 100);
+    let s = ServerProcess::start_with(
+        &[
+            "--shards",
+            "2",
+            "--users",
+            txt.to_str().unwrap(),
+            "--listen",
+            "tcp:SAME",
+        ],
+        true,
+    );
+    let auth = ["-au", "[field0]", "-ap", "[field1]"];
+    // One connection for every REGISTER (t1), then one connection per registration (tn).
+    let mut args = vec!["-t", "t1"];
+    args.extend_from_slice(&auth);
+    run_clean(&dir, &s, "register-digest.xml", &csv, 2000, 500, &args);
+    let mut args = vec!["-t", "tn", "-max_socket", "2000"];
+    args.extend_from_slice(&auth);
+    run_clean(&dir, &s, "register-digest.xml", &csv, 500, 250, &args);
+    assert_eq!(
+        s.metric("sipshard_responses_sent_total{status=\"401\"}"),
+        Some(2500.0)
+    );
+    assert_eq!(
+        s.metric("sipshard_stream_messages_total"),
+        Some(5000.0),
+        "every REGISTER came over TCP"
+    );
+    // Over 500 connections (tn) plus one (t1), and each registration was bound to its
+    // connection: they are all closed now, and the bindings went with them.
+    let accepted = s.metric("sipshard_connections_accepted_total").unwrap();
+    assert!(accepted >= 501.0, "{accepted} connections accepted");
+    wait_metric(&s, "sipshard_connections", 0.0);
+    wait_metric(&s, "sipshard_bindings", 0.0);
+}
+
+#[test]
+fn sipp_calls_over_tcp_through_the_proxy_to_a_phone_on_its_connection() {
+    if !sipp_available("sipp_calls_over_tcp_through_the_proxy_to_a_phone_on_its_connection") {
+        return;
+    }
+    let dir = scratch("tcp-calls");
+    let s = ServerProcess::start_with(&["--shards", "2", "--listen", "tcp:SAME"], true);
+    let (phone, csv) = TcpPhone::start(&dir, &s, "bob");
+    // TCP callers on one connection and on one connection per call, then a UDP caller (the
+    // dialog crosses transports: double Record-Route).
+    run_clean(
+        &dir,
+        &s,
+        "uac.xml",
+        &csv,
+        300,
+        150,
+        &["-t", "t1", "-d", "50"],
+    );
+    run_clean(
+        &dir,
+        &s,
+        "uac.xml",
+        &csv,
+        100,
+        100,
+        &["-t", "tn", "-max_socket", "2000", "-d", "50"],
+    );
+    run_clean(&dir, &s, "uac.xml", &csv, 200, 100, &["-d", "50"]);
+    for m in ["INVITE", "ACK", "BYE"] {
+        assert_eq!(
+            s.metric(&format!("sipshard_requests_sent_total{{method=\"{m}\"}}")),
+            Some(600.0),
+            "{m} forwarded to the phone"
+        );
+    }
+    // Every request reached the phone over its one connection: the server opened none.
+    assert_eq!(s.metric("sipshard_connections_made_total"), Some(0.0));
+    drop(phone);
+    // The phone's connection closed: its binding went with it.
+    wait_metric(&s, "sipshard_bindings", 0.0);
+}
+
+#[test]
+fn sipp_callee_on_udp_hangs_up_a_tcp_caller_over_the_callers_connection() {
+    if !sipp_available("sipp_callee_on_udp_hangs_up_a_tcp_caller_over_the_callers_connection") {
+        return;
+    }
+    let dir = scratch("tcp-bye");
+    let s = ServerProcess::start_with(&["--shards", "2", "--listen", "tcp:SAME"], true);
+    let (uas, csv) = callee(&dir, &s, "carol", free_udp_port(), "uas-bye.xml", 100);
+    // The callee's BYE names the caller's Contact (a UDP address SIPp does not serve in TCP
+    // mode): it must go over the caller's connection, named in our Record-Route.
+    run_clean(&dir, &s, "uac-callee-bye.xml", &csv, 100, 50, &["-t", "t1"]);
+    uas.finish(100);
+    assert_eq!(s.metric("sipshard_connections_made_total"), Some(0.0));
+}

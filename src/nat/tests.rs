@@ -149,7 +149,10 @@ fn flow_tokens_round_trip() {
         let uri = Uri::parse(&v).unwrap();
         assert_eq!(flow_token(&uri), Some((crate::sip::Proto::Udp, addr(a))));
     }
-    let uri = Uri::parse(b"sip:127.0.0.1:5060;transport=tcp;lr;ft=tcp:192.0.2.9:40000;fc=tcp:192.0.2.8:1").unwrap();
+    let uri = Uri::parse(
+        b"sip:127.0.0.1:5060;transport=tcp;lr;ft=tcp:192.0.2.9:40000;fc=tcp:192.0.2.8:1",
+    )
+    .unwrap();
     assert_eq!(
         flow_token(&uri),
         Some((crate::sip::Proto::Tcp, addr("192.0.2.9:40000")))

@@ -77,8 +77,8 @@ impl Element {
         let proxy = Proxy::new(shard, &local, cfg.proxy.clone(), stats.clone());
         // Our UDP address: where trunk checks leave from and group legs come back to.
         let udp = local[proxy.default_socket() as usize].addr;
-        let checker = (shard == 0)
-            .then(|| crate::routing::TrunkChecker::new(&cfg.routing, shard, udp, 0));
+        let checker =
+            (shard == 0).then(|| crate::routing::TrunkChecker::new(&cfg.routing, shard, udp, 0));
         Element {
             round_robin: vec![0; cfg.routing.groups.len()],
             checker,
@@ -628,7 +628,9 @@ impl Element {
             return false;
         };
         let t = binding_target(b, &self.proxy);
-        self.proxy.relay_stateless(msg, Some(t.uri), (t.dst, t.socket), out) == Handled::Relayed
+        self.proxy
+            .relay_stateless(msg, Some(t.uri), (t.dst, t.socket), out)
+            == Handled::Relayed
     }
 
     /// Where a request goes by its Route set and Request-URI, and the local socket it leaves

@@ -16,8 +16,8 @@ use super::topology::Hider;
 use crate::server::outbox::Outbox;
 use crate::sip::uri::HostKind;
 use crate::sip::write::{finish, header, response_head, write_forward, ForwardEdits};
-use crate::sip::{HeaderName, Message, Method, Uri};
 use crate::sip::Proto;
+use crate::sip::{HeaderName, Message, Method, Uri};
 use crate::timer::{TimerKey, TimerWheel};
 use crate::txn::{
     AckOutcome, Bytes, ClientEvent, ClientKey, ClientState, ClientTxnId, Match, ServerTxnId,
@@ -318,9 +318,8 @@ pub fn flow_destination(
         return None;
     }
     let callee = crate::nat::flow_token(&top).filter(|&(_, ft)| ft != src);
-    let (proto, dst) = callee.or_else(|| {
-        crate::nat::caller_flow_token(&top).filter(|&(_, fc)| fc != src)
-    })?;
+    let (proto, dst) =
+        callee.or_else(|| crate::nat::caller_flow_token(&top).filter(|&(_, fc)| fc != src))?;
     Some((dst, proxy.socket_for(proto)?))
 }
 
@@ -930,7 +929,12 @@ impl Proxy {
     ) {
         let proto = self.proto_of(socket);
         rr.extend_from_slice(b"<sip:");
-        rr.extend_from_slice(self.hosts.get(socket as usize).unwrap_or(&self.host).as_bytes());
+        rr.extend_from_slice(
+            self.hosts
+                .get(socket as usize)
+                .unwrap_or(&self.host)
+                .as_bytes(),
+        );
         if proto != Proto::Udp {
             rr.extend_from_slice(b";transport=");
             rr.extend_from_slice(proto.uri_param().as_bytes());
@@ -1189,7 +1193,12 @@ impl Proxy {
         via.extend_from_slice(b"SIP/2.0/");
         via.extend_from_slice(self.proto_of(socket).via_token().as_bytes());
         via.push(b' ');
-        via.extend_from_slice(self.hosts.get(socket as usize).unwrap_or(&self.host).as_bytes());
+        via.extend_from_slice(
+            self.hosts
+                .get(socket as usize)
+                .unwrap_or(&self.host)
+                .as_bytes(),
+        );
         via.extend_from_slice(b";branch=");
         let loop_hash = loop_hash_keyed(msg, &self.canonical_call_id(msg), false);
         write_branch_head(&mut via, self.shard, loop_hash);

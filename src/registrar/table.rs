@@ -164,9 +164,9 @@ impl Registrar {
         let mut total = 0;
         for key in keys {
             let Some(i) = self.find(&key) else { continue };
-            let removed = self.aors[i as usize].bindings.retain(|b| {
-                !(b.over_stream() && b.socket() == socket && b.source() == peer)
-            });
+            let removed = self.aors[i as usize]
+                .bindings
+                .retain(|b| !(b.over_stream() && b.socket() == socket && b.source() == peer));
             if removed > 0 {
                 self.binding_count -= removed;
                 self.settle(i);

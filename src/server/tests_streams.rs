@@ -34,7 +34,13 @@ fn core() -> Core {
 }
 
 /// What the core sent: (socket, destination, bytes).
-fn send(c: &mut Core, data: &[u8], src: &str, socket: usize, now: u64) -> Vec<(usize, SocketAddr, Vec<u8>)> {
+fn send(
+    c: &mut Core,
+    data: &[u8],
+    src: &str,
+    socket: usize,
+    now: u64,
+) -> Vec<(usize, SocketAddr, Vec<u8>)> {
     let mut out = Outbox::new();
     c.handle(data, addr(src), socket, now, false, &mut out);
     out.items()
@@ -102,7 +108,13 @@ fn bye(ruri: &str, via: &str, transport: &str, routes: &[String], from: &str, to
 fn a_udp_caller_reaches_a_tcp_phone_over_its_connection_with_a_double_record_route() {
     let mut c = core();
     register_over_tcp(&mut c);
-    let out = send(&mut c, &invite(CALLER, "UDP", "z9hG4bKs1", "sip:bob@localhost"), CALLER, UDP, T0 + 10);
+    let out = send(
+        &mut c,
+        &invite(CALLER, "UDP", "z9hG4bKs1", "sip:bob@localhost"),
+        CALLER,
+        UDP,
+        T0 + 10,
+    );
     // 100 Trying to the caller over UDP; the INVITE over the phone's connection.
     let to_phone: Vec<_> = out.iter().filter(|o| o.1 == addr(PHONE_CONN)).collect();
     assert_eq!(to_phone.len(), 1, "{out:?}");
@@ -110,38 +122,84 @@ fn a_udp_caller_reaches_a_tcp_phone_over_its_connection_with_a_double_record_rou
     let inv = to_phone[0].2.clone();
     let fwd = Message::parse(&inv).unwrap();
     let via = fwd.top_via().unwrap();
-    assert_eq!(via.transport, b"TCP", "our Via names the transport it leaves on");
+    assert_eq!(
+        via.transport, b"TCP",
+        "our Via names the transport it leaves on"
+    );
     // RFC 5658: the value facing the phone (TCP) first, the caller's side (UDP) second; both
     // name the phone's flow.
     let rr = record_routes(&inv);
     assert_eq!(rr.len(), 2, "{rr:?}");
-    assert!(rr[0].contains(";transport=tcp") && rr[0].contains(";ft=tcp:192.0.2.50:40001"), "{rr:?}");
+    assert!(
+        rr[0].contains(";transport=tcp") && rr[0].contains(";ft=tcp:192.0.2.50:40001"),
+        "{rr:?}"
+    );
     assert!(!rr[1].contains("transport="), "{rr:?}");
     // The phone answers over its connection; the caller gets the 200 over UDP.
-    let out = send(&mut c, &answer(&inv, &format!("<sip:bob@{PHONE};transport=tcp>")), PHONE_CONN, TCP, T0 + 20);
+    let out = send(
+        &mut c,
+        &answer(&inv, &format!("<sip:bob@{PHONE};transport=tcp>")),
+        PHONE_CONN,
+        TCP,
+        T0 + 20,
+    );
     let ok: Vec<_> = out.iter().filter(|o| o.1 == addr(CALLER)).collect();
     assert_eq!((ok.len(), ok[0].0, status(&ok[0].2)), (1, UDP, 200));
     let (alice, bob) = ("<sip:alice@localhost>;tag=a1", "<sip:bob@localhost>;tag=bt");
     // The caller's BYE: its route set is the Record-Route reversed. It reaches the phone over
     // the connection with both of our values gone.
     let reversed: Vec<String> = rr.iter().rev().cloned().collect();
-    let b = bye(&format!("sip:bob@{PHONE};transport=tcp"), CALLER, "UDP", &reversed, alice, bob);
+    let b = bye(
+        &format!("sip:bob@{PHONE};transport=tcp"),
+        CALLER,
+        "UDP",
+        &reversed,
+        alice,
+        bob,
+    );
     let out = send(&mut c, &b, CALLER, UDP, T0 + 30);
     let at_phone: Vec<_> = out.iter().filter(|o| o.1 == addr(PHONE_CONN)).collect();
     assert_eq!(at_phone.len(), 1, "{out:?}");
     assert_eq!(at_phone[0].0, TCP);
     let m = Message::parse(&at_phone[0].2).unwrap();
-    assert!(m.header(HeaderName::Route).is_none(), "both Route values removed");
+    assert!(
+        m.header(HeaderName::Route).is_none(),
+        "both Route values removed"
+    );
     assert_eq!(m.top_via().unwrap().transport, b"TCP");
     // The phone hangs up itself: over its connection, with the Record-Route as its route
     // set; the BYE goes on to the caller over UDP.
     let mut c2 = core();
     register_over_tcp(&mut c2);
-    let out = send(&mut c2, &invite(CALLER, "UDP", "z9hG4bKs1", "sip:bob@localhost"), CALLER, UDP, T0 + 10);
-    let inv = out.iter().find(|o| o.1 == addr(PHONE_CONN)).unwrap().2.clone();
+    let out = send(
+        &mut c2,
+        &invite(CALLER, "UDP", "z9hG4bKs1", "sip:bob@localhost"),
+        CALLER,
+        UDP,
+        T0 + 10,
+    );
+    let inv = out
+        .iter()
+        .find(|o| o.1 == addr(PHONE_CONN))
+        .unwrap()
+        .2
+        .clone();
     let rr = record_routes(&inv);
-    send(&mut c2, &answer(&inv, &format!("<sip:bob@{PHONE};transport=tcp>")), PHONE_CONN, TCP, T0 + 20);
-    let b = bye(&format!("sip:alice@{CALLER}"), PHONE, "TCP", &rr, bob, alice);
+    send(
+        &mut c2,
+        &answer(&inv, &format!("<sip:bob@{PHONE};transport=tcp>")),
+        PHONE_CONN,
+        TCP,
+        T0 + 20,
+    );
+    let b = bye(
+        &format!("sip:alice@{CALLER}"),
+        PHONE,
+        "TCP",
+        &rr,
+        bob,
+        alice,
+    );
     let out = send(&mut c2, &b, PHONE_CONN, TCP, T0 + 30);
     let at_caller: Vec<_> = out.iter().filter(|o| o.1 == addr(CALLER)).collect();
     assert_eq!(at_caller.len(), 1, "{out:?}");
@@ -156,26 +214,63 @@ fn a_tcp_caller_is_reached_over_its_connection_by_the_callees_requests() {
     let mut c = core();
     super::tests::register(&mut c, "bob", "192.0.2.60:5060");
     let caller_conn = "192.0.2.70:50123";
-    let out = send(&mut c, &invite("192.0.2.70:5060", "TCP", "z9hG4bKs1", "sip:bob@localhost"), caller_conn, TCP, T0 + 10);
+    let out = send(
+        &mut c,
+        &invite("192.0.2.70:5060", "TCP", "z9hG4bKs1", "sip:bob@localhost"),
+        caller_conn,
+        TCP,
+        T0 + 10,
+    );
     // 100 Trying over the caller's connection.
-    assert!(out.iter().any(|o| o.0 == TCP && o.1 == addr(caller_conn) && status(&o.2) == 100), "{out:?}");
+    assert!(
+        out.iter()
+            .any(|o| o.0 == TCP && o.1 == addr(caller_conn) && status(&o.2) == 100),
+        "{out:?}"
+    );
     let inv = out.iter().find(|o| o.1 == addr("192.0.2.60:5060")).unwrap();
     assert_eq!(inv.0, UDP);
     let rr = record_routes(&inv.2);
     assert_eq!(rr.len(), 2, "{rr:?}");
     assert!(!rr[0].contains("transport="), "UDP side first: {rr:?}");
     assert!(rr[1].contains(";transport=tcp"), "{rr:?}");
-    assert!(rr.iter().all(|r| r.contains(";fc=tcp:192.0.2.70:50123")), "{rr:?}");
+    assert!(
+        rr.iter().all(|r| r.contains(";fc=tcp:192.0.2.70:50123")),
+        "{rr:?}"
+    );
     let inv = inv.2.clone();
-    let out = send(&mut c, &answer(&inv, "<sip:bob@192.0.2.60:5060>"), "192.0.2.60:5060", UDP, T0 + 20);
-    assert!(out.iter().any(|o| o.0 == TCP && o.1 == addr(caller_conn) && status(&o.2) == 200), "{out:?}");
+    let out = send(
+        &mut c,
+        &answer(&inv, "<sip:bob@192.0.2.60:5060>"),
+        "192.0.2.60:5060",
+        UDP,
+        T0 + 20,
+    );
+    assert!(
+        out.iter()
+            .any(|o| o.0 == TCP && o.1 == addr(caller_conn) && status(&o.2) == 200),
+        "{out:?}"
+    );
     // The callee's BYE names the caller's Contact (its listening port, unreachable behind a
     // NAT); it goes over the caller's connection.
-    let b = bye("sip:alice@192.0.2.70:5060;transport=tcp", "192.0.2.60:5060", "UDP", &rr, "<sip:bob@localhost>;tag=bt", "<sip:alice@localhost>;tag=a1");
+    let b = bye(
+        "sip:alice@192.0.2.70:5060;transport=tcp",
+        "192.0.2.60:5060",
+        "UDP",
+        &rr,
+        "<sip:bob@localhost>;tag=bt",
+        "<sip:alice@localhost>;tag=a1",
+    );
     let out = send(&mut c, &b, "192.0.2.60:5060", UDP, T0 + 30);
     assert_eq!(out.len(), 1, "{out:?}");
     assert_eq!((out[0].0, out[0].1), (TCP, addr(caller_conn)));
-    assert_eq!(Message::parse(&out[0].2).unwrap().top_via().unwrap().transport, b"TCP");
+    assert_eq!(
+        Message::parse(&out[0].2)
+            .unwrap()
+            .top_via()
+            .unwrap()
+            .transport,
+        b"TCP"
+    );
 }
 
 #[test]
@@ -184,10 +279,22 @@ fn the_bindings_of_a_connection_go_when_it_closes() {
     register_over_tcp(&mut c);
     // Another connection closing changes nothing.
     c.connection_closed(TCP as u16, addr("192.0.2.50:40002"));
-    let out = send(&mut c, &invite(CALLER, "UDP", "z9hG4bKc1", "sip:bob@localhost"), CALLER, UDP, T0 + 10);
+    let out = send(
+        &mut c,
+        &invite(CALLER, "UDP", "z9hG4bKc1", "sip:bob@localhost"),
+        CALLER,
+        UDP,
+        T0 + 10,
+    );
     assert!(out.iter().any(|o| o.1 == addr(PHONE_CONN)), "{out:?}");
     c.connection_closed(TCP as u16, addr(PHONE_CONN));
-    let out = send(&mut c, &invite(CALLER, "UDP", "z9hG4bKc2", "sip:bob@localhost"), CALLER, UDP, T0 + 20);
+    let out = send(
+        &mut c,
+        &invite(CALLER, "UDP", "z9hG4bKc2", "sip:bob@localhost"),
+        CALLER,
+        UDP,
+        T0 + 20,
+    );
     assert!(out.iter().all(|o| o.1 == addr(CALLER)), "{out:?}");
     assert_eq!(status(&out.last().unwrap().2), 480, "no binding left");
 }
@@ -202,7 +309,13 @@ fn a_contact_that_asks_for_tcp_is_reached_over_tcp() {
          Content-Length: 0\r\n\r\n";
     let out = send(&mut c, reg.as_bytes(), "192.0.2.80:5060", UDP, T0);
     assert_eq!(status(&out[0].2), 200);
-    let out = send(&mut c, &invite(CALLER, "UDP", "z9hG4bKt1", "sip:carol@localhost"), CALLER, UDP, T0 + 10);
+    let out = send(
+        &mut c,
+        &invite(CALLER, "UDP", "z9hG4bKt1", "sip:carol@localhost"),
+        CALLER,
+        UDP,
+        T0 + 10,
+    );
     let inv = out.iter().find(|o| o.1 == addr("192.0.2.80:5060")).unwrap();
     assert_eq!(inv.0, TCP, "{out:?}");
 }

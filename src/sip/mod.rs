@@ -17,9 +17,9 @@ pub mod header_name;
 pub mod headers;
 pub mod message;
 pub mod method;
-pub mod proto;
 #[cfg(test)]
 pub(crate) mod mutate;
+pub mod proto;
 pub mod scan;
 mod simd;
 pub mod uri;

@@ -130,7 +130,12 @@ mod tests {
             let addr = addr.parse().unwrap();
             let mut v = Vec::new();
             write_flow(&mut v, proto, addr);
-            assert_eq!(parse_flow(&v), Some((proto, addr)), "{}", String::from_utf8_lossy(&v));
+            assert_eq!(
+                parse_flow(&v),
+                Some((proto, addr)),
+                "{}",
+                String::from_utf8_lossy(&v)
+            );
         }
         assert_eq!(
             parse_flow(b"192.0.2.1:5060"),

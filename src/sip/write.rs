@@ -548,7 +548,9 @@ Content-Length: 0\r\n\r\n"
             let left: Vec<_> = f.routes().map(|r| r.unwrap().uri_raw.to_vec()).collect();
             assert_eq!(left, vec![b"sip:next;lr".to_vec()], "{routes}");
             // Both gone and nothing else: a single Route left as the only one.
-            let raw2 = raw.replace(", <sip:next;lr>", "").replace("Route: <sip:next;lr>\r\n", "");
+            let raw2 = raw
+                .replace(", <sip:next;lr>", "")
+                .replace("Route: <sip:next;lr>\r\n", "");
             let req = Message::parse(raw2.as_bytes()).unwrap();
             out.clear();
             write_forward(&mut out, &req, &edits).unwrap();

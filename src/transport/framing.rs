@@ -99,7 +99,12 @@ fn declared_len(buf: &[u8]) -> Option<usize> {
         let (name, value) = line.split_at(memchr::memchr(b':', line)?);
         let name = name.trim_ascii();
         (name.eq_ignore_ascii_case(b"content-length") || name.eq_ignore_ascii_case(b"l"))
-            .then(|| std::str::from_utf8(value[1..].trim_ascii()).ok()?.parse::<usize>().ok())
+            .then(|| {
+                std::str::from_utf8(value[1..].trim_ascii())
+                    .ok()?
+                    .parse::<usize>()
+                    .ok()
+            })
             .flatten()
             .map(|cl| end + cl)
     })
@@ -144,7 +149,11 @@ To: <sip:a@example.com>\r\nCall-ID: c1\r\nCSeq: 1 REGISTER\r\nContent-Length: 4\
     fn a_message_split_at_every_byte_boundary_comes_out_whole_once() {
         for at in 0..=REQ.len() {
             let (msgs, pings, err) = run(&[&REQ[..at], &REQ[at..]], 65_535);
-            assert_eq!((msgs, pings, err), (vec![REQ.to_vec()], 0, None), "split at {at}");
+            assert_eq!(
+                (msgs, pings, err),
+                (vec![REQ.to_vec()], 0, None),
+                "split at {at}"
+            );
         }
         // One byte at a time.
         let bytes: Vec<&[u8]> = REQ.chunks(1).collect();
@@ -182,12 +191,15 @@ From: <sip:a@example.com>;tag=1\r\nTo: <sip:a@example.com>\r\nCall-ID: c\r\nCSeq
         // A header section that never ends.
         let mut endless = b"OPTIONS sip:a@example.com SIP/2.0\r\n".to_vec();
         while endless.len() <= 1 << 20 {
-            endless.extend_from_slice(b"X-Filler: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa\r\n");
+            endless.extend_from_slice(
+                b"X-Filler: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa\r\n",
+            );
         }
         assert_eq!(next_frame(&endless, 65_535), Err(FrameError::TooLarge));
         assert_eq!(next_frame(&endless[..1000], 65_535), Ok(Frame::Incomplete));
         // A body declared too large is refused with the header section alone.
-        let big = String::from_utf8_lossy(REQ).replace("Content-Length: 4", "Content-Length: 900000");
+        let big =
+            String::from_utf8_lossy(REQ).replace("Content-Length: 4", "Content-Length: 900000");
         let head = &big.as_bytes()[..big.find("\r\n\r\n").unwrap() + 4];
         assert_eq!(next_frame(head, 65_535), Err(FrameError::TooLarge));
         assert_eq!(next_frame(head, 1 << 20), Ok(Frame::Incomplete));

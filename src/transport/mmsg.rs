@@ -301,7 +301,8 @@ impl Transport for MmsgTransport {
             u64: WATCH_TOKEN,
         };
         // SAFETY: both descriptors are open; ev is a valid epoll_event.
-        if unsafe { libc::epoll_ctl(self.epoll.as_raw_fd(), libc::EPOLL_CTL_ADD, fd, &mut ev) } != 0 {
+        if unsafe { libc::epoll_ctl(self.epoll.as_raw_fd(), libc::EPOLL_CTL_ADD, fd, &mut ev) } != 0
+        {
             return Err(io::Error::last_os_error());
         }
         self.events.push(libc::epoll_event { events: 0, u64: 0 });

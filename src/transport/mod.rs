@@ -284,7 +284,10 @@ mod tests {
         assert!(err.to_string().contains("already in use"), "{err}");
         assert!(super::udp_socket(bound[0], true).is_ok());
         drop(held);
-        assert_eq!(super::claim_listen_addrs(&[(bound[0], udp)]).unwrap(), bound);
+        assert_eq!(
+            super::claim_listen_addrs(&[(bound[0], udp)]).unwrap(),
+            bound
+        );
         // TCP the same way: a listener of another server on the port is found.
         let tcp = crate::sip::Proto::Tcp;
         let bound = super::claim_listen_addrs(&[(any, tcp)]).unwrap();
@@ -292,7 +295,10 @@ mod tests {
         let err = super::claim_listen_addrs(&[(bound[0], tcp)]).unwrap_err();
         assert!(err.to_string().starts_with("tcp:"), "{err}");
         drop(held);
-        assert_eq!(super::claim_listen_addrs(&[(bound[0], tcp)]).unwrap(), bound);
+        assert_eq!(
+            super::claim_listen_addrs(&[(bound[0], tcp)]).unwrap(),
+            bound
+        );
     }
 
     #[test]

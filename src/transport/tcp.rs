@@ -279,7 +279,8 @@ impl TcpShard {
                 if events & libc::EPOLLOUT as u32 != 0 {
                     self.writable(token);
                 }
-                if events & (libc::EPOLLIN | libc::EPOLLRDHUP | libc::EPOLLHUP | libc::EPOLLERR) as u32
+                if events
+                    & (libc::EPOLLIN | libc::EPOLLRDHUP | libc::EPOLLHUP | libc::EPOLLERR) as u32
                     != 0
                 {
                     handled += self.readable(token, handler, now);
@@ -341,7 +342,15 @@ impl TcpShard {
         let token = self.next_token;
         self.next_token += 1;
         let fd = conn.stream.as_raw_fd();
-        if epoll_ctl(self.epoll.as_raw_fd(), libc::EPOLL_CTL_ADD, fd, events, token).is_err() {
+        if epoll_ctl(
+            self.epoll.as_raw_fd(),
+            libc::EPOLL_CTL_ADD,
+            fd,
+            events,
+            token,
+        )
+        .is_err()
+        {
             return None;
         }
         self.by_peer.insert((conn.socket, conn.peer), token);
@@ -479,7 +488,13 @@ impl TcpShard {
                 c.want_out = true;
                 let events = (libc::EPOLLIN | libc::EPOLLRDHUP | libc::EPOLLOUT) as u32;
                 let fd = c.stream.as_raw_fd();
-                let _ = epoll_ctl(self.epoll.as_raw_fd(), libc::EPOLL_CTL_MOD, fd, events, token);
+                let _ = epoll_ctl(
+                    self.epoll.as_raw_fd(),
+                    libc::EPOLL_CTL_MOD,
+                    fd,
+                    events,
+                    token,
+                );
             }
         }
     }
@@ -517,7 +532,13 @@ impl TcpShard {
             c.want_out = false;
             let events = (libc::EPOLLIN | libc::EPOLLRDHUP) as u32;
             let fd = c.stream.as_raw_fd();
-            let _ = epoll_ctl(self.epoll.as_raw_fd(), libc::EPOLL_CTL_MOD, fd, events, token);
+            let _ = epoll_ctl(
+                self.epoll.as_raw_fd(),
+                libc::EPOLL_CTL_MOD,
+                fd,
+                events,
+                token,
+            );
         }
     }
 
@@ -592,7 +613,12 @@ impl TcpShard {
             self.scratch.clear();
             let rest = &c.rbuf[at..];
             if !rest.starts_with(b"SIP/")
-                && crate::sip::write::salvage_response(&mut self.scratch, rest, status, reason.as_bytes())
+                && crate::sip::write::salvage_response(
+                    &mut self.scratch,
+                    rest,
+                    status,
+                    reason.as_bytes(),
+                )
             {
                 let _ = c.stream.write_all(&self.scratch);
                 self.stats.response_sent(status);
@@ -624,7 +650,8 @@ impl TcpShard {
         let message = Duration::from_millis(self.settings.message_timeout_ms);
         let idle = Duration::from_millis(self.settings.idle_timeout_ms);
         for (&token, c) in &self.conns {
-            if c.partial_since.is_some_and(|t| now.saturating_duration_since(t) >= message)
+            if c.partial_since
+                .is_some_and(|t| now.saturating_duration_since(t) >= message)
                 && c.inbound
             {
                 self.doomed.push((token, StreamEvent::MessageTimeout));

@@ -109,7 +109,14 @@ impl ServerProcess {
             cmd.arg("--metrics").arg(m.to_string());
             m
         });
-        cmd.args(args);
+        // `tcp:SAME` listens on TCP at the UDP address.
+        cmd.args(args.iter().map(|a| {
+            if *a == "tcp:SAME" {
+                format!("tcp:{addr}")
+            } else {
+                a.to_string()
+            }
+        }));
         if !args.contains(&"--log") {
             cmd.arg("--log").arg("warn");
         }
