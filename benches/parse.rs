@@ -58,7 +58,7 @@ fn write(c: &mut Criterion) {
         request_uri: Some(b"sip:bob@192.0.2.4:5060"),
         via: Some(b"SIP/2.0/UDP edge.biloxi.example.com:5060;branch=z9hG4bK87asdks7"),
         record_route: Some(b"<sip:edge.biloxi.example.com;lr>"),
-        pop_route: true,
+        pop_route: 1,
         decrement_max_forwards: true,
         extra_headers: b"",
     };

@@ -45,7 +45,7 @@ fn responder() -> Core {
         Arc::new(cfg),
         Arc::new(ShardStats::default()),
         None,
-        &[addr(LISTEN)],
+        &[addr(LISTEN).into()],
     )
 }
 

@@ -41,7 +41,7 @@ fn core(security: SecuritySettings) -> Core {
         Arc::new(cfg),
         Arc::new(ShardStats::default()),
         None,
-        &[addr(LISTEN)],
+        &[addr(LISTEN).into()],
     )
 }
 

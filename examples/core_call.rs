@@ -160,7 +160,7 @@ fn main() {
             Arc::new(cfg),
             Arc::new(ShardStats::default()),
             None,
-            &[addr(LISTEN)],
+            &[addr(LISTEN).into()],
         )
     };
     let mut core = new_core();

@@ -528,12 +528,8 @@ impl UringTransport {
                         self.wake_unarmed = true;
                     }
                 }
-                TAG_WATCH => {
-                    // The stream connections are polled every round anyway.
-                    if !more {
-                        self.watch_unarmed = true;
-                    }
-                }
+                // The stream connections are polled every round anyway: only re-arm.
+                TAG_WATCH if !more => self.watch_unarmed = true,
                 // Late send completions cannot occur (send reaps its own); ignore anything else.
                 _ => {}
             }
