@@ -211,6 +211,8 @@ struct BaresipSpec<'a> {
     answermode: &'a str,
     /// Runs the process through this prefix (e.g. nsenter into the phone's namespace).
     prefix: &'a [String],
+    /// Parameters of the outbound proxy URI (`;transport=tcp` registers and calls over TCP).
+    outbound_params: &'a str,
 }
 
 impl Baresip {
@@ -248,9 +250,10 @@ impl Baresip {
         std::fs::write(
             home.join("accounts"),
             format!(
-                "<{aor}>;auth_pass={pw};outbound=\"sip:{proxy}\";answermode={am};regint=3600\n",
+                "<{aor}>;auth_pass={pw};outbound=\"sip:{proxy}{op}\";answermode={am};regint=3600\n",
                 pw = spec.password,
                 proxy = spec.proxy,
+                op = spec.outbound_params,
                 am = spec.answermode,
             ),
         )
@@ -463,6 +466,84 @@ fn baresip_calls_baresip_and_the_callee_hangs_up() {
     baresip_call(&dir, &s, "127.0.0.1", "127.0.0.1");
 }
 
+/// baresip on TCP (alice, its outbound proxy `;transport=tcp`) calls baresip on UDP (bob)
+/// through sipshard, and bob hangs up: the dialog crosses transports (double Record-Route),
+/// bob's BYE reaches alice over her connection, and both registrations came over their own
+/// transport.
+#[test]
+fn baresip_on_tcp_calls_baresip_on_udp_and_the_callee_hangs_up() {
+    let t = "baresip_on_tcp_calls_baresip_on_udp_and_the_callee_hangs_up";
+    if !have(t, &[("baresip", "baresip")]) {
+        return;
+    }
+    let dir = scratch("baresip-tcp");
+    let (s, _) = server(
+        &dir,
+        &[
+            "--user",
+            "alice:secret",
+            "--user",
+            "bob:secret",
+            "--shards",
+            "2",
+            "--listen",
+            "tcp:SAME",
+        ],
+        true,
+    );
+    let (alice, bob) =
+        baresip_call_over(&dir, &s, ("127.0.0.1", ";transport=tcp"), ("127.0.0.1", ""));
+    let alice_log = alice.proc.output();
+    assert!(
+        alice_log.contains("SIP/2.0/TCP"),
+        "alice did not speak TCP\n{}",
+        logs(&dir, 100)
+    );
+    // Bob got the double Record-Route: our UDP side for him, our TCP side for alice.
+    let bob_log = bob.proc.output();
+    let rr: Vec<&str> = bob_log
+        .lines()
+        .filter(|l| l.starts_with("Record-Route:"))
+        .collect();
+    assert!(
+        rr.iter()
+            .any(|l| l.contains(";transport=tcp") && l.contains(";lr")),
+        "no TCP Record-Route value at bob: {rr:?}\n{}",
+        logs(&dir, 100)
+    );
+    // Everything alice sent came over TCP: her REGISTERs, INVITE, ACK, and her 200 to the BYE.
+    assert!(s.metric("sipshard_stream_messages_total").unwrap() >= 4.0);
+    assert_eq!(s.metric("sipshard_connections_made_total"), Some(0.0));
+}
+
+/// The other way round: baresip on UDP calls baresip registered over TCP; the INVITE reaches
+/// bob over the connection he registered on (the server opens none) and bob hangs up.
+#[test]
+fn baresip_on_udp_calls_baresip_on_tcp_over_its_registration_connection() {
+    let t = "baresip_on_udp_calls_baresip_on_tcp_over_its_registration_connection";
+    if !have(t, &[("baresip", "baresip")]) {
+        return;
+    }
+    let dir = scratch("baresip-tcp-callee");
+    let (s, _) = server(
+        &dir,
+        &[
+            "--user",
+            "alice:secret",
+            "--user",
+            "bob:secret",
+            "--listen",
+            "tcp:SAME",
+        ],
+        true,
+    );
+    let (_alice, bob) =
+        baresip_call_over(&dir, &s, ("127.0.0.1", ""), ("127.0.0.1", ";transport=tcp"));
+    assert!(bob.proc.output().contains("SIP/2.0/TCP"));
+    assert_eq!(s.metric("sipshard_connections_made_total"), Some(0.0));
+    assert_eq!(s.metric("sipshard_connections_accepted_total"), Some(1.0));
+}
+
 /// Topology hiding with stock baresip on its defaults: alice (127.0.0.3) calls bob
 /// (127.0.0.4) through a proxy with `security.topology_hiding`; the call connects and bob's
 /// BYE reaches alice through the sealed Route and Contact. No SIP header line either one
@@ -530,7 +611,17 @@ fn header_lines_naming(log: &str, ip: &str) -> Vec<String> {
 /// alice (at `alice_ip`) calls bob (at `bob_ip`), both registered through `s` with the
 /// password `secret`; bob answers and hangs up; both see the call end by bob's BYE.
 fn baresip_call(dir: &Path, s: &ServerProcess, alice_ip: &str, bob_ip: &str) -> (Baresip, Baresip) {
-    let spec = |name, user, ip| BaresipSpec {
+    baresip_call_over(dir, s, (alice_ip, ""), (bob_ip, ""))
+}
+
+/// [`baresip_call`] with each side's outbound proxy parameters (`;transport=tcp`).
+fn baresip_call_over(
+    dir: &Path,
+    s: &ServerProcess,
+    (alice_ip, alice_params): (&str, &str),
+    (bob_ip, bob_params): (&str, &str),
+) -> (Baresip, Baresip) {
+    let spec = |name, user, ip, outbound_params| BaresipSpec {
         name,
         user,
         password: "secret",
@@ -538,9 +629,10 @@ fn baresip_call(dir: &Path, s: &ServerProcess, alice_ip: &str, bob_ip: &str) -> 
         proxy: s.addr,
         answermode: "manual",
         prefix: &[],
+        outbound_params,
     };
-    let mut alice = Baresip::start(dir, &spec("alice", "alice", alice_ip));
-    let mut bob = Baresip::start(dir, &spec("bob", "bob", bob_ip));
+    let mut alice = Baresip::start(dir, &spec("alice", "alice", alice_ip, alice_params));
+    let mut bob = Baresip::start(dir, &spec("bob", "bob", bob_ip, bob_params));
     alice.wait_registered(dir);
     bob.wait_registered(dir);
 
@@ -673,6 +765,7 @@ fn linphonec_calls_baresip_and_the_callee_hangs_up() {
             proxy: s.addr,
             answermode: "manual",
             prefix: &[],
+            outbound_params: "",
         },
     );
     let mut carol = Linphonec::start(&dir, "carol-linphonec", "carol", "secret", s.addr);
@@ -1161,6 +1254,7 @@ fn nat_scenario(dir: &Path) {
             proxy: s.addr,
             answermode: "auto",
             prefix: &prefix,
+            outbound_params: "",
         },
     );
     let mut caller = Baresip::start(
@@ -1173,6 +1267,7 @@ fn nat_scenario(dir: &Path) {
             proxy: s.addr,
             answermode: "manual",
             prefix: &[],
+            outbound_params: "",
         },
     );
     // Registered through the NAT: the server saw 10.201.0.2 and a random port, the Contact
