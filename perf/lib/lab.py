@@ -45,6 +45,8 @@ METRICS = os.environ.get('PERF_METRICS', '127.0.0.1:9470')
 LOCK = os.environ.get('PERF_LOCK', '/tmp/bench.lock')
 WORK = os.environ.get('PERF_WORK', '/tmp/sipshard-perf')
 TRANSPORT = os.environ.get('PERF_TRANSPORT', 'un')     # SIPp -t: un = one socket per call
+# SIPp over TCP (t1: one connection, tn: one per call): the servers listen on TCP too
+TCP = TRANSPORT.startswith('t')
 KAM_CHILDREN = int(os.environ.get('PERF_KAM_CHILDREN', 2))
 KAM_SHM_MB = int(os.environ.get('PERF_KAM_SHM_MB', 1024))
 # Kamailio probes its UDP receive buffer up to maxbuffer (256 KiB by default); sipshard asks for
@@ -218,6 +220,8 @@ class Server:
             cmd = [self.bins['sipshard'], '--listen', 'udp:%s:%d' % (IP, PORT),
                    '--domain', IP, '--shards', t.split('-')[1], '--metrics', METRICS,
                    '--log', 'warn']
+            if TCP:
+                cmd += ['--listen', 'tcp:%s:%d' % (IP, PORT)]
             if self.scenario == 'reg-auth':
                 cmd += ['--users', users_txt(self.total), '--auth-algorithms', 'md5']
             if self.scenario == 'trunk-calls':
@@ -234,6 +238,8 @@ class Server:
                    '-Y', self.rundir, '-A', 'LISTEN=udp:%s:%d' % (IP, PORT)]
             if KAM_MAXBUFFER:
                 cmd += ['-A', 'UDP_MAXBUFFER=%d' % KAM_MAXBUFFER]
+            if TCP:
+                cmd += ['-A', 'TCP_LISTEN=tcp:%s:%d' % (IP, PORT)]
             if self.scenario == 'trunk-calls':
                 cmd += ['-A', 'DS_LIST="%s"' % dispatcher_list(self.rundir)]
             cmd += KAM_EXTRA_ARGS
@@ -911,7 +917,8 @@ def main():
     opts.tol_pct = int(os.environ.get('PERF_TOL_PCT', 20 if opts.quick else 5))
     opts.confirm = not opts.quick
     bins = dict(sipshard=opts.bin, echo=opts.echo)
-    targets = opts.targets.split(',')
+    # The echo floor is a UDP program: no TCP counterpart.
+    targets = [t for t in opts.targets.split(',') if not (TCP and t == 'echo')]
     os.makedirs(WORK, exist_ok=True)
     os.makedirs(RESULTS, exist_ok=True)
     day = datetime.date.today().isoformat()
