@@ -118,6 +118,35 @@ fn split_and_coalesced_messages_and_crlf_pings_are_framed() {
 }
 
 #[test]
+fn a_single_crlf_keepalive_does_not_start_the_message_timeout() {
+    let s = ServerProcess::start_with(
+        &["--listen", "tcp:SAME", "--tcp-message-timeout-ms", "300"],
+        true,
+    );
+    let mut c = connect(&s);
+    c.write_all(options("k1").as_bytes()).unwrap();
+    assert_eq!(status(&read_responses(&mut c, 1)[0]), 200);
+    // Some phones send a lone CRLF as keepalive; a message may end with a stray CRLF.
+    c.write_all(b"\r\n").unwrap();
+    std::thread::sleep(Duration::from_millis(1200));
+    c.write_all(options("k2").as_bytes()).unwrap();
+    assert_eq!(status(&read_responses(&mut c, 1)[0]), 200);
+    assert_eq!(event(&s, "message_timeout"), 0.0);
+}
+
+#[test]
+fn a_burst_of_a_thousand_requests_in_one_write_gets_a_thousand_answers() {
+    let s = ServerProcess::start_with(&["--listen", "tcp:SAME", "--shards", "2"], true);
+    let mut c = connect(&s);
+    let burst: String = (0..1000).map(|i| options(&format!("b{i}"))).collect();
+    assert!(burst.len() > 200_000);
+    c.write_all(burst.as_bytes()).unwrap();
+    let r = read_responses(&mut c, 1000);
+    assert!(r.iter().all(|m| status(m) == 200));
+    assert_eq!(event(&s, "too_large"), 0.0);
+}
+
+#[test]
 fn a_message_without_content_length_gets_400_and_the_connection_closes() {
     let s = ServerProcess::start_with(&["--listen", "tcp:SAME"], true);
     let mut c = connect(&s);

@@ -141,6 +141,12 @@ impl<'m, 'a> Reply<'m, 'a> {
         self.dst
     }
 
+    /// The request came over a connection: responses go back on it, to its source (§18.2.2),
+    /// whatever its Via says.
+    pub fn over_stream(&mut self) {
+        self.dst = self.src;
+    }
+
     pub fn socket(&self) -> usize {
         self.socket
     }

@@ -339,6 +339,9 @@ impl Element {
             self.proxy.calls.attempt_starts(src, ours);
         }
         let mut reply = Reply::new(msg, src, socket, &mut self.tag_seq, self.shard);
+        if self.proxy.proto_of(socket as u16).is_stream() {
+            reply.over_stream();
+        }
         // What we answer ourselves (REGISTER, OPTIONS) is checked in full; what we proxy,
         // only in what the proxy reads (§16.3 step 1: the rest goes on unchanged).
         let valid = match method {

@@ -317,9 +317,20 @@ pub fn flow_destination(
     if !proxy.is_ours(&top) {
         return None;
     }
-    let callee = crate::nat::flow_token(&top).filter(|&(_, ft)| ft != src);
-    let (proto, dst) =
-        callee.or_else(|| crate::nat::caller_flow_token(&top).filter(|&(_, fc)| fc != src))?;
+    let callee = crate::nat::flow_token(&top);
+    let caller = crate::nat::caller_flow_token(&top);
+    // Which side sent it, by its flow exactly (not by IP address: phones behind one NAT
+    // share theirs).
+    let is = |f: Option<(Proto, SocketAddr)>| f.is_some_and(|(_, a)| a == src);
+    let (proto, dst) = if is(callee) {
+        caller?
+    } else if is(caller) {
+        callee?
+    } else {
+        // From neither flow: a caller reached at its Contact toward the callee's flow, or a
+        // callee reached at its Contact toward the caller's connection.
+        callee.or(caller)?
+    };
     Some((dst, proxy.socket_for(proto)?))
 }
 
@@ -540,8 +551,15 @@ impl Proxy {
     /// What local socket `socket` speaks (UDP for an index out of range).
     pub fn proto_of(&self, socket: u16) -> Proto {
         self.sockets
-            .get(socket as usize)
+            .get(crate::sip::proto::socket_index(socket) as usize)
             .map_or(Proto::Udp, |l| l.proto)
+    }
+
+    /// The `ip:port` text of local socket `socket`.
+    fn host_of(&self, socket: u16) -> &str {
+        self.hosts
+            .get(crate::sip::proto::socket_index(socket) as usize)
+            .unwrap_or(&self.host)
     }
 
     /// The first local socket speaking `proto`.
@@ -563,7 +581,13 @@ impl Proxy {
             None if uri.scheme == crate::sip::Scheme::Sips => Proto::Tls,
             None => Proto::Udp,
         };
-        self.socket_for(proto)
+        let socket = self.socket_for(proto)?;
+        // Over a stream the URI names where the peer listens: the shell may connect there.
+        Some(if proto.is_stream() {
+            socket | crate::sip::proto::CONNECT
+        } else {
+            socket
+        })
     }
 
     /// The default socket (the first UDP one).
@@ -842,7 +866,6 @@ impl Proxy {
     ) -> Result<Option<Branch>, u16> {
         let (uri, dst, socket) = (target.uri, target.dst, target.socket);
         let out_proto = self.proto_of(socket);
-        let out_host = self.hosts.get(socket as usize).unwrap_or(&self.host);
         self.branch_seq += 1;
         // Via (with the branch) and Record-Route go into reused buffers: no allocation.
         let mut via = core::mem::take(&mut self.via);
@@ -850,7 +873,7 @@ impl Proxy {
         via.extend_from_slice(b"SIP/2.0/");
         via.extend_from_slice(out_proto.via_token().as_bytes());
         via.push(b' ');
-        via.extend_from_slice(out_host.as_bytes());
+        via.extend_from_slice(self.host_of(socket).as_bytes());
         via.extend_from_slice(b";branch=");
         let branch_at = via.len();
         write_branch(&mut via, self.shard, plan.loop_hash, self.branch_seq);
@@ -929,12 +952,7 @@ impl Proxy {
     ) {
         let proto = self.proto_of(socket);
         rr.extend_from_slice(b"<sip:");
-        rr.extend_from_slice(
-            self.hosts
-                .get(socket as usize)
-                .unwrap_or(&self.host)
-                .as_bytes(),
-        );
+        rr.extend_from_slice(self.host_of(socket).as_bytes());
         if proto != Proto::Udp {
             rr.extend_from_slice(b";transport=");
             rr.extend_from_slice(proto.uri_param().as_bytes());
@@ -1193,12 +1211,7 @@ impl Proxy {
         via.extend_from_slice(b"SIP/2.0/");
         via.extend_from_slice(self.proto_of(socket).via_token().as_bytes());
         via.push(b' ');
-        via.extend_from_slice(
-            self.hosts
-                .get(socket as usize)
-                .unwrap_or(&self.host)
-                .as_bytes(),
-        );
+        via.extend_from_slice(self.host_of(socket).as_bytes());
         via.extend_from_slice(b";branch=");
         let loop_hash = loop_hash_keyed(msg, &self.canonical_call_id(msg), false);
         write_branch_head(&mut via, self.shard, loop_hash);

@@ -143,7 +143,7 @@ impl Registrar {
             _ => Err(RegisterError::BadTo),
         };
         if result.is_ok() && source.stream && req.header(HeaderName::Contact).is_some() {
-            self.note_flow(source.socket, source.addr, &key);
+            self.note_flow(source.socket, source.addr, &key, now_ms);
         }
         self.key_buf = key;
         match result {

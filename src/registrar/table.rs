@@ -23,6 +23,13 @@ pub const EXPIRY_TICK_MS: u64 = 1_000;
 /// their first round).
 pub const EXPIRY_SLOTS: usize = 4_096;
 
+/// The AORs that registered over one connection, and when the last of those REGISTERs came.
+#[derive(Debug, Default)]
+pub(super) struct FlowAors {
+    keys: Vec<Box<[u8]>>,
+    last_ms: u64,
+}
+
 /// The registrar and location service of one shard (its part of the AOR space).
 pub struct Registrar {
     pub(super) config: RegistrarConfig,
@@ -41,7 +48,7 @@ pub struct Registrar {
     pub(super) journal: Option<Vec<u8>>,
     /// The AORs registered over each stream connection (local socket, peer): their bindings
     /// go when the connection does (RFC 5626 §5.3 flows; [`Registrar::flow_closed`]).
-    pub(super) flows: hashbrown::HashMap<(u16, std::net::SocketAddr), Vec<Box<[u8]>>>,
+    pub(super) flows: hashbrown::HashMap<(u16, std::net::SocketAddr), FlowAors>,
 }
 
 impl Registrar {
@@ -146,23 +153,45 @@ impl Registrar {
         removed
     }
 
-    /// Notes that the AOR `key` registered bindings over the connection (`socket`, `peer`).
-    pub(super) fn note_flow(&mut self, socket: u16, peer: std::net::SocketAddr, key: &[u8]) {
-        let keys = self.flows.entry((socket, peer)).or_default();
-        if !keys.iter().any(|k| &k[..] == key) {
-            keys.push(key.into());
+    /// Notes that the AOR `key` registered bindings over the connection (`socket`, `peer`)
+    /// at `now_ms`.
+    pub(super) fn note_flow(
+        &mut self,
+        socket: u16,
+        peer: std::net::SocketAddr,
+        key: &[u8],
+        now_ms: u64,
+    ) {
+        let flow = self.flows.entry((socket, peer)).or_default();
+        flow.last_ms = now_ms;
+        if !flow.keys.iter().any(|k| &k[..] == key) {
+            flow.keys.push(key.into());
         }
     }
 
     /// The connection (`socket`, `peer`) closed: the bindings registered over it go (a
     /// phone that re-registers over a new connection has bindings of that one). Returns how
     /// many were removed; the changes are journaled like a REGISTER's.
-    pub fn flow_closed(&mut self, socket: u16, peer: std::net::SocketAddr) -> usize {
-        let Some(keys) = self.flows.remove(&(socket, peer)) else {
+    /// A REGISTER over a connection to the same peer after `closed_ms` (a new one from
+    /// the same address and port, handled before the news of the close) keeps its bindings.
+    pub fn flow_closed(
+        &mut self,
+        socket: u16,
+        peer: std::net::SocketAddr,
+        closed_ms: u64,
+    ) -> usize {
+        if self
+            .flows
+            .get(&(socket, peer))
+            .is_some_and(|f| f.last_ms > closed_ms)
+        {
+            return 0;
+        }
+        let Some(flow) = self.flows.remove(&(socket, peer)) else {
             return 0;
         };
         let mut total = 0;
-        for key in keys {
+        for key in flow.keys {
             let Some(i) = self.find(&key) else { continue };
             let removed = self.aors[i as usize]
                 .bindings

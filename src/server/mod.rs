@@ -280,8 +280,11 @@ impl Core {
 
     /// The stream connection (`socket`, `peer`) closed (the shell says so, on every shard):
     /// the bindings registered over it go (RFC 5626 §5.3).
-    pub fn connection_closed(&mut self, socket: u16, peer: SocketAddr) {
-        let removed = self.element.registrar_mut().flow_closed(socket, peer);
+    pub fn connection_closed(&mut self, socket: u16, peer: SocketAddr, closed_ms: u64) {
+        let removed = self
+            .element
+            .registrar_mut()
+            .flow_closed(socket, peer, closed_ms);
         if removed > 0 {
             self.element.publish_bindings();
             tracing::info!(shard = self.shard, %peer, bindings = removed, "unregistered: connection closed");

@@ -278,7 +278,7 @@ fn the_bindings_of_a_connection_go_when_it_closes() {
     let mut c = core();
     register_over_tcp(&mut c);
     // Another connection closing changes nothing.
-    c.connection_closed(TCP as u16, addr("192.0.2.50:40002"));
+    c.connection_closed(TCP as u16, addr("192.0.2.50:40002"), T0 + 5);
     let out = send(
         &mut c,
         &invite(CALLER, "UDP", "z9hG4bKc1", "sip:bob@localhost"),
@@ -287,7 +287,18 @@ fn the_bindings_of_a_connection_go_when_it_closes() {
         T0 + 10,
     );
     assert!(out.iter().any(|o| o.1 == addr(PHONE_CONN)), "{out:?}");
-    c.connection_closed(TCP as u16, addr(PHONE_CONN));
+    // News of the close that comes after a new REGISTER over a connection from the same
+    // address and port changes nothing; the close of the last one removes the binding.
+    c.connection_closed(TCP as u16, addr(PHONE_CONN), T0 - 1);
+    let out = send(
+        &mut c,
+        &invite(CALLER, "UDP", "z9hG4bKc3", "sip:bob@localhost"),
+        CALLER,
+        UDP,
+        T0 + 15,
+    );
+    assert!(out.iter().any(|o| o.1 == addr(PHONE_CONN)), "{out:?}");
+    c.connection_closed(TCP as u16, addr(PHONE_CONN), T0 + 12);
     let out = send(
         &mut c,
         &invite(CALLER, "UDP", "z9hG4bKc2", "sip:bob@localhost"),
@@ -317,5 +328,37 @@ fn a_contact_that_asks_for_tcp_is_reached_over_tcp() {
         T0 + 10,
     );
     let inv = out.iter().find(|o| o.1 == addr("192.0.2.80:5060")).unwrap();
+    // Over TCP, and the shell may open a connection for it (the Contact names where carol
+    // listens); a flow or a response never carries that permission.
+    assert_eq!(
+        inv.0 as u16,
+        TCP as u16 | crate::sip::proto::CONNECT,
+        "{out:?}"
+    );
+}
+
+#[test]
+fn a_response_goes_back_over_the_connection_whatever_the_via_says() {
+    let mut c = core();
+    // A Via that says UDP without rport, over TCP: the 200 still goes back on the connection
+    // (to its source port), never to a new connection to the Via's port.
+    let reg = format!(
+        "REGISTER sip:localhost SIP/2.0\r\nVia: SIP/2.0/UDP {PHONE};branch=z9hG4bKvia\r\n\
+         Max-Forwards: 70\r\nFrom: <sip:bob@localhost>;tag=r\r\nTo: <sip:bob@localhost>\r\n\
+         Call-ID: reg-via\r\nCSeq: 1 REGISTER\r\nContact: <sip:bob@{PHONE}>\r\n\
+         Content-Length: 0\r\n\r\n"
+    );
+    let out = send(&mut c, reg.as_bytes(), PHONE_CONN, TCP, T0);
+    assert_eq!((out[0].0, out[0].1), (TCP, addr(PHONE_CONN)));
+    assert_eq!(status(&out[0].2), 200);
+    // The INVITE for bob goes to the flow, without permission to connect.
+    let out = send(
+        &mut c,
+        &invite(CALLER, "UDP", "z9hG4bKv1", "sip:bob@localhost"),
+        CALLER,
+        UDP,
+        T0 + 10,
+    );
+    let inv = out.iter().find(|o| o.1 == addr(PHONE_CONN)).unwrap();
     assert_eq!(inv.0, TCP, "{out:?}");
 }

@@ -243,6 +243,11 @@ impl Server {
                 admin: admin_rx.remove(0),
                 cdr: cdr.map(|c| c.outlet(id)),
                 streams,
+                first_stream_socket: if tcp_listen.is_empty() {
+                    usize::MAX
+                } else {
+                    listen.len()
+                },
             };
             let pin = cores.get(id % cores.len().max(1)).copied();
             threads.push(

@@ -119,6 +119,8 @@ pub struct ShardContext {
     pub cdr: Option<crate::cdr::CdrOutlet>,
     /// The shard's TCP listeners and connections: None without `--listen tcp:`.
     pub streams: Option<crate::transport::tcp::TcpShard>,
+    /// The first socket index of the stream listeners (usize::MAX: none).
+    pub first_stream_socket: usize,
 }
 
 /// The part of the shard the receive callback needs (the transport is borrowed separately).
@@ -133,6 +135,10 @@ struct Handler<'s> {
     local: u64,
     /// Peers that were handed datagrams in the current receive batch and may need waking.
     to_wake: &'s mut PeerSet,
+    /// Socket indexes from here on are connections (their messages are never retransmitted:
+    /// one the owner's full queue refused waits in `retry` instead of being dropped).
+    first_stream_socket: usize,
+    retry: &'s mut Vec<(usize, Handoff)>,
 }
 
 /// A set of shard indexes (a bitmap), for waking each peer once per receive batch.
@@ -195,9 +201,14 @@ impl RecvHandler for Handler<'_> {
                     }
                     Err(h) => {
                         // The owner is past its capacity: a new request gets its 503 here;
-                        // the rest is dropped (the client retransmits over UDP).
+                        // the rest is dropped (the client retransmits over UDP), or over a
+                        // connection (nothing is retransmitted) tried again next round.
                         if !self.core.overflow(&h.data, src, socket, self.out) {
-                            self.stats.dropped(DropReason::QueueFull);
+                            if socket >= self.first_stream_socket {
+                                self.retry.push((owner, h));
+                            } else {
+                                self.stats.dropped(DropReason::QueueFull);
+                            }
                         }
                     }
                 }
@@ -239,6 +250,8 @@ pub fn run(mut ctx: ShardContext) {
         0
     };
     let mut overload = OverloadDetector::new(saturated_ms, Instant::now());
+    let first_stream_socket = ctx.first_stream_socket;
+    let mut retry: Vec<(usize, Handoff)> = Vec::new();
     // `sync` durability: rounds of responses waiting for their binding changes to be on disk
     // (with the flush number that covers them), oldest first, and emptied outboxes to reuse.
     let mut parked: std::collections::VecDeque<(u64, Outbox)> = Default::default();
@@ -260,6 +273,21 @@ pub fn run(mut ctx: ShardContext) {
         // the send, and one before sleeping.
         let batch_start = Instant::now();
         let now_ms = ctx.clock.ms_at(batch_start);
+        // Messages of connections the owners' full queues refused before: in order, first.
+        if !retry.is_empty() {
+            let mut kept = Vec::new();
+            for (owner, h) in retry.drain(..) {
+                if !kept.is_empty() {
+                    kept.push((owner, h));
+                    continue;
+                }
+                match ctx.peers[owner].queue.push(h) {
+                    Ok(()) => to_wake.insert(owner),
+                    Err(h) => kept.push((owner, h)),
+                }
+            }
+            retry = kept;
+        }
         let mut handler = Handler {
             core: &mut ctx.core,
             out: &mut out,
@@ -269,6 +297,8 @@ pub fn run(mut ctx: ShardContext) {
             batch_start,
             local: 0,
             to_wake: &mut to_wake,
+            first_stream_socket,
+            retry: &mut retry,
         };
         let received = match ctx.transport.poll_recv(&mut handler) {
             Ok(n) => n,
@@ -282,7 +312,7 @@ pub fn run(mut ctx: ShardContext) {
             + ctx
                 .streams
                 .as_mut()
-                .map_or(0, |t| t.poll(&mut handler, batch_start));
+                .map_or(0, |t| t.poll(&mut handler, batch_start, now_ms));
         // A transport that failed mid-batch may not have ended it.
         handler.batch_end();
         let local = handler.local;
@@ -314,7 +344,7 @@ pub fn run(mut ctx: ShardContext) {
         }
         if let Some(t) = &mut ctx.streams {
             let core = &mut ctx.core;
-            t.take_closed(|socket, peer| core.connection_closed(socket, peer));
+            t.take_closed(|socket, peer, ms| core.connection_closed(socket, peer, ms));
         }
         if ctx.core.next_timeout().is_some_and(|t| t <= now_ms) {
             ctx.core.handle_timeout(now_ms, &mut out);
@@ -394,7 +424,8 @@ pub fn run(mut ctx: ShardContext) {
                 .journal
                 .as_ref()
                 .is_some_and(|j| parked.front().is_some_and(|(n, _)| *n <= j.durable()));
-            let stream_bytes = ctx.streams.as_ref().is_some_and(|t| t.has_pending());
+            let stream_bytes =
+                !retry.is_empty() || ctx.streams.as_ref().is_some_and(|t| t.has_pending());
             if (sharded && !me.queue.is_empty())
                 || released
                 || stream_bytes

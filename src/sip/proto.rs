@@ -63,6 +63,18 @@ impl Proto {
     }
 }
 
+/// Set on a socket index in the outbox: the shell may open a connection to the destination
+/// when it has none (a Contact or Route URI asked for TCP). Without it (a response, a flow)
+/// a message for a connection that is gone is dropped: the peer's port is the far end of a
+/// connection it made, nobody listens there.
+pub const CONNECT: u16 = 0x8000;
+
+/// The socket index without [`CONNECT`].
+#[inline]
+pub fn socket_index(socket: u16) -> u16 {
+    socket & !CONNECT
+}
+
 /// One local socket the core sends from (a listen address and what it speaks). The core
 /// names sockets by their index in the list the shell gives it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

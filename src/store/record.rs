@@ -80,7 +80,10 @@ pub fn write_aor(out: &mut Vec<u8>, key: &[u8], bindings: &[Binding]) {
                 IpAddr::V6(v6) => (v6.octets(), false),
             };
             out.extend_from_slice(&ip);
-            out.push(u8::from(v4) | u8::from(b.behind_nat()) << 1);
+            // A binding over a connection is not restored as a flow (the connection is gone
+            // with the process): it is reached at its Contact, over the transport it names.
+            let flow = b.behind_nat() && !b.over_stream();
+            out.push(u8::from(v4) | u8::from(flow) << 1);
             put_bytes(out, b.contact_uri());
             put_bytes(out, b.call_id());
             put_bytes(out, b.instance().unwrap_or_default());

@@ -43,11 +43,25 @@ impl FrameError {
     }
 }
 
+/// What a connection remembers about the message it is receiving, so that a peer sending a
+/// large message in many small pieces costs a scan of each new byte, not a parse of the whole
+/// message per read (reset with [`FrameState::default`] when a message is consumed).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct FrameState {
+    /// Bytes from the start known not to hold the end of the header section.
+    searched: usize,
+    /// The message's full length, once its header section was parsed.
+    total: Option<usize>,
+}
+
 /// Looks at `buf` (the unread bytes of a stream) and says what its start holds. `max` bounds
 /// a message's size: a header section still unterminated past it, or a Content-Length that
 /// would take it past, is [`FrameError::TooLarge`] at once (without waiting for the bytes).
-pub fn next_frame(buf: &[u8], max: usize) -> Result<Frame, FrameError> {
+/// Only the message's own bytes are parsed: what follows it in `buf` (the next messages of a
+/// burst) is not looked at.
+pub fn next_frame(buf: &[u8], max: usize, st: &mut FrameState) -> Result<Frame, FrameError> {
     if buf.starts_with(b"\r\n") {
+        *st = FrameState::default();
         return Ok(match buf.get(2..4) {
             Some(b"\r\n") => Frame::Ping,
             // "\r\n\r" may be the start of a ping: wait for its last byte.
@@ -59,14 +73,32 @@ pub fn next_frame(buf: &[u8], max: usize) -> Result<Frame, FrameError> {
     if buf.is_empty() {
         return Ok(Frame::Incomplete);
     }
-    let limits = Limits::default();
-    let mut slot = core::mem::MaybeUninit::uninit();
-    match Message::parse_in(&mut slot, buf, limits, Framing::Stream) {
-        Ok(m) => {
-            let (skip, len) = (m.start_offset(), m.len() - m.start_offset());
-            if len > max {
+    if let Some(total) = st.total {
+        if buf.len() < total {
+            return Ok(Frame::Incomplete);
+        }
+    } else {
+        // The header section must be complete before a parse is worth it.
+        let from = st.searched.saturating_sub(3);
+        let window = &buf[..buf.len().min(max)];
+        if memchr::memmem::find(&window[from.min(window.len())..], b"\r\n\r\n").is_none() {
+            if buf.len() > max {
                 return Err(FrameError::TooLarge);
             }
+            st.searched = buf.len();
+            return Ok(Frame::Incomplete);
+        }
+    }
+    let window = &buf[..buf.len().min(max)];
+    let limits = Limits {
+        max_size: max,
+        ..Limits::default()
+    };
+    let mut slot = core::mem::MaybeUninit::uninit();
+    match Message::parse_in(&mut slot, window, limits, Framing::Stream) {
+        Ok(m) => {
+            let (skip, len) = (m.start_offset(), m.len() - m.start_offset());
+            *st = FrameState::default();
             Ok(Frame::Message { skip, len })
         }
         Err(e) if e.kind == ErrorKind::Incomplete => {
@@ -78,15 +110,25 @@ pub fn next_frame(buf: &[u8], max: usize) -> Result<Frame, FrameError> {
         }
         Err(e) if e.kind == ErrorKind::BodyTooShort => {
             // The header section is complete: its Content-Length says how long it will be.
-            match declared_len(buf) {
+            match declared_len(window) {
                 Some(total) if total > max => Err(FrameError::TooLarge),
-                _ if buf.len() > max => Err(FrameError::TooLarge),
-                _ => Ok(Frame::Incomplete),
+                Some(total) => {
+                    st.total = Some(total);
+                    Ok(Frame::Incomplete)
+                }
+                None if buf.len() >= max => Err(FrameError::TooLarge),
+                None => Ok(Frame::Incomplete),
             }
         }
         Err(e) if matches!(e.kind, ErrorKind::TooLarge(_)) => Err(FrameError::TooLarge),
         Err(e) => Err(FrameError::Malformed(e.kind)),
     }
+}
+
+/// True if `rest` (bytes left after the complete messages) holds nothing but line breaks: a
+/// keepalive's, not the start of a message (the message timeout does not run for it).
+pub fn only_line_breaks(rest: &[u8]) -> bool {
+    rest.iter().all(|&c| c == b'\r' || c == b'\n')
 }
 
 /// The full length (header section and body) a message whose header section is complete
@@ -122,10 +164,11 @@ To: <sip:a@example.com>\r\nCall-ID: c1\r\nCSeq: 1 REGISTER\r\nContent-Length: 4\
     /// returns what came out.
     fn run(chunks: &[&[u8]], max: usize) -> (Vec<Vec<u8>>, usize, Option<FrameError>) {
         let (mut buf, mut out, mut pings) = (Vec::new(), Vec::new(), 0);
+        let mut st = FrameState::default();
         for c in chunks {
             buf.extend_from_slice(c);
             loop {
-                match next_frame(&buf, max) {
+                match next_frame(&buf, max, &mut st) {
                     Ok(Frame::Message { skip, len }) => {
                         out.push(buf[skip..skip + len].to_vec());
                         buf.drain(..skip + len);
@@ -177,10 +220,27 @@ To: <sip:a@example.com>\r\nCall-ID: c1\r\nCSeq: 1 REGISTER\r\nContent-Length: 4\
     }
 
     #[test]
+    fn a_burst_larger_than_the_message_limit_is_many_messages_not_one_too_large() {
+        // 2,000 requests back to back (over 1 MB) arrive in one read.
+        let burst: Vec<u8> = REQ.repeat(2_000);
+        let (msgs, _, err) = run(&[&burst], 65_535);
+        assert_eq!((msgs.len(), err), (2_000, None));
+        // A message larger than a small limit is still refused.
+        assert_eq!(run(&[REQ], 100).2, Some(FrameError::TooLarge));
+    }
+
+    #[test]
+    fn trailing_line_breaks_are_not_the_start_of_a_message() {
+        assert!(only_line_breaks(b"\r\n"));
+        assert!(only_line_breaks(b""));
+        assert!(!only_line_breaks(b"\r\nO"));
+    }
+
+    #[test]
     fn a_missing_content_length_is_refused_with_400() {
         let raw = b"OPTIONS sip:a@example.com SIP/2.0\r\nVia: SIP/2.0/TCP h;branch=z9hG4bK1\r\n\
 From: <sip:a@example.com>;tag=1\r\nTo: <sip:a@example.com>\r\nCall-ID: c\r\nCSeq: 1 OPTIONS\r\n\r\n";
-        let err = next_frame(raw, 65_535).unwrap_err();
+        let err = next_frame(raw, 65_535, &mut FrameState::default()).unwrap_err();
         assert_eq!(err, FrameError::Malformed(ErrorKind::MissingContentLength));
         assert_eq!(err.response().0, 400);
         assert!(err.response().1.contains("Content-Length"));
@@ -195,14 +255,26 @@ From: <sip:a@example.com>;tag=1\r\nTo: <sip:a@example.com>\r\nCall-ID: c\r\nCSeq
                 b"X-Filler: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa\r\n",
             );
         }
-        assert_eq!(next_frame(&endless, 65_535), Err(FrameError::TooLarge));
-        assert_eq!(next_frame(&endless[..1000], 65_535), Ok(Frame::Incomplete));
+        assert_eq!(
+            next_frame(&endless, 65_535, &mut FrameState::default()),
+            Err(FrameError::TooLarge)
+        );
+        assert_eq!(
+            next_frame(&endless[..1000], 65_535, &mut FrameState::default()),
+            Ok(Frame::Incomplete)
+        );
         // A body declared too large is refused with the header section alone.
         let big =
             String::from_utf8_lossy(REQ).replace("Content-Length: 4", "Content-Length: 900000");
         let head = &big.as_bytes()[..big.find("\r\n\r\n").unwrap() + 4];
-        assert_eq!(next_frame(head, 65_535), Err(FrameError::TooLarge));
-        assert_eq!(next_frame(head, 1 << 20), Ok(Frame::Incomplete));
+        assert_eq!(
+            next_frame(head, 65_535, &mut FrameState::default()),
+            Err(FrameError::TooLarge)
+        );
+        assert_eq!(
+            next_frame(head, 1 << 20, &mut FrameState::default()),
+            Ok(Frame::Incomplete)
+        );
         assert_eq!(FrameError::TooLarge.response().0, 513);
     }
 }

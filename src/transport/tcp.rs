@@ -14,7 +14,7 @@
 //! and per shard, and a bound on what waits for a peer that does not read. Each refusal or
 //! close is counted (`sipshard_connection_events`) and logged once per source.
 
-use super::framing::{next_frame, Frame, FrameError};
+use super::framing::{next_frame, only_line_breaks, Frame, FrameError, FrameState};
 use super::{RecvHandler, Waker};
 use crate::server::outbox::Outbox;
 use crate::stats::{ShardStats, StreamEvent};
@@ -69,10 +69,12 @@ struct Outgoing {
 /// What the shards share about connections: which shard holds the connection to a peer,
 /// and each shard's queue of bytes to write to its connections.
 pub struct StreamHub {
-    owners: RwLock<std::collections::HashMap<(u16, SocketAddr), usize>>,
+    /// (local socket, peer) -> (shard, token) of the connection.
+    owners: RwLock<std::collections::HashMap<(u16, SocketAddr), (usize, u64)>>,
     inboxes: Vec<SegQueue<Outgoing>>,
-    /// Per shard: connections that closed, for the core (bindings registered over them go).
-    closed: Vec<SegQueue<(u16, SocketAddr)>>,
+    /// Per shard: connections that closed and when (ms), for the core (bindings registered
+    /// over them go).
+    closed: Vec<SegQueue<(u16, SocketAddr, u64)>>,
     wakers: Vec<Arc<Waker>>,
 }
 
@@ -87,15 +89,22 @@ impl StreamHub {
     }
 
     fn owner(&self, socket: u16, peer: SocketAddr) -> Option<usize> {
-        self.owners.read().ok()?.get(&(socket, peer)).copied()
+        Some(self.owners.read().ok()?.get(&(socket, peer))?.0)
     }
 
-    fn set_owner(&self, socket: u16, peer: SocketAddr, shard: Option<usize>) {
+    fn set_owner(&self, socket: u16, peer: SocketAddr, shard: usize, token: u64) {
         if let Ok(mut o) = self.owners.write() {
-            match shard {
-                Some(s) => o.insert((socket, peer), s),
-                None => o.remove(&(socket, peer)),
-            };
+            o.insert((socket, peer), (shard, token));
+        }
+    }
+
+    /// Forgets the owner of (`socket`, `peer`) if it is still this connection (a newer one
+    /// to the same peer may have taken the entry).
+    fn clear_owner(&self, socket: u16, peer: SocketAddr, shard: usize, token: u64) {
+        if let Ok(mut o) = self.owners.write() {
+            if o.get(&(socket, peer)) == Some(&(shard, token)) {
+                o.remove(&(socket, peer));
+            }
         }
     }
 }
@@ -136,6 +145,8 @@ struct Conn {
     /// was accepted, before its first message).
     partial_since: Option<Instant>,
     inbound: bool,
+    /// What the framing knows of the message being received.
+    frame: FrameState,
 }
 
 /// Epoll tokens below this are listeners.
@@ -145,6 +156,8 @@ const READ_ROUND: usize = 256 * 1024;
 const READ_CHUNK: usize = 16 * 1024;
 /// Sources whose refusals were logged, kept at most (then forgotten and logged again).
 const LOGGED_MAX: usize = 4096;
+/// Connections accepted per listener per round at most.
+const ACCEPT_ROUND: usize = 64;
 
 /// One shard's TCP connections.
 pub struct TcpShard {
@@ -163,6 +176,16 @@ pub struct TcpShard {
     last_sweep: Instant,
     /// Connections to close after the current pass (token, why).
     doomed: Vec<(u64, StreamEvent)>,
+    /// Connections the peer closed: closed at the next round, after this round's responses
+    /// were written.
+    closing_next: Vec<u64>,
+    /// Listeners taken out of the epoll set after an accept error (out of descriptors):
+    /// put back at the next sweep.
+    paused: Vec<bool>,
+    /// Work left for the next round (a read or accept budget ran out): no sleeping.
+    more: bool,
+    /// The shared clock's reading this round (close notices carry it).
+    now_ms: u64,
     scratch: Vec<u8>,
 }
 
@@ -199,9 +222,14 @@ impl TcpShard {
                 i as u64,
             )?;
         }
+        let paused = vec![false; listeners.len()];
         Ok(TcpShard {
             shard,
             epoll,
+            paused,
+            closing_next: Vec::new(),
+            more: false,
+            now_ms: 0,
             listeners,
             conns: HashMap::new(),
             by_peer: HashMap::new(),
@@ -227,18 +255,23 @@ impl TcpShard {
     /// True if the socket index is one of ours (a stream listener).
     #[inline]
     pub fn is_stream_socket(&self, socket: u16) -> bool {
+        let socket = crate::sip::proto::socket_index(socket);
         self.listeners.iter().any(|l| l.socket == socket)
     }
 
-    /// True when another shard left bytes for our connections or news of a closed one.
+    /// True when another shard left bytes for our connections or news of a closed one, or
+    /// a round left work undone.
     pub fn has_pending(&self) -> bool {
-        !self.hub.inboxes[self.shard].is_empty() || !self.hub.closed[self.shard].is_empty()
+        self.more
+            || !self.closing_next.is_empty()
+            || !self.hub.inboxes[self.shard].is_empty()
+            || !self.hub.closed[self.shard].is_empty()
     }
 
-    /// Connections closed (on any shard) since the last call, for the core.
-    pub fn take_closed(&mut self, mut f: impl FnMut(u16, SocketAddr)) {
-        while let Some((socket, peer)) = self.hub.closed[self.shard].pop() {
-            f(socket, peer);
+    /// Connections closed (on any shard) since the last call, with when (ms), for the core.
+    pub fn take_closed(&mut self, mut f: impl FnMut(u16, SocketAddr, u64)) {
+        while let Some((socket, peer, ms)) = self.hub.closed[self.shard].pop() {
+            f(socket, peer, ms);
         }
     }
 
@@ -250,7 +283,13 @@ impl TcpShard {
     /// Accepts, reads and frames what is ready, hands each message to `handler`, writes
     /// what other shards left for our connections, and closes the connections past their
     /// timeouts. Returns the number of messages handled.
-    pub fn poll(&mut self, handler: &mut dyn RecvHandler, now: Instant) -> usize {
+    pub fn poll(&mut self, handler: &mut dyn RecvHandler, now: Instant, now_ms: u64) -> usize {
+        self.now_ms = now_ms;
+        self.more = false;
+        for token in std::mem::take(&mut self.closing_next) {
+            self.doomed.push((token, StreamEvent::PeerClosed));
+        }
+        self.close_doomed();
         while let Some(o) = self.hub.inboxes[self.shard].pop() {
             if let Some(&token) = self.by_peer.get(&(o.socket, o.dst)) {
                 self.write(token, &o.bytes);
@@ -312,13 +351,21 @@ impl TcpShard {
         }
         if sent > 0 {
             let listeners = &self.listeners;
-            out.retain_items(|d| !listeners.iter().any(|l| l.socket == d.socket));
+            out.retain_items(|d| {
+                let socket = crate::sip::proto::socket_index(d.socket);
+                !listeners.iter().any(|l| l.socket == socket)
+            });
             self.close_doomed();
         }
         sent
     }
 
+    /// Writes to the connection to `dst`: ours, another shard's (handed over), or a new one
+    /// when the core allows it ([`crate::sip::proto::CONNECT`]); else the bytes are dropped
+    /// (a response or flow whose connection is gone).
     fn send_to(&mut self, socket: u16, dst: SocketAddr, bytes: &[u8]) {
+        let may_connect = socket & crate::sip::proto::CONNECT != 0;
+        let socket = crate::sip::proto::socket_index(socket);
         if let Some(&token) = self.by_peer.get(&(socket, dst)) {
             self.write(token, bytes);
             return;
@@ -334,7 +381,11 @@ impl TcpShard {
                     self.stats.wakeups.inc();
                 }
             }
-            _ => self.connect(socket, dst, bytes),
+            _ if may_connect => self.connect(socket, dst, bytes),
+            _ => {
+                self.stats.dropped(crate::stats::DropReason::SendError);
+                tracing::debug!(%dst, "no connection to send on");
+            }
         }
     }
 
@@ -355,14 +406,15 @@ impl TcpShard {
         }
         self.by_peer.insert((conn.socket, conn.peer), token);
         *self.per_source.entry(conn.peer.ip()).or_default() += 1;
-        self.hub.set_owner(conn.socket, conn.peer, Some(self.shard));
+        self.hub
+            .set_owner(conn.socket, conn.peer, self.shard, token);
         self.conns.insert(token, conn);
         self.stats.streams.open.set(self.conns.len() as u64);
         Some(token)
     }
 
     fn accept(&mut self, idx: usize, now: Instant) {
-        loop {
+        for _ in 0..ACCEPT_ROUND {
             let Some(l) = self.listeners.get(idx) else {
                 return;
             };
@@ -372,8 +424,22 @@ impl TcpShard {
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => {
-                    // EMFILE and the like: the pending connection stays in the backlog.
-                    tracing::warn!(shard = self.shard, "accept failed: {e}");
+                    // EMFILE and the like: the pending connection stays in the backlog and the
+                    // listener readable. Out of the epoll set until the next sweep, so the
+                    // shard does not spin on it.
+                    tracing::warn!(
+                        shard = self.shard,
+                        "accept failed: {e}; pausing the listener"
+                    );
+                    let fd = l.listener.as_raw_fd();
+                    let _ = epoll_ctl(
+                        self.epoll.as_raw_fd(),
+                        libc::EPOLL_CTL_MOD,
+                        fd,
+                        0,
+                        idx as u64,
+                    );
+                    self.paused[idx] = true;
                     return;
                 }
             };
@@ -407,12 +473,15 @@ impl TcpShard {
                 last_byte: now,
                 partial_since: Some(now),
                 inbound: true,
+                frame: FrameState::default(),
             };
             let events = (libc::EPOLLIN | libc::EPOLLRDHUP) as u32;
             if self.register(conn, events).is_some() {
                 self.stats.streams.accepted.inc();
             }
         }
+        // The budget ran out: more may wait in the backlog.
+        self.more = true;
     }
 
     /// Opens a connection to `dst` for `socket`'s transport and queues `bytes` on it.
@@ -448,6 +517,7 @@ impl TcpShard {
             last_byte: now,
             partial_since: None,
             inbound: false,
+            frame: FrameState::default(),
         };
         let events = (libc::EPOLLIN | libc::EPOLLRDHUP | libc::EPOLLOUT) as u32;
         if self.register(conn, events).is_some() {
@@ -550,7 +620,12 @@ impl TcpShard {
         };
         let mut read = 0;
         let mut closed = false;
-        while read < READ_ROUND {
+        loop {
+            if read >= READ_ROUND {
+                // Fair to the other connections: the rest next round.
+                self.more = true;
+                break;
+            }
             let len = c.rbuf.len();
             c.rbuf.resize(len + READ_CHUNK, 0);
             match c.stream.read(&mut c.rbuf[len..]) {
@@ -583,7 +658,7 @@ impl TcpShard {
         let mut pongs = 0;
         let mut failure = None;
         loop {
-            match next_frame(&c.rbuf[consumed..], max) {
+            match next_frame(&c.rbuf[consumed..], max, &mut c.frame) {
                 Ok(Frame::Message { skip, len }) => {
                     let start = consumed + skip;
                     handler.datagram(&c.rbuf[start..start + len], peer, socket as usize);
@@ -603,7 +678,7 @@ impl TcpShard {
                 }
             }
         }
-        if consumed < c.rbuf.len() {
+        if !only_line_breaks(&c.rbuf[consumed..]) {
             c.partial_since.get_or_insert(now);
         }
         self.stats.streams.messages_in.add(handled as u64);
@@ -632,21 +707,41 @@ impl TcpShard {
             return handled;
         }
         c.rbuf.drain(..consumed);
-        if c.rbuf.is_empty() && c.rbuf.capacity() > 4 * READ_CHUNK {
-            c.rbuf = Vec::new();
+        if c.rbuf.capacity() > 4 * READ_CHUNK && c.rbuf.len() < READ_CHUNK {
+            // A burst's buffer is not kept for the partial message after it.
+            c.rbuf.shrink_to(READ_CHUNK);
         }
         for _ in 0..pongs {
             self.stats.streams.pings.inc();
             self.write(token, b"\r\n");
         }
         if closed {
-            self.doomed.push((token, StreamEvent::PeerClosed));
+            // This round's responses to what it sent go out first.
+            if let Some(c) = self.conns.get(&token) {
+                let fd = c.stream.as_raw_fd();
+                let _ = epoll_ctl(self.epoll.as_raw_fd(), libc::EPOLL_CTL_MOD, fd, 0, token);
+            }
+            self.closing_next.push(token);
         }
         handled
     }
 
     /// Closes connections past their message or idle timeout.
     fn sweep(&mut self, now: Instant) {
+        for (idx, paused) in self.paused.iter_mut().enumerate() {
+            if *paused {
+                *paused = false;
+                let fd = self.listeners[idx].listener.as_raw_fd();
+                let events = libc::EPOLLIN as u32;
+                let _ = epoll_ctl(
+                    self.epoll.as_raw_fd(),
+                    libc::EPOLL_CTL_MOD,
+                    fd,
+                    events,
+                    idx as u64,
+                );
+            }
+        }
         let message = Duration::from_millis(self.settings.message_timeout_ms);
         let idle = Duration::from_millis(self.settings.idle_timeout_ms);
         for (&token, c) in &self.conns {
@@ -677,18 +772,20 @@ impl TcpShard {
                 continue;
             };
             // Closing the descriptor takes it out of the epoll set.
-            self.by_peer.remove(&(c.socket, c.peer));
+            if self.by_peer.get(&(c.socket, c.peer)) == Some(&token) {
+                self.by_peer.remove(&(c.socket, c.peer));
+            }
             if let Some(n) = self.per_source.get_mut(&c.peer.ip()) {
                 *n -= 1;
                 if *n == 0 {
                     self.per_source.remove(&c.peer.ip());
                 }
             }
-            self.hub.set_owner(c.socket, c.peer, None);
+            self.hub.clear_owner(c.socket, c.peer, self.shard, token);
             if c.inbound {
                 // Every shard: the bindings registered over it may live anywhere.
                 for (i, q) in self.hub.closed.iter().enumerate() {
-                    q.push((c.socket, c.peer));
+                    q.push((c.socket, c.peer, self.now_ms));
                     if i != self.shard {
                         self.hub.wakers[i].wake_if_sleeping();
                     }
