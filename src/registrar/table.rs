@@ -26,7 +26,9 @@ pub const EXPIRY_SLOTS: usize = 4_096;
 /// The AORs that registered over one connection, and when the last of those REGISTERs came.
 #[derive(Debug, Default)]
 pub(super) struct FlowAors {
-    keys: Vec<Box<[u8]>>,
+    /// A set: a connection may carry the REGISTERs of many AORs (a front end or a load
+    /// tool), each refreshed many times.
+    keys: hashbrown::HashSet<Box<[u8]>>,
     last_ms: u64,
 }
 
@@ -164,8 +166,8 @@ impl Registrar {
     ) {
         let flow = self.flows.entry((socket, peer)).or_default();
         flow.last_ms = now_ms;
-        if !flow.keys.iter().any(|k| &k[..] == key) {
-            flow.keys.push(key.into());
+        if !flow.keys.contains(key) {
+            flow.keys.insert(key.into());
         }
     }
 
