@@ -44,8 +44,12 @@ pub struct Config {
     pub proxy: ProxySettings,
     /// Capacity of each shard's hand-off queue.
     pub queue_capacity: usize,
-    /// Limits of the stream (TCP) connections.
+    /// Limits of the stream (TCP, TLS) connections.
     pub streams: crate::transport::tcp::StreamSettings,
+    /// The TLS files and the server configuration made of them (with a `tls:` listen
+    /// address).
+    pub tls_files: Option<crate::transport::tls::TlsFiles>,
+    pub tls: Option<std::sync::Arc<rustls::ServerConfig>>,
     /// Nonce lifetime in seconds.
     pub nonce_ttl: u32,
     /// Digest algorithms offered in challenges, most preferred first.
@@ -124,6 +128,15 @@ pub struct Cli {
     /// Listen address, repeatable: udp:127.0.0.1:5060 (scheme optional), tcp:127.0.0.1:5060.
     #[arg(long, value_name = "ADDR")]
     pub listen: Vec<String>,
+    /// TLS: the server's certificate chain (PEM), needed by `--listen tls:`.
+    #[arg(long, value_name = "FILE")]
+    pub tls_cert: Option<PathBuf>,
+    /// TLS: the certificate's private key (PEM).
+    #[arg(long, value_name = "FILE")]
+    pub tls_key: Option<PathBuf>,
+    /// TLS: require client certificates signed by these CAs (PEM).
+    #[arg(long, value_name = "FILE")]
+    pub tls_client_ca: Option<PathBuf>,
     /// TCP: connections one shard holds at most (default 100000).
     #[arg(long, value_name = "N")]
     pub tcp_max_connections: Option<u32>,
@@ -243,6 +256,9 @@ struct FileConfig {
     io: Option<String>,
     allow_unauthenticated: Option<bool>,
     queue_capacity: Option<usize>,
+    tls_cert: Option<PathBuf>,
+    tls_key: Option<PathBuf>,
+    tls_client_ca: Option<PathBuf>,
     tcp_max_connections: Option<u32>,
     tcp_max_per_source: Option<u32>,
     tcp_message_timeout_ms: Option<u64>,
@@ -337,14 +353,12 @@ pub fn parse_listen(key: &str, s: &str) -> Result<Listen, ConfigError> {
     let (proto, rest) = match s.split_once(':') {
         Some((scheme, rest)) if scheme.eq_ignore_ascii_case("udp") => (Proto::Udp, rest),
         Some((scheme, rest)) if scheme.eq_ignore_ascii_case("tcp") => (Proto::Tcp, rest),
+        Some((scheme, rest)) if scheme.eq_ignore_ascii_case("tls") => (Proto::Tls, rest),
         Some((scheme, _))
-            if matches!(
-                scheme.to_ascii_lowercase().as_str(),
-                "tls" | "ws" | "wss" | "sctp"
-            ) =>
+            if matches!(scheme.to_ascii_lowercase().as_str(), "ws" | "wss" | "sctp") =>
         {
             return err(format!(
-                "{key} '{s}': transport {scheme} is not supported yet (udp and tcp are)"
+                "{key} '{s}': transport {scheme} is not supported yet (udp, tcp and tls are)"
             ))
         }
         _ => (Proto::Udp, s),
@@ -352,7 +366,7 @@ pub fn parse_listen(key: &str, s: &str) -> Result<Listen, ConfigError> {
     match rest.parse::<SocketAddr>() {
         Ok(addr) => Ok(Listen { addr, proto }),
         Err(_) => err(format!(
-            "{key} '{s}': expected [udp:|tcp:]IP:PORT, e.g. udp:127.0.0.1:5060"
+            "{key} '{s}': expected [udp:|tcp:|tls:]IP:PORT, e.g. udp:127.0.0.1:5060"
         )),
     }
 }
@@ -506,8 +520,30 @@ impl Cli {
             return err("listen: at least one address is required".into());
         }
         if !listen.iter().any(|l| l.proto == crate::sip::Proto::Udp) {
-            return err("listen: at least one udp address is required (with tcp ones)".into());
+            return err("listen: at least one udp address is required (with tcp and tls ones)".into());
         }
+        let tls_cert = self.tls_cert.clone().or(file.tls_cert.clone());
+        let tls_key = self.tls_key.clone().or(file.tls_key.clone());
+        let tls_client_ca = self.tls_client_ca.clone().or(file.tls_client_ca.clone());
+        let tls_listen = listen.iter().find(|l| l.proto == crate::sip::Proto::Tls);
+        let tls_files = match (tls_listen, tls_cert, tls_key) {
+            (None, _, _) => None,
+            (Some(l), None, _) => {
+                return err(format!("--tls-cert: required by --listen tls:{}", l.addr))
+            }
+            (Some(l), _, None) => {
+                return err(format!("--tls-key: required by --listen tls:{}", l.addr))
+            }
+            (Some(_), Some(cert), Some(key)) => Some(crate::transport::tls::TlsFiles {
+                cert,
+                key,
+                client_ca: tls_client_ca,
+            }),
+        };
+        let tls = match &tls_files {
+            Some(f) => Some(crate::transport::tls::server_config(f).map_err(ConfigError)?),
+            None => None,
+        };
         let mut streams = crate::transport::tcp::StreamSettings::default();
         for (flag, key, cli, file_v, lo, hi, set) in [
             (
@@ -857,6 +893,8 @@ impl Cli {
             proxy,
             queue_capacity,
             streams,
+            tls_files,
+            tls,
             nonce_ttl,
             auth_algorithms,
             strict_digest_uri: self.strict_digest_uri || file.strict_digest_uri.unwrap_or(false),
@@ -995,7 +1033,7 @@ mod tests {
 
     #[test]
     fn bad_values_name_their_flag() {
-        let e = cli(&["--listen", "tls:1.2.3.4:5060"]).unwrap_err();
+        let e = cli(&["--listen", "ws:1.2.3.4:5060"]).unwrap_err();
         assert!(e.0.starts_with("--listen"), "{e}");
         // TCP alone: a UDP address is needed beside it.
         let e = cli(&["--listen", "tcp:127.0.0.1:5060"]).unwrap_err();

@@ -158,9 +158,11 @@ pub enum StreamEvent {
     PeerClosed,
     /// An outgoing connection that could not be made.
     ConnectFailed,
+    /// A TLS handshake or record that failed (the connection closes).
+    TlsFailed,
 }
 
-pub const STREAM_EVENTS: [(StreamEvent, &str); 9] = [
+pub const STREAM_EVENTS: [(StreamEvent, &str); 10] = [
     (StreamEvent::RefusedPerSource, "refused_per_source"),
     (StreamEvent::RefusedPerShard, "refused_per_shard"),
     (StreamEvent::MessageTimeout, "message_timeout"),
@@ -170,6 +172,7 @@ pub const STREAM_EVENTS: [(StreamEvent, &str); 9] = [
     (StreamEvent::SlowReader, "slow_reader"),
     (StreamEvent::PeerClosed, "peer_closed"),
     (StreamEvent::ConnectFailed, "connect_failed"),
+    (StreamEvent::TlsFailed, "tls_failed"),
 ];
 
 /// The stream transports' counters of one shard.

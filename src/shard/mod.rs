@@ -148,23 +148,34 @@ impl Server {
             .filter(|l| l.proto == Proto::Udp)
             .map(|l| l.addr)
             .collect();
-        let tcp_listen: Vec<SocketAddr> = config
+        // Then the stream listeners (TCP, TLS) in the order given.
+        let stream_listen: Vec<(SocketAddr, Proto)> = config
             .listen
             .iter()
-            .filter(|l| l.proto == Proto::Tcp)
-            .map(|l| l.addr)
+            .filter(|l| l.proto.is_stream())
+            .map(|l| (l.addr, l.proto))
             .collect();
         let mut sockets = Vec::with_capacity(n);
         let mut tcp_listeners = Vec::with_capacity(n);
         for _ in 0..n {
             sockets.push(ShardSockets::bind(&listen)?);
-            let mut ls = Vec::with_capacity(tcp_listen.len());
-            for (i, &addr) in tcp_listen.iter().enumerate() {
-                let listener = crate::transport::tcp::tcp_listener(addr, true)
-                    .map_err(|e| io::Error::new(e.kind(), format!("bind tcp:{addr}: {e}")))?;
+            let mut ls = Vec::with_capacity(stream_listen.len());
+            for (i, &(addr, proto)) in stream_listen.iter().enumerate() {
+                let listener = crate::transport::tcp::tcp_listener(addr, true).map_err(|e| {
+                    io::Error::new(e.kind(), format!("bind {}:{addr}: {e}", proto.scheme()))
+                })?;
+                let tls = if proto == Proto::Tls {
+                    let cfg = config.tls.clone().ok_or_else(|| {
+                        io::Error::other(format!("tls:{addr}: no TLS configuration"))
+                    })?;
+                    Some(cfg)
+                } else {
+                    None
+                };
                 ls.push(crate::transport::tcp::StreamListener {
                     listener,
                     socket: (listen.len() + i) as u16,
+                    tls,
                 });
             }
             tcp_listeners.push(ls);
@@ -187,10 +198,13 @@ impl Server {
             .zip(&tcp_listeners)
             .map(|(s, ls)| {
                 let udp = s.local.iter().map(|&a| Local::from(a));
-                let tcp = ls.iter().map(|l| Local {
-                    addr: l.listener.local_addr().unwrap_or(tcp_listen[0]),
-                    proto: Proto::Tcp,
-                });
+                let tcp = ls
+                    .iter()
+                    .zip(&stream_listen)
+                    .map(|(l, &(addr, proto))| Local {
+                        addr: l.listener.local_addr().unwrap_or(addr),
+                        proto,
+                    });
                 udp.chain(tcp).collect()
             })
             .collect();
@@ -243,7 +257,7 @@ impl Server {
                 admin: admin_rx.remove(0),
                 cdr: cdr.map(|c| c.outlet(id)),
                 streams,
-                first_stream_socket: if tcp_listen.is_empty() {
+                first_stream_socket: if stream_listen.is_empty() {
                     usize::MAX
                 } else {
                     listen.len()

@@ -10,6 +10,7 @@ pub mod framing;
 pub mod mmsg;
 pub mod sockaddr;
 pub mod tcp;
+pub mod tls;
 pub mod uring;
 
 use crate::server::outbox::Outbox;

@@ -109,10 +109,12 @@ impl StreamHub {
     }
 }
 
-/// One shard's TCP listener: the socket index the core knows it by.
+/// One shard's TCP listener: the socket index the core knows it by, and for a TLS one the
+/// server's TLS configuration.
 pub struct StreamListener {
     pub listener: TcpListener,
     pub socket: u16,
+    pub tls: Option<Arc<rustls::ServerConfig>>,
 }
 
 /// Binds a TCP listener on `addr` (SO_REUSEPORT: every shard has one on the same address).
@@ -147,6 +149,8 @@ struct Conn {
     inbound: bool,
     /// What the framing knows of the message being received.
     frame: FrameState,
+    /// A TLS connection's state: the socket carries its records, `rbuf` the plaintext.
+    tls: Option<Box<rustls::ServerConnection>>,
 }
 
 /// Epoll tokens below this are listeners.
@@ -187,6 +191,8 @@ pub struct TcpShard {
     /// The shared clock's reading this round (close notices carry it).
     now_ms: u64,
     scratch: Vec<u8>,
+    /// TLS records on their way to a socket.
+    tls_out: Vec<u8>,
 }
 
 fn epoll_ctl(ep: RawFd, op: libc::c_int, fd: RawFd, events: u32, token: u64) -> io::Result<()> {
@@ -230,6 +236,7 @@ impl TcpShard {
             closing_next: Vec::new(),
             more: false,
             now_ms: 0,
+            tls_out: Vec::new(),
             listeners,
             conns: HashMap::new(),
             by_peer: HashMap::new(),
@@ -381,7 +388,15 @@ impl TcpShard {
                     self.stats.wakeups.inc();
                 }
             }
-            _ if may_connect => self.connect(socket, dst, bytes),
+            // Outgoing TLS needs a client configuration this server does not have yet.
+            _ if may_connect
+                && !self
+                    .listeners
+                    .iter()
+                    .any(|l| l.socket == socket && l.tls.is_some()) =>
+            {
+                self.connect(socket, dst, bytes)
+            }
             _ => {
                 self.stats.dropped(crate::stats::DropReason::SendError);
                 tracing::debug!(%dst, "no connection to send on");
@@ -418,7 +433,7 @@ impl TcpShard {
             let Some(l) = self.listeners.get(idx) else {
                 return;
             };
-            let socket = l.socket;
+            let (socket, tls_cfg) = (l.socket, l.tls.clone());
             let (stream, peer) = match l.listener.accept() {
                 Ok(x) => x,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
@@ -462,6 +477,17 @@ impl TcpShard {
                 continue;
             }
             let _ = stream.set_nodelay(true);
+            let tls = match tls_cfg.map(rustls::ServerConnection::new) {
+                None => None,
+                Some(Ok(mut t)) => {
+                    t.set_buffer_limit(Some(self.settings.max_output));
+                    Some(Box::new(t))
+                }
+                Some(Err(e)) => {
+                    tracing::warn!(shard = self.shard, "TLS session not created: {e}");
+                    continue;
+                }
+            };
             let conn = Conn {
                 stream,
                 peer,
@@ -474,6 +500,7 @@ impl TcpShard {
                 partial_since: Some(now),
                 inbound: true,
                 frame: FrameState::default(),
+                tls,
             };
             let events = (libc::EPOLLIN | libc::EPOLLRDHUP) as u32;
             if self.register(conn, events).is_some() {
@@ -518,6 +545,7 @@ impl TcpShard {
             partial_since: None,
             inbound: false,
             frame: FrameState::default(),
+            tls: None,
         };
         let events = (libc::EPOLLIN | libc::EPOLLRDHUP | libc::EPOLLOUT) as u32;
         if self.register(conn, events).is_some() {
@@ -525,9 +553,46 @@ impl TcpShard {
         }
     }
 
-    /// Writes `bytes` to a connection now, keeping what the kernel does not take for when
-    /// the socket is writable again.
+    /// Writes a message (or a pong) to a connection: as it is, or through its TLS session.
     fn write(&mut self, token: u64, bytes: &[u8]) {
+        let Some(c) = self.conns.get_mut(&token) else {
+            return;
+        };
+        let Some(tls) = &mut c.tls else {
+            return self.write_raw(token, bytes);
+        };
+        // Before the handshake ends rustls keeps the plaintext and sends it after.
+        if tls.writer().write_all(bytes).is_err() {
+            self.doomed.push((token, StreamEvent::SlowReader));
+            return;
+        }
+        self.flush_tls(token);
+    }
+
+    /// Sends what a TLS session has for the socket (records, handshake messages, alerts).
+    fn flush_tls(&mut self, token: u64) {
+        let Some(c) = self.conns.get_mut(&token) else {
+            return;
+        };
+        let Some(tls) = &mut c.tls else {
+            return;
+        };
+        let mut records = std::mem::take(&mut self.tls_out);
+        records.clear();
+        while tls.wants_write() {
+            if tls.write_tls(&mut records).is_err() {
+                break;
+            }
+        }
+        if !records.is_empty() {
+            self.write_raw(token, &records);
+        }
+        self.tls_out = records;
+    }
+
+    /// Writes `bytes` to a connection's socket now, keeping what the kernel does not take for
+    /// when the socket is writable again.
+    fn write_raw(&mut self, token: u64, bytes: &[u8]) {
         let Some(c) = self.conns.get_mut(&token) else {
             return;
         };
@@ -620,7 +685,63 @@ impl TcpShard {
         };
         let mut read = 0;
         let mut closed = false;
+        let mut tls_failed = false;
+        while c.tls.is_some() {
+            if read >= READ_ROUND {
+                self.more = true;
+                break;
+            }
+            let mut raw = [0u8; READ_CHUNK];
+            let n = match c.stream.read(&mut raw) {
+                Ok(0) => {
+                    closed = true;
+                    break;
+                }
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(_) => {
+                    closed = true;
+                    break;
+                }
+            };
+            read += n;
+            c.last_byte = now;
+            let mut records = &raw[..n];
+            let Some(tls) = c.tls.as_mut() else { break };
+            while !records.is_empty() && !tls_failed {
+                if tls.read_tls(&mut records).is_err() || tls.process_new_packets().is_err() {
+                    tls_failed = true;
+                    break;
+                }
+                // The plaintext out of rustls into the framing buffer.
+                loop {
+                    let len = c.rbuf.len();
+                    c.rbuf.resize(len + READ_CHUNK, 0);
+                    match tls.reader().read(&mut c.rbuf[len..]) {
+                        Ok(0) => {
+                            // close_notify: the peer is done.
+                            c.rbuf.truncate(len);
+                            closed = true;
+                            break;
+                        }
+                        Ok(k) => c.rbuf.truncate(len + k),
+                        Err(_) => {
+                            // WouldBlock: no more plaintext for now.
+                            c.rbuf.truncate(len);
+                            break;
+                        }
+                    }
+                }
+            }
+            if tls_failed {
+                break;
+            }
+        }
         loop {
+            if c.tls.is_some() {
+                break;
+            }
             if read >= READ_ROUND {
                 // Fair to the other connections: the rest next round.
                 self.more = true;
@@ -653,6 +774,17 @@ impl TcpShard {
             }
         }
         let (peer, socket) = (c.peer, c.socket);
+        if tls_failed {
+            // The alert rustls queued goes out, then the connection closes.
+            self.stats.streams.event(StreamEvent::TlsFailed);
+            self.log_once(peer.ip(), StreamEvent::TlsFailed);
+            self.flush_tls(token);
+            self.doomed.push((token, StreamEvent::PeerClosed));
+            return 0;
+        }
+        let Some(c) = self.conns.get_mut(&token) else {
+            return 0;
+        };
         let mut consumed = 0;
         let mut handled = 0;
         let mut pongs = 0;
@@ -715,6 +847,8 @@ impl TcpShard {
             self.stats.streams.pings.inc();
             self.write(token, b"\r\n");
         }
+        // Handshake messages (and anything else the session wants to send).
+        self.flush_tls(token);
         if closed {
             // This round's responses to what it sent go out first.
             if let Some(c) = self.conns.get(&token) {

@@ -1,0 +1,67 @@
+//! TLS for the stream transport (RFC 3261 §26.2.1, §18 over TLS): the server's rustls
+//! configuration from PEM files (`--tls-cert`, `--tls-key`, and `--tls-client-ca` to require
+//! client certificates). The connections themselves run in `tcp.rs`: a TLS connection is a TCP
+//! connection whose bytes pass through a rustls `ServerConnection`.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+
+/// The TLS files of the configuration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsFiles {
+    pub cert: std::path::PathBuf,
+    pub key: std::path::PathBuf,
+    pub client_ca: Option<std::path::PathBuf>,
+}
+
+fn certs(path: &Path, what: &str) -> Result<Vec<CertificateDer<'static>>, String> {
+    let certs: Vec<_> = CertificateDer::pem_file_iter(path)
+        .map_err(|e| format!("{what} {}: {e}", path.display()))?
+        .collect::<Result<_, _>>()
+        .map_err(|e| format!("{what} {}: {e}", path.display()))?;
+    if certs.is_empty() {
+        return Err(format!("{what} {}: no certificate in it", path.display()));
+    }
+    Ok(certs)
+}
+
+/// The server's TLS configuration. Errors name the flag and the file.
+// ring is deprecated as a provider for lacking post-quantum key exchange; aws-lc-rs, which has
+// it, needs cmake to build. Classical key exchange is what SIP phones speak today.
+#[allow(deprecated)]
+pub fn server_config(files: &TlsFiles) -> Result<Arc<rustls::ServerConfig>, String> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let chain = certs(&files.cert, "--tls-cert")?;
+    let key = PrivateKeyDer::from_pem_file(&files.key)
+        .map_err(|e| format!("--tls-key {}: {e}", files.key.display()))?;
+    let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| format!("TLS: {e}"))?;
+    let builder = match &files.client_ca {
+        None => builder.with_no_client_auth(),
+        Some(ca) => {
+            let mut roots = rustls::RootCertStore::empty();
+            for c in certs(ca, "--tls-client-ca")? {
+                roots
+                    .add(c)
+                    .map_err(|e| format!("--tls-client-ca {}: {e}", ca.display()))?;
+            }
+            let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+                Arc::new(roots),
+                provider,
+            )
+            .build()
+            .map_err(|e| format!("--tls-client-ca {}: {e}", ca.display()))?;
+            builder.with_client_cert_verifier(verifier)
+        }
+    };
+    let mut cfg = builder
+        .with_single_cert(chain, key)
+        .map_err(|e| format!("--tls-key {}: {e}", files.key.display()))?;
+    // Resumption: session tickets are stateless for the server (any shard resumes them).
+    cfg.ticketer = rustls::crypto::ring::Ticketer::new().map_err(|e| format!("TLS: {e}"))?;
+    Ok(Arc::new(cfg))
+}
