@@ -520,7 +520,9 @@ impl Cli {
             return err("listen: at least one address is required".into());
         }
         if !listen.iter().any(|l| l.proto == crate::sip::Proto::Udp) {
-            return err("listen: at least one udp address is required (with tcp and tls ones)".into());
+            return err(
+                "listen: at least one udp address is required (with tcp and tls ones)".into(),
+            );
         }
         let tls_cert = self.tls_cert.clone().or(file.tls_cert.clone());
         let tls_key = self.tls_key.clone().or(file.tls_key.clone());

@@ -213,6 +213,8 @@ struct BaresipSpec<'a> {
     prefix: &'a [String],
     /// Parameters of the outbound proxy URI (`;transport=tcp` registers and calls over TCP).
     outbound_params: &'a str,
+    /// Lines added to the config (e.g. `sip_cafile` for TLS).
+    config_extra: &'a str,
 }
 
 impl Baresip {
@@ -240,7 +242,8 @@ impl Baresip {
              module_tmp\t\taccount.so\n\
              module_app\t\tmenu.so\n\
              module_app\t\tctrl_tcp.so\n\
-             ctrl_tcp_listen\t\t{ctrl_ip}:{ctrl_port}\n",
+             ctrl_tcp_listen\t\t{ctrl_ip}:{ctrl_port}\n{extra}",
+            extra = spec.config_extra,
             ip = spec.ip,
             home = home.display(),
             ctrl_ip = spec.ip,
@@ -544,6 +547,79 @@ fn baresip_on_udp_calls_baresip_on_tcp_over_its_registration_connection() {
     assert_eq!(s.metric("sipshard_connections_accepted_total"), Some(1.0));
 }
 
+/// baresip registers over TLS (a certificate made in the test, its CA given to baresip as
+/// `sip_cafile`) and calls baresip on UDP through sipshard; the callee hangs up and the BYE
+/// reaches the caller over its TLS connection.
+#[test]
+fn baresip_on_tls_calls_baresip_on_udp_and_the_callee_hangs_up() {
+    let t = "baresip_on_tls_calls_baresip_on_udp_and_the_callee_hangs_up";
+    if !have(t, &[("baresip", "baresip")]) {
+        return;
+    }
+    let dir = scratch("baresip-tls");
+    let ca_key = rcgen::KeyPair::generate().unwrap();
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let ca = ca_params.self_signed(&ca_key).unwrap();
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert = rcgen::CertificateParams::new(vec!["127.0.0.1".to_string()])
+        .unwrap()
+        .signed_by(&key, &ca, &ca_key)
+        .unwrap();
+    let (ca_pem, cert_pem, key_pem) = (
+        dir.join("ca.pem"),
+        dir.join("cert.pem"),
+        dir.join("key.pem"),
+    );
+    std::fs::write(&ca_pem, ca.pem()).unwrap();
+    std::fs::write(&cert_pem, cert.pem()).unwrap();
+    std::fs::write(&key_pem, key.serialize_pem()).unwrap();
+    let tls_addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let listen = format!("tls:{tls_addr}");
+    let (s, _) = server(
+        &dir,
+        &[
+            "--user",
+            "alice:secret",
+            "--user",
+            "bob:secret",
+            "--listen",
+            &listen,
+            "--tls-cert",
+            cert_pem.to_str().unwrap(),
+            "--tls-key",
+            key_pem.to_str().unwrap(),
+        ],
+        true,
+    );
+    let extra = format!("sip_cafile\t\t{}\n", ca_pem.display());
+    let (alice, _bob) = baresip_call_sides(
+        &dir,
+        Side {
+            ip: "127.0.0.1",
+            params: ";transport=tls",
+            proxy: tls_addr,
+            config_extra: &extra,
+        },
+        Side {
+            ip: "127.0.0.1",
+            params: "",
+            proxy: s.addr,
+            config_extra: "",
+        },
+    );
+    assert!(
+        alice.proc.output().contains("SIP/2.0/TLS"),
+        "{}",
+        logs(&dir, 100)
+    );
+    assert!(s.metric("sipshard_stream_messages_total").unwrap() >= 4.0);
+    assert_eq!(
+        s.metric("sipshard_connection_events_total{reason=\"tls_failed\"}"),
+        Some(0.0)
+    );
+}
+
 /// Topology hiding with stock baresip on its defaults: alice (127.0.0.3) calls bob
 /// (127.0.0.4) through a proxy with `security.topology_hiding`; the call connects and bob's
 /// BYE reaches alice through the sealed Route and Contact. No SIP header line either one
@@ -618,21 +694,45 @@ fn baresip_call(dir: &Path, s: &ServerProcess, alice_ip: &str, bob_ip: &str) -> 
 fn baresip_call_over(
     dir: &Path,
     s: &ServerProcess,
-    (alice_ip, alice_params): (&str, &str),
-    (bob_ip, bob_params): (&str, &str),
+    alice: (&str, &str),
+    bob: (&str, &str),
 ) -> (Baresip, Baresip) {
-    let spec = |name, user, ip, outbound_params| BaresipSpec {
-        name,
-        user,
-        password: "secret",
+    let side = |(ip, params)| Side {
         ip,
+        params,
         proxy: s.addr,
-        answermode: "manual",
-        prefix: &[],
-        outbound_params,
+        config_extra: "",
     };
-    let mut alice = Baresip::start(dir, &spec("alice", "alice", alice_ip, alice_params));
-    let mut bob = Baresip::start(dir, &spec("bob", "bob", bob_ip, bob_params));
+    baresip_call_sides(dir, side(alice), side(bob))
+}
+
+/// How one side of [`baresip_call_sides`] reaches the server.
+struct Side<'a> {
+    ip: &'a str,
+    /// Outbound proxy URI parameters (`;transport=tcp`, `;transport=tls`).
+    params: &'a str,
+    /// The server address it uses (the TLS one for TLS).
+    proxy: SocketAddr,
+    config_extra: &'a str,
+}
+
+/// [`baresip_call`] with each side's way to the server.
+fn baresip_call_sides(dir: &Path, a: Side<'_>, b: Side<'_>) -> (Baresip, Baresip) {
+    fn spec<'s>(name: &'s str, side: &'s Side<'s>) -> BaresipSpec<'s> {
+        BaresipSpec {
+            name,
+            user: name,
+            password: "secret",
+            ip: side.ip,
+            proxy: side.proxy,
+            answermode: "manual",
+            prefix: &[],
+            outbound_params: side.params,
+            config_extra: side.config_extra,
+        }
+    }
+    let mut alice = Baresip::start(dir, &spec("alice", &a));
+    let mut bob = Baresip::start(dir, &spec("bob", &b));
     alice.wait_registered(dir);
     bob.wait_registered(dir);
 
@@ -766,6 +866,7 @@ fn linphonec_calls_baresip_and_the_callee_hangs_up() {
             answermode: "manual",
             prefix: &[],
             outbound_params: "",
+            config_extra: "",
         },
     );
     let mut carol = Linphonec::start(&dir, "carol-linphonec", "carol", "secret", s.addr);
@@ -1255,6 +1356,7 @@ fn nat_scenario(dir: &Path) {
             answermode: "auto",
             prefix: &prefix,
             outbound_params: "",
+            config_extra: "",
         },
     );
     let mut caller = Baresip::start(
@@ -1268,6 +1370,7 @@ fn nat_scenario(dir: &Path) {
             answermode: "manual",
             prefix: &[],
             outbound_params: "",
+            config_extra: "",
         },
     );
     // Registered through the NAT: the server saw 10.201.0.2 and a random port, the Contact
