@@ -78,6 +78,30 @@ struct Pending<'a> {
     superseded: bool,
 }
 
+/// RFC 5626 §6: the UA supports outbound (`Supported: outbound`) and registers a flow (a
+/// Contact with `+sip.instance` and `reg-id`), with no Path (we are its edge proxy).
+fn asks_for_outbound(req: &Message<'_>) -> bool {
+    let supported = req
+        .header_all(HeaderName::Supported)
+        .any(|v| CommaSplit::new(v).any(|(_, t)| t.trim_ascii().eq_ignore_ascii_case(b"outbound")));
+    supported
+        && req.header(HeaderName::Path).is_none()
+        && req.contacts_lazy().filter_map(|c| c.ok()).any(|c| {
+            c.instance().is_some_and(|i| !i.is_empty()) && c.reg_id().is_some_and(|r| r != 0)
+        })
+}
+
+/// The keepalive interval a flow is given (`Flow-Timer`, RFC 5626 §4.4.1: the UA sends its
+/// keepalives at 80-100% of it): §4.4.1's 120 s for a connection, under the 30 s a NAT keeps
+/// an idle UDP mapping for UDP.
+pub fn flow_timer_s(stream: bool) -> u32 {
+    if stream {
+        120
+    } else {
+        29
+    }
+}
+
 /// Does a contact (URI, instance, reg-id) name this stored binding?
 fn names_binding(b: &Binding, uri: &Uri<'_>, instance: Option<&[u8]>, reg_id: Option<u32>) -> bool {
     match (instance, reg_id) {
@@ -154,7 +178,8 @@ impl Registrar {
                 };
                 outcome.status = 200;
                 outcome.bindings = bindings.len().min(u16::MAX as usize) as u16;
-                response::write_ok(out, req, ctx, bindings, now_ms);
+                let flow_timer = asks_for_outbound(req).then(|| flow_timer_s(source.stream));
+                response::write_ok(out, req, ctx, bindings, now_ms, flow_timer);
             }
             Err(e) => {
                 outcome.status = e.status();

@@ -62,10 +62,16 @@ pub(super) fn write_ok(
     ctx: &ResponseCtx<'_>,
     bindings: &[Binding],
     now_ms: u64,
+    flow_timer: Option<u32>,
 ) {
     response_head(out, req, 200, b"OK", Some(ctx.to_tag), ctx.via_fixup);
     for b in bindings {
         write_contact(out, b, now_ms);
+    }
+    if let Some(s) = flow_timer {
+        // RFC 5626 §6: the registrar that takes the flow says so, and how often to keep it.
+        header(out, "Require", b"outbound");
+        header_u32(out, "Flow-Timer", s);
     }
     for path in req.header_all(HeaderName::Path) {
         header(out, "Path", path);

@@ -362,3 +362,57 @@ fn a_response_goes_back_over_the_connection_whatever_the_via_says() {
     let inv = out.iter().find(|o| o.1 == addr(PHONE_CONN)).unwrap();
     assert_eq!(inv.0, TCP, "{out:?}");
 }
+
+#[test]
+fn an_outbound_registration_gets_require_outbound_and_its_flow_timer() {
+    let mut c = core();
+    let reg = |transport: &str, supported: &str, id: &str| {
+        format!(
+            "REGISTER sip:localhost SIP/2.0\r\nVia: SIP/2.0/{transport} {PHONE};branch=z9hG4bK{id}\r\n\
+             Max-Forwards: 70\r\nFrom: <sip:bob@localhost>;tag=r\r\nTo: <sip:bob@localhost>\r\n\
+             Call-ID: reg-{id}\r\nCSeq: 1 REGISTER\r\n{supported}\
+             Contact: <sip:bob@{PHONE};transport={transport}>;+sip.instance=\"<urn:uuid:00000000-0000-1000-8000-000A95A0E128>\";reg-id=1\r\n\
+             Content-Length: 0\r\n\r\n"
+        )
+    };
+    let header = |resp: &[u8], name: &str| {
+        let m = Message::parse(resp).unwrap();
+        m.slots()
+            .iter()
+            .find(|s| m.slice(s.name_span()).eq_ignore_ascii_case(name.as_bytes()))
+            .map(|s| String::from_utf8_lossy(m.slice(s.value)).into_owned())
+    };
+    for (transport, socket, src, timer) in
+        [("TCP", TCP, PHONE_CONN, "120"), ("UDP", UDP, PHONE, "29")]
+    {
+        let out = send(
+            &mut c,
+            reg(transport, "Supported: path, outbound\r\n", transport).as_bytes(),
+            src,
+            socket,
+            T0,
+        );
+        assert_eq!(status(&out[0].2), 200);
+        assert_eq!(
+            header(&out[0].2, "Require").as_deref(),
+            Some("outbound"),
+            "{transport}"
+        );
+        assert_eq!(
+            header(&out[0].2, "Flow-Timer").as_deref(),
+            Some(timer),
+            "{transport}"
+        );
+    }
+    // A UA that does not say it supports outbound gets neither.
+    let out = send(
+        &mut c,
+        reg("TCP", "", "plain").as_bytes(),
+        PHONE_CONN,
+        TCP,
+        T0 + 1,
+    );
+    assert_eq!(status(&out[0].2), 200);
+    assert_eq!(header(&out[0].2, "Flow-Timer"), None);
+    assert_eq!(header(&out[0].2, "Require"), None);
+}
