@@ -382,6 +382,19 @@ impl Element {
         if !matches!(ruri.scheme, Scheme::Sip | Scheme::Sips | Scheme::Tel) {
             return reply.with(out, 416, b"Unsupported URI Scheme", |_| {});
         }
+        // RFC 3261 §26.2.2 / RFC 5630: a sips request only travels over TLS; without a TLS
+        // address there is no way to honour one (a REGISTER is answered, not forwarded).
+        if ruri.scheme == Scheme::Sips
+            && method != Method::Register
+            && self.proxy.socket_for(crate::sip::Proto::Tls).is_none()
+        {
+            return reply.with(
+                out,
+                416,
+                b"Unsupported URI Scheme (sips needs a TLS address here)",
+                |_| {},
+            );
+        }
         match method {
             Method::Register => self.register(msg, &ruri, now_ms, nonce_shard, reply, out),
             Method::Options if ruri.user.is_none() => self.options(msg, reply, out),
@@ -853,7 +866,7 @@ impl Element {
         let sequential = self.cfg.proxy.forking == Forking::Sequential;
         let mut group = 0u16;
         let mut last_q = bindings[0].q();
-        let targets: Vec<Target<'_>> = bindings
+        let mut targets: Vec<Target<'_>> = bindings
             .iter()
             .map(|b| {
                 if sequential && b.q() != last_q {
@@ -866,6 +879,20 @@ impl Element {
                 }
             })
             .collect();
+        // A sips request never leaves over an unencrypted hop (RFC 5630 §3.1.3): only the
+        // bindings reached over TLS.
+        if msg.request_uri().is_ok_and(|u| u.scheme == Scheme::Sips) {
+            let proxy = &self.proxy;
+            targets.retain(|t| proxy.proto_of(t.socket).is_secure());
+            if targets.is_empty() {
+                reply.simple(
+                    out,
+                    480,
+                    b"Temporarily Unavailable (no TLS connection to this user for a sips request)",
+                );
+                return true;
+            }
+        }
         deliver(
             &mut self.proxy,
             self.cfg.mode,

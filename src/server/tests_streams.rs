@@ -416,3 +416,78 @@ fn an_outbound_registration_gets_require_outbound_and_its_flow_timer() {
     assert_eq!(header(&out[0].2, "Flow-Timer"), None);
     assert_eq!(header(&out[0].2, "Require"), None);
 }
+
+#[test]
+fn a_sips_request_never_leaves_over_an_unencrypted_hop() {
+    // Without a TLS address: 416 says why.
+    let mut c = core();
+    register_over_tcp(&mut c);
+    let out = send(
+        &mut c,
+        &invite(CALLER, "UDP", "z9hG4bKsips1", "sips:bob@localhost"),
+        CALLER,
+        UDP,
+        T0 + 10,
+    );
+    assert_eq!(out.len(), 1, "{out:?}");
+    assert_eq!(status(&out[0].2), 416);
+    assert!(String::from_utf8_lossy(&out[0].2).contains("TLS"));
+    // With one: a user reached only over TCP gets 480, one over TLS gets the INVITE.
+    let cfg = Arc::new(CoreConfig::single("localhost", addr(LISTEN), Mode::Proxy));
+    let tls: SocketAddr = "127.0.0.1:5061".parse().unwrap();
+    let locals = [
+        Local::from(addr(LISTEN)),
+        Local {
+            addr: addr(LISTEN),
+            proto: Proto::Tcp,
+        },
+        Local {
+            addr: tls,
+            proto: Proto::Tls,
+        },
+    ];
+    let mut c = Core::new(0, cfg, Arc::new(ShardStats::default()), None, &locals);
+    // sips:bob registered over plain TCP (sip: and sips: AORs are distinct, §19.1.4).
+    let reg_tcp = format!(
+        "REGISTER sips:localhost SIP/2.0\r\nVia: SIP/2.0/TCP {PHONE};branch=z9hG4bKsreg0\r\n\
+         Max-Forwards: 70\r\nFrom: <sips:bob@localhost>;tag=r\r\nTo: <sips:bob@localhost>\r\n\
+         Call-ID: reg-s0\r\nCSeq: 1 REGISTER\r\nContact: <sips:bob@{PHONE}>\r\n\
+         Content-Length: 0\r\n\r\n"
+    );
+    let out = send(&mut c, reg_tcp.as_bytes(), PHONE_CONN, TCP, T0);
+    assert_eq!(status(&out[0].2), 200);
+    let out = send(
+        &mut c,
+        &invite(CALLER, "UDP", "z9hG4bKsips2", "sips:bob@localhost"),
+        CALLER,
+        UDP,
+        T0 + 10,
+    );
+    assert!(
+        out.iter().all(|o| o.1 == addr(CALLER)),
+        "nothing to the TCP phone: {out:?}"
+    );
+    assert_eq!(status(&out.last().unwrap().2), 480);
+    assert!(
+        String::from_utf8_lossy(&out.last().unwrap().2).contains("no TLS connection"),
+        "bob's binding was found and refused for its transport"
+    );
+    let reg = "REGISTER sips:localhost SIP/2.0\r\nVia: SIP/2.0/TLS 192.0.2.51:5061;branch=z9hG4bKsreg\r\n\
+         Max-Forwards: 70\r\nFrom: <sips:carol@localhost>;tag=r\r\nTo: <sips:carol@localhost>\r\n\
+         Call-ID: reg-tls\r\nCSeq: 1 REGISTER\r\nContact: <sips:carol@192.0.2.51:5061>\r\n\
+         Content-Length: 0\r\n\r\n";
+    let out = send(&mut c, reg.as_bytes(), "192.0.2.51:40500", 2, T0);
+    assert_eq!(status(&out[0].2), 200);
+    let out = send(
+        &mut c,
+        &invite(CALLER, "UDP", "z9hG4bKsips3", "sips:carol@localhost"),
+        CALLER,
+        UDP,
+        T0 + 20,
+    );
+    let inv = out
+        .iter()
+        .find(|o| o.1 == addr("192.0.2.51:40500"))
+        .unwrap();
+    assert_eq!(inv.0, 2, "over the TLS connection");
+}
