@@ -27,34 +27,6 @@ fn connect(s: &ServerProcess) -> TcpStream {
     c
 }
 
-/// Reads responses from `c` until `n` complete ones arrived (Content-Length framing).
-fn read_responses(c: &mut TcpStream, n: usize) -> Vec<Vec<u8>> {
-    let (mut buf, mut out) = (Vec::new(), Vec::new());
-    let mut chunk = [0u8; 65536];
-    while out.len() < n {
-        let got = c.read(&mut chunk).expect("a response within 5 s");
-        assert!(
-            got > 0,
-            "the server closed the connection after {} responses",
-            out.len()
-        );
-        buf.extend_from_slice(&chunk[..got]);
-        while let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-            let head = String::from_utf8_lossy(&buf[..end]).to_string();
-            let cl: usize = head
-                .lines()
-                .find_map(|l| l.strip_prefix("Content-Length: "))
-                .map_or(0, |v| v.trim().parse().unwrap());
-            if buf.len() < end + 4 + cl {
-                break;
-            }
-            out.push(buf[..end + 4 + cl].to_vec());
-            buf.drain(..end + 4 + cl);
-        }
-    }
-    out
-}
-
 /// True if the server closes `c` within `within` (read returns 0 or a reset).
 fn closed_within(c: &mut TcpStream, within: Duration) -> bool {
     c.set_read_timeout(Some(within)).unwrap();
@@ -86,7 +58,7 @@ fn split_and_coalesced_messages_and_crlf_pings_are_framed() {
         c.write_all(piece).unwrap();
         std::thread::sleep(Duration::from_millis(1));
     }
-    let r = read_responses(&mut c, 1);
+    let r = common::read_stream_messages(&mut c, 1);
     assert_eq!(status(&r[0]), 200);
     assert!(String::from_utf8_lossy(&r[0]).contains("Call-ID: split"));
     // Three messages and two pings in one write: three responses, and the pongs.
@@ -125,12 +97,12 @@ fn a_single_crlf_keepalive_does_not_start_the_message_timeout() {
     );
     let mut c = connect(&s);
     c.write_all(options("k1").as_bytes()).unwrap();
-    assert_eq!(status(&read_responses(&mut c, 1)[0]), 200);
+    assert_eq!(status(&common::read_stream_messages(&mut c, 1)[0]), 200);
     // Some phones send a lone CRLF as keepalive; a message may end with a stray CRLF.
     c.write_all(b"\r\n").unwrap();
     std::thread::sleep(Duration::from_millis(1200));
     c.write_all(options("k2").as_bytes()).unwrap();
-    assert_eq!(status(&read_responses(&mut c, 1)[0]), 200);
+    assert_eq!(status(&common::read_stream_messages(&mut c, 1)[0]), 200);
     assert_eq!(event(&s, "message_timeout"), 0.0);
 }
 
@@ -141,7 +113,7 @@ fn a_burst_of_a_thousand_requests_in_one_write_gets_a_thousand_answers() {
     let burst: String = (0..1000).map(|i| options(&format!("b{i}"))).collect();
     assert!(burst.len() > 200_000);
     c.write_all(burst.as_bytes()).unwrap();
-    let r = read_responses(&mut c, 1000);
+    let r = common::read_stream_messages(&mut c, 1000);
     assert!(r.iter().all(|m| status(m) == 200));
     assert_eq!(event(&s, "too_large"), 0.0);
 }
@@ -152,7 +124,7 @@ fn a_message_without_content_length_gets_400_and_the_connection_closes() {
     let mut c = connect(&s);
     let msg = options("nocl").replace("Content-Length: 0\r\n", "");
     c.write_all(msg.as_bytes()).unwrap();
-    let r = read_responses(&mut c, 1);
+    let r = common::read_stream_messages(&mut c, 1);
     assert_eq!(status(&r[0]), 400);
     assert!(
         String::from_utf8_lossy(&r[0]).contains("Content-Length"),
@@ -180,7 +152,7 @@ fn a_one_megabyte_header_block_is_refused_and_the_server_goes_on() {
     // Business as usual on a new connection.
     let mut c = connect(&s);
     c.write_all(options("after").as_bytes()).unwrap();
-    assert_eq!(status(&read_responses(&mut c, 1)[0]), 200);
+    assert_eq!(status(&common::read_stream_messages(&mut c, 1)[0]), 200);
 }
 
 #[test]
@@ -230,7 +202,7 @@ fn connections_beyond_the_per_source_limit_are_refused() {
     for (i, c) in held.iter_mut().enumerate() {
         c.write_all(options(&format!("held{i}")).as_bytes())
             .unwrap();
-        assert_eq!(status(&read_responses(c, 1)[0]), 200);
+        assert_eq!(status(&common::read_stream_messages(c, 1)[0]), 200);
     }
     let mut fourth = connect(&s);
     assert!(closed_within(&mut fourth, Duration::from_secs(5)));
@@ -246,7 +218,7 @@ fn connections_beyond_the_per_source_limit_are_refused() {
         let mut c: TcpStream = sock.into();
         c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
         c.write_all(options("other").as_bytes()).unwrap();
-        assert_eq!(status(&read_responses(&mut c, 1)[0]), 200);
+        assert_eq!(status(&common::read_stream_messages(&mut c, 1)[0]), 200);
     }
 }
 
@@ -328,7 +300,7 @@ fn twenty_thousand_idle_connections_leave_the_server_answering() {
     // And a fresh TCP connection.
     let mut c = connect(&s);
     c.write_all(options("fresh").as_bytes()).unwrap();
-    assert_eq!(status(&read_responses(&mut c, 1)[0]), 200);
+    assert_eq!(status(&common::read_stream_messages(&mut c, 1)[0]), 200);
     drop(conns);
     let deadline = Instant::now() + Duration::from_secs(20);
     while s.metric("sipshard_connections") != Some(1.0) {

@@ -90,30 +90,6 @@ impl Pki {
     }
 }
 
-/// Reads `n` complete messages (Content-Length framing) from `r`.
-fn read_messages(r: &mut impl Read, n: usize) -> Vec<Vec<u8>> {
-    let (mut buf, mut out) = (Vec::new(), Vec::new());
-    let mut chunk = [0u8; 16384];
-    while out.len() < n {
-        let got = r.read(&mut chunk).expect("a message within 5 s");
-        assert!(got > 0, "closed after {} messages", out.len());
-        buf.extend_from_slice(&chunk[..got]);
-        while let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-            let head = String::from_utf8_lossy(&buf[..end]).to_string();
-            let cl: usize = head
-                .lines()
-                .find_map(|l| l.strip_prefix("Content-Length: "))
-                .map_or(0, |v| v.trim().parse().unwrap());
-            if buf.len() < end + 4 + cl {
-                break;
-            }
-            out.push(buf[..end + 4 + cl].to_vec());
-            buf.drain(..end + 4 + cl);
-        }
-    }
-    out
-}
-
 fn request(method: &str, ruri: &str, extra: &str, call_id: &str) -> String {
     format!(
         "{method} {ruri} SIP/2.0\r\nVia: SIP/2.0/TLS 127.0.0.1:5061;branch=z9hG4bK{call_id}\r\n\
@@ -140,7 +116,7 @@ fn a_phone_registers_over_tls_and_a_udp_caller_reaches_it_over_that_connection()
     phone
         .write_all(request("OPTIONS", "sip:127.0.0.1", "", "tls-opt").as_bytes())
         .unwrap();
-    assert_eq!(status(&read_messages(&mut phone, 1)[0]), 200);
+    assert_eq!(status(&common::read_stream_messages(&mut phone, 1)[0]), 200);
     let reg = request(
         "REGISTER",
         "sip:localhost",
@@ -148,7 +124,7 @@ fn a_phone_registers_over_tls_and_a_udp_caller_reaches_it_over_that_connection()
         "tls-reg",
     );
     phone.write_all(reg.as_bytes()).unwrap();
-    assert_eq!(status(&read_messages(&mut phone, 1)[0]), 200);
+    assert_eq!(status(&common::read_stream_messages(&mut phone, 1)[0]), 200);
     assert_eq!(s.metric("sipshard_bindings"), Some(1.0));
     // A UDP caller: the INVITE comes to the phone over its TLS connection.
     let caller = Client::new();
@@ -159,7 +135,7 @@ fn a_phone_registers_over_tls_and_a_udp_caller_reaches_it_over_that_connection()
         caller.addr, caller.addr
     );
     caller.send(&invite, s.addr);
-    let inv = &read_messages(&mut phone, 1)[0];
+    let inv = &common::read_stream_messages(&mut phone, 1)[0];
     let text = String::from_utf8_lossy(inv);
     assert!(
         text.starts_with("INVITE sip:bob@127.0.0.1:5061;transport=tls SIP/2.0"),
@@ -212,7 +188,7 @@ fn a_required_client_certificate_is_checked() {
     let mut ok = p.connect(tls_addr, true);
     ok.write_all(request("OPTIONS", "sip:127.0.0.1", "", "mtls-ok").as_bytes())
         .unwrap();
-    assert_eq!(status(&read_messages(&mut ok, 1)[0]), 200);
+    assert_eq!(status(&common::read_stream_messages(&mut ok, 1)[0]), 200);
     // Without: the handshake fails, nothing is answered.
     let mut refused = p.connect(tls_addr, false);
     let _ = refused.write_all(request("OPTIONS", "sip:127.0.0.1", "", "mtls-no").as_bytes());

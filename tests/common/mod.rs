@@ -651,3 +651,35 @@ pub fn field(json: &str, key: &str) -> f64 {
         .map_or(json.len(), |e| at + e);
     json[at..end].parse().unwrap()
 }
+
+/// Reads `n` complete SIP messages from a stream (TCP, TLS): Content-Length framing, several
+/// messages per read and messages split across reads. Panics if the peer closes first or a
+/// read times out.
+pub fn read_stream_messages(r: &mut impl std::io::Read, n: usize) -> Vec<Vec<u8>> {
+    let (mut buf, mut out) = (Vec::new(), Vec::new());
+    let mut chunk = [0u8; 65536];
+    while out.len() < n {
+        let got = r
+            .read(&mut chunk)
+            .expect("a message within the read timeout");
+        assert!(
+            got > 0,
+            "the server closed the connection after {} messages",
+            out.len()
+        );
+        buf.extend_from_slice(&chunk[..got]);
+        while let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&buf[..end]).to_string();
+            let cl: usize = head
+                .lines()
+                .find_map(|l| l.strip_prefix("Content-Length: "))
+                .map_or(0, |v| v.trim().parse().unwrap());
+            if buf.len() < end + 4 + cl {
+                break;
+            }
+            out.push(buf[..end + 4 + cl].to_vec());
+            buf.drain(..end + 4 + cl);
+        }
+    }
+    out
+}
