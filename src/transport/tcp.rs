@@ -204,6 +204,44 @@ fn epoll_ctl(ep: RawFd, op: libc::c_int, fd: RawFd, events: u32, token: u64) -> 
     Ok(())
 }
 
+/// What one read of a socket gave.
+enum ReadOutcome {
+    Bytes(usize),
+    /// Nothing more for now (EAGAIN).
+    Drained,
+    /// End of stream or an error: the connection is over.
+    Closed,
+}
+
+/// One read of `stream` into `buf` (retried on EINTR).
+fn read_once(stream: &mut TcpStream, buf: &mut [u8]) -> ReadOutcome {
+    loop {
+        return match stream.read(buf) {
+            Ok(0) => ReadOutcome::Closed,
+            Ok(n) => ReadOutcome::Bytes(n),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => ReadOutcome::Drained,
+            Err(_) => ReadOutcome::Closed,
+        };
+    }
+}
+
+/// Writes as much of `bytes` as the socket takes now: how many it took, or Err when the
+/// connection failed.
+fn write_some(stream: &mut TcpStream, bytes: &[u8]) -> Result<usize, ()> {
+    let mut at = 0;
+    while at < bytes.len() {
+        match stream.write(&bytes[at..]) {
+            Ok(0) => break,
+            Ok(n) => at += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+            Err(_) => return Err(()),
+        }
+    }
+    Ok(at)
+}
+
 impl TcpShard {
     pub fn new(
         shard: usize,
@@ -604,19 +642,10 @@ impl TcpShard {
             c.wbuf.extend_from_slice(bytes);
             return;
         }
-        let mut at = 0;
-        while at < bytes.len() {
-            match c.stream.write(&bytes[at..]) {
-                Ok(0) => break,
-                Ok(n) => at += n,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                Err(_) => {
-                    self.doomed.push((token, StreamEvent::PeerClosed));
-                    return;
-                }
-            }
-        }
+        let Ok(at) = write_some(&mut c.stream, bytes) else {
+            self.doomed.push((token, StreamEvent::PeerClosed));
+            return;
+        };
         if at < bytes.len() {
             c.wbuf.extend_from_slice(&bytes[at..]);
             if !c.want_out {
@@ -649,19 +678,10 @@ impl TcpShard {
                 }
             }
         }
-        let mut at = 0;
-        while at < c.wbuf.len() {
-            match c.stream.write(&c.wbuf[at..]) {
-                Ok(0) => break,
-                Ok(n) => at += n,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                Err(_) => {
-                    self.doomed.push((token, StreamEvent::PeerClosed));
-                    return;
-                }
-            }
-        }
+        let Ok(at) = write_some(&mut c.stream, &c.wbuf) else {
+            self.doomed.push((token, StreamEvent::PeerClosed));
+            return;
+        };
         c.wbuf.drain(..at);
         if c.wbuf.is_empty() && c.want_out {
             c.want_out = false;
@@ -692,15 +712,10 @@ impl TcpShard {
                 break;
             }
             let mut raw = [0u8; READ_CHUNK];
-            let n = match c.stream.read(&mut raw) {
-                Ok(0) => {
-                    closed = true;
-                    break;
-                }
-                Ok(n) => n,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(_) => {
+            let n = match read_once(&mut c.stream, &mut raw) {
+                ReadOutcome::Bytes(n) => n,
+                ReadOutcome::Drained => break,
+                ReadOutcome::Closed => {
                     closed = true;
                     break;
                 }
@@ -738,10 +753,8 @@ impl TcpShard {
                 break;
             }
         }
-        loop {
-            if c.tls.is_some() {
-                break;
-            }
+        // A plain connection reads straight into the framing buffer.
+        while c.tls.is_none() {
             if read >= READ_ROUND {
                 // Fair to the other connections: the rest next round.
                 self.more = true;
@@ -749,27 +762,23 @@ impl TcpShard {
             }
             let len = c.rbuf.len();
             c.rbuf.resize(len + READ_CHUNK, 0);
-            match c.stream.read(&mut c.rbuf[len..]) {
-                Ok(0) => {
-                    c.rbuf.truncate(len);
-                    closed = true;
-                    break;
-                }
-                Ok(n) => {
-                    c.rbuf.truncate(len + n);
+            let got = read_once(&mut c.stream, &mut c.rbuf[len..]);
+            c.rbuf.truncate(
+                len + if let ReadOutcome::Bytes(n) = got {
+                    n
+                } else {
+                    0
+                },
+            );
+            match got {
+                ReadOutcome::Bytes(n) => {
                     read += n;
                     c.last_byte = now;
                 }
-                Err(e) => {
-                    c.rbuf.truncate(len);
-                    match e.kind() {
-                        io::ErrorKind::WouldBlock => break,
-                        io::ErrorKind::Interrupted => continue,
-                        _ => {
-                            closed = true;
-                            break;
-                        }
-                    }
+                ReadOutcome::Drained => break,
+                ReadOutcome::Closed => {
+                    closed = true;
+                    break;
                 }
             }
         }
