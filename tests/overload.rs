@@ -202,7 +202,17 @@ fn calls_at_three_times_capacity_get_503_and_the_admitted_ones_complete() {
         "goodput {} of capacity {c}",
         r.completed / 30.0
     );
-    assert!(rss_growth < 256 * 1024, "RSS grew {rss_growth} kB");
+    // Memory follows what was admitted, not what was offered: an admitted call keeps its
+    // four transactions in their RFC 3261/6026 wait states (Timers J, K, L, M) for up to
+    // 32 s, about 2 KB (measured 2.0 and 2.25 KB per call at 4,575 and 3,585 calls/s), so
+    // all 30 s of admitted calls are still held at the end; a refused one keeps nothing
+    // (stateless 503, checked in server/tests_overload.rs). A fixed bound failed when the
+    // measured capacity came out higher (3,500/s: 271 MB for 137k calls, 2.0 KB each).
+    let per_call = rss_growth as f64 * 1024.0 / r.completed.max(1.0);
+    assert!(
+        per_call < 3072.0,
+        "RSS grew {rss_growth} kB: {per_call:.0} bytes per admitted call"
+    );
     std::thread::sleep(Duration::from_secs(1));
     let after = load("call", &target, 100, 3, &call);
     assert_eq!((after.failed, after.completed), (0.0, 300.0));

@@ -65,11 +65,14 @@ fn an_overloaded_shard_refuses_new_calls_and_finishes_those_in_progress() {
     assert_eq!(out.len(), 2);
     let fwd = out[1].1.clone();
     c.set_overloaded(true);
-    // A new call: 503 with Retry-After, nothing forwarded.
+    let held = c.proxy().transactions();
+    // A new call: 503 with Retry-After, nothing forwarded, and nothing kept: the refusal is
+    // stateless, so memory under overload follows the admitted calls, not the offered ones.
     let out = send(&mut c, &invite("bob", "z9hG4bKnew"), CALLER, 0, T0 + 1);
     assert_eq!(out.len(), 1);
     assert_eq!((out[0].0, status(&out[0].1)), (addr(CALLER), 503));
     assert_eq!(retry_after(&out[0].1).as_deref(), Some("5"));
+    assert_eq!(c.proxy().transactions(), held);
     // The old call goes on: its INVITE retransmission is absorbed (no 503), the answer is
     // relayed, ACK and BYE are forwarded and BYE's 200 relayed.
     let out = send(&mut c, &invite("bob", "z9hG4bKold"), CALLER, 0, T0 + 2);
