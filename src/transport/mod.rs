@@ -12,6 +12,7 @@ pub mod sockaddr;
 pub mod tcp;
 pub mod tls;
 pub mod uring;
+pub mod websocket;
 
 use crate::server::outbox::Outbox;
 use socket2::{Domain, Protocol, Socket, Type};
