@@ -125,10 +125,11 @@ pub struct Cli {
     /// TOML configuration file; flags override its values.
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
-    /// Listen address, repeatable: udp:127.0.0.1:5060 (scheme optional), tcp:127.0.0.1:5060.
+    /// Listen address, repeatable: udp:127.0.0.1:5060 (scheme optional), tcp:, tls:, ws:
+    /// (SIP over WebSocket, RFC 7118), wss: (needs the TLS files); one udp: is required.
     #[arg(long, value_name = "ADDR")]
     pub listen: Vec<String>,
-    /// TLS: the server's certificate chain (PEM), needed by `--listen tls:`.
+    /// TLS: the server's certificate chain (PEM), needed by `--listen tls:` and `wss:`.
     #[arg(long, value_name = "FILE")]
     pub tls_cert: Option<PathBuf>,
     /// TLS: the certificate's private key (PEM).
@@ -347,18 +348,18 @@ fn err<T>(msg: String) -> Result<T, ConfigError> {
     Err(ConfigError(msg))
 }
 
-/// Parses `udp:IP:PORT`, `tcp:IP:PORT`, `IP:PORT` (UDP) or `[v6]:PORT`.
+/// Parses `udp:IP:PORT`, `tcp:`, `tls:`, `ws:`, `wss:`, `IP:PORT` (UDP) or `[v6]:PORT`.
 pub fn parse_listen(key: &str, s: &str) -> Result<Listen, ConfigError> {
     use crate::sip::Proto;
     let (proto, rest) = match s.split_once(':') {
         Some((scheme, rest)) if scheme.eq_ignore_ascii_case("udp") => (Proto::Udp, rest),
         Some((scheme, rest)) if scheme.eq_ignore_ascii_case("tcp") => (Proto::Tcp, rest),
         Some((scheme, rest)) if scheme.eq_ignore_ascii_case("tls") => (Proto::Tls, rest),
-        Some((scheme, _))
-            if matches!(scheme.to_ascii_lowercase().as_str(), "ws" | "wss" | "sctp") =>
-        {
+        Some((scheme, rest)) if scheme.eq_ignore_ascii_case("ws") => (Proto::Ws, rest),
+        Some((scheme, rest)) if scheme.eq_ignore_ascii_case("wss") => (Proto::Wss, rest),
+        Some((scheme, _)) if scheme.eq_ignore_ascii_case("sctp") => {
             return err(format!(
-                "{key} '{s}': transport {scheme} is not supported yet (udp, tcp and tls are)"
+                "{key} '{s}': transport {scheme} is not supported (udp, tcp, tls, ws and wss are)"
             ))
         }
         _ => (Proto::Udp, s),
@@ -366,7 +367,7 @@ pub fn parse_listen(key: &str, s: &str) -> Result<Listen, ConfigError> {
     match rest.parse::<SocketAddr>() {
         Ok(addr) => Ok(Listen { addr, proto }),
         Err(_) => err(format!(
-            "{key} '{s}': expected [udp:|tcp:|tls:]IP:PORT, e.g. udp:127.0.0.1:5060"
+            "{key} '{s}': expected [udp:|tcp:|tls:|ws:|wss:]IP:PORT, e.g. udp:127.0.0.1:5060"
         )),
     }
 }
@@ -521,20 +522,29 @@ impl Cli {
         }
         if !listen.iter().any(|l| l.proto == crate::sip::Proto::Udp) {
             return err(
-                "listen: at least one udp address is required (with tcp and tls ones)".into(),
+                "listen: at least one udp address is required (with tcp, tls, ws and wss ones)"
+                    .into(),
             );
         }
         let tls_cert = self.tls_cert.clone().or(file.tls_cert.clone());
         let tls_key = self.tls_key.clone().or(file.tls_key.clone());
         let tls_client_ca = self.tls_client_ca.clone().or(file.tls_client_ca.clone());
-        let tls_listen = listen.iter().find(|l| l.proto == crate::sip::Proto::Tls);
+        let tls_listen = listen.iter().find(|l| l.proto.is_secure());
         let tls_files = match (tls_listen, tls_cert, tls_key) {
             (None, _, _) => None,
             (Some(l), None, _) => {
-                return err(format!("--tls-cert: required by --listen tls:{}", l.addr))
+                return err(format!(
+                    "--tls-cert: required by --listen {}:{}",
+                    l.proto.scheme(),
+                    l.addr
+                ))
             }
             (Some(l), _, None) => {
-                return err(format!("--tls-key: required by --listen tls:{}", l.addr))
+                return err(format!(
+                    "--tls-key: required by --listen {}:{}",
+                    l.proto.scheme(),
+                    l.addr
+                ))
             }
             (Some(_), Some(cert), Some(key)) => Some(crate::transport::tls::TlsFiles {
                 cert,
@@ -1035,8 +1045,26 @@ mod tests {
 
     #[test]
     fn bad_values_name_their_flag() {
-        let e = cli(&["--listen", "ws:1.2.3.4:5060"]).unwrap_err();
+        let e = cli(&["--listen", "sctp:1.2.3.4:5060"]).unwrap_err();
         assert!(e.0.starts_with("--listen"), "{e}");
+        // WebSocket beside UDP; a wss address needs the TLS files, named.
+        let c = cli(&[
+            "--listen",
+            "udp:127.0.0.1:5060",
+            "--listen",
+            "ws:127.0.0.1:8080",
+        ]);
+        assert_eq!(c.unwrap().listen[1].proto, crate::sip::Proto::Ws);
+        let e = cli(&[
+            "--listen",
+            "udp:127.0.0.1:5060",
+            "--listen",
+            "wss:127.0.0.1:8443",
+        ]);
+        assert_eq!(
+            e.unwrap_err().0,
+            "--tls-cert: required by --listen wss:127.0.0.1:8443"
+        );
         // TCP alone: a UDP address is needed beside it.
         let e = cli(&["--listen", "tcp:127.0.0.1:5060"]).unwrap_err();
         assert!(e.0.contains("udp"), "{e}");

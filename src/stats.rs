@@ -160,9 +160,13 @@ pub enum StreamEvent {
     ConnectFailed,
     /// A TLS handshake or record that failed (the connection closes).
     TlsFailed,
+    /// A WebSocket upgrade refused (no `sip` subprotocol, not an upgrade, ...).
+    WsRefused,
+    /// A WebSocket protocol error (unmasked frame, bad UTF-8, ...): closed with its code.
+    WsFailed,
 }
 
-pub const STREAM_EVENTS: [(StreamEvent, &str); 10] = [
+pub const STREAM_EVENTS: [(StreamEvent, &str); 12] = [
     (StreamEvent::RefusedPerSource, "refused_per_source"),
     (StreamEvent::RefusedPerShard, "refused_per_shard"),
     (StreamEvent::MessageTimeout, "message_timeout"),
@@ -173,6 +177,8 @@ pub const STREAM_EVENTS: [(StreamEvent, &str); 10] = [
     (StreamEvent::PeerClosed, "peer_closed"),
     (StreamEvent::ConnectFailed, "connect_failed"),
     (StreamEvent::TlsFailed, "tls_failed"),
+    (StreamEvent::WsRefused, "ws_refused"),
+    (StreamEvent::WsFailed, "ws_failed"),
 ];
 
 /// The stream transports' counters of one shard.

@@ -148,7 +148,7 @@ impl Server {
             .filter(|l| l.proto == Proto::Udp)
             .map(|l| l.addr)
             .collect();
-        // Then the stream listeners (TCP, TLS) in the order given.
+        // Then the stream listeners (TCP, TLS, WS, WSS) in the order given.
         let stream_listen: Vec<(SocketAddr, Proto)> = config
             .listen
             .iter()
@@ -164,7 +164,7 @@ impl Server {
                 let listener = crate::transport::tcp::tcp_listener(addr, true).map_err(|e| {
                     io::Error::new(e.kind(), format!("bind {}:{addr}: {e}", proto.scheme()))
                 })?;
-                let tls = if proto == Proto::Tls {
+                let tls = if proto.is_secure() {
                     let cfg = config.tls.clone().ok_or_else(|| {
                         io::Error::other(format!("tls:{addr}: no TLS configuration"))
                     })?;
@@ -176,6 +176,7 @@ impl Server {
                     listener,
                     socket: (listen.len() + i) as u16,
                     tls,
+                    ws: matches!(proto, Proto::Ws | Proto::Wss),
                 });
             }
             tcp_listeners.push(ls);

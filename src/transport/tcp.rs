@@ -15,6 +15,7 @@
 //! close is counted (`sipshard_connection_events`) and logged once per source.
 
 use super::framing::{next_frame, only_line_breaks, Frame, FrameError, FrameState};
+use super::websocket::{WsError, WsItem, WsSession};
 use super::{RecvHandler, Waker};
 use crate::server::outbox::Outbox;
 use crate::stats::{ShardStats, StreamEvent};
@@ -109,12 +110,13 @@ impl StreamHub {
     }
 }
 
-/// One shard's TCP listener: the socket index the core knows it by, and for a TLS one the
-/// server's TLS configuration.
+/// One shard's TCP listener: the socket index the core knows it by, for a TLS one (`tls:`,
+/// `wss:`) the server's TLS configuration, and whether its connections speak WebSocket.
 pub struct StreamListener {
     pub listener: TcpListener,
     pub socket: u16,
     pub tls: Option<Arc<rustls::ServerConfig>>,
+    pub ws: bool,
 }
 
 /// Binds a TCP listener on `addr` (SO_REUSEPORT: every shard has one on the same address).
@@ -151,6 +153,9 @@ struct Conn {
     frame: FrameState,
     /// A TLS connection's state: the socket carries its records, `rbuf` the plaintext.
     tls: Option<Box<rustls::ServerConnection>>,
+    /// A WebSocket connection's state: `rbuf` holds frames (after TLS for `wss:`), and
+    /// messages to the peer go out framed.
+    ws: Option<Box<WsSession>>,
 }
 
 /// Epoll tokens below this are listeners.
@@ -182,7 +187,7 @@ pub struct TcpShard {
     doomed: Vec<(u64, StreamEvent)>,
     /// Connections the peer closed: closed at the next round, after this round's responses
     /// were written.
-    closing_next: Vec<u64>,
+    closing_next: Vec<(u64, StreamEvent)>,
     /// Listeners taken out of the epoll set after an accept error (out of descriptors):
     /// put back at the next sweep.
     paused: Vec<bool>,
@@ -193,6 +198,8 @@ pub struct TcpShard {
     scratch: Vec<u8>,
     /// TLS records on their way to a socket.
     tls_out: Vec<u8>,
+    /// WebSocket frames on their way to a connection (messages, or the codec's replies).
+    ws_out: Vec<u8>,
 }
 
 fn epoll_ctl(ep: RawFd, op: libc::c_int, fd: RawFd, events: u32, token: u64) -> io::Result<()> {
@@ -275,6 +282,7 @@ impl TcpShard {
             more: false,
             now_ms: 0,
             tls_out: Vec::new(),
+            ws_out: Vec::new(),
             listeners,
             conns: HashMap::new(),
             by_peer: HashMap::new(),
@@ -331,9 +339,7 @@ impl TcpShard {
     pub fn poll(&mut self, handler: &mut dyn RecvHandler, now: Instant, now_ms: u64) -> usize {
         self.now_ms = now_ms;
         self.more = false;
-        for token in std::mem::take(&mut self.closing_next) {
-            self.doomed.push((token, StreamEvent::PeerClosed));
-        }
+        self.doomed.append(&mut self.closing_next);
         self.close_doomed();
         while let Some(o) = self.hub.inboxes[self.shard].pop() {
             if let Some(&token) = self.by_peer.get(&(o.socket, o.dst)) {
@@ -426,12 +432,13 @@ impl TcpShard {
                     self.stats.wakeups.inc();
                 }
             }
-            // Outgoing TLS needs a client configuration this server does not have yet.
+            // Outgoing TLS needs a client configuration this server does not have yet, and a
+            // WebSocket server does not open connections (its clients are browsers).
             _ if may_connect
-                && !self
+                && self
                     .listeners
                     .iter()
-                    .any(|l| l.socket == socket && l.tls.is_some()) =>
+                    .any(|l| l.socket == socket && l.tls.is_none() && !l.ws) =>
             {
                 self.connect(socket, dst, bytes)
             }
@@ -471,7 +478,7 @@ impl TcpShard {
             let Some(l) = self.listeners.get(idx) else {
                 return;
             };
-            let (socket, tls_cfg) = (l.socket, l.tls.clone());
+            let (socket, tls_cfg, ws) = (l.socket, l.tls.clone(), l.ws);
             let (stream, peer) = match l.listener.accept() {
                 Ok(x) => x,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
@@ -539,6 +546,7 @@ impl TcpShard {
                 inbound: true,
                 frame: FrameState::default(),
                 tls,
+                ws: ws.then(Box::default),
             };
             let events = (libc::EPOLLIN | libc::EPOLLRDHUP) as u32;
             if self.register(conn, events).is_some() {
@@ -584,6 +592,7 @@ impl TcpShard {
             inbound: false,
             frame: FrameState::default(),
             tls: None,
+            ws: None,
         };
         let events = (libc::EPOLLIN | libc::EPOLLRDHUP | libc::EPOLLOUT) as u32;
         if self.register(conn, events).is_some() {
@@ -591,8 +600,29 @@ impl TcpShard {
         }
     }
 
-    /// Writes a message (or a pong) to a connection: as it is, or through its TLS session.
+    /// Writes a message (or a pong) to a connection: in a WebSocket frame on a WebSocket
+    /// connection, then as it is or through its TLS session.
     fn write(&mut self, token: u64, bytes: &[u8]) {
+        let Some(c) = self.conns.get_mut(&token) else {
+            return;
+        };
+        let Some(ws) = &c.ws else {
+            return self.write_stream(token, bytes);
+        };
+        if !ws.is_open() {
+            // Not upgraded yet, or closing: no message can go.
+            self.stats.dropped(crate::stats::DropReason::SendError);
+            return;
+        }
+        let mut framed = std::mem::take(&mut self.ws_out);
+        framed.clear();
+        super::websocket::message_frame(&mut framed, bytes);
+        self.write_stream(token, &framed);
+        self.ws_out = framed;
+    }
+
+    /// Writes bytes to a connection's stream: as they are, or through its TLS session.
+    fn write_stream(&mut self, token: u64, bytes: &[u8]) {
         let Some(c) = self.conns.get_mut(&token) else {
             return;
         };
@@ -794,6 +824,9 @@ impl TcpShard {
         let Some(c) = self.conns.get_mut(&token) else {
             return 0;
         };
+        if c.ws.is_some() {
+            return self.ws_frames(token, handler, now, closed);
+        }
         let mut consumed = 0;
         let mut handled = 0;
         let mut pongs = 0;
@@ -860,13 +893,123 @@ impl TcpShard {
         self.flush_tls(token);
         if closed {
             // This round's responses to what it sent go out first.
-            if let Some(c) = self.conns.get(&token) {
-                let fd = c.stream.as_raw_fd();
-                let _ = epoll_ctl(self.epoll.as_raw_fd(), libc::EPOLL_CTL_MOD, fd, 0, token);
-            }
-            self.closing_next.push(token);
+            self.stop_reading(token);
+            self.closing_next.push((token, StreamEvent::PeerClosed));
         }
         handled
+    }
+
+    /// Decodes a WebSocket connection's frames (RFC 7118): each message to the core, the
+    /// codec's replies (101, pong, close) to the peer; a failed or closed session closes the
+    /// connection once its reply is written.
+    fn ws_frames(
+        &mut self,
+        token: u64,
+        handler: &mut dyn RecvHandler,
+        now: Instant,
+        mut closed: bool,
+    ) -> usize {
+        let max = self.settings.max_message;
+        let Some(c) = self.conns.get_mut(&token) else {
+            return 0;
+        };
+        let Conn {
+            rbuf,
+            ws,
+            peer,
+            socket,
+            partial_since,
+            ..
+        } = c;
+        let (peer, socket) = (*peer, *socket);
+        let Some(ws) = ws.as_mut() else {
+            return 0;
+        };
+        let mut reply = std::mem::take(&mut self.ws_out);
+        reply.clear();
+        let mut consumed = 0;
+        let mut handled = 0;
+        let mut pongs = 0;
+        let mut failure = None;
+        while consumed < rbuf.len() {
+            let at = consumed;
+            let item = match ws.next(&mut rbuf[at..], max, &mut reply) {
+                Ok((used, item)) => {
+                    consumed += used;
+                    item
+                }
+                Err(e) => {
+                    failure = Some(e);
+                    break;
+                }
+            };
+            let message = match item {
+                WsItem::Message { start, len } => &rbuf[at + start..at + start + len],
+                WsItem::Reassembled => ws.message(),
+                WsItem::Upgraded => {
+                    // Upgraded: the first SIP message has its own timeout from now.
+                    *partial_since = None;
+                    continue;
+                }
+                WsItem::Control => continue,
+                WsItem::Closed => {
+                    closed = true;
+                    break;
+                }
+                WsItem::Incomplete => break,
+            };
+            // A keepalive inside a message (RFC 5626 §3.5.1 over WebSocket): answered.
+            if only_line_breaks(message) {
+                pongs += usize::from(message == b"\r\n\r\n");
+                continue;
+            }
+            handler.datagram(message, peer, socket as usize);
+            handled += 1;
+            *partial_since = None;
+        }
+        rbuf.drain(..consumed.min(rbuf.len()));
+        if !rbuf.is_empty() && failure.is_none() && !closed {
+            partial_since.get_or_insert(now);
+        }
+        if rbuf.capacity() > 4 * READ_CHUNK && rbuf.len() < READ_CHUNK {
+            rbuf.shrink_to(READ_CHUNK);
+        }
+        self.stats.streams.messages_in.add(handled as u64);
+        if !reply.is_empty() {
+            self.write_stream(token, &reply);
+        }
+        self.ws_out = reply;
+        for _ in 0..pongs {
+            self.stats.streams.pings.inc();
+            self.write(token, b"\r\n");
+        }
+        self.flush_tls(token);
+        if let Some(e) = failure {
+            let why = match e {
+                WsError::Refused(_) => StreamEvent::WsRefused,
+                WsError::Failed(super::websocket::CLOSE_TOO_BIG, _) => StreamEvent::TooLarge,
+                WsError::Failed(..) => StreamEvent::WsFailed,
+            };
+            tracing::debug!(shard = self.shard, %peer, ?e, "WebSocket connection failed");
+            self.log_once(peer.ip(), why);
+            // Closed once the reply is written (next round).
+            self.stop_reading(token);
+            self.closing_next.push((token, why));
+            return handled;
+        }
+        if closed {
+            self.stop_reading(token);
+            self.closing_next.push((token, StreamEvent::PeerClosed));
+        }
+        handled
+    }
+
+    /// Takes a connection out of the epoll set (it closes next round).
+    fn stop_reading(&mut self, token: u64) {
+        if let Some(c) = self.conns.get(&token) {
+            let fd = c.stream.as_raw_fd();
+            let _ = epoll_ctl(self.epoll.as_raw_fd(), libc::EPOLL_CTL_MOD, fd, 0, token);
+        }
     }
 
     /// Closes connections past their message or idle timeout.

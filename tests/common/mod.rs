@@ -2,6 +2,8 @@
 //! loopback port, and a UDP client that sends requests and reads responses.
 #![allow(dead_code)]
 
+pub mod pki;
+
 use std::net::{SocketAddr, UdpSocket};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
