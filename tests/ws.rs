@@ -373,3 +373,122 @@ fn a_message_too_large_for_the_limit_closes_with_1009() {
         Some(1.0)
     );
 }
+
+/// A JsSIP user agent (tests/jssip/client.js) run by Node: the SIP stack of browser phones on
+/// its default settings, over Node's standard WebSocket.
+struct JsSip {
+    child: std::process::Child,
+    lines: std::sync::mpsc::Receiver<String>,
+    stdin: std::process::ChildStdin,
+}
+
+impl JsSip {
+    /// None (after a SKIPPED line, or a failure under SIPSHARD_REQUIRE_INTEROP=1) when Node
+    /// or the JsSIP package (`npm ci` in tests/jssip) is missing.
+    fn available(test: &str) -> bool {
+        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/jssip/node_modules/jssip");
+        let node = std::process::Command::new("node").arg("--version").output();
+        if node.is_err() || !std::path::Path::new(dir).exists() {
+            common::skip_or_fail(
+                test,
+                "node or JsSIP missing (cd tests/jssip && npm ci)",
+                "SIPSHARD_REQUIRE_INTEROP",
+            );
+            return false;
+        }
+        true
+    }
+
+    fn start(url: &str, user: &str, ca: Option<&str>) -> JsSip {
+        use std::io::BufRead;
+        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/jssip");
+        let mut cmd = std::process::Command::new("node");
+        cmd.current_dir(dir)
+            .args(["--experimental-websocket", "client.js", url, user, "secret", "localhost"])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null());
+        if let Some(ca) = ca {
+            cmd.env("NODE_EXTRA_CA_CERTS", ca);
+        }
+        let mut child = cmd.spawn().unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let stdin = child.stdin.take().unwrap();
+        let (tx, lines) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stdout).lines().map_while(Result::ok) {
+                let _ = tx.send(line);
+            }
+        });
+        JsSip {
+            child,
+            lines,
+            stdin,
+        }
+    }
+
+    /// Waits for an event line starting with `prefix` (other lines are kept in the error).
+    fn expect(&self, prefix: &str) -> String {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let mut seen = Vec::new();
+        while let Some(left) = deadline.checked_duration_since(Instant::now()) {
+            match self.lines.recv_timeout(left) {
+                Ok(l) if l.starts_with(prefix) => return l,
+                Ok(l) => seen.push(l),
+                Err(_) => break,
+            }
+        }
+        panic!("JsSIP: no '{prefix}' within 10 s; saw {seen:?}");
+    }
+
+    fn command(&mut self, line: &str) {
+        writeln!(self.stdin, "{line}").unwrap();
+    }
+}
+
+impl Drop for JsSip {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn jssip_phones_over_ws_and_wss_register_with_digest_and_message_each_other() {
+    let test = "jssip_phones_over_ws_and_wss_register_with_digest_and_message_each_other";
+    if !JsSip::available(test) {
+        return;
+    }
+    let p = pki("jssip");
+    let (cert, key, ca) = (p.path("cert.pem"), p.path("key.pem"), p.path("ca.pem"));
+    let (ws_port, wss_port) = (free_port(), free_port());
+    let (ws, wss) = (
+        format!("ws:127.0.0.1:{ws_port}"),
+        format!("wss:127.0.0.1:{wss_port}"),
+    );
+    let s = ServerProcess::start_with(
+        &[
+            "--listen", &ws, "--listen", &wss, "--tls-cert", &cert, "--tls-key", &key,
+            "--user", "bob:secret", "--user", "alice:secret", "--shards", "2",
+        ],
+        true,
+    );
+    let mut bob = JsSip::start(&format!("ws://127.0.0.1:{ws_port}"), "bob", None);
+    let mut alice = JsSip::start(&format!("wss://127.0.0.1:{wss_port}"), "alice", Some(&ca));
+    bob.expect("registered");
+    alice.expect("registered");
+    assert_eq!(s.metric("sipshard_bindings"), Some(2.0));
+    // Digest-authenticated MESSAGE from the wss phone to the ws phone, and back.
+    alice.command("send sip:bob@localhost hello from wss");
+    assert_eq!(bob.expect("message"), "message alice hello from wss");
+    alice.expect("sent");
+    bob.command("send sip:alice@localhost hello from ws");
+    assert_eq!(alice.expect("message"), "message bob hello from ws");
+    bob.expect("sent");
+    // Unregistering (the phone's default on stop) removes both bindings.
+    bob.command("stop");
+    alice.command("stop");
+    bob.expect("unregistered");
+    alice.expect("unregistered");
+    assert_eq!(s.metric("sipshard_bindings"), Some(0.0));
+}
