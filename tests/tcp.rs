@@ -312,3 +312,39 @@ fn twenty_thousand_idle_connections_leave_the_server_answering() {
         std::thread::sleep(Duration::from_millis(100));
     }
 }
+
+#[test]
+fn a_call_to_a_tcp_contact_nobody_listens_on_fails_at_once_not_after_timer_b() {
+    let s = ServerProcess::start_with(&["--shards", "2", "--listen", "tcp:SAME"], true);
+    // A port nobody listens on: the connect is refused (RFC 3261 §17.1.4 transport error).
+    let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let dead_port = dead.local_addr().unwrap().port();
+    drop(dead);
+    let phone = Client::new();
+    let reg = common::Register::new("sip:carol@localhost")
+        .contact(&format!("<sip:carol@127.0.0.1:{dead_port};transport=tcp>"))
+        .build(&phone);
+    assert_eq!(status(&phone.request(&reg, s.addr)), 200);
+    let caller = Client::new();
+    let invite = format!(
+        "INVITE sip:carol@localhost SIP/2.0\r\nVia: SIP/2.0/UDP {a};branch=z9hG4bKdead;rport\r\n\
+         Max-Forwards: 70\r\nFrom: <sip:alice@localhost>;tag=a1\r\nTo: <sip:carol@localhost>\r\n\
+         Call-ID: dead-tcp\r\nCSeq: 1 INVITE\r\nContact: <sip:alice@{a}>\r\nContent-Length: 0\r\n\r\n",
+        a = caller.addr
+    );
+    caller.send(&invite, s.addr);
+    // Without the transport error the caller would hear nothing final before Timer B (32 s).
+    let mut final_status = None;
+    while let Some(r) = caller.recv_timeout(Duration::from_secs(5)) {
+        if status(&r) >= 200 {
+            final_status = Some(status(&r));
+            break;
+        }
+    }
+    assert_eq!(
+        final_status,
+        Some(500),
+        "a 503 branch relayed as 500 (§16.7 step 6)"
+    );
+    assert!(event(&s, "connect_failed") >= 1.0);
+}

@@ -386,7 +386,10 @@ impl JsSip {
     /// None (after a SKIPPED line, or a failure under SIPSHARD_REQUIRE_INTEROP=1) when Node
     /// or the JsSIP package (`npm ci` in tests/jssip) is missing.
     fn available(test: &str) -> bool {
-        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/jssip/node_modules/jssip");
+        let dir = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/jssip/node_modules/jssip"
+        );
         let node = std::process::Command::new("node").arg("--version").output();
         if node.is_err() || !std::path::Path::new(dir).exists() {
             common::skip_or_fail(
@@ -404,7 +407,14 @@ impl JsSip {
         let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/jssip");
         let mut cmd = std::process::Command::new("node");
         cmd.current_dir(dir)
-            .args(["--experimental-websocket", "client.js", url, user, "secret", "localhost"])
+            .args([
+                "--experimental-websocket",
+                "client.js",
+                url,
+                user,
+                "secret",
+                "localhost",
+            ])
             .stdin(std::process::Stdio::piped())
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::null());
@@ -416,7 +426,10 @@ impl JsSip {
         let stdin = child.stdin.take().unwrap();
         let (tx, lines) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
-            for line in std::io::BufReader::new(stdout).lines().map_while(Result::ok) {
+            for line in std::io::BufReader::new(stdout)
+                .lines()
+                .map_while(Result::ok)
+            {
                 let _ = tx.send(line);
             }
         });
@@ -468,8 +481,20 @@ fn jssip_phones_over_ws_and_wss_register_with_digest_and_message_each_other() {
     );
     let s = ServerProcess::start_with(
         &[
-            "--listen", &ws, "--listen", &wss, "--tls-cert", &cert, "--tls-key", &key,
-            "--user", "bob:secret", "--user", "alice:secret", "--shards", "2",
+            "--listen",
+            &ws,
+            "--listen",
+            &wss,
+            "--tls-cert",
+            &cert,
+            "--tls-key",
+            &key,
+            "--user",
+            "bob:secret",
+            "--user",
+            "alice:secret",
+            "--shards",
+            "2",
         ],
         true,
     );

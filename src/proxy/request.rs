@@ -292,6 +292,18 @@ impl Element {
         &self.registrar
     }
 
+    /// The shell could not deliver to `dst` over `socket`: requests waiting on it fail now
+    /// ([`Proxy::transport_error`]).
+    pub fn transport_error(
+        &mut self,
+        socket: u16,
+        dst: std::net::SocketAddr,
+        now_ms: u64,
+        out: &mut Outbox,
+    ) -> usize {
+        self.proxy.transport_error(socket, dst, now_ms, out)
+    }
+
     pub fn proxy(&self) -> &Proxy {
         &self.proxy
     }

@@ -672,6 +672,10 @@ impl Proxy {
                         self.txns.client_state(cid),
                         Some(ClientState::Calling | ClientState::Proceeding)
                     ) {
+                        // The branch counts as unanswered (408), not as a transport error.
+                        if let Some(&sid) = self.client_ctx.get(&cid) {
+                            self.branch_final(sid, cid, 408, None, now_ms, &mut txn_out);
+                        }
                         self.txns.client_transport_error(cid, &mut txn_out);
                     }
                 }
@@ -1616,6 +1620,24 @@ impl Proxy {
         self.branch_final(sid, cid, 408, None, now_ms, txn_out);
     }
 
+    /// The shell could not deliver to `dst` over `socket` (a connection refused or gone,
+    /// RFC 3261 §17.1.4): the requests waiting on it fail now, as if answered 503 (§16.9).
+    pub fn transport_error(
+        &mut self,
+        socket: u16,
+        dst: SocketAddr,
+        now_ms: u64,
+        out: &mut Outbox,
+    ) -> usize {
+        let mut txn_out = core::mem::take(&mut self.txn_out);
+        let failed = self
+            .txns
+            .client_transport_errors_to(socket, dst, &mut txn_out);
+        self.drain(&mut txn_out, now_ms, out);
+        self.txn_out = txn_out;
+        failed
+    }
+
     /// Moves transaction output into the outbox and handles TU events.
     fn drain(&mut self, txn_out: &mut Vec<TxnOut>, now_ms: u64, out: &mut Outbox) {
         let mut i = 0;
@@ -1626,10 +1648,14 @@ impl Proxy {
                     out.push(&bytes, dst, socket as usize)
                 }
                 TxnOut::Client { id, event } => match event {
+                    // No answer: 408. Not sent (§16.9): as if the branch had answered 503,
+                    // so the next target is tried now and the caller is not kept waiting
+                    // for Timer B.
                     TxnEvent::Timeout | TxnEvent::TransportError => {
                         if let Some(&sid) = self.client_ctx.get(&id) {
+                            let status = if event == TxnEvent::Timeout { 408 } else { 503 };
                             let mut more = Vec::new();
-                            self.branch_final(sid, id, 408, None, now_ms, &mut more);
+                            self.branch_final(sid, id, status, None, now_ms, &mut more);
                             txn_out.extend(more);
                         }
                     }

@@ -291,6 +291,16 @@ impl Core {
         }
     }
 
+    /// The shell could not deliver to `dst` over stream `socket` (a connection refused, or
+    /// gone and not to be reopened, RFC 3261 §17.1.4): the requests sent there fail now, as
+    /// if answered 503, and the next target is tried (§16.9).
+    pub fn transport_error(&mut self, socket: u16, dst: SocketAddr, now_ms: u64, out: &mut Outbox) {
+        let failed = self.element.transport_error(socket, dst, now_ms, out);
+        if failed > 0 {
+            tracing::debug!(shard = self.shard, %dst, requests = failed, "transport error");
+        }
+    }
+
     /// Moves the binding-store records written since the last call to the end of `into`.
     pub fn take_journal(&mut self, into: &mut Vec<u8>) {
         self.element.registrar_mut().take_journal(into);

@@ -491,3 +491,41 @@ fn a_sips_request_never_leaves_over_an_unencrypted_hop() {
         .unwrap();
     assert_eq!(inv.0, 2, "over the TLS connection");
 }
+
+#[test]
+fn a_request_the_shell_could_not_deliver_fails_now_as_a_503_not_after_timer_b() {
+    let mut c = core();
+    let reg = "REGISTER sip:localhost SIP/2.0\r\nVia: SIP/2.0/UDP 192.0.2.80:5060;branch=z9hG4bKu\r\n\
+         Max-Forwards: 70\r\nFrom: <sip:carol@localhost>;tag=r\r\nTo: <sip:carol@localhost>\r\n\
+         Call-ID: reg-u\r\nCSeq: 1 REGISTER\r\nContact: <sip:carol@192.0.2.80:5060;transport=tcp>\r\n\
+         Content-Length: 0\r\n\r\n";
+    assert_eq!(
+        status(&send(&mut c, reg.as_bytes(), "192.0.2.80:5060", UDP, T0)[0].2),
+        200
+    );
+    let inv = invite(CALLER, "UDP", "z9hG4bKte", "sip:carol@localhost");
+    let out = send(&mut c, &inv, CALLER, UDP, T0 + 10);
+    assert!(
+        out.iter().any(|o| o.1 == addr("192.0.2.80:5060")),
+        "{out:?}"
+    );
+    // Another destination's failure touches nothing.
+    let mut out = Outbox::new();
+    c.transport_error(TCP as u16, addr("192.0.2.81:5060"), T0 + 20, &mut out);
+    assert!(out.items().is_empty());
+    // The connection to carol could not be made (RFC 3261 §17.1.4): the caller hears now
+    // (a 503 branch is relayed as 500, §16.7 step 6), not 32 s later.
+    c.transport_error(
+        TCP as u16 | crate::sip::proto::CONNECT,
+        addr("192.0.2.80:5060"),
+        T0 + 20,
+        &mut out,
+    );
+    let finals: Vec<u16> = out
+        .items()
+        .iter()
+        .filter(|d| d.dst == addr(CALLER))
+        .map(|d| status(out.bytes(d)))
+        .collect();
+    assert_eq!(finals, [500], "one final response to the caller");
+}

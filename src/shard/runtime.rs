@@ -345,6 +345,7 @@ pub fn run(mut ctx: ShardContext) {
         if let Some(t) = &mut ctx.streams {
             let core = &mut ctx.core;
             t.take_closed(|socket, peer, ms| core.connection_closed(socket, peer, ms));
+            t.take_failed(|socket, dst| core.transport_error(socket, dst, now_ms, &mut out));
         }
         if ctx.core.next_timeout().is_some_and(|t| t <= now_ms) {
             ctx.core.handle_timeout(now_ms, &mut out);

@@ -200,6 +200,9 @@ pub struct TcpShard {
     tls_out: Vec<u8>,
     /// WebSocket frames on their way to a connection (messages, or the codec's replies).
     ws_out: Vec<u8>,
+    /// Destinations a request could not be delivered to (no connection and none may be
+    /// opened, a refused connect, a failed write), for the core (RFC 3261 §17.1.4).
+    failed: Vec<(u16, SocketAddr)>,
 }
 
 fn epoll_ctl(ep: RawFd, op: libc::c_int, fd: RawFd, events: u32, token: u64) -> io::Result<()> {
@@ -209,6 +212,43 @@ fn epoll_ctl(ep: RawFd, op: libc::c_int, fd: RawFd, events: u32, token: u64) -> 
         return Err(io::Error::last_os_error());
     }
     Ok(())
+}
+
+/// The last words on a connection being closed, best effort and without blocking: a
+/// WebSocket close frame when the server ends it (1001, going away), TLS close_notify, what
+/// still waits to be written; then the unread input is discarded so that closing does not
+/// reset the connection (Linux sends RST, dropping what we sent, when input is unread).
+fn finish(mut c: Conn, why: StreamEvent) {
+    let mut last = Vec::new();
+    if let Some(ws) = &mut c.ws {
+        if !matches!(why, StreamEvent::SlowReader | StreamEvent::PeerClosed) {
+            ws.close(&mut last, 1001);
+        }
+    }
+    if let Some(tls) = &mut c.tls {
+        let _ = tls.writer().write_all(&last);
+        last.clear();
+        tls.send_close_notify();
+        while tls.wants_write() {
+            if tls.write_tls(&mut last).is_err() {
+                break;
+            }
+        }
+    }
+    if c.connecting {
+        return;
+    }
+    c.wbuf.extend_from_slice(&last);
+    if !c.wbuf.is_empty() {
+        let _ = write_some(&mut c.stream, &c.wbuf);
+    }
+    let mut sink = [0u8; 4096];
+    for _ in 0..64 {
+        if !matches!(read_once(&mut c.stream, &mut sink), ReadOutcome::Bytes(_)) {
+            break;
+        }
+    }
+    let _ = c.stream.shutdown(std::net::Shutdown::Write);
 }
 
 /// What one read of a socket gave.
@@ -283,6 +323,7 @@ impl TcpShard {
             now_ms: 0,
             tls_out: Vec::new(),
             ws_out: Vec::new(),
+            failed: Vec::new(),
             listeners,
             conns: HashMap::new(),
             by_peer: HashMap::new(),
@@ -316,6 +357,7 @@ impl TcpShard {
     /// a round left work undone.
     pub fn has_pending(&self) -> bool {
         self.more
+            || !self.failed.is_empty()
             || !self.closing_next.is_empty()
             || !self.hub.inboxes[self.shard].is_empty()
             || !self.hub.closed[self.shard].is_empty()
@@ -325,6 +367,14 @@ impl TcpShard {
     pub fn take_closed(&mut self, mut f: impl FnMut(u16, SocketAddr, u64)) {
         while let Some((socket, peer, ms)) = self.hub.closed[self.shard].pop() {
             f(socket, peer, ms);
+        }
+    }
+
+    /// Destinations this shard could not deliver a request to since the last call
+    /// (transport errors, RFC 3261 §17.1.4), for the core.
+    pub fn take_failed(&mut self, mut f: impl FnMut(u16, SocketAddr)) {
+        for (socket, dst) in self.failed.drain(..) {
+            f(socket, dst);
         }
     }
 
@@ -339,7 +389,12 @@ impl TcpShard {
     pub fn poll(&mut self, handler: &mut dyn RecvHandler, now: Instant, now_ms: u64) -> usize {
         self.now_ms = now_ms;
         self.more = false;
-        self.doomed.append(&mut self.closing_next);
+        let closing = std::mem::take(&mut self.closing_next);
+        for &(token, _) in &closing {
+            // A peer's WebSocket close is answered now, after the responses of last round.
+            self.ws_close_echo(token);
+        }
+        self.doomed.extend(closing);
         self.close_doomed();
         while let Some(o) = self.hub.inboxes[self.shard].pop() {
             if let Some(&token) = self.by_peer.get(&(o.socket, o.dst)) {
@@ -445,6 +500,10 @@ impl TcpShard {
             _ => {
                 self.stats.dropped(crate::stats::DropReason::SendError);
                 tracing::debug!(%dst, "no connection to send on");
+                if !bytes.starts_with(b"SIP/2.0 ") {
+                    // A request (a response's sender has no transaction waiting on it).
+                    self.failed.push((socket, dst));
+                }
             }
         }
     }
@@ -575,6 +634,7 @@ impl TcpShard {
             Err(e) => {
                 self.stats.streams.event(StreamEvent::ConnectFailed);
                 tracing::debug!(%dst, "connect failed: {e}");
+                self.failed.push((socket, dst));
                 return;
             }
         };
@@ -612,6 +672,9 @@ impl TcpShard {
         if !ws.is_open() {
             // Not upgraded yet, or closing: no message can go.
             self.stats.dropped(crate::stats::DropReason::SendError);
+            if !bytes.starts_with(b"SIP/2.0 ") {
+                self.failed.push((c.socket, c.peer));
+            }
             return;
         }
         let mut framed = std::mem::take(&mut self.ws_out);
@@ -673,6 +736,8 @@ impl TcpShard {
             return;
         }
         let Ok(at) = write_some(&mut c.stream, bytes) else {
+            // What waits for a response from there will not get one over this connection.
+            self.failed.push((c.socket, c.peer));
             self.doomed.push((token, StreamEvent::PeerClosed));
             return;
         };
@@ -703,12 +768,14 @@ impl TcpShard {
                 Ok(None) => c.connecting = false,
                 _ => {
                     self.stats.streams.event(StreamEvent::ConnectFailed);
+                    self.failed.push((c.socket, c.peer));
                     self.doomed.push((token, StreamEvent::PeerClosed));
                     return;
                 }
             }
         }
         let Ok(at) = write_some(&mut c.stream, &c.wbuf) else {
+            self.failed.push((c.socket, c.peer));
             self.doomed.push((token, StreamEvent::PeerClosed));
             return;
         };
@@ -968,7 +1035,11 @@ impl TcpShard {
             *partial_since = None;
         }
         rbuf.drain(..consumed.min(rbuf.len()));
-        if !rbuf.is_empty() && failure.is_none() && !closed {
+        // The message timeout runs while something is incomplete: the handshake, a frame,
+        // or a fragmented message (a slow or stalled sender), and only then.
+        if ws.is_open() && rbuf.is_empty() && !ws.mid_message() {
+            *partial_since = None;
+        } else {
             partial_since.get_or_insert(now);
         }
         if rbuf.capacity() > 4 * READ_CHUNK && rbuf.len() < READ_CHUNK {
@@ -1002,6 +1073,21 @@ impl TcpShard {
             self.closing_next.push((token, StreamEvent::PeerClosed));
         }
         handled
+    }
+
+    /// Sends the answer to a peer's WebSocket close, if one is due.
+    fn ws_close_echo(&mut self, token: u64) {
+        let Some(ws) = self.conns.get_mut(&token).and_then(|c| c.ws.as_mut()) else {
+            return;
+        };
+        let mut frame = std::mem::take(&mut self.ws_out);
+        frame.clear();
+        ws.close_echo(&mut frame);
+        if !frame.is_empty() {
+            self.write_stream(token, &frame);
+            self.flush_tls(token);
+        }
+        self.ws_out = frame;
     }
 
     /// Takes a connection out of the epoll set (it closes next round).
@@ -1079,6 +1165,7 @@ impl TcpShard {
             }
             self.stats.streams.event(why);
             tracing::debug!(shard = self.shard, peer = %c.peer, reason = ?why, "connection closed");
+            finish(c, why);
         }
         self.stats.streams.open.set(self.conns.len() as u64);
     }

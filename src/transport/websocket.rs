@@ -26,8 +26,13 @@ pub const CLOSE_TOO_BIG: u16 = 1009;
 pub struct WsSession {
     /// The handshake completed: frames follow.
     open: bool,
-    /// A close frame was received or sent: nothing more is read.
+    /// A close frame was received, or the connection failed: nothing more is read.
     closed: bool,
+    /// Our close frame went out (or the upgrade was refused): nothing more is sent.
+    close_sent: bool,
+    /// The peer's close is answered once the responses to what came before it are sent
+    /// (RFC 6455 §5.5.1): the code to echo (None: a close without one).
+    echo: Option<Option<u16>>,
     /// The fragments of a message in progress, unmasked (text: true).
     message: Vec<u8>,
     in_message: Option<bool>,
@@ -44,7 +49,8 @@ pub enum WsItem {
     Reassembled,
     /// A control frame or a fragment; anything to answer (pong) is in `reply`.
     Control,
-    /// The peer closed; our close frame is in `reply`: write it, then close the connection.
+    /// The peer closed: send what answers the messages before it, then
+    /// [`WsSession::close_echo`], then close the connection.
     Closed,
     /// More bytes are needed.
     Incomplete,
@@ -60,14 +66,43 @@ pub enum WsError {
 }
 
 impl WsSession {
-    /// True once the handshake completed (messages may be sent).
+    /// True once the handshake completed and until our close frame is sent (messages may be
+    /// sent).
     pub fn is_open(&self) -> bool {
-        self.open && !self.closed
+        self.open && !self.close_sent
     }
 
-    /// The message a [`WsItem::Reassembled`] reported.
+    /// True while bytes are awaited to complete something: the handshake, or a fragmented
+    /// message (its timeout runs).
+    pub fn mid_message(&self) -> bool {
+        !self.open || self.in_message.is_some()
+    }
+
+    /// The message a [`WsItem::Reassembled`] reported (until the next call of `next`).
     pub fn message(&self) -> &[u8] {
         &self.message
+    }
+
+    /// Appends the answer to the peer's close frame (once), after which nothing is sent.
+    pub fn close_echo(&mut self, out: &mut Vec<u8>) {
+        if let Some(code) = self.echo.take() {
+            let echo = code.map(u16::to_be_bytes);
+            frame_into(
+                out,
+                OpCode::Control(Control::Close),
+                echo.as_ref().map_or(&[][..], |e| &e[..]),
+            );
+            self.close_sent = true;
+        }
+    }
+
+    /// Appends a close frame of our own (the server ends the connection: `code` 1001 going
+    /// away), unless one was sent already.
+    pub fn close(&mut self, out: &mut Vec<u8>, code: u16) {
+        if self.open && !self.close_sent {
+            frame_into(out, OpCode::Control(Control::Close), &code.to_be_bytes());
+            self.close_sent = true;
+        }
     }
 
     /// Decodes the next item at the start of `buf`: how many bytes it used and what it was.
@@ -84,6 +119,13 @@ impl WsSession {
         }
         if !self.open {
             return self.handshake(buf, reply);
+        }
+        if self.in_message.is_none() && !self.message.is_empty() {
+            // The last reassembled message was handed over.
+            self.message.clear();
+            if self.message.capacity() > 16 * 1024 {
+                self.message = Vec::new();
+            }
         }
         let mut cursor = std::io::Cursor::new(&buf[..]);
         let (header, len) = match FrameHeader::parse(&mut cursor) {
@@ -106,7 +148,11 @@ impl WsSession {
                 "control frame too long or fragmented",
             ));
         }
-        let so_far = self.message.len() as u64;
+        let so_far = if self.in_message.is_some() {
+            self.message.len() as u64
+        } else {
+            0
+        };
         if len > max as u64 || (!control && so_far + len > max as u64) {
             return Err(self.fail(reply, CLOSE_TOO_BIG, "message too large"));
         }
@@ -156,18 +202,27 @@ impl WsSession {
             }
             OpCode::Control(Control::Pong) => WsItem::Control,
             OpCode::Control(Control::Close) => {
-                // Echo the status code (RFC 6455 §5.5.1); none given: none sent back.
-                let code = match payload {
+                // Echo the status code (RFC 6455 §5.5.1); none given: none sent back. Codes
+                // an endpoint may not send, and a reason that is not UTF-8, fail (§7.4, §8.1).
+                let code = match &payload[..] {
                     [] => None,
-                    [a, b, ..] => Some(u16::from_be_bytes([*a, *b])),
+                    [a, b, reason @ ..] => {
+                        let code = u16::from_be_bytes([*a, *b]);
+                        if !matches!(code, 1000..=1003 | 1007..=1011 | 3000..=4999) {
+                            return Err(self.fail(reply, CLOSE_PROTOCOL, "close code not allowed"));
+                        }
+                        if std::str::from_utf8(reason).is_err() {
+                            return Err(self.fail(
+                                reply,
+                                CLOSE_INVALID_DATA,
+                                "close reason not UTF-8",
+                            ));
+                        }
+                        Some(code)
+                    }
                     [_] => return Err(self.fail(reply, CLOSE_PROTOCOL, "one-byte close payload")),
                 };
-                let echo = code.map(|c| c.to_be_bytes());
-                frame_into(
-                    reply,
-                    OpCode::Control(Control::Close),
-                    echo.as_ref().map_or(&[][..], |e| &e[..]),
-                );
+                self.echo = Some(code);
                 self.closed = true;
                 WsItem::Closed
             }
@@ -185,14 +240,28 @@ impl WsSession {
         payload.extend_from_slice(why.as_bytes());
         frame_into(reply, OpCode::Control(Control::Close), &payload);
         self.closed = true;
+        self.close_sent = true;
         WsError::Failed(code, why)
+    }
+
+    /// Refuses the upgrade with an HTTP error saying why; the connection then closes.
+    fn refuse(
+        &mut self,
+        reply: &mut Vec<u8>,
+        status: u16,
+        phrase: &str,
+        why: &'static str,
+    ) -> WsError {
+        self.closed = true;
+        self.close_sent = true;
+        refuse(reply, status, phrase, why)
     }
 
     /// The opening handshake (RFC 6455 §4.2, RFC 7118 §4.1).
     fn handshake(&mut self, buf: &[u8], reply: &mut Vec<u8>) -> Result<(usize, WsItem), WsError> {
         let Some(end) = memmem::find(&buf[..buf.len().min(MAX_HANDSHAKE)], b"\r\n\r\n") else {
             if buf.len() >= MAX_HANDSHAKE {
-                return Err(refuse(
+                return Err(self.refuse(
                     reply,
                     431,
                     "Request Header Fields Too Large",
@@ -206,23 +275,24 @@ impl WsSession {
         let mut req = httparse::Request::new(&mut headers);
         match req.parse(&buf[..used]) {
             Ok(httparse::Status::Complete(_)) => {}
-            _ => return Err(refuse(reply, 400, "Bad Request", "malformed HTTP request")),
+            _ => return Err(self.refuse(reply, 400, "Bad Request", "malformed HTTP request")),
+        }
+        if req.version != Some(1) {
+            return Err(self.refuse(reply, 400, "Bad Request", "HTTP/1.1 required"));
         }
         if req.method != Some("GET") {
-            return Err(refuse(
-                reply,
-                405,
-                "Method Not Allowed",
-                "only GET upgrades",
-            ));
+            return Err(self.refuse(reply, 405, "Method Not Allowed", "only GET upgrades"));
         }
         let headers: &[httparse::Header<'_>] = req.headers;
         let header = |name: &'static str| header_values(headers, name);
         let has_token = |name: &'static str, token: &str| {
             header(name).any(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
         };
+        if header("Host").next().is_none() {
+            return Err(self.refuse(reply, 400, "Bad Request", "Host missing"));
+        }
         if !has_token("Upgrade", "websocket") || !has_token("Connection", "upgrade") {
-            return Err(refuse(
+            return Err(self.refuse(
                 reply,
                 426,
                 "Upgrade Required",
@@ -230,7 +300,7 @@ impl WsSession {
             ));
         }
         if !header("Sec-WebSocket-Version").any(|v| v.trim() == "13") {
-            return Err(refuse(
+            return Err(self.refuse(
                 reply,
                 426,
                 "Upgrade Required",
@@ -238,16 +308,13 @@ impl WsSession {
             ));
         }
         let Some(key) = header("Sec-WebSocket-Key").next().map(str::trim) else {
-            return Err(refuse(
-                reply,
-                400,
-                "Bad Request",
-                "Sec-WebSocket-Key missing",
-            ));
+            return Err(self.refuse(reply, 400, "Bad Request", "Sec-WebSocket-Key missing"));
         };
-        // The key is 16 bytes in base64 (RFC 6455 §4.1): 24 characters.
-        if key.len() != 24 {
-            return Err(refuse(
+        // The key is 16 bytes in base64 (RFC 6455 §4.1): 22 characters and "==".
+        let b64 = |c: u8| c.is_ascii_alphanumeric() || c == b'+' || c == b'/';
+        let k = key.as_bytes();
+        if k.len() != 24 || !k[..22].iter().all(|&c| b64(c)) || &k[22..] != b"==" {
+            return Err(self.refuse(
                 reply,
                 400,
                 "Bad Request",
@@ -256,7 +323,7 @@ impl WsSession {
         }
         // The subprotocol is case sensitive (RFC 6455 §4.1, RFC 7118 §4.1: "sip").
         if !header("Sec-WebSocket-Protocol").any(|v| v.split(',').any(|t| t.trim() == "sip")) {
-            return Err(refuse(
+            return Err(self.refuse(
                 reply,
                 400,
                 "Bad Request",
@@ -437,6 +504,21 @@ mod tests {
                 400,
                 "16 bytes",
             ),
+            (
+                UPGRADE.replace("dGhlIHNhbXBsZSBub25jZQ==", "dGhlIHNhbXBsZSBub25j!Q=="),
+                400,
+                "16 bytes",
+            ),
+            (
+                UPGRADE.replace("HTTP/1.1", "HTTP/1.0"),
+                400,
+                "HTTP/1.1 required",
+            ),
+            (
+                UPGRADE.replace("Host: example.com\r\n", ""),
+                400,
+                "Host missing",
+            ),
         ] {
             let mut s = WsSession::default();
             let mut reply = Vec::new();
@@ -497,10 +579,15 @@ mod tests {
         let mut reply = Vec::new();
         let mut at = 0;
         let mut items = Vec::new();
+        let mut message = Vec::new();
         loop {
             let (used, item) = s.next(&mut buf[at..], 65_535, &mut reply).unwrap();
             if item == WsItem::Incomplete {
                 break;
+            }
+            if item == WsItem::Reassembled {
+                // Valid until the next call.
+                message = s.message().to_vec();
             }
             at += used;
             items.push(item);
@@ -514,7 +601,7 @@ mod tests {
                 WsItem::Reassembled
             ]
         );
-        assert_eq!(s.message(), b"OPTIONS sip:a SIP/2.0\r\nVia: x\r\n\r\n");
+        assert_eq!(message, b"OPTIONS sip:a SIP/2.0\r\nVia: x\r\n\r\n");
         // The pong carries the ping's payload, unmasked (a server frame).
         assert_eq!(reply, [0x8a, 2, b'h', b'i']);
     }
@@ -527,8 +614,14 @@ mod tests {
         let mut reply = Vec::new();
         let (used, item) = s.next(&mut buf, 65_535, &mut reply).unwrap();
         assert_eq!(item, WsItem::Closed);
+        // The echo waits until the responses to earlier messages are sent (§5.5.1).
+        assert!(reply.is_empty());
+        assert!(s.is_open(), "responses may still go out");
+        s.close_echo(&mut reply);
         assert_eq!(reply, [0x88, 2, 0x03, 0xe9]);
         assert!(!s.is_open());
+        s.close_echo(&mut reply);
+        assert_eq!(reply.len(), 4, "echoed once");
         let rest_len = buf.len() - used;
         assert_eq!(
             s.next(&mut buf[used..], 65_535, &mut reply),
@@ -555,6 +648,18 @@ mod tests {
             (client_frame(0x9, false, b"x"), CLOSE_PROTOCOL),
             (client_frame(0x9, true, &[0; 126]), CLOSE_PROTOCOL),
             (client_frame(0x1, true, &[0xff, 0xfe]), CLOSE_INVALID_DATA),
+            (
+                client_frame(0x8, true, &1005u16.to_be_bytes()),
+                CLOSE_PROTOCOL,
+            ),
+            (
+                client_frame(0x8, true, &999u16.to_be_bytes()),
+                CLOSE_PROTOCOL,
+            ),
+            (
+                client_frame(0x8, true, &[0x03, 0xe8, 0xff]),
+                CLOSE_INVALID_DATA,
+            ),
             (client_frame(0x2, true, &[0; 2000]), CLOSE_TOO_BIG),
             (
                 [
@@ -592,6 +697,32 @@ mod tests {
             assert_eq!(&reply[close_at + 2..close_at + 4], &code.to_be_bytes());
             assert!(!s.is_open());
         }
+    }
+
+    #[test]
+    fn a_reassembled_message_does_not_count_toward_the_next_ones_size() {
+        let mut s = open();
+        let mut buf = client_frame(0x2, false, &[b'a'; 1000]);
+        buf.extend(client_frame(0x0, true, &[b'b'; 10]));
+        buf.extend(client_frame(0x2, true, &[b'c'; 600]));
+        let mut reply = Vec::new();
+        let mut at = 0;
+        let mut items = Vec::new();
+        while at < buf.len() {
+            let (used, item) = s.next(&mut buf[at..], 1500, &mut reply).unwrap();
+            assert!(
+                s.mid_message() == (items.is_empty()),
+                "mid-message only between fragments"
+            );
+            at += used;
+            items.push(item);
+        }
+        assert_eq!(items[1], WsItem::Reassembled);
+        assert!(matches!(items[2], WsItem::Message { len: 600, .. }));
+        assert!(
+            s.message().is_empty(),
+            "the reassembled message is not kept"
+        );
     }
 
     #[test]

@@ -82,6 +82,14 @@ impl<T> Slab<T> {
         self.len
     }
 
+    /// The live values with their (index, generation).
+    pub(crate) fn iter(&self) -> impl Iterator<Item = (u32, u32, &T)> {
+        self.slots
+            .iter()
+            .enumerate()
+            .filter_map(|(i, s)| s.value.as_ref().map(|v| (i as u32, s.generation, v)))
+    }
+
     /// Bytes of the slot vector and free list.
     pub(crate) fn heap_bytes(&self) -> usize {
         self.slots.capacity() * core::mem::size_of::<Slot<T>>() + self.free.capacity() * 4

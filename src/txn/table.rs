@@ -485,6 +485,41 @@ impl TransactionTable {
         self.actions = actions;
     }
 
+    /// The transport could not deliver to `dst` over `socket` (a connection that could not be
+    /// made, or is gone and may not be reopened): every client transaction still waiting for
+    /// a final response from there ends with a transport error (RFC 3261 §17.1.1.2,
+    /// §17.1.2.2, §17.1.4). Returns how many. A scan of the client transactions: transport
+    /// errors are rare next to messages.
+    pub fn client_transport_errors_to(
+        &mut self,
+        socket: u16,
+        dst: SocketAddr,
+        out: &mut Vec<TxnOut>,
+    ) -> usize {
+        let socket = crate::sip::proto::socket_index(socket);
+        let failed: Vec<ClientTxnId> = self
+            .clients
+            .iter()
+            .filter(|(_, _, e)| {
+                e.dst == dst
+                    && crate::sip::proto::socket_index(e.socket) == socket
+                    && matches!(
+                        match &e.machine {
+                            ClientMachine::Invite(m) => m.state(),
+                            ClientMachine::NonInvite(m) => m.state(),
+                        },
+                        // A response came in Proceeding: the request was delivered.
+                        ClientState::Calling | ClientState::Trying
+                    )
+            })
+            .map(|(index, generation, _)| ClientTxnId { index, generation })
+            .collect();
+        for &id in &failed {
+            self.client_transport_error(id, out);
+        }
+        failed.len()
+    }
+
     /// The state of a live client transaction.
     pub fn client_state(&self, id: ClientTxnId) -> Option<ClientState> {
         let e = self.clients.get(id.index, id.generation)?;
