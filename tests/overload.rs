@@ -188,7 +188,15 @@ fn calls_at_three_times_capacity_get_503_and_the_admitted_ones_complete() {
     quota.add(s.child.id());
     let target = s.addr.to_string();
     let call = ["--domain", "localhost", "--callee", "+4930123456"];
-    let c = capacity("call", &target, &[1_500, 2_000, 2_500, 3_000, 3_500], &call);
+    // From 1,000/s: once in CI the first probe at 1,500/s already saturated the fifth of a
+    // CPU (1,498 of 4,500 calls refused) where other runs measured 3,000-3,500/s; the
+    // assertions below are relative to whatever capacity is measured.
+    let c = capacity(
+        "call",
+        &target,
+        &[1_000, 1_500, 2_000, 2_500, 3_000, 3_500],
+        &call,
+    );
     let (r, rss_growth) = flood("call", &s, c, &call);
     let refused = s
         .metric("sipshard_responses_sent_total{status=\"503\"}")
