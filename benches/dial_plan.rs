@@ -58,6 +58,7 @@ fn plan() -> DialPlan {
     let trunk = |name: &str, port: u16| TrunkSpec {
         name: name.into(),
         address: format!("127.0.0.1:{port}"),
+        transport: None,
         check_interval_ms: Some(0),
         down_after: None,
         inbound_from: vec![],

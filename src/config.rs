@@ -50,6 +50,9 @@ pub struct Config {
     /// address).
     pub tls_files: Option<crate::transport::tls::TlsFiles>,
     pub tls: Option<std::sync::Arc<rustls::ServerConfig>>,
+    /// The configuration of the TLS connections the server opens (to TLS trunks and
+    /// contacts), with a `tls:` listen address.
+    pub tls_client: Option<std::sync::Arc<rustls::ClientConfig>>,
     /// Nonce lifetime in seconds.
     pub nonce_ttl: u32,
     /// Digest algorithms offered in challenges, most preferred first.
@@ -138,6 +141,10 @@ pub struct Cli {
     /// TLS: require client certificates signed by these CAs (PEM).
     #[arg(long, value_name = "FILE")]
     pub tls_client_ca: Option<PathBuf>,
+    /// TLS: trust these CAs (PEM) for the peers the server connects to (TLS trunks and
+    /// contacts; default: the system's CA bundle).
+    #[arg(long, value_name = "FILE")]
+    pub tls_ca: Option<PathBuf>,
     /// TCP: connections one shard holds at most (default 100000).
     #[arg(long, value_name = "N")]
     pub tcp_max_connections: Option<u32>,
@@ -260,6 +267,7 @@ struct FileConfig {
     tls_cert: Option<PathBuf>,
     tls_key: Option<PathBuf>,
     tls_client_ca: Option<PathBuf>,
+    tls_ca: Option<PathBuf>,
     tcp_max_connections: Option<u32>,
     tcp_max_per_source: Option<u32>,
     tcp_message_timeout_ms: Option<u64>,
@@ -550,11 +558,19 @@ impl Cli {
                 cert,
                 key,
                 client_ca: tls_client_ca,
+                ca: self.tls_ca.clone().or(file.tls_ca.clone()),
             }),
         };
         let tls = match &tls_files {
             Some(f) => Some(crate::transport::tls::server_config(f).map_err(ConfigError)?),
             None => None,
+        };
+        // Outgoing TLS leaves from a tls: address (a wss: one serves browsers only).
+        let tls_client = match &tls_files {
+            Some(f) if listen.iter().any(|l| l.proto == crate::sip::Proto::Tls) => {
+                Some(crate::transport::tls::client_config(f).map_err(ConfigError)?)
+            }
+            _ => None,
         };
         let mut streams = crate::transport::tcp::StreamSettings::default();
         for (flag, key, cli, file_v, lo, hi, set) in [
@@ -834,6 +850,17 @@ impl Cli {
         let routing =
             std::sync::Arc::new(crate::routing::DialPlan::build(&dial_plan).map_err(ConfigError)?);
         drop(dial_plan);
+        // A trunk over a stream needs a listen address of its transport to send from.
+        for t in &routing.trunks {
+            if !listen.iter().any(|l| l.proto == t.proto) {
+                return err(format!(
+                    "[[trunk]] \"{}\": transport {} needs a --listen {}: address",
+                    t.name,
+                    t.proto.uri_param(),
+                    t.proto.scheme()
+                ));
+            }
+        }
         let responder = std::sync::Arc::new(responder_settings(
             &self.mix,
             &self.ring_ms,
@@ -907,6 +934,7 @@ impl Cli {
             streams,
             tls_files,
             tls,
+            tls_client,
             nonce_ttl,
             auth_algorithms,
             strict_digest_uri: self.strict_digest_uri || file.strict_digest_uri.unwrap_or(false),

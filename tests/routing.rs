@@ -950,6 +950,15 @@ fn a_bad_plan_stops_the_server_at_start_with_one_line() {
             ),
             vec!["[[route]] 1", "Europe/Berln"],
         ),
+        (
+            trunk_a.replace("check_interval_ms", "transport = \"sctp\"\ncheck_interval_ms"),
+            vec!["[[trunk]] 1", "transport \"sctp\""],
+        ),
+        // A tcp trunk needs a tcp listen address to send from.
+        (
+            trunk_a.replace("check_interval_ms", "transport = \"tcp\"\ncheck_interval_ms"),
+            vec!["[[trunk]] \"a\"", "--listen tcp:"],
+        ),
     ] {
         let cfg = config_file(&plan);
         let listen = format!("udp:127.0.0.1:{}", free_port());

@@ -237,7 +237,17 @@ fn run_bad(args: &[&str]) -> (i32, String) {
 fn bad_flags_and_config_exit_2_with_one_line() {
     for (args, needle) in [
         (vec!["--shards", "zero"], "--shards"),
-        (vec!["--listen", "wss:127.0.0.1:5060"], "--listen"),
+        (vec!["--listen", "sctp:127.0.0.1:5060"], "--listen"),
+        // A wss address without its certificate, named.
+        (
+            vec![
+                "--listen",
+                "udp:127.0.0.1:5060",
+                "--listen",
+                "wss:127.0.0.1:5061",
+            ],
+            "--tls-cert",
+        ),
         (vec!["--bogus"], "--bogus"),
         (vec!["--listen", "0.0.0.0:5999"], "without authentication"),
         (vec!["--users", "/nonexistent/users.txt"], "--users"),

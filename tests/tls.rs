@@ -155,3 +155,163 @@ fn a_tls_address_without_its_files_exits_2_naming_the_flag() {
         assert_eq!(err.trim().lines().count(), 1, "one line: {err}");
     }
 }
+
+/// A call routed to a trunk over `transport` (tcp or tls): the far end is a sipshard responder
+/// listening on that transport; the caller is a UDP phone. The server opens the connection
+/// (over TLS verifying the trunk's certificate against `--tls-ca`), and the trunk's OPTIONS
+/// checks go the same way.
+fn call_through_a_stream_trunk(transport: &str) {
+    let p = pki(&format!("trunk-{transport}"));
+    let (cert, key, ca) = (p.path("cert.pem"), p.path("key.pem"), p.path("ca.pem"));
+    let far_port = free_port();
+    let far_listen = format!("{transport}:127.0.0.1:{far_port}");
+    let _far = ServerProcess::start(&[
+        "--mode",
+        "responder",
+        "--shards",
+        "1",
+        "--listen",
+        &far_listen,
+        "--tls-cert",
+        &cert,
+        "--tls-key",
+        &key,
+    ]);
+    let plan = common::write_scratch(
+        "plan.toml",
+        &format!(
+            "[[trunk]]\nname = \"far\"\naddress = \"127.0.0.1:{far_port}\"\n\
+             transport = \"{transport}\"\ncheck_interval_ms = 500\n\n\
+             [[route]]\nprefix = \"+49\"\ntrunks = [\"far\"]\n"
+        ),
+    );
+    let own = format!("{transport}:127.0.0.1:{}", free_port());
+    let s = ServerProcess::start_with(
+        &[
+            "--config",
+            &plan,
+            "--listen",
+            &own,
+            "--tls-cert",
+            &cert,
+            "--tls-key",
+            &key,
+            "--tls-ca",
+            &ca,
+            "--shards",
+            "2",
+        ],
+        true,
+    );
+    let caller = Client::new();
+    for i in 0..3 {
+        let invite = format!(
+            "INVITE sip:+4930123456@localhost SIP/2.0\r\nVia: SIP/2.0/UDP {a};branch=z9hG4bKtr{i};rport\r\n\
+             Max-Forwards: 70\r\nFrom: <sip:alice@localhost>;tag=a1\r\nTo: <sip:+4930123456@localhost>\r\n\
+             Call-ID: trunk-{transport}-{i}\r\nCSeq: 1 INVITE\r\nContact: <sip:alice@{a}>\r\n\
+             Content-Length: 0\r\n\r\n",
+            a = caller.addr
+        );
+        caller.send(&invite, s.addr);
+        let mut final_status = None;
+        while let Some(r) = caller.recv_timeout(Duration::from_secs(5)) {
+            if status(&r) >= 200 {
+                final_status = Some(status(&r));
+                break;
+            }
+        }
+        assert_eq!(
+            final_status,
+            Some(200),
+            "call {i} over the {transport} trunk"
+        );
+    }
+    // Connections were opened by us (one per shard that sent, at most), not one per call.
+    let made = s.metric("sipshard_connections_made_total").unwrap();
+    assert!((1.0..=2.0).contains(&made), "connections made: {made}");
+}
+
+#[test]
+fn a_call_reaches_a_trunk_over_tcp() {
+    call_through_a_stream_trunk("tcp");
+}
+
+#[test]
+fn a_call_reaches_a_trunk_over_tls_verified_against_tls_ca() {
+    call_through_a_stream_trunk("tls");
+}
+
+#[test]
+fn a_tls_trunk_whose_certificate_is_not_trusted_fails_the_call_at_once() {
+    // The far end's certificate chains to a CA the server was not told to trust.
+    let far_pki = pki("untrusted-far");
+    let ours = pki("untrusted-ours");
+    let far_port = free_port();
+    let far_listen = format!("tls:127.0.0.1:{far_port}");
+    let (fc, fk) = (far_pki.path("cert.pem"), far_pki.path("key.pem"));
+    let _far = ServerProcess::start(&[
+        "--mode",
+        "responder",
+        "--shards",
+        "1",
+        "--listen",
+        &far_listen,
+        "--tls-cert",
+        &fc,
+        "--tls-key",
+        &fk,
+    ]);
+    let plan = common::write_scratch(
+        "plan.toml",
+        &format!(
+            "[[trunk]]\nname = \"far\"\naddress = \"127.0.0.1:{far_port}\"\n\
+             transport = \"tls\"\ncheck_interval_ms = 0\n\n\
+             [[route]]\nprefix = \"+49\"\ntrunks = [\"far\"]\n"
+        ),
+    );
+    let own = format!("tls:127.0.0.1:{}", free_port());
+    let (c, k, ca) = (
+        ours.path("cert.pem"),
+        ours.path("key.pem"),
+        ours.path("ca.pem"),
+    );
+    let s = ServerProcess::start_with(
+        &[
+            "--config",
+            &plan,
+            "--listen",
+            &own,
+            "--tls-cert",
+            &c,
+            "--tls-key",
+            &k,
+            "--tls-ca",
+            &ca,
+        ],
+        true,
+    );
+    let caller = Client::new();
+    let invite = format!(
+        "INVITE sip:+4930123456@localhost SIP/2.0\r\nVia: SIP/2.0/UDP {a};branch=z9hG4bKuntr;rport\r\n\
+         Max-Forwards: 70\r\nFrom: <sip:alice@localhost>;tag=a1\r\nTo: <sip:+4930123456@localhost>\r\n\
+         Call-ID: untrusted\r\nCSeq: 1 INVITE\r\nContact: <sip:alice@{a}>\r\nContent-Length: 0\r\n\r\n",
+        a = caller.addr
+    );
+    caller.send(&invite, s.addr);
+    let mut final_status = None;
+    while let Some(r) = caller.recv_timeout(Duration::from_secs(5)) {
+        if status(&r) >= 200 {
+            final_status = Some(status(&r));
+            break;
+        }
+    }
+    assert!(
+        matches!(final_status, Some(s) if s >= 500),
+        "refused, not connected: {final_status:?}"
+    );
+    assert!(
+        s.metric("sipshard_connection_events_total{reason=\"tls_failed\"}")
+            .unwrap()
+            >= 1.0
+    );
+}

@@ -78,7 +78,7 @@ impl Element {
         // Our UDP address: where trunk checks leave from and group legs come back to.
         let udp = local[proxy.default_socket() as usize].addr;
         let checker =
-            (shard == 0).then(|| crate::routing::TrunkChecker::new(&cfg.routing, shard, udp, 0));
+            (shard == 0).then(|| crate::routing::TrunkChecker::new(&cfg.routing, shard, &local, 0));
         Element {
             round_robin: vec![0; cfg.routing.groups.len()],
             checker,
@@ -188,7 +188,12 @@ impl Element {
             // (the trunks' up/down state was carried over by name when the plan was built).
             self.round_robin = vec![0; cfg.routing.groups.len()];
             if let Some(c) = &mut self.checker {
-                *c = crate::routing::TrunkChecker::new(&cfg.routing, self.shard, self.local, 0);
+                *c = crate::routing::TrunkChecker::new(
+                    &cfg.routing,
+                    self.shard,
+                    self.proxy.locals(),
+                    0,
+                );
             }
         }
         if let Some(auth) = &mut self.auth {

@@ -132,30 +132,43 @@ impl Element {
         out: &mut Outbox,
     ) {
         let plan = Arc::clone(&self.cfg.routing);
-        let uris: Vec<Vec<u8>> = route
+        // Each trunk over its transport: the URI says so, and a stream trunk may get a
+        // connection opened (the configuration made sure we listen on that transport).
+        let legs: Vec<(Vec<u8>, u16)> = route
             .trunks
             .iter()
-            .map(|&t| {
+            .filter_map(|&t| {
+                let trunk = &plan.trunks[t as usize];
                 let mut u = b"sip:".to_vec();
                 u.extend_from_slice(&route.number);
                 u.push(b'@');
-                crate::nat::push_hostport(&mut u, plan.trunks[t as usize].addr);
-                u
+                crate::nat::push_hostport(&mut u, trunk.addr);
+                let socket = if trunk.proto == crate::sip::Proto::Udp {
+                    self.proxy.default_socket()
+                } else {
+                    u.extend_from_slice(b";transport=");
+                    u.extend_from_slice(trunk.proto.uri_param().as_bytes());
+                    self.proxy.socket_for(trunk.proto)? | crate::sip::proto::CONNECT
+                };
+                Some((u, socket))
             })
             .collect();
-        let udp = self.proxy.default_socket();
         let targets: Vec<Target<'_>> = route
             .trunks
             .iter()
-            .zip(&uris)
+            .filter(|&&t| {
+                let p = plan.trunks[t as usize].proto;
+                p == crate::sip::Proto::Udp || self.proxy.socket_for(p).is_some()
+            })
+            .zip(&legs)
             .enumerate()
-            .map(|(i, (&t, uri))| Target {
+            .map(|(i, (&t, (uri, socket)))| Target {
                 uri,
                 dst: plan.trunks[t as usize].addr,
                 q: crate::registrar::DEFAULT_Q,
                 group: i as u16,
                 flow: false,
-                socket: udp,
+                socket: *socket,
             })
             .collect();
         let fork = Fork {

@@ -590,6 +590,11 @@ impl Proxy {
         })
     }
 
+    /// Our sockets, by index.
+    pub fn locals(&self) -> &[crate::sip::Local] {
+        &self.sockets
+    }
+
     /// The default socket (the first UDP one).
     pub fn default_socket(&self) -> u16 {
         self.socket

@@ -11,6 +11,7 @@
 
 use super::plan::DialPlan;
 use crate::server::outbox::Outbox;
+use crate::sip::{Local, Proto};
 use std::net::SocketAddr;
 
 /// The state of one trunk's checks.
@@ -28,8 +29,8 @@ struct CheckState {
 #[derive(Debug)]
 pub struct TrunkChecker {
     shard: usize,
-    /// Our address as written in Via and From.
-    host: String,
+    /// Our sockets (their addresses go into Via and From; a trunk's transport picks one).
+    locals: Vec<Local>,
     states: Vec<CheckState>,
     seq: u64,
 }
@@ -37,12 +38,12 @@ pub struct TrunkChecker {
 const BRANCH_PREFIX: &[u8] = b"z9hG4bK-ss";
 
 impl TrunkChecker {
-    /// A checker for `plan`'s trunks, sending from `local` (our listen address); the first
-    /// checks go out at `now_ms`.
-    pub fn new(plan: &DialPlan, shard: usize, local: SocketAddr, now_ms: u64) -> TrunkChecker {
+    /// A checker for `plan`'s trunks, sending from our sockets `locals` (a trunk's check
+    /// leaves from the first of its transport); the first checks go out at `now_ms`.
+    pub fn new(plan: &DialPlan, shard: usize, locals: &[Local], now_ms: u64) -> TrunkChecker {
         TrunkChecker {
             shard,
-            host: local.to_string(),
+            locals: locals.to_vec(),
             states: plan
                 .trunks
                 .iter()
@@ -74,6 +75,10 @@ impl TrunkChecker {
             if trunk.check_interval_ms == 0 || state.next_ms > now_ms {
                 continue;
             }
+            let Some(socket) = self.locals.iter().position(|l| l.proto == trunk.proto) else {
+                // No socket of its transport (the configuration refuses that): never checked.
+                continue;
+            };
             if state.outstanding != 0 {
                 state.failures += 1;
                 if state.failures >= trunk.down_after && trunk.is_up() {
@@ -87,9 +92,16 @@ impl TrunkChecker {
             self.seq += 1;
             state.outstanding = self.seq;
             state.next_ms = now_ms + trunk.check_interval_ms;
+            let local = self.locals[socket];
             let (buf, start) = out.begin();
-            write_options(buf, &self.host, self.shard, i, self.seq, trunk.addr);
-            out.commit(start, trunk.addr, 0);
+            write_options(buf, local, self.shard, i, self.seq, trunk.addr);
+            // Over a stream the check may open the connection.
+            let socket = if local.proto == Proto::Udp {
+                socket
+            } else {
+                socket | crate::sip::proto::CONNECT as usize
+            };
+            out.commit(start, trunk.addr, socket);
         }
     }
 
@@ -137,18 +149,23 @@ fn parse_branch(branch: &[u8]) -> Option<(usize, u64)> {
 /// An OPTIONS to a trunk (RFC 3261 §11.1), answered by any SIP element that is up.
 fn write_options(
     out: &mut Vec<u8>,
-    host: &str,
+    local: Local,
     shard: usize,
     trunk: usize,
     seq: u64,
     dst: SocketAddr,
 ) {
     use std::io::Write;
+    let (host, via) = (local.addr, local.proto.via_token());
+    let param = match local.proto {
+        Proto::Udp => String::new(),
+        p => format!(";transport={}", p.uri_param()),
+    };
     // Writing into a Vec cannot fail.
     let _ = write!(
         out,
-        "OPTIONS sip:{dst} SIP/2.0\r\n\
-         Via: SIP/2.0/UDP {host};branch=z9hG4bK-ss{shard}.hc{trunk}.{seq};rport\r\n\
+        "OPTIONS sip:{dst}{param} SIP/2.0\r\n\
+         Via: SIP/2.0/{via} {host};branch=z9hG4bK-ss{shard}.hc{trunk}.{seq};rport\r\n\
          Max-Forwards: 70\r\n\
          From: <sip:sipshard@{host}>;tag=hc{seq}\r\n\
          To: <sip:{dst}>\r\n\
@@ -170,6 +187,7 @@ mod tests {
             trunk: vec![TrunkSpec {
                 name: "a".into(),
                 address: "127.0.0.1:5071".into(),
+                transport: None,
                 check_interval_ms: Some(interval),
                 down_after: Some(down_after),
                 inbound_from: vec![],
@@ -190,8 +208,8 @@ mod tests {
     #[test]
     fn unanswered_checks_take_a_trunk_down_and_any_answer_brings_it_back() {
         let p = plan(1000, 2);
-        let local = "127.0.0.1:5060".parse().unwrap();
-        let mut c = TrunkChecker::new(&p, 0, local, 0);
+        let local: SocketAddr = "127.0.0.1:5060".parse().unwrap();
+        let mut c = TrunkChecker::new(&p, 0, &[Local::from(local)], 0);
         let mut out = Outbox::default();
         assert_eq!(c.next_timeout(&p), Some(0));
         c.poll(&p, 0, &mut out);
@@ -216,7 +234,8 @@ mod tests {
     #[test]
     fn interval_zero_sends_nothing() {
         let p = plan(0, 2);
-        let mut c = TrunkChecker::new(&p, 0, "127.0.0.1:5060".parse().unwrap(), 0);
+        let local: SocketAddr = "127.0.0.1:5060".parse().unwrap();
+        let mut c = TrunkChecker::new(&p, 0, &[Local::from(local)], 0);
         assert_eq!(c.next_timeout(&p), None);
         let mut out = Outbox::default();
         c.poll(&p, 10_000, &mut out);

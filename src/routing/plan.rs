@@ -17,6 +17,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 pub struct Trunk {
     pub name: Box<str>,
     pub addr: SocketAddr,
+    /// How it is reached (UDP, TCP or TLS).
+    pub proto: crate::sip::Proto,
     /// 0: no checks (always up).
     pub check_interval_ms: u64,
     pub down_after: u32,
@@ -42,7 +44,10 @@ impl Trunk {
     pub fn status(&self) -> TrunkStatus {
         TrunkStatus {
             name: self.name.to_string(),
-            address: self.addr.to_string(),
+            address: match self.proto {
+                crate::sip::Proto::Udp => self.addr.to_string(),
+                p => format!("{}:{}", p.scheme(), self.addr),
+            },
             up: self.is_up(),
             check_interval_ms: self.check_interval_ms,
         }
@@ -298,6 +303,17 @@ impl DialPlan {
             let Ok(addr) = t.address.parse::<SocketAddr>() else {
                 return err(format!("{at}: address \"{}\": expected IP:PORT", t.address));
             };
+            use crate::sip::Proto;
+            let proto = match t.transport.as_deref().map(|p| Proto::parse(p.as_bytes())) {
+                None => Proto::Udp,
+                Some(Some(p @ (Proto::Udp | Proto::Tcp | Proto::Tls))) => p,
+                Some(_) => {
+                    return err(format!(
+                        "{at}: transport \"{}\": expected udp, tcp or tls",
+                        t.transport.as_deref().unwrap_or_default()
+                    ))
+                }
+            };
             let check_interval_ms = t
                 .check_interval_ms
                 .unwrap_or(spec::DEFAULT_CHECK_INTERVAL_MS);
@@ -324,6 +340,7 @@ impl DialPlan {
             trunks.push(Trunk {
                 name: t.name.as_str().into(),
                 addr,
+                proto,
                 check_interval_ms,
                 down_after,
                 inbound_from,

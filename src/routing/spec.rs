@@ -68,13 +68,17 @@ pub struct RuleSpec {
     pub replace: String,
 }
 
-/// A gateway to the outside (UDP for now).
+/// A gateway to the outside.
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct TrunkSpec {
     pub name: String,
     /// `IP:PORT`.
     pub address: String,
+    /// `udp` (default), `tcp` or `tls`: how calls and checks reach it (a connection is opened
+    /// when none is open; the server needs a listen address of that transport).
+    #[serde(default)]
+    pub transport: Option<String>,
     /// OPTIONS every interval; 0 turns the checks off (the trunk is then always up).
     pub check_interval_ms: Option<u64>,
     /// Failed checks in a row before the trunk is skipped.

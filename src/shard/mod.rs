@@ -176,6 +176,11 @@ impl Server {
                     listener,
                     socket: (listen.len() + i) as u16,
                     tls,
+                    tls_client: if proto == Proto::Tls {
+                        config.tls_client.clone()
+                    } else {
+                        None
+                    },
                     ws: matches!(proto, Proto::Ws | Proto::Wss),
                 });
             }

@@ -116,6 +116,8 @@ pub struct StreamListener {
     pub listener: TcpListener,
     pub socket: u16,
     pub tls: Option<Arc<rustls::ServerConfig>>,
+    /// For a `tls:` listener: the configuration of the connections we open over TLS.
+    pub tls_client: Option<Arc<rustls::ClientConfig>>,
     pub ws: bool,
 }
 
@@ -152,7 +154,7 @@ struct Conn {
     /// What the framing knows of the message being received.
     frame: FrameState,
     /// A TLS connection's state: the socket carries its records, `rbuf` the plaintext.
-    tls: Option<Box<rustls::ServerConnection>>,
+    tls: Option<Box<rustls::Connection>>,
     /// A WebSocket connection's state: `rbuf` holds frames (after TLS for `wss:`), and
     /// messages to the peer go out framed.
     ws: Option<Box<WsSession>>,
@@ -487,13 +489,12 @@ impl TcpShard {
                     self.stats.wakeups.inc();
                 }
             }
-            // Outgoing TLS needs a client configuration this server does not have yet, and a
-            // WebSocket server does not open connections (its clients are browsers).
+            // TCP, or TLS with a client configuration; a WebSocket server does not open
+            // connections (its clients are browsers).
             _ if may_connect
-                && self
-                    .listeners
-                    .iter()
-                    .any(|l| l.socket == socket && l.tls.is_none() && !l.ws) =>
+                && self.listeners.iter().any(|l| {
+                    l.socket == socket && !l.ws && (l.tls.is_none() || l.tls_client.is_some())
+                }) =>
             {
                 self.connect(socket, dst, bytes)
             }
@@ -583,7 +584,8 @@ impl TcpShard {
             let _ = stream.set_nodelay(true);
             let tls = match tls_cfg.map(rustls::ServerConnection::new) {
                 None => None,
-                Some(Ok(mut t)) => {
+                Some(Ok(t)) => {
+                    let mut t = rustls::Connection::Server(t);
                     t.set_buffer_limit(Some(self.settings.max_output));
                     Some(Box::new(t))
                 }
@@ -629,7 +631,25 @@ impl TcpShard {
             }
             Ok(s.into())
         })();
-        let stream = match made {
+        // Over TLS the peer's certificate must name the address connected to.
+        let client = self
+            .listeners
+            .iter()
+            .find(|l| l.socket == socket)
+            .and_then(|l| l.tls_client.clone());
+        let tls = match client.map(|cfg| {
+            let name = rustls::pki_types::ServerName::IpAddress(dst.ip().into());
+            rustls::ClientConnection::new(cfg, name)
+        }) {
+            None => Ok(None),
+            Some(Ok(c)) => {
+                let mut c = rustls::Connection::Client(c);
+                c.set_buffer_limit(Some(self.settings.max_output));
+                Ok(Some(Box::new(c)))
+            }
+            Some(Err(e)) => Err(io::Error::other(e)),
+        };
+        let stream = match made.and_then(|s| tls.map(|t| (s, t))) {
             Ok(s) => s,
             Err(e) => {
                 self.stats.streams.event(StreamEvent::ConnectFailed);
@@ -638,25 +658,36 @@ impl TcpShard {
                 return;
             }
         };
+        let (stream, tls) = stream;
+        let encrypted = tls.is_some();
         let now = Instant::now();
         let conn = Conn {
             stream,
             peer: dst,
             socket,
             rbuf: Vec::new(),
-            wbuf: bytes.to_vec(),
+            // Over TLS the message goes through the session (after the handshake).
+            wbuf: if encrypted {
+                Vec::new()
+            } else {
+                bytes.to_vec()
+            },
             want_out: true,
             connecting: true,
             last_byte: now,
             partial_since: None,
             inbound: false,
             frame: FrameState::default(),
-            tls: None,
+            tls,
             ws: None,
         };
         let events = (libc::EPOLLIN | libc::EPOLLRDHUP | libc::EPOLLOUT) as u32;
-        if self.register(conn, events).is_some() {
+        if let Some(token) = self.register(conn, events) {
             self.stats.streams.connected.inc();
+            if encrypted {
+                // The ClientHello now; the message once the handshake is done.
+                self.write_stream(token, bytes);
+            }
         }
     }
 
@@ -879,8 +910,13 @@ impl TcpShard {
                 }
             }
         }
-        let (peer, socket) = (c.peer, c.socket);
+        let (peer, socket, inbound) = (c.peer, c.socket, c.inbound);
         if tls_failed {
+            if !inbound {
+                // A connection we opened (a TLS trunk whose certificate we do not trust, say):
+                // what was to go over it was not delivered.
+                self.failed.push((socket, peer));
+            }
             // The alert rustls queued goes out, then the connection closes.
             self.stats.streams.event(StreamEvent::TlsFailed);
             self.log_once(peer.ip(), StreamEvent::TlsFailed);

@@ -1,7 +1,9 @@
 //! TLS for the stream transport (RFC 3261 §26.2.1, §18 over TLS): the server's rustls
 //! configuration from PEM files (`--tls-cert`, `--tls-key`, and `--tls-client-ca` to require
-//! client certificates). The connections themselves run in `tcp.rs`: a TLS connection is a TCP
-//! connection whose bytes pass through a rustls `ServerConnection`.
+//! client certificates), and the client configuration of the connections the server opens
+//! (to a TLS trunk or contact), which verifies the peer against `--tls-ca` or the system's
+//! CA bundle. The connections themselves run in `tcp.rs`: a TLS connection is a TCP connection
+//! whose bytes pass through a rustls `Connection`.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -15,6 +17,43 @@ pub struct TlsFiles {
     pub cert: std::path::PathBuf,
     pub key: std::path::PathBuf,
     pub client_ca: Option<std::path::PathBuf>,
+    /// Trust anchors for the certificates of peers we connect to (None: the system's).
+    pub ca: Option<std::path::PathBuf>,
+}
+
+/// Debian's (and most distributions') bundle of the system's trusted CAs.
+pub const SYSTEM_CA_BUNDLE: &str = "/etc/ssl/certs/ca-certificates.crt";
+
+/// The configuration of the TLS connections the server opens: the peer's certificate must
+/// chain to `files.ca` (or the system bundle when none is given) and name the address
+/// connected to. No client certificate is offered.
+#[allow(deprecated)] // the ring provider, as in server_config
+pub fn client_config(files: &TlsFiles) -> Result<Arc<rustls::ClientConfig>, String> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut roots = rustls::RootCertStore::empty();
+    match &files.ca {
+        Some(ca) => {
+            for c in certs(ca, "--tls-ca")? {
+                roots
+                    .add(c)
+                    .map_err(|e| format!("--tls-ca {}: {e}", ca.display()))?;
+            }
+        }
+        None => {
+            // A machine without the bundle opens no TLS connection that verifies; the server
+            // still serves TLS.
+            if let Ok(iter) = CertificateDer::pem_file_iter(SYSTEM_CA_BUNDLE) {
+                let (added, _) = roots.add_parsable_certificates(iter.flatten());
+                tracing::debug!(added, "system CAs for outgoing TLS");
+            }
+        }
+    }
+    let cfg = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| format!("TLS: {e}"))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(Arc::new(cfg))
 }
 
 fn certs(path: &Path, what: &str) -> Result<Vec<CertificateDer<'static>>, String> {
