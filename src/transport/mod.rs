@@ -236,9 +236,12 @@ pub fn claim_listen_addrs(
         let probe = if proto == crate::sip::Proto::Udp {
             udp_socket(addr, false).map_err(taken)?
         } else {
-            // Bound without SO_REUSEPORT (and not listening): EADDRINUSE if anyone holds it.
+            // Bound without SO_REUSEPORT (and not listening): EADDRINUSE if another process
+            // listens there. SO_REUSEADDR, as the listeners have it: the connections of a
+            // server that just stopped (TIME_WAIT) do not hold the address, so a restart works.
             let s = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))
                 .map_err(taken)?;
+            s.set_reuse_address(true).map_err(taken)?;
             if addr.is_ipv6() {
                 s.set_only_v6(true).map_err(taken)?;
             }
@@ -296,6 +299,15 @@ mod tests {
         let held = super::tcp::tcp_listener(bound[0], true).unwrap();
         let err = super::claim_listen_addrs(&[(bound[0], tcp)]).unwrap_err();
         assert!(err.to_string().starts_with("tcp:"), "{err}");
+        // A connection the server closed first leaves the port in TIME_WAIT: a restart may
+        // claim it (a server restarted right after its phones' connections failed to start).
+        {
+            use std::io::Read;
+            let mut client = std::net::TcpStream::connect(bound[0]).unwrap();
+            let (server_side, _) = held.accept().unwrap();
+            drop(server_side);
+            let _ = client.read(&mut [0u8; 1]);
+        }
         drop(held);
         assert_eq!(
             super::claim_listen_addrs(&[(bound[0], tcp)]).unwrap(),
