@@ -47,6 +47,16 @@ WORK = os.environ.get('PERF_WORK', '/tmp/sipshard-perf')
 TRANSPORT = os.environ.get('PERF_TRANSPORT', 'un')     # SIPp -t: un = one socket per call
 # SIPp over TCP (t1: one connection, tn: one per call): the servers listen on TCP too
 TCP = TRANSPORT.startswith('t')
+# PERF_TLS=1 (with PERF_TRANSPORT=t1/tn): the servers listen on TLS too (TLS_PORT, one EC P-256
+# certificate made with openssl for both; Kamailio's tls module, OpenSSL), and SIPp, which has
+# no TLS in Debian, reaches it through stunnel in client mode (STUNNEL_PORT). stunnel's CPU is
+# neither server's.
+TLS = os.environ.get('PERF_TLS') == '1' and TCP
+# PERF_TLS_RESUME=0: stunnel never resumes a TLS session (with -t tn every REGISTER then costs
+# a full handshake); by default it resumes from its cache.
+TLS_RESUME = os.environ.get('PERF_TLS_RESUME', '1') != '0'
+TLS_PORT = PORT + 3
+STUNNEL_PORT = PORT + 4
 KAM_CHILDREN = int(os.environ.get('PERF_KAM_CHILDREN', 2))
 KAM_SHM_MB = int(os.environ.get('PERF_KAM_SHM_MB', 1024))
 # Kamailio probes its UDP receive buffer up to maxbuffer (256 KiB by default); sipshard asks for
@@ -222,6 +232,10 @@ class Server:
                    '--log', 'warn']
             if TCP:
                 cmd += ['--listen', 'tcp:%s:%d' % (IP, PORT)]
+            if TLS:
+                cert, key = tls_files()
+                cmd += ['--listen', 'tls:%s:%d' % (IP, TLS_PORT), '--tls-cert', cert,
+                        '--tls-key', key]
             if self.scenario == 'reg-auth':
                 cmd += ['--users', users_txt(self.total), '--auth-algorithms', 'md5']
             if self.scenario == 'trunk-calls':
@@ -240,6 +254,9 @@ class Server:
                 cmd += ['-A', 'UDP_MAXBUFFER=%d' % KAM_MAXBUFFER]
             if TCP:
                 cmd += ['-A', 'TCP_LISTEN=tcp:%s:%d' % (IP, PORT)]
+            if TLS:
+                cmd += ['-A', 'TLS_LISTEN=tls:%s:%d' % (IP, TLS_PORT),
+                        '-A', 'TLS_CFG="%s"' % kamailio_tls_cfg()]
             if self.scenario == 'trunk-calls':
                 cmd += ['-A', 'DS_LIST="%s"' % dispatcher_list(self.rundir)]
             cmd += KAM_EXTRA_ARGS
@@ -469,6 +486,48 @@ def check_ports():
                            'PERF_UAS_PORT)' % busy)
 
 
+def tls_files():
+    """The certificate and key both servers' TLS listeners use (made once per work dir)."""
+    d = os.path.join(WORK, 'tls')
+    cert, key = os.path.join(d, 'cert.pem'), os.path.join(d, 'key.pem')
+    if not os.path.exists(cert):
+        os.makedirs(d, exist_ok=True)
+        subprocess.run(['openssl', 'req', '-x509', '-newkey', 'ec', '-pkeyopt',
+                        'ec_paramgen_curve:P-256', '-nodes', '-keyout', key, '-out', cert,
+                        '-days', '30', '-subj', '/CN=%s' % IP, '-addext',
+                        'subjectAltName=IP:%s' % IP], check=True, capture_output=True)
+    return cert, key
+
+
+def kamailio_tls_cfg():
+    """Kamailio's tls module profile: the same certificate, no client certificates."""
+    cert, key = tls_files()
+    path = os.path.join(WORK, 'tls', 'kamailio-tls.cfg')
+    with open(path, 'w') as f:
+        f.write('[server:default]\nmethod = TLSv1.2+\nverify_certificate = no\n'
+                'require_certificate = no\nprivate_key = %s\ncertificate = %s\n' % (key, cert))
+    return path
+
+
+def start_stunnel(rundir):
+    """stunnel in client mode: SIPp's TCP on STUNNEL_PORT becomes TLS to TLS_PORT (a TLS
+    session per SIPp connection, resumed from stunnel's session cache when it can)."""
+    conf = os.path.join(rundir, 'stunnel.conf')
+    with open(conf, 'w') as f:
+        f.write('foreground = yes\npid =\ndebug = 3\n[sip]\nclient = yes\n'
+                'accept = %s:%d\nconnect = %s:%d\nverifyChain = no\nsessionResume = %s\n'
+                % (IP, STUNNEL_PORT, IP, TLS_PORT, 'yes' if TLS_RESUME else 'no'))
+    p = subprocess.Popen(['stunnel', conf], stdout=open(os.path.join(rundir, 'stunnel.log'), 'w'),
+                         stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+    for _ in range(50):
+        try:
+            socket.create_connection((IP, STUNNEL_PORT), timeout=0.2).close()
+            break
+        except OSError:
+            time.sleep(0.1)
+    return p
+
+
 def trial(target, scenario, rate, duration, bins):
     sc = SCENARIOS[scenario]
     total = rate * duration
@@ -477,21 +536,26 @@ def trial(target, scenario, rate, duration, bins):
     os.makedirs(rundir)
     csv = users_csv(max(total, 1))
     res = dict(target=target, scenario=scenario, rate=rate, total=total, duration=duration,
-               transport=TRANSPORT)
+               transport=TRANSPORT + (('+tls' if TLS_RESUME else '+tls-full') if TLS else ''))
     client_scen = os.path.join(SCEN, sc['echo'] if target == 'echo' else sc['sipp'])
     # the echo does one receive+send pair per SIPp call: N calls per op of an N-pair scenario
     per_op = sc['pairs'] if target == 'echo' else 1
-    args = ['%s:%d' % (IP, PORT), '-sf', client_scen, '-inf', csv, '-i', IP,
+    # Over TLS SIPp talks to stunnel, which talks TLS to the server.
+    sipp_target = '%s:%d' % (IP, STUNNEL_PORT if TLS else PORT)
+    args = [sipp_target, '-sf', client_scen, '-inf', csv, '-i', IP,
             '-p', str(SIPP_PORT), '-t', TRANSPORT, '-r', str(rate * per_op),
             '-m', str(total * per_op)]
     if scenario == 'reg-auth' and target != 'echo':
         args += ['-au', '[field0]', '-ap', '[field1]']
     uas = None
+    tunnel = None
     with Lock():
         check_ports()
         srv = Server(target, scenario, total, rundir, bins)
         try:
             srv.start()
+            if TLS:
+                tunnel = start_stunnel(rundir)
             res['server_cmd'] = ' '.join(srv.cmd)
             if scenario in CALLS:
                 if scenario == 'calls':
@@ -554,6 +618,9 @@ def trial(target, scenario, rate, duration, bins):
             if uas and uas.poll() is None:
                 uas.kill()
                 uas.wait()
+            if tunnel:
+                tunnel.terminate()
+                tunnel.wait()
             srv.stop()
     st = gen_st if gen_st is not None else sipp_stats(os.path.join(rundir, 'client_stat.csv'))
     res['generator'] = 'sipshard load' if gen_st is not None else 'sipp'
