@@ -57,6 +57,11 @@ struct SippResult {
 
 /// Runs SIPp to completion and reads its final statistics line.
 fn run_sipp(dir: &Path, server: &ServerProcess, args: &[&str]) -> SippResult {
+    run_sipp_to(dir, server.addr, args)
+}
+
+/// [`run_sipp`] against `target` (a tunnel in front of the server, say).
+fn run_sipp_to(dir: &Path, target: std::net::SocketAddr, args: &[&str]) -> SippResult {
     let stat = dir.join("stat.csv");
     let _ = std::fs::remove_file(&stat);
     // SIPp without -p takes the first free port from 5060 up, one that a SIPp of another
@@ -71,7 +76,7 @@ fn run_sipp(dir: &Path, server: &ServerProcess, args: &[&str]) -> SippResult {
     let out = Command::new("timeout")
         .arg("120")
         .arg("sipp")
-        .arg(server.addr.to_string())
+        .arg(target.to_string())
         .args(args)
         .args(own_port)
         .args(["-nostdin", "-trace_stat", "-stf"])
@@ -1675,4 +1680,123 @@ fn sipp_callee_on_udp_hangs_up_a_tcp_caller_over_the_callers_connection() {
     run_clean(&dir, &s, "uac-callee-bye.xml", &csv, 100, 50, &["-t", "t1"]);
     uas.finish(100);
     assert_eq!(s.metric("sipshard_connections_made_total"), Some(0.0));
+}
+
+/// stunnel in client mode on a free port: SIPp's TCP becomes TLS to `tls` (Debian's SIPp has
+/// no TLS), verifying the server's certificate against `ca` and its address. Killed on drop.
+struct Stunnel {
+    child: std::process::Child,
+    addr: std::net::SocketAddr,
+}
+
+impl Stunnel {
+    fn start(dir: &Path, tls: std::net::SocketAddr, ca: &str) -> Stunnel {
+        let port = free_port();
+        let conf = dir.join("stunnel.conf");
+        std::fs::write(
+            &conf,
+            format!(
+                "foreground = yes\npid =\n[sip]\nclient = yes\naccept = 127.0.0.1:{port}\n\
+                 connect = {tls}\nCAfile = {ca}\nverifyChain = yes\ncheckIP = 127.0.0.1\n"
+            ),
+        )
+        .unwrap();
+        let child = Command::new("stunnel")
+            .arg(&conf)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("run stunnel");
+        let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+        for _ in 0..50 {
+            if std::net::TcpStream::connect(addr).is_ok() {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        Stunnel { child, addr }
+    }
+}
+
+impl Drop for Stunnel {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn sipp_digest_registrations_over_tls_through_stunnel() {
+    let test = "sipp_digest_registrations_over_tls_through_stunnel";
+    if !sipp_available(test) {
+        return;
+    }
+    if Command::new("stunnel").arg("-version").output().is_err() {
+        skip_or_fail(
+            test,
+            "stunnel missing (apt-get install stunnel4)",
+            "SIPSHARD_REQUIRE_SIPP",
+        );
+        return;
+    }
+    let dir = scratch("tls-reg");
+    let (csv, txt) = users(&dir, 100);
+    let pki = common::pki::pki("sipp-tls");
+    let tls: std::net::SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let listen = format!("tls:{tls}");
+    let (cert, key, ca) = (
+        pki.path("cert.pem"),
+        pki.path("key.pem"),
+        pki.path("ca.pem"),
+    );
+    let s = ServerProcess::start_with(
+        &[
+            "--shards",
+            "2",
+            "--users",
+            txt.to_str().unwrap(),
+            "--listen",
+            &listen,
+            "--tls-cert",
+            &cert,
+            "--tls-key",
+            &key,
+        ],
+        true,
+    );
+    let tunnel = Stunnel::start(&dir, tls, &ca);
+    let auth = ["-au", "[field0]", "-ap", "[field1]"];
+    // One TLS connection for every REGISTER (t1), then a connection and handshake per
+    // registration (tn).
+    for (calls, rate, transport) in [(1000u64, 500u32, "t1"), (300, 150, "tn")] {
+        let sf = scenario("register-digest.xml");
+        let (m, r) = (calls.to_string(), rate.to_string());
+        let mut args = vec![
+            "-sf",
+            sf.to_str().unwrap(),
+            "-inf",
+            csv.to_str().unwrap(),
+            "-m",
+            &m,
+            "-r",
+            &r,
+            "-t",
+            transport,
+            "-max_socket",
+            "1000",
+        ];
+        args.extend_from_slice(&auth);
+        assert_clean(&run_sipp_to(&dir, tunnel.addr, &args), calls);
+    }
+    assert_eq!(
+        s.metric("sipshard_stream_messages_total"),
+        Some(2600.0),
+        "every REGISTER and its retry came over TLS"
+    );
+    assert_eq!(
+        s.metric("sipshard_connection_events_total{reason=\"tls_failed\"}"),
+        Some(0.0)
+    );
+    let accepted = s.metric("sipshard_connections_accepted_total").unwrap();
+    assert!(accepted >= 301.0, "{accepted} connections accepted");
 }
