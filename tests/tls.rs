@@ -315,3 +315,34 @@ fn a_tls_trunk_whose_certificate_is_not_trusted_fails_the_call_at_once() {
             >= 1.0
     );
 }
+
+#[test]
+fn close_notify_followed_by_more_bytes_does_not_stall_the_shard() {
+    let p = pki("closenotify");
+    let (s, tls_addr) = tls_server(&p, &["--shards", "1"]);
+    let mut c = p.connect(tls_addr, false);
+    c.write_all(request("OPTIONS", "sip:127.0.0.1", "", "cn-1").as_bytes())
+        .unwrap();
+    assert_eq!(status(&common::read_stream_messages(&mut c, 1)[0]), 200);
+    // close_notify and then 6 KB more in the same write (rustls takes nothing after the
+    // alert: a read loop waiting for it to take the rest spun the shard forever).
+    c.conn.send_close_notify();
+    let mut bytes = Vec::new();
+    while c.conn.wants_write() {
+        c.conn.write_tls(&mut bytes).unwrap();
+    }
+    bytes.extend_from_slice(&[0x17; 6000]);
+    c.sock.write_all(&bytes).unwrap();
+    // The one shard still serves a new connection and UDP.
+    std::thread::sleep(Duration::from_millis(200));
+    let mut fresh = p.connect(tls_addr, false);
+    fresh
+        .write_all(request("OPTIONS", "sip:127.0.0.1", "", "cn-2").as_bytes())
+        .unwrap();
+    assert_eq!(status(&common::read_stream_messages(&mut fresh, 1)[0]), 200);
+    let udp = Client::new();
+    assert_eq!(
+        status(&udp.request(&common::options_to_server(&udp, s.addr, "cn-3"), s.addr)),
+        200
+    );
+}

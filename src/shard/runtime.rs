@@ -273,6 +273,12 @@ pub fn run(mut ctx: ShardContext) {
         // the send, and one before sleeping.
         let batch_start = Instant::now();
         let now_ms = ctx.clock.ms_at(batch_start);
+        // Deliveries that failed in the last round's send, before this round creates new
+        // transactions to the same destinations (those must not be failed with them).
+        if let Some(t) = &mut ctx.streams {
+            let core = &mut ctx.core;
+            t.take_failed(|socket, dst| core.transport_error(socket, dst, now_ms, &mut out));
+        }
         // Messages of connections the owners' full queues refused before: in order, first.
         if !retry.is_empty() {
             let mut kept = Vec::new();
@@ -345,7 +351,6 @@ pub fn run(mut ctx: ShardContext) {
         if let Some(t) = &mut ctx.streams {
             let core = &mut ctx.core;
             t.take_closed(|socket, peer, ms| core.connection_closed(socket, peer, ms));
-            t.take_failed(|socket, dst| core.transport_error(socket, dst, now_ms, &mut out));
         }
         if ctx.core.next_timeout().is_some_and(|t| t <= now_ms) {
             ctx.core.handle_timeout(now_ms, &mut out);

@@ -716,7 +716,7 @@ impl TcpShard {
         if !ws.is_open() {
             // Not upgraded yet, or closing: no message can go.
             self.stats.dropped(crate::stats::DropReason::SendError);
-            if !bytes.starts_with(b"SIP/2.0 ") {
+            if !bytes.starts_with(b"SIP/2.0 ") && !only_line_breaks(bytes) {
                 self.failed.push((c.socket, c.peer));
             }
             return;
@@ -865,8 +865,21 @@ impl TcpShard {
             c.last_byte = now;
             let mut records = &raw[..n];
             let Some(tls) = c.tls.as_mut() else { break };
-            while !records.is_empty() && !tls_failed {
-                if tls.read_tls(&mut records).is_err() || tls.process_new_packets().is_err() {
+            while !records.is_empty() && !tls_failed && !closed {
+                match tls.read_tls(&mut records) {
+                    // After close_notify rustls takes nothing more: what follows is dropped
+                    // (looping on it would spin the shard).
+                    Ok(0) => {
+                        closed = true;
+                        break;
+                    }
+                    Ok(_) => {}
+                    Err(_) => {
+                        tls_failed = true;
+                        break;
+                    }
+                }
+                if tls.process_new_packets().is_err() {
                     tls_failed = true;
                     break;
                 }
@@ -890,7 +903,7 @@ impl TcpShard {
                     }
                 }
             }
-            if tls_failed {
+            if tls_failed || closed {
                 break;
             }
         }
@@ -924,6 +937,11 @@ impl TcpShard {
             }
         }
         let (peer, socket, inbound) = (c.peer, c.socket, c.inbound);
+        let handshaking = c.tls.as_ref().is_some_and(|t| t.is_handshaking());
+        if closed && !inbound && handshaking && !tls_failed {
+            // A peer that closed before our TLS session was up: what waits in it is lost.
+            self.failed.push((socket, peer));
+        }
         if tls_failed {
             if !inbound {
                 // A connection we opened (a TLS trunk whose certificate we do not trust, say):
@@ -1161,7 +1179,16 @@ impl TcpShard {
         let message = Duration::from_millis(self.settings.message_timeout_ms);
         let idle = Duration::from_millis(self.settings.idle_timeout_ms);
         for (&token, c) in &self.conns {
-            if c.partial_since
+            // An outgoing connection not up within the message timeout (no answer to the
+            // connect or to our ClientHello) fails what waits on it.
+            let stuck_out = !c.inbound
+                && (c.connecting || c.tls.as_ref().is_some_and(|t| t.is_handshaking()))
+                && now.saturating_duration_since(c.last_byte) >= message;
+            if stuck_out {
+                self.failed.push((c.socket, c.peer));
+                self.doomed.push((token, StreamEvent::MessageTimeout));
+            } else if c
+                .partial_since
                 .is_some_and(|t| now.saturating_duration_since(t) >= message)
                 && c.inbound
             {

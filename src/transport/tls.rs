@@ -46,6 +46,12 @@ pub fn client_config(files: &TlsFiles) -> Result<Arc<rustls::ClientConfig>, Stri
                 let (added, _) = roots.add_parsable_certificates(iter.flatten());
                 tracing::debug!(added, "system CAs for outgoing TLS");
             }
+            if roots.is_empty() {
+                tracing::warn!(
+                    "no CA certificate in {SYSTEM_CA_BUNDLE} and no --tls-ca: TLS connections \
+                     the server opens (tls trunks and contacts) will fail verification"
+                );
+            }
         }
     }
     let cfg = rustls::ClientConfig::builder_with_provider(provider)
