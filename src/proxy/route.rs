@@ -134,7 +134,7 @@ impl Element {
         let plan = Arc::clone(&self.cfg.routing);
         // Each trunk over its transport: the URI says so, and a stream trunk may get a
         // connection opened (the configuration made sure we listen on that transport).
-        let legs: Vec<(Vec<u8>, u16)> = route
+        let legs: Vec<(std::net::SocketAddr, Vec<u8>, u16)> = route
             .trunks
             .iter()
             .filter_map(|&t| {
@@ -150,21 +150,15 @@ impl Element {
                     u.extend_from_slice(trunk.proto.uri_param().as_bytes());
                     self.proxy.socket_for(trunk.proto)? | crate::sip::proto::CONNECT
                 };
-                Some((u, socket))
+                Some((trunk.addr, u, socket))
             })
             .collect();
-        let targets: Vec<Target<'_>> = route
-            .trunks
+        let targets: Vec<Target<'_>> = legs
             .iter()
-            .filter(|&&t| {
-                let p = plan.trunks[t as usize].proto;
-                p == crate::sip::Proto::Udp || self.proxy.socket_for(p).is_some()
-            })
-            .zip(&legs)
             .enumerate()
-            .map(|(i, (&t, (uri, socket)))| Target {
+            .map(|(i, (dst, uri, socket))| Target {
                 uri,
-                dst: plan.trunks[t as usize].addr,
+                dst: *dst,
                 q: crate::registrar::DEFAULT_Q,
                 group: i as u16,
                 flow: false,
