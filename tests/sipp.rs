@@ -134,6 +134,19 @@ fn run_clean(
     rate: u32,
     extra: &[&str],
 ) {
+    run_clean_to(dir, server.addr, scenario_name, csv, calls, rate, extra);
+}
+
+/// [`run_clean`] against `target` (a tunnel in front of the server, say).
+fn run_clean_to(
+    dir: &Path,
+    target: std::net::SocketAddr,
+    scenario_name: &str,
+    csv: &Path,
+    calls: u64,
+    rate: u32,
+    extra: &[&str],
+) {
     let sf = scenario(scenario_name);
     let (m, r) = (calls.to_string(), rate.to_string());
     let mut args = vec![
@@ -147,7 +160,7 @@ fn run_clean(
         &r,
     ];
     args.extend_from_slice(extra);
-    assert_clean(&run_sipp(dir, server, &args), calls);
+    assert_clean(&run_sipp_to(dir, target, &args), calls);
 }
 
 #[test]
@@ -1769,24 +1782,10 @@ fn sipp_digest_registrations_over_tls_through_stunnel() {
     // One TLS connection for every REGISTER (t1), then a connection and handshake per
     // registration (tn).
     for (calls, rate, transport) in [(1000u64, 500u32, "t1"), (300, 150, "tn")] {
-        let sf = scenario("register-digest.xml");
-        let (m, r) = (calls.to_string(), rate.to_string());
-        let mut args = vec![
-            "-sf",
-            sf.to_str().unwrap(),
-            "-inf",
-            csv.to_str().unwrap(),
-            "-m",
-            &m,
-            "-r",
-            &r,
-            "-t",
-            transport,
-            "-max_socket",
-            "1000",
-        ];
+        let mut args = vec!["-t", transport, "-max_socket", "1000"];
         args.extend_from_slice(&auth);
-        assert_clean(&run_sipp_to(&dir, tunnel.addr, &args), calls);
+        let sf = "register-digest.xml";
+        run_clean_to(&dir, tunnel.addr, sf, &csv, calls, rate, &args);
     }
     assert_eq!(
         s.metric("sipshard_stream_messages_total"),

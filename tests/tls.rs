@@ -213,13 +213,7 @@ fn call_through_a_stream_trunk(transport: &str) {
             a = caller.addr
         );
         caller.send(&invite, s.addr);
-        let mut final_status = None;
-        while let Some(r) = caller.recv_timeout(Duration::from_secs(5)) {
-            if status(&r) >= 200 {
-                final_status = Some(status(&r));
-                break;
-            }
-        }
+        let final_status = caller.final_status(Duration::from_secs(5));
         assert_eq!(
             final_status,
             Some(200),
@@ -298,13 +292,7 @@ fn a_tls_trunk_whose_certificate_is_not_trusted_fails_the_call_at_once() {
         a = caller.addr
     );
     caller.send(&invite, s.addr);
-    let mut final_status = None;
-    while let Some(r) = caller.recv_timeout(Duration::from_secs(5)) {
-        if status(&r) >= 200 {
-            final_status = Some(status(&r));
-            break;
-        }
-    }
+    let final_status = caller.final_status(Duration::from_secs(5));
     assert!(
         matches!(final_status, Some(s) if s >= 500),
         "refused, not connected: {final_status:?}"

@@ -294,6 +294,17 @@ impl Client {
         }
     }
 
+    /// The status of the first final response (>= 200) to arrive, each within `t` of the
+    /// last datagram; None when none does.
+    pub fn final_status(&self, t: Duration) -> Option<u16> {
+        while let Some(r) = self.recv_timeout(t) {
+            if status(&r) >= 200 {
+                return Some(status(&r));
+            }
+        }
+        None
+    }
+
     /// Nothing arrives within `t`.
     pub fn expect_silence(&self, t: Duration) {
         if let Some(r) = self.recv_timeout(t) {
