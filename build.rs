@@ -14,6 +14,12 @@ const PROGRAMS: &[(&str, &str, &str, &str)] = &[
         "SIPSHARD_REQUIRE_SIPP",
     ),
     (
+        "redis-server",
+        "the shared-store tests (tests/sipp.rs)",
+        "apt-get install redis-server",
+        "SIPSHARD_REQUIRE_REDIS",
+    ),
+    (
         "baresip",
         "the interop tests that use it",
         "apt-get install baresip",

@@ -77,6 +77,8 @@ pub struct Config {
     pub admin: Option<PathBuf>,
     /// Call detail records (`--cdr`): None keeps none.
     pub cdr: Option<crate::cdr::CdrConfig>,
+    /// The shared binding store (`--store`, `--node`): None keeps bindings on this node.
+    pub shared: Option<crate::store::shared::SharedSettings>,
 }
 
 impl Config {
@@ -207,6 +209,14 @@ pub struct Cli {
     /// PostgreSQL is away).
     #[arg(long, value_name = "SINK")]
     pub cdr: Vec<String>,
+    /// Share bindings with other nodes through Redis or Valkey: redis://HOST:PORT[/DB] or
+    /// redis+cluster://HOST:PORT,HOST:PORT,... (replaces --data-dir's binding log; with
+    /// --durability sync a REGISTER's 200 waits for the store).
+    #[arg(long, value_name = "URL")]
+    pub store: Option<String>,
+    /// This node's name in the shared store, unique per node (default: the host name).
+    #[arg(long, value_name = "NAME")]
+    pub node: Option<String>,
     /// Rotate a CDR file when it reaches N MiB (default 64; 0: never).
     #[arg(long, value_name = "N")]
     pub cdr_rotate_mb: Option<u64>,
@@ -258,6 +268,8 @@ struct FileConfig {
     durability: Option<String>,
     admin: Option<PathBuf>,
     cdr: Option<Vec<String>>,
+    store: Option<String>,
+    node: Option<String>,
     cdr_rotate_mb: Option<u64>,
     cdr_rotate_minutes: Option<u64>,
     cdr_max_call_minutes: Option<u64>,
@@ -691,24 +703,63 @@ impl Cli {
             _ => Err(ConfigError(format!("{key} '{d}': expected batch or sync"))),
         })
         .transpose()?;
-        let store = match (
-            self.data_dir.as_ref().or(file.data_dir.as_ref()),
-            durability,
-        ) {
-            (Some(dir), d) => Some(crate::store::StoreSettings::new(
-                dir.clone(),
-                d.unwrap_or(crate::store::Durability::Batch),
-            )),
-            (None, Some(_)) => {
-                return err("--durability: needs --data-dir (or data_dir in the file)".into())
-            }
-            (None, None) => None,
+        let shared = match (&self.store, &file.store) {
+            (Some(u), _) => Some(("--store", u)),
+            (None, Some(u)) => Some(("store", u)),
+            _ => None,
+        }
+        .map(|(key, u)| {
+            crate::store::shared::Target::parse(u)
+                .map_err(|e| ConfigError(format!("{key} '{u}': {e}")))
+        })
+        .transpose()?;
+        let node = match (&self.node, &file.node) {
+            (Some(n), _) => Some(("--node", n)),
+            (None, Some(n)) => Some(("node", n)),
+            _ => None,
         };
+        if let Some((key, n)) = node {
+            if n.is_empty()
+                || n.len() > 255
+                || !n
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(&b))
+            {
+                return err(format!(
+                    "{key} '{n}': expected 1 to 255 letters, digits, '-', '_', '.' or ':'"
+                ));
+            }
+            if shared.is_none() {
+                return err(format!("{key}: needs --store (or store in the file)"));
+            }
+        }
+        let data_dir = self.data_dir.as_ref().or(file.data_dir.as_ref());
+        let store =
+            match (data_dir, durability, &shared) {
+                // The shared store takes the bindings: no local binding log.
+                (_, _, Some(_)) => None,
+                (Some(dir), d, None) => Some(crate::store::StoreSettings::new(
+                    dir.clone(),
+                    d.unwrap_or(crate::store::Durability::Batch),
+                )),
+                (None, Some(_), None) => return err(
+                    "--durability: needs --data-dir or --store (or data_dir, store in the file)"
+                        .into(),
+                ),
+                (None, None, None) => None,
+            };
+        let shared = shared.map(|target| {
+            crate::store::shared::SharedSettings::new(
+                target,
+                node.map_or_else(crate::store::shared::default_node, |(_, n)| n.clone()),
+                durability.unwrap_or(crate::store::Durability::Batch),
+            )
+        });
         let admin = self
             .admin
             .clone()
             .or(file.admin.clone())
-            .or_else(|| store.as_ref().map(|s| s.dir.join("admin.sock")));
+            .or_else(|| data_dir.map(|d| d.join("admin.sock")));
         let io = match (&self.io, &file.io) {
             (Some(m), _) => parse_io("--io", m)?,
             (None, Some(m)) => parse_io("io", m)?,
@@ -923,6 +974,11 @@ impl Cli {
             mode,
             metrics,
             store,
+            shared: shared.map(|mut s| {
+                // A key outlives the longest registration its node may hold.
+                s.key_ttl_ms = (u64::from(registrar.max_expires) + 60) * 1_000;
+                s
+            }),
             admin,
             cdr,
             io,

@@ -108,6 +108,41 @@ fn main() {
         }
         None => Vec::new(),
     };
+    // The shared store (`--store`): this node's bindings as the store holds them are restored
+    // like the local log's (the other nodes' are queued for the shards), waiting at most its
+    // load timeout.
+    let mut shared_store = None;
+    let restored = match &config.shared {
+        Some(settings) => {
+            let started = std::time::Instant::now();
+            let shards = config.shards;
+            let owner = Arc::new(move |key: &[u8]| {
+                sipshard::server::ownership::key_hash(key)
+                    .map_or(0, |h| sipshard::server::ownership::owner_shard(h, shards))
+            });
+            let (store, loaded) =
+                sipshard::store::shared::SharedStore::start(settings, shards, owner)
+                    .unwrap_or_else(|e| fail(format!("--store {}: {e}", settings.target), 1));
+            if loaded.read {
+                tracing::info!(
+                    store = %settings.target,
+                    node = %settings.node,
+                    aors = loaded.own_aors,
+                    bindings = loaded.own_bindings,
+                    other_nodes_aors = loaded.remote_sets,
+                    ms = started.elapsed().as_millis() as u64,
+                    "bindings loaded from the shared store"
+                );
+            }
+            shared_store = Some(store);
+            loaded
+                .shards
+                .into_iter()
+                .map(std::sync::Mutex::new)
+                .collect()
+        }
+        None => restored,
+    };
     let restored = Arc::new(restored);
     let make_core = Arc::new(move |id, stats, local: &[sipshard::sip::Local]| {
         let shard_auth = auth
@@ -135,8 +170,15 @@ fn main() {
         tracing::info!(sinks = %sinks.join(","), spool = %c.spool.display(), "call detail records on");
         service
     });
-    let server = Server::start(&config, make_core, store.as_ref().zip(logs), cdr.as_ref())
-        .unwrap_or_else(|e| fail(e, 1));
+    let shared_stats = shared_store.as_ref().map(|s| s.stats.clone());
+    let server = Server::start(
+        &config,
+        make_core,
+        store.as_ref().zip(logs),
+        shared_store.as_mut(),
+        cdr.as_ref(),
+    )
+    .unwrap_or_else(|e| fail(e, 1));
     // The running dial plan is the shards' and `running`'s: this copy would keep the first
     // one alive after a reload.
     config.routing = Arc::new(sipshard::routing::DialPlan::empty());
@@ -157,6 +199,7 @@ fn main() {
         let mut registry = server.registry.clone();
         registry.board = Some(board.clone());
         registry.cdr = cdr.as_ref().map(|c| c.stats());
+        registry.shared = shared_stats.clone();
         sipshard::metrics::serve(addr, registry, stop.clone())
             .unwrap_or_else(|e| fail(format!("--metrics {addr}: {e}"), 1))
     });
@@ -198,6 +241,9 @@ fn main() {
     }
     server.stop();
     server.join();
+    if let Some(s) = shared_store {
+        s.stop();
+    }
     if let Some(c) = cdr {
         c.shutdown();
     }

@@ -80,6 +80,8 @@ pub struct Registry {
     pub board: Option<Arc<crate::security::board::Board>>,
     /// The CDR writer's counters, with call detail records on.
     pub cdr: Option<Arc<crate::cdr::CdrStats>>,
+    /// The shared store's counters (`--store`).
+    pub shared: Option<Arc<crate::store::shared::SharedStats>>,
 }
 
 impl Registry {
@@ -88,6 +90,7 @@ impl Registry {
             shards: (0..n).map(|_| Arc::new(ShardStats::default())).collect(),
             board: None,
             cdr: None,
+            shared: None,
         }
     }
 
@@ -260,6 +263,9 @@ impl Registry {
         }
         if let Some(c) = &self.cdr {
             c.encode(enc)?;
+        }
+        if let Some(s) = &self.shared {
+            s.encode(enc)?;
         }
         gauge(
             enc,

@@ -263,6 +263,20 @@ fn bad_flags_and_config_exit_2_with_one_line() {
             vec!["--cdr", "x.jsonl", "--cdr-max-call-minutes", "0"],
             "--cdr-max-call-minutes '0'",
         ),
+        // The shared store (issue 21): its URL and the node name, each named.
+        (
+            vec!["--store", "memcached://127.0.0.1:11211"],
+            "--store 'memcached://127.0.0.1:11211': expected redis://",
+        ),
+        (
+            vec!["--store", "redis://127.0.0.1"],
+            "--store 'redis://127.0.0.1': '127.0.0.1': expected HOST:PORT",
+        ),
+        (vec!["--node", "a"], "--node: needs --store"),
+        (
+            vec!["--store", "redis://127.0.0.1:6379", "--node", "two words"],
+            "--node 'two words'",
+        ),
     ] {
         let (code, err) = run_bad(&args);
         assert_eq!(code, 2, "{args:?}: {err}");

@@ -1799,3 +1799,258 @@ fn sipp_digest_registrations_over_tls_through_stunnel() {
     let accepted = s.metric("sipshard_connections_accepted_total").unwrap();
     assert!(accepted >= 301.0, "{accepted} connections accepted");
 }
+
+// ---------------------------------------------------------------------------------------
+// Several nodes as one service (issue 21): bindings shared through Redis.
+
+/// `sipshard ctl registrations --json` of the server whose admin socket is `admin`.
+fn ctl_registrations(admin: &Path) -> Vec<serde_json::Value> {
+    let out = Command::new(binary())
+        .args(["ctl", "--admin"])
+        .arg(admin)
+        .args(["registrations", "--json"])
+        .output()
+        .expect("run sipshard ctl");
+    assert!(
+        out.status.success(),
+        "ctl: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("ctl --json prints JSON")
+}
+
+/// Waits up to `within` for `admin`'s server to list `n` bindings; returns how long it took.
+fn lists_within(admin: &Path, n: usize, within: std::time::Duration) -> std::time::Duration {
+    let start = std::time::Instant::now();
+    loop {
+        let got = ctl_registrations(admin).len();
+        if got == n {
+            return start.elapsed();
+        }
+        assert!(
+            start.elapsed() < within,
+            "{} lists {got} bindings, not {n}, after {:?}",
+            admin.display(),
+            start.elapsed()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
+/// A node of the shared-store tests: `--store URL --node NAME`, its admin socket in `dir`,
+/// on `port` (0: a free one).
+fn node(dir: &Path, url: &str, name: &str, port: u16, extra: &[&str]) -> (ServerProcess, PathBuf) {
+    let admin = dir.join(format!("{name}.sock"));
+    let _ = std::fs::remove_file(&admin);
+    let mut args = vec![
+        "--store",
+        url,
+        "--node",
+        name,
+        "--domain",
+        "cluster.test",
+        "--shards",
+        "2",
+        "--admin",
+        admin.to_str().unwrap(),
+    ];
+    args.extend_from_slice(extra);
+    let port = if port == 0 { free_port() } else { port };
+    let log = dir.join(format!("{name}.log"));
+    let f = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .unwrap();
+    let s = ServerProcess::start_on(port, &args, true, std::process::Stdio::from(f));
+    // The admin socket is bound after the shards answer.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !admin.exists() {
+        assert!(std::time::Instant::now() < deadline, "no admin socket");
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    (s, admin)
+}
+
+/// The registrations and calls of the two-node test, against `url` (one Redis, or a
+/// cluster): SIPp registers 1,000 AORs through node A and a callee from its UAS port; node
+/// B lists all of them within 1 s, answers a query REGISTER for each with its Contact, and
+/// routes a SIPp call to the callee. Returns the nodes, A's port, the callee's and the
+/// scratch paths.
+struct TwoNodes {
+    a: ServerProcess,
+    a_admin: PathBuf,
+    b: ServerProcess,
+    b_admin: PathBuf,
+    csv: PathBuf,
+    callee_csv: PathBuf,
+    callee_port: u16,
+}
+
+fn two_nodes_share_registrations(dir: &Path, url: &str) -> TwoNodes {
+    let (a, a_admin) = node(dir, url, "node-a", 0, &[]);
+    let (b, b_admin) = node(dir, url, "node-b", 0, &[]);
+    let (csv, _) = users(dir, 1_000);
+    run_clean(dir, &a, "register.xml", &csv, 1_000, 1_000, &[]);
+    let callee_port = free_udp_port();
+    let callee_csv = dir.join("callee.csv");
+    std::fs::write(&callee_csv, "SEQUENTIAL\ncallee\n").unwrap();
+    let p = callee_port.to_string();
+    run_clean(dir, &a, "register.xml", &callee_csv, 1, 1, &["-p", &p]);
+    let took = lists_within(&b_admin, 1_001, std::time::Duration::from_secs(1));
+    eprintln!("node B listed node A's 1,001 bindings {took:?} after the last 200");
+    // B's listing names the node that holds them; A's own are its own.
+    let rows = ctl_registrations(&b_admin);
+    assert!(rows.iter().all(|r| r["node"] == "node-a"), "{:?}", rows[0]);
+    assert!(ctl_registrations(&a_admin)
+        .iter()
+        .all(|r| r.get("node").is_none()));
+    // A query REGISTER through B lists each binding.
+    run_clean(dir, &b, "register-query.xml", &csv, 1_000, 1_000, &[]);
+    // A call through B reaches the callee registered through A.
+    let stat = dir.join("uas-callee.csv");
+    let callee = uas(dir, callee_port, "uas.xml", 3, stat, "callee via B".into());
+    run_clean(dir, &b, "uac.xml", &callee_csv, 3, 3, &["-d", "10"]);
+    callee.finish(3);
+    TwoNodes {
+        a,
+        a_admin,
+        b,
+        b_admin,
+        csv,
+        callee_csv,
+        callee_port,
+    }
+}
+
+/// Two nodes on one Redis (issue 21): registrations through A are served by B within 1 s;
+/// after `kill -9` of A, B still serves every binding and routes calls to them; A started
+/// again loads its bindings from the store and serves them too.
+#[test]
+fn sipp_two_nodes_share_registrations_and_survive_kill_9_through_redis() {
+    let test = "sipp_two_nodes_share_registrations_and_survive_kill_9_through_redis";
+    if !sipp_available(test) || !common::redis::redis_available(test) {
+        return;
+    }
+    let dir = scratch("shared-redis");
+    let redis = common::redis::Redis::start(&dir);
+    let mut t = two_nodes_share_registrations(&dir, &redis.url());
+    assert_eq!(redis.aor_keys(), 1_001);
+
+    let a_port = t.a.addr.port();
+    t.a.child.kill().unwrap();
+    t.a.child.wait().unwrap();
+    assert_eq!(ctl_registrations(&t.b_admin).len(), 1_001);
+    run_clean(&dir, &t.b, "register-query.xml", &t.csv, 1_000, 1_000, &[]);
+    let stat = dir.join("uas-after-kill.csv");
+    let callee = uas(
+        &dir,
+        t.callee_port,
+        "uas.xml",
+        3,
+        stat,
+        "callee, A dead".into(),
+    );
+    run_clean(&dir, &t.b, "uac.xml", &t.callee_csv, 3, 3, &["-d", "10"]);
+    callee.finish(3);
+
+    // A comes back on its port with its name: its bindings are its own again.
+    let (a, a_admin) = node(&dir, &redis.url(), "node-a", a_port, &[]);
+    let rows = ctl_registrations(&a_admin);
+    assert_eq!(rows.len(), 1_001);
+    assert!(rows.iter().all(|r| r.get("node").is_none()));
+    assert_eq!(a.metric("sipshard_bindings"), Some(1_001.0));
+    run_clean(&dir, &a, "register-query.xml", &t.csv, 1_000, 1_000, &[]);
+    let stat = dir.join("uas-restarted.csv");
+    let callee = uas(
+        &dir,
+        t.callee_port,
+        "uas.xml",
+        3,
+        stat,
+        "callee via restarted A".into(),
+    );
+    run_clean(&dir, &a, "uac.xml", &t.callee_csv, 3, 3, &["-d", "10"]);
+    callee.finish(3);
+    // And B still sees them as A's.
+    assert_eq!(ctl_registrations(&t.b_admin).len(), 1_001);
+    drop(t.a_admin);
+}
+
+/// The same registrations and call on a three-master Redis Cluster.
+#[test]
+fn sipp_two_nodes_share_registrations_through_a_redis_cluster() {
+    let test = "sipp_two_nodes_share_registrations_through_a_redis_cluster";
+    if !sipp_available(test) || !common::redis::redis_available(test) {
+        return;
+    }
+    let dir = scratch("shared-cluster");
+    let cluster = common::redis::RedisCluster::start(&dir, 3);
+    let t = two_nodes_share_registrations(&dir, &cluster.url());
+    assert_eq!(cluster.aor_keys(), 1_001);
+    // The AORs are spread over the three masters.
+    for n in &cluster.nodes {
+        assert!(n.aor_keys() > 200, "{} keys on {}", n.aor_keys(), n.port);
+    }
+    drop(t);
+}
+
+/// Redis away for 10 s while SIPp registers through node A (and node B listens): no crash,
+/// the changes queued meanwhile arrive when Redis is back (it comes back empty: every
+/// binding is written again), and the counts match on Redis and on both nodes.
+#[test]
+fn sipp_registrations_while_redis_is_down_for_10_s_arrive_when_it_returns() {
+    let test = "sipp_registrations_while_redis_is_down_for_10_s_arrive_when_it_returns";
+    if !sipp_available(test) || !common::redis::redis_available(test) {
+        return;
+    }
+    let dir = scratch("shared-outage");
+    let mut redis = common::redis::Redis::start(&dir);
+    let (a, a_admin) = node(&dir, &redis.url(), "node-a", 0, &[]);
+    let (_b, b_admin) = node(&dir, &redis.url(), "node-b", 0, &[]);
+    let (csv, _) = users(&dir, 3_000);
+    // 3,000 REGISTERs at 200/s: 15 s, Redis gone from the 2nd to the 12th.
+    let sipp = {
+        let (dir, csv, addr) = (dir.clone(), csv.clone(), a.addr);
+        std::thread::spawn(move || {
+            let sf = scenario("register.xml");
+            run_sipp_to(
+                &dir,
+                addr,
+                &[
+                    "-sf",
+                    sf.to_str().unwrap(),
+                    "-inf",
+                    csv.to_str().unwrap(),
+                    "-m",
+                    "3000",
+                    "-r",
+                    "200",
+                ],
+            )
+        })
+    };
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    redis.stop();
+    std::thread::sleep(std::time::Duration::from_secs(10));
+    assert!(a.metric("sipshard_store_queued").unwrap() > 0.0);
+    assert_eq!(a.metric("sipshard_store_connected"), Some(0.0));
+    redis.restart();
+    let r = sipp.join().unwrap();
+    assert_clean(&r, 3_000);
+    assert_eq!(ctl_registrations(&a_admin).len(), 3_000);
+    let took = lists_within(&b_admin, 3_000, std::time::Duration::from_secs(10));
+    eprintln!("node B had all 3,000 bindings {took:?} after the last REGISTER");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while redis.aor_keys() != 3_000 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{} AORs in Redis",
+            redis.aor_keys()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    assert_eq!(a.metric("sipshard_store_queued"), Some(0.0));
+    assert_eq!(a.metric("sipshard_store_dropped_total"), Some(0.0));
+    assert_eq!(a.metric("sipshard_store_connected"), Some(1.0));
+}

@@ -16,6 +16,7 @@ mod binding;
 mod config;
 mod outcome;
 mod register;
+pub mod remote;
 mod response;
 mod table;
 #[cfg(test)]
@@ -42,9 +43,13 @@ pub struct Registration {
     pub reg_id: Option<u32>,
     pub call_id: String,
     pub shard: usize,
+    /// The node of a cluster that registered it (absent: this one; `--store`).
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub node: Option<String>,
 }
 pub use config::{RegistrarConfig, RegistrarSettings};
 pub use outcome::{RegisterError, RegisterOutcome};
 pub use register::{Flow, ResponseCtx};
+pub use remote::{RemoteChange, RemoteSet};
 pub use response::write_qvalue;
 pub use table::{Registrar, EXPIRY_SLOTS, EXPIRY_TICK_MS};

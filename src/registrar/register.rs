@@ -169,7 +169,6 @@ impl Registrar {
         if result.is_ok() && source.stream && req.header(HeaderName::Contact).is_some() {
             self.note_flow(source.socket, source.addr, &key, now_ms);
         }
-        self.key_buf = key;
         match result {
             Ok(aor) => {
                 let bindings = match aor {
@@ -179,7 +178,9 @@ impl Registrar {
                 outcome.status = 200;
                 outcome.bindings = bindings.len().min(u16::MAX as usize) as u16;
                 let flow_timer = asks_for_outbound(req).then(|| flow_timer_s(source.stream));
-                response::write_ok(out, req, ctx, bindings, now_ms, flow_timer);
+                // With a shared store, the other nodes' bindings of the AOR are listed too.
+                let others = self.remote_bindings(&key, bindings, now_ms).map(|(_, b)| b);
+                response::write_ok(out, req, ctx, bindings, others, now_ms, flow_timer);
             }
             Err(e) => {
                 outcome.status = e.status();
@@ -187,6 +188,7 @@ impl Registrar {
                 response::write_error(out, req, ctx, e, self.config.min_expires);
             }
         }
+        self.key_buf = key;
         outcome
     }
 

@@ -56,16 +56,17 @@ fn write_contact(out: &mut Vec<u8>, b: &Binding, now_ms: u64) {
 }
 
 /// The 200 of a REGISTER: every binding of the AOR, then the request's Path.
-pub(super) fn write_ok(
+pub(super) fn write_ok<'b>(
     out: &mut Vec<u8>,
     req: &Message<'_>,
     ctx: &ResponseCtx<'_>,
-    bindings: &[Binding],
+    bindings: &'b [Binding],
+    others: impl Iterator<Item = &'b Binding>,
     now_ms: u64,
     flow_timer: Option<u32>,
 ) {
     response_head(out, req, 200, b"OK", Some(ctx.to_tag), ctx.via_fixup);
-    for b in bindings {
+    for b in bindings.iter().chain(others) {
         write_contact(out, b, now_ms);
     }
     if let Some(s) = flow_timer {

@@ -51,6 +51,9 @@ pub struct Registrar {
     /// The AORs registered over each stream connection (local socket, peer): their bindings
     /// go when the connection does (RFC 5626 §5.3 flows; [`Registrar::flow_closed`]).
     pub(super) flows: hashbrown::HashMap<(u16, std::net::SocketAddr), FlowAors>,
+    /// With a shared store: the other nodes' bindings of this shard's AORs
+    /// (`super::remote`).
+    pub(super) remote: super::remote::RemoteView,
 }
 
 impl Registrar {
@@ -73,6 +76,7 @@ impl Registrar {
             fired: Vec::new(),
             journal: None,
             flows: hashbrown::HashMap::new(),
+            remote: Default::default(),
         }
     }
 
@@ -113,29 +117,38 @@ impl Registrar {
         self.settle(i);
     }
 
-    /// Calls `f` with the key and every unexpired binding of each AOR (of `only`, when
-    /// given): what the admin API lists.
+    /// Calls `f` with the key, every unexpired binding of each AOR (of `only`, when given)
+    /// and the node that holds it (None: this one): what the admin API lists.
     pub fn for_each_binding(
         &self,
         only: Option<&[u8]>,
         now_ms: u64,
-        mut f: impl FnMut(&[u8], &Binding),
+        mut f: impl FnMut(&[u8], &Binding, Option<&str>),
     ) {
-        let mut visit = |i: u32| {
-            let aor = &self.aors[i as usize];
-            for b in aor.bindings.as_slice() {
+        let mut visit = |key: &[u8]| {
+            let local = self.local_bindings(key);
+            for b in local {
                 if b.expires_at_ms() > now_ms {
-                    f(&aor.key, b);
+                    f(key, b, None);
                 }
+            }
+            for (node, b) in self.remote_bindings(key, local, now_ms) {
+                f(key, b, Some(node));
             }
         };
         match only {
-            Some(key) => {
-                if let Some(i) = self.find(key) {
-                    visit(i);
+            Some(key) => visit(key),
+            None => {
+                self.index
+                    .iter()
+                    .for_each(|&i| visit(&self.aors[i as usize].key));
+                // AORs only other nodes hold.
+                for key in self.remote.keys() {
+                    if self.find(key).is_none() {
+                        visit(key);
+                    }
                 }
             }
-            None => self.index.iter().for_each(|&i| visit(i)),
         }
     }
 
@@ -235,13 +248,24 @@ impl Registrar {
     }
 
     /// The unexpired bindings of an AOR (key as written by [`crate::sip::Uri::write_aor`]),
-    /// in registration order.
+    /// in registration order, then those other nodes registered (with a shared store).
     pub fn lookup(&self, aor_key: &[u8], now_ms: u64) -> impl Iterator<Item = &Binding> + '_ {
-        let bindings = match self.find(aor_key) {
+        let bindings = self.local_bindings(aor_key);
+        bindings
+            .iter()
+            .filter(move |b| b.expires_at_ms() > now_ms)
+            .chain(
+                self.remote_bindings(aor_key, bindings, now_ms)
+                    .map(|(_, b)| b),
+            )
+    }
+
+    /// This node's bindings of an AOR, expired ones included.
+    pub(super) fn local_bindings(&self, aor_key: &[u8]) -> &[Binding] {
+        match self.find(aor_key) {
             Some(i) => self.aors[i as usize].bindings.as_slice(),
             None => &[],
-        };
-        bindings.iter().filter(move |b| b.expires_at_ms() > now_ms)
+        }
     }
 
     /// When [`Registrar::poll_expired`] should next be called (a lower bound of the next

@@ -953,3 +953,184 @@ fn restored_bindings_are_looked_up_and_expire() {
     late.restore(AOR, kept, T0 + 60_000);
     assert_eq!(late.binding_count(), 0);
 }
+
+/// A binding another node registered (`remote`), reached at `contact`, expiring at `exp`.
+fn remote_binding(contact: &str, exp: u64) -> Binding {
+    Binding::new(
+        &BindingFields {
+            contact_uri: contact.as_bytes(),
+            call_id: b"elsewhere",
+            cseq: 1,
+            expires_at_ms: exp,
+            q: 1000,
+            instance: None,
+            reg_id: None,
+            source: "198.51.100.7:5060".parse().unwrap(),
+            nat: false,
+            socket: 0,
+            stream: false,
+            branch_hash: 0,
+        },
+        std::iter::empty(),
+    )
+    .unwrap()
+}
+
+fn remote_set(node: &str, version: u64, epoch: u64, contacts: &[&str]) -> RemoteChange {
+    RemoteChange::Set {
+        key: AOR.into(),
+        node: node.into(),
+        version,
+        epoch,
+        bindings: contacts
+            .iter()
+            .map(|c| remote_binding(c, T0 + 60_000))
+            .collect(),
+    }
+}
+
+fn looked_up(reg: &Registrar, now: u64) -> Vec<String> {
+    reg.lookup(AOR, now)
+        .map(|b| String::from_utf8_lossy(b.contact_uri()).into_owned())
+        .collect()
+}
+
+/// The other nodes' bindings (issue 21): lookups and query REGISTERs see them after this
+/// node's own, each node's set is replaced whole and only by a newer version, a removal
+/// empties it, a phone that moved here is not listed twice, a resynchronisation sweeps what
+/// it did not see, and REGISTER processing never touches them.
+#[test]
+fn other_nodes_bindings_are_seen_by_lookups_and_queries_but_never_changed_here() {
+    let mut reg = registrar();
+    reg.apply_remote(remote_set("b", 10, 1, &["sip:alice@198.51.100.7"]), T0);
+    assert_eq!(looked_up(&reg, T0), ["sip:alice@198.51.100.7"]);
+    assert_eq!(reg.remote_binding_count(), 1);
+    // An older version of b's set is ignored; a newer one replaces it whole.
+    reg.apply_remote(remote_set("b", 9, 1, &["sip:old@198.51.100.7"]), T0);
+    assert_eq!(looked_up(&reg, T0), ["sip:alice@198.51.100.7"]);
+    reg.apply_remote(
+        remote_set(
+            "b",
+            11,
+            1,
+            &["sip:alice@198.51.100.8", "sip:alice@198.51.100.9"],
+        ),
+        T0,
+    );
+    assert_eq!(looked_up(&reg, T0).len(), 2);
+    reg.apply_remote(remote_set("c", 1, 1, &["sip:alice@203.0.113.1"]), T0);
+    assert_eq!(looked_up(&reg, T0).len(), 3);
+
+    // A REGISTER here adds this node's binding first; the 200 lists all four.
+    let a = handle(
+        &mut reg,
+        &register("c1", 1, &["Contact: <sip:alice@192.0.2.33>"]),
+        T0,
+    );
+    assert_eq!(a.status(), 200);
+    assert_eq!(a.outcome.bindings, 1, "this node holds one");
+    let listed: Vec<String> = a.contacts().into_iter().map(|c| c.0).collect();
+    assert_eq!(listed.len(), 4, "{listed:?}");
+    assert_eq!(listed[0], "sip:alice@192.0.2.33");
+    // A query REGISTER lists them too.
+    let q = handle(&mut reg, &register("c9", 1, &[]), T0 + 1);
+    assert_eq!(q.contacts().len(), 4);
+    // Removing every binding here (`*`) leaves the other nodes' sets alone.
+    let gone = handle(
+        &mut reg,
+        &register("c1", 2, &["Contact: *", "Expires: 0"]),
+        T0 + 2,
+    );
+    assert_eq!(gone.status(), 200);
+    assert_eq!(looked_up(&reg, T0 + 2).len(), 3);
+
+    // The phone moves here from c: its contact is listed once, as this node's.
+    handle(
+        &mut reg,
+        &register("m1", 1, &["Contact: <sip:alice@203.0.113.1>"]),
+        T0 + 3,
+    );
+    assert_eq!(looked_up(&reg, T0 + 3).len(), 3);
+    // c removes its set.
+    reg.apply_remote(remote_set("c", 2, 1, &[]), T0 + 4);
+    assert_eq!(looked_up(&reg, T0 + 4).len(), 3);
+    assert_eq!(reg.remote_binding_count(), 2);
+
+    // A resynchronisation (epoch 2) that only saw b's set drops the rest; expired sets go
+    // from lookups at once and from memory at the next sweep.
+    reg.apply_remote(remote_set("d", 1, 1, &["sip:alice@203.0.113.9"]), T0 + 5);
+    reg.apply_remote(
+        remote_set(
+            "b",
+            11,
+            2,
+            &["sip:alice@198.51.100.8", "sip:alice@198.51.100.9"],
+        ),
+        T0 + 5,
+    );
+    reg.apply_remote(RemoteChange::Sweep { epoch: 2 }, T0 + 5);
+    let now = looked_up(&reg, T0 + 5);
+    assert_eq!(now.len(), 3, "{now:?}");
+    assert!(!now.contains(&"sip:alice@203.0.113.9".to_owned()));
+    assert!(
+        looked_up(&reg, T0 + 61_000).len() == 1,
+        "only this node's is left"
+    );
+    reg.sweep_remote(T0 + 61_000);
+    assert_eq!(reg.remote_binding_count(), 0);
+}
+
+/// A node whose store lost its bindings writes every AOR again; its own bindings found in
+/// the store later are restored only where it holds none.
+#[test]
+fn rejournal_writes_every_aor_and_restore_never_overrides_a_live_aor() {
+    use crate::store::record::frames;
+    let mut reg = registrar();
+    reg.enable_journal();
+    handle(
+        &mut reg,
+        &register("c1", 1, &["Contact: <sip:alice@192.0.2.33>"]),
+        T0,
+    );
+    handle(
+        &mut reg,
+        &register_to(
+            "<sip:bob@example.com>",
+            "c2",
+            1,
+            &["Contact: <sip:bob@192.0.2.34>"],
+        ),
+        T0,
+    );
+    let mut bytes = Vec::new();
+    reg.take_journal(&mut bytes);
+    reg.apply_remote(RemoteChange::Rejournal, T0 + 1);
+    bytes.clear();
+    reg.take_journal(&mut bytes);
+    let mut keys: Vec<Vec<u8>> = frames(&bytes).map(|(k, _)| k.to_vec()).collect();
+    keys.sort();
+    assert_eq!(
+        keys,
+        vec![
+            b"sip:alice@example.com".to_vec(),
+            b"sip:bob@example.com".to_vec()
+        ]
+    );
+    // A restore for alice (held) is ignored; one for carol (not held) is taken.
+    reg.apply_remote(
+        RemoteChange::Restore {
+            key: AOR.into(),
+            bindings: vec![remote_binding("sip:stale@192.0.2.99", T0 + 60_000)],
+        },
+        T0 + 2,
+    );
+    assert_eq!(looked_up(&reg, T0 + 2), ["sip:alice@192.0.2.33"]);
+    reg.apply_remote(
+        RemoteChange::Restore {
+            key: b"sip:carol@example.com"[..].into(),
+            bindings: vec![remote_binding("sip:carol@192.0.2.35", T0 + 60_000)],
+        },
+        T0 + 2,
+    );
+    assert_eq!(reg.lookup(b"sip:carol@example.com", T0 + 2).count(), 1);
+}

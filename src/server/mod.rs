@@ -68,6 +68,8 @@ pub struct Core {
     tag_seq: u64,
     /// A request with what topology hiding sealed put back.
     restored: Vec<u8>,
+    /// When the other nodes' expired bindings are swept next.
+    next_remote_sweep_ms: u64,
 }
 
 impl Core {
@@ -114,6 +116,7 @@ impl Core {
             guard,
             tag_seq: 0,
             restored: Vec::new(),
+            next_remote_sweep_ms: 0,
         }
     }
 
@@ -225,7 +228,7 @@ impl Core {
         let mut rows = Vec::new();
         self.element
             .registrar()
-            .for_each_binding(key.as_deref(), now_ms, |key, b| {
+            .for_each_binding(key.as_deref(), now_ms, |key, b, node| {
                 rows.push(crate::registrar::Registration {
                     aor: text(key),
                     contact: text(b.contact_uri()),
@@ -237,6 +240,7 @@ impl Core {
                     reg_id: b.reg_id(),
                     call_id: text(b.call_id()),
                     shard: self.shard,
+                    node: node.map(str::to_owned),
                 })
             });
         Ok(rows)
@@ -302,6 +306,25 @@ impl Core {
     }
 
     /// Moves the binding-store records written since the last call to the end of `into`.
+    /// Applies what the shared store says about the other nodes' bindings (and sweeps
+    /// their expired ones now and then).
+    pub fn apply_remote(
+        &mut self,
+        changes: impl Iterator<Item = crate::registrar::RemoteChange>,
+        now_ms: u64,
+    ) {
+        let registrar = self.element.registrar_mut();
+        let mut any = false;
+        for c in changes {
+            registrar.apply_remote(c, now_ms);
+            any = true;
+        }
+        if any && now_ms >= self.next_remote_sweep_ms {
+            registrar.sweep_remote(now_ms);
+            self.next_remote_sweep_ms = now_ms + 60_000;
+        }
+    }
+
     pub fn take_journal(&mut self, into: &mut Vec<u8>) {
         self.element.registrar_mut().take_journal(into);
     }

@@ -137,6 +137,7 @@ impl Server {
         config: &Config,
         make_core: Arc<CoreFactory>,
         store: Option<(&crate::store::StoreSettings, Vec<crate::store::ShardLog>)>,
+        shared: Option<&mut crate::store::shared::SharedStore>,
         cdr: Option<&crate::cdr::CdrService>,
     ) -> io::Result<Server> {
         let n = config.shards;
@@ -224,6 +225,14 @@ impl Server {
         let (admin_tx, mut admin_rx): (Vec<_>, Vec<_>) =
             (0..n).map(|_| crossbeam_channel::bounded(4)).unzip();
         let mut writers = Vec::new();
+        let mut remotes: Vec<Option<_>> = (0..n).map(|_| None).collect();
+        if let Some(shared) = shared {
+            let ends = shared.attach(peers.iter().map(|p| p.waker.clone()).collect());
+            for (id, (journal, remote)) in ends.into_iter().enumerate().take(n) {
+                journals[id] = Some(journal);
+                remotes[id] = Some(remote);
+            }
+        }
         if let Some((settings, logs)) = store {
             for (id, log) in logs.into_iter().enumerate().take(n) {
                 let (journal, writer) =
@@ -260,6 +269,7 @@ impl Server {
                 reload: reload.clone(),
                 clock,
                 journal: journals[id].take(),
+                remote: remotes[id].take(),
                 admin: admin_rx.remove(0),
                 cdr: cdr.map(|c| c.outlet(id)),
                 streams,

@@ -113,6 +113,8 @@ pub struct ShardContext {
     pub clock: Clock,
     /// The binding store's writer (`--data-dir`): None without persistence.
     pub journal: Option<crate::store::Journal>,
+    /// The other nodes' binding changes (`--store`): None without a shared store.
+    pub remote: Option<crossbeam_channel::Receiver<crate::registrar::RemoteChange>>,
     /// Questions of the admin API (`crate::admin`), answered between rounds.
     pub admin: crossbeam_channel::Receiver<crate::admin::ShardQuery>,
     /// The way to the CDR writer (`--cdr`): None without call detail records.
@@ -273,6 +275,10 @@ pub fn run(mut ctx: ShardContext) {
         // the send, and one before sleeping.
         let batch_start = Instant::now();
         let now_ms = ctx.clock.ms_at(batch_start);
+        // The other nodes' binding changes (an empty channel costs one load).
+        if let Some(r) = &ctx.remote {
+            ctx.core.apply_remote(r.try_iter(), now_ms);
+        }
         // Deliveries that failed in the last round's send, before this round creates new
         // transactions to the same destinations (those must not be failed with them).
         if let Some(t) = &mut ctx.streams {

@@ -15,6 +15,7 @@
 
 mod files;
 pub mod record;
+pub mod shared;
 pub mod writer;
 
 pub use files::{open, Loaded, ShardLog};

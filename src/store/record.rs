@@ -189,6 +189,36 @@ fn decode(payload: &[u8]) -> Option<Record<'_>> {
     p.b.is_empty().then_some(record)
 }
 
+/// The records in `bytes` as a registrar journals them (whole frames, no [`MAGIC`]): each
+/// AOR key with its frame (None for a `Delete`). Stops at the first frame that does not
+/// parse (they come from this process's memory: none should).
+pub fn frames(bytes: &[u8]) -> impl Iterator<Item = (&[u8], Option<&[u8]>)> {
+    let mut rest = bytes;
+    core::iter::from_fn(move || loop {
+        let len = u32::from_le_bytes(rest.get(..4)?.try_into().ok()?) as usize;
+        let frame = rest.get(..FRAME.checked_add(len)?)?;
+        rest = &rest[frame.len()..];
+        let payload = &frame[FRAME..];
+        let kind = *payload.first()?;
+        if kind != PUT && kind != DELETE {
+            continue;
+        }
+        let n = u16::from_le_bytes(payload.get(1..3)?.try_into().ok()?) as usize;
+        let key = payload.get(3..3 + n)?;
+        return Some((key, (kind == PUT).then_some(frame)));
+    })
+}
+
+/// Reads one frame written by [`write_aor`] (checksum included).
+pub fn read_frame(frame: &[u8]) -> Option<Record<'_>> {
+    Reader {
+        file: frame,
+        pos: 0,
+        torn: false,
+    }
+    .next()
+}
+
 /// Reads the records of a log segment or snapshot (`file`, [`MAGIC`] included).
 pub struct Reader<'a> {
     file: &'a [u8],
@@ -337,6 +367,25 @@ mod tests {
         r.by_ref().for_each(drop);
         assert!(!r.torn());
         assert_eq!(r.valid_len(), file.len());
+    }
+
+    #[test]
+    fn journal_frames_give_each_aor_key_and_its_record() {
+        let file = log();
+        let body = &file[MAGIC.len()..];
+        let got: Vec<_> = frames(body).collect();
+        assert_eq!(got.len(), 3, "the snapshot's end record is not an AOR");
+        assert_eq!(got[0].0, b"sip:alice@example.com");
+        assert_eq!(got[1].0, b"sip:bob@example.com");
+        assert_eq!((got[2].0, got[2].1), (&b"sip:alice@example.com"[..], None));
+        let Some(Record::Put { key, bindings }) = read_frame(got[1].1.unwrap()) else {
+            panic!()
+        };
+        assert_eq!((key, bindings.len()), (&b"sip:bob@example.com"[..], 1));
+        // A frame with a flipped byte does not read.
+        let mut bad = got[0].1.unwrap().to_vec();
+        bad[20] ^= 1;
+        assert!(read_frame(&bad).is_none());
     }
 
     /// Cut at every byte offset: the records before the cut read, the cut one does not, and

@@ -23,14 +23,17 @@ use std::time::{Duration, Instant};
 /// Buffers in flight between a shard and its writer.
 const CHANNEL: usize = 256;
 
-/// Records with the number of the last flush they belong to.
-struct Batch {
-    number: u64,
-    bytes: Vec<u8>,
+/// Records with the number of the last flush they belong to, from one shard.
+pub(crate) struct Batch {
+    pub shard: usize,
+    pub number: u64,
+    pub bytes: Vec<u8>,
 }
 
-/// The shard's end: where its registrar's records go.
+/// The shard's end: where its registrar's records go (its log's writer thread, or the
+/// node's shared store thread).
 pub struct Journal {
+    shard: usize,
     tx: Sender<Batch>,
     /// Emptied buffers coming back from the writer (no allocation per round).
     spare: Receiver<Vec<u8>>,
@@ -43,6 +46,27 @@ pub struct Journal {
 }
 
 impl Journal {
+    /// A shard's end of a writer that takes batches from `tx`, gives emptied buffers back
+    /// on `spare` and publishes the highest batch number stored in `durable`.
+    pub(crate) fn to(
+        shard: usize,
+        tx: Sender<Batch>,
+        spare: Receiver<Vec<u8>>,
+        durable: Arc<AtomicU64>,
+        durability: Durability,
+    ) -> Journal {
+        Journal {
+            shard,
+            tx,
+            spare,
+            pending: Vec::with_capacity(16 << 10),
+            last_number: 0,
+            durable,
+            durability,
+            writer_gone_logged: false,
+        }
+    }
+
     /// The buffer the registrar's records are appended to.
     pub fn pending(&mut self) -> &mut Vec<u8> {
         &mut self.pending
@@ -58,6 +82,7 @@ impl Journal {
         // the batch is on disk only once all of it is.
         self.last_number += 1;
         let batch = Batch {
+            shard: self.shard,
             number: self.last_number,
             bytes: core::mem::take(&mut self.pending),
         };
@@ -122,15 +147,7 @@ impl Writer {
             .name(format!("store-{shard}"))
             .spawn(move || state.run(rx, spare_tx))?;
         Ok((
-            Journal {
-                tx,
-                spare,
-                pending: Vec::with_capacity(16 << 10),
-                last_number: 0,
-                durable,
-                durability: settings.durability,
-                writer_gone_logged: false,
-            },
+            Journal::to(shard, tx, spare, durable, settings.durability),
             Writer { handle },
         ))
     }

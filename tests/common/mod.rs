@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod pki;
+pub mod redis;
 
 use std::net::{SocketAddr, UdpSocket};
 use std::process::{Child, Command, Stdio};
@@ -102,7 +103,12 @@ impl ServerProcess {
     }
 
     fn start_full(args: &[&str], metrics: bool, stderr: Stdio) -> ServerProcess {
-        let port = free_port();
+        Self::start_on(free_port(), args, metrics, stderr)
+    }
+
+    /// [`ServerProcess::start_with`] on a given port (a server started again where it was),
+    /// its stderr to `stderr`.
+    pub fn start_on(port: u16, args: &[&str], metrics: bool, stderr: Stdio) -> ServerProcess {
         let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
         let mut cmd = Command::new(binary());
         cmd.arg("--listen").arg(format!("udp:{addr}"));
