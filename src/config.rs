@@ -961,6 +961,21 @@ impl Cli {
                 overload.max_transactions = m;
             }
         }
+        let shared = shared.map(|mut s| {
+            // A key outlives the longest registration its node may hold.
+            s.key_ttl_ms = (u64::from(registrar.max_expires) + 60) * 1_000;
+            // Socket order as the shards number them: UDP first, then the streams.
+            let udp = listen.iter().filter(|l| l.proto == crate::sip::Proto::Udp);
+            let streams = listen.iter().filter(|l| l.proto.is_stream());
+            let protos: Vec<&str> = udp
+                .clone()
+                .chain(streams)
+                .map(|l| l.proto.uri_param())
+                .collect();
+            s.protos = protos.join(",");
+            s.via = udp.map(|l| l.addr.to_string()).next().unwrap_or_default();
+            s
+        });
         let config = Config {
             routing,
             responder,
@@ -974,11 +989,7 @@ impl Cli {
             mode,
             metrics,
             store,
-            shared: shared.map(|mut s| {
-                // A key outlives the longest registration its node may hold.
-                s.key_ttl_ms = (u64::from(registrar.max_expires) + 60) * 1_000;
-                s
-            }),
+            shared,
             admin,
             cdr,
             io,

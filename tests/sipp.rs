@@ -1887,8 +1887,8 @@ struct TwoNodes {
     callee_port: u16,
 }
 
-fn two_nodes_share_registrations(dir: &Path, url: &str) -> TwoNodes {
-    let (a, a_admin) = node(dir, url, "node-a", 0, &[]);
+fn two_nodes_share_registrations(dir: &Path, url: &str, a_args: &[&str]) -> TwoNodes {
+    let (a, a_admin) = node(dir, url, "node-a", 0, a_args);
     let (b, b_admin) = node(dir, url, "node-b", 0, &[]);
     let (csv, _) = users(dir, 1_000);
     run_clean(dir, &a, "register.xml", &csv, 1_000, 1_000, &[]);
@@ -1925,7 +1925,9 @@ fn two_nodes_share_registrations(dir: &Path, url: &str) -> TwoNodes {
 
 /// Two nodes on one Redis (issue 21): registrations through A are served by B within 1 s;
 /// after `kill -9` of A, B still serves every binding and routes calls to them; A started
-/// again loads its bindings from the store and serves them too.
+/// again loads its bindings from the store and serves them too. A runs with `--durability
+/// sync`: every 200 it sent names a binding the store holds, so Redis has all of them at
+/// the moment of the kill.
 #[test]
 fn sipp_two_nodes_share_registrations_and_survive_kill_9_through_redis() {
     let test = "sipp_two_nodes_share_registrations_and_survive_kill_9_through_redis";
@@ -1934,12 +1936,11 @@ fn sipp_two_nodes_share_registrations_and_survive_kill_9_through_redis() {
     }
     let dir = scratch("shared-redis");
     let redis = common::redis::Redis::start(&dir);
-    let mut t = two_nodes_share_registrations(&dir, &redis.url());
-    assert_eq!(redis.aor_keys(), 1_001);
-
+    let mut t = two_nodes_share_registrations(&dir, &redis.url(), &["--durability", "sync"]);
     let a_port = t.a.addr.port();
     t.a.child.kill().unwrap();
     t.a.child.wait().unwrap();
+    assert_eq!(redis.aor_keys(), 1_001);
     assert_eq!(ctl_registrations(&t.b_admin).len(), 1_001);
     run_clean(&dir, &t.b, "register-query.xml", &t.csv, 1_000, 1_000, &[]);
     let stat = dir.join("uas-after-kill.csv");
@@ -1986,7 +1987,7 @@ fn sipp_two_nodes_share_registrations_through_a_redis_cluster() {
     }
     let dir = scratch("shared-cluster");
     let cluster = common::redis::RedisCluster::start(&dir, 3);
-    let t = two_nodes_share_registrations(&dir, &cluster.url());
+    let t = two_nodes_share_registrations(&dir, &cluster.url(), &[]);
     assert_eq!(cluster.aor_keys(), 1_001);
     // The AORs are spread over the three masters.
     for n in &cluster.nodes {
@@ -2053,4 +2054,176 @@ fn sipp_registrations_while_redis_is_down_for_10_s_arrive_when_it_returns() {
     assert_eq!(a.metric("sipshard_store_queued"), Some(0.0));
     assert_eq!(a.metric("sipshard_store_dropped_total"), Some(0.0));
     assert_eq!(a.metric("sipshard_store_connected"), Some(1.0));
+}
+
+/// A phone on a TCP connection to node A, its Contact an address no one can reach (behind
+/// NAT): a call that arrives on node B goes through A (B sends it along the Path A stored,
+/// whose flow token names the connection), down the phone's connection, and the caller's BYE
+/// follows the dialog's route the same way. A stranger naming that flow in a Route to A is
+/// refused: only the cluster's nodes may route down a flow.
+#[test]
+fn a_call_on_node_b_reaches_a_phone_connected_to_node_a_through_a() {
+    use std::io::Write;
+    let test = "a_call_on_node_b_reaches_a_phone_connected_to_node_a_through_a";
+    if !common::redis::redis_available(test) {
+        return;
+    }
+    let dir = scratch("shared-flow");
+    let redis = common::redis::Redis::start(&dir);
+    let (a, _a_admin) = node(&dir, &redis.url(), "node-a", 0, &["--listen", "tcp:SAME"]);
+    let (b, b_admin) = node(&dir, &redis.url(), "node-b", 0, &[]);
+    let mut phone = std::net::TcpStream::connect(a.addr).unwrap();
+    phone
+        .set_read_timeout(Some(std::time::Duration::from_secs(5)))
+        .unwrap();
+    let me = phone.local_addr().unwrap();
+    let register = "REGISTER sip:cluster.test SIP/2.0\r\n\
+         Via: SIP/2.0/TCP 10.99.0.7:5060;branch=z9hG4bKreg1\r\n\
+         Max-Forwards: 70\r\n\
+         From: <sip:bob@cluster.test>;tag=r1\r\n\
+         To: <sip:bob@cluster.test>\r\n\
+         Call-ID: reg-bob@10.99.0.7\r\n\
+         CSeq: 1 REGISTER\r\n\
+         Contact: <sip:bob@10.99.0.7:5060;transport=tcp>\r\n\
+         Expires: 600\r\n\
+         Content-Length: 0\r\n\
+         \r\n";
+    phone.write_all(register.as_bytes()).unwrap();
+    let ok = read_stream_messages(&mut phone, 1).remove(0);
+    assert_status(&ok, 200);
+    lists_within(&b_admin, 1, std::time::Duration::from_secs(1));
+
+    let caller = Client::new();
+    let invite = format!(
+        "INVITE sip:bob@cluster.test SIP/2.0\r\n\
+         Via: SIP/2.0/UDP {c};branch=z9hG4bKinv1\r\n\
+         Max-Forwards: 70\r\n\
+         From: <sip:alice@cluster.test>;tag=a1\r\n\
+         To: <sip:bob@cluster.test>\r\n\
+         Call-ID: flow-call@test\r\n\
+         CSeq: 1 INVITE\r\n\
+         Contact: <sip:alice@{c}>\r\n\
+         Content-Length: 0\r\n\r\n",
+        c = caller.addr
+    );
+    caller.send(&invite, b.addr);
+    // The phone gets it over its connection, through A then B.
+    let got = read_stream_messages(&mut phone, 1).remove(0);
+    let text = String::from_utf8_lossy(&got).into_owned();
+    assert!(
+        text.starts_with("INVITE sip:bob@10.99.0.7:5060;transport=tcp SIP/2.0"),
+        "{text}"
+    );
+    let vias = header_values(&got, "Via");
+    assert_eq!(vias.len(), 3, "A, B and the caller: {vias:?}");
+    assert!(vias[0].contains(&format!("TCP {}", a.addr)), "{vias:?}");
+    assert!(vias[1].contains(&b.addr.to_string()), "{vias:?}");
+    let rr = header_values(&got, "Record-Route");
+    assert!(
+        rr[0].contains(&a.addr.to_string()) && rr[0].contains(&format!("ft=tcp:{me}")),
+        "A's Record-Route names the flow: {rr:?}"
+    );
+    assert!(header_values(&got, "Route").is_empty(), "A took its Route");
+    // The phone answers; the 200 reaches the caller.
+    let answer = |req: &[u8], code: &str| -> String {
+        let mut r = format!("SIP/2.0 {code}\r\n");
+        for h in ["Via", "Record-Route"] {
+            for v in header_values(req, h) {
+                r.push_str(&format!("{h}: {v}\r\n"));
+            }
+        }
+        for h in ["From", "Call-ID", "CSeq"] {
+            r.push_str(&format!("{h}: {}\r\n", header_value(req, h).unwrap()));
+        }
+        r.push_str(&format!(
+            "To: {};tag=b1\r\nContact: <sip:bob@10.99.0.7:5060;transport=tcp>\r\nContent-Length: 0\r\n\r\n",
+            header_value(req, "To").unwrap()
+        ));
+        r
+    };
+    phone.write_all(answer(&got, "200 OK").as_bytes()).unwrap();
+    let resp = loop {
+        let r = caller
+            .recv_timeout(std::time::Duration::from_secs(5))
+            .expect("the 200 reaches the caller");
+        if status(&r) == 200 {
+            break r;
+        }
+    };
+    // The caller's BYE along the route set (the Record-Route reversed): B, then A, then
+    // down the phone's connection.
+    // One value per element (A's double Record-Route shares a header line).
+    let mut route: Vec<String> = header_values(&resp, "Record-Route")
+        .iter()
+        .flat_map(|l| l.split(", ").map(str::to_owned).collect::<Vec<_>>())
+        .collect();
+    route.reverse();
+    let bye = format!(
+        "BYE sip:bob@10.99.0.7:5060;transport=tcp SIP/2.0\r\n\
+         Via: SIP/2.0/UDP {c};branch=z9hG4bKbye1\r\n\
+         Max-Forwards: 70\r\n\
+         Route: {r}\r\n\
+         From: <sip:alice@cluster.test>;tag=a1\r\n\
+         To: <sip:bob@cluster.test>;tag=b1\r\n\
+         Call-ID: flow-call@test\r\n\
+         CSeq: 2 BYE\r\n\
+         Content-Length: 0\r\n\r\n",
+        c = caller.addr,
+        r = route.join(", ")
+    );
+    caller.send(&bye, b.addr);
+    let got = loop {
+        let m = read_stream_messages(&mut phone, 1).remove(0);
+        if m.starts_with(b"BYE ") {
+            break m;
+        }
+    };
+    phone.write_all(answer(&got, "200 OK").as_bytes()).unwrap();
+    let st = loop {
+        let r = caller
+            .recv_timeout(std::time::Duration::from_secs(5))
+            .expect("the BYE's 200 reaches the caller");
+        if header_value(&r, "CSeq").is_some_and(|c| c.contains("BYE")) {
+            break status(&r);
+        }
+    };
+    assert_eq!(st, 200);
+
+    // A stranger naming the flow in a Route to A: refused, nothing reaches the phone.
+    let stranger = Client::new();
+    let forged = format!(
+        "INVITE sip:bob@10.99.0.7:5060;transport=tcp SIP/2.0\r\n\
+         Via: SIP/2.0/UDP {c};branch=z9hG4bKforged\r\n\
+         Max-Forwards: 70\r\n\
+         Route: <sip:{a};lr;ft=tcp:{me}>\r\n\
+         From: <sip:mallory@evil.test>;tag=m1\r\n\
+         To: <sip:bob@cluster.test>\r\n\
+         Call-ID: forged@test\r\n\
+         CSeq: 1 INVITE\r\n\
+         Content-Length: 0\r\n\r\n",
+        c = stranger.addr,
+        a = a.addr
+    );
+    stranger.send(&forged, a.addr);
+    assert_eq!(
+        stranger.final_status(std::time::Duration::from_secs(3)),
+        Some(403)
+    );
+    phone
+        .set_read_timeout(Some(std::time::Duration::from_millis(500)))
+        .unwrap();
+    let mut buf = [0u8; 4096];
+    match std::io::Read::read(&mut phone, &mut buf) {
+        Ok(n) => assert!(
+            n == 0 || !buf[..n].starts_with(b"INVITE"),
+            "the forged INVITE reached the phone"
+        ),
+        Err(e) => assert!(
+            matches!(
+                e.kind(),
+                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+            ),
+            "{e}"
+        ),
+    }
 }

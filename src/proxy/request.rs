@@ -772,6 +772,9 @@ impl Element {
         if msg.to().ok().and_then(|t| t.tag()).is_some() {
             return self.in_dialog(msg, now_ms, reply, out);
         }
+        if let Some(flow) = self.peer_flow(msg, reply.source()) {
+            return self.forward_down_peer_flow(msg, flow, now_ms, reply, out);
+        }
         if !ruri.is_sip() || !self.cfg.is_our_host(ruri.host) {
             return reply.simple(out, 403, b"Forbidden (relaying denied)");
         }
@@ -803,6 +806,55 @@ impl Element {
             }
             reply.simple(out, 480, b"Temporarily Unavailable");
         }
+    }
+
+    /// The flow a request from another node of the cluster names in its top Route, ours
+    /// (the Path this node gave a phone's binding in the shared store: RFC 3327 with an
+    /// RFC 5626 flow token), with the socket that reaches it. None for anyone else: only
+    /// the nodes that read the store may send a request down a flow without digest.
+    fn peer_flow(&self, msg: &Message<'_>, src: SocketAddr) -> Option<(SocketAddr, u16)> {
+        if !self.registrar.is_peer(src) {
+            return None;
+        }
+        let top = msg.top_route_uri()?;
+        if !self.proxy.is_ours(&top) {
+            return None;
+        }
+        let (proto, dst) = crate::nat::flow_token(&top)?;
+        Some((dst, self.proxy.socket_for(proto)?))
+    }
+
+    /// Forwards a request from another node down the flow of a phone registered here; our
+    /// Record-Route names the flow so that the dialog's requests take it too.
+    fn forward_down_peer_flow(
+        &mut self,
+        msg: &Message<'_>,
+        (dst, socket): (SocketAddr, u16),
+        now_ms: u64,
+        reply: &mut Reply<'_, '_>,
+        out: &mut Outbox,
+    ) {
+        self.note_route("peer");
+        if self.cfg.mode == Mode::Stateless {
+            self.proxy.relay_stateless(msg, None, (dst, socket), out);
+            return;
+        }
+        let target = [Target {
+            uri: b"",
+            dst,
+            q: crate::registrar::DEFAULT_Q,
+            group: 0,
+            flow: true,
+            socket,
+            paths: crate::registrar::PathIter::empty(),
+        }];
+        let fork = Fork {
+            record_route: true,
+            ..Fork::next_hop()
+        };
+        let (response_dst, in_socket) = (reply.destination(), reply.socket());
+        self.proxy
+            .forward(msg, response_dst, in_socket, &target, &fork, now_ms, out);
     }
 
     /// An in-dialog request: loose routing to the next hop (§16.12).
@@ -847,6 +899,7 @@ impl Element {
             group: 0,
             flow: false,
             socket,
+            paths: crate::registrar::PathIter::empty(),
         }];
         let (response_dst, in_socket) = (reply.destination(), reply.socket());
         self.proxy.forward(
@@ -983,6 +1036,18 @@ pub(super) fn knows_user(auth: &Authenticator, ruri: &Uri<'_>) -> bool {
 /// over a connection or is an RFC 5626 outbound flow (over the socket it came in on), else
 /// its Contact address (an IP literal; else the source) over the transport it names.
 pub(super) fn binding_target<'b>(b: &'b Binding, proxy: &Proxy) -> Target<'b> {
+    // Registered through a Path (RFC 3327 §5.3): to its first hop, which takes it on.
+    if let Some((dst, socket)) = b.paths().next().and_then(|p| first_hop(p, proxy)) {
+        return Target {
+            uri: b.contact_uri(),
+            dst,
+            q: b.q(),
+            group: 0,
+            flow: false,
+            socket,
+            paths: b.paths(),
+        };
+    }
     let flow = b.reached_by_flow();
     let contact = Uri::parse(b.contact_uri()).ok();
     let (dst, socket) = if flow {
@@ -1002,7 +1067,17 @@ pub(super) fn binding_target<'b>(b: &'b Binding, proxy: &Proxy) -> Target<'b> {
         group: 0,
         flow,
         socket,
+        paths: crate::registrar::PathIter::empty(),
     }
+}
+
+/// The address and local socket of a Path value's URI (a name-addr; None: not a SIP URI
+/// with an IP address, or no socket for its transport).
+fn first_hop(path: &[u8], proxy: &Proxy) -> Option<(SocketAddr, u16)> {
+    let value = path.split(|&c| c == b',').next()?;
+    let na = crate::sip::NameAddr::parse(value.trim_ascii()).ok()?;
+    let uri = na.uri().ok()?;
+    Some((uri_address(&uri)?, proxy.socket_for_uri(&uri)?))
 }
 
 /// The info line of an accepted REGISTER: the AOR, each Contact as sent (with its expires

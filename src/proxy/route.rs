@@ -163,6 +163,7 @@ impl Element {
                 group: i as u16,
                 flow: false,
                 socket: *socket,
+                paths: crate::registrar::PathIter::empty(),
             })
             .collect();
         let fork = Fork {
@@ -302,6 +303,7 @@ impl Element {
                 group: if parallel { 0 } else { i as u16 },
                 flow: false,
                 socket: udp,
+                paths: crate::registrar::PathIter::empty(),
             })
             .collect();
         deliver(

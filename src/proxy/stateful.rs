@@ -41,6 +41,9 @@ pub struct Target<'t> {
     /// The local socket it leaves from (its transport: a UA registered over a connection
     /// is reached over that connection, a URI with `transport=tcp` over TCP).
     pub socket: u16,
+    /// The Path its binding was registered through (RFC 3327 §5.3): it becomes the branch's
+    /// Route set, and `dst` is its first hop.
+    pub paths: crate::registrar::PathIter<'t>,
 }
 
 /// A target of a later group of sequential forking, kept until its turn comes.
@@ -51,6 +54,8 @@ struct PendingTarget {
     group: u16,
     flow: bool,
     socket: u16,
+    /// [`crate::registrar::PathIter::raw`].
+    paths: Box<[u8]>,
 }
 
 /// How the targets of one request are tried (§16.6, §16.7), and the policies routing adds:
@@ -807,6 +812,7 @@ impl Proxy {
                     group: t.group,
                     flow: t.flow,
                     socket: t.socket,
+                    paths: t.paths.raw().into(),
                 })
                 .collect(),
             group: 0,
@@ -903,6 +909,20 @@ impl Proxy {
             }
             self.record_route = rr;
         }
+        // A target registered through a Path: the Path is the branch's Route set (RFC 3327
+        // §5.3), on top of what the request brought.
+        let routed;
+        let extra_headers = if target.paths.is_empty() {
+            extra_headers
+        } else {
+            let mut h = Vec::with_capacity(extra_headers.len() + 128);
+            for p in target.paths {
+                crate::sip::write::header(&mut h, "Route", p);
+            }
+            h.extend_from_slice(extra_headers);
+            routed = h;
+            &routed[..]
+        };
         let edits = ForwardEdits {
             request_uri: plan.rewrite_uri.then_some(uri),
             via: Some(&via),
@@ -1015,6 +1035,7 @@ impl Proxy {
                     group: t.group,
                     flow: t.flow,
                     socket: t.socket,
+                    paths: crate::registrar::PathIter::from_raw(&t.paths),
                 };
                 let extra = extra.as_deref().unwrap_or_default();
                 match self.start_branch(sid, &msg, &plan, extra, is_invite, target, now_ms, txn_out)

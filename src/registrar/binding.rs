@@ -236,10 +236,32 @@ impl core::fmt::Debug for Binding {
     }
 }
 
-/// Iterator over the Path values stored in a binding.
-#[derive(Debug, Clone)]
+/// Iterator over the Path values stored in a binding (Copy: a target keeps one).
+#[derive(Debug, Clone, Copy)]
 pub struct PathIter<'a> {
     rest: &'a [u8],
+}
+
+impl<'a> PathIter<'a> {
+    /// No Path.
+    pub fn empty() -> PathIter<'static> {
+        PathIter { rest: &[] }
+    }
+
+    /// The values not yet read, encoded (to keep them: [`PathIter::from_raw`]).
+    pub fn raw(&self) -> &'a [u8] {
+        self.rest
+    }
+
+    /// The values [`PathIter::raw`] gave (other bytes read as fewer values, never past
+    /// their end).
+    pub fn from_raw(rest: &'a [u8]) -> PathIter<'a> {
+        PathIter { rest }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.rest.is_empty()
+    }
 }
 
 impl<'a> Iterator for PathIter<'a> {
@@ -248,7 +270,10 @@ impl<'a> Iterator for PathIter<'a> {
     fn next(&mut self) -> Option<&'a [u8]> {
         let (len, rest) = self.rest.split_first_chunk::<2>()?;
         let len = u16::from_le_bytes(*len) as usize;
-        let (value, rest) = rest.split_at(len);
+        let Some((value, rest)) = rest.split_at_checked(len) else {
+            self.rest = &[];
+            return None;
+        };
         self.rest = rest;
         Some(value)
     }

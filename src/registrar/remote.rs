@@ -49,6 +49,9 @@ pub enum RemoteChange {
     /// The store lost this node's bindings (it restarted empty, or writes were dropped while
     /// it was away): write every AOR again.
     Rejournal,
+    /// A node of the cluster sends from `0`: requests it routes through this node to a flow
+    /// this node holds are taken ([`Registrar::is_peer`]).
+    Peer(std::net::SocketAddr),
 }
 
 /// The other nodes' sets, by AOR key.
@@ -56,6 +59,8 @@ pub enum RemoteChange {
 pub(super) struct RemoteView {
     by_aor: hashbrown::HashMap<Box<[u8]>, Vec<RemoteSet>>,
     bindings: usize,
+    /// The other nodes' addresses.
+    peers: hashbrown::HashSet<std::net::SocketAddr>,
 }
 
 impl RemoteView {
@@ -92,7 +97,9 @@ impl RemoteView {
             return;
         };
         match sets.iter().position(|s| s.node == node) {
-            Some(i) if sets[i].version > version => {}
+            // Older than what is held: ignored, but the set is still there (a resync that
+            // reads a lagging replica must not sweep it).
+            Some(i) if sets[i].version > version => sets[i].epoch = sets[i].epoch.max(epoch),
             Some(i) => {
                 self.bindings -= sets[i].bindings.len();
                 if bindings.is_empty() {
@@ -156,6 +163,9 @@ impl Registrar {
             }
             RemoteChange::Sweep { epoch } => self.remote.sweep(Some(epoch), now_ms),
             RemoteChange::Rejournal => self.journal_all(),
+            RemoteChange::Peer(addr) => {
+                self.remote.peers.insert(addr);
+            }
         }
     }
 
@@ -196,10 +206,17 @@ impl Registrar {
                 .iter()
                 .filter(move |b| {
                     b.expires_at_ms() > now_ms
-                        && !local.iter().any(|l| l.contact_uri() == b.contact_uri())
+                        && !local.iter().any(|l| {
+                            l.expires_at_ms() > now_ms && l.contact_uri() == b.contact_uri()
+                        })
                 })
                 .map(move |b| (&*s.node, b))
         })
+    }
+
+    /// True for the address of another node of the cluster.
+    pub fn is_peer(&self, addr: std::net::SocketAddr) -> bool {
+        !self.remote.peers.is_empty() && self.remote.peers.contains(&addr)
     }
 
     /// How many of the other nodes' bindings are held (expired ones until swept).

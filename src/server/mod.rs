@@ -314,12 +314,10 @@ impl Core {
         now_ms: u64,
     ) {
         let registrar = self.element.registrar_mut();
-        let mut any = false;
         for c in changes {
             registrar.apply_remote(c, now_ms);
-            any = true;
         }
-        if any && now_ms >= self.next_remote_sweep_ms {
+        if now_ms >= self.next_remote_sweep_ms {
             registrar.sweep_remote(now_ms);
             self.next_remote_sweep_ms = now_ms + 60_000;
         }

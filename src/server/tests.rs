@@ -1738,3 +1738,43 @@ fn the_cancel_guard_leaves_a_completed_branch_to_timer_d() {
     assert_eq!(sent_to(&out, PHONE_A).len(), 1, "the ACK again");
     assert_no_state(&mut c, t);
 }
+
+/// RFC 3327 §5.3: a binding registered through an edge proxy (Path) is reached through it:
+/// the INVITE goes to the first Path hop with the Path as its Route set, its Request-URI the
+/// Contact; a binding without Path is sent straight to its Contact.
+#[test]
+fn a_binding_registered_through_a_path_gets_its_requests_through_that_path() {
+    let mut c = core();
+    let edge = "192.0.2.40:5070";
+    let reg = format!(
+        "REGISTER sip:localhost SIP/2.0\r\nVia: SIP/2.0/UDP {edge};branch=z9hG4bKedge1\r\n\
+         Via: SIP/2.0/UDP 10.0.0.9:5060;branch=z9hG4bKphone1\r\n\
+         Path: <sip:{edge};lr;ob>\r\nPath: <sip:192.0.2.41:5080;lr>\r\n\
+         Max-Forwards: 69\r\nFrom: <sip:bob@localhost>;tag=r\r\nTo: <sip:bob@localhost>\r\n\
+         Call-ID: reg-path\r\nCSeq: 1 REGISTER\r\nContact: <sip:bob@10.0.0.9:5060>\r\n\
+         Content-Length: 0\r\n\r\n"
+    );
+    let out = send(&mut c, reg.as_bytes(), edge, 0, T0);
+    assert_eq!(status(&out[0].1), 200);
+    let out = send(&mut c, &invite("z9hG4bKpath1"), CALLER, 0, T0 + 1);
+    assert_eq!(out.len(), 2, "100 and the INVITE");
+    let (dst, fwd) = &out[1];
+    assert_eq!(*dst, addr(edge), "to the first Path hop, not the Contact");
+    let f = Message::parse(fwd).unwrap();
+    assert_eq!(f.request_uri_bytes(), Some(&b"sip:bob@10.0.0.9:5060"[..]));
+    let routes: Vec<_> = f.header_all(HeaderName::Route).collect();
+    assert_eq!(
+        routes,
+        vec![
+            format!("<sip:{edge};lr;ob>").as_bytes(),
+            &b"<sip:192.0.2.41:5080;lr>"[..]
+        ]
+    );
+    // Without Path: straight to the Contact, no Route.
+    let mut c = core();
+    register(&mut c, "bob", "192.0.2.20:5062");
+    let out = send(&mut c, &invite("z9hG4bKpath2"), CALLER, 0, T0 + 1);
+    assert_eq!(out[1].0, addr("192.0.2.20:5062"));
+    let f = Message::parse(&out[1].1).unwrap();
+    assert_eq!(f.header_all(HeaderName::Route).count(), 0);
+}

@@ -22,6 +22,8 @@ const PENDING_MAX: usize = 1024;
 const HANDOFF_ROUND: usize = 256;
 /// Longest sleep (ms) when no timer is due sooner.
 const IDLE_MAX_MS: u64 = 200;
+/// The other nodes' binding changes a shard applies per round at most (`--store`).
+const REMOTE_PER_ROUND: usize = 4_096;
 /// Overload log lines at most this often per shard (the share a shard refuses changes every
 /// interval while it is at its limit).
 const OVERLOAD_LOG_EVERY: Duration = Duration::from_secs(10);
@@ -275,9 +277,12 @@ pub fn run(mut ctx: ShardContext) {
         // the send, and one before sleeping.
         let batch_start = Instant::now();
         let now_ms = ctx.clock.ms_at(batch_start);
-        // The other nodes' binding changes (an empty channel costs one load).
+        // The other nodes' binding changes (an empty channel costs one load), a bounded
+        // number per round: a whole store read after a reconnect does not hold up the
+        // traffic (what is left is taken in the next rounds, without sleeping).
         if let Some(r) = &ctx.remote {
-            ctx.core.apply_remote(r.try_iter(), now_ms);
+            ctx.core
+                .apply_remote(r.try_iter().take(REMOTE_PER_ROUND), now_ms);
         }
         // Deliveries that failed in the last round's send, before this round creates new
         // transactions to the same destinations (those must not be failed with them).
@@ -438,9 +443,11 @@ pub fn run(mut ctx: ShardContext) {
                 .is_some_and(|j| parked.front().is_some_and(|(n, _)| *n <= j.durable()));
             let stream_bytes =
                 !retry.is_empty() || ctx.streams.as_ref().is_some_and(|t| t.has_pending());
+            let remote = ctx.remote.as_ref().is_some_and(|r| !r.is_empty());
             if (sharded && !me.queue.is_empty())
                 || released
                 || stream_bytes
+                || remote
                 || ctx.stop.load(Ordering::Relaxed)
             {
                 me.waker.sleeping.store(false, Ordering::SeqCst);

@@ -82,7 +82,7 @@ fn read_snapshot(path: &Path) -> Option<State> {
     let mut ended = false;
     for r in reader.by_ref() {
         match r {
-            Record::Put { key, bindings } => {
+            Record::Put { key, bindings, .. } => {
                 state.insert(key.to_vec(), bindings);
                 records += 1;
             }
@@ -106,7 +106,7 @@ fn apply_segment(path: &Path, state: &mut State) -> io::Result<()> {
     };
     for r in reader.by_ref() {
         match r {
-            Record::Put { key, bindings } => {
+            Record::Put { key, bindings, .. } => {
                 state.insert(key.to_vec(), bindings);
             }
             Record::Delete { key } => {

@@ -26,10 +26,14 @@ const FRAME: usize = 8;
 /// One record as read.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Record<'a> {
-    /// The AOR `key` holds exactly `bindings`.
+    /// The AOR `key` holds exactly `bindings`; `flows[i]` is the local socket of the
+    /// connection binding `i` registered over (None: not over a connection). Bindings are
+    /// read as reached at their Contact (a connection does not outlive its process); the
+    /// shared store tells other nodes to reach such bindings through this one.
     Put {
         key: &'a [u8],
         bindings: Vec<Binding>,
+        flows: Vec<Option<u8>>,
     },
     /// The AOR `key` holds no binding.
     Delete { key: &'a [u8] },
@@ -83,7 +87,11 @@ pub fn write_aor(out: &mut Vec<u8>, key: &[u8], bindings: &[Binding]) {
             // A binding over a connection is not restored as a flow (the connection is gone
             // with the process): it is reached at its Contact, over the transport it names.
             let flow = b.behind_nat() && !b.over_stream();
-            out.push(u8::from(v4) | u8::from(flow) << 1);
+            let stream = b.over_stream();
+            out.push(u8::from(v4) | u8::from(flow) << 1 | u8::from(stream) << 2);
+            if stream {
+                out.push(b.socket().min(u16::from(u8::MAX)) as u8);
+            }
             put_bytes(out, b.contact_uri());
             put_bytes(out, b.call_id());
             put_bytes(out, b.instance().unwrap_or_default());
@@ -142,6 +150,7 @@ fn decode(payload: &[u8]) -> Option<Record<'_>> {
             let key = p.bytes()?;
             let n = p.u16()?;
             let mut bindings = Vec::with_capacity(n as usize);
+            let mut flows = Vec::with_capacity(n as usize);
             for _ in 0..n {
                 let expires_at_ms = p.u64()?;
                 let cseq = p.u32()?;
@@ -151,6 +160,7 @@ fn decode(payload: &[u8]) -> Option<Record<'_>> {
                 let port = p.u16()?;
                 let ip: [u8; 16] = p.take(16)?.try_into().ok()?;
                 let flags = p.u8()?;
+                flows.push(if flags & 4 != 0 { Some(p.u8()?) } else { None });
                 let ip6 = Ipv6Addr::from(ip);
                 let ip = match (flags & 1 != 0, ip6.to_ipv4_mapped()) {
                     (true, Some(v4)) => IpAddr::V4(v4),
@@ -179,7 +189,11 @@ fn decode(payload: &[u8]) -> Option<Record<'_>> {
                 };
                 bindings.push(Binding::new(&fields, paths.iter().copied()).ok()?);
             }
-            Record::Put { key, bindings }
+            Record::Put {
+                key,
+                bindings,
+                flows,
+            }
         }
         DELETE => Record::Delete { key: p.bytes()? },
         END => Record::End { records: p.u64()? },
@@ -342,7 +356,7 @@ mod tests {
         let file = log();
         let records: Vec<_> = Reader::new(&file).unwrap().collect();
         assert_eq!(records.len(), 4);
-        let Record::Put { key, bindings } = &records[0] else {
+        let Record::Put { key, bindings, .. } = &records[0] else {
             panic!("{:?}", records[0])
         };
         assert_eq!(*key, b"sip:alice@example.com");
@@ -378,7 +392,7 @@ mod tests {
         assert_eq!(got[0].0, b"sip:alice@example.com");
         assert_eq!(got[1].0, b"sip:bob@example.com");
         assert_eq!((got[2].0, got[2].1), (&b"sip:alice@example.com"[..], None));
-        let Some(Record::Put { key, bindings }) = read_frame(got[1].1.unwrap()) else {
+        let Some(Record::Put { key, bindings, .. }) = read_frame(got[1].1.unwrap()) else {
             panic!()
         };
         assert_eq!((key, bindings.len()), (&b"sip:bob@example.com"[..], 1));

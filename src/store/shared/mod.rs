@@ -60,6 +60,25 @@ impl fmt::Display for Target {
 }
 
 impl Target {
+    /// The channel changes go on: [`value::CHANNEL`], with `:DB` for a database other than 0
+    /// (deployments on two databases of one server must not hear each other: Redis channels
+    /// are server-wide).
+    pub fn channel(&self) -> String {
+        let db = match self {
+            Target::Single(url) => url
+                .trim_start_matches("redis://")
+                .split_once('/')
+                .and_then(|(_, db)| db.parse::<u32>().ok())
+                .unwrap_or(0),
+            Target::Cluster(_) => 0,
+        };
+        if db == 0 {
+            value::CHANNEL.to_owned()
+        } else {
+            format!("{}:{db}", value::CHANNEL)
+        }
+    }
+
     /// Parses `--store`; the error names what is wrong.
     pub fn parse(s: &str) -> Result<Target, String> {
         let hostport = |h: &str| -> Result<(), String> {
@@ -109,24 +128,34 @@ pub struct SharedSettings {
     /// Whether a REGISTER's 200 waits for the store (`sync`) or not (`batch`).
     pub durability: super::Durability,
     /// Changed AORs kept while the store is away; past it changes are dropped (counted) and
-    /// every AOR is written again when it returns.
+    /// every AOR is written again once it is back.
     pub queue_limit: usize,
     /// How long a key outlives its last write: the longest registration allowed, plus a
     /// margin (a dead node's bindings leave the store by themselves).
     pub key_ttl_ms: u64,
     /// How long a start waits for the store's bindings before serving without them.
     pub load_timeout_ms: u64,
+    /// This node's address as other nodes reach it (`host:port` of its first UDP listen
+    /// address): requests for phones whose flows this node holds come through it.
+    pub via: String,
+    /// The transport of each local socket, in socket order (`udp,tcp,tls`).
+    pub protos: String,
+    /// The channel changes go on ([`Target::channel`]).
+    pub channel: String,
 }
 
 impl SharedSettings {
     pub fn new(target: Target, node: String, durability: super::Durability) -> SharedSettings {
         SharedSettings {
-            target,
             node,
             durability,
-            queue_limit: 1_000_000,
+            queue_limit: 4_000_000,
             key_ttl_ms: (7_200 + 60) * 1_000,
             load_timeout_ms: 5_000,
+            via: String::new(),
+            protos: "udp".into(),
+            channel: target.channel(),
+            target,
         }
     }
 }
@@ -230,6 +259,14 @@ mod tests {
                 .unwrap()
                 .to_string(),
             "redis+cluster://10.0.0.1:7000,10.0.0.2:7000"
+        );
+        assert_eq!(
+            Target::parse("redis://h:1/3").unwrap().channel(),
+            "sipshard:changes:3"
+        );
+        assert_eq!(
+            Target::parse("redis://h:1/0").unwrap().channel(),
+            "sipshard:changes"
         );
         for (bad, why) in [
             ("redis://127.0.0.1", "HOST:PORT"),

@@ -25,6 +25,8 @@ pub(super) struct Shards {
     /// Set once the shards exist ([`super::SharedStore::attach`]).
     pub wakers: OnceLock<Vec<Arc<Waker>>>,
     pub owner: super::Owner,
+    /// The other nodes' addresses told to the shards so far.
+    pub peers: std::sync::Mutex<hashbrown::HashSet<std::net::SocketAddr>>,
 }
 
 impl Shards {
@@ -38,6 +40,17 @@ impl Shards {
         for (id, tx) in self.remote.iter().enumerate() {
             let _ = tx.send(change());
             self.wake(id);
+        }
+    }
+
+    /// Tells every shard about a node's address the first time it is seen.
+    pub fn note_peer(&self, via: &str) {
+        let Ok(addr) = via.parse::<std::net::SocketAddr>() else {
+            return;
+        };
+        let new = self.peers.lock().is_ok_and(|mut p| p.insert(addr));
+        if new {
+            self.tell_all(|| RemoteChange::Peer(addr));
         }
     }
 
@@ -82,6 +95,12 @@ pub(super) fn run(
     let mut epoch = 0u64;
     let mut backoff = Duration::from_millis(100);
     let mut logged_down = false;
+    // Every failure waits, growing, before the next attempt (a store loading its data, a
+    // cluster moving slots: never a busy loop).
+    let pause = |backoff: &mut Duration| {
+        std::thread::sleep(*backoff);
+        *backoff = (*backoff * 2).min(Duration::from_secs(2));
+    };
     while !stop.load(Ordering::SeqCst) {
         let seeds = match &settings.target {
             Target::Single(u) => std::slice::from_ref(u),
@@ -94,15 +113,15 @@ pub(super) fn run(
                     tracing::warn!(store = %settings.target, "shared store subscription: {e}");
                     logged_down = true;
                 }
-                std::thread::sleep(backoff);
-                backoff = (backoff * 2).min(Duration::from_secs(2));
+                pause(&mut backoff);
                 continue;
             }
         };
-        backoff = Duration::from_millis(100);
         let mut pubsub = conn.as_pubsub();
-        if let Err(e) = pubsub.subscribe(value::CHANNEL) {
+        if let Err(e) = pubsub.subscribe(&settings.channel) {
             tracing::warn!(store = %settings.target, "shared store subscription: {e}");
+            logged_down = true;
+            pause(&mut backoff);
             continue;
         }
         let _ = pubsub.set_read_timeout(Some(Duration::from_millis(500)));
@@ -116,10 +135,12 @@ pub(super) fn run(
                     tracing::info!(store = %settings.target, remote_sets = loaded.remote_sets, "shared store read again");
                 }
                 logged_down = false;
+                backoff = Duration::from_millis(100);
             }
             Err(e) => {
                 tracing::warn!(store = %settings.target, "reading the shared store: {e}");
                 logged_down = true;
+                pause(&mut backoff);
                 continue;
             }
         }
@@ -157,19 +178,21 @@ pub(super) fn run(
 
 /// Gives each shard the changes of one message.
 fn apply(settings: &SharedSettings, shards: &Shards, stats: &SharedStats, epoch: u64, msg: &[u8]) {
-    let Some((node, changes)) = value::read_message(msg) else {
+    let Some(value::Message { node, via, changes }) = value::read_message(msg) else {
         tracing::warn!("shared store: a change message that does not read");
         return;
     };
     if node == settings.node {
         return;
     }
+    shards.note_peer(via);
     let node: Arc<str> = node.into();
+    let now_ms = unix_ms();
     let mut woken = vec![false; shards.remote.len()];
     for c in changes {
         let bindings = match c.value {
             Some(v) => match value::decode(v) {
-                Some((_, b)) => b,
+                Some(d) => value::remote_bindings(d, now_ms),
                 None => continue,
             },
             None => Vec::new(),
@@ -192,6 +215,12 @@ fn apply(settings: &SharedSettings, shards: &Shards, stats: &SharedStats, epoch:
             shards.wake(id);
         }
     }
+}
+
+fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }
 
 /// The masters of a cluster (the nodes to scan), as `redis://HOST:PORT` URLs.
@@ -235,9 +264,7 @@ fn read_all(
         Target::Single(u) => vec![u.clone()],
         Target::Cluster(seeds) => cluster_masters(seeds)?,
     };
-    let now_ms = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64);
+    let now_ms = unix_ms();
     let mut nodes: hashbrown::HashMap<String, Arc<str>> = hashbrown::HashMap::new();
     for url in servers {
         let mut c = connect_one(&url)?;
@@ -250,6 +277,7 @@ fn read_all(
                 .arg("COUNT")
                 .arg(1000)
                 .query(&mut c)?;
+            let mut expired: Vec<(Vec<u8>, Vec<u8>, Vec<u8>)> = Vec::new();
             if !keys.is_empty() {
                 let mut pipe = redis::pipe();
                 for k in &keys {
@@ -261,32 +289,43 @@ fn read_all(
                         continue;
                     };
                     for (field, v) in fields {
-                        let Some((version, bindings)) = value::decode(&v) else {
+                        let Some(decoded) = value::decode(&v) else {
                             continue;
                         };
-                        let bindings: Vec<Binding> = bindings
-                            .into_iter()
-                            .filter(|b| b.expires_at_ms() > now_ms)
-                            .collect();
-                        if bindings.is_empty() {
-                            continue;
+                        let version = decoded.version;
+                        if field != settings.node.as_bytes() {
+                            shards.note_peer(decoded.via);
                         }
                         let field = String::from_utf8_lossy(&field).into_owned();
-                        if field == settings.node {
+                        let own = field == settings.node;
+                        let bindings: Vec<Binding> = if own {
+                            // As the local log restores them: reached at their Contact.
+                            decoded
+                                .bindings
+                                .into_iter()
+                                .filter(|b| b.expires_at_ms() > now_ms)
+                                .collect()
+                        } else {
+                            value::remote_bindings(decoded, now_ms)
+                        };
+                        if bindings.is_empty() {
+                            if !own {
+                                // Another node's set that expired whole: a node that died
+                                // (or was renamed) leaves nothing behind.
+                                expired.push((k.clone(), field.clone().into_bytes(), v.clone()));
+                            }
+                            continue;
+                        }
+                        if own && !at_start {
+                            // Running, this node is the authority on its own bindings (a
+                            // removal may still be on its way to the store).
+                            continue;
+                        }
+                        if own {
                             let id = (shards.owner)(aor).min(loaded.shards.len() - 1);
                             loaded.own_aors += 1;
                             loaded.own_bindings += bindings.len();
-                            if at_start {
-                                loaded.shards[id].push((aor.to_vec(), bindings));
-                            } else {
-                                shards.tell(
-                                    aor,
-                                    RemoteChange::Restore {
-                                        key: aor.into(),
-                                        bindings,
-                                    },
-                                );
-                            }
+                            loaded.shards[id].push((aor.to_vec(), bindings));
                             continue;
                         }
                         let node = nodes
@@ -307,6 +346,44 @@ fn read_all(
                     }
                 }
             }
+            if !expired.is_empty() {
+                // Removed only if unchanged since read (its node may have come back).
+                let mut pipe = redis::pipe();
+                for (k, field, v) in &expired {
+                    pipe.cmd("EVAL")
+                        .arg(DELETE_IF_UNCHANGED)
+                        .arg(1)
+                        .arg(k)
+                        .arg(field)
+                        .arg(v)
+                        .ignore();
+                }
+                pipe.exec(&mut c)?;
+            }
+            cursor = next;
+            if cursor == 0 {
+                break;
+            }
+        }
+        // The nodes' addresses (the nodes that may route down this node's flows).
+        let mut cursor: u64 = 0;
+        loop {
+            let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
+                .arg(cursor)
+                .arg("MATCH")
+                .arg(value::NODE_PATTERN)
+                .arg("COUNT")
+                .arg(1000)
+                .query(&mut c)?;
+            for k in keys {
+                if k.strip_prefix(value::NODE_PREFIX) == Some(settings.node.as_str()) {
+                    continue;
+                }
+                let via: Option<String> = redis::cmd("GET").arg(&k).query(&mut c)?;
+                if let Some(via) = via {
+                    shards.note_peer(&via);
+                }
+            }
             cursor = next;
             if cursor == 0 {
                 break;
@@ -315,3 +392,7 @@ fn read_all(
     }
     Ok(())
 }
+
+/// `HDEL KEYS[1] ARGV[1]` if that field still holds `ARGV[2]`.
+const DELETE_IF_UNCHANGED: &str =
+    "if redis.call('HGET', KEYS[1], ARGV[1]) == ARGV[2] then return redis.call('HDEL', KEYS[1], ARGV[1]) end return 0";

@@ -80,6 +80,7 @@ impl SharedStore {
             remote: remote_tx,
             wakers: OnceLock::new(),
             owner,
+            peers: Default::default(),
         });
         let (loaded_tx, loaded_rx) = bounded(1);
         let mut threads = Vec::new();
@@ -96,6 +97,7 @@ impl SharedStore {
                     .spawn(move || reader::run(&settings, &shards, &stop, &stats, loaded_tx))?,
             );
         }
+        let (tried_tx, tried_rx) = bounded(1);
         {
             let mut w = WriterState {
                 settings: settings.clone(),
@@ -117,10 +119,11 @@ impl SharedStore {
             threads.push(
                 std::thread::Builder::new()
                     .name("store".into())
-                    .spawn(move || w.run(rx))?,
+                    .spawn(move || w.run(rx, tried_tx))?,
             );
         }
         let wait = Duration::from_millis(settings.load_timeout_ms);
+        let _ = tried_rx.recv_timeout(wait);
         let loaded = loaded_rx.recv_timeout(wait).unwrap_or_else(|_| {
             tracing::warn!(
                 store = %settings.target,
@@ -236,7 +239,11 @@ struct WriterState {
 }
 
 impl WriterState {
-    fn run(&mut self, rx: Receiver<Batch>) {
+    fn run(&mut self, rx: Receiver<Batch>, first_try: Sender<()>) {
+        // Connect (and announce this node) before anything is written: the other nodes
+        // take requests from this node down their flows only once they know it.
+        self.write();
+        let _ = first_try.send(());
         loop {
             let wait = if self.dirty.is_empty() {
                 Duration::from_secs(1)
@@ -248,7 +255,13 @@ impl WriterState {
             let mut closing = false;
             match rx.recv_timeout(wait) {
                 Ok(b) => self.take(b),
-                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Timeout) => {
+                    // Idle: a store that restarted (empty) must be noticed now, not at the
+                    // next change, so that every binding is written to it again.
+                    if self.dirty.is_empty() {
+                        self.ping();
+                    }
+                }
                 Err(RecvTimeoutError::Disconnected) => closing = true,
             }
             if !closing && self.settings.durability == Durability::Batch && self.conn.is_some() {
@@ -279,8 +292,14 @@ impl WriterState {
     }
 
     fn take(&mut self, b: Batch) {
+        // The limit holds while the store is away (while it answers, what gathers is written
+        // at once, however much: a node writing all of its AORs again).
+        let away = self.conn.is_none();
         for (aor, frame) in crate::store::record::frames(&b.bytes) {
-            if self.dirty.len() >= self.settings.queue_limit && !self.dirty.contains_key(aor) {
+            if away
+                && self.dirty.len() >= self.settings.queue_limit
+                && !self.dirty.contains_key(aor)
+            {
                 self.stats.dropped.fetch_add(1, Ordering::Relaxed);
                 self.lost_changes = true;
                 continue;
@@ -295,8 +314,11 @@ impl WriterState {
         }
         let mut bytes = b.bytes;
         bytes.clear();
-        if let Some(s) = self.spare.get(b.shard) {
-            let _ = s.try_send(bytes);
+        // A buffer grown by a rewrite of every AOR is not kept.
+        if bytes.capacity() <= 1 << 20 {
+            if let Some(s) = self.spare.get(b.shard) {
+                let _ = s.try_send(bytes);
+            }
         }
     }
 
@@ -306,6 +328,42 @@ impl WriterState {
             .map_or(0, |d| d.as_millis() as u64);
         self.version = (self.version + 1).max(now_ms << 16);
         self.version
+    }
+
+    /// Checks an idle connection (reconnecting, and so writing every binding again, when it
+    /// failed).
+    fn ping(&mut self) {
+        let r = match self.conn.as_mut() {
+            Some(Conn::Single(c)) => redis::cmd("PING").exec(c),
+            Some(Conn::Cluster(_, c)) => redis::cmd("PING").exec(c),
+            None => return self.write(),
+        };
+        if let Err(e) = r {
+            self.failed(&e);
+        }
+    }
+
+    /// Says where this node is: its address key, and a change message of no AOR.
+    fn announce(&mut self) -> redis::RedisResult<()> {
+        let key = format!("{}{}", value::NODE_PREFIX, self.settings.node);
+        let mut message = Vec::new();
+        value::message_start(&mut message, &self.settings.node, &self.settings.via);
+        let set = redis::cmd("SET").arg(&key).arg(&self.settings.via).clone();
+        let publish = redis::cmd("PUBLISH")
+            .arg(&self.settings.channel)
+            .arg(&message)
+            .clone();
+        match self.conn.as_mut() {
+            Some(Conn::Single(c)) => {
+                set.exec(c)?;
+                publish.exec(c)
+            }
+            Some(Conn::Cluster(cluster, c)) => {
+                set.exec(&mut **cluster)?;
+                publish.exec(c)
+            }
+            None => Ok(()),
+        }
     }
 
     /// Writes what is dirty, connecting first if needed.
@@ -318,11 +376,15 @@ impl WriterState {
             match Conn::open(&self.settings.target) {
                 Ok(c) => {
                     self.conn = Some(c);
+                    if let Err(e) = self.announce() {
+                        self.failed(&e);
+                        return;
+                    }
                     self.stats.connected.store(1, Ordering::Relaxed);
                     self.backoff = Duration::from_millis(100);
-                    if self.connected_once || self.lost_changes {
-                        // The store may have restarted empty or missed changes: every
-                        // shard writes all of its AORs again.
+                    if self.connected_once {
+                        // The store may have restarted empty: every shard writes all of its
+                        // AORs again.
                         tracing::info!(store = %self.settings.target, "shared store reachable again: writing every binding to it");
                         self.shards.tell_all(|| RemoteChange::Rejournal);
                         self.lost_changes = false;
@@ -351,14 +413,20 @@ impl WriterState {
         for chunk in keys.chunks(CHUNK) {
             let mut pipe = redis::pipe();
             let mut cpipe = redis::cluster::cluster_pipe();
-            value::message_start(&mut message, &node);
+            value::message_start(&mut message, &node, &self.settings.via);
             for aor in chunk {
                 let version = self.next_version();
                 let k = value::key(aor);
                 value.clear();
                 match self.dirty.get(aor) {
                     Some(Some(frame)) => {
-                        value::encode(&mut value, version, frame);
+                        value::encode(
+                            &mut value,
+                            version,
+                            &self.settings.via,
+                            &self.settings.protos,
+                            frame,
+                        );
                         if cluster {
                             cpipe.cmd("HSET").arg(&k).arg(&node).arg(&value).ignore();
                             cpipe.cmd("PEXPIRE").arg(&k).arg(ttl).ignore();
@@ -388,7 +456,7 @@ impl WriterState {
                 }
                 Some(Conn::Cluster(c, publish)) => cpipe.exec(c).and_then(|()| {
                     redis::cmd("PUBLISH")
-                        .arg(value::CHANNEL)
+                        .arg(&self.settings.channel)
                         .arg(&message)
                         .exec(publish)
                         .map(|()| 2)
@@ -415,7 +483,16 @@ impl WriterState {
             }
         }
         self.stats.queued.store(0, Ordering::Relaxed);
+        if self.dirty.capacity() > 65_536 {
+            self.dirty.shrink_to(1_024);
+        }
         self.publish_durable();
+        if self.lost_changes {
+            // Changes were dropped while the store was away and it answers again: every AOR
+            // is written again (what was dropped is among them).
+            self.lost_changes = false;
+            self.shards.tell_all(|| RemoteChange::Rejournal);
+        }
     }
 
     /// Every record gathered so far is stored: shards holding responses for them go on.
