@@ -144,6 +144,7 @@ fn main() {
         None => restored,
     };
     let restored = Arc::new(restored);
+    let store_lookups = config.shared.is_some();
     let make_core = Arc::new(move |id, stats, local: &[sipshard::sip::Local]| {
         let shard_auth = auth
             .lock()
@@ -152,6 +153,9 @@ fn main() {
             .map(|a| a.with_lockout(&security, shared_board.clone()));
         let mut core = Core::new(id, core_cfg.clone(), stats, shard_auth, local);
         core.share_board(shared_board.clone());
+        if store_lookups {
+            core.enable_store_lookups();
+        }
         if let Some(part) = restored.get(id) {
             let aors = part
                 .lock()

@@ -2227,3 +2227,80 @@ fn a_call_on_node_b_reaches_a_phone_connected_to_node_a_through_a() {
         ),
     }
 }
+
+/// A node asked for an AOR it never heard of asks the store (the AOR's key is renamed in
+/// Redis behind the nodes' backs: no change message announces it): the call reaches the
+/// binding the store holds. With Redis stopped, such a call gets 503 saying the location
+/// store is unreachable (not a 480 that would tell the caller the user is away).
+#[test]
+fn a_node_asks_the_store_about_an_aor_it_never_heard_of() {
+    let test = "a_node_asks_the_store_about_an_aor_it_never_heard_of";
+    if !common::redis::redis_available(test) {
+        return;
+    }
+    let dir = scratch("shared-lookup");
+    let mut redis = common::redis::Redis::start(&dir);
+    let (a, _a_admin) = node(&dir, &redis.url(), "node-a", 0, &[]);
+    let (b, b_admin) = node(&dir, &redis.url(), "node-b", 0, &[]);
+    let callee = Client::new();
+    let reg = Register::new("sip:bob@cluster.test")
+        .contact(&format!("<sip:bob@{}>", callee.addr))
+        .send(&callee, a.addr);
+    assert_status(&reg, 200);
+    lists_within(&b_admin, 1, std::time::Duration::from_secs(1));
+    let renamed = redis.cli(&[
+        "RENAME",
+        "sipshard:aor:sip:bob@cluster.test",
+        "sipshard:aor:sip:zed@cluster.test",
+    ]);
+    assert_eq!(renamed.trim(), "OK");
+    let caller = Client::new();
+    let invite = |user: &str, branch: &str| {
+        format!(
+            "INVITE sip:{user}@cluster.test SIP/2.0\r\n\
+             Via: SIP/2.0/UDP {c};branch={branch}\r\n\
+             Max-Forwards: 70\r\n\
+             From: <sip:alice@cluster.test>;tag=a1\r\n\
+             To: <sip:{user}@cluster.test>\r\n\
+             Call-ID: {branch}@test\r\n\
+             CSeq: 1 INVITE\r\n\
+             Contact: <sip:alice@{c}>\r\n\
+             Content-Length: 0\r\n\r\n",
+            c = caller.addr
+        )
+    };
+    caller.send(&invite("zed", "z9hG4bKzed1"), b.addr);
+    let got = callee
+        .recv_timeout(std::time::Duration::from_secs(3))
+        .expect("the INVITE for zed reaches the binding the store holds");
+    assert!(got.starts_with(format!("INVITE sip:bob@{}", callee.addr).as_bytes()));
+    // A user the store does not have either: 480 as always.
+    caller.send(&invite("nobody", "z9hG4bKnone"), b.addr);
+    let st = loop {
+        let r = caller
+            .recv_timeout(std::time::Duration::from_secs(3))
+            .expect("an answer for nobody");
+        if header_value(&r, "Call-ID").is_some_and(|c| c.starts_with("z9hG4bKnone"))
+            && status(&r) >= 200
+        {
+            break status(&r);
+        }
+    };
+    assert_eq!(st, 480);
+    // The store is gone: 503, saying why.
+    redis.stop();
+    caller.send(&invite("yan", "z9hG4bKyan"), b.addr);
+    let r = loop {
+        let r = caller
+            .recv_timeout(std::time::Duration::from_secs(3))
+            .expect("an answer for yan");
+        if header_value(&r, "Call-ID").is_some_and(|c| c.starts_with("z9hG4bKyan"))
+            && status(&r) >= 200
+        {
+            break r;
+        }
+    };
+    assert_eq!(status(&r), 503);
+    assert!(reason(&r).contains("location store"), "{}", reason(&r));
+    drop(a);
+}

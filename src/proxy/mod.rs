@@ -4,6 +4,7 @@
 
 pub mod calls;
 pub mod cdr;
+pub mod lookup;
 pub mod messages;
 pub mod reply;
 pub mod request;

@@ -57,6 +57,8 @@ pub struct Element {
     pub(super) overloaded: bool,
     /// What the shards share for edge security: here, the users' call counts.
     pub(super) board: Arc<crate::security::board::Board>,
+    /// With a shared store: requests waiting for it (`super::lookup`).
+    pub(super) lookups: Option<super::lookup::StoreLookups>,
 }
 
 impl Element {
@@ -96,6 +98,7 @@ impl Element {
             fixed_contact_buf: Vec::new(),
             overloaded: false,
             board: Arc::default(),
+            lookups: None,
         }
     }
 
@@ -224,6 +227,7 @@ impl Element {
             self.proxy.next_timeout(),
             self.proxy.calls.next_timeout(),
             checks,
+            self.next_lookup_deadline(),
         ]
         .into_iter()
         .flatten()
@@ -254,6 +258,7 @@ impl Element {
             c.poll(&self.cfg.routing, now_ms, out);
         }
         self.proxy.calls.poll(now_ms);
+        self.lookups_timed_out(now_ms, out);
     }
 
     /// The server stops: calls in progress get their call detail records now.
@@ -799,6 +804,15 @@ impl Element {
             reply,
             out,
         ) {
+            // With a shared store, an AOR never heard of here is asked about first.
+            self.key.clear();
+            self.registrar.write_aor_key(ruri, &mut self.key);
+            let key = core::mem::take(&mut self.key);
+            let parked = self.park_for_lookup(msg, &key, reply, now_ms);
+            self.key = key;
+            if parked {
+                return;
+            }
             // With a user list, a user not in it does not exist (404); a known user with no
             // binding is only unreachable now (480).
             if self.auth.as_ref().is_some_and(|a| !knows_user(a, ruri)) {

@@ -46,6 +46,9 @@ pub enum RemoteChange {
     },
     /// The resynchronisation `epoch` is complete: sets it did not see are gone.
     Sweep { epoch: u64 },
+    /// The store answered a lookup of `key` (its sets came before, as `Set`), or could not
+    /// (`failed`): requests waiting for it go on (`crate::proxy::lookup`).
+    LookedUp { key: Box<[u8]>, failed: bool },
     /// The store lost this node's bindings (it restarted empty, or writes were dropped while
     /// it was away): write every AOR again.
     Rejournal,
@@ -166,6 +169,8 @@ impl Registrar {
             RemoteChange::Peer(addr) => {
                 self.remote.peers.insert(addr);
             }
+            // For the element (`crate::server::Core::apply_remote`).
+            RemoteChange::LookedUp { .. } => {}
         }
     }
 
@@ -212,6 +217,12 @@ impl Registrar {
                 })
                 .map(move |b| (&*s.node, b))
         })
+    }
+
+    /// True if this node holds (or held, until swept) bindings of `key`, its own or another
+    /// node's.
+    pub fn knows(&self, key: &[u8]) -> bool {
+        self.find(key).is_some() || !self.remote.sets(key).is_empty()
     }
 
     /// True for the address of another node of the cluster.

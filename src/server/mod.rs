@@ -312,15 +312,30 @@ impl Core {
         &mut self,
         changes: impl Iterator<Item = crate::registrar::RemoteChange>,
         now_ms: u64,
+        out: &mut Outbox,
     ) {
-        let registrar = self.element.registrar_mut();
         for c in changes {
-            registrar.apply_remote(c, now_ms);
+            match c {
+                crate::registrar::RemoteChange::LookedUp { key, failed } => {
+                    self.element.store_answered(&key, failed, now_ms, out)
+                }
+                c => self.element.registrar_mut().apply_remote(c, now_ms),
+            }
         }
         if now_ms >= self.next_remote_sweep_ms {
-            registrar.sweep_remote(now_ms);
+            self.element.registrar_mut().sweep_remote(now_ms);
             self.next_remote_sweep_ms = now_ms + 60_000;
         }
+    }
+
+    /// Turns on asking the shared store about AORs never heard of here (`--store`).
+    pub fn enable_store_lookups(&mut self) {
+        self.element.enable_store_lookups();
+    }
+
+    /// The AOR keys to ask the shared store about ([`Core::enable_store_lookups`]).
+    pub fn take_lookups(&mut self, into: &mut Vec<Box<[u8]>>) {
+        self.element.take_lookups(into);
     }
 
     pub fn take_journal(&mut self, into: &mut Vec<u8>) {

@@ -1778,3 +1778,138 @@ fn a_binding_registered_through_a_path_gets_its_requests_through_that_path() {
     let f = Message::parse(&out[1].1).unwrap();
     assert_eq!(f.header_all(HeaderName::Route).count(), 0);
 }
+
+/// An INVITE to `user@localhost` (branch `b`).
+fn invite_to(user: &str, b: &str) -> Vec<u8> {
+    String::from_utf8(invite(b))
+        .unwrap()
+        .replace("sip:bob@localhost", &format!("sip:{user}@localhost"))
+        .into_bytes()
+}
+
+fn store_says(
+    c: &mut Core,
+    changes: Vec<crate::registrar::RemoteChange>,
+    now: u64,
+) -> Vec<(SocketAddr, Vec<u8>)> {
+    let mut out = Outbox::new();
+    c.apply_remote(changes.into_iter(), now, &mut out);
+    drain(&out)
+}
+
+fn asked(c: &mut Core) -> Vec<String> {
+    let mut keys = Vec::new();
+    c.take_lookups(&mut keys);
+    keys.iter()
+        .map(|k| String::from_utf8_lossy(k).into_owned())
+        .collect()
+}
+
+/// With a shared store (issue 21), a request for an AOR never heard of here waits for the
+/// store instead of getting 480: the core asks (the shell takes the question), and resumes
+/// the request when the answer comes back as input: forwarded to what the store holds, 480
+/// when it holds nothing (remembered: the next call is answered at once), 503 when the store
+/// could not be asked or did not answer in time. A retransmission is not asked about twice.
+#[test]
+fn a_request_for_an_aor_never_heard_of_waits_for_the_shared_store() {
+    use crate::registrar::{Binding, BindingFields, RemoteChange};
+    let mut c = core();
+    c.enable_store_lookups();
+    let bob = b"sip:bob@localhost";
+    let out = send(&mut c, &invite_to("bob", "z9hG4bKs1"), CALLER, 0, T0);
+    assert!(out.is_empty(), "parked: {out:?}");
+    assert_eq!(asked(&mut c), ["sip:bob@localhost"]);
+    // Its retransmission waits with it, without a second question.
+    assert!(send(&mut c, &invite_to("bob", "z9hG4bKs1"), CALLER, 0, T0 + 5).is_empty());
+    assert!(asked(&mut c).is_empty());
+    let binding = Binding::new(
+        &BindingFields {
+            contact_uri: b"sip:bob@192.0.2.20:5062",
+            call_id: b"reg",
+            cseq: 1,
+            expires_at_ms: T0 + 60_000,
+            q: 1000,
+            instance: None,
+            reg_id: None,
+            source: addr("192.0.2.20:5062"),
+            nat: false,
+            socket: 0,
+            stream: false,
+            branch_hash: 0,
+        },
+        std::iter::empty(),
+    )
+    .unwrap();
+    let out = store_says(
+        &mut c,
+        vec![
+            RemoteChange::Set {
+                key: bob[..].into(),
+                node: "node-b".into(),
+                version: 1,
+                epoch: 0,
+                bindings: vec![binding],
+            },
+            RemoteChange::LookedUp {
+                key: bob[..].into(),
+                failed: false,
+            },
+        ],
+        T0 + 10,
+    );
+    assert_eq!(out.len(), 2, "100 and the INVITE: {out:?}");
+    assert_eq!(status(&out[0].1), 100);
+    assert_eq!(out[1].0, addr("192.0.2.20:5062"));
+
+    // Nothing in the store: 480, and the next call for carol is answered at once.
+    assert!(send(&mut c, &invite_to("carol", "z9hG4bKs2"), CALLER, 0, T0).is_empty());
+    assert_eq!(asked(&mut c), ["sip:carol@localhost"]);
+    let out = store_says(
+        &mut c,
+        vec![RemoteChange::LookedUp {
+            key: b"sip:carol@localhost"[..].into(),
+            failed: false,
+        }],
+        T0 + 10,
+    );
+    assert_eq!(status(&out[0].1), 480);
+    let out = send(&mut c, &invite_to("carol", "z9hG4bKs3"), CALLER, 0, T0 + 20);
+    assert_eq!(status(&out[0].1), 480);
+    assert!(asked(&mut c).is_empty());
+
+    // The store could not be asked: 503 saying so.
+    assert!(send(&mut c, &invite_to("dave", "z9hG4bKs4"), CALLER, 0, T0).is_empty());
+    asked(&mut c);
+    let out = store_says(
+        &mut c,
+        vec![RemoteChange::LookedUp {
+            key: b"sip:dave@localhost"[..].into(),
+            failed: true,
+        }],
+        T0 + 10,
+    );
+    assert_eq!(status(&out[0].1), 503);
+    assert!(common_reason(&out[0].1).contains("location store unreachable"));
+
+    // No answer within the wait: 503 at the deadline, not before.
+    assert!(send(&mut c, &invite_to("erin", "z9hG4bKs5"), CALLER, 0, T0).is_empty());
+    asked(&mut c);
+    assert!(c.next_timeout().is_some_and(|t| t <= T0 + 1_000));
+    assert!(tick(&mut c, T0 + 999)
+        .iter()
+        .all(|(_, m)| !m.starts_with(b"SIP/2.0 503")));
+    let out = tick(&mut c, T0 + 1_000);
+    assert_eq!(status(&out[0].1), 503);
+    assert!(common_reason(&out[0].1).contains("did not answer"));
+
+    // Without a store nothing waits: 480 at once.
+    let mut plain = core();
+    let out = send(&mut plain, &invite_to("frank", "z9hG4bKs6"), CALLER, 0, T0);
+    assert_eq!(status(&out[0].1), 480);
+}
+
+/// The reason phrase of a response.
+fn common_reason(b: &[u8]) -> String {
+    let line = b.split(|&c| c == b'\r').next().unwrap();
+    String::from_utf8_lossy(&line[12..]).into_owned()
+}

@@ -226,12 +226,14 @@ impl Server {
             (0..n).map(|_| crossbeam_channel::bounded(4)).unzip();
         let mut writers = Vec::new();
         let mut remotes: Vec<Option<_>> = (0..n).map(|_| None).collect();
+        let mut lookups = None;
         if let Some(shared) = shared {
-            let ends = shared.attach(peers.iter().map(|p| p.waker.clone()).collect());
+            let (ends, ask) = shared.attach(peers.iter().map(|p| p.waker.clone()).collect());
             for (id, (journal, remote)) in ends.into_iter().enumerate().take(n) {
                 journals[id] = Some(journal);
                 remotes[id] = Some(remote);
             }
+            lookups = Some(ask);
         }
         if let Some((settings, logs)) = store {
             for (id, log) in logs.into_iter().enumerate().take(n) {
@@ -270,6 +272,7 @@ impl Server {
                 clock,
                 journal: journals[id].take(),
                 remote: remotes[id].take(),
+                lookups: lookups.clone(),
                 admin: admin_rx.remove(0),
                 cdr: cdr.map(|c| c.outlet(id)),
                 streams,

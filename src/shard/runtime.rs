@@ -117,6 +117,8 @@ pub struct ShardContext {
     pub journal: Option<crate::store::Journal>,
     /// The other nodes' binding changes (`--store`): None without a shared store.
     pub remote: Option<crossbeam_channel::Receiver<crate::registrar::RemoteChange>>,
+    /// Where questions to the shared store go (`crate::proxy::lookup`): (shard, AOR key).
+    pub lookups: Option<crossbeam_channel::Sender<(usize, Box<[u8]>)>>,
     /// Questions of the admin API (`crate::admin`), answered between rounds.
     pub admin: crossbeam_channel::Receiver<crate::admin::ShardQuery>,
     /// The way to the CDR writer (`--cdr`): None without call detail records.
@@ -282,7 +284,7 @@ pub fn run(mut ctx: ShardContext) {
         // traffic (what is left is taken in the next rounds, without sleeping).
         if let Some(r) = &ctx.remote {
             ctx.core
-                .apply_remote(r.try_iter().take(REMOTE_PER_ROUND), now_ms);
+                .apply_remote(r.try_iter().take(REMOTE_PER_ROUND), now_ms, &mut out);
         }
         // Deliveries that failed in the last round's send, before this round creates new
         // transactions to the same destinations (those must not be failed with them).
@@ -374,6 +376,14 @@ pub fn run(mut ctx: ShardContext) {
         // The binding store: this round's binding changes go to the writer; with `sync`
         // durability the round's responses (and everything after them, in order) wait until
         // those changes are on disk.
+        if let Some(l) = &ctx.lookups {
+            let mut keys = Vec::new();
+            ctx.core.take_lookups(&mut keys);
+            for k in keys {
+                // Unbounded: at most one question per parked request (bounded by the core).
+                let _ = l.send((ctx.id, k));
+            }
+        }
         if let Some(j) = &mut ctx.journal {
             ctx.core.take_journal(j.pending());
             let number = j.flush();

@@ -54,6 +54,13 @@ impl Shards {
         }
     }
 
+    /// Gives shard `id` a change.
+    pub fn send(&self, id: usize, change: RemoteChange) {
+        if let Some(tx) = self.remote.get(id) {
+            let _ = tx.send(change);
+        }
+    }
+
     fn tell(&self, aor: &[u8], change: RemoteChange) -> usize {
         let id = (self.owner)(aor).min(self.remote.len().saturating_sub(1));
         let _ = self.remote[id].send(change);

@@ -21,7 +21,7 @@ use crate::registrar::RemoteChange;
 use crate::store::writer::Batch;
 use crate::store::{Durability, Journal};
 use crate::transport::Waker;
-use crossbeam_channel::{bounded, Receiver, RecvTimeoutError, Sender, TryRecvError};
+use crossbeam_channel::{bounded, Receiver, Sender, TryRecvError};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::thread::JoinHandle;
@@ -42,6 +42,8 @@ pub struct SharedStore {
     tx: Sender<Batch>,
     shards: Arc<Shards>,
     journals: Vec<Option<(Journal, Receiver<RemoteChange>)>>,
+    /// Where shards ask about AORs they never heard of: (shard, AOR key).
+    ask: Sender<(usize, Box<[u8]>)>,
     stop: Arc<AtomicBool>,
     threads: Vec<JoinHandle<()>>,
     pub stats: Arc<SharedStats>,
@@ -98,6 +100,7 @@ impl SharedStore {
             );
         }
         let (tried_tx, tried_rx) = bounded(1);
+        let (ask, ask_rx) = crossbeam_channel::unbounded();
         {
             let mut w = WriterState {
                 settings: settings.clone(),
@@ -119,7 +122,7 @@ impl SharedStore {
             threads.push(
                 std::thread::Builder::new()
                     .name("store".into())
-                    .spawn(move || w.run(rx, tried_tx))?,
+                    .spawn(move || w.run(rx, ask_rx, tried_tx))?,
             );
         }
         let wait = Duration::from_millis(settings.load_timeout_ms);
@@ -139,6 +142,7 @@ impl SharedStore {
                 tx,
                 shards,
                 journals,
+                ask,
                 stop,
                 threads,
                 stats,
@@ -149,9 +153,18 @@ impl SharedStore {
 
     /// Gives each shard its end (its journal and the other nodes' changes) once the shards'
     /// wakers exist.
-    pub fn attach(&mut self, wakers: Vec<Arc<Waker>>) -> Vec<(Journal, Receiver<RemoteChange>)> {
+    /// Also returns where the shards ask about AORs they never heard of.
+    #[allow(clippy::type_complexity)]
+    pub fn attach(
+        &mut self,
+        wakers: Vec<Arc<Waker>>,
+    ) -> (
+        Vec<(Journal, Receiver<RemoteChange>)>,
+        Sender<(usize, Box<[u8]>)>,
+    ) {
         let _ = self.shards.wakers.set(wakers);
-        self.journals.iter_mut().filter_map(Option::take).collect()
+        let ends = self.journals.iter_mut().filter_map(Option::take).collect();
+        (ends, self.ask.clone())
     }
 
     pub fn settings(&self) -> &SharedSettings {
@@ -239,11 +252,17 @@ struct WriterState {
 }
 
 impl WriterState {
-    fn run(&mut self, rx: Receiver<Batch>, first_try: Sender<()>) {
+    fn run(
+        &mut self,
+        rx: Receiver<Batch>,
+        ask: Receiver<(usize, Box<[u8]>)>,
+        first_try: Sender<()>,
+    ) {
         // Connect (and announce this node) before anything is written: the other nodes
         // take requests from this node down their flows only once they know it.
         self.write();
         let _ = first_try.send(());
+        let mut questions: Vec<(usize, Box<[u8]>)> = Vec::new();
         loop {
             let wait = if self.dirty.is_empty() {
                 Duration::from_secs(1)
@@ -253,19 +272,28 @@ impl WriterState {
                     .max(Duration::from_millis(1))
             };
             let mut closing = false;
-            match rx.recv_timeout(wait) {
-                Ok(b) => self.take(b),
-                Err(RecvTimeoutError::Timeout) => {
+            crossbeam_channel::select! {
+                recv(rx) -> b => match b {
+                    Ok(b) => self.take(b),
+                    Err(_) => closing = true,
+                },
+                recv(ask) -> q => if let Ok(q) = q {
+                    questions.push(q);
+                },
+                default(wait) => {
                     // Idle: a store that restarted (empty) must be noticed now, not at the
                     // next change, so that every binding is written to it again.
                     if self.dirty.is_empty() {
                         self.ping();
                     }
                 }
-                Err(RecvTimeoutError::Disconnected) => closing = true,
             }
-            if !closing && self.settings.durability == Durability::Batch && self.conn.is_some() {
-                // The changes of the next rounds join this write.
+            if !closing
+                && questions.is_empty()
+                && self.settings.durability == Durability::Batch
+                && self.conn.is_some()
+            {
+                // The changes of the next rounds join this write (a question does not wait).
                 std::thread::sleep(GATHER);
             }
             loop {
@@ -278,7 +306,9 @@ impl WriterState {
                     }
                 }
             }
+            questions.extend(ask.try_iter());
             self.write();
+            self.answer(&mut questions);
             if closing {
                 if !self.dirty.is_empty() {
                     tracing::warn!(
@@ -288,6 +318,73 @@ impl WriterState {
                 }
                 return;
             }
+        }
+    }
+
+    /// Asks the store about the AORs shards never heard of (one pipeline) and gives each
+    /// shard the other nodes' sets found, then the answer; without a store, the answer is
+    /// that it could not be asked.
+    fn answer(&mut self, questions: &mut Vec<(usize, Box<[u8]>)>) {
+        if questions.is_empty() {
+            return;
+        }
+        let keys: Vec<Vec<u8>> = questions.iter().map(|(_, k)| value::key(k)).collect();
+        let found: redis::RedisResult<Vec<Vec<(Vec<u8>, Vec<u8>)>>> = match self.conn.as_mut() {
+            Some(Conn::Single(c)) => {
+                let mut pipe = redis::pipe();
+                for k in &keys {
+                    pipe.cmd("HGETALL").arg(k);
+                }
+                pipe.query(c)
+            }
+            Some(Conn::Cluster(c, _)) => {
+                let mut pipe = redis::cluster::cluster_pipe();
+                for k in &keys {
+                    pipe.cmd("HGETALL").arg(k);
+                }
+                pipe.query(&mut **c)
+            }
+            None => Err(redis::RedisError::from(std::io::Error::other(
+                "not connected",
+            ))),
+        };
+        let now_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        let failed = found.is_err();
+        if let Err(e) = &found {
+            if self.conn.is_some() {
+                self.failed(e);
+            }
+        }
+        let mut found = found.unwrap_or_default().into_iter();
+        for (shard, key) in questions.drain(..) {
+            let fields = found.next().unwrap_or_default();
+            for (field, v) in fields {
+                if field == self.settings.node.as_bytes() {
+                    continue;
+                }
+                let Some(d) = value::decode(&v) else { continue };
+                self.shards.note_peer(d.via);
+                let version = d.version;
+                let bindings = value::remote_bindings(d, now_ms);
+                if bindings.is_empty() {
+                    continue;
+                }
+                self.shards.send(
+                    shard,
+                    RemoteChange::Set {
+                        key: key.clone(),
+                        node: String::from_utf8_lossy(&field).into(),
+                        version,
+                        epoch: 0,
+                        bindings,
+                    },
+                );
+            }
+            self.shards
+                .send(shard, RemoteChange::LookedUp { key, failed });
+            self.shards.wake(shard);
         }
     }
 
