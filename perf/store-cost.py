@@ -13,6 +13,19 @@ measured on whole processes (stdlib only).
    usrloc db_mode=1 (write-through) to SQLite, one UDP worker (perf/kamailio/usrloc-sqlite.cfg,
    a fresh database from Kamailio's own db_sqlite schema per run); its CPU is that of all its
    processes (lab.descendants). --kamailio-memory adds the same config with db_mode=0.
+   The shared store (issue 21, `--store redis://HOST:PORT --node NAME --durability batch|sync`,
+   no --data-dir), chosen with --variants: `redis-batch` and `redis-sync` run node bench-a
+   against a redis-server the script starts per run on a free port (`--port P --bind 127.0.0.1
+   --save "" --appendonly no`, its own directory, so every run starts empty; stopped by its PID
+   after the run); `redis-batch-peer` is redis-batch plus a second node (`--node bench-b`, its
+   own port, --shards 1, same Redis) that receives every change of bench-a by pub/sub and has no
+   load of its own. Besides bench-a's CPU per REGISTER: Redis' CPU (utime+stime of the
+   redis-server process over the load run) per REGISTER, bench-b's CPU per REGISTER of bench-a,
+   and from bench-a's metrics (`--metrics`, scraped before and after the run, outside the CPU
+   window) the store's round trips (`sipshard_store_round_trips_total`) and AOR writes
+   (`sipshard_store_writes_total`) per completed REGISTER; `sipshard_store_dropped_total` must
+   stay 0. --redis-benchmark also runs `redis-benchmark -q -n 200000 -t hset -P 16` once against
+   a fresh redis-server (its client shares the machine: a floor for Redis' ceiling).
 2. `startup`: --startup-bindings AORs (default 1,000,000) registered into a `--data-dir`
    server (batch, --log info, --metrics) until its `sipshard_bindings` metric has them all;
    its VmRSS and the data directory's size; SIGTERM; then --startup-restarts starts of the same
@@ -53,6 +66,8 @@ CLK_TCK = os.sysconf('SC_CLK_TCK')
 KAMCFG = os.path.join(HERE, 'kamailio', 'usrloc-sqlite.cfg')
 SQLITE_SCHEMA_DIRS = ('/usr/share/kamailio/db_sqlite', '/usr/share/kamailio/sqlite')
 SIPSHARD_VARIANTS = ('memory', 'batch', 'sync')
+REDIS_VARIANTS = ('redis-batch', 'redis-sync', 'redis-batch-peer')
+NODE_A, NODE_B = 'bench-a', 'bench-b'
 
 
 # ---- the lock ------------------------------------------------------------------------------
@@ -303,7 +318,124 @@ def location_rows(path):
         return 'error: %s' % e
 
 
+# ---- Redis (the shared store) ----------------------------------------------------------------
+def redis_missing():
+    """Why the shared-store variants cannot run here (None: they can)."""
+    if not shutil.which('redis-server'):
+        return 'no redis-server binary (apt-get install redis-server)'
+    return None
+
+
+def redis_command(port, *words, timeout=2):
+    """One command to 127.0.0.1:port in RESP; returns the first reply line (stdlib only)."""
+    with socket.create_connection((IP, port), timeout=timeout) as s:
+        req = '*%d\r\n' % len(words) + ''.join(
+            '$%d\r\n%s\r\n' % (len(w.encode()), w) for w in words)
+        s.sendall(req.encode())
+        buf = b''
+        while b'\r\n' not in buf:
+            chunk = s.recv(65536)
+            if not chunk:
+                break
+            buf += chunk
+        return buf.split(b'\r\n', 1)[0].decode(errors='replace')
+
+
+def start_redis(run_dir):
+    """A fresh, empty redis-server on a free port in its own directory. Returns (process, port,
+    command); it answers PING when this returns."""
+    port = free_port(socket.SOCK_STREAM)
+    rdir = os.path.join(run_dir, 'redis')
+    os.makedirs(rdir, exist_ok=True)
+    cmd = ['redis-server', '--port', str(port), '--bind', IP, '--save', '',
+           '--appendonly', 'no', '--dir', rdir]
+    p = subprocess.Popen(cmd, stdout=open(os.path.join(rdir, 'redis.log'), 'w'),
+                         stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            if redis_command(port, 'PING') == '+PONG':
+                break
+        except OSError:
+            pass
+        if p.poll() is not None or time.monotonic() > deadline:
+            stop(p)
+            raise RuntimeError('redis-server did not answer PING on port %d: %s'
+                               % (port, tail(os.path.join(rdir, 'redis.log'))))
+        time.sleep(0.02)
+    if redis_command(port, 'DBSIZE') != ':0':
+        stop(p)
+        raise RuntimeError('redis-server on port %d is not empty' % port)
+    return p, port, cmd
+
+
+def redis_info(port, section):
+    """INFO section as a dict (of str)."""
+    with socket.create_connection((IP, port), timeout=2) as s:
+        s.sendall(('*2\r\n$4\r\nINFO\r\n$%d\r\n%s\r\n' % (len(section), section)).encode())
+        buf = b''
+        while True:
+            chunk = s.recv(65536)
+            if not chunk:
+                break
+            buf += chunk
+            head, _, rest = buf.partition(b'\r\n')
+            if head.startswith(b'$') and len(rest) >= int(head[1:]):
+                break
+    text = buf.partition(b'\r\n')[2].decode(errors='replace')
+    return dict(line.split(':', 1) for line in text.splitlines() if ':' in line)
+
+
+def redis_benchmark(tmp):
+    """`redis-benchmark -q -n 200000 -t hset -P 16` against a fresh redis-server (its CPU too)."""
+    if not shutil.which('redis-benchmark'):
+        return {'error': 'no redis-benchmark binary'}
+    run_dir = os.path.join(tmp, 'redis-benchmark')
+    os.makedirs(run_dir, exist_ok=True)
+    p, port, _ = start_redis(run_dir)
+    try:
+        cmd = ['redis-benchmark', '-h', IP, '-p', str(port), '-q', '-n', '200000', '-t', 'hset',
+               '-P', '16']
+        t0, w0 = lab.proc_ticks(p.pid), time.monotonic()
+        out = subprocess.run(cmd, capture_output=True, text=True)
+        wall = time.monotonic() - w0
+        cpu_s = (lab.proc_ticks(p.pid) - t0) / CLK_TCK
+    finally:
+        stop(p)
+    text = out.stdout.replace('\r', '\n')
+    m = re.findall(r'HSET:\s*([\d.]+) requests per second', text)
+    ops = float(m[-1]) if m else None
+    return {'cmd': ' '.join(cmd), 'output': text.strip().splitlines()[-1] if text.strip() else '',
+            'stderr': out.stderr.strip()[-500:], 'hset_per_s': ops, 'wall_s': round(wall, 2),
+            'redis_cpu_s': round(cpu_s, 2),
+            'redis_cpu_us_per_hset': round(cpu_s * 1e6 / 200000, 3),
+            'redis_share_of_a_core': round(cpu_s / max(wall, 1e-9), 2)}
+
+
 # ---- 1. register -----------------------------------------------------------------------------
+def wait_store_connected(proc, maddr, log_path, limit_s=10):
+    """Waits until the node's metrics say the shared store answers; returns the metrics."""
+    deadline = time.monotonic() + limit_s
+    while True:
+        m = scrape(maddr)
+        if m.get('sipshard_store_connected') == 1:
+            return m
+        if proc.poll() is not None or time.monotonic() > deadline:
+            raise RuntimeError('node at %s: sipshard_store_connected %s: %s'
+                               % (maddr, m.get('sipshard_store_connected'), tail(log_path)))
+        time.sleep(0.05)
+
+
+def store_node_cmd(args, port, mport, rport, node, durability):
+    return [args.binary, '--shards', '1', '--listen', 'udp:%s:%d' % (IP, port), '--log', 'warn',
+            '--store', 'redis://%s:%d' % (IP, rport), '--node', node,
+            '--durability', durability, '--metrics', '%s:%d' % (IP, mport)]
+
+
+def delta(m1, m0, key):
+    return m1.get(key, 0) - m0.get(key, 0)
+
+
 def register_run(args, tmp, variant, seq):
     """One load run against one server; returns its row."""
     port = free_port()
@@ -312,6 +444,8 @@ def register_run(args, tmp, variant, seq):
     log_path = os.path.join(run_dir, 'server.log')
     data_dir = db = None
     rate = args.reg_rate
+    redis = peer = None
+    shared = variant in REDIS_VARIANTS
     if variant.startswith('kamailio'):
         rate = args.kam_rate or args.reg_rate
         db_mode = 1 if variant == 'kamailio-sqlite' else 0
@@ -321,32 +455,69 @@ def register_run(args, tmp, variant, seq):
         cmd = ['kamailio', '-f', KAMCFG, '-DD', '-E', '-m', '256', '-M', '8', '-n', '1',
                '-Y', run_dir, '-A', 'LISTEN=udp:%s:%d' % (IP, port),
                '-A', 'DBURL="sqlite://%s"' % db, '-A', 'DB_MODE=%d' % db_mode]
+    elif shared:
+        redis, rport, redis_cmd = start_redis(run_dir)
+        mport = free_port(socket.SOCK_STREAM)
+        cmd = store_node_cmd(args, port, mport, rport, NODE_A,
+                             'sync' if variant == 'redis-sync' else 'batch')
     else:
         cmd = [args.binary, '--shards', '1', '--listen', 'udp:%s:%d' % (IP, port),
                '--log', 'warn']
         if variant != 'memory':
             data_dir = os.path.join(run_dir, 'data')
             cmd += ['--data-dir', data_dir, '--durability', variant]
-    t_start = time.monotonic()
-    server = start(cmd, log_path)
+    server = None
     try:
+        if variant == 'redis-batch-peer':
+            # bench-b first: subscribed before bench-a writes anything
+            bport, bmport = free_port(), free_port(socket.SOCK_STREAM)
+            peer_cmd = store_node_cmd(args, bport, bmport, rport, NODE_B, 'batch')
+            peer_log = os.path.join(run_dir, 'peer.log')
+            tb = time.monotonic()
+            peer = start(peer_cmd, peer_log)
+            options_probe(bport, tb, limit_s=60, every_s=0.01, proc=peer)
+            wait_store_connected(peer, '%s:%d' % (IP, bmport), peer_log)
+        t_start = time.monotonic()
+        server = start(cmd, log_path)
         options_probe(port, t_start, limit_s=60, every_s=0.01, proc=server)
+        if shared:
+            wait_store_connected(server, '%s:%d' % (IP, mport), log_path)
         time.sleep(0.3)
         if server.poll() is not None:
             raise RuntimeError('%s exited: %s' % (cmd[0], tail(log_path)))
         pids = lab.descendants(server.pid) if db else [server.pid]
         extra = ['--aors', str(args.aors)] if args.aors else []
+        if shared:
+            m0 = scrape('%s:%d' % (IP, mport))
+            b0 = scrape('%s:%d' % (IP, bmport)) if peer else {}
         t0 = ticks(pids)
+        r0 = lab.proc_ticks(redis.pid) if redis else 0
+        p0 = lab.proc_ticks(peer.pid) if peer else 0
         w0 = time.monotonic()
         r = load(args.binary, 'register', '%s:%d' % (IP, port), rate, args.duration, extra)
         wall = time.monotonic() - w0
         t1 = ticks(pids)
+        r1 = lab.proc_ticks(redis.pid) if redis else 0
+        p1 = lab.proc_ticks(peer.pid) if peer else 0
         alive = server.poll() is None
+        if shared:
+            # the writer's last gathering window and bench-b's last message: well within 0.5 s
+            time.sleep(0.5)
+            m1 = scrape('%s:%d' % (IP, mport))
+            b1 = scrape('%s:%d' % (IP, bmport)) if peer else {}
+            keys = int(redis_command(rport, 'DBSIZE').lstrip(':'))
+            rinfo = redis_info(rport, 'commandstats')
+            peer_alive = peer.poll() is None if peer else None
     finally:
-        if db:
-            stop_kamailio(server)
-        else:
-            stop(server, 30)
+        if server is not None:
+            if db:
+                stop_kamailio(server)
+            else:
+                stop(server, 30)
+        if peer is not None:
+            stop(peer, 30)
+        if redis is not None:
+            stop(redis, 10)
     done = r['completed']
     cpu_s = (t1 - t0) / CLK_TCK
     lat = r.get('latency', {}).get('register_200', {})
@@ -369,6 +540,43 @@ def register_run(args, tmp, variant, seq):
         if variant == 'kamailio-sqlite':
             row['db_bytes'] = sum(os.path.getsize(p) for p in glob.glob(db + '*'))
             row['location_rows'] = location_rows(db)
+    if shared:
+        rcpu = (r1 - r0) / CLK_TCK
+        trips = delta(m1, m0, 'sipshard_store_round_trips_total')
+        writes = delta(m1, m0, 'sipshard_store_writes_total')
+        row.update(
+            redis_cmd=' '.join(shlex.quote(c) for c in redis_cmd),
+            redis_cpu_s=round(rcpu, 3),
+            redis_cpu_us_per_op=round(rcpu * 1e6 / max(done, 1), 2),
+            store_round_trips=int(trips), store_writes=int(writes),
+            round_trips_per_op=round(trips / max(done, 1), 4),
+            writes_per_op=round(writes / max(done, 1), 4),
+            store_dropped_total=int(m1.get('sipshard_store_dropped_total', -1)),
+            store_queued_at_end=int(m1.get('sipshard_store_queued', -1)),
+            store_connected_at_end=int(m1.get('sipshard_store_connected', -1)),
+            redis_keys_at_end=keys,
+            redis_commandstats={k.replace('cmdstat_', ''): v for k, v in rinfo.items()
+                                if k.startswith('cmdstat_')})
+        # INFO commandstats: time in the commands themselves (since Redis started; before the
+        # load it ran only a few: SCAN, SET, SUBSCRIBE, PING)
+        cmd_us = sum(float(dict(kv.split('=', 1) for kv in v.split(',')).get('usec', 0))
+                     for k, v in rinfo.items() if k.startswith('cmdstat_'))
+        row['redis_cmd_us_per_op'] = round(cmd_us / max(done, 1), 2)
+        if 'sipshard_store_dropped_total' not in m1:
+            row['store_metric_names'] = sorted(k for k in m1 if 'store' in k)
+        if peer is not None:
+            pcpu = (p1 - p0) / CLK_TCK
+            row.update(
+                peer_cmd=' '.join(shlex.quote(c) for c in peer_cmd),
+                peer_cpu_s=round(pcpu, 3),
+                peer_cpu_us_per_op=round(pcpu * 1e6 / max(done, 1), 2),
+                peer_remote_changes=int(delta(b1, b0, 'sipshard_store_remote_changes_total')),
+                peer_remote_changes_per_op=round(
+                    delta(b1, b0, 'sipshard_store_remote_changes_total') / max(done, 1), 4),
+                peer_own_writes=int(delta(b1, b0, 'sipshard_store_writes_total')),
+                peer_dropped_total=int(b1.get('sipshard_store_dropped_total', -1)),
+                peer_alive_at_end=peer_alive,
+                peer_log_tail=tail(peer_log, 5).strip())
     if not args.keep:
         shutil.rmtree(run_dir, ignore_errors=True)
     return row
@@ -517,8 +725,14 @@ def machine(work):
                              ).stdout.splitlines()[0].replace('version: ', '').strip()
     except (OSError, IndexError):
         kam = None
+    try:
+        rv = subprocess.run(['redis-server', '--version'], capture_output=True, text=True
+                            ).stdout.split()
+        red = next(w.split('=', 1)[1] for w in rv if w.startswith('v='))
+    except (OSError, StopIteration):
+        red = None
     return {'cpu': cpu, 'cores': os.cpu_count(), 'kernel': platform.release(),
-            'work_dir_fs': fs, 'kamailio': kam, 'sqlite': sqlite3.sqlite_version,
+            'work_dir_fs': fs, 'kamailio': kam, 'sqlite': sqlite3.sqlite_version, 'redis': red,
             'host_load': open('/proc/loadavg').read().split()[:3]}
 
 
@@ -532,11 +746,12 @@ def report(args, doc):
         ' ' + shlex.quote(a) for a in sys.argv[1:])
     lines = ['# Binding store cost (%s)' % doc['date'], '',
              'Command: `%s`' % cmdline, '',
-             'Machine: %s, %d cores, Linux %s; data on %s; Kamailio %s, SQLite %s; load '
-             'average at the start %s.' % (
+             'Machine: %s, %d cores, Linux %s; data on %s; Kamailio %s, SQLite %s, Redis %s; '
+             'load average at the start %s.' % (
                  doc['machine']['cpu'], doc['machine']['cores'], doc['machine']['kernel'],
                  doc['machine']['work_dir_fs'], doc['machine']['kamailio'],
-                 doc['machine']['sqlite'], ' '.join(doc['machine']['host_load']))]
+                 doc['machine']['sqlite'], doc['machine'].get('redis'),
+                 ' '.join(doc['machine']['host_load']))]
     reg = doc.get('register')
     if reg is not None:
         variants = doc['variants']
@@ -578,8 +793,65 @@ def report(args, doc):
                       '= %.2fx.' % (kam, km, kam / km)]
         if doc.get('kamailio_note'):
             lines += ['', doc['kamailio_note']]
+        shared = [v for v in variants if v in REDIS_VARIANTS
+                  and any(r['variant'] == v for r in reg)]
+        if shared:
+            lines += ['', '### The shared store (Redis)', '',
+                      'Per completed REGISTER of node A (`--node %s`), medians over the rounds. '
+                      'Node A is the sipshard under load (its CPU is in the table above, '
+                      'repeated here); Redis = the redis-server process (a fresh one per run); '
+                      'node B (`--node %s`, --shards 1, no load of its own) receives every change '
+                      'of A by pub/sub. Round trips and writes are the deltas of A\'s '
+                      '`sipshard_store_round_trips_total` and `sipshard_store_writes_total` over '
+                      'the run (scraped 0.5 s after the load ended); dropped is A\'s '
+                      '`sipshard_store_dropped_total` at the end (summed over the runs). '
+                      '"Of which in commands": the usec of Redis\' INFO commandstats (HSET, '
+                      'PEXPIRE, PUBLISH with its delivery to the subscribers), the rest of '
+                      'Redis\' CPU is its event loop and socket I/O per round trip.'
+                      % (NODE_A, NODE_B), '',
+                      '| variant | node A µs/op | /memory | Redis µs/op | of which in commands '
+                      '| node B µs/op | '
+                      'A+B+Redis µs/op | round trips/op | REGISTERs per round trip | writes/op | '
+                      'B remote changes/op | dropped | runs A / Redis / B µs/op |',
+                      '|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|']
+            for v in shared:
+                rows = [r for r in reg if r['variant'] == v]
+                a = med(reg, 'cpu_us_per_op', v)
+                rd = med(reg, 'redis_cpu_us_per_op', v)
+                b = med(reg, 'peer_cpu_us_per_op', v)
+                rt = med(reg, 'round_trips_per_op', v)
+                total = statistics.median(
+                    [r['cpu_us_per_op'] + r['redis_cpu_us_per_op']
+                     + r.get('peer_cpu_us_per_op', 0) for r in rows])
+                lines.append('| %s | %.2f | %s | %.2f | %.2f | %s | %.2f | %.4f | %s | %.4f | %s '
+                             '| %d | %s |' % (
+                                 v, a, '%.2f' % (a / base) if base else '–', rd,
+                                 med(reg, 'redis_cmd_us_per_op', v),
+                                 '%.2f' % b if b is not None else '–', total, rt,
+                                 '%.1f' % (1 / rt) if rt else '–', med(reg, 'writes_per_op', v),
+                                 ('%.4f' % med(reg, 'peer_remote_changes_per_op', v))
+                                 if b is not None else '–',
+                                 sum(max(r['store_dropped_total'], 0)
+                                     + max(r.get('peer_dropped_total', 0), 0) for r in rows),
+                                 '; '.join('%.2f / %.2f%s' % (
+                                     r['cpu_us_per_op'], r['redis_cpu_us_per_op'],
+                                     (' / %.2f' % r['peer_cpu_us_per_op'])
+                                     if 'peer_cpu_us_per_op' in r else '') for r in rows)))
+            sb = doc.get('redis_benchmark')
+            if sb:
+                if sb.get('hset_per_s'):
+                    lines += ['', 'Ceiling: `%s` against a fresh redis-server: %s (%.0f HSET/s; '
+                              'redis-server %.2f CPU µs per HSET, %.0f%% of a core; the '
+                              'benchmark client shares the %d cores).' % (
+                                  sb['cmd'], sb['output'], sb['hset_per_s'],
+                                  sb['redis_cpu_us_per_hset'],
+                                  100 * sb['redis_share_of_a_core'], doc['machine']['cores'])]
+                else:
+                    lines += ['', 'redis-benchmark failed: %s' % sb]
         bad = [r for r in reg if r['failed'] or r['retransmissions'] or r['timeouts']
-               or not r['server_alive_at_end']]
+               or not r['server_alive_at_end'] or r.get('store_dropped_total', 0) != 0
+               or r.get('peer_dropped_total', 0) != 0 or r.get('peer_alive_at_end') is False
+               or r.get('store_queued_at_end', 0) != 0]
         kbad = [r for r in bad if r['variant'].startswith('kamailio')]
         if kbad:
             lines += ['', '**Kamailio did not keep up at %d/s** in %d of its runs (see below): '
@@ -590,11 +862,15 @@ def report(args, doc):
         if bad:
             lines += ['', 'Runs with failures, retransmissions or timeouts: ' + '; '.join(
                 '%s at %d/s (round %d): %d of %d completed, %d failed%s, %d retrans, '
-                '%d timeouts, p50 latency %s µs, the load took %.1f s%s' % (
+                '%d timeouts, p50 latency %s µs, the load took %.1f s%s%s' % (
                     r['variant'], r['rate'], r['round'], r['completed'], r['started'],
                     r['failed'], (' %s' % r['failed_by_status']) if r['failed_by_status'] else '',
                     r['retransmissions'], r['timeouts'], r['latency_us_p50'], r['load_wall_s'],
-                    '' if r['server_alive_at_end'] else ', SERVER DIED') for r in bad) + '.']
+                    '' if r['server_alive_at_end'] else ', SERVER DIED',
+                    (', store dropped %s (B %s), queued at the end %s, B alive %s' % (
+                        r['store_dropped_total'], r.get('peer_dropped_total', '–'),
+                        r['store_queued_at_end'], r.get('peer_alive_at_end', '–')))
+                    if 'store_dropped_total' in r else '') for r in bad) + '.']
         sizes = ['%s %.1f KiB' % (r['variant'], (r.get('data_dir_bytes') or r.get('db_bytes'))
                                   / 1024)
                  for r in reg if r.get('data_dir_bytes') or r.get('db_bytes')]
@@ -605,6 +881,10 @@ def report(args, doc):
             rows = [r for r in reg if r['variant'] == v]
             if rows:
                 lines.append('- %s: `%s`' % (v, rows[0]['server_cmd']))
+                if rows[0].get('peer_cmd'):
+                    lines.append('  - node B: `%s`' % rows[0]['peer_cmd'])
+                if rows[0].get('redis_cmd'):
+                    lines.append('  - Redis: `%s`' % rows[0]['redis_cmd'])
     st = doc.get('startup')
     if st is not None:
         f = st['fill']
@@ -668,8 +948,13 @@ def main():
                     help='also Kamailio with the same config and usrloc db_mode=0')
     ap.add_argument('--only', choices=('register', 'startup'))
     ap.add_argument('--variants', default=None,
-                    help='comma-separated subset of memory,batch,sync,kamailio-sqlite,'
-                    'kamailio-memory for the register part (default: the first four)')
+                    help='comma-separated list of memory,batch,sync,kamailio-sqlite,'
+                    'kamailio-memory,redis-batch,redis-sync,redis-batch-peer for the register '
+                    'part, run in this order, reversed every other round (default: the first four; the redis '
+                    'ones only when named)')
+    ap.add_argument('--redis-benchmark', action='store_true',
+                    help='also run `redis-benchmark -q -n 200000 -t hset -P 16` once against a '
+                    'fresh redis-server (a ceiling for the shared store)')
     ap.add_argument('--startup-bindings', type=int, default=1000000)
     ap.add_argument('--startup-rate', type=int, default=20000,
                     help='REGISTER rate filling the store (halved for each further attempt)')
@@ -708,7 +993,11 @@ def main():
                       'sync': 'sipshard --data-dir --durability sync',
                       'kamailio-sqlite': 'Kamailio, usrloc db_mode=1 to SQLite%s (1 worker)'
                                          % kj,
-                      'kamailio-memory': 'Kamailio, usrloc db_mode=0, memory (1 worker)'}
+                      'kamailio-memory': 'Kamailio, usrloc db_mode=0, memory (1 worker)',
+                      'redis-batch': 'sipshard --store redis --durability batch',
+                      'redis-sync': 'sipshard --store redis --durability sync',
+                      'redis-batch-peer': 'sipshard --store redis --durability batch, '
+                                          '+ node B'}
             if not args.no_kamailio:
                 why = kamailio_sqlite_missing()
                 if why is None:
@@ -726,8 +1015,19 @@ def main():
                     sys.exit('--variants: unknown %s' % ', '.join(bad))
                 if 'kamailio-sqlite' in want and kamailio_sqlite_missing():
                     sys.exit('--variants kamailio-sqlite: %s' % kamailio_sqlite_missing())
+                if any(v in REDIS_VARIANTS for v in want) and redis_missing():
+                    sys.exit('--variants %s: %s' % (','.join(v for v in want
+                                                             if v in REDIS_VARIANTS),
+                                                    redis_missing()))
                 variants = want
             doc['variants'], doc['labels'] = variants, labels
+            if args.redis_benchmark:
+                if redis_missing():
+                    sys.exit('--redis-benchmark: %s' % redis_missing())
+                doc['redis_benchmark'] = redis_benchmark(tmp)
+                lab.log('redis-benchmark: %s (redis-server %.0f%% of a core)' % (
+                    doc['redis_benchmark'].get('output') or doc['redis_benchmark'],
+                    100 * doc['redis_benchmark'].get('redis_share_of_a_core', 0)))
             reg = doc['register'] = []
             seq = 0
             for rnd in range(args.rounds):
@@ -743,6 +1043,15 @@ def main():
                                 r['failed'], r['retransmissions'], r['timeouts'],
                                 100 * r['server_cpu_share_of_a_core'], r['latency_us_p50'],
                                 r['latency_us_p99']))
+                    if v in REDIS_VARIANTS:
+                        lab.log('      redis %.2f us/op, %.3f round trips/op, %.3f writes/op, '
+                                'dropped %d%s' % (
+                                    r['redis_cpu_us_per_op'], r['round_trips_per_op'],
+                                    r['writes_per_op'], r['store_dropped_total'],
+                                    ('; node B %.2f us/op, %.3f remote changes/op' % (
+                                        r['peer_cpu_us_per_op'],
+                                        r['peer_remote_changes_per_op']))
+                                    if 'peer_cpu_us_per_op' in r else ''))
         if args.only in (None, 'startup'):
             doc['startup'] = startup(args, tmp)
     finally:

@@ -145,6 +145,12 @@ pub struct SharedSettings {
 }
 
 impl SharedSettings {
+    /// The channel only this node's subscriber joins (the writes count the listeners of the
+    /// changes channel without it).
+    pub fn own_channel(&self) -> String {
+        format!("{}:node:{}", self.channel, self.node)
+    }
+
     pub fn new(target: Target, node: String, durability: super::Durability) -> SharedSettings {
         SharedSettings {
             node,

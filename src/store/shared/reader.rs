@@ -125,7 +125,7 @@ pub(super) fn run(
             }
         };
         let mut pubsub = conn.as_pubsub();
-        if let Err(e) = pubsub.subscribe(&settings.channel) {
+        if let Err(e) = pubsub.subscribe(&[settings.channel.clone(), settings.own_channel()]) {
             tracing::warn!(store = %settings.target, "shared store subscription: {e}");
             logged_down = true;
             pause(&mut backoff);

@@ -28,13 +28,53 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 /// How long changes gather before a write in `batch` durability.
-const GATHER: Duration = Duration::from_millis(2);
+const GATHER: Duration = Duration::from_millis(5);
 /// AORs per pipeline (and per change message).
 const CHUNK: usize = 1_000;
 /// Connect, read and write timeouts of store connections.
 pub(super) const IO_TIMEOUT: Duration = Duration::from_secs(2);
 /// In `sync` durability, how long responses wait for a store that does not answer.
 pub const SYNC_GIVE_UP: Duration = Duration::from_secs(1);
+
+/// What a node writes in one round trip to a single server: for each AOR key its value
+/// (`HSET` of the node's field, and the key's expiry) or, empty, its removal (`HDEL`); then
+/// the change message, if another node listens: the subscribers of the channel are counted
+/// against those of this node's own channel (which only its subscriber joins), atomically
+/// with the writes, so a node that subscribes later reads them from the store instead. One
+/// node alone publishes nothing. KEYS: the AOR keys; ARGV: node, expiry (ms), channel,
+/// message, this node's channel, then one value per key.
+const WRITE_SCRIPT: &str = "\
+local node, ttl = ARGV[1], ARGV[2] \
+for i, k in ipairs(KEYS) do \
+  local v = ARGV[5 + i] \
+  if v == '' then redis.call('HDEL', k, node) \
+  else redis.call('HSET', k, node, v); redis.call('PEXPIRE', k, ttl) end \
+end \
+local all = redis.call('PUBSUB', 'NUMSUB', ARGV[3], ARGV[5]) \
+if all[2] > all[4] then redis.call('PUBLISH', ARGV[3], ARGV[4]) end \
+return #KEYS";
+
+/// RESP: an array header.
+fn resp_array(out: &mut Vec<u8>, n: usize) {
+    out.push(b'*');
+    out.extend_from_slice(itoa::Buffer::new().format(n).as_bytes());
+    out.extend_from_slice(b"\r\n");
+}
+
+/// RESP: a bulk string.
+fn resp_bulk(out: &mut Vec<u8>, b: &[u8]) {
+    resp_bulk2(out, b, b"");
+}
+
+/// RESP: a bulk string of two parts.
+fn resp_bulk2(out: &mut Vec<u8>, a: &[u8], b: &[u8]) {
+    out.push(b'$');
+    out.extend_from_slice(itoa::Buffer::new().format(a.len() + b.len()).as_bytes());
+    out.extend_from_slice(b"\r\n");
+    out.extend_from_slice(a);
+    out.extend_from_slice(b);
+    out.extend_from_slice(b"\r\n");
+}
 
 /// A node's link to the shared store: its threads and each shard's end.
 pub struct SharedStore {
@@ -109,6 +149,10 @@ impl SharedStore {
                 durable,
                 numbers: vec![0; shard_count],
                 dirty: hashbrown::HashMap::new(),
+                fresh: Vec::new(),
+                message: Vec::new(),
+                values: Vec::new(),
+                command: Vec::new(),
                 stats: stats.clone(),
                 version: 0,
                 conn: None,
@@ -236,8 +280,15 @@ struct WriterState {
     durable: Vec<Arc<AtomicU64>>,
     /// Per shard: the highest batch number gathered.
     numbers: Vec<u64>,
-    /// The newest record of each AOR changed and not yet stored (None: removed).
+    /// The newest record of each AOR changed and not yet stored (None: removed), kept while
+    /// the store is away.
     dirty: hashbrown::HashMap<Box<[u8]>, Option<Box<[u8]>>>,
+    /// This round's batches (by shard), written as they are while the store answers.
+    fresh: Vec<(usize, Vec<u8>)>,
+    /// Scratch: the change message, the values and the command being written.
+    message: Vec<u8>,
+    values: Vec<u8>,
+    command: Vec<u8>,
     stats: Arc<SharedStats>,
     /// The last version number written.
     version: u64,
@@ -329,7 +380,8 @@ impl WriterState {
             return;
         }
         let keys: Vec<Vec<u8>> = questions.iter().map(|(_, k)| value::key(k)).collect();
-        let found: redis::RedisResult<Vec<Vec<(Vec<u8>, Vec<u8>)>>> = match self.conn.as_mut() {
+        type Fields = Vec<(Vec<u8>, Vec<u8>)>;
+        let found: redis::RedisResult<Vec<Fields>> = match self.conn.as_mut() {
             Some(Conn::Single(c)) => {
                 let mut pipe = redis::pipe();
                 for k in &keys {
@@ -342,7 +394,7 @@ impl WriterState {
                 for k in &keys {
                     pipe.cmd("HGETALL").arg(k);
                 }
-                pipe.query(&mut **c)
+                pipe.query(c)
             }
             None => Err(redis::RedisError::from(std::io::Error::other(
                 "not connected",
@@ -389,33 +441,16 @@ impl WriterState {
     }
 
     fn take(&mut self, b: Batch) {
-        // The limit holds while the store is away (while it answers, what gathers is written
-        // at once, however much: a node writing all of its AORs again).
-        let away = self.conn.is_none();
-        for (aor, frame) in crate::store::record::frames(&b.bytes) {
-            if away
-                && self.dirty.len() >= self.settings.queue_limit
-                && !self.dirty.contains_key(aor)
-            {
-                self.stats.dropped.fetch_add(1, Ordering::Relaxed);
-                self.lost_changes = true;
-                continue;
-            }
-            self.dirty.insert(aor.into(), frame.map(Into::into));
-        }
-        self.stats
-            .queued
-            .store(self.dirty.len() as u64, Ordering::Relaxed);
         if let Some(n) = self.numbers.get_mut(b.shard) {
             *n = (*n).max(b.number);
         }
-        let mut bytes = b.bytes;
-        bytes.clear();
-        // A buffer grown by a rewrite of every AOR is not kept.
-        if bytes.capacity() <= 1 << 20 {
-            if let Some(s) = self.spare.get(b.shard) {
-                let _ = s.try_send(bytes);
-            }
+        if self.conn.is_some() {
+            // Written as they are with the round's others (no copy, no map).
+            self.fresh.push((b.shard, b.bytes));
+        } else {
+            let mut bytes = b.bytes;
+            self.queue(&bytes);
+            self.recycle(b.shard, &mut bytes);
         }
     }
 
@@ -498,85 +533,60 @@ impl WriterState {
                 }
             }
         }
-        if self.dirty.is_empty() {
+        if self.conn.is_none() {
+            self.queue_fresh();
             return;
         }
-        let node = self.settings.node.clone();
-        let ttl = self.settings.key_ttl_ms;
-        let keys: Vec<Box<[u8]>> = self.dirty.keys().cloned().collect();
-        let mut value = Vec::new();
-        let mut message = Vec::new();
-        let cluster = matches!(self.conn, Some(Conn::Cluster(..)));
-        for chunk in keys.chunks(CHUNK) {
-            let mut pipe = redis::pipe();
-            let mut cpipe = redis::cluster::cluster_pipe();
-            value::message_start(&mut message, &node, &self.settings.via);
-            for aor in chunk {
-                let version = self.next_version();
-                let k = value::key(aor);
-                value.clear();
-                match self.dirty.get(aor) {
-                    Some(Some(frame)) => {
-                        value::encode(
-                            &mut value,
-                            version,
-                            &self.settings.via,
-                            &self.settings.protos,
-                            frame,
-                        );
-                        if cluster {
-                            cpipe.cmd("HSET").arg(&k).arg(&node).arg(&value).ignore();
-                            cpipe.cmd("PEXPIRE").arg(&k).arg(ttl).ignore();
-                        } else {
-                            pipe.cmd("HSET").arg(&k).arg(&node).arg(&value).ignore();
-                            pipe.cmd("PEXPIRE").arg(&k).arg(ttl).ignore();
-                        }
-                    }
-                    _ => {
-                        value::removal(&mut value, version);
-                        if cluster {
-                            cpipe.cmd("HDEL").arg(&k).arg(&node).ignore();
-                        } else {
-                            pipe.cmd("HDEL").arg(&k).arg(&node).ignore();
-                        }
-                    }
-                }
-                value::message_add(&mut message, aor, &value);
-            }
-            let result = match self.conn.as_mut() {
-                Some(Conn::Single(c)) => {
-                    pipe.cmd("PUBLISH")
-                        .arg(value::CHANNEL)
-                        .arg(&message)
-                        .ignore();
-                    pipe.exec(c).map(|()| 1)
-                }
-                Some(Conn::Cluster(c, publish)) => cpipe.exec(c).and_then(|()| {
-                    redis::cmd("PUBLISH")
-                        .arg(&self.settings.channel)
-                        .arg(&message)
-                        .exec(publish)
-                        .map(|()| 2)
-                }),
-                None => return,
-            };
-            match result {
+        if self.dirty.is_empty() && self.fresh.is_empty() {
+            return;
+        }
+        // What waited (after an outage) first, then this round's records in the order the
+        // shards wrote them (an AOR twice in a round: the later write wins).
+        let dirty = core::mem::take(&mut self.dirty);
+        let fresh = core::mem::take(&mut self.fresh);
+        let items: Vec<(&[u8], Option<&[u8]>)> = dirty
+            .iter()
+            .map(|(k, v)| (&k[..], v.as_deref()))
+            .chain(
+                fresh
+                    .iter()
+                    .flat_map(|(_, b)| crate::store::record::frames(b)),
+            )
+            .collect();
+        let mut result = Ok(());
+        for chunk in items.chunks(CHUNK) {
+            match self.send(chunk) {
                 Ok(trips) => {
                     self.stats.round_trips.fetch_add(trips, Ordering::Relaxed);
                     self.stats
                         .writes
                         .fetch_add(chunk.len() as u64, Ordering::Relaxed);
-                    for aor in chunk {
-                        self.dirty.remove(aor);
-                    }
                 }
                 Err(e) => {
-                    self.failed(&e);
-                    self.stats
-                        .queued
-                        .store(self.dirty.len() as u64, Ordering::Relaxed);
-                    return;
+                    result = Err(e);
+                    break;
                 }
+            }
+        }
+        drop(items);
+        match result {
+            Ok(()) => {
+                for (shard, mut bytes) in fresh {
+                    self.recycle(shard, &mut bytes);
+                }
+                self.dirty = dirty;
+                self.dirty.clear();
+            }
+            Err(e) => {
+                // Written again whole once the store answers (a write is idempotent).
+                self.dirty = dirty;
+                self.fresh = fresh;
+                self.queue_fresh();
+                self.failed(&e);
+                self.stats
+                    .queued
+                    .store(self.dirty.len() as u64, Ordering::Relaxed);
+                return;
             }
         }
         self.stats.queued.store(0, Ordering::Relaxed);
@@ -589,6 +599,132 @@ impl WriterState {
             // is written again (what was dropped is among them).
             self.lost_changes = false;
             self.shards.tell_all(|| RemoteChange::Rejournal);
+        }
+    }
+
+    /// Writes one chunk of AOR records (None: removed) and the change message for them: on
+    /// one server, one `EVAL` of [`WRITE_SCRIPT`] (one command and one reply per round trip,
+    /// however many AORs); on a cluster, a pipeline split by node, then the `PUBLISH`.
+    /// Returns the round trips taken.
+    fn send(&mut self, chunk: &[(&[u8], Option<&[u8]>)]) -> redis::RedisResult<u64> {
+        let mut message = core::mem::take(&mut self.message);
+        let mut values = core::mem::take(&mut self.values);
+        values.clear();
+        let mut ends = Vec::with_capacity(chunk.len());
+        value::message_start(&mut message, &self.settings.node, &self.settings.via);
+        for &(aor, frame) in chunk {
+            let version = self.next_version();
+            let at = values.len();
+            match frame {
+                Some(f) => value::encode(
+                    &mut values,
+                    version,
+                    &self.settings.via,
+                    &self.settings.protos,
+                    f,
+                ),
+                None => value::removal(&mut values, version),
+            }
+            value::message_add(&mut message, aor, &values[at..]);
+            ends.push((at, values.len(), frame.is_some()));
+        }
+        let node = self.settings.node.as_bytes();
+        let result = match self.conn.as_mut() {
+            Some(Conn::Single(c)) => {
+                let mut cmd = core::mem::take(&mut self.command);
+                cmd.clear();
+                resp_array(&mut cmd, 3 + chunk.len() + 5 + chunk.len());
+                resp_bulk(&mut cmd, b"EVAL");
+                resp_bulk(&mut cmd, WRITE_SCRIPT.as_bytes());
+                resp_bulk(&mut cmd, itoa::Buffer::new().format(chunk.len()).as_bytes());
+                for &(aor, _) in chunk {
+                    resp_bulk2(&mut cmd, value::KEY_PREFIX, aor);
+                }
+                resp_bulk(&mut cmd, node);
+                resp_bulk(
+                    &mut cmd,
+                    itoa::Buffer::new()
+                        .format(self.settings.key_ttl_ms)
+                        .as_bytes(),
+                );
+                resp_bulk(&mut cmd, self.settings.channel.as_bytes());
+                resp_bulk(&mut cmd, &message);
+                resp_bulk(&mut cmd, self.settings.own_channel().as_bytes());
+                for &(at, end, put) in &ends {
+                    resp_bulk(&mut cmd, if put { &values[at..end] } else { b"" });
+                }
+                let r = redis::ConnectionLike::req_packed_command(c, &cmd).and_then(|v| match v {
+                    redis::Value::ServerError(e) => Err(e.into()),
+                    _ => Ok(1),
+                });
+                self.command = cmd;
+                r
+            }
+            Some(Conn::Cluster(c, publish)) => {
+                let ttl = self.settings.key_ttl_ms;
+                let mut pipe = redis::cluster::cluster_pipe();
+                for (&(aor, _), &(at, end, put)) in chunk.iter().zip(&ends) {
+                    let k = value::key(aor);
+                    if put {
+                        pipe.cmd("HSET")
+                            .arg(&k)
+                            .arg(node)
+                            .arg(&values[at..end])
+                            .ignore();
+                        pipe.cmd("PEXPIRE").arg(&k).arg(ttl).ignore();
+                    } else {
+                        pipe.cmd("HDEL").arg(&k).arg(node).ignore();
+                    }
+                }
+                pipe.exec(c).and_then(|()| {
+                    redis::cmd("PUBLISH")
+                        .arg(&self.settings.channel)
+                        .arg(&message)
+                        .exec(publish)
+                        .map(|()| 2)
+                })
+            }
+            None => Err(redis::RedisError::from(std::io::Error::other(
+                "not connected",
+            ))),
+        };
+        self.message = message;
+        self.values = values;
+        result
+    }
+
+    /// This round's records go to the queue (coalesced per AOR, bounded): the store is away.
+    fn queue_fresh(&mut self) {
+        for (shard, mut bytes) in core::mem::take(&mut self.fresh) {
+            self.queue(&bytes);
+            self.recycle(shard, &mut bytes);
+        }
+    }
+
+    /// Adds records to the queue of changes the store has not taken (the newest per AOR);
+    /// past the limit they are dropped (every AOR is written again later).
+    fn queue(&mut self, bytes: &[u8]) {
+        for (aor, frame) in crate::store::record::frames(bytes) {
+            if self.dirty.len() >= self.settings.queue_limit && !self.dirty.contains_key(aor) {
+                self.stats.dropped.fetch_add(1, Ordering::Relaxed);
+                self.lost_changes = true;
+                continue;
+            }
+            self.dirty.insert(aor.into(), frame.map(Into::into));
+        }
+        self.stats
+            .queued
+            .store(self.dirty.len() as u64, Ordering::Relaxed);
+    }
+
+    /// Gives an emptied buffer back to its shard (not one grown by a rewrite of every AOR).
+    fn recycle(&mut self, shard: usize, bytes: &mut Vec<u8>) {
+        let mut bytes = core::mem::take(bytes);
+        bytes.clear();
+        if bytes.capacity() <= 1 << 20 {
+            if let Some(s) = self.spare.get(shard) {
+                let _ = s.try_send(bytes);
+            }
         }
     }
 
