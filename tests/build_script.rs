@@ -1,11 +1,11 @@
-//! build.rs: a missing external program the tests drive (SIPp, baresip, linphonec, sipsak) is
+//! build.rs: a missing external program the tests drive (SIPp, Redis, baresip, linphonec, sipsak) is
 //! named in a `cargo:warning`, which `cargo build` / `cargo test` print; a present one is not.
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::process::Command;
 
-const PROGRAMS: [&str; 4] = ["sipp", "baresip", "linphonec", "sipsak"];
+const PROGRAMS: [&str; 5] = ["sipp", "redis-server", "baresip", "linphonec", "sipsak"];
 
 fn warnings(script: &Path, path: &Path) -> Vec<String> {
     let out = Command::new(script)
