@@ -83,10 +83,7 @@ fn main() {
         Some(store) => {
             let started = std::time::Instant::now();
             let shards = config.shards;
-            let owner = move |key: &[u8]| {
-                sipshard::server::ownership::key_hash(key)
-                    .map_or(0, |h| sipshard::server::ownership::owner_shard(h, shards))
-            };
+            let owner = move |key: &[u8]| sipshard::server::ownership::key_owner(key, shards);
             let now_ms = sipshard::shard::Clock::new().now_ms();
             let (loaded, shard_logs) = sipshard::store::open(store, shards, now_ms, &owner)
                 .unwrap_or_else(|e| fail(format!("--data-dir {}: {e}", store.dir.display()), 1));
@@ -116,10 +113,8 @@ fn main() {
         Some(settings) => {
             let started = std::time::Instant::now();
             let shards = config.shards;
-            let owner = Arc::new(move |key: &[u8]| {
-                sipshard::server::ownership::key_hash(key)
-                    .map_or(0, |h| sipshard::server::ownership::owner_shard(h, shards))
-            });
+            let owner =
+                Arc::new(move |key: &[u8]| sipshard::server::ownership::key_owner(key, shards));
             let (store, loaded) =
                 sipshard::store::shared::SharedStore::start(settings, shards, owner)
                     .unwrap_or_else(|e| fail(format!("--store {}: {e}", settings.target), 1));

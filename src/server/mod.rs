@@ -214,7 +214,7 @@ impl Core {
     /// The shard that owns `aor`'s bindings (None: it cannot be told, or one shard).
     pub fn aor_owner(&self, aor: &str) -> Result<usize, String> {
         let key = self.aor_key(aor)?;
-        Ok(crate::server::ownership::key_hash(&key).map_or(0, |h| owner_shard(h, self.cfg.shards)))
+        Ok(crate::server::ownership::key_owner(&key, self.cfg.shards))
     }
 
     /// The unexpired bindings this shard holds (of `aor` only, when given).

@@ -100,6 +100,12 @@ pub fn owner_shard(hash: u64, shards: usize) -> usize {
     (hash % shards.max(1) as u64) as usize
 }
 
+/// The shard of `shards` that owns the AOR key `key` (as the registrar writes it; shard 0
+/// when it has no owner by hash).
+pub fn key_owner(key: &[u8], shards: usize) -> usize {
+    key_hash(key).map_or(0, |h| owner_shard(h, shards))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
