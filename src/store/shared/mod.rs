@@ -166,6 +166,13 @@ impl SharedSettings {
     }
 }
 
+/// Milliseconds since the Unix epoch: the clock binding expiries and versions are on.
+pub(crate) fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
 /// The default node name: the host name.
 pub fn default_node() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")

@@ -10,7 +10,7 @@
 
 use super::value;
 use super::writer::{connect_any, connect_one};
-use super::{SharedSettings, SharedStats, Target};
+use super::{unix_ms, SharedSettings, SharedStats, Target};
 use crate::registrar::{Binding, RemoteChange};
 use crate::transport::Waker;
 use crossbeam_channel::Sender;
@@ -222,12 +222,6 @@ fn apply(settings: &SharedSettings, shards: &Shards, stats: &SharedStats, epoch:
             shards.wake(id);
         }
     }
-}
-
-fn unix_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
 }
 
 /// The masters of a cluster (the nodes to scan), as `redis://HOST:PORT` URLs.

@@ -400,9 +400,7 @@ impl WriterState {
                 "not connected",
             ))),
         };
-        let now_ms = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis() as u64);
+        let now_ms = super::unix_ms();
         let failed = found.is_err();
         if let Err(e) = &found {
             if self.conn.is_some() {
@@ -455,10 +453,7 @@ impl WriterState {
     }
 
     fn next_version(&mut self) -> u64 {
-        let now_ms = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis() as u64);
-        self.version = (self.version + 1).max(now_ms << 16);
+        self.version = (self.version + 1).max(super::unix_ms() << 16);
         self.version
     }
 
