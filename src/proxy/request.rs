@@ -849,6 +849,27 @@ impl Element {
         out: &mut Outbox,
     ) {
         self.note_route("peer");
+        let fork = Fork {
+            record_route: true,
+            ..Fork::next_hop()
+        };
+        self.forward_to_hop(msg, (dst, socket), true, &fork, now_ms, reply, out);
+    }
+
+    /// Sends a request on to one hop (`dst` over local `socket`): statelessly in stateless
+    /// mode (§16.11: no transaction state), else through a transaction. `flow`: the hop is a
+    /// UA's flow, which our Record-Route then names.
+    #[allow(clippy::too_many_arguments)]
+    fn forward_to_hop(
+        &mut self,
+        msg: &Message<'_>,
+        (dst, socket): (SocketAddr, u16),
+        flow: bool,
+        fork: &Fork<'_>,
+        now_ms: u64,
+        reply: &Reply<'_, '_>,
+        out: &mut Outbox,
+    ) {
         if self.cfg.mode == Mode::Stateless {
             self.proxy.relay_stateless(msg, None, (dst, socket), out);
             return;
@@ -858,17 +879,13 @@ impl Element {
             dst,
             q: crate::registrar::DEFAULT_Q,
             group: 0,
-            flow: true,
+            flow,
             socket,
             paths: crate::registrar::PathIter::empty(),
         }];
-        let fork = Fork {
-            record_route: true,
-            ..Fork::next_hop()
-        };
         let (response_dst, in_socket) = (reply.destination(), reply.socket());
         self.proxy
-            .forward(msg, response_dst, in_socket, &target, &fork, now_ms, out);
+            .forward(msg, response_dst, in_socket, &target, fork, now_ms, out);
     }
 
     /// An in-dialog request: loose routing to the next hop (§16.12).
@@ -901,28 +918,13 @@ impl Element {
             }
             _ => {}
         }
-        if self.cfg.mode == Mode::Stateless {
-            // §16.11: no transaction state for in-dialog requests either.
-            self.proxy.relay_stateless(msg, None, (dst, socket), out);
-            return;
-        }
-        let target = [Target {
-            uri: b"",
-            dst,
-            q: crate::registrar::DEFAULT_Q,
-            group: 0,
-            flow: false,
-            socket,
-            paths: crate::registrar::PathIter::empty(),
-        }];
-        let (response_dst, in_socket) = (reply.destination(), reply.socket());
-        self.proxy.forward(
+        self.forward_to_hop(
             msg,
-            response_dst,
-            in_socket,
-            &target,
+            (dst, socket),
+            false,
             &Fork::next_hop(),
             now_ms,
+            reply,
             out,
         );
     }

@@ -253,21 +253,9 @@ mod tests {
     use crate::registrar::BindingFields;
 
     fn frame(aor: &[u8], contact: &[u8]) -> Vec<u8> {
+        let source = "127.0.0.1:5070".parse().unwrap();
         let b = Binding::new(
-            &BindingFields {
-                contact_uri: contact,
-                call_id: b"c1",
-                cseq: 2,
-                expires_at_ms: 9_000,
-                q: 1000,
-                instance: None,
-                reg_id: None,
-                source: "127.0.0.1:5070".parse().unwrap(),
-                nat: false,
-                socket: 0,
-                stream: false,
-                branch_hash: 0,
-            },
+            &BindingFields::plain(contact, source, 9_000),
             std::iter::empty(),
         )
         .unwrap();
@@ -331,24 +319,14 @@ mod tests {
     #[test]
     fn flows_of_another_node_are_reached_through_it() {
         let mk = |contact: &[u8], nat: bool, stream: bool, socket: u16| {
-            Binding::new(
-                &BindingFields {
-                    contact_uri: contact,
-                    call_id: b"c",
-                    cseq: 1,
-                    expires_at_ms: 9_000,
-                    q: 1000,
-                    instance: None,
-                    reg_id: None,
-                    source: "198.51.100.2:40000".parse().unwrap(),
-                    nat,
-                    socket,
-                    stream,
-                    branch_hash: 0,
-                },
-                std::iter::empty(),
-            )
-            .unwrap()
+            let source = "198.51.100.2:40000".parse().unwrap();
+            let fields = BindingFields {
+                nat,
+                socket,
+                stream,
+                ..BindingFields::plain(contact, source, 9_000)
+            };
+            Binding::new(&fields, std::iter::empty()).unwrap()
         };
         let set = [
             mk(b"sip:a@10.0.0.1", true, false, 0),
