@@ -1872,6 +1872,33 @@ fn node(dir: &Path, url: &str, name: &str, port: u16, extra: &[&str]) -> (Server
     (s, admin)
 }
 
+/// An INVITE from `caller` for `user@cluster.test` (the shared-store tests' domain).
+fn cluster_invite(caller: std::net::SocketAddr, user: &str, branch: &str, call_id: &str) -> String {
+    format!(
+        "INVITE sip:{user}@cluster.test SIP/2.0\r\n\
+         Via: SIP/2.0/UDP {caller};branch={branch}\r\n\
+         Max-Forwards: 70\r\n\
+         From: <sip:alice@cluster.test>;tag=a1\r\n\
+         To: <sip:{user}@cluster.test>\r\n\
+         Call-ID: {call_id}\r\n\
+         CSeq: 1 INVITE\r\n\
+         Contact: <sip:alice@{caller}>\r\n\
+         Content-Length: 0\r\n\r\n"
+    )
+}
+
+/// The final response `client` gets for the call `call_id` (other messages skipped).
+fn final_response_for(client: &Client, call_id: &str) -> Vec<u8> {
+    loop {
+        let r = client
+            .recv_timeout(std::time::Duration::from_secs(3))
+            .unwrap_or_else(|| panic!("no final response for {call_id}"));
+        if header_value(&r, "Call-ID").as_deref() == Some(call_id) && status(&r) >= 200 {
+            return r;
+        }
+    }
+}
+
 /// The registrations and calls of the two-node test, against `url` (one Redis, or a
 /// cluster): SIPp registers 1,000 AORs through node A and a callee from its UAS port; node
 /// B lists all of them within 1 s, answers a query REGISTER for each with its Contact, and
@@ -2094,18 +2121,7 @@ fn a_call_on_node_b_reaches_a_phone_connected_to_node_a_through_a() {
     lists_within(&b_admin, 1, std::time::Duration::from_secs(1));
 
     let caller = Client::new();
-    let invite = format!(
-        "INVITE sip:bob@cluster.test SIP/2.0\r\n\
-         Via: SIP/2.0/UDP {c};branch=z9hG4bKinv1\r\n\
-         Max-Forwards: 70\r\n\
-         From: <sip:alice@cluster.test>;tag=a1\r\n\
-         To: <sip:bob@cluster.test>\r\n\
-         Call-ID: flow-call@test\r\n\
-         CSeq: 1 INVITE\r\n\
-         Contact: <sip:alice@{c}>\r\n\
-         Content-Length: 0\r\n\r\n",
-        c = caller.addr
-    );
+    let invite = cluster_invite(caller.addr, "bob", "z9hG4bKinv1", "flow-call@test");
     caller.send(&invite, b.addr);
     // The phone gets it over its connection, through A then B.
     let got = read_stream_messages(&mut phone, 1).remove(0);
@@ -2256,18 +2272,7 @@ fn a_node_asks_the_store_about_an_aor_it_never_heard_of() {
     assert_eq!(renamed.trim(), "OK");
     let caller = Client::new();
     let invite = |user: &str, branch: &str| {
-        format!(
-            "INVITE sip:{user}@cluster.test SIP/2.0\r\n\
-             Via: SIP/2.0/UDP {c};branch={branch}\r\n\
-             Max-Forwards: 70\r\n\
-             From: <sip:alice@cluster.test>;tag=a1\r\n\
-             To: <sip:{user}@cluster.test>\r\n\
-             Call-ID: {branch}@test\r\n\
-             CSeq: 1 INVITE\r\n\
-             Contact: <sip:alice@{c}>\r\n\
-             Content-Length: 0\r\n\r\n",
-            c = caller.addr
-        )
+        cluster_invite(caller.addr, user, branch, &format!("{branch}@test"))
     };
     caller.send(&invite("zed", "z9hG4bKzed1"), b.addr);
     let got = callee
@@ -2276,30 +2281,14 @@ fn a_node_asks_the_store_about_an_aor_it_never_heard_of() {
     assert!(got.starts_with(format!("INVITE sip:bob@{}", callee.addr).as_bytes()));
     // A user the store does not have either: 480 as always.
     caller.send(&invite("nobody", "z9hG4bKnone"), b.addr);
-    let st = loop {
-        let r = caller
-            .recv_timeout(std::time::Duration::from_secs(3))
-            .expect("an answer for nobody");
-        if header_value(&r, "Call-ID").is_some_and(|c| c.starts_with("z9hG4bKnone"))
-            && status(&r) >= 200
-        {
-            break status(&r);
-        }
-    };
-    assert_eq!(st, 480);
+    assert_eq!(
+        status(&final_response_for(&caller, "z9hG4bKnone@test")),
+        480
+    );
     // The store is gone: 503, saying why.
     redis.stop();
     caller.send(&invite("yan", "z9hG4bKyan"), b.addr);
-    let r = loop {
-        let r = caller
-            .recv_timeout(std::time::Duration::from_secs(3))
-            .expect("an answer for yan");
-        if header_value(&r, "Call-ID").is_some_and(|c| c.starts_with("z9hG4bKyan"))
-            && status(&r) >= 200
-        {
-            break r;
-        }
-    };
+    let r = final_response_for(&caller, "z9hG4bKyan@test");
     assert_eq!(status(&r), 503);
     assert!(reason(&r).contains("location store"), "{}", reason(&r));
     drop(a);

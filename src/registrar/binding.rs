@@ -65,6 +65,28 @@ pub struct BindingFields<'a> {
     pub branch_hash: u32,
 }
 
+#[cfg(test)]
+impl<'a> BindingFields<'a> {
+    /// Fields for tests: reached at `contact`, registered from `source` without NAT, a flow,
+    /// an instance or a reg-id; Call-ID `c`, CSeq 1, q 1.0.
+    pub fn plain(contact: &'a [u8], source: SocketAddr, expires_at_ms: u64) -> Self {
+        BindingFields {
+            contact_uri: contact,
+            call_id: b"c",
+            cseq: 1,
+            expires_at_ms,
+            q: DEFAULT_Q,
+            instance: None,
+            reg_id: None,
+            source,
+            nat: false,
+            socket: 0,
+            stream: false,
+            branch_hash: 0,
+        }
+    }
+}
+
 /// A binding field longer than the 64 KiB a `u16` length can hold.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct FieldTooLong;

@@ -956,21 +956,9 @@ fn restored_bindings_are_looked_up_and_expire() {
 
 /// A binding another node registered (`remote`), reached at `contact`, expiring at `exp`.
 fn remote_binding(contact: &str, exp: u64) -> Binding {
+    let source = "198.51.100.7:5060".parse().unwrap();
     Binding::new(
-        &BindingFields {
-            contact_uri: contact.as_bytes(),
-            call_id: b"elsewhere",
-            cseq: 1,
-            expires_at_ms: exp,
-            q: 1000,
-            instance: None,
-            reg_id: None,
-            source: "198.51.100.7:5060".parse().unwrap(),
-            nat: false,
-            socket: 0,
-            stream: false,
-            branch_hash: 0,
-        },
+        &BindingFields::plain(contact.as_bytes(), source, exp),
         std::iter::empty(),
     )
     .unwrap()

@@ -1822,24 +1822,12 @@ fn a_request_for_an_aor_never_heard_of_waits_for_the_shared_store() {
     // Its retransmission waits with it, without a second question.
     assert!(send(&mut c, &invite_to("bob", "z9hG4bKs1"), CALLER, 0, T0 + 5).is_empty());
     assert!(asked(&mut c).is_empty());
-    let binding = Binding::new(
-        &BindingFields {
-            contact_uri: b"sip:bob@192.0.2.20:5062",
-            call_id: b"reg",
-            cseq: 1,
-            expires_at_ms: T0 + 60_000,
-            q: 1000,
-            instance: None,
-            reg_id: None,
-            source: addr("192.0.2.20:5062"),
-            nat: false,
-            socket: 0,
-            stream: false,
-            branch_hash: 0,
-        },
-        std::iter::empty(),
-    )
-    .unwrap();
+    let fields = BindingFields::plain(
+        b"sip:bob@192.0.2.20:5062",
+        addr("192.0.2.20:5062"),
+        T0 + 60_000,
+    );
+    let binding = Binding::new(&fields, std::iter::empty()).unwrap();
     let out = store_says(
         &mut c,
         vec![
