@@ -153,6 +153,27 @@ def ticks(pids):
     return sum(lab.proc_ticks(p) for p in pids)
 
 
+def thread_ticks(pid, names=('store', 'store-sub')):
+    """utime+stime of the process' threads named `names`, by name (per-thread /proc stat)."""
+    out = dict.fromkeys(names, 0)
+    try:
+        tids = os.listdir('/proc/%d/task' % pid)
+    except OSError:
+        return out
+    for tid in tids:
+        try:
+            with open('/proc/%d/task/%s/comm' % (pid, tid)) as f:
+                name = f.read().strip()
+            if name not in out:
+                continue
+            with open('/proc/%d/task/%s/stat' % (pid, tid)) as f:
+                st = f.read().rsplit(')', 1)[1].split()
+            out[name] += int(st[11]) + int(st[12])
+        except OSError:
+            pass
+    return out
+
+
 def load(binary, scenario, target, rate, duration=None, extra=()):
     cmd = [binary, 'load', scenario, target, '--rate', str(rate)]
     if duration is not None:
@@ -491,12 +512,14 @@ def register_run(args, tmp, variant, seq):
             m0 = scrape('%s:%d' % (IP, mport))
             b0 = scrape('%s:%d' % (IP, bmport)) if peer else {}
         t0 = ticks(pids)
+        s0 = thread_ticks(server.pid) if shared else {}
         r0 = lab.proc_ticks(redis.pid) if redis else 0
         p0 = lab.proc_ticks(peer.pid) if peer else 0
         w0 = time.monotonic()
         r = load(args.binary, 'register', '%s:%d' % (IP, port), rate, args.duration, extra)
         wall = time.monotonic() - w0
         t1 = ticks(pids)
+        s1 = thread_ticks(server.pid) if shared else {}
         r1 = lab.proc_ticks(redis.pid) if redis else 0
         p1 = lab.proc_ticks(peer.pid) if peer else 0
         alive = server.poll() is None
@@ -548,6 +571,12 @@ def register_run(args, tmp, variant, seq):
             redis_cmd=' '.join(shlex.quote(c) for c in redis_cmd),
             redis_cpu_s=round(rcpu, 3),
             redis_cpu_us_per_op=round(rcpu * 1e6 / max(done, 1), 2),
+            # bench-a's store threads alone (the writer, the subscriber): the part of its CPU
+            # that the store adds outside the shard, far less noisy than the whole process
+            store_thread_cpu_us_per_op=round(
+                (s1['store'] - s0['store']) / CLK_TCK * 1e6 / max(done, 1), 2),
+            store_sub_thread_cpu_us_per_op=round(
+                (s1['store-sub'] - s0['store-sub']) / CLK_TCK * 1e6 / max(done, 1), 2),
             store_round_trips=int(trips), store_writes=int(writes),
             round_trips_per_op=round(trips / max(done, 1), 4),
             writes_per_op=round(writes / max(done, 1), 4),
@@ -807,13 +836,19 @@ def report(args, doc):
                       '`sipshard_store_dropped_total` at the end (summed over the runs). '
                       '"Of which in commands": the usec of Redis\' INFO commandstats (HSET, '
                       'PEXPIRE, PUBLISH with its delivery to the subscribers), the rest of '
-                      'Redis\' CPU is its event loop and socket I/O per round trip.'
+                      'Redis\' CPU is its event loop and socket I/O per round trip. '
+                      '"A\'s store threads": the CPU of node A\'s `store` (writer) and '
+                      '`store-sub` (subscriber) threads alone, from their own /proc stat: what '
+                      'the store adds outside the shard, far less noisy than the difference of '
+                      'two whole-process figures; "/memory" next to it is (memory + that) / '
+                      'memory.'
                       % (NODE_A, NODE_B), '',
-                      '| variant | node A µs/op | /memory | Redis µs/op | of which in commands '
+                      '| variant | node A µs/op | /memory | A\'s store threads µs/op | /memory '
+                      '| Redis µs/op | of which in commands '
                       '| node B µs/op | '
                       'A+B+Redis µs/op | round trips/op | REGISTERs per round trip | writes/op | '
                       'B remote changes/op | dropped | runs A / Redis / B µs/op |',
-                      '|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|']
+                      '|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|']
             for v in shared:
                 rows = [r for r in reg if r['variant'] == v]
                 a = med(reg, 'cpu_us_per_op', v)
@@ -823,9 +858,13 @@ def report(args, doc):
                 total = statistics.median(
                     [r['cpu_us_per_op'] + r['redis_cpu_us_per_op']
                      + r.get('peer_cpu_us_per_op', 0) for r in rows])
-                lines.append('| %s | %.2f | %s | %.2f | %.2f | %s | %.2f | %.4f | %s | %.4f | %s '
-                             '| %d | %s |' % (
-                                 v, a, '%.2f' % (a / base) if base else '–', rd,
+                st = statistics.median([r.get('store_thread_cpu_us_per_op', 0)
+                                        + r.get('store_sub_thread_cpu_us_per_op', 0)
+                                        for r in rows])
+                lines.append('| %s | %.2f | %s | %.2f | %s | %.2f | %.2f | %s | %.2f | %.4f | %s '
+                             '| %.4f | %s | %d | %s |' % (
+                                 v, a, '%.2f' % (a / base) if base else '–', st,
+                                 '%.2f' % ((base + st) / base) if base else '–', rd,
                                  med(reg, 'redis_cmd_us_per_op', v),
                                  '%.2f' % b if b is not None else '–', total, rt,
                                  '%.1f' % (1 / rt) if rt else '–', med(reg, 'writes_per_op', v),

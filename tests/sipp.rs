@@ -2023,6 +2023,49 @@ fn sipp_two_nodes_share_registrations_through_a_redis_cluster() {
     drop(t);
 }
 
+/// A node alone sends Redis no change messages (nobody would receive them); a node that
+/// joins later reads what was written before it subscribed from the store, and gets every
+/// change written after it by pub/sub, the first write after it joined included (the writer
+/// learns of the listener from that write's reply and publishes its message then).
+#[test]
+fn sipp_a_node_that_joins_later_gets_every_change_after_it_subscribed() {
+    let test = "sipp_a_node_that_joins_later_gets_every_change_after_it_subscribed";
+    if !sipp_available(test) || !common::redis::redis_available(test) {
+        return;
+    }
+    let dir = scratch("shared-join");
+    let redis = common::redis::Redis::start(&dir);
+    let (a, _a_admin) = node(&dir, &redis.url(), "node-a", 0, &[]);
+    let half = |from: usize, name: &str| {
+        let mut csv = String::from("SEQUENTIAL\n");
+        for i in from..from + 500 {
+            csv.push_str(&format!("user{i:04};pw{i:04}x\n"));
+        }
+        let path = dir.join(name);
+        std::fs::write(&path, csv).unwrap();
+        path
+    };
+    let (first, second) = (half(0, "first.csv"), half(500, "second.csv"));
+    run_clean(&dir, &a, "register.xml", &first, 500, 500, &[]);
+    // Alone, node A published nothing but its hello.
+    let publishes = || {
+        let stats = redis.cli(&["INFO", "commandstats"]);
+        stats
+            .lines()
+            .find_map(|l| l.strip_prefix("cmdstat_publish:calls="))
+            .map_or(0, |v| v.split(',').next().unwrap().parse::<u64>().unwrap())
+    };
+    std::thread::sleep(std::time::Duration::from_millis(100));
+    assert_eq!(redis.aor_keys(), 500);
+    assert_eq!(publishes(), 1, "node A alone published change messages");
+    let (_b, b_admin) = node(&dir, &redis.url(), "node-b", 0, &[]);
+    assert_eq!(ctl_registrations(&b_admin).len(), 500);
+    run_clean(&dir, &a, "register.xml", &second, 500, 500, &[]);
+    let took = lists_within(&b_admin, 1_000, std::time::Duration::from_secs(1));
+    eprintln!("node B, started after 500 registrations, listed all 1,000 {took:?} after the last 200");
+    drop(a);
+}
+
 /// Redis away for 10 s while SIPp registers through node A (and node B listens): no crash,
 /// the changes queued meanwhile arrive when Redis is back (it comes back empty: every
 /// binding is written again), and the counts match on Redis and on both nodes.
