@@ -164,9 +164,11 @@ pub enum StreamEvent {
     WsRefused,
     /// A WebSocket protocol error (unmasked frame, bad UTF-8, ...): closed with its code.
     WsFailed,
+    /// Not a close: a peer proxy's TLS connection aliased for our requests to it (RFC 5923).
+    Aliased,
 }
 
-pub const STREAM_EVENTS: [(StreamEvent, &str); 12] = [
+pub const STREAM_EVENTS: [(StreamEvent, &str); 13] = [
     (StreamEvent::RefusedPerSource, "refused_per_source"),
     (StreamEvent::RefusedPerShard, "refused_per_shard"),
     (StreamEvent::MessageTimeout, "message_timeout"),
@@ -179,6 +181,7 @@ pub const STREAM_EVENTS: [(StreamEvent, &str); 12] = [
     (StreamEvent::TlsFailed, "tls_failed"),
     (StreamEvent::WsRefused, "ws_refused"),
     (StreamEvent::WsFailed, "ws_failed"),
+    (StreamEvent::Aliased, "aliased"),
 ];
 
 /// The stream transports' counters of one shard.

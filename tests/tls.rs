@@ -334,3 +334,126 @@ fn close_notify_followed_by_more_bytes_does_not_stall_the_shard() {
         200
     );
 }
+
+/// A UAS's `status` answer to `req`: its Via, From, Call-ID and CSeq, the To with a tag.
+fn answer(req: &[u8], status: &str) -> String {
+    let text = String::from_utf8_lossy(req);
+    let head = text.split("\r\n\r\n").next().unwrap();
+    let mut resp = format!("SIP/2.0 {status}\r\n");
+    for l in head.lines().skip(1) {
+        let n = l
+            .split(':')
+            .next()
+            .unwrap_or("")
+            .trim()
+            .to_ascii_lowercase();
+        if ["via", "v", "from", "f", "call-id", "i", "cseq"].contains(&n.as_str()) {
+            resp.push_str(&format!("{l}\r\n"));
+        } else if n == "to" || n == "t" {
+            resp.push_str(&format!("{l};tag=peer\r\n"));
+        }
+    }
+    resp + "Content-Length: 0\r\n\r\n"
+}
+
+/// Connection reuse (RFC 5923): a peer proxy connects over TLS with a client certificate for
+/// `phone.example` and puts `alias` in its Via (sent-by `phone.example:PORT`, PORT where it
+/// does not listen). The server's calls to a TLS trunk at 127.0.0.1:PORT then go down that
+/// connection instead of a new one (which would be refused); once it closes, they fail again.
+/// Without the alias every call here gets a 5xx (tests/tls.rs shows that in the last step).
+#[test]
+fn a_peer_proxy_that_asks_for_an_alias_gets_our_requests_down_its_connection() {
+    let p = pki("alias");
+    let (cert, key, ca) = (p.path("cert.pem"), p.path("key.pem"), p.path("ca.pem"));
+    let peer_port = free_port();
+    let plan = common::write_scratch(
+        "alias-plan.toml",
+        &format!(
+            "[[trunk]]\nname = \"peer\"\naddress = \"127.0.0.1:{peer_port}\"\n\
+             transport = \"tls\"\ncheck_interval_ms = 0\n\n\
+             [[route]]\nprefix = \"+49\"\ntrunks = [\"peer\"]\n"
+        ),
+    );
+    let tls_addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let own = format!("tls:{tls_addr}");
+    let s = ServerProcess::start_with(
+        &[
+            "--config",
+            &plan,
+            "--listen",
+            &own,
+            "--tls-cert",
+            &cert,
+            "--tls-key",
+            &key,
+            "--tls-ca",
+            &ca,
+            "--tls-client-ca",
+            &ca,
+            "--shards",
+            "2",
+        ],
+        true,
+    );
+    let mut peer = p.connect(tls_addr, true);
+    let options = format!(
+        "OPTIONS sip:127.0.0.1 SIP/2.0\r\n\
+         Via: SIP/2.0/TLS phone.example:{peer_port};branch=z9hG4bKalias1;alias\r\n\
+         Max-Forwards: 70\r\nFrom: <sip:proxy@phone.example>;tag=p\r\nTo: <sip:127.0.0.1>\r\n\
+         Call-ID: alias-options\r\nCSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n"
+    );
+    peer.write_all(options.as_bytes()).unwrap();
+    assert_eq!(status(&common::read_stream_messages(&mut peer, 1)[0]), 200);
+    assert_eq!(
+        s.metric("sipshard_connection_events_total{reason=\"aliased\"}"),
+        Some(1.0)
+    );
+    let caller = Client::new();
+    let invite = |i: &str| {
+        format!(
+            "INVITE sip:+4930123456@localhost SIP/2.0\r\nVia: SIP/2.0/UDP {a};branch=z9hG4bKal{i};rport\r\n\
+             Max-Forwards: 70\r\nFrom: <sip:alice@localhost>;tag=a1\r\nTo: <sip:+4930123456@localhost>\r\n\
+             Call-ID: alias-call-{i}\r\nCSeq: 1 INVITE\r\nContact: <sip:alice@{a}>\r\n\
+             Content-Length: 0\r\n\r\n",
+            a = caller.addr
+        )
+    };
+    // Calls from both shards reach the peer down its connection; it answers 486. (One read
+    // may bring the ACK of a 486 and the next INVITE.)
+    let mut pending = std::collections::VecDeque::new();
+    for i in 0..4 {
+        caller.send(&invite(&i.to_string()), s.addr);
+        let req = loop {
+            if pending.is_empty() {
+                pending.extend(common::read_stream_messages(&mut peer, 1));
+            }
+            let m = pending.pop_front().unwrap();
+            if m.starts_with(b"INVITE ") {
+                break m;
+            }
+        };
+        assert!(
+            String::from_utf8_lossy(&req).contains(&format!("Call-ID: alias-call-{i}")),
+            "{}",
+            String::from_utf8_lossy(&req)
+        );
+        peer.write_all(answer(&req, "486 Busy Here").as_bytes())
+            .unwrap();
+        assert_eq!(
+            caller.final_status(Duration::from_secs(5)),
+            Some(486),
+            "call {i}"
+        );
+    }
+    // The server opened no connection of its own to the peer.
+    assert_eq!(
+        s.metric("sipshard_connections_made_total").unwrap_or(0.0),
+        0.0
+    );
+    // Closed: the alias goes with it, and the trunk (where nobody listens) fails the call.
+    drop(peer);
+    std::thread::sleep(Duration::from_millis(300));
+    caller.send(&invite("after-close"), s.addr);
+    let last = caller.final_status(Duration::from_secs(5));
+    assert!(matches!(last, Some(500..=599)), "after the close: {last:?}");
+}

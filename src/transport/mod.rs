@@ -6,6 +6,7 @@
 //! [`uring::UringTransport`] (io_uring multishot receive with a provided buffer ring). This is
 //! one of the two places in the crate (with `shard/`) that touch sockets.
 
+pub mod alias;
 pub mod framing;
 pub mod mmsg;
 pub mod sockaddr;

@@ -158,6 +158,8 @@ struct Conn {
     /// A WebSocket connection's state: `rbuf` holds frames (after TLS for `wss:`), and
     /// messages to the peer go out framed.
     ws: Option<Box<WsSession>>,
+    /// Addresses this connection also stands for (RFC 5923 aliases its peer asked for).
+    aliases: Vec<SocketAddr>,
 }
 
 /// Epoll tokens below this are listeners.
@@ -621,6 +623,7 @@ impl TcpShard {
                 frame: FrameState::default(),
                 tls,
                 ws: ws.then(Box::default),
+                aliases: Vec::new(),
             };
             let events = (libc::EPOLLIN | libc::EPOLLRDHUP) as u32;
             if self.register(conn, events).is_some() {
@@ -693,6 +696,7 @@ impl TcpShard {
             frame: FrameState::default(),
             tls,
             ws: None,
+            aliases: Vec::new(),
         };
         let events = (libc::EPOLLIN | libc::EPOLLRDHUP | libc::EPOLLOUT) as u32;
         if let Some(token) = self.register(conn, events) {
@@ -961,6 +965,7 @@ impl TcpShard {
         if c.ws.is_some() {
             return self.ws_frames(token, handler, now, closed);
         }
+        let mut aliases = Vec::new();
         let mut consumed = 0;
         let mut handled = 0;
         let mut pongs = 0;
@@ -969,7 +974,15 @@ impl TcpShard {
             match next_frame(&c.rbuf[consumed..], max, &mut c.frame) {
                 Ok(Frame::Message { skip, len }) => {
                     let start = consumed + skip;
-                    handler.datagram(&c.rbuf[start..start + len], peer, socket as usize);
+                    let msg = &c.rbuf[start..start + len];
+                    if let Some(tls) = &c.tls {
+                        if let Some(a) =
+                            super::alias::requested_alias(msg, tls.peer_certificates(), peer)
+                        {
+                            aliases.push(a);
+                        }
+                    }
+                    handler.datagram(msg, peer, socket as usize);
                     consumed = start + len;
                     handled += 1;
                     c.partial_since = None;
@@ -1022,6 +1035,9 @@ impl TcpShard {
         }
         // Handshake messages (and anything else the session wants to send).
         self.flush_tls(token);
+        for a in aliases {
+            self.alias(token, socket, a);
+        }
         if closed {
             // This round's responses to what it sent go out first.
             self.stop_reading(token);
@@ -1209,14 +1225,35 @@ impl TcpShard {
         self.close_doomed();
     }
 
+    /// Connection `token` also stands for `alias` (RFC 5923, [`super::alias`]): our requests
+    /// to that address go down it, from every shard, until it closes.
+    fn alias(&mut self, token: u64, socket: u16, alias: SocketAddr) {
+        let Some(c) = self.conns.get_mut(&token) else {
+            return;
+        };
+        if c.aliases.contains(&alias) || alias == c.peer {
+            return;
+        }
+        c.aliases.push(alias);
+        tracing::debug!(shard = self.shard, peer = %c.peer, %alias, "connection aliased (RFC 5923)");
+        self.by_peer.insert((socket, alias), token);
+        self.hub.set_owner(socket, alias, self.shard, token);
+        self.stats.streams.event(StreamEvent::Aliased);
+    }
+
     fn close_doomed(&mut self) {
         while let Some((token, why)) = self.doomed.pop() {
             let Some(c) = self.conns.remove(&token) else {
                 continue;
             };
             // Closing the descriptor takes it out of the epoll set.
-            if self.by_peer.get(&(c.socket, c.peer)) == Some(&token) {
-                self.by_peer.remove(&(c.socket, c.peer));
+            for &a in c.aliases.iter().chain([&c.peer]) {
+                if self.by_peer.get(&(c.socket, a)) == Some(&token) {
+                    self.by_peer.remove(&(c.socket, a));
+                }
+                if a != c.peer {
+                    self.hub.clear_owner(c.socket, a, self.shard, token);
+                }
             }
             if let Some(n) = self.per_source.get_mut(&c.peer.ip()) {
                 *n -= 1;
