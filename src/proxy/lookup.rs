@@ -32,6 +32,8 @@ struct Parked {
     src: SocketAddr,
     socket: usize,
     deadline_ms: u64,
+    /// The user its digest authenticated before it was parked (None: not authenticated).
+    user: Option<Box<str>>,
 }
 
 /// The element's store lookups.
@@ -43,6 +45,12 @@ pub struct StoreLookups {
     missing: hashbrown::HashMap<Box<[u8]>, u64>,
     /// Set while a parked request is handled again (it is not parked twice).
     resuming: bool,
+    /// The user the request being handled authenticated as (set by the digest check).
+    pub(super) authenticated: Option<Box<str>>,
+    /// While resuming: the user the request had authenticated as before it was parked. Its
+    /// credentials are not checked again: their nonce count was used (a second check would
+    /// take it for a replay and answer 407).
+    pub(super) resumed_user: Option<Box<str>>,
 }
 
 impl Element {
@@ -56,6 +64,25 @@ impl Element {
         if let Some(l) = &mut self.lookups {
             into.append(&mut l.asked);
         }
+    }
+
+    /// [`Element::park_for_lookup`] for the AOR of `aor` (a URI of our domain).
+    pub(super) fn park_for_aor(
+        &mut self,
+        msg: &Message<'_>,
+        aor: &crate::sip::uri::Uri<'_>,
+        reply: &Reply<'_, '_>,
+        now_ms: u64,
+    ) -> bool {
+        if self.lookups.is_none() {
+            return false;
+        }
+        self.key.clear();
+        self.registrar.write_aor_key(aor, &mut self.key);
+        let key = core::mem::take(&mut self.key);
+        let parked = self.park_for_lookup(msg, &key, reply, now_ms);
+        self.key = key;
+        parked
     }
 
     /// Parks `msg`, a request for the AOR `key` that has no binding here, until the store
@@ -91,6 +118,7 @@ impl Element {
             src: reply.source(),
             socket: reply.socket(),
             deadline_ms: now_ms + LOOKUP_WAIT_MS,
+            user: l.authenticated.take(),
         });
         true
     }
@@ -99,24 +127,7 @@ impl Element {
     /// could not (`failed`): the requests parked for it go on, or get a 503.
     pub fn store_answered(&mut self, key: &[u8], failed: bool, now_ms: u64, out: &mut Outbox) {
         let Some(l) = &mut self.lookups else { return };
-        let mut waiting = Vec::new();
-        l.parked.retain_mut(|p| {
-            if &*p.key == key {
-                waiting.push(core::mem::replace(
-                    p,
-                    Parked {
-                        key: Box::default(),
-                        raw: Box::default(),
-                        src: p.src,
-                        socket: 0,
-                        deadline_ms: 0,
-                    },
-                ));
-                false
-            } else {
-                true
-            }
-        });
+        let waiting: Vec<Parked> = l.parked.extract_if(.., |p| &*p.key == key).collect();
         if !failed && !self.registrar.knows(key) {
             if l.missing.len() >= MISSING_MAX {
                 l.missing.clear();
@@ -167,10 +178,12 @@ impl Element {
         let method = msg.method().unwrap_or(Method::Other);
         if let Some(l) = &mut self.lookups {
             l.resuming = true;
+            l.resumed_user = p.user.clone();
         }
         self.request(&msg, method, p.src, p.socket, now_ms, self.shard, out);
         if let Some(l) = &mut self.lookups {
             l.resuming = false;
+            l.resumed_user = None;
         }
     }
 

@@ -702,10 +702,23 @@ impl Element {
         let Some(auth) = &mut self.auth else {
             return Some(None);
         };
+        if let Some(l) = &mut self.lookups {
+            // A request resumed after a store lookup was authenticated before it waited.
+            if let Some(user) = l.resumed_user.take() {
+                if let Some(note) = self.proxy.calls.note() {
+                    note.user = Some(user.clone());
+                }
+                return Some(want_user.then_some(user));
+            }
+            l.authenticated = None;
+        }
         match auth.check_from(msg, HeaderName::ProxyAuthorization, now_ms, reply.source()) {
             AuthOutcome::Authenticated { user } => {
                 if let Some(note) = self.proxy.calls.note() {
                     note.user = Some(user.as_str().into());
+                }
+                if let Some(l) = &mut self.lookups {
+                    l.authenticated = Some(user.as_str().into());
                 }
                 let from_user = msg
                     .from()
@@ -805,12 +818,7 @@ impl Element {
             out,
         ) {
             // With a shared store, an AOR never heard of here is asked about first.
-            self.key.clear();
-            self.registrar.write_aor_key(ruri, &mut self.key);
-            let key = core::mem::take(&mut self.key);
-            let parked = self.park_for_lookup(msg, &key, reply, now_ms);
-            self.key = key;
-            if parked {
+            if self.park_for_aor(msg, ruri, reply, now_ms) {
                 return;
             }
             // With a user list, a user not in it does not exist (404); a known user with no

@@ -84,6 +84,11 @@ impl Element {
             note.route = None;
         }
         if self.auth.as_ref().is_some_and(|a| knows_user(a, ruri)) {
+            // A user of ours with no binding here: with a shared store, another node may
+            // hold one this node never heard of.
+            if self.park_for_aor(msg, ruri, reply, now_ms) {
+                return;
+            }
             return reply.simple(out, 480, b"Temporarily Unavailable");
         }
         let normalized = plan.normalize(&number);
@@ -221,7 +226,9 @@ impl Element {
                     return reply.simple(out, 500, b"Server Internal Error (bad extension user)");
                 };
                 let fork = Fork::bindings(&self.cfg.proxy);
-                if !self.forward_to_bindings(msg, &aor, &fork, now_ms, reply, out) {
+                if !self.forward_to_bindings(msg, &aor, &fork, now_ms, reply, out)
+                    && !self.park_for_aor(msg, &aor, reply, now_ms)
+                {
                     reply.simple(out, 480, b"Temporarily Unavailable");
                 }
             }

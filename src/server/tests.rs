@@ -1787,7 +1787,7 @@ fn invite_to(user: &str, b: &str) -> Vec<u8> {
         .into_bytes()
 }
 
-fn store_says(
+pub(super) fn store_says(
     c: &mut Core,
     changes: Vec<crate::registrar::RemoteChange>,
     now: u64,
@@ -1797,7 +1797,7 @@ fn store_says(
     drain(&out)
 }
 
-fn asked(c: &mut Core) -> Vec<String> {
+pub(super) fn asked(c: &mut Core) -> Vec<String> {
     let mut keys = Vec::new();
     c.take_lookups(&mut keys);
     keys.iter()

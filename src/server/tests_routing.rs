@@ -757,3 +757,73 @@ fn a_group_call_is_one_call_record_whatever_its_members_answer() {
     assert_eq!((r.dialed.as_str(), r.duration_ms), ("600", 5_000));
     assert_eq!(r.hangup, Some(crate::proxy::cdr::Hangup::Shutdown));
 }
+
+/// With a shared store (issue 21), a dial plan's extension whose user has no binding here,
+/// and a known user called by name, wait for the store like a plain user route does: the
+/// core asks, and the request goes on to the binding the store holds (480 only when it
+/// holds none).
+#[test]
+fn with_a_shared_store_extensions_and_known_users_wait_for_the_store() {
+    use super::tests::{asked, store_says};
+    use crate::registrar::{Binding, BindingFields, RemoteChange};
+    let binding_of = |contact: &str, dst: &str| {
+        let fields = BindingFields::plain(contact.as_bytes(), addr(dst), T0 + 60_000);
+        vec![Binding::new(&fields, std::iter::empty()).unwrap()]
+    };
+    let answer_with = |c: &mut Core, key: &str, bindings: Vec<Binding>| {
+        let mut changes = Vec::new();
+        if !bindings.is_empty() {
+            changes.push(RemoteChange::Set {
+                key: key.as_bytes().into(),
+                node: "node-b".into(),
+                version: 1,
+                epoch: 0,
+                bindings,
+            });
+        }
+        changes.push(RemoteChange::LookedUp {
+            key: key.as_bytes().into(),
+            failed: false,
+        });
+        store_says(c, changes, T0 + 10)
+    };
+    // An extension.
+    let mut c = routed_core(
+        "[[extension]]\nnumber = \"1001\"\nuser = \"bob\"\n\n[[extension]]\nnumber = \"1002\"\nuser = \"dave\"\n",
+        None,
+    );
+    c.enable_store_lookups();
+    let out = send(&mut c, &invite_to("1001", "z9hG4bKx1"), CALLER, 0, T0);
+    assert!(out.is_empty(), "parked: {out:?}");
+    assert_eq!(asked(&mut c), ["sip:bob@localhost"]);
+    let out = answer_with(
+        &mut c,
+        "sip:bob@localhost",
+        binding_of("sip:bob@192.0.2.20:5062", "192.0.2.20:5062"),
+    );
+    assert_eq!(sent_to(&out, "192.0.2.20:5062").len(), 1, "{out:?}");
+    // The store holds nothing for dave: 480.
+    assert!(send(&mut c, &invite_to("1002", "z9hG4bKx2"), CALLER, 0, T0).is_empty());
+    assert_eq!(asked(&mut c), ["sip:dave@localhost"]);
+    let out = answer_with(&mut c, "sip:dave@localhost", Vec::new());
+    assert_eq!(status(&out[0].1), 480);
+
+    // A known user called by name (after the caller's digest).
+    let mut c = core_with_users(TRUNKS);
+    c.enable_store_lookups();
+    let out = call_as(
+        &mut c,
+        &invite_to("carol", "z9hG4bKx3"),
+        "alice",
+        "secret",
+        T0,
+    );
+    assert!(out.is_empty(), "parked: {out:?}");
+    assert_eq!(asked(&mut c), ["sip:carol@localhost"]);
+    let out = answer_with(
+        &mut c,
+        "sip:carol@localhost",
+        binding_of("sip:carol@192.0.2.21:5062", "192.0.2.21:5062"),
+    );
+    assert_eq!(sent_to(&out, "192.0.2.21:5062").len(), 1, "{out:?}");
+}
