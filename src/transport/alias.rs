@@ -26,9 +26,12 @@ pub fn requested_alias(
     certs: Option<&[CertificateDer<'_>]>,
     peer: SocketAddr,
 ) -> Option<SocketAddr> {
-    // Cheap first: most messages do not ask.
-    memchr::memmem::find(msg, b"alias")?;
+    // Cheap first: no client certificate, or no `alias` anywhere (parameter names are
+    // case-insensitive).
     let certs = certs?;
+    if !msg.windows(5).any(|w| w.eq_ignore_ascii_case(b"alias")) {
+        return None;
+    }
     let m = Message::parse(msg).ok()?;
     if !m.is_request() {
         return None;
@@ -82,7 +85,7 @@ mod tests {
             Some("192.0.2.7:5071".parse().unwrap())
         );
         // No port: the TLS default.
-        let msg = request("SIP/2.0/TLS proxy.example;alias;branch=z9hG4bKa");
+        let msg = request("SIP/2.0/TLS proxy.example;ALIAS;branch=z9hG4bKa");
         assert_eq!(
             requested_alias(&msg, Some(&c), PEER.parse().unwrap()),
             Some("192.0.2.7:5061".parse().unwrap())

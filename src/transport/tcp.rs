@@ -171,6 +171,8 @@ const READ_CHUNK: usize = 16 * 1024;
 const LOGGED_MAX: usize = 4096;
 /// Connections accepted per listener per round at most.
 const ACCEPT_ROUND: usize = 64;
+/// Addresses one connection may stand for (RFC 5923 aliases).
+const ALIASES_MAX: usize = 8;
 
 /// One shard's TCP connections.
 pub struct TcpShard {
@@ -1226,14 +1228,35 @@ impl TcpShard {
     }
 
     /// Connection `token` also stands for `alias` (RFC 5923, [`super::alias`]): our requests
-    /// to that address go down it, from every shard, until it closes.
+    /// to that address go down it, from every shard, until it closes. An address another
+    /// live connection already stands for is not taken from it, and a connection stands for
+    /// at most [`ALIASES_MAX`] addresses.
     fn alias(&mut self, token: u64, socket: u16, alias: SocketAddr) {
+        let Some(c) = self.conns.get(&token) else {
+            return;
+        };
+        if !c.inbound
+            || c.aliases.contains(&alias)
+            || alias == c.peer
+            || c.aliases.len() >= ALIASES_MAX
+        {
+            return;
+        }
+        let taken_here = self
+            .by_peer
+            .get(&(socket, alias))
+            .is_some_and(|t| *t != token && self.conns.contains_key(t));
+        if taken_here
+            || self
+                .hub
+                .owner(socket, alias)
+                .is_some_and(|s| s != self.shard)
+        {
+            return;
+        }
         let Some(c) = self.conns.get_mut(&token) else {
             return;
         };
-        if c.aliases.contains(&alias) || alias == c.peer {
-            return;
-        }
         c.aliases.push(alias);
         tracing::debug!(shard = self.shard, peer = %c.peer, %alias, "connection aliased (RFC 5923)");
         self.by_peer.insert((socket, alias), token);
