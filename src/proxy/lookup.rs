@@ -53,6 +53,17 @@ pub struct StoreLookups {
     pub(super) resumed_user: Option<Box<str>>,
 }
 
+impl StoreLookups {
+    /// `msg` is (a retransmission of) a request waiting for the store.
+    pub(super) fn is_parked(&self, msg: &Message<'_>) -> bool {
+        if self.parked.is_empty() || self.resuming {
+            return false;
+        }
+        let raw = &msg.buf()[msg.start_offset()..msg.len()];
+        self.parked.iter().any(|p| &*p.raw == raw)
+    }
+}
+
 impl Element {
     /// Turns store lookups on (`--store`).
     pub fn enable_store_lookups(&mut self) {

@@ -347,6 +347,10 @@ impl Element {
         out: &mut Outbox,
     ) {
         self.stats.request(method);
+        if let Some(l) = &mut self.lookups {
+            // Set by this request's digest check, if it has one.
+            l.authenticated = None;
+        }
         if method == Method::Ack {
             // ACK is never answered: the transaction of a non-2xx absorbs it, the ACK of a
             // 2xx goes on to the next hop.
@@ -710,7 +714,11 @@ impl Element {
                 }
                 return Some(want_user.then_some(user));
             }
-            l.authenticated = None;
+            // A retransmission of a request waiting for the store waits with it: checked
+            // again, its used nonce count would get it a 407.
+            if l.is_parked(msg) {
+                return None;
+            }
         }
         match auth.check_from(msg, HeaderName::ProxyAuthorization, now_ms, reply.source()) {
             AuthOutcome::Authenticated { user } => {

@@ -811,14 +811,15 @@ fn with_a_shared_store_extensions_and_known_users_wait_for_the_store() {
     // A known user called by name (after the caller's digest).
     let mut c = core_with_users(TRUNKS);
     c.enable_store_lookups();
-    let out = call_as(
-        &mut c,
-        &invite_to("carol", "z9hG4bKx3"),
-        "alice",
-        "secret",
-        T0,
-    );
+    let req = invite_to("carol", "z9hG4bKx3");
+    let out = send(&mut c, &req, CALLER, 0, T0);
+    assert_eq!(status(&out[0].1), 407);
+    let again = with_credentials(&req, &out[0].1, "alice", "secret");
+    let out = send(&mut c, &again, CALLER, 0, T0 + 1);
     assert!(out.is_empty(), "parked: {out:?}");
+    // Its retransmission waits with it (checked again, its used nonce count got a 407).
+    let out = send(&mut c, &again, CALLER, 0, T0 + 500);
+    assert!(out.is_empty(), "the retransmission: {out:?}");
     assert_eq!(asked(&mut c), ["sip:carol@localhost"]);
     let out = answer_with(
         &mut c,
