@@ -2023,6 +2023,70 @@ fn sipp_two_nodes_share_registrations_through_a_redis_cluster() {
     drop(t);
 }
 
+/// Changes made while the store does not answer reach it when it answers again, removals
+/// included: Redis is frozen (SIGSTOP, so it keeps its data), ten AORs are unregistered on
+/// node A meanwhile, and once Redis goes on they are gone from it and from node B.
+#[test]
+fn sipp_removals_while_redis_is_frozen_reach_it_when_it_answers() {
+    let test = "sipp_removals_while_redis_is_frozen_reach_it_when_it_answers";
+    if !sipp_available(test) || !common::redis::redis_available(test) {
+        return;
+    }
+    let dir = scratch("shared-removal");
+    let redis = common::redis::Redis::start(&dir);
+    let (a, a_admin) = node(&dir, &redis.url(), "node-a", 0, &[]);
+    let (_b, b_admin) = node(&dir, &redis.url(), "node-b", 0, &[]);
+    let (csv, _) = users(&dir, 100);
+    run_clean(&dir, &a, "register.xml", &csv, 100, 100, &[]);
+    lists_within(&b_admin, 100, std::time::Duration::from_secs(1));
+    let wait_for = |what: &str, done: &mut dyn FnMut() -> bool| {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+        while !done() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "waited 15 s for {what}"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+    };
+    wait_for("100 AORs in Redis", &mut || redis.aor_keys() == 100);
+    redis.signal("STOP");
+    let gone: Vec<String> = ctl_registrations(&a_admin)
+        .iter()
+        .take(10)
+        .map(|r| r["aor"].as_str().unwrap().to_string())
+        .collect();
+    for aor in &gone {
+        let out = Command::new(binary())
+            .args(["ctl", "--admin"])
+            .arg(&a_admin)
+            .args(["unregister", aor])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "unregister {aor}");
+    }
+    assert_eq!(ctl_registrations(&a_admin).len(), 90);
+    // The write of the removals times out: node A queues them.
+    wait_for("node A to find the store gone", &mut || {
+        a.metric("sipshard_store_connected") == Some(0.0)
+    });
+    redis.signal("CONT");
+    wait_for("90 AORs in Redis", &mut || redis.aor_keys() == 90);
+    lists_within(&b_admin, 90, std::time::Duration::from_secs(10));
+    let listed: Vec<String> = ctl_registrations(&b_admin)
+        .iter()
+        .map(|r| r["aor"].as_str().unwrap().to_string())
+        .collect();
+    assert!(
+        gone.iter().all(|g| !listed.contains(g)),
+        "B still lists a removed AOR"
+    );
+    wait_for("node A's queue to empty", &mut || {
+        a.metric("sipshard_store_queued") == Some(0.0)
+    });
+    assert_eq!(a.metric("sipshard_store_dropped_total"), Some(0.0));
+}
+
 /// A node alone sends Redis no change messages (nobody would receive them); a node that
 /// joins later reads what was written before it subscribed from the store, and gets every
 /// change written after it by pub/sub, the first write after it joined included (the writer
@@ -2062,7 +2126,9 @@ fn sipp_a_node_that_joins_later_gets_every_change_after_it_subscribed() {
     assert_eq!(ctl_registrations(&b_admin).len(), 500);
     run_clean(&dir, &a, "register.xml", &second, 500, 500, &[]);
     let took = lists_within(&b_admin, 1_000, std::time::Duration::from_secs(1));
-    eprintln!("node B, started after 500 registrations, listed all 1,000 {took:?} after the last 200");
+    eprintln!(
+        "node B, started after 500 registrations, listed all 1,000 {took:?} after the last 200"
+    );
     drop(a);
 }
 

@@ -78,6 +78,17 @@ impl Redis {
         }
     }
 
+    /// Sends the server `sig` (`STOP` freezes it with its data, `CONT` lets it go on).
+    pub fn signal(&self, sig: &str) {
+        let pid = self.child.as_ref().expect("redis-server running").id();
+        let ok = Command::new("kill")
+            .arg(format!("-{sig}"))
+            .arg(pid.to_string())
+            .status()
+            .expect("run kill");
+        assert!(ok.success(), "kill -{sig} {pid}");
+    }
+
     /// Stops the server (SIGKILL, by PID).
     pub fn stop(&mut self) {
         if let Some(mut c) = self.child.take() {
