@@ -1023,23 +1023,7 @@ fn sipsak_digest_registration_and_message() {
             if !text.starts_with("MESSAGE ") {
                 continue;
             }
-            let head = text.split("\r\n\r\n").next().unwrap();
-            let mut resp = String::from("SIP/2.0 200 OK\r\n");
-            for l in head.lines().skip(1) {
-                let n = l
-                    .split(':')
-                    .next()
-                    .unwrap_or("")
-                    .trim()
-                    .to_ascii_lowercase();
-                if ["via", "from", "call-id", "cseq", "v", "f", "i"].contains(&n.as_str()) {
-                    resp.push_str(l);
-                    resp.push_str("\r\n");
-                } else if n == "to" || n == "t" {
-                    resp.push_str(&format!("{l};tag=phone\r\n"));
-                }
-            }
-            resp.push_str("Content-Length: 0\r\n\r\n");
+            let resp = uas_answer(&m, "200 OK", "phone");
             let via = header_value(&m, "Via").unwrap_or_default();
             // Reply to the top Via's sent-by (the proxy), as a UAS does.
             let hostport = via

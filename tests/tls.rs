@@ -335,27 +335,6 @@ fn close_notify_followed_by_more_bytes_does_not_stall_the_shard() {
     );
 }
 
-/// A UAS's `status` answer to `req`: its Via, From, Call-ID and CSeq, the To with a tag.
-fn answer(req: &[u8], status: &str) -> String {
-    let text = String::from_utf8_lossy(req);
-    let head = text.split("\r\n\r\n").next().unwrap();
-    let mut resp = format!("SIP/2.0 {status}\r\n");
-    for l in head.lines().skip(1) {
-        let n = l
-            .split(':')
-            .next()
-            .unwrap_or("")
-            .trim()
-            .to_ascii_lowercase();
-        if ["via", "v", "from", "f", "call-id", "i", "cseq"].contains(&n.as_str()) {
-            resp.push_str(&format!("{l}\r\n"));
-        } else if n == "to" || n == "t" {
-            resp.push_str(&format!("{l};tag=peer\r\n"));
-        }
-    }
-    resp + "Content-Length: 0\r\n\r\n"
-}
-
 /// Connection reuse (RFC 5923): a peer proxy connects over TLS with a client certificate for
 /// `phone.example` and puts `alias` in its Via (sent-by `phone.example:PORT`, PORT where it
 /// does not listen). The server's calls to a TLS trunk at 127.0.0.1:PORT then go down that
@@ -452,7 +431,7 @@ fn a_peer_proxy_that_asks_for_an_alias_gets_our_requests_down_its_connection() {
             "{}",
             String::from_utf8_lossy(&req)
         );
-        peer.write_all(answer(&req, "486 Busy Here").as_bytes())
+        peer.write_all(common::uas_answer(&req, "486 Busy Here", "peer").as_bytes())
             .unwrap();
         assert_eq!(
             caller.final_status(Duration::from_secs(5)),

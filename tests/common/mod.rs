@@ -319,6 +319,28 @@ impl Client {
     }
 }
 
+/// A UAS's answer to `req` with `status` (`"486 Busy Here"`): the request's Via, From,
+/// Call-ID and CSeq, its To with `tag` added, no body.
+pub fn uas_answer(req: &[u8], status: &str, tag: &str) -> String {
+    let text = String::from_utf8_lossy(req);
+    let head = text.split("\r\n\r\n").next().unwrap_or("");
+    let mut resp = format!("SIP/2.0 {status}\r\n");
+    for l in head.lines().skip(1) {
+        let n = l
+            .split(':')
+            .next()
+            .unwrap_or("")
+            .trim()
+            .to_ascii_lowercase();
+        if ["via", "v", "from", "f", "call-id", "i", "cseq"].contains(&n.as_str()) {
+            resp.push_str(&format!("{l}\r\n"));
+        } else if n == "to" || n == "t" {
+            resp.push_str(&format!("{l};tag={tag}\r\n"));
+        }
+    }
+    resp + "Content-Length: 0\r\n\r\n"
+}
+
 /// Status code of a response.
 pub fn status(resp: &[u8]) -> u16 {
     sipshard::sip::Message::parse(resp)
