@@ -188,13 +188,14 @@ fn calls_at_three_times_capacity_get_503_and_the_admitted_ones_complete() {
     quota.add(s.child.id());
     let target = s.addr.to_string();
     let call = ["--domain", "localhost", "--callee", "+4930123456"];
-    // From 1,000/s: once in CI the first probe at 1,500/s already saturated the fifth of a
-    // CPU (1,498 of 4,500 calls refused) where other runs measured 3,000-3,500/s; the
+    // From 500/s: in CI the first probe at 1,500/s once saturated the fifth of a CPU (1,498
+    // of 4,500 calls refused) and later one at 1,000/s did (15 of 3,000 refused) where other
+    // runs measured 3,000-3,500/s: this VM's speed varies about twofold between runs. The
     // assertions below are relative to whatever capacity is measured.
     let c = capacity(
         "call",
         &target,
-        &[1_000, 1_500, 2_000, 2_500, 3_000, 3_500],
+        &[500, 750, 1_000, 1_500, 2_000, 2_500, 3_000, 3_500],
         &call,
     );
     let (r, rss_growth) = flood("call", &s, c, &call);
