@@ -39,6 +39,9 @@ pub struct Config {
     pub mode: Mode,
     pub metrics: Option<SocketAddr>,
     pub io: IoBackend,
+    /// Steer each datagram to its owner shard in the kernel (an eBPF program on the
+    /// SO_REUSEPORT group, transport/steering.rs) when it can be loaded.
+    pub steering: bool,
     pub allow_unauthenticated: bool,
     pub registrar: RegistrarSettings,
     pub proxy: ProxySettings,
@@ -237,6 +240,10 @@ pub struct Cli {
     /// Transport backend: mmsg | uring.
     #[arg(long, value_name = "BACKEND")]
     pub io: Option<String>,
+    /// Datagram steering with several shards: kernel (default: an eBPF program picks the
+    /// owner shard's socket; without the privilege the kernel's address hash is used) | off.
+    #[arg(long, value_name = "MODE")]
+    pub steering: Option<String>,
     /// Allow running without authentication on a non-loopback address.
     #[arg(long)]
     pub allow_unauthenticated: bool,
@@ -274,6 +281,7 @@ struct FileConfig {
     cdr_rotate_minutes: Option<u64>,
     cdr_max_call_minutes: Option<u64>,
     io: Option<String>,
+    steering: Option<String>,
     allow_unauthenticated: Option<bool>,
     queue_capacity: Option<usize>,
     tls_cert: Option<PathBuf>,
@@ -420,6 +428,14 @@ fn parse_forking(key: &str, s: &str) -> Result<Forking, ConfigError> {
         "parallel" => Ok(Forking::Parallel),
         "sequential" => Ok(Forking::Sequential),
         _ => err(format!("{key} '{s}': expected parallel or sequential")),
+    }
+}
+
+fn parse_steering(key: &str, s: &str) -> Result<bool, ConfigError> {
+    match s {
+        "kernel" => Ok(true),
+        "off" => Ok(false),
+        _ => err(format!("{key} '{s}': expected kernel or off")),
     }
 }
 
@@ -767,6 +783,11 @@ impl Cli {
             // request/response than io_uring (7.93 vs 8.18 µs, perf/results/io-backends.md).
             _ => IoBackend::Mmsg,
         };
+        let steering = match (&self.steering, &file.steering) {
+            (Some(m), _) => parse_steering("--steering", m)?,
+            (None, Some(m)) => parse_steering("steering", m)?,
+            _ => true,
+        };
         let mut registrar = RegistrarSettings::default();
         if let Some(r) = &file.registrar {
             registrar.default_expires = r.default_expires.unwrap_or(registrar.default_expires);
@@ -993,6 +1014,7 @@ impl Cli {
             admin,
             cdr,
             io,
+            steering,
             allow_unauthenticated: self.allow_unauthenticated
                 || file.allow_unauthenticated.unwrap_or(false),
             registrar,

@@ -144,6 +144,12 @@ impl Registry {
         )?;
         gauge(
             enc,
+            "sipshard_kernel_steering",
+            "UDP listen addresses whose datagrams the kernel steers to their owner shard (eBPF on the SO_REUSEPORT group).",
+            self.sum(|s| s.steered.get()),
+        )?;
+        gauge(
+            enc,
             "sipshard_transactions",
             "Transactions in progress.",
             self.sum(|s| s.transactions.get()),

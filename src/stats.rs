@@ -131,6 +131,9 @@ pub struct ShardStats {
     pub transactions: Counter,
     /// 1 while the shard is past its capacity (new requests for users get 503).
     pub overloaded: Counter,
+    /// UDP listen addresses whose datagrams the kernel steers to their owner shard (set
+    /// on shard 0's counters at start).
+    pub steered: Counter,
     /// Connections of the stream transports (TCP) this shard holds and what became of them.
     pub streams: StreamStats,
     pub latency: Mutex<Histogram<u64>>,
@@ -226,6 +229,7 @@ impl Default for ShardStats {
             transactions: Counter::default(),
             streams: StreamStats::default(),
             overloaded: Counter::default(),
+            steered: Counter::default(),
             latency: Mutex::new(new_histogram()),
         }
     }

@@ -24,6 +24,8 @@ mod tests_routing;
 #[cfg(test)]
 mod tests_security;
 #[cfg(test)]
+mod tests_steering;
+#[cfg(test)]
 mod tests_streams;
 
 use crate::auth::Authenticator;
@@ -393,6 +395,12 @@ impl Core {
     /// The shard's proxy (for tests: its state sizes).
     pub fn proxy(&self) -> &Proxy {
         self.element.proxy()
+    }
+
+    /// The shard that owns the message in `data` (None when it does not parse or has no
+    /// owner by content): what the kernel steering program must agree with.
+    pub fn owner_of(&self, data: &[u8]) -> Option<usize> {
+        self.owner(&Message::parse(data).ok()?)
     }
 
     /// The shard that owns this request: the To AOR for REGISTER, the Request-URI AOR for

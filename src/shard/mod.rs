@@ -188,6 +188,9 @@ impl Server {
             tcp_listeners.push(ls);
         }
         let registry = Registry::new(n);
+        if n > 1 && config.steering && config.mode != crate::config::Mode::Responder {
+            steer(&sockets, &listen, &registry);
+        }
         let mut peers = Vec::with_capacity(n);
         for _ in 0..n {
             peers.push(Peer {
@@ -387,4 +390,36 @@ fn make_transport(
     Ok(Box::new(crate::transport::mmsg::MmsgTransport::new(
         socks, waker,
     )?))
+}
+
+/// Attaches the kernel steering program to every UDP listen address's SO_REUSEPORT group
+/// (shard `i` bound the `i`-th socket of each, which is the index the program returns).
+/// Without it (an old kernel, no CAP_BPF) the kernel's hash of the source spreads the
+/// datagrams and the shards hand them on, as before.
+fn steer(sockets: &[ShardSockets], listen: &[SocketAddr], registry: &Registry) {
+    let program = match crate::transport::steering::SteeringProgram::load(sockets.len()) {
+        Ok(p) => p,
+        Err(e) => {
+            tracing::warn!(
+                "kernel steering off (datagrams are spread by source address and handed on): {e}"
+            );
+            return;
+        }
+    };
+    let mut steered = 0;
+    for (j, addr) in listen.iter().enumerate() {
+        let Some(first) = sockets.first().and_then(|s| s.sockets.get(j)) else {
+            continue;
+        };
+        match program.attach(first) {
+            Ok(()) => steered += 1,
+            Err(e) => tracing::warn!("kernel steering off on udp:{addr}: {e}"),
+        }
+    }
+    registry.shards[0].steered.set(steered);
+    tracing::info!(
+        addresses = steered,
+        instructions = program.len,
+        "kernel steering: datagrams go to their owner shard"
+    );
 }

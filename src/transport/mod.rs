@@ -10,6 +10,7 @@ pub mod alias;
 pub mod framing;
 pub mod mmsg;
 pub mod sockaddr;
+pub mod steering;
 pub mod tcp;
 pub mod tls;
 pub mod uring;
