@@ -498,6 +498,60 @@ fn sipp_calls_through_the_record_routing_proxy() {
     );
 }
 
+/// Kernel steering (issue 20): SIPp sends from one socket (`-t u1`, its default), which
+/// the kernel's SO_REUSEPORT hash of the source would put on one shard, half of it then
+/// handed to the other. With the steering program each REGISTER and each message of a call
+/// lands on the shard that owns it: both shards read datagrams and none is handed on.
+/// `--steering off` is the contrast: the same traffic from the same socket is handed on.
+#[test]
+fn sipp_from_one_socket_every_message_lands_on_its_owner_shard() {
+    if !sipp_available("sipp_from_one_socket_every_message_lands_on_its_owner_shard") {
+        return;
+    }
+    let dir = scratch("steer");
+    let (csv, _) = users(&dir, 1000);
+    let s = ServerProcess::start_with(&["--shards", "2"], true);
+    if s.metric("sipshard_kernel_steering") != Some(1.0) {
+        skip_or_fail(
+            "sipp_from_one_socket_every_message_lands_on_its_owner_shard",
+            "the kernel refused the steering program (needs root and Linux 6.9+)",
+            "SIPSHARD_REQUIRE_BPF",
+        );
+        return;
+    }
+    run_clean(&dir, &s, "register.xml", &csv, 2000, 1000, &["-t", "u1"]);
+    let on_shard = |i: usize| {
+        s.metric(&format!(
+            "sipshard_datagrams_received_total{{shard=\"{i}\"}}"
+        ))
+        .unwrap()
+    };
+    // 1,000 AORs: about half are each shard's.
+    let (a, b) = (on_shard(0), on_shard(1));
+    eprintln!("REGISTERs read: shard 0 {a}, shard 1 {b}");
+    assert!(a > 0.35 * (a + b) && b > 0.35 * (a + b), "{a} / {b}");
+    assert_eq!(s.metric("sipshard_handoffs_total"), Some(0.0));
+    // Calls to one callee: its shard reads the INVITEs, the callee's responses (our branch)
+    // and the caller's ACKs and BYEs (our Record-Route's ss=); the other shard reads none.
+    let (uas, callee_csv) = callee(&dir, &s, "callee", free_udp_port(), "uas.xml", 300);
+    run_clean(&dir, &s, "uac.xml", &callee_csv, 300, 100, &["-t", "u1"]);
+    uas.finish(300);
+    let (a2, b2) = (on_shard(0) - a, on_shard(1) - b);
+    eprintln!("call datagrams read: shard 0 {a2}, shard 1 {b2}");
+    assert!(
+        a2.min(b2) <= 1.0 && a2.max(b2) >= 300.0 * 5.0,
+        "{a2} / {b2}"
+    );
+    assert_eq!(s.metric("sipshard_handoffs_total"), Some(0.0));
+    drop(s);
+
+    let off = ServerProcess::start_with(&["--shards", "2", "--steering", "off"], true);
+    assert_eq!(off.metric("sipshard_kernel_steering"), Some(0.0));
+    run_clean(&dir, &off, "register.xml", &csv, 2000, 1000, &["-t", "u1"]);
+    let handed = off.metric("sipshard_handoffs_total").unwrap();
+    assert!(handed > 500.0, "{handed} hand-offs without steering");
+}
+
 #[test]
 fn sipp_cancel_before_answer() {
     if !sipp_available("sipp_cancel_before_answer") {

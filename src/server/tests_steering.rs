@@ -110,6 +110,15 @@ fn the_program_names_the_shard_the_core_hands_each_message_to() {
             ));
             messages.push(invite(&format!("sip:{u}@localhost"), &u));
             messages.push(invite(&format!("sip:+4930{i}@127.0.0.1;user=phone"), &u));
+            // Without a user: the host's shard (a keepalive OPTIONS to the server, a call to
+            // a domain).
+            let host = format!("Host{i}.Example.com");
+            let options = String::from_utf8(invite(&format!("sip:{host}"), &u))
+                .unwrap()
+                .replace("INVITE", "OPTIONS");
+            messages.push(options.into_bytes());
+            messages.push(invite(&format!("sip:{host}:5070;transport=udp"), &u));
+            messages.push(invite(&format!("sip:10.0.{i}.1"), &u));
             messages.push(in_dialog("BYE", i % shards, &u));
             messages.push(in_dialog("ACK", (i + 1) % shards, &u));
             messages.push(response(i % shards, i));
@@ -147,6 +156,8 @@ fn what_the_program_cannot_read_as_the_core_does_is_left_to_the_kernel() {
         register("To: <sip:localhost>", "x"),
         invite("tel:+4930123", "t"),
         invite("sip:bob:secret@localhost", "b"),
+        invite("sip:bob;x=1@localhost", "b"),
+        invite("sip:[2001:db8::1]:5060", "v6"),
         b"SIP/2.0 200 OK\r\nVia: SIP/2.0/UDP 192.0.2.1;branch=z9hG4bKzz\r\n\r\n".to_vec(),
         b"\x00\x01\x00\x00".to_vec(),
         Vec::new(),

@@ -291,11 +291,21 @@ impl Gen {
     /// password.
     fn uri_user_shard(&mut self, fail: Label) {
         self.expect(b"si", true, fail);
-        self.uri_user_shard_after_si(fail);
+        self.uri_user_shard_after_si(fail, false);
     }
 
-    /// [`Gen::uri_user_shard`] with the scheme's `si` already read.
-    fn uri_user_shard_after_si(&mut self, fail: Label) {
+    /// [`Gen::uri_user_shard`] for a Request-URI (ended by a space): a URI without a user
+    /// gives the shard of its host (lowercased, as `aor_hash` does), unless it is an IPv6
+    /// literal.
+    fn request_uri_shard(&mut self, fail: Label) {
+        self.expect(b"si", true, fail);
+        self.uri_user_shard_after_si(fail, true);
+    }
+
+    /// [`Gen::uri_user_shard`] with the scheme's `si` already read; with `host`, a
+    /// Request-URI without a user gives its host's shard.
+    fn uri_user_shard_after_si(&mut self, fail: Label, host: bool) {
+        const HOST_HASH: u8 = R3;
         let sips = self.a.label();
         let user = self.a.label();
         self.expect(b"p", true, fail);
@@ -314,18 +324,62 @@ impl Gen {
         self.a.alu_k(MOV, R0, b's' as i32);
         self.fnv_byte();
         self.a.bind(first);
+        // The host's hash goes along (the scheme's, then `@`, then the bytes lowercased)
+        // until an `@` says these bytes were the user.
+        self.a.alu_x(MOV, HOST_HASH, ACC);
+        self.a.alu_k(XOR, HOST_HASH, b'@' as i32);
+        self.a.ld_imm64(R1, FNV_PRIME);
+        self.a.alu_x(MUL, HOST_HASH, R1);
         let byte = self.a.label();
         let at = self.a.label();
+        let host_end = self.a.label();
+        let lower = self.a.label();
         self.a.bind(byte);
         self.next_byte(fail);
         self.a.jmp_k(JEQ, R0, b'@' as i32, at);
+        let ends_host: &[u8] = if host { b": ;?" } else { b"" };
+        for &c in ends_host {
+            self.a.jmp_k(JEQ, R0, c as i32, host_end);
+        }
         for c in [
-            b'%', b':', b'>', b'<', b'"', b' ', b'\t', b'\r', b'\n', b'?', b',',
+            b'%', b':', b'>', b'<', b'"', b' ', b'\t', b'\r', b'\n', b'?', b',', b'[',
         ] {
-            self.a.jmp_k(JEQ, R0, c as i32, fail);
+            if !ends_host.contains(&c) {
+                self.a.jmp_k(JEQ, R0, c as i32, fail);
+            }
         }
         self.fnv_byte();
+        if host {
+            self.a.alu_x(MOV, R4, R0);
+            self.a.jmp_k(JLT, R4, b'A' as i32, lower);
+            self.a.jmp_k(JGT, R4, b'Z' as i32, lower);
+            self.a.alu_k(OR, R4, 0x20);
+            self.a.bind(lower);
+            self.a.alu_x(XOR, HOST_HASH, R4);
+            self.a.ld_imm64(R1, FNV_PRIME);
+            self.a.alu_x(MUL, HOST_HASH, R1);
+        } else {
+            self.a.bind(lower);
+        }
         self.a.goto(byte);
+        self.a.bind(host_end);
+        if host {
+            // No user so far: it is the host if no `@` follows before the Request-URI ends
+            // (a user may hold `;` or `?`; `:` may start a password).
+            let scan = self.a.label();
+            let is_host = self.a.label();
+            self.a.jmp_k(JEQ, R0, b' ' as i32, is_host);
+            self.a.bind(scan);
+            self.next_byte(fail);
+            self.a.jmp_k(JEQ, R0, b' ' as i32, is_host);
+            self.a.jmp_k(JEQ, R0, b'@' as i32, fail);
+            self.a.jmp_k(JEQ, R0, b'\r' as i32, fail);
+            self.a.jmp_k(JEQ, R0, b'\n' as i32, fail);
+            self.a.goto(scan);
+            self.a.bind(is_host);
+            self.a.alu_x(MOV, ACC, HOST_HASH);
+            self.a.goto(at);
+        }
         self.a.bind(at);
         // The avalanche, then `% shards`.
         self.a.alu_x(MOV, R1, ACC);
@@ -453,7 +507,7 @@ fn program(shards: usize, map_fd: i32) -> Vec<Insn> {
         g.a.jmp_k(JEQ, R0, b'<' as i32, uri);
         g.unless_byte(b's', true, angle);
         g.expect(b"i", true, fallback);
-        g.uri_user_shard_after_si(fallback);
+        g.uri_user_shard_after_si(fallback, false);
         g.return_acc();
         g.a.bind(quoted);
         g.find(b"\"", false, fallback);
@@ -468,7 +522,7 @@ fn program(shards: usize, map_fd: i32) -> Vec<Insn> {
     // hands the few of them on).
     g.a.bind(invite);
     g.expect(b"NVITE ", false, request);
-    g.uri_user_shard(fallback);
+    g.request_uri_shard(fallback);
     g.return_acc();
 
     // Another method: `;ss=` of our Record-Route (ACK, BYE, in-dialog requests), else the
@@ -476,7 +530,7 @@ fn program(shards: usize, map_fd: i32) -> Vec<Insn> {
     g.a.bind(request);
     g.find(b" ", false, fallback);
     let store = g.a.label();
-    g.uri_user_shard(other);
+    g.request_uri_shard(other);
     g.a.goto(store);
     g.a.bind(other);
     g.a.alu_k(MOV, ACC, FALLBACK);
