@@ -541,7 +541,8 @@ fn domain_aliases_are_one_aor_across_shards() {
 
 #[test]
 fn many_aors_over_two_shards_are_handed_off_and_all_listed() {
-    let s = ServerProcess::start_with(&["--shards", "2"], true);
+    // Kernel steering off: one client socket, so without hand-offs one shard would get all.
+    let s = ServerProcess::start_with(&["--shards", "2", "--steering", "off"], true);
     let c = Client::new();
     let n = 40;
     for i in 0..n {
@@ -610,7 +611,10 @@ fn redirect_mode_invite_gets_302_with_the_contacts() {
 fn redirect_mode_works_across_shards() {
     redirect_with_shards("2");
     // Enough users that both shards own some.
-    let s = ServerProcess::start_with(&["--shards", "2", "--mode", "redirect"], true);
+    let s = ServerProcess::start_with(
+        &["--shards", "2", "--mode", "redirect", "--steering", "off"],
+        true,
+    );
     let c = Client::new();
     for i in 0..8 {
         let r = Register::new(&format!("sip:user{i}@localhost"))
