@@ -1161,6 +1161,17 @@ mod tests {
     }
 
     #[test]
+    fn steering_is_on_unless_turned_off() {
+        assert!(cli(&[]).unwrap().steering);
+        assert!(!cli(&["--steering", "off"]).unwrap().steering);
+        assert!(cli(&["--steering", "kernel"]).unwrap().steering);
+        assert_eq!(
+            cli(&["--steering", "ebpf"]).unwrap_err().0,
+            "--steering 'ebpf': expected kernel or off"
+        );
+    }
+
+    #[test]
     fn bad_values_name_their_flag() {
         let e = cli(&["--listen", "sctp:1.2.3.4:5060"]).unwrap_err();
         assert!(e.0.starts_with("--listen"), "{e}");

@@ -567,8 +567,8 @@ fn replayed_credentials_for_the_sips_aor_are_refused() {
     // Default settings (the digest user must own the AOR). `sips:uN` is another AOR than
     // `sip:uN` and may be owned by the other shard; the Authorization of `sip:uN` (the digest
     // covers method and Request-URI, not the To) replayed there is still nonce count 1 again.
-    // Kernel steering off: the datagrams are spread by source and handed on, the path
-    // this test is about (a challenge sent for the owner shard, the answer handed to it).
+    // Kernel steering off: both REGISTERs come from one client socket, so they arrive on
+    // one shard and the other shard's AOR is handed on (the cross-shard path).
     let mut args: Vec<String> = [
         "--shards",
         "2",
