@@ -301,7 +301,7 @@ impl Registry {
         buckets.push((f64::INFINITY, h.len().saturating_sub(below)));
         let mut m = enc.encode_descriptor(
             "sipshard_latency_us",
-            "In-server latency from receive to send, microseconds.",
+            "In-server latency, microseconds: from the kernel's receive timestamp of a UDP datagram (SO_TIMESTAMPNS; for a stream message or without a timestamp, the start of the shard's receive round) to the return of the send call that carries its answer or forwarded copy.",
             None,
             MetricType::Histogram,
         )?;

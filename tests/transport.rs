@@ -221,3 +221,50 @@ fn wait_returns_on_wake_datagram_and_timeout() {
         assert_eq!(receive(&mut *s.t, 1).len(), 1);
     }
 }
+
+/// Issue 20: the in-server latency starts at the kernel's receive timestamp. The mmsg
+/// transport turns on SO_TIMESTAMPNS and hands each datagram's stamp to the shard before the
+/// datagram: one read 60 ms after it arrived carries its arrival time, not the read's.
+#[test]
+fn mmsg_hands_the_kernel_receive_timestamp_before_each_datagram() {
+    use std::time::{SystemTime, UNIX_EPOCH};
+    struct Stamps(Vec<(Option<u64>, Vec<u8>)>, Option<u64>);
+    impl RecvHandler for Stamps {
+        fn datagram(&mut self, data: &[u8], _: SocketAddr, _: usize) {
+            let stamp = self.1.take();
+            self.0.push((stamp, data.to_vec()));
+        }
+        fn received_at(&mut self, realtime_ns: u64) {
+            self.1 = Some(realtime_ns);
+        }
+    }
+    let now_ns = || {
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_nanos() as u64
+    };
+    let Some(mut s) = setup("mmsg") else { return };
+    let peer = peer_socket();
+    // Linux turns arrival stamping on through a deferred static key (net_enable_timestamp):
+    // until that has run, a datagram is stamped when read. Warm it up first.
+    std::thread::sleep(Duration::from_millis(50));
+    peer.send_to(b"warm", s.addr).unwrap();
+    std::thread::sleep(Duration::from_millis(10));
+    let mut h = Stamps(Vec::new(), None);
+    s.t.poll_recv(&mut h).unwrap();
+    let sent = now_ns();
+    peer.send_to(b"hello", s.addr).unwrap();
+    std::thread::sleep(Duration::from_millis(60));
+    let mut h = Stamps(Vec::new(), None);
+    assert_eq!(s.t.poll_recv(&mut h).unwrap(), 1);
+    let read = now_ns();
+    let (stamp, data) = &h.0[0];
+    assert_eq!(data.as_slice(), b"hello");
+    let stamp = stamp.expect("a kernel receive timestamp");
+    assert!(
+        stamp + 1_000_000 >= sent && stamp < sent + 20_000_000,
+        "{stamp} vs {sent}"
+    );
+    assert!(read - stamp >= 50_000_000);
+}

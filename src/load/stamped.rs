@@ -149,19 +149,7 @@ impl StampedReceiver {
 
 /// The `SCM_TIMESTAMPNS` of a received message, in ns since the epoch.
 fn timestamp(hdr: &libc::msghdr) -> Option<i128> {
-    // SAFETY: the CMSG macros walk the control buffer the kernel filled for this header
-    // (msg_control/msg_controllen as returned), staying within msg_controllen.
-    unsafe {
-        let mut c = libc::CMSG_FIRSTHDR(hdr);
-        while !c.is_null() {
-            if (*c).cmsg_level == libc::SOL_SOCKET && (*c).cmsg_type == libc::SCM_TIMESTAMPNS {
-                let ts = std::ptr::read_unaligned(libc::CMSG_DATA(c) as *const libc::timespec);
-                return Some(i128::from(ts.tv_sec) * 1_000_000_000 + i128::from(ts.tv_nsec));
-            }
-            c = libc::CMSG_NXTHDR(hdr, c);
-        }
-    }
-    None
+    crate::transport::mmsg::rx_timestamp(hdr).map(i128::from)
 }
 
 #[cfg(test)]

@@ -12,7 +12,7 @@ use hdrhistogram::Histogram;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 /// How often a shard publishes its latency samples to the metrics endpoint.
 const MERGE_EVERY: Duration = Duration::from_millis(50);
@@ -137,8 +137,16 @@ struct Handler<'s> {
     stats: &'s ShardStats,
     now_ms: u64,
     batch_start: Instant,
-    /// Datagrams handled locally in this round (their latency is measured from batch_start).
+    /// Datagrams handled locally in this round.
     local: u64,
+    /// CLOCK_REALTIME at `batch_start` (ns): the kernel's receive timestamps are on it.
+    realtime_start_ns: u64,
+    /// The receive timestamp of the datagram passed next (from the transport).
+    rx_ns: Option<u64>,
+    /// For each datagram handled locally this round, µs between its kernel receive timestamp
+    /// and `batch_start` (0 without one): its in-server latency is that plus the time to
+    /// the send that carries its answer.
+    waits: &'s mut Vec<u64>,
     /// Peers that were handed datagrams in the current receive batch and may need waking.
     to_wake: &'s mut PeerSet,
     /// Socket indexes from here on are connections (their messages are never retransmitted:
@@ -183,21 +191,45 @@ impl PeerSet {
     }
 }
 
+/// µs from a datagram's kernel receive timestamp to the start of the round that read it
+/// (0 without a timestamp, or for one taken after the round started).
+fn socket_wait_us(rx_ns: Option<u64>, realtime_start_ns: u64) -> u64 {
+    rx_ns.map_or(0, |ns| realtime_start_ns.saturating_sub(ns) / 1000)
+}
+
+/// CLOCK_REALTIME now, in ns since the epoch (what SO_TIMESTAMPNS stamps datagrams with).
+fn realtime_ns() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64)
+}
+
 impl RecvHandler for Handler<'_> {
+    fn received_at(&mut self, realtime_ns: u64) {
+        self.rx_ns = Some(realtime_ns);
+    }
+
     fn datagram(&mut self, data: &[u8], src: SocketAddr, socket: usize) {
         self.stats.datagrams_in.inc();
+        let wait_us = socket_wait_us(self.rx_ns.take(), self.realtime_start_ns);
         match self
             .core
             .handle(data, src, socket, self.now_ms, false, self.out)
         {
-            Disposition::Done => self.local += 1,
+            Disposition::Done => {
+                self.local += 1;
+                self.waits.push(wait_us);
+            }
             Disposition::HandOff(owner) => {
                 let peer = &self.peers[owner];
                 let h = Handoff {
                     data: data.into(),
                     src,
                     socket: socket as u16,
-                    received: self.batch_start,
+                    received: self
+                        .batch_start
+                        .checked_sub(Duration::from_micros(wait_us))
+                        .unwrap_or(self.batch_start),
                 };
                 match peer.queue.push(h) {
                     Ok(()) => {
@@ -240,6 +272,7 @@ pub fn run(mut ctx: ShardContext) {
     };
     let mut last_merge = Instant::now();
     let mut handed: Vec<Instant> = Vec::with_capacity(HANDOFF_ROUND);
+    let mut waits: Vec<u64> = Vec::with_capacity(crate::transport::BATCH * 4);
     let mut to_wake = PeerSet::new(ctx.peers.len());
     // With one shard nothing is ever handed over: the queue is not looked at.
     let sharded = ctx.peers.len() > 1;
@@ -278,7 +311,9 @@ pub fn run(mut ctx: ShardContext) {
         // One clock read per round for the core's time and the latency start; one more after
         // the send, and one before sleeping.
         let batch_start = Instant::now();
+        let realtime_start_ns = realtime_ns();
         let now_ms = ctx.clock.ms_at(batch_start);
+        waits.clear();
         // The other nodes' binding changes (an empty channel costs one load), a bounded
         // number per round: a whole store read after a reconnect does not hold up the
         // traffic (what is left is taken in the next rounds, without sleeping).
@@ -315,6 +350,9 @@ pub fn run(mut ctx: ShardContext) {
             now_ms,
             batch_start,
             local: 0,
+            realtime_start_ns,
+            rx_ns: None,
+            waits: &mut waits,
             to_wake: &mut to_wake,
             first_stream_socket,
             retry: &mut retry,
@@ -422,8 +460,11 @@ pub fn run(mut ctx: ShardContext) {
             let sent_at = Instant::now();
             last_read = sent_at;
             if local > 0 {
+                // Each datagram answered this round: from its kernel receive timestamp to now.
                 let us = sent_at.duration_since(batch_start).as_micros() as u64;
-                hist.record(us, local.min(n));
+                for &w in waits.iter().take(n as usize) {
+                    hist.record(us + w, 1);
+                }
             }
             for t in &handed {
                 hist.record(sent_at.duration_since(*t).as_micros() as u64, 1);
@@ -499,6 +540,16 @@ pub fn run(mut ctx: ShardContext) {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn the_socket_wait_is_the_time_from_the_kernel_stamp_to_the_round() {
+        // Stamped 250 µs before the round started: 250 µs of the latency were in the socket.
+        assert_eq!(super::socket_wait_us(Some(1_000_000), 1_250_000), 250);
+        // No stamp, or one after the round started (a datagram read later in the round):
+        // nothing before the round.
+        assert_eq!(super::socket_wait_us(None, 1_250_000), 0);
+        assert_eq!(super::socket_wait_us(Some(1_300_000), 1_250_000), 0);
+    }
+
     use super::{OverloadDetector, PeerSet};
     use std::time::{Duration, Instant};
 

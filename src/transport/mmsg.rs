@@ -29,6 +29,8 @@ pub struct MmsgTransport {
     /// (data = WAKER_TOKEN).
     epoll: OwnedFd,
     events: Vec<libc::epoll_event>,
+    /// Control buffers of the receive headers: the kernel's receive timestamps.
+    ctrl: Vec<[u64; CTRL_WORDS]>,
     /// Sockets epoll reported readable in the last wait (bit i = socket i); `None` when the
     /// last round did not sleep, so every socket is read.
     ready: Option<u64>,
@@ -42,6 +44,47 @@ pub struct MmsgTransport {
 // SAFETY: the raw pointers inside iovec/mmsghdr point into buffers owned by this struct;
 // the struct moves to its shard thread once and is only used there.
 unsafe impl Send for MmsgTransport {}
+
+/// Control buffer per received datagram, in u64 words (aligned for cmsghdr): room for one
+/// SCM_TIMESTAMPNS (a cmsghdr and a timespec, 32 bytes) and more.
+const CTRL_WORDS: usize = 8;
+
+/// Asks the kernel for each datagram's receive time (SO_TIMESTAMPNS); false where refused.
+fn enable_rx_timestamps(fd: RawFd) -> bool {
+    let on: libc::c_int = 1;
+    // SAFETY: setsockopt reads one c_int from a live local.
+    unsafe {
+        libc::setsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_TIMESTAMPNS,
+            &on as *const _ as *const libc::c_void,
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        ) == 0
+    }
+}
+
+/// The SCM_TIMESTAMPNS of a received header's control data (CLOCK_REALTIME ns), if any.
+pub(crate) fn rx_timestamp(h: &libc::msghdr) -> Option<u64> {
+    // SAFETY: the CMSG_* walk stays within msg_control..msg_control + msg_controllen, which
+    // the kernel filled (and which points at our control buffer); a timespec is read
+    // unaligned from a cmsg of the right level, type and length.
+    unsafe {
+        let mut c = libc::CMSG_FIRSTHDR(h);
+        while !c.is_null() {
+            if (*c).cmsg_level == libc::SOL_SOCKET
+                && (*c).cmsg_type == libc::SCM_TIMESTAMPNS
+                && (*c).cmsg_len as usize
+                    >= libc::CMSG_LEN(std::mem::size_of::<libc::timespec>() as u32) as usize
+            {
+                let ts = std::ptr::read_unaligned(libc::CMSG_DATA(c) as *const libc::timespec);
+                return Some(ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64);
+            }
+            c = libc::CMSG_NXTHDR(h, c);
+        }
+    }
+    None
+}
 
 /// epoll data of the waker's eventfd (sockets use their index).
 const WAKER_TOKEN: u64 = u64::MAX;
@@ -86,6 +129,10 @@ impl MmsgTransport {
                 return Err(io::Error::last_os_error());
             }
         }
+        for &fd in &fds {
+            // Without it the latency starts when the shard reads the datagram.
+            enable_rx_timestamps(fd);
+        }
         let n_events = fds.len() + 1;
         let mut t = MmsgTransport {
             _sockets: sockets,
@@ -100,6 +147,7 @@ impl MmsgTransport {
             send_hdrs: vec![zeroed_hdr(); BATCH],
             epoll,
             events: vec![libc::epoll_event { events: 0, u64: 0 }; n_events],
+            ctrl: vec![[0u64; CTRL_WORDS]; BATCH],
             ready: None,
             truncated: 0,
             send_errors: 0,
@@ -131,8 +179,8 @@ impl MmsgTransport {
             h.msg_namelen = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
             h.msg_iov = &mut self.iovs[i];
             h.msg_iovlen = 1;
-            h.msg_control = std::ptr::null_mut();
-            h.msg_controllen = 0;
+            h.msg_control = self.ctrl[i].as_mut_ptr() as *mut libc::c_void;
+            h.msg_controllen = CTRL_WORDS * 8;
             h.msg_flags = 0;
             self.hdrs[i].msg_len = 0;
         }
@@ -167,6 +215,9 @@ impl MmsgTransport {
             let Some(src) = from_storage(&self.addrs[i]) else {
                 continue;
             };
+            if let Some(ns) = rx_timestamp(&self.hdrs[i].msg_hdr) {
+                handler.received_at(ns);
+            }
             let data = &self.bufs[i * MAX_DATAGRAM..i * MAX_DATAGRAM + len];
             handler.datagram(data, src, idx);
         }

@@ -33,6 +33,10 @@ pub const SOCKET_BUFFER: usize = 8 << 20;
 /// A received datagram handed to the shard's core.
 pub trait RecvHandler {
     fn datagram(&mut self, data: &[u8], src: SocketAddr, socket: usize);
+    /// The kernel's receive timestamp of the datagram passed next to
+    /// [`RecvHandler::datagram`] (CLOCK_REALTIME, ns), when the socket gives one
+    /// (SO_TIMESTAMPNS): where the in-server latency starts.
+    fn received_at(&mut self, _realtime_ns: u64) {}
     /// Called after each batch of datagrams (one receive call's worth): work deferred from
     /// [`RecvHandler::datagram`] (waking other shards) is done here, once per batch.
     fn batch_end(&mut self) {}
