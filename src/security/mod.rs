@@ -5,8 +5,8 @@
 //!
 //! Per source address a shard keeps one small entry ([`Source`]): its request count in the
 //! current window, its ACL verdict (computed once) and its ban. Counting is per shard (the
-//! kernel spreads one address's ports over shards, so a source using many ports gets up to
-//! `shards` times the limit); a ban is published on the shared [`board::Board`] and every
+//! kernel spreads one address's ports over shards, and with kernel steering one port's
+//! requests by AOR, so a source gets up to `shards` times the limit); a ban is published on the shared [`board::Board`] and every
 //! shard obeys it. Sources in `exempt` (default 127.0.0.1 and ::1, as fail2ban's `ignoreip`)
 //! are never banned or locked out, but ACLs apply to them.
 
