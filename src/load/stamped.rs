@@ -11,15 +11,16 @@ use std::io;
 use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 
-/// Control buffer per datagram: room for one `SCM_TIMESTAMPNS` (a `timespec`) with headroom.
-const CONTROL: usize = 64;
+/// Control buffer per datagram, in u64 words (aligned for the `cmsghdr` the CMSG macros read):
+/// room for one `SCM_TIMESTAMPNS` (a `timespec`) with headroom.
+const CONTROL: usize = 8;
 
 pub struct StampedReceiver {
     fds: Vec<OwnedFd>,
     bufs: Vec<u8>,
     iovs: Vec<libc::iovec>,
     addrs: Vec<libc::sockaddr_storage>,
-    controls: Vec<[u8; CONTROL]>,
+    controls: Vec<[u64; CONTROL]>,
     hdrs: Vec<libc::mmsghdr>,
     /// Datagrams that did not fit.
     pub truncated: u64,
@@ -69,7 +70,7 @@ impl StampedReceiver {
             iovs,
             // SAFETY: all-zero is a valid sockaddr_storage and mmsghdr.
             addrs: vec![unsafe { std::mem::zeroed() }; BATCH],
-            controls: vec![[0u8; CONTROL]; BATCH],
+            controls: vec![[0u64; CONTROL]; BATCH],
             hdrs: vec![unsafe { std::mem::zeroed() }; BATCH],
             truncated: 0,
         })
@@ -106,7 +107,7 @@ impl StampedReceiver {
             h.msg_iov = &mut self.iovs[i];
             h.msg_iovlen = 1;
             h.msg_control = self.controls[i].as_mut_ptr() as *mut libc::c_void;
-            h.msg_controllen = CONTROL as _;
+            h.msg_controllen = (CONTROL * 8) as _;
             h.msg_flags = 0;
             self.hdrs[i].msg_len = 0;
         }

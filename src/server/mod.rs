@@ -415,8 +415,10 @@ impl Core {
         let Some(method) = msg.method() else {
             // A response on the shared port: the shard that sent the request wrote its id
             // into the branch.
+            // A number past our shards (forged, or another server's branch) names no owner:
+            // handled here (handing it to shard 99 would index past the peers).
             let via = msg.top_via().ok()?;
-            return shard_of_branch(via.branch()?);
+            return shard_of_branch(via.branch()?).filter(|&s| s < self.cfg.shards);
         };
         if msg.to().ok().and_then(|t| t.tag()).is_some() {
             // In-dialog: the shard that record-routed named itself in the Route (`ss=`).

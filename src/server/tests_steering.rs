@@ -210,3 +210,23 @@ fn the_kernel_accepts_the_program_for_any_shard_count() {
         );
     }
 }
+
+#[test]
+fn a_response_naming_a_shard_we_do_not_have_is_handled_where_it_arrives() {
+    // A forged branch (or another server's) naming shard 99 of 2: no owner, so no hand-off
+    // to a shard that does not exist (that indexed past the peers and killed the shard).
+    let mut c = core(2);
+    let forged = response(99, 1);
+    assert_eq!(c.owner_of(&forged), None);
+    let mut out = super::outbox::Outbox::new();
+    let d = c.handle(
+        &forged,
+        addr("192.0.2.66:5060"),
+        0,
+        super::tests::T0,
+        false,
+        &mut out,
+    );
+    assert_eq!(d, super::Disposition::Done);
+    assert_eq!(c.owner_of(&response(1, 1)), Some(1));
+}

@@ -12,9 +12,12 @@
 //!   else the Request-URI's hash (a CANCEL reaches its INVITE).
 //!
 //! The program is a hint, never the authority: whatever it cannot read the way the server
-//! would (escaped users, a dial-plan extension, a URI without a user, more than 2 KiB before
-//! the header it needs) it leaves to the kernel's hash (it returns an index past the last
-//! socket), and the receiving shard still hands a datagram it does not own to its owner.
+//! would (escaped users, an IPv6 literal without a user, more than 2 KiB before the header
+//! it needs) it leaves to the kernel's hash (it returns an index past the last socket), and
+//! the receiving shard still hands a datagram it does not own to its owner. Some hints are
+//! wrong and cost that hand-off: a number the dial plan maps to an extension is steered by
+//! the number (the server goes by the extension's user), and the first `;ss=` anywhere in
+//! the first 2 KiB is believed (the server reads only the first Route's, in dialog).
 //! What it saves is the hand-off: a wake-up of the owner shard and a copy per datagram.
 //!
 //! The program is assembled here (no compiler, no object file): straight-line code for each
