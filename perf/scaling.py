@@ -30,13 +30,11 @@ import datetime
 import json
 import os
 import platform
-import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
@@ -57,34 +55,16 @@ RATES = {'register': 5000, 'register-digest': 3000, 'call': 1000}
 AORS = 1000
 
 
-def free_port():
-    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    s.bind((IP, 0))
-    p = s.getsockname()[1]
-    s.close()
-    return p
-
-
 def scrape(addr, wait_s=10):
+    """lab.scrape of `addr`, waiting up to wait_s for a server just started to serve it."""
     deadline = time.monotonic() + wait_s
     while True:
         try:
-            with urllib.request.urlopen('http://%s/metrics' % addr, timeout=5) as r:
-                text = r.read().decode()
-            break
+            return lab.scrape(addr)
         except OSError:
             if time.monotonic() > deadline:
                 raise
             time.sleep(0.05)
-    m = {}
-    for line in text.splitlines():
-        if line and not line.startswith('#'):
-            k, _, v = line.rpartition(' ')
-            try:
-                m[k] = float(v)
-            except ValueError:
-                pass
-    return m
 
 
 def switches(pid):
@@ -117,7 +97,7 @@ def stop(p):
 
 
 def run_one(args, tmp, scenario, variant, seq):
-    port, mport = free_port(), free_port()
+    port, mport = lab.free_port(), lab.free_port()
     maddr = '%s:%d' % (IP, mport)
     cmd = [args.bin, '--listen', 'udp:%s:%d' % (IP, port), '--metrics', maddr,
            '--log', 'warn'] + VARIANTS[variant] + args.server_args.split()
@@ -131,7 +111,7 @@ def run_one(args, tmp, scenario, variant, seq):
         cmd += ['--users', users, '--domain', 'localhost']
         load_extra = ['--domain', 'localhost', '--password', 'pw{n:04}', '--aors', str(AORS)]
     elif scenario == 'call':
-        rport = free_port()
+        rport = lab.free_port()
         responder = subprocess.Popen(
             [args.bin, '--listen', 'udp:%s:%d' % (IP, rport), '--shards', '1',
              '--mode', 'responder', '--log', 'warn'],

@@ -200,9 +200,19 @@ def udp_port_busy(port):
     return False
 
 
+def free_port(kind=socket.SOCK_DGRAM):
+    """A port on IP the kernel just had free."""
+    s = socket.socket(socket.AF_INET, kind)
+    s.bind((IP, 0))
+    p = s.getsockname()[1]
+    s.close()
+    return p
+
+
 # ---- metrics -------------------------------------------------------------------------------
-def scrape():
-    with urllib.request.urlopen('http://%s/metrics' % METRICS, timeout=5) as r:
+def scrape(addr=None):
+    """The metrics of http://ADDR/metrics (default METRICS) as {series: value}."""
+    with urllib.request.urlopen('http://%s/metrics' % (addr or METRICS), timeout=5) as r:
         text = r.read().decode()
     m = {}
     for line in text.splitlines():

@@ -36,10 +36,21 @@ pub(super) fn core_with_proxy(
     auth: Option<crate::auth::Authenticator>,
     proxy: ProxySettings,
 ) -> Core {
-    let cfg = Arc::new(CoreConfig {
+    shard_core(0, Arc::new(config(1, mode, registrar, proxy)), auth)
+}
+
+/// The configuration of `shards` shards on LISTEN for the domain localhost, without a dial
+/// plan, security or overload settings.
+pub(super) fn config(
+    shards: usize,
+    mode: Mode,
+    registrar: RegistrarSettings,
+    proxy: ProxySettings,
+) -> CoreConfig {
+    CoreConfig {
         domains: vec!["localhost".into()],
         local_addrs: vec![addr(LISTEN)],
-        shards: 1,
+        shards,
         mode,
         registrar,
         proxy,
@@ -47,9 +58,17 @@ pub(super) fn core_with_proxy(
         responder: Default::default(),
         security: Default::default(),
         overload: Default::default(),
-    });
+    }
+}
+
+/// Shard `shard` of `cfg`, listening on LISTEN.
+pub(super) fn shard_core(
+    shard: usize,
+    cfg: Arc<CoreConfig>,
+    auth: Option<crate::auth::Authenticator>,
+) -> Core {
     Core::new(
-        0,
+        shard,
         cfg,
         Arc::new(ShardStats::default()),
         auth,
@@ -1224,28 +1243,14 @@ fn two_shards_plain() -> Vec<Core> {
 
 /// [`two_shards_plain`], each shard with its authenticator from `auth`.
 fn two_shards(auth: Option<crate::auth::Authenticator>) -> Vec<Core> {
-    let cfg = Arc::new(CoreConfig {
-        domains: vec!["localhost".into()],
-        local_addrs: vec![addr(LISTEN)],
-        shards: 2,
-        mode: Mode::Proxy,
-        registrar: RegistrarSettings::default(),
-        proxy: ProxySettings::default(),
-        routing: Arc::new(crate::routing::DialPlan::empty()),
-        responder: Default::default(),
-        security: Default::default(),
-        overload: Default::default(),
-    });
+    let cfg = Arc::new(config(
+        2,
+        Mode::Proxy,
+        RegistrarSettings::default(),
+        ProxySettings::default(),
+    ));
     (0..2)
-        .map(|i| {
-            Core::new(
-                i,
-                cfg.clone(),
-                Arc::new(ShardStats::default()),
-                auth.as_ref().map(|a| a.for_shard(i)),
-                &[addr(LISTEN).into()],
-            )
-        })
+        .map(|i| shard_core(i, cfg.clone(), auth.as_ref().map(|a| a.for_shard(i))))
         .collect()
 }
 

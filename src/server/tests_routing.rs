@@ -5,7 +5,8 @@
 //! whose member legs spiral through the core itself.
 
 use super::tests::{
-    addr, answer, method, register, send, sent_to, status, tick, top_branch, CALLER, T0,
+    addr, answer, config, method, register, send, sent_to, shard_core, status, tick, top_branch,
+    CALLER, T0,
 };
 use super::{Core, CoreConfig};
 use crate::proxy::settings::{Mode, ProxySettings};
@@ -48,28 +49,15 @@ fn plan(text: &str) -> Arc<DialPlan> {
 }
 
 fn routed_core(text: &str, auth: Option<crate::auth::Authenticator>) -> Core {
-    let cfg = Arc::new(CoreConfig {
-        domains: vec!["localhost".into()],
-        local_addrs: vec![addr(LISTEN)],
-        shards: 1,
-        mode: Mode::Proxy,
-        registrar: RegistrarSettings {
-            match_auth_user: false,
-            ..RegistrarSettings::default()
-        },
-        proxy: ProxySettings::default(),
+    let registrar = RegistrarSettings {
+        match_auth_user: false,
+        ..RegistrarSettings::default()
+    };
+    let cfg = CoreConfig {
         routing: plan(text),
-        responder: Default::default(),
-        security: Default::default(),
-        overload: Default::default(),
-    });
-    Core::new(
-        0,
-        cfg,
-        Arc::new(ShardStats::default()),
-        auth,
-        &[addr(LISTEN).into()],
-    )
+        ..config(1, Mode::Proxy, registrar, ProxySettings::default())
+    };
+    shard_core(0, Arc::new(cfg), auth)
 }
 
 fn invite_to(user: &str, branch: &str) -> Vec<u8> {

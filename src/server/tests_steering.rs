@@ -4,34 +4,21 @@
 //! Loading a BPF program needs root (CAP_BPF); without it the test prints SKIPPED, and
 //! SIPSHARD_REQUIRE_BPF=1 (CI sets it) makes that a failure.
 
-use super::tests::{addr, LISTEN};
-use super::{Core, CoreConfig};
+use super::tests::{addr, config, shard_core, LISTEN};
+use super::Core;
 use crate::proxy::settings::{Mode, ProxySettings};
 use crate::registrar::RegistrarSettings;
-use crate::stats::ShardStats;
 use crate::transport::steering::SteeringProgram;
 use std::sync::Arc;
 
 fn core(shards: usize) -> Core {
-    let cfg = Arc::new(CoreConfig {
-        domains: vec!["localhost".into()],
-        local_addrs: vec![addr(LISTEN)],
+    let cfg = config(
         shards,
-        mode: Mode::Proxy,
-        registrar: RegistrarSettings::default(),
-        proxy: ProxySettings::default(),
-        routing: Arc::new(crate::routing::DialPlan::empty()),
-        responder: Default::default(),
-        security: Default::default(),
-        overload: Default::default(),
-    });
-    Core::new(
-        0,
-        cfg,
-        Arc::new(ShardStats::default()),
-        None,
-        &[addr(LISTEN).into()],
-    )
+        Mode::Proxy,
+        RegistrarSettings::default(),
+        ProxySettings::default(),
+    );
+    shard_core(0, Arc::new(cfg), None)
 }
 
 fn load(shards: usize) -> Option<SteeringProgram> {
