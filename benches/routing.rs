@@ -121,7 +121,7 @@ fn longest(c: &mut Criterion) {
             b.iter(|| {
                 let (number, len) = &numbers[next];
                 let found = map.longest(&number[..usize::from(*len)]);
-                let value = found.map_or(1, |(value, _)| value as usize);
+                let value = found.map_or(1, |value| value as usize);
                 next = (next + 1 + value * zero) & (NUMBERS - 1);
                 found
             })

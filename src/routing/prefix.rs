@@ -12,17 +12,27 @@
 //! prefix is longer than 16.
 //!
 //! Layout: the intervals are cut into blocks of [`BLOCK_LEN`], each holding its intervals'
-//! starts (`u64`), values (`u32`) and prefix lengths (`u8`) side by side (832 bytes). A lookup
-//! finds the block with a radix table on the key's top bits and a binary search of the block
-//! first starts in that bucket (both small enough to stay in cache: ~0.5 MB for a million
-//! prefixes), then takes the last interval of the block starting at or below the key, reading
-//! the whole block so that its cache lines load together. A lookup so pays about one cache
-//! and TLB miss. A single binary search over all the starts (16 MB for a million prefixes)
-//! paid one for each of its last ~7 probes: on the 2-core VM this was written on, 0.6-1.4 µs
-//! per lookup against 0.23-0.36 µs for the blocks (the ranges are other load on the machine).
+//! starts (`u64`) and values (`u32`) side by side (192 bytes, 3 cache lines). A lookup finds
+//! the block with a radix table on the key's bits after those every block start shares (the
+//! leading `+` of E.164 numbers) and a search of the one or two block first starts in that
+//! bucket (about 1.5 MB of index for a million prefixes, in the last-level cache), then takes
+//! the last interval of the block starting at or below the key, reading the whole block so
+//! that its cache lines load together. A lookup so pays about one cache miss, and no TLB
+//! miss on top where the blocks get 2 MB pages. A single binary search over all the starts
+//! (16 MB for a million prefixes) paid one for each of its last ~7 probes: on the 2-core VM
+//! this was written on, 0.6-1.4 µs per lookup. In the dial-plan benchmark (two lookups and
+//! a row of costs per decision, all loading at once) blocks of 16 intervals were faster than
+//! blocks of 32 and 64 (6 and 12 lines, which the two lookups had to wait for together).
 //!
-//! Memory: 13 bytes per interval plus at most 3/8 byte of index and one partly filled last
-//! block, so at most ~26.8 bytes per prefix (25.5 for a million `+` and 3-12 digit prefixes).
+//! A caller that looks a number up in several maps (the dial plan: routes and rates) starts
+//! every lookup first ([`PrefixMap::start`] finds the block in the cached index and prefetches
+//! its lines) and finishes them after ([`Lookup::finish`]), so that it waits for memory once
+//! instead of once per map.
+//!
+//! Memory: 12 bytes per interval plus at most 1 byte of index (a block start and two radix
+//! buckets per 16 intervals) and one partly filled last block, so at most ~26 bytes per
+//! prefix. Adjacent intervals with the same value are one
+//! (prefixes sharing a value, such as rates with the same cost vector, cost less).
 
 use std::fmt;
 
@@ -32,8 +42,8 @@ pub const MAX_PREFIX_LEN: usize = 16;
 /// `values` entry of an interval that no prefix covers.
 const NO_VALUE: u32 = u32::MAX;
 
-/// Intervals per block: its starts are 8 cache lines, loaded together by a lookup.
-pub const BLOCK_LEN: usize = 64;
+/// Intervals per block: its starts and values are 3 cache lines, loaded together by a lookup.
+pub const BLOCK_LEN: usize = 16;
 
 /// An immutable map from prefixes to `u32` values answering "value of the longest prefix of
 /// this number".
@@ -41,25 +51,107 @@ pub const BLOCK_LEN: usize = 64;
 pub struct PrefixMap {
     /// The first start of each block; `block_starts[0] == 0`.
     block_starts: Vec<u64>,
-    /// Radix index into `block_starts` by the top `radix_bits` bits of the key: the blocks
-    /// whose first start has top bits `r` are `bucket_first_block[r]..bucket_first_block[r + 1]`.
+    /// Radix index into `block_starts` by `radix.bits` bits of the key (after the bits every
+    /// block start shares): the blocks whose first start is in bucket `r` are
+    /// `bucket_first_block[r]..bucket_first_block[r + 1]`.
     bucket_first_block: Vec<u32>,
-    radix_bits: u32,
+    radix: Radix,
     blocks: Vec<Block>,
     /// Number of prefixes the map was built from.
     prefix_count: usize,
 }
 
 /// [`BLOCK_LEN`] consecutive intervals. The last block is padded with intervals starting at
-/// `u64::MAX`, above every key (no char code is 0xF).
+/// `u64::MAX`, above every key (no char code is 0xF). Aligned to a cache line, so that it
+/// spans exactly 3.
 #[derive(Clone)]
-struct Block {
+#[repr(C, align(64))]
+pub struct Block {
     /// Sorted, distinct first keys of the intervals.
     starts: [u64; BLOCK_LEN],
     /// Value of the longest prefix covering each interval, or [`NO_VALUE`].
     values: [u32; BLOCK_LEN],
-    /// Length of that prefix (0 where no prefix covers the interval).
-    lens: [u8; BLOCK_LEN],
+}
+
+/// A dialed number as every map of a plan looks it up: encoded once.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Key(u64);
+
+impl Key {
+    /// The key of `number`'s first 16 chars; `None` if it has a char outside `0-9 + * #`.
+    #[inline]
+    pub fn of(number: &[u8]) -> Option<Key> {
+        encode(number).ok().map(Key)
+    }
+}
+
+/// A lookup started by [`PrefixMap::start`]: its block is on its way into the cache.
+pub struct Lookup<'m> {
+    block: &'m Block,
+    index: usize,
+    key: u64,
+}
+
+impl Lookup<'_> {
+    /// The value of the longest prefix of the number, or `None`.
+    #[inline]
+    pub fn finish(self) -> Option<u32> {
+        let value = self.block.values[self.position()];
+        (value != NO_VALUE).then_some(value)
+    }
+
+    /// The index of the key's block: a caller keeping a table beside the blocks, `BLOCK_LEN`
+    /// entries per block (see [`PrefixMap::block_values`]), can prefetch its part at once.
+    #[inline]
+    pub fn block(&self) -> usize {
+        self.index
+    }
+
+    /// The key's interval as an index over every block's intervals (`block * BLOCK_LEN + i`):
+    /// the entry of such a table that belongs to the key.
+    #[inline]
+    pub fn slot(&self) -> usize {
+        self.index * BLOCK_LEN + self.position()
+    }
+
+    /// The position in the block of the last interval starting at or below the key. Looping
+    /// over the whole block (no early exit, no dependent index) lets its cache lines load
+    /// together.
+    #[inline]
+    fn position(&self) -> usize {
+        let mut found = 0;
+        for i in 0..BLOCK_LEN {
+            if self.block.starts[i] <= self.key {
+                found = i;
+            }
+        }
+        found
+    }
+}
+
+/// Asks the CPU to load every cache line of `value` (a hint: nothing happens where the
+/// architecture has no prefetch instruction here).
+#[inline(always)]
+pub fn prefetch<T>(value: &T) {
+    prefetch_slice(std::slice::from_ref(value));
+}
+
+/// [`prefetch`] for every line of a slice.
+#[inline(always)]
+pub fn prefetch_slice<T>(values: &[T]) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        use core::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
+        let first = values.as_ptr() as *const i8;
+        for offset in (0..std::mem::size_of_val(values)).step_by(64) {
+            // SAFETY: `first + offset` lies inside `values`; a prefetch only loads a line into
+            // the cache and never faults. Measured: the dial plan's two lookups (routes and
+            // rates) wait for memory once instead of twice (benches/dial_plan.rs).
+            unsafe { _mm_prefetch::<_MM_HINT_T0>(first.add(offset)) };
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = values;
 }
 
 impl fmt::Debug for PrefixMap {
@@ -105,30 +197,44 @@ impl fmt::Display for PrefixError {
 
 impl std::error::Error for PrefixError {}
 
-/// The nibble of a dialed char, or `None` outside `0-9 + * #`.
-#[inline]
-fn char_code(byte: u8) -> Option<u64> {
-    match byte {
-        b'0'..=b'9' => Some(u64::from(byte - b'0') + 1),
-        b'+' => Some(11),
-        b'*' => Some(12),
-        b'#' => Some(13),
-        _ => None,
+/// The nibble of every byte (`'0'..='9'` → 1..=10, `'+'` → 11, `'*'` → 12, `'#'` → 13), 0 for
+/// a byte outside the alphabet: a number is encoded by table lookups, without a branch per
+/// char.
+const CODES: [u8; 256] = {
+    let mut codes = [0u8; 256];
+    let mut byte = 0;
+    while byte < 256 {
+        codes[byte] = match byte as u8 {
+            b'0'..=b'9' => byte as u8 - b'0' + 1,
+            b'+' => 11,
+            b'*' => 12,
+            b'#' => 13,
+            _ => 0,
+        };
+        byte += 1;
     }
-}
+    codes
+};
 
 /// The key of the first [`MAX_PREFIX_LEN`] chars of `s`, padded with 0 nibbles; `Err(byte)` at
 /// the first char of `s` outside the alphabet (all of `s` is checked).
 #[inline]
 fn encode(s: &[u8]) -> Result<u64, u8> {
     let mut key = 0u64;
-    for (i, &byte) in s.iter().enumerate() {
-        let code = char_code(byte).ok_or(byte)?;
-        if i < MAX_PREFIX_LEN {
-            key |= code << (60 - 4 * i);
-        }
+    let mut all_valid = true;
+    for (i, &byte) in s.iter().take(MAX_PREFIX_LEN).enumerate() {
+        let code = CODES[byte as usize];
+        all_valid &= code != 0;
+        key |= u64::from(code) << (60 - 4 * i);
     }
-    Ok(key)
+    for &byte in s.iter().skip(MAX_PREFIX_LEN) {
+        all_valid &= CODES[byte as usize] != 0;
+    }
+    if all_valid {
+        Ok(key)
+    } else {
+        Err(*s.iter().find(|&&b| CODES[b as usize] == 0).unwrap_or(&0))
+    }
 }
 
 /// The last key a prefix of `len` chars whose key is `key` covers: `key` padded with 0xF.
@@ -151,7 +257,6 @@ struct Entry {
 struct Enclosing {
     end: u64,
     value: u32,
-    len: u8,
 }
 
 /// The flattened intervals under construction, sorted by start.
@@ -159,24 +264,21 @@ struct Enclosing {
 struct Intervals {
     starts: Vec<u64>,
     values: Vec<u32>,
-    lens: Vec<u8>,
 }
 
 impl Intervals {
-    /// Starts an interval at `start` labelled `(value, len)`. One starting at the same key
-    /// replaces the last (it was empty); one with the last's label extends it.
-    fn push(&mut self, start: u64, value: u32, len: u8) {
+    /// Starts an interval at `start` labelled `value`. One starting at the same key replaces
+    /// the last (it was empty); one with the last's value extends it.
+    fn push(&mut self, start: u64, value: u32) {
         if self.starts.last() == Some(&start) {
             self.starts.pop();
             self.values.pop();
-            self.lens.pop();
         }
-        if self.values.last() == Some(&value) && self.lens.last() == Some(&len) {
+        if self.values.last() == Some(&value) {
             return;
         }
         self.starts.push(start);
         self.values.push(value);
-        self.lens.push(len);
     }
 
     /// Cuts the intervals into blocks; returns the blocks' first starts and the blocks.
@@ -190,12 +292,10 @@ impl Intervals {
             let mut block = Block {
                 starts: [u64::MAX; BLOCK_LEN],
                 values: [NO_VALUE; BLOCK_LEN],
-                lens: [0; BLOCK_LEN],
             };
             let filled = last - first;
             block.starts[..filled].copy_from_slice(&self.starts[first..last]);
             block.values[..filled].copy_from_slice(&self.values[first..last]);
-            block.lens[..filled].copy_from_slice(&self.lens[first..last]);
             block_starts.push(self.starts[first]);
             blocks.push(block);
         }
@@ -213,24 +313,24 @@ impl Intervals {
             let after = innermost.end + 1;
             enclosing.pop();
             match enclosing.last() {
-                Some(outer) => self.push(after, outer.value, outer.len),
-                None => self.push(after, NO_VALUE, 0),
+                Some(outer) => self.push(after, outer.value),
+                None => self.push(after, NO_VALUE),
             }
         }
     }
 }
 
-/// Asks the kernel to back the blocks of a large map with 2 MB pages (transparent huge
-/// pages, where enabled as `madvise`) before they are written: a lookup's one random access
-/// then rarely misses the TLB too.
-fn advise_huge_pages(blocks: &Vec<Block>) {
+/// Asks the kernel to back a large table (a map's blocks, the plan's cost vectors) with 2 MB
+/// pages (transparent huge pages, where enabled as `madvise`) before it is written: a
+/// lookup's random access then rarely misses the TLB too.
+pub fn advise_huge_pages<T>(table: &Vec<T>) {
     const HUGE: usize = 2 << 20;
-    let bytes = blocks.capacity() * std::mem::size_of::<Block>();
+    let bytes = table.capacity() * std::mem::size_of::<T>();
     if bytes < 2 * HUGE {
         return;
     }
-    let start = (blocks.as_ptr() as usize).next_multiple_of(HUGE);
-    let end = (blocks.as_ptr() as usize + bytes) & !(HUGE - 1);
+    let start = (table.as_ptr() as usize).next_multiple_of(HUGE);
+    let end = (table.as_ptr() as usize + bytes) & !(HUGE - 1);
     if end > start {
         // SAFETY: the range lies inside the vector's own allocation, aligned to 2 MB;
         // MADV_HUGEPAGE changes how the kernel backs it, never its contents.
@@ -277,7 +377,7 @@ impl PrefixMap {
         }
 
         let mut intervals = Intervals::default();
-        intervals.push(0, NO_VALUE, 0);
+        intervals.push(0, NO_VALUE);
         let mut enclosing = Vec::with_capacity(MAX_PREFIX_LEN);
         for entry in &sorted {
             intervals.close_enclosing(&mut enclosing, Some(entry.key));
@@ -285,44 +385,57 @@ impl PrefixMap {
             enclosing.push(Enclosing {
                 end,
                 value: entry.value,
-                len: entry.len,
             });
-            intervals.push(entry.key, entry.value, entry.len);
+            intervals.push(entry.key, entry.value);
         }
         intervals.close_enclosing(&mut enclosing, None);
 
         let (block_starts, blocks) = intervals.into_blocks();
-        let (radix_bits, bucket_first_block) = radix_index(&block_starts);
+        let (radix, bucket_first_block) = radix_index(&block_starts);
         Ok(PrefixMap {
             block_starts,
             bucket_first_block,
-            radix_bits,
+            radix,
             blocks,
             prefix_count: sorted.len(),
         })
     }
 
-    /// (value, length of the matching prefix) of the longest prefix of `number`; `None` if no
-    /// prefix matches or `number` has a char outside the alphabet.
+    /// The value of the longest prefix of `number`; `None` if no prefix matches or `number`
+    /// has a char outside the alphabet.
+    pub fn longest(&self, number: &[u8]) -> Option<u32> {
+        self.start(Key::of(number)?).finish()
+    }
+
+    /// Starts looking `key` up: finds its block in the index (small enough to stay cached)
+    /// and prefetches the block's lines; [`Lookup::finish`] then reads them.
     #[inline]
-    pub fn longest(&self, number: &[u8]) -> Option<(u32, u8)> {
-        let key = encode(number).ok()?;
-        let bucket = bucket_of(key, self.radix_bits);
-        let first = self.bucket_first_block[bucket] as usize;
-        let end = self.bucket_first_block[bucket + 1] as usize;
-        // The key's block is the last one starting at or below it: in its bucket, or the last
-        // one before (block 0 starts at 0, in bucket 0, so `first > 0` in any later bucket).
-        let in_bucket = self.block_starts[first..end].partition_point(|&start| start <= key);
-        let block = &self.blocks[first + in_bucket - 1];
-        // The last interval starting at or below the key. Looping over the whole block (no
-        // early exit, no dependent index) lets its cache lines load together.
-        let mut found = (NO_VALUE, 0);
-        for i in 0..BLOCK_LEN {
-            if block.starts[i] <= key {
-                found = (block.values[i], block.lens[i]);
+    pub fn start(&self, key: Key) -> Lookup<'_> {
+        let key = key.0;
+        let index = match self.radix.place(key) {
+            Place::First => 0,
+            Place::Last => self.blocks.len() - 1,
+            Place::Bucket(bucket) => {
+                let first = self.bucket_first_block[bucket] as usize;
+                let end = self.bucket_first_block[bucket + 1] as usize;
+                // The key's block is the last one starting at or below it: in its bucket, or
+                // the last one before (block 0 is in bucket 0, so `first > 0` in any later
+                // bucket).
+                first + self.block_starts[first..end].partition_point(|&start| start <= key) - 1
             }
-        }
-        (found.0 != NO_VALUE).then_some(found)
+        };
+        let block = &self.blocks[index];
+        prefetch(block);
+        Lookup { block, index, key }
+    }
+
+    /// Every block's values in order, `BLOCK_LEN` each (`None` where no prefix covers the
+    /// interval, and for the padding of the last block): what a table indexed by
+    /// [`Lookup::slot`] is built from.
+    pub fn block_values(&self) -> impl Iterator<Item = Option<u32>> + '_ {
+        self.blocks
+            .iter()
+            .flat_map(|b| b.values.iter().map(|&v| (v != NO_VALUE).then_some(v)))
     }
 
     /// Number of prefixes.
@@ -349,21 +462,80 @@ fn bucket_of(key: u64, radix_bits: u32) -> usize {
     key.checked_shr(64 - radix_bits).unwrap_or(0) as usize
 }
 
-/// The radix bits for `block_starts` and, per bucket, the first block starting in it or later.
-/// Up to four buckets per block (keys often share their first char, `+`, which leaves a
-/// quarter of the buckets in use), at most 16 bits: at most 16 bytes per block and 256 KB.
-fn radix_index(block_starts: &[u64]) -> (u32, Vec<u32>) {
-    let radix_bits = (block_starts.len().ilog2() + 2).min(16);
-    let buckets = 1usize << radix_bits;
+/// Which bits of a key the radix index reads: `bits` bits after the `skip` leading bits that
+/// every block start but the first (which is 0) has in common (`common`; with dialed numbers
+/// at least the `+`). Skipping them puts every bucket in use, so that a bucket holds about one
+/// block and finding the block costs no search.
+#[derive(Clone, Copy, Debug)]
+struct Radix {
+    skip: u32,
+    common: u64,
+    bits: u32,
+}
+
+/// Where a key's block is.
+enum Place {
+    /// Below every block start but the first: block 0.
+    First,
+    /// Above every block start: the last block.
+    Last,
+    /// In this bucket, or the last block before it.
+    Bucket(usize),
+}
+
+impl Radix {
+    #[inline]
+    fn place(&self, key: u64) -> Place {
+        if self.skip > 0 {
+            let top = key >> (64 - self.skip);
+            if top < self.common {
+                return Place::First;
+            }
+            if top > self.common {
+                return Place::Last;
+            }
+        }
+        Place::Bucket(bucket_of(key << self.skip, self.bits))
+    }
+
+    /// The bucket of block `i` (block 0 counts as starting at 0, below every key).
+    fn bucket_of_block(&self, block_starts: &[u64], i: usize) -> usize {
+        if i == 0 {
+            0
+        } else {
+            bucket_of(block_starts[i] << self.skip, self.bits)
+        }
+    }
+}
+
+/// The radix for `block_starts` and, per bucket, the first block starting in it or later.
+/// About two buckets per block, at most 16 bits: at most 8 bytes per block and 256 KB.
+fn radix_index(block_starts: &[u64]) -> (Radix, Vec<u32>) {
+    let skip = match block_starts {
+        [_, second, .., last] => (second ^ last).leading_zeros().min(60),
+        // One block after the first: all of its bits are common (at most 60 skipped).
+        [_, _] => 60,
+        _ => 0,
+    };
+    let common = match block_starts {
+        [_, second, ..] if skip > 0 => second >> (64 - skip),
+        _ => 0,
+    };
+    let radix = Radix {
+        skip,
+        common,
+        bits: (block_starts.len().ilog2() + 1).min(16),
+    };
+    let buckets = 1usize << radix.bits;
     let mut bucket_first_block = Vec::with_capacity(buckets + 1);
     let mut block = 0;
     for bucket in 0..=buckets {
-        while block < block_starts.len() && bucket_of(block_starts[block], radix_bits) < bucket {
+        while block < block_starts.len() && radix.bucket_of_block(block_starts, block) < bucket {
             block += 1;
         }
         bucket_first_block.push(block as u32);
     }
-    (radix_bits, bucket_first_block)
+    (radix, bucket_first_block)
 }
 
 /// The prefix of `len` chars whose key is `key` (for error messages).
@@ -394,16 +566,16 @@ mod tests {
     fn nested_prefixes_match_the_longest() {
         let m = map(&[("+4930", 3), ("+4", 1), ("+49", 2)]);
         assert_eq!(m.len(), 3);
-        assert_eq!(m.longest(b"+4930123456"), Some((3, 5)));
-        assert_eq!(m.longest(b"+4931"), Some((2, 3)));
-        assert_eq!(m.longest(b"+493"), Some((2, 3)));
-        assert_eq!(m.longest(b"+49401234"), Some((2, 3)));
-        assert_eq!(m.longest(b"+44207"), Some((1, 2)));
-        assert_eq!(m.longest(b"+4"), Some((1, 2)));
+        assert_eq!(m.longest(b"+4930123456"), Some(3));
+        assert_eq!(m.longest(b"+4931"), Some(2));
+        assert_eq!(m.longest(b"+493"), Some(2));
+        assert_eq!(m.longest(b"+49401234"), Some(2));
+        assert_eq!(m.longest(b"+44207"), Some(1));
+        assert_eq!(m.longest(b"+4"), Some(1));
         // Between the children of +4: below +49, above +49's interval, and past +4930's.
-        assert_eq!(m.longest(b"+48"), Some((1, 2)));
-        assert_eq!(m.longest(b"+4#"), Some((1, 2)));
-        assert_eq!(m.longest(b"+4939"), Some((2, 3)));
+        assert_eq!(m.longest(b"+48"), Some(1));
+        assert_eq!(m.longest(b"+4#"), Some(1));
+        assert_eq!(m.longest(b"+4939"), Some(2));
         assert_eq!(m.longest(b"+5"), None);
         assert_eq!(m.longest(b"+3999"), None);
         assert_eq!(m.longest(b"4930"), None);
@@ -413,8 +585,8 @@ mod tests {
     #[test]
     fn number_equal_to_a_prefix_matches_it() {
         let m = map(&[("+49", 2), ("+4930", 3)]);
-        assert_eq!(m.longest(b"+49"), Some((2, 3)));
-        assert_eq!(m.longest(b"+4930"), Some((3, 5)));
+        assert_eq!(m.longest(b"+49"), Some(2));
+        assert_eq!(m.longest(b"+4930"), Some(3));
     }
 
     #[test]
@@ -436,10 +608,10 @@ mod tests {
     #[test]
     fn star_and_hash_are_chars_like_digits() {
         let m = map(&[("*", 1), ("*21#", 2), ("#", 3), ("*2", 4)]);
-        assert_eq!(m.longest(b"*21#"), Some((2, 4)));
-        assert_eq!(m.longest(b"*21*"), Some((4, 2)));
-        assert_eq!(m.longest(b"*9"), Some((1, 1)));
-        assert_eq!(m.longest(b"#31#0301234"), Some((3, 1)));
+        assert_eq!(m.longest(b"*21#"), Some(2));
+        assert_eq!(m.longest(b"*21*"), Some(4));
+        assert_eq!(m.longest(b"*9"), Some(1));
+        assert_eq!(m.longest(b"#31#0301234"), Some(3));
         assert_eq!(m.longest(b"+49"), None);
     }
 
@@ -453,14 +625,14 @@ mod tests {
     #[test]
     fn numbers_longer_than_16_chars_match_by_their_first_16() {
         let m = map(&[("+493012345678901", 7), ("+49", 2)]);
-        assert_eq!(m.longest(b"+4930123456789012345"), Some((7, 16)));
-        assert_eq!(m.longest(b"+4930123456789022345"), Some((2, 3)));
+        assert_eq!(m.longest(b"+4930123456789012345"), Some(7));
+        assert_eq!(m.longest(b"+4930123456789022345"), Some(2));
     }
 
     #[test]
     fn sixteen_char_prefix_is_accepted() {
         let m = map(&[("+493012345678901", 7)]);
-        assert_eq!(m.longest(b"+493012345678901"), Some((7, 16)));
+        assert_eq!(m.longest(b"+493012345678901"), Some(7));
         assert_eq!(m.longest(b"+493012345678902"), None);
     }
 
@@ -509,16 +681,16 @@ mod tests {
         assert_eq!(build_err(&[("+49", 1), ("", 2)]), PrefixError::Empty);
     }
 
-    /// The most heap `build` may take for `prefixes`: 13 bytes per interval (at most 2N + 1),
+    /// The most heap `build` may take for `prefixes`: 12 bytes per interval (at most 2N + 1),
     /// 8 + 16 bytes of index per block, and the padding of the last block.
     fn max_heap_bytes(prefixes: usize) -> usize {
         let intervals = 2 * prefixes + 1;
-        intervals * 13 + intervals.div_ceil(BLOCK_LEN) * 24 + 4 + std::mem::size_of::<Block>()
+        intervals * 12 + intervals.div_ceil(BLOCK_LEN) * 24 + 4 + std::mem::size_of::<Block>()
     }
 
     #[test]
-    fn memory_is_13_bytes_per_interval_plus_index_and_last_block() {
-        assert_eq!(std::mem::size_of::<Block>(), 13 * BLOCK_LEN);
+    fn memory_is_12_bytes_per_interval_plus_index_and_last_block() {
+        assert_eq!(std::mem::size_of::<Block>(), 12 * BLOCK_LEN);
         let m = map(&[("+4", 1), ("+49", 2), ("+4930", 3), ("+1", 4), ("*", 5)]);
         assert!(
             m.heap_bytes() <= max_heap_bytes(m.len()),
@@ -542,7 +714,7 @@ mod tests {
             .unwrap();
             for i in 0..600 {
                 let number = format!("+1{i:03}55");
-                let expected = (i % 3 == 0 && i / 3 < n).then_some(((i / 3) as u32, 5));
+                let expected = (i % 3 == 0 && i / 3 < n).then_some((i / 3) as u32);
                 assert_eq!(
                     m.longest(number.as_bytes()),
                     expected,
@@ -585,6 +757,46 @@ mod tests {
     }
 
     #[test]
+    fn prefixes_sharing_their_head_match_a_naive_scan_inside_and_outside_it() {
+        // Every prefix starts with +49: the radix skips those bits, and numbers below and
+        // above them (+48..., +5..., 0...) must still find the first and the last block.
+        let mut rng = XorShift(0x2545_F491_4F6C_DD1D);
+        let mut prefixes: Vec<(Vec<u8>, u32)> = Vec::new();
+        let mut seen = std::collections::HashSet::new();
+        while prefixes.len() < 3_000 {
+            let len = 1 + rng.below(8) as usize;
+            let mut prefix = b"+49".to_vec();
+            prefix.extend(rng.dialed(len));
+            if seen.insert(prefix.clone()) {
+                let value = prefixes.len() as u32;
+                prefixes.push((prefix, value));
+            }
+        }
+        let m = PrefixMap::build(prefixes.iter().map(|(p, v)| (p.as_slice(), *v))).unwrap();
+        assert!(m.radix.skip >= 12, "{:?}", m.radix);
+        let heads: [&[u8]; 7] = [b"+49", b"+49", b"+4", b"+48", b"+5", b"0", b"#"];
+        let mut matched = 0;
+        for i in 0..20_000 {
+            let mut number = heads[i % heads.len()].to_vec();
+            let len = rng.below(12) as usize;
+            number.extend(rng.dialed(len));
+            let naive = prefixes
+                .iter()
+                .filter(|(p, _)| number.starts_with(p))
+                .max_by_key(|(p, _)| p.len())
+                .map(|(_, v)| *v);
+            assert_eq!(
+                m.longest(&number),
+                naive,
+                "number {}",
+                String::from_utf8_lossy(&number)
+            );
+            matched += usize::from(naive.is_some());
+        }
+        assert!(matched > 1_000 && matched < 19_000, "{matched} matched");
+    }
+
+    #[test]
     fn random_prefixes_match_a_naive_longest_prefix_scan() {
         let mut rng = XorShift(0x9E37_79B9_7F4A_7C15);
         let mut prefixes: Vec<(Vec<u8>, u32)> = Vec::new();
@@ -603,7 +815,7 @@ mod tests {
         assert_eq!(m.len(), prefixes.len());
         assert!(m.heap_bytes() <= max_heap_bytes(m.len()));
         assert!(m.blocks.len() > 10, "{} blocks", m.blocks.len());
-        assert!(m.radix_bits >= 3, "{} radix bits", m.radix_bits);
+        assert!(m.radix.bits >= 3, "{:?}", m.radix);
 
         let mut matched = 0;
         for _ in 0..20_000 {
@@ -613,7 +825,7 @@ mod tests {
                 .iter()
                 .filter(|(p, _)| number.starts_with(p))
                 .max_by_key(|(p, _)| p.len())
-                .map(|(p, v)| (*v, p.len() as u8));
+                .map(|(_, v)| *v);
             assert_eq!(
                 m.longest(&number),
                 naive,
