@@ -194,8 +194,9 @@ def med_q(rows, scenario, variant, key, q):
 def report(args, doc):
     rows = doc['runs']
     out = ['# Per-core scaling: 1 shard vs 2 shards with and without kernel steering', '',
-           'Date: %s. Machine: %s, %d CPUs, kernel %s. Command: `%s`.' % (
+           'Date: %s. Machine: %s, %d CPUs, kernel %s, guest halt polling %s. Command: `%s`.' % (
                doc['date'], platform.machine(), os.cpu_count(), platform.release(),
+               'none' if doc.get('halt_poll_ns') is None else '%d ns' % doc['halt_poll_ns'],
                doc['command']), '',
            'Server CPU per completed operation (medians of %d rounds, variants alternating), '
            'the ratio to 1 shard in the same rounds, hand-offs and cross-shard wake-ups per '
@@ -249,6 +250,9 @@ def main():
                     'register 5000, register-digest 3000, call 1000)')
     ap.add_argument('--out', help='results path without extension (default '
                     'perf/results/DATE-scaling)')
+    ap.add_argument('--halt-poll-ns', type=int, help='on a VM guest with cpuidle-haltpoll: '
+                    'how long an idle vCPU polls before it halts, for the run (restored '
+                    'after); default: as the machine is set')
     args = ap.parse_args()
     if os.environ.get('SIPSHARD_BENCH_LOCKED') != '1':
         env = dict(os.environ, SIPSHARD_BENCH_LOCKED='1')
@@ -258,7 +262,8 @@ def main():
     date = datetime.date.today().isoformat()
     doc = dict(date=date, command='perf/scaling.py ' + ' '.join(sys.argv[1:]),
                scenarios=scenarios, runs=[])
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory() as tmp, lab.halt_poll(args.halt_poll_ns) as hp:
+        doc['halt_poll_ns'] = hp.value
         for rnd in range(args.rounds):
             order = variants if rnd % 2 == 0 else list(reversed(variants))
             for sc in scenarios:

@@ -210,6 +210,41 @@ def free_port(kind=socket.SOCK_DGRAM):
 
 
 # ---- metrics -------------------------------------------------------------------------------
+HALT_POLL = '/sys/module/haltpoll/parameters/guest_halt_poll_ns'
+
+
+class halt_poll:
+    """Sets a virtual machine guest's halt polling (Linux cpuidle-haltpoll: an idle vCPU polls
+    this many ns before it halts) for the duration of a `with` block and restores it after;
+    `None` leaves it alone. On the 2-core VM these figures come from, a vCPU that halted
+    costs the thread it wakes ~22 µs of CPU and ~35 µs of latency (a cross-CPU pipe
+    ping-pong: 52 µs of CPU per round trip with 0 ns, 8 µs with 200,000 ns), which a server
+    that sleeps between bursts pays per wake-up. `.value` is the setting in effect (None
+    where the machine has no such knob)."""
+
+    def __init__(self, ns):
+        self.ns, self.old, self.value = ns, None, None
+
+    def __enter__(self):
+        try:
+            with open(HALT_POLL) as f:
+                self.old = f.read().strip()
+            self.value = int(self.old)
+            if self.ns is not None:
+                with open(HALT_POLL, 'w') as f:
+                    f.write(str(self.ns))
+                self.value = self.ns
+        except (OSError, ValueError):
+            pass
+        return self
+
+    def __exit__(self, *exc):
+        if self.ns is not None and self.old is not None:
+            with open(HALT_POLL, 'w') as f:
+                f.write(self.old)
+        return False
+
+
 def scrape(addr=None):
     """The metrics of http://ADDR/metrics (default METRICS) as {series: value}."""
     with urllib.request.urlopen('http://%s/metrics' % (addr or METRICS), timeout=5) as r:
