@@ -5,7 +5,7 @@
 //! shared by every shard (`Arc`); only the trunks' up/down flags change, written by the health
 //! checker on shard 0 (`health.rs`).
 
-use super::prefix::{prefetch, prefetch_slice, Key, PrefixMap, BLOCK_LEN};
+use super::prefix::{prefetch_slice, Key, PrefixMap, BLOCK_LEN};
 use super::spec::{self, DialPlanSpec};
 use super::window::TimeWindow;
 use hashbrown::HashMap;
@@ -653,6 +653,10 @@ impl DialPlan {
             }
         }
         drop(interned);
+        debug_assert!(
+            routes.len() < SLOT as usize,
+            "interned routes fit below the SLOT bit"
+        );
         for (r, &slot) in route_slot.iter().enumerate() {
             let v = value_of[slot as usize];
             if v & SLOT != 0 {
@@ -687,6 +691,7 @@ impl DialPlan {
                     .unwrap_or(NO_SLOT),
             );
         }
+        routes.shrink_to_fit();
         drop(raw);
         drop(route_slot);
 
@@ -979,7 +984,10 @@ impl DialPlan {
                 return RouteDecision::NoRoute;
             }
         };
-        // The cost vector is the next miss: on its way while the route is read.
+        // The costs: from the rows prefetched with the rate block (at most SLOT_TRUNKS
+        // trunks), or the next miss. (Their lines were loaded for every decision, also one
+        // whose route turns out not to use least cost: a few wasted line loads, against
+        // waiting for them after the route is known.)
         let costs = if route.lcr {
             rate_lookup.and_then(|l| self.costs_of(l))
         } else {
@@ -1046,7 +1054,8 @@ impl DialPlan {
     }
 
     /// Every trunk's cost for a started rate lookup: from the per-interval table, or through
-    /// the interval's value (then on its way while the caller reads its route).
+    /// the interval's value (a dependent miss, prefetched so that it overlaps the class check
+    /// and the copy of the trunk list).
     fn costs_of(&self, lookup: super::prefix::Lookup<'_>) -> Option<&[u32]> {
         let n = self.trunks.len();
         if !self.rate_slots.is_empty() {
@@ -1055,7 +1064,7 @@ impl DialPlan {
         }
         let v = lookup.finish()? as usize;
         let costs = self.rate_costs.get(v * n..(v + 1) * n)?;
-        prefetch(&costs[0]);
+        prefetch_slice(costs);
         Some(costs)
     }
 }
