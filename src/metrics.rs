@@ -316,7 +316,51 @@ impl Registry {
             let v = h.value_at_quantile(q.parse().unwrap_or(0.5)) as i64;
             ConstGauge::new(v).encode(m.encode_family(&label("quantile", q))?)?;
         }
-        Ok(())
+        self.encode_stages(enc)
+    }
+}
+
+impl Registry {
+    /// The stage histograms ([`crate::stats::Stage`]) summed over the shards: quantiles and
+    /// counts per stage.
+    fn encode_stages(&self, enc: &mut DescriptorEncoder<'_>) -> std::fmt::Result {
+        use crate::stats::Stage;
+        let merged: Vec<_> = Stage::ALL
+            .iter()
+            .map(|&stage| {
+                let mut h = crate::stats::new_stage_histogram();
+                for s in &self.shards {
+                    if let Ok(l) = s.stages[stage as usize].lock() {
+                        let _ = h.add(&*l);
+                    }
+                }
+                (stage, h)
+            })
+            .collect();
+        let mut m = enc.encode_descriptor(
+            "sipshard_stage_us_quantile",
+            "Where the in-server latency goes, microseconds, by stage: socket_wait (from the kernel's receive timestamp of a UDP datagram to the start of the receive round that reads it), core (the protocol core's handling of one message: parsing, security checks, digest, registrar or transaction and proxy work), handoff_queue (a message handed over to its owner shard, waiting in its queue), send (the round's send call, counted once per datagram it carries).",
+            None,
+            MetricType::Gauge,
+        )?;
+        for (stage, h) in &merged {
+            for q in ["0.5", "0.9", "0.99", "0.999"] {
+                let v = h.value_at_quantile(q.parse().unwrap_or(0.5)) as i64;
+                let labels = [
+                    ("stage", stage.name().to_owned()),
+                    ("quantile", q.to_owned()),
+                ];
+                ConstGauge::new(v).encode(m.encode_family(&labels)?)?;
+            }
+        }
+        counters(
+            enc,
+            "sipshard_stage_us_samples",
+            "Samples in each stage histogram (messages, or datagrams sent for `send`).",
+            merged
+                .iter()
+                .map(|(stage, h)| (label("stage", stage.name()), h.len())),
+        )
     }
 }
 
@@ -431,7 +475,23 @@ mod tests {
         r.shards[1].response_sent(200);
         r.shards[0].dropped(DropReason::Malformed);
         r.shards[0].latency.lock().unwrap().record(7).unwrap();
+        r.shards[0].stages[crate::stats::Stage::Core as usize]
+            .lock()
+            .unwrap()
+            .record(3)
+            .unwrap();
+        r.shards[1].stages[crate::stats::Stage::Core as usize]
+            .lock()
+            .unwrap()
+            .record(3)
+            .unwrap();
         let text = r.render();
+        assert!(
+            text.contains("sipshard_stage_us_quantile{stage=\"core\",quantile=\"0.5\"} 3"),
+            "{text}"
+        );
+        assert!(text.contains("sipshard_stage_us_samples_total{stage=\"core\"} 2"));
+        assert!(text.contains("sipshard_stage_us_samples_total{stage=\"send\"} 0"));
         assert!(text.contains("sipshard_requests_received_total{method=\"REGISTER\"} 2"));
         assert!(text.contains("sipshard_responses_sent_total{status=\"200\"} 1"));
         assert!(text.contains("sipshard_dropped_total{reason=\"malformed\"} 1"));

@@ -560,6 +560,31 @@ fn many_aors_over_two_shards_are_handed_off_and_all_listed() {
     assert_eq!(s.metric("sipshard_bindings"), Some(n as f64));
     let handoffs = s.metric("sipshard_handoffs_total").unwrap();
     assert!(handoffs > 0.0, "{handoffs}");
+    // The stage histograms (published within 50 ms): every hand-over waited in its owner's
+    // queue once, and every datagram went through a core once where it arrived and once
+    // more where it was handed.
+    std::thread::sleep(Duration::from_millis(150));
+    let samples = |stage: &str| {
+        s.metric(&format!(
+            "sipshard_stage_us_samples_total{{stage=\"{stage}\"}}"
+        ))
+        .unwrap_or(-1.0)
+    };
+    assert_eq!(samples("handoff_queue"), handoffs);
+    let datagrams: f64 = s
+        .metrics_text()
+        .lines()
+        .filter(|l| l.starts_with("sipshard_datagrams_received_total"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum();
+    assert_eq!(samples("core"), datagrams + handoffs);
+    assert!(samples("send") >= 2.0 * n as f64, "{}", samples("send"));
+    assert!(samples("socket_wait") >= 2.0 * n as f64);
+    assert!(
+        s.metric("sipshard_stage_us_quantile{stage=\"core\",quantile=\"0.5\"}")
+            .unwrap()
+            >= 1.0
+    );
 }
 
 fn request_to_user(method: &str, ruri: &str, c: &Client) -> String {

@@ -1635,19 +1635,6 @@ impl Drop for TcpPhone {
     }
 }
 
-/// Waits up to 5 s for the series `name` to read `want`.
-fn wait_metric(s: &ServerProcess, name: &str, want: f64) {
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
-    while s.metric(name) != Some(want) {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "{name}: {:?}, expected {want}",
-            s.metric(name)
-        );
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    }
-}
-
 #[test]
 fn sipp_digest_registrations_over_tcp_one_connection_and_one_per_call() {
     if !sipp_available("sipp_digest_registrations_over_tcp_one_connection_and_one_per_call") {
@@ -1687,8 +1674,8 @@ fn sipp_digest_registrations_over_tcp_one_connection_and_one_per_call() {
     // connection: they are all closed now, and the bindings went with them.
     let accepted = s.metric("sipshard_connections_accepted_total").unwrap();
     assert!(accepted >= 501.0, "{accepted} connections accepted");
-    wait_metric(&s, "sipshard_connections", 0.0);
-    wait_metric(&s, "sipshard_bindings", 0.0);
+    s.wait_metric("sipshard_connections", 0.0);
+    s.wait_metric("sipshard_bindings", 0.0);
 }
 
 #[test]
@@ -1731,7 +1718,7 @@ fn sipp_calls_over_tcp_through_the_proxy_to_a_phone_on_its_connection() {
     assert_eq!(s.metric("sipshard_connections_made_total"), Some(0.0));
     drop(phone);
     // The phone's connection closed: its binding went with it.
-    wait_metric(&s, "sipshard_bindings", 0.0);
+    s.wait_metric("sipshard_bindings", 0.0);
 }
 
 #[test]

@@ -719,6 +719,8 @@ def trial(target, scenario, rate, duration, bins):
                      if k.startswith('sipshard_dropped_total') and v},
             latency_us={k.split('"')[1]: int(v) for k, v in m1.items()
                         if k.startswith('sipshard_latency_us_quantile')},
+            # where that latency goes: {stage: {quantile: µs}} (sipshard_stage_us_quantile)
+            stages_us=stage_quantiles(m1),
             # every SIP message counter that moved during the load (requests by method,
             # responses by status, datagrams), for the call scenarios' checks
             counts={k[len('sipshard_'):]: int(d(k)) for k in m1
@@ -765,6 +767,16 @@ def trial(target, scenario, rate, duration, bins):
             % (target, scenario, rate, '; '.join(mismatch), rundir))
     res['rundir'] = rundir
     return res
+
+
+def stage_quantiles(metrics):
+    """{stage: {quantile: µs}} from the sipshard_stage_us_quantile series of a scrape."""
+    out = {}
+    for k, v in metrics.items():
+        if k.startswith('sipshard_stage_us_quantile{'):
+            labels = dict(p.split('=', 1) for p in k[k.index('{') + 1:-1].split(','))
+            out.setdefault(labels['stage'].strip('"'), {})[labels['quantile'].strip('"')] = int(v)
+    return out
 
 
 def fmt_trial(r):

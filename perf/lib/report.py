@@ -176,15 +176,27 @@ def share_table(doc):
             r = (srch.get('at_share') or {}).get(pct)
             if not r:
                 continue
-            rows.append('| %s | %s%% | %s | %s | %s | %s |' % (
+            rows.append('| %s | %s%% | %s | %s | %s | %s | %s |' % (
                 LABEL[name], pct, '{:,}'.format(r['rate']), 'yes' if r.get('pass') else 'no',
-                f1(r.get('cpu_us_per_op')), lat(r)))
+                f1(r.get('cpu_us_per_op')), lat(r), stages(r)))
     if not rows:
         return []
     return ['', 'In-server latency (receive to send, µs, hdrhistogram) at 50% and 90% of the '
-            'highest passing rate:', '',
-            '| target | share of max | rate /s | pass | CPU µs/op | p50/p90/p99/p99.9 µs |',
-            '|---|---:|---:|---|---:|---|'] + rows
+            'highest passing rate, and where it goes (p50/p99 of each stage: the socket wait '
+            'from the kernel\'s receive timestamp, the core\'s handling of one message, the '
+            'hand-off queue, the send call):', '',
+            '| target | share of max | rate /s | pass | CPU µs/op | p50/p90/p99/p99.9 µs '
+            '| socket wait · core · hand-off queue · send, p50/p99 µs |',
+            '|---|---:|---:|---|---:|---|---|'] + rows
+
+
+def stages(r):
+    """The stage quantiles of a trial (results before the stage histograms have none)."""
+    st = (r.get('sipshard') or {}).get('stages_us') or {}
+    if not st:
+        return '-'
+    return ' · '.join('%s/%s' % (st.get(s, {}).get('0.5', '-'), st.get(s, {}).get('0.99', '-'))
+                      for s in ('socket_wait', 'core', 'handoff_queue', 'send'))
 
 
 def summary_table(doc):

@@ -23,6 +23,8 @@ pub struct Handoff {
     /// Index of the receiving socket (same layout on every shard).
     pub socket: u16,
     pub received: Instant,
+    /// When the receiving shard put it on the owner's queue (the queue wait's start).
+    pub queued: Instant,
 }
 
 /// What other shards need to reach a shard.

@@ -6,7 +6,7 @@
 use super::{Clock, Handoff, Peer, Reload};
 use crate::server::outbox::Outbox;
 use crate::server::{Core, Disposition};
-use crate::stats::{DropReason, ShardStats};
+use crate::stats::{DropReason, ShardStats, Stage};
 use crate::transport::{RecvHandler, Transport};
 use hdrhistogram::Histogram;
 use std::net::SocketAddr;
@@ -93,6 +93,10 @@ impl PendingLatency {
         self.samples.is_empty()
     }
 
+    fn len(&self) -> usize {
+        self.samples.len()
+    }
+
     fn publish(&mut self, shared: &std::sync::Mutex<Histogram<u64>>) {
         if let Ok(mut h) = shared.lock() {
             for &(us, n) in &self.samples {
@@ -129,9 +133,47 @@ pub struct ShardContext {
     pub first_stream_socket: usize,
 }
 
+/// Stage samples not yet published, one [`PendingLatency`] per [`Stage`].
+struct PendingStages([PendingLatency; Stage::ALL.len()]);
+
+impl PendingStages {
+    fn new() -> PendingStages {
+        PendingStages(Stage::ALL.map(|_| PendingLatency {
+            samples: Vec::with_capacity(PENDING_MAX),
+        }))
+    }
+
+    #[inline]
+    fn record(&mut self, stage: Stage, us: u64, count: u64) {
+        self.0[stage as usize].record(us, count);
+    }
+
+    fn len(&self) -> usize {
+        self.0.iter().map(PendingLatency::len).max().unwrap_or(0)
+    }
+
+    fn is_empty(&self) -> bool {
+        self.0.iter().all(PendingLatency::is_empty)
+    }
+
+    fn publish(&mut self, stats: &ShardStats) {
+        for (pending, shared) in self.0.iter_mut().zip(&stats.stages) {
+            if !pending.is_empty() {
+                pending.publish(shared);
+            }
+        }
+    }
+}
+
+/// µs of a duration, rounded to the nearest (a stage of 0.6 µs counts as 1, not 0).
+fn rounded_us(d: Duration) -> u64 {
+    (d.as_nanos() as u64 + 500) / 1000
+}
+
 /// The part of the shard the receive callback needs (the transport is borrowed separately).
 struct Handler<'s> {
     core: &'s mut Core,
+    stages: &'s mut PendingStages,
     out: &'s mut Outbox,
     peers: &'s [Peer],
     stats: &'s ShardStats,
@@ -211,11 +253,18 @@ impl RecvHandler for Handler<'_> {
 
     fn datagram(&mut self, data: &[u8], src: SocketAddr, socket: usize) {
         self.stats.datagrams_in.inc();
-        let wait_us = socket_wait_us(self.rx_ns.take(), self.realtime_start_ns);
-        match self
+        let stamped = self.rx_ns.take();
+        let wait_us = socket_wait_us(stamped, self.realtime_start_ns);
+        if stamped.is_some() {
+            self.stages.record(Stage::SocketWait, wait_us, 1);
+        }
+        let core_start = Instant::now();
+        let disposition = self
             .core
-            .handle(data, src, socket, self.now_ms, false, self.out)
-        {
+            .handle(data, src, socket, self.now_ms, false, self.out);
+        self.stages
+            .record(Stage::Core, rounded_us(core_start.elapsed()), 1);
+        match disposition {
             Disposition::Done => {
                 self.local += 1;
                 self.waits.push(wait_us);
@@ -230,6 +279,7 @@ impl RecvHandler for Handler<'_> {
                         .batch_start
                         .checked_sub(Duration::from_micros(wait_us))
                         .unwrap_or(self.batch_start),
+                    queued: Instant::now(),
                 };
                 match peer.queue.push(h) {
                     Ok(()) => {
@@ -270,6 +320,7 @@ pub fn run(mut ctx: ShardContext) {
     let mut hist = PendingLatency {
         samples: Vec::with_capacity(PENDING_MAX),
     };
+    let mut stages = PendingStages::new();
     let mut last_merge = Instant::now();
     let mut handed: Vec<Instant> = Vec::with_capacity(HANDOFF_ROUND);
     let mut waits: Vec<u64> = Vec::with_capacity(crate::transport::BATCH * 4);
@@ -344,6 +395,7 @@ pub fn run(mut ctx: ShardContext) {
         }
         let mut handler = Handler {
             core: &mut ctx.core,
+            stages: &mut stages,
             out: &mut out,
             peers: &ctx.peers,
             stats: &ctx.stats,
@@ -393,9 +445,16 @@ pub fn run(mut ctx: ShardContext) {
         while sharded && handed.len() < HANDOFF_ROUND {
             let Some(h) = me.queue.pop() else { break };
             ctx.stats.handoffs_in.inc();
+            let core_start = Instant::now();
+            stages.record(
+                Stage::HandoffQueue,
+                rounded_us(core_start.saturating_duration_since(h.queued)),
+                1,
+            );
             let d = ctx
                 .core
                 .handle(&h.data, h.src, h.socket as usize, now_ms, true, &mut out);
+            stages.record(Stage::Core, rounded_us(core_start.elapsed()), 1);
             debug_assert_eq!(d, Disposition::Done);
             handed.push(h.received);
         }
@@ -450,6 +509,7 @@ pub fn run(mut ctx: ShardContext) {
         let mut last_read = batch_start;
         if !out.is_empty() {
             let n = out.len() as u64;
+            let send_start = Instant::now();
             if let Some(t) = &mut ctx.streams {
                 ctx.stats.datagrams_out.add(t.send(&mut out) as u64);
             }
@@ -458,6 +518,7 @@ pub fn run(mut ctx: ShardContext) {
                 Err(e) => tracing::warn!(shard = ctx.id, "send failed: {e}"),
             }
             let sent_at = Instant::now();
+            stages.record(Stage::Send, rounded_us(sent_at - send_start), n);
             last_read = sent_at;
             if local > 0 {
                 // Each datagram answered this round: from its kernel receive timestamp to now.
@@ -477,11 +538,13 @@ pub fn run(mut ctx: ShardContext) {
         // Publish latencies every MERGE_EVERY or PENDING_MAX samples (not per batch: that
         // would take the lock the metrics endpoint reads under); an idle shard wakes up to
         // publish what it holds (below).
-        if !hist.is_empty()
+        if (!hist.is_empty() || !stages.is_empty())
             && (hist.samples.len() >= PENDING_MAX
+                || stages.len() >= PENDING_MAX
                 || last_read.saturating_duration_since(last_merge) >= MERGE_EVERY)
         {
             hist.publish(&ctx.stats.latency);
+            stages.publish(&ctx.stats);
             last_merge = last_read;
         }
         crate::metrics::publish_transport_drops(&ctx.stats, ctx.transport.drops());
@@ -518,7 +581,7 @@ pub fn run(mut ctx: ShardContext) {
                 // The writer wakes us when it syncs; this bounds a missed wake-up.
                 timeout = timeout.min(5);
             }
-            if !hist.is_empty() {
+            if !hist.is_empty() || !stages.is_empty() {
                 let left = MERGE_EVERY.saturating_sub(now.saturating_duration_since(last_merge));
                 timeout = timeout.min(left.as_millis() as i32 + 1);
             }
@@ -529,6 +592,7 @@ pub fn run(mut ctx: ShardContext) {
         }
     }
     hist.publish(&ctx.stats.latency);
+    stages.publish(&ctx.stats);
     // Calls in progress get their records before the shard goes.
     if let Some(c) = &mut ctx.cdr {
         ctx.core.close_calls(ctx.clock.now_ms());

@@ -191,6 +191,20 @@ impl ServerProcess {
             .lines()
             .find_map(|l| l.strip_prefix(series).and_then(|v| v.trim().parse().ok()))
     }
+
+    /// Waits up to 5 s for the series `name` to read `want` (a counter the server moves
+    /// after the answer a test waited for, such as a connection counted once it is closed).
+    pub fn wait_metric(&self, name: &str, want: f64) {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while self.metric(name) != Some(want) {
+            assert!(
+                Instant::now() < deadline,
+                "{name}: {:?}, expected {want}",
+                self.metric(name)
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
 }
 
 fn unsafe_kill(pid: u32, sig: i32) {
