@@ -58,7 +58,7 @@ import urllib.request
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, 'lib'))
-import lab  # noqa: E402  (proc_ticks, descendants, log)
+import lab  # noqa: E402  (proc_ticks, descendants, log, free_port)
 
 IP = '127.0.0.1'
 LOCK = '/tmp/bench.lock'
@@ -108,14 +108,6 @@ def lock_held_by_ancestor():
 
 
 # ---- helpers (as perf/security-cost.py) ------------------------------------------------------
-def free_port(kind=socket.SOCK_DGRAM):
-    s = socket.socket(socket.AF_INET, kind)
-    s.bind((IP, 0))
-    p = s.getsockname()[1]
-    s.close()
-    return p
-
-
 def start(cmd, log):
     p = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=open(log, 'w'),
                          stdin=subprocess.DEVNULL)
@@ -365,7 +357,7 @@ def redis_command(port, *words, timeout=2):
 def start_redis(run_dir):
     """A fresh, empty redis-server on a free port in its own directory. Returns (process, port,
     command); it answers PING when this returns."""
-    port = free_port(socket.SOCK_STREAM)
+    port = lab.free_port(socket.SOCK_STREAM)
     rdir = os.path.join(run_dir, 'redis')
     os.makedirs(rdir, exist_ok=True)
     cmd = ['redis-server', '--port', str(port), '--bind', IP, '--save', '',
@@ -459,7 +451,7 @@ def delta(m1, m0, key):
 
 def register_run(args, tmp, variant, seq):
     """One load run against one server; returns its row."""
-    port = free_port()
+    port = lab.free_port()
     run_dir = os.path.join(tmp, 'reg-%03d-%s' % (seq, variant))
     os.makedirs(run_dir)
     log_path = os.path.join(run_dir, 'server.log')
@@ -478,7 +470,7 @@ def register_run(args, tmp, variant, seq):
                '-A', 'DBURL="sqlite://%s"' % db, '-A', 'DB_MODE=%d' % db_mode]
     elif shared:
         redis, rport, redis_cmd = start_redis(run_dir)
-        mport = free_port(socket.SOCK_STREAM)
+        mport = lab.free_port(socket.SOCK_STREAM)
         cmd = store_node_cmd(args, port, mport, rport, NODE_A,
                              'sync' if variant == 'redis-sync' else 'batch')
     else:
@@ -491,7 +483,7 @@ def register_run(args, tmp, variant, seq):
     try:
         if variant == 'redis-batch-peer':
             # bench-b first: subscribed before bench-a writes anything
-            bport, bmport = free_port(), free_port(socket.SOCK_STREAM)
+            bport, bmport = lab.free_port(), lab.free_port(socket.SOCK_STREAM)
             peer_cmd = store_node_cmd(args, bport, bmport, rport, NODE_B, 'batch')
             peer_log = os.path.join(run_dir, 'peer.log')
             tb = time.monotonic()
@@ -639,7 +631,7 @@ def start_sipshard_store(args, data_dir, port, mport, log_path, level='info'):
 
 def timed_start(args, data_dir, tag, tmp, expect):
     """Starts a server on data_dir; returns its start-up figures (the server is stopped)."""
-    port, mport = free_port(), free_port(socket.SOCK_STREAM)
+    port, mport = lab.free_port(), lab.free_port(socket.SOCK_STREAM)
     log_path = os.path.join(tmp, 'startup-%s.log' % tag)
     p, t_start, cmd = start_sipshard_store(args, data_dir, port, mport, log_path)
     try:
@@ -668,7 +660,7 @@ def timed_start(args, data_dir, tag, tmp, expect):
 def startup(args, tmp):
     n = args.startup_bindings
     data_dir = os.path.join(tmp, 'startup-data')
-    port, mport = free_port(), free_port(socket.SOCK_STREAM)
+    port, mport = lab.free_port(), lab.free_port(socket.SOCK_STREAM)
     log_path = os.path.join(tmp, 'startup-fill.log')
     p, t_start, cmd = start_sipshard_store(args, data_dir, port, mport, log_path, 'warn')
     loads = []

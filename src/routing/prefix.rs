@@ -769,6 +769,23 @@ mod tests {
         }
     }
 
+    /// Checks the map's answer for `number` against a scan of every prefix; true if some
+    /// prefix matched.
+    fn matches_naive_scan(m: &PrefixMap, prefixes: &[(Vec<u8>, u32)], number: &[u8]) -> bool {
+        let naive = prefixes
+            .iter()
+            .filter(|(p, _)| number.starts_with(p))
+            .max_by_key(|(p, _)| p.len())
+            .map(|(_, v)| *v);
+        assert_eq!(
+            m.longest(number),
+            naive,
+            "number {}",
+            String::from_utf8_lossy(number)
+        );
+        naive.is_some()
+    }
+
     #[test]
     fn prefixes_sharing_their_head_match_a_naive_scan_inside_and_outside_it() {
         // Every prefix starts with +49: the radix skips those bits, and numbers below and
@@ -793,18 +810,7 @@ mod tests {
             let mut number = heads[i % heads.len()].to_vec();
             let len = rng.below(12) as usize;
             number.extend(rng.dialed(len));
-            let naive = prefixes
-                .iter()
-                .filter(|(p, _)| number.starts_with(p))
-                .max_by_key(|(p, _)| p.len())
-                .map(|(_, v)| *v);
-            assert_eq!(
-                m.longest(&number),
-                naive,
-                "number {}",
-                String::from_utf8_lossy(&number)
-            );
-            matched += usize::from(naive.is_some());
+            matched += usize::from(matches_naive_scan(&m, &prefixes, &number));
         }
         assert!(matched > 1_000 && matched < 19_000, "{matched} matched");
     }
@@ -834,18 +840,7 @@ mod tests {
         for _ in 0..20_000 {
             let len = rng.below(20) as usize;
             let number = rng.dialed(len);
-            let naive = prefixes
-                .iter()
-                .filter(|(p, _)| number.starts_with(p))
-                .max_by_key(|(p, _)| p.len())
-                .map(|(_, v)| *v);
-            assert_eq!(
-                m.longest(&number),
-                naive,
-                "number {}",
-                String::from_utf8_lossy(&number)
-            );
-            matched += usize::from(naive.is_some());
+            matched += usize::from(matches_naive_scan(&m, &prefixes, &number));
         }
         // The comparison means something only if both hits and misses occur.
         assert!(matched > 1_000 && matched < 19_000, "{matched} matched");
