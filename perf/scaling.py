@@ -5,9 +5,13 @@ kernel steering program (`--steering kernel|off`), measured on whole processes (
 For each scenario (`register`, `register-digest`, `call`) at a fixed offered rate, three
 server variants run in alternating order for --rounds rounds:
   1-shard      sipshard --shards 1
-  2-shards     sipshard --shards 2 (kernel steering, the default)
-  2-shards-off sipshard --shards 2 --steering off (the kernel's hash of the source address
-               spreads the datagrams and the shards hand on what they do not own)
+  2-shards     sipshard --shards 2 (kernel steering and consolidation, the defaults: at low
+               load both shards run on shard 0's thread)
+  2-shards-spread  sipshard --shards 2 --consolidate off (kernel steering, one thread per
+               shard always)
+  2-shards-off sipshard --shards 2 --steering off --consolidate off (the kernel's hash of the
+               source address spreads the datagrams and the shards hand on what they do not
+               own)
 Each run is a fresh server (`--listen udp:127.0.0.1:PORT --log warn --metrics ...`) driven by
 `sipshard load SCENARIO 127.0.0.1:PORT --rate R --duration D --sockets 16 --json --quiet`
 (register-digest: 1,000 users in a users file, the generator answers the 401s; call: the
@@ -47,7 +51,8 @@ CLK_TCK = os.sysconf('SC_CLK_TCK')
 VARIANTS = {
     '1-shard': ['--shards', '1'],
     '2-shards': ['--shards', '2'],
-    '2-shards-off': ['--shards', '2', '--steering', 'off'],
+    '2-shards-spread': ['--shards', '2', '--consolidate', 'off'],
+    '2-shards-off': ['--shards', '2', '--steering', 'off', '--consolidate', 'off'],
 }
 # Offered rates: perf/compare's fixed moderate rates (perf/lib/lab.py SCENARIOS).
 RATES = {'register': 5000, 'register-digest': 3000, 'call': 1000}

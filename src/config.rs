@@ -42,6 +42,9 @@ pub struct Config {
     /// Steer each datagram to its owner shard in the kernel (an eBPF program on the
     /// SO_REUSEPORT group, transport/steering.rs) when it can be loaded.
     pub steering: bool,
+    /// Run the shards on one thread at low load and spread them out when it is busy
+    /// (shard/consolidation.rs); None: every shard keeps its own thread.
+    pub consolidation: Option<crate::shard::consolidation::Thresholds>,
     pub allow_unauthenticated: bool,
     pub registrar: RegistrarSettings,
     pub proxy: ProxySettings,
@@ -99,7 +102,8 @@ impl Config {
 /// The end of `--help`: where the keys without a flag are described.
 const AFTER_HELP: &str = "\
 Flags override the keys of the TOML file given with --config.
-Keys only in the file: nonce_ttl, queue_capacity, registrar.default_expires,
+Keys only in the file: nonce_ttl, queue_capacity, consolidate_below,
+spread_above, registrar.default_expires,
 registrar.min_expires, registrar.max_expires, registrar.max_contacts,
 registrar.match_auth_user, responder.trying (--ring-ms, --hold-ms, --mix and
 --drop set the other responder.* keys), [security] (ACLs, flood and scanner
@@ -244,6 +248,11 @@ pub struct Cli {
     /// owner shard's socket; without the privilege the kernel's address hash is used) | off.
     #[arg(long, value_name = "MODE")]
     pub steering: Option<String>,
+    /// With several shards: auto (default: while the shard threads together use less than
+    /// consolidate_below % of a core, the shards run on shard 0's thread, and spread out
+    /// again above spread_above %) | off (one thread per shard always).
+    #[arg(long, value_name = "MODE")]
+    pub consolidate: Option<String>,
     /// Allow running without authentication on a non-loopback address.
     #[arg(long)]
     pub allow_unauthenticated: bool,
@@ -282,6 +291,9 @@ struct FileConfig {
     cdr_max_call_minutes: Option<u64>,
     io: Option<String>,
     steering: Option<String>,
+    consolidate: Option<String>,
+    consolidate_below: Option<u32>,
+    spread_above: Option<u32>,
     allow_unauthenticated: Option<bool>,
     queue_capacity: Option<usize>,
     tls_cert: Option<PathBuf>,
@@ -436,6 +448,14 @@ fn parse_steering(key: &str, s: &str) -> Result<bool, ConfigError> {
         "kernel" => Ok(true),
         "off" => Ok(false),
         _ => err(format!("{key} '{s}': expected kernel or off")),
+    }
+}
+
+fn parse_consolidate(key: &str, s: &str) -> Result<bool, ConfigError> {
+    match s {
+        "auto" => Ok(true),
+        "off" => Ok(false),
+        _ => err(format!("{key} '{s}': expected auto or off")),
     }
 }
 
@@ -888,6 +908,25 @@ impl Cli {
                 }
             }
         }
+        let consolidate = match (&self.consolidate, &file.consolidate) {
+            (Some(m), _) => parse_consolidate("--consolidate", m)?,
+            (None, Some(m)) => parse_consolidate("consolidate", m)?,
+            _ => true,
+        };
+        let below = file.consolidate_below.unwrap_or(50);
+        let above = file.spread_above.unwrap_or(75);
+        if !(1..=100).contains(&below) {
+            return err(format!(
+                "consolidate_below {below}: expected 1 to 100 (% of one core)"
+            ));
+        }
+        if !(below..=100).contains(&above) {
+            return err(format!(
+                "spread_above {above}: expected consolidate_below ({below}) to 100 (% of one core)"
+            ));
+        }
+        let consolidation = consolidate
+            .then(|| crate::shard::consolidation::Thresholds::from_percent(below, above));
         let queue_capacity = file.queue_capacity.unwrap_or(8192);
         if !(16..=1 << 20).contains(&queue_capacity) {
             return err(format!(
@@ -1015,6 +1054,7 @@ impl Cli {
             cdr,
             io,
             steering,
+            consolidation,
             allow_unauthenticated: self.allow_unauthenticated
                 || file.allow_unauthenticated.unwrap_or(false),
             registrar,
@@ -1161,6 +1201,20 @@ mod tests {
     }
 
     #[test]
+    fn consolidation_is_on_unless_turned_off_and_its_thresholds_are_checked() {
+        use crate::shard::consolidation::Thresholds;
+        assert_eq!(
+            cli(&[]).unwrap().consolidation,
+            Some(Thresholds::from_percent(50, 75))
+        );
+        assert_eq!(cli(&["--consolidate", "off"]).unwrap().consolidation, None);
+        assert_eq!(
+            cli(&["--consolidate", "sometimes"]).unwrap_err().0,
+            "--consolidate 'sometimes': expected auto or off"
+        );
+    }
+
+    #[test]
     fn steering_is_on_unless_turned_off() {
         assert!(cli(&[]).unwrap().steering);
         assert!(!cli(&["--steering", "off"]).unwrap().steering);
@@ -1288,6 +1342,30 @@ mod tests {
             e.0.starts_with("auth_algorithms 'sha1': expected md5"),
             "{e}"
         );
+        std::fs::write(&bad, "consolidate_below = 10\nspread_above = 20\n").unwrap();
+        assert_eq!(
+            cli(&["--config", bad.to_str().unwrap()])
+                .unwrap()
+                .consolidation,
+            Some(crate::shard::consolidation::Thresholds::from_percent(
+                10, 20
+            ))
+        );
+        std::fs::write(&bad, "consolidate_below = 60\nspread_above = 40\n").unwrap();
+        let e = cli(&["--config", bad.to_str().unwrap()]).unwrap_err();
+        assert_eq!(
+            e.0,
+            "spread_above 40: expected consolidate_below (60) to 100 (% of one core)"
+        );
+        std::fs::write(&bad, "consolidate_below = 0\n").unwrap();
+        let e = cli(&["--config", bad.to_str().unwrap()]).unwrap_err();
+        assert!(
+            e.0.starts_with("consolidate_below 0: expected 1 to 100"),
+            "{e}"
+        );
+        std::fs::write(&bad, "consolidate = \"never\"\n").unwrap();
+        let e = cli(&["--config", bad.to_str().unwrap()]).unwrap_err();
+        assert_eq!(e.0, "consolidate 'never': expected auto or off");
         std::fs::write(&bad, "[proxy]\nforking = \"serial\"\n").unwrap();
         let e = cli(&["--config", bad.to_str().unwrap()]).unwrap_err();
         assert!(e.0.starts_with("proxy.forking 'serial'"), "{e}");

@@ -150,6 +150,18 @@ impl Registry {
         )?;
         gauge(
             enc,
+            "sipshard_consolidated_shards",
+            "Shards running on another shard's thread now (consolidation at low load).",
+            self.sum(|s| s.hosted.get()),
+        )?;
+        counter(
+            enc,
+            "sipshard_shard_moves",
+            "Times a shard moved to another shard's thread or back.",
+            self.sum(|s| s.moves.get()),
+        )?;
+        gauge(
+            enc,
             "sipshard_transactions",
             "Transactions in progress.",
             self.sum(|s| s.transactions.get()),

@@ -134,6 +134,10 @@ pub struct ShardStats {
     /// UDP listen addresses whose datagrams the kernel steers to their owner shard (set
     /// on shard 0's counters at start).
     pub steered: Counter,
+    /// 1 while this shard runs on another shard's thread (consolidation, shard/consolidation.rs).
+    pub hosted: Counter,
+    /// Times this shard moved to another shard's thread or back.
+    pub moves: Counter,
     /// Connections of the stream transports (TCP) this shard holds and what became of them.
     pub streams: StreamStats,
     pub latency: Mutex<Histogram<u64>>,
@@ -276,6 +280,8 @@ impl Default for ShardStats {
             streams: StreamStats::default(),
             overloaded: Counter::default(),
             steered: Counter::default(),
+            hosted: Counter::default(),
+            moves: Counter::default(),
             latency: Mutex::new(new_histogram()),
             stages: Stage::ALL.map(|_| Mutex::new(new_stage_histogram())),
         }

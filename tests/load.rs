@@ -271,14 +271,18 @@ fn calls_through_the_proxy_to_a_responder_trunk() {
     std::fs::write(
         &plan,
         format!(
-            "[[trunk]]\nname = \"far\"\naddress = \"{}\"\ncheck_interval_ms = 0\n\n\
+            "consolidate_below = 1\nspread_above = 1\n\n\
+             [[trunk]]\nname = \"far\"\naddress = \"{}\"\ncheck_interval_ms = 0\n\n\
              [[route]]\nprefix = \"+49\"\ntrunks = [\"far\"]\n",
             responder.addr
         ),
     )
     .unwrap();
+    // Consolidation at 1 % of a core: the calls start with both shards on one thread, and
+    // shard 1 moves back to its own thread while they are in progress.
     let proxy =
         ServerProcess::start_with(&["--shards", "2", "--config", plan.to_str().unwrap()], true);
+    proxy.wait_metric("sipshard_consolidated_shards", 1.0);
     let (code, json) = load(&[
         "call",
         &target(&proxy),
@@ -303,7 +307,63 @@ fn calls_through_the_proxy_to_a_responder_trunk() {
         assert_eq!(r(&series), 1000.0, "responder {method}");
     }
     assert_eq!(r("sipshard_responses_sent_total{status=\"180\"}"), 1000.0);
+    assert!(
+        p("sipshard_shard_moves_total") >= 2.0,
+        "no move during the calls"
+    );
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Consolidation (src/shard/consolidation.rs): an idle two-shard server runs both shards on
+/// shard 0's thread; load above `spread_above` gives shard 1 its own thread back, and quiet
+/// brings it back to shard 0's. Nothing is lost across the moves.
+#[test]
+fn quiet_shards_share_a_thread_and_spread_out_under_load() {
+    // 1 % of a core: any load spreads the shards, only an idle server consolidates.
+    let cfg = config_file("consolidate_below = 1\nspread_above = 1\n");
+    let s = ServerProcess::start_with(&["--shards", "2", "--config", &cfg], true);
+    s.wait_metric("sipshard_consolidated_shards", 1.0);
+    assert_eq!(s.metric("sipshard_shard_moves_total"), Some(1.0));
+    // The start-up probe's OPTIONS got a 200 too.
+    let ok_before = s
+        .metric("sipshard_responses_sent_total{status=\"200\"}")
+        .unwrap_or(0.0);
+    let (code, json) = load(&[
+        "register",
+        &target(&s),
+        "--rate",
+        "3000",
+        "--total",
+        "9000",
+        "--aors",
+        "1000",
+    ]);
+    assert_eq!(code, 0, "{json}");
+    assert_eq!(field(&json, "completed"), 9000.0);
+    assert_eq!(field(&json, "retransmissions"), 0.0, "{json}");
+    let moves = s.metric("sipshard_shard_moves_total").unwrap_or(0.0);
+    assert!(
+        moves >= 2.0,
+        "shard 1 never got its thread back: {moves} moves"
+    );
+    assert_eq!(
+        s.metric("sipshard_requests_received_total{method=\"REGISTER\"}"),
+        Some(9000.0)
+    );
+    assert_eq!(
+        s.metric("sipshard_responses_sent_total{status=\"200\"}"),
+        Some(ok_before + 9000.0)
+    );
+    assert_eq!(s.metric("sipshard_bindings"), Some(1000.0));
+    // Quiet again: both shards on one thread, and the bindings are all still there.
+    s.wait_metric("sipshard_consolidated_shards", 1.0);
+    assert!(s.metric("sipshard_shard_moves_total").unwrap_or(0.0) >= moves + 1.0);
+    assert_eq!(s.metric("sipshard_bindings"), Some(1000.0));
+    // With `--consolidate off` nothing moves.
+    let s = ServerProcess::start_with(&["--shards", "2", "--consolidate", "off"], true);
+    std::thread::sleep(Duration::from_millis(800));
+    assert_eq!(s.metric("sipshard_consolidated_shards"), Some(0.0));
+    assert_eq!(s.metric("sipshard_shard_moves_total"), Some(0.0));
 }
 
 /// Open loop: the target stops for a second (SIGSTOP) in the middle of the run; calls keep

@@ -217,3 +217,30 @@ fn a_response_naming_a_shard_we_do_not_have_is_handled_where_it_arrives() {
     assert_eq!(d, super::Disposition::Done);
     assert_eq!(c.owner_of(&response(1, 1)), Some(1));
 }
+
+#[test]
+fn while_consolidated_every_datagram_goes_to_the_first_socket() {
+    let Some(p) = load(4) else { return };
+    // Users whose REGISTERs the program steers past socket 0.
+    let steered: Vec<(Vec<u8>, usize)> = (0..40)
+        .map(|i| {
+            let u = format!("user{i}");
+            let m = register(&format!("To: <sip:{u}@localhost>"), &u);
+            let s = steer(&p, &m).expect("a plain REGISTER is steered");
+            (m, s)
+        })
+        .filter(|&(_, s)| s != 0)
+        .collect();
+    assert!(steered.len() > 10, "{} of 40 past socket 0", steered.len());
+    p.set_all_to_first(true).unwrap();
+    for (m, _) in &steered {
+        assert_eq!(steer(&p, m), Some(0));
+    }
+    // Even what the program could not read goes to shard 0's socket, not the kernel's hash.
+    assert_eq!(steer(&p, b"garbage"), Some(0));
+    p.set_all_to_first(false).unwrap();
+    for (m, s) in &steered {
+        assert_eq!(steer(&p, m), Some(*s));
+    }
+    assert_eq!(steer(&p, b"garbage"), None);
+}

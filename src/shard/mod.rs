@@ -2,6 +2,7 @@
 //! and its own [`Core`]; bounded lock-free hand-off queues between shards; a shared clock.
 //! With `shard/runtime.rs` and `transport/`, this is where threads, sockets and time live.
 
+pub mod consolidation;
 mod runtime;
 
 use crate::config::{Config, IoBackend};
@@ -190,9 +191,12 @@ impl Server {
             tcp_listeners.push(ls);
         }
         let registry = Registry::new(n);
-        if n > 1 && config.steering && config.mode != crate::config::Mode::Responder {
-            steer(&sockets, &listen, &registry);
-        }
+        let steering = if n > 1 && config.steering && config.mode != crate::config::Mode::Responder
+        {
+            steer(&sockets, &listen, &registry)
+        } else {
+            None
+        };
         let mut peers = Vec::with_capacity(n);
         for _ in 0..n {
             peers.push(Peer {
@@ -224,6 +228,14 @@ impl Server {
             peers.iter().map(|p| p.waker.clone()).collect(),
         ));
         let cores = core_affinity::get_core_ids().unwrap_or_default();
+        // Consolidation needs each shard's epoll set (the recvmmsg backend's); io_uring
+        // shards keep their threads.
+        let plan = match config.consolidation {
+            Some(t) if n > 1 && config.io == IoBackend::Mmsg => Some(Arc::new(
+                consolidation::Consolidation::new(t, peers.clone(), steering),
+            )),
+            _ => None,
+        };
         let mut threads = Vec::with_capacity(n);
         let mut backends = Vec::with_capacity(n);
         let mut journals: Vec<Option<crate::store::Journal>> = (0..n).map(|_| None).collect();
@@ -288,6 +300,7 @@ impl Server {
                 },
             };
             let pin = cores.get(id % cores.len().max(1)).copied();
+            let plan = plan.clone();
             threads.push(
                 std::thread::Builder::new()
                     .name(format!("shard-{id}"))
@@ -295,7 +308,7 @@ impl Server {
                         if let Some(core_id) = pin {
                             core_affinity::set_for_current(core_id);
                         }
-                        runtime::run(ctx);
+                        consolidation::run(runtime::ShardLoop::new(ctx), plan);
                     })?,
             );
         }
@@ -398,14 +411,19 @@ fn make_transport(
 /// (shard `i` bound the `i`-th socket of each, which is the index the program returns).
 /// Without it (an old kernel, no CAP_BPF) the kernel's hash of the source spreads the
 /// datagrams and the shards hand them on, as before.
-fn steer(sockets: &[ShardSockets], listen: &[SocketAddr], registry: &Registry) {
+/// Returns the program when it steers at least one address (consolidation switches it).
+fn steer(
+    sockets: &[ShardSockets],
+    listen: &[SocketAddr],
+    registry: &Registry,
+) -> Option<Arc<crate::transport::steering::SteeringProgram>> {
     let program = match crate::transport::steering::SteeringProgram::load(sockets.len()) {
         Ok(p) => p,
         Err(e) => {
             tracing::warn!(
                 "kernel steering off (datagrams are spread by source address and handed on): {e}"
             );
-            return;
+            return None;
         }
     };
     let mut steered = 0;
@@ -424,4 +442,5 @@ fn steer(sockets: &[ShardSockets], listen: &[SocketAddr], registry: &Registry) {
         instructions = program.len,
         "kernel steering: datagrams go to their owner shard"
     );
+    (steered > 0).then(|| Arc::new(program))
 }

@@ -314,42 +314,110 @@ impl RecvHandler for Handler<'_> {
     }
 }
 
-/// Runs the shard until the stop flag is set.
-pub fn run(mut ctx: ShardContext) {
-    let mut out = Outbox::new();
-    let mut hist = PendingLatency {
-        samples: Vec::with_capacity(PENDING_MAX),
-    };
-    let mut stages = PendingStages::new();
-    let mut last_merge = Instant::now();
-    let mut handed: Vec<Instant> = Vec::with_capacity(HANDOFF_ROUND);
-    let mut waits: Vec<u64> = Vec::with_capacity(crate::transport::BATCH * 4);
-    let mut to_wake = PeerSet::new(ctx.peers.len());
-    // With one shard nothing is ever handed over: the queue is not looked at.
-    let sharded = ctx.peers.len() > 1;
-    tracing::debug!(
-        shard = ctx.id,
-        backend = ctx.transport.name(),
-        "shard started"
-    );
-    let me = &ctx.peers[ctx.id];
-    let mut reload_seen = 0;
-    let saturated_ms = if ctx.core.refuses_on_overload() {
-        ctx.core.overload_settings().saturated_ms
-    } else {
-        0
-    };
-    let mut overload = OverloadDetector::new(saturated_ms, Instant::now());
-    let first_stream_socket = ctx.first_stream_socket;
-    let mut retry: Vec<(usize, Handoff)> = Vec::new();
-    // `sync` durability: rounds of responses waiting for their binding changes to be on disk
-    // (with the flush number that covers them), oldest first, and emptied outboxes to reuse.
-    let mut parked: std::collections::VecDeque<(u64, Outbox)> = Default::default();
-    let mut spare_outboxes: Vec<Outbox> = Vec::new();
-    while !ctx.stop.load(Ordering::Relaxed) {
+/// One shard's loop: its context and what its rounds carry from one to the next. A thread
+/// runs one or several of them ([`super::consolidation`]): a round never blocks, and the
+/// thread sleeps only when every shard it runs may.
+pub struct ShardLoop {
+    pub ctx: ShardContext,
+    out: Outbox,
+    hist: PendingLatency,
+    stages: PendingStages,
+    last_merge: Instant,
+    handed: Vec<Instant>,
+    waits: Vec<u64>,
+    to_wake: PeerSet,
+    /// With one shard nothing is ever handed over: the queue is not looked at.
+    sharded: bool,
+    reload_seen: u64,
+    overload: OverloadDetector,
+    retry: Vec<(usize, Handoff)>,
+    /// `sync` durability: rounds of responses waiting for their binding changes to be on
+    /// disk (with the flush number that covers them), oldest first, and emptied outboxes to
+    /// reuse.
+    parked: std::collections::VecDeque<(u64, Outbox)>,
+    spare_outboxes: Vec<Outbox>,
+    /// What the current round's first part leaves for its end.
+    round_state: RoundState,
+    /// Datagrams of this shard the current round sent (or moved to its host's outbox).
+    sent: usize,
+}
+
+/// What a round's first part ([`ShardLoop::handle`]) leaves for its end.
+#[derive(Clone, Copy)]
+struct RoundState {
+    batch_start: Instant,
+    /// Datagrams handled locally.
+    local: u64,
+    /// Messages received from the sockets and connections.
+    received: usize,
+}
+
+impl ShardLoop {
+    pub fn new(ctx: ShardContext) -> ShardLoop {
+        let saturated_ms = if ctx.core.refuses_on_overload() {
+            ctx.core.overload_settings().saturated_ms
+        } else {
+            0
+        };
+        tracing::debug!(
+            shard = ctx.id,
+            backend = ctx.transport.name(),
+            "shard started"
+        );
+        ShardLoop {
+            out: Outbox::new(),
+            hist: PendingLatency {
+                samples: Vec::with_capacity(PENDING_MAX),
+            },
+            stages: PendingStages::new(),
+            last_merge: Instant::now(),
+            handed: Vec::with_capacity(HANDOFF_ROUND),
+            waits: Vec::with_capacity(crate::transport::BATCH * 4),
+            to_wake: PeerSet::new(ctx.peers.len()),
+            sharded: ctx.peers.len() > 1,
+            reload_seen: 0,
+            overload: OverloadDetector::new(saturated_ms, Instant::now()),
+            retry: Vec::new(),
+            parked: Default::default(),
+            spare_outboxes: Vec::new(),
+            round_state: RoundState {
+                batch_start: Instant::now(),
+                local: 0,
+                received: 0,
+            },
+            sent: 0,
+            ctx,
+        }
+    }
+
+    /// The outbox a round sends (where a guest's datagrams join the host's).
+    pub fn outbox(&mut self) -> &mut Outbox {
+        &mut self.out
+    }
+
+    /// The shard's id.
+    pub fn id(&self) -> usize {
+        self.ctx.id
+    }
+
+    /// One round: receive, handle, hand over, time out, send. Returns true when the shard
+    /// may sleep (its sockets and its queue were drained in this round), the time of the
+    /// round's start with it.
+    pub fn round(&mut self) -> (bool, Instant) {
+        let start = self.handle();
+        let sent_at = self.send_own();
+        (self.end_round(sent_at), start)
+    }
+
+    /// The first part of a round: receive, handle, hand over, time out; what is to be sent
+    /// waits in the outbox. Returns the round's start.
+    pub fn handle(&mut self) -> Instant {
+        let ctx = &mut self.ctx;
+        let out = &mut self.out;
+        let me = &ctx.peers[ctx.id];
         let generation = ctx.reload.generation();
-        if generation != reload_seen {
-            reload_seen = generation;
+        if generation != self.reload_seen {
+            self.reload_seen = generation;
             if let Some(u) = ctx.reload.latest() {
                 ctx.core.reload(u.core, u.users);
                 tracing::debug!(shard = ctx.id, "reloaded");
@@ -364,39 +432,40 @@ pub fn run(mut ctx: ShardContext) {
         let batch_start = Instant::now();
         let realtime_start_ns = realtime_ns();
         let now_ms = ctx.clock.ms_at(batch_start);
-        waits.clear();
+        self.waits.clear();
         // The other nodes' binding changes (an empty channel costs one load), a bounded
         // number per round: a whole store read after a reconnect does not hold up the
         // traffic (what is left is taken in the next rounds, without sleeping).
         if let Some(r) = &ctx.remote {
             ctx.core
-                .apply_remote(r.try_iter().take(REMOTE_PER_ROUND), now_ms, &mut out);
+                .apply_remote(r.try_iter().take(REMOTE_PER_ROUND), now_ms, out);
         }
         // Deliveries that failed in the last round's send, before this round creates new
         // transactions to the same destinations (those must not be failed with them).
         if let Some(t) = &mut ctx.streams {
             let core = &mut ctx.core;
-            t.take_failed(|socket, dst| core.transport_error(socket, dst, now_ms, &mut out));
+            t.take_failed(|socket, dst| core.transport_error(socket, dst, now_ms, out));
         }
         // Messages of connections the owners' full queues refused before: in order, first.
-        if !retry.is_empty() {
+        if !self.retry.is_empty() {
             let mut kept = Vec::new();
-            for (owner, h) in retry.drain(..) {
+            for (owner, h) in self.retry.drain(..) {
                 if !kept.is_empty() {
                     kept.push((owner, h));
                     continue;
                 }
                 match ctx.peers[owner].queue.push(h) {
-                    Ok(()) => to_wake.insert(owner),
+                    Ok(()) => self.to_wake.insert(owner),
                     Err(h) => kept.push((owner, h)),
                 }
             }
-            retry = kept;
+            self.retry = kept;
         }
+        let first_stream_socket = ctx.first_stream_socket;
         let mut handler = Handler {
             core: &mut ctx.core,
-            stages: &mut stages,
-            out: &mut out,
+            stages: &mut self.stages,
+            out,
             peers: &ctx.peers,
             stats: &ctx.stats,
             now_ms,
@@ -404,10 +473,10 @@ pub fn run(mut ctx: ShardContext) {
             local: 0,
             realtime_start_ns,
             rx_ns: None,
-            waits: &mut waits,
-            to_wake: &mut to_wake,
+            waits: &mut self.waits,
+            to_wake: &mut self.to_wake,
             first_stream_socket,
-            retry: &mut retry,
+            retry: &mut self.retry,
         };
         let received = match ctx.transport.poll_recv(&mut handler) {
             Ok(n) => n,
@@ -426,10 +495,11 @@ pub fn run(mut ctx: ShardContext) {
         handler.batch_end();
         let local = handler.local;
         let full = received >= crate::transport::BATCH || me.queue.len() >= HANDOFF_ROUND;
-        if let Some(on) = overload.round(batch_start, full) {
+        if let Some(on) = self.overload.round(batch_start, full) {
             ctx.core.set_overloaded(on);
             ctx.stats.overloaded.set(u64::from(on));
-            let quiet = overload
+            let quiet = self
+                .overload
                 .last_log
                 .is_none_or(|l| batch_start.duration_since(l) >= OVERLOAD_LOG_EVERY);
             if on && quiet {
@@ -437,24 +507,26 @@ pub fn run(mut ctx: ShardContext) {
                     shard = ctx.id,
                     "overloaded: new requests for users get 503 until the shard catches up"
                 );
-                overload.last_log = Some(batch_start);
+                self.overload.last_log = Some(batch_start);
             }
         }
         // Datagrams other shards moved to us.
+        let handed = &mut self.handed;
         handed.clear();
-        while sharded && handed.len() < HANDOFF_ROUND {
+        while self.sharded && handed.len() < HANDOFF_ROUND {
             let Some(h) = me.queue.pop() else { break };
             ctx.stats.handoffs_in.inc();
             let core_start = Instant::now();
-            stages.record(
+            self.stages.record(
                 Stage::HandoffQueue,
                 rounded_us(core_start.saturating_duration_since(h.queued)),
                 1,
             );
             let d = ctx
                 .core
-                .handle(&h.data, h.src, h.socket as usize, now_ms, true, &mut out);
-            stages.record(Stage::Core, rounded_us(core_start.elapsed()), 1);
+                .handle(&h.data, h.src, h.socket as usize, now_ms, true, out);
+            self.stages
+                .record(Stage::Core, rounded_us(core_start.elapsed()), 1);
             debug_assert_eq!(d, Disposition::Done);
             handed.push(h.received);
         }
@@ -463,7 +535,7 @@ pub fn run(mut ctx: ShardContext) {
             t.take_closed(|socket, peer, ms| core.connection_closed(socket, peer, ms));
         }
         if ctx.core.next_timeout().is_some_and(|t| t <= now_ms) {
-            ctx.core.handle_timeout(now_ms, &mut out);
+            ctx.core.handle_timeout(now_ms, out);
         }
         // Call detail records finished this round go to the CDR writer (in batches).
         if let Some(c) = &mut ctx.cdr {
@@ -485,13 +557,14 @@ pub fn run(mut ctx: ShardContext) {
             ctx.core.take_journal(j.pending());
             let number = j.flush();
             if j.durability() == crate::store::Durability::Sync {
-                if !out.is_empty() && (number > j.durable() || !parked.is_empty()) {
-                    let spare = spare_outboxes.pop().unwrap_or_default();
-                    parked.push_back((number, core::mem::replace(&mut out, spare)));
+                if !out.is_empty() && (number > j.durable() || !self.parked.is_empty()) {
+                    let spare = self.spare_outboxes.pop().unwrap_or_default();
+                    self.parked
+                        .push_back((number, core::mem::replace(out, spare)));
                 }
                 let durable = j.durable();
-                while parked.front().is_some_and(|(n, _)| *n <= durable) {
-                    let Some((_, mut held)) = parked.pop_front() else {
+                while self.parked.front().is_some_and(|(n, _)| *n <= durable) {
+                    let Some((_, mut held)) = self.parked.pop_front() else {
                         break;
                     };
                     if let Some(t) = &mut ctx.streams {
@@ -502,104 +575,181 @@ pub fn run(mut ctx: ShardContext) {
                         Err(e) => tracing::warn!(shard = ctx.id, "send failed: {e}"),
                     }
                     held.clear();
-                    spare_outboxes.push(held);
+                    self.spare_outboxes.push(held);
                 }
             }
         }
+        self.round_state = RoundState {
+            batch_start,
+            local,
+            received,
+        };
+        batch_start
+    }
+
+    /// The second part of a round: sends the outbox. Returns when it was sent (None when
+    /// there was nothing to send).
+    pub fn send_own(&mut self) -> Option<Instant> {
+        let (ctx, out) = (&mut self.ctx, &mut self.out);
+        self.sent = out.len();
+        if out.is_empty() {
+            return None;
+        }
+        let send_start = Instant::now();
+        if let Some(t) = &mut ctx.streams {
+            ctx.stats.datagrams_out.add(t.send(out) as u64);
+        }
+        match ctx.transport.send(out) {
+            Ok(sent) => ctx.stats.datagrams_out.add(sent as u64),
+            Err(e) => tracing::warn!(shard = ctx.id, "send failed: {e}"),
+        }
+        let sent_at = Instant::now();
+        self.stages.record(
+            Stage::Send,
+            rounded_us(sent_at - send_start),
+            self.sent as u64,
+        );
+        Some(sent_at)
+    }
+
+    /// Instead of [`ShardLoop::send_own`] on a shard that runs on another's thread: writes
+    /// to its own connections, and moves its datagrams into the host's outbox, to go out in
+    /// the host's send call (the sockets of all shards share their addresses, so a datagram
+    /// leaves from the same address whichever shard's socket sends it).
+    pub fn move_out(&mut self, to: &mut Outbox) {
+        let (ctx, out) = (&mut self.ctx, &mut self.out);
+        self.sent = out.len();
+        if out.is_empty() {
+            return;
+        }
+        if let Some(t) = &mut ctx.streams {
+            ctx.stats.datagrams_out.add(t.send(out) as u64);
+        }
+        for d in out.items() {
+            to.push(out.bytes(d), d.dst, usize::from(d.socket));
+        }
+        out.clear();
+    }
+
+    /// The end of a round whose datagrams left at `sent_at`: latencies, publication.
+    /// Returns true when the shard may sleep (its sockets and its queue were drained in
+    /// this round).
+    pub fn end_round(&mut self, sent_at: Option<Instant>) -> bool {
+        let RoundState {
+            batch_start,
+            local,
+            received,
+        } = self.round_state;
+        let ctx = &self.ctx;
         let mut last_read = batch_start;
-        if !out.is_empty() {
-            let n = out.len() as u64;
-            let send_start = Instant::now();
-            if let Some(t) = &mut ctx.streams {
-                ctx.stats.datagrams_out.add(t.send(&mut out) as u64);
-            }
-            match ctx.transport.send(&mut out) {
-                Ok(sent) => ctx.stats.datagrams_out.add(sent as u64),
-                Err(e) => tracing::warn!(shard = ctx.id, "send failed: {e}"),
-            }
-            let sent_at = Instant::now();
-            stages.record(Stage::Send, rounded_us(sent_at - send_start), n);
+        if let Some(sent_at) = sent_at.filter(|_| self.sent > 0) {
             last_read = sent_at;
             if local > 0 {
                 // Each datagram answered this round: from its kernel receive timestamp to now.
                 let us = sent_at.duration_since(batch_start).as_micros() as u64;
-                for &w in waits.iter().take(n as usize) {
-                    hist.record(us + w, 1);
+                for &w in self.waits.iter().take(self.sent) {
+                    self.hist.record(us + w, 1);
                 }
             }
-            for t in &handed {
-                hist.record(sent_at.duration_since(*t).as_micros() as u64, 1);
+            for t in self.handed.iter() {
+                self.hist
+                    .record(sent_at.duration_since(*t).as_micros() as u64, 1);
             }
         }
         // A partial batch means every socket was drained a moment ago, and a hand-off round
         // that was not full means the queue was: go straight to poll (which returns at once if
         // more arrived) instead of another empty receive.
-        let going_idle = received < crate::transport::BATCH && handed.len() < HANDOFF_ROUND;
+        let going_idle = received < crate::transport::BATCH && self.handed.len() < HANDOFF_ROUND;
         // Publish latencies every MERGE_EVERY or PENDING_MAX samples (not per batch: that
         // would take the lock the metrics endpoint reads under); an idle shard wakes up to
         // publish what it holds (below).
-        if (!hist.is_empty() || !stages.is_empty())
-            && (hist.samples.len() >= PENDING_MAX
-                || stages.len() >= PENDING_MAX
-                || last_read.saturating_duration_since(last_merge) >= MERGE_EVERY)
+        if (!self.hist.is_empty() || !self.stages.is_empty())
+            && (self.hist.samples.len() >= PENDING_MAX
+                || self.stages.len() >= PENDING_MAX
+                || last_read.saturating_duration_since(self.last_merge) >= MERGE_EVERY)
         {
-            hist.publish(&ctx.stats.latency);
-            stages.publish(&ctx.stats);
-            last_merge = last_read;
+            self.hist.publish(&ctx.stats.latency);
+            self.stages.publish(&ctx.stats);
+            self.last_merge = last_read;
         }
         crate::metrics::publish_transport_drops(&ctx.stats, ctx.transport.drops());
-        if going_idle {
-            me.waker.sleeping.store(true, Ordering::SeqCst);
-            // Responses held for the disk whose changes are durable now: no sleep.
-            let released = ctx
-                .journal
-                .as_ref()
-                .is_some_and(|j| parked.front().is_some_and(|(n, _)| *n <= j.durable()));
-            let stream_bytes =
-                !retry.is_empty() || ctx.streams.as_ref().is_some_and(|t| t.has_pending());
-            let remote = ctx.remote.as_ref().is_some_and(|r| !r.is_empty());
-            if (sharded && !me.queue.is_empty())
-                || released
-                || stream_bytes
-                || remote
-                || ctx.stop.load(Ordering::Relaxed)
-            {
-                me.waker.sleeping.store(false, Ordering::SeqCst);
-                continue;
-            }
-            let now = Instant::now();
-            let now_ms = ctx.clock.ms_at(now);
-            // Records held for a batch are sent when due, asleep or not.
-            let cdr_due = ctx.cdr.as_ref().and_then(|c| c.next_send_ms());
-            let mut timeout = [ctx.core.next_timeout(), cdr_due]
-                .into_iter()
-                .flatten()
-                .min()
-                .map_or(IDLE_MAX_MS, |t| t.saturating_sub(now_ms).min(IDLE_MAX_MS))
-                as i32;
-            if !parked.is_empty() {
-                // The writer wakes us when it syncs; this bounds a missed wake-up.
-                timeout = timeout.min(5);
-            }
-            if !hist.is_empty() || !stages.is_empty() {
-                let left = MERGE_EVERY.saturating_sub(now.saturating_duration_since(last_merge));
-                timeout = timeout.min(left.as_millis() as i32 + 1);
-            }
-            if let Err(e) = ctx.transport.wait(timeout) {
-                tracing::warn!(shard = ctx.id, "wait failed: {e}");
-            }
+        going_idle
+    }
+
+    /// Before the thread sleeps: marks the shard asleep (so that other shards wake it) and
+    /// returns how long it may sleep (ms), or None when it has work after all (then it is
+    /// marked awake again).
+    pub fn prepare_sleep(&mut self) -> Option<i32> {
+        let ctx = &self.ctx;
+        let me = &ctx.peers[ctx.id];
+        me.waker.sleeping.store(true, Ordering::SeqCst);
+        // Responses held for the disk whose changes are durable now: no sleep.
+        let released = ctx
+            .journal
+            .as_ref()
+            .is_some_and(|j| self.parked.front().is_some_and(|(n, _)| *n <= j.durable()));
+        let stream_bytes =
+            !self.retry.is_empty() || ctx.streams.as_ref().is_some_and(|t| t.has_pending());
+        let remote = ctx.remote.as_ref().is_some_and(|r| !r.is_empty());
+        if (self.sharded && !me.queue.is_empty())
+            || released
+            || stream_bytes
+            || remote
+            || ctx.stop.load(Ordering::Relaxed)
+        {
             me.waker.sleeping.store(false, Ordering::SeqCst);
+            return None;
+        }
+        let now = Instant::now();
+        let now_ms = ctx.clock.ms_at(now);
+        // Records held for a batch are sent when due, asleep or not.
+        let cdr_due = ctx.cdr.as_ref().and_then(|c| c.next_send_ms());
+        let mut timeout = [ctx.core.next_timeout(), cdr_due]
+            .into_iter()
+            .flatten()
+            .min()
+            .map_or(IDLE_MAX_MS, |t| t.saturating_sub(now_ms).min(IDLE_MAX_MS))
+            as i32;
+        if !self.parked.is_empty() {
+            // The writer wakes us when it syncs; this bounds a missed wake-up.
+            timeout = timeout.min(5);
+        }
+        if !self.hist.is_empty() || !self.stages.is_empty() {
+            let left = MERGE_EVERY.saturating_sub(now.saturating_duration_since(self.last_merge));
+            timeout = timeout.min(left.as_millis() as i32 + 1);
+        }
+        Some(timeout)
+    }
+
+    /// After the thread woke (or decided not to sleep): the shard is awake.
+    pub fn awake(&self) {
+        self.ctx.peers[self.ctx.id]
+            .waker
+            .sleeping
+            .store(false, Ordering::SeqCst);
+    }
+
+    /// Sleeps on this shard's own transport (its sockets, its waker, and whatever it
+    /// watches: its connections and the shards it runs for others).
+    pub fn wait(&mut self, timeout_ms: i32) {
+        if let Err(e) = self.ctx.transport.wait(timeout_ms) {
+            tracing::warn!(shard = self.ctx.id, "wait failed: {e}");
         }
     }
-    hist.publish(&ctx.stats.latency);
-    stages.publish(&ctx.stats);
-    // Calls in progress get their records before the shard goes.
-    if let Some(c) = &mut ctx.cdr {
-        ctx.core.close_calls(ctx.clock.now_ms());
-        ctx.core.take_records(c.records());
-        c.flush();
+
+    /// After the shard stopped: publishes what it holds and closes its calls' records.
+    pub fn finish(mut self) {
+        let ctx = &mut self.ctx;
+        self.hist.publish(&ctx.stats.latency);
+        self.stages.publish(&ctx.stats);
+        // Calls in progress get their records before the shard goes.
+        if let Some(c) = &mut ctx.cdr {
+            ctx.core.close_calls(ctx.clock.now_ms());
+            ctx.core.take_records(c.records());
+            c.flush();
+        }
+        tracing::debug!(shard = ctx.id, "shard stopped");
     }
-    tracing::debug!(shard = ctx.id, "shard stopped");
 }
 
 #[cfg(test)]

@@ -34,6 +34,8 @@ pub struct MmsgTransport {
     /// Sockets epoll reported readable in the last wait (bit i = socket i); `None` when the
     /// last round did not sleep, so every socket is read.
     ready: Option<u64>,
+    /// Other shards' epoll sets the last wait reported ready ([`Transport::watch_shard`]).
+    shards_ready: Vec<u32>,
     /// Datagrams dropped because they were larger than MAX_DATAGRAM or failed to send.
     pub truncated: u64,
     pub send_errors: u64,
@@ -90,6 +92,8 @@ pub(crate) fn rx_timestamp(h: &libc::msghdr) -> Option<u64> {
 const WAKER_TOKEN: u64 = u64::MAX;
 /// The epoll token of a watched descriptor ([`Transport::watch`]).
 const WATCH_TOKEN: u64 = u64::MAX - 1;
+/// Epoll tokens of other shards' epoll sets ([`Transport::watch_shard`]): this plus the id.
+const SHARD_TOKEN_BASE: u64 = 1 << 32;
 
 fn zeroed_storage() -> libc::sockaddr_storage {
     // SAFETY: all-zero is a valid sockaddr_storage.
@@ -149,6 +153,7 @@ impl MmsgTransport {
             events: vec![libc::epoll_event { events: 0, u64: 0 }; n_events],
             ctrl: vec![[0u64; CTRL_WORDS]; BATCH],
             ready: None,
+            shards_ready: Vec::new(),
             truncated: 0,
             send_errors: 0,
             recv_errors: 0,
@@ -326,12 +331,15 @@ impl Transport for MmsgTransport {
             return Ok(());
         }
         let mut ready = 0u64;
+        self.shards_ready.clear();
         for ev in &self.events[..r as usize] {
             let token = ev.u64;
             if token == WAKER_TOKEN {
                 self.waker.drain();
             } else if token == WATCH_TOKEN {
                 // The stream connections are polled every round anyway.
+            } else if token >= SHARD_TOKEN_BASE {
+                self.shards_ready.push((token - SHARD_TOKEN_BASE) as u32);
             } else {
                 ready |= 1 << token;
             }
@@ -367,5 +375,51 @@ impl Transport for MmsgTransport {
             recv_errors: self.recv_errors,
             no_buffers: 0,
         }
+    }
+
+    fn wait_fd(&self) -> Option<RawFd> {
+        Some(self.epoll.as_raw_fd())
+    }
+
+    fn watch_shard(&mut self, fd: RawFd, id: u32) -> io::Result<()> {
+        let mut ev = libc::epoll_event {
+            events: libc::EPOLLIN as u32,
+            u64: SHARD_TOKEN_BASE + u64::from(id),
+        };
+        // SAFETY: both descriptors are open; ev is a valid epoll_event.
+        if unsafe { libc::epoll_ctl(self.epoll.as_raw_fd(), libc::EPOLL_CTL_ADD, fd, &mut ev) } != 0
+        {
+            return Err(io::Error::last_os_error());
+        }
+        self.events.push(libc::epoll_event { events: 0, u64: 0 });
+        Ok(())
+    }
+
+    fn watched_ready(&self) -> &[u32] {
+        &self.shards_ready
+    }
+
+    fn nothing_ready(&mut self) {
+        self.ready = Some(0);
+    }
+
+    fn unwatch_shard(&mut self, fd: RawFd) -> io::Result<()> {
+        // SAFETY: a null event is allowed for EPOLL_CTL_DEL (Linux 2.6.9+).
+        let r = unsafe {
+            libc::epoll_ctl(
+                self.epoll.as_raw_fd(),
+                libc::EPOLL_CTL_DEL,
+                fd,
+                std::ptr::null_mut(),
+            )
+        };
+        if r != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        if self.events.len() > self.fds.len() + 1 {
+            self.events.pop();
+        }
+        self.shards_ready.clear();
+        Ok(())
     }
 }

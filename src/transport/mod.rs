@@ -73,6 +73,30 @@ pub trait Transport: Send {
     fn watch(&mut self, fd: RawFd) -> io::Result<()>;
     /// Drop counters so far.
     fn drops(&self) -> TransportDrops;
+    /// A descriptor that becomes readable when this transport has something to do (its
+    /// epoll set), so that another shard's thread can run this shard too
+    /// (shard/consolidation.rs); None when the backend has no such descriptor (then the
+    /// shard keeps its own thread).
+    fn wait_fd(&self) -> Option<RawFd> {
+        None
+    }
+    /// Watches another shard's [`Transport::wait_fd`] (shard `id` runs on this thread now):
+    /// [`Transport::watched_ready`] names it after a wait it ended.
+    fn watch_shard(&mut self, _fd: RawFd, _id: u32) -> io::Result<()> {
+        Err(io::Error::from(io::ErrorKind::Unsupported))
+    }
+    /// Stops watching a shard's descriptor given to [`Transport::watch_shard`].
+    fn unwatch_shard(&mut self, _fd: RawFd) -> io::Result<()> {
+        Err(io::Error::from(io::ErrorKind::Unsupported))
+    }
+    /// The shards (ids given to [`Transport::watch_shard`]) whose descriptors the last
+    /// wait reported ready.
+    fn watched_ready(&self) -> &[u32] {
+        &[]
+    }
+    /// This transport's shard runs on another's thread, which slept and saw nothing ready
+    /// here: the next receive reads no socket (instead of trying each).
+    fn nothing_ready(&mut self) {}
 }
 
 /// Wakes a sleeping shard from another thread (an eventfd plus a "sleeping" flag so that a

@@ -404,7 +404,7 @@ impl Gen {
 
 /// The steering program for `shards` sockets (shard `i` is the `i`-th socket bound to the
 /// address: the group's index order).
-fn program(shards: usize, map_fd: i32) -> Vec<Insn> {
+fn program(shards: usize, map_fd: i32, control_fd: i32) -> Vec<Insn> {
     let mut g = Gen {
         a: Asm::default(),
         shards: shards as i32,
@@ -419,6 +419,28 @@ fn program(shards: usize, map_fd: i32) -> Vec<Insn> {
     // Prologue: the datagram's first bytes (up to SCAN_LIMIT) copied into the scratch
     // buffer, so the scan loops read memory and call nothing.
     g.a.alu_x(MOV, POS, R1); // the context, until the copy is made
+                             // Consolidation (shard/consolidation.rs): while the control word is not 0 every shard
+                             // runs on shard 0's thread, and every datagram goes to socket 0 (one receive call per
+                             // wake-up instead of one per socket; the receiving shard hands on what it does not
+                             // own, on the same thread).
+    let steer = g.a.label();
+    g.a.emit(BPF_ST | BPF_MEM | BPF_W, FP, 0, -4, 0);
+    g.a.alu_x(MOV, R2, FP);
+    g.a.alu_k(ADD, R2, -4);
+    g.a.emit(
+        BPF_LD | BPF_DW | BPF_IMM,
+        R1,
+        BPF_PSEUDO_MAP_FD,
+        0,
+        control_fd,
+    );
+    g.a.emit(0, 0, 0, 0, 0);
+    g.a.emit(BPF_JMP | CALL, 0, 0, 0, HELPER_MAP_LOOKUP_ELEM);
+    g.a.jmp_k(JEQ, R0, 0, steer);
+    g.a.emit(BPF_LDX | BPF_MEM | BPF_W, R1, R0, 0, 0);
+    g.a.jmp_k(JEQ, R1, 0, steer);
+    g.a.ret(0);
+    g.a.bind(steer);
     g.a.emit(BPF_ST | BPF_MEM | BPF_W, FP, 0, -4, 0);
     g.a.alu_x(MOV, R2, FP);
     g.a.alu_k(ADD, R2, -4);
@@ -588,6 +610,8 @@ struct TestRunAttr {
 /// A loaded steering program.
 pub struct SteeringProgram {
     fd: OwnedFd,
+    /// The control word's map (an array of one u32): not 0 sends everything to socket 0.
+    control: OwnedFd,
     /// Instructions in the program.
     pub len: usize,
 }
@@ -598,10 +622,32 @@ impl SteeringProgram {
     /// (SIPSHARD_BPF_LOG=FILE writes its whole log there).
     pub fn load(shards: usize) -> io::Result<SteeringProgram> {
         let map = scratch_map()?;
-        Self::load_insns(program(shards, map.as_raw_fd()))
+        let control = array_map(4, 1)?;
+        let insns = program(shards, map.as_raw_fd(), control.as_raw_fd());
+        Self::load_insns(insns, control)
     }
 
-    fn load_insns(insns: Vec<Insn>) -> io::Result<SteeringProgram> {
+    /// Sends every datagram to socket 0 (`true`: all shards run on shard 0's thread) or to
+    /// its owner again (`false`). Takes effect for the next datagram the kernel receives.
+    pub fn set_all_to_first(&self, on: bool) -> io::Result<()> {
+        let key = 0u32;
+        let value = u32::from(on);
+        let mut attr = MapUpdateAttr {
+            map_fd: self.control.as_raw_fd() as u32,
+            pad: 0,
+            key: &key as *const u32 as u64,
+            value: &value as *const u32 as u64,
+            flags: 0, // BPF_ANY
+        };
+        // SAFETY: bpf(BPF_MAP_UPDATE_ELEM) reads `attr` and the key and value it points at,
+        // all alive for the call.
+        if unsafe { bpf(BPF_MAP_UPDATE_ELEM, &mut attr) } < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
+    }
+
+    fn load_insns(insns: Vec<Insn>, control: OwnedFd) -> io::Result<SteeringProgram> {
         let license = b"MIT\0";
         let log_len = if std::env::var_os("SIPSHARD_BPF_LOG").is_some() {
             200 << 20
@@ -627,6 +673,7 @@ impl SteeringProgram {
             let fd = unsafe { OwnedFd::from_raw_fd(fd as i32) };
             return Ok(SteeringProgram {
                 fd,
+                control,
                 len: insns.len(),
             });
         }
@@ -721,8 +768,37 @@ struct MapCreateAttr {
     map_flags: u32,
 }
 
+#[repr(C)]
+struct MapUpdateAttr {
+    map_fd: u32,
+    pad: u32,
+    key: u64,
+    value: u64,
+    flags: u64,
+}
+
 const BPF_MAP_CREATE: libc::c_int = 0;
+const BPF_MAP_UPDATE_ELEM: libc::c_int = 2;
+const BPF_MAP_TYPE_ARRAY: u32 = 2;
 const BPF_MAP_TYPE_PERCPU_ARRAY: u32 = 6;
+
+/// An array map of `entries` zeroed values of `value_size` bytes.
+fn array_map(value_size: u32, entries: u32) -> io::Result<OwnedFd> {
+    let mut attr = MapCreateAttr {
+        map_type: BPF_MAP_TYPE_ARRAY,
+        key_size: 4,
+        value_size,
+        max_entries: entries,
+        map_flags: 0,
+    };
+    // SAFETY: bpf(BPF_MAP_CREATE) reads `attr` (size given), alive for the call.
+    let fd = unsafe { bpf(BPF_MAP_CREATE, &mut attr) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: a new descriptor the kernel just returned, owned by nobody else.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
+}
 
 /// The program's scratch buffer: a per-CPU array of one [`SCAN_LIMIT`]-byte value (a
 /// program runs on one CPU without preemption, so one buffer per CPU is enough). The loaded
