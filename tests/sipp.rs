@@ -510,7 +510,8 @@ fn sipp_from_one_socket_every_message_lands_on_its_owner_shard() {
     }
     let dir = scratch("steer");
     let (csv, _) = users(&dir, 1000);
-    let s = ServerProcess::start_with(&["--shards", "2"], true);
+    // One thread per shard (consolidation would have everything read by shard 0, below).
+    let s = ServerProcess::start_with(&["--shards", "2", "--consolidate", "off"], true);
     if s.metric("sipshard_kernel_steering") != Some(1.0) {
         skip_or_fail(
             "sipp_from_one_socket_every_message_lands_on_its_owner_shard",
@@ -544,6 +545,25 @@ fn sipp_from_one_socket_every_message_lands_on_its_owner_shard() {
     );
     assert_eq!(s.metric("sipshard_handoffs_total"), Some(0.0));
     drop(s);
+
+    // Consolidated (both shards on shard 0's thread): the program sends everything to shard
+    // 0's socket, which hands shard 1's REGISTERs on.
+    let c = ServerProcess::start_with(&["--shards", "2"], true);
+    c.wait_metric("sipshard_consolidated_shards", 1.0);
+    let read = |i: usize| {
+        c.metric(&format!(
+            "sipshard_datagrams_received_total{{shard=\"{i}\"}}"
+        ))
+        .unwrap_or(0.0)
+    };
+    // (The start-up probe was read before the shards consolidated.)
+    let (a0, b0) = (read(0), read(1));
+    run_clean(&dir, &c, "register.xml", &csv, 2000, 1000, &["-t", "u1"]);
+    let (a, b) = (read(0) - a0, read(1) - b0);
+    assert_eq!(b, 0.0, "shard 1's socket read {b} of {}", a + b);
+    let handed = c.metric("sipshard_handoffs_total").unwrap();
+    assert!(handed > 0.35 * a && handed < 0.65 * a, "{handed} of {a}");
+    drop(c);
 
     let off = ServerProcess::start_with(&["--shards", "2", "--steering", "off"], true);
     assert_eq!(off.metric("sipshard_kernel_steering"), Some(0.0));
