@@ -101,6 +101,8 @@ pub struct Consolidation {
     steering: Option<Arc<SteeringProgram>>,
     /// What the steering program was last told (only the host changes it).
     all_to_first: AtomicBool,
+    /// False once the host stops taking shards (set under the lock a lender sends under).
+    open: std::sync::Mutex<bool>,
 }
 
 impl Consolidation {
@@ -113,6 +115,7 @@ impl Consolidation {
         Consolidation {
             steering,
             all_to_first: AtomicBool::new(false),
+            open: std::sync::Mutex::new(true),
             thresholds,
             loads: (0..n).map(|_| AtomicU32::new(0)).collect(),
             accepting: AtomicBool::new(false),
@@ -127,11 +130,13 @@ impl Consolidation {
     /// Has the kernel send every datagram to shard 0's socket (`on`), or each to its owner's.
     fn all_to_first(&self, on: bool) {
         let Some(p) = &self.steering else { return };
-        if self.all_to_first.swap(on, Ordering::Relaxed) == on {
+        if self.all_to_first.load(Ordering::Relaxed) == on {
             return;
         }
-        if let Err(e) = p.set_all_to_first(on) {
-            tracing::warn!("kernel steering: cannot switch consolidation to {on}: {e}");
+        // Remembered only when the kernel took it: a failed switch is tried again next time.
+        match p.set_all_to_first(on) {
+            Ok(()) => self.all_to_first.store(on, Ordering::Relaxed),
+            Err(e) => tracing::warn!("kernel steering: cannot switch consolidation to {on}: {e}"),
         }
     }
 }
@@ -227,17 +232,25 @@ fn run_lender(mut s: ShardLoop, plan: &Consolidation) {
         {
             continue;
         }
-        tracing::debug!(shard = id, load, host, "shard moves to shard 0's thread");
-        s.ctx.stats.hosted.set(1);
-        s.ctx.stats.moves.inc();
         let stats = s.ctx.stats.clone();
-        plan.loads[id].store(0, Ordering::Relaxed);
-        if plan.to_host.0.send(s).is_err() {
-            return;
+        {
+            // The host closes this before it stops and takes what was sent before: a shard
+            // sent here is always taken and given back.
+            let Ok(open) = plan.open.lock() else { break };
+            if !*open || s.ctx.stop.load(Ordering::Relaxed) {
+                continue;
+            }
+            tracing::debug!(shard = id, load, host, "shard moves to shard 0's thread");
+            stats.hosted.set(1);
+            stats.moves.inc();
+            plan.loads[id].store(0, Ordering::Relaxed);
+            if plan.to_host.0.send(s).is_err() {
+                return;
+            }
         }
         plan.peers[0].waker.wake();
         // Parked until the host gives the shard back (it does at the latest when the server
-        // stops); a host thread that is gone takes the shard with it.
+        // stops; a host thread that panicked takes the shard and this thread with it).
         let Ok(back) = plan.back[id].1.recv() else {
             return;
         };
@@ -345,6 +358,10 @@ fn run_host(own: ShardLoop, plan: &Consolidation) {
         plan.accepting.store(accepts, Ordering::Release);
     }
     plan.accepting.store(false, Ordering::Release);
+    // No lender sends its shard after this (it checks under the same lock).
+    if let Ok(mut open) = plan.open.lock() {
+        *open = false;
+    }
     // The guests stop on their own threads (which are parked waiting for them).
     while shards.len() > 1 {
         if let Some(guest) = shards.pop() {

@@ -584,6 +584,9 @@ impl ShardLoop {
             local,
             received,
         };
+        // This shard's datagrams of the round (not those held for the disk); a guest's
+        // joining this outbox later are not this shard's (their latency is theirs).
+        self.sent = self.out.len();
         batch_start
     }
 
@@ -591,10 +594,10 @@ impl ShardLoop {
     /// there was nothing to send).
     pub fn send_own(&mut self) -> Option<Instant> {
         let (ctx, out) = (&mut self.ctx, &mut self.out);
-        self.sent = out.len();
         if out.is_empty() {
             return None;
         }
+        let n = out.len();
         let send_start = Instant::now();
         if let Some(t) = &mut ctx.streams {
             ctx.stats.datagrams_out.add(t.send(out) as u64);
@@ -604,11 +607,8 @@ impl ShardLoop {
             Err(e) => tracing::warn!(shard = ctx.id, "send failed: {e}"),
         }
         let sent_at = Instant::now();
-        self.stages.record(
-            Stage::Send,
-            rounded_us(sent_at - send_start),
-            self.sent as u64,
-        );
+        self.stages
+            .record(Stage::Send, rounded_us(sent_at - send_start), n as u64);
         Some(sent_at)
     }
 
@@ -618,7 +618,6 @@ impl ShardLoop {
     /// leaves from the same address whichever shard's socket sends it).
     pub fn move_out(&mut self, to: &mut Outbox) {
         let (ctx, out) = (&mut self.ctx, &mut self.out);
-        self.sent = out.len();
         if out.is_empty() {
             return;
         }

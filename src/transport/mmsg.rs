@@ -313,6 +313,7 @@ impl Transport for MmsgTransport {
     }
 
     fn wait(&mut self, timeout_ms: i32) -> io::Result<()> {
+        self.shards_ready.clear();
         // SAFETY: events is a valid, writable array of epoll_event of the given length.
         let r = unsafe {
             libc::epoll_wait(
@@ -331,7 +332,6 @@ impl Transport for MmsgTransport {
             return Ok(());
         }
         let mut ready = 0u64;
-        self.shards_ready.clear();
         for ev in &self.events[..r as usize] {
             let token = ev.u64;
             if token == WAKER_TOKEN {
