@@ -194,13 +194,7 @@ pub fn run(own: ShardLoop, plan: Option<Arc<Consolidation>>) {
 /// One shard, one thread, no moves.
 fn run_alone(mut s: ShardLoop) {
     while !s.ctx.stop.load(Ordering::Relaxed) {
-        let (idle, _) = s.round();
-        if idle {
-            if let Some(timeout) = s.prepare_sleep() {
-                s.wait(timeout);
-                s.awake();
-            }
-        }
+        s.step();
     }
     s.finish();
 }
@@ -212,13 +206,7 @@ fn run_lender(mut s: ShardLoop, plan: &Consolidation) {
     let mut window = LoadWindow::new();
     let mut policy = LenderPolicy::default();
     while !s.ctx.stop.load(Ordering::Relaxed) {
-        let (idle, start) = s.round();
-        if idle {
-            if let Some(timeout) = s.prepare_sleep() {
-                s.wait(timeout);
-                s.awake();
-            }
-        }
+        let start = s.step();
         let Some(load) = window.tick(start) else {
             continue;
         };
@@ -306,7 +294,6 @@ fn run_host(own: ShardLoop, plan: &Consolidation) {
         for s in shards.iter_mut() {
             idle &= s.end_round(sent_at);
         }
-        let start = Some(start);
         if idle {
             let mut timeout = Some(i32::MAX);
             for s in shards.iter_mut() {
@@ -339,7 +326,7 @@ fn run_host(own: ShardLoop, plan: &Consolidation) {
                 s.awake();
             }
         }
-        let Some(load) = start.and_then(|t| window.tick(t)) else {
+        let Some(load) = window.tick(start) else {
             continue;
         };
         plan.loads[0].store(load, Ordering::Relaxed);

@@ -409,6 +409,19 @@ impl ShardLoop {
         (self.end_round(sent_at), start)
     }
 
+    /// One round on a thread that runs only this shard, then a sleep when it may. Returns
+    /// the round's start.
+    pub fn step(&mut self) -> Instant {
+        let (idle, start) = self.round();
+        if idle {
+            if let Some(timeout) = self.prepare_sleep() {
+                self.wait(timeout);
+                self.awake();
+            }
+        }
+        start
+    }
+
     /// The first part of a round: receive, handle, hand over, time out; what is to be sent
     /// waits in the outbox. Returns the round's start.
     pub fn handle(&mut self) -> Instant {
