@@ -55,6 +55,23 @@ pub enum Disposition {
     HandOff(usize),
 }
 
+/// The cores of the other shards that run on the calling thread now (consolidation): a
+/// message owned by one of them is dispatched to it at once, parsed once, instead of being
+/// handed over through its queue ([`Disposition::HandOff`]) and parsed again there. Its
+/// answers go into the caller's outbox; every socket of a listening address shares that
+/// address, so they leave from the address the peer talks to whichever shard sends them.
+pub trait Neighbours {
+    /// The core of shard `shard` when it runs on this thread now.
+    fn core(&mut self, shard: usize) -> Option<&mut Core>;
+}
+
+/// No neighbours: a shard alone on its thread.
+impl Neighbours for () {
+    fn core(&mut self, _shard: usize) -> Option<&mut Core> {
+        None
+    }
+}
+
 /// One shard's protocol state: the dispatcher in front of the shard's SIP element.
 pub struct Core {
     shard: usize,
@@ -499,6 +516,22 @@ impl Core {
         handed_off: bool,
         out: &mut Outbox,
     ) -> Disposition {
+        self.handle_with(data, src, socket, now_ms, handed_off, out, &mut ())
+    }
+
+    /// [`Core::handle`] on a thread that runs other shards too: what one of `neighbours`
+    /// owns is dispatched to it here (its answers in `out`), not handed over.
+    #[allow(clippy::too_many_arguments)]
+    pub fn handle_with(
+        &mut self,
+        data: &[u8],
+        src: SocketAddr,
+        socket: usize,
+        now_ms: u64,
+        handed_off: bool,
+        out: &mut Outbox,
+        neighbours: &mut dyn Neighbours,
+    ) -> Disposition {
         // Bans and ACLs before anything else (a datagram handed over was admitted already).
         if !handed_off {
             match self
@@ -598,17 +631,18 @@ impl Core {
                     })
                     .flatten();
                 let d = match parsed {
-                    Some(m) => self.dispatch(m, src, socket, now_ms, handed_off, out),
-                    None => self.dispatch(msg, src, socket, now_ms, handed_off, out),
+                    Some(m) => self.dispatch(m, src, socket, now_ms, handed_off, out, neighbours),
+                    None => self.dispatch(msg, src, socket, now_ms, handed_off, out, neighbours),
                 };
                 self.restored = restored;
                 return d;
             }
         }
-        self.dispatch(msg, src, socket, now_ms, handed_off, out)
+        self.dispatch(msg, src, socket, now_ms, handed_off, out, neighbours)
     }
 
     /// [`Core::handle`] once the datagram is a message that passed the guard.
+    #[allow(clippy::too_many_arguments)]
     fn dispatch(
         &mut self,
         msg: &Message<'_>,
@@ -617,6 +651,7 @@ impl Core {
         now_ms: u64,
         handed_off: bool,
         out: &mut Outbox,
+        neighbours: &mut dyn Neighbours,
     ) -> Disposition {
         // The shard whose nonce a challenge carries: ours, or the owner's for a REGISTER
         // challenged here on its behalf.
@@ -625,7 +660,13 @@ impl Core {
             if let Some(owner) = self.owner(msg) {
                 if owner != self.shard {
                     if !self.challenge_here(msg) {
-                        return Disposition::HandOff(owner);
+                        let Some(core) = neighbours.core(owner) else {
+                            return Disposition::HandOff(owner);
+                        };
+                        // The owner runs on this thread: it takes the message as parsed.
+                        self.stats.handoffs_out.inc();
+                        core.stats.handoffs_in.inc();
+                        return core.dispatch(msg, src, socket, now_ms, true, out, &mut ());
                     }
                     nonce_shard = owner;
                 }
