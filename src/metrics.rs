@@ -232,6 +232,12 @@ impl Registry {
         )?;
         counter(
             enc,
+            "sipshard_stream_writes",
+            "Write calls on stream connections' sockets (what a receive round sends to one connection goes in one).",
+            self.sum(|s| s.streams.writes.get()),
+        )?;
+        counter(
+            enc,
             "sipshard_stream_pings",
             "Double-CRLF keepalives answered on stream connections.",
             self.sum(|s| s.streams.pings.get()),

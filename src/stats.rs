@@ -241,6 +241,8 @@ pub struct StreamStats {
     /// Messages received on connections, and keepalive pings answered.
     pub messages_in: Counter,
     pub pings: Counter,
+    /// Write calls on connection sockets (a round's messages to one connection go in one).
+    pub writes: Counter,
     pub events: [Counter; STREAM_EVENTS.len()],
 }
 

@@ -116,6 +116,13 @@ fn a_burst_of_a_thousand_requests_in_one_write_gets_a_thousand_answers() {
     let r = common::read_stream_messages(&mut c, 1000);
     assert!(r.iter().all(|m| status(m) == 200));
     assert_eq!(event(&s, "too_large"), 0.0);
+    // The answers of a round go to the connection in one write (up to 64 KiB each), not one
+    // write per answer.
+    let writes = s.metric("sipshard_stream_writes_total").unwrap_or(0.0);
+    assert!(
+        (1.0..100.0).contains(&writes),
+        "{writes} writes for 1,000 answers"
+    );
 }
 
 #[test]

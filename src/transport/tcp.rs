@@ -145,6 +145,9 @@ struct Conn {
     wbuf: Vec<u8>,
     /// EPOLLOUT is armed (a write waits, or a connect is in progress).
     want_out: bool,
+    /// `wbuf` holds bytes of the current send call, written at its end (the connection is in
+    /// [`TcpShard::unflushed`]).
+    unflushed: bool,
     connecting: bool,
     last_byte: Instant,
     /// When the bytes of the message not yet complete began to arrive (or the connection
@@ -209,7 +212,17 @@ pub struct TcpShard {
     /// Destinations a request could not be delivered to (no connection and none may be
     /// opened, a refused connect, a failed write), for the core (RFC 3261 §17.1.4).
     failed: Vec<(u16, SocketAddr)>,
+    /// In a send call: writes to a connection are gathered in its `wbuf` and written at the
+    /// end, one write call per connection per round instead of one per message (on a VM a
+    /// system call costs more than a REGISTER's SIP work, and each write is a TCP segment
+    /// through the whole stack on both ends).
+    batching: bool,
+    /// Connections with gathered bytes to write at the end of the send call.
+    unflushed: Vec<u64>,
 }
+
+/// Gathered bytes of one connection written before the end of the send call past this.
+const GATHER_MAX: usize = 64 * 1024;
 
 fn epoll_ctl(ep: RawFd, op: libc::c_int, fd: RawFd, events: u32, token: u64) -> io::Result<()> {
     let mut ev = libc::epoll_event { events, u64: token };
@@ -308,6 +321,18 @@ fn write_some(stream: &mut TcpStream, bytes: &[u8]) -> Result<usize, ()> {
     Ok(at)
 }
 
+/// Asks epoll to report the connection writable (bytes wait in its `wbuf`).
+fn arm_writable(epoll: &OwnedFd, c: &Conn, token: u64) {
+    let events = (libc::EPOLLIN | libc::EPOLLRDHUP | libc::EPOLLOUT) as u32;
+    let _ = epoll_ctl(
+        epoll.as_raw_fd(),
+        libc::EPOLL_CTL_MOD,
+        c.stream.as_raw_fd(),
+        events,
+        token,
+    );
+}
+
 impl TcpShard {
     pub fn new(
         shard: usize,
@@ -343,6 +368,8 @@ impl TcpShard {
             tls_out: Vec::new(),
             ws_out: Vec::new(),
             failed: Vec::new(),
+            batching: false,
+            unflushed: Vec::new(),
             listeners,
             conns: HashMap::new(),
             by_peer: HashMap::new(),
@@ -466,6 +493,7 @@ impl TcpShard {
     /// datagrams for the UDP transport).
     pub fn send(&mut self, out: &mut Outbox) -> usize {
         let mut sent = 0;
+        self.batching = true;
         for d in out.items() {
             if !self.is_stream_socket(d.socket) {
                 continue;
@@ -473,6 +501,10 @@ impl TcpShard {
             let bytes = out.bytes(d);
             self.send_to(d.socket, d.dst, bytes);
             sent += 1;
+        }
+        self.batching = false;
+        for token in std::mem::take(&mut self.unflushed) {
+            self.flush_gathered(token);
         }
         if sent > 0 {
             let listeners = &self.listeners;
@@ -618,6 +650,7 @@ impl TcpShard {
                 rbuf: Vec::new(),
                 wbuf: Vec::new(),
                 want_out: false,
+                unflushed: false,
                 connecting: false,
                 last_byte: now,
                 partial_since: Some(now),
@@ -691,6 +724,7 @@ impl TcpShard {
                 bytes.to_vec()
             },
             want_out: true,
+            unflushed: false,
             connecting: true,
             last_byte: now,
             partial_since: None,
@@ -777,6 +811,19 @@ impl TcpShard {
         let Some(c) = self.conns.get_mut(&token) else {
             return;
         };
+        if self.batching && !c.connecting && !c.want_out {
+            // Gathered for one write at the end of the send call (nothing else waits in
+            // `wbuf`: bytes that wait for EPOLLOUT arm it).
+            if !c.unflushed {
+                c.unflushed = true;
+                self.unflushed.push(token);
+            }
+            c.wbuf.extend_from_slice(bytes);
+            if c.wbuf.len() >= GATHER_MAX {
+                self.flush_gathered(token);
+            }
+            return;
+        }
         if !c.wbuf.is_empty() || c.connecting {
             if c.wbuf.len() + bytes.len() > self.settings.max_output {
                 self.doomed.push((token, StreamEvent::SlowReader));
@@ -785,6 +832,7 @@ impl TcpShard {
             c.wbuf.extend_from_slice(bytes);
             return;
         }
+        self.stats.streams.writes.inc();
         let Ok(at) = write_some(&mut c.stream, bytes) else {
             // What waits for a response from there will not get one over this connection.
             self.failed.push((c.socket, c.peer));
@@ -795,16 +843,32 @@ impl TcpShard {
             c.wbuf.extend_from_slice(&bytes[at..]);
             if !c.want_out {
                 c.want_out = true;
-                let events = (libc::EPOLLIN | libc::EPOLLRDHUP | libc::EPOLLOUT) as u32;
-                let fd = c.stream.as_raw_fd();
-                let _ = epoll_ctl(
-                    self.epoll.as_raw_fd(),
-                    libc::EPOLL_CTL_MOD,
-                    fd,
-                    events,
-                    token,
-                );
+                arm_writable(&self.epoll, c, token);
             }
+        }
+    }
+
+    /// Writes what a send call gathered for a connection ([`TcpShard::write_raw`]); what
+    /// the kernel does not take waits for EPOLLOUT.
+    fn flush_gathered(&mut self, token: u64) {
+        let Some(c) = self.conns.get_mut(&token) else {
+            return;
+        };
+        c.unflushed = false;
+        if c.want_out || c.wbuf.is_empty() {
+            return;
+        }
+        self.stats.streams.writes.inc();
+        let Ok(at) = write_some(&mut c.stream, &c.wbuf) else {
+            c.wbuf.clear();
+            self.failed.push((c.socket, c.peer));
+            self.doomed.push((token, StreamEvent::PeerClosed));
+            return;
+        };
+        c.wbuf.drain(..at);
+        if !c.wbuf.is_empty() {
+            c.want_out = true;
+            arm_writable(&self.epoll, c, token);
         }
     }
 
@@ -824,6 +888,7 @@ impl TcpShard {
                 }
             }
         }
+        self.stats.streams.writes.inc();
         let Ok(at) = write_some(&mut c.stream, &c.wbuf) else {
             self.failed.push((c.socket, c.peer));
             self.doomed.push((token, StreamEvent::PeerClosed));
