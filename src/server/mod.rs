@@ -55,23 +55,6 @@ pub enum Disposition {
     HandOff(usize),
 }
 
-/// The cores of the other shards that run on the calling thread now (consolidation): a
-/// message owned by one of them is dispatched to it at once, parsed once, instead of being
-/// handed over through its queue ([`Disposition::HandOff`]) and parsed again there. Its
-/// answers go into the caller's outbox; every socket of a listening address shares that
-/// address, so they leave from the address the peer talks to whichever shard sends them.
-pub trait Neighbours {
-    /// The core of shard `shard` when it runs on this thread now.
-    fn core(&mut self, shard: usize) -> Option<&mut Core>;
-}
-
-/// No neighbours: a shard alone on its thread.
-impl Neighbours for () {
-    fn core(&mut self, _shard: usize) -> Option<&mut Core> {
-        None
-    }
-}
-
 /// One shard's protocol state: the dispatcher in front of the shard's SIP element.
 pub struct Core {
     shard: usize,
@@ -516,22 +499,6 @@ impl Core {
         handed_off: bool,
         out: &mut Outbox,
     ) -> Disposition {
-        self.handle_with(data, src, socket, now_ms, handed_off, out, &mut ())
-    }
-
-    /// [`Core::handle`] on a thread that runs other shards too: what one of `neighbours`
-    /// owns is dispatched to it here (its answers in `out`), not handed over.
-    #[allow(clippy::too_many_arguments)]
-    pub fn handle_with(
-        &mut self,
-        data: &[u8],
-        src: SocketAddr,
-        socket: usize,
-        now_ms: u64,
-        handed_off: bool,
-        out: &mut Outbox,
-        neighbours: &mut dyn Neighbours,
-    ) -> Disposition {
         // Bans and ACLs before anything else (a datagram handed over was admitted already).
         if !handed_off {
             match self
@@ -631,18 +598,17 @@ impl Core {
                     })
                     .flatten();
                 let d = match parsed {
-                    Some(m) => self.dispatch(m, src, socket, now_ms, handed_off, out, neighbours),
-                    None => self.dispatch(msg, src, socket, now_ms, handed_off, out, neighbours),
+                    Some(m) => self.dispatch(m, src, socket, now_ms, handed_off, out),
+                    None => self.dispatch(msg, src, socket, now_ms, handed_off, out),
                 };
                 self.restored = restored;
                 return d;
             }
         }
-        self.dispatch(msg, src, socket, now_ms, handed_off, out, neighbours)
+        self.dispatch(msg, src, socket, now_ms, handed_off, out)
     }
 
     /// [`Core::handle`] once the datagram is a message that passed the guard.
-    #[allow(clippy::too_many_arguments)]
     fn dispatch(
         &mut self,
         msg: &Message<'_>,
@@ -651,7 +617,6 @@ impl Core {
         now_ms: u64,
         handed_off: bool,
         out: &mut Outbox,
-        neighbours: &mut dyn Neighbours,
     ) -> Disposition {
         // The shard whose nonce a challenge carries: ours, or the owner's for a REGISTER
         // challenged here on its behalf.
@@ -660,13 +625,7 @@ impl Core {
             if let Some(owner) = self.owner(msg) {
                 if owner != self.shard {
                     if !self.challenge_here(msg) {
-                        let Some(core) = neighbours.core(owner) else {
-                            return Disposition::HandOff(owner);
-                        };
-                        // The owner runs on this thread: it takes the message as parsed.
-                        self.stats.handoffs_out.inc();
-                        core.stats.handoffs_in.inc();
-                        return core.dispatch(msg, src, socket, now_ms, true, out, &mut ());
+                        return Disposition::HandOff(owner);
                     }
                     nonce_shard = owner;
                 }

@@ -17,7 +17,7 @@
 //! Loads are thread CPU time (`CLOCK_THREAD_CPUTIME_ID`, which includes what the hypervisor
 //! charges for waking up) over windows of at least [`WINDOW`], read once per window.
 
-use super::runtime::{OtherShards, ShardLoop};
+use super::runtime::ShardLoop;
 use super::Peer;
 use crate::transport::steering::SteeringProgram;
 use crossbeam_channel::{Receiver, Sender};
@@ -283,19 +283,13 @@ fn run_host(own: ShardLoop, plan: &Consolidation) {
         // Every shard's receive and handling first (what shard 0's socket got for a guest is
         // in the guest's queue by the time the guest's turn comes), then one send call for
         // all of them.
-        // A message one of them owns is dispatched to its core by the shard that read it (no
-        // queue, parsed once).
-        let start = {
-            let (host, guests) = shards.split_at_mut(1);
-            host[0].handle_with(&mut OtherShards(&mut [], guests))
-        };
-        for i in 1..shards.len() {
-            let (before, rest) = shards.split_at_mut(i);
-            let (guest, after) = rest.split_at_mut(1);
-            guest[0].handle_with(&mut OtherShards(before, after));
-            guest[0].move_out(before[0].outbox());
+        let start = shards[0].handle();
+        let (host, guests) = shards.split_at_mut(1);
+        for g in guests.iter_mut() {
+            g.handle();
+            g.move_out(host[0].outbox());
         }
-        let sent_at = shards[0].send_own();
+        let sent_at = host[0].send_own();
         let mut idle = true;
         for s in shards.iter_mut() {
             idle &= s.end_round(sent_at);

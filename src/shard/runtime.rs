@@ -5,7 +5,7 @@
 
 use super::{Clock, Handoff, Peer, Reload};
 use crate::server::outbox::Outbox;
-use crate::server::{Core, Disposition, Neighbours};
+use crate::server::{Core, Disposition};
 use crate::stats::{DropReason, ShardStats, Stage};
 use crate::transport::{RecvHandler, Transport};
 use hdrhistogram::Histogram;
@@ -173,8 +173,6 @@ fn rounded_us(d: Duration) -> u64 {
 /// The part of the shard the receive callback needs (the transport is borrowed separately).
 struct Handler<'s> {
     core: &'s mut Core,
-    /// The other shards on this thread (consolidation), which take what they own directly.
-    neighbours: &'s mut dyn Neighbours,
     stages: &'s mut PendingStages,
     out: &'s mut Outbox,
     peers: &'s [Peer],
@@ -261,15 +259,9 @@ impl RecvHandler for Handler<'_> {
             self.stages.record(Stage::SocketWait, wait_us, 1);
         }
         let core_start = Instant::now();
-        let disposition = self.core.handle_with(
-            data,
-            src,
-            socket,
-            self.now_ms,
-            false,
-            self.out,
-            self.neighbours,
-        );
+        let disposition = self
+            .core
+            .handle(data, src, socket, self.now_ms, false, self.out);
         self.stages
             .record(Stage::Core, rounded_us(core_start.elapsed()), 1);
         match disposition {
@@ -348,20 +340,6 @@ pub struct ShardLoop {
     round_state: RoundState,
     /// Datagrams of this shard the current round sent (or moved to its host's outbox).
     sent: usize,
-}
-
-/// The shards on one thread other than the one whose round runs: those before it and those
-/// after it in the thread's list.
-pub struct OtherShards<'a>(pub &'a mut [ShardLoop], pub &'a mut [ShardLoop]);
-
-impl Neighbours for OtherShards<'_> {
-    fn core(&mut self, shard: usize) -> Option<&mut Core> {
-        self.0
-            .iter_mut()
-            .chain(self.1.iter_mut())
-            .find(|s| s.ctx.id == shard)
-            .map(|s| &mut s.ctx.core)
-    }
 }
 
 /// What a round's first part ([`ShardLoop::handle`]) leaves for its end.
@@ -447,12 +425,6 @@ impl ShardLoop {
     /// The first part of a round: receive, handle, hand over, time out; what is to be sent
     /// waits in the outbox. Returns the round's start.
     pub fn handle(&mut self) -> Instant {
-        self.handle_with(&mut ())
-    }
-
-    /// [`ShardLoop::handle`] on a thread that runs `neighbours` too: a message one of them
-    /// owns is dispatched to its core here, not handed over through its queue.
-    pub fn handle_with(&mut self, neighbours: &mut dyn Neighbours) -> Instant {
         let ctx = &mut self.ctx;
         let out = &mut self.out;
         let me = &ctx.peers[ctx.id];
@@ -505,7 +477,6 @@ impl ShardLoop {
         let first_stream_socket = ctx.first_stream_socket;
         let mut handler = Handler {
             core: &mut ctx.core,
-            neighbours,
             stages: &mut self.stages,
             out,
             peers: &ctx.peers,

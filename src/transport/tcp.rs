@@ -442,11 +442,18 @@ impl TcpShard {
         }
         self.doomed.extend(closing);
         self.close_doomed();
+        // What other shards left for our connections: gathered as a send call's writes.
+        self.batching = true;
         while let Some(o) = self.hub.inboxes[self.shard].pop() {
             if let Some(&token) = self.by_peer.get(&(o.socket, o.dst)) {
                 self.write(token, &o.bytes);
             }
         }
+        self.batching = false;
+        for token in std::mem::take(&mut self.unflushed) {
+            self.flush_gathered(token);
+        }
+        self.close_doomed();
         let mut handled = 0;
         loop {
             // SAFETY: events is a valid, writable array of epoll_event of the given length.
@@ -865,11 +872,14 @@ impl TcpShard {
             self.doomed.push((token, StreamEvent::PeerClosed));
             return;
         };
-        c.wbuf.drain(..at);
-        if !c.wbuf.is_empty() {
-            c.want_out = true;
-            arm_writable(&self.epoll, c, token);
+        if at == c.wbuf.len() {
+            // All written: an idle connection keeps no write buffer (memory per connection).
+            c.wbuf = Vec::new();
+            return;
         }
+        c.wbuf.drain(..at);
+        c.want_out = true;
+        arm_writable(&self.epoll, c, token);
     }
 
     /// The socket can take more (or its connect finished): write what waits.
