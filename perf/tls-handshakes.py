@@ -147,6 +147,15 @@ def report(trials, args, cmd):
                 m = median(ratios)
                 row.append('%.2fx' % m if m else '-')
             lines.append('| %s | %s |' % (name, ' | '.join(row)))
+    unresumed = sorted({r['target'] for r in trials
+                        if r['resume'] and r['ok'] and r['resumed'] < 0.9 * r['ok']})
+    if unresumed:
+        lines += ['', 'Resumed cases where %s resumed fewer than 90%% of the sessions are full '
+                  'handshakes for that target: their ratios compare a full handshake with a '
+                  'resumed one.' % ', '.join(unresumed)]
+    lines += ['', 'Server CPU covers the whole connection (accept, handshake, the SIP pong, '
+              'close) and the server\'s idle work over the run. A TLS 1.3 resumption still '
+              'does a key exchange (psk_dhe_ke), so it costs about what a full handshake does.']
     return '\n'.join(lines) + '\n'
 
 
