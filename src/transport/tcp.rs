@@ -145,9 +145,6 @@ struct Conn {
     wbuf: Vec<u8>,
     /// EPOLLOUT is armed (a write waits, or a connect is in progress).
     want_out: bool,
-    /// `wbuf` holds bytes of the current send call, written at its end (the connection is in
-    /// [`TcpShard::unflushed`]).
-    unflushed: bool,
     connecting: bool,
     last_byte: Instant,
     /// When the bytes of the message not yet complete began to arrive (or the connection
@@ -443,16 +440,13 @@ impl TcpShard {
         self.doomed.extend(closing);
         self.close_doomed();
         // What other shards left for our connections: gathered as a send call's writes.
-        self.batching = true;
-        while let Some(o) = self.hub.inboxes[self.shard].pop() {
-            if let Some(&token) = self.by_peer.get(&(o.socket, o.dst)) {
-                self.write(token, &o.bytes);
+        self.gathering(|t| {
+            while let Some(o) = t.hub.inboxes[t.shard].pop() {
+                if let Some(&token) = t.by_peer.get(&(o.socket, o.dst)) {
+                    t.write(token, &o.bytes);
+                }
             }
-        }
-        self.batching = false;
-        for token in std::mem::take(&mut self.unflushed) {
-            self.flush_gathered(token);
-        }
+        });
         self.close_doomed();
         let mut handled = 0;
         loop {
@@ -499,20 +493,16 @@ impl TcpShard {
     /// Sends the outbox's messages for stream sockets (and takes them out of it, leaving the
     /// datagrams for the UDP transport).
     pub fn send(&mut self, out: &mut Outbox) -> usize {
-        let mut sent = 0;
-        self.batching = true;
-        for d in out.items() {
-            if !self.is_stream_socket(d.socket) {
-                continue;
+        let sent = self.gathering(|t| {
+            let mut sent = 0;
+            for d in out.items() {
+                if t.is_stream_socket(d.socket) {
+                    t.send_to(d.socket, d.dst, out.bytes(d));
+                    sent += 1;
+                }
             }
-            let bytes = out.bytes(d);
-            self.send_to(d.socket, d.dst, bytes);
-            sent += 1;
-        }
-        self.batching = false;
-        for token in std::mem::take(&mut self.unflushed) {
-            self.flush_gathered(token);
-        }
+            sent
+        });
         if sent > 0 {
             let listeners = &self.listeners;
             out.retain_items(|d| {
@@ -657,7 +647,6 @@ impl TcpShard {
                 rbuf: Vec::new(),
                 wbuf: Vec::new(),
                 want_out: false,
-                unflushed: false,
                 connecting: false,
                 last_byte: now,
                 partial_since: Some(now),
@@ -731,7 +720,6 @@ impl TcpShard {
                 bytes.to_vec()
             },
             want_out: true,
-            unflushed: false,
             connecting: true,
             last_byte: now,
             partial_since: None,
@@ -819,10 +807,10 @@ impl TcpShard {
             return;
         };
         if self.batching && !c.connecting && !c.want_out {
-            // Gathered for one write at the end of the send call (nothing else waits in
-            // `wbuf`: bytes that wait for EPOLLOUT arm it).
-            if !c.unflushed {
-                c.unflushed = true;
+            // Gathered for one write at the end of the send call: nothing else waits in
+            // `wbuf` (bytes that wait for EPOLLOUT arm it), so an empty one is this call's
+            // first write to the connection.
+            if c.wbuf.is_empty() {
                 self.unflushed.push(token);
             }
             c.wbuf.extend_from_slice(bytes);
@@ -855,13 +843,24 @@ impl TcpShard {
         }
     }
 
+    /// Runs `f` with writes to connections gathered ([`TcpShard::write_raw`]), then writes
+    /// each connection's gathered bytes in one call.
+    fn gathering<R>(&mut self, f: impl FnOnce(&mut TcpShard) -> R) -> R {
+        self.batching = true;
+        let r = f(self);
+        self.batching = false;
+        for token in std::mem::take(&mut self.unflushed) {
+            self.flush_gathered(token);
+        }
+        r
+    }
+
     /// Writes what a send call gathered for a connection ([`TcpShard::write_raw`]); what
     /// the kernel does not take waits for EPOLLOUT.
     fn flush_gathered(&mut self, token: u64) {
         let Some(c) = self.conns.get_mut(&token) else {
             return;
         };
-        c.unflushed = false;
         if c.want_out || c.wbuf.is_empty() {
             return;
         }
