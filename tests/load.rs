@@ -366,6 +366,55 @@ fn quiet_shards_share_a_thread_and_spread_out_under_load() {
     assert_eq!(s.metric("sipshard_shard_moves_total"), Some(0.0));
 }
 
+/// While both shards run on one thread, a REGISTER shard 0 reads for an AOR shard 1 owns is
+/// dispatched to shard 1's core at once, as parsed: it is counted as handed over, but nothing
+/// waits in a hand-off queue (`handoff_queue` stage samples stay 0). With one thread per
+/// shard the hand-offs go through the queue.
+#[test]
+fn consolidated_shards_take_what_they_own_without_a_queue() {
+    let queued = |s: &ServerProcess| {
+        s.metric("sipshard_stage_us_samples_total{stage=\"handoff_queue\"}")
+            .unwrap_or(0.0)
+    };
+    let run = |s: &ServerProcess| {
+        let (code, json) = load(&[
+            "register",
+            &target(s),
+            "--rate",
+            "300",
+            "--total",
+            "600",
+            "--aors",
+            "200",
+        ]);
+        assert_eq!(code, 0, "{json}");
+        assert_eq!(field(&json, "completed"), 600.0, "{json}");
+        assert_eq!(field(&json, "retransmissions"), 0.0, "{json}");
+        assert_eq!(s.metric("sipshard_bindings"), Some(200.0));
+    };
+    // Thresholds no test load reaches: the shards stay together.
+    let cfg = config_file("consolidate_below = 90\nspread_above = 99\n");
+    let s = ServerProcess::start_with(&["--shards", "2", "--config", &cfg], true);
+    s.wait_metric("sipshard_consolidated_shards", 1.0);
+    run(&s);
+    assert_eq!(s.metric("sipshard_consolidated_shards"), Some(1.0));
+    let handed = s.metric("sipshard_handoffs_total").unwrap_or(0.0);
+    assert!(
+        (150.0..=450.0).contains(&handed),
+        "about half of 600 REGISTERs belong to shard 1: {handed} handed over"
+    );
+    assert_eq!(queued(&s), 0.0, "consolidated hand-offs waited in a queue");
+    // One thread per shard (and no steering, which would send most of them to their owner's
+    // socket): the hand-offs wait in shard 1's queue.
+    let s = ServerProcess::start_with(
+        &["--shards", "2", "--consolidate", "off", "--steering", "off"],
+        true,
+    );
+    run(&s);
+    assert!(s.metric("sipshard_handoffs_total").unwrap_or(0.0) >= 150.0);
+    assert!(queued(&s) >= 150.0, "{} queue samples", queued(&s));
+}
+
 /// Open loop: the target stops for a second (SIGSTOP) in the middle of the run; calls keep
 /// starting on schedule, and the stall shows up as latency, retransmissions and timeouts.
 #[test]

@@ -53,6 +53,28 @@ pub enum Disposition {
     Done,
     /// Another shard owns it: move the datagram there.
     HandOff(usize),
+    /// Another shard owns it and took it at once, as parsed ([`Neighbours`]): its answers
+    /// are in that shard's outbox.
+    Dispatched(usize),
+}
+
+/// The shards that run on the calling thread and whose round comes later in this pass
+/// (consolidation): a message one of them owns is dispatched to its core at once, parsed
+/// once, instead of being handed over through its queue ([`Disposition::HandOff`]) and
+/// parsed again there. Its answers go into the owner's own outbox, which the owner's round
+/// then treats as its own (held for the disk under `sync` durability, sent with its
+/// connections' writes). The runtime offers a shard only when nothing of it can be
+/// overtaken: its queue and what it has yet to take in before new work are empty.
+pub trait Neighbours {
+    /// The core of shard `shard` and its outbox, when it may take a message now.
+    fn core(&mut self, shard: usize) -> Option<(&mut Core, &mut Outbox)>;
+}
+
+/// No neighbours: a shard alone on its thread, or the last of a pass.
+impl Neighbours for () {
+    fn core(&mut self, _shard: usize) -> Option<(&mut Core, &mut Outbox)> {
+        None
+    }
 }
 
 /// One shard's protocol state: the dispatcher in front of the shard's SIP element.
@@ -499,6 +521,22 @@ impl Core {
         handed_off: bool,
         out: &mut Outbox,
     ) -> Disposition {
+        self.handle_with(data, src, socket, now_ms, handed_off, out, &mut ())
+    }
+
+    /// [`Core::handle`] on a thread that runs other shards too: what one of `neighbours`
+    /// owns is dispatched to it here (its answers in its own outbox), not handed over.
+    #[allow(clippy::too_many_arguments)]
+    pub fn handle_with(
+        &mut self,
+        data: &[u8],
+        src: SocketAddr,
+        socket: usize,
+        now_ms: u64,
+        handed_off: bool,
+        out: &mut Outbox,
+        neighbours: &mut dyn Neighbours,
+    ) -> Disposition {
         // Bans and ACLs before anything else (a datagram handed over was admitted already).
         if !handed_off {
             match self
@@ -598,17 +636,18 @@ impl Core {
                     })
                     .flatten();
                 let d = match parsed {
-                    Some(m) => self.dispatch(m, src, socket, now_ms, handed_off, out),
-                    None => self.dispatch(msg, src, socket, now_ms, handed_off, out),
+                    Some(m) => self.dispatch(m, src, socket, now_ms, handed_off, out, neighbours),
+                    None => self.dispatch(msg, src, socket, now_ms, handed_off, out, neighbours),
                 };
                 self.restored = restored;
                 return d;
             }
         }
-        self.dispatch(msg, src, socket, now_ms, handed_off, out)
+        self.dispatch(msg, src, socket, now_ms, handed_off, out, neighbours)
     }
 
     /// [`Core::handle`] once the datagram is a message that passed the guard.
+    #[allow(clippy::too_many_arguments)]
     fn dispatch(
         &mut self,
         msg: &Message<'_>,
@@ -617,6 +656,7 @@ impl Core {
         now_ms: u64,
         handed_off: bool,
         out: &mut Outbox,
+        neighbours: &mut dyn Neighbours,
     ) -> Disposition {
         // The shard whose nonce a challenge carries: ours, or the owner's for a REGISTER
         // challenged here on its behalf.
@@ -625,7 +665,15 @@ impl Core {
             if let Some(owner) = self.owner(msg) {
                 if owner != self.shard {
                     if !self.challenge_here(msg) {
-                        return Disposition::HandOff(owner);
+                        let Some((core, out)) = neighbours.core(owner) else {
+                            return Disposition::HandOff(owner);
+                        };
+                        // The owner runs later on this thread: it takes the message as
+                        // parsed (already admitted and restored here).
+                        self.stats.handoffs_out.inc();
+                        core.stats.handoffs_in.inc();
+                        core.dispatch(msg, src, socket, now_ms, true, out, &mut ());
+                        return Disposition::Dispatched(owner);
                     }
                     nonce_shard = owner;
                 }

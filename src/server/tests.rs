@@ -1254,6 +1254,81 @@ fn two_shards(auth: Option<crate::auth::Authenticator>) -> Vec<Core> {
         .collect()
 }
 
+/// A shard on the same thread whose round comes later: it takes what it owns while `open`.
+struct Neighbour<'a> {
+    core: &'a mut Core,
+    out: Outbox,
+    open: bool,
+}
+
+impl super::Neighbours for Neighbour<'_> {
+    fn core(&mut self, shard: usize) -> Option<(&mut Core, &mut Outbox)> {
+        (self.open && shard == 1).then(|| (&mut *self.core, &mut self.out))
+    }
+}
+
+/// A user whose AOR the second of two shards owns.
+fn user_of_shard(shard: usize) -> String {
+    use crate::server::ownership::{aor_hash, owner_shard};
+    (0..)
+        .map(|i| format!("user{i}"))
+        .find(|u| {
+            let uri = format!("sip:{u}@localhost");
+            let hash = aor_hash(&crate::sip::Uri::parse(uri.as_bytes()).unwrap()).unwrap();
+            owner_shard(hash, 2) == shard
+        })
+        .unwrap()
+}
+
+#[test]
+fn a_message_for_a_shard_later_on_the_same_thread_is_dispatched_to_it_with_its_answer() {
+    use super::Disposition;
+    let mut cores = two_shards_plain();
+    let (first, second) = cores.split_at_mut(1);
+    let (reader, owner) = (&mut first[0], &mut second[0]);
+    let theirs = user_of_shard(1);
+    let mut out = Outbox::new();
+    // Closed (its queue is not empty, say): handed over as before, nothing answered here.
+    let mut n = Neighbour {
+        core: owner,
+        out: Outbox::new(),
+        open: false,
+    };
+    let reg = register_request(&theirs, 1, None);
+    let d = reader.handle_with(&reg, addr(PHONE_A), 0, T0, false, &mut out, &mut n);
+    assert_eq!(d, Disposition::HandOff(1));
+    assert!(out.is_empty() && n.out.is_empty());
+    // Open: the owner takes it at once, its 200 in the owner's outbox, not the reader's.
+    n.open = true;
+    let d = reader.handle_with(&reg, addr(PHONE_A), 0, T0, false, &mut out, &mut n);
+    assert_eq!(d, Disposition::Dispatched(1));
+    assert!(out.is_empty(), "the answer went to the reader's outbox");
+    let sent = drain(&n.out);
+    assert_eq!(sent.len(), 1);
+    assert_eq!(status(&sent[0].1), 200);
+    // The binding is the owner's: a query there lists it.
+    let query = format!(
+        "REGISTER sip:localhost SIP/2.0\r\nVia: SIP/2.0/UDP {PHONE_A};branch=z9hG4bKq\r\n\
+         Max-Forwards: 70\r\nFrom: <sip:{theirs}@localhost>;tag=r\r\nTo: <sip:{theirs}@localhost>\r\n\
+         Call-ID: q-{theirs}\r\nCSeq: 1 REGISTER\r\nContent-Length: 0\r\n\r\n"
+    );
+    let mut q = Outbox::new();
+    n.core
+        .handle(query.as_bytes(), addr(PHONE_A), 0, T0 + 1, true, &mut q);
+    let answer = String::from_utf8_lossy(&drain(&q)[0].1).into_owned();
+    assert!(
+        answer.contains(&format!("<sip:{theirs}@{PHONE_A}>")),
+        "{answer}"
+    );
+    // What the reader owns stays with it.
+    let ours = register_request(&user_of_shard(0), 1, None);
+    n.out.clear();
+    let d = reader.handle_with(&ours, addr(PHONE_A), 0, T0, false, &mut out, &mut n);
+    assert_eq!(d, Disposition::Done);
+    assert_eq!(status(&drain(&out)[0].1), 200);
+    assert!(n.out.is_empty());
+}
+
 /// A REGISTER from PHONE_A for `user`, with an Authorization line when `auth` is given.
 fn register_request(user: &str, cseq: u32, auth: Option<&str>) -> Vec<u8> {
     let auth = auth.map_or(String::new(), |a| format!("Authorization: {a}\r\n"));
@@ -1376,6 +1451,7 @@ fn deliver(
             cores[to].handle(data, addr(src), 0, now, true, &mut out);
             (to, drain(&out))
         }
+        super::Disposition::Dispatched(_) => unreachable!("no neighbours"),
     }
 }
 

@@ -280,16 +280,20 @@ fn run_host(own: ShardLoop, plan: &Consolidation) {
                 }
             }
         }
-        // Every shard's receive and handling first (what shard 0's socket got for a guest is
-        // in the guest's queue by the time the guest's turn comes), then one send call for
-        // all of them.
-        let start = shards[0].handle();
-        let (host, guests) = shards.split_at_mut(1);
-        for g in guests.iter_mut() {
-            g.handle();
-            g.move_out(host[0].outbox());
+        // Every shard's receive and handling first, then one send call for all of them.
+        // A message read for a shard whose turn comes later is dispatched to its core at once
+        // when it may take it (no queue, parsed once); its answers wait in its own outbox.
+        let start = {
+            let (host, guests) = shards.split_at_mut(1);
+            host[0].handle_with(guests)
+        };
+        for i in 1..shards.len() {
+            let (before, rest) = shards.split_at_mut(i);
+            let (guest, after) = rest.split_at_mut(1);
+            guest[0].handle_with(after);
+            guest[0].move_out(before[0].outbox());
         }
-        let sent_at = host[0].send_own();
+        let sent_at = shards[0].send_own();
         let mut idle = true;
         for s in shards.iter_mut() {
             idle &= s.end_round(sent_at);

@@ -5,7 +5,7 @@
 
 use super::{Clock, Handoff, Peer, Reload};
 use crate::server::outbox::Outbox;
-use crate::server::{Core, Disposition};
+use crate::server::{Core, Disposition, Neighbours};
 use crate::stats::{DropReason, ShardStats, Stage};
 use crate::transport::{RecvHandler, Transport};
 use hdrhistogram::Histogram;
@@ -173,6 +173,9 @@ fn rounded_us(d: Duration) -> u64 {
 /// The part of the shard the receive callback needs (the transport is borrowed separately).
 struct Handler<'s> {
     core: &'s mut Core,
+    /// The shards after this one on its thread (consolidation), which take what they own
+    /// directly when they may.
+    later: Later<'s>,
     stages: &'s mut PendingStages,
     out: &'s mut Outbox,
     peers: &'s [Peer],
@@ -217,6 +220,18 @@ impl PeerSet {
         self.any = true;
     }
 
+    #[inline]
+    fn contains(&self, i: usize) -> bool {
+        self.any && self.words[i / 64] & (1 << (i % 64)) != 0
+    }
+
+    fn clear(&mut self) {
+        if self.any {
+            self.words.fill(0);
+            self.any = false;
+        }
+    }
+
     /// Calls `f` on every member in increasing order and empties the set.
     fn drain(&mut self, mut f: impl FnMut(usize)) {
         if !self.any {
@@ -259,15 +274,29 @@ impl RecvHandler for Handler<'_> {
             self.stages.record(Stage::SocketWait, wait_us, 1);
         }
         let core_start = Instant::now();
-        let disposition = self
-            .core
-            .handle(data, src, socket, self.now_ms, false, self.out);
+        let disposition = self.core.handle_with(
+            data,
+            src,
+            socket,
+            self.now_ms,
+            false,
+            self.out,
+            &mut self.later,
+        );
         self.stages
             .record(Stage::Core, rounded_us(core_start.elapsed()), 1);
         match disposition {
             Disposition::Done => {
                 self.local += 1;
                 self.waits.push(wait_us);
+            }
+            Disposition::Dispatched(owner) => {
+                // Its latency is the owner's: from its receive to the send of the pass.
+                let received = self
+                    .batch_start
+                    .checked_sub(Duration::from_micros(wait_us))
+                    .unwrap_or(self.batch_start);
+                self.later.taken(owner, received);
             }
             Disposition::HandOff(owner) => {
                 let peer = &self.peers[owner];
@@ -293,6 +322,8 @@ impl RecvHandler for Handler<'_> {
                         // connection (nothing is retransmitted) tried again next round.
                         if !self.core.overflow(&h.data, src, socket, self.out) {
                             if socket >= self.first_stream_socket {
+                                // What comes after it for the same owner must not pass it.
+                                self.later.blocked.insert(owner);
                                 self.retry.push((owner, h));
                             } else {
                                 self.stats.dropped(DropReason::QueueFull);
@@ -314,6 +345,42 @@ impl RecvHandler for Handler<'_> {
     }
 }
 
+/// The shards that run after the current one in this pass of its thread (consolidation).
+/// One of them takes a message directly ([`Neighbours`]) only when nothing it has yet to
+/// take in could be overtaken: its hand-off queue is empty, it has applied the latest
+/// reload, the other nodes' changes and its failed deliveries wait for none of its rounds,
+/// and the current shard holds no refused message of a connection for it (`blocked`).
+/// Its round comes later in the pass, so what it answers is held, sent and accounted by that
+/// round as its own.
+struct Later<'s> {
+    shards: &'s mut [ShardLoop],
+    blocked: &'s mut PeerSet,
+}
+
+impl Later<'_> {
+    /// Shard `owner` took a message read at `received`: its round records the latency.
+    fn taken(&mut self, owner: usize, received: Instant) {
+        if let Some(s) = self.shards.iter_mut().find(|s| s.ctx.id == owner) {
+            s.direct.push(received);
+        }
+    }
+}
+
+impl Neighbours for Later<'_> {
+    fn core(&mut self, shard: usize) -> Option<(&mut Core, &mut Outbox)> {
+        if self.shards.is_empty() || self.blocked.contains(shard) {
+            return None;
+        }
+        let s = self.shards.iter_mut().find(|s| s.ctx.id == shard)?;
+        let ctx = &s.ctx;
+        let idle = ctx.peers[ctx.id].queue.is_empty()
+            && ctx.reload.generation() == s.reload_seen
+            && ctx.remote.as_ref().is_none_or(|r| r.is_empty())
+            && ctx.streams.as_ref().is_none_or(|t| !t.has_failed());
+        idle.then(|| (&mut s.ctx.core, &mut s.out))
+    }
+}
+
 /// One shard's loop: its context and what its rounds carry from one to the next. A thread
 /// runs one or several of them ([`super::consolidation`]): a round never blocks, and the
 /// thread sleeps only when every shard it runs may.
@@ -331,6 +398,11 @@ pub struct ShardLoop {
     reload_seen: u64,
     overload: OverloadDetector,
     retry: Vec<(usize, Handoff)>,
+    /// Owners that messages in `retry` wait for (nothing for them is dispatched directly).
+    blocked: PeerSet,
+    /// When the messages a shard before this one dispatched to it directly in this pass were
+    /// received (for their latency, recorded at the end of the round).
+    direct: Vec<Instant>,
     /// `sync` durability: rounds of responses waiting for their binding changes to be on
     /// disk (with the flush number that covers them), oldest first, and emptied outboxes to
     /// reuse.
@@ -378,6 +450,8 @@ impl ShardLoop {
             reload_seen: 0,
             overload: OverloadDetector::new(saturated_ms, Instant::now()),
             retry: Vec::new(),
+            blocked: PeerSet::new(ctx.peers.len()),
+            direct: Vec::new(),
             parked: Default::default(),
             spare_outboxes: Vec::new(),
             round_state: RoundState {
@@ -425,6 +499,13 @@ impl ShardLoop {
     /// The first part of a round: receive, handle, hand over, time out; what is to be sent
     /// waits in the outbox. Returns the round's start.
     pub fn handle(&mut self) -> Instant {
+        self.handle_with(&mut [])
+    }
+
+    /// [`ShardLoop::handle`] on a thread that runs `later` after this shard in the same
+    /// pass: a message one of them owns is dispatched to its core here when it may take it
+    /// ([`Later`]), not handed over through its queue.
+    pub fn handle_with(&mut self, later: &mut [ShardLoop]) -> Instant {
         let ctx = &mut self.ctx;
         let out = &mut self.out;
         let me = &ctx.peers[ctx.id];
@@ -474,9 +555,17 @@ impl ShardLoop {
             }
             self.retry = kept;
         }
+        self.blocked.clear();
+        for (owner, _) in &self.retry {
+            self.blocked.insert(*owner);
+        }
         let first_stream_socket = ctx.first_stream_socket;
         let mut handler = Handler {
             core: &mut ctx.core,
+            later: Later {
+                shards: later,
+                blocked: &mut self.blocked,
+            },
             stages: &mut self.stages,
             out,
             peers: &ctx.peers,
@@ -663,11 +752,12 @@ impl ShardLoop {
                     self.hist.record(us + w, 1);
                 }
             }
-            for t in self.handed.iter() {
+            for t in self.handed.iter().chain(&self.direct) {
                 self.hist
                     .record(sent_at.duration_since(*t).as_micros() as u64, 1);
             }
         }
+        self.direct.clear();
         // A partial batch means every socket was drained a moment ago, and a hand-off round
         // that was not full means the queue was: go straight to poll (which returns at once if
         // more arrived) instead of another empty receive.

@@ -413,6 +413,11 @@ impl TcpShard {
         }
     }
 
+    /// True when deliveries failed that [`TcpShard::take_failed`] has not passed on yet.
+    pub fn has_failed(&self) -> bool {
+        !self.failed.is_empty()
+    }
+
     /// Destinations this shard could not deliver a request to since the last call
     /// (transport errors, RFC 3261 §17.1.4), for the core.
     pub fn take_failed(&mut self, mut f: impl FnMut(u16, SocketAddr)) {
