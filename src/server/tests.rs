@@ -1263,7 +1263,7 @@ struct Neighbour<'a> {
 
 impl super::Neighbours for Neighbour<'_> {
     fn core(&mut self, shard: usize) -> Option<(&mut Core, &mut Outbox)> {
-        (self.open && shard == 1).then(|| (&mut *self.core, &mut self.out))
+        (self.open && shard == 1).then_some((&mut *self.core, &mut self.out))
     }
 }
 

@@ -377,7 +377,7 @@ impl Neighbours for Later<'_> {
             && ctx.reload.generation() == s.reload_seen
             && ctx.remote.as_ref().is_none_or(|r| r.is_empty())
             && ctx.streams.as_ref().is_none_or(|t| !t.has_failed());
-        idle.then(|| (&mut s.ctx.core, &mut s.out))
+        idle.then_some((&mut s.ctx.core, &mut s.out))
     }
 }
 
