@@ -267,6 +267,8 @@ fn run_host(own: ShardLoop, plan: &Consolidation) {
                 .map(|fd| shards[0].ctx.transport.watch_shard(fd, guest.id() as u32));
             match watched {
                 Some(Ok(())) => {
+                    let mut guest = guest;
+                    guest.moved();
                     shards.push(guest);
                     if shards.len() == plan.peers.len() {
                         plan.all_to_first(true);

@@ -347,9 +347,12 @@ impl RecvHandler for Handler<'_> {
 
 /// The shards that run after the current one in this pass of its thread (consolidation).
 /// One of them takes a message directly ([`Neighbours`]) only when nothing it has yet to
-/// take in could be overtaken: its hand-off queue is empty, it has applied the latest
-/// reload, the other nodes' changes and its failed deliveries wait for none of its rounds,
-/// and the current shard holds no refused message of a connection for it (`blocked`).
+/// take in could be overtaken: its last round on this thread drained its sockets (while
+/// shards share a thread the kernel steers new datagrams to shard 0's socket, so what a
+/// guest's socket still holds is from before), its hand-off queue and admin questions are
+/// empty, it has applied the latest reload, the other nodes' changes and its failed
+/// deliveries wait for none of its rounds, and the current shard holds no refused message of
+/// a connection for it (`blocked`).
 /// Its round comes later in the pass, so what it answers is held, sent and accounted by that
 /// round as its own.
 struct Later<'s> {
@@ -373,7 +376,9 @@ impl Neighbours for Later<'_> {
         }
         let s = self.shards.iter_mut().find(|s| s.ctx.id == shard)?;
         let ctx = &s.ctx;
-        let idle = ctx.peers[ctx.id].queue.is_empty()
+        let idle = s.drained
+            && ctx.peers[ctx.id].queue.is_empty()
+            && ctx.admin.is_empty()
             && ctx.reload.generation() == s.reload_seen
             && ctx.remote.as_ref().is_none_or(|r| r.is_empty())
             && ctx.streams.as_ref().is_none_or(|t| !t.has_failed());
@@ -400,6 +405,9 @@ pub struct ShardLoop {
     retry: Vec<(usize, Handoff)>,
     /// Owners that messages in `retry` wait for (nothing for them is dispatched directly).
     blocked: PeerSet,
+    /// The last round on the current thread received less than a batch (its sockets were
+    /// empty then); false when the shard has just moved to another thread.
+    drained: bool,
     /// When the messages a shard before this one dispatched to it directly in this pass were
     /// received (for their latency, recorded at the end of the round).
     direct: Vec<Instant>,
@@ -451,6 +459,7 @@ impl ShardLoop {
             overload: OverloadDetector::new(saturated_ms, Instant::now()),
             retry: Vec::new(),
             blocked: PeerSet::new(ctx.peers.len()),
+            drained: false,
             direct: Vec::new(),
             parked: Default::default(),
             spare_outboxes: Vec::new(),
@@ -467,6 +476,12 @@ impl ShardLoop {
     /// The outbox a round sends (where a guest's datagrams join the host's).
     pub fn outbox(&mut self) -> &mut Outbox {
         &mut self.out
+    }
+
+    /// The shard now runs on another thread: until its first round there, what its sockets
+    /// hold is unknown (no message is dispatched to it directly).
+    pub fn moved(&mut self) {
+        self.drained = false;
     }
 
     /// The shard's id.
@@ -762,6 +777,7 @@ impl ShardLoop {
         // that was not full means the queue was: go straight to poll (which returns at once if
         // more arrived) instead of another empty receive.
         let going_idle = received < crate::transport::BATCH && self.handed.len() < HANDOFF_ROUND;
+        self.drained = received < crate::transport::BATCH;
         // Publish latencies every MERGE_EVERY or PENDING_MAX samples (not per batch: that
         // would take the lock the metrics endpoint reads under); an idle shard wakes up to
         // publish what it holds (below).
