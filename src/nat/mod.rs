@@ -81,11 +81,11 @@ pub fn behind_nat(msg: &Message<'_>, src: SocketAddr) -> bool {
     if sent_by.ip() != src.ip() {
         return true;
     }
-    let contact = first_contact_addr(msg);
+    // The Contact is parsed only when the answer depends on it.
     if sent_by.port() != src.port() {
-        return contact == Some(sent_by);
+        return first_contact_addr(msg) == Some(sent_by);
     }
-    !is_private(src.ip()) && contact.is_some_and(|c| is_private(c.ip()))
+    !is_private(src.ip()) && first_contact_addr(msg).is_some_and(|c| is_private(c.ip()))
 }
 
 /// The byte range of the first Contact's host and port in `msg` (brackets of an IPv6

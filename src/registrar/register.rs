@@ -108,7 +108,8 @@ fn names_binding(b: &Binding, uri: &Uri<'_>, instance: Option<&[u8]>, reg_id: Op
         (Some(inst), Some(id)) => {
             b.reg_id() == Some(id) && b.instance().is_some_and(|i| i.eq_ignore_ascii_case(inst))
         }
-        _ => Uri::parse(b.contact_uri()).is_ok_and(|u| u.equals(uri)),
+        // The same bytes name the same URI (a refresh, the common case): no second parse.
+        _ => b.contact_uri() == uri.raw || Uri::parse(b.contact_uri()).is_ok_and(|u| u.equals(uri)),
     }
 }
 
