@@ -197,7 +197,7 @@ impl Registry {
         counter(
             enc,
             "sipshard_handoffs",
-            "Datagrams moved to their owner shard.",
+            "Messages moved to their owner shard (through its queue, or straight to its core between shards on one thread).",
             self.sum(|s| s.handoffs_out.get()),
         )?;
         counter(
