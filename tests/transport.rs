@@ -268,3 +268,52 @@ fn mmsg_hands_the_kernel_receive_timestamp_before_each_datagram() {
     );
     assert!(read - stamp >= 50_000_000);
 }
+
+/// The overload signal: a receive that read more than a batch and emptied the socket is not
+/// saturated; one that stopped at its cap with the socket still delivering full batches is
+/// (mmsg: four batches of 32 per socket and round).
+#[test]
+fn saturated_means_the_receive_stopped_at_its_cap_not_that_it_read_a_full_batch() {
+    for backend in BACKENDS {
+        let Some(mut s) = setup(backend) else {
+            continue;
+        };
+        assert_eq!(s.t.poll_recv(&mut Collect::default()).unwrap(), 0);
+        assert!(!s.t.saturated(), "{backend}: idle");
+        let peer = peer_socket();
+        for i in 0..40u32 {
+            peer.send_to(&i.to_be_bytes(), s.addr).unwrap();
+        }
+        std::thread::sleep(Duration::from_millis(50));
+        let mut c = Collect::default();
+        let n = s.t.poll_recv(&mut c).unwrap();
+        if backend == "mmsg" {
+            assert_eq!(n, 40, "{backend}: one round read more than a batch");
+        }
+        assert!(
+            !s.t.saturated(),
+            "{backend}: {n} of 40 read, not at the cap"
+        );
+        assert_eq!(receive(&mut *s.t, 40 - n).len(), 40 - n);
+        if backend != "mmsg" {
+            continue;
+        }
+        let cap = sipshard::transport::BATCH * sipshard::transport::RECV_BATCHES;
+        for i in 0..(cap + 100) as u32 {
+            peer.send_to(&i.to_be_bytes(), s.addr).unwrap();
+        }
+        std::thread::sleep(Duration::from_millis(50));
+        let n = s.t.poll_recv(&mut Collect::default()).unwrap();
+        assert_eq!(n, cap, "{backend}");
+        assert!(
+            s.t.saturated(),
+            "{backend}: stopped at the cap with 100 left"
+        );
+        let n = s.t.poll_recv(&mut Collect::default()).unwrap();
+        assert_eq!(n, 100);
+        assert!(
+            !s.t.saturated(),
+            "{backend}: the rest read, the socket empty"
+        );
+    }
+}

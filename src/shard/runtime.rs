@@ -609,7 +609,10 @@ impl ShardLoop {
         // A transport that failed mid-batch may not have ended it.
         handler.batch_end();
         let local = handler.local;
-        let full = received >= crate::transport::BATCH || me.queue.len() >= HANDOFF_ROUND;
+        // Saturated: a socket still delivered full batches when the receive reached its cap
+        // (not merely more than a batch read: a burst that the round emptied is not), or
+        // a full hand-off round waits.
+        let full = ctx.transport.saturated() || me.queue.len() >= HANDOFF_ROUND;
         if let Some(on) = self.overload.round(batch_start, full) {
             ctx.core.set_overloaded(on);
             ctx.stats.overloaded.set(u64::from(on));

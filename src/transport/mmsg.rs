@@ -34,6 +34,8 @@ pub struct MmsgTransport {
     /// Sockets epoll reported readable in the last wait (bit i = socket i); `None` when the
     /// last round did not sleep, so every socket is read.
     ready: Option<u64>,
+    /// The last receive left a socket that kept delivering full batches.
+    saturated: bool,
     /// Other shards' epoll sets the last wait reported ready ([`Transport::watch_shard`]).
     shards_ready: Vec<u32>,
     /// Datagrams dropped because they were larger than MAX_DATAGRAM or failed to send.
@@ -153,6 +155,7 @@ impl MmsgTransport {
             events: vec![libc::epoll_event { events: 0, u64: 0 }; n_events],
             ctrl: vec![[0u64; CTRL_WORDS]; BATCH],
             ready: None,
+            saturated: false,
             shards_ready: Vec::new(),
             truncated: 0,
             send_errors: 0,
@@ -237,20 +240,28 @@ impl Transport for MmsgTransport {
     fn poll_recv(&mut self, handler: &mut dyn RecvHandler) -> io::Result<usize> {
         let mut total = 0;
         let ready = self.ready.take().unwrap_or(u64::MAX);
+        self.saturated = false;
         for idx in 0..self.fds.len() {
             if ready & (1 << idx) == 0 {
                 continue;
             }
             // A few batches per socket per round keeps sockets fair and sends flowing.
-            for _ in 0..4 {
+            let mut emptied = false;
+            for _ in 0..super::RECV_BATCHES {
                 let n = self.recv_once(idx, handler)?;
                 total += n;
                 if n < BATCH {
+                    emptied = true;
                     break;
                 }
             }
+            self.saturated |= !emptied;
         }
         Ok(total)
+    }
+
+    fn saturated(&self) -> bool {
+        self.saturated
     }
 
     fn send(&mut self, out: &mut Outbox) -> io::Result<usize> {

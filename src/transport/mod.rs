@@ -25,6 +25,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 /// Datagrams received per batch.
 pub const BATCH: usize = 32;
+/// Batches a receive takes from a socket per round at most ([`Transport::poll_recv`]).
+pub const RECV_BATCHES: usize = 4;
 /// Largest datagram accepted (UDP's limit).
 pub const MAX_DATAGRAM: usize = 65_535;
 /// Socket buffer size asked for (several MiB: the 208 KiB default drops bursts).
@@ -62,6 +64,11 @@ pub trait Transport: Send {
     /// Receives what is ready on every socket, up to a few batches, without blocking.
     /// Returns the number of datagrams handled.
     fn poll_recv(&mut self, handler: &mut dyn RecvHandler) -> io::Result<usize>;
+    /// True when the last [`Transport::poll_recv`] stopped at its cap of a few batches on
+    /// a socket that was still delivering full ones: that socket did not empty in the
+    /// round (the overload signal). A round that read more than a batch and emptied its
+    /// sockets is not saturated.
+    fn saturated(&self) -> bool;
     /// Sends every datagram of the outbox (and clears it).
     fn send(&mut self, out: &mut Outbox) -> io::Result<usize>;
     /// Blocks until a socket is readable, the waker fires, or `timeout_ms` passes.

@@ -143,6 +143,8 @@ pub struct UringTransport {
     send_addrs: Vec<libc::sockaddr_storage>,
     send_lens: Vec<libc::socklen_t>,
     send_hdrs: Vec<libc::msghdr>,
+    /// The last receive kept getting full batches up to its cap.
+    saturated: bool,
     /// Datagrams dropped because they did not fit a buffer, failed to send, or receive errors.
     pub truncated: u64,
     pub send_errors: u64,
@@ -298,6 +300,7 @@ impl UringTransport {
             send_addrs: Vec::with_capacity(SEND_CHUNK),
             send_lens: Vec::with_capacity(SEND_CHUNK),
             send_hdrs: Vec::with_capacity(SEND_CHUNK),
+            saturated: false,
             truncated: 0,
             send_errors: 0,
             recv_errors: 0,
@@ -585,11 +588,13 @@ impl Transport for UringTransport {
         let mut total = 0;
         let mut err = None;
         // A few rounds, like mmsg's few batches per socket, while datagrams keep coming.
-        for _ in 0..4 {
+        self.saturated = true;
+        for _ in 0..crate::transport::RECV_BATCHES {
             self.arm()?;
             self.flush()?;
             self.reap();
             if self.cqes.is_empty() {
+                self.saturated = false;
                 break;
             }
             let n = self.handle_cqes(handler, &mut err);
@@ -598,6 +603,7 @@ impl Transport for UringTransport {
             }
             total += n;
             if n < BATCH {
+                self.saturated = false;
                 break;
             }
         }
@@ -605,6 +611,10 @@ impl Transport for UringTransport {
             Some(e) if total == 0 => Err(e),
             _ => Ok(total),
         }
+    }
+
+    fn saturated(&self) -> bool {
+        self.saturated
     }
 
     fn send(&mut self, out: &mut Outbox) -> io::Result<usize> {
