@@ -193,9 +193,8 @@ struct Handler<'s> {
     /// Peers that were handed datagrams in the current receive batch and may need waking.
     to_wake: &'s mut PeerSet,
     /// Socket indexes from here on are connections (their messages are never retransmitted:
-    /// one the owner's full queue refused waits in `retry` instead of being dropped).
+    /// one the owner's full queue refused waits in `later.retry` instead of being dropped).
     first_stream_socket: usize,
-    retry: &'s mut Vec<(usize, Handoff)>,
 }
 
 /// A set of shard indexes (a bitmap), for waking each peer once per receive batch.
@@ -216,18 +215,6 @@ impl PeerSet {
     fn insert(&mut self, i: usize) {
         self.words[i / 64] |= 1 << (i % 64);
         self.any = true;
-    }
-
-    #[inline]
-    fn contains(&self, i: usize) -> bool {
-        self.any && self.words[i / 64] & (1 << (i % 64)) != 0
-    }
-
-    fn clear(&mut self) {
-        if self.any {
-            self.words.fill(0);
-            self.any = false;
-        }
     }
 
     /// Calls `f` on every member in increasing order and empties the set.
@@ -257,6 +244,15 @@ fn realtime_ns() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_nanos() as u64)
+}
+
+impl Handler<'_> {
+    /// When a datagram that waited `wait_us` in its socket before this round was received.
+    fn received(&self, wait_us: u64) -> Instant {
+        self.batch_start
+            .checked_sub(Duration::from_micros(wait_us))
+            .unwrap_or(self.batch_start)
+    }
 }
 
 impl RecvHandler for Handler<'_> {
@@ -290,10 +286,7 @@ impl RecvHandler for Handler<'_> {
             }
             Disposition::Dispatched(owner) => {
                 // Its latency is the owner's: from its receive to the send of the pass.
-                let received = self
-                    .batch_start
-                    .checked_sub(Duration::from_micros(wait_us))
-                    .unwrap_or(self.batch_start);
+                let received = self.received(wait_us);
                 self.later.taken(owner, received);
             }
             Disposition::HandOff(owner) => {
@@ -302,10 +295,7 @@ impl RecvHandler for Handler<'_> {
                     data: data.into(),
                     src,
                     socket: socket as u16,
-                    received: self
-                        .batch_start
-                        .checked_sub(Duration::from_micros(wait_us))
-                        .unwrap_or(self.batch_start),
+                    received: self.received(wait_us),
                     queued: Instant::now(),
                 };
                 match peer.queue.push(h) {
@@ -321,8 +311,7 @@ impl RecvHandler for Handler<'_> {
                         if !self.core.overflow(&h.data, src, socket, self.out) {
                             if socket >= self.first_stream_socket {
                                 // What comes after it for the same owner must not pass it.
-                                self.later.blocked.insert(owner);
-                                self.retry.push((owner, h));
+                                self.later.retry.push((owner, h));
                             } else {
                                 self.stats.dropped(DropReason::QueueFull);
                             }
@@ -350,12 +339,14 @@ impl RecvHandler for Handler<'_> {
 /// guest's socket still holds is from before), its hand-off queue and admin questions are
 /// empty, it has applied the latest reload, the other nodes' changes and its failed
 /// deliveries wait for none of its rounds, and the current shard holds no refused message of
-/// a connection for it (`blocked`).
+/// a connection for it (in `retry`).
 /// Its round comes later in the pass, so what it answers is held, sent and accounted by that
 /// round as its own.
 struct Later<'s> {
     shards: &'s mut [ShardLoop],
-    blocked: &'s mut PeerSet,
+    /// The current shard's messages of connections that their owners' full queues refused,
+    /// in order, to be pushed again next round.
+    retry: &'s mut Vec<(usize, Handoff)>,
 }
 
 impl Later<'_> {
@@ -369,7 +360,7 @@ impl Later<'_> {
 
 impl Neighbours for Later<'_> {
     fn core(&mut self, shard: usize) -> Option<(&mut Core, &mut Outbox)> {
-        if self.shards.is_empty() || self.blocked.contains(shard) {
+        if self.shards.is_empty() || self.retry.iter().any(|(owner, _)| *owner == shard) {
             return None;
         }
         let s = self.shards.iter_mut().find(|s| s.ctx.id == shard)?;
@@ -401,8 +392,6 @@ pub struct ShardLoop {
     reload_seen: u64,
     overload: OverloadDetector,
     retry: Vec<(usize, Handoff)>,
-    /// Owners that messages in `retry` wait for (nothing for them is dispatched directly).
-    blocked: PeerSet,
     /// The last round on the current thread received less than a batch (its sockets were
     /// empty then); false when the shard has just moved to another thread.
     drained: bool,
@@ -456,7 +445,6 @@ impl ShardLoop {
             reload_seen: 0,
             overload: OverloadDetector::new(saturated_ms),
             retry: Vec::new(),
-            blocked: PeerSet::new(ctx.peers.len()),
             drained: false,
             direct: Vec::new(),
             parked: Default::default(),
@@ -568,16 +556,12 @@ impl ShardLoop {
             }
             self.retry = kept;
         }
-        self.blocked.clear();
-        for (owner, _) in &self.retry {
-            self.blocked.insert(*owner);
-        }
         let first_stream_socket = ctx.first_stream_socket;
         let mut handler = Handler {
             core: &mut ctx.core,
             later: Later {
                 shards: later,
-                blocked: &mut self.blocked,
+                retry: &mut self.retry,
             },
             stages: &mut self.stages,
             out,
@@ -591,7 +575,6 @@ impl ShardLoop {
             waits: &mut self.waits,
             to_wake: &mut self.to_wake,
             first_stream_socket,
-            retry: &mut self.retry,
         };
         let received = match ctx.transport.poll_recv(&mut handler) {
             Ok(n) => n,
@@ -777,8 +760,8 @@ impl ShardLoop {
         // A partial batch means every socket was drained a moment ago, and a hand-off round
         // that was not full means the queue was: go straight to poll (which returns at once if
         // more arrived) instead of another empty receive.
-        let going_idle = received < crate::transport::BATCH && self.handed.len() < HANDOFF_ROUND;
         self.drained = received < crate::transport::BATCH;
+        let going_idle = self.drained && self.handed.len() < HANDOFF_ROUND;
         // Publish latencies every MERGE_EVERY or PENDING_MAX samples (not per batch: that
         // would take the lock the metrics endpoint reads under); an idle shard wakes up to
         // publish what it holds (below).
