@@ -229,7 +229,7 @@ fn run_lender(mut s: ShardLoop, plan: &Consolidation) {
                 continue;
             }
             tracing::debug!(shard = id, load, host, "shard moves to shard 0's thread");
-            stats.hosted.set(1);
+            // `hosted` is set by the host once the shard has had a round there.
             stats.moves.inc();
             plan.loads[id].store(0, Ordering::Relaxed);
             if plan.to_host.0.send(s).is_err() {
@@ -259,6 +259,7 @@ fn run_host(own: ShardLoop, plan: &Consolidation) {
     let mut window = LoadWindow::new();
     let stop = shards[0].ctx.stop.clone();
     while !stop.load(Ordering::Relaxed) {
+        let mut joined = false;
         while let Ok(guest) = plan.to_host.1.try_recv() {
             let watched = guest
                 .ctx
@@ -270,6 +271,7 @@ fn run_host(own: ShardLoop, plan: &Consolidation) {
                     let mut guest = guest;
                     guest.moved();
                     shards.push(guest);
+                    joined = true;
                     if shards.len() == plan.peers.len() {
                         plan.all_to_first(true);
                     }
@@ -299,6 +301,14 @@ fn run_host(own: ShardLoop, plan: &Consolidation) {
         let mut idle = true;
         for s in shards.iter_mut() {
             idle &= s.end_round(sent_at);
+        }
+        if joined {
+            // A guest counts as consolidated once the kernel steers its datagrams to shard
+            // 0's socket and it has had its first round here (what its socket held from
+            // before is read): from then on what shard 0 reads for it goes to its core.
+            for g in &shards[1..] {
+                g.ctx.stats.hosted.set(1);
+            }
         }
         if idle {
             let mut timeout = Some(i32::MAX);
