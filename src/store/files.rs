@@ -414,6 +414,33 @@ mod tests {
     }
 
     #[test]
+    fn zeros_after_the_records_end_a_segment_and_garbage_after_them_is_cut() {
+        let d = scratch("zeros");
+        let s = StoreSettings::new(d.clone(), super::super::Durability::Batch);
+        let (_, logs) = open(&s, 1, 0, &|_| 0).unwrap();
+        let dir = &logs[0].dir;
+        segment(dir, 2, 0..5, 10_000);
+        // What the writer leaves when the process is killed: its zeros after the records.
+        let path = segment_path(dir, 2);
+        let mut data = fs::read(&path).unwrap();
+        let whole = data.len();
+        data.resize(whole + 100_000, 0);
+        fs::write(&path, &data).unwrap();
+        assert_eq!(open(&s, 1, 0, &|_| 0).unwrap().0.aors, 5);
+        assert_eq!(
+            fs::metadata(&path).unwrap().len() as usize,
+            whole + 100_000,
+            "a zero tail is not a torn record: nothing is cut"
+        );
+        // A byte that is not zero after them: not ours, cut off there.
+        data[whole + 50_000] = 1;
+        fs::write(&path, &data).unwrap();
+        assert_eq!(open(&s, 1, 0, &|_| 0).unwrap().0.aors, 5);
+        assert_eq!(fs::metadata(&path).unwrap().len() as usize, whole);
+        fs::remove_dir_all(&d).unwrap();
+    }
+
+    #[test]
     fn a_torn_tail_is_cut_off_and_compaction_keeps_a_fallback() {
         let d = scratch("torn");
         let s = StoreSettings::new(d.clone(), super::super::Durability::Batch);
