@@ -398,12 +398,7 @@ fn consolidated_shards_take_what_they_own_without_a_queue() {
     s.wait_metric("sipshard_consolidated_shards", 1.0);
     // Without the steering program shard 1's socket keeps getting datagrams, and what it
     // reads for shard 0 (whose round comes first) goes through shard 0's queue.
-    if s.metric("sipshard_kernel_steering") != Some(1.0) {
-        skip_or_fail(
-            "consolidated_shards_take_what_they_own_without_a_queue",
-            "the kernel refused the steering program (needs root and Linux 6.9+)",
-            "SIPSHARD_REQUIRE_BPF",
-        );
+    if !s.steering_or_skip("consolidated_shards_take_what_they_own_without_a_queue") {
         return;
     }
     run(&s);

@@ -512,12 +512,7 @@ fn sipp_from_one_socket_every_message_lands_on_its_owner_shard() {
     let (csv, _) = users(&dir, 1000);
     // One thread per shard (consolidation would have everything read by shard 0, below).
     let s = ServerProcess::start_with(&["--shards", "2", "--consolidate", "off"], true);
-    if s.metric("sipshard_kernel_steering") != Some(1.0) {
-        skip_or_fail(
-            "sipp_from_one_socket_every_message_lands_on_its_owner_shard",
-            "the kernel refused the steering program (needs root and Linux 6.9+)",
-            "SIPSHARD_REQUIRE_BPF",
-        );
+    if !s.steering_or_skip("sipp_from_one_socket_every_message_lands_on_its_owner_shard") {
         return;
     }
     run_clean(&dir, &s, "register.xml", &csv, 2000, 1000, &["-t", "u1"]);

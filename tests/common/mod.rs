@@ -70,6 +70,21 @@ pub struct ServerProcess {
 }
 
 impl ServerProcess {
+    /// True when the server loaded the kernel steering program; otherwise reports `test` as
+    /// skipped (a failure with `SIPSHARD_REQUIRE_BPF=1`) and returns false.
+    #[allow(dead_code)]
+    pub fn steering_or_skip(&self, test: &str) -> bool {
+        if self.metric("sipshard_kernel_steering") == Some(1.0) {
+            return true;
+        }
+        skip_or_fail(
+            test,
+            "the kernel refused the steering program (needs root and Linux 6.9+)",
+            "SIPSHARD_REQUIRE_BPF",
+        );
+        false
+    }
+
     /// Starts `sipshard --listen 127.0.0.1:PORT <args>` and waits until it answers OPTIONS.
     pub fn start(args: &[&str]) -> ServerProcess {
         Self::start_with(args, false)
