@@ -10,7 +10,7 @@ use super::postgres::PgSpool;
 use super::sink::{FileSink, Format};
 use super::{CdrConfig, CdrStats, SinkSpec};
 use crate::proxy::cdr::CallRecord;
-use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TrySendError};
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TryRecvError, TrySendError};
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, BufRead, Write};
 use std::path::{Path, PathBuf};
@@ -23,6 +23,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 /// sleep): waking the writer once per record would cost more than the record itself.
 const SEND_AT_RECORDS: usize = 64;
 const SEND_AFTER_MS: u64 = 100;
+/// How often a busy writer takes what the shards sent.
+const WRITE_EVERY_MS: u64 = 100;
 /// How often the writer looks for spill files.
 const SYNC_EVERY_MS: u64 = 1_000;
 
@@ -299,15 +301,41 @@ impl Writer {
         let mut last_sync = wall_ms();
         let mut done = false;
         self.take_spills(last_sync);
+        // While batches keep coming the writer takes them on a timer (one wake-up per
+        // interval, and a shard's send wakes nobody); after an interval without any it
+        // blocks on the channel again, so an idle writer costs nothing.
+        let mut busy = false;
         while !done {
-            match rx.recv_timeout(Duration::from_millis(100)) {
-                Ok(b) => self.write(&b, wall_ms()),
-                Err(RecvTimeoutError::Timeout) => {}
-                Err(RecvTimeoutError::Disconnected) => done = true,
+            let slept = busy;
+            if busy {
+                std::thread::sleep(Duration::from_millis(WRITE_EVERY_MS));
+            } else {
+                match rx.recv_timeout(Duration::from_millis(WRITE_EVERY_MS)) {
+                    Ok(b) => {
+                        self.write(&b, wall_ms());
+                        // More are likely to follow: the next ones are taken on the timer.
+                        busy = true;
+                    }
+                    Err(RecvTimeoutError::Timeout) => {}
+                    Err(RecvTimeoutError::Disconnected) => done = true,
+                }
             }
+            let mut took = false;
             for _ in 0..rx.capacity().unwrap_or(1) {
-                let Ok(b) = rx.try_recv() else { break };
-                self.write(&b, wall_ms());
+                match rx.try_recv() {
+                    Ok(b) => {
+                        self.write(&b, wall_ms());
+                        took = true;
+                    }
+                    Err(TryRecvError::Empty) => break,
+                    Err(TryRecvError::Disconnected) => {
+                        done = true;
+                        break;
+                    }
+                }
+            }
+            if slept {
+                busy = took;
             }
             let now = wall_ms();
             let sync = done || now.saturating_sub(last_sync) >= SYNC_EVERY_MS;
