@@ -331,11 +331,13 @@ pub fn open(
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
     use crate::registrar::BindingFields;
 
-    fn binding(user: &str, expires: u64) -> Binding {
+    /// One binding of `user` at `sip:USER@192.0.2.1:5060` expiring at `expires` (also the
+    /// writer's tests').
+    pub(in crate::store) fn binding(user: &str, expires: u64) -> Binding {
         Binding::new(
             &BindingFields {
                 contact_uri: format!("sip:{user}@192.0.2.1:5060").as_bytes(),

@@ -374,27 +374,9 @@ mod tests {
     use super::super::files::open;
     use super::super::record::write_aor;
     use super::*;
-    use crate::registrar::{Binding, BindingFields};
 
-    fn binding(n: usize) -> Binding {
-        Binding::new(
-            &BindingFields {
-                contact_uri: format!("sip:u{n}@192.0.2.1:5060").as_bytes(),
-                call_id: b"c",
-                cseq: 1,
-                expires_at_ms: u64::MAX / 2,
-                q: 1000,
-                instance: None,
-                reg_id: None,
-                source: "192.0.2.1:5060".parse().unwrap(),
-                nat: false,
-                socket: 0,
-                stream: false,
-                branch_hash: 0,
-            },
-            std::iter::empty(),
-        )
-        .unwrap()
+    fn binding(n: usize) -> crate::registrar::Binding {
+        super::super::files::tests::binding(&format!("u{n}"), u64::MAX / 2)
     }
 
     /// The writer appends into zeros it wrote ahead (a chunk at a time, so most syncs change
